@@ -1,0 +1,437 @@
+//! Talking to etcd: a thin wrapper over `etcd-client` with a timeout on every call.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use etcd_client::{Client, ConnectOptions, GetOptions, MemberAddOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// The per-call timeout callers use when they have no better value.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The key [`EtcdClient::healthy`] reads (as `etcdctl endpoint health` does).
+const HEALTH_KEY: &str = "health";
+
+/// One etcd cluster member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Member id.
+    pub id: u64,
+    /// Name; empty for a member that was added but has not started yet.
+    pub name: String,
+    /// Peer urls.
+    pub peer_urls: Vec<String>,
+    /// Client urls; empty until the member started.
+    pub client_urls: Vec<String>,
+    /// A raft learner (non-voting) member.
+    pub is_learner: bool,
+}
+
+impl From<&etcd_client::Member> for Member {
+    fn from(m: &etcd_client::Member) -> Self {
+        Member {
+            id: m.id(),
+            name: m.name().to_string(),
+            peer_urls: m.peer_urls().to_vec(),
+            client_urls: m.client_urls().to_vec(),
+            is_learner: m.is_learner(),
+        }
+    }
+}
+
+/// The status of one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointStatus {
+    /// The endpoint asked.
+    pub endpoint: String,
+    /// The etcd server version, `3.5.30`.
+    pub version: String,
+    /// The id of the member behind the endpoint.
+    pub member_id: u64,
+    /// The id of the raft leader as that member sees it (0: none).
+    pub leader: u64,
+    /// The member's raft index.
+    pub raft_index: u64,
+    /// The store revision.
+    pub revision: i64,
+    /// Database size in bytes.
+    pub db_size: i64,
+    /// The member is a learner (always false on 3.3).
+    pub is_learner: bool,
+}
+
+/// A snapshot as a stream of chunks; errors are `io::Error`s.
+pub type SnapshotStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// An etcd client; every call is bounded by the timeout given at connect, so one hung
+/// member cannot stall a caller. Cheap to clone.
+#[derive(Clone)]
+pub struct EtcdClient {
+    client: Client,
+    endpoints: Vec<String>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for EtcdClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdClient")
+            .field("endpoints", &self.endpoints)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl EtcdClient {
+    /// Makes a client for `endpoints` (`http://host:port`). Connections are made lazily,
+    /// so this succeeds while etcd is still starting; it never waits longer than `timeout`.
+    pub async fn connect(endpoints: &[String], timeout: Duration) -> Result<Self, Error> {
+        Self::connect_inner(endpoints, timeout, true).await
+    }
+
+    async fn connect_inner(
+        endpoints: &[String],
+        timeout: Duration,
+        request_timeout: bool,
+    ) -> Result<Self, Error> {
+        if endpoints.is_empty() {
+            return Err(Error::InvalidArgument {
+                detail: "no etcd endpoints given; pass at least one client URL".into(),
+            });
+        }
+        if timeout.is_zero() {
+            return Err(Error::InvalidArgument {
+                detail: "etcd client timeout is zero; pass a positive duration".into(),
+            });
+        }
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_keep_alive(timeout, timeout);
+        if request_timeout {
+            options = options.with_timeout(timeout);
+        }
+        let endpoints = endpoints.to_vec();
+        let client =
+            match tokio::time::timeout(timeout, Client::connect(&endpoints, Some(options))).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    return Err(Error::Client {
+                        op: "connect",
+                        endpoints,
+                        detail: describe(&e),
+                    });
+                }
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        op: "connect",
+                        endpoints,
+                        after: timeout,
+                    });
+                }
+            };
+        Ok(Self {
+            client,
+            endpoints,
+            timeout,
+        })
+    }
+
+    /// The endpoints this client talks to.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// The per-call timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// A client for just one endpoint, with the same timeout.
+    pub async fn for_endpoint(&self, endpoint: &str) -> Result<Self, Error> {
+        Self::connect(&[endpoint.to_string()], self.timeout).await
+    }
+
+    async fn call<T, F>(&self, op: &'static str, fut: F) -> Result<T, Error>
+    where
+        F: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(Error::Client {
+                op,
+                endpoints: self.endpoints.clone(),
+                detail: describe(&e),
+            }),
+            Err(_) => Err(Error::Timeout {
+                op,
+                endpoints: self.endpoints.clone(),
+                after: self.timeout,
+            }),
+        }
+    }
+
+    /// All members of the cluster.
+    pub async fn member_list(&self) -> Result<Vec<Member>, Error> {
+        let mut c = self.client.clone();
+        let resp = self.call("member_list", c.member_list()).await?;
+        Ok(resp.members().iter().map(Member::from).collect())
+    }
+
+    /// Adds a member with `peer_urls` (as a learner if asked; 3.4+). Returns the new member
+    /// (name empty until it starts: match it by peer URL) and the full list after the add.
+    pub async fn member_add(
+        &self,
+        peer_urls: &[String],
+        learner: bool,
+    ) -> Result<(Member, Vec<Member>), Error> {
+        let mut c = self.client.clone();
+        let mut opts = MemberAddOptions::new();
+        if learner {
+            opts = opts.with_is_learner();
+        }
+        let resp = self
+            .call("member_add", c.member_add(peer_urls, Some(opts)))
+            .await?;
+        let list: Vec<Member> = resp.member_list().iter().map(Member::from).collect();
+        let added = match resp.member() {
+            Some(m) => Member::from(m),
+            None => find_by_peer_urls(&list, peer_urls).ok_or_else(|| Error::Client {
+                op: "member_add",
+                endpoints: self.endpoints.clone(),
+                detail: "etcd answered the add without the new member; list members to check"
+                    .into(),
+            })?,
+        };
+        tracing::info!(id = added.id, peer_urls = ?added.peer_urls, learner, "added etcd member");
+        Ok((added, list))
+    }
+
+    /// [`member_add`](Self::member_add), repeated while etcd refuses with a retryable error
+    /// (notably "unhealthy cluster": the strict reconfig check wants 5 s of connectivity
+    /// after a start or a join) until `deadline` has passed. If an earlier attempt timed out
+    /// but was applied, the member is found by its peer URL and returned.
+    pub async fn member_add_retrying(
+        &self,
+        peer_urls: &[String],
+        learner: bool,
+        deadline: Duration,
+    ) -> Result<(Member, Vec<Member>), Error> {
+        let mut backoff = Backoff::new("member_add", deadline);
+        let mut maybe_applied = false;
+        loop {
+            let e = match self.member_add(peer_urls, learner).await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            if e.is_peer_url_exists() && maybe_applied {
+                let list = self.member_list().await?;
+                if let Some(m) = find_by_peer_urls(&list, peer_urls) {
+                    return Ok((m, list));
+                }
+            }
+            if matches!(e, Error::Timeout { .. }) {
+                maybe_applied = true;
+            }
+            backoff.again(e).await?;
+        }
+    }
+
+    /// Promotes learner `id` to a voter (3.4+). Fails while the learner has not caught up.
+    pub async fn member_promote(&self, id: u64) -> Result<(), Error> {
+        let mut c = self.client.clone();
+        self.call("member_promote", c.member_promote(id)).await?;
+        tracing::info!(id, "promoted etcd learner");
+        Ok(())
+    }
+
+    /// [`member_promote`](Self::member_promote), repeated while etcd says the learner is
+    /// not in sync yet (or another retryable error) until `deadline` has passed.
+    pub async fn member_promote_retrying(&self, id: u64, deadline: Duration) -> Result<(), Error> {
+        let mut backoff = Backoff::new("member_promote", deadline);
+        loop {
+            match self.member_promote(id).await {
+                Ok(()) => return Ok(()),
+                Err(e) => backoff.again(e).await?,
+            }
+        }
+    }
+
+    /// Removes member `id`.
+    pub async fn member_remove(&self, id: u64) -> Result<(), Error> {
+        let mut c = self.client.clone();
+        self.call("member_remove", c.member_remove(id)).await?;
+        tracing::info!(id, "removed etcd member");
+        Ok(())
+    }
+
+    /// [`member_remove`](Self::member_remove), repeated while etcd refuses with a retryable
+    /// error (notably "unhealthy cluster": the strict reconfig check wants the remaining
+    /// members connected for 5 s) until `deadline` has passed. "Member not found" after an
+    /// earlier attempt timed out counts as success (that attempt was applied).
+    pub async fn member_remove_retrying(&self, id: u64, deadline: Duration) -> Result<(), Error> {
+        let mut backoff = Backoff::new("member_remove", deadline);
+        let mut maybe_applied = false;
+        loop {
+            match self.member_remove(id).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_member_not_found() && maybe_applied => return Ok(()),
+                Err(e) => {
+                    if matches!(e, Error::Timeout { .. }) {
+                        maybe_applied = true;
+                    }
+                    backoff.again(e).await?;
+                }
+            }
+        }
+    }
+
+    /// Status of ONE endpoint: the first of this client's endpoints.
+    pub async fn status(&self) -> Result<EndpointStatus, Error> {
+        let endpoint = self.first_endpoint();
+        let single;
+        let client = if self.endpoints.len() == 1 {
+            self
+        } else {
+            single = self.for_endpoint(&endpoint).await?;
+            &single
+        };
+        let mut c = client.client.clone();
+        let resp = client.call("status", c.status()).await?;
+        let (member_id, revision) = resp
+            .header()
+            .map(|h| (h.member_id(), h.revision()))
+            .unwrap_or((0, 0));
+        Ok(EndpointStatus {
+            endpoint,
+            version: resp.version().to_string(),
+            member_id,
+            leader: resp.leader(),
+            raft_index: resp.raft_index(),
+            revision,
+            db_size: resp.db_size(),
+            is_learner: resp.is_learner(),
+        })
+    }
+
+    /// True when a linearizable read succeeds within the timeout (the cluster has a leader
+    /// and quorum, and this endpoint can reach it).
+    pub async fn healthy(&self) -> bool {
+        let mut c = self.client.clone();
+        match self.call("health", c.get(HEALTH_KEY, None)).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!(endpoints = ?self.endpoints, error = %e, "etcd not healthy");
+                false
+            }
+        }
+    }
+
+    /// Writes `key` = `value`.
+    pub async fn put(&self, key: &str, value: &str) -> Result<(), Error> {
+        let mut c = self.client.clone();
+        self.call("put", c.put(key, value, None)).await?;
+        Ok(())
+    }
+
+    /// Reads `key` (linearizable). Values that are not UTF-8 are converted lossily.
+    pub async fn get(&self, key: &str) -> Result<Option<String>, Error> {
+        let mut c = self.client.clone();
+        let resp = self.call("get", c.get(key, None::<GetOptions>)).await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
+    /// Streams a snapshot from the first endpoint. There is no overall timeout (a large
+    /// database takes a while), but each chunk must arrive within the client's timeout.
+    pub async fn snapshot(&self) -> Result<SnapshotStream, Error> {
+        let endpoint = self.first_endpoint();
+        // A client without a per-request deadline: tonic's deadline would cut a long stream.
+        let single =
+            Self::connect_inner(std::slice::from_ref(&endpoint), self.timeout, false).await?;
+        let mut c = single.client.clone();
+        let stream = single.call("snapshot", c.snapshot()).await?;
+        let idle = self.timeout;
+        tracing::info!(endpoint = %endpoint, "streaming etcd snapshot");
+        let s = futures::stream::unfold(Some((stream, endpoint)), move |state| async move {
+            let (mut stream, endpoint) = state?;
+            match tokio::time::timeout(idle, stream.message()).await {
+                Ok(Ok(Some(msg))) => Some((
+                    Ok(Bytes::copy_from_slice(msg.blob())),
+                    Some((stream, endpoint)),
+                )),
+                Ok(Ok(None)) => None,
+                Ok(Err(e)) => Some((
+                    Err(std::io::Error::other(format!(
+                        "etcd snapshot from {endpoint} failed: {}",
+                        describe(&e)
+                    ))),
+                    None,
+                )),
+                Err(_) => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("etcd snapshot from {endpoint} stalled: no data for {idle:?}"),
+                    )),
+                    None,
+                )),
+            }
+        });
+        Ok(Box::pin(s))
+    }
+
+    fn first_endpoint(&self) -> String {
+        self.endpoints.first().cloned().unwrap_or_default()
+    }
+}
+
+/// etcd-client's error as text; gRPC refusals as `Code: message` (`Unavailable: etcdserver: unhealthy cluster`).
+fn describe(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
+        other => other.to_string(),
+    }
+}
+
+fn find_by_peer_urls(list: &[Member], peer_urls: &[String]) -> Option<Member> {
+    list.iter()
+        .find(|m| peer_urls.iter().any(|u| m.peer_urls.contains(u)))
+        .cloned()
+}
+
+/// Retries with backoff (200 ms doubling to 1 s) while errors are retryable and
+/// the deadline allows another try. A plain struct rather than a closure-taking
+/// helper, so the callers' futures stay `Send` (async closures are not yet).
+struct Backoff {
+    op: &'static str,
+    until: tokio::time::Instant,
+    wait: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    fn new(op: &'static str, deadline: Duration) -> Backoff {
+        Backoff {
+            op,
+            until: tokio::time::Instant::now() + deadline,
+            wait: Duration::from_millis(200),
+            attempt: 1,
+        }
+    }
+
+    /// Sleep and return Ok when another try fits; else hand the error back.
+    async fn again(&mut self, e: Error) -> Result<(), Error> {
+        if !e.is_retryable() || tokio::time::Instant::now() + self.wait >= self.until {
+            return Err(e);
+        }
+        tracing::debug!(op = self.op, attempt = self.attempt, error = %e, "etcd refused; retrying");
+        tokio::time::sleep(self.wait).await;
+        self.wait = (self.wait * 2).min(Duration::from_secs(1));
+        self.attempt += 1;
+        Ok(())
+    }
+}

@@ -1,0 +1,27 @@
+//! Running and talking to real etcd.
+//!
+//! This crate is the only place in the workspace that spawns processes. It
+//! finds the etcd binaries of a version ([`find_binaries`]), turns a member's
+//! description into etcd's `ETCD_*` environment ([`etcd_env`]), supervises
+//! one etcd process ([`EtcdProcess`]), talks to etcd through `etcd-client`
+//! with a timeout on every call ([`EtcdClient`]), restores snapshots
+//! ([`restore_snapshot`]) and writes small JSON state files atomically
+//! ([`write_json_atomic`], [`read_json`]).
+
+mod binaries;
+mod client;
+mod env;
+mod error;
+mod process;
+mod restore;
+mod state;
+mod version;
+
+pub use binaries::{EtcdBinaries, find_binaries, find_binaries_in};
+pub use client::{DEFAULT_TIMEOUT, EndpointStatus, EtcdClient, Member, SnapshotStream};
+pub use env::{EtcdNodeSpec, etcd_env, etcd_env_overrides_from_process, replace_url_host};
+pub use error::Error;
+pub use process::{EtcdProcess, ProcessStatus};
+pub use restore::restore_snapshot;
+pub use state::{read_json, write_json_atomic};
+pub use version::EtcdVersion;

@@ -1,0 +1,144 @@
+//! Restoring a snapshot into a fresh data dir.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use tokio::process::Command;
+
+use crate::{Error, EtcdBinaries, EtcdNodeSpec};
+
+/// Restores `snapshot` into `spec.data_dir` for one member of a new cluster (the spec's
+/// name, initial cluster, token and peer urls). Uses `etcdutl snapshot restore` when the
+/// binaries have etcdutl (3.5+), with `--bump-revision N --mark-compacted` when
+/// `bump_revision` is given; else `ETCDCTL_API=3 etcdctl snapshot restore`, which cannot
+/// bump revisions ([`Error::Restore`] if asked). Refuses if the data dir exists and is not
+/// empty.
+pub async fn restore_snapshot(
+    binaries: &EtcdBinaries,
+    snapshot: &Path,
+    spec: &EtcdNodeSpec,
+    bump_revision: Option<u64>,
+) -> Result<(), Error> {
+    let data_dir = &spec.data_dir;
+    match std::fs::read_dir(data_dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(Error::Restore {
+                    detail: format!(
+                        "data dir {} is not empty; move it aside first (restore never overwrites data)",
+                        data_dir.display()
+                    ),
+                });
+            }
+            // etcdutl/etcdctl insist on creating the data dir themselves.
+            std::fs::remove_dir(data_dir).map_err(|source| Error::Io {
+                path: data_dir.clone(),
+                source,
+            })?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(Error::Io {
+                path: data_dir.clone(),
+                source,
+            });
+        }
+    }
+    if let Some(parent) = data_dir.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(|source| Error::Io {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
+    if !snapshot.is_file() {
+        return Err(Error::Restore {
+            detail: format!("snapshot file {} does not exist", snapshot.display()),
+        });
+    }
+
+    let (tool, use_etcdutl) = match (&binaries.etcdutl, &binaries.etcdctl) {
+        (Some(u), _) => (u.clone(), true),
+        (None, Some(c)) => (c.clone(), false),
+        (None, None) => {
+            return Err(Error::Restore {
+                detail: format!(
+                    "etcd {} has neither etcdutl nor etcdctl beside {}; install the full release",
+                    binaries.version,
+                    binaries.etcd.display()
+                ),
+            });
+        }
+    };
+    if bump_revision.is_some() && !use_etcdutl {
+        return Err(Error::Restore {
+            detail: format!(
+                "etcd {} cannot bump revisions on restore (needs etcdutl, 3.5+); restore with a 3.5+ binary",
+                binaries.version
+            ),
+        });
+    }
+
+    let mut cmd = Command::new(&tool);
+    for (k, _) in std::env::vars_os() {
+        if k.to_str()
+            .is_some_and(|k| k.starts_with("ETCD_") || k.starts_with("ETCDCTL_"))
+        {
+            cmd.env_remove(&k);
+        }
+    }
+    if !use_etcdutl {
+        cmd.env("ETCDCTL_API", "3");
+    }
+    cmd.arg("snapshot")
+        .arg("restore")
+        .arg(snapshot)
+        .arg("--name")
+        .arg(&spec.name)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--initial-cluster")
+        .arg(spec.initial_cluster_string())
+        .arg("--initial-cluster-token")
+        .arg(&spec.cluster_token)
+        .arg("--initial-advertise-peer-urls")
+        .arg(spec.peer_urls.join(","));
+    if let Some(n) = bump_revision {
+        cmd.arg("--bump-revision")
+            .arg(n.to_string())
+            .arg("--mark-compacted");
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    tracing::info!(tool = %tool.display(), snapshot = %snapshot.display(), data_dir = %data_dir.display(),
+        member = %spec.name, bump_revision, "restoring etcd snapshot");
+    let out = cmd.output().await.map_err(|source| Error::Spawn {
+        binary: tool.clone(),
+        source,
+    })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: String = stderr
+            .lines()
+            .rev()
+            .take(10)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        return Err(Error::Restore {
+            detail: format!(
+                "{} snapshot restore {} ended with {}: {}",
+                tool.display(),
+                snapshot.display(),
+                out.status,
+                tail
+            ),
+        });
+    }
+    Ok(())
+}
