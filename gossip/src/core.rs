@@ -1,0 +1,579 @@
+//! The sans-IO gossip core: foca, the payload table and the timer list.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use foca::{AccumulatingRuntime, Foca, OwnedNotification, Timer};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use crate::error::Error;
+use crate::identity::NodeId;
+use crate::payload::{PayloadHandler, PayloadItem, PayloadTable};
+use crate::wire::{self, BincodeCodec, TAG_FOCA, TAG_HELLO, TAG_HELLO_ACK};
+use crate::{GossipConfig, MemberState, MemberView};
+
+/// Headroom kept in each packet for a sender id longer than ours.
+const PACKET_HEADROOM: usize = 64;
+
+type FocaInstance = Foca<NodeId, BincodeCodec, StdRng, PayloadHandler>;
+
+/// A timer held by the core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoreTimer {
+    /// A timer foca asked for.
+    Foca(Timer<NodeId>),
+    /// Re-broadcast our own payload so late joiners converge.
+    PayloadRefresh,
+}
+
+/// A membership change seen by the core, in the order foca reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GossipEvent {
+    /// A member became active (Alive or Suspect).
+    MemberUp(NodeId),
+    /// A member was declared Down.
+    MemberDown(NodeId),
+    /// A member's identity was replaced by a newer one (a restart).
+    Renamed {
+        /// The identity that was replaced.
+        from: NodeId,
+        /// The newer identity.
+        to: NodeId,
+    },
+    /// The cluster declared us Down; we rejoined with a renewed identity.
+    Rejoined(NodeId),
+    /// We have at least one active member.
+    Active,
+    /// We have no active members left.
+    Idle,
+    /// We are down for good (after leaving, or when renewal failed).
+    Defunct,
+}
+
+/// The sans-IO core: feed it packets, due timers and commands with the
+/// current time; take packets to send and events out.
+///
+/// It never reads a clock, does IO or spawns; all randomness comes from the
+/// seed given to [`GossipCore::new`], so equal inputs give equal outputs.
+pub struct GossipCore {
+    foca: FocaInstance,
+    runtime: AccumulatingRuntime<NodeId>,
+    table: PayloadTable,
+    timers: BTreeMap<(Instant, u64), CoreTimer>,
+    timer_seq: u64,
+    refresh_armed: bool,
+    refresh_interval: Duration,
+    outbox: VecDeque<(SocketAddr, Bytes)>,
+    events: VecDeque<GossipEvent>,
+    payload: Vec<u8>,
+    version: u64,
+    max_item_len: usize,
+    item_overhead: usize,
+    bad_packets: u64,
+    left: bool,
+    defunct: bool,
+}
+
+impl std::fmt::Debug for GossipCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GossipCore")
+            .field("identity", self.foca.identity())
+            .field("members", &self.foca.num_members())
+            .field("version", &self.version)
+            .field("bad_packets", &self.bad_packets)
+            .field("left", &self.left)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GossipCore {
+    /// Builds a core for `config.id` at `config.advertise` with the given
+    /// payload; `rng_seed` seeds foca's random choices.
+    ///
+    /// `config.advertise` must be the final address (the driver replaces
+    /// port 0 by the bound port before calling this).
+    pub fn new(config: &GossipConfig, payload: Vec<u8>, rng_seed: u64) -> Result<Self, Error> {
+        if config.id.is_empty() {
+            return Err(Error::InvalidConfig {
+                reason: "the node id is empty; give every node a unique, stable id".to_string(),
+            });
+        }
+        if config.refresh_interval.is_zero() {
+            return Err(Error::InvalidConfig {
+                reason: "refresh_interval is 0; use a few seconds (default 2s)".to_string(),
+            });
+        }
+        let foca_config = config.effective_foca_config()?;
+        let identity = NodeId {
+            id: config.id.clone(),
+            addr: config.advertise,
+            incarnation: config.incarnation,
+        };
+        let header_len = wire::encode(&foca::Header {
+            src: identity.clone(),
+            src_incarnation: u16::MAX,
+            dst: identity.clone(),
+            message: foca::Message::<NodeId>::Broadcast,
+        })
+        .map_err(|e| Error::Foca(e.to_string()))?
+        .len();
+        let item_overhead = wire::encode(&PayloadItem {
+            id: identity.id.clone(),
+            incarnation: u64::MAX,
+            version: u64::MAX,
+            payload: Vec::new(),
+        })
+        .map_err(|e| Error::Foca(e.to_string()))?
+        .len()
+            // the payload length prefix grows with the payload
+            + 4;
+        let max_item_len = foca_config
+            .max_packet_size
+            .get()
+            .saturating_sub(1 + header_len + 2 + PACKET_HEADROOM);
+        let table = PayloadTable::default();
+        let handler = PayloadHandler::new(identity.id.clone(), table.clone());
+        let foca = Foca::with_custom_broadcast(
+            identity,
+            foca_config,
+            StdRng::seed_from_u64(rng_seed),
+            BincodeCodec,
+            handler,
+        );
+        let core = Self {
+            foca,
+            runtime: AccumulatingRuntime::new(),
+            table,
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            refresh_armed: false,
+            refresh_interval: config.refresh_interval,
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            payload: Vec::new(),
+            version: 0,
+            max_item_len,
+            item_overhead,
+            bad_packets: 0,
+            left: false,
+            defunct: false,
+        };
+        core.check_payload(&payload)?;
+        Ok(Self {
+            payload,
+            version: 1,
+            ..core
+        })
+    }
+
+    /// Our current identity (the incarnation grows on every rejoin).
+    pub fn identity(&self) -> &NodeId {
+        self.foca.identity()
+    }
+
+    /// The largest payload (in bytes) that fits in one packet.
+    pub fn max_payload_len(&self) -> usize {
+        self.max_item_len.saturating_sub(self.item_overhead)
+    }
+
+    /// Packets that failed to decode so far.
+    pub fn bad_packets(&self) -> u64 {
+        self.bad_packets
+    }
+
+    /// True once [`GossipCore::leave`] ran.
+    pub fn has_left(&self) -> bool {
+        self.left
+    }
+
+    /// Arms the periodic payload refresh. Every other entry point does this
+    /// too; call it once at start so [`GossipCore::next_deadline`] is set.
+    pub fn start(&mut self, now: Instant) {
+        self.arm_refresh(now);
+    }
+
+    /// The earliest timer deadline, if any.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.keys().next().map(|(at, _)| *at)
+    }
+
+    /// Fires every timer due at `now` (deadline <= now), earliest first.
+    pub fn handle_timers(&mut self, now: Instant) {
+        self.arm_refresh(now);
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let timer = entry.remove();
+            self.fire(timer, now);
+        }
+    }
+
+    fn fire(&mut self, timer: CoreTimer, now: Instant) {
+        if self.left {
+            return;
+        }
+        match timer {
+            CoreTimer::PayloadRefresh => {
+                self.refresh_armed = false;
+                self.broadcast_own(now);
+                self.arm_refresh(now);
+            }
+            CoreTimer::Foca(timer) => {
+                let removed = match &timer {
+                    Timer::RemoveDown(id) => Some(id.id.clone()),
+                    _ => None,
+                };
+                if let Err(error) = self.foca.handle_timer(timer, &mut self.runtime) {
+                    tracing::warn!(%error, "gossip timer failed");
+                }
+                if let Some(id) = removed
+                    && !self.foca.iter_membership_state().any(|m| m.id().id == id)
+                {
+                    self.table.lock().remove(&id);
+                }
+                self.collect(now);
+            }
+        }
+    }
+
+    /// Handles one datagram from `from`. Packets that do not decode are
+    /// dropped and counted; this never panics.
+    pub fn handle_packet(&mut self, from: SocketAddr, data: &[u8], now: Instant) {
+        self.arm_refresh(now);
+        if self.left {
+            return;
+        }
+        match data.split_first() {
+            Some((&TAG_FOCA, body)) => {
+                let result = self.foca.handle_data(body, &mut self.runtime);
+                if let Err(error) = result {
+                    match error {
+                        foca::Error::Decode(_)
+                        | foca::Error::MalformedPacket
+                        | foca::Error::DataTooBig
+                        | foca::Error::CustomBroadcast(_) => {
+                            self.bad_packets += 1;
+                            tracing::debug!(%from, %error, len = data.len(), "dropped bad gossip packet");
+                        }
+                        other => {
+                            tracing::debug!(%from, error = %other, "gossip packet ignored");
+                        }
+                    }
+                }
+                self.collect(now);
+            }
+            Some((&tag @ (TAG_HELLO | TAG_HELLO_ACK), body)) => match wire::decode_hello(body) {
+                Ok(node) if node.id == self.identity().id => {
+                    tracing::debug!(%from, "ignored hello carrying our own id");
+                }
+                Ok(node) if tag == TAG_HELLO => {
+                    tracing::debug!(%from, member = %node.id, "hello: answering with our identity");
+                    match wire::hello(TAG_HELLO_ACK, self.foca.identity()) {
+                        Ok(packet) => self.outbox.push_back((from, Bytes::from(packet))),
+                        Err(error) => tracing::warn!(%error, "cannot encode gossip hello ack"),
+                    }
+                }
+                Ok(node) => {
+                    tracing::debug!(%from, member = %node.id, addr = %node.addr, "hello ack: announcing to member");
+                    if let Err(error) = self.foca.announce(node, &mut self.runtime) {
+                        tracing::warn!(%error, "gossip announce failed");
+                    }
+                    self.collect(now);
+                }
+                Err(error) => {
+                    self.bad_packets += 1;
+                    tracing::debug!(%from, %error, "dropped bad hello packet");
+                }
+            },
+            _ => {
+                self.bad_packets += 1;
+                tracing::debug!(%from, len = data.len(), "dropped gossip packet with unknown tag");
+            }
+        }
+    }
+
+    /// Joins the cluster of the node at `addr`: sends it a hello; its
+    /// answer carries its identity, to which we then announce with foca.
+    /// Our own address is skipped.
+    pub fn announce(&mut self, addr: SocketAddr) {
+        if self.left || addr == self.identity().addr {
+            return;
+        }
+        match wire::hello(TAG_HELLO, self.foca.identity()) {
+            Ok(packet) => self.outbox.push_back((addr, Bytes::from(packet))),
+            Err(error) => tracing::warn!(%error, "cannot encode gossip hello"),
+        }
+    }
+
+    /// Publishes a new payload (version + 1) and starts disseminating it.
+    pub fn set_payload(&mut self, payload: Vec<u8>, now: Instant) -> Result<(), Error> {
+        self.arm_refresh(now);
+        self.check_payload(&payload)?;
+        self.payload = payload;
+        self.version += 1;
+        self.broadcast_own(now);
+        Ok(())
+    }
+
+    /// Leaves the cluster: tells a few members we are down. Packets to flush
+    /// are in the outbox; afterwards the core ignores all input.
+    pub fn leave(&mut self, now: Instant) {
+        if self.left {
+            return;
+        }
+        if let Err(error) = self.foca.leave_cluster(&mut self.runtime) {
+            tracing::warn!(%error, "gossip leave failed");
+        }
+        self.collect(now);
+        self.left = true;
+        self.timers.clear();
+        self.refresh_armed = false;
+    }
+
+    /// Takes the next packet to send.
+    pub fn pop_packet(&mut self) -> Option<(SocketAddr, Bytes)> {
+        self.outbox.pop_front()
+    }
+
+    /// Takes all packets to send, in order.
+    pub fn drain_packets(&mut self) -> Vec<(SocketAddr, Bytes)> {
+        self.outbox.drain(..).collect()
+    }
+
+    /// Takes all membership events since the last call, in order.
+    pub fn drain_events(&mut self) -> Vec<GossipEvent> {
+        self.events.drain(..).collect()
+    }
+
+    /// True if a member with this address is active (Alive or Suspect).
+    pub fn is_active_addr(&self, addr: SocketAddr) -> bool {
+        self.foca.iter_members().any(|m| m.id().addr == addr)
+    }
+
+    /// True if a member with this id is active (Alive or Suspect).
+    pub fn is_active_id(&self, id: &str) -> bool {
+        self.foca.iter_members().any(|m| m.id().id == id)
+    }
+
+    /// Every known member including ourselves (`is_self`), sorted by id.
+    /// Down members stay listed (with their last payload) until foca
+    /// forgets them (`remove_down_after`).
+    pub fn members(&self) -> Vec<MemberView> {
+        let me = self.foca.identity();
+        let table = self.table.lock();
+        let mut views: BTreeMap<String, MemberView> = BTreeMap::new();
+        for member in self.foca.iter_membership_state() {
+            let node = member.id();
+            if node.id == me.id {
+                continue;
+            }
+            if views
+                .get(&node.id)
+                .is_some_and(|v| v.incarnation >= node.incarnation)
+            {
+                continue;
+            }
+            views.insert(
+                node.id.clone(),
+                MemberView {
+                    id: node.id.clone(),
+                    addr: node.addr,
+                    incarnation: node.incarnation,
+                    state: member.state().into(),
+                    payload: table.get(&node.id).map(|e| e.payload.clone()),
+                    is_self: false,
+                },
+            );
+        }
+        views.insert(
+            me.id.clone(),
+            MemberView {
+                id: me.id.clone(),
+                addr: me.addr,
+                incarnation: me.incarnation,
+                state: if self.left || self.defunct {
+                    MemberState::Down
+                } else {
+                    MemberState::Alive
+                },
+                payload: Some(self.payload.clone()),
+                is_self: true,
+            },
+        );
+        views.into_values().collect()
+    }
+
+    fn check_payload(&self, payload: &[u8]) -> Result<(), Error> {
+        let max = self.max_payload_len();
+        if payload.len() > max {
+            Err(Error::PayloadTooLarge {
+                size: payload.len(),
+                max,
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    fn arm_refresh(&mut self, now: Instant) {
+        if !self.refresh_armed && !self.left {
+            self.refresh_armed = true;
+            self.schedule(now + self.refresh_interval, CoreTimer::PayloadRefresh);
+        }
+    }
+
+    fn schedule(&mut self, at: Instant, timer: CoreTimer) {
+        self.timer_seq += 1;
+        self.timers.insert((at, self.timer_seq), timer);
+    }
+
+    /// Queues our own payload as a custom broadcast and sends it to a few
+    /// active members right away.
+    fn broadcast_own(&mut self, now: Instant) {
+        if self.left {
+            return;
+        }
+        let item = PayloadItem {
+            id: self.identity().id.clone(),
+            incarnation: self.identity().incarnation,
+            version: self.version,
+            payload: self.payload.clone(),
+        };
+        let data = match wire::encode(&item) {
+            Ok(data) => data,
+            Err(error) => {
+                tracing::warn!(%error, "cannot encode our gossip payload");
+                return;
+            }
+        };
+        if let Err(error) = self.foca.add_broadcast(&data) {
+            tracing::warn!(%error, len = data.len(), "cannot queue our gossip payload");
+            return;
+        }
+        if let Err(error) = self.foca.broadcast(&mut self.runtime) {
+            tracing::warn!(%error, "gossip broadcast failed");
+        }
+        self.collect(now);
+    }
+
+    /// Moves foca's outputs into the core: packets to the outbox, timers to
+    /// the list, notifications to events (reacting to some).
+    fn collect(&mut self, now: Instant) {
+        loop {
+            let mut rebroadcast = false;
+            while let Some((dst, data)) = self.runtime.to_send() {
+                let mut framed = BytesMut::with_capacity(data.len() + 1);
+                framed.put_u8(TAG_FOCA);
+                framed.put_slice(&data);
+                self.outbox.push_back((dst.addr, framed.freeze()));
+            }
+            while let Some((after, timer)) = self.runtime.to_schedule() {
+                self.schedule(now + after, CoreTimer::Foca(timer));
+            }
+            while let Some(notification) = self.runtime.to_notify() {
+                let event = match notification {
+                    OwnedNotification::MemberUp(node) => {
+                        tracing::info!(member = %node.id, addr = %node.addr, incarnation = node.incarnation, "gossip member up");
+                        rebroadcast = true;
+                        GossipEvent::MemberUp(node)
+                    }
+                    OwnedNotification::MemberDown(node) => {
+                        tracing::info!(member = %node.id, addr = %node.addr, incarnation = node.incarnation, "gossip member down");
+                        GossipEvent::MemberDown(node)
+                    }
+                    OwnedNotification::Rename(from, to) => {
+                        tracing::info!(member = %to.id, old_incarnation = from.incarnation, incarnation = to.incarnation, addr = %to.addr, "gossip member restarted");
+                        GossipEvent::Renamed { from, to }
+                    }
+                    OwnedNotification::Rejoin(node) => {
+                        tracing::warn!(
+                            incarnation = node.incarnation,
+                            "the cluster declared us down; rejoined with a new incarnation"
+                        );
+                        self.defunct = false;
+                        rebroadcast = true;
+                        GossipEvent::Rejoined(node)
+                    }
+                    OwnedNotification::Active => GossipEvent::Active,
+                    OwnedNotification::Idle => GossipEvent::Idle,
+                    OwnedNotification::Defunct => {
+                        self.defunct = true;
+                        GossipEvent::Defunct
+                    }
+                };
+                self.events.push_back(event);
+            }
+            if rebroadcast && !self.left {
+                self.broadcast_own(now);
+            }
+            if self.runtime.backlog() == 0 {
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    // A fixed starting point is all the core needs; tests may read the clock.
+    #![allow(clippy::disallowed_methods)]
+    use super::*;
+
+    fn config() -> GossipConfig {
+        GossipConfig::new("a".into(), SocketAddr::from(([127, 0, 0, 1], 9000)))
+    }
+
+    #[test]
+    fn rejects_bad_config_and_oversized_payload() {
+        let mut bad = config();
+        bad.id = String::new();
+        assert!(matches!(
+            GossipCore::new(&bad, vec![], 1),
+            Err(Error::InvalidConfig { .. })
+        ));
+        let mut bad = config();
+        bad.cluster_size_hint = 0;
+        assert!(matches!(
+            GossipCore::new(&bad, vec![], 1),
+            Err(Error::InvalidConfig { .. })
+        ));
+        let mut core = GossipCore::new(&config(), vec![1; 1024], 1).unwrap();
+        let max = core.max_payload_len();
+        assert!(max >= 1024, "1 KiB payloads must fit, max is {max}");
+        let err = core
+            .set_payload(vec![0; max + 1], Instant::now())
+            .unwrap_err();
+        assert!(matches!(err, Error::PayloadTooLarge { .. }), "{err}");
+        core.set_payload(vec![0; max], Instant::now()).unwrap();
+    }
+
+    #[test]
+    fn garbage_is_counted_not_fatal() {
+        let mut core = GossipCore::new(&config(), b"p".to_vec(), 1).unwrap();
+        let from = SocketAddr::from(([127, 0, 0, 1], 1));
+        let now = Instant::now();
+        core.handle_packet(from, &[], now);
+        core.handle_packet(from, &[0x00, 1, 2, 3], now);
+        core.handle_packet(from, &[TAG_FOCA, 0xff, 0xff, 0xff], now);
+        core.handle_packet(from, &[TAG_HELLO, 0xff], now);
+        core.handle_packet(from, &[TAG_FOCA; 5000], now);
+        assert_eq!(core.bad_packets(), 5);
+        assert_eq!(core.members().len(), 1);
+    }
+
+    #[test]
+    fn announce_skips_ourselves() {
+        let mut core = GossipCore::new(&config(), vec![], 1).unwrap();
+        core.announce(SocketAddr::from(([127, 0, 0, 1], 9000)));
+        assert!(core.pop_packet().is_none());
+        core.announce(SocketAddr::from(([127, 0, 0, 1], 9001)));
+        let (to, packet) = core.pop_packet().unwrap();
+        assert_eq!(to.port(), 9001);
+        assert_eq!(packet[0], TAG_HELLO);
+    }
+}

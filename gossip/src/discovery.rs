@@ -1,0 +1,210 @@
+//! Seeds (`host:port`, resolved on every refresh) and the discovery folder
+//! (`<dir>/<id>.json` per node, written atomically).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// The content of `<dir>/<id>.json`: `{"id":"..","addr":"ip:port"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscoveryRecord {
+    /// The node id.
+    pub id: String,
+    /// Its gossip address.
+    pub addr: SocketAddr,
+}
+
+/// Checks that `seed` has the form `host:port` (port 1-65535) and returns
+/// its host and port. Resolution happens later, on every refresh.
+pub fn parse_seed(seed: &str) -> Result<(String, u16), Error> {
+    let invalid = |reason: &str| Error::InvalidSeed {
+        seed: seed.to_string(),
+        reason: reason.to_string(),
+    };
+    let (host, port) = seed
+        .rsplit_once(':')
+        .ok_or_else(|| invalid("no port (expected host:port)"))?;
+    if host.is_empty() {
+        return Err(invalid("empty host"));
+    }
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return Err(invalid("IPv6 addresses need brackets, e.g. [::1]:8000"));
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| invalid("the port is not a number from 1 to 65535"))?;
+    if port == 0 {
+        return Err(invalid("port 0 cannot be reached"));
+    }
+    Ok((host.to_string(), port))
+}
+
+/// Resolves every seed; seeds that do not resolve are logged and skipped.
+pub(crate) async fn resolve_seeds(seeds: &[String]) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for seed in seeds {
+        match tokio::net::lookup_host(seed.as_str()).await {
+            Ok(addrs) => out.extend(addrs),
+            Err(error) => tracing::debug!(%seed, %error, "gossip seed does not resolve (yet)"),
+        }
+    }
+    out
+}
+
+/// Checks that `id` can name a file in the discovery folder.
+pub(crate) fn check_id_for_file(id: &str) -> Result<(), Error> {
+    let bad = id.is_empty()
+        || id.starts_with('.')
+        || id.chars().any(|c| c == '/' || c == '\\' || c.is_control());
+    if bad {
+        Err(Error::InvalidConfig {
+            reason: format!(
+                "node id {id:?} cannot name a discovery file; use letters, digits, '-', '_' and '.' (not first)"
+            ),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+fn record_path(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!("{id}.json"))
+}
+
+/// Writes our record atomically (a hidden temp file, then rename).
+pub(crate) async fn write_record(dir: &Path, record: &DiscoveryRecord) -> Result<(), Error> {
+    let path = record_path(dir, &record.id);
+    let tmp = dir.join(format!(".{}.json.tmp", record.id));
+    let body = serde_json::to_vec(record).map_err(|e| Error::Discovery {
+        path: path.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    let fail = |source| Error::Discovery {
+        path: path.clone(),
+        source,
+    };
+    tokio::fs::create_dir_all(dir).await.map_err(fail)?;
+    tokio::fs::write(&tmp, &body).await.map_err(fail)?;
+    tokio::fs::rename(&tmp, &path).await.map_err(fail)?;
+    Ok(())
+}
+
+/// Removes our record (on graceful leave); a missing file is fine.
+pub(crate) async fn remove_record(dir: &Path, id: &str) {
+    let path = record_path(dir, id);
+    match tokio::fs::remove_file(&path).await {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "cannot remove our gossip discovery file")
+        }
+    }
+}
+
+/// Reads every other node's record; unreadable files are skipped.
+pub(crate) async fn read_records(dir: &Path, own_id: &str) -> Vec<DiscoveryRecord> {
+    let mut out = Vec::new();
+    let mut entries = match tokio::fs::read_dir(dir).await {
+        Ok(entries) => entries,
+        Err(error) => {
+            tracing::debug!(dir = %dir.display(), %error, "cannot list gossip discovery folder");
+            return out;
+        }
+    };
+    loop {
+        let entry = match entries.next_entry().await {
+            Ok(Some(entry)) => entry,
+            Ok(None) => break,
+            Err(error) => {
+                tracing::debug!(dir = %dir.display(), %error, "cannot list gossip discovery folder");
+                break;
+            }
+        };
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with('.') || !name.ends_with(".json") {
+            continue;
+        }
+        let path = entry.path();
+        let record = match tokio::fs::read(&path).await {
+            Ok(bytes) => {
+                serde_json::from_slice::<DiscoveryRecord>(&bytes).map_err(|e| e.to_string())
+            }
+            Err(error) => Err(error.to_string()),
+        };
+        match record {
+            Ok(record) if record.id == own_id => {}
+            Ok(record) => out.push(record),
+            Err(error) => {
+                tracing::debug!(path = %path.display(), %error, "skipped unreadable gossip discovery file")
+            }
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn seeds_parse() {
+        assert_eq!(
+            parse_seed("10.0.0.1:8000").unwrap(),
+            ("10.0.0.1".into(), 8000)
+        );
+        assert_eq!(parse_seed("etcd-a.internal:8000").unwrap().1, 8000);
+        assert_eq!(parse_seed("[::1]:8000").unwrap().0, "[::1]");
+        for bad in [
+            "",
+            "host",
+            ":8000",
+            "host:",
+            "host:0",
+            "host:70000",
+            "::1:8000",
+            "h:x",
+        ] {
+            assert!(
+                matches!(parse_seed(bad), Err(Error::InvalidSeed { .. })),
+                "{bad:?} should be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn ids_for_files() {
+        assert!(check_id_for_file("etcd-a_1.example").is_ok());
+        for bad in ["", ".hidden", "a/b", "a\\b", "a\nb"] {
+            assert!(check_id_for_file(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn records_roundtrip_and_skip_junk() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = DiscoveryRecord {
+            id: "a".into(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+        };
+        let b = DiscoveryRecord {
+            id: "b".into(),
+            addr: "127.0.0.1:2".parse().unwrap(),
+        };
+        write_record(dir.path(), &a).await.unwrap();
+        write_record(dir.path(), &b).await.unwrap();
+        std::fs::write(dir.path().join("junk.json"), b"{not json").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"hello").unwrap();
+        let text = std::fs::read_to_string(dir.path().join("a.json")).unwrap();
+        assert_eq!(text, r#"{"id":"a","addr":"127.0.0.1:1"}"#);
+        assert_eq!(read_records(dir.path(), "a").await, vec![b.clone()]);
+        remove_record(dir.path(), "b").await;
+        remove_record(dir.path(), "b").await;
+        assert!(read_records(dir.path(), "a").await.is_empty());
+    }
+}

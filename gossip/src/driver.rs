@@ -1,0 +1,344 @@
+//! The tokio driver: one task owns the socket and the core.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::core::GossipCore;
+use crate::discovery::{self, DiscoveryRecord};
+use crate::error::Error;
+use crate::{GossipConfig, MemberView};
+
+/// The longest a refresh waits for DNS before giving up until the next one.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Receive buffer: larger than any packet foca accepts, so oversized
+/// datagrams are seen (and counted) rather than silently cut.
+const RECV_BUFFER: usize = 64 * 1024;
+
+#[derive(Debug)]
+struct Shared {
+    id: String,
+    local_addr: SocketAddr,
+    advertise: SocketAddr,
+    bad_packets: AtomicU64,
+}
+
+/// A cheap, cloneable handle on a running gossip node.
+#[derive(Clone)]
+pub struct GossipHandle {
+    shared: Arc<Shared>,
+    payload_tx: Arc<watch::Sender<Vec<u8>>>,
+    members_rx: watch::Receiver<Vec<MemberView>>,
+    leave: CancellationToken,
+    done: CancellationToken,
+}
+
+impl std::fmt::Debug for GossipHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GossipHandle")
+            .field("id", &self.shared.id)
+            .field("local_addr", &self.shared.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GossipHandle {
+    /// Our node id.
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// The address the UDP socket is bound to (port 0 resolved).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// The address we advertise to others (port 0 resolved).
+    pub fn advertise_addr(&self) -> SocketAddr {
+        self.shared.advertise
+    }
+
+    /// Publishes a new payload (the latest call wins if several are pending).
+    /// A payload too large for one packet is logged and not published.
+    pub fn set_payload(&self, payload: Vec<u8>) {
+        self.payload_tx.send_replace(payload);
+    }
+
+    /// All known members including ourselves (is_self), sorted by id.
+    pub fn members(&self) -> Vec<MemberView> {
+        self.members_rx.borrow().clone()
+    }
+
+    /// Membership snapshots, published whenever one changes.
+    pub fn subscribe(&self) -> watch::Receiver<Vec<MemberView>> {
+        self.members_rx.clone()
+    }
+
+    /// Packets dropped because they did not decode.
+    pub fn bad_packets(&self) -> u64 {
+        self.shared.bad_packets.load(Ordering::Relaxed)
+    }
+
+    /// True once the driver task has ended (left, cancelled or failed).
+    pub fn is_finished(&self) -> bool {
+        self.done.is_cancelled()
+    }
+
+    /// Announce leave, flush, and wait (up to `timeout`) for the task to end.
+    pub async fn leave(&self, timeout: Duration) {
+        self.leave.cancel();
+        if tokio::time::timeout(timeout, self.done.cancelled())
+            .await
+            .is_err()
+        {
+            tracing::warn!(id = %self.shared.id, ?timeout, "gossip task did not end in time after leave");
+        }
+    }
+}
+
+/// Bind the socket (errors here, synchronously in the caller's await, not inside the task), start the driver task.
+///
+/// The task ends on graceful leave ([`GossipHandle::leave`]) or when
+/// `cancel` fires (then without telling the cluster, as a crash would).
+pub async fn start(
+    mut config: GossipConfig,
+    payload: Vec<u8>,
+    cancel: CancellationToken,
+) -> Result<(GossipHandle, JoinHandle<()>), Error> {
+    for seed in &config.seeds {
+        discovery::parse_seed(seed)?;
+    }
+    if config.id.is_empty() {
+        return Err(Error::InvalidConfig {
+            reason: "the node id is empty; give every node a unique, stable id".to_string(),
+        });
+    }
+    if config.discovery_dir.is_some() {
+        discovery::check_id_for_file(&config.id)?;
+    }
+    config.effective_foca_config()?;
+
+    let bind_err = |source| Error::Bind {
+        addr: config.bind,
+        source,
+    };
+    let socket = UdpSocket::bind(config.bind).await.map_err(bind_err)?;
+    let local_addr = socket.local_addr().map_err(bind_err)?;
+    if config.advertise.port() == 0 {
+        config.advertise.set_port(local_addr.port());
+    }
+    if config.advertise.ip().is_unspecified() {
+        if local_addr.ip().is_unspecified() {
+            return Err(Error::InvalidConfig {
+                reason: format!(
+                    "advertise address {} is unspecified; set it to an address other nodes can reach",
+                    config.advertise
+                ),
+            });
+        }
+        config.advertise.set_ip(local_addr.ip());
+    }
+
+    let core = GossipCore::new(&config, payload.clone(), rand::random())?;
+    let record = DiscoveryRecord {
+        id: config.id.clone(),
+        addr: config.advertise,
+    };
+    if let Some(dir) = &config.discovery_dir {
+        discovery::write_record(dir, &record).await?;
+    }
+
+    let shared = Arc::new(Shared {
+        id: config.id.clone(),
+        local_addr,
+        advertise: config.advertise,
+        bad_packets: AtomicU64::new(0),
+    });
+    let (payload_tx, payload_rx) = watch::channel(payload);
+    let (members_tx, members_rx) = watch::channel(core.members());
+    let leave = CancellationToken::new();
+    let done = CancellationToken::new();
+    let driver = Driver {
+        core,
+        socket,
+        local_addr,
+        seeds: config.seeds.clone(),
+        discovery_dir: config.discovery_dir.clone(),
+        record,
+        refresh_interval: config.refresh_interval,
+        payload_rx,
+        members_tx,
+        shared: shared.clone(),
+    };
+    tracing::info!(id = %config.id, %local_addr, advertise = %config.advertise, incarnation = config.incarnation, "gossip started");
+    let span = tracing::info_span!("gossip", id = %config.id);
+    let task = tokio::spawn(
+        driver
+            .run(leave.clone(), cancel, done.clone())
+            .instrument(span),
+    );
+    let handle = GossipHandle {
+        shared,
+        payload_tx: Arc::new(payload_tx),
+        members_rx,
+        leave,
+        done,
+    };
+    Ok((handle, task))
+}
+
+struct Driver {
+    core: GossipCore,
+    socket: UdpSocket,
+    local_addr: SocketAddr,
+    seeds: Vec<String>,
+    discovery_dir: Option<PathBuf>,
+    record: DiscoveryRecord,
+    refresh_interval: Duration,
+    payload_rx: watch::Receiver<Vec<u8>>,
+    members_tx: watch::Sender<Vec<MemberView>>,
+    shared: Arc<Shared>,
+}
+
+/// An address to announce to, with the node id when a discovery record
+/// named it.
+type Candidate = (Option<String>, SocketAddr);
+
+impl Driver {
+    async fn run(
+        mut self,
+        leave: CancellationToken,
+        cancel: CancellationToken,
+        done: CancellationToken,
+    ) {
+        let _done = done.drop_guard();
+        self.core.start(Instant::now().into_std());
+        let mut buf = vec![0u8; RECV_BUFFER];
+        let mut refresh = tokio::time::interval(self.refresh_interval);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut jobs: JoinSet<Vec<Candidate>> = JoinSet::new();
+        let mut payload_open = true;
+        loop {
+            let deadline = self.core.next_deadline();
+            let timer = async move {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(Instant::from_std(at)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = cancel.cancelled() => {
+                    tracing::info!(id = %self.record.id, "gossip cancelled; stopping without leaving");
+                    break;
+                }
+                () = leave.cancelled() => {
+                    jobs.shutdown().await;
+                    self.core.leave(Instant::now().into_std());
+                    self.flush().await;
+                    if let Some(dir) = &self.discovery_dir {
+                        discovery::remove_record(dir, &self.record.id).await;
+                    }
+                    self.publish();
+                    tracing::info!(id = %self.record.id, "left the gossip cluster");
+                    break;
+                }
+                () = timer => self.core.handle_timers(Instant::now().into_std()),
+                received = self.socket.recv_from(&mut buf) => match received {
+                    Ok((len, from)) => {
+                        let data = buf.get(..len).unwrap_or_default();
+                        self.core.handle_packet(from, data, Instant::now().into_std());
+                    }
+                    Err(error) => tracing::debug!(%error, "gossip receive failed"),
+                },
+                changed = self.payload_rx.changed(), if payload_open => match changed {
+                    Ok(()) => {
+                        let payload = self.payload_rx.borrow_and_update().clone();
+                        if let Err(error) = self.core.set_payload(payload, Instant::now().into_std()) {
+                            tracing::error!(%error, "gossip payload not published");
+                        }
+                    }
+                    Err(_) => payload_open = false,
+                },
+                _ = refresh.tick() => {
+                    if jobs.is_empty() {
+                        jobs.spawn(discover(self.seeds.clone(), self.discovery_dir.clone(), self.record.clone()));
+                    }
+                }
+                Some(found) = jobs.join_next(), if !jobs.is_empty() => match found {
+                    Ok(candidates) => self.announce(candidates),
+                    Err(error) => tracing::warn!(%error, "gossip discovery job failed"),
+                },
+            }
+            self.flush().await;
+            self.publish();
+        }
+    }
+
+    fn announce(&mut self, candidates: Vec<Candidate>) {
+        for (id, addr) in candidates {
+            let ours = addr == self.local_addr || addr == self.record.addr;
+            let known = self.core.is_active_addr(addr)
+                || id.as_deref().is_some_and(|id| self.core.is_active_id(id));
+            if !ours && !known {
+                tracing::debug!(%addr, member = id.as_deref().unwrap_or(""), "announcing to seed");
+                self.core.announce(addr);
+            }
+        }
+    }
+
+    async fn flush(&mut self) {
+        while let Some((to, packet)) = self.core.pop_packet() {
+            if let Err(error) = self.socket.send_to(&packet, to).await {
+                tracing::debug!(%to, %error, "gossip send failed");
+            }
+        }
+    }
+
+    fn publish(&self) {
+        self.shared
+            .bad_packets
+            .store(self.core.bad_packets(), Ordering::Relaxed);
+        let members = self.core.members();
+        self.members_tx.send_if_modified(|current| {
+            if *current == members {
+                false
+            } else {
+                *current = members;
+                true
+            }
+        });
+    }
+}
+
+/// One refresh: resolve seeds, rewrite our discovery record, read the others.
+async fn discover(seeds: Vec<String>, dir: Option<PathBuf>, me: DiscoveryRecord) -> Vec<Candidate> {
+    let mut out: Vec<Candidate> =
+        match tokio::time::timeout(RESOLVE_TIMEOUT, discovery::resolve_seeds(&seeds)).await {
+            Ok(addrs) => addrs.into_iter().map(|a| (None, a)).collect(),
+            Err(_) => {
+                tracing::debug!("gossip seed resolution timed out");
+                Vec::new()
+            }
+        };
+    if let Some(dir) = dir {
+        if let Err(error) = discovery::write_record(&dir, &me).await {
+            tracing::warn!(%error, "cannot refresh our gossip discovery record");
+        }
+        out.extend(
+            discovery::read_records(&dir, &me.id)
+                .await
+                .into_iter()
+                .map(|r| (Some(r.id), r.addr)),
+        );
+    }
+    out
+}
