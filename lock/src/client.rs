@@ -1,0 +1,652 @@
+//! The lease client: one state machine per node, driven by [`LeaseClient::tick`].
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use tracing::{debug, info, warn};
+
+use crate::record::{LeaseRecord, parse_key, record_key};
+use crate::{Error, LeaseConfig};
+
+/// Records kept behind the current one; older ones are garbage-collected by the holder.
+pub const KEEP_RECORDS: u64 = 8;
+/// The holder deletes old records once at least this many have piled up (one batch).
+const GC_BATCH: usize = 8;
+
+/// What [`LeaseClient::tick`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseState {
+    /// We hold it; act only while now < valid_until.
+    Held {
+        /// Our fencing epoch.
+        epoch: u64,
+        /// Act only while `now < valid_until` (see [`LeaseClient::held`]).
+        valid_until: Instant,
+    },
+    /// Someone else holds it (or held it and released it).
+    Other {
+        /// The node named in the current record.
+        holder: String,
+        /// The epoch of the current record.
+        epoch: u64,
+        /// True when the holder gave the lease up.
+        released: bool,
+    },
+    /// No lease record exists.
+    Free,
+}
+
+/// Our own current record, while we hold the lease.
+#[derive(Debug, Clone)]
+struct Ours {
+    seq: u64,
+    nonce: String,
+    epoch: u64,
+    /// `now` at the start of the last successful renewal (or acquisition).
+    renewed_at: Instant,
+    /// We may act while `now < valid_until`.
+    valid_until: Instant,
+}
+
+/// The record we are watching as a contender.
+#[derive(Debug, Clone)]
+struct Observation {
+    seq: u64,
+    /// None for a malformed record.
+    nonce: Option<String>,
+    /// The record's own duration, if it parsed.
+    duration: Duration,
+    /// `now` of the first tick that began after a previous tick had already seen the record:
+    /// the record certainly existed at this instant. None until then.
+    confirmed_at: Option<Instant>,
+}
+
+/// A write whose outcome we do not know (the store failed without a clear answer).
+#[derive(Debug, Clone)]
+struct Pending {
+    seq: u64,
+    nonce: String,
+    epoch: u64,
+    started: Instant,
+    released: bool,
+}
+
+/// How a create-only write ended.
+enum Written {
+    /// Our record is at the key.
+    Won,
+    /// Somebody else's record is at the key.
+    Lost(LeaseRecord),
+}
+
+/// The leader lease of one node. See the crate documentation for the protocol.
+pub struct LeaseClient {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    holder: String,
+    config: LeaseConfig,
+    instance: u64,
+    counter: u64,
+    ours: Option<Ours>,
+    observed: Option<Observation>,
+    pending: Option<Pending>,
+    highest_epoch: u64,
+}
+
+impl std::fmt::Debug for LeaseClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseClient")
+            .field("store", &self.store.to_string())
+            .field("prefix", &self.prefix.as_ref())
+            .field("holder", &self.holder)
+            .field("config", &self.config)
+            .field("ours", &self.ours)
+            .field("observed", &self.observed)
+            .field("pending", &self.pending)
+            .field("highest_epoch", &self.highest_epoch)
+            .finish()
+    }
+}
+
+impl LeaseClient {
+    /// A client for the lease whose records live under `prefix`, acting as `holder`.
+    /// Nothing is read or written until [`LeaseClient::probe`] or [`LeaseClient::tick`].
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        prefix: Path,
+        holder: String,
+        config: LeaseConfig,
+    ) -> Self {
+        // A per-process random value (std seeds RandomState from the OS), so a restarted
+        // node with the same holder id never mistakes its predecessor's records for its own.
+        let instance = std::collections::hash_map::RandomState::new().hash_one(&holder);
+        Self {
+            store,
+            prefix,
+            holder,
+            config,
+            instance,
+            counter: 0,
+            ours: None,
+            observed: None,
+            pending: None,
+            highest_epoch: 0,
+        }
+    }
+
+    /// Replace the random instance number that makes nonces unique (for deterministic
+    /// simulations). Two live clients with the same holder id must not share it.
+    pub fn with_instance(mut self, instance: u64) -> Self {
+        self.instance = instance;
+        self
+    }
+
+    /// The holder id this client writes into records.
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    /// The prefix the lease records live under.
+    pub fn prefix(&self) -> &Path {
+        &self.prefix
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LeaseConfig {
+        &self.config
+    }
+
+    /// The highest epoch seen in any record or passed to [`LeaseClient::observe_epoch`].
+    pub fn highest_epoch_seen(&self) -> u64 {
+        self.highest_epoch
+    }
+
+    /// Pure: Some(epoch) while we hold the lease and now < valid_until.
+    pub fn held(&self, now: Instant) -> Option<u64> {
+        self.ours
+            .as_ref()
+            .filter(|o| now < o.valid_until && o.epoch >= self.highest_epoch)
+            .map(|o| o.epoch)
+    }
+
+    /// Raise the highest epoch seen (from a peer or from persisted state): if it exceeds our
+    /// held epoch we stop holding at once.
+    pub fn observe_epoch(&mut self, epoch: u64) {
+        self.note_epoch(epoch);
+    }
+
+    /// Check that the store honours create-only writes: create a probe object twice under
+    /// the prefix, expect the second create to fail, delete the probe.
+    pub async fn probe(&self) -> Result<(), Error> {
+        let key = self.prefix.clone().join(format!(
+            "probe-{}-{:016x}",
+            sanitize(&self.holder),
+            self.instance
+        ));
+        let unsupported = |detail: String| Error::PreconditionsUnsupported {
+            store: self.store.to_string(),
+            detail,
+        };
+        let create = || {
+            self.store.put_opts(
+                &key,
+                PutPayload::from(format!("lease probe by {}", self.holder)),
+                PutOptions::from(PutMode::Create),
+            )
+        };
+        match create().await {
+            // AlreadyExists: the key is unique to this client, so an earlier attempt of this
+            // very call landed and its answer was lost (object_store retries).
+            Ok(_)
+            | Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => {}
+            Err(e @ object_store::Error::NotImplemented { .. }) => {
+                return Err(unsupported(format!("a create-only put failed: {e}")));
+            }
+            Err(source) => {
+                return Err(Error::Store {
+                    op: "put",
+                    key: key.to_string(),
+                    source,
+                });
+            }
+        }
+        let second = create().await;
+        if let Err(e) = self.store.delete(&key).await {
+            warn!(key = %key, error = %e, "could not delete the lease probe object");
+        }
+        match second {
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => {
+                debug!(store = %self.store, key = %key, "store honours create-only writes");
+                Ok(())
+            }
+            Ok(_) => Err(unsupported(
+                "a second create-only put of the same key succeeded instead of failing with \
+                 AlreadyExists"
+                    .to_string(),
+            )),
+            Err(e @ object_store::Error::NotImplemented { .. }) => {
+                Err(unsupported(format!("a create-only put failed: {e}")))
+            }
+            Err(source) => Err(Error::Store {
+                op: "put",
+                key: key.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// One step. `want` = this node is the candidate and wants the lease. `now` is read by the
+    /// caller from its monotonic clock BEFORE calling. Does at most: one list + one get + one
+    /// conditional put (+ re-read on a lost answer), and as holder now and then one batch
+    /// delete of old records.
+    ///
+    /// want && free/expired/released -> try to take; want && held -> renew if due;
+    /// !want && held -> release. On a store error while holding: returns the error, but keeps
+    /// the held state (validity is still judged by `valid_until`).
+    pub async fn tick(&mut self, now: Instant, want: bool) -> Result<LeaseState, Error> {
+        self.config.validate_relaxed()?;
+        let listing = self.list().await?;
+        let Some(&(seq, ref key)) = listing.last() else {
+            return self.on_empty(now, want).await;
+        };
+        let record = match self.read(key, seq).await {
+            Ok(record) => record,
+            Err(e @ Error::Malformed { .. }) => {
+                self.on_malformed(seq);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        self.note_epoch(record.epoch);
+        self.resolve_pending(&record);
+
+        if let Some(ours) = &self.ours
+            && (ours.seq != record.seq || ours.nonce != record.nonce)
+        {
+            info!(
+                holder = %self.holder, epoch = ours.epoch, new_holder = %record.holder,
+                new_epoch = record.epoch, seq = record.seq,
+                "lost the lease: another record superseded ours"
+            );
+            self.ours = None;
+        }
+        self.observe(&record, now);
+
+        let state = match (self.ours.clone(), want) {
+            (Some(ours), true) => {
+                let due = now >= ours.valid_until
+                    || ours
+                        .renewed_at
+                        .checked_add(self.config.renew_interval)
+                        .is_none_or(|at| now >= at);
+                if due {
+                    self.write(ours.seq + 1, ours.epoch, false, now).await?
+                } else {
+                    LeaseState::Held {
+                        epoch: ours.epoch,
+                        valid_until: ours.valid_until,
+                    }
+                }
+            }
+            (Some(ours), false) => {
+                self.stop_acting(now);
+                self.write(ours.seq + 1, ours.epoch, true, now).await?
+            }
+            (None, true) if record.released || self.takeover_due(now) => {
+                let epoch = record.epoch.max(self.highest_epoch) + 1;
+                info!(
+                    holder = %self.holder, previous_holder = %record.holder,
+                    previous_epoch = record.epoch, released = record.released, epoch,
+                    "taking over the lease"
+                );
+                self.write(record.seq + 1, epoch, false, now).await?
+            }
+            (None, _) => LeaseState::Other {
+                holder: record.holder,
+                epoch: record.epoch,
+                released: record.released,
+            },
+        };
+        self.collect_garbage(&listing).await;
+        Ok(state)
+    }
+
+    /// Release if held (best effort, one write). Afterwards this client is not the holder,
+    /// even when the write fails (the record then simply expires).
+    pub async fn release(&mut self, now: Instant) -> Result<(), Error> {
+        let Some(ours) = self.ours.clone() else {
+            return Ok(());
+        };
+        self.stop_acting(now);
+        let result = self.write(ours.seq + 1, ours.epoch, true, now).await;
+        self.ours = None;
+        result.map(|_| ())
+    }
+
+    fn note_epoch(&mut self, epoch: u64) {
+        if epoch > self.highest_epoch {
+            self.highest_epoch = epoch;
+        }
+        if let Some(ours) = &self.ours
+            && ours.epoch < self.highest_epoch
+        {
+            info!(
+                holder = %self.holder, epoch = ours.epoch, higher_epoch = self.highest_epoch,
+                "lost the lease: a higher epoch exists"
+            );
+            self.ours = None;
+        }
+    }
+
+    /// Stop acting at once (before a release write), but remember the record so that a
+    /// failed release can be retried or the lease renewed again.
+    fn stop_acting(&mut self, now: Instant) {
+        if let Some(ours) = &mut self.ours
+            && ours.valid_until > now
+        {
+            ours.valid_until = now;
+        }
+    }
+
+    async fn on_empty(&mut self, now: Instant, want: bool) -> Result<LeaseState, Error> {
+        if self.ours.take().is_some() {
+            warn!(holder = %self.holder, prefix = %self.prefix,
+                "our lease record vanished (someone deleted the records): not holding");
+        }
+        self.pending = None;
+        self.observed = None;
+        if !want {
+            return Ok(LeaseState::Free);
+        }
+        let epoch = self.highest_epoch + 1;
+        info!(holder = %self.holder, epoch, "acquiring the free lease");
+        self.write(1, epoch, false, now).await
+    }
+
+    fn on_malformed(&mut self, seq: u64) {
+        if self.ours.take().is_some() {
+            warn!(holder = %self.holder, seq, "lost the lease: the current record is malformed");
+        }
+        self.pending = None;
+        let same = self
+            .observed
+            .as_ref()
+            .is_some_and(|o| o.seq == seq && o.nonce.is_none());
+        if !same {
+            self.observed = Some(Observation {
+                seq,
+                nonce: None,
+                duration: Duration::ZERO,
+                confirmed_at: None,
+            });
+        }
+    }
+
+    /// A write of ours had no clear answer: if it landed, adopt it.
+    fn resolve_pending(&mut self, record: &LeaseRecord) {
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        if p.seq != record.seq || p.nonce != record.nonce {
+            if record.seq < p.seq {
+                debug!(holder = %self.holder, seq = p.seq, "our unanswered write did not land");
+            }
+            return;
+        }
+        info!(holder = %self.holder, seq = p.seq, epoch = p.epoch, released = p.released,
+            "our unanswered write landed");
+        if p.released {
+            self.ours = None;
+            return;
+        }
+        let valid_until = self.valid_from(p.started);
+        self.ours = Some(Ours {
+            seq: p.seq,
+            nonce: p.nonce,
+            epoch: p.epoch,
+            renewed_at: p.started,
+            valid_until,
+        });
+    }
+
+    fn observe(&mut self, record: &LeaseRecord, now: Instant) {
+        let same = self
+            .observed
+            .as_ref()
+            .is_some_and(|o| o.seq == record.seq && o.nonce.as_deref() == Some(&record.nonce));
+        if same {
+            if let Some(o) = &mut self.observed
+                && o.confirmed_at.is_none()
+            {
+                o.confirmed_at = Some(now);
+            }
+        } else {
+            self.observed = Some(Observation {
+                seq: record.seq,
+                nonce: Some(record.nonce.clone()),
+                duration: Duration::from_millis(record.duration_ms),
+                confirmed_at: None,
+            });
+        }
+    }
+
+    /// True once the observed record has been unchanged for `duration + margin` on our clock.
+    fn takeover_due(&self, now: Instant) -> bool {
+        let Some(o) = &self.observed else {
+            return false;
+        };
+        let (Some(_), Some(confirmed)) = (&o.nonce, o.confirmed_at) else {
+            return false;
+        };
+        let wait = self.config.duration.max(o.duration) + self.config.margin;
+        confirmed.checked_add(wait).is_some_and(|at| now >= at)
+    }
+
+    fn valid_from(&self, start: Instant) -> Instant {
+        start
+            .checked_add(self.config.duration.saturating_sub(self.config.margin))
+            .unwrap_or(start)
+    }
+
+    fn next_nonce(&mut self) -> String {
+        self.counter += 1;
+        format!("{}-{:016x}-{}", self.holder, self.instance, self.counter)
+    }
+
+    /// All records under the prefix, by sequence number.
+    async fn list(&self) -> Result<Vec<(u64, Path)>, Error> {
+        let metas: Vec<_> = self
+            .store
+            .list(Some(&self.prefix))
+            .try_collect()
+            .await
+            .map_err(|source| Error::Store {
+                op: "list",
+                key: self.prefix.to_string(),
+                source,
+            })?;
+        let mut records: Vec<(u64, Path)> = metas
+            .into_iter()
+            .filter_map(|m| parse_key(&self.prefix, &m.location).map(|seq| (seq, m.location)))
+            .collect();
+        records.sort_by_key(|(seq, _)| *seq);
+        Ok(records)
+    }
+
+    async fn read(&self, key: &Path, seq: u64) -> Result<LeaseRecord, Error> {
+        let store_err = |source| Error::Store {
+            op: "get",
+            key: key.to_string(),
+            source,
+        };
+        let body = self
+            .store
+            .get(key)
+            .await
+            .map_err(store_err)?
+            .bytes()
+            .await
+            .map_err(store_err)?;
+        LeaseRecord::parse(key, seq, &body)
+    }
+
+    /// Create record `seq` and update our state from the outcome.
+    async fn write(
+        &mut self,
+        seq: u64,
+        epoch: u64,
+        released: bool,
+        now: Instant,
+    ) -> Result<LeaseState, Error> {
+        let key = record_key(&self.prefix, seq);
+        let record = LeaseRecord {
+            holder: self.holder.clone(),
+            epoch,
+            seq,
+            nonce: self.next_nonce(),
+            duration_ms: u64::try_from(self.config.duration.as_millis()).unwrap_or(u64::MAX),
+            released,
+        };
+        let pending = Pending {
+            seq,
+            nonce: record.nonce.clone(),
+            epoch,
+            started: now,
+            released,
+        };
+        let put = self
+            .store
+            .put_opts(
+                &key,
+                PutPayload::from(record.to_json()),
+                PutOptions::from(PutMode::Create),
+            )
+            .await;
+        let outcome = match put {
+            Ok(_) => Written::Won,
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => {
+                // Somebody was first, or object_store retried our own write after its answer
+                // was lost: look before deciding.
+                match self.read(&key, seq).await {
+                    Ok(found) if found.nonce == record.nonce => {
+                        info!(key = %key, "our write landed although its answer was lost");
+                        Written::Won
+                    }
+                    Ok(found) => Written::Lost(found),
+                    Err(e) => {
+                        self.pending = Some(pending);
+                        return Err(e);
+                    }
+                }
+            }
+            Err(e @ object_store::Error::NotImplemented { .. }) => {
+                return Err(Error::PreconditionsUnsupported {
+                    store: self.store.to_string(),
+                    detail: format!("a create-only put failed: {e}"),
+                });
+            }
+            Err(source) => {
+                warn!(key = %key, error = %source, "lease write failed; outcome unknown");
+                self.pending = Some(pending);
+                return Err(Error::Store {
+                    op: "put",
+                    key: key.to_string(),
+                    source,
+                });
+            }
+        };
+        self.pending = None;
+        match outcome {
+            Written::Won => {
+                self.note_epoch(epoch);
+                self.observed = None;
+                if released {
+                    info!(holder = %self.holder, epoch, seq, "released the lease");
+                    self.ours = None;
+                    Ok(LeaseState::Other {
+                        holder: self.holder.clone(),
+                        epoch,
+                        released: true,
+                    })
+                } else {
+                    let valid_until = self.valid_from(now);
+                    debug!(holder = %self.holder, epoch, seq, "lease written");
+                    self.ours = Some(Ours {
+                        seq,
+                        nonce: record.nonce,
+                        epoch,
+                        renewed_at: now,
+                        valid_until,
+                    });
+                    Ok(LeaseState::Held { epoch, valid_until })
+                }
+            }
+            Written::Lost(found) => {
+                info!(holder = %self.holder, seq, winner = %found.holder, epoch = found.epoch,
+                    "another node wrote the next lease record first");
+                self.ours = None;
+                self.note_epoch(found.epoch);
+                self.observe(&found, now);
+                Ok(LeaseState::Other {
+                    holder: found.holder,
+                    epoch: found.epoch,
+                    released: found.released,
+                })
+            }
+        }
+    }
+
+    /// As holder, delete records older than the last [`KEEP_RECORDS`] once a batch has piled
+    /// up. Best effort: failures are logged.
+    async fn collect_garbage(&self, listing: &[(u64, Path)]) {
+        let Some(ours) = &self.ours else {
+            return;
+        };
+        let stale: Vec<Path> = listing
+            .iter()
+            .filter(|(seq, _)| seq.saturating_add(KEEP_RECORDS) < ours.seq)
+            .map(|(_, key)| key.clone())
+            .collect();
+        if stale.len() < GC_BATCH {
+            return;
+        }
+        let count = stale.len();
+        let results: Vec<_> = self
+            .store
+            .delete_stream(futures::stream::iter(stale.into_iter().map(Ok)).boxed())
+            .collect()
+            .await;
+        let mut failed = 0usize;
+        for result in results {
+            match result {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    failed += 1;
+                    warn!(prefix = %self.prefix, error = %e, "could not delete an old lease record");
+                }
+            }
+        }
+        debug!(prefix = %self.prefix, count, failed, "garbage-collected old lease records");
+    }
+}
+
+/// A holder id made safe for one path segment.
+fn sanitize(holder: &str) -> String {
+    holder
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,92 @@
+//! Lease timing.
+
+use std::time::Duration;
+
+use crate::Error;
+
+/// The smallest renewal interval [`LeaseConfig::validate`] accepts: GCS allows about one
+/// update per second per object, so production configurations renew no faster than this.
+pub const MIN_RENEW_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Timing of the lease.
+///
+/// * The holder may act until `start of its last successful renewal + duration - margin`.
+/// * A contender takes over only after seeing the same record unchanged for
+///   `max(duration, the record's durationMs) + margin` on its own monotonic clock.
+/// * The holder renews every `renew_interval`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseConfig {
+    /// How long a lease record stays valid after its renewal started.
+    pub duration: Duration,
+    /// Safety margin against clock-rate differences and scheduling delays: the holder stops
+    /// `margin` early and contenders wait `margin` longer.
+    pub margin: Duration,
+    /// How often the holder writes a renewal.
+    pub renew_interval: Duration,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self {
+            duration: Duration::from_secs(10),
+            margin: Duration::from_secs(2),
+            renew_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+impl LeaseConfig {
+    /// A configuration for tests and simulations: like a struct literal, but documents that
+    /// the [`MIN_RENEW_INTERVAL`] floor does not apply. Check it with
+    /// [`LeaseConfig::validate_relaxed`].
+    pub fn for_tests(duration: Duration, margin: Duration, renew_interval: Duration) -> Self {
+        Self {
+            duration,
+            margin,
+            renew_interval,
+        }
+    }
+
+    /// Check the configuration for production use: everything
+    /// [`LeaseConfig::validate_relaxed`] checks, and `renew_interval >= 2 s`.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.validate_relaxed()?;
+        if self.renew_interval < MIN_RENEW_INTERVAL {
+            return Err(Error::InvalidConfig(format!(
+                "lease renew interval {:?} is shorter than the minimum {:?} (GCS allows about one \
+                 update per second per object); raise the renew interval",
+                self.renew_interval, MIN_RENEW_INTERVAL
+            )));
+        }
+        Ok(())
+    }
+
+    /// Check the rules that keep the protocol safe, without the 2 s floor on the renewal
+    /// interval: `margin > 0`, `margin < duration`, `0 < renew_interval < duration - margin`.
+    /// [`LeaseClient::tick`](crate::LeaseClient::tick) refuses to run with a configuration
+    /// that fails this check.
+    pub fn validate_relaxed(&self) -> Result<(), Error> {
+        if self.margin.is_zero() {
+            return Err(Error::InvalidConfig(
+                "lease margin is zero; it must be positive (for example 2s)".to_string(),
+            ));
+        }
+        if self.margin >= self.duration {
+            return Err(Error::InvalidConfig(format!(
+                "lease margin {:?} is not shorter than the lease duration {:?}; raise the \
+                 duration or lower the margin",
+                self.margin, self.duration
+            )));
+        }
+        let usable = self.duration - self.margin;
+        if self.renew_interval.is_zero() || self.renew_interval >= usable {
+            return Err(Error::InvalidConfig(format!(
+                "lease renew interval {:?} must be positive and shorter than duration - margin \
+                 ({:?}), or the holder loses the lease between renewals; lower the renew \
+                 interval or raise the duration",
+                self.renew_interval, usable
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,729 @@
+//! The lease contract, run on every backend: InMemory, LocalFileSystem and S3 (moto).
+//!
+//! Time is virtual: `Instant` base plus offsets; nothing here waits for the lease.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use futures::stream::BoxStream;
+use lock::{Error, KEEP_RECORDS, LeaseClient, LeaseConfig, LeaseState, record_key};
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
+
+// ---------------------------------------------------------------- helpers
+
+struct Clock(Instant);
+
+impl Clock {
+    fn new() -> Self {
+        Clock(Instant::now())
+    }
+    fn at(&self, secs: f64) -> Instant {
+        self.0 + Duration::from_secs_f64(secs)
+    }
+}
+
+fn client(store: &Arc<dyn ObjectStore>, prefix: &str, holder: &str) -> LeaseClient {
+    LeaseClient::new(
+        store.clone(),
+        Path::from(prefix),
+        holder.to_string(),
+        LeaseConfig::default(),
+    )
+}
+
+fn other(holder: &str, epoch: u64, released: bool) -> LeaseState {
+    LeaseState::Other {
+        holder: holder.to_string(),
+        epoch,
+        released,
+    }
+}
+
+fn held_epoch(state: &LeaseState) -> Option<u64> {
+    match state {
+        LeaseState::Held { epoch, .. } => Some(*epoch),
+        _ => None,
+    }
+}
+
+async fn record_count(store: &Arc<dyn ObjectStore>, prefix: &str) -> usize {
+    let metas: Vec<ObjectMeta> = store
+        .list(Some(&Path::from(prefix)))
+        .try_collect()
+        .await
+        .unwrap();
+    metas.len()
+}
+
+// ---------------------------------------------------------------- fault wrappers
+
+/// What a [`Faulty`] store does to create-only puts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Applies the put, then answers AlreadyExists (object_store retried a landed write).
+    LoseAnswer,
+    /// Applies the put, then answers with a generic error (the outcome is unknown).
+    NoAnswer,
+    /// Ignores PutMode and always overwrites: a store without conditional writes.
+    IgnorePutMode,
+}
+
+/// Delegates to an inner store, injecting one kind of fault into puts.
+#[derive(Debug)]
+struct Faulty {
+    inner: Arc<dyn ObjectStore>,
+    fault: Fault,
+    /// For LoseAnswer/NoAnswer: inject on the next create only.
+    armed: AtomicBool,
+    injected: AtomicUsize,
+}
+
+impl Faulty {
+    fn new(inner: Arc<dyn ObjectStore>, fault: Fault) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            fault,
+            armed: AtomicBool::new(false),
+            injected: AtomicUsize::new(0),
+        })
+    }
+    fn arm(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+}
+
+impl fmt::Display for Faulty {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Faulty({:?}, {})", self.fault, self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for Faulty {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        mut opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        match self.fault {
+            Fault::IgnorePutMode => {
+                opts.mode = PutMode::Overwrite;
+                self.inner.put_opts(location, payload, opts).await
+            }
+            Fault::LoseAnswer | Fault::NoAnswer => {
+                let inject =
+                    opts.mode == PutMode::Create && self.armed.swap(false, Ordering::SeqCst);
+                let result = self.inner.put_opts(location, payload, opts).await?;
+                if !inject {
+                    return Ok(result);
+                }
+                self.injected.fetch_add(1, Ordering::SeqCst);
+                let source = "injected fault: the write landed but its answer was lost".into();
+                Err(if self.fault == Fault::LoseAnswer {
+                    object_store::Error::AlreadyExists {
+                        path: location.to_string(),
+                        source,
+                    }
+                } else {
+                    object_store::Error::Generic {
+                        store: "Faulty",
+                        source,
+                    }
+                })
+            }
+        }
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+// ---------------------------------------------------------------- the contract
+
+/// Runs every case against `store`, each under its own prefix.
+async fn contract(store: Arc<dyn ObjectStore>) {
+    probe_passes(store.clone(), "c/probe").await;
+    probe_refuses_store_without_preconditions(store.clone(), "c/probe-bad").await;
+    takeover_only_after_duration_plus_margin(store.clone(), "c/takeover").await;
+    renewal_keeps_epoch_and_moves_validity(store.clone(), "c/renew").await;
+    timely_renewals_prevent_takeover(store.clone(), "c/no-takeover").await;
+    release_allows_immediate_takeover(store.clone(), "c/release").await;
+    racing_contenders_one_wins(store.clone(), "c/race").await;
+    lost_answer_still_wins(store.clone(), "c/lost-answer").await;
+    unanswered_write_is_adopted(store.clone(), "c/no-answer").await;
+    malformed_record_is_held_by_unknown(store.clone(), "c/malformed").await;
+    higher_epoch_stops_holding(store.clone(), "c/epoch").await;
+    gc_keeps_records_bounded(store.clone(), "c/gc").await;
+}
+
+async fn probe_passes(store: Arc<dyn ObjectStore>, prefix: &str) {
+    let a = client(&store, prefix, "node-a");
+    a.probe()
+        .await
+        .expect("probe on a store with conditional writes");
+    assert_eq!(
+        record_count(&store, prefix).await,
+        0,
+        "probe object left behind"
+    );
+}
+
+async fn probe_refuses_store_without_preconditions(store: Arc<dyn ObjectStore>, prefix: &str) {
+    let bad: Arc<dyn ObjectStore> = Faulty::new(store.clone(), Fault::IgnorePutMode);
+    let a = client(&bad, prefix, "node-a");
+    let err = a
+        .probe()
+        .await
+        .expect_err("probe must refuse an overwriting store");
+    assert!(
+        matches!(err, Error::PreconditionsUnsupported { .. }),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("Faulty(IgnorePutMode"),
+        "names the store: {text}"
+    );
+    assert!(text.contains("leader election cannot run"), "{text}");
+    assert!(!err.is_retryable());
+    assert_eq!(
+        record_count(&store, prefix).await,
+        0,
+        "probe object left behind"
+    );
+}
+
+async fn takeover_only_after_duration_plus_margin(store: Arc<dyn ObjectStore>, prefix: &str) {
+    let t = Clock::new();
+    let mut a = client(&store, prefix, "node-a");
+    let mut b = client(&store, prefix, "node-b");
+
+    let state = a.tick(t.at(0.0), true).await.unwrap();
+    assert_eq!(
+        state,
+        LeaseState::Held {
+            epoch: 1,
+            valid_until: t.at(8.0)
+        },
+        "first acquirer gets epoch 1, valid for duration - margin"
+    );
+    assert_eq!(
+        b.tick(t.at(0.0), true).await.unwrap(),
+        other("node-a", 1, false)
+    );
+
+    // A stops renewing (partitioned). Its validity ends on its own clock, without IO.
+    assert_eq!(a.held(t.at(7.9)), Some(1));
+    assert_eq!(a.held(t.at(8.0)), None);
+
+    // B confirms the record at its tick of t=1 (a tick that began after one that saw it)
+    // and may take over only at 1 + duration + margin = 13.
+    for s in 1..=12 {
+        let state = b.tick(t.at(s as f64), true).await.unwrap();
+        assert_eq!(
+            state,
+            other("node-a", 1, false),
+            "takeover too early at t={s}"
+        );
+    }
+    assert_eq!(
+        b.tick(t.at(12.999), true).await.unwrap(),
+        other("node-a", 1, false)
+    );
+    let state = b.tick(t.at(13.0), true).await.unwrap();
+    assert_eq!(
+        state,
+        LeaseState::Held {
+            epoch: 2,
+            valid_until: t.at(21.0)
+        }
+    );
+    assert_eq!(b.held(t.at(13.0)), Some(2));
+
+    // The old holder comes back: it sees it lost, and the new epoch.
+    let state = a.tick(t.at(14.0), true).await.unwrap();
+    assert_eq!(state, other("node-b", 2, false));
+    assert_eq!(a.held(t.at(14.0)), None);
+    assert_eq!(a.highest_epoch_seen(), 2);
+}
+
+async fn renewal_keeps_epoch_and_moves_validity(store: Arc<dyn ObjectStore>, prefix: &str) {
+    let t = Clock::new();
+    let mut a = client(&store, prefix, "node-a");
+    assert_eq!(held_epoch(&a.tick(t.at(0.0), true).await.unwrap()), Some(1));
+    // Not due yet: no write, validity unchanged.
+    assert_eq!(
+        a.tick(t.at(1.0), true).await.unwrap(),
+        LeaseState::Held {
+            epoch: 1,
+            valid_until: t.at(8.0)
+        }
+    );
+    assert_eq!(record_count(&store, prefix).await, 1);
+    // Due: renewal from the `now` before the IO.
+    assert_eq!(
+        a.tick(t.at(2.0), true).await.unwrap(),
+        LeaseState::Held {
+            epoch: 1,
+            valid_until: t.at(10.0)
+        }
+    );
+    assert_eq!(record_count(&store, prefix).await, 2);
+    assert_eq!(a.held(t.at(9.999)), Some(1));
+    assert_eq!(a.held(t.at(10.0)), None, "expiry is judged without IO");
+
+    // Renewing after our own validity ran out (nobody took over) keeps the epoch.
+    assert_eq!(
+        a.tick(t.at(11.0), true).await.unwrap(),
+        LeaseState::Held {
+            epoch: 1,
+            valid_until: t.at(19.0)
+        }
+    );
+    assert_eq!(a.highest_epoch_seen(), 1);
+}
+
+async fn timely_renewals_prevent_takeover(store: Arc<dyn ObjectStore>, prefix: &str) {
+    let t = Clock::new();
+    let mut a = client(&store, prefix, "node-a");
+    let mut b = client(&store, prefix, "node-b");
+    assert_eq!(held_epoch(&a.tick(t.at(0.0), true).await.unwrap()), Some(1));
+    for s in 0..=40u32 {
+        let now = t.at(f64::from(s));
+        if s % 2 == 0 {
+            let state = a.tick(now, true).await.unwrap();
+            assert_eq!(
+                held_epoch(&state),
+                Some(1),
+                "holder lost the lease at t={s}"
+            );
+        }
+        assert_eq!(
+            b.tick(now, true).await.unwrap(),
+            other("node-a", 1, false),
+            "t={s}"
+        );
+        assert_eq!(a.held(now), Some(1), "t={s}");
+    }
+}
+
+async fn release_allows_immediate_takeover(store: Arc<dyn ObjectStore>, prefix: &str) {
+    let t = Clock::new();
+    let mut a = client(&store, prefix, "node-a");
+    let mut b = client(&store, prefix, "node-b");
+    assert_eq!(held_epoch(&a.tick(t.at(0.0), true).await.unwrap()), Some(1));
+    assert_eq!(
+        b.tick(t.at(0.0), true).await.unwrap(),
+        other("node-a", 1, false)
+    );
+
+    a.release(t.at(1.0)).await.unwrap();
+    assert_eq!(a.held(t.at(1.0)), None, "not holder after release");
+    a.release(t.at(1.0)).await.unwrap(); // releasing again is a no-op
+
+    assert_eq!(held_epoch(&b.tick(t.at(1.0), true).await.unwrap()), Some(2));
+
+    // Release through tick(want = false), then A takes it back at once with epoch 3.
+    assert_eq!(
+        b.tick(t.at(2.0), false).await.unwrap(),
+        other("node-b", 2, true)
+    );
+    assert_eq!(b.held(t.at(2.0)), None);
+    assert_eq!(held_epoch(&a.tick(t.at(2.0), true).await.unwrap()), Some(3));
+    assert_eq!(
+        b.tick(t.at(2.5), false).await.unwrap(),
+        other("node-a", 3, false)
+    );
+    assert_eq!(b.highest_epoch_seen(), 3);
+}
+
+async fn racing_contenders_one_wins(store: Arc<dyn ObjectStore>, prefix: &str) {
+    const N: usize = 8;
+    let t = Clock::new();
+    let now = t.at(0.0);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..N {
+        let mut c = client(&store, prefix, &format!("node-{i}"));
+        tasks.spawn(async move {
+            let state = c.tick(now, true).await;
+            (c, state)
+        });
+    }
+    let mut winners = Vec::new();
+    let mut losers = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (c, state) = joined.expect("task");
+        match state.expect("tick") {
+            LeaseState::Held { epoch, .. } => winners.push((c.holder().to_string(), epoch)),
+            LeaseState::Other { holder, epoch, .. } => losers.push((holder, epoch)),
+            LeaseState::Free => panic!("a contender saw Free after the race"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one winner, got {winners:?}");
+    let (winner, epoch) = winners.remove(0);
+    assert_eq!(epoch, 1);
+    for (holder, epoch) in losers {
+        assert_eq!((holder.as_str(), epoch), (winner.as_str(), 1));
+    }
+}
+
+async fn lost_answer_still_wins(store: Arc<dyn ObjectStore>, prefix: &str) {
+    let t = Clock::new();
+    let faulty = Faulty::new(store.clone(), Fault::LoseAnswer);
+    let wrapped: Arc<dyn ObjectStore> = faulty.clone();
+    let mut a = client(&wrapped, prefix, "node-a");
+    let mut b = client(&store, prefix, "node-b");
+
+    faulty.arm();
+    let state = a.tick(t.at(0.0), true).await.unwrap();
+    assert_eq!(
+        faulty.injected.load(Ordering::SeqCst),
+        1,
+        "fault was injected"
+    );
+    assert_eq!(
+        state,
+        LeaseState::Held {
+            epoch: 1,
+            valid_until: t.at(8.0)
+        }
+    );
+    assert_eq!(
+        b.tick(t.at(0.0), true).await.unwrap(),
+        other("node-a", 1, false)
+    );
+
+    // A renewal whose answer is lost is still a renewal.
+    faulty.arm();
+    let state = a.tick(t.at(2.0), true).await.unwrap();
+    assert_eq!(faulty.injected.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        state,
+        LeaseState::Held {
+            epoch: 1,
+            valid_until: t.at(10.0)
+        }
+    );
+}
+
+async fn unanswered_write_is_adopted(store: Arc<dyn ObjectStore>, prefix: &str) {
+    let t = Clock::new();
+    let faulty = Faulty::new(store.clone(), Fault::NoAnswer);
+    let wrapped: Arc<dyn ObjectStore> = faulty.clone();
+    let mut a = client(&wrapped, prefix, "node-a");
+
+    faulty.arm();
+    let err = a.tick(t.at(0.0), true).await.expect_err("no answer");
+    assert!(err.is_retryable(), "{err:?}");
+    assert_eq!(a.held(t.at(0.0)), None, "no answer, no lease");
+    // The next tick finds our record and adopts it, valid from the start of the write.
+    assert_eq!(
+        a.tick(t.at(1.0), true).await.unwrap(),
+        LeaseState::Held {
+            epoch: 1,
+            valid_until: t.at(8.0)
+        }
+    );
+    // A failed renewal keeps the held state, judged by valid_until.
+    faulty.arm();
+    a.tick(t.at(2.0), true).await.expect_err("no answer");
+    assert_eq!(a.held(t.at(2.0)), Some(1));
+    assert_eq!(
+        a.tick(t.at(3.0), true).await.unwrap(),
+        LeaseState::Held {
+            epoch: 1,
+            valid_until: t.at(10.0)
+        }
+    );
+    // A release without an answer: we stop acting at once; the next tick finds it landed.
+    faulty.arm();
+    a.tick(t.at(4.0), false).await.expect_err("no answer");
+    assert_eq!(
+        a.held(t.at(4.0)),
+        None,
+        "stopped acting before the release write"
+    );
+    assert_eq!(
+        a.tick(t.at(5.0), false).await.unwrap(),
+        other("node-a", 1, true)
+    );
+    assert_eq!(a.held(t.at(5.0)), None);
+}
+
+async fn malformed_record_is_held_by_unknown(store: Arc<dyn ObjectStore>, prefix: &str) {
+    let t = Clock::new();
+    let key = record_key(&Path::from(prefix), 1);
+    store
+        .put(&key, PutPayload::from_static(b"{\"holder\": 42"))
+        .await
+        .unwrap();
+    let mut a = client(&store, prefix, "node-a");
+    for s in [0.0, 1.0, 100.0, 1000.0] {
+        let err = a.tick(t.at(s), true).await.expect_err("malformed record");
+        assert!(matches!(err, Error::Malformed { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains(key.as_ref()),
+            "names the key: {err}"
+        );
+        assert!(!err.is_retryable());
+        assert_eq!(a.held(t.at(s)), None, "never taken over");
+    }
+    assert_eq!(
+        record_count(&store, prefix).await,
+        1,
+        "nothing written over it"
+    );
+
+    // A body whose seq disagrees with its key is malformed too.
+    let key2 = record_key(&Path::from(prefix), 2);
+    let body =
+        br#"{"holder":"x","epoch":1,"seq":7,"nonce":"x-1","durationMs":10000,"released":false}"#;
+    store
+        .put(&key2, PutPayload::from_static(body))
+        .await
+        .unwrap();
+    let err = a.tick(t.at(2000.0), true).await.expect_err("seq mismatch");
+    assert!(err.to_string().contains("seq 7"), "{err}");
+}
+
+async fn higher_epoch_stops_holding(store: Arc<dyn ObjectStore>, prefix: &str) {
+    let t = Clock::new();
+    let mut a = client(&store, prefix, "node-a");
+    assert_eq!(held_epoch(&a.tick(t.at(0.0), true).await.unwrap()), Some(1));
+    a.observe_epoch(5);
+    assert_eq!(a.held(t.at(0.5)), None, "a higher epoch stops us at once");
+    assert_eq!(a.highest_epoch_seen(), 5);
+    // Our own old record now counts as someone else's: wait it out, then take over above 5.
+    assert_eq!(
+        a.tick(t.at(1.0), true).await.unwrap(),
+        other("node-a", 1, false)
+    );
+    assert_eq!(
+        a.tick(t.at(2.0), true).await.unwrap(),
+        other("node-a", 1, false)
+    );
+    assert_eq!(
+        a.tick(t.at(13.9), true).await.unwrap(),
+        other("node-a", 1, false)
+    );
+    assert_eq!(
+        held_epoch(&a.tick(t.at(14.0), true).await.unwrap()),
+        Some(6)
+    );
+    a.observe_epoch(3);
+    assert_eq!(a.held(t.at(14.0)), Some(6), "a lower epoch changes nothing");
+}
+
+async fn gc_keeps_records_bounded(store: Arc<dyn ObjectStore>, prefix: &str) {
+    let t = Clock::new();
+    let mut a = client(&store, prefix, "node-a");
+    let mut max_seen = 0;
+    for k in 0..60u32 {
+        let state = a.tick(t.at(f64::from(2 * k)), true).await.unwrap();
+        assert_eq!(held_epoch(&state), Some(1), "renewal {k}");
+        max_seen = max_seen.max(record_count(&store, prefix).await);
+    }
+    assert!(
+        max_seen <= 2 * KEEP_RECORDS as usize + 1,
+        "{max_seen} records after 60 renewals"
+    );
+    // The newest records survive and the lease still reads correctly.
+    let mut b = client(&store, prefix, "node-b");
+    assert_eq!(
+        b.tick(t.at(120.0), true).await.unwrap(),
+        other("node-a", 1, false)
+    );
+    let newest = record_key(&Path::from(prefix), 60);
+    store.head(&newest).await.expect("newest record kept");
+}
+
+// ---------------------------------------------------------------- backends
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn contract_in_memory() {
+    contract(Arc::new(object_store::memory::InMemory::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn contract_local_file_system() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+    contract(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn contract_s3_moto() {
+    let Some(moto) = Moto::start().await else {
+        println!("skipped: moto_server not found");
+        return;
+    };
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(format!("http://127.0.0.1:{}", moto.port))
+        .with_allow_http(true)
+        .with_virtual_hosted_style_request(false)
+        .with_bucket_name(BUCKET)
+        .with_access_key_id("test")
+        .with_secret_access_key("test")
+        .with_region("us-east-1")
+        .build()
+        .expect("S3 store for moto");
+    contract(Arc::new(store)).await;
+}
+
+#[test]
+fn config_validation() {
+    assert!(LeaseConfig::default().validate().is_ok());
+    let fast = LeaseConfig::for_tests(
+        Duration::from_secs(1),
+        Duration::from_millis(200),
+        Duration::from_millis(300),
+    );
+    assert!(fast.validate_relaxed().is_ok());
+    let err = fast.validate().expect_err("below the 2 s floor");
+    assert!(err.to_string().contains("renew interval"), "{err}");
+    let no_margin = LeaseConfig::for_tests(
+        Duration::from_secs(10),
+        Duration::ZERO,
+        Duration::from_secs(2),
+    );
+    assert!(no_margin.validate_relaxed().is_err());
+    let slow_renew = LeaseConfig::for_tests(
+        Duration::from_secs(10),
+        Duration::from_secs(2),
+        Duration::from_secs(8),
+    );
+    assert!(slow_renew.validate().is_err());
+}
+
+#[tokio::test]
+async fn tick_refuses_an_unsafe_config() {
+    let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let config = LeaseConfig::for_tests(
+        Duration::from_secs(2),
+        Duration::from_secs(3),
+        Duration::from_secs(1),
+    );
+    let mut a = LeaseClient::new(store.clone(), Path::from("p"), "a".into(), config);
+    let err = a
+        .tick(Instant::now(), true)
+        .await
+        .expect_err("unsafe config");
+    assert!(matches!(err, Error::InvalidConfig(_)), "{err:?}");
+    assert_eq!(record_count(&store, "p").await, 0);
+}
+
+// ---------------------------------------------------------------- moto
+
+const BUCKET: &str = "lease-test";
+
+/// A moto S3 server on a free loopback port, killed on drop.
+struct Moto {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Moto {
+    /// None when `moto_server` is not on PATH.
+    async fn start() -> Option<Moto> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = match std::process::Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => panic!("could not start moto_server: {e}"),
+        };
+        let moto = Moto { child, port };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match moto.create_bucket().await {
+                Ok(status) => {
+                    assert!(status.contains(" 200 "), "bucket creation: {status}");
+                    return Some(moto);
+                }
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("moto_server did not come up on port {port}: {e}"),
+            }
+        }
+    }
+
+    /// PUT /<bucket> over a raw connection; moto needs no signature. Returns the status line.
+    async fn create_bucket(&self) -> std::io::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
+        let request = format!(
+            "PUT /{BUCKET} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\n\
+             Connection: close\r\n\r\n",
+            self.port
+        );
+        conn.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        conn.read_to_end(&mut response).await?;
+        let text = String::from_utf8_lossy(&response);
+        Ok(text.lines().next().unwrap_or_default().to_string())
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
