@@ -1,0 +1,272 @@
+//! The store's messages in proto3 canonical JSON, as upstream writes them:
+//! lowerCamelCase keys (snake_case accepted when reading), int64 as JSON
+//! strings (numbers accepted when reading), zero fields omitted, unknown
+//! fields ignored. Never add fields to these types: an upstream reader may
+//! reject them. Our own facts go into [`BackupExtra`], a separate file.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The desired state: `control/etcd-cluster-spec`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterSpec {
+    #[serde(default, alias = "member_count", skip_serializing_if = "is_zero_i32")]
+    pub member_count: i32,
+    #[serde(
+        default,
+        alias = "etcd_version",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub etcd_version: String,
+}
+
+/// `<backup>/_etcd_backup.meta`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupInfo {
+    #[serde(
+        default,
+        alias = "etcd_version",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub etcd_version: String,
+    /// Unix seconds.
+    #[serde(default, with = "int64", skip_serializing_if = "is_zero_i64")]
+    pub timestamp: i64,
+    #[serde(
+        default,
+        alias = "cluster_spec",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cluster_spec: Option<ClusterSpec>,
+}
+
+/// `control/<name>/_command.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Command {
+    /// Unix nanoseconds.
+    #[serde(default, with = "int64", skip_serializing_if = "is_zero_i64")]
+    pub timestamp: i64,
+    #[serde(
+        default,
+        alias = "restore_backup",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub restore_backup: Option<RestoreBackupCommand>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreBackupCommand {
+    #[serde(
+        default,
+        alias = "cluster_spec",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cluster_spec: Option<ClusterSpec>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub backup: String,
+}
+
+/// `control/etcd-cluster-created`: `{"timestamp":<unix nanos as a number>}`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CreatedMarker {
+    #[serde(default, deserialize_with = "int64::deserialize")]
+    pub timestamp: i64,
+}
+
+/// Our side file in each backup we write, written before the meta.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupExtra {
+    pub format: u32,
+    /// Hex SHA-256 of the uncompressed etcd snapshot.
+    pub snapshot_sha256: String,
+    pub snapshot_size: u64,
+    /// Hex SHA-256 of `etcd.backup.gz` as stored.
+    pub compressed_sha256: String,
+    pub compressed_size: u64,
+    #[serde(default)]
+    pub revision: Option<i64>,
+    #[serde(default)]
+    pub leader_epoch: Option<u64>,
+    pub writer: String,
+}
+
+fn is_zero_i32(v: &i32) -> bool {
+    *v == 0
+}
+fn is_zero_i64(v: &i64) -> bool {
+    *v == 0
+}
+
+/// int64 in proto3 JSON: written as a string, read from a string or a number.
+mod int64 {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            N(i64),
+            F(f64),
+            S(String),
+        }
+        match Either::deserialize(d)? {
+            Either::N(n) => Ok(n),
+            Either::F(f) if f.fract() == 0.0 && f.abs() < 9.2e18 => Ok(f as i64),
+            Either::F(f) => Err(serde::de::Error::custom(format!("{f} is not an integer"))),
+            Either::S(s) => s
+                .trim()
+                .parse()
+                .map_err(|_| serde::de::Error::custom(format!("'{s}' is not an int64"))),
+        }
+    }
+}
+
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn spec_fields(s: &ClusterSpec) -> Vec<String> {
+    let mut f = vec![];
+    if s.member_count != 0 {
+        f.push(format!("member_count:{}", s.member_count));
+    }
+    if !s.etcd_version.is_empty() {
+        f.push(format!("etcd_version:{}", quote(&s.etcd_version)));
+    }
+    f
+}
+
+fn nested(name: &str, fields: Vec<String>) -> String {
+    let mut s = format!("{name}:<");
+    for f in fields {
+        s.push_str(&f);
+        s.push(' ');
+    }
+    s.push('>');
+    s
+}
+
+impl ClusterSpec {
+    /// Upstream's text form, as `etcd-manager-ctl get` prints it:
+    /// `member_count:3 etcd_version:"3.5.30"`.
+    pub fn to_upstream_text(&self) -> String {
+        spec_fields(self).join(" ")
+    }
+}
+
+impl Command {
+    /// Upstream's compact text form, e.g. `timestamp:1547480961703914946
+    /// restore_backup:<cluster_spec:<member_count:3 etcd_version:"2.2.1" > backup:"..." >`.
+    pub fn to_upstream_text(&self) -> String {
+        let mut f = vec![];
+        if self.timestamp != 0 {
+            f.push(format!("timestamp:{}", self.timestamp));
+        }
+        if let Some(r) = &self.restore_backup {
+            let mut inner = vec![];
+            if let Some(cs) = &r.cluster_spec {
+                inner.push(nested("cluster_spec", spec_fields(cs)));
+            }
+            if !r.backup.is_empty() {
+                inner.push(format!("backup:{}", quote(&r.backup)));
+            }
+            f.push(nested("restore_backup", inner));
+        }
+        f.join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn upstream_examples_parse_in_both_cases() {
+        let spec: ClusterSpec =
+            serde_json::from_str("{\n  \"memberCount\": 3,\n  \"etcdVersion\": \"3.5.30\"\n}")
+                .unwrap();
+        assert_eq!(
+            spec,
+            ClusterSpec {
+                member_count: 3,
+                etcd_version: "3.5.30".into()
+            }
+        );
+        let snake: ClusterSpec =
+            serde_json::from_str(r#"{"member_count":3,"etcd_version":"3.5.30","extra":1}"#)
+                .unwrap();
+        assert_eq!(snake, spec);
+
+        let info: BackupInfo = serde_json::from_str(
+            r#"{"etcdVersion":"3.4.13","timestamp":"1704067200","clusterSpec":{"memberCount":3,"etcdVersion":"3.4.13"}}"#,
+        )
+        .unwrap();
+        assert_eq!(info.timestamp, 1704067200);
+        assert_eq!(info.cluster_spec.unwrap().member_count, 3);
+        let info: BackupInfo = serde_json::from_str(
+            r#"{"etcd_version":"3.4.13","timestamp":1704067200,"cluster_spec":{"member_count":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(info.timestamp, 1704067200);
+
+        let cmd: Command = serde_json::from_str(
+            r#"{"timestamp":"1547480961703914946","restoreBackup":{"clusterSpec":{"memberCount":3,"etcdVersion":"3.4.13"},"backup":"2019-01-14T15:29:48Z-000003"}}"#,
+        )
+        .unwrap();
+        assert_eq!(cmd.timestamp, 1547480961703914946);
+        assert_eq!(
+            cmd.to_upstream_text(),
+            "timestamp:1547480961703914946 restore_backup:<cluster_spec:<member_count:3 etcd_version:\"3.4.13\" > \
+             backup:\"2019-01-14T15:29:48Z-000003\" >"
+        );
+        let created: CreatedMarker =
+            serde_json::from_str(r#"{"timestamp":1638935701000000000}"#).unwrap();
+        assert_eq!(created.timestamp, 1638935701000000000);
+    }
+
+    #[test]
+    fn writes_proto3_json() {
+        let info = BackupInfo {
+            etcd_version: "3.5.30".into(),
+            timestamp: 1704067200,
+            cluster_spec: Some(ClusterSpec {
+                member_count: 3,
+                etcd_version: "3.5.30".into(),
+            }),
+        };
+        let text = String::from_utf8(serde_json::to_vec_pretty(&info).unwrap()).unwrap();
+        assert!(text.contains("\n  \"etcdVersion\": \"3.5.30\""), "{text}");
+        assert!(text.contains("\"timestamp\": \"1704067200\""), "{text}");
+        assert!(text.contains("\"memberCount\": 3"), "{text}");
+        let empty = serde_json::to_string(&ClusterSpec::default()).unwrap();
+        assert_eq!(empty, "{}");
+        let created = serde_json::to_string(&CreatedMarker { timestamp: 5 }).unwrap();
+        assert_eq!(created, r#"{"timestamp":5}"#);
+    }
+
+    #[test]
+    fn bad_int64_is_an_error_not_a_panic() {
+        assert!(serde_json::from_str::<BackupInfo>(r#"{"timestamp":"soon"}"#).is_err());
+        assert!(serde_json::from_str::<BackupInfo>(r#"{"timestamp":1.5}"#).is_err());
+    }
+}

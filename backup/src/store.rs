@@ -1,0 +1,709 @@
+use std::io::Write;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::model::{BackupExtra, BackupInfo, ClusterSpec, Command, CreatedMarker};
+use crate::{
+    BACKUP_DATA_FILE, BACKUP_EXTRA_FILE, BACKUP_META_FILE, COMMAND_FILE, CONTROL_DIR, CREATED_FILE,
+    GZIP_LEVEL, SPEC_FILE,
+};
+
+/// How to reach S3 (everything else comes from the usual AWS_* environment).
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// e.g. http://127.0.0.1:5000 (an S3-compatible server); implies path-style requests.
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<String>,
+}
+
+/// A queued command and its folder name under `control/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCommand {
+    pub name: String,
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupSummary {
+    pub name: String,
+    pub snapshot_size: u64,
+    pub compressed_size: u64,
+    pub snapshot_sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadedBackup {
+    pub name: String,
+    pub snapshot_size: u64,
+    /// False for backups without our checksum file (written by upstream): only gzip's CRC was checked.
+    pub verified_checksum: bool,
+}
+
+/// The store behind a `--backup-store` URL.
+#[derive(Clone, Debug)]
+pub struct BackupStore {
+    store: Arc<dyn ObjectStore>,
+    base: Path,
+    url: String,
+}
+
+const ACCEPTED: &str =
+    "use file:///absolute/path, s3://bucket/prefix, gs://bucket/prefix or memory://name";
+
+/// Parse `2019-05-07T18:28:01Z-000977` into its time and sequence.
+pub fn parse_backup_name(name: &str) -> Option<(DateTime<Utc>, u32)> {
+    let (time, seq) = name.rsplit_once('-')?;
+    if seq.len() != 6 || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let t = DateTime::parse_from_rfc3339(time).ok()?.with_timezone(&Utc);
+    Some((t, seq.parse().ok()?))
+}
+
+/// `<RFC3339 UTC second>-<6-digit seq>`.
+pub fn format_backup_name(t: SystemTime, seq: u32) -> String {
+    let t: DateTime<Utc> = t.into();
+    format!("{}-{seq:06}", t.format("%Y-%m-%dT%H:%M:%SZ"))
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(Error::InvalidName {
+            name: name.into(),
+            reason: "must be a single folder name".into(),
+        });
+    }
+    Ok(())
+}
+
+fn hex(d: impl AsRef<[u8]>) -> String {
+    hex::encode(d)
+}
+
+impl BackupStore {
+    /// Open a store URL. No IO except creating a missing local folder.
+    pub fn open(url: &str, opts: &StoreOptions) -> Result<Self> {
+        let bad = |reason: String| Error::InvalidUrl {
+            url: url.to_string(),
+            reason,
+        };
+        let parsed = url::Url::parse(url).map_err(|e| bad(format!("{e}; {ACCEPTED}")))?;
+        let prefix = parsed.path().trim_matches('/').to_string();
+        match parsed.scheme() {
+            "file" => {
+                if parsed.host_str().is_some_and(|h| !h.is_empty()) {
+                    return Err(bad(format!(
+                        "'{}' is not an absolute path (write file:///abs/path, three slashes)",
+                        parsed.host_str().unwrap_or_default()
+                    )));
+                }
+                let dir = std::path::PathBuf::from(parsed.path());
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                    .map_err(|e| bad(format!("{e}")))?;
+                Ok(Self::new(Arc::new(fs), Path::default(), url.to_string()))
+            }
+            "s3" => {
+                let bucket = parsed
+                    .host_str()
+                    .filter(|b| !b.is_empty())
+                    .ok_or_else(|| bad("no bucket".into()))?;
+                let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+                let region = opts
+                    .s3_region
+                    .clone()
+                    .or_else(|| std::env::var("AWS_REGION").ok())
+                    .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+                    .unwrap_or_else(|| "us-east-1".into());
+                b = b.with_region(region);
+                if let Some(ep) = &opts.s3_endpoint {
+                    b = b
+                        .with_endpoint(ep)
+                        .with_allow_http(ep.starts_with("http://"))
+                        .with_virtual_hosted_style_request(false);
+                }
+                if let Some(k) = &opts.s3_access_key_id {
+                    b = b.with_access_key_id(k);
+                }
+                if let Some(k) = &opts.s3_secret_access_key {
+                    b = b.with_secret_access_key(k);
+                }
+                let s3 = b.build().map_err(|e| bad(format!("{e}")))?;
+                Ok(Self::new(Arc::new(s3), Path::from(prefix), url.to_string()))
+            }
+            "gs" => {
+                let bucket = parsed
+                    .host_str()
+                    .filter(|b| !b.is_empty())
+                    .ok_or_else(|| bad("no bucket".into()))?;
+                let gcs = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(bucket)
+                    .build()
+                    .map_err(|e| {
+                        bad(format!(
+                            "{e} (set GOOGLE_APPLICATION_CREDENTIALS or GOOGLE_SERVICE_ACCOUNT)"
+                        ))
+                    })?;
+                Ok(Self::new(
+                    Arc::new(gcs),
+                    Path::from(prefix),
+                    url.to_string(),
+                ))
+            }
+            "memory" => Ok(Self::new(
+                Arc::new(object_store::memory::InMemory::new()),
+                Path::default(),
+                url.to_string(),
+            )),
+            other => Err(bad(format!("unknown scheme '{other}'; {ACCEPTED}"))),
+        }
+    }
+
+    pub fn new(store: Arc<dyn ObjectStore>, base: Path, url: String) -> Self {
+        BackupStore { store, base, url }
+    }
+
+    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn path(&self, rel: &str) -> Path {
+        let base = self.base.as_ref();
+        if base.is_empty() {
+            Path::from(rel)
+        } else {
+            Path::from(format!("{base}/{rel}"))
+        }
+    }
+
+    /// Relative to the base.
+    fn relative<'a>(&self, p: &'a Path) -> Option<&'a str> {
+        let base = self.base.as_ref();
+        let s = p.as_ref();
+        if base.is_empty() {
+            Some(s)
+        } else {
+            s.strip_prefix(base)?.strip_prefix('/')
+        }
+    }
+
+    /// Where the lock crate keeps lease records: `<base>/etcd-manager/lease`.
+    ///
+    /// Upstream's ListBackups reads the whole tree under the base and keeps
+    /// only files named `_etcd_backup.meta` (pkg/backup/vfs.go), and its
+    /// command listing only reads `control/`, so a folder holding no meta file
+    /// and living outside `control/` is invisible to upstream readers.
+    pub fn lease_prefix(&self) -> Path {
+        self.path("etcd-manager/lease")
+    }
+
+    async fn read(&self, rel: &str) -> Result<Option<(Path, Bytes)>> {
+        let p = self.path(rel);
+        match self.store.get(&p).await {
+            Ok(r) => {
+                let bytes = r.bytes().await.map_err(|e| Error::store("read", &p, e))?;
+                Ok(Some((p, bytes)))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Error::store("read", &p, e)),
+        }
+    }
+
+    async fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        rel: &str,
+        fix: &str,
+    ) -> Result<Option<T>> {
+        let Some((p, bytes)) = self.read(rel).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Malformed {
+                path: self.display(&p),
+                reason: format!("{e}; {fix}"),
+            })
+    }
+
+    fn display(&self, p: &Path) -> String {
+        format!(
+            "{}/{}",
+            self.url.trim_end_matches('/'),
+            self.relative(p).unwrap_or(p.as_ref())
+        )
+    }
+
+    async fn put(&self, rel: &str, body: Vec<u8>, mode: PutMode) -> Result<()> {
+        let p = self.path(rel);
+        self.store
+            .put_opts(&p, PutPayload::from(body), PutOptions::from(mode))
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::store("write", &p, e))
+    }
+
+    fn pretty<T: serde::Serialize>(v: &T) -> Vec<u8> {
+        let mut b = serde_json::to_vec_pretty(v).unwrap_or_default();
+        b.push(b'\n');
+        b
+    }
+
+    pub async fn read_spec(&self) -> Result<Option<ClusterSpec>> {
+        self.read_json(
+            &format!("{CONTROL_DIR}/{SPEC_FILE}"),
+            "fix it with etcd-manager-ctl configure-cluster",
+        )
+        .await
+    }
+
+    pub async fn write_spec(&self, spec: &ClusterSpec) -> Result<()> {
+        self.put(
+            &format!("{CONTROL_DIR}/{SPEC_FILE}"),
+            Self::pretty(spec),
+            PutMode::Overwrite,
+        )
+        .await
+    }
+
+    pub async fn read_created(&self) -> Result<Option<CreatedMarker>> {
+        self.read_json(
+            &format!("{CONTROL_DIR}/{CREATED_FILE}"),
+            "it should read {\"timestamp\":<unix nanos>}; rewrite it that way (do not delete it while a cluster exists)",
+        )
+        .await
+    }
+
+    /// Create-if-absent; an existing marker is kept.
+    pub async fn write_created(&self, now: SystemTime) -> Result<()> {
+        let nanos = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        let body = serde_json::to_vec(&CreatedMarker { timestamp: nanos }).unwrap_or_default();
+        match self
+            .put(
+                &format!("{CONTROL_DIR}/{CREATED_FILE}"),
+                body,
+                PutMode::Create,
+            )
+            .await
+        {
+            Err(Error::Store {
+                source: object_store::Error::AlreadyExists { .. },
+                ..
+            }) => Ok(()),
+            other => other,
+        }
+    }
+
+    pub async fn delete_created(&self) -> Result<()> {
+        let p = self.path(&format!("{CONTROL_DIR}/{CREATED_FILE}"));
+        match self.store.delete(&p).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Error::store("delete", &p, e)),
+        }
+    }
+
+    /// Every object under `rel` (one listing call), as paths relative to the base.
+    async fn list_under(&self, rel: Option<&str>) -> Result<Vec<String>> {
+        let prefix = rel
+            .map(|r| self.path(r))
+            .unwrap_or_else(|| self.base.clone());
+        let prefix_opt = if prefix.as_ref().is_empty() {
+            None
+        } else {
+            Some(&prefix)
+        };
+        let metas: Vec<_> = self
+            .store
+            .list(prefix_opt)
+            .try_collect()
+            .await
+            .map_err(|e| Error::store("list", &prefix, e))?;
+        Ok(metas
+            .iter()
+            .filter_map(|m| self.relative(&m.location).map(str::to_string))
+            .collect())
+    }
+
+    /// Queued commands, sorted by name.
+    pub async fn list_commands(&self) -> Result<Vec<StoredCommand>> {
+        let mut names: Vec<String> = self
+            .list_under(Some(CONTROL_DIR))
+            .await?
+            .into_iter()
+            .filter_map(|rel| {
+                let rest = rel.strip_prefix(&format!("{CONTROL_DIR}/"))?.to_string();
+                let (name, file) = rest.split_once('/')?;
+                (file == COMMAND_FILE).then(|| name.to_string())
+            })
+            .collect();
+        names.sort();
+        let mut out = vec![];
+        for name in names {
+            let rel = format!("{CONTROL_DIR}/{name}/{COMMAND_FILE}");
+            if let Some(command) = self
+                .read_json::<Command>(&rel, "delete it with etcd-manager-ctl delete-command")
+                .await?
+            {
+                out.push(StoredCommand { name, command });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Queue a command under a fresh name (create-if-absent, next sequence on conflict).
+    pub async fn add_command(&self, cmd: &Command, now: SystemTime) -> Result<String> {
+        let body = Self::pretty(cmd);
+        for seq in 0..1_000_000u32 {
+            let name = format_backup_name(now, seq);
+            match self
+                .put(
+                    &format!("{CONTROL_DIR}/{name}/{COMMAND_FILE}"),
+                    body.clone(),
+                    PutMode::Create,
+                )
+                .await
+            {
+                Ok(()) => return Ok(name),
+                Err(Error::Store {
+                    source: object_store::Error::AlreadyExists { .. },
+                    ..
+                }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::InvalidName {
+            name: format_backup_name(now, 0),
+            reason: "no free sequence number".into(),
+        })
+    }
+
+    pub async fn delete_command(&self, name: &str) -> Result<()> {
+        check_name(name)?;
+        let files = self
+            .list_under(Some(&format!("{CONTROL_DIR}/{name}")))
+            .await?;
+        if files.is_empty() {
+            return Err(Error::NotFound {
+                path: format!("{CONTROL_DIR}/{name}"),
+            });
+        }
+        for rel in files {
+            let p = self.path(&rel);
+            match self.store.delete(&p).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(Error::store("delete", &p, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Names of the folders under the base that hold a meta file, sorted; one listing call.
+    pub async fn list_backups(&self) -> Result<Vec<String>> {
+        let mut names: Vec<String> = self
+            .list_under(None)
+            .await?
+            .into_iter()
+            .filter_map(|rel| {
+                let (name, file) = rel.split_once('/')?;
+                (file == BACKUP_META_FILE && name != CONTROL_DIR).then(|| name.to_string())
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    pub async fn read_backup_info(&self, name: &str) -> Result<BackupInfo> {
+        check_name(name)?;
+        let rel = format!("{name}/{BACKUP_META_FILE}");
+        self.read_json(&rel, "this backup cannot be used; choose another")
+            .await?
+            .ok_or(Error::NotFound { path: rel })
+    }
+
+    pub async fn read_backup_extra(&self, name: &str) -> Result<Option<BackupExtra>> {
+        check_name(name)?;
+        self.read_json(
+            &format!("{name}/{BACKUP_EXTRA_FILE}"),
+            "the backup may be incomplete",
+        )
+        .await
+    }
+
+    /// Stream a snapshot into a new backup; the meta file is written last.
+    pub async fn write_backup<S>(
+        &self,
+        mut snapshot: S,
+        info: &BackupInfo,
+        revision: Option<i64>,
+        leader_epoch: Option<u64>,
+        now: SystemTime,
+    ) -> Result<BackupSummary>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
+    {
+        // Claim a fresh name: never overwrite another writer's backup.
+        let placeholder = br#"{"format":0,"state":"writing"}"#.to_vec();
+        let mut name = None;
+        for seq in 1..1_000_000u32 {
+            let candidate = format_backup_name(now, seq);
+            match self
+                .put(
+                    &format!("{candidate}/{BACKUP_EXTRA_FILE}"),
+                    placeholder.clone(),
+                    PutMode::Create,
+                )
+                .await
+            {
+                Ok(()) => {
+                    name = Some(candidate);
+                    break;
+                }
+                Err(Error::Store {
+                    source: object_store::Error::AlreadyExists { .. },
+                    ..
+                }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        let name = name.ok_or_else(|| Error::InvalidName {
+            name: format_backup_name(now, 0),
+            reason: "no free sequence number".into(),
+        })?;
+
+        let data_path = self.path(&format!("{name}/{BACKUP_DATA_FILE}"));
+        let upload = self
+            .store
+            .put_multipart(&data_path)
+            .await
+            .map_err(|e| Error::store("write", &data_path, e))?;
+        let mut writer = WriteMultipart::new(upload);
+        let mut encoder = Some(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::new(GZIP_LEVEL),
+        ));
+        let mut raw_hash = Sha256::new();
+        let mut gz_hash = Sha256::new();
+        let (mut raw_size, mut gz_size) = (0u64, 0u64);
+
+        let result: Result<()> = async {
+            while let Some(chunk) = snapshot.next().await {
+                let chunk = chunk.map_err(Error::Snapshot)?;
+                raw_hash.update(&chunk);
+                raw_size += chunk.len() as u64;
+                let mut enc = encoder
+                    .take()
+                    .ok_or_else(|| Error::Snapshot(std::io::Error::other("encoder lost")))?;
+                let (enc, out) = tokio::task::spawn_blocking(move || {
+                    let r = enc_write(&mut enc, &chunk);
+                    (enc, r)
+                })
+                .await
+                .map_err(|e| Error::Snapshot(std::io::Error::other(e)))?;
+                encoder = Some(enc);
+                let out = out.map_err(Error::Snapshot)?;
+                if !out.is_empty() {
+                    gz_hash.update(&out);
+                    gz_size += out.len() as u64;
+                    writer
+                        .wait_for_capacity(4)
+                        .await
+                        .map_err(|e| Error::store("write", &data_path, e))?;
+                    writer.write(&out);
+                }
+            }
+            let enc = encoder
+                .take()
+                .ok_or_else(|| Error::Snapshot(std::io::Error::other("encoder lost")))?;
+            let tail = enc.finish().map_err(Error::Snapshot)?;
+            gz_hash.update(&tail);
+            gz_size += tail.len() as u64;
+            writer.write(&tail);
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = writer.abort().await;
+            let _ = self
+                .store
+                .delete(&self.path(&format!("{name}/{BACKUP_EXTRA_FILE}")))
+                .await;
+            return Err(e);
+        }
+        writer
+            .finish()
+            .await
+            .map_err(|e| Error::store("write", &data_path, e))?;
+
+        let extra = BackupExtra {
+            format: 1,
+            snapshot_sha256: hex(raw_hash.finalize()),
+            snapshot_size: raw_size,
+            compressed_sha256: hex(gz_hash.finalize()),
+            compressed_size: gz_size,
+            revision,
+            leader_epoch,
+            writer: concat!("etcd-manager-rs/", env!("CARGO_PKG_VERSION")).to_string(),
+        };
+        self.put(
+            &format!("{name}/{BACKUP_EXTRA_FILE}"),
+            Self::pretty(&extra),
+            PutMode::Overwrite,
+        )
+        .await?;
+        self.put(
+            &format!("{name}/{BACKUP_META_FILE}"),
+            Self::pretty(info),
+            PutMode::Create,
+        )
+        .await?;
+        tracing::info!(backup = %name, bytes = gz_size, snapshot_bytes = raw_size, "backup written");
+        Ok(BackupSummary {
+            name,
+            snapshot_size: raw_size,
+            compressed_size: gz_size,
+            snapshot_sha256: extra.snapshot_sha256,
+        })
+    }
+
+    /// Download, verify and decompress a backup into `dest`. Nothing is left at
+    /// `dest` unless every check passed.
+    pub async fn download_backup(
+        &self,
+        name: &str,
+        dest: &std::path::Path,
+    ) -> Result<DownloadedBackup> {
+        check_name(name)?;
+        let extra = self.read_backup_extra(name).await?;
+        let data_path = self.path(&format!("{name}/{BACKUP_DATA_FILE}"));
+        let io = |path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io {
+                path: path.clone(),
+                source,
+            }
+        };
+        let gz_tmp = dest.with_extension("gz.part");
+        let raw_tmp = dest.with_extension("part");
+        let cleanup = || {
+            let _ = std::fs::remove_file(&gz_tmp);
+            let _ = std::fs::remove_file(&raw_tmp);
+        };
+        let result: Result<DownloadedBackup> = async {
+            let mut stream = self.store.get(&data_path).await.map_err(|e| Error::store("read", &data_path, e))?.into_stream();
+            let mut file = std::fs::File::create(&gz_tmp).map_err(io(&gz_tmp))?;
+            let mut gz_hash = Sha256::new();
+            let mut gz_size = 0u64;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| Error::store("read", &data_path, e))?;
+                gz_hash.update(&chunk);
+                gz_size += chunk.len() as u64;
+                file.write_all(&chunk).map_err(io(&gz_tmp))?;
+            }
+            file.sync_all().map_err(io(&gz_tmp))?;
+            drop(file);
+            if let Some(x) = &extra {
+                let got = hex(gz_hash.finalize());
+                if got != x.compressed_sha256 || gz_size != x.compressed_size {
+                    return Err(Error::Corrupt {
+                        backup: name.into(),
+                        reason: format!(
+                            "{BACKUP_DATA_FILE} has sha256 {got} and {gz_size} bytes, expected {} and {}",
+                            x.compressed_sha256, x.compressed_size
+                        ),
+                    });
+                }
+            }
+            let (gz, raw) = (gz_tmp.clone(), raw_tmp.clone());
+            let (raw_sha, raw_size) = tokio::task::spawn_blocking(move || decompress(&gz, &raw))
+                .await
+                .map_err(|e| Error::Snapshot(std::io::Error::other(e)))?
+                .map_err(|e| Error::Corrupt { backup: name.into(), reason: format!("cannot decompress: {e}") })?;
+            if let Some(x) = &extra
+                && (raw_sha != x.snapshot_sha256 || raw_size != x.snapshot_size)
+            {
+                return Err(Error::Corrupt {
+                    backup: name.into(),
+                    reason: format!(
+                        "snapshot has sha256 {raw_sha} and {raw_size} bytes, expected {} and {}",
+                        x.snapshot_sha256, x.snapshot_size
+                    ),
+                });
+            }
+            std::fs::rename(&raw_tmp, dest).map_err(io(dest))?;
+            Ok(DownloadedBackup { name: name.into(), snapshot_size: raw_size, verified_checksum: extra.is_some() })
+        }
+        .await;
+        cleanup();
+        result
+    }
+
+    pub async fn delete_backup(&self, name: &str) -> Result<()> {
+        check_name(name)?;
+        // The meta first, so a half-deleted backup is invisible rather than broken.
+        let meta = self.path(&format!("{name}/{BACKUP_META_FILE}"));
+        match self.store.delete(&meta).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(Error::store("delete", &meta, e)),
+        }
+        for rel in self.list_under(Some(name)).await? {
+            let p = self.path(&rel);
+            match self.store.delete(&p).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(Error::store("delete", &p, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Compress one chunk and take what the encoder produced so far.
+fn enc_write(
+    enc: &mut flate2::write::GzEncoder<Vec<u8>>,
+    chunk: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    enc.write_all(chunk)?;
+    Ok(std::mem::take(enc.get_mut()))
+}
+
+/// gunzip (every member) `gz` into `raw`, returning the sha256 and size of the output.
+fn decompress(gz: &std::path::Path, raw: &std::path::Path) -> std::io::Result<(String, u64)> {
+    let input = std::io::BufReader::new(std::fs::File::open(gz)?);
+    let mut decoder = flate2::read::MultiGzDecoder::new(input);
+    let mut out = std::fs::File::create(raw)?;
+    let mut hash = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut decoder, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        size += n as u64;
+        out.write_all(&buf[..n])?;
+    }
+    out.sync_all()?;
+    Ok((hex(hash.finalize()), size))
+}

@@ -1,0 +1,536 @@
+//! The store on InMemory, the local file system and (when moto_server is
+//! installed) S3: layout, listing, integrity checks, names never reused.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use backup::{
+    BackupInfo, BackupStore, ClusterSpec, Command, Error, RestoreBackupCommand, StoreOptions,
+};
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+fn t0() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_704_067_200)
+}
+
+fn snapshot_stream(
+    data: Vec<u8>,
+) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + Unpin {
+    let chunks: Vec<std::io::Result<Bytes>> = data
+        .chunks(64 * 1024)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    futures::stream::iter(chunks)
+}
+
+fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Half compressible, half not.
+            if (i / 4096) % 2 == 0 {
+                b'a' + (i % 7) as u8
+            } else {
+                x as u8
+            }
+        })
+        .collect()
+}
+
+fn info() -> BackupInfo {
+    BackupInfo {
+        etcd_version: "3.5.30".into(),
+        timestamp: 1_704_067_200,
+        cluster_spec: Some(ClusterSpec {
+            member_count: 3,
+            etcd_version: "3.5.30".into(),
+        }),
+    }
+}
+
+/// The contract every backend must meet.
+async fn contract(store: BackupStore, tmp: &std::path::Path) {
+    // Spec and marker.
+    assert_eq!(store.read_spec().await.unwrap(), None);
+    let spec = ClusterSpec {
+        member_count: 3,
+        etcd_version: "3.5.30".into(),
+    };
+    store.write_spec(&spec).await.unwrap();
+    assert_eq!(store.read_spec().await.unwrap(), Some(spec.clone()));
+    assert!(store.read_created().await.unwrap().is_none());
+    store.write_created(t0()).await.unwrap();
+    store
+        .write_created(t0() + Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.read_created().await.unwrap().unwrap().timestamp,
+        1_704_067_200_000_000_000,
+        "first marker kept"
+    );
+
+    // Backups: round trip with checksums.
+    let data = pseudo_random(3 * 1024 * 1024 + 17, 7);
+    let a = store
+        .write_backup(
+            snapshot_stream(data.clone()),
+            &info(),
+            Some(42),
+            Some(3),
+            t0(),
+        )
+        .await
+        .unwrap();
+    let b = store
+        .write_backup(snapshot_stream(data.clone()), &info(), None, None, t0())
+        .await
+        .unwrap();
+    assert_ne!(
+        a.name, b.name,
+        "two backups in one second get distinct names"
+    );
+    assert_eq!(a.name, "2024-01-01T00:00:00Z-000001");
+    assert_eq!(
+        store.list_backups().await.unwrap(),
+        vec![a.name.clone(), b.name.clone()]
+    );
+    assert!(a.compressed_size < a.snapshot_size);
+    let extra = store.read_backup_extra(&a.name).await.unwrap().unwrap();
+    assert_eq!(
+        (extra.revision, extra.leader_epoch, extra.snapshot_size),
+        (Some(42), Some(3), data.len() as u64)
+    );
+    assert_eq!(store.read_backup_info(&a.name).await.unwrap(), info());
+
+    let dest = tmp.join("snap.db");
+    let got = store.download_backup(&a.name, &dest).await.unwrap();
+    assert!(got.verified_checksum);
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+
+    // Tampered data: refused, nothing left behind.
+    let data_key = Path::from(format!("{}{}/etcd.backup.gz", prefix_of(&store), b.name));
+    let mut gz = store
+        .object_store()
+        .get(&data_key)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+    let mid = gz.len() / 2;
+    gz[mid] ^= 0xff;
+    store
+        .object_store()
+        .put(&data_key, gz.into())
+        .await
+        .unwrap();
+    let dest2 = tmp.join("tampered.db");
+    let err = store.download_backup(&b.name, &dest2).await.unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains(&b.name), "{err}");
+    assert!(!dest2.exists());
+    assert_eq!(
+        std::fs::read_dir(tmp).unwrap().count(),
+        1,
+        "only the good download remains"
+    );
+
+    // Commands.
+    let cmd = Command {
+        timestamp: 1_547_480_961_703_914_946,
+        restore_backup: Some(RestoreBackupCommand {
+            cluster_spec: Some(spec.clone()),
+            backup: a.name.clone(),
+        }),
+    };
+    let c1 = store.add_command(&cmd, t0()).await.unwrap();
+    let c2 = store.add_command(&cmd, t0()).await.unwrap();
+    assert_ne!(c1, c2);
+    let listed = store.list_commands().await.unwrap();
+    assert_eq!(
+        listed.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
+        vec![c1.clone(), c2.clone()]
+    );
+    assert_eq!(listed[0].command, cmd);
+    store.delete_command(&c1).await.unwrap();
+    assert_eq!(store.list_commands().await.unwrap().len(), 1);
+    assert!(matches!(
+        store.delete_command(&c1).await,
+        Err(Error::NotFound { .. })
+    ));
+
+    // Commands and the lease folder are not backups.
+    store
+        .object_store()
+        .put(
+            &Path::from(format!("{}/00000000000000000001", store.lease_prefix())),
+            "x".into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.list_backups().await.unwrap().len(), 2);
+
+    store.delete_backup(&b.name).await.unwrap();
+    assert_eq!(store.list_backups().await.unwrap(), vec![a.name.clone()]);
+}
+
+fn prefix_of(store: &BackupStore) -> String {
+    let b = store.base().as_ref();
+    if b.is_empty() {
+        String::new()
+    } else {
+        format!("{b}/")
+    }
+}
+
+#[tokio::test]
+async fn contract_in_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = BackupStore::new(
+        Arc::new(object_store::memory::InMemory::new()),
+        Path::from("cluster/backups/etcd/main"),
+        "memory://x".into(),
+    );
+    contract(store, tmp.path()).await;
+}
+
+#[tokio::test]
+async fn contract_local_file_system() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("file://{}/store", dir.path().display());
+    let store = BackupStore::open(&url, &StoreOptions::default()).unwrap();
+    contract(store, tmp.path()).await;
+}
+
+#[tokio::test]
+async fn contract_s3_on_moto() {
+    let Some(moto) = moto::Moto::start().await else {
+        println!("skipped: moto_server not found");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    moto.create_bucket("backups").await;
+    let opts = StoreOptions {
+        s3_endpoint: Some(moto.endpoint()),
+        s3_region: Some("us-east-1".into()),
+        s3_access_key_id: Some("test".into()),
+        s3_secret_access_key: Some("test".into()),
+    };
+    let store =
+        BackupStore::open("s3://backups/cluster.example.com/backups/etcd/main", &opts).unwrap();
+    contract(store, tmp.path()).await;
+}
+
+#[tokio::test]
+async fn half_written_backups_are_invisible_and_odd_names_listed() {
+    let mem = Arc::new(object_store::memory::InMemory::new());
+    let store = BackupStore::new(mem.clone(), Path::default(), "memory://".into());
+    mem.put(
+        &Path::from("2024-02-01T00:00:00Z-000001/etcd.backup.gz"),
+        "partial".into(),
+    )
+    .await
+    .unwrap();
+    mem.put(&Path::from("not-a-time/_etcd_backup.meta"), "{}".into())
+        .await
+        .unwrap();
+    mem.put(&Path::from("control/x/_etcd_backup.meta"), "{}".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.list_backups().await.unwrap(),
+        vec!["not-a-time".to_string()]
+    );
+    assert!(backup::parse_backup_name("not-a-time").is_none());
+    let (t, seq) = backup::parse_backup_name("2019-05-07T18:28:01Z-000977").unwrap();
+    assert_eq!((t.timestamp(), seq), (1_557_253_681, 977));
+    assert_eq!(
+        backup::format_backup_name(t.into(), 977),
+        "2019-05-07T18:28:01Z-000977"
+    );
+}
+
+#[tokio::test]
+async fn malformed_files_name_the_path() {
+    let mem = Arc::new(object_store::memory::InMemory::new());
+    let store = BackupStore::new(mem.clone(), Path::from("base"), "s3://bucket/base".into());
+    mem.put(
+        &Path::from("base/control/etcd-cluster-spec"),
+        "{ nope".into(),
+    )
+    .await
+    .unwrap();
+    let e = store.read_spec().await.unwrap_err().to_string();
+    assert!(
+        e.contains("s3://bucket/base/control/etcd-cluster-spec") && e.contains("configure-cluster"),
+        "{e}"
+    );
+    mem.put(
+        &Path::from("base/control/c1/_command.json"),
+        "{\"timestamp\": \"soon\"}".into(),
+    )
+    .await
+    .unwrap();
+    let e = store.list_commands().await.unwrap_err().to_string();
+    assert!(e.contains("control/c1/_command.json"), "{e}");
+}
+
+#[tokio::test]
+async fn upstream_backups_without_our_checksum_still_download() {
+    use std::io::Write;
+    let mem = Arc::new(object_store::memory::InMemory::new());
+    let store = BackupStore::new(mem.clone(), Path::default(), "memory://".into());
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(b"snapshot bytes").unwrap();
+    let gz = enc.finish().unwrap();
+    mem.put(
+        &Path::from("2019-01-14T15:29:48Z-000003/etcd.backup.gz"),
+        gz.clone().into(),
+    )
+    .await
+    .unwrap();
+    mem.put(
+        &Path::from("2019-01-14T15:29:48Z-000003/_etcd_backup.meta"),
+        "{}".into(),
+    )
+    .await
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let got = store
+        .download_backup("2019-01-14T15:29:48Z-000003", &tmp.path().join("s"))
+        .await
+        .unwrap();
+    assert!(!got.verified_checksum);
+    assert_eq!(
+        std::fs::read(tmp.path().join("s")).unwrap(),
+        b"snapshot bytes"
+    );
+    // A truncated gzip fails its own CRC/length check.
+    mem.put(
+        &Path::from("2019-01-14T15:29:48Z-000003/etcd.backup.gz"),
+        gz[..gz.len() - 4].to_vec().into(),
+    )
+    .await
+    .unwrap();
+    let err = store
+        .download_backup("2019-01-14T15:29:48Z-000003", &tmp.path().join("t"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+}
+
+/// Counts list calls, to keep listing cheap (one call per listing).
+#[derive(Debug)]
+struct CountingStore {
+    inner: object_store::memory::InMemory,
+    lists: AtomicUsize,
+}
+
+impl std::fmt::Display for CountingStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CountingStore")
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for CountingStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: object_store::PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+    fn delete_stream(
+        &self,
+        locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+    fn list(
+        &self,
+        prefix: Option<&Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        self.lists.fetch_add(1, Ordering::SeqCst);
+        self.inner.list(prefix)
+    }
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.lists.fetch_add(1, Ordering::SeqCst);
+        self.inner.list_with_delimiter(prefix).await
+    }
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+#[tokio::test]
+async fn listing_backups_is_one_call() {
+    let counting = Arc::new(CountingStore {
+        inner: object_store::memory::InMemory::new(),
+        lists: AtomicUsize::new(0),
+    });
+    let store = BackupStore::new(counting.clone(), Path::default(), "memory://".into());
+    for i in 0..20 {
+        store
+            .write_backup(
+                snapshot_stream(vec![i; 1000]),
+                &info(),
+                None,
+                None,
+                t0() + Duration::from_secs(i as u64 * 3600),
+            )
+            .await
+            .unwrap();
+    }
+    let before = counting.lists.load(Ordering::SeqCst);
+    assert_eq!(store.list_backups().await.unwrap().len(), 20);
+    assert_eq!(counting.lists.load(Ordering::SeqCst) - before, 1);
+}
+
+#[test]
+fn urls_are_checked_with_helpful_errors() {
+    let o = StoreOptions::default();
+    for (url, needle) in [
+        ("ftp://bucket/x", "unknown scheme 'ftp'"),
+        ("file://relative/dir", "three slashes"),
+        ("relative/dir", "file:///absolute/path"),
+        ("s3:///prefix", "no bucket"),
+    ] {
+        let e = BackupStore::open(url, &o).unwrap_err().to_string();
+        assert!(e.contains(needle), "{url}: {e}");
+        assert!(e.contains(url), "{url}: {e}");
+    }
+    assert!(BackupStore::open("memory://test", &o).is_ok());
+    let s3 = StoreOptions {
+        s3_endpoint: Some("http://127.0.0.1:1".into()),
+        ..Default::default()
+    };
+    let s = BackupStore::open("s3://bucket/a/b", &s3).unwrap();
+    assert_eq!(s.base().as_ref(), "a/b");
+    assert_eq!(s.lease_prefix().as_ref(), "a/b/etcd-manager/lease");
+}
+
+#[test]
+fn gcs_urls_are_configured_without_io() {
+    // No emulator here speaks GCS with preconditions (see environment.md):
+    // only the configuration path is checked. Credentials are resolved lazily,
+    // on the first request, from the usual GOOGLE_* variables or the metadata server.
+    let s = BackupStore::open("gs://bucket/cluster/backups", &StoreOptions::default()).unwrap();
+    assert_eq!(s.base().as_ref(), "cluster/backups");
+    assert_eq!(s.url(), "gs://bucket/cluster/backups");
+    let e = BackupStore::open("gs:///nobucket", &StoreOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no bucket"), "{e}");
+}
+
+mod moto {
+    //! A moto S3 server on a free loopback port, killed on drop.
+    use std::process::{Child, Stdio};
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    pub struct Moto {
+        child: Child,
+        port: u16,
+    }
+
+    impl Moto {
+        pub async fn start() -> Option<Moto> {
+            let bin = which("moto_server")?;
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .ok()?
+                .local_addr()
+                .ok()?
+                .port();
+            let child = std::process::Command::new(bin)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .ok()?;
+            let m = Moto { child, port };
+            let start = Instant::now();
+            while tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+            {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "moto_server did not start"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Some(m)
+        }
+
+        pub fn endpoint(&self) -> String {
+            format!("http://127.0.0.1:{}", self.port)
+        }
+
+        pub async fn create_bucket(&self, name: &str) {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .expect("connect");
+            let req = format!(
+                "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.port
+            );
+            s.write_all(req.as_bytes()).await.expect("write");
+            let mut resp = String::new();
+            s.read_to_string(&mut resp).await.expect("read");
+            assert!(
+                resp.starts_with("HTTP/1.1 200"),
+                "bucket creation failed: {resp}"
+            );
+        }
+    }
+
+    impl Drop for Moto {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn which(name: &str) -> Option<std::path::PathBuf> {
+        std::env::var_os("PATH")?
+            .to_str()?
+            .split(':')
+            .map(|d| std::path::Path::new(d).join(name))
+            .find(|p| p.is_file())
+    }
+}
