@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Install what building and testing etcd-manager needs, when missing:
+# protoc (etcd-client's build), python3-venv, the etcd versions the tests use,
+# and moto (an S3 server for tests) in .venv/. Idempotent; safe to re-run.
+#
+#   scripts/setup.sh            everything the tests need
+#   scripts/setup.sh --demo     only what the demo needs (protoc, etcd 3.5.30)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+demo=0
+[ "${1:-}" = "--demo" ] && demo=1
+
+say() { echo "setup: $*" >&2; }
+die() { echo "setup: error: $*" >&2; exit 1; }
+
+if ! command -v cargo >/dev/null 2>&1; then
+  die "cargo is not installed: install Rust 1.95 or newer (rustup), then re-run"
+fi
+
+sudo=""
+if [ "$(id -u)" != 0 ]; then
+  command -v sudo >/dev/null 2>&1 && sudo="sudo" || sudo=""
+fi
+
+apt_missing=()
+command -v protoc >/dev/null 2>&1 || apt_missing+=(protobuf-compiler)
+if [ $demo = 0 ] && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  apt_missing+=(python3-venv)
+fi
+command -v curl >/dev/null 2>&1 || apt_missing+=(curl)
+if [ ${#apt_missing[@]} -gt 0 ]; then
+  say "installing ${apt_missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${apt_missing[@]}" >/dev/null
+fi
+
+# etcd binaries: /opt when writable, else a folder of ours.
+prefix=/opt
+if ! { mkdir -p "$prefix" 2>/dev/null && [ -w "$prefix" ]; }; then
+  prefix="$HOME/.local/etcd"
+fi
+versions=(3.3.25 3.4.23 3.5.16 3.5.30)
+[ $demo = 1 ] && versions=(3.5.30)
+if [ -n "$sudo" ] && [ "$prefix" = /opt ] && [ ! -w /opt ]; then
+  $sudo deploy/install-etcd.sh --prefix "$prefix" "${versions[@]}" >&2
+else
+  deploy/install-etcd.sh --prefix "$prefix" "${versions[@]}" >&2
+fi
+if [ "$prefix" != /opt ]; then
+  echo "export ETCD_MANAGER_ETCD_BIN_DIR=$prefix"
+fi
+
+if [ $demo = 0 ]; then
+  if [ ! -x .venv/bin/moto_server ]; then
+    say "installing moto (S3 server for tests) into .venv/"
+    python3 -m venv .venv
+    .venv/bin/pip install -q 'moto[server]' >&2
+  fi
+  echo "export PATH=$PWD/.venv/bin:\$PATH"
+fi

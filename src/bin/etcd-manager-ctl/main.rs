@@ -1,0 +1,263 @@
+//! `etcd-manager-ctl`: the operator's view of the backup store, with
+//! upstream's commands and flags (Go-style single-dash flags work too):
+//!
+//! ```text
+//! etcd-manager-ctl -backup-store=file:///tmp/etcd-manager/backups/test get
+//! etcd-manager-ctl -backup-store=... -member-count=3 -etcd-version=3.5.30 configure-cluster
+//! etcd-manager-ctl -backup-store=... list-backups
+//! etcd-manager-ctl -backup-store=... list-commands
+//! etcd-manager-ctl -backup-store=... delete-command <name>
+//! etcd-manager-ctl -backup-store=... restore-backup <backup>
+//! ```
+
+use anyhow::{Context, bail};
+use backup::{BackupStore, ClusterSpec, Command, RestoreBackupCommand, StoreOptions};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+/// Reads and changes the desired state of an etcd cluster managed by etcd-manager.
+#[derive(Debug, Parser)]
+#[command(name = "etcd-manager-ctl", version, about, args_override_self = true)]
+struct CtlArgs {
+    /// The backup store: file:///abs/path, s3://bucket/prefix, gs://bucket/prefix.
+    #[arg(long, env = "ETCD_MANAGER_BACKUP_STORE", global = true)]
+    backup_store: Option<String>,
+
+    /// Number of etcd members (configure-cluster): 1, 3 or 5.
+    #[arg(long, global = true)]
+    member_count: Option<i32>,
+
+    /// etcd version (configure-cluster), e.g. 3.5.30.
+    #[arg(long, global = true)]
+    etcd_version: Option<String>,
+
+    /// Accept an etcd version that is not installed on this machine (when the ctl runs elsewhere than the masters).
+    #[arg(long, global = true)]
+    allow_missing_version: bool,
+
+    /// Extra folder(s) to look for etcd binaries in, before /opt/etcd-v<version>/.
+    #[arg(
+        long,
+        env = "ETCD_MANAGER_ETCD_BIN_DIR",
+        value_delimiter = ',',
+        global = true
+    )]
+    etcd_bin_dir: Vec<std::path::PathBuf>,
+
+    /// S3 endpoint for S3-compatible stores, e.g. http://127.0.0.1:5000.
+    #[arg(long, env = "ETCD_MANAGER_S3_ENDPOINT", global = true)]
+    s3_endpoint: Option<String>,
+
+    /// S3 region.
+    #[arg(long, env = "ETCD_MANAGER_S3_REGION", global = true)]
+    s3_region: Option<String>,
+
+    /// Output: text (upstream's format) or json.
+    #[arg(short = 'o', long, default_value = "text", global = true)]
+    output: Output,
+
+    /// The command; `get` when none is given (as upstream).
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Print the cluster spec.
+    Get,
+    /// Set the cluster spec (-member-count, -etcd-version); the leader picks it up without a restart.
+    ConfigureCluster,
+    /// List backups, oldest first.
+    ListBackups,
+    /// List queued commands.
+    ListCommands,
+    /// Delete the queued restore command(s) for a backup (upstream's meaning), or a command by its folder name.
+    DeleteCommand { name: String },
+    /// Queue a restore of the named backup.
+    RestoreBackup { backup: String },
+}
+
+fn main() -> std::process::ExitCode {
+    let cmd = CtlArgs::command();
+    let argv = etcd_manager::goflags::normalize(
+        std::env::args_os(),
+        &etcd_manager::goflags::long_names(&cmd),
+    );
+    let args = match cmd
+        .try_get_matches_from(argv)
+        .and_then(|m| CtlArgs::from_arg_matches(&m))
+    {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("etcd-manager-ctl: error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(out) => {
+            print!("{out}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("etcd-manager-ctl: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[allow(clippy::disallowed_methods)] // the ctl stamps commands with the wall clock
+fn wall_now() -> std::time::SystemTime {
+    std::time::SystemTime::now()
+}
+
+fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<String> {
+    Ok(serde_json::to_string_pretty(v)? + "\n")
+}
+
+async fn run(a: CtlArgs) -> anyhow::Result<String> {
+    let Some(url) = a.backup_store.clone() else {
+        bail!(
+            "--backup-store is required, e.g. -backup-store=file:///tmp/etcd-manager/backups/test"
+        );
+    };
+    let opts = StoreOptions {
+        s3_endpoint: a.s3_endpoint.clone(),
+        s3_region: a.s3_region.clone(),
+        ..Default::default()
+    };
+    let store = BackupStore::open(&url, &opts).context("--backup-store")?;
+    match a.command.as_ref().unwrap_or(&Cmd::Get) {
+        Cmd::Get => {
+            let spec = store.read_spec().await?.with_context(|| {
+                format!("no cluster spec in {url}; create one with configure-cluster")
+            })?;
+            match a.output {
+                Output::Text => Ok(format!("{}\n", spec.to_upstream_text())),
+                Output::Json => json(&spec),
+            }
+        }
+        Cmd::ConfigureCluster => {
+            let current = store.read_spec().await?;
+            let spec = new_spec(&a, current.as_ref())?;
+            store.write_spec(&spec).await?;
+            Ok(format!("set cluster spec to {}\n", spec.to_upstream_text()))
+        }
+        Cmd::ListBackups => {
+            let names = store.list_backups().await?;
+            match a.output {
+                Output::Text => Ok(names.iter().map(|n| format!("{n}\n")).collect()),
+                Output::Json => json(&names),
+            }
+        }
+        Cmd::ListCommands => {
+            let cmds = store.list_commands().await?;
+            match a.output {
+                Output::Text => Ok(cmds
+                    .iter()
+                    .map(|c| format!("{}\n", c.command.to_upstream_text()))
+                    .collect()),
+                Output::Json => {
+                    let v: Vec<_> = cmds
+                        .iter()
+                        .map(|c| serde_json::json!({"name": c.name, "command": c.command}))
+                        .collect();
+                    json(&v)
+                }
+            }
+        }
+        Cmd::DeleteCommand { name } => {
+            let cmds = store.list_commands().await?;
+            let targets: Vec<&str> = cmds
+                .iter()
+                .filter(|c| {
+                    c.name == *name
+                        || c.command
+                            .restore_backup
+                            .as_ref()
+                            .is_some_and(|r| r.backup == *name)
+                })
+                .map(|c| c.name.as_str())
+                .collect();
+            if targets.is_empty() {
+                bail!("no queued command for '{name}'; list-commands shows the queue");
+            }
+            let mut out = String::new();
+            for t in targets {
+                store.delete_command(t).await?;
+                out += &format!("deleted command {t}\n");
+            }
+            Ok(out)
+        }
+        Cmd::RestoreBackup { backup: name } => {
+            let backups = store.list_backups().await?;
+            if !backups.iter().any(|b| b == name) {
+                bail!("backup '{name}' is not in {url}; list-backups shows the available names");
+            }
+            let spec = match store.read_spec().await? {
+                Some(s) => s,
+                None => store
+                    .read_backup_info(name)
+                    .await?
+                    .cluster_spec
+                    .unwrap_or_default(),
+            };
+            let cmd = Command {
+                timestamp: wall_now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as i64)
+                    .unwrap_or(0),
+                restore_backup: Some(RestoreBackupCommand {
+                    cluster_spec: Some(spec),
+                    backup: name.clone(),
+                }),
+            };
+            store.add_command(&cmd, wall_now()).await?;
+            Ok(format!(
+                "added restore-backup command: {}\n",
+                cmd.to_upstream_text()
+            ))
+        }
+    }
+}
+
+/// The spec configure-cluster writes: flags over the current spec, validated.
+fn new_spec(a: &CtlArgs, current: Option<&ClusterSpec>) -> anyhow::Result<ClusterSpec> {
+    let member_count = match (a.member_count, current) {
+        (Some(n), _) => n,
+        (None, Some(c)) => c.member_count,
+        (None, None) => bail!("-member-count is required when no spec exists yet"),
+    };
+    let etcd_version = match (&a.etcd_version, current) {
+        (Some(v), _) => v.trim_start_matches('v').to_string(),
+        (None, Some(c)) => c.etcd_version.clone(),
+        (None, None) => bail!("-etcd-version is required when no spec exists yet"),
+    };
+    let spec = ClusterSpec {
+        member_count,
+        etcd_version,
+    };
+    etcd_manager::controller::validate_spec(&spec).map_err(anyhow::Error::msg)?;
+    if !a.allow_missing_version {
+        let v: etcd::EtcdVersion = spec.etcd_version.parse()?;
+        etcd::find_binaries(&v, &a.etcd_bin_dir).with_context(|| {
+            format!(
+                "etcd {} is not installed here; install it on every master (deploy/install-etcd.sh {}) \
+                 or pass -allow-missing-version if this machine is not a master",
+                spec.etcd_version, spec.etcd_version
+            )
+        })?;
+    }
+    Ok(spec)
+}

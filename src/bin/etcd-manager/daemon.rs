@@ -1,0 +1,128 @@
+//! Wiring of the `etcd-manager` process: open the store, load the node, bind
+//! the peer API and gossip, start etcd if assigned, run the leader loop, and
+//! shut down in order (stop reconciling, release the lease, leave gossip,
+//! stop etcd).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use etcd_manager::clock::{Clock, SystemClock};
+use etcd_manager::config::Config;
+use etcd_manager::driver::{Driver, DriverSettings, PeerPayload};
+use etcd_manager::node::{Node, NodeSettings};
+use tracing::Instrument;
+
+/// Run until `shutdown` is cancelled.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store = backup::BackupStore::open(&cfg.backup_store, &cfg.store_options)
+        .with_context(|| "--backup-store".to_string())?;
+
+    let node = Arc::new(Node::open(NodeSettings {
+        cluster_name: cfg.cluster_name.clone(),
+        data_dir: cfg.data_dir.clone(),
+        node_config: cfg.node.clone(),
+        listen_address: cfg.etcd_listen_address.clone(),
+        bin_dirs: cfg.etcd_bin_dirs.clone(),
+        etcd_env_overrides: etcd::etcd_env_overrides_from_process(),
+    })?);
+    let span = tracing::info_span!("node", cluster = %cfg.cluster_name, id = %node.id());
+    run_node(cfg, node, store, clock, shutdown)
+        .instrument(span)
+        .await
+}
+
+async fn run_node(
+    cfg: Config,
+    node: Arc<Node>,
+    store: backup::BackupStore,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = etcd_manager::peer::bind(cfg.peer_api_addr).await.with_context(|| {
+        format!(
+            "cannot listen on {} (TCP, peer API); is another etcd-manager running? choose another --address or --peer-api-port",
+            cfg.peer_api_addr
+        )
+    })?;
+    if let Some(addr) = cfg.metrics_address {
+        etcd_manager::metrics::install(addr).map_err(anyhow::Error::msg)?;
+    }
+
+    let cancel = CancellationToken::new();
+    let payload = PeerPayload {
+        cluster_name: cfg.cluster_name.clone(),
+        peer_api: cfg.peer_api_addr,
+    };
+    let mut gcfg = gossip::GossipConfig::new(node.id().to_string(), cfg.gossip_addr);
+    gcfg.seeds = cfg.seeds.clone();
+    gcfg.discovery_dir = cfg.discovery_dir.clone();
+    gcfg.cluster_size_hint = cfg.cluster_size_hint;
+    gcfg.incarnation = clock
+        .wall()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let (gossip, gossip_task) = gossip::start(gcfg, payload.encode(), cancel.child_token())
+        .await
+        .context("gossip")?;
+
+    // Everything local is in place; only now touch the store.
+    let lease_prefix = store.lease_prefix();
+    let lease = lock::LeaseClient::new(
+        store.object_store(),
+        lease_prefix,
+        node.id().to_string(),
+        cfg.lease.clone(),
+    );
+    lease
+        .probe()
+        .await
+        .context("the backup store cannot hold the leader lease")?;
+
+    node.resume().await?;
+    tracing::info!(
+        gossip = %cfg.gossip_addr,
+        peer_api = %cfg.peer_api_addr,
+        store = %cfg.backup_store,
+        "etcd-manager started"
+    );
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let server_cancel = cancel.child_token();
+    tasks.spawn(
+        etcd_manager::peer::serve(listener, node.clone(), server_cancel.clone()).in_current_span(),
+    );
+    let driver_cancel = cancel.child_token();
+    let driver = Driver::new(
+        DriverSettings {
+            cluster_name: cfg.cluster_name.clone(),
+            backup_interval: cfg.backup_interval,
+            controller_interval: cfg.controller_interval,
+        },
+        store,
+        lease,
+        gossip.clone(),
+        node.clone(),
+        clock.clone(),
+    );
+    let driver_task = tokio::spawn(driver.run(driver_cancel.clone()).in_current_span());
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    driver_cancel.cancel();
+    if let Err(e) = driver_task.await {
+        tracing::warn!(error = %e, "leader loop ended badly");
+    }
+    gossip.leave(Duration::from_secs(2)).await;
+    cancel.cancel();
+    let _ = gossip_task.await;
+    server_cancel.cancel();
+    while tasks.join_next().await.is_some() {}
+    node.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,353 @@
+//! Command-line flags of `etcd-manager` (upstream's names and meanings, each
+//! also from an `ETCD_MANAGER_*` variable) and their validation into a
+//! [`Config`] before anything starts.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Runs one member of an etcd cluster managed together with its peers.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "etcd-manager", version, about, args_override_self = true)]
+pub struct Args {
+    /// Turn off TLS for the peer API between managers (upstream's flag; TLS arrives in a later release, so it is required now).
+    #[arg(long, env = "ETCD_MANAGER_INSECURE")]
+    pub insecure: bool,
+
+    /// Turn off TLS between etcd members and for etcd clients.
+    #[arg(long, env = "ETCD_MANAGER_ETCD_INSECURE")]
+    pub etcd_insecure: bool,
+
+    /// Address this manager listens on for gossip and the peer API, and advertises to its peers.
+    #[arg(long, env = "ETCD_MANAGER_ADDRESS", default_value = "127.0.0.1")]
+    pub address: IpAddr,
+
+    /// Address etcd binds its listeners to (peer and client ports come from the URLs).
+    #[arg(long, env = "ETCD_MANAGER_ETCD_ADDRESS")]
+    pub etcd_address: Option<String>,
+
+    /// Name of the etcd cluster (e.g. main, events); managers only join peers with the same name.
+    #[arg(long, env = "ETCD_MANAGER_CLUSTER_NAME", default_value = "etcd")]
+    pub cluster_name: String,
+
+    /// Where backups and the desired state live: file:///abs/path, s3://bucket/prefix, gs://bucket/prefix.
+    #[arg(long, env = "ETCD_MANAGER_BACKUP_STORE")]
+    pub backup_store: String,
+
+    /// This node's persistent folder: identity, state and etcd data.
+    #[arg(long, env = "ETCD_MANAGER_DATA_DIR")]
+    pub data_dir: PathBuf,
+
+    /// etcd client URLs to advertise (comma separated).
+    #[arg(
+        long,
+        env = "ETCD_MANAGER_CLIENT_URLS",
+        default_value = "http://127.0.0.1:4001"
+    )]
+    pub client_urls: String,
+
+    /// etcd client URLs used while the cluster is quarantined (clients cannot reach them).
+    #[arg(
+        long,
+        env = "ETCD_MANAGER_QUARANTINE_CLIENT_URLS",
+        default_value = "http://127.0.0.1:8001"
+    )]
+    pub quarantine_client_urls: String,
+
+    /// etcd peer URLs to advertise (comma separated).
+    #[arg(
+        long,
+        env = "ETCD_MANAGER_PEER_URLS",
+        default_value = "http://127.0.0.1:2380"
+    )]
+    pub peer_urls: String,
+
+    /// How often the leader takes a backup.
+    #[arg(long, env = "ETCD_MANAGER_BACKUP_INTERVAL", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub backup_interval: Duration,
+
+    /// UDP port for gossip, on --address.
+    #[arg(long, env = "ETCD_MANAGER_GOSSIP_PORT", default_value_t = 8000)]
+    pub gossip_port: u16,
+
+    /// TCP port for the peer API, on --address.
+    #[arg(long, env = "ETCD_MANAGER_PEER_API_PORT", default_value_t = 8000)]
+    pub peer_api_port: u16,
+
+    /// Gossip seeds, host:port, comma separated. Without seeds, --discovery-dir is used.
+    #[arg(long, env = "ETCD_MANAGER_SEEDS", value_delimiter = ',')]
+    pub seeds: Vec<String>,
+
+    /// Shared folder in which managers on one machine find each other (upstream's walkthrough default).
+    #[arg(
+        long,
+        env = "ETCD_MANAGER_DISCOVERY_DIR",
+        default_value = "/tmp/discovery"
+    )]
+    pub discovery_dir: PathBuf,
+
+    /// Extra folder(s) to look for etcd binaries in, before /opt/etcd-v<version>/.
+    #[arg(long, env = "ETCD_MANAGER_ETCD_BIN_DIR", value_delimiter = ',')]
+    pub etcd_bin_dir: Vec<PathBuf>,
+
+    /// Address for /metrics, /healthz and /readyz (host:port); off when unset.
+    #[arg(long, env = "ETCD_MANAGER_METRICS_ADDRESS")]
+    pub metrics_address: Option<SocketAddr>,
+
+    /// Upstream's metrics port flag: the same as --metrics-address 0.0.0.0:<port>.
+    #[arg(long, env = "ETCD_MANAGER_METRICS_PORT")]
+    pub etcd_manager_metrics_port: Option<u16>,
+
+    /// Time between controller passes when nothing changes.
+    #[arg(long, env = "ETCD_MANAGER_CONTROLLER_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub controller_interval: Duration,
+
+    /// How long the leader lease lasts without renewal.
+    #[arg(long, env = "ETCD_MANAGER_LEASE_DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+
+    /// Expected number of managers (sizes gossip failure detection).
+    #[arg(long, env = "ETCD_MANAGER_CLUSTER_SIZE_HINT", default_value_t = 3)]
+    pub cluster_size_hint: u32,
+
+    /// Log format: text or json.
+    #[arg(long, env = "ETCD_MANAGER_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+
+    /// S3 endpoint (for S3-compatible stores and tests), e.g. http://127.0.0.1:5000.
+    #[arg(long, env = "ETCD_MANAGER_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+
+    /// S3 region (default from AWS_REGION, else us-east-1).
+    #[arg(long, env = "ETCD_MANAGER_S3_REGION")]
+    pub s3_region: Option<String>,
+}
+
+/// A validated configuration: everything below has been checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub cluster_name: String,
+    pub backup_store: String,
+    pub store_options: backup::StoreOptions,
+    pub data_dir: PathBuf,
+    pub gossip_addr: SocketAddr,
+    pub peer_api_addr: SocketAddr,
+    pub seeds: Vec<String>,
+    pub discovery_dir: Option<PathBuf>,
+    pub node: crate::peer::EtcdNodeConfig,
+    pub etcd_listen_address: Option<String>,
+    pub etcd_bin_dirs: Vec<PathBuf>,
+    pub backup_interval: Duration,
+    pub controller_interval: Duration,
+    pub lease: lock::LeaseConfig,
+    pub metrics_address: Option<SocketAddr>,
+    pub cluster_size_hint: u32,
+    pub json_logs: bool,
+}
+
+/// What is wrong with the flags, and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--{flag}: {reason}")]
+    Invalid { flag: &'static str, reason: String },
+}
+
+fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        flag,
+        reason: reason.into(),
+    }
+}
+
+/// Split a comma-separated URL list and check each is an http(s) URL with a port.
+pub fn parse_urls(flag: &'static str, s: &str) -> Result<Vec<String>, ConfigError> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let url = url::Url::parse(part).map_err(|e| {
+            invalid(
+                flag,
+                format!("'{part}' is not a URL ({e}); write it like http://10.0.0.1:2380"),
+            )
+        })?;
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(invalid(
+                flag,
+                format!("'{part}' must start with http:// or https://"),
+            ));
+        }
+        if url.host_str().is_none() || url.port_or_known_default().is_none() {
+            return Err(invalid(flag, format!("'{part}' needs a host and a port")));
+        }
+        out.push(part.trim_end_matches('/').to_string());
+    }
+    if out.is_empty() {
+        return Err(invalid(flag, "at least one URL is needed"));
+    }
+    Ok(out)
+}
+
+impl TryFrom<Args> for Config {
+    type Error = ConfigError;
+
+    fn try_from(a: Args) -> Result<Self, ConfigError> {
+        if !a.insecure {
+            return Err(invalid(
+                "insecure",
+                "TLS for the peer API is not available in this release; pass --insecure",
+            ));
+        }
+        if !a.etcd_insecure {
+            return Err(invalid(
+                "etcd-insecure",
+                "TLS for etcd is not available in this release; pass --etcd-insecure",
+            ));
+        }
+        if a.cluster_name.is_empty()
+            || !a
+                .cluster_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return Err(invalid(
+                "cluster-name",
+                "use letters, digits, '-', '_' or '.'",
+            ));
+        }
+        // Opening the store validates the URL without any IO.
+        let store_options = backup::StoreOptions {
+            s3_endpoint: a.s3_endpoint.clone(),
+            s3_region: a.s3_region.clone(),
+            ..Default::default()
+        };
+        if !a.data_dir.is_absolute() {
+            return Err(invalid(
+                "data-dir",
+                format!("'{}' must be an absolute path", a.data_dir.display()),
+            ));
+        }
+        let client_urls = parse_urls("client-urls", &a.client_urls)?;
+        let quarantined_client_urls =
+            parse_urls("quarantine-client-urls", &a.quarantine_client_urls)?;
+        let peer_urls = parse_urls("peer-urls", &a.peer_urls)?;
+        if client_urls
+            .iter()
+            .any(|u| quarantined_client_urls.contains(u))
+        {
+            return Err(invalid(
+                "quarantine-client-urls",
+                "must differ from --client-urls, or clients could write during a quarantine",
+            ));
+        }
+        if a.backup_interval < Duration::from_secs(1) {
+            return Err(invalid("backup-interval", "must be at least 1s"));
+        }
+        if a.controller_interval < Duration::from_millis(100) {
+            return Err(invalid("controller-interval", "must be at least 100ms"));
+        }
+        let lease = lock::LeaseConfig {
+            duration: a.lease_duration,
+            ..lock::LeaseConfig::default()
+        };
+        lease
+            .validate()
+            .map_err(|e| invalid("lease-duration", e.to_string()))?;
+        if !matches!(a.log_format.as_str(), "text" | "json") {
+            return Err(invalid("log-format", "use text or json"));
+        }
+        if a.cluster_size_hint == 0 {
+            return Err(invalid("cluster-size-hint", "must be at least 1"));
+        }
+        let metrics_address = match (a.metrics_address, a.etcd_manager_metrics_port) {
+            (Some(addr), _) => Some(addr),
+            (None, Some(port)) => Some(SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port)),
+            (None, None) => None,
+        };
+        let discovery_dir = if a.seeds.is_empty() {
+            Some(a.discovery_dir.clone())
+        } else {
+            None
+        };
+        Ok(Config {
+            cluster_name: a.cluster_name,
+            backup_store: a.backup_store,
+            store_options,
+            data_dir: a.data_dir,
+            gossip_addr: SocketAddr::new(a.address, a.gossip_port),
+            peer_api_addr: SocketAddr::new(a.address, a.peer_api_port),
+            seeds: a.seeds,
+            discovery_dir,
+            node: crate::peer::EtcdNodeConfig {
+                name: String::new(),
+                peer_urls,
+                client_urls,
+                quarantined_client_urls,
+            },
+            etcd_listen_address: a.etcd_address,
+            etcd_bin_dirs: a.etcd_bin_dir,
+            backup_interval: a.backup_interval,
+            controller_interval: a.controller_interval,
+            lease,
+            metrics_address,
+            cluster_size_hint: a.cluster_size_hint,
+            json_logs: a.log_format == "json",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Result<Config, String> {
+        let mut v = vec![
+            "etcd-manager",
+            "--insecure",
+            "--etcd-insecure",
+            "--backup-store=file:///tmp/x",
+            "--data-dir=/tmp/d",
+        ];
+        v.extend_from_slice(extra);
+        let a = Args::try_parse_from(v).map_err(|e| e.to_string())?;
+        Config::try_from(a).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn upstream_walkthrough_flags_parse() {
+        let c = args(&[
+            "--address",
+            "127.0.0.2",
+            "--etcd-address",
+            "127.0.0.2",
+            "--cluster-name=test",
+            "--client-urls=http://127.0.0.2:4001",
+            "--quarantine-client-urls=http://127.0.0.2:8001",
+            "--peer-urls=http://127.0.0.2:2380",
+        ])
+        .expect("valid");
+        assert_eq!(c.gossip_addr.to_string(), "127.0.0.2:8000");
+        assert_eq!(c.node.peer_urls, ["http://127.0.0.2:2380"]);
+        assert_eq!(c.discovery_dir, Some(PathBuf::from("/tmp/discovery")));
+        assert_eq!(c.backup_interval, Duration::from_secs(15 * 60));
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let e = args(&["--peer-urls=127.0.0.1:2380"]).expect_err("no scheme");
+        assert!(e.contains("--peer-urls"), "{e}");
+        let e = args(&["--data-dir=rel/dir"]).expect_err("relative");
+        assert!(e.contains("--data-dir") && e.contains("absolute"), "{e}");
+        let e = args(&["--quarantine-client-urls=http://127.0.0.1:4001"]).expect_err("same");
+        assert!(e.contains("quarantine"), "{e}");
+        let e = args(&["--backup-interval=soon"]).expect_err("duration");
+        assert!(e.contains("backup-interval"), "{e}");
+    }
+
+    #[test]
+    fn seeds_turn_off_the_discovery_folder() {
+        let c = args(&["--seeds=10.0.0.1:8000,10.0.0.2:8000"]).expect("valid");
+        assert_eq!(c.seeds.len(), 2);
+        assert_eq!(c.discovery_dir, None);
+    }
+}

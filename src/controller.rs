@@ -1,0 +1,610 @@
+//! The controller's decision step: a pure function from what the leader
+//! observed, the desired spec and the time to a [`Plan`].
+//!
+//! No IO, no clock reads, no randomness here (clippy.toml enforces the
+//! clock/sleep/random/spawn part). Everything that cannot happen now is a
+//! named [`WaitReason`], which the driver logs and counts. The driver executes
+//! a plan's actions in order and stops at the first failure; each plan holds at
+//! most one membership change (safety rule 4), preceded by a backup when the
+//! change is risky (rule 5).
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use backup::ClusterSpec;
+
+use crate::peer::NodeInfo;
+
+/// One manager seen through gossip, with its answer to GetInfo (None: no answer).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerView {
+    pub id: String,
+    pub info: Option<NodeInfo>,
+}
+
+impl PeerView {
+    fn running(&self) -> bool {
+        self.info
+            .as_ref()
+            .and_then(|i| i.etcd_state.as_ref())
+            .is_some_and(|s| s.running)
+    }
+    fn quarantined(&self) -> bool {
+        self.info
+            .as_ref()
+            .and_then(|i| i.etcd_state.as_ref())
+            .is_some_and(|s| s.quarantined)
+    }
+    fn token(&self) -> Option<&str> {
+        self.info
+            .as_ref()
+            .and_then(|i| i.etcd_state.as_ref())
+            .map(|s| s.cluster_token.as_str())
+    }
+    fn idle(&self) -> bool {
+        self.info.as_ref().is_some_and(|i| i.etcd_state.is_none())
+    }
+    fn has_version(&self, v: &str) -> bool {
+        self.info
+            .as_ref()
+            .is_some_and(|i| i.installed_versions.iter().any(|x| x == v))
+    }
+    fn peer_urls(&self) -> &[String] {
+        self.info
+            .as_ref()
+            .map(|i| i.node_config.peer_urls.as_slice())
+            .unwrap_or(&[])
+    }
+}
+
+/// One etcd member as the leader saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberView {
+    pub id: u64,
+    /// Empty for a member that was added but has not started yet.
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub is_learner: bool,
+    pub healthy: bool,
+    /// This member is the raft leader.
+    pub is_leader: bool,
+}
+
+/// The running etcd cluster, if any member answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterView {
+    pub members: Vec<MemberView>,
+    /// Versions the members report (one per healthy member).
+    pub versions: Vec<String>,
+}
+
+/// Everything the decision needs. Times are values read by the driver.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub now: Instant,
+    pub self_id: String,
+    pub cluster_name: String,
+    /// Some(epoch) while this node holds the lease.
+    pub epoch: Option<u64>,
+    pub spec: Option<ClusterSpec>,
+    pub created_marker: bool,
+    pub backups_exist: bool,
+    pub peers: Vec<PeerView>,
+    pub cluster: Option<ClusterView>,
+    /// When this leader last finished a backup.
+    pub last_backup: Option<Instant>,
+    pub backup_interval: Duration,
+    /// A fresh random token, used if a new cluster is seeded.
+    pub new_cluster_token: String,
+}
+
+/// What the leader does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Start a new quarantined cluster on these peers.
+    SeedCluster {
+        token: String,
+        version: String,
+        peers: Vec<String>,
+    },
+    /// Record in the store that a cluster exists here.
+    WriteCreatedMarker,
+    /// Let clients in: move these peers to their client URLs.
+    LiftQuarantine {
+        peers: Vec<String>,
+    },
+    TakeBackup {
+        reason: BackupReason,
+    },
+    /// Register an idle peer as a member (a learner where supported), then start it.
+    AddMember {
+        peer: String,
+        learner: bool,
+        token: String,
+        version: String,
+    },
+    /// A member that was registered but never started: start it on its peer.
+    StartAddedMember {
+        peer: String,
+        member_id: u64,
+        token: String,
+        version: String,
+    },
+    PromoteMember {
+        member_id: u64,
+        name: String,
+    },
+    RemoveMember {
+        member_id: u64,
+        name: String,
+    },
+    /// A peer runs etcd of this cluster without being a member: stop it for good.
+    StopEtcd {
+        peer: String,
+    },
+}
+
+impl Action {
+    /// Label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Action::SeedCluster { .. } => "seed_cluster",
+            Action::WriteCreatedMarker => "write_created_marker",
+            Action::LiftQuarantine { .. } => "lift_quarantine",
+            Action::TakeBackup { .. } => "take_backup",
+            Action::AddMember { .. } => "add_member",
+            Action::StartAddedMember { .. } => "start_added_member",
+            Action::PromoteMember { .. } => "promote_member",
+            Action::RemoveMember { .. } => "remove_member",
+            Action::StopEtcd { .. } => "stop_etcd",
+        }
+    }
+
+    /// Changes raft membership.
+    pub fn is_membership_change(&self) -> bool {
+        matches!(
+            self,
+            Action::AddMember { .. } | Action::PromoteMember { .. } | Action::RemoveMember { .. }
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackupReason {
+    Periodic,
+    BeforeChange,
+}
+
+/// Why the leader does not act (further) now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitReason {
+    NotLeader,
+    NoSpec,
+    InvalidSpec(String),
+    /// Cluster was created before but no etcd member is left.
+    RestoreRequired,
+    /// No created marker, but backups exist: someone deleted the marker.
+    CreatedMarkerMissing,
+    InsufficientPeers {
+        have: usize,
+        need: usize,
+    },
+    VersionNotInstalled {
+        version: String,
+    },
+    /// Peers were told to run etcd, it is not answering yet.
+    EtcdStarting,
+    ClusterUnhealthy {
+        healthy: usize,
+        voters: usize,
+    },
+    LearnerCatchingUp {
+        name: String,
+    },
+    NoIdlePeer {
+        members: usize,
+        want: usize,
+    },
+    /// Version changes come with the next release.
+    VersionChangePending {
+        from: String,
+        to: String,
+    },
+    /// Two different clusters are running.
+    ForeignCluster {
+        peer: String,
+    },
+}
+
+impl WaitReason {
+    /// Label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            WaitReason::NotLeader => "not_leader",
+            WaitReason::NoSpec => "no_spec",
+            WaitReason::InvalidSpec(_) => "invalid_spec",
+            WaitReason::RestoreRequired => "restore_required",
+            WaitReason::CreatedMarkerMissing => "created_marker_missing",
+            WaitReason::InsufficientPeers { .. } => "insufficient_peers",
+            WaitReason::VersionNotInstalled { .. } => "version_not_installed",
+            WaitReason::EtcdStarting => "etcd_starting",
+            WaitReason::ClusterUnhealthy { .. } => "cluster_unhealthy",
+            WaitReason::LearnerCatchingUp { .. } => "learner_catching_up",
+            WaitReason::NoIdlePeer { .. } => "no_idle_peer",
+            WaitReason::VersionChangePending { .. } => "version_change_pending",
+            WaitReason::ForeignCluster { .. } => "foreign_cluster",
+        }
+    }
+}
+
+impl fmt::Display for WaitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WaitReason::NotLeader => write!(f, "not the leader"),
+            WaitReason::NoSpec => write!(
+                f,
+                "no cluster spec in the backup store; run etcd-manager-ctl configure-cluster"
+            ),
+            WaitReason::InvalidSpec(why) => write!(f, "cluster spec is invalid: {why}"),
+            WaitReason::RestoreRequired => write!(
+                f,
+                "etcd has 0 members registered; must issue restore-backup command to proceed"
+            ),
+            WaitReason::CreatedMarkerMissing => write!(
+                f,
+                "control/etcd-cluster-created is missing but backups exist; refusing to create an empty cluster: \
+                 restore a backup with etcd-manager-ctl restore-backup"
+            ),
+            WaitReason::InsufficientPeers { have, need } => {
+                write!(
+                    f,
+                    "insufficient peers to create a cluster: have {have}, need {need}"
+                )
+            }
+            WaitReason::VersionNotInstalled { version } => write!(
+                f,
+                "no idle peer has etcd {version} installed; install it with deploy/install-etcd.sh {version}"
+            ),
+            WaitReason::EtcdStarting => write!(f, "waiting for etcd to answer"),
+            WaitReason::ClusterUnhealthy { healthy, voters } => {
+                write!(
+                    f,
+                    "etcd cluster unhealthy: {healthy} of {voters} voting members healthy"
+                )
+            }
+            WaitReason::LearnerCatchingUp { name } => write!(f, "learner {name} is catching up"),
+            WaitReason::NoIdlePeer { members, want } => {
+                write!(
+                    f,
+                    "cluster has {members} members, spec wants {want}; no idle peer to add"
+                )
+            }
+            WaitReason::VersionChangePending { from, to } => {
+                write!(
+                    f,
+                    "etcd version change {from} -> {to} is not supported by this release"
+                )
+            }
+            WaitReason::ForeignCluster { peer } => {
+                write!(
+                    f,
+                    "peer {peer} runs etcd of another cluster; leaving it alone"
+                )
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub waits: Vec<WaitReason>,
+}
+
+impl Plan {
+    fn wait(reason: WaitReason) -> Plan {
+        Plan {
+            actions: vec![],
+            waits: vec![reason],
+        }
+    }
+    fn act(actions: Vec<Action>) -> Plan {
+        Plan {
+            actions,
+            waits: vec![],
+        }
+    }
+}
+
+/// Majority of `n` voters.
+pub fn quorum(n: usize) -> usize {
+    n / 2 + 1
+}
+
+/// Check a spec before acting on it.
+pub fn validate_spec(spec: &ClusterSpec) -> Result<(), String> {
+    if spec.member_count < 1 {
+        return Err(format!(
+            "member_count {} must be at least 1",
+            spec.member_count
+        ));
+    }
+    if spec.member_count % 2 == 0 {
+        return Err(format!(
+            "member_count {} is even; use an odd number (1, 3, 5) so a majority survives a failure",
+            spec.member_count
+        ));
+    }
+    if spec.etcd_version.parse::<etcd::EtcdVersion>().is_err() {
+        return Err(format!(
+            "etcd_version '{}' is not a version like 3.5.30",
+            spec.etcd_version
+        ));
+    }
+    Ok(())
+}
+
+/// The decision step.
+pub fn reconcile(obs: &Observation) -> Plan {
+    if obs.epoch.is_none() {
+        return Plan::wait(WaitReason::NotLeader);
+    }
+    let Some(spec) = &obs.spec else {
+        return Plan::wait(WaitReason::NoSpec);
+    };
+    if let Err(why) = validate_spec(spec) {
+        return Plan::wait(WaitReason::InvalidSpec(why));
+    }
+    match &obs.cluster {
+        None => no_cluster(obs, spec),
+        Some(cluster) => running_cluster(obs, spec, cluster),
+    }
+}
+
+fn no_cluster(obs: &Observation, spec: &ClusterSpec) -> Plan {
+    if obs.peers.iter().any(|p| p.running()) {
+        return Plan::wait(WaitReason::EtcdStarting);
+    }
+    if obs.created_marker {
+        return Plan::wait(WaitReason::RestoreRequired);
+    }
+    if obs.backups_exist {
+        return Plan::wait(WaitReason::CreatedMarkerMissing);
+    }
+    let want = spec.member_count as usize;
+    let need = quorum(want);
+    let idle: Vec<&PeerView> = obs.peers.iter().filter(|p| p.idle()).collect();
+    let ready: Vec<&PeerView> = idle
+        .iter()
+        .copied()
+        .filter(|p| p.has_version(&spec.etcd_version))
+        .collect();
+    if ready.len() < need {
+        if idle.len() >= need {
+            return Plan::wait(WaitReason::VersionNotInstalled {
+                version: spec.etcd_version.clone(),
+            });
+        }
+        return Plan::wait(WaitReason::InsufficientPeers {
+            have: idle.len(),
+            need,
+        });
+    }
+    let mut ids: Vec<String> = ready.iter().map(|p| p.id.clone()).collect();
+    ids.sort();
+    ids.truncate(want);
+    Plan::act(vec![Action::SeedCluster {
+        token: obs.new_cluster_token.clone(),
+        version: spec.etcd_version.clone(),
+        peers: ids,
+    }])
+}
+
+/// The peer that runs a member: by name, else by peer URL.
+fn peer_of<'a>(obs: &'a Observation, m: &MemberView) -> Option<&'a PeerView> {
+    obs.peers.iter().find(|p| {
+        (!m.name.is_empty() && p.id == m.name)
+            || p.peer_urls().iter().any(|u| m.peer_urls.contains(u))
+    })
+}
+
+fn running_cluster(obs: &Observation, spec: &ClusterSpec, cluster: &ClusterView) -> Plan {
+    let members = &cluster.members;
+    let voters = members.iter().filter(|m| !m.is_learner).count();
+    let healthy_voters = members
+        .iter()
+        .filter(|m| !m.is_learner && m.healthy)
+        .count();
+    let member_peers: BTreeSet<&str> = members
+        .iter()
+        .filter_map(|m| peer_of(obs, m))
+        .map(|p| p.id.as_str())
+        .collect();
+    let cluster_tokens: BTreeSet<&str> = obs
+        .peers
+        .iter()
+        .filter(|p| member_peers.contains(p.id.as_str()))
+        .filter_map(|p| p.token())
+        .collect();
+
+    // Another cluster running beside ours: never touch it automatically.
+    if let Some(p) = obs.peers.iter().find(|p| {
+        p.running()
+            && !member_peers.contains(p.id.as_str())
+            && p.token().is_some_and(|t| !cluster_tokens.contains(t))
+    }) {
+        return Plan::wait(WaitReason::ForeignCluster { peer: p.id.clone() });
+    }
+
+    let mut waits = vec![];
+    let current: BTreeSet<&str> = cluster.versions.iter().map(String::as_str).collect();
+    if !current.is_empty() && !current.contains(spec.etcd_version.as_str()) {
+        let from = current.iter().copied().collect::<Vec<_>>().join(",");
+        waits.push(WaitReason::VersionChangePending {
+            from,
+            to: spec.etcd_version.clone(),
+        });
+    }
+    let version = current
+        .iter()
+        .next()
+        .copied()
+        .unwrap_or(spec.etcd_version.as_str())
+        .to_string();
+    let token = cluster_tokens
+        .iter()
+        .next()
+        .copied()
+        .unwrap_or_default()
+        .to_string();
+
+    // Finish a half-done add: registered, never started. This comes before the
+    // health check: a voter added without learners counts towards quorum, and
+    // starting it is what restores quorum; it changes no membership.
+    if let Some(m) = members.iter().find(|m| m.name.is_empty() && !m.healthy) {
+        if let Some(p) = peer_of(obs, m).filter(|p| p.idle()) {
+            return Plan::act(vec![Action::StartAddedMember {
+                peer: p.id.clone(),
+                member_id: m.id,
+                token: token.clone(),
+                version: version.clone(),
+            }]);
+        }
+        return Plan::wait(WaitReason::EtcdStarting);
+    }
+
+    if healthy_voters < quorum(voters) {
+        return Plan::wait(WaitReason::ClusterUnhealthy {
+            healthy: healthy_voters,
+            voters,
+        });
+    }
+
+    // A fresh cluster is quarantined until all its members are healthy.
+    let quarantined: Vec<String> = obs
+        .peers
+        .iter()
+        .filter(|p| member_peers.contains(p.id.as_str()) && p.quarantined())
+        .map(|p| p.id.clone())
+        .collect();
+    if !quarantined.is_empty() {
+        let all_healthy = members.iter().all(|m| m.healthy);
+        if !all_healthy {
+            return Plan::wait(WaitReason::ClusterUnhealthy {
+                healthy: healthy_voters,
+                voters,
+            });
+        }
+        let mut actions = vec![];
+        if !obs.created_marker {
+            actions.push(Action::WriteCreatedMarker);
+        }
+        actions.push(Action::LiftQuarantine { peers: quarantined });
+        return Plan::act(actions);
+    }
+    if !obs.created_marker {
+        // A cluster runs, so one was created here: record it.
+        return Plan::act(vec![Action::WriteCreatedMarker]);
+    }
+
+    // Removed members whose etcd still runs.
+    if let Some(p) = obs.peers.iter().find(|p| {
+        p.running()
+            && !member_peers.contains(p.id.as_str())
+            && p.token().is_some_and(|t| cluster_tokens.contains(t))
+    }) {
+        return Plan::act(vec![Action::StopEtcd { peer: p.id.clone() }]);
+    }
+
+    // Promote a learner once it runs (etcd refuses until it caught up).
+    if let Some(m) = members.iter().find(|m| m.is_learner) {
+        if m.healthy {
+            return Plan::act(vec![Action::PromoteMember {
+                member_id: m.id,
+                name: m.name.clone(),
+            }]);
+        }
+        return Plan::wait(WaitReason::LearnerCatchingUp {
+            name: m.name.clone(),
+        });
+    }
+
+    let backup_due = obs
+        .last_backup
+        .is_none_or(|t| obs.now.saturating_duration_since(t) >= obs.backup_interval);
+    let want = spec.member_count as usize;
+    let all_healthy = members.iter().all(|m| m.healthy);
+
+    if members.len() < want && all_healthy {
+        let candidate = obs
+            .peers
+            .iter()
+            .filter(|p| {
+                p.idle() && p.has_version(&version) && !member_peers.contains(p.id.as_str())
+            })
+            .min_by(|a, b| a.id.cmp(&b.id));
+        match candidate {
+            Some(p) => {
+                let learner = version
+                    .parse::<etcd::EtcdVersion>()
+                    .is_ok_and(|v| v.supports_learners());
+                return Plan {
+                    actions: vec![
+                        Action::TakeBackup {
+                            reason: BackupReason::BeforeChange,
+                        },
+                        Action::AddMember {
+                            peer: p.id.clone(),
+                            learner,
+                            token,
+                            version,
+                        },
+                    ],
+                    waits,
+                };
+            }
+            None => waits.push(WaitReason::NoIdlePeer {
+                members: members.len(),
+                want,
+            }),
+        }
+    } else if members.len() > want && all_healthy {
+        // Never remove the raft leader when another member can go; prefer the highest name.
+        let victim = members
+            .iter()
+            .filter(|m| !m.is_leader)
+            .max_by(|a, b| a.name.cmp(&b.name));
+        if let Some(m) = victim {
+            return Plan {
+                actions: vec![
+                    Action::TakeBackup {
+                        reason: BackupReason::BeforeChange,
+                    },
+                    Action::RemoveMember {
+                        member_id: m.id,
+                        name: m.name.clone(),
+                    },
+                ],
+                waits,
+            };
+        }
+    }
+
+    if backup_due {
+        return Plan {
+            actions: vec![Action::TakeBackup {
+                reason: BackupReason::Periodic,
+            }],
+            waits,
+        };
+    }
+    Plan {
+        actions: vec![],
+        waits,
+    }
+}
+
+#[cfg(test)]
+#[path = "controller_tests.rs"]
+mod tests;

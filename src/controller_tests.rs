@@ -1,0 +1,428 @@
+//! Plans, not logs: each case builds an observation and checks the plan.
+#![allow(clippy::disallowed_methods)] // tests make up their own instants
+
+use super::*;
+use crate::peer::{EtcdNodeConfig, EtcdState, NodeInfo};
+
+const V: &str = "3.5.30";
+
+fn info(id: &str, state: Option<EtcdState>) -> NodeInfo {
+    NodeInfo {
+        id: id.into(),
+        cluster_name: "test".into(),
+        node_config: EtcdNodeConfig {
+            name: id.into(),
+            peer_urls: vec![format!("http://{id}:2380")],
+            client_urls: vec![format!("http://{id}:4001")],
+            quarantined_client_urls: vec![format!("http://{id}:8001")],
+        },
+        etcd_state: state,
+        highest_epoch: 1,
+        installed_versions: vec![V.into()],
+    }
+}
+
+fn idle(id: &str) -> PeerView {
+    PeerView {
+        id: id.into(),
+        info: Some(info(id, None)),
+    }
+}
+
+fn running(id: &str, quarantined: bool) -> PeerView {
+    let state = EtcdState {
+        cluster_token: "tok".into(),
+        etcd_version: V.into(),
+        quarantined,
+        running: true,
+        restarts: 0,
+        nodes: vec![],
+    };
+    PeerView {
+        id: id.into(),
+        info: Some(info(id, Some(state))),
+    }
+}
+
+fn member(n: u64, name: &str, healthy: bool) -> MemberView {
+    MemberView {
+        id: n,
+        name: name.into(),
+        peer_urls: vec![format!("http://{name}:2380")],
+        is_learner: false,
+        healthy,
+        is_leader: n == 1,
+    }
+}
+
+fn obs(member_count: i32, peers: Vec<PeerView>, members: Option<Vec<MemberView>>) -> Observation {
+    let t0 = Instant::now();
+    Observation {
+        now: t0 + Duration::from_secs(3600),
+        self_id: "a".into(),
+        cluster_name: "test".into(),
+        epoch: Some(1),
+        spec: Some(ClusterSpec {
+            member_count,
+            etcd_version: V.into(),
+        }),
+        created_marker: members.is_some(),
+        backups_exist: false,
+        peers,
+        cluster: members.map(|m| ClusterView {
+            versions: vec![V.into()],
+            members: m,
+        }),
+        last_backup: Some(t0 + Duration::from_secs(3599)),
+        backup_interval: Duration::from_secs(900),
+        new_cluster_token: "newtok".into(),
+    }
+}
+
+#[track_caller]
+fn check(o: &Observation, actions: &[Action], waits: &[WaitReason]) {
+    let plan = reconcile(o);
+    assert_eq!(
+        plan.actions, actions,
+        "actions; waits were {:?}",
+        plan.waits
+    );
+    assert_eq!(plan.waits, waits, "waits");
+}
+
+#[test]
+fn only_the_leader_acts() {
+    let mut o = obs(1, vec![idle("a")], None);
+    o.epoch = None;
+    check(&o, &[], &[WaitReason::NotLeader]);
+}
+
+#[test]
+fn no_spec_and_bad_spec_wait() {
+    let mut o = obs(1, vec![idle("a")], None);
+    o.spec = None;
+    check(&o, &[], &[WaitReason::NoSpec]);
+    let o = obs(2, vec![idle("a")], None);
+    assert!(matches!(
+        reconcile(&o).waits[..],
+        [WaitReason::InvalidSpec(_)]
+    ));
+}
+
+#[test]
+fn seeds_a_new_cluster_on_the_lowest_ids() {
+    let o = obs(3, vec![idle("c"), idle("a"), idle("b"), idle("d")], None);
+    check(
+        &o,
+        &[Action::SeedCluster {
+            token: "newtok".into(),
+            version: V.into(),
+            peers: vec!["a".into(), "b".into(), "c".into()],
+        }],
+        &[],
+    );
+}
+
+#[test]
+fn seeding_waits_for_a_quorum_of_peers() {
+    check(
+        &obs(3, vec![idle("a")], None),
+        &[],
+        &[WaitReason::InsufficientPeers { have: 1, need: 2 }],
+    );
+}
+
+#[test]
+fn seeding_needs_the_version_installed() {
+    let mut p = idle("a");
+    if let Some(i) = p.info.as_mut() {
+        i.installed_versions.clear();
+    }
+    check(
+        &obs(1, vec![p], None),
+        &[],
+        &[WaitReason::VersionNotInstalled { version: V.into() }],
+    );
+}
+
+#[test]
+fn never_seeds_where_a_cluster_existed() {
+    let mut o = obs(1, vec![idle("a")], None);
+    o.created_marker = true;
+    check(&o, &[], &[WaitReason::RestoreRequired]);
+    let mut o = obs(1, vec![idle("a")], None);
+    o.backups_exist = true;
+    check(&o, &[], &[WaitReason::CreatedMarkerMissing]);
+}
+
+#[test]
+fn waits_while_seeded_etcd_starts() {
+    check(
+        &obs(1, vec![running("a", true)], None),
+        &[],
+        &[WaitReason::EtcdStarting],
+    );
+}
+
+#[test]
+fn lifts_quarantine_when_all_members_are_healthy() {
+    let mut o = obs(
+        1,
+        vec![running("a", true)],
+        Some(vec![member(1, "a", true)]),
+    );
+    o.created_marker = false;
+    check(
+        &o,
+        &[
+            Action::WriteCreatedMarker,
+            Action::LiftQuarantine {
+                peers: vec!["a".into()],
+            },
+        ],
+        &[],
+    );
+}
+
+#[test]
+fn grows_one_member_at_a_time_with_a_backup_first() {
+    let o = obs(
+        3,
+        vec![running("a", false), idle("b"), idle("c")],
+        Some(vec![member(1, "a", true)]),
+    );
+    check(
+        &o,
+        &[
+            Action::TakeBackup {
+                reason: BackupReason::BeforeChange,
+            },
+            Action::AddMember {
+                peer: "b".into(),
+                learner: true,
+                token: "tok".into(),
+                version: V.into(),
+            },
+        ],
+        &[],
+    );
+}
+
+#[test]
+fn starts_a_member_that_was_added_but_never_started() {
+    let mut added = member(2, "", false);
+    added.peer_urls = vec!["http://b:2380".into()];
+    let o = obs(
+        3,
+        vec![running("a", false), idle("b")],
+        Some(vec![member(1, "a", true), added]),
+    );
+    check(
+        &o,
+        &[Action::StartAddedMember {
+            peer: "b".into(),
+            member_id: 2,
+            token: "tok".into(),
+            version: V.into(),
+        }],
+        &[],
+    );
+}
+
+#[test]
+fn promotes_a_running_learner() {
+    let mut l = member(2, "b", true);
+    l.is_learner = true;
+    let o = obs(
+        3,
+        vec![running("a", false), running("b", false)],
+        Some(vec![member(1, "a", true), l.clone()]),
+    );
+    check(
+        &o,
+        &[Action::PromoteMember {
+            member_id: 2,
+            name: "b".into(),
+        }],
+        &[],
+    );
+    l.healthy = false;
+    let o = obs(
+        3,
+        vec![running("a", false), running("b", false)],
+        Some(vec![member(1, "a", true), l]),
+    );
+    check(
+        &o,
+        &[],
+        &[WaitReason::LearnerCatchingUp { name: "b".into() }],
+    );
+}
+
+#[test]
+fn shrinks_without_touching_the_raft_leader() {
+    let peers = vec![
+        running("a", false),
+        running("b", false),
+        running("c", false),
+    ];
+    let o = obs(
+        1,
+        peers,
+        Some(vec![
+            member(1, "a", true),
+            member(2, "b", true),
+            member(3, "c", true),
+        ]),
+    );
+    check(
+        &o,
+        &[
+            Action::TakeBackup {
+                reason: BackupReason::BeforeChange,
+            },
+            Action::RemoveMember {
+                member_id: 3,
+                name: "c".into(),
+            },
+        ],
+        &[],
+    );
+}
+
+#[test]
+fn stops_etcd_of_a_removed_member() {
+    let o = obs(
+        1,
+        vec![running("a", false), running("b", false)],
+        Some(vec![member(1, "a", true)]),
+    );
+    check(&o, &[Action::StopEtcd { peer: "b".into() }], &[]);
+}
+
+#[test]
+fn an_unhealthy_majority_blocks_every_change() {
+    let peers = vec![
+        running("a", false),
+        running("b", false),
+        running("c", false),
+        idle("d"),
+    ];
+    let o = obs(
+        5,
+        peers,
+        Some(vec![
+            member(1, "a", true),
+            member(2, "b", false),
+            member(3, "c", false),
+        ]),
+    );
+    check(
+        &o,
+        &[],
+        &[WaitReason::ClusterUnhealthy {
+            healthy: 1,
+            voters: 3,
+        }],
+    );
+}
+
+#[test]
+fn periodic_backups_follow_the_interval() {
+    let mut o = obs(
+        1,
+        vec![running("a", false)],
+        Some(vec![member(1, "a", true)]),
+    );
+    check(&o, &[], &[]);
+    o.last_backup = None;
+    check(
+        &o,
+        &[Action::TakeBackup {
+            reason: BackupReason::Periodic,
+        }],
+        &[],
+    );
+}
+
+#[test]
+fn version_changes_are_reported_not_attempted() {
+    let mut o = obs(
+        1,
+        vec![running("a", false)],
+        Some(vec![member(1, "a", true)]),
+    );
+    if let Some(s) = o.spec.as_mut() {
+        s.etcd_version = "3.4.23".into();
+    }
+    check(
+        &o,
+        &[],
+        &[WaitReason::VersionChangePending {
+            from: V.into(),
+            to: "3.4.23".into(),
+        }],
+    );
+}
+
+/// Every cluster of up to 5 members, every health pattern, every spec size,
+/// with and without the lease: at most one membership change, nothing without
+/// the lease, no change while any member is unhealthy, never the raft leader.
+#[test]
+fn exhaustive_small_clusters_stay_safe() {
+    let names = ["a", "b", "c", "d", "e"];
+    for n in 1..=5usize {
+        for health in 0u32..(1 << n) {
+            for want in [1, 3, 5] {
+                for leader in [true, false] {
+                    let mut peers: Vec<PeerView> =
+                        names[..n].iter().map(|x| running(x, false)).collect();
+                    peers.extend(names[n..].iter().map(|x| idle(x)));
+                    let members: Vec<MemberView> = (0..n)
+                        .map(|i| member(i as u64 + 1, names[i], health & (1 << i) != 0))
+                        .collect();
+                    let mut o = obs(want, peers, Some(members.clone()));
+                    if !leader {
+                        o.epoch = None;
+                    }
+                    let plan = reconcile(&o);
+                    let changes = plan
+                        .actions
+                        .iter()
+                        .filter(|a| a.is_membership_change())
+                        .count();
+                    assert!(
+                        changes <= 1,
+                        "n={n} health={health:b} want={want}: {plan:?}"
+                    );
+                    if !leader {
+                        assert!(plan.actions.is_empty(), "acted without the lease: {plan:?}");
+                    }
+                    let all_healthy = members.iter().all(|m| m.healthy);
+                    for a in &plan.actions {
+                        match a {
+                            Action::AddMember { .. } | Action::RemoveMember { .. } => {
+                                assert!(all_healthy, "change with unhealthy members: {plan:?}");
+                                assert_eq!(
+                                    plan.actions.first(),
+                                    Some(&Action::TakeBackup {
+                                        reason: BackupReason::BeforeChange
+                                    }),
+                                    "risky change without a backup first"
+                                );
+                            }
+                            _ => {}
+                        }
+                        if let Action::RemoveMember { member_id, .. } = a {
+                            assert_ne!(*member_id, 1, "removed the raft leader");
+                        }
+                    }
+                    let healthy = members.iter().filter(|m| m.healthy).count();
+                    if healthy < quorum(n) {
+                        assert!(plan.actions.is_empty(), "acted without quorum: {plan:?}");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,688 @@
+//! The leader loop: observe, decide (pure [`crate::controller::reconcile`]),
+//! execute, repeat. Every node runs it; only the lease holder gets past the
+//! leadership step. IO lives here; decisions do not.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backup::{BackupInfo, BackupStore, ClusterSpec};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::clock::Clock;
+use crate::controller::{self, Action, ClusterView, MemberView, Observation, PeerView, Plan};
+use crate::metrics as m;
+use crate::node::Node;
+use crate::peer::{
+    self, EtcdNodeConfig, Fence, JoinCluster, JoinPhase, NodeInfo, Reconfigure, Request, Response,
+};
+
+/// What each manager puts in its gossip payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerPayload {
+    pub cluster_name: String,
+    pub peer_api: SocketAddr,
+}
+
+impl PeerPayload {
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap_or_default()
+    }
+    pub fn decode(b: &[u8]) -> Option<PeerPayload> {
+        bincode::serde::decode_from_slice(b, bincode::config::standard())
+            .ok()
+            .map(|(p, _)| p)
+    }
+}
+
+const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+const ETCD_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct DriverSettings {
+    pub cluster_name: String,
+    pub backup_interval: Duration,
+    pub controller_interval: Duration,
+}
+
+pub struct Driver {
+    settings: DriverSettings,
+    store: BackupStore,
+    lease: lock::LeaseClient,
+    gossip: gossip::GossipHandle,
+    node: Arc<Node>,
+    clock: Arc<dyn Clock>,
+    last_backup: Option<Instant>,
+    was_leader: bool,
+    pass: u64,
+    last_waits: Vec<String>,
+}
+
+fn executing_error(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+impl Driver {
+    pub fn new(
+        settings: DriverSettings,
+        store: BackupStore,
+        lease: lock::LeaseClient,
+        gossip: gossip::GossipHandle,
+        node: Arc<Node>,
+        clock: Arc<dyn Clock>,
+    ) -> Driver {
+        Driver {
+            settings,
+            store,
+            lease,
+            gossip,
+            node,
+            clock,
+            last_backup: None,
+            was_leader: false,
+            pass: 0,
+            last_waits: vec![],
+        }
+    }
+
+    /// Run until cancelled; then release the lease if held.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        loop {
+            let acted = tokio::select! {
+                _ = cancel.cancelled() => break,
+                acted = self.step() => acted,
+            };
+            let pause = if acted {
+                Duration::from_millis(200)
+            } else {
+                self.settings.controller_interval
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = self.clock.sleep(pause) => {}
+            }
+        }
+        if self.lease.held(self.clock.now()).is_some() {
+            match self.lease.release(self.clock.now()).await {
+                Ok(()) => tracing::info!("released the leader lease"),
+                Err(e) => tracing::warn!(error = %e, "could not release the leader lease"),
+            }
+        }
+        metrics::gauge!(m::IS_LEADER).set(0.0);
+    }
+
+    /// Alive gossip members of our cluster, with their peer API address.
+    fn alive_peers(&self) -> BTreeMap<String, SocketAddr> {
+        let members = self.gossip.members();
+        let mut by_state: BTreeMap<&'static str, usize> = BTreeMap::new();
+        let mut out = BTreeMap::new();
+        for mv in &members {
+            let state = match mv.state {
+                gossip::MemberState::Alive => "alive",
+                gossip::MemberState::Suspect => "suspect",
+                gossip::MemberState::Down => "down",
+            };
+            *by_state.entry(state).or_default() += 1;
+            if mv.state != gossip::MemberState::Alive {
+                continue;
+            }
+            if let Some(p) = mv.payload.as_deref().and_then(PeerPayload::decode)
+                && p.cluster_name == self.settings.cluster_name
+            {
+                out.insert(mv.id.clone(), p.peer_api);
+            }
+        }
+        for s in ["alive", "suspect", "down"] {
+            metrics::gauge!(m::GOSSIP_MEMBERS, "state" => s)
+                .set(by_state.get(s).copied().unwrap_or(0) as f64);
+        }
+        out
+    }
+
+    /// One pass; true if something was done (so the next pass comes soon).
+    async fn step(&mut self) -> bool {
+        let peers = self.alive_peers();
+        let me = self.node.id().to_string();
+        let candidate = peers.keys().next().is_some_and(|lowest| *lowest == me);
+        let before = self.clock.now();
+        if let Err(e) = self.lease.tick(before, candidate).await {
+            tracing::warn!(error = %e, "lease step failed");
+        }
+        self.lease.observe_epoch(self.node.highest_epoch().await);
+        let epoch = self.lease.held(self.clock.now());
+        self.note_leadership(epoch);
+        let Some(epoch) = epoch else { return false };
+
+        self.pass += 1;
+        let span = tracing::info_span!("reconcile", pass = self.pass, epoch);
+        self.reconcile_pass(epoch, &peers).instrument(span).await
+    }
+
+    async fn reconcile_pass(&mut self, epoch: u64, peers: &BTreeMap<String, SocketAddr>) -> bool {
+        let obs = match self.observe(epoch, peers).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "observation failed");
+                return false;
+            }
+        };
+        let plan = controller::reconcile(&obs);
+        self.report_waits(&plan);
+        self.execute(plan, epoch, &obs).await
+    }
+
+    fn note_leadership(&mut self, epoch: Option<u64>) {
+        let leader = epoch.is_some();
+        if leader != self.was_leader {
+            metrics::counter!(m::LEADER_CHANGES).increment(1);
+            if leader {
+                tracing::info!(epoch, "became leader");
+                self.last_backup = None;
+            } else {
+                tracing::info!("no longer leader");
+            }
+            self.was_leader = leader;
+        }
+        metrics::gauge!(m::IS_LEADER).set(if leader { 1.0 } else { 0.0 });
+        metrics::gauge!(m::LEASE_EPOCH)
+            .set(epoch.unwrap_or(self.lease.highest_epoch_seen()) as f64);
+    }
+
+    fn report_waits(&mut self, plan: &Plan) {
+        let texts: Vec<String> = plan.waits.iter().map(ToString::to_string).collect();
+        for w in &plan.waits {
+            metrics::counter!(m::RECONCILE_WAITS, "reason" => w.label()).increment(1);
+        }
+        if texts != self.last_waits {
+            for (w, t) in plan.waits.iter().zip(&texts) {
+                tracing::info!(reason = w.label(), "{t}");
+            }
+            self.last_waits = texts;
+        }
+    }
+
+    async fn observe(
+        &mut self,
+        epoch: u64,
+        peers: &BTreeMap<String, SocketAddr>,
+    ) -> Result<Observation, String> {
+        let targets: Vec<(String, SocketAddr)> =
+            peers.iter().map(|(id, a)| (id.clone(), *a)).collect();
+        let infos = futures::future::join_all(targets.into_iter().map(|(id, addr)| async move {
+            let info = match peer::call(addr, &Request::GetInfo, PEER_TIMEOUT).await {
+                Ok(Response::Info(i)) => Some(*i),
+                Ok(other) => {
+                    tracing::warn!(peer = %id, answer = ?other, "unexpected answer to GetInfo");
+                    None
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %id, error = %e, "GetInfo failed");
+                    None
+                }
+            };
+            PeerView { id, info }
+        }))
+        .await;
+        let spec = self.store.read_spec().await.map_err(executing_error)?;
+        let created_marker = self
+            .store
+            .read_created()
+            .await
+            .map_err(executing_error)?
+            .is_some();
+        let cluster = observe_cluster(&infos).await;
+        let backups_exist = if cluster.is_none() && !created_marker {
+            !self
+                .store
+                .list_backups()
+                .await
+                .map_err(executing_error)?
+                .is_empty()
+        } else {
+            false
+        };
+        if let (Some(c), Some(s)) = (&cluster, &spec) {
+            metrics::gauge!(m::ETCD_MEMBERS, "kind" => "desired").set(s.member_count as f64);
+            metrics::gauge!(m::ETCD_MEMBERS, "kind" => "actual").set(c.members.len() as f64);
+            metrics::gauge!(m::ETCD_MEMBERS, "kind" => "healthy")
+                .set(c.members.iter().filter(|m| m.healthy).count() as f64);
+        }
+        Ok(Observation {
+            now: self.clock.now(),
+            self_id: self.node.id().to_string(),
+            cluster_name: self.settings.cluster_name.clone(),
+            epoch: Some(epoch),
+            spec,
+            created_marker,
+            backups_exist,
+            peers: infos,
+            cluster,
+            last_backup: self.last_backup,
+            backup_interval: self.settings.backup_interval,
+            new_cluster_token: new_token(),
+        })
+    }
+
+    fn addr_of(&self, id: &str) -> Result<SocketAddr, String> {
+        self.alive_peers()
+            .get(id)
+            .copied()
+            .ok_or_else(|| format!("peer {id} is gone"))
+    }
+
+    fn fence(&self, epoch: u64) -> Fence {
+        Fence {
+            cluster_name: self.settings.cluster_name.clone(),
+            leader_id: self.node.id().to_string(),
+            epoch,
+        }
+    }
+
+    async fn execute(&mut self, plan: Plan, epoch: u64, obs: &Observation) -> bool {
+        let mut acted = false;
+        for action in plan.actions {
+            // Rule 1: act only while the lease is valid, judged again before every action.
+            if self.lease.held(self.clock.now()) != Some(epoch) {
+                tracing::warn!(action = action.label(), "lease no longer held; stopping");
+                break;
+            }
+            tracing::info!(action = action.label(), details = ?action, "executing");
+            let result = self.execute_one(&action, epoch, obs).await;
+            let label = if result.is_ok() { "ok" } else { "error" };
+            metrics::counter!(m::RECONCILE_ACTIONS, "action" => action.label(), "result" => label)
+                .increment(1);
+            acted = true;
+            if let Err(e) = result {
+                tracing::warn!(action = action.label(), error = %e, "action failed");
+                break;
+            }
+        }
+        acted
+    }
+
+    async fn execute_one(
+        &mut self,
+        action: &Action,
+        epoch: u64,
+        obs: &Observation,
+    ) -> Result<(), String> {
+        let fence = self.fence(epoch);
+        match action {
+            Action::SeedCluster {
+                token,
+                version,
+                peers,
+            } => {
+                let nodes: Vec<EtcdNodeConfig> = peers
+                    .iter()
+                    .filter_map(|p| info_of(obs, p))
+                    .map(|i| i.node_config)
+                    .collect();
+                if nodes.len() != peers.len() {
+                    return Err("a chosen peer vanished before seeding".into());
+                }
+                let mut addrs: Vec<SocketAddr> = vec![];
+                for p in peers {
+                    addrs.push(self.addr_of(p)?);
+                }
+                let join = JoinTemplate {
+                    fence,
+                    token: token.clone(),
+                    version: version.clone(),
+                    quarantined: true,
+                    nodes,
+                };
+                for (i, a) in addrs.iter().copied().enumerate() {
+                    if let Err(e) =
+                        peer::call(a, &join.request(JoinPhase::Prepare), PEER_TIMEOUT).await
+                    {
+                        for b in addrs[..i].iter().copied() {
+                            let _ = peer::call(
+                                b,
+                                &join.request(JoinPhase::CancelPrepare),
+                                PEER_TIMEOUT,
+                            )
+                            .await;
+                        }
+                        return Err(e.to_string());
+                    }
+                }
+                for a in addrs {
+                    peer::call(a, &join.request(JoinPhase::Initial), JOIN_TIMEOUT)
+                        .await
+                        .map_err(executing_error)?;
+                }
+                tracing::info!(%token, %version, members = peers.len(), "seeded a new quarantined cluster");
+                Ok(())
+            }
+            Action::WriteCreatedMarker => self
+                .store
+                .write_created(self.clock.wall())
+                .await
+                .map_err(executing_error),
+            Action::LiftQuarantine { peers } => {
+                let req = Request::Reconfigure(Reconfigure {
+                    fence: fence.clone(),
+                    quarantined: Some(false),
+                });
+                for p in peers.clone() {
+                    peer::call(self.addr_of(&p)?, &req, JOIN_TIMEOUT)
+                        .await
+                        .map_err(executing_error)?;
+                }
+                tracing::info!(peers = ?peers, "quarantine lifted");
+                Ok(())
+            }
+            Action::TakeBackup { reason } => self.take_backup(epoch, obs, *reason).await,
+            Action::AddMember {
+                peer: id,
+                learner,
+                token,
+                version,
+            } => {
+                let info = info_of(obs, id).ok_or_else(|| format!("peer {id} did not answer"))?;
+                let client = cluster_client(obs).await?;
+                let (added, all) = client
+                    .member_add_retrying(
+                        &info.node_config.peer_urls,
+                        *learner,
+                        Duration::from_secs(15),
+                    )
+                    .await
+                    .map_err(executing_error)?;
+                tracing::info!(peer = %id, member_id = added.id, learner, "member added");
+                self.start_member(id, &info, &all, token, version, &fence)
+                    .await
+            }
+            Action::StartAddedMember {
+                peer: id,
+                member_id: _,
+                token,
+                version,
+            } => {
+                let info = info_of(obs, id).ok_or_else(|| format!("peer {id} did not answer"))?;
+                let client = cluster_client(obs).await?;
+                let all = client.member_list().await.map_err(executing_error)?;
+                self.start_member(id, &info, &all, token, version, &fence)
+                    .await
+            }
+            Action::PromoteMember { member_id, name } => {
+                let client = cluster_client(obs).await?;
+                match client.member_promote(*member_id).await {
+                    Ok(()) => {
+                        tracing::info!(member = %name, "learner promoted to voter");
+                        Ok(())
+                    }
+                    Err(e) => {
+                        tracing::info!(member = %name, error = %e, "learner not ready for promotion yet");
+                        Ok(())
+                    }
+                }
+            }
+            Action::RemoveMember { member_id, name } => {
+                let client = cluster_client(obs).await?;
+                client
+                    .member_remove_retrying(*member_id, Duration::from_secs(15))
+                    .await
+                    .map_err(executing_error)?;
+                tracing::info!(member = %name, "member removed");
+                if let Ok(addr) = self.addr_of(name) {
+                    peer::call(addr, &Request::StopEtcd(fence.clone()), JOIN_TIMEOUT)
+                        .await
+                        .map_err(executing_error)?;
+                }
+                Ok(())
+            }
+            Action::StopEtcd { peer: id } => peer::call(
+                self.addr_of(id)?,
+                &Request::StopEtcd(fence.clone()),
+                JOIN_TIMEOUT,
+            )
+            .await
+            .map(|_| ())
+            .map_err(executing_error),
+        }
+    }
+
+    async fn start_member(
+        &self,
+        id: &str,
+        info: &NodeInfo,
+        members: &[etcd::Member],
+        token: &str,
+        version: &str,
+        fence: &Fence,
+    ) -> Result<(), String> {
+        let nodes: Vec<EtcdNodeConfig> = members
+            .iter()
+            .map(|mb| {
+                let is_new = mb
+                    .peer_urls
+                    .iter()
+                    .any(|u| info.node_config.peer_urls.contains(u));
+                EtcdNodeConfig {
+                    name: if is_new {
+                        id.to_string()
+                    } else {
+                        mb.name.clone()
+                    },
+                    peer_urls: mb.peer_urls.clone(),
+                    client_urls: mb.client_urls.clone(),
+                    quarantined_client_urls: vec![],
+                }
+            })
+            .collect();
+        let addr = self.addr_of(id)?;
+        let join = JoinTemplate {
+            fence: fence.clone(),
+            token: token.to_string(),
+            version: version.to_string(),
+            quarantined: false,
+            nodes,
+        };
+        peer::call(addr, &join.request(JoinPhase::Prepare), PEER_TIMEOUT)
+            .await
+            .map_err(executing_error)?;
+        peer::call(addr, &join.request(JoinPhase::JoinExisting), JOIN_TIMEOUT)
+            .await
+            .map_err(executing_error)?;
+        tracing::info!(peer = %id, "new member started");
+        Ok(())
+    }
+
+    async fn take_backup(
+        &mut self,
+        epoch: u64,
+        obs: &Observation,
+        reason: controller::BackupReason,
+    ) -> Result<(), String> {
+        let started = self.clock.now();
+        let result = self.backup_once(epoch, obs).await;
+        let label = if result.is_ok() { "success" } else { "failure" };
+        metrics::counter!(m::BACKUPS, "result" => label).increment(1);
+        let summary = result?;
+        let secs = self
+            .clock
+            .now()
+            .saturating_duration_since(started)
+            .as_secs_f64();
+        self.last_backup = Some(self.clock.now());
+        let wall = self
+            .clock
+            .wall()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        metrics::gauge!(m::BACKUP_LAST_SUCCESS).set(wall.as_secs_f64());
+        metrics::gauge!(m::BACKUP_DURATION).set(secs);
+        metrics::gauge!(m::BACKUP_SIZE).set(summary.compressed_size as f64);
+        tracing::info!(name = %summary.name, reason = ?reason, bytes = summary.compressed_size, seconds = secs, "took backup");
+        Ok(())
+    }
+
+    async fn backup_once(
+        &self,
+        epoch: u64,
+        obs: &Observation,
+    ) -> Result<backup::BackupSummary, String> {
+        let spec: ClusterSpec = obs.spec.clone().ok_or("no spec")?;
+        // Prefer our own member; any healthy one will do.
+        let mut endpoints = healthy_endpoints(obs);
+        endpoints.sort_by_key(|(id, _)| *id != self.node.id());
+        let (_, endpoint) = endpoints
+            .into_iter()
+            .next()
+            .ok_or("no healthy member to back up from")?;
+        let client = etcd::EtcdClient::connect(std::slice::from_ref(&endpoint), ETCD_TIMEOUT)
+            .await
+            .map_err(executing_error)?;
+        let status = client.status().await.map_err(executing_error)?;
+        let stream = client.snapshot().await.map_err(executing_error)?;
+        let wall = self.clock.wall();
+        let info = BackupInfo {
+            etcd_version: status.version.clone(),
+            timestamp: wall
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+            cluster_spec: Some(spec),
+        };
+        self.store
+            .write_backup(stream, &info, Some(status.revision), Some(epoch), wall)
+            .await
+            .map_err(executing_error)
+    }
+}
+
+/// The parts of a JoinCluster request that stay the same across its phases.
+struct JoinTemplate {
+    fence: Fence,
+    token: String,
+    version: String,
+    quarantined: bool,
+    nodes: Vec<EtcdNodeConfig>,
+}
+
+impl JoinTemplate {
+    fn request(&self, phase: JoinPhase) -> Request {
+        Request::JoinCluster(JoinCluster {
+            fence: self.fence.clone(),
+            phase,
+            cluster_token: self.token.clone(),
+            etcd_version: self.version.clone(),
+            quarantined: self.quarantined,
+            nodes: self.nodes.clone(),
+        })
+    }
+}
+
+fn info_of(obs: &Observation, id: &str) -> Option<NodeInfo> {
+    obs.peers
+        .iter()
+        .find(|p| p.id == id)
+        .and_then(|p| p.info.clone())
+}
+
+/// A random cluster token (the only randomness the leader needs).
+#[allow(clippy::disallowed_methods)]
+fn new_token() -> String {
+    use rand::RngExt;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..16)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// The client URLs a peer's etcd listens on right now.
+fn endpoint_of(info: &NodeInfo) -> Option<String> {
+    let state = info.etcd_state.as_ref().filter(|s| s.running)?;
+    let urls = if state.quarantined {
+        &info.node_config.quarantined_client_urls
+    } else {
+        &info.node_config.client_urls
+    };
+    urls.first().cloned()
+}
+
+fn healthy_endpoints(obs: &Observation) -> Vec<(&str, String)> {
+    let Some(cluster) = &obs.cluster else {
+        return vec![];
+    };
+    obs.peers
+        .iter()
+        .filter(|p| cluster.members.iter().any(|m| m.healthy && m.name == p.id))
+        .filter_map(|p| Some((p.id.as_str(), endpoint_of(p.info.as_ref()?)?)))
+        .collect()
+}
+
+async fn cluster_client(obs: &Observation) -> Result<etcd::EtcdClient, String> {
+    let endpoints: Vec<String> = healthy_endpoints(obs).into_iter().map(|(_, e)| e).collect();
+    if endpoints.is_empty() {
+        return Err("no healthy etcd endpoint".into());
+    }
+    etcd::EtcdClient::connect(&endpoints, ETCD_TIMEOUT)
+        .await
+        .map_err(executing_error)
+}
+
+/// Ask etcd (through every running peer) for the members and their health.
+async fn observe_cluster(peers: &[PeerView]) -> Option<ClusterView> {
+    let endpoints: Vec<(String, String)> = peers
+        .iter()
+        .filter_map(|p| Some((p.id.clone(), endpoint_of(p.info.as_ref()?)?)))
+        .collect();
+    if endpoints.is_empty() {
+        return None;
+    }
+    let statuses = futures::future::join_all(endpoints.into_iter().map(|(id, ep)| async move {
+        let client = etcd::EtcdClient::connect(std::slice::from_ref(&ep), ETCD_TIMEOUT)
+            .await
+            .ok()?;
+        let status = client.status().await.ok()?;
+        // A learner serves no reads; that it answers status is its health.
+        let healthy = status.is_learner || client.healthy().await;
+        Some((id, status, healthy, client))
+    }))
+    .await;
+    let alive: Vec<_> = statuses.into_iter().flatten().collect();
+    let mut members = None;
+    let clients: Vec<etcd::EtcdClient> = alive.iter().map(|a| a.3.clone()).collect();
+    for client in clients {
+        if let Ok(list) = client.member_list().await {
+            members = Some(list);
+            break;
+        }
+    }
+    let members = members?;
+    let leader = alive
+        .iter()
+        .map(|(_, s, _, _)| s.leader)
+        .find(|l| *l != 0)
+        .unwrap_or(0);
+    let view = members
+        .iter()
+        .map(|mb| {
+            let st = alive.iter().find(|(_, s, _, _)| s.member_id == mb.id);
+            MemberView {
+                id: mb.id,
+                name: mb.name.clone(),
+                peer_urls: mb.peer_urls.clone(),
+                is_learner: mb.is_learner,
+                healthy: st.is_some_and(|(_, _, h, _)| *h),
+                is_leader: mb.id == leader,
+            }
+        })
+        .collect();
+    let versions = alive
+        .iter()
+        .filter(|(_, _, h, _)| *h)
+        .map(|(_, s, _, _)| s.version.clone())
+        .collect();
+    Some(ClusterView {
+        members: view,
+        versions,
+    })
+}

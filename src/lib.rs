@@ -1,0 +1,16 @@
+//! etcd-manager: runs one etcd cluster across control-plane machines.
+//!
+//! See ARCHITECTURE.md for the map. In short: [`node`] is what every manager
+//! does for its own machine, [`peer`] is how managers talk, [`controller`] is
+//! the pure decision step, and [`driver`] the leader loop around it. The binaries
+//! (`src/bin/`) wire everything together and hold the `etcd-manager-ctl`
+//! commands.
+
+pub mod clock;
+pub mod config;
+pub mod controller;
+pub mod driver;
+pub mod goflags;
+pub mod metrics;
+pub mod node;
+pub mod peer;

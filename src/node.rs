@@ -1,0 +1,461 @@
+//! The etcd host: what every manager does for its own machine, leader or not.
+//!
+//! It keeps the node's identity and etcd assignment in `<data-dir>/state.json`
+//! (written atomically), supervises the local etcd process, and answers the
+//! leader's peer-API requests. Every mutating request is fenced: a request
+//! whose epoch is below the highest this node has seen is refused, and the
+//! highest epoch is persisted before a request is acted on.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::peer::{
+    EtcdNodeConfig, EtcdState, Fence, JoinCluster, JoinPhase, NodeInfo, Request, Response,
+};
+
+const STATE_FILE: &str = "state.json";
+const STATE_FORMAT: u32 = 1;
+/// How long etcd gets to stop after SIGTERM.
+pub const ETCD_STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The etcd this node was told to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalEtcd {
+    pub cluster_token: String,
+    pub etcd_version: String,
+    pub quarantined: bool,
+    pub nodes: Vec<EtcdNodeConfig>,
+    /// Started as a member of a new cluster (else added to an existing one).
+    pub new_cluster: bool,
+}
+
+/// `<data-dir>/state.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeState {
+    pub format: u32,
+    pub id: String,
+    pub cluster_name: String,
+    pub highest_epoch: u64,
+    pub etcd: Option<LocalEtcd>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("data dir {path}: {reason}")]
+    DataDir { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Etcd(#[from] etcd::Error),
+    #[error(
+        "data dir {path} belongs to cluster '{found}', not '{want}'; use another --data-dir or the right --cluster-name"
+    )]
+    WrongCluster {
+        path: PathBuf,
+        found: String,
+        want: String,
+    },
+}
+
+/// Settings the node needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    pub cluster_name: String,
+    pub data_dir: PathBuf,
+    pub node_config: EtcdNodeConfig,
+    pub listen_address: Option<String>,
+    pub bin_dirs: Vec<PathBuf>,
+    pub etcd_env_overrides: Vec<(String, String)>,
+}
+
+struct Inner {
+    state: NodeState,
+    process: Option<etcd::EtcdProcess>,
+    prepared: Option<String>,
+}
+
+pub struct Node {
+    settings: NodeSettings,
+    id: String,
+    inner: Mutex<Inner>,
+}
+
+/// A new random node id: 16 bytes, base64url without padding (as upstream's ids look).
+#[allow(clippy::disallowed_methods)] // the one place a node id is drawn
+fn new_node_id() -> String {
+    use rand::RngExt;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = rand::rng();
+    (0..22)
+        .map(|_| ALPHABET[rng.random_range(0..64)] as char)
+        .collect()
+}
+
+/// Versions with binaries in /opt or the extra folders (`etcd-v<version>[-linux-amd64]`).
+pub fn installed_versions(bin_dirs: &[PathBuf]) -> Vec<String> {
+    let mut found = std::collections::BTreeSet::new();
+    let mut roots: Vec<PathBuf> = bin_dirs.to_vec();
+    roots.push(PathBuf::from("/opt"));
+    for root in roots {
+        let Ok(entries) = std::fs::read_dir(&root) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let Some(v) = name.strip_prefix("etcd-v") else {
+                continue;
+            };
+            let v = v.trim_end_matches("-linux-amd64");
+            if let Ok(version) = v.parse::<etcd::EtcdVersion>()
+                && etcd::find_binaries(&version, bin_dirs).is_ok()
+            {
+                found.insert(version.to_string());
+            }
+        }
+    }
+    found.into_iter().collect()
+}
+
+fn check_writable(dir: &Path) -> Result<(), NodeError> {
+    let err = |reason: String| NodeError::DataDir {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| {
+        err(format!(
+            "cannot create it ({e}); choose a writable --data-dir"
+        ))
+    })?;
+    let probe = dir.join(".write-probe");
+    std::fs::write(&probe, b"ok").map_err(|e| {
+        err(format!(
+            "is not writable ({e}); fix its permissions or choose another --data-dir"
+        ))
+    })?;
+    std::fs::remove_file(&probe)
+        .map_err(|e| err(format!("cannot remove {} ({e})", probe.display())))?;
+    Ok(())
+}
+
+impl Node {
+    /// Load the node's state from its data dir, or create a fresh identity.
+    pub fn open(settings: NodeSettings) -> Result<Node, NodeError> {
+        check_writable(&settings.data_dir)?;
+        let path = settings.data_dir.join(STATE_FILE);
+        let state = match etcd::read_json::<NodeState>(&path)? {
+            Some(s) => {
+                if s.cluster_name != settings.cluster_name {
+                    return Err(NodeError::WrongCluster {
+                        path: settings.data_dir.clone(),
+                        found: s.cluster_name,
+                        want: settings.cluster_name.clone(),
+                    });
+                }
+                s
+            }
+            None => {
+                let s = NodeState {
+                    format: STATE_FORMAT,
+                    id: new_node_id(),
+                    cluster_name: settings.cluster_name.clone(),
+                    highest_epoch: 0,
+                    etcd: None,
+                };
+                etcd::write_json_atomic(&path, &s)?;
+                tracing::info!(id = %s.id, path = %path.display(), "new node identity");
+                s
+            }
+        };
+        let id = state.id.clone();
+        Ok(Node {
+            settings,
+            id,
+            inner: Mutex::new(Inner {
+                state,
+                process: None,
+                prepared: None,
+            }),
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn node_config(&self) -> EtcdNodeConfig {
+        EtcdNodeConfig {
+            name: self.id.clone(),
+            ..self.settings.node_config.clone()
+        }
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.settings.data_dir.join(STATE_FILE)
+    }
+
+    fn etcd_data_dir(&self, token: &str) -> PathBuf {
+        self.settings.data_dir.join("data").join(token)
+    }
+
+    /// The highest epoch this node has accepted (persisted).
+    pub async fn highest_epoch(&self) -> u64 {
+        self.inner.lock().await.state.highest_epoch
+    }
+
+    /// Start etcd if the state file says this node runs one (after a restart).
+    pub async fn resume(&self) -> Result<(), NodeError> {
+        let mut inner = self.inner.lock().await;
+        if let Some(local) = inner.state.etcd.clone() {
+            tracing::info!(token = %local.cluster_token, version = %local.etcd_version, "resuming etcd");
+            let p = self.spawn_etcd(&local)?;
+            inner.process = Some(p);
+        }
+        Ok(())
+    }
+
+    fn spec_for(&self, local: &LocalEtcd) -> etcd::EtcdNodeSpec {
+        let me = self.node_config();
+        etcd::EtcdNodeSpec {
+            name: me.name.clone(),
+            version: local.etcd_version.clone(),
+            data_dir: self.etcd_data_dir(&local.cluster_token),
+            cluster_token: local.cluster_token.clone(),
+            initial_cluster: local
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.peer_urls.clone()))
+                .collect(),
+            initial_cluster_state_new: local.new_cluster,
+            peer_urls: me.peer_urls,
+            client_urls: me.client_urls,
+            quarantined_client_urls: me.quarantined_client_urls,
+            quarantined: local.quarantined,
+            listen_address: self.settings.listen_address.clone(),
+        }
+    }
+
+    fn spawn_etcd(&self, local: &LocalEtcd) -> Result<etcd::EtcdProcess, NodeError> {
+        let version: etcd::EtcdVersion = local.etcd_version.parse()?;
+        let binaries = etcd::find_binaries(&version, &self.settings.bin_dirs)?;
+        let spec = self.spec_for(local);
+        std::fs::create_dir_all(self.settings.data_dir.join("data")).map_err(|e| {
+            NodeError::DataDir {
+                path: self.settings.data_dir.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let log = self.settings.data_dir.join("etcd.log");
+        Ok(etcd::EtcdProcess::start(
+            binaries,
+            spec,
+            self.settings.etcd_env_overrides.clone(),
+            Some(log),
+        )?)
+    }
+
+    /// Everything the leader asks about.
+    pub async fn info(&self) -> NodeInfo {
+        let inner = self.inner.lock().await;
+        let status = inner.process.as_ref().map(|p| p.status());
+        let running = status.as_ref().is_some_and(|s| s.running);
+        let restarts = status.as_ref().map_or(0, |s| s.restarts);
+        NodeInfo {
+            id: self.id.clone(),
+            cluster_name: self.settings.cluster_name.clone(),
+            node_config: self.node_config(),
+            etcd_state: inner.state.etcd.as_ref().map(|l| EtcdState {
+                cluster_token: l.cluster_token.clone(),
+                etcd_version: l.etcd_version.clone(),
+                quarantined: l.quarantined,
+                running,
+                restarts,
+                nodes: l.nodes.clone(),
+            }),
+            highest_epoch: inner.state.highest_epoch,
+            installed_versions: installed_versions(&self.settings.bin_dirs),
+        }
+    }
+
+    /// Check and record the fence; Err is the response to send.
+    fn admit(&self, inner: &mut Inner, fence: &Fence) -> Result<(), Response> {
+        if fence.cluster_name != self.settings.cluster_name {
+            return Err(Response::Failed(format!(
+                "this node manages cluster '{}', not '{}'",
+                self.settings.cluster_name, fence.cluster_name
+            )));
+        }
+        if fence.epoch < inner.state.highest_epoch {
+            tracing::warn!(leader = %fence.leader_id, epoch = fence.epoch, highest = inner.state.highest_epoch, "refused a stale leader");
+            return Err(Response::Fenced {
+                highest_epoch: inner.state.highest_epoch,
+            });
+        }
+        if fence.epoch > inner.state.highest_epoch {
+            inner.state.highest_epoch = fence.epoch;
+            self.persist(inner)
+                .map_err(|e| Response::Failed(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn persist(&self, inner: &Inner) -> Result<(), NodeError> {
+        Ok(etcd::write_json_atomic(&self.state_path(), &inner.state)?)
+    }
+
+    /// Answer one peer-API request.
+    pub async fn handle(&self, req: Request) -> Response {
+        if let Request::GetInfo = req {
+            return Response::Info(Box::new(self.info().await));
+        }
+        let mut inner = self.inner.lock().await;
+        if let Some(fence) = req.fence()
+            && let Err(resp) = self.admit(&mut inner, fence)
+        {
+            return resp;
+        }
+        let result = match req {
+            Request::GetInfo => unreachable_info(),
+            Request::JoinCluster(j) => self.join(&mut inner, j).await,
+            Request::Reconfigure(r) => match r.quarantined {
+                Some(q) => self.set_quarantine(&mut inner, q).await,
+                None => Ok(()),
+            },
+            Request::StopEtcd(_) => self.stop_for_good(&mut inner).await,
+        };
+        match result {
+            Ok(()) => Response::Done,
+            Err(msg) => Response::Failed(msg),
+        }
+    }
+
+    async fn join(&self, inner: &mut Inner, j: JoinCluster) -> Result<(), String> {
+        let current = inner.state.etcd.as_ref().map(|l| l.cluster_token.clone());
+        match j.phase {
+            JoinPhase::Prepare => {
+                if let Some(t) = &current
+                    && *t != j.cluster_token
+                {
+                    return Err(format!("already a member of cluster {t}"));
+                }
+                inner.prepared = Some(j.cluster_token);
+                Ok(())
+            }
+            JoinPhase::CancelPrepare => {
+                if inner.prepared.as_deref() == Some(j.cluster_token.as_str()) {
+                    inner.prepared = None;
+                }
+                Ok(())
+            }
+            JoinPhase::Initial | JoinPhase::JoinExisting => {
+                if current.as_deref() == Some(j.cluster_token.as_str()) {
+                    return Ok(()); // already done: the request was repeated
+                }
+                if let Some(t) = current {
+                    return Err(format!("already a member of cluster {t}"));
+                }
+                if inner.prepared.as_deref() != Some(j.cluster_token.as_str()) {
+                    return Err(format!(
+                        "not prepared for cluster {}; send Prepare first",
+                        j.cluster_token
+                    ));
+                }
+                if !j.nodes.iter().any(|n| n.name == self.id) {
+                    return Err("this node is not in the cluster it was asked to join".into());
+                }
+                let local = LocalEtcd {
+                    cluster_token: j.cluster_token,
+                    etcd_version: j.etcd_version,
+                    quarantined: j.quarantined,
+                    nodes: j.nodes,
+                    new_cluster: j.phase == JoinPhase::Initial,
+                };
+                let data = self.etcd_data_dir(&local.cluster_token);
+                if data.exists() {
+                    return Err(format!(
+                        "{} exists already; refusing to reuse old data",
+                        data.display()
+                    ));
+                }
+                let process = self.spawn_etcd(&local).map_err(|e| e.to_string())?;
+                tracing::info!(token = %local.cluster_token, version = %local.etcd_version, new = local.new_cluster, quarantined = local.quarantined, "started etcd");
+                inner.state.etcd = Some(local);
+                inner.prepared = None;
+                inner.process = Some(process);
+                self.persist(inner).map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    async fn set_quarantine(&self, inner: &mut Inner, quarantined: bool) -> Result<(), String> {
+        let Some(mut local) = inner.state.etcd.clone() else {
+            return Err("this node runs no etcd".into());
+        };
+        if local.quarantined == quarantined {
+            return Ok(());
+        }
+        if let Some(p) = inner.process.take() {
+            p.stop(ETCD_STOP_TIMEOUT).await.map_err(|e| e.to_string())?;
+        }
+        local.quarantined = quarantined;
+        local.new_cluster = false;
+        inner.state.etcd = Some(local.clone());
+        self.persist(inner).map_err(|e| e.to_string())?;
+        inner.process = Some(self.spawn_etcd(&local).map_err(|e| e.to_string())?);
+        tracing::info!(quarantined, "restarted etcd with new quarantine");
+        Ok(())
+    }
+
+    async fn stop_for_good(&self, inner: &mut Inner) -> Result<(), String> {
+        if let Some(p) = inner.process.take() {
+            p.stop(ETCD_STOP_TIMEOUT).await.map_err(|e| e.to_string())?;
+        }
+        if let Some(local) = inner.state.etcd.take() {
+            let from = self.etcd_data_dir(&local.cluster_token);
+            if from.exists() {
+                let trash = self.settings.data_dir.join("data-trashcan");
+                std::fs::create_dir_all(&trash).map_err(|e| format!("{}: {e}", trash.display()))?;
+                let to = trash.join(format!(
+                    "{}-{}",
+                    local.cluster_token, inner.state.highest_epoch
+                ));
+                let to = unique_path(to);
+                std::fs::rename(&from, &to)
+                    .map_err(|e| format!("moving {} aside: {e}", from.display()))?;
+                tracing::info!(from = %from.display(), to = %to.display(), "etcd data moved to the trashcan");
+            }
+            self.persist(inner).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Stop the local etcd (shutdown of the manager); the assignment stays.
+    pub async fn shutdown(&self) {
+        let mut inner = self.inner.lock().await;
+        if let Some(p) = inner.process.take()
+            && let Err(e) = p.stop(ETCD_STOP_TIMEOUT).await
+        {
+            tracing::warn!(error = %e, "stopping etcd");
+        }
+    }
+}
+
+fn unreachable_info() -> Result<(), String> {
+    Err("GetInfo is answered before fencing".into())
+}
+
+fn unique_path(p: PathBuf) -> PathBuf {
+    if !p.exists() {
+        return p;
+    }
+    (1..)
+        .map(|i| PathBuf::from(format!("{}.{i}", p.display())))
+        .find(|c| !c.exists())
+        .unwrap_or(p)
+}
+
+impl crate::peer::Handler for Node {
+    async fn handle(&self, req: Request) -> Response {
+        Node::handle(self, req).await
+    }
+}

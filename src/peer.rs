@@ -1,0 +1,386 @@
+//! The peer API: how the leader talks to every manager.
+//!
+//! Length-prefixed frames over TCP: a 4-byte big-endian length, then a
+//! bincode 2 (serde, standard config) encoding of [`Envelope`], which carries
+//! the protocol version so that managers of different releases can tell each
+//! other apart during a rolling upgrade. One request, one response per
+//! connection. Mutating requests carry a [`Fence`] (cluster name, leader id,
+//! epoch); the receiver refuses epochs lower than the highest it has seen.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// Bumped on any incompatible change of the messages below.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Larger frames are refused before reading them.
+pub const MAX_FRAME: usize = 4 * 1024 * 1024;
+
+/// How one node runs etcd: its member name and URLs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct EtcdNodeConfig {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub quarantined_client_urls: Vec<String>,
+}
+
+/// What a node says about the etcd it runs (or ran).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdState {
+    pub cluster_token: String,
+    pub etcd_version: String,
+    pub quarantined: bool,
+    pub running: bool,
+    /// Times the supervisor restarted etcd after it exited on its own.
+    pub restarts: u32,
+    /// The cluster as this node was told to start it.
+    pub nodes: Vec<EtcdNodeConfig>,
+}
+
+/// Answer to [`Request::GetInfo`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: String,
+    pub cluster_name: String,
+    pub node_config: EtcdNodeConfig,
+    pub etcd_state: Option<EtcdState>,
+    /// Highest leader epoch this node has accepted.
+    pub highest_epoch: u64,
+    /// Versions of etcd this node has binaries for.
+    pub installed_versions: Vec<String>,
+}
+
+/// Proof of who may mutate: the cluster, the leader, its lease epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    pub cluster_name: String,
+    pub leader_id: String,
+    pub epoch: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinPhase {
+    /// Reserve the node for this cluster token (it will refuse other clusters).
+    Prepare,
+    /// Start etcd as a member of a new cluster.
+    Initial,
+    /// Start etcd as a member added to a running cluster.
+    JoinExisting,
+    /// Drop a reservation.
+    CancelPrepare,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinCluster {
+    pub fence: Fence,
+    pub phase: JoinPhase,
+    pub cluster_token: String,
+    pub etcd_version: String,
+    pub quarantined: bool,
+    /// The whole initial cluster (Initial), or the members after the add (JoinExisting).
+    pub nodes: Vec<EtcdNodeConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reconfigure {
+    pub fence: Fence,
+    pub quarantined: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    GetInfo,
+    JoinCluster(JoinCluster),
+    Reconfigure(Reconfigure),
+    /// Stop etcd for good and move its data to the trashcan (the member was removed).
+    StopEtcd(Fence),
+}
+
+impl Request {
+    pub fn fence(&self) -> Option<&Fence> {
+        match self {
+            Request::GetInfo => None,
+            Request::JoinCluster(j) => Some(&j.fence),
+            Request::Reconfigure(r) => Some(&r.fence),
+            Request::StopEtcd(f) => Some(f),
+        }
+    }
+
+    /// Short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::GetInfo => "get_info",
+            Request::JoinCluster(_) => "join_cluster",
+            Request::Reconfigure(_) => "reconfigure",
+            Request::StopEtcd(_) => "stop_etcd",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Info(Box<NodeInfo>),
+    Done,
+    /// Refused: the epoch is older than one this node has seen.
+    Fenced {
+        highest_epoch: u64,
+    },
+    Failed(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope<T> {
+    version: u32,
+    body: T,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("peer {addr}: {source}")]
+    Io {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("peer {addr}: no answer within {after:?}")]
+    Timeout { addr: SocketAddr, after: Duration },
+    #[error("peer {addr}: bad frame: {reason}")]
+    Protocol { addr: SocketAddr, reason: String },
+    #[error("peer {addr} refused: leader epoch is behind its highest seen epoch {highest_epoch}")]
+    Fenced {
+        addr: SocketAddr,
+        highest_epoch: u64,
+    },
+    #[error("peer {addr} failed: {message}")]
+    Failed { addr: SocketAddr, message: String },
+}
+
+fn encode<T: Serialize>(body: &T) -> Result<Vec<u8>, String> {
+    let env = Envelope {
+        version: PROTOCOL_VERSION,
+        body,
+    };
+    bincode::serde::encode_to_vec(&env, bincode::config::standard()).map_err(|e| e.to_string())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(buf: &[u8]) -> Result<T, String> {
+    let (env, _): (Envelope<T>, usize) =
+        bincode::serde::decode_from_slice(buf, bincode::config::standard())
+            .map_err(|e| e.to_string())?;
+    if env.version != PROTOCOL_VERSION {
+        return Err(format!(
+            "protocol version {} (we speak {PROTOCOL_VERSION}); upgrade every etcd-manager to the same release",
+            env.version
+        ));
+    }
+    Ok(env.body)
+}
+
+async fn write_frame(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(bytes.len()).map_err(|_| std::io::Error::other("frame too large"))?;
+    stream.write_all(&len.to_be_bytes()).await?;
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
+
+async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the limit of {MAX_FRAME}"),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    stream.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+/// Send one request and wait for its answer, all within `timeout`.
+pub async fn call(
+    addr: SocketAddr,
+    req: &Request,
+    timeout: Duration,
+) -> Result<Response, PeerError> {
+    let fut = async {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| PeerError::Io { addr, source })?;
+        let bytes = encode(req).map_err(|reason| PeerError::Protocol { addr, reason })?;
+        write_frame(&mut stream, &bytes)
+            .await
+            .map_err(|source| PeerError::Io { addr, source })?;
+        let buf = read_frame(&mut stream)
+            .await
+            .map_err(|source| PeerError::Io { addr, source })?;
+        decode::<Response>(&buf).map_err(|reason| PeerError::Protocol { addr, reason })
+    };
+    let resp = tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| PeerError::Timeout {
+            addr,
+            after: timeout,
+        })??;
+    match resp {
+        Response::Fenced { highest_epoch } => Err(PeerError::Fenced {
+            addr,
+            highest_epoch,
+        }),
+        Response::Failed(message) => Err(PeerError::Failed { addr, message }),
+        other => Ok(other),
+    }
+}
+
+/// Something that answers peer requests (the local node).
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, req: Request) -> impl std::future::Future<Output = Response> + Send;
+}
+
+/// Bind the peer API listener; binding errors surface here, before anything runs.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serve requests until cancelled. Each connection gets its own task, bounded by a timeout.
+pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>, cancel: CancellationToken) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => {
+                let (mut stream, from) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "peer API accept failed");
+                        continue;
+                    }
+                };
+                let handler = handler.clone();
+                conns.spawn(async move {
+                    let work = async {
+                        let buf = read_frame(&mut stream).await?;
+                        let resp = match decode::<Request>(&buf) {
+                            Ok(req) => {
+                                tracing::debug!(%from, kind = req.kind(), "peer request");
+                                handler.handle(req).await
+                            }
+                            Err(reason) => {
+                                tracing::warn!(%from, %reason, "undecodable peer request dropped");
+                                Response::Failed(format!("bad request: {reason}"))
+                            }
+                        };
+                        let bytes = encode(&resp).map_err(std::io::Error::other)?;
+                        write_frame(&mut stream, &bytes).await
+                    };
+                    match tokio::time::timeout(Duration::from_secs(120), work).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::debug!(%from, error = %e, "peer connection ended"),
+                        Err(_) => tracing::warn!(%from, "peer connection timed out"),
+                    }
+                });
+            }
+        }
+    }
+    conns.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Echo;
+    impl Handler for Echo {
+        async fn handle(&self, req: Request) -> Response {
+            match req {
+                Request::GetInfo => Response::Info(Box::new(NodeInfo {
+                    id: "a".into(),
+                    cluster_name: "c".into(),
+                    node_config: EtcdNodeConfig::default(),
+                    etcd_state: None,
+                    highest_epoch: 3,
+                    installed_versions: vec!["3.5.30".into()],
+                })),
+                Request::StopEtcd(f) if f.epoch < 3 => Response::Fenced { highest_epoch: 3 },
+                _ => Response::Done,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn request_response_round_trip_and_fencing() {
+        let listener = bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let cancel = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, Arc::new(Echo), cancel.clone()));
+        let t = Duration::from_secs(5);
+        match call(addr, &Request::GetInfo, t).await.expect("info") {
+            Response::Info(i) => assert_eq!(i.highest_epoch, 3),
+            other => panic!("unexpected {other:?}"),
+        }
+        let fence = |epoch| Fence {
+            cluster_name: "c".into(),
+            leader_id: "a".into(),
+            epoch,
+        };
+        let err = call(addr, &Request::StopEtcd(fence(2)), t)
+            .await
+            .expect_err("fenced");
+        assert!(
+            matches!(
+                err,
+                PeerError::Fenced {
+                    highest_epoch: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            call(addr, &Request::StopEtcd(fence(3)), t)
+                .await
+                .expect("ok"),
+            Response::Done
+        );
+        cancel.cancel();
+        server.await.expect("server ends");
+    }
+
+    #[tokio::test]
+    async fn garbage_and_oversized_frames_do_not_kill_the_server() {
+        let listener = bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let cancel = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, Arc::new(Echo), cancel.clone()));
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(&[0, 0, 0, 3, 0xff, 0xfe, 0xfd])
+            .await
+            .expect("write");
+        let resp = read_frame(&mut s).await.expect("answer");
+        assert!(matches!(decode::<Response>(&resp), Ok(Response::Failed(_))));
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(&u32::MAX.to_be_bytes()).await.expect("write");
+        assert!(
+            read_frame(&mut s).await.is_err(),
+            "oversized frame must be refused"
+        );
+        assert!(
+            call(addr, &Request::GetInfo, Duration::from_secs(5))
+                .await
+                .is_ok()
+        );
+        cancel.cancel();
+        server.await.expect("server ends");
+    }
+}

@@ -1,0 +1,17 @@
+//! End-to-end tests: the real `etcd-manager` and `etcd-manager-ctl` binaries
+//! with real etcd, each test on its own loopback /24 and temp dir.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+
+mod bad_input;
+mod ctl;
+mod walkthrough;
+
+use tests::ClusterEnv;
+
+pub fn env(dir: &tempfile::TempDir) -> ClusterEnv {
+    ClusterEnv::new(
+        dir.path(),
+        env!("CARGO_BIN_EXE_etcd-manager"),
+        env!("CARGO_BIN_EXE_etcd-manager-ctl"),
+    )
+}

@@ -1,0 +1,219 @@
+//! The upstream walkthrough, first half, on real etcd.
+
+use std::time::Duration;
+
+use tests::{get, members, put, wait_for};
+
+async fn single_member(version: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let env = crate::env(&dir);
+    let _m1 = env.start(1);
+    let out = env.ctl(&[
+        "-member-count=1",
+        &format!("-etcd-version={version}"),
+        "configure-cluster",
+    ]);
+    assert!(out.success, "configure-cluster failed: {}", out.stderr);
+    let ep = env.client_url(1);
+    wait_for(
+        &format!("put/get on a 1-member etcd {version}"),
+        Duration::from_secs(30),
+        || {
+            let ep = ep.clone();
+            async move {
+                put(&ep, "/hello", "world").await.ok()?;
+                get(&ep, "/hello").await.ok()?.filter(|v| v == "world")
+            }
+        },
+    )
+    .await;
+    let got = env.ctl(&["get"]);
+    assert_eq!(
+        got.stdout.trim(),
+        format!("member_count:1 etcd_version:\"{version}\"")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn single_member_cluster_on_3_5_30() {
+    single_member("3.5.30").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn single_member_cluster_on_3_4_23() {
+    single_member("3.4.23").await;
+}
+
+/// Grow 1 -> 3, take a backup, restore it elsewhere, lose a member.
+#[tokio::test(flavor = "multi_thread")]
+async fn grow_to_three_back_up_and_survive_a_lost_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = crate::env(&dir);
+    env.backup_interval = "3s";
+    let mut m1 = env.start(1);
+    assert!(
+        env.ctl(&[
+            "-member-count=1",
+            "-etcd-version=3.5.30",
+            "configure-cluster"
+        ])
+        .success
+    );
+    let ep1 = env.client_url(1);
+    wait_for("first member serving", Duration::from_secs(30), || {
+        let ep = ep1.clone();
+        async move { put(&ep, "/k1", "v1").await.ok() }
+    })
+    .await;
+
+    let mut m2 = env.start(2);
+    let mut m3 = env.start(3);
+    let out = env.ctl(&["-member-count=3", "configure-cluster"]);
+    assert!(out.success, "{}", out.stderr);
+    let voters = wait_for("three voting members", Duration::from_secs(60), || {
+        let ep = ep1.clone();
+        async move {
+            let ms = members(&ep).await.ok()?;
+            let named_voters = ms
+                .iter()
+                .filter(|m| !m.is_learner && !m.name.is_empty())
+                .count();
+            (named_voters == 3).then_some(ms)
+        }
+    })
+    .await;
+    assert_eq!(voters.len(), 3);
+    for host in 1..=3 {
+        let ep = env.client_url(host);
+        wait_for(
+            &format!("member {host} serves reads"),
+            Duration::from_secs(30),
+            || {
+                let ep = ep.clone();
+                async move { get(&ep, "/k1").await.ok()?.filter(|v| v == "v1") }
+            },
+        )
+        .await;
+    }
+    // No etcd was restarted by its supervisor while the cluster grew.
+    for m in [&m1, &m2, &m3] {
+        let addr = format!("{}:8000", m.ip).parse().unwrap();
+        let resp = etcd_manager::peer::call(
+            addr,
+            &etcd_manager::peer::Request::GetInfo,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let etcd_manager::peer::Response::Info(info) = resp else {
+            panic!("unexpected {resp:?}")
+        };
+        let state = info.etcd_state.expect("every manager runs etcd");
+        assert!(
+            state.running && !state.quarantined,
+            "{} : {state:?}",
+            m.name
+        );
+        assert_eq!(
+            state.restarts,
+            0,
+            "etcd of {} was restarted:\n{}",
+            m.name,
+            m.log_text()
+        );
+    }
+
+    // A backup appears and restores into a fresh etcd holding the keys.
+    put(&ep1, "/k2", "v2").await.unwrap();
+    let store = backup::BackupStore::open(&env.store_url, &Default::default()).unwrap();
+    let name = wait_for("a backup holding /k2", Duration::from_secs(30), || {
+        let store = store.clone();
+        let ctl = env.ctl(&["list-backups"]);
+        async move {
+            let names: Vec<String> = ctl.stdout.lines().map(str::to_string).collect();
+            for n in names.iter().rev() {
+                let extra = store.read_backup_extra(n).await.ok()??;
+                if extra.revision.unwrap_or(0) >= 3 {
+                    return Some(n.clone());
+                }
+            }
+            None
+        }
+    })
+    .await;
+    let snap = dir.path().join("restore.db");
+    let downloaded = store.download_backup(&name, &snap).await.unwrap();
+    assert!(downloaded.verified_checksum, "our backups carry a checksum");
+    let bytes = std::fs::read(&snap).unwrap();
+    let extra = store.read_backup_extra(&name).await.unwrap().unwrap();
+    assert_eq!(bytes.len() as u64, extra.snapshot_size);
+    let binaries = tests::etcd_binaries("3.5.30");
+    let rip = tests::host_ip(env.net, 9);
+    let spec = etcd::EtcdNodeSpec {
+        name: "restored".into(),
+        version: "3.5.30".into(),
+        data_dir: dir.path().join("restored"),
+        cluster_token: "restored".into(),
+        initial_cluster: vec![("restored".into(), vec![format!("http://{rip}:2380")])],
+        initial_cluster_state_new: true,
+        peer_urls: vec![format!("http://{rip}:2380")],
+        client_urls: vec![format!("http://{rip}:4001")],
+        quarantined_client_urls: vec![format!("http://{rip}:8001")],
+        quarantined: false,
+        listen_address: None,
+    };
+    etcd::restore_snapshot(&binaries, &snap, &spec, Some(1_000_000))
+        .await
+        .unwrap();
+    let restored = etcd::EtcdProcess::start(
+        binaries,
+        spec,
+        vec![],
+        Some(dir.path().join("restored.log")),
+    )
+    .unwrap();
+    let rep = format!("http://{rip}:4001");
+    wait_for(
+        "restored etcd has the keys",
+        Duration::from_secs(30),
+        || {
+            let rep = rep.clone();
+            async move {
+                let a = get(&rep, "/k1").await.ok()??;
+                let b = get(&rep, "/k2").await.ok()??;
+                (a == "v1" && b == "v2").then_some(())
+            }
+        },
+    )
+    .await;
+    restored.stop(Duration::from_secs(10)).await.unwrap();
+
+    // Lose one manager and its etcd: the other two keep serving.
+    m3.kill_all();
+    for host in 1..=2u8 {
+        let ep = env.client_url(host);
+        wait_for(
+            &format!("write and read through member {host} with one member lost"),
+            Duration::from_secs(20),
+            || {
+                let ep = ep.clone();
+                async move {
+                    put(&ep, &format!("/after-loss-{host}"), "ok").await.ok()?;
+                    get(&ep, &format!("/after-loss-{host}"))
+                        .await
+                        .ok()?
+                        .filter(|v| v == "ok")
+                }
+            },
+        )
+        .await;
+    }
+    assert!(
+        m1.terminate(Duration::from_secs(30)),
+        "manager 1 exits cleanly on SIGTERM"
+    );
+    assert!(
+        m2.terminate(Duration::from_secs(30)),
+        "manager 2 exits cleanly on SIGTERM"
+    );
+}

@@ -1,0 +1,288 @@
+//! End-to-end harness: real `etcd-manager` processes and real etcd in temp
+//! dirs on 127.0.x.y, with waits on conditions and deadlines (never bare
+//! sleeps), and cleanup that kills whole process groups even when a test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Folders with etcd binaries besides /opt (from ETCD_MANAGER_ETCD_BIN_DIR).
+pub fn etcd_bin_dirs() -> Vec<PathBuf> {
+    std::env::var("ETCD_MANAGER_ETCD_BIN_DIR")
+        .ok()
+        .map(|v| {
+            v.split(',')
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The etcd binaries of `version`, or a panic that says how to install them.
+pub fn etcd_binaries(version: &str) -> etcd::EtcdBinaries {
+    let v: etcd::EtcdVersion = version.parse().expect("version");
+    etcd::find_binaries(&v, &etcd_bin_dirs()).unwrap_or_else(|e| {
+        panic!("{e}\n(run scripts/test.sh, which installs every version the tests need)")
+    })
+}
+
+/// Poll `check` until it returns Some or the deadline passes; the panic names `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if start.elapsed() > deadline {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+static NEXT_NET: AtomicU32 = AtomicU32::new(0);
+
+/// A /24 of loopback addresses of its own for one test: 127.<n>.<x>.1..
+pub fn fresh_net() -> u8 {
+    let pid = std::process::id();
+    let n = NEXT_NET.fetch_add(1, Ordering::SeqCst);
+    // Spread tests of different processes apart; 127.0.0.x stays free for the demo.
+    (20 + (pid % 10) * 20 + n % 20) as u8
+}
+
+/// One host's addresses: 127.<net>.<host>.1.
+pub fn host_ip(net: u8, host: u8) -> String {
+    format!("127.{net}.{host}.1")
+}
+
+/// A running `etcd-manager` in its own process group (so etcd dies with it).
+pub struct Manager {
+    pub name: String,
+    pub ip: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<std::process::Child>,
+    args: Vec<String>,
+    binary: PathBuf,
+}
+
+/// Settings shared by all managers of a test cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterEnv {
+    pub root: PathBuf,
+    pub net: u8,
+    pub store_url: String,
+    pub discovery_dir: PathBuf,
+    pub manager_bin: PathBuf,
+    pub ctl_bin: PathBuf,
+    pub backup_interval: &'static str,
+}
+
+impl ClusterEnv {
+    pub fn new(root: &Path, manager_bin: &str, ctl_bin: &str) -> ClusterEnv {
+        let store = root.join("store");
+        std::fs::create_dir_all(&store).expect("store dir");
+        ClusterEnv {
+            root: root.to_path_buf(),
+            net: fresh_net(),
+            store_url: format!("file://{}", store.display()),
+            discovery_dir: root.join("discovery"),
+            manager_bin: PathBuf::from(manager_bin),
+            ctl_bin: PathBuf::from(ctl_bin),
+            backup_interval: "15m",
+        }
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.root.join("store")
+    }
+
+    pub fn client_url(&self, host: u8) -> String {
+        format!("http://{}:4001", host_ip(self.net, host))
+    }
+
+    /// The flags of upstream's walkthrough, for host `host` (1-based).
+    pub fn manager_args(&self, host: u8) -> Vec<String> {
+        let ip = host_ip(self.net, host);
+        vec![
+            "--insecure".into(),
+            "--etcd-insecure".into(),
+            format!("--address={ip}"),
+            format!("--etcd-address={ip}"),
+            "--cluster-name=test".into(),
+            format!("--backup-store={}", self.store_url),
+            format!(
+                "--data-dir={}",
+                self.root.join(format!("data/{host}")).display()
+            ),
+            format!("--client-urls=http://{ip}:4001"),
+            format!("--quarantine-client-urls=http://{ip}:8001"),
+            format!("--peer-urls=http://{ip}:2380"),
+            format!("--discovery-dir={}", self.discovery_dir.display()),
+            format!("--backup-interval={}", self.backup_interval),
+            "--controller-interval=1s".into(),
+        ]
+    }
+
+    pub fn start(&self, host: u8) -> Manager {
+        self.start_with(host, &[])
+    }
+
+    pub fn start_with(&self, host: u8, extra: &[&str]) -> Manager {
+        let mut args = self.manager_args(host);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut m = Manager {
+            name: format!("m{host}"),
+            ip: host_ip(self.net, host),
+            data_dir: self.root.join(format!("data/{host}")),
+            log: self.root.join(format!("manager-{host}.log")),
+            child: None,
+            args,
+            binary: self.manager_bin.clone(),
+        };
+        m.spawn();
+        m
+    }
+
+    /// Run etcd-manager-ctl against this cluster's store.
+    pub fn ctl(&self, args: &[&str]) -> CtlOutput {
+        let mut full = vec![format!("-backup-store={}", self.store_url)];
+        full.extend(args.iter().map(|s| s.to_string()));
+        run_ctl(&self.ctl_bin, &full)
+    }
+}
+
+#[derive(Debug)]
+pub struct CtlOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run_ctl(bin: &Path, args: &[String]) -> CtlOutput {
+    let out = std::process::Command::new(bin)
+        .args(args)
+        .env_remove("ETCD_MANAGER_BACKUP_STORE")
+        .envs(etcd_bin_env())
+        .output()
+        .expect("run etcd-manager-ctl");
+    CtlOutput {
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn etcd_bin_env() -> Vec<(String, String)> {
+    std::env::var("ETCD_MANAGER_ETCD_BIN_DIR")
+        .map(|v| vec![("ETCD_MANAGER_ETCD_BIN_DIR".to_string(), v)])
+        .unwrap_or_default()
+}
+
+impl Manager {
+    fn spawn(&mut self) {
+        use std::os::unix::process::CommandExt;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = std::process::Command::new(&self.binary)
+            .args(&self.args)
+            .envs(etcd_bin_env())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("start etcd-manager");
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// SIGKILL the manager and everything it started (etcd included).
+    pub fn kill_all(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pgid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit (etcd stopped by the manager); returns the exit status success.
+    pub fn terminate(&mut self, deadline: Duration) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.success();
+            }
+            if start.elapsed() > deadline {
+                let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = c.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether the process is still running (it may have exited on bad input).
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn restart(&mut self) {
+        self.kill_all();
+        self.spawn();
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+/// Put a key through one client URL.
+pub async fn put(endpoint: &str, key: &str, value: &str) -> Result<(), String> {
+    let c = etcd::EtcdClient::connect(&[endpoint.to_string()], Duration::from_secs(3))
+        .await
+        .map_err(|e| e.to_string())?;
+    c.put(key, value).await.map_err(|e| e.to_string())
+}
+
+/// Get a key through one client URL.
+pub async fn get(endpoint: &str, key: &str) -> Result<Option<String>, String> {
+    let c = etcd::EtcdClient::connect(&[endpoint.to_string()], Duration::from_secs(3))
+        .await
+        .map_err(|e| e.to_string())?;
+    c.get(key).await.map_err(|e| e.to_string())
+}
+
+/// The members as one endpoint reports them.
+pub async fn members(endpoint: &str) -> Result<Vec<etcd::Member>, String> {
+    let c = etcd::EtcdClient::connect(&[endpoint.to_string()], Duration::from_secs(3))
+        .await
+        .map_err(|e| e.to_string())?;
+    c.member_list().await.map_err(|e| e.to_string())
+}
