@@ -486,10 +486,16 @@ async fn quarantined_member_serves_only_on_quarantine_url() {
     )
     .unwrap();
     // The child's ETCD_* environment is exactly ours plus the overrides, nothing inherited.
-    assert_eq!(
-        etcd_vars_of(proc.status().pid.unwrap()),
-        etcd_env(&node.spec, &overrides)
-    );
+    // Until the forked child has exec'd etcd, /proc shows the parent's environment: wait for the exec.
+    let pid = proc.status().pid.unwrap();
+    let etcd_exe = std::fs::canonicalize(&binaries("3.5.30").etcd).unwrap();
+    wait_for(
+        "the child to exec etcd",
+        Duration::from_secs(10),
+        async || std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == etcd_exe),
+    )
+    .await;
+    assert_eq!(etcd_vars_of(pid), etcd_env(&node.spec, &overrides));
     let q = EtcdClient::connect(&node.spec.quarantined_client_urls, TIMEOUT)
         .await
         .unwrap();
