@@ -20,14 +20,40 @@ use crate::peer::{
     self, EtcdNodeConfig, Fence, JoinCluster, JoinPhase, NodeInfo, Reconfigure, Request, Response,
 };
 
-/// What each manager puts in its gossip payload.
+/// What each manager puts in its gossip payload: who it is, where its peer
+/// API listens, how it runs etcd and a summary of its etcd state (the leader
+/// still asks every peer over the peer API before acting).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerPayload {
     pub cluster_name: String,
     pub peer_api: SocketAddr,
+    pub node_config: EtcdNodeConfig,
+    pub etcd: Option<EtcdSummary>,
+}
+
+/// A node's etcd in a few fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdSummary {
+    pub cluster_token: String,
+    pub etcd_version: String,
+    pub running: bool,
+    pub quarantined: bool,
 }
 
 impl PeerPayload {
+    pub fn from_info(info: &NodeInfo, peer_api: SocketAddr) -> PeerPayload {
+        PeerPayload {
+            cluster_name: info.cluster_name.clone(),
+            peer_api,
+            node_config: info.node_config.clone(),
+            etcd: info.etcd_state.as_ref().map(|s| EtcdSummary {
+                cluster_token: s.cluster_token.clone(),
+                etcd_version: s.etcd_version.clone(),
+                running: s.running,
+                quarantined: s.quarantined,
+            }),
+        }
+    }
     pub fn encode(&self) -> Vec<u8> {
         bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap_or_default()
     }
@@ -44,12 +70,16 @@ const ETCD_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct DriverSettings {
     pub cluster_name: String,
+    /// Our peer API address, as published in the gossip payload.
+    pub peer_api: SocketAddr,
     pub backup_interval: Duration,
     pub controller_interval: Duration,
 }
 
 pub struct Driver {
     settings: DriverSettings,
+    health: Arc<m::Health>,
+    started: Instant,
     store: BackupStore,
     lease: lock::LeaseClient,
     gossip: gossip::GossipHandle,
@@ -59,6 +89,8 @@ pub struct Driver {
     was_leader: bool,
     pass: u64,
     last_waits: Vec<String>,
+    last_payload: Option<PeerPayload>,
+    last_status: Option<(crate::status::ClusterStatus, Instant)>,
 }
 
 fn executing_error(e: impl std::fmt::Display) -> String {
@@ -66,16 +98,21 @@ fn executing_error(e: impl std::fmt::Display) -> String {
 }
 
 impl Driver {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         settings: DriverSettings,
+        health: Arc<m::Health>,
         store: BackupStore,
         lease: lock::LeaseClient,
         gossip: gossip::GossipHandle,
         node: Arc<Node>,
         clock: Arc<dyn Clock>,
     ) -> Driver {
+        let started = clock.now();
         Driver {
             settings,
+            health,
+            started,
             store,
             lease,
             gossip,
@@ -85,6 +122,8 @@ impl Driver {
             was_leader: false,
             pass: 0,
             last_waits: vec![],
+            last_payload: None,
+            last_status: None,
         }
     }
 
@@ -144,12 +183,23 @@ impl Driver {
 
     /// One pass; true if something was done (so the next pass comes soon).
     async fn step(&mut self) -> bool {
+        let now_ms = self
+            .clock
+            .now()
+            .saturating_duration_since(self.started)
+            .as_millis() as u64;
+        self.health.pass_done(now_ms);
+        self.publish_payload().await;
         let peers = self.alive_peers();
         let me = self.node.id().to_string();
         let candidate = peers.keys().next().is_some_and(|lowest| *lowest == me);
         let before = self.clock.now();
-        if let Err(e) = self.lease.tick(before, candidate).await {
-            tracing::warn!(error = %e, "lease step failed");
+        match self.lease.tick(before, candidate).await {
+            Ok(_) => metrics::counter!(m::LEASE_OPERATIONS, "result" => "ok").increment(1),
+            Err(e) => {
+                metrics::counter!(m::LEASE_OPERATIONS, "result" => "error").increment(1);
+                tracing::warn!(error = %e, "lease step failed");
+            }
         }
         self.lease.observe_epoch(self.node.highest_epoch().await);
         let epoch = self.lease.held(self.clock.now());
@@ -171,7 +221,49 @@ impl Driver {
         };
         let plan = controller::reconcile(&obs);
         self.report_waits(&plan);
+        self.write_status(&obs, &plan).await;
         self.execute(plan, epoch, &obs).await
+    }
+
+    /// Keep our gossip payload in step with the node's state.
+    async fn publish_payload(&mut self) {
+        let info = self.node.info().await;
+        let state = info.etcd_state.as_ref();
+        metrics::gauge!(m::QUARANTINED).set(if state.is_some_and(|s| s.quarantined) {
+            1.0
+        } else {
+            0.0
+        });
+        self.health.set_etcd_down(state.is_some_and(|s| !s.running));
+        let payload = PeerPayload::from_info(&info, self.settings.peer_api);
+        if self.last_payload.as_ref() != Some(&payload) {
+            self.gossip.set_payload(payload.encode());
+            self.last_payload = Some(payload);
+        }
+    }
+
+    /// Write the status report when it changed or is getting old.
+    async fn write_status(&mut self, obs: &Observation, plan: &Plan) {
+        use crate::status::{ClusterStatus, STATUS_FILE, STATUS_REFRESH};
+        let wall = self
+            .clock
+            .wall()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let status = ClusterStatus::from_pass(obs, plan, wall);
+        let now = self.clock.now();
+        if let Some((last, at)) = &self.last_status
+            && last.same_content(&status)
+            && now.saturating_duration_since(*at) < STATUS_REFRESH
+        {
+            return;
+        }
+        let body = serde_json::to_vec_pretty(&status).unwrap_or_default();
+        match self.store.write_manager_file(STATUS_FILE, body).await {
+            Ok(()) => self.last_status = Some((status, now)),
+            Err(e) => tracing::warn!(error = %e, "could not write the status report"),
+        }
     }
 
     fn note_leadership(&mut self, epoch: Option<u64>) {
@@ -685,4 +777,44 @@ async fn observe_cluster(peers: &[PeerView]) -> Option<ClusterView> {
         members: view,
         versions,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::EtcdState;
+
+    #[test]
+    fn payload_round_trips_and_fits_a_gossip_packet() {
+        let host = "ip-10-120-123-245.eu-central-1.compute.internal";
+        let info = NodeInfo {
+            id: "GEyIUF0s9J07setaePSQ3Q".into(),
+            cluster_name: "main".into(),
+            node_config: EtcdNodeConfig {
+                name: "GEyIUF0s9J07setaePSQ3Q".into(),
+                peer_urls: vec![format!("https://{host}:2380")],
+                client_urls: vec![format!("https://{host}:4001")],
+                quarantined_client_urls: vec![format!("https://{host}:8001")],
+            },
+            etcd_state: Some(EtcdState {
+                cluster_token: "XypoARu3zvWjVHHmWSGr_Q".into(),
+                etcd_version: "3.5.30".into(),
+                quarantined: false,
+                running: true,
+                restarts: 0,
+                nodes: vec![],
+            }),
+            highest_epoch: 9,
+            installed_versions: vec![],
+        };
+        let p = PeerPayload::from_info(&info, "10.120.123.245:8000".parse().expect("addr"));
+        let bytes = p.encode();
+        assert!(
+            bytes.len() < 1024,
+            "payload of {} bytes may not fit a gossip packet",
+            bytes.len()
+        );
+        assert_eq!(PeerPayload::decode(&bytes), Some(p));
+        assert_eq!(PeerPayload::decode(&bytes[..bytes.len() / 2]), None);
+    }
 }

@@ -14,3 +14,4 @@ pub mod goflags;
 pub mod metrics;
 pub mod node;
 pub mod peer;
+pub mod status;

@@ -1,57 +1,312 @@
-//! Metric names (all `etcd_manager_*`, units in the name) and their recording.
+//! Metric names (all `etcd_manager_*`, units in the name), the instrumented
+//! store, and the HTTP endpoints `/metrics`, `/healthz` and `/readyz`.
 
-use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 pub const IS_LEADER: &str = "etcd_manager_is_leader";
 pub const LEASE_EPOCH: &str = "etcd_manager_lease_epoch";
 pub const LEADER_CHANGES: &str = "etcd_manager_leader_changes_total";
+pub const LEASE_OPERATIONS: &str = "etcd_manager_lease_operations_total";
 pub const BACKUP_LAST_SUCCESS: &str = "etcd_manager_backup_last_success_timestamp_seconds";
+pub const BACKUP_INTERVAL: &str = "etcd_manager_backup_interval_seconds";
 pub const BACKUP_DURATION: &str = "etcd_manager_backup_duration_seconds";
 pub const BACKUP_SIZE: &str = "etcd_manager_backup_size_bytes";
 pub const BACKUPS: &str = "etcd_manager_backups_total";
 pub const GOSSIP_MEMBERS: &str = "etcd_manager_gossip_members";
 pub const ETCD_MEMBERS: &str = "etcd_manager_etcd_members";
+pub const QUARANTINED: &str = "etcd_manager_quarantined";
 pub const RECONCILE_ACTIONS: &str = "etcd_manager_reconcile_actions_total";
 pub const RECONCILE_WAITS: &str = "etcd_manager_reconcile_waits_total";
+pub const STORE_REQUESTS: &str = "etcd_manager_store_requests_total";
 
 /// Describe every metric once, so /metrics carries HELP lines.
 pub fn describe() {
-    metrics::describe_gauge!(
+    use metrics::{describe_counter as c, describe_gauge as g};
+    g!(
         IS_LEADER,
         "1 while this manager holds the lease and acts as leader"
     );
-    metrics::describe_gauge!(
+    g!(
         LEASE_EPOCH,
         "epoch of the lease this manager holds or last saw"
     );
-    metrics::describe_counter!(
+    c!(
         LEADER_CHANGES,
         "times this manager gained or lost leadership"
     );
-    metrics::describe_gauge!(
+    c!(
+        LEASE_OPERATIONS,
+        "lease steps (acquire, renew, observe, release), by result"
+    );
+    g!(
         BACKUP_LAST_SUCCESS,
         "unix time of the last successful backup by this manager"
     );
-    metrics::describe_gauge!(BACKUP_DURATION, "duration of the last backup");
-    metrics::describe_gauge!(BACKUP_SIZE, "compressed size of the last backup");
-    metrics::describe_counter!(BACKUPS, "backups attempted, by result");
-    metrics::describe_gauge!(GOSSIP_MEMBERS, "gossip members by state");
-    metrics::describe_gauge!(ETCD_MEMBERS, "etcd members: desired, actual, healthy");
-    metrics::describe_counter!(
+    g!(BACKUP_INTERVAL, "configured time between periodic backups");
+    g!(BACKUP_DURATION, "duration of the last backup");
+    g!(BACKUP_SIZE, "compressed size of the last backup");
+    c!(BACKUPS, "backups attempted, by result");
+    g!(GOSSIP_MEMBERS, "gossip members by state");
+    g!(
+        ETCD_MEMBERS,
+        "etcd members: desired, actual, healthy (leader only)"
+    );
+    g!(QUARANTINED, "1 while this node's etcd is quarantined");
+    c!(
         RECONCILE_ACTIONS,
         "actions the leader executed, by action and result"
     );
-    metrics::describe_counter!(RECONCILE_WAITS, "controller passes that waited, by reason");
+    c!(RECONCILE_WAITS, "controller passes that waited, by reason");
+    c!(
+        STORE_REQUESTS,
+        "backup store requests, by operation and result"
+    );
 }
 
-/// Serve Prometheus text on `addr` (every path answers with the metrics).
-pub fn install(addr: SocketAddr) -> Result<(), String> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .install()
-        .map_err(|e| {
-            format!("cannot serve metrics on {addr}: {e}; choose another --metrics-address")
-        })?;
+/// Liveness and readiness, fed by the daemon and the driver.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Milliseconds (on the daemon's monotonic clock) of the last driver pass.
+    last_pass_ms: AtomicU64,
+    gossip_up: AtomicBool,
+    /// Our etcd is assigned but not running.
+    etcd_down: AtomicBool,
+}
+
+impl Health {
+    pub fn pass_done(&self, now_ms: u64) {
+        self.last_pass_ms.store(now_ms, Ordering::Relaxed);
+    }
+    pub fn set_gossip_up(&self, up: bool) {
+        self.gossip_up.store(up, Ordering::Relaxed);
+    }
+    pub fn set_etcd_down(&self, down: bool) {
+        self.etcd_down.store(down, Ordering::Relaxed);
+    }
+    /// Alive: the driver made a pass within `stale`.
+    pub fn live(&self, now_ms: u64, stale: Duration) -> Result<(), String> {
+        let last = self.last_pass_ms.load(Ordering::Relaxed);
+        let age = now_ms.saturating_sub(last);
+        if age > stale.as_millis() as u64 {
+            return Err(format!("the controller loop made no pass for {age} ms"));
+        }
+        Ok(())
+    }
+    /// Ready: alive, in the gossip mesh, and our etcd runs if we have one.
+    pub fn ready(&self, now_ms: u64, stale: Duration) -> Result<(), String> {
+        self.live(now_ms, stale)?;
+        if !self.gossip_up.load(Ordering::Relaxed) {
+            return Err("gossip is not running".into());
+        }
+        if self.etcd_down.load(Ordering::Relaxed) {
+            return Err("this node's etcd is assigned but not running".into());
+        }
+        Ok(())
+    }
+}
+
+/// Install the Prometheus recorder (once per process) and return its handle.
+pub fn install_recorder() -> Result<metrics_exporter_prometheus::PrometheusHandle, String> {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     describe();
-    Ok(())
+    Ok(handle)
+}
+
+/// What the HTTP endpoints need.
+pub struct HttpState {
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    pub health: Arc<Health>,
+    /// Reads the daemon's monotonic clock in ms.
+    pub now_ms: Box<dyn Fn() -> u64 + Send + Sync>,
+    pub stale: Duration,
+}
+
+/// Serve `/metrics`, `/healthz` and `/readyz` until cancelled: a deliberately
+/// small HTTP/1.1 responder (GET only, one request per connection).
+pub async fn serve_http(
+    listener: tokio::net::TcpListener,
+    state: Arc<HttpState>,
+    cancel: CancellationToken,
+) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => {
+                let Ok((mut stream, _)) = accepted else { continue };
+                let state = state.clone();
+                conns.spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(10), respond(&mut stream, &state)).await;
+                });
+            }
+        }
+    }
+    conns.shutdown().await;
+}
+
+async fn respond(stream: &mut tokio::net::TcpStream, state: &HttpState) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < buf.len() {
+        let n = stream.read(&mut buf[len..]).await?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+    }
+    let head = String::from_utf8_lossy(&buf[..len]);
+    let mut parts = head.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or("");
+    let now = (state.now_ms)();
+    let (status, ctype, body) = match (method, path) {
+        ("GET", "/metrics") => (
+            "200 OK",
+            "text/plain; version=0.0.4",
+            state.metrics.render(),
+        ),
+        ("GET", "/healthz") => match state.health.live(now, state.stale) {
+            Ok(()) => ("200 OK", "text/plain", "ok\n".to_string()),
+            Err(e) => ("503 Service Unavailable", "text/plain", format!("{e}\n")),
+        },
+        ("GET", "/readyz") => match state.health.ready(now, state.stale) {
+            Ok(()) => ("200 OK", "text/plain", "ok\n".to_string()),
+            Err(e) => ("503 Service Unavailable", "text/plain", format!("{e}\n")),
+        },
+        ("GET", _) => (
+            "404 Not Found",
+            "text/plain",
+            "try /metrics, /healthz or /readyz\n".to_string(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_string(),
+        ),
+    };
+    let resp = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(resp.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// Counts every store request by operation and result (`etcd_manager_store_requests_total`).
+#[derive(Debug)]
+pub struct InstrumentedStore {
+    inner: Arc<dyn object_store::ObjectStore>,
+}
+
+impl InstrumentedStore {
+    pub fn wrap(inner: Arc<dyn object_store::ObjectStore>) -> Arc<dyn object_store::ObjectStore> {
+        Arc::new(InstrumentedStore { inner })
+    }
+}
+
+fn count<T>(op: &'static str, r: &object_store::Result<T>) {
+    let result = match r {
+        Ok(_) => "ok",
+        Err(object_store::Error::NotFound { .. }) => "not_found",
+        Err(
+            object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
+        ) => "conflict",
+        Err(_) => "error",
+    };
+    metrics::counter!(STORE_REQUESTS, "op" => op, "result" => result).increment(1);
+}
+
+impl std::fmt::Display for InstrumentedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.inner)
+    }
+}
+
+use futures::StreamExt;
+use object_store::path::Path;
+
+#[async_trait::async_trait]
+impl object_store::ObjectStore for InstrumentedStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: object_store::PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        let r = self.inner.put_opts(location, payload, opts).await;
+        count("put", &r);
+        r
+    }
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        let r = self.inner.put_multipart_opts(location, opts).await;
+        count("put_multipart", &r);
+        r
+    }
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        let r = self.inner.get_opts(location, options).await;
+        count("get", &r);
+        r
+    }
+    fn delete_stream(
+        &self,
+        locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
+        self.inner
+            .delete_stream(locations)
+            .map(|r| {
+                count("delete", &r);
+                r
+            })
+            .boxed()
+    }
+    fn list(
+        &self,
+        prefix: Option<&Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        // A listing is counted when issued; its failures are counted again as errors.
+        metrics::counter!(STORE_REQUESTS, "op" => "list", "result" => "issued").increment(1);
+        self.inner
+            .list(prefix)
+            .inspect(|r| {
+                if r.is_err() {
+                    metrics::counter!(STORE_REQUESTS, "op" => "list", "result" => "error")
+                        .increment(1);
+                }
+            })
+            .boxed()
+    }
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        let r = self.inner.list_with_delimiter(prefix).await;
+        count("list", &r);
+        r
+    }
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        let r = self.inner.copy_opts(from, to, options).await;
+        count("copy", &r);
+        r
+    }
 }

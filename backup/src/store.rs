@@ -216,6 +216,22 @@ impl BackupStore {
         self.path("etcd-manager/lease")
     }
 
+    /// Write one of our own files under `<base>/etcd-manager/` (status, discovery), replacing it.
+    pub async fn write_manager_file(&self, name: &str, body: Vec<u8>) -> Result<()> {
+        check_name(name)?;
+        self.put(&format!("etcd-manager/{name}"), body, PutMode::Overwrite)
+            .await
+    }
+
+    /// Read one of our own files under `<base>/etcd-manager/`; None when absent.
+    pub async fn read_manager_file(&self, name: &str) -> Result<Option<Bytes>> {
+        check_name(name)?;
+        Ok(self
+            .read(&format!("etcd-manager/{name}"))
+            .await?
+            .map(|(_, b)| b))
+    }
+
     async fn read(&self, rel: &str) -> Result<Option<(Path, Bytes)>> {
         let p = self.path(rel);
         match self.store.get(&p).await {

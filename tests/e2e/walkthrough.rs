@@ -50,7 +50,8 @@ async fn grow_to_three_back_up_and_survive_a_lost_member() {
     let dir = tempfile::tempdir().unwrap();
     let mut env = crate::env(&dir);
     env.backup_interval = "3s";
-    let mut m1 = env.start(1);
+    let metrics = |h: u8| format!("--metrics-address={}:9090", tests::host_ip(env.net, h));
+    let mut m1 = env.start_with(1, &[&metrics(1)]);
     assert!(
         env.ctl(&[
             "-member-count=1",
@@ -66,8 +67,8 @@ async fn grow_to_three_back_up_and_survive_a_lost_member() {
     })
     .await;
 
-    let mut m2 = env.start(2);
-    let mut m3 = env.start(3);
+    let mut m2 = env.start_with(2, &[&metrics(2)]);
+    let mut m3 = env.start_with(3, &[&metrics(3)]);
     let out = env.ctl(&["-member-count=3", "configure-cluster"]);
     assert!(out.success, "{}", out.stderr);
     let voters = wait_for("three voting members", Duration::from_secs(60), || {
@@ -122,6 +123,49 @@ async fn grow_to_three_back_up_and_survive_a_lost_member() {
             m.log_text()
         );
     }
+
+    // Exactly one leader, seen through /metrics; every manager is live and ready.
+    let leaders = wait_for("one leader in /metrics", Duration::from_secs(20), || {
+        let addrs: Vec<String> = (1..=3)
+            .map(|h| format!("{}:9090", tests::host_ip(env.net, h)))
+            .collect();
+        async move {
+            let mut sum = 0.0;
+            for a in &addrs {
+                let (code, body) = tests::http_get(a, "/metrics").await.ok()?;
+                assert_eq!(code, 200);
+                sum += tests::metric_value(&body, "etcd_manager_is_leader")?;
+                assert_eq!(tests::http_get(a, "/healthz").await.ok()?.0, 200);
+                if tests::http_get(a, "/readyz").await.ok()?.0 != 200 {
+                    return None;
+                }
+            }
+            Some(sum)
+        }
+    })
+    .await;
+    assert_eq!(leaders, 1.0);
+
+    // The status report names the leader and three healthy members.
+    let report = wait_for(
+        "a status report with three healthy members",
+        Duration::from_secs(30),
+        || {
+            let out = env.ctl(&["-o", "json", "status"]);
+            async move {
+                let v: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+                let members = v["report"]["members"].as_array()?;
+                (members.len() == 3 && members.iter().all(|m| m["healthy"] == true)).then_some(v)
+            }
+        },
+    )
+    .await;
+    assert!(report["report"]["epoch"].as_u64().unwrap() >= 1);
+    let text = env.ctl(&["status"]).stdout;
+    assert!(
+        text.contains("quarantined: no") && text.contains("last backup: 20"),
+        "{text}"
+    );
 
     // A backup appears and restores into a fresh etcd holding the keys.
     put(&ep1, "/k2", "v2").await.unwrap();

@@ -80,6 +80,8 @@ enum Cmd {
     DeleteCommand { name: String },
     /// Queue a restore of the named backup.
     RestoreBackup { backup: String },
+    /// Leader, epoch, members and their health, quarantine, last backup, queued commands and what the leader waits for.
+    Status,
 }
 
 fn main() -> std::process::ExitCode {
@@ -200,6 +202,7 @@ async fn run(a: CtlArgs) -> anyhow::Result<String> {
             }
             Ok(out)
         }
+        Cmd::Status => status(&store, a.output).await,
         Cmd::RestoreBackup { backup: name } => {
             let backups = store.list_backups().await?;
             if !backups.iter().any(|b| b == name) {
@@ -260,4 +263,129 @@ fn new_spec(a: &CtlArgs, current: Option<&ClusterSpec>) -> anyhow::Result<Cluste
         })?;
     }
     Ok(spec)
+}
+
+async fn status(store: &BackupStore, output: Output) -> anyhow::Result<String> {
+    use etcd_manager::status::{ClusterStatus, STATUS_FILE, age};
+    let now = wall_now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let report: Option<ClusterStatus> = match store.read_manager_file(STATUS_FILE).await? {
+        Some(b) => Some(serde_json::from_slice(&b).with_context(|| {
+            format!("{}/etcd-manager/{STATUS_FILE} is malformed; it is rewritten by the leader within a minute", store.url())
+        })?),
+        None => None,
+    };
+    let spec = store.read_spec().await?;
+    let backups = store.list_backups().await?;
+    let last = backups
+        .iter()
+        .rev()
+        .find(|n| backup::parse_backup_name(n).is_some())
+        .cloned();
+    let last_info = match &last {
+        Some(n) => Some((
+            n.clone(),
+            store.read_backup_info(n).await.ok(),
+            store.read_backup_extra(n).await.ok().flatten(),
+        )),
+        None => None,
+    };
+    let commands = store.list_commands().await?;
+    if output == Output::Json {
+        let v = serde_json::json!({
+            "report": report,
+            "reportAgeSeconds": report.as_ref().map(|r| now - r.written_at),
+            "spec": spec,
+            "lastBackup": last_info.as_ref().map(|(n, info, extra)| serde_json::json!({
+                "name": n,
+                "ageSeconds": backup::parse_backup_name(n).map(|(t, _)| now - t.timestamp()),
+                "etcdVersion": info.as_ref().map(|i| i.etcd_version.clone()),
+                "compressedBytes": extra.as_ref().map(|e| e.compressed_size),
+            })),
+            "backups": backups.len(),
+            "commands": commands.iter().map(|c| serde_json::json!({"name": c.name, "command": c.command})).collect::<Vec<_>>(),
+        });
+        return json(&v);
+    }
+    let mut out = String::new();
+    let spec_text = spec
+        .as_ref()
+        .map_or("none (run configure-cluster)".to_string(), |s| {
+            format!("{} members, etcd {}", s.member_count, s.etcd_version)
+        });
+    out += &format!("spec:        {spec_text}\n");
+    match &report {
+        None => out += "leader:      no leader has reported yet\n",
+        Some(r) => {
+            let stale = if now - r.written_at > 90 {
+                "  (STALE: no leader has reported since)"
+            } else {
+                ""
+            };
+            out += &format!(
+                "leader:      {}  epoch {}  (reported {} ago){stale}\n",
+                r.leader,
+                r.epoch,
+                age(now - r.written_at)
+            );
+            out += &format!(
+                "quarantined: {}\n",
+                if r.quarantined { "yes" } else { "no" }
+            );
+            out += "members:\n";
+            if r.members.is_empty() {
+                out += "  (none)\n";
+            }
+            for m in &r.members {
+                let role = if m.learner {
+                    "learner"
+                } else if m.raft_leader {
+                    "leader"
+                } else {
+                    "voter"
+                };
+                let name = if m.name.is_empty() {
+                    "(not started)"
+                } else {
+                    &m.name
+                };
+                out += &format!(
+                    "  {name:<24} {:<16} {:<9} {role:<8} {}\n",
+                    m.id,
+                    if m.healthy { "healthy" } else { "UNHEALTHY" },
+                    m.peer_urls.join(",")
+                );
+            }
+            out += &format!("managers:    {} in gossip\n", r.peers.len());
+            for w in &r.waits {
+                out += &format!("waiting:     {w}\n");
+            }
+        }
+    }
+    match &last_info {
+        None => out += "last backup: none\n",
+        Some((n, info, extra)) => {
+            let age_text =
+                backup::parse_backup_name(n).map_or("?".into(), |(t, _)| age(now - t.timestamp()));
+            let size = extra
+                .as_ref()
+                .map_or(String::new(), |e| format!(", {} bytes", e.compressed_size));
+            let version = info
+                .as_ref()
+                .map_or(String::new(), |i| format!(", etcd {}", i.etcd_version));
+            out += &format!(
+                "last backup: {n} ({age_text} ago{size}{version}); {} in all\n",
+                backups.len()
+            );
+        }
+    }
+    if commands.is_empty() {
+        out += "commands:    none\n";
+    }
+    for c in &commands {
+        out += &format!("command:     {} {}\n", c.name, c.command.to_upstream_text());
+    }
+    Ok(out)
 }

@@ -12,14 +12,20 @@ use tokio_util::sync::CancellationToken;
 use etcd_manager::clock::{Clock, SystemClock};
 use etcd_manager::config::Config;
 use etcd_manager::driver::{Driver, DriverSettings, PeerPayload};
+use etcd_manager::metrics::{Health, HttpState, InstrumentedStore};
 use etcd_manager::node::{Node, NodeSettings};
 use tracing::Instrument;
 
 /// Run until `shutdown` is cancelled.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store = backup::BackupStore::open(&cfg.backup_store, &cfg.store_options)
+    let raw = backup::BackupStore::open(&cfg.backup_store, &cfg.store_options)
         .with_context(|| "--backup-store".to_string())?;
+    let store = backup::BackupStore::new(
+        InstrumentedStore::wrap(raw.object_store()),
+        raw.base().clone(),
+        raw.url().to_string(),
+    );
 
     let node = Arc::new(Node::open(NodeSettings {
         cluster_name: cfg.cluster_name.clone(),
@@ -48,15 +54,31 @@ async fn run_node(
             cfg.peer_api_addr
         )
     })?;
-    if let Some(addr) = cfg.metrics_address {
-        etcd_manager::metrics::install(addr).map_err(anyhow::Error::msg)?;
-    }
+    let health = Arc::new(Health::default());
+    let http = match cfg.metrics_address {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} for metrics; choose another --metrics-address")
+            })?;
+            let handle = etcd_manager::metrics::install_recorder().map_err(anyhow::Error::msg)?;
+            let start = clock.now();
+            let c = clock.clone();
+            let state = HttpState {
+                metrics: handle,
+                health: health.clone(),
+                now_ms: Box::new(move || {
+                    c.now().saturating_duration_since(start).as_millis() as u64
+                }),
+                stale: cfg.controller_interval * 3 + Duration::from_secs(60),
+            };
+            Some((listener, Arc::new(state)))
+        }
+        None => None,
+    };
+    metrics::gauge!(etcd_manager::metrics::BACKUP_INTERVAL).set(cfg.backup_interval.as_secs_f64());
 
     let cancel = CancellationToken::new();
-    let payload = PeerPayload {
-        cluster_name: cfg.cluster_name.clone(),
-        peer_api: cfg.peer_api_addr,
-    };
+    let payload = PeerPayload::from_info(&node.info().await, cfg.peer_api_addr);
     let mut gcfg = gossip::GossipConfig::new(node.id().to_string(), cfg.gossip_addr);
     gcfg.seeds = cfg.seeds.clone();
     gcfg.discovery_dir = cfg.discovery_dir.clone();
@@ -83,6 +105,7 @@ async fn run_node(
         .await
         .context("the backup store cannot hold the leader lease")?;
 
+    health.set_gossip_up(true);
     node.resume().await?;
     tracing::info!(
         gossip = %cfg.gossip_addr,
@@ -96,13 +119,22 @@ async fn run_node(
     tasks.spawn(
         etcd_manager::peer::serve(listener, node.clone(), server_cancel.clone()).in_current_span(),
     );
+    if let Some((listener, state)) = http {
+        tasks.spawn(etcd_manager::metrics::serve_http(
+            listener,
+            state,
+            server_cancel.clone(),
+        ));
+    }
     let driver_cancel = cancel.child_token();
     let driver = Driver::new(
         DriverSettings {
             cluster_name: cfg.cluster_name.clone(),
+            peer_api: cfg.peer_api_addr,
             backup_interval: cfg.backup_interval,
             controller_interval: cfg.controller_interval,
         },
+        health.clone(),
         store,
         lease,
         gossip.clone(),

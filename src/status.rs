@@ -1,0 +1,131 @@
+//! What `etcd-manager-ctl status` shows: a report the leader writes to
+//! `<base>/etcd-manager/status.json` when it changes (and at least every
+//! [`STATUS_REFRESH`]), so an operator with access to the store sees the
+//! cluster without reaching any manager.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::controller::{Observation, Plan};
+
+pub const STATUS_FILE: &str = "status.json";
+/// Rewrite an unchanged report this often, so its age tells whether a leader is alive.
+pub const STATUS_REFRESH: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    pub cluster_name: String,
+    pub leader: String,
+    pub epoch: u64,
+    /// Unix seconds when the leader wrote this report.
+    pub written_at: i64,
+    pub spec_member_count: i32,
+    pub spec_etcd_version: String,
+    pub members: Vec<MemberStatus>,
+    /// Managers seen through gossip, with their state.
+    pub peers: Vec<PeerStatus>,
+    pub quarantined: bool,
+    /// What the leader is waiting for, in words (empty when idle).
+    pub waits: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    pub name: String,
+    pub id: String,
+    pub peer_urls: Vec<String>,
+    pub healthy: bool,
+    pub learner: bool,
+    pub raft_leader: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStatus {
+    pub id: String,
+    pub answered: bool,
+    pub etcd_version: Option<String>,
+    pub etcd_running: bool,
+}
+
+impl ClusterStatus {
+    /// Build the report from one pass (pure; `written_at` is given).
+    pub fn from_pass(obs: &Observation, plan: &Plan, written_at: i64) -> ClusterStatus {
+        let members = obs
+            .cluster
+            .as_ref()
+            .map(|c| {
+                c.members
+                    .iter()
+                    .map(|m| MemberStatus {
+                        name: m.name.clone(),
+                        id: format!("{:x}", m.id),
+                        peer_urls: m.peer_urls.clone(),
+                        healthy: m.healthy,
+                        learner: m.is_learner,
+                        raft_leader: m.is_leader,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let peers = obs
+            .peers
+            .iter()
+            .map(|p| {
+                let state = p.info.as_ref().and_then(|i| i.etcd_state.as_ref());
+                PeerStatus {
+                    id: p.id.clone(),
+                    answered: p.info.is_some(),
+                    etcd_version: state.map(|s| s.etcd_version.clone()),
+                    etcd_running: state.is_some_and(|s| s.running),
+                }
+            })
+            .collect();
+        let quarantined = obs
+            .peers
+            .iter()
+            .filter_map(|p| p.info.as_ref()?.etcd_state.as_ref())
+            .any(|s| s.quarantined);
+        ClusterStatus {
+            cluster_name: obs.cluster_name.clone(),
+            leader: obs.self_id.clone(),
+            epoch: obs.epoch.unwrap_or(0),
+            written_at,
+            spec_member_count: obs.spec.as_ref().map_or(0, |s| s.member_count),
+            spec_etcd_version: obs
+                .spec
+                .as_ref()
+                .map(|s| s.etcd_version.clone())
+                .unwrap_or_default(),
+            members,
+            peers,
+            quarantined,
+            waits: plan.waits.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// Equal but for the time it was written.
+    pub fn same_content(&self, other: &ClusterStatus) -> bool {
+        ClusterStatus {
+            written_at: 0,
+            ..self.clone()
+        } == ClusterStatus {
+            written_at: 0,
+            ..other.clone()
+        }
+    }
+}
+
+/// Seconds as "45s", "12m", "3h", "2d".
+pub fn age(secs: i64) -> String {
+    match secs {
+        s if s < 0 => "in the future".into(),
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
