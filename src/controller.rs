@@ -79,6 +79,18 @@ pub struct ClusterView {
     pub versions: Vec<String>,
 }
 
+/// A queued restore command, with what the leader knows about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandView {
+    pub name: String,
+    pub backup: String,
+    pub spec: Option<ClusterSpec>,
+    /// The token of the cluster a leader began restoring for this command.
+    pub started_token: Option<String>,
+    /// Why this leader refused it (missing or corrupt backup); it stays queued until deleted.
+    pub refused: Option<String>,
+}
+
 /// Everything the decision needs. Times are values read by the driver.
 #[derive(Debug, Clone)]
 pub struct Observation {
@@ -97,6 +109,8 @@ pub struct Observation {
     pub backup_interval: Duration,
     /// A fresh random token, used if a new cluster is seeded.
     pub new_cluster_token: String,
+    /// Queued restore commands, oldest first.
+    pub commands: Vec<CommandView>,
 }
 
 /// What the leader does next.
@@ -143,6 +157,19 @@ pub enum Action {
     StopEtcd {
         peer: String,
     },
+    /// Verify the backup, stop every etcd (data to the trashcan), restore the
+    /// backup on these peers as a new quarantined cluster.
+    RestoreBackup {
+        command: String,
+        backup: String,
+        token: String,
+        version: String,
+        peers: Vec<String>,
+    },
+    /// The restored cluster is healthy and backed up: remove the command.
+    CompleteRestore {
+        command: String,
+    },
 }
 
 impl Action {
@@ -158,6 +185,8 @@ impl Action {
             Action::PromoteMember { .. } => "promote_member",
             Action::RemoveMember { .. } => "remove_member",
             Action::StopEtcd { .. } => "stop_etcd",
+            Action::RestoreBackup { .. } => "restore_backup",
+            Action::CompleteRestore { .. } => "complete_restore",
         }
     }
 
@@ -165,7 +194,10 @@ impl Action {
     pub fn is_membership_change(&self) -> bool {
         matches!(
             self,
-            Action::AddMember { .. } | Action::PromoteMember { .. } | Action::RemoveMember { .. }
+            Action::AddMember { .. }
+                | Action::PromoteMember { .. }
+                | Action::RemoveMember { .. }
+                | Action::RestoreBackup { .. }
         )
     }
 }
@@ -174,6 +206,7 @@ impl Action {
 pub enum BackupReason {
     Periodic,
     BeforeChange,
+    AfterRestore,
 }
 
 /// Why the leader does not act (further) now.
@@ -215,6 +248,11 @@ pub enum WaitReason {
     ForeignCluster {
         peer: String,
     },
+    /// A restore command that cannot be executed; the cluster is left as it is.
+    RestoreRefused {
+        backup: String,
+        reason: String,
+    },
 }
 
 impl WaitReason {
@@ -234,6 +272,7 @@ impl WaitReason {
             WaitReason::NoIdlePeer { .. } => "no_idle_peer",
             WaitReason::VersionChangePending { .. } => "version_change_pending",
             WaitReason::ForeignCluster { .. } => "foreign_cluster",
+            WaitReason::RestoreRefused { .. } => "restore_refused",
         }
     }
 }
@@ -292,6 +331,11 @@ impl fmt::Display for WaitReason {
                     "peer {peer} runs etcd of another cluster; leaving it alone"
                 )
             }
+            WaitReason::RestoreRefused { backup, reason } => write!(
+                f,
+                "refusing restore-backup {backup}: {reason}; the cluster is left as it is; \
+                 delete the command with etcd-manager-ctl delete-command {backup}"
+            ),
         }
     }
 }
@@ -350,6 +394,96 @@ pub fn reconcile(obs: &Observation) -> Plan {
     if obs.epoch.is_none() {
         return Plan::wait(WaitReason::NotLeader);
     }
+    let refused: Vec<WaitReason> = obs
+        .commands
+        .iter()
+        .filter_map(|c| {
+            let reason = c.refused.clone()?;
+            Some(WaitReason::RestoreRefused {
+                backup: c.backup.clone(),
+                reason,
+            })
+        })
+        .collect();
+    let mut plan = match obs
+        .commands
+        .iter()
+        .find(|c| c.refused.is_none())
+        .and_then(|c| restore(obs, c))
+    {
+        Some(p) => p,
+        None => desired_state(obs),
+    };
+    plan.waits.extend(refused);
+    plan
+}
+
+/// A queued restore: start it, or finish it once the new cluster is healthy.
+/// None: nothing restore-specific to do (the ordinary loop lifts the quarantine).
+fn restore(obs: &Observation, cmd: &CommandView) -> Option<Plan> {
+    let Some(spec) = cmd.spec.as_ref().or(obs.spec.as_ref()) else {
+        return Some(Plan::wait(WaitReason::NoSpec));
+    };
+    if let Err(why) = validate_spec(spec) {
+        return Some(Plan::wait(WaitReason::InvalidSpec(why)));
+    }
+    if let Some(token) = &cmd.started_token {
+        let on_new: Vec<&PeerView> = obs
+            .peers
+            .iter()
+            .filter(|p| p.token() == Some(token.as_str()))
+            .collect();
+        if !on_new.is_empty() {
+            let done = obs
+                .cluster
+                .as_ref()
+                .is_some_and(|c| !c.members.is_empty() && c.members.iter().all(|m| m.healthy))
+                && on_new.iter().all(|p| p.running() && !p.quarantined());
+            if done {
+                return Some(Plan::act(vec![
+                    Action::TakeBackup {
+                        reason: BackupReason::AfterRestore,
+                    },
+                    Action::CompleteRestore {
+                        command: cmd.name.clone(),
+                    },
+                ]));
+            }
+            return None;
+        }
+    }
+    let want = spec.member_count as usize;
+    let need = quorum(want);
+    let answered: Vec<&PeerView> = obs.peers.iter().filter(|p| p.info.is_some()).collect();
+    let mut ready: Vec<String> = answered
+        .iter()
+        .filter(|p| p.has_version(&spec.etcd_version))
+        .map(|p| p.id.clone())
+        .collect();
+    if ready.len() < need {
+        if answered.len() >= need {
+            return Some(Plan::wait(WaitReason::VersionNotInstalled {
+                version: spec.etcd_version.clone(),
+            }));
+        }
+        return Some(Plan::wait(WaitReason::InsufficientPeers {
+            have: answered.len(),
+            need,
+        }));
+    }
+    ready.sort();
+    ready.truncate(want);
+    Some(Plan::act(vec![Action::RestoreBackup {
+        command: cmd.name.clone(),
+        backup: cmd.backup.clone(),
+        token: obs.new_cluster_token.clone(),
+        version: spec.etcd_version.clone(),
+        peers: ready,
+    }]))
+}
+
+/// Bring the cluster towards the spec.
+fn desired_state(obs: &Observation) -> Plan {
     let Some(spec) = &obs.spec else {
         return Plan::wait(WaitReason::NoSpec);
     };

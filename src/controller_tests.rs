@@ -76,6 +76,7 @@ fn obs(member_count: i32, peers: Vec<PeerView>, members: Option<Vec<MemberView>>
         last_backup: Some(t0 + Duration::from_secs(3599)),
         backup_interval: Duration::from_secs(900),
         new_cluster_token: "newtok".into(),
+        commands: vec![],
     }
 }
 
@@ -425,4 +426,108 @@ fn exhaustive_small_clusters_stay_safe() {
             }
         }
     }
+}
+
+fn restore_cmd(started: Option<&str>, refused: Option<&str>) -> CommandView {
+    CommandView {
+        name: "2024-01-01T00:00:00Z-000000".into(),
+        backup: "2023-12-31T23:00:00Z-000001".into(),
+        spec: Some(ClusterSpec {
+            member_count: 3,
+            etcd_version: V.into(),
+        }),
+        started_token: started.map(Into::into),
+        refused: refused.map(Into::into),
+    }
+}
+
+#[test]
+fn total_loss_waits_for_an_operator() {
+    let mut o = obs(3, vec![idle("a"), idle("b"), idle("c")], None);
+    o.created_marker = true;
+    let plan = reconcile(&o);
+    assert_eq!(plan.waits, [WaitReason::RestoreRequired]);
+    assert_eq!(
+        plan.waits[0].to_string(),
+        "etcd has 0 members registered; must issue restore-backup command to proceed"
+    );
+}
+
+#[test]
+fn a_restore_command_restores_on_the_lowest_ids() {
+    let mut o = obs(3, vec![idle("c"), idle("a"), idle("b"), idle("d")], None);
+    o.created_marker = true;
+    o.commands = vec![restore_cmd(None, None)];
+    check(
+        &o,
+        &[Action::RestoreBackup {
+            command: "2024-01-01T00:00:00Z-000000".into(),
+            backup: "2023-12-31T23:00:00Z-000001".into(),
+            token: "newtok".into(),
+            version: V.into(),
+            peers: vec!["a".into(), "b".into(), "c".into()],
+        }],
+        &[],
+    );
+}
+
+#[test]
+fn a_started_restore_is_finished_after_the_cluster_is_healthy() {
+    // Quarantined: the ordinary loop lifts the quarantine first.
+    let peers = vec![running("a", true)];
+    let mut o = obs(1, peers, Some(vec![member(1, "a", true)]));
+    o.commands = vec![restore_cmd(Some("tok"), None)];
+    check(
+        &o,
+        &[Action::LiftQuarantine {
+            peers: vec!["a".into()],
+        }],
+        &[],
+    );
+    // Lifted and healthy: a backup, then the command goes.
+    let mut o = obs(
+        1,
+        vec![running("a", false)],
+        Some(vec![member(1, "a", true)]),
+    );
+    o.commands = vec![restore_cmd(Some("tok"), None)];
+    check(
+        &o,
+        &[
+            Action::TakeBackup {
+                reason: BackupReason::AfterRestore,
+            },
+            Action::CompleteRestore {
+                command: "2024-01-01T00:00:00Z-000000".into(),
+            },
+        ],
+        &[],
+    );
+}
+
+#[test]
+fn a_refused_restore_leaves_the_cluster_alone() {
+    let mut o = obs(
+        1,
+        vec![running("a", false)],
+        Some(vec![member(1, "a", true)]),
+    );
+    o.commands = vec![restore_cmd(None, Some("backup is corrupt"))];
+    let plan = reconcile(&o);
+    assert!(plan.actions.is_empty(), "{plan:?}");
+    assert!(
+        matches!(&plan.waits[..], [WaitReason::RestoreRefused { reason, .. }] if reason == "backup is corrupt")
+    );
+    assert!(plan.waits[0].to_string().contains("delete-command"));
+}
+
+#[test]
+fn a_restore_needs_a_quorum_of_peers() {
+    let mut o = obs(3, vec![idle("a")], None);
+    o.commands = vec![restore_cmd(None, None)];
+    check(
+        &o,
+        &[],
+        &[WaitReason::InsufficientPeers { have: 1, need: 2 }],
+    );
 }

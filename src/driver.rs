@@ -67,6 +67,8 @@ impl PeerPayload {
 const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 const ETCD_TIMEOUT: Duration = Duration::from_secs(5);
+/// A peer downloads, verifies and restores the backup within this time.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(900);
 
 pub struct DriverSettings {
     pub cluster_name: String,
@@ -74,6 +76,10 @@ pub struct DriverSettings {
     pub peer_api: SocketAddr,
     pub backup_interval: Duration,
     pub controller_interval: Duration,
+    /// Where the leader downloads a backup to verify it before a restore.
+    pub scratch_dir: std::path::PathBuf,
+    /// Where etcd binaries are looked for (to check snapshots without our checksum).
+    pub etcd_bin_dirs: Vec<std::path::PathBuf>,
 }
 
 pub struct Driver {
@@ -91,6 +97,8 @@ pub struct Driver {
     last_waits: Vec<String>,
     last_payload: Option<PeerPayload>,
     last_status: Option<(crate::status::ClusterStatus, Instant)>,
+    /// Restore commands this leader refused, with the reason.
+    refused: BTreeMap<String, String>,
 }
 
 fn executing_error(e: impl std::fmt::Display) -> String {
@@ -124,6 +132,7 @@ impl Driver {
             last_waits: vec![],
             last_payload: None,
             last_status: None,
+            refused: BTreeMap::new(),
         }
     }
 
@@ -319,6 +328,23 @@ impl Driver {
         }))
         .await;
         let spec = self.store.read_spec().await.map_err(executing_error)?;
+        let commands = self
+            .store
+            .list_commands()
+            .await
+            .map_err(executing_error)?
+            .into_iter()
+            .filter_map(|c| {
+                let r = c.command.restore_backup.as_ref()?;
+                Some(controller::CommandView {
+                    refused: self.refused.get(&c.name).cloned(),
+                    name: c.name.clone(),
+                    backup: r.backup.clone(),
+                    spec: r.cluster_spec.clone(),
+                    started_token: c.restore_started.as_ref().map(|p| p.cluster_token.clone()),
+                })
+            })
+            .collect();
         let created_marker = self
             .store
             .read_created()
@@ -355,6 +381,7 @@ impl Driver {
             last_backup: self.last_backup,
             backup_interval: self.settings.backup_interval,
             new_cluster_token: new_token(),
+            commands,
         })
     }
 
@@ -528,6 +555,25 @@ impl Driver {
                 }
                 Ok(())
             }
+            Action::RestoreBackup {
+                command,
+                backup,
+                token,
+                version,
+                peers,
+            } => {
+                self.restore_backup(command, backup, token, version, peers, obs, &fence)
+                    .await
+            }
+            Action::CompleteRestore { command } => {
+                self.store
+                    .delete_command(command)
+                    .await
+                    .map_err(executing_error)?;
+                self.refused.remove(command);
+                tracing::info!(%command, "restore complete; command removed");
+                Ok(())
+            }
             Action::StopEtcd { peer: id } => peer::call(
                 self.addr_of(id)?,
                 &Request::StopEtcd(fence.clone()),
@@ -583,6 +629,103 @@ impl Driver {
             .map_err(executing_error)?;
         tracing::info!(peer = %id, "new member started");
         Ok(())
+    }
+
+    /// Verify first (nothing is touched if the backup is missing or corrupt),
+    /// then record the new token, stop every etcd, restore on the chosen peers.
+    #[allow(clippy::too_many_arguments)]
+    async fn restore_backup(
+        &mut self,
+        command: &str,
+        backup: &str,
+        token: &str,
+        version: &str,
+        peers: &[String],
+        obs: &Observation,
+        fence: &Fence,
+    ) -> Result<(), String> {
+        match self.verify_backup(backup, version).await {
+            Ok(()) => {}
+            Err((true, reason)) => {
+                tracing::error!(%command, %backup, %reason, "restore refused");
+                self.refused.insert(command.to_string(), reason.clone());
+                return Err(reason);
+            }
+            Err((false, reason)) => {
+                return Err(format!("cannot verify backup {backup} now: {reason}"));
+            }
+        }
+        let nodes: Vec<EtcdNodeConfig> = peers
+            .iter()
+            .filter_map(|p| info_of(obs, p))
+            .map(|i| i.node_config)
+            .collect();
+        if nodes.len() != peers.len() {
+            return Err("a chosen peer vanished before the restore".into());
+        }
+        let mut targets = vec![];
+        for p in peers {
+            targets.push(self.addr_of(p)?);
+        }
+        self.store
+            .mark_restore_started(
+                command,
+                &backup::RestoreProgress {
+                    cluster_token: token.to_string(),
+                    leader_epoch: fence.epoch,
+                },
+            )
+            .await
+            .map_err(executing_error)?;
+        // Stop every etcd first, so no member of the old cluster serves while the new one forms.
+        let running: Vec<String> = obs
+            .peers
+            .iter()
+            .filter(|p| p.info.as_ref().is_some_and(|i| i.etcd_state.is_some()))
+            .map(|p| p.id.clone())
+            .collect();
+        for p in running {
+            let addr = self.addr_of(&p)?;
+            peer::call(addr, &Request::StopEtcd(fence.clone()), JOIN_TIMEOUT)
+                .await
+                .map_err(executing_error)?;
+        }
+        let req = Request::RestoreBackup(peer::RestoreBackup {
+            fence: fence.clone(),
+            cluster_token: token.to_string(),
+            backup: backup.to_string(),
+            etcd_version: version.to_string(),
+            nodes,
+        });
+        for addr in targets {
+            peer::call(addr, &req, RESTORE_TIMEOUT)
+                .await
+                .map_err(executing_error)?;
+        }
+        tracing::info!(%backup, %token, %version, members = peers.len(), "backup restored into a new quarantined cluster");
+        Ok(())
+    }
+
+    /// Download and check a backup on the leader before anything is touched.
+    /// Err((true, why)): the backup itself is unusable (missing, corrupt);
+    /// Err((false, why)): a passing problem (store unreachable, disk), try later.
+    async fn verify_backup(&self, backup: &str, version: &str) -> Result<(), (bool, String)> {
+        let dir = &self.settings.scratch_dir;
+        std::fs::create_dir_all(dir).map_err(|e| (false, format!("{}: {e}", dir.display())))?;
+        let file = dir.join("verify.db");
+        let result = async {
+            let got = self.store.download_backup(backup, &file).await.map_err(|e| (!e.is_retryable(), e.to_string()))?;
+            if !got.verified_checksum {
+                let v: etcd::EtcdVersion = version.parse().map_err(|e: etcd::Error| (true, e.to_string()))?;
+                let binaries = etcd::find_binaries(&v, &self.settings.etcd_bin_dirs).map_err(|e| (false, e.to_string()))?;
+                etcd::verify_snapshot(&binaries, &file).await.map_err(|e| (true, e.to_string()))?;
+            }
+            tracing::info!(%backup, bytes = got.snapshot_size, checksum = got.verified_checksum, "backup verified");
+            Ok(())
+        }
+        .await;
+        let _ = std::fs::remove_file(&file);
+        result
     }
 
     async fn take_backup(

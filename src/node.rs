@@ -18,6 +18,9 @@ use crate::peer::{
 
 const STATE_FILE: &str = "state.json";
 const STATE_FORMAT: u32 = 1;
+/// Revisions jump by this much on a restore (etcd 3.5+), so every watcher
+/// sees a compaction and re-lists instead of silently missing events.
+pub const RESTORE_BUMP_REVISION: u64 = 1_000_000_000;
 /// How long etcd gets to stop after SIGTERM.
 pub const ETCD_STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -67,6 +70,8 @@ pub struct NodeSettings {
     pub listen_address: Option<String>,
     pub bin_dirs: Vec<PathBuf>,
     pub etcd_env_overrides: Vec<(String, String)>,
+    /// Where backups are read from for a restore.
+    pub store: backup::BackupStore,
 }
 
 struct Inner {
@@ -322,6 +327,7 @@ impl Node {
                 None => Ok(()),
             },
             Request::StopEtcd(_) => self.stop_for_good(&mut inner).await,
+            Request::RestoreBackup(r) => self.restore(&mut inner, r).await,
         };
         match result {
             Ok(()) => Response::Done,
@@ -427,6 +433,62 @@ impl Node {
             self.persist(inner).map_err(|e| e.to_string())?;
         }
         Ok(())
+    }
+
+    /// Restore a backup into a new data dir and start it as a quarantined
+    /// member of the new cluster. The backup is verified before any data dir is
+    /// touched; the old data goes to the trashcan, never deleted here.
+    async fn restore(
+        &self,
+        inner: &mut Inner,
+        r: crate::peer::RestoreBackup,
+    ) -> Result<(), String> {
+        if inner
+            .state
+            .etcd
+            .as_ref()
+            .is_some_and(|l| l.cluster_token == r.cluster_token)
+        {
+            return Ok(()); // repeated request
+        }
+        if !r.nodes.iter().any(|n| n.name == self.id) {
+            return Err("this node is not in the cluster it was asked to restore".into());
+        }
+        let version: etcd::EtcdVersion = r
+            .etcd_version
+            .parse()
+            .map_err(|e: etcd::Error| e.to_string())?;
+        let binaries =
+            etcd::find_binaries(&version, &self.settings.bin_dirs).map_err(|e| e.to_string())?;
+        let scratch = self.settings.data_dir.join("restore");
+        std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+        let file = scratch.join(format!("{}.db", r.cluster_token));
+        let result = async {
+            let got = self.settings.store.download_backup(&r.backup, &file).await.map_err(|e| e.to_string())?;
+            if !got.verified_checksum {
+                etcd::verify_snapshot(&binaries, &file).await.map_err(|e| e.to_string())?;
+            }
+            // Verified: only now touch the data dirs.
+            self.stop_for_good(inner).await?;
+            let local = LocalEtcd {
+                cluster_token: r.cluster_token.clone(),
+                etcd_version: r.etcd_version.clone(),
+                quarantined: true,
+                nodes: r.nodes.clone(),
+                new_cluster: true,
+            };
+            let spec = self.spec_for(&local);
+            let bump = version.has_etcdutl().then_some(RESTORE_BUMP_REVISION);
+            etcd::restore_snapshot(&binaries, &file, &spec, bump).await.map_err(|e| e.to_string())?;
+            tracing::info!(backup = %r.backup, token = %r.cluster_token, bump_revision = bump, "backup restored into a new data dir");
+            inner.state.etcd = Some(local.clone());
+            self.persist(inner).map_err(|e| e.to_string())?;
+            inner.process = Some(self.spawn_etcd(&local).map_err(|e| e.to_string())?);
+            Ok(())
+        }
+        .await;
+        let _ = std::fs::remove_file(&file);
+        result
     }
 
     /// Stop the local etcd (shutdown of the manager); the assignment stays.

@@ -93,6 +93,17 @@ pub struct Reconfigure {
     pub quarantined: Option<bool>,
 }
 
+/// Replace this node's etcd with a member of a new cluster restored from a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreBackup {
+    pub fence: Fence,
+    pub cluster_token: String,
+    pub backup: String,
+    pub etcd_version: String,
+    /// The whole new cluster.
+    pub nodes: Vec<EtcdNodeConfig>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     GetInfo,
@@ -100,6 +111,7 @@ pub enum Request {
     Reconfigure(Reconfigure),
     /// Stop etcd for good and move its data to the trashcan (the member was removed).
     StopEtcd(Fence),
+    RestoreBackup(RestoreBackup),
 }
 
 impl Request {
@@ -109,6 +121,7 @@ impl Request {
             Request::JoinCluster(j) => Some(&j.fence),
             Request::Reconfigure(r) => Some(&r.fence),
             Request::StopEtcd(f) => Some(f),
+            Request::RestoreBackup(r) => Some(&r.fence),
         }
     }
 
@@ -119,6 +132,7 @@ impl Request {
             Request::JoinCluster(_) => "join_cluster",
             Request::Reconfigure(_) => "reconfigure",
             Request::StopEtcd(_) => "stop_etcd",
+            Request::RestoreBackup(_) => "restore_backup",
         }
     }
 }

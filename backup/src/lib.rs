@@ -20,14 +20,16 @@ pub use model::{
     BackupExtra, BackupInfo, ClusterSpec, Command, CreatedMarker, RestoreBackupCommand,
 };
 pub use store::{
-    BackupStore, BackupSummary, DownloadedBackup, StoreOptions, StoredCommand, format_backup_name,
-    parse_backup_name,
+    BackupStore, BackupSummary, DownloadedBackup, RestoreProgress, StoreOptions, StoredCommand,
+    format_backup_name, parse_backup_name,
 };
 
 pub const BACKUP_DATA_FILE: &str = "etcd.backup.gz";
 pub const BACKUP_META_FILE: &str = "_etcd_backup.meta";
 pub const BACKUP_EXTRA_FILE: &str = "etcd-manager-backup.json";
 pub const COMMAND_FILE: &str = "_command.json";
+/// Ours, beside `_command.json`: a restore in progress.
+pub const RESTORE_MARKER_FILE: &str = "etcd-manager-restore.json";
 pub const CONTROL_DIR: &str = "control";
 pub const SPEC_FILE: &str = "etcd-cluster-spec";
 pub const CREATED_FILE: &str = "etcd-cluster-created";

@@ -9,6 +9,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
 use sha2::{Digest, Sha256};
 
+use crate::RESTORE_MARKER_FILE;
 use crate::error::{Error, Result};
 use crate::model::{BackupExtra, BackupInfo, ClusterSpec, Command, CreatedMarker};
 use crate::{
@@ -31,6 +32,16 @@ pub struct StoreOptions {
 pub struct StoredCommand {
     pub name: String,
     pub command: Command,
+    /// Set once a leader began executing this restore (our own file in the command's folder).
+    pub restore_started: Option<RestoreProgress>,
+}
+
+/// `control/<name>/etcd-manager-restore.json`: which new cluster a restore created, and by which leader.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreProgress {
+    pub cluster_token: String,
+    pub leader_epoch: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -361,14 +372,18 @@ impl BackupStore {
             .collect())
     }
 
-    /// Queued commands, sorted by name.
+    /// Queued commands, sorted by name (one listing, then one read per command).
     pub async fn list_commands(&self) -> Result<Vec<StoredCommand>> {
-        let mut names: Vec<String> = self
-            .list_under(Some(CONTROL_DIR))
-            .await?
-            .into_iter()
+        let files = self.list_under(Some(CONTROL_DIR)).await?;
+        let in_folder = |name: &str, file: &str| {
+            files
+                .iter()
+                .any(|f| *f == format!("{CONTROL_DIR}/{name}/{file}"))
+        };
+        let mut names: Vec<String> = files
+            .iter()
             .filter_map(|rel| {
-                let rest = rel.strip_prefix(&format!("{CONTROL_DIR}/"))?.to_string();
+                let rest = rel.strip_prefix(&format!("{CONTROL_DIR}/"))?;
                 let (name, file) = rest.split_once('/')?;
                 (file == COMMAND_FILE).then(|| name.to_string())
             })
@@ -377,14 +392,39 @@ impl BackupStore {
         let mut out = vec![];
         for name in names {
             let rel = format!("{CONTROL_DIR}/{name}/{COMMAND_FILE}");
-            if let Some(command) = self
+            let Some(command) = self
                 .read_json::<Command>(&rel, "delete it with etcd-manager-ctl delete-command")
                 .await?
-            {
-                out.push(StoredCommand { name, command });
-            }
+            else {
+                continue;
+            };
+            let restore_started = if in_folder(&name, RESTORE_MARKER_FILE) {
+                self.read_json(
+                    &format!("{CONTROL_DIR}/{name}/{RESTORE_MARKER_FILE}"),
+                    "delete this file to start the restore over",
+                )
+                .await?
+            } else {
+                None
+            };
+            out.push(StoredCommand {
+                name,
+                command,
+                restore_started,
+            });
         }
         Ok(out)
+    }
+
+    /// Record that a leader began executing restore command `name`.
+    pub async fn mark_restore_started(&self, name: &str, progress: &RestoreProgress) -> Result<()> {
+        check_name(name)?;
+        self.put(
+            &format!("{CONTROL_DIR}/{name}/{RESTORE_MARKER_FILE}"),
+            Self::pretty(progress),
+            PutMode::Overwrite,
+        )
+        .await
     }
 
     /// Queue a command under a fresh name (create-if-absent, next sequence on conflict).

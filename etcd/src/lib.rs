@@ -22,6 +22,6 @@ pub use client::{DEFAULT_TIMEOUT, EndpointStatus, EtcdClient, Member, SnapshotSt
 pub use env::{EtcdNodeSpec, etcd_env, etcd_env_overrides_from_process, replace_url_host};
 pub use error::Error;
 pub use process::{EtcdProcess, ProcessStatus};
-pub use restore::restore_snapshot;
+pub use restore::{SnapshotInfo, restore_snapshot, verify_snapshot};
 pub use state::{read_json, write_json_atomic};
 pub use version::EtcdVersion;

@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod ctl;
+mod disaster;
 mod walkthrough;
 
 use tests::ClusterEnv;

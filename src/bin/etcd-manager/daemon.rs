@@ -34,6 +34,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         listen_address: cfg.etcd_listen_address.clone(),
         bin_dirs: cfg.etcd_bin_dirs.clone(),
         etcd_env_overrides: etcd::etcd_env_overrides_from_process(),
+        store: store.clone(),
     })?);
     let span = tracing::info_span!("node", cluster = %cfg.cluster_name, id = %node.id());
     run_node(cfg, node, store, clock, shutdown)
@@ -133,6 +134,8 @@ async fn run_node(
             peer_api: cfg.peer_api_addr,
             backup_interval: cfg.backup_interval,
             controller_interval: cfg.controller_interval,
+            scratch_dir: cfg.data_dir.join("restore-check"),
+            etcd_bin_dirs: cfg.etcd_bin_dirs.clone(),
         },
         health.clone(),
         store,

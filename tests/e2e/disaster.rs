@@ -1,0 +1,236 @@
+//! Disaster recovery: total loss, restore-backup, refused restores.
+
+use std::time::Duration;
+
+use tests::{get, members, put, wait_for};
+
+async fn status_json(env: &tests::ClusterEnv) -> Option<serde_json::Value> {
+    serde_json::from_str(&env.ctl(&["-o", "json", "status"]).stdout).ok()
+}
+
+async fn waits(env: &tests::ClusterEnv) -> Vec<String> {
+    status_json(env)
+        .await
+        .and_then(|v| v["report"]["waits"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|w| w.as_str().map(str::to_string))
+        .collect()
+}
+
+/// The newest backup whose recorded revision covers `revision`.
+async fn backup_covering(env: &tests::ClusterEnv, revision: i64) -> String {
+    let store = backup::BackupStore::open(&env.store_url, &Default::default()).unwrap();
+    wait_for(
+        "a backup covering the written keys",
+        Duration::from_secs(30),
+        || {
+            let store = store.clone();
+            async move {
+                for n in store.list_backups().await.ok()?.iter().rev() {
+                    if store.read_backup_extra(n).await.ok()??.revision? >= revision {
+                        return Some(n.clone());
+                    }
+                }
+                None
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn total_loss_then_restore_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = crate::env(&dir);
+    env.backup_interval = "3s";
+    let mut ms: Vec<_> = (1..=3).map(|h| env.start(h)).collect();
+    assert!(
+        env.ctl(&[
+            "-member-count=3",
+            "-etcd-version=3.5.30",
+            "configure-cluster"
+        ])
+        .success
+    );
+    let ep = env.client_url(1);
+    wait_for("three healthy voters", Duration::from_secs(60), || {
+        let ep = ep.clone();
+        async move {
+            put(&ep, "/probe", "x").await.ok()?;
+            let ms = members(&ep).await.ok()?;
+            (ms.len() == 3 && ms.iter().all(|m| !m.is_learner && !m.name.is_empty())).then_some(())
+        }
+    })
+    .await;
+    for i in 0..20 {
+        put(&ep, &format!("/keys/{i}"), &format!("value-{i}"))
+            .await
+            .unwrap();
+    }
+    let client = etcd::EtcdClient::connect(std::slice::from_ref(&ep), Duration::from_secs(3))
+        .await
+        .unwrap();
+    let revision = client.status().await.unwrap().revision;
+    let name = backup_covering(&env, revision).await;
+
+    // Everything is lost: managers, etcd processes, data dirs.
+    for m in &mut ms {
+        m.kill_all();
+    }
+    std::fs::remove_dir_all(dir.path().join("data")).unwrap();
+    let before = env.ctl(&["list-backups"]).stdout.lines().count();
+    let ms: Vec<_> = (1..=3).map(|h| env.start(h)).collect();
+
+    // The leader creates nothing and says why.
+    wait_for("the leader asks for restore-backup", Duration::from_secs(60), || {
+        let env = env.clone();
+        async move {
+            waits(&env)
+                .await
+                .iter()
+                .any(|w| w.contains("etcd has 0 members registered; must issue restore-backup command to proceed"))
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(
+        get(&ep, "/keys/1").await.is_err(),
+        "no cluster may exist before the restore"
+    );
+
+    let out = env.ctl(&["restore-backup", &name]);
+    assert!(out.success, "{}", out.stderr);
+    wait_for(
+        "the restored keys through the client URL",
+        Duration::from_secs(120),
+        || {
+            let ep = ep.clone();
+            async move { get(&ep, "/keys/19").await.ok()?.filter(|v| v == "value-19") }
+        },
+    )
+    .await;
+    for i in 0..20 {
+        assert_eq!(
+            get(&ep, &format!("/keys/{i}")).await.unwrap().as_deref(),
+            Some(format!("value-{i}").as_str())
+        );
+    }
+    // Revisions moved forward, so watchers re-list instead of missing events.
+    let client = etcd::EtcdClient::connect(std::slice::from_ref(&ep), Duration::from_secs(3))
+        .await
+        .unwrap();
+    let after = client.status().await.unwrap().revision;
+    assert!(after > 1_000_000_000, "revision {after} was not bumped");
+    // Three members again, the command gone, a fresh backup taken.
+    wait_for(
+        "three members, the command removed and a new backup",
+        Duration::from_secs(60),
+        || {
+            let (env, ep) = (env.clone(), ep.clone());
+            async move {
+                let ms = members(&ep).await.ok()?;
+                let cmds = env.ctl(&["list-commands"]).stdout;
+                let backups = env.ctl(&["list-backups"]).stdout.lines().count();
+                (ms.len() == 3 && cmds.is_empty() && backups > before).then_some(())
+            }
+        },
+    )
+    .await;
+    drop(ms);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn corrupt_or_missing_backups_are_refused_and_the_cluster_keeps_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = crate::env(&dir);
+    env.backup_interval = "2s";
+    let m1 = env.start(1);
+    assert!(
+        env.ctl(&[
+            "-member-count=1",
+            "-etcd-version=3.5.30",
+            "configure-cluster"
+        ])
+        .success
+    );
+    let ep = env.client_url(1);
+    wait_for("a serving member", Duration::from_secs(30), || {
+        let ep = ep.clone();
+        async move { put(&ep, "/k", "v").await.ok() }
+    })
+    .await;
+    let name = backup_covering(&env, 2).await;
+    // Flip one byte of the backup's data.
+    let data = env.store_path().join(&name).join("etcd.backup.gz");
+    let mut bytes = std::fs::read(&data).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&data, bytes).unwrap();
+    assert!(env.ctl(&["restore-backup", &name]).success);
+
+    wait_for(
+        "the corrupt backup refused",
+        Duration::from_secs(30),
+        || {
+            let env = env.clone();
+            async move {
+                waits(&env)
+                    .await
+                    .iter()
+                    .any(|w| w.contains("refusing restore-backup") && w.contains("corrupt"))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    // The cluster keeps serving, the command stays queued, the manager did not crash.
+    put(&ep, "/still", "here").await.unwrap();
+    assert_eq!(get(&ep, "/k").await.unwrap().as_deref(), Some("v"));
+    assert_eq!(env.ctl(&["list-commands"]).stdout.lines().count(), 1);
+    let mut m1 = m1;
+    assert!(
+        m1.try_exit().is_none(),
+        "manager exited:\n{}",
+        m1.log_text()
+    );
+
+    // A command naming a backup that does not exist (written by another tool).
+    assert!(env.ctl(&["delete-command", &name]).success);
+    let store = backup::BackupStore::open(&env.store_url, &Default::default()).unwrap();
+    let cmd = backup::Command {
+        timestamp: 1,
+        restore_backup: Some(backup::RestoreBackupCommand {
+            cluster_spec: None,
+            backup: "2001-01-01T00:00:00Z-000001".into(),
+        }),
+    };
+    store
+        .add_command(&cmd, std::time::SystemTime::now())
+        .await
+        .unwrap();
+    wait_for(
+        "the missing backup refused",
+        Duration::from_secs(30),
+        || {
+            let env = env.clone();
+            async move {
+                waits(&env)
+                    .await
+                    .iter()
+                    .any(|w| {
+                        w.contains("refusing restore-backup 2001-01-01T00:00:00Z-000001")
+                            && w.contains("does not exist")
+                    })
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    put(&ep, "/still", "serving").await.unwrap();
+    assert!(
+        m1.try_exit().is_none(),
+        "manager exited:\n{}",
+        m1.log_text()
+    );
+}
