@@ -68,6 +68,14 @@ pub struct Args {
     #[arg(long, env = "ETCD_MANAGER_BACKUP_INTERVAL", default_value = "15m", value_parser = humantime::parse_duration)]
     pub backup_interval: Duration,
 
+    /// Keep hourly backups this long (Go duration, or Nd / Ny); upstream's variable name.
+    #[arg(long, env = "ETCD_MANAGER_HOURLY_BACKUPS_RETENTION", default_value = "7d", value_parser = backup::parse_retention)]
+    pub hourly_backups_retention: Duration,
+
+    /// Keep daily backups this long (Go duration, or Nd / Ny); upstream's variable name.
+    #[arg(long, env = "ETCD_MANAGER_DAILY_BACKUPS_RETENTION", default_value = "90d", value_parser = backup::parse_retention)]
+    pub daily_backups_retention: Duration,
+
     /// UDP port for gossip, on --address.
     #[arg(long, env = "ETCD_MANAGER_GOSSIP_PORT", default_value_t = 8000)]
     pub gossip_port: u16,
@@ -140,6 +148,7 @@ pub struct Config {
     pub etcd_listen_address: Option<String>,
     pub etcd_bin_dirs: Vec<PathBuf>,
     pub backup_interval: Duration,
+    pub retention: backup::RetentionPolicy,
     pub controller_interval: Duration,
     pub lease: lock::LeaseConfig,
     pub metrics_address: Option<SocketAddr>,
@@ -243,6 +252,12 @@ impl TryFrom<Args> for Config {
         if a.backup_interval < Duration::from_secs(1) {
             return Err(invalid("backup-interval", "must be at least 1s"));
         }
+        if a.daily_backups_retention < a.hourly_backups_retention {
+            return Err(invalid(
+                "daily-backups-retention",
+                "must be at least --hourly-backups-retention",
+            ));
+        }
         if a.controller_interval < Duration::from_millis(100) {
             return Err(invalid("controller-interval", "must be at least 100ms"));
         }
@@ -287,6 +302,10 @@ impl TryFrom<Args> for Config {
             etcd_listen_address: a.etcd_address,
             etcd_bin_dirs: a.etcd_bin_dir,
             backup_interval: a.backup_interval,
+            retention: backup::RetentionPolicy {
+                hourly: a.hourly_backups_retention,
+                daily: a.daily_backups_retention,
+            },
             controller_interval: a.controller_interval,
             lease,
             metrics_address,

@@ -111,6 +111,12 @@ pub struct Observation {
     pub new_cluster_token: String,
     /// Queued restore commands, oldest first.
     pub commands: Vec<CommandView>,
+    /// When this leader last applied the retention policy.
+    pub last_retention: Option<Instant>,
+    /// An operator asked for a backup now.
+    pub backup_requested: bool,
+    /// An operator allowed a new empty cluster although backups exist.
+    pub allow_new_cluster: bool,
 }
 
 /// What the leader does next.
@@ -170,6 +176,10 @@ pub enum Action {
     CompleteRestore {
         command: String,
     },
+    /// Delete backups the retention policy does not keep.
+    ApplyRetention,
+    /// The on-demand backup is done: remove the request.
+    ClearBackupRequest,
 }
 
 impl Action {
@@ -187,6 +197,8 @@ impl Action {
             Action::StopEtcd { .. } => "stop_etcd",
             Action::RestoreBackup { .. } => "restore_backup",
             Action::CompleteRestore { .. } => "complete_restore",
+            Action::ApplyRetention => "apply_retention",
+            Action::ClearBackupRequest => "clear_backup_request",
         }
     }
 
@@ -207,7 +219,12 @@ pub enum BackupReason {
     Periodic,
     BeforeChange,
     AfterRestore,
+    /// `etcd-manager-ctl backup-now`.
+    OnDemand,
 }
+
+/// Backups are cleaned up at most this often.
+pub const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Why the leader does not act (further) now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,7 +310,8 @@ impl fmt::Display for WaitReason {
             WaitReason::CreatedMarkerMissing => write!(
                 f,
                 "control/etcd-cluster-created is missing but backups exist; refusing to create an empty cluster: \
-                 restore a backup with etcd-manager-ctl restore-backup"
+                 restore a backup with etcd-manager-ctl restore-backup, or start empty on purpose \
+                 with etcd-manager-ctl seed-new-cluster"
             ),
             WaitReason::InsufficientPeers { have, need } => {
                 write!(
@@ -503,7 +521,7 @@ fn no_cluster(obs: &Observation, spec: &ClusterSpec) -> Plan {
     if obs.created_marker {
         return Plan::wait(WaitReason::RestoreRequired);
     }
-    if obs.backups_exist {
+    if obs.backups_exist && !obs.allow_new_cluster {
         return Plan::wait(WaitReason::CreatedMarkerMissing);
     }
     let want = spec.member_count as usize;
@@ -725,13 +743,29 @@ fn running_cluster(obs: &Observation, spec: &ClusterSpec, cluster: &ClusterView)
         }
     }
 
-    if backup_due {
+    if obs.backup_requested && all_healthy {
         return Plan {
-            actions: vec![Action::TakeBackup {
-                reason: BackupReason::Periodic,
-            }],
+            actions: vec![
+                Action::TakeBackup {
+                    reason: BackupReason::OnDemand,
+                },
+                Action::ClearBackupRequest,
+            ],
             waits,
         };
+    }
+    if backup_due {
+        let mut actions = vec![Action::TakeBackup {
+            reason: BackupReason::Periodic,
+        }];
+        // Retention runs at most hourly, and only after a successful backup.
+        if obs
+            .last_retention
+            .is_none_or(|t| obs.now.saturating_duration_since(t) >= RETENTION_INTERVAL)
+        {
+            actions.push(Action::ApplyRetention);
+        }
+        return Plan { actions, waits };
     }
     Plan {
         actions: vec![],

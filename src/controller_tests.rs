@@ -77,6 +77,9 @@ fn obs(member_count: i32, peers: Vec<PeerView>, members: Option<Vec<MemberView>>
         backup_interval: Duration::from_secs(900),
         new_cluster_token: "newtok".into(),
         commands: vec![],
+        last_retention: Some(t0 + Duration::from_secs(3599)),
+        backup_requested: false,
+        allow_new_cluster: false,
     }
 }
 
@@ -530,4 +533,70 @@ fn a_restore_needs_a_quorum_of_peers() {
         &[],
         &[WaitReason::InsufficientPeers { have: 1, need: 2 }],
     );
+}
+
+#[test]
+fn retention_follows_a_periodic_backup_at_most_hourly() {
+    let mut o = obs(
+        1,
+        vec![running("a", false)],
+        Some(vec![member(1, "a", true)]),
+    );
+    o.last_backup = None;
+    o.last_retention = None;
+    check(
+        &o,
+        &[
+            Action::TakeBackup {
+                reason: BackupReason::Periodic,
+            },
+            Action::ApplyRetention,
+        ],
+        &[],
+    );
+    o.last_retention = Some(o.now - Duration::from_secs(600));
+    check(
+        &o,
+        &[Action::TakeBackup {
+            reason: BackupReason::Periodic,
+        }],
+        &[],
+    );
+}
+
+#[test]
+fn backup_now_is_taken_then_cleared() {
+    let mut o = obs(
+        1,
+        vec![running("a", false)],
+        Some(vec![member(1, "a", true)]),
+    );
+    o.backup_requested = true;
+    check(
+        &o,
+        &[
+            Action::TakeBackup {
+                reason: BackupReason::OnDemand,
+            },
+            Action::ClearBackupRequest,
+        ],
+        &[],
+    );
+}
+
+#[test]
+fn an_operator_may_allow_a_new_cluster_despite_backups() {
+    let mut o = obs(1, vec![idle("a")], None);
+    o.backups_exist = true;
+    check(&o, &[], &[WaitReason::CreatedMarkerMissing]);
+    assert!(
+        reconcile(&o).waits[0]
+            .to_string()
+            .contains("seed-new-cluster")
+    );
+    o.allow_new_cluster = true;
+    assert!(matches!(
+        &reconcile(&o).actions[..],
+        [Action::SeedCluster { .. }]
+    ));
 }

@@ -80,7 +80,13 @@ pub struct DriverSettings {
     pub scratch_dir: std::path::PathBuf,
     /// Where etcd binaries are looked for (to check snapshots without our checksum).
     pub etcd_bin_dirs: Vec<std::path::PathBuf>,
+    pub retention: backup::RetentionPolicy,
 }
+
+/// `etcd-manager-ctl backup-now` leaves this file under `<store>/etcd-manager/`.
+pub const BACKUP_NOW_FILE: &str = "backup-now";
+/// `etcd-manager-ctl seed-new-cluster` leaves this file under `<store>/etcd-manager/`.
+pub const ALLOW_NEW_CLUSTER_FILE: &str = "allow-new-cluster";
 
 pub struct Driver {
     settings: DriverSettings,
@@ -99,6 +105,7 @@ pub struct Driver {
     last_status: Option<(crate::status::ClusterStatus, Instant)>,
     /// Restore commands this leader refused, with the reason.
     refused: BTreeMap<String, String>,
+    last_retention: Option<Instant>,
 }
 
 fn executing_error(e: impl std::fmt::Display) -> String {
@@ -133,6 +140,7 @@ impl Driver {
             last_payload: None,
             last_status: None,
             refused: BTreeMap::new(),
+            last_retention: None,
         }
     }
 
@@ -328,6 +336,12 @@ impl Driver {
         }))
         .await;
         let spec = self.store.read_spec().await.map_err(executing_error)?;
+        let backup_requested = self
+            .store
+            .read_manager_file(BACKUP_NOW_FILE)
+            .await
+            .map_err(executing_error)?
+            .is_some();
         let commands = self
             .store
             .list_commands()
@@ -362,6 +376,13 @@ impl Driver {
         } else {
             false
         };
+        let allow_new_cluster = backups_exist
+            && self
+                .store
+                .read_manager_file(ALLOW_NEW_CLUSTER_FILE)
+                .await
+                .map_err(executing_error)?
+                .is_some();
         if let (Some(c), Some(s)) = (&cluster, &spec) {
             metrics::gauge!(m::ETCD_MEMBERS, "kind" => "desired").set(s.member_count as f64);
             metrics::gauge!(m::ETCD_MEMBERS, "kind" => "actual").set(c.members.len() as f64);
@@ -382,6 +403,9 @@ impl Driver {
             backup_interval: self.settings.backup_interval,
             new_cluster_token: new_token(),
             commands,
+            last_retention: self.last_retention,
+            backup_requested,
+            allow_new_cluster,
         })
     }
 
@@ -475,6 +499,12 @@ impl Driver {
                         .map_err(executing_error)?;
                 }
                 tracing::info!(%token, %version, members = peers.len(), "seeded a new quarantined cluster");
+                if obs.allow_new_cluster {
+                    self.store
+                        .delete_manager_file(ALLOW_NEW_CLUSTER_FILE)
+                        .await
+                        .map_err(executing_error)?;
+                }
                 Ok(())
             }
             Action::WriteCreatedMarker => self
@@ -565,6 +595,21 @@ impl Driver {
                 self.restore_backup(command, backup, token, version, peers, obs, &fence)
                     .await
             }
+            Action::ApplyRetention => {
+                let deleted = self
+                    .store
+                    .apply_retention(self.clock.wall(), &self.settings.retention)
+                    .await
+                    .map_err(executing_error)?;
+                self.last_retention = Some(self.clock.now());
+                tracing::info!(deleted = deleted.len(), "retention applied");
+                Ok(())
+            }
+            Action::ClearBackupRequest => self
+                .store
+                .delete_manager_file(BACKUP_NOW_FILE)
+                .await
+                .map_err(executing_error),
             Action::CompleteRestore { command } => {
                 self.store
                     .delete_command(command)

@@ -13,12 +13,14 @@
 
 mod error;
 mod model;
+mod retention;
 mod store;
 
 pub use error::{Error, Result};
 pub use model::{
     BackupExtra, BackupInfo, ClusterSpec, Command, CreatedMarker, RestoreBackupCommand,
 };
+pub use retention::{RetentionPolicy, parse_retention, select_for_deletion};
 pub use store::{
     BackupStore, BackupSummary, DownloadedBackup, RestoreProgress, StoreOptions, StoredCommand,
     format_backup_name, parse_backup_name,

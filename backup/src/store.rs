@@ -234,6 +234,16 @@ impl BackupStore {
             .await
     }
 
+    /// Delete one of our own files under `<base>/etcd-manager/` (absent is fine).
+    pub async fn delete_manager_file(&self, name: &str) -> Result<()> {
+        check_name(name)?;
+        let p = self.path(&format!("etcd-manager/{name}"));
+        match self.store.delete(&p).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Error::store("delete", &p, e)),
+        }
+    }
+
     /// Read one of our own files under `<base>/etcd-manager/`; None when absent.
     pub async fn read_manager_file(&self, name: &str) -> Result<Option<Bytes>> {
         check_name(name)?;
@@ -713,6 +723,46 @@ impl BackupStore {
         .await;
         cleanup();
         result
+    }
+
+    /// Delete the backups `policy` does not keep, with one listing in all.
+    /// Returns the names deleted.
+    pub async fn apply_retention(
+        &self,
+        now: SystemTime,
+        policy: &crate::RetentionPolicy,
+    ) -> Result<Vec<String>> {
+        let files = self.list_under(None).await?;
+        let names: Vec<String> = {
+            let mut v: Vec<String> = files
+                .iter()
+                .filter_map(|rel| {
+                    let (name, file) = rel.split_once('/')?;
+                    (file == BACKUP_META_FILE && name != CONTROL_DIR).then(|| name.to_string())
+                })
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let doomed = crate::select_for_deletion(&names, now.into(), policy);
+        for name in &doomed {
+            // The meta first, so a half-deleted backup is invisible rather than broken.
+            let mut paths: Vec<&String> = files
+                .iter()
+                .filter(|f| f.starts_with(&format!("{name}/")))
+                .collect();
+            paths.sort_by_key(|f| !f.ends_with(BACKUP_META_FILE));
+            for rel in paths {
+                let p = self.path(rel);
+                match self.store.delete(&p).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(Error::store("delete", &p, e)),
+                }
+            }
+            tracing::info!(backup = %name, "backup deleted by retention");
+        }
+        Ok(doomed)
     }
 
     pub async fn delete_backup(&self, name: &str) -> Result<()> {

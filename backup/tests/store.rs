@@ -534,3 +534,56 @@ mod moto {
             .find(|p| p.is_file())
     }
 }
+
+#[tokio::test]
+async fn retention_deletes_with_one_listing_and_spares_odd_names() {
+    let counting = Arc::new(CountingStore {
+        inner: object_store::memory::InMemory::new(),
+        lists: AtomicUsize::new(0),
+    });
+    let store = BackupStore::new(counting.clone(), Path::from("base"), "memory://".into());
+    // One backup an hour for three days.
+    for h in 0..72u64 {
+        store
+            .write_backup(
+                snapshot_stream(vec![1; 100]),
+                &info(),
+                None,
+                None,
+                t0() + Duration::from_secs(h * 3600),
+            )
+            .await
+            .unwrap();
+    }
+    counting
+        .inner
+        .put(&Path::from("base/odd-name/_etcd_backup.meta"), "{}".into())
+        .await
+        .unwrap();
+    let now = t0() + Duration::from_secs(72 * 3600);
+    let policy = backup::RetentionPolicy {
+        hourly: Duration::from_secs(86_400),
+        daily: Duration::from_secs(2 * 86_400),
+    };
+    let before = counting.lists.load(Ordering::SeqCst);
+    let deleted = store.apply_retention(now, &policy).await.unwrap();
+    assert_eq!(
+        counting.lists.load(Ordering::SeqCst) - before,
+        1,
+        "one listing per cleanup"
+    );
+    let left = store.list_backups().await.unwrap();
+    // Ages 1..23 h: one per hour, 23 kept; ages 24..47 h span two UTC days: the
+    // oldest of each kept; older than 48 h: deleted. Plus the odd name.
+    assert_eq!(left.len(), 23 + 2 + 1, "{left:?}");
+    assert!(left.contains(&"odd-name".to_string()));
+    assert_eq!(deleted.len(), 72 - 25);
+    for d in &deleted {
+        let files: Vec<_> = futures::TryStreamExt::try_collect::<Vec<_>>(
+            counting.inner.list(Some(&Path::from(format!("base/{d}")))),
+        )
+        .await
+        .unwrap();
+        assert!(files.is_empty(), "{d} left files behind");
+    }
+}

@@ -32,6 +32,29 @@ async fn single_member(version: &str) {
         got.stdout.trim(),
         format!("member_count:1 etcd_version:\"{version}\"")
     );
+
+    // A backup on demand, executed by the leader within seconds.
+    let out = env.ctl(&["backup-now", "--timeout=30s"]);
+    assert!(out.success, "{}", out.stderr);
+    let name = out.stdout.trim().to_string();
+    assert!(backup::parse_backup_name(&name).is_some(), "{name}");
+    let wide = env.ctl(&["-o", "wide", "list-backups"]).stdout;
+    let line = wide
+        .lines()
+        .find(|l| l.starts_with(&name))
+        .unwrap_or_else(|| panic!("{name} not in\n{wide}"));
+    assert!(line.contains(version) && line.ends_with("sha256"), "{line}");
+    // The leader consumed the request (a periodic backup would not have).
+    let request = env.store_path().join("etcd-manager").join("backup-now");
+    wait_for(
+        "the backup request consumed",
+        Duration::from_secs(30),
+        || {
+            let gone = !request.exists();
+            async move { gone.then_some(()) }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -64,6 +64,8 @@ struct CtlArgs {
 enum Output {
     Text,
     Json,
+    /// list-backups with age, etcd version, size and checksum.
+    Wide,
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,6 +84,15 @@ enum Cmd {
     RestoreBackup { backup: String },
     /// Leader, epoch, members and their health, quarantine, last backup, queued commands and what the leader waits for.
     Status,
+    /// Ask the leader for a backup now; waits until it is listed and prints its name.
+    BackupNow {
+        /// How long to wait for the backup to appear.
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Allow the leader to create a new EMPTY cluster although backups exist (after the
+    /// created marker was lost and you do not want to restore).
+    SeedNewCluster,
 }
 
 fn main() -> std::process::ExitCode {
@@ -146,7 +157,7 @@ async fn run(a: CtlArgs) -> anyhow::Result<String> {
                 format!("no cluster spec in {url}; create one with configure-cluster")
             })?;
             match a.output {
-                Output::Text => Ok(format!("{}\n", spec.to_upstream_text())),
+                Output::Text | Output::Wide => Ok(format!("{}\n", spec.to_upstream_text())),
                 Output::Json => json(&spec),
             }
         }
@@ -161,12 +172,13 @@ async fn run(a: CtlArgs) -> anyhow::Result<String> {
             match a.output {
                 Output::Text => Ok(names.iter().map(|n| format!("{n}\n")).collect()),
                 Output::Json => json(&names),
+                Output::Wide => list_backups_wide(&store, &names).await,
             }
         }
         Cmd::ListCommands => {
             let cmds = store.list_commands().await?;
             match a.output {
-                Output::Text => Ok(cmds
+                Output::Text | Output::Wide => Ok(cmds
                     .iter()
                     .map(|c| format!("{}\n", c.command.to_upstream_text()))
                     .collect()),
@@ -203,6 +215,25 @@ async fn run(a: CtlArgs) -> anyhow::Result<String> {
             Ok(out)
         }
         Cmd::Status => status(&store, a.output).await,
+        Cmd::BackupNow { timeout } => backup_now(&store, *timeout).await,
+        Cmd::SeedNewCluster => {
+            if store.read_spec().await?.is_none() {
+                bail!("no cluster spec yet; run configure-cluster first");
+            }
+            if store.read_created().await?.is_some() {
+                bail!(
+                    "control/etcd-cluster-created exists: a cluster was created here; restore a backup instead"
+                );
+            }
+            store
+                .write_manager_file(etcd_manager::driver::ALLOW_NEW_CLUSTER_FILE, b"{}".to_vec())
+                .await?;
+            Ok(
+                "the leader may now create a new EMPTY cluster although backups exist; \
+                existing backups are kept and can still be restored\n"
+                    .to_string(),
+            )
+        }
         Cmd::RestoreBackup { backup: name } => {
             let backups = store.list_backups().await?;
             if !backups.iter().any(|b| b == name) {
@@ -388,4 +419,67 @@ async fn status(store: &BackupStore, output: Output) -> anyhow::Result<String> {
         out += &format!("command:     {} {}\n", c.name, c.command.to_upstream_text());
     }
     Ok(out)
+}
+
+async fn list_backups_wide(store: &BackupStore, names: &[String]) -> anyhow::Result<String> {
+    use etcd_manager::status::age;
+    let now = wall_now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let mut out = format!(
+        "{:<28} {:>6} {:<8} {:>12} {}\n",
+        "NAME", "AGE", "ETCD", "BYTES", "CHECKSUM"
+    );
+    for n in names {
+        let age_text =
+            backup::parse_backup_name(n).map_or("?".to_string(), |(t, _)| age(now - t.timestamp()));
+        let version = store
+            .read_backup_info(n)
+            .await
+            .map(|i| i.etcd_version)
+            .unwrap_or_else(|_| "?".into());
+        let extra = store.read_backup_extra(n).await.ok().flatten();
+        let size = extra
+            .as_ref()
+            .map_or("?".to_string(), |e| e.compressed_size.to_string());
+        let sum = if extra.is_some() { "sha256" } else { "none" };
+        out += &format!("{n:<28} {age_text:>6} {version:<8} {size:>12} {sum}\n");
+    }
+    Ok(out)
+}
+
+/// Ask the leader for a backup and wait until a new one is listed.
+#[allow(clippy::disallowed_methods)] // the ctl polls with real time
+async fn backup_now(store: &BackupStore, timeout: std::time::Duration) -> anyhow::Result<String> {
+    let before: std::collections::BTreeSet<String> =
+        store.list_backups().await?.into_iter().collect();
+    let stamp = wall_now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    store
+        .write_manager_file(
+            etcd_manager::driver::BACKUP_NOW_FILE,
+            format!("{{\"requestedAt\":{stamp}}}\n").into_bytes(),
+        )
+        .await?;
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(new) = store
+            .list_backups()
+            .await?
+            .into_iter()
+            .find(|n| !before.contains(n))
+        {
+            return Ok(format!("{new}\n"));
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "no new backup within {}; the request stays queued (is a leader running? see etcd-manager-ctl status)",
+                humantime::format_duration(timeout)
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }

@@ -136,6 +136,7 @@ async fn run_node(
             controller_interval: cfg.controller_interval,
             scratch_dir: cfg.data_dir.join("restore-check"),
             etcd_bin_dirs: cfg.etcd_bin_dirs.clone(),
+            retention: cfg.retention,
         },
         health.clone(),
         store,

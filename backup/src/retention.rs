@@ -1,0 +1,179 @@
+//! Which backups to keep: upstream's policy, with configurable horizons.
+//!
+//! By the age of a backup (from its name): younger than an hour, keep all;
+//! younger than the hourly horizon, keep the oldest of each clock hour;
+//! younger than the daily horizon, keep the oldest of each UTC day; older,
+//! delete. A name that does not parse is never deleted.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, Timelike, Utc};
+
+use crate::store::parse_backup_name;
+
+/// The horizons (upstream: `ETCD_MANAGER_HOURLY_BACKUPS_RETENTION`, `ETCD_MANAGER_DAILY_BACKUPS_RETENTION`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    pub hourly: Duration,
+    pub daily: Duration,
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        RetentionPolicy {
+            hourly: Duration::from_secs(7 * 86_400),
+            daily: Duration::from_secs(90 * 86_400),
+        }
+    }
+}
+
+/// Parse a Go duration with upstream's extra units: `168h`, `1h30m`, `7d`, `1y`, `90d12h`.
+pub fn parse_retention(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("empty duration; write e.g. 168h, 7d or 1y".into());
+    }
+    let mut total = 0f64;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_len == 0 {
+            return Err(format!(
+                "'{s}' is not a duration: expected a number at '{rest}'; write e.g. 168h, 7d or 1y"
+            ));
+        }
+        let n: f64 = rest[..num_len]
+            .parse()
+            .map_err(|_| format!("'{s}': bad number '{}'", &rest[..num_len]))?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let secs = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86_400.0,
+            "y" => 365.0 * 86_400.0,
+            u => {
+                return Err(format!(
+                    "'{s}': unknown unit '{u}'; use ns, us, ms, s, m, h, d or y"
+                ));
+            }
+        };
+        rest = &rest[unit_len..];
+        total += n * secs;
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+/// The backups to delete under `policy` at `now`. Pure.
+pub fn select_for_deletion(
+    names: &[String],
+    now: DateTime<Utc>,
+    policy: &RetentionPolicy,
+) -> Vec<String> {
+    let mut parsed: Vec<(DateTime<Utc>, u32, &String)> = names
+        .iter()
+        .filter_map(|n| parse_backup_name(n).map(|(t, seq)| (t, seq, n)))
+        .collect();
+    parsed.sort();
+    let mut hours_kept = BTreeSet::new();
+    let mut days_kept = BTreeSet::new();
+    let mut delete = vec![];
+    for (t, _, name) in parsed {
+        let age = (now - t).to_std().unwrap_or(Duration::ZERO);
+        let keep = if age < Duration::from_secs(3600) {
+            true
+        } else if age < policy.hourly {
+            hours_kept.insert((t.year(), t.ordinal(), t.hour()))
+        } else if age < policy.daily {
+            days_kept.insert((t.year(), t.ordinal()))
+        } else {
+            false
+        };
+        if !keep {
+            delete.push(name.clone());
+        }
+    }
+    delete
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap()
+    }
+
+    fn name(t: DateTime<Utc>, seq: u32) -> String {
+        crate::store::format_backup_name(t.into(), seq)
+    }
+
+    #[test]
+    fn durations_parse_like_upstream() {
+        assert_eq!(
+            parse_retention("168h").unwrap(),
+            Duration::from_secs(168 * 3600)
+        );
+        assert_eq!(
+            parse_retention("7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(parse_retention("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(
+            parse_retention("1y").unwrap(),
+            Duration::from_secs(365 * 86_400)
+        );
+        for bad in ["", "7", "d", "7w", "1h-"] {
+            assert!(parse_retention(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keeps_all_recent_then_hourly_then_daily() {
+        let now = at(2024, 3, 31, 12, 0);
+        let p = RetentionPolicy {
+            hourly: Duration::from_secs(2 * 86_400),
+            daily: Duration::from_secs(10 * 86_400),
+        };
+        let names = vec![
+            name(at(2024, 3, 31, 11, 30), 1), // < 1h: keep
+            name(at(2024, 3, 31, 11, 10), 2), // < 1h: keep
+            name(at(2024, 3, 31, 9, 5), 3),   // hourly: oldest of 09h: keep
+            name(at(2024, 3, 31, 9, 50), 4),  // hourly: second of 09h: delete
+            name(at(2024, 3, 28, 1, 0), 5),   // daily: oldest of the 28th: keep
+            name(at(2024, 3, 28, 23, 0), 6),  // daily: second of the 28th: delete
+            name(at(2024, 3, 1, 0, 0), 7),    // older than the daily horizon: delete
+            "not-a-backup-name".to_string(),  // never deleted
+        ];
+        let mut got = select_for_deletion(&names, now, &p);
+        got.sort();
+        let mut want = vec![names[3].clone(), names[5].clone(), names[6].clone()];
+        want.sort();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn every_backup_of_the_last_hour_survives() {
+        let now = at(2024, 1, 1, 10, 0);
+        let names: Vec<String> = (0..50)
+            .map(|i| {
+                name(
+                    at(2024, 1, 1, 9, 1) + chrono::Duration::seconds(i * 60),
+                    i as u32,
+                )
+            })
+            .collect();
+        assert!(select_for_deletion(&names, now, &RetentionPolicy::default()).is_empty());
+    }
+}
