@@ -50,6 +50,12 @@ impl PeerView {
             .as_ref()
             .is_some_and(|i| i.installed_versions.iter().any(|x| x == v))
     }
+    fn etcd_version(&self) -> Option<&str> {
+        self.info
+            .as_ref()
+            .and_then(|i| i.etcd_state.as_ref())
+            .map(|s| s.etcd_version.as_str())
+    }
     fn peer_urls(&self) -> &[String] {
         self.info
             .as_ref()
@@ -176,6 +182,11 @@ pub enum Action {
     CompleteRestore {
         command: String,
     },
+    /// Restart one member's etcd on its own data dir with another version.
+    UpgradeMember {
+        peer: String,
+        version: String,
+    },
     /// Delete backups the retention policy does not keep.
     ApplyRetention,
     /// The on-demand backup is done: remove the request.
@@ -198,6 +209,7 @@ impl Action {
             Action::RestoreBackup { .. } => "restore_backup",
             Action::CompleteRestore { .. } => "complete_restore",
             Action::ApplyRetention => "apply_retention",
+            Action::UpgradeMember { .. } => "upgrade_member",
             Action::ClearBackupRequest => "clear_backup_request",
         }
     }
@@ -340,7 +352,9 @@ impl fmt::Display for WaitReason {
             WaitReason::VersionChangePending { from, to } => {
                 write!(
                     f,
-                    "etcd version change {from} -> {to} is not supported by this release"
+                    "etcd version change {from} -> {to} needs a dump and restore (a downgrade or a jump of \
+                     more than one minor version), which this release does not do yet; go one minor \
+                     version at a time, or back up and restore-backup"
                 )
             }
             WaitReason::ForeignCluster { peer } => {
@@ -553,6 +567,74 @@ fn no_cluster(obs: &Observation, spec: &ClusterSpec) -> Plan {
     }])
 }
 
+/// Whether every member can move from its version to `to` in place, one at a
+/// time: same major, no downgrade, at most one minor step.
+pub fn rolling_compatible(from: &[&str], to: &str) -> bool {
+    let Ok(to) = to.parse::<etcd::EtcdVersion>() else {
+        return false;
+    };
+    from.iter().all(|f| {
+        f.parse::<etcd::EtcdVersion>()
+            .is_ok_and(|f| f.major == to.major && f <= to && to.minor - f.minor <= 1)
+    })
+}
+
+/// A rolling version change: one member at a time, followers before the raft
+/// leader, a backup first. None when every member runs the spec's version.
+fn version_change(
+    obs: &Observation,
+    spec: &ClusterSpec,
+    members: &[MemberView],
+    running: &BTreeSet<&str>,
+    all_healthy: bool,
+) -> Option<Plan> {
+    let target = spec.etcd_version.as_str();
+    let behind: Vec<(&MemberView, &PeerView)> = members
+        .iter()
+        .filter_map(|m| Some((m, peer_of(obs, m)?)))
+        .filter(|(_, p)| p.etcd_version().is_some_and(|v| v != target))
+        .collect();
+    if behind.is_empty() {
+        return None;
+    }
+    let mut from: BTreeSet<&str> = behind
+        .iter()
+        .filter_map(|(_, p)| p.etcd_version())
+        .collect();
+    from.extend(running.iter().copied());
+    let from: Vec<&str> = from.into_iter().collect();
+    if !rolling_compatible(&from, target) {
+        return Some(Plan::wait(WaitReason::VersionChangePending {
+            from: from.join(","),
+            to: target.to_string(),
+        }));
+    }
+    if !all_healthy {
+        return Some(Plan::wait(WaitReason::ClusterUnhealthy {
+            healthy: members.iter().filter(|m| m.healthy).count(),
+            voters: members.iter().filter(|m| !m.is_learner).count(),
+        }));
+    }
+    let (_, peer) = behind
+        .iter()
+        .find(|(m, _)| !m.is_leader)
+        .or(behind.first())?;
+    if !peer.has_version(target) {
+        return Some(Plan::wait(WaitReason::VersionNotInstalled {
+            version: target.to_string(),
+        }));
+    }
+    Some(Plan::act(vec![
+        Action::TakeBackup {
+            reason: BackupReason::BeforeChange,
+        },
+        Action::UpgradeMember {
+            peer: peer.id.clone(),
+            version: target.to_string(),
+        },
+    ]))
+}
+
 /// The peer that runs a member: by name, else by peer URL.
 fn peer_of<'a>(obs: &'a Observation, m: &MemberView) -> Option<&'a PeerView> {
     obs.peers.iter().find(|p| {
@@ -591,13 +673,6 @@ fn running_cluster(obs: &Observation, spec: &ClusterSpec, cluster: &ClusterView)
 
     let mut waits = vec![];
     let current: BTreeSet<&str> = cluster.versions.iter().map(String::as_str).collect();
-    if !current.is_empty() && !current.contains(spec.etcd_version.as_str()) {
-        let from = current.iter().copied().collect::<Vec<_>>().join(",");
-        waits.push(WaitReason::VersionChangePending {
-            from,
-            to: spec.etcd_version.clone(),
-        });
-    }
     let version = current
         .iter()
         .next()
@@ -738,6 +813,17 @@ fn running_cluster(obs: &Observation, spec: &ClusterSpec, cluster: &ClusterView)
                         name: m.name.clone(),
                     },
                 ],
+                waits,
+            };
+        }
+    }
+
+    if let Some(plan) = version_change(obs, spec, members, &current, all_healthy) {
+        if plan.actions.is_empty() {
+            waits.extend(plan.waits);
+        } else {
+            return Plan {
+                actions: plan.actions,
                 waits,
             };
         }

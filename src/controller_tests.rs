@@ -600,3 +600,79 @@ fn an_operator_may_allow_a_new_cluster_despite_backups() {
         [Action::SeedCluster { .. }]
     ));
 }
+
+fn on_version(mut p: PeerView, v: &str) -> PeerView {
+    if let Some(s) = p.info.as_mut().and_then(|i| i.etcd_state.as_mut()) {
+        s.etcd_version = v.into();
+    }
+    if let Some(i) = p.info.as_mut() {
+        i.installed_versions = vec!["3.4.23".into(), V.into()];
+    }
+    p
+}
+
+#[test]
+fn a_minor_upgrade_rolls_one_follower_at_a_time_with_a_backup_first() {
+    let peers = vec![
+        on_version(running("a", false), "3.4.23"),
+        on_version(running("b", false), "3.4.23"),
+        on_version(running("c", false), V),
+    ];
+    let ms = vec![
+        member(1, "a", true),
+        member(2, "b", true),
+        member(3, "c", true),
+    ];
+    let mut o = obs(3, peers, Some(ms));
+    if let Some(c) = o.cluster.as_mut() {
+        c.versions = vec!["3.4.23".into(), V.into()];
+    }
+    // "a" is the raft leader: "b" goes first.
+    check(
+        &o,
+        &[
+            Action::TakeBackup {
+                reason: BackupReason::BeforeChange,
+            },
+            Action::UpgradeMember {
+                peer: "b".into(),
+                version: V.into(),
+            },
+        ],
+        &[],
+    );
+    // Never while a member is unhealthy.
+    if let Some(c) = o.cluster.as_mut() {
+        c.members[2].healthy = false;
+    }
+    assert!(reconcile(&o).actions.is_empty());
+}
+
+#[test]
+fn downgrades_and_big_jumps_are_not_rolled() {
+    assert!(rolling_compatible(&["3.4.23"], "3.5.30"));
+    assert!(rolling_compatible(&["3.5.16", "3.5.30"], "3.5.30"));
+    assert!(!rolling_compatible(&["3.3.25"], "3.5.30"), "two minors");
+    assert!(!rolling_compatible(&["3.5.30"], "3.4.23"), "downgrade");
+    assert!(
+        !rolling_compatible(&["3.5.30"], "3.5.16"),
+        "patch downgrade"
+    );
+    let o = {
+        let mut o = obs(
+            1,
+            vec![on_version(running("a", false), V)],
+            Some(vec![member(1, "a", true)]),
+        );
+        if let Some(s) = o.spec.as_mut() {
+            s.etcd_version = "3.4.23".into();
+        }
+        o
+    };
+    let plan = reconcile(&o);
+    assert!(plan.actions.is_empty(), "{plan:?}");
+    assert!(
+        matches!(&plan.waits[..], [WaitReason::VersionChangePending { .. }]),
+        "{plan:?}"
+    );
+}

@@ -516,6 +516,7 @@ impl Driver {
                 let req = Request::Reconfigure(Reconfigure {
                     fence: fence.clone(),
                     quarantined: Some(false),
+                    etcd_version: None,
                 });
                 for p in peers.clone() {
                     peer::call(self.addr_of(&p)?, &req, JOIN_TIMEOUT)
@@ -594,6 +595,18 @@ impl Driver {
             } => {
                 self.restore_backup(command, backup, token, version, peers, obs, &fence)
                     .await
+            }
+            Action::UpgradeMember { peer: id, version } => {
+                let req = Request::Reconfigure(Reconfigure {
+                    fence: fence.clone(),
+                    quarantined: None,
+                    etcd_version: Some(version.clone()),
+                });
+                peer::call(self.addr_of(id)?, &req, JOIN_TIMEOUT)
+                    .await
+                    .map_err(executing_error)?;
+                tracing::info!(peer = %id, %version, "member restarted on the new version");
+                Ok(())
             }
             Action::ApplyRetention => {
                 let deleted = self

@@ -322,10 +322,10 @@ impl Node {
         let result = match req {
             Request::GetInfo => unreachable_info(),
             Request::JoinCluster(j) => self.join(&mut inner, j).await,
-            Request::Reconfigure(r) => match r.quarantined {
-                Some(q) => self.set_quarantine(&mut inner, q).await,
-                None => Ok(()),
-            },
+            Request::Reconfigure(r) => {
+                self.reconfigure(&mut inner, r.quarantined, r.etcd_version)
+                    .await
+            }
             Request::StopEtcd(_) => self.stop_for_good(&mut inner).await,
             Request::RestoreBackup(r) => self.restore(&mut inner, r).await,
         };
@@ -393,22 +393,37 @@ impl Node {
         }
     }
 
-    async fn set_quarantine(&self, inner: &mut Inner, quarantined: bool) -> Result<(), String> {
-        let Some(mut local) = inner.state.etcd.clone() else {
+    /// Restart etcd on its own data dir with another quarantine or version.
+    /// The new version's binaries are found before the running etcd is stopped.
+    async fn reconfigure(
+        &self,
+        inner: &mut Inner,
+        quarantined: Option<bool>,
+        version: Option<String>,
+    ) -> Result<(), String> {
+        let Some(old) = inner.state.etcd.clone() else {
             return Err("this node runs no etcd".into());
         };
-        if local.quarantined == quarantined {
+        let mut local = old.clone();
+        if let Some(q) = quarantined {
+            local.quarantined = q;
+        }
+        if let Some(v) = version {
+            let parsed: etcd::EtcdVersion = v.parse().map_err(|e: etcd::Error| e.to_string())?;
+            etcd::find_binaries(&parsed, &self.settings.bin_dirs).map_err(|e| e.to_string())?;
+            local.etcd_version = v;
+        }
+        if local == old {
             return Ok(());
         }
         if let Some(p) = inner.process.take() {
             p.stop(ETCD_STOP_TIMEOUT).await.map_err(|e| e.to_string())?;
         }
-        local.quarantined = quarantined;
         local.new_cluster = false;
         inner.state.etcd = Some(local.clone());
         self.persist(inner).map_err(|e| e.to_string())?;
         inner.process = Some(self.spawn_etcd(&local).map_err(|e| e.to_string())?);
-        tracing::info!(quarantined, "restarted etcd with new quarantine");
+        tracing::info!(quarantined = local.quarantined, version = %local.etcd_version, "restarted etcd");
         Ok(())
     }
 

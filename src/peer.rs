@@ -91,6 +91,8 @@ pub struct JoinCluster {
 pub struct Reconfigure {
     pub fence: Fence,
     pub quarantined: Option<bool>,
+    /// Restart on the same data dir with this etcd version.
+    pub etcd_version: Option<String>,
 }
 
 /// Replace this node's etcd with a member of a new cluster restored from a backup.
