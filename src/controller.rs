@@ -187,6 +187,14 @@ pub enum Action {
         peer: String,
         version: String,
     },
+    /// Keep clients out: move these peers to their quarantine URLs.
+    Quarantine {
+        peers: Vec<String>,
+    },
+    /// Queue a restore of the backup just taken, on this spec (a version change by dump and restore).
+    QueueRestore {
+        spec: ClusterSpec,
+    },
     /// Delete backups the retention policy does not keep.
     ApplyRetention,
     /// The on-demand backup is done: remove the request.
@@ -209,6 +217,8 @@ impl Action {
             Action::RestoreBackup { .. } => "restore_backup",
             Action::CompleteRestore { .. } => "complete_restore",
             Action::ApplyRetention => "apply_retention",
+            Action::Quarantine { .. } => "quarantine",
+            Action::QueueRestore { .. } => "queue_restore",
             Action::UpgradeMember { .. } => "upgrade_member",
             Action::ClearBackupRequest => "clear_backup_request",
         }
@@ -352,9 +362,8 @@ impl fmt::Display for WaitReason {
             WaitReason::VersionChangePending { from, to } => {
                 write!(
                     f,
-                    "etcd version change {from} -> {to} needs a dump and restore (a downgrade or a jump of \
-                     more than one minor version), which this release does not do yet; go one minor \
-                     version at a time, or back up and restore-backup"
+                    "etcd version change {from} -> {to} goes by dump and restore (a downgrade or a jump of \
+                     more than one minor version); waiting for the queued restore"
                 )
             }
             WaitReason::ForeignCluster { peer } => {
@@ -579,6 +588,66 @@ pub fn rolling_compatible(from: &[&str], to: &str) -> bool {
     })
 }
 
+/// Versions the members run (from their peers) and the cluster reports.
+fn member_versions<'a>(
+    obs: &'a Observation,
+    members: &[MemberView],
+    running: &BTreeSet<&'a str>,
+) -> Vec<&'a str> {
+    let mut from: BTreeSet<&str> = members
+        .iter()
+        .filter_map(|m| peer_of(obs, m)?.etcd_version())
+        .collect();
+    from.extend(running.iter().copied());
+    from.into_iter().collect()
+}
+
+/// A version change that cannot roll (a downgrade, or a jump of two minors):
+/// quarantine every member, back up, and queue a restore of that backup on
+/// the target version; the restore path does the rest and lifts the quarantine.
+fn dump_and_restore(
+    obs: &Observation,
+    spec: &ClusterSpec,
+    members: &[MemberView],
+    running: &BTreeSet<&str>,
+) -> Option<Plan> {
+    let target = spec.etcd_version.as_str();
+    let from = member_versions(obs, members, running);
+    if from.is_empty() || from.iter().all(|v| *v == target) || rolling_compatible(&from, target) {
+        return None;
+    }
+    if obs.commands.iter().any(|c| c.refused.is_none()) {
+        return None; // a restore is queued already
+    }
+    if !members.iter().all(|m| m.healthy) {
+        return Some(Plan::wait(WaitReason::ClusterUnhealthy {
+            healthy: members.iter().filter(|m| m.healthy).count(),
+            voters: members.iter().filter(|m| !m.is_learner).count(),
+        }));
+    }
+    let ready = obs.peers.iter().filter(|p| p.has_version(target)).count();
+    if ready < quorum(spec.member_count as usize) {
+        return Some(Plan::wait(WaitReason::VersionNotInstalled {
+            version: target.to_string(),
+        }));
+    }
+    let open: Vec<String> = members
+        .iter()
+        .filter_map(|m| peer_of(obs, m))
+        .filter(|p| !p.quarantined())
+        .map(|p| p.id.clone())
+        .collect();
+    if !open.is_empty() {
+        return Some(Plan::act(vec![Action::Quarantine { peers: open }]));
+    }
+    Some(Plan::act(vec![
+        Action::TakeBackup {
+            reason: BackupReason::BeforeChange,
+        },
+        Action::QueueRestore { spec: spec.clone() },
+    ]))
+}
+
 /// A rolling version change: one member at a time, followers before the raft
 /// leader, a backup first. None when every member runs the spec's version.
 fn version_change(
@@ -706,6 +775,10 @@ fn running_cluster(obs: &Observation, spec: &ClusterSpec, cluster: &ClusterView)
             healthy: healthy_voters,
             voters,
         });
+    }
+
+    if let Some(plan) = dump_and_restore(obs, spec, members, &current) {
+        return plan;
     }
 
     // A fresh cluster is quarantined until all its members are healthy.

@@ -106,6 +106,8 @@ pub struct Driver {
     /// Restore commands this leader refused, with the reason.
     refused: BTreeMap<String, String>,
     last_retention: Option<Instant>,
+    /// The backup this leader took last (a dump-and-restore restores it).
+    last_backup_name: Option<String>,
 }
 
 fn executing_error(e: impl std::fmt::Display) -> String {
@@ -141,6 +143,7 @@ impl Driver {
             last_status: None,
             refused: BTreeMap::new(),
             last_retention: None,
+            last_backup_name: None,
         }
     }
 
@@ -608,6 +611,44 @@ impl Driver {
                 tracing::info!(peer = %id, %version, "member restarted on the new version");
                 Ok(())
             }
+            Action::Quarantine { peers } => {
+                let req = Request::Reconfigure(Reconfigure {
+                    fence: fence.clone(),
+                    quarantined: Some(true),
+                    etcd_version: None,
+                });
+                for p in peers.clone() {
+                    peer::call(self.addr_of(&p)?, &req, JOIN_TIMEOUT)
+                        .await
+                        .map_err(executing_error)?;
+                }
+                tracing::info!(peers = ?peers, "quarantined: clients are kept out");
+                Ok(())
+            }
+            Action::QueueRestore { spec } => {
+                let name = self
+                    .last_backup_name
+                    .clone()
+                    .ok_or("no backup taken by this leader to restore")?;
+                let wall = self.clock.wall();
+                let cmd = backup::Command {
+                    timestamp: wall
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos() as i64)
+                        .unwrap_or(0),
+                    restore_backup: Some(backup::RestoreBackupCommand {
+                        cluster_spec: Some(spec.clone()),
+                        backup: name.clone(),
+                    }),
+                };
+                let queued = self
+                    .store
+                    .add_command(&cmd, wall)
+                    .await
+                    .map_err(executing_error)?;
+                tracing::info!(backup = %name, version = %spec.etcd_version, command = %queued, "queued a restore for the version change");
+                Ok(())
+            }
             Action::ApplyRetention => {
                 let deleted = self
                     .store
@@ -803,6 +844,7 @@ impl Driver {
             .saturating_duration_since(started)
             .as_secs_f64();
         self.last_backup = Some(self.clock.now());
+        self.last_backup_name = Some(summary.name.clone());
         let wall = self
             .clock
             .wall()

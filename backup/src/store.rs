@@ -219,10 +219,18 @@ impl BackupStore {
 
     /// Where the lock crate keeps lease records: `<base>/etcd-manager/lease`.
     ///
-    /// Upstream's ListBackups reads the whole tree under the base and keeps
-    /// only files named `_etcd_backup.meta` (pkg/backup/vfs.go), and its
-    /// command listing only reads `control/`, so a folder holding no meta file
-    /// and living outside `control/` is invisible to upstream readers.
+    /// Upstream's ListBackups (pkg/backup/vfs.go) reads the whole tree under
+    /// the base recursively and, for every file whose base name is
+    /// `_etcd_backup.meta` at any depth (even under `control/`), lists the
+    /// name of its parent folder; every other file is skipped. Its
+    /// ListCommands (pkg/commands/vfs.go) reads the tree under `control/`
+    /// recursively and parses every file named `_command.json` at any depth
+    /// (a parse error fails the whole listing), sorting by the command's
+    /// timestamp. So a folder outside `control/` holding no file named
+    /// `_etcd_backup.meta` is invisible to upstream readers: our lease
+    /// records live here, and must never use either of those two file names.
+    /// Upstream's listing still pays for each object here (one recursive
+    /// listing of the whole base), so keep the number of records bounded.
     pub fn lease_prefix(&self) -> Path {
         self.path("etcd-manager/lease")
     }
