@@ -124,6 +124,15 @@ pub struct Args {
     #[arg(long, env = "ETCD_MANAGER_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
 
+    /// Sidecar mode (upstream's etcd-backup): only take backups of an etcd cluster managed by
+    /// something else, from the local member, and only while it is the raft leader.
+    #[arg(long, env = "ETCD_MANAGER_BACKUP_ONLY")]
+    pub backup_only: bool,
+
+    /// With --backup-only: the client URL of the local etcd member.
+    #[arg(long, env = "ETCD_MANAGER_ETCD_ENDPOINT")]
+    pub etcd_endpoint: Option<String>,
+
     /// S3 endpoint (for S3-compatible stores and tests), e.g. http://127.0.0.1:5000.
     #[arg(long, env = "ETCD_MANAGER_S3_ENDPOINT")]
     pub s3_endpoint: Option<String>,
@@ -154,6 +163,8 @@ pub struct Config {
     pub metrics_address: Option<SocketAddr>,
     pub cluster_size_hint: u32,
     pub json_logs: bool,
+    /// Sidecar mode: back up this etcd (not managed by us) while it is the raft leader.
+    pub backup_only: Option<String>,
 }
 
 /// What is wrong with the flags, and what to do.
@@ -201,7 +212,20 @@ impl TryFrom<Args> for Config {
     type Error = ConfigError;
 
     fn try_from(a: Args) -> Result<Self, ConfigError> {
-        if !a.insecure {
+        let backup_only = match (&a.backup_only, &a.etcd_endpoint) {
+            (false, None) => None,
+            (true, Some(ep)) => Some(parse_urls("etcd-endpoint", ep)?.remove(0)),
+            (true, None) => {
+                return Err(invalid(
+                    "etcd-endpoint",
+                    "--backup-only needs the client URL of the local etcd, e.g. --etcd-endpoint=http://127.0.0.1:2379",
+                ));
+            }
+            (false, Some(_)) => {
+                return Err(invalid("etcd-endpoint", "only used with --backup-only"));
+            }
+        };
+        if !a.insecure && backup_only.is_none() {
             return Err(invalid(
                 "insecure",
                 "TLS for the peer API is not available in this release; pass --insecure",
@@ -311,6 +335,7 @@ impl TryFrom<Args> for Config {
             metrics_address,
             cluster_size_hint: a.cluster_size_hint,
             json_logs: a.log_format == "json",
+            backup_only,
         })
     }
 }

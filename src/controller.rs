@@ -197,6 +197,11 @@ pub enum Action {
     },
     /// Delete backups the retention policy does not keep.
     ApplyRetention,
+    /// Delete old data dirs from these peers' trashcans, keeping the newest few.
+    GcTrashcan {
+        peers: Vec<String>,
+        keep: u32,
+    },
     /// The on-demand backup is done: remove the request.
     ClearBackupRequest,
 }
@@ -217,6 +222,7 @@ impl Action {
             Action::RestoreBackup { .. } => "restore_backup",
             Action::CompleteRestore { .. } => "complete_restore",
             Action::ApplyRetention => "apply_retention",
+            Action::GcTrashcan { .. } => "gc_trashcan",
             Action::Quarantine { .. } => "quarantine",
             Action::QueueRestore { .. } => "queue_restore",
             Action::UpgradeMember { .. } => "upgrade_member",
@@ -244,6 +250,9 @@ pub enum BackupReason {
     /// `etcd-manager-ctl backup-now`.
     OnDemand,
 }
+
+/// Old etcd data dirs kept in each node's trashcan.
+pub const TRASHCAN_KEEP: u32 = 3;
 
 /// Backups are cleaned up at most this often.
 pub const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
@@ -923,6 +932,19 @@ fn running_cluster(obs: &Observation, spec: &ClusterSpec, cluster: &ClusterView)
             .is_none_or(|t| obs.now.saturating_duration_since(t) >= RETENTION_INTERVAL)
         {
             actions.push(Action::ApplyRetention);
+            if all_healthy {
+                // Old data dirs go only once the cluster is healthy and backed up.
+                let peers = obs
+                    .peers
+                    .iter()
+                    .filter(|p| p.info.is_some())
+                    .map(|p| p.id.clone())
+                    .collect();
+                actions.push(Action::GcTrashcan {
+                    peers,
+                    keep: TRASHCAN_KEEP,
+                });
+            }
         }
         return Plan { actions, waits };
     }

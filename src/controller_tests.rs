@@ -571,6 +571,10 @@ fn retention_follows_a_periodic_backup_at_most_hourly() {
                 reason: BackupReason::Periodic,
             },
             Action::ApplyRetention,
+            Action::GcTrashcan {
+                peers: vec!["a".into()],
+                keep: TRASHCAN_KEEP,
+            },
         ],
         &[],
     );

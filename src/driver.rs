@@ -649,6 +649,26 @@ impl Driver {
                 tracing::info!(backup = %name, version = %spec.etcd_version, command = %queued, "queued a restore for the version change");
                 Ok(())
             }
+            Action::GcTrashcan { peers, keep } => {
+                // Best effort: a peer that cannot clean up now will on the next round.
+                for p in peers.clone() {
+                    let req = Request::GcTrashcan {
+                        fence: fence.clone(),
+                        keep: *keep,
+                    };
+                    match self.addr_of(&p) {
+                        Ok(addr) => {
+                            if let Err(e) = peer::call(addr, &req, JOIN_TIMEOUT).await {
+                                tracing::warn!(peer = %p, error = %e, "trashcan clean-up failed");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(peer = %p, error = %e, "trashcan clean-up skipped")
+                        }
+                    }
+                }
+                Ok(())
+            }
             Action::ApplyRetention => {
                 let deleted = self
                     .store

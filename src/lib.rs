@@ -14,4 +14,5 @@ pub mod goflags;
 pub mod metrics;
 pub mod node;
 pub mod peer;
+pub mod sidecar;
 pub mod status;

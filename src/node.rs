@@ -328,6 +328,18 @@ impl Node {
             }
             Request::StopEtcd(_) => self.stop_for_good(&mut inner).await,
             Request::RestoreBackup(r) => self.restore(&mut inner, r).await,
+            Request::GcTrashcan { keep, .. } => {
+                let dir = self.settings.data_dir.join("data-trashcan");
+                match gc_trashcan(&dir, keep as usize) {
+                    Ok(gone) => {
+                        for p in &gone {
+                            tracing::info!(path = %p.display(), "old etcd data deleted from the trashcan");
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(format!("cleaning {}: {e}", dir.display())),
+                }
+            }
         };
         match result {
             Ok(()) => Response::Done,
@@ -517,6 +529,35 @@ impl Node {
     }
 }
 
+/// Delete all but the newest `keep` entries of the trashcan (by modification
+/// time); returns what was deleted. A missing trashcan is empty.
+pub fn gc_trashcan(dir: &std::path::Path, keep: usize) -> std::io::Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(e),
+    };
+    let mut all: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    all.sort();
+    let doomed: Vec<PathBuf> = all
+        .iter()
+        .rev()
+        .skip(keep)
+        .map(|(_, p)| p.clone())
+        .collect();
+    for p in &doomed {
+        if p.is_dir() {
+            std::fs::remove_dir_all(p)?;
+        } else {
+            std::fs::remove_file(p)?;
+        }
+    }
+    Ok(doomed)
+}
+
 fn unreachable_info() -> Result<(), String> {
     Err("GetInfo is answered before fencing".into())
 }
@@ -534,5 +575,39 @@ fn unique_path(p: PathBuf) -> PathBuf {
 impl crate::peer::Handler for Node {
     async fn handle(&self, req: Request) -> Response {
         Node::handle(self, req).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn trashcan_keeps_the_newest_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let trash = dir.path().join("data-trashcan");
+        for i in 0..5 {
+            let d = trash.join(format!("tok{i}-1"));
+            std::fs::create_dir_all(d.join("member")).unwrap();
+            std::fs::write(d.join("member/db"), b"x").unwrap();
+            let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000 + i);
+            std::fs::File::open(&d).unwrap().set_modified(t).unwrap();
+        }
+        let mut gone = gc_trashcan(&trash, 3).unwrap();
+        gone.sort();
+        assert_eq!(gone, vec![trash.join("tok0-1"), trash.join("tok1-1")]);
+        let mut left: Vec<_> = std::fs::read_dir(&trash)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["tok2-1", "tok3-1", "tok4-1"]);
+        assert!(
+            gc_trashcan(&dir.path().join("missing"), 3)
+                .unwrap()
+                .is_empty()
+        );
     }
 }

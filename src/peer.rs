@@ -114,6 +114,12 @@ pub enum Request {
     /// Stop etcd for good and move its data to the trashcan (the member was removed).
     StopEtcd(Fence),
     RestoreBackup(RestoreBackup),
+    /// Delete old data dirs from the trashcan, keeping the newest `keep`.
+    /// Sent only after a backup of a healthy cluster.
+    GcTrashcan {
+        fence: Fence,
+        keep: u32,
+    },
 }
 
 impl Request {
@@ -124,6 +130,7 @@ impl Request {
             Request::Reconfigure(r) => Some(&r.fence),
             Request::StopEtcd(f) => Some(f),
             Request::RestoreBackup(r) => Some(&r.fence),
+            Request::GcTrashcan { fence, .. } => Some(fence),
         }
     }
 
@@ -135,6 +142,7 @@ impl Request {
             Request::Reconfigure(_) => "reconfigure",
             Request::StopEtcd(_) => "stop_etcd",
             Request::RestoreBackup(_) => "restore_backup",
+            Request::GcTrashcan { .. } => "gc_trashcan",
         }
     }
 }

@@ -5,6 +5,7 @@
 mod bad_input;
 mod ctl;
 mod disaster;
+mod sidecar;
 mod upgrade;
 mod walkthrough;
 

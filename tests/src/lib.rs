@@ -137,6 +137,11 @@ impl ClusterEnv {
     pub fn start_with(&self, host: u8, extra: &[&str]) -> Manager {
         let mut args = self.manager_args(host);
         args.extend(extra.iter().map(|s| s.to_string()));
+        self.start_raw(host, args)
+    }
+
+    /// Start a manager with exactly these arguments (logs and data dir as for `host`).
+    pub fn start_raw(&self, host: u8, args: Vec<String>) -> Manager {
         let mut m = Manager {
             name: format!("m{host}"),
             ip: host_ip(self.net, host),

@@ -27,6 +27,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         raw.url().to_string(),
     );
 
+    if let Some(endpoint) = cfg.backup_only.clone() {
+        return run_backup_only(cfg, endpoint, store, clock, shutdown).await;
+    }
+
     let node = Arc::new(Node::open(NodeSettings {
         cluster_name: cfg.cluster_name.clone(),
         data_dir: cfg.data_dir.clone(),
@@ -159,6 +163,58 @@ async fn run_node(
     server_cancel.cancel();
     while tasks.join_next().await.is_some() {}
     node.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Backup-only mode: no gossip, no lease, no peer API; metrics if asked.
+async fn run_backup_only(
+    cfg: Config,
+    endpoint: String,
+    store: backup::BackupStore,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let health = Arc::new(Health::default());
+    health.set_gossip_up(true);
+    let cancel = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(addr) = cfg.metrics_address {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr} for metrics; choose another --metrics-address")
+        })?;
+        let handle = etcd_manager::metrics::install_recorder().map_err(anyhow::Error::msg)?;
+        let start = clock.now();
+        let c = clock.clone();
+        let state = Arc::new(HttpState {
+            metrics: handle,
+            health: health.clone(),
+            now_ms: Box::new(move || c.now().saturating_duration_since(start).as_millis() as u64),
+            stale: Duration::from_secs(120),
+        });
+        tasks.spawn(etcd_manager::metrics::serve_http(
+            listener,
+            state,
+            cancel.child_token(),
+        ));
+    }
+    metrics::gauge!(etcd_manager::metrics::BACKUP_INTERVAL).set(cfg.backup_interval.as_secs_f64());
+    tracing::info!(%endpoint, store = %cfg.backup_store, "etcd-manager started in backup-only mode");
+    let settings = etcd_manager::sidecar::SidecarSettings {
+        endpoint,
+        backup_interval: cfg.backup_interval,
+        retention: cfg.retention,
+    };
+    tasks.spawn(etcd_manager::sidecar::run(
+        settings,
+        store,
+        clock,
+        health,
+        cancel.child_token(),
+    ));
+    shutdown.cancelled().await;
+    cancel.cancel();
+    while tasks.join_next().await.is_some() {}
     tracing::info!("stopped");
     Ok(())
 }

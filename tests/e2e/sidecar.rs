@@ -1,0 +1,89 @@
+//! Backup-only mode against an etcd that etcd-manager does not manage.
+
+use std::time::Duration;
+
+use tests::{put, wait_for};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_only_mode_backs_up_an_unmanaged_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = crate::env(&dir);
+    let ip = tests::host_ip(env.net, 1);
+    let spec = etcd::EtcdNodeSpec {
+        name: "plain".into(),
+        version: "3.5.30".into(),
+        data_dir: dir.path().join("plain-etcd"),
+        cluster_token: "plain".into(),
+        initial_cluster: vec![("plain".into(), vec![format!("http://{ip}:2380")])],
+        initial_cluster_state_new: true,
+        peer_urls: vec![format!("http://{ip}:2380")],
+        client_urls: vec![format!("http://{ip}:2379")],
+        quarantined_client_urls: vec![format!("http://{ip}:8001")],
+        quarantined: false,
+        listen_address: None,
+    };
+    let plain = etcd::EtcdProcess::start(
+        tests::etcd_binaries("3.5.30"),
+        spec,
+        vec![],
+        Some(dir.path().join("plain.log")),
+    )
+    .unwrap();
+    let ep = format!("http://{ip}:2379");
+    wait_for("the unmanaged etcd", Duration::from_secs(30), || {
+        let ep = ep.clone();
+        async move { put(&ep, "/sidecar", "yes").await.ok() }
+    })
+    .await;
+    let revision = etcd::EtcdClient::connect(std::slice::from_ref(&ep), Duration::from_secs(3))
+        .await
+        .unwrap()
+        .status()
+        .await
+        .unwrap()
+        .revision;
+
+    let _sidecar = env.start_raw(
+        1,
+        vec![
+            "--backup-only".into(),
+            "--etcd-insecure".into(),
+            format!("--etcd-endpoint={ep}"),
+            format!("--backup-store={}", env.store_url),
+            format!("--data-dir={}", dir.path().join("sidecar").display()),
+            "--backup-interval=2s".into(),
+        ],
+    );
+    let store = backup::BackupStore::open(&env.store_url, &Default::default()).unwrap();
+    let name = wait_for(
+        "a backup of the unmanaged etcd",
+        Duration::from_secs(30),
+        || {
+            let store = store.clone();
+            async move {
+                for n in store.list_backups().await.ok()? {
+                    if store.read_backup_extra(&n).await.ok()??.revision? >= revision {
+                        return Some(n);
+                    }
+                }
+                None
+            }
+        },
+    )
+    .await;
+    let info = store.read_backup_info(&name).await.unwrap();
+    assert_eq!(info.etcd_version, "3.5.30");
+    let got = store
+        .download_backup(&name, &dir.path().join("s.db"))
+        .await
+        .unwrap();
+    assert!(got.verified_checksum);
+    // Nothing of the managed mode happened: no lease, no created marker.
+    assert!(!env.store_path().join("etcd-manager/lease").exists());
+    assert!(
+        !env.store_path()
+            .join("control/etcd-cluster-created")
+            .exists()
+    );
+    plain.stop(Duration::from_secs(10)).await.unwrap();
+}
