@@ -586,14 +586,14 @@ fn no_cluster(obs: &Observation, spec: &ClusterSpec) -> Plan {
 }
 
 /// Whether every member can move from its version to `to` in place, one at a
-/// time: same major, no downgrade, at most one minor step.
+/// time: any patch change within a minor (both ways), or one minor up.
 pub fn rolling_compatible(from: &[&str], to: &str) -> bool {
     let Ok(to) = to.parse::<etcd::EtcdVersion>() else {
         return false;
     };
     from.iter().all(|f| {
         f.parse::<etcd::EtcdVersion>()
-            .is_ok_and(|f| f.major == to.major && f <= to && to.minor - f.minor <= 1)
+            .is_ok_and(|f| f.major == to.major && (f.minor == to.minor || f.minor + 1 == to.minor))
     })
 }
 

@@ -679,7 +679,8 @@ fn downgrades_and_big_jumps_are_not_rolled() {
     assert!(!rolling_compatible(&["3.3.25"], "3.5.30"), "two minors");
     assert!(!rolling_compatible(&["3.5.30"], "3.4.23"), "downgrade");
     assert!(
-        !rolling_compatible(&["3.5.30"], "3.5.16"),
-        "patch downgrade"
+        rolling_compatible(&["3.5.30"], "3.5.16"),
+        "patch changes roll both ways"
     );
+    assert!(rolling_compatible(&["3.3.25"], "3.4.23"));
 }

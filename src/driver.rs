@@ -103,8 +103,9 @@ pub struct Driver {
     last_waits: Vec<String>,
     last_payload: Option<PeerPayload>,
     last_status: Option<(crate::status::ClusterStatus, Instant)>,
-    /// Restore commands this leader refused, with the reason.
-    refused: BTreeMap<String, String>,
+    /// Restore commands this leader refused, by (command, backup), so a new
+    /// command that reuses a deleted one's folder name is judged anew.
+    refused: BTreeMap<(String, String), String>,
     last_retention: Option<Instant>,
     /// The backup this leader took last (a dump-and-restore restores it).
     last_backup_name: Option<String>,
@@ -345,16 +346,16 @@ impl Driver {
             .await
             .map_err(executing_error)?
             .is_some();
-        let commands = self
-            .store
-            .list_commands()
-            .await
-            .map_err(executing_error)?
+        let stored = self.store.list_commands().await.map_err(executing_error)?;
+        // Forget refusals of commands that are gone.
+        self.refused
+            .retain(|k, _| stored.iter().any(|c| command_key(c) == Some(k.clone())));
+        let commands = stored
             .into_iter()
             .filter_map(|c| {
                 let r = c.command.restore_backup.as_ref()?;
                 Some(controller::CommandView {
-                    refused: self.refused.get(&c.name).cloned(),
+                    refused: command_key(&c).and_then(|k| self.refused.get(&k).cloned()),
                     name: c.name.clone(),
                     backup: r.backup.clone(),
                     spec: r.cluster_spec.clone(),
@@ -689,7 +690,7 @@ impl Driver {
                     .delete_command(command)
                     .await
                     .map_err(executing_error)?;
-                self.refused.remove(command);
+
                 tracing::info!(%command, "restore complete; command removed");
                 Ok(())
             }
@@ -767,7 +768,8 @@ impl Driver {
             Ok(()) => {}
             Err((true, reason)) => {
                 tracing::error!(%command, %backup, %reason, "restore refused");
-                self.refused.insert(command.to_string(), reason.clone());
+                let key = (command.to_string(), backup.to_string());
+                self.refused.insert(key, reason.clone());
                 return Err(reason);
             }
             Err((false, reason)) => {
@@ -931,6 +933,12 @@ impl JoinTemplate {
             nodes: self.nodes.clone(),
         })
     }
+}
+
+/// What identifies one queued restore command.
+fn command_key(c: &backup::StoredCommand) -> Option<(String, String)> {
+    let r = c.command.restore_backup.as_ref()?;
+    Some((c.name.clone(), r.backup.clone()))
 }
 
 fn info_of(obs: &Observation, id: &str) -> Option<NodeInfo> {

@@ -103,7 +103,7 @@ async fn total_loss_then_restore_backup() {
     assert!(out.success, "{}", out.stderr);
     wait_for(
         "the restored keys through the client URL",
-        Duration::from_secs(120),
+        Duration::from_secs(60),
         || {
             let ep = ep.clone();
             async move { get(&ep, "/keys/19").await.ok()?.filter(|v| v == "value-19") }
@@ -122,6 +122,10 @@ async fn total_loss_then_restore_backup() {
         .unwrap();
     let after = client.status().await.unwrap().revision;
     assert!(after > 1_000_000_000, "revision {after} was not bumped");
+    assert!(
+        after > revision,
+        "revision {after} not above {revision} from before the loss"
+    );
     // Three members again, the command gone, a fresh backup taken.
     wait_for(
         "three members, the command removed and a new backup",
@@ -184,7 +188,20 @@ async fn corrupt_or_missing_backups_are_refused_and_the_cluster_keeps_running() 
         },
     )
     .await;
-    // The cluster keeps serving, the command stays queued, the manager did not crash.
+    // The cluster keeps serving, the command stays queued, the manager did not crash,
+    // and no data dir was touched.
+    let data_dirs = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir.path().join("data/1/data"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let before_dirs = data_dirs();
+    assert_eq!(before_dirs.len(), 1, "{before_dirs:?}");
+    assert!(!dir.path().join("data/1/data-trashcan").exists());
     put(&ep, "/still", "here").await.unwrap();
     assert_eq!(get(&ep, "/k").await.unwrap().as_deref(), Some("v"));
     assert_eq!(env.ctl(&["list-commands"]).stdout.lines().count(), 1);
@@ -195,8 +212,35 @@ async fn corrupt_or_missing_backups_are_refused_and_the_cluster_keeps_running() 
         m1.log_text()
     );
 
-    // A command naming a backup that does not exist (written by another tool).
+    // A truncated backup is refused the same way.
     assert!(env.ctl(&["delete-command", &name]).success);
+    put(&ep, "/k2", "v2").await.unwrap();
+    let second = backup_covering(&env, 4).await;
+    let data = env.store_path().join(&second).join("etcd.backup.gz");
+    let bytes = std::fs::read(&data).unwrap();
+    std::fs::write(&data, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(env.ctl(&["restore-backup", &second]).success);
+    wait_for(
+        "the truncated backup refused",
+        Duration::from_secs(30),
+        || {
+            let (env, second) = (env.clone(), second.clone());
+            async move {
+                waits(&env)
+                    .await
+                    .iter()
+                    .any(|w| w.contains(&format!("refusing restore-backup {second}")))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(data_dirs(), before_dirs);
+    assert!(!dir.path().join("data/1/data-trashcan").exists());
+    assert_eq!(get(&ep, "/k2").await.unwrap().as_deref(), Some("v2"));
+
+    // A command naming a backup that does not exist (written by another tool).
+    assert!(env.ctl(&["delete-command", &second]).success);
     let store = backup::BackupStore::open(&env.store_url, &Default::default()).unwrap();
     let cmd = backup::Command {
         timestamp: 1,

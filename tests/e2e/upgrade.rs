@@ -20,22 +20,80 @@ async fn versions(env: &tests::ClusterEnv) -> Vec<String> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn minor_upgrade_rolls_in_place_3_4_to_3_5() {
+/// Writes sequential keys through all three client URLs until stopped, and
+/// returns the keys whose writes were acknowledged.
+fn start_writer(
+    env: &tests::ClusterEnv,
+) -> (
+    tokio::task::JoinHandle<Vec<String>>,
+    tokio::sync::watch::Sender<bool>,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let endpoints: Vec<String> = (1..=3).map(|h| env.client_url(h)).collect();
+    let task = tokio::spawn(async move {
+        let mut acked = vec![];
+        let start = std::time::Instant::now();
+        let mut n = 0u64;
+        // Bounded: stops when told, or after five minutes whatever happens.
+        while !*stop_rx.borrow() && start.elapsed() < Duration::from_secs(300) {
+            let key = format!("/writer/{n:08}");
+            let ep = &endpoints[(n % 3) as usize];
+            if tokio::time::timeout(Duration::from_secs(2), put(ep, &key, "v"))
+                .await
+                .is_ok_and(|r| r.is_ok())
+            {
+                acked.push(key);
+            }
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        acked
+    });
+    (task, stop_tx)
+}
+
+/// Counts failed reads through the normal client URL until stopped: during a
+/// dump and restore the member is quarantined, so the URL must refuse.
+fn watch_refusals(
+    ep: String,
+) -> (
+    tokio::task::JoinHandle<u32>,
+    tokio::sync::watch::Sender<bool>,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        let mut refused = 0;
+        let start = std::time::Instant::now();
+        while !*stop_rx.borrow() && start.elapsed() < Duration::from_secs(300) {
+            if tokio::time::timeout(Duration::from_secs(1), get(&ep, "/probe"))
+                .await
+                .map_or(true, |r| r.is_err())
+            {
+                refused += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        refused
+    });
+    (task, stop_tx)
+}
+
+/// A rolling change on three members with a client writing all along.
+async fn rolling(from: &str, to: &str) {
     let dir = tempfile::tempdir().unwrap();
     let env = crate::env(&dir);
     let _ms: Vec<_> = (1..=3).map(|h| env.start(h)).collect();
     assert!(
         env.ctl(&[
             "-member-count=3",
-            "-etcd-version=3.4.23",
+            &format!("-etcd-version={from}"),
             "configure-cluster"
         ])
         .success
     );
     let ep = env.client_url(1);
     wait_for(
-        "three healthy voters on 3.4.23",
+        &format!("three healthy voters on {from}"),
         Duration::from_secs(60),
         || {
             let ep = ep.clone();
@@ -44,43 +102,77 @@ async fn minor_upgrade_rolls_in_place_3_4_to_3_5() {
                 put(&ep, "/before", "upgrade").await.ok()?;
                 let ms = members(&ep).await.ok()?;
                 let v = versions(&env).await;
-                (ms.len() == 3 && v.len() == 3 && v.iter().all(|v| v == "3.4.23")).then_some(())
+                (ms.len() == 3
+                    && ms.iter().all(|m| !m.is_learner)
+                    && v.len() == 3
+                    && v.iter().all(|v| v == from))
+                .then_some(())
             }
         },
     )
     .await;
     let store = backup::BackupStore::open(&env.store_url, &Default::default()).unwrap();
     let backups_before = store.list_backups().await.unwrap().len();
+    let (writer, stop) = start_writer(&env);
 
     assert!(
-        env.ctl(&["-etcd-version=3.5.30", "configure-cluster"])
+        env.ctl(&[&format!("-etcd-version={to}"), "configure-cluster"])
             .success
     );
-    wait_for("every member on 3.5.30", Duration::from_secs(120), || {
-        let env = env.clone();
-        async move {
-            let v = versions(&env).await;
-            (v.len() == 3 && v.iter().all(|v| v == "3.5.30")).then_some(())
-        }
-    })
+    wait_for(
+        &format!("every member on {to}"),
+        Duration::from_secs(120),
+        || {
+            let env = env.clone();
+            async move {
+                let v = versions(&env).await;
+                (v.len() == 3 && v.iter().all(|v| v == to)).then_some(())
+            }
+        },
+    )
     .await;
-    // Same data, same members, one backup per member restarted.
-    for h in 1..=3 {
-        let ep = env.client_url(h);
-        let got = wait_for("the key on every member", Duration::from_secs(20), || {
-            let ep = ep.clone();
-            async move { get(&ep, "/before").await.ok()? }
-        })
-        .await;
-        assert_eq!(got, "upgrade");
+    stop.send(true).unwrap();
+    let acked = writer.await.unwrap();
+    assert!(
+        acked.len() > 10,
+        "the writer made progress: {} writes",
+        acked.len()
+    );
+    // No acknowledged write lost.
+    for key in &acked {
+        let got = get(&ep, key).await.unwrap();
+        assert_eq!(got.as_deref(), Some("v"), "acknowledged write {key} lost");
     }
+    assert_eq!(
+        get(&ep, "/before").await.unwrap().as_deref(),
+        Some("upgrade")
+    );
     assert_eq!(members(&ep).await.unwrap().len(), 3);
-    put(&ep, "/after", "upgrade").await.unwrap();
     let taken = store.list_backups().await.unwrap().len() - backups_before;
     assert!(
         taken >= 3,
         "a backup before each member's restart: {taken} new backups"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn minor_upgrade_rolls_in_place_3_4_to_3_5() {
+    rolling("3.4.23", "3.5.30").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn patch_upgrade_rolls_3_5_16_to_3_5_30() {
+    rolling("3.5.16", "3.5.30").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn patch_downgrade_rolls_3_5_30_to_3_5_16() {
+    rolling("3.5.30", "3.5.16").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn minor_upgrade_rolls_3_3_to_3_4() {
+    rolling("3.3.25", "3.4.23").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -115,6 +207,7 @@ async fn two_minor_jump_goes_by_dump_and_restore_3_3_to_3_5() {
     )
     .await;
 
+    let (watcher, stop) = watch_refusals(ep.clone());
     assert!(
         env.ctl(&["-etcd-version=3.5.30", "configure-cluster"])
             .success
@@ -132,6 +225,11 @@ async fn two_minor_jump_goes_by_dump_and_restore_3_3_to_3_5() {
         },
     )
     .await;
+    stop.send(true).unwrap();
+    assert!(
+        watcher.await.unwrap() > 0,
+        "the client URL never refused: no quarantine was seen"
+    );
     // The restore bumped revisions, and the queued command is gone once done.
     let c = etcd::EtcdClient::connect(std::slice::from_ref(&ep), Duration::from_secs(3))
         .await
@@ -168,6 +266,7 @@ async fn minor_downgrade_goes_by_dump_and_restore_3_5_to_3_4() {
         async move { put(&ep, "/k", "v").await.ok() }
     })
     .await;
+    let (watcher, stop) = watch_refusals(ep.clone());
     assert!(
         env.ctl(&["-etcd-version=3.4.23", "configure-cluster"])
             .success
@@ -185,5 +284,10 @@ async fn minor_downgrade_goes_by_dump_and_restore_3_5_to_3_4() {
         },
     )
     .await;
+    stop.send(true).unwrap();
+    assert!(
+        watcher.await.unwrap() > 0,
+        "the client URL never refused: no quarantine was seen"
+    );
     put(&ep, "/after", "downgrade").await.unwrap();
 }

@@ -34,7 +34,7 @@ async fn single_member(version: &str) {
     );
 
     // A backup on demand, executed by the leader within seconds.
-    let out = env.ctl(&["backup-now", "--timeout=30s"]);
+    let out = env.ctl(&["backup-now", "--timeout=15s"]);
     assert!(out.success, "{}", out.stderr);
     let name = out.stdout.trim().to_string();
     assert!(backup::parse_backup_name(&name).is_some(), "{name}");
