@@ -278,3 +278,99 @@ async fn corrupt_or_missing_backups_are_refused_and_the_cluster_keeps_running() 
         m1.log_text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_in_upstreams_layout_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = crate::env(&dir);
+    // A real snapshot from a plain etcd, stored exactly as upstream stores it:
+    // etcd.backup.gz and _etcd_backup.meta, none of our files.
+    let ip = tests::host_ip(env.net, 9);
+    let spec = etcd::EtcdNodeSpec {
+        name: "old".into(),
+        version: "3.4.23".into(),
+        data_dir: dir.path().join("old-etcd"),
+        cluster_token: "old".into(),
+        initial_cluster: vec![("old".into(), vec![format!("http://{ip}:2380")])],
+        initial_cluster_state_new: true,
+        peer_urls: vec![format!("http://{ip}:2380")],
+        client_urls: vec![format!("http://{ip}:4001")],
+        quarantined_client_urls: vec![format!("http://{ip}:8001")],
+        quarantined: false,
+        listen_address: None,
+    };
+    let old = etcd::EtcdProcess::start(tests::etcd_binaries("3.4.23"), spec, vec![], None).unwrap();
+    let oep = format!("http://{ip}:4001");
+    wait_for("the old etcd", Duration::from_secs(30), || {
+        let oep = oep.clone();
+        async move { put(&oep, "/kops/key", "from-upstream").await.ok() }
+    })
+    .await;
+    let client = etcd::EtcdClient::connect(std::slice::from_ref(&oep), Duration::from_secs(3))
+        .await
+        .unwrap();
+    let store = backup::BackupStore::open(&env.store_url, &Default::default()).unwrap();
+    let info = backup::BackupInfo {
+        etcd_version: "3.4.23".into(),
+        timestamp: 1_704_067_200,
+        cluster_spec: None,
+    };
+    let written = store
+        .write_backup(
+            client.snapshot().await.unwrap(),
+            &info,
+            None,
+            None,
+            std::time::SystemTime::now(),
+        )
+        .await
+        .unwrap();
+    old.stop(Duration::from_secs(10)).await.unwrap();
+    let folder = env.store_path().join(&written.name);
+    std::fs::remove_file(folder.join("etcd-manager-backup.json")).unwrap();
+    std::fs::write(
+        folder.join("_etcd_backup.meta"),
+        "{\n  \"etcdVersion\": \"3.4.23\",\n  \"timestamp\": \"1704067200\",\n  \"clusterSpec\": {\n    \"memberCount\": 1,\n    \"etcdVersion\": \"3.4.23\"\n  }\n}\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(env.store_path().join("control")).unwrap();
+    std::fs::write(
+        env.store_path().join("control/etcd-cluster-spec"),
+        r#"{"memberCount":1,"etcdVersion":"3.5.30"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        env.store_path().join("control/etcd-cluster-created"),
+        r#"{"timestamp":1638935701000000000}"#,
+    )
+    .unwrap();
+
+    let _m = env.start(1);
+    wait_for(
+        "the leader asks for restore-backup",
+        Duration::from_secs(30),
+        || {
+            let env = env.clone();
+            async move {
+                waits(&env)
+                    .await
+                    .iter()
+                    .any(|w| w.contains("must issue restore-backup"))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(env.ctl(&["restore-backup", &written.name]).success);
+    let ep = env.client_url(1);
+    wait_for("the upstream backup's key", Duration::from_secs(60), || {
+        let ep = ep.clone();
+        async move {
+            get(&ep, "/kops/key")
+                .await
+                .ok()?
+                .filter(|v| v == "from-upstream")
+        }
+    })
+    .await;
+}

@@ -4,6 +4,116 @@ use std::time::Duration;
 
 use tests::{put, wait_for};
 
+fn plain_member(
+    env: &tests::ClusterEnv,
+    dir: &std::path::Path,
+    host: u8,
+    cluster: &[u8],
+) -> etcd::EtcdProcess {
+    let ip = tests::host_ip(env.net, host);
+    let spec = etcd::EtcdNodeSpec {
+        name: format!("plain{host}"),
+        version: "3.5.30".into(),
+        data_dir: dir.join(format!("plain-etcd-{host}")),
+        cluster_token: "plain".into(),
+        initial_cluster: cluster
+            .iter()
+            .map(|h| {
+                (
+                    format!("plain{h}"),
+                    vec![format!("http://{}:2380", tests::host_ip(env.net, *h))],
+                )
+            })
+            .collect(),
+        initial_cluster_state_new: true,
+        peer_urls: vec![format!("http://{ip}:2380")],
+        client_urls: vec![format!("http://{ip}:2379")],
+        quarantined_client_urls: vec![format!("http://{ip}:8001")],
+        quarantined: false,
+        listen_address: None,
+    };
+    etcd::EtcdProcess::start(
+        tests::etcd_binaries("3.5.30"),
+        spec,
+        vec![],
+        Some(dir.join(format!("plain-{host}.log"))),
+    )
+    .unwrap()
+}
+
+fn sidecar(env: &tests::ClusterEnv, dir: &std::path::Path, host: u8) -> tests::Manager {
+    let ep = format!("http://{}:2379", tests::host_ip(env.net, host));
+    env.start_raw(
+        host,
+        vec![
+            "--backup-only".into(),
+            "--etcd-insecure".into(),
+            format!("--etcd-endpoint={ep}"),
+            format!("--backup-store={}", env.store_url),
+            format!(
+                "--data-dir={}",
+                dir.join(format!("sidecar-{host}")).display()
+            ),
+            "--backup-interval=2s".into(),
+        ],
+    )
+}
+
+/// One sidecar per member of a plain 3-member cluster: only the raft leader's backs up.
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_only_mode_backs_up_a_plain_three_member_cluster_from_its_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = crate::env(&dir);
+    let members: Vec<_> = (1..=3)
+        .map(|h| plain_member(&env, dir.path(), h, &[1, 2, 3]))
+        .collect();
+    let eps: Vec<String> = (1..=3)
+        .map(|h| format!("http://{}:2379", tests::host_ip(env.net, h)))
+        .collect();
+    let ep = eps[0].clone();
+    wait_for("the plain cluster", Duration::from_secs(30), || {
+        let ep = ep.clone();
+        async move { put(&ep, "/plain", "yes").await.ok() }
+    })
+    .await;
+    let sidecars: Vec<_> = (1..=3).map(|h| sidecar(&env, dir.path(), h)).collect();
+    let store = backup::BackupStore::open(&env.store_url, &Default::default()).unwrap();
+    wait_for("two backups", Duration::from_secs(30), || {
+        let store = store.clone();
+        async move { (store.list_backups().await.ok()?.len() >= 2).then_some(()) }
+    })
+    .await;
+    // Which member leads raft (it does not change in a healthy local cluster)?
+    let mut leader_host = None;
+    for (i, e) in eps.iter().enumerate() {
+        let s = etcd::EtcdClient::connect(std::slice::from_ref(e), Duration::from_secs(3))
+            .await
+            .unwrap()
+            .status()
+            .await
+            .unwrap();
+        if s.leader == s.member_id {
+            leader_host = Some(i);
+        }
+    }
+    let leader_host = leader_host.expect("a raft leader");
+    for (i, s) in sidecars.iter().enumerate() {
+        let took = s.log_text().contains("took backup");
+        assert_eq!(
+            took,
+            i == leader_host,
+            "sidecar {} (leader is {}):\n{}",
+            i + 1,
+            leader_host + 1,
+            s.log_text()
+        );
+    }
+    drop(sidecars);
+    for m in members {
+        m.stop(Duration::from_secs(10)).await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn backup_only_mode_backs_up_an_unmanaged_etcd() {
     let dir = tempfile::tempdir().unwrap();
