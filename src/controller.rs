@@ -352,7 +352,8 @@ impl fmt::Display for WaitReason {
             }
             WaitReason::VersionNotInstalled { version } => write!(
                 f,
-                "no idle peer has etcd {version} installed; install it with deploy/install-etcd.sh {version}"
+                "the etcd {version} binaries (/opt/etcd-v{version}/etcd) are missing on the peers that \
+                 need them; install them on every master with deploy/install-etcd.sh {version}"
             ),
             WaitReason::EtcdStarting => write!(f, "waiting for etcd to answer"),
             WaitReason::ClusterUnhealthy { healthy, voters } => {

@@ -374,3 +374,66 @@ async fn a_backup_in_upstreams_layout_restores() {
     })
     .await;
 }
+
+/// The created marker was deleted (a lifecycle rule did this to users) but
+/// backups exist: never seed silently; an operator may override.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_created_marker_blocks_seeding_until_an_operator_decides() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = crate::env(&dir);
+    let store = env.store_path();
+    std::fs::create_dir_all(store.join("control")).unwrap();
+    std::fs::create_dir_all(store.join("2024-01-01T00:00:00Z-000001")).unwrap();
+    std::fs::write(
+        store.join("2024-01-01T00:00:00Z-000001/_etcd_backup.meta"),
+        r#"{"etcdVersion":"3.5.30"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        store.join("control/etcd-cluster-spec"),
+        r#"{"memberCount":1,"etcdVersion":"3.5.30"}"#,
+    )
+    .unwrap();
+    let _m = env.start(1);
+    wait_for(
+        "the leader refuses to seed",
+        Duration::from_secs(30),
+        || {
+            let env = env.clone();
+            async move {
+                waits(&env)
+                    .await
+                    .iter()
+                    .any(|w| {
+                        w.contains("etcd-cluster-created is missing but backups exist")
+                            && w.contains("seed-new-cluster")
+                    })
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let ep = env.client_url(1);
+    assert!(get(&ep, "/x").await.is_err(), "no cluster may be created");
+    let out = env.ctl(&["seed-new-cluster"]);
+    assert!(out.success, "{}", out.stderr);
+    wait_for("a new empty cluster", Duration::from_secs(30), || {
+        let ep = ep.clone();
+        async move { put(&ep, "/fresh", "start").await.ok() }
+    })
+    .await;
+    wait_for(
+        "the marker written and the override consumed",
+        Duration::from_secs(30),
+        || {
+            let (created, allow) = (
+                store.join("control/etcd-cluster-created"),
+                store.join("etcd-manager/allow-new-cluster"),
+            );
+            async move { (created.exists() && !allow.exists()).then_some(()) }
+        },
+    )
+    .await;
+    // Refused again once a cluster exists.
+    assert!(!env.ctl(&["seed-new-cluster"]).success);
+}
