@@ -29,6 +29,11 @@ if [ $demo = 0 ] && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   apt_missing+=(python3-venv)
 fi
 command -v curl >/dev/null 2>&1 || apt_missing+=(curl)
+if [ $demo = 0 ]; then
+  # promtool checks the alert rules; systemd-analyze checks the units.
+  command -v promtool >/dev/null 2>&1 || apt_missing+=(prometheus)
+  command -v systemd-analyze >/dev/null 2>&1 || apt_missing+=(systemd)
+fi
 if [ ${#apt_missing[@]} -gt 0 ]; then
   say "installing ${apt_missing[*]}"
   $sudo apt-get update -qq

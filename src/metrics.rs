@@ -68,6 +68,17 @@ pub fn describe() {
     );
 }
 
+/// Counters that alerts take `increase()` of exist from the start, at 0, so
+/// the first failure counts.
+pub fn init_counters() {
+    for result in ["success", "failure"] {
+        metrics::counter!(BACKUPS, "result" => result).increment(0);
+    }
+    for result in ["ok", "error"] {
+        metrics::counter!(LEASE_OPERATIONS, "result" => result).increment(0);
+    }
+}
+
 /// Liveness and readiness, fed by the daemon and the driver.
 #[derive(Debug, Default)]
 pub struct Health {
@@ -116,6 +127,7 @@ pub fn install_recorder() -> Result<metrics_exporter_prometheus::PrometheusHandl
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     describe();
+    init_counters();
     Ok(handle)
 }
 

@@ -106,10 +106,16 @@ pub fn etcd_env(spec: &EtcdNodeSpec, overrides: &[(String, String)]) -> Vec<(Str
 pub fn etcd_env_overrides_from_process() -> Vec<(String, String)> {
     let mut vars: Vec<(String, String)> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .filter(|(k, _)| k.starts_with("ETCD_"))
+        .filter(|(k, _)| is_etcd_override(k))
         .collect();
     vars.sort();
     vars
+}
+
+/// An `ETCD_*` variable meant for etcd: the manager's own `ETCD_MANAGER_*`
+/// settings are not (etcd warns about every variable it does not know).
+pub fn is_etcd_override(key: &str) -> bool {
+    key.starts_with("ETCD_") && !key.starts_with("ETCD_MANAGER_")
 }
 
 /// Replaces the host of `url` (`scheme://host:port/path`) with `host`, keeping scheme,
@@ -163,5 +169,15 @@ mod tests {
         assert_eq!(replace_url_host("http://host", "0.0.0.0"), "http://0.0.0.0");
         assert_eq!(replace_url_host("http://host:1/x", "a"), "http://a:1/x");
         assert_eq!(replace_url_host("nonsense", "a"), "nonsense");
+    }
+}
+
+#[cfg(test)]
+mod override_tests {
+    #[test]
+    fn the_managers_own_settings_are_not_passed_to_etcd() {
+        assert!(super::is_etcd_override("ETCD_SNAPSHOT_COUNT"));
+        assert!(!super::is_etcd_override("ETCD_MANAGER_BACKUP_STORE"));
+        assert!(!super::is_etcd_override("ETCDCTL_API"));
     }
 }

@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod ctl;
+mod deploy;
 mod disaster;
 mod sidecar;
 mod upgrade;

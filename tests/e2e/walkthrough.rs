@@ -157,6 +157,10 @@ async fn grow_to_three_back_up_and_survive_a_lost_member() {
             for a in &addrs {
                 let (code, body) = tests::http_get(a, "/metrics").await.ok()?;
                 assert_eq!(code, 200);
+                assert!(
+                    body.contains("etcd_manager_backups_total{result=\"failure\"} 0"),
+                    "{body}"
+                );
                 sum += tests::metric_value(&body, "etcd_manager_is_leader")?;
                 assert_eq!(tests::http_get(a, "/healthz").await.ok()?.0, 200);
                 if tests::http_get(a, "/readyz").await.ok()?.0 != 200 {
