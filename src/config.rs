@@ -76,6 +76,10 @@ pub struct Args {
     #[arg(long, env = "ETCD_MANAGER_DAILY_BACKUPS_RETENTION", default_value = "90d", value_parser = backup::parse_retention)]
     pub daily_backups_retention: Duration,
 
+    /// Replace an etcd member that has been unhealthy this long (upstream: 1m).
+    #[arg(long, env = "ETCD_MANAGER_MEMBER_REPLACE_GRACE", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub member_replace_grace: Duration,
+
     /// UDP port for gossip, on --address.
     #[arg(long, env = "ETCD_MANAGER_GOSSIP_PORT", default_value_t = 8000)]
     pub gossip_port: u16,
@@ -158,6 +162,7 @@ pub struct Config {
     pub etcd_bin_dirs: Vec<PathBuf>,
     pub backup_interval: Duration,
     pub retention: backup::RetentionPolicy,
+    pub member_replace_grace: Duration,
     pub controller_interval: Duration,
     pub lease: lock::LeaseConfig,
     pub metrics_address: Option<SocketAddr>,
@@ -330,6 +335,7 @@ impl TryFrom<Args> for Config {
                 hourly: a.hourly_backups_retention,
                 daily: a.daily_backups_retention,
             },
+            member_replace_grace: a.member_replace_grace,
             controller_interval: a.controller_interval,
             lease,
             metrics_address,

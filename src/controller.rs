@@ -123,6 +123,10 @@ pub struct Observation {
     pub backup_requested: bool,
     /// An operator allowed a new empty cluster although backups exist.
     pub allow_new_cluster: bool,
+    /// Since when each unhealthy member has been unhealthy, as this leader saw it.
+    pub unhealthy_since: std::collections::BTreeMap<u64, Instant>,
+    /// How long a member may be unhealthy before it is replaced.
+    pub replace_grace: Duration,
 }
 
 /// What the leader does next.
@@ -714,6 +718,19 @@ fn version_change(
     ]))
 }
 
+/// A member given up on: unhealthy past the grace period, or replaced by an
+/// idle manager (another id) that now owns its peer URL.
+fn dead(obs: &Observation, m: &MemberView) -> bool {
+    let claimed = obs.peers.iter().any(|p| {
+        p.idle() && p.id != m.name && p.peer_urls().iter().any(|u| m.peer_urls.contains(u))
+    });
+    let expired = obs
+        .unhealthy_since
+        .get(&m.id)
+        .is_some_and(|t| obs.now.saturating_duration_since(*t) >= obs.replace_grace);
+    claimed || expired
+}
+
 /// The peer that runs a member: by name, else by peer URL.
 fn peer_of<'a>(obs: &'a Observation, m: &MemberView) -> Option<&'a PeerView> {
     obs.peers.iter().find(|p| {
@@ -791,7 +808,10 @@ fn running_cluster(obs: &Observation, spec: &ClusterSpec, cluster: &ClusterView)
         return plan;
     }
 
-    // A fresh cluster is quarantined until all its members are healthy.
+    // A fresh (seeded or restored) cluster is quarantined until a majority
+    // of it is healthy (checked above). Not waiting for every member: a
+    // member that died meanwhile, or a lift cut short by a leader change,
+    // must not keep the cluster closed.
     let quarantined: Vec<String> = obs
         .peers
         .iter()
@@ -799,13 +819,6 @@ fn running_cluster(obs: &Observation, spec: &ClusterSpec, cluster: &ClusterView)
         .map(|p| p.id.clone())
         .collect();
     if !quarantined.is_empty() {
-        let all_healthy = members.iter().all(|m| m.healthy);
-        if !all_healthy {
-            return Plan::wait(WaitReason::ClusterUnhealthy {
-                healthy: healthy_voters,
-                voters,
-            });
-        }
         let mut actions = vec![];
         if !obs.created_marker {
             actions.push(Action::WriteCreatedMarker);
@@ -825,6 +838,30 @@ fn running_cluster(obs: &Observation, spec: &ClusterSpec, cluster: &ClusterView)
             && p.token().is_some_and(|t| cluster_tokens.contains(t))
     }) {
         return Plan::act(vec![Action::StopEtcd { peer: p.id.clone() }]);
+    }
+
+    // Replace a dead member: unhealthy for longer than the grace period, or
+    // its peer URL now served by an idle manager with another id (the host
+    // came back with an empty disk). Removing an unhealthy member never costs
+    // quorum as long as the healthy voters are a majority of those left; the
+    // raft leader is never the one removed. The ordinary add path then brings
+    // in an idle manager.
+    if let Some(m) = members
+        .iter()
+        .find(|m| !m.healthy && !m.name.is_empty() && dead(obs, m))
+    {
+        let voters_after = voters - usize::from(!m.is_learner);
+        if !m.is_leader && voters_after >= 1 && healthy_voters >= quorum(voters_after) {
+            return Plan::act(vec![
+                Action::TakeBackup {
+                    reason: BackupReason::BeforeChange,
+                },
+                Action::RemoveMember {
+                    member_id: m.id,
+                    name: m.name.clone(),
+                },
+            ]);
+        }
     }
 
     // Promote a learner once it runs (etcd refuses until it caught up).

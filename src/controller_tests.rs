@@ -80,6 +80,8 @@ fn obs(member_count: i32, peers: Vec<PeerView>, members: Option<Vec<MemberView>>
         last_retention: Some(t0 + Duration::from_secs(3599)),
         backup_requested: false,
         allow_new_cluster: false,
+        unhealthy_since: Default::default(),
+        replace_grace: Duration::from_secs(60),
     }
 }
 
@@ -398,7 +400,9 @@ fn exhaustive_small_clusters_stay_safe() {
     for n in 1..=5usize {
         for health in 0u32..(1 << n) {
             for want in [1, 3, 5] {
-                for leader in [true, false] {
+                for (leader, expired) in
+                    [(true, false), (false, false), (true, true), (false, true)]
+                {
                     let mut peers: Vec<PeerView> =
                         names[..n].iter().map(|x| running(x, false)).collect();
                     peers.extend(names[n..].iter().map(|x| idle(x)));
@@ -408,6 +412,13 @@ fn exhaustive_small_clusters_stay_safe() {
                     let mut o = obs(want, peers, Some(members.clone()));
                     if !leader {
                         o.epoch = None;
+                    }
+                    if expired {
+                        // Every unhealthy member is past the replacement grace period.
+                        for m in members.iter().filter(|m| !m.healthy) {
+                            o.unhealthy_since
+                                .insert(m.id, o.now - Duration::from_secs(3600));
+                        }
                     }
                     let plan = reconcile(&o);
                     let changes = plan
@@ -424,21 +435,43 @@ fn exhaustive_small_clusters_stay_safe() {
                     }
                     let all_healthy = members.iter().all(|m| m.healthy);
                     for a in &plan.actions {
-                        match a {
-                            Action::AddMember { .. } | Action::RemoveMember { .. } => {
-                                assert!(all_healthy, "change with unhealthy members: {plan:?}");
-                                assert_eq!(
-                                    plan.actions.first(),
-                                    Some(&Action::TakeBackup {
-                                        reason: BackupReason::BeforeChange
-                                    }),
-                                    "risky change without a backup first"
-                                );
-                            }
-                            _ => {}
+                        if let Action::AddMember { .. } = a {
+                            assert!(all_healthy, "add with unhealthy members: {plan:?}");
+                            assert_eq!(
+                                plan.actions.first(),
+                                Some(&Action::TakeBackup {
+                                    reason: BackupReason::BeforeChange
+                                }),
+                                "risky change without a backup first"
+                            );
                         }
                         if let Action::RemoveMember { member_id, .. } = a {
                             assert_ne!(*member_id, 1, "removed the raft leader");
+                            assert_eq!(
+                                plan.actions.first(),
+                                Some(&Action::TakeBackup {
+                                    reason: BackupReason::BeforeChange
+                                }),
+                                "remove without a backup first"
+                            );
+                            // Removing an unhealthy member, or any while all are healthy,
+                            // must leave a healthy majority of the remaining voters.
+                            let gone = members
+                                .iter()
+                                .find(|m| m.id == *member_id)
+                                .expect("a member");
+                            assert!(
+                                !gone.healthy || all_healthy,
+                                "removed a healthy member while others are down"
+                            );
+                            let healthy_after = members
+                                .iter()
+                                .filter(|m| m.healthy && m.id != *member_id)
+                                .count();
+                            assert!(
+                                healthy_after >= quorum(n - 1),
+                                "remove loses quorum: n={n} health={health:b}: {plan:?}"
+                            );
                         }
                     }
                     let healthy = members.iter().filter(|m| m.healthy).count();
@@ -683,4 +716,120 @@ fn downgrades_and_big_jumps_are_not_rolled() {
         "patch changes roll both ways"
     );
     assert!(rolling_compatible(&["3.3.25"], "3.4.23"));
+}
+
+#[test]
+fn a_dead_member_is_replaced_after_the_grace_period() {
+    let peers = vec![running("a", false), running("b", false), idle("d")];
+    let ms = vec![
+        member(1, "a", true),
+        member(2, "b", true),
+        member(3, "c", false),
+    ];
+    let mut o = obs(3, peers, Some(ms));
+    // Within the grace period: nothing.
+    o.unhealthy_since.insert(3, o.now - Duration::from_secs(30));
+    assert!(reconcile(&o).actions.is_empty(), "{:?}", reconcile(&o));
+    // Past it: backup, remove; the next pass adds the idle node.
+    o.unhealthy_since.insert(3, o.now - Duration::from_secs(61));
+    check(
+        &o,
+        &[
+            Action::TakeBackup {
+                reason: BackupReason::BeforeChange,
+            },
+            Action::RemoveMember {
+                member_id: 3,
+                name: "c".into(),
+            },
+        ],
+        &[],
+    );
+}
+
+#[test]
+fn a_host_back_with_an_empty_disk_is_replaced_at_once() {
+    // "c2" is the host of "c" with a wiped disk: a new id on c's peer URL.
+    let mut wiped = idle("c2");
+    if let Some(i) = wiped.info.as_mut() {
+        i.node_config.peer_urls = vec!["http://c:2380".into()];
+    }
+    let ms = vec![
+        member(1, "a", true),
+        member(2, "b", true),
+        member(3, "c", false),
+    ];
+    let o = obs(
+        3,
+        vec![running("a", false), running("b", false), wiped],
+        Some(ms),
+    );
+    check(
+        &o,
+        &[
+            Action::TakeBackup {
+                reason: BackupReason::BeforeChange,
+            },
+            Action::RemoveMember {
+                member_id: 3,
+                name: "c".into(),
+            },
+        ],
+        &[],
+    );
+}
+
+#[test]
+fn replacement_never_removes_the_raft_leader_or_costs_quorum() {
+    // The dead one is the raft leader (stale view): leave it.
+    let ms = vec![
+        member(1, "a", false),
+        member(2, "b", true),
+        member(3, "c", true),
+    ];
+    let mut o = obs(3, vec![running("b", false), running("c", false)], Some(ms));
+    o.unhealthy_since
+        .insert(1, o.now - Duration::from_secs(600));
+    assert!(
+        reconcile(&o)
+            .actions
+            .iter()
+            .all(|a| !a.is_membership_change())
+    );
+    // Two of five dead: removing one leaves 4 voters with 3 healthy, fine.
+    let ms: Vec<_> = (1..=5)
+        .map(|i| member(i, &format!("m{i}"), i <= 3))
+        .collect();
+    let peers = (1..=3).map(|i| running(&format!("m{i}"), false)).collect();
+    let mut o = obs(5, peers, Some(ms));
+    o.unhealthy_since
+        .insert(4, o.now - Duration::from_secs(600));
+    o.unhealthy_since
+        .insert(5, o.now - Duration::from_secs(600));
+    assert!(matches!(
+        &reconcile(&o).actions[..],
+        [
+            Action::TakeBackup { .. },
+            Action::RemoveMember { member_id: 4, .. }
+        ]
+    ));
+}
+
+#[test]
+fn a_lift_cut_short_is_finished_even_with_a_member_down() {
+    // The old leader died while lifting: "c" is still quarantined, "b" is gone.
+    let peers = vec![running("a", false), running("c", true)];
+    let ms = vec![
+        member(1, "a", true),
+        member(2, "b", false),
+        member(3, "c", true),
+    ];
+    let o = obs(3, peers, Some(ms));
+    check(
+        &o,
+        &[Action::LiftQuarantine {
+            peers: vec!["c".into()],
+        }],
+        &[],
+    );
 }

@@ -81,6 +81,8 @@ pub struct DriverSettings {
     /// Where etcd binaries are looked for (to check snapshots without our checksum).
     pub etcd_bin_dirs: Vec<std::path::PathBuf>,
     pub retention: backup::RetentionPolicy,
+    /// How long a member may be unhealthy before it is replaced.
+    pub replace_grace: Duration,
 }
 
 /// `etcd-manager-ctl backup-now` leaves this file under `<store>/etcd-manager/`.
@@ -109,6 +111,7 @@ pub struct Driver {
     last_retention: Option<Instant>,
     /// The backup this leader took last (a dump-and-restore restores it).
     last_backup_name: Option<String>,
+    unhealthy_since: BTreeMap<u64, Instant>,
 }
 
 fn executing_error(e: impl std::fmt::Display) -> String {
@@ -145,6 +148,7 @@ impl Driver {
             refused: BTreeMap::new(),
             last_retention: None,
             last_backup_name: None,
+            unhealthy_since: BTreeMap::new(),
         }
     }
 
@@ -294,6 +298,8 @@ impl Driver {
             if leader {
                 tracing::info!(epoch, "became leader");
                 self.last_backup = None;
+                // A new leader gives every member a full grace period.
+                self.unhealthy_since.clear();
             } else {
                 tracing::info!("no longer leader");
             }
@@ -387,6 +393,18 @@ impl Driver {
                 .await
                 .map_err(executing_error)?
                 .is_some();
+        // Since when each member has been unhealthy, as this leader saw it.
+        let now = self.clock.now();
+        match &cluster {
+            Some(c) => {
+                self.unhealthy_since
+                    .retain(|id, _| c.members.iter().any(|m| m.id == *id && !m.healthy));
+                for m in c.members.iter().filter(|m| !m.healthy) {
+                    self.unhealthy_since.entry(m.id).or_insert(now);
+                }
+            }
+            None => self.unhealthy_since.clear(),
+        }
         if let (Some(c), Some(s)) = (&cluster, &spec) {
             metrics::gauge!(m::ETCD_MEMBERS, "kind" => "desired").set(s.member_count as f64);
             metrics::gauge!(m::ETCD_MEMBERS, "kind" => "actual").set(c.members.len() as f64);
@@ -410,6 +428,8 @@ impl Driver {
             last_retention: self.last_retention,
             backup_requested,
             allow_new_cluster,
+            unhealthy_since: self.unhealthy_since.clone(),
+            replace_grace: self.settings.replace_grace,
         })
     }
 

@@ -141,6 +141,7 @@ async fn run_node(
             scratch_dir: cfg.data_dir.join("restore-check"),
             etcd_bin_dirs: cfg.etcd_bin_dirs.clone(),
             retention: cfg.retention,
+            replace_grace: cfg.member_replace_grace,
         },
         health.clone(),
         store,
