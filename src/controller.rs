@@ -307,6 +307,24 @@ pub enum WaitReason {
     },
 }
 
+/// Every [`WaitReason::label`], so the metric exists for each from the start.
+pub const WAIT_LABELS: &[&str] = &[
+    "not_leader",
+    "no_spec",
+    "invalid_spec",
+    "restore_required",
+    "created_marker_missing",
+    "insufficient_peers",
+    "version_not_installed",
+    "etcd_starting",
+    "cluster_unhealthy",
+    "learner_catching_up",
+    "no_idle_peer",
+    "version_change_pending",
+    "foreign_cluster",
+    "restore_refused",
+];
+
 impl WaitReason {
     /// Label for metrics.
     pub fn label(&self) -> &'static str {

@@ -833,3 +833,43 @@ fn a_lift_cut_short_is_finished_even_with_a_member_down() {
         &[],
     );
 }
+
+#[test]
+fn every_wait_reason_label_is_listed() {
+    let all = [
+        WaitReason::NotLeader,
+        WaitReason::NoSpec,
+        WaitReason::InvalidSpec(String::new()),
+        WaitReason::RestoreRequired,
+        WaitReason::CreatedMarkerMissing,
+        WaitReason::InsufficientPeers { have: 0, need: 0 },
+        WaitReason::VersionNotInstalled {
+            version: String::new(),
+        },
+        WaitReason::EtcdStarting,
+        WaitReason::ClusterUnhealthy {
+            healthy: 0,
+            voters: 0,
+        },
+        WaitReason::LearnerCatchingUp {
+            name: String::new(),
+        },
+        WaitReason::NoIdlePeer {
+            members: 0,
+            want: 0,
+        },
+        WaitReason::VersionChangePending {
+            from: String::new(),
+            to: String::new(),
+        },
+        WaitReason::ForeignCluster {
+            peer: String::new(),
+        },
+        WaitReason::RestoreRefused {
+            backup: String::new(),
+            reason: String::new(),
+        },
+    ];
+    let labels: Vec<&str> = all.iter().map(WaitReason::label).collect();
+    assert_eq!(labels, WAIT_LABELS);
+}

@@ -77,6 +77,9 @@ pub fn init_counters() {
     for result in ["ok", "error"] {
         metrics::counter!(LEASE_OPERATIONS, "result" => result).increment(0);
     }
+    for reason in crate::controller::WAIT_LABELS {
+        metrics::counter!(RECONCILE_WAITS, "reason" => *reason).increment(0);
+    }
 }
 
 /// Liveness and readiness, fed by the daemon and the driver.
