@@ -112,6 +112,7 @@ pub struct Driver {
     /// The backup this leader took last (a dump-and-restore restores it).
     last_backup_name: Option<String>,
     unhealthy_since: BTreeMap<u64, Instant>,
+    had_majority: bool,
 }
 
 fn executing_error(e: impl std::fmt::Display) -> String {
@@ -149,6 +150,7 @@ impl Driver {
             last_retention: None,
             last_backup_name: None,
             unhealthy_since: BTreeMap::new(),
+            had_majority: false,
         }
     }
 
@@ -206,6 +208,63 @@ impl Driver {
         out
     }
 
+    /// Ask every other alive manager whether it accepts us; true with a
+    /// majority of all known managers of our cluster.
+    async fn majority_accepts(&mut self, peers: &BTreeMap<String, SocketAddr>) -> bool {
+        let me = self.node.id().to_string();
+        let known = self
+            .gossip
+            .members()
+            .iter()
+            .filter(|mv| {
+                mv.payload
+                    .as_deref()
+                    .and_then(PeerPayload::decode)
+                    .is_some_and(|p| p.cluster_name == self.settings.cluster_name)
+            })
+            .count()
+            .max(1);
+        let req = Request::Leadership {
+            cluster_name: self.settings.cluster_name.clone(),
+            candidate: me.clone(),
+        };
+        let others: Vec<(String, SocketAddr)> = peers
+            .iter()
+            .filter(|(id, _)| **id != me)
+            .map(|(id, a)| (id.clone(), *a))
+            .collect();
+        let answers = futures::future::join_all(others.into_iter().map(|(id, addr)| {
+            let req = req.clone();
+            async move { (id, peer::call(addr, &req, Duration::from_secs(2)).await) }
+        }))
+        .await;
+        let mut accepted = 1; // ourselves
+        for (id, answer) in answers {
+            match answer {
+                Ok(_) => accepted += 1,
+                Err(e) => tracing::debug!(peer = %id, error = %e, "leadership not accepted"),
+            }
+        }
+        let majority = accepted * 2 > known;
+        if majority != self.had_majority {
+            if majority {
+                tracing::info!(
+                    accepted,
+                    known,
+                    "a majority of the known managers accepts this node"
+                );
+            } else {
+                tracing::info!(
+                    accepted,
+                    known,
+                    "not leading: no majority of the known managers accepts this node"
+                );
+            }
+            self.had_majority = majority;
+        }
+        majority
+    }
+
     /// One pass; true if something was done (so the next pass comes soon).
     async fn step(&mut self) -> bool {
         let now_ms = self
@@ -216,8 +275,12 @@ impl Driver {
         self.health.pass_done(now_ms);
         self.publish_payload().await;
         let peers = self.alive_peers();
+        self.node.set_alive_view(peers.keys().cloned().collect());
         let me = self.node.id().to_string();
-        let candidate = peers.keys().next().is_some_and(|lowest| *lowest == me);
+        let lowest = peers.keys().next().is_some_and(|lowest| *lowest == me);
+        // Majority acceptance: the lowest alive id leads only if a majority of
+        // the managers gossip has ever known (down ones included) accept it.
+        let candidate = lowest && self.majority_accepts(&peers).await;
         let before = self.clock.now();
         match self.lease.tick(before, candidate).await {
             Ok(_) => metrics::counter!(m::LEASE_OPERATIONS, "result" => "ok").increment(1),

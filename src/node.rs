@@ -83,6 +83,8 @@ struct Inner {
 pub struct Node {
     settings: NodeSettings,
     id: String,
+    /// Alive managers of our cluster as our gossip sees them (set by the driver).
+    alive_view: std::sync::Mutex<Vec<String>>,
     inner: Mutex<Inner>,
 }
 
@@ -176,6 +178,7 @@ impl Node {
         Ok(Node {
             settings,
             id,
+            alive_view: std::sync::Mutex::new(Vec::new()),
             inner: Mutex::new(Inner {
                 state,
                 process: None,
@@ -186,6 +189,34 @@ impl Node {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Record which managers our gossip sees alive (ids of our cluster).
+    pub fn set_alive_view(&self, ids: Vec<String>) {
+        if let Ok(mut v) = self.alive_view.lock() {
+            *v = ids;
+        }
+    }
+
+    /// Accept `candidate` as leader unless we know an alive manager with a lower id.
+    pub fn judge_leadership(&self, cluster_name: &str, candidate: &str) -> Response {
+        if cluster_name != self.settings.cluster_name {
+            return Response::Failed(format!(
+                "this node manages cluster '{}'",
+                self.settings.cluster_name
+            ));
+        }
+        let lower = self
+            .alive_view
+            .lock()
+            .ok()
+            .and_then(|v| v.iter().find(|id| id.as_str() < candidate).cloned());
+        match lower {
+            Some(id) => {
+                Response::Failed(format!("{id} is alive and has a lower id than {candidate}"))
+            }
+            None => Response::Done,
+        }
     }
 
     pub fn node_config(&self) -> EtcdNodeConfig {
@@ -313,6 +344,13 @@ impl Node {
         if let Request::GetInfo = req {
             return Response::Info(Box::new(self.info().await));
         }
+        if let Request::Leadership {
+            cluster_name,
+            candidate,
+        } = &req
+        {
+            return self.judge_leadership(cluster_name, candidate);
+        }
         let mut inner = self.inner.lock().await;
         if let Some(fence) = req.fence()
             && let Err(resp) = self.admit(&mut inner, fence)
@@ -320,7 +358,7 @@ impl Node {
             return resp;
         }
         let result = match req {
-            Request::GetInfo => unreachable_info(),
+            Request::GetInfo | Request::Leadership { .. } => unreachable_info(),
             Request::JoinCluster(j) => self.join(&mut inner, j).await,
             Request::Reconfigure(r) => {
                 self.reconfigure(&mut inner, r.quarantined, r.etcd_version)
@@ -609,5 +647,39 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+}
+
+#[cfg(test)]
+mod leadership_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn node(dir: &std::path::Path) -> Node {
+        Node::open(NodeSettings {
+            cluster_name: "c".into(),
+            data_dir: dir.to_path_buf(),
+            node_config: EtcdNodeConfig::default(),
+            listen_address: None,
+            bin_dirs: vec![],
+            etcd_env_overrides: vec![],
+            store: backup::BackupStore::open("memory://x", &Default::default()).unwrap(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_candidate_is_refused_when_a_lower_id_is_alive() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = node(dir.path());
+        n.set_alive_view(vec!["b".into(), "c".into(), "d".into()]);
+        assert_eq!(n.judge_leadership("c", "b"), Response::Done);
+        assert!(
+            matches!(n.judge_leadership("c", "c"), Response::Failed(m) if m.contains("b is alive"))
+        );
+        assert!(matches!(
+            n.judge_leadership("other", "a"),
+            Response::Failed(_)
+        ));
     }
 }

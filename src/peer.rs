@@ -114,6 +114,12 @@ pub enum Request {
     /// Stop etcd for good and move its data to the trashcan (the member was removed).
     StopEtcd(Fence),
     RestoreBackup(RestoreBackup),
+    /// The sender believes it is the lowest alive id and asks to lead; the
+    /// receiver refuses if it knows an alive manager with a lower id.
+    Leadership {
+        cluster_name: String,
+        candidate: String,
+    },
     /// Delete old data dirs from the trashcan, keeping the newest `keep`.
     /// Sent only after a backup of a healthy cluster.
     GcTrashcan {
@@ -125,7 +131,7 @@ pub enum Request {
 impl Request {
     pub fn fence(&self) -> Option<&Fence> {
         match self {
-            Request::GetInfo => None,
+            Request::GetInfo | Request::Leadership { .. } => None,
             Request::JoinCluster(j) => Some(&j.fence),
             Request::Reconfigure(r) => Some(&r.fence),
             Request::StopEtcd(f) => Some(f),
@@ -143,6 +149,7 @@ impl Request {
             Request::StopEtcd(_) => "stop_etcd",
             Request::RestoreBackup(_) => "restore_backup",
             Request::GcTrashcan { .. } => "gc_trashcan",
+            Request::Leadership { .. } => "leadership",
         }
     }
 }

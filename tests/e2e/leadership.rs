@@ -1,0 +1,83 @@
+//! Majority acceptance on real processes: a leader cut off from the majority
+//! of the managers it knows stops leading, and leadership returns with them.
+
+use std::time::Duration;
+
+use tests::{put, wait_for};
+
+async fn is_leader(metrics: &str) -> Option<f64> {
+    let (_, body) = tests::http_get(metrics, "/metrics").await.ok()?;
+    tests::metric_value(&body, "etcd_manager_is_leader")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_without_a_majority_stops_leading() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = crate::env(&dir);
+    let metrics: Vec<String> = (1..=3)
+        .map(|h| format!("{}:9090", tests::host_ip(env.net, h)))
+        .collect();
+    let mut ms: Vec<_> = (1..=3u8)
+        .map(|h| {
+            env.start_with(
+                h,
+                &[&format!(
+                    "--metrics-address={}",
+                    metrics[usize::from(h - 1)]
+                )],
+            )
+        })
+        .collect();
+    assert!(
+        env.ctl(&[
+            "-member-count=3",
+            "-etcd-version=3.5.30",
+            "configure-cluster"
+        ])
+        .success
+    );
+    let ep = env.client_url(1);
+    wait_for("the cluster", Duration::from_secs(60), || {
+        let ep = ep.clone();
+        async move { put(&ep, "/k", "v").await.ok() }
+    })
+    .await;
+    let leader = wait_for("one leader", Duration::from_secs(30), || {
+        let metrics = metrics.clone();
+        async move {
+            let mut found = None;
+            for (i, m) in metrics.iter().enumerate() {
+                if is_leader(m).await? == 1.0 {
+                    found = Some(i);
+                }
+            }
+            found
+        }
+    })
+    .await;
+
+    // Both other managers (and their etcd) die: the leader is alone.
+    for (i, m) in ms.iter_mut().enumerate() {
+        if i != leader {
+            m.kill_all();
+        }
+    }
+    wait_for(
+        "the lone leader steps down",
+        Duration::from_secs(60),
+        || {
+            let m = metrics[leader].clone();
+            async move { (is_leader(&m).await? == 0.0).then_some(()) }
+        },
+    )
+    .await;
+
+    // One comes back: two of three, a majority again, and a leader again.
+    let back = (0..3).find(|i| *i != leader).expect("another host");
+    ms[back].restart();
+    wait_for("a leader again", Duration::from_secs(90), || {
+        let (a, b) = (metrics[leader].clone(), metrics[back].clone());
+        async move { (is_leader(&a).await? + is_leader(&b).await? == 1.0).then_some(()) }
+    })
+    .await;
+}
