@@ -496,6 +496,26 @@ impl Driver {
         })
     }
 
+    /// Move each peer's etcd onto (true) or off (false) its quarantine URLs.
+    async fn set_quarantine(
+        &self,
+        peers: &[String],
+        quarantined: bool,
+        fence: &Fence,
+    ) -> Result<(), String> {
+        let req = Request::Reconfigure(Reconfigure {
+            fence: fence.clone(),
+            quarantined: Some(quarantined),
+            etcd_version: None,
+        });
+        for p in peers {
+            peer::call(self.addr_of(p)?, &req, JOIN_TIMEOUT)
+                .await
+                .map_err(executing_error)?;
+        }
+        Ok(())
+    }
+
     fn addr_of(&self, id: &str) -> Result<SocketAddr, String> {
         self.alive_peers()
             .get(id)
@@ -600,16 +620,7 @@ impl Driver {
                 .await
                 .map_err(executing_error),
             Action::LiftQuarantine { peers } => {
-                let req = Request::Reconfigure(Reconfigure {
-                    fence: fence.clone(),
-                    quarantined: Some(false),
-                    etcd_version: None,
-                });
-                for p in peers.clone() {
-                    peer::call(self.addr_of(&p)?, &req, JOIN_TIMEOUT)
-                        .await
-                        .map_err(executing_error)?;
-                }
+                self.set_quarantine(peers, false, &fence).await?;
                 tracing::info!(peers = ?peers, "quarantine lifted");
                 Ok(())
             }
@@ -696,16 +707,7 @@ impl Driver {
                 Ok(())
             }
             Action::Quarantine { peers } => {
-                let req = Request::Reconfigure(Reconfigure {
-                    fence: fence.clone(),
-                    quarantined: Some(true),
-                    etcd_version: None,
-                });
-                for p in peers.clone() {
-                    peer::call(self.addr_of(&p)?, &req, JOIN_TIMEOUT)
-                        .await
-                        .map_err(executing_error)?;
-                }
+                self.set_quarantine(peers, true, &fence).await?;
                 tracing::info!(peers = ?peers, "quarantined: clients are kept out");
                 Ok(())
             }
