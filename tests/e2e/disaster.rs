@@ -159,11 +159,7 @@ async fn corrupt_or_missing_backups_are_refused_and_the_cluster_keeps_running() 
         .success
     );
     let ep = env.client_url(1);
-    wait_for("a serving member", Duration::from_secs(30), || {
-        let ep = ep.clone();
-        async move { put(&ep, "/k", "v").await.ok() }
-    })
-    .await;
+    tests::wait_put("a serving member", &ep, "/k", "v", Duration::from_secs(30)).await;
     let name = backup_covering(&env, 2).await;
     // Flip one byte of the backup's data.
     let data = env.store_path().join(&name).join("etcd.backup.gz");
@@ -301,10 +297,13 @@ async fn a_backup_in_upstreams_layout_restores() {
     };
     let old = etcd::EtcdProcess::start(tests::etcd_binaries("3.4.23"), spec, vec![], None).unwrap();
     let oep = format!("http://{ip}:4001");
-    wait_for("the old etcd", Duration::from_secs(30), || {
-        let oep = oep.clone();
-        async move { put(&oep, "/kops/key", "from-upstream").await.ok() }
-    })
+    tests::wait_put(
+        "the old etcd",
+        &oep,
+        "/kops/key",
+        "from-upstream",
+        Duration::from_secs(30),
+    )
     .await;
     let client = etcd::EtcdClient::connect(std::slice::from_ref(&oep), Duration::from_secs(3))
         .await
@@ -417,10 +416,13 @@ async fn a_lost_created_marker_blocks_seeding_until_an_operator_decides() {
     assert!(get(&ep, "/x").await.is_err(), "no cluster may be created");
     let out = env.ctl(&["seed-new-cluster"]);
     assert!(out.success, "{}", out.stderr);
-    wait_for("a new empty cluster", Duration::from_secs(30), || {
-        let ep = ep.clone();
-        async move { put(&ep, "/fresh", "start").await.ok() }
-    })
+    tests::wait_put(
+        "a new empty cluster",
+        &ep,
+        "/fresh",
+        "start",
+        Duration::from_secs(30),
+    )
     .await;
     wait_for(
         "the marker written and the override consumed",

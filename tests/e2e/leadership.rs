@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tests::{put, wait_for};
+use tests::wait_for;
 
 async fn is_leader(metrics: &str) -> Option<f64> {
     let (_, body) = tests::http_get(metrics, "/metrics").await.ok()?;
@@ -14,20 +14,8 @@ async fn is_leader(metrics: &str) -> Option<f64> {
 async fn a_leader_without_a_majority_stops_leading() {
     let dir = tempfile::tempdir().unwrap();
     let env = crate::env(&dir);
-    let metrics: Vec<String> = (1..=3)
-        .map(|h| format!("{}:9090", tests::host_ip(env.net, h)))
-        .collect();
-    let mut ms: Vec<_> = (1..=3u8)
-        .map(|h| {
-            env.start_with(
-                h,
-                &[&format!(
-                    "--metrics-address={}",
-                    metrics[usize::from(h - 1)]
-                )],
-            )
-        })
-        .collect();
+    let metrics: Vec<String> = (1..=3).map(|h| env.metrics_addr(h)).collect();
+    let mut ms: Vec<_> = (1..=3u8).map(|h| env.start_with_metrics(h)).collect();
     assert!(
         env.ctl(&[
             "-member-count=3",
@@ -37,11 +25,7 @@ async fn a_leader_without_a_majority_stops_leading() {
         .success
     );
     let ep = env.client_url(1);
-    wait_for("the cluster", Duration::from_secs(60), || {
-        let ep = ep.clone();
-        async move { put(&ep, "/k", "v").await.ok() }
-    })
-    .await;
+    tests::wait_put("the cluster", &ep, "/k", "v", Duration::from_secs(60)).await;
     let leader = wait_for("one leader", Duration::from_secs(30), || {
         let metrics = metrics.clone();
         async move {

@@ -5,7 +5,7 @@
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use tests::{put, wait_for};
+use tests::wait_for;
 
 struct Prometheus {
     child: Child,
@@ -84,20 +84,8 @@ async fn prometheus_sees_one_leader_and_the_backup_age_alert() {
     let dir = tempfile::tempdir().unwrap();
     let mut env = crate::env(&dir);
     env.backup_interval = "2s";
-    let metrics: Vec<String> = (1..=3)
-        .map(|h| format!("{}:9090", tests::host_ip(env.net, h)))
-        .collect();
-    let _ms: Vec<_> = (1..=3u8)
-        .map(|h| {
-            env.start_with(
-                h,
-                &[&format!(
-                    "--metrics-address={}",
-                    metrics[usize::from(h - 1)]
-                )],
-            )
-        })
-        .collect();
+    let metrics: Vec<String> = (1..=3).map(|h| env.metrics_addr(h)).collect();
+    let _ms: Vec<_> = (1..=3u8).map(|h| env.start_with_metrics(h)).collect();
     assert!(
         env.ctl(&[
             "-member-count=3",
@@ -107,11 +95,7 @@ async fn prometheus_sees_one_leader_and_the_backup_age_alert() {
         .success
     );
     let ep = env.client_url(1);
-    wait_for("the cluster", Duration::from_secs(60), || {
-        let ep = ep.clone();
-        async move { put(&ep, "/k", "v").await.ok() }
-    })
-    .await;
+    tests::wait_put("the cluster", &ep, "/k", "v", Duration::from_secs(60)).await;
 
     std::fs::write(dir.path().join("rules.yml"), rules_for_test()).unwrap();
     let targets = metrics

@@ -63,10 +63,13 @@ async fn a_host_back_with_a_wiped_disk_rejoins_without_an_operator() {
         .expect("host 3 is a member")
         .name
         .clone();
-    wait_for("a write through host 1", Duration::from_secs(30), || {
-        let ep = eps[0].clone();
-        async move { put(&ep, "/kept", "yes").await.ok() }
-    })
+    tests::wait_put(
+        "a write through host 1",
+        &eps[0],
+        "/kept",
+        "yes",
+        Duration::from_secs(30),
+    )
     .await;
 
     // Host 3 loses its disk: the manager and etcd die, the data dir is gone.

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use tests::{put, wait_for};
+use tests::wait_for;
 
 fn plain_member(
     env: &tests::ClusterEnv,
@@ -71,10 +71,13 @@ async fn backup_only_mode_backs_up_a_plain_three_member_cluster_from_its_leader(
         .map(|h| format!("http://{}:2379", tests::host_ip(env.net, h)))
         .collect();
     let ep = eps[0].clone();
-    wait_for("the plain cluster", Duration::from_secs(30), || {
-        let ep = ep.clone();
-        async move { put(&ep, "/plain", "yes").await.ok() }
-    })
+    tests::wait_put(
+        "the plain cluster",
+        &ep,
+        "/plain",
+        "yes",
+        Duration::from_secs(30),
+    )
     .await;
     let sidecars: Vec<_> = (1..=3).map(|h| sidecar(&env, dir.path(), h)).collect();
     let store = backup::BackupStore::open(&env.store_url, &Default::default()).unwrap();
@@ -140,10 +143,13 @@ async fn backup_only_mode_backs_up_an_unmanaged_etcd() {
     )
     .unwrap();
     let ep = format!("http://{ip}:2379");
-    wait_for("the unmanaged etcd", Duration::from_secs(30), || {
-        let ep = ep.clone();
-        async move { put(&ep, "/sidecar", "yes").await.ok() }
-    })
+    tests::wait_put(
+        "the unmanaged etcd",
+        &ep,
+        "/sidecar",
+        "yes",
+        Duration::from_secs(30),
+    )
     .await;
     let revision = etcd::EtcdClient::connect(std::slice::from_ref(&ep), Duration::from_secs(3))
         .await

@@ -261,10 +261,13 @@ async fn minor_downgrade_goes_by_dump_and_restore_3_5_to_3_4() {
         .success
     );
     let ep = env.client_url(1);
-    wait_for("a member on 3.5.30", Duration::from_secs(60), || {
-        let ep = ep.clone();
-        async move { put(&ep, "/k", "v").await.ok() }
-    })
+    tests::wait_put(
+        "a member on 3.5.30",
+        &ep,
+        "/k",
+        "v",
+        Duration::from_secs(60),
+    )
     .await;
     let (watcher, stop) = watch_refusals(ep.clone());
     assert!(

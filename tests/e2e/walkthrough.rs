@@ -84,10 +84,13 @@ async fn grow_to_three_back_up_and_survive_a_lost_member() {
         .success
     );
     let ep1 = env.client_url(1);
-    wait_for("first member serving", Duration::from_secs(30), || {
-        let ep = ep1.clone();
-        async move { put(&ep, "/k1", "v1").await.ok() }
-    })
+    tests::wait_put(
+        "first member serving",
+        &ep1,
+        "/k1",
+        "v1",
+        Duration::from_secs(30),
+    )
     .await;
 
     let mut m2 = env.start_with(2, &[&metrics(2)]);

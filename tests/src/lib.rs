@@ -324,3 +324,26 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
+
+/// Wait until a write through `endpoint` succeeds (the cluster serves).
+pub async fn wait_put(what: &str, endpoint: &str, key: &str, value: &str, deadline: Duration) {
+    wait_for(what, deadline, || async move {
+        put(endpoint, key, value).await.ok()
+    })
+    .await;
+}
+
+impl ClusterEnv {
+    /// The metrics address of host `host`.
+    pub fn metrics_addr(&self, host: u8) -> String {
+        format!("{}:9090", host_ip(self.net, host))
+    }
+
+    /// Start host `host` with metrics on [`ClusterEnv::metrics_addr`].
+    pub fn start_with_metrics(&self, host: u8) -> Manager {
+        self.start_with(
+            host,
+            &[&format!("--metrics-address={}", self.metrics_addr(host))],
+        )
+    }
+}
