@@ -18,6 +18,20 @@ async fn waits(env: &tests::ClusterEnv) -> Vec<String> {
         .collect()
 }
 
+/// Wait until one of the leader's wait reasons in `status` satisfies `pred`.
+async fn wait_for_status(
+    env: &tests::ClusterEnv,
+    what: &str,
+    deadline: Duration,
+    pred: impl Fn(&str) -> bool,
+) {
+    let pred = &pred;
+    wait_for(what, deadline, || async move {
+        waits(env).await.iter().any(|w| pred(w)).then_some(())
+    })
+    .await;
+}
+
 /// The newest backup whose recorded revision covers `revision`.
 async fn backup_covering(env: &tests::ClusterEnv, revision: i64) -> String {
     let store = backup::BackupStore::open(&env.store_url, &Default::default()).unwrap();
@@ -83,16 +97,16 @@ async fn total_loss_then_restore_backup() {
     let ms: Vec<_> = (1..=3).map(|h| env.start(h)).collect();
 
     // The leader creates nothing and says why.
-    wait_for("the leader asks for restore-backup", Duration::from_secs(60), || {
-        let env = env.clone();
-        async move {
-            waits(&env)
-                .await
-                .iter()
-                .any(|w| w.contains("etcd has 0 members registered; must issue restore-backup command to proceed"))
-                .then_some(())
-        }
-    })
+    wait_for_status(
+        &env,
+        "the leader asks for restore-backup",
+        Duration::from_secs(60),
+        |w| {
+            w.contains(
+                "etcd has 0 members registered; must issue restore-backup command to proceed",
+            )
+        },
+    )
     .await;
     assert!(
         get(&ep, "/keys/1").await.is_err(),
@@ -169,19 +183,11 @@ async fn corrupt_or_missing_backups_are_refused_and_the_cluster_keeps_running() 
     std::fs::write(&data, bytes).unwrap();
     assert!(env.ctl(&["restore-backup", &name]).success);
 
-    wait_for(
+    wait_for_status(
+        &env,
         "the corrupt backup refused",
         Duration::from_secs(30),
-        || {
-            let env = env.clone();
-            async move {
-                waits(&env)
-                    .await
-                    .iter()
-                    .any(|w| w.contains("refusing restore-backup") && w.contains("corrupt"))
-                    .then_some(())
-            }
-        },
+        |w| w.contains("refusing restore-backup") && w.contains("corrupt"),
     )
     .await;
     // The cluster keeps serving, the command stays queued, the manager did not crash,
@@ -249,21 +255,13 @@ async fn corrupt_or_missing_backups_are_refused_and_the_cluster_keeps_running() 
         .add_command(&cmd, std::time::SystemTime::now())
         .await
         .unwrap();
-    wait_for(
+    wait_for_status(
+        &env,
         "the missing backup refused",
         Duration::from_secs(30),
-        || {
-            let env = env.clone();
-            async move {
-                waits(&env)
-                    .await
-                    .iter()
-                    .any(|w| {
-                        w.contains("refusing restore-backup 2001-01-01T00:00:00Z-000001")
-                            && w.contains("does not exist")
-                    })
-                    .then_some(())
-            }
+        |w| {
+            w.contains("refusing restore-backup 2001-01-01T00:00:00Z-000001")
+                && w.contains("does not exist")
         },
     )
     .await;
@@ -345,19 +343,11 @@ async fn a_backup_in_upstreams_layout_restores() {
     .unwrap();
 
     let _m = env.start(1);
-    wait_for(
+    wait_for_status(
+        &env,
         "the leader asks for restore-backup",
         Duration::from_secs(30),
-        || {
-            let env = env.clone();
-            async move {
-                waits(&env)
-                    .await
-                    .iter()
-                    .any(|w| w.contains("must issue restore-backup"))
-                    .then_some(())
-            }
-        },
+        |w| w.contains("must issue restore-backup"),
     )
     .await;
     assert!(env.ctl(&["restore-backup", &written.name]).success);
@@ -394,21 +384,13 @@ async fn a_lost_created_marker_blocks_seeding_until_an_operator_decides() {
     )
     .unwrap();
     let _m = env.start(1);
-    wait_for(
+    wait_for_status(
+        &env,
         "the leader refuses to seed",
         Duration::from_secs(30),
-        || {
-            let env = env.clone();
-            async move {
-                waits(&env)
-                    .await
-                    .iter()
-                    .any(|w| {
-                        w.contains("etcd-cluster-created is missing but backups exist")
-                            && w.contains("seed-new-cluster")
-                    })
-                    .then_some(())
-            }
+        |w| {
+            w.contains("etcd-cluster-created is missing but backups exist")
+                && w.contains("seed-new-cluster")
         },
     )
     .await;
