@@ -100,6 +100,11 @@ pub struct Args {
     )]
     pub discovery_dir: PathBuf,
 
+    /// Find peers through the backup store: publish our address there and read the others'
+    /// (works across machines without DNS or a seed list).
+    #[arg(long, env = "ETCD_MANAGER_STORE_DISCOVERY")]
+    pub store_discovery: bool,
+
     /// Extra folder(s) to look for etcd binaries in, before /opt/etcd-v<version>/.
     #[arg(long, env = "ETCD_MANAGER_ETCD_BIN_DIR", value_delimiter = ',')]
     pub etcd_bin_dir: Vec<PathBuf>,
@@ -157,6 +162,8 @@ pub struct Config {
     pub peer_api_addr: SocketAddr,
     pub seeds: Vec<String>,
     pub discovery_dir: Option<PathBuf>,
+    /// Mirror discovery records from the store into `discovery_dir`.
+    pub store_discovery: bool,
     pub node: crate::peer::EtcdNodeConfig,
     pub etcd_listen_address: Option<String>,
     pub etcd_bin_dirs: Vec<PathBuf>,
@@ -308,7 +315,9 @@ impl TryFrom<Args> for Config {
             (None, Some(port)) => Some(SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port)),
             (None, None) => None,
         };
-        let discovery_dir = if a.seeds.is_empty() {
+        let discovery_dir = if a.store_discovery {
+            Some(a.data_dir.join("discovery"))
+        } else if a.seeds.is_empty() {
             Some(a.discovery_dir.clone())
         } else {
             None
@@ -322,6 +331,7 @@ impl TryFrom<Args> for Config {
             peer_api_addr: SocketAddr::new(a.address, a.peer_api_port),
             seeds: a.seeds,
             discovery_dir,
+            store_discovery: a.store_discovery,
             node: crate::peer::EtcdNodeConfig {
                 name: String::new(),
                 peer_urls,

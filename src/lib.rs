@@ -9,6 +9,7 @@
 pub mod clock;
 pub mod config;
 pub mod controller;
+pub mod discovery;
 pub mod driver;
 pub mod goflags;
 pub mod metrics;

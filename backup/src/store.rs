@@ -252,6 +252,22 @@ impl BackupStore {
         }
     }
 
+    /// Names of our own files under `<base>/etcd-manager/` that start with
+    /// `prefix` (one listing).
+    pub async fn list_manager_files(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut names: Vec<String> = self
+            .list_under(Some("etcd-manager"))
+            .await?
+            .into_iter()
+            .filter_map(|rel| {
+                let name = rel.strip_prefix("etcd-manager/")?;
+                (!name.contains('/') && name.starts_with(prefix)).then(|| name.to_string())
+            })
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// Read one of our own files under `<base>/etcd-manager/`; None when absent.
     pub async fn read_manager_file(&self, name: &str) -> Result<Option<Bytes>> {
         check_name(name)?;

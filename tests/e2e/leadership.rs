@@ -65,3 +65,46 @@ async fn a_leader_without_a_majority_stops_leading() {
     })
     .await;
 }
+
+/// Managers that share nothing but the bucket find each other through it.
+#[tokio::test(flavor = "multi_thread")]
+async fn managers_find_each_other_through_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = crate::env(&dir);
+    let _ms: Vec<_> = (1..=3u8)
+        .map(|h| env.start_with(h, &["--store-discovery"]))
+        .collect();
+    assert!(
+        env.ctl(&[
+            "-member-count=3",
+            "-etcd-version=3.5.30",
+            "configure-cluster"
+        ])
+        .success
+    );
+    let ep = env.client_url(1);
+    wait_for(
+        "three voters found through the store",
+        Duration::from_secs(60),
+        || {
+            let ep = ep.clone();
+            async move {
+                tests::put(&ep, "/k", "v").await.ok()?;
+                let ms = tests::members(&ep).await.ok()?;
+                (ms.len() == 3 && ms.iter().all(|m| !m.is_learner && !m.name.is_empty()))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(
+        !env.discovery_dir.exists(),
+        "the shared discovery folder was used"
+    );
+    let records = std::fs::read_dir(env.store_path().join("etcd-manager"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("discovery-"))
+        .count();
+    assert_eq!(records, 3);
+}

@@ -111,6 +111,26 @@ async fn run_node(
         .context("the backup store cannot hold the leader lease")?;
 
     health.set_gossip_up(true);
+    let discovery_cancel = CancellationToken::new();
+    let discovery_task = match (&cfg.discovery_dir, cfg.store_discovery) {
+        (Some(dir), true) => {
+            let me = etcd_manager::discovery::Record {
+                id: node.id().to_string(),
+                addr: cfg.gossip_addr,
+            };
+            Some(tokio::spawn(
+                etcd_manager::discovery::run(
+                    store.clone(),
+                    me,
+                    dir.clone(),
+                    clock.clone(),
+                    discovery_cancel.clone(),
+                )
+                .in_current_span(),
+            ))
+        }
+        _ => None,
+    };
     node.resume().await?;
     tracing::info!(
         gossip = %cfg.gossip_addr,
@@ -157,6 +177,10 @@ async fn run_node(
     driver_cancel.cancel();
     if let Err(e) = driver_task.await {
         tracing::warn!(error = %e, "leader loop ended badly");
+    }
+    discovery_cancel.cancel();
+    if let Some(t) = discovery_task {
+        let _ = t.await;
     }
     gossip.leave(Duration::from_secs(2)).await;
     cancel.cancel();
