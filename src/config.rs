@@ -100,6 +100,11 @@ pub struct Args {
     )]
     pub discovery_dir: PathBuf,
 
+    /// Authenticate and encrypt gossip with the keys in this file (one 32-byte key per line,
+    /// base64 or hex; packets are sent with the first, accepted with any; reread on SIGHUP).
+    #[arg(long, env = "ETCD_MANAGER_GOSSIP_KEY_FILE")]
+    pub gossip_key_file: Option<PathBuf>,
+
     /// Find peers through the backup store: publish our address there and read the others'
     /// (works across machines without DNS or a seed list).
     #[arg(long, env = "ETCD_MANAGER_STORE_DISCOVERY")]
@@ -164,6 +169,7 @@ pub struct Config {
     pub discovery_dir: Option<PathBuf>,
     /// Mirror discovery records from the store into `discovery_dir`.
     pub store_discovery: bool,
+    pub gossip_key_file: Option<PathBuf>,
     pub node: crate::peer::EtcdNodeConfig,
     pub etcd_listen_address: Option<String>,
     pub etcd_bin_dirs: Vec<PathBuf>,
@@ -332,6 +338,7 @@ impl TryFrom<Args> for Config {
             seeds: a.seeds,
             discovery_dir,
             store_discovery: a.store_discovery,
+            gossip_key_file: a.gossip_key_file,
             node: crate::peer::EtcdNodeConfig {
                 name: String::new(),
                 peer_urls,

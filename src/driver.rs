@@ -182,6 +182,7 @@ impl Driver {
 
     /// Alive gossip members of our cluster, with their peer API address.
     fn alive_peers(&self) -> BTreeMap<String, SocketAddr> {
+        metrics::counter!(m::GOSSIP_BAD_PACKETS).absolute(self.gossip.bad_packets());
         let members = self.gossip.members();
         let mut by_state: BTreeMap<&'static str, usize> = BTreeMap::new();
         let mut out = BTreeMap::new();
@@ -209,9 +210,18 @@ impl Driver {
     }
 
     /// Ask every other alive manager whether it accepts us; true with a
-    /// majority of all known managers of our cluster.
+    /// majority of all known managers of our cluster, and of the spec's member
+    /// count, so a manager alone in its gossip view (a wrong gossip key, a
+    /// partition) cannot take the lease from the real cluster.
     async fn majority_accepts(&mut self, peers: &BTreeMap<String, SocketAddr>) -> bool {
         let me = self.node.id().to_string();
+        let spec_count = match self.store.read_spec().await {
+            Ok(spec) => spec.map_or(0, |s| s.member_count.max(0) as usize),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the spec for majority acceptance");
+                return false;
+            }
+        };
         let known = self
             .gossip
             .members()
@@ -245,6 +255,7 @@ impl Driver {
                 Err(e) => tracing::debug!(peer = %id, error = %e, "leadership not accepted"),
             }
         }
+        let known = known.max(spec_count);
         let majority = accepted * 2 > known;
         if majority != self.had_majority {
             if majority {

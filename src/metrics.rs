@@ -18,6 +18,7 @@ pub const BACKUP_DURATION: &str = "etcd_manager_backup_duration_seconds";
 pub const BACKUP_SIZE: &str = "etcd_manager_backup_size_bytes";
 pub const BACKUPS: &str = "etcd_manager_backups_total";
 pub const GOSSIP_MEMBERS: &str = "etcd_manager_gossip_members";
+pub const GOSSIP_BAD_PACKETS: &str = "etcd_manager_gossip_bad_packets_total";
 pub const ETCD_MEMBERS: &str = "etcd_manager_etcd_members";
 pub const QUARANTINED: &str = "etcd_manager_quarantined";
 pub const RECONCILE_ACTIONS: &str = "etcd_manager_reconcile_actions_total";
@@ -52,6 +53,10 @@ pub fn describe() {
     g!(BACKUP_SIZE, "compressed size of the last backup");
     c!(BACKUPS, "backups attempted, by result");
     g!(GOSSIP_MEMBERS, "gossip members by state");
+    c!(
+        GOSSIP_BAD_PACKETS,
+        "gossip packets dropped: undecodable, or not sealed with a known key"
+    );
     g!(
         ETCD_MEMBERS,
         "etcd members: desired, actual, healthy (leader only)"

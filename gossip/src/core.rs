@@ -4,19 +4,28 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use foca::{AccumulatingRuntime, Foca, OwnedNotification, Timer};
-use rand::SeedableRng;
 use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use crate::error::Error;
 use crate::identity::NodeId;
+use crate::keys::{GossipKeys, NONCE_LEN, SEAL_OVERHEAD, Sealer};
 use crate::payload::{PayloadHandler, PayloadItem, PayloadTable};
 use crate::wire::{self, BincodeCodec, TAG_FOCA, TAG_HELLO, TAG_HELLO_ACK};
 use crate::{GossipConfig, MemberState, MemberView};
 
 /// Headroom kept in each packet for a sender id longer than ours.
 const PACKET_HEADROOM: usize = 64;
+/// Bytes a datagram adds around a foca packet: the tag byte, and the
+/// sealing (reserved even without keys, so keys can be set at run time).
+const FRAME_OVERHEAD: usize = 1 + SEAL_OVERHEAD;
+/// Smallest datagram limit we accept (foca needs room for a header and a
+/// few member updates).
+const MIN_PACKET_SIZE: usize = 512;
+/// Mixed into the rng seed for the nonce stream, so it differs from foca's.
+const NONCE_SEED_MIX: u64 = 0x6e6f_6e63_655f_7267;
 
 type FocaInstance = Foca<NodeId, BincodeCodec, StdRng, PayloadHandler>;
 
@@ -75,6 +84,8 @@ pub struct GossipCore {
     bad_packets: u64,
     left: bool,
     defunct: bool,
+    sealer: Option<Sealer>,
+    nonce_rng: StdRng,
 }
 
 impl std::fmt::Debug for GossipCore {
@@ -84,6 +95,7 @@ impl std::fmt::Debug for GossipCore {
             .field("members", &self.foca.num_members())
             .field("version", &self.version)
             .field("bad_packets", &self.bad_packets)
+            .field("keys", &self.sealer.as_ref().map(|s| s.keys().len()))
             .field("left", &self.left)
             .finish_non_exhaustive()
     }
@@ -106,7 +118,17 @@ impl GossipCore {
                 reason: "refresh_interval is 0; use a few seconds (default 2s)".to_string(),
             });
         }
-        let foca_config = config.effective_foca_config()?;
+        let mut foca_config = config.effective_foca_config()?;
+        let datagram_max = foca_config.max_packet_size.get();
+        foca_config.max_packet_size = datagram_max
+            .checked_sub(FRAME_OVERHEAD)
+            .filter(|_| datagram_max >= MIN_PACKET_SIZE)
+            .and_then(std::num::NonZeroUsize::new)
+            .ok_or_else(|| Error::InvalidConfig {
+                reason: format!(
+                    "foca max_packet_size {datagram_max} is too small; use at least {MIN_PACKET_SIZE} (default 1400)"
+                ),
+            })?;
         let identity = NodeId {
             id: config.id.clone(),
             addr: config.advertise,
@@ -160,6 +182,8 @@ impl GossipCore {
             bad_packets: 0,
             left: false,
             defunct: false,
+            sealer: config.keys.clone().map(Sealer::new),
+            nonce_rng: StdRng::seed_from_u64(rng_seed ^ NONCE_SEED_MIX),
         };
         core.check_payload(&payload)?;
         Ok(Self {
@@ -182,6 +206,24 @@ impl GossipCore {
     /// Packets that failed to decode so far.
     pub fn bad_packets(&self) -> u64 {
         self.bad_packets
+    }
+
+    /// Replaces the keyring (`None`: plain packets). Takes effect for the
+    /// next packet sent and received; see [`GossipKeys`] for the rotation
+    /// order that keeps a cluster whole.
+    pub fn set_keys(&mut self, keys: Option<GossipKeys>) {
+        match &keys {
+            Some(keys) => {
+                tracing::info!(keys = keys.len(), fingerprints = ?keys.fingerprints(), "gossip keys set");
+            }
+            None => tracing::warn!("gossip keys removed; packets are now sent in plain"),
+        }
+        self.sealer = keys.map(Sealer::new);
+    }
+
+    /// The keyring in use, if any.
+    pub fn keys(&self) -> Option<&GossipKeys> {
+        self.sealer.as_ref().map(Sealer::keys)
     }
 
     /// True once [`GossipCore::leave`] ran.
@@ -247,6 +289,20 @@ impl GossipCore {
         if self.left {
             return;
         }
+        match &self.sealer {
+            None => self.handle_plain(from, data, now),
+            Some(sealer) => match sealer.open(data) {
+                Ok(plain) => self.handle_plain(from, &plain, now),
+                Err(error) => {
+                    self.bad_packets += 1;
+                    tracing::debug!(%from, %error, len = data.len(), "dropped unauthenticated gossip packet");
+                }
+            },
+        }
+    }
+
+    /// Handles one datagram after opening (or as received, without keys).
+    fn handle_plain(&mut self, from: SocketAddr, data: &[u8], now: Instant) {
         match data.split_first() {
             Some((&TAG_FOCA, body)) => {
                 let result = self.foca.handle_data(body, &mut self.runtime);
@@ -273,7 +329,7 @@ impl GossipCore {
                 Ok(node) if tag == TAG_HELLO => {
                     tracing::debug!(%from, member = %node.id, "hello: answering with our identity");
                     match wire::hello(TAG_HELLO_ACK, self.foca.identity()) {
-                        Ok(packet) => self.outbox.push_back((from, Bytes::from(packet))),
+                        Ok(packet) => self.send(from, packet),
                         Err(error) => tracing::warn!(%error, "cannot encode gossip hello ack"),
                     }
                 }
@@ -304,7 +360,7 @@ impl GossipCore {
             return;
         }
         match wire::hello(TAG_HELLO, self.foca.identity()) {
-            Ok(packet) => self.outbox.push_back((addr, Bytes::from(packet))),
+            Ok(packet) => self.send(addr, packet),
             Err(error) => tracing::warn!(%error, "cannot encode gossip hello"),
         }
     }
@@ -407,6 +463,20 @@ impl GossipCore {
         views.into_values().collect()
     }
 
+    /// Queues a framed datagram, sealed when we have keys.
+    fn send(&mut self, to: SocketAddr, framed: Vec<u8>) {
+        let Some(sealer) = &self.sealer else {
+            self.outbox.push_back((to, Bytes::from(framed)));
+            return;
+        };
+        let mut nonce = [0u8; NONCE_LEN];
+        self.nonce_rng.fill_bytes(&mut nonce);
+        match sealer.seal(&framed, nonce) {
+            Some(sealed) => self.outbox.push_back((to, Bytes::from(sealed))),
+            None => tracing::warn!(%to, len = framed.len(), "cannot seal gossip packet; not sent"),
+        }
+    }
+
     fn check_payload(&self, payload: &[u8]) -> Result<(), Error> {
         let max = self.max_payload_len();
         if payload.len() > max {
@@ -466,10 +536,10 @@ impl GossipCore {
         loop {
             let mut rebroadcast = false;
             while let Some((dst, data)) = self.runtime.to_send() {
-                let mut framed = BytesMut::with_capacity(data.len() + 1);
-                framed.put_u8(TAG_FOCA);
-                framed.put_slice(&data);
-                self.outbox.push_back((dst.addr, framed.freeze()));
+                let mut framed = Vec::with_capacity(data.len() + FRAME_OVERHEAD);
+                framed.push(TAG_FOCA);
+                framed.extend_from_slice(&data);
+                self.send(dst.addr, framed);
             }
             while let Some((after, timer)) = self.runtime.to_schedule() {
                 self.schedule(now + after, CoreTimer::Foca(timer));
@@ -542,6 +612,12 @@ mod tests {
             GossipCore::new(&bad, vec![], 1),
             Err(Error::InvalidConfig { .. })
         ));
+        let mut bad = config();
+        let mut tiny = foca::Config::new_lan(std::num::NonZeroU32::new(3).unwrap());
+        tiny.max_packet_size = std::num::NonZeroUsize::new(100).unwrap();
+        bad.foca_config = Some(tiny);
+        let err = GossipCore::new(&bad, vec![], 1).unwrap_err();
+        assert!(err.to_string().contains("max_packet_size 100"), "{err}");
         let mut core = GossipCore::new(&config(), vec![1; 1024], 1).unwrap();
         let max = core.max_payload_len();
         assert!(max >= 1024, "1 KiB payloads must fit, max is {max}");
@@ -575,5 +651,114 @@ mod tests {
         let (to, packet) = core.pop_packet().unwrap();
         assert_eq!(to.port(), 9001);
         assert_eq!(packet[0], TAG_HELLO);
+    }
+
+    fn keyed(id: &str, port: u16, key: u8) -> GossipConfig {
+        let mut config = GossipConfig::new(id.into(), SocketAddr::from(([127, 0, 0, 1], port)));
+        config.keys = Some(GossipKeys::new(vec![[key; 32]]).unwrap());
+        config
+    }
+
+    /// Delivers packets between `cores` (by address) and fires timers for
+    /// `steps` steps of 100 ms; returns every datagram's length.
+    fn exchange(cores: &mut [GossipCore], start: Instant, steps: u32) -> Vec<usize> {
+        let mut lens = Vec::new();
+        for step in 0..steps {
+            let now = start + Duration::from_millis(100) * step;
+            for core in cores.iter_mut() {
+                core.handle_timers(now);
+            }
+            loop {
+                let mut sent = Vec::new();
+                for core in cores.iter_mut() {
+                    let from = core.identity().addr;
+                    sent.extend(
+                        core.drain_packets()
+                            .into_iter()
+                            .map(|(to, p)| (from, to, p)),
+                    );
+                }
+                if sent.is_empty() {
+                    break;
+                }
+                for (from, to, packet) in sent {
+                    lens.push(packet.len());
+                    if let Some(core) = cores.iter_mut().find(|c| c.identity().addr == to) {
+                        core.handle_packet(from, &packet, now);
+                    }
+                }
+            }
+        }
+        lens
+    }
+
+    #[test]
+    fn keyed_cores_seal_everything_and_stay_under_the_packet_limit() {
+        let start = Instant::now();
+        let a = GossipCore::new(&keyed("a", 9000, 1), vec![], 1).unwrap();
+        let max = a.max_payload_len();
+        let mut cores = vec![
+            GossipCore::new(&keyed("a", 9000, 1), vec![b'a'; max], 1).unwrap(),
+            GossipCore::new(&keyed("b", 9001, 1), vec![b'b'; max], 2).unwrap(),
+        ];
+        let plain = GossipCore::new(&config(), vec![], 1).unwrap();
+        assert_eq!(plain.max_payload_len(), max, "keys do not change the room");
+        cores[1].announce(SocketAddr::from(([127, 0, 0, 1], 9000)));
+        let lens = exchange(&mut cores, start, 50);
+        assert!(lens.len() > 10, "too little traffic: {lens:?}");
+        let limit = foca::Config::new_lan(std::num::NonZeroU32::new(3).unwrap())
+            .max_packet_size
+            .get();
+        assert!(
+            lens.iter().all(|len| *len <= limit),
+            "a datagram exceeds {limit}: {lens:?}"
+        );
+        assert!(
+            lens.iter().any(|len| *len > limit - 200),
+            "payloads were not sent: {lens:?}"
+        );
+        for core in &cores {
+            assert_eq!(core.bad_packets(), 0);
+            let view = core.members();
+            assert_eq!(view.len(), 2);
+            assert!(view.iter().all(|m| m.state == MemberState::Alive
+                && m.payload.as_ref().is_some_and(|p| p.len() == max)));
+        }
+    }
+
+    #[test]
+    fn a_keyed_core_drops_plain_and_wrongly_keyed_packets() {
+        let start = Instant::now();
+        let mut cores = vec![
+            GossipCore::new(&keyed("a", 9000, 1), vec![], 1).unwrap(),
+            GossipCore::new(&keyed("b", 9001, 2), vec![], 2).unwrap(),
+        ];
+        cores[1].announce(SocketAddr::from(([127, 0, 0, 1], 9000)));
+        exchange(&mut cores, start, 20);
+        assert!(cores[0].bad_packets() >= 1);
+        assert_eq!(cores[0].members().len(), 1);
+        assert_eq!(cores[1].members().len(), 1);
+
+        // A plain hello is refused by a keyed core ...
+        let mut plain = GossipCore::new(&config(), vec![], 3).unwrap();
+        plain.announce(SocketAddr::from(([127, 0, 0, 1], 9001)));
+        let (_, hello) = plain.pop_packet().unwrap();
+        let before = cores[1].bad_packets();
+        cores[1].handle_packet(SocketAddr::from(([127, 0, 0, 1], 9000)), &hello, start);
+        assert_eq!(cores[1].bad_packets(), before + 1);
+        assert!(cores[1].pop_packet().is_none(), "answered a plain hello");
+
+        // ... until the keys match: b switches to a's key at run time.
+        cores[1].set_keys(Some(GossipKeys::new(vec![[1; 32]]).unwrap()));
+        cores[1].announce(SocketAddr::from(([127, 0, 0, 1], 9000)));
+        exchange(&mut cores, start + Duration::from_secs(5), 20);
+        for core in &cores {
+            assert_eq!(core.members().len(), 2, "{:?}", core.members());
+        }
+        // Keys can also be dropped again: back to plain packets.
+        cores[1].set_keys(None);
+        assert!(cores[1].keys().is_none());
+        cores[1].announce(SocketAddr::from(([127, 0, 0, 2], 1)));
+        assert_eq!(cores[1].pop_packet().unwrap().1[0], TAG_HELLO);
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -16,13 +16,21 @@ use tracing::Instrument;
 use crate::core::GossipCore;
 use crate::discovery::{self, DiscoveryRecord};
 use crate::error::Error;
-use crate::{GossipConfig, MemberView};
+use crate::{GossipConfig, GossipKeys, MemberView};
 
 /// The longest a refresh waits for DNS before giving up until the next one.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Receive buffer: larger than any packet foca accepts, so oversized
 /// datagrams are seen (and counted) rather than silently cut.
 const RECV_BUFFER: usize = 64 * 1024;
+/// Commands waiting for the driver task; senders wait when it is full.
+const COMMAND_QUEUE: usize = 16;
+
+/// A command from a handle to the driver task.
+enum Command {
+    /// Replace the keyring; the sender learns when it is in effect.
+    SetKeys(GossipKeys, oneshot::Sender<()>),
+}
 
 #[derive(Debug)]
 struct Shared {
@@ -37,6 +45,7 @@ struct Shared {
 pub struct GossipHandle {
     shared: Arc<Shared>,
     payload_tx: Arc<watch::Sender<Vec<u8>>>,
+    commands: mpsc::Sender<Command>,
     members_rx: watch::Receiver<Vec<MemberView>>,
     leave: CancellationToken,
     done: CancellationToken,
@@ -73,6 +82,22 @@ impl GossipHandle {
         self.payload_tx.send_replace(payload);
     }
 
+    /// Replaces the keyring of the running node (e.g. after the key file
+    /// changed or on SIGHUP) and returns once packets are sealed and opened
+    /// with it. Rotate without downtime by applying, on every node in turn
+    /// and waiting for each step to reach all of them: `[old, new]`, then
+    /// `[new, old]`, then `[new]`.
+    ///
+    /// Fails with [`Error::NotRunning`] if the gossip task has ended.
+    pub async fn set_keys(&self, keys: GossipKeys) -> Result<(), Error> {
+        let (done_tx, done_rx) = oneshot::channel();
+        self.commands
+            .send(Command::SetKeys(keys, done_tx))
+            .await
+            .map_err(|_| Error::NotRunning)?;
+        done_rx.await.map_err(|_| Error::NotRunning)
+    }
+
     /// All known members including ourselves (is_self), sorted by id.
     pub fn members(&self) -> Vec<MemberView> {
         self.members_rx.borrow().clone()
@@ -83,7 +108,8 @@ impl GossipHandle {
         self.members_rx.clone()
     }
 
-    /// Packets dropped because they did not decode.
+    /// Packets dropped because they did not decode or (with keys) were not
+    /// authenticated by any key of the ring.
     pub fn bad_packets(&self) -> u64 {
         self.shared.bad_packets.load(Ordering::Relaxed)
     }
@@ -164,6 +190,7 @@ pub async fn start(
         bad_packets: AtomicU64::new(0),
     });
     let (payload_tx, payload_rx) = watch::channel(payload);
+    let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
     let (members_tx, members_rx) = watch::channel(core.members());
     let leave = CancellationToken::new();
     let done = CancellationToken::new();
@@ -176,10 +203,11 @@ pub async fn start(
         record,
         refresh_interval: config.refresh_interval,
         payload_rx,
+        commands_rx,
         members_tx,
         shared: shared.clone(),
     };
-    tracing::info!(id = %config.id, %local_addr, advertise = %config.advertise, incarnation = config.incarnation, "gossip started");
+    tracing::info!(id = %config.id, %local_addr, advertise = %config.advertise, incarnation = config.incarnation, keys = config.keys.as_ref().map_or(0, GossipKeys::len), "gossip started");
     let span = tracing::info_span!("gossip", id = %config.id);
     let task = tokio::spawn(
         driver
@@ -189,6 +217,7 @@ pub async fn start(
     let handle = GossipHandle {
         shared,
         payload_tx: Arc::new(payload_tx),
+        commands: commands_tx,
         members_rx,
         leave,
         done,
@@ -205,6 +234,7 @@ struct Driver {
     record: DiscoveryRecord,
     refresh_interval: Duration,
     payload_rx: watch::Receiver<Vec<u8>>,
+    commands_rx: mpsc::Receiver<Command>,
     members_tx: watch::Sender<Vec<MemberView>>,
     shared: Arc<Shared>,
 }
@@ -227,6 +257,7 @@ impl Driver {
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut jobs: JoinSet<Vec<Candidate>> = JoinSet::new();
         let mut payload_open = true;
+        let mut commands_open = true;
         loop {
             let deadline = self.core.next_deadline();
             let timer = async move {
@@ -267,6 +298,14 @@ impl Driver {
                         }
                     }
                     Err(_) => payload_open = false,
+                },
+                command = self.commands_rx.recv(), if commands_open => match command {
+                    Some(Command::SetKeys(keys, done)) => {
+                        self.core.set_keys(Some(keys));
+                        // The caller may have stopped waiting; nothing to do then.
+                        let _ = done.send(());
+                    }
+                    None => commands_open = false,
                 },
                 _ = refresh.tick() => {
                     if jobs.is_empty() {

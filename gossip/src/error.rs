@@ -54,4 +54,31 @@ pub enum Error {
     /// foca refused an operation (a bug or an invalid foca configuration).
     #[error("gossip protocol error: {0}")]
     Foca(String),
+    /// A gossip key file has a bad line or holds no key.
+    #[error("invalid gossip key file {} (line {line}): {reason}", path.display())]
+    KeyFile {
+        /// The key file.
+        path: PathBuf,
+        /// The 1-based line number; 0 when the file as a whole is wrong
+        /// (no key at all).
+        line: usize,
+        /// What is wrong (never the key material) and what a valid line
+        /// looks like.
+        reason: String,
+    },
+    /// A gossip key file could not be read.
+    #[error(
+        "cannot read gossip key file {}: {source}; check the --gossip-key-file path and that etcd-manager may read it",
+        path.display()
+    )]
+    KeyFileRead {
+        /// The key file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The gossip task has ended, so the command could not be applied.
+    #[error("the gossip task is not running (it left, was cancelled or failed); restart the node")]
+    NotRunning,
 }

@@ -25,12 +25,26 @@
 //! hello; the seed answers with its identity and the node then announces to
 //! it with foca (and receives the seed's member list in foca's Feed).
 //! Anything else is a bad packet: dropped and counted.
+//!
+//! With a keyring ([`GossipConfig::keys`]) every datagram, hellos included,
+//! is sealed with XChaCha20-Poly1305: the version byte [`SEALED_V1`], a
+//! 24-byte random nonce, then the ciphertext of the framed packet and its
+//! 16-byte tag (associated data: the fixed string
+//! `etcd-manager-gossip-v1`). Packets are sealed with the first key and opened with any key of the ring (see [`GossipKeys`] for
+//! rotation). Plain, tampered or wrongly keyed packets are dropped and
+//! counted as bad. The nonces come from the core's seeded rng.
+//!
+//! Packet size: foca builds packets of at most `max_packet_size` minus the
+//! framing (tag byte and [`SEAL_OVERHEAD`], reserved with or without keys),
+//! so every datagram stays within the configured `max_packet_size` (1400
+//! bytes by default).
 
 mod core;
 mod discovery;
 mod driver;
 mod error;
 mod identity;
+mod keys;
 mod payload;
 pub mod wire;
 
@@ -43,6 +57,10 @@ pub use crate::discovery::{DiscoveryRecord, parse_seed};
 pub use crate::driver::{GossipHandle, start};
 pub use crate::error::Error;
 pub use crate::identity::NodeId;
+pub use crate::keys::{
+    GossipKeys, KEY_LEN, NONCE_LEN, SEAL_OVERHEAD, SEALED_V1, TAG_LEN, load_key_file,
+    parse_key_file, parse_key_line,
+};
 pub use foca;
 
 /// Default interval of the seed/discovery/payload refresh.
@@ -74,6 +92,9 @@ pub struct GossipConfig {
     /// Overrides `foca::Config::new_lan(cluster_size_hint)` (tests use faster
     /// probes).
     pub foca_config: Option<foca::Config>,
+    /// The gossip keyring; `None` sends and accepts plain packets. Every
+    /// node of a cluster must share a key (see [`load_key_file`]).
+    pub keys: Option<GossipKeys>,
 }
 
 impl GossipConfig {
@@ -90,11 +111,14 @@ impl GossipConfig {
             incarnation: 0,
             refresh_interval: DEFAULT_REFRESH_INTERVAL,
             foca_config: None,
+            keys: None,
         }
     }
 
-    /// The foca configuration this node runs with: the override if given,
-    /// else `Config::new_lan(cluster_size_hint)`.
+    /// The foca configuration asked for: the override if given, else
+    /// `Config::new_lan(cluster_size_hint)`. Its `max_packet_size` bounds
+    /// whole datagrams; the core hands foca a limit lowered by the framing
+    /// overhead (see the crate docs).
     pub fn effective_foca_config(&self) -> Result<foca::Config, Error> {
         if let Some(config) = &self.foca_config {
             return Ok(config.clone());

@@ -10,7 +10,7 @@ use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gossip::{GossipConfig, GossipCore, MemberState};
+use gossip::{GossipConfig, GossipCore, GossipKeys, MemberState};
 
 const LATENCY: Duration = Duration::from_millis(1);
 
@@ -46,6 +46,11 @@ struct Sim {
 
 impl Sim {
     fn new(seed: u64) -> Self {
+        Self::with_keys(seed, None)
+    }
+
+    /// Every node runs with `keys` (or plain when `None`).
+    fn with_keys(seed: u64, keys: Option<GossipKeys>) -> Self {
         let base = Instant::now();
         let addrs: Vec<SocketAddr> = (0..3u8)
             .map(|i| SocketAddr::from(([10, 0, 0, i + 1], 8000)))
@@ -58,6 +63,7 @@ impl Sim {
                 config.incarnation = 1_000;
                 config.refresh_interval = Duration::from_millis(500);
                 config.foca_config = Some(fast_foca());
+                config.keys = keys.clone();
                 let mut core =
                     GossipCore::new(&config, format!("n{i}").into_bytes(), seed + i as u64)
                         .unwrap();
@@ -164,7 +170,11 @@ impl Sim {
 
 /// Joins, updates a payload, crashes a node; returns the trace and the sim.
 fn scenario(seed: u64) -> Sim {
-    let mut sim = Sim::new(seed);
+    scenario_with_keys(seed, None)
+}
+
+fn scenario_with_keys(seed: u64, keys: Option<GossipKeys>) -> Sim {
+    let mut sim = Sim::with_keys(seed, keys);
     let seed_addr = sim.addrs[0];
     for i in 1..3 {
         sim.nodes[i].announce(seed_addr);
@@ -194,7 +204,11 @@ fn same_seed_same_trace_and_convergence() {
         "a different seed should change foca's choices"
     );
 
-    for sim in [&a, &c] {
+    assert_converged_after_crash(&[&a, &c]);
+}
+
+fn assert_converged_after_crash(sims: &[&Sim]) {
+    for sim in sims {
         for i in 0..2 {
             let view = sim.nodes[i].members();
             let summary: Vec<(String, MemberState, Option<Vec<u8>>)> = view
@@ -295,4 +309,66 @@ fn partitioned_node_rejoins_with_a_renewed_incarnation() {
             "n{i}: n2 kept its old incarnation: {view:?}"
         );
     }
+}
+
+fn keyring(bytes: &[u8]) -> GossipKeys {
+    GossipKeys::new(bytes.iter().map(|b| [*b; 32]).collect()).unwrap()
+}
+
+#[test]
+fn keyed_same_seed_same_trace_and_convergence() {
+    let keys = || Some(keyring(&[0x11, 0x22]));
+    let a = scenario_with_keys(42, keys());
+    let b = scenario_with_keys(42, keys());
+    assert!(a.trace.len() > 100, "trace too short: {}", a.trace.len());
+    assert_eq!(
+        a.trace, b.trace,
+        "same seed and keys must give the same trace"
+    );
+    let plain = scenario(42);
+    assert_ne!(
+        a.trace, plain.trace,
+        "keyed packets must differ from plain ones"
+    );
+    for (i, node) in a.nodes.iter().enumerate().take(2) {
+        assert_eq!(node.bad_packets(), 0, "n{i} dropped packets");
+        assert_eq!(node.keys(), keys().as_ref());
+    }
+    // Every packet on the wire is sealed: version byte, nonce, tag.
+    let mut sim = Sim::with_keys(5, keys());
+    sim.nodes[1].announce(sim.addrs[0]);
+    let sent = sim.nodes[1].drain_packets();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1[0], gossip::SEALED_V1);
+    assert!(sent[0].1.len() > gossip::SEAL_OVERHEAD);
+    assert_converged_after_crash(&[&a]);
+}
+
+#[test]
+fn a_node_with_another_key_cannot_join_in_simulation() {
+    let mut sim = Sim::with_keys(9, Some(keyring(&[1])));
+    let base = sim.base;
+    // n2 holds another key: it announces to n0 and n1, whose keyring
+    // refuses everything it sends.
+    sim.nodes[2].set_keys(Some(keyring(&[2])));
+    for i in 1..3 {
+        sim.nodes[i].announce(sim.addrs[0]);
+        sim.drain(i);
+    }
+    sim.nodes[2].announce(sim.addrs[1]);
+    sim.drain(2);
+    sim.run_until(base + Duration::from_secs(5));
+    for i in 0..2 {
+        let ids: Vec<String> = sim.nodes[i].members().into_iter().map(|m| m.id).collect();
+        assert_eq!(ids, ["n0", "n1"], "n{i} must not list n2");
+    }
+    assert!(sim.nodes[0].bad_packets() >= 1);
+    assert!(sim.nodes[1].bad_packets() >= 1);
+    assert_eq!(sim.nodes[2].members().len(), 1, "n2 learned nobody");
+    assert!(
+        !sim.trace
+            .iter()
+            .any(|l| l.contains("MemberUp") && l.contains("\"n2\"")),
+        "n2 came up somewhere"
+    );
 }

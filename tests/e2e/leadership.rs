@@ -108,3 +108,58 @@ async fn managers_find_each_other_through_the_store() {
         .count();
     assert_eq!(records, 3);
 }
+
+/// Gossip sealed with a key: managers with the key form the cluster; one with
+/// another key is never seen by them.
+#[tokio::test(flavor = "multi_thread")]
+async fn gossip_with_a_key_keeps_strangers_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = crate::env(&dir);
+    let ours = dir.path().join("gossip.key");
+    let theirs = dir.path().join("other.key");
+    std::fs::write(&ours, format!("# our key\n{}\n", "ab".repeat(32))).unwrap();
+    std::fs::write(&theirs, format!("{}\n", "cd".repeat(32))).unwrap();
+    let key = |p: &std::path::Path| format!("--gossip-key-file={}", p.display());
+    let _ms: Vec<_> = (1..=3u8)
+        .map(|h| env.start_with(h, &[&key(&ours)]))
+        .collect();
+    let _stranger = env.start_with(4, &[&key(&theirs)]);
+    assert!(
+        env.ctl(&[
+            "-member-count=3",
+            "-etcd-version=3.5.30",
+            "configure-cluster"
+        ])
+        .success
+    );
+    let ep = env.client_url(1);
+    wait_for(
+        "three voters over keyed gossip",
+        Duration::from_secs(60),
+        || {
+            let ep = ep.clone();
+            async move {
+                tests::put(&ep, "/k", "v").await.ok()?;
+                let ms = tests::members(&ep).await.ok()?;
+                (ms.len() == 3 && ms.iter().all(|m| !m.is_learner && !m.name.is_empty()))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let status: serde_json::Value =
+        serde_json::from_str(&env.ctl(&["-o", "json", "status"]).stdout).unwrap();
+    let peers = status["report"]["peers"].as_array().unwrap();
+    assert_eq!(
+        peers.len(),
+        3,
+        "the stranger must not be in the leader's view: {peers:?}"
+    );
+    let members = tests::members(&ep).await.unwrap();
+    let stranger_ip = tests::host_ip(env.net, 4);
+    assert!(
+        members
+            .iter()
+            .all(|m| m.peer_urls.iter().all(|u| !u.contains(&stranger_ip)))
+    );
+}

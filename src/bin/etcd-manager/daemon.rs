@@ -88,11 +88,17 @@ async fn run_node(
     gcfg.seeds = cfg.seeds.clone();
     gcfg.discovery_dir = cfg.discovery_dir.clone();
     gcfg.cluster_size_hint = cfg.cluster_size_hint;
+    if let Some(path) = &cfg.gossip_key_file {
+        let keys = gossip::load_key_file(path).context("--gossip-key-file")?;
+        tracing::info!(keys = keys.len(), fingerprints = ?keys.fingerprints(), "gossip is authenticated and encrypted");
+        gcfg.keys = Some(keys);
+    }
     gcfg.incarnation = clock
         .wall()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
+    let initial_keys = gcfg.keys.clone();
     let (gossip, gossip_task) = gossip::start(gcfg, payload.encode(), cancel.child_token())
         .await
         .context("gossip")?;
@@ -112,6 +118,18 @@ async fn run_node(
 
     health.set_gossip_up(true);
     let discovery_cancel = CancellationToken::new();
+    let keys_task = cfg.gossip_key_file.clone().map(|path| {
+        tokio::spawn(
+            reload_keys(
+                path,
+                gossip.clone(),
+                initial_keys.clone(),
+                clock.clone(),
+                discovery_cancel.clone(),
+            )
+            .in_current_span(),
+        )
+    });
     let discovery_task = match (&cfg.discovery_dir, cfg.store_discovery) {
         (Some(dir), true) => {
             let me = etcd_manager::discovery::Record {
@@ -182,6 +200,9 @@ async fn run_node(
     if let Some(t) = discovery_task {
         let _ = t.await;
     }
+    if let Some(t) = keys_task {
+        let _ = t.await;
+    }
     gossip.leave(Duration::from_secs(2)).await;
     cancel.cancel();
     let _ = gossip_task.await;
@@ -242,4 +263,48 @@ async fn run_backup_only(
     while tasks.join_next().await.is_some() {}
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reread the gossip key file on SIGHUP and every 30 s, and hand changed keys
+/// to gossip: rotation without a restart (add the new key second everywhere,
+/// then first, then drop the old one).
+async fn reload_keys(
+    path: std::path::PathBuf,
+    gossip: gossip::GossipHandle,
+    mut current: Option<gossip::GossipKeys>,
+    clock: Arc<dyn Clock>,
+    cancel: CancellationToken,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).ok();
+    loop {
+        let hup_recv = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = hup_recv => {}
+            _ = clock.sleep(Duration::from_secs(30)) => {}
+        }
+        match gossip::load_key_file(&path) {
+            Ok(keys) if current.as_ref() != Some(&keys) => {
+                match gossip.set_keys(keys.clone()).await {
+                    Ok(()) => {
+                        tracing::info!(fingerprints = ?keys.fingerprints(), "gossip keys reloaded");
+                        current = Some(keys);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not apply the new gossip keys"),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not reread the gossip key file; keeping the current keys")
+            }
+        }
+    }
 }
