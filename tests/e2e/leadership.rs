@@ -83,18 +83,11 @@ async fn managers_find_each_other_through_the_store() {
         .success
     );
     let ep = env.client_url(1);
-    wait_for(
+    tests::wait_voters(
         "three voters found through the store",
-        Duration::from_secs(60),
-        || {
-            let ep = ep.clone();
-            async move {
-                tests::put(&ep, "/k", "v").await.ok()?;
-                let ms = tests::members(&ep).await.ok()?;
-                (ms.len() == 3 && ms.iter().all(|m| !m.is_learner && !m.name.is_empty()))
-                    .then_some(())
-            }
-        },
+        std::slice::from_ref(&ep),
+        3,
+        None,
     )
     .await;
     assert!(
@@ -133,18 +126,11 @@ async fn gossip_with_a_key_keeps_strangers_out() {
         .success
     );
     let ep = env.client_url(1);
-    wait_for(
+    tests::wait_voters(
         "three voters over keyed gossip",
-        Duration::from_secs(60),
-        || {
-            let ep = ep.clone();
-            async move {
-                tests::put(&ep, "/k", "v").await.ok()?;
-                let ms = tests::members(&ep).await.ok()?;
-                (ms.len() == 3 && ms.iter().all(|m| !m.is_learner && !m.name.is_empty()))
-                    .then_some(())
-            }
-        },
+        std::slice::from_ref(&ep),
+        3,
+        None,
     )
     .await;
     let status: serde_json::Value =

@@ -2,40 +2,7 @@
 
 use std::time::Duration;
 
-use tests::{members, put, wait_for};
-
-async fn healthy_voters(endpoints: &[String]) -> Option<Vec<etcd::Member>> {
-    for ep in endpoints {
-        if put(ep, "/probe", "x").await.is_ok()
-            && let Ok(ms) = members(ep).await
-        {
-            return Some(ms);
-        }
-    }
-    None
-}
-
-/// Three full voters, all with names (started), through any of `endpoints`.
-async fn wait_three_voters(
-    what: &str,
-    endpoints: Vec<String>,
-    not_named: Option<String>,
-) -> Vec<etcd::Member> {
-    wait_for(what, Duration::from_secs(90), || {
-        let endpoints = endpoints.clone();
-        let not_named = not_named.clone();
-        async move {
-            let ms = healthy_voters(&endpoints).await?;
-            let ok = ms.len() == 3
-                && ms.iter().all(|m| !m.is_learner && !m.name.is_empty())
-                && not_named
-                    .as_ref()
-                    .is_none_or(|n| ms.iter().all(|m| m.name != *n));
-            ok.then_some(ms)
-        }
-    })
-    .await
-}
+use tests::wait_for;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_host_back_with_a_wiped_disk_rejoins_without_an_operator() {
@@ -52,7 +19,7 @@ async fn a_host_back_with_a_wiped_disk_rejoins_without_an_operator() {
         .success
     );
     let eps: Vec<String> = (1..=3).map(|h| env.client_url(h)).collect();
-    let before = wait_three_voters("three voters", eps.clone(), None).await;
+    let before = tests::wait_voters("three voters", &eps, 3, None).await;
     let third = before
         .iter()
         .find(|m| {
@@ -76,10 +43,11 @@ async fn a_host_back_with_a_wiped_disk_rejoins_without_an_operator() {
     ms[2].kill_all();
     std::fs::remove_dir_all(&ms[2].data_dir).unwrap();
     ms[2].restart();
-    let after = wait_three_voters(
+    let after = tests::wait_voters(
         "three voters again, host 3 under a new id",
-        eps.clone(),
-        Some(third),
+        &eps,
+        3,
+        Some(&third),
     )
     .await;
     assert!(after.iter().any(|m| {
@@ -114,7 +82,7 @@ async fn a_permanently_dead_host_is_replaced_by_an_idle_fourth() {
         .success
     );
     let eps: Vec<String> = (1..=4).map(|h| env.client_url(h)).collect();
-    let before = wait_three_voters("three voters", eps.clone(), None).await;
+    let before = tests::wait_voters("three voters", &eps, 3, None).await;
     // Kill a member's host for good (not the idle one).
     let victim = (1..=4u8)
         .find(|h| {
@@ -141,7 +109,7 @@ async fn a_permanently_dead_host_is_replaced_by_an_idle_fourth() {
         .filter(|(i, _)| *i + 1 != usize::from(victim))
         .map(|(_, e)| e.clone())
         .collect();
-    let after = wait_three_voters("the dead member replaced", alive, Some(dead_name)).await;
+    let after = tests::wait_voters("the dead member replaced", &alive, 3, Some(&dead_name)).await;
     assert!(
         after.iter().all(|m| !m
             .peer_urls

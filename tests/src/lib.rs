@@ -347,3 +347,33 @@ impl ClusterEnv {
         )
     }
 }
+
+/// The members, through the first of `endpoints` that takes a write.
+pub async fn healthy_members(endpoints: &[String]) -> Option<Vec<etcd::Member>> {
+    for ep in endpoints {
+        if put(ep, "/probe", "x").await.is_ok()
+            && let Ok(ms) = members(ep).await
+        {
+            return Some(ms);
+        }
+    }
+    None
+}
+
+/// Wait for `n` started voters (no learners), none named `not_named`, seen
+/// through any of `endpoints` that takes writes.
+pub async fn wait_voters(
+    what: &str,
+    endpoints: &[String],
+    n: usize,
+    not_named: Option<&str>,
+) -> Vec<etcd::Member> {
+    wait_for(what, Duration::from_secs(90), || async move {
+        let ms = healthy_members(endpoints).await?;
+        let ok = ms.len() == n
+            && ms.iter().all(|m| !m.is_learner && !m.name.is_empty())
+            && not_named.is_none_or(|x| ms.iter().all(|m| m.name != x));
+        ok.then_some(ms)
+    })
+    .await
+}
