@@ -683,3 +683,66 @@ mod leadership_tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod fencing_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::peer::Fence;
+
+    fn node(dir: &std::path::Path) -> Node {
+        Node::open(NodeSettings {
+            cluster_name: "c".into(),
+            data_dir: dir.to_path_buf(),
+            node_config: EtcdNodeConfig::default(),
+            listen_address: None,
+            bin_dirs: vec![],
+            etcd_env_overrides: vec![],
+            store: backup::BackupStore::open("memory://x", &Default::default()).unwrap(),
+        })
+        .unwrap()
+    }
+
+    fn stop(epoch: u64) -> Request {
+        Request::StopEtcd(Fence {
+            cluster_name: "c".into(),
+            leader_id: "l".into(),
+            epoch,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_former_leaders_requests_are_refused_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = node(dir.path());
+        assert_eq!(n.handle(stop(5)).await, Response::Done);
+        assert_eq!(n.highest_epoch().await, 5);
+        assert_eq!(
+            n.handle(stop(4)).await,
+            Response::Fenced { highest_epoch: 5 }
+        );
+        assert_eq!(
+            n.handle(stop(5)).await,
+            Response::Done,
+            "the current leader keeps working"
+        );
+        drop(n);
+        // The highest epoch survives a restart of the manager.
+        let n = node(dir.path());
+        assert_eq!(
+            n.handle(stop(4)).await,
+            Response::Fenced { highest_epoch: 5 }
+        );
+        let wrong_cluster = Request::StopEtcd(Fence {
+            cluster_name: "other".into(),
+            leader_id: "l".into(),
+            epoch: 9,
+        });
+        assert!(matches!(n.handle(wrong_cluster).await, Response::Failed(_)));
+        assert_eq!(
+            n.highest_epoch().await,
+            5,
+            "a request for another cluster raises nothing"
+        );
+    }
+}
