@@ -280,19 +280,7 @@ async fn a_backup_in_upstreams_layout_restores() {
     // A real snapshot from a plain etcd, stored exactly as upstream stores it:
     // etcd.backup.gz and _etcd_backup.meta, none of our files.
     let ip = tests::host_ip(env.net, 9);
-    let spec = etcd::EtcdNodeSpec {
-        name: "old".into(),
-        version: "3.4.23".into(),
-        data_dir: dir.path().join("old-etcd"),
-        cluster_token: "old".into(),
-        initial_cluster: vec![("old".into(), vec![format!("http://{ip}:2380")])],
-        initial_cluster_state_new: true,
-        peer_urls: vec![format!("http://{ip}:2380")],
-        client_urls: vec![format!("http://{ip}:4001")],
-        quarantined_client_urls: vec![format!("http://{ip}:8001")],
-        quarantined: false,
-        listen_address: None,
-    };
+    let spec = tests::single_member_spec("old", "3.4.23", dir.path().join("old-etcd"), &ip, 4001);
     let old = etcd::EtcdProcess::start(tests::etcd_binaries("3.4.23"), spec, vec![], None).unwrap();
     let oep = format!("http://{ip}:4001");
     tests::wait_put(

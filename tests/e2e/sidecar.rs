@@ -122,19 +122,8 @@ async fn backup_only_mode_backs_up_an_unmanaged_etcd() {
     let dir = tempfile::tempdir().unwrap();
     let env = crate::env(&dir);
     let ip = tests::host_ip(env.net, 1);
-    let spec = etcd::EtcdNodeSpec {
-        name: "plain".into(),
-        version: "3.5.30".into(),
-        data_dir: dir.path().join("plain-etcd"),
-        cluster_token: "plain".into(),
-        initial_cluster: vec![("plain".into(), vec![format!("http://{ip}:2380")])],
-        initial_cluster_state_new: true,
-        peer_urls: vec![format!("http://{ip}:2380")],
-        client_urls: vec![format!("http://{ip}:2379")],
-        quarantined_client_urls: vec![format!("http://{ip}:8001")],
-        quarantined: false,
-        listen_address: None,
-    };
+    let spec =
+        tests::single_member_spec("plain", "3.5.30", dir.path().join("plain-etcd"), &ip, 2379);
     let plain = etcd::EtcdProcess::start(
         tests::etcd_binaries("3.5.30"),
         spec,

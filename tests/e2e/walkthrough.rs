@@ -223,19 +223,13 @@ async fn grow_to_three_back_up_and_survive_a_lost_member() {
     assert_eq!(bytes.len() as u64, extra.snapshot_size);
     let binaries = tests::etcd_binaries("3.5.30");
     let rip = tests::host_ip(env.net, 9);
-    let spec = etcd::EtcdNodeSpec {
-        name: "restored".into(),
-        version: "3.5.30".into(),
-        data_dir: dir.path().join("restored"),
-        cluster_token: "restored".into(),
-        initial_cluster: vec![("restored".into(), vec![format!("http://{rip}:2380")])],
-        initial_cluster_state_new: true,
-        peer_urls: vec![format!("http://{rip}:2380")],
-        client_urls: vec![format!("http://{rip}:4001")],
-        quarantined_client_urls: vec![format!("http://{rip}:8001")],
-        quarantined: false,
-        listen_address: None,
-    };
+    let spec = tests::single_member_spec(
+        "restored",
+        "3.5.30",
+        dir.path().join("restored"),
+        &rip,
+        4001,
+    );
     etcd::restore_snapshot(&binaries, &snap, &spec, Some(1_000_000))
         .await
         .unwrap();

@@ -377,3 +377,27 @@ pub async fn wait_voters(
     })
     .await
 }
+
+/// A one-member etcd of its own (not managed by etcd-manager): peer port 2380
+/// and the given client port on `ip`.
+pub fn single_member_spec(
+    name: &str,
+    version: &str,
+    data_dir: PathBuf,
+    ip: &str,
+    client_port: u16,
+) -> etcd::EtcdNodeSpec {
+    etcd::EtcdNodeSpec {
+        name: name.into(),
+        version: version.into(),
+        data_dir,
+        cluster_token: name.into(),
+        initial_cluster: vec![(name.into(), vec![format!("http://{ip}:2380")])],
+        initial_cluster_state_new: true,
+        peer_urls: vec![format!("http://{ip}:2380")],
+        client_urls: vec![format!("http://{ip}:{client_port}")],
+        quarantined_client_urls: vec![format!("http://{ip}:8001")],
+        quarantined: false,
+        listen_address: None,
+    }
+}
