@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A local three-node etcd 3.5.30 cluster run by three etcd-manager processes on
-# 127.0.0.1, .2 and .3, with a file backup store. Stays in the foreground;
-# Ctrl-C stops everything (managers and etcd).
+# 127.0.0.1, .2 and .3, with a file backup store and TLS everywhere (CAs made
+# by etcd-manager-ctl init-pki). Stays in the foreground; Ctrl-C stops
+# everything (managers and etcd).
 #
 #   scripts/demo.sh                 (state in /tmp/etcd-manager-demo, wiped at start)
 #   DEMO_DIR=/some/dir scripts/demo.sh
@@ -41,12 +42,17 @@ stop() {
 trap 'stop 0' INT TERM
 trap 'stop $?' EXIT
 
+pki=$dir/pki
+"$bin/etcd-manager-ctl" -pki-dir="$pki" init-pki >/dev/null
+"$bin/etcd-manager-ctl" -pki-dir="$pki" issue-client-cert "$dir/client" >/dev/null
+tls="--cacert=$dir/client/ca.crt --cert=$dir/client/client.crt --key=$dir/client/client.key"
+
 for i in 1 2 3; do
   ip=127.0.0.$i
-  "$bin/etcd-manager" --insecure --etcd-insecure --address "$ip" --etcd-address "$ip" \
+  "$bin/etcd-manager" --pki-dir="$pki" --address "$ip" --etcd-address "$ip" \
     --cluster-name=test --backup-store="$store" --data-dir="$dir/data/$i" \
-    --client-urls="http://$ip:4001" --quarantine-client-urls="http://$ip:8001" \
-    --peer-urls="http://$ip:2380" --discovery-dir="$dir/discovery" \
+    --client-urls="https://$ip:4001" --quarantine-client-urls="https://$ip:8001" \
+    --peer-urls="https://$ip:2380" --discovery-dir="$dir/discovery" \
     --backup-interval=1m --metrics-address="$ip:9090" \
     >"$dir/manager-$i.log" 2>&1 &
   pids+=($!)
@@ -55,10 +61,11 @@ echo "== three managers started (logs: $dir/manager-{1,2,3}.log)"
 
 "$bin/etcd-manager-ctl" -backup-store="$store" -member-count=3 -etcd-version=3.5.30 configure-cluster
 
-endpoints=http://127.0.0.1:4001,http://127.0.0.2:4001,http://127.0.0.3:4001
+endpoints=https://127.0.0.1:4001,https://127.0.0.2:4001,https://127.0.0.3:4001
 deadline=$((SECONDS + 120))
-until ETCDCTL_API=3 "$etcdctl" --endpoints="$endpoints" --command-timeout=2s endpoint health >/dev/null 2>&1 \
-  && [ "$(ETCDCTL_API=3 "$etcdctl" --endpoints="$endpoints" member list 2>/dev/null | grep -c ', started, ')" = 3 ]; do
+# shellcheck disable=SC2086 # $tls is three flags
+until ETCDCTL_API=3 "$etcdctl" $tls --endpoints="$endpoints" --command-timeout=2s endpoint health >/dev/null 2>&1 \
+  && [ "$(ETCDCTL_API=3 "$etcdctl" $tls --endpoints="$endpoints" member list 2>/dev/null | grep -c ', started, ')" = 3 ]; do
   if [ $SECONDS -gt $deadline ]; then
     echo "the cluster did not become healthy within 120 s; see $dir/manager-*.log" >&2
     exit 1
@@ -71,13 +78,16 @@ done
 
 cat <<MSG
 
-== etcd 3.5.30 is running on three members, managed by etcd-manager.
+== etcd 3.5.30 is running on three members, managed by etcd-manager,
+   with TLS between managers, between members and for clients.
 
-Try it:
+Try it (a client certificate from etcd-clients-ca is in $dir/client):
   export ETCDCTL_API=3
-  $etcdctl --endpoints=$endpoints member list -w table
-  $etcdctl --endpoints=$endpoints put /hello world
-  $etcdctl --endpoints=http://127.0.0.2:4001 get /hello
+  $etcdctl $tls --endpoints=$endpoints member list -w table
+  $etcdctl $tls --endpoints=$endpoints put /hello world
+  $etcdctl $tls --endpoints=https://127.0.0.2:4001 get /hello
+Without the certificate etcd refuses:
+  $etcdctl --endpoints=https://127.0.0.2:4001 --insecure-skip-tls-verify --command-timeout=3s get /hello
 
 The desired state and backups (one a minute) live in the store:
   $bin/etcd-manager-ctl -backup-store=$store get

@@ -30,6 +30,8 @@ if [ $demo = 0 ] && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
 fi
 command -v curl >/dev/null 2>&1 || apt_missing+=(curl)
 if [ $demo = 0 ]; then
+  # openssl makes an RSA PKCS#1 CA key the way kops does, for the PKI tests.
+  command -v openssl >/dev/null 2>&1 || apt_missing+=(openssl)
   # promtool checks the alert rules; systemd-analyze checks the units.
   command -v promtool >/dev/null 2>&1 || apt_missing+=(prometheus)
   command -v systemd-analyze >/dev/null 2>&1 || apt_missing+=(systemd)

@@ -12,13 +12,21 @@ use clap::Parser;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "etcd-manager", version, about, args_override_self = true)]
 pub struct Args {
-    /// Turn off TLS for the peer API between managers (upstream's flag; TLS arrives in a later release, so it is required now).
+    /// Turn off TLS for the peer API between managers (otherwise mutual TLS from etcd-manager-ca in --pki-dir).
     #[arg(long, env = "ETCD_MANAGER_INSECURE")]
     pub insecure: bool,
 
-    /// Turn off TLS between etcd members and for etcd clients.
+    /// Turn off TLS between etcd members and for etcd clients (otherwise from etcd-peers-ca and etcd-clients-ca in --pki-dir).
     #[arg(long, env = "ETCD_MANAGER_ETCD_INSECURE")]
     pub etcd_insecure: bool,
+
+    /// Folder with the CAs: etcd-manager-ca, etcd-peers-ca, etcd-clients-ca (.crt and .key each).
+    #[arg(
+        long,
+        env = "ETCD_MANAGER_PKI_DIR",
+        default_value = "/etc/kubernetes/pki/etcd-manager"
+    )]
+    pub pki_dir: PathBuf,
 
     /// Address this manager listens on for gossip and the peer API, and advertises to its peers.
     #[arg(long, env = "ETCD_MANAGER_ADDRESS", default_value = "127.0.0.1")]
@@ -40,29 +48,17 @@ pub struct Args {
     #[arg(long, env = "ETCD_MANAGER_DATA_DIR")]
     pub data_dir: PathBuf,
 
-    /// etcd client URLs to advertise (comma separated).
-    #[arg(
-        long,
-        env = "ETCD_MANAGER_CLIENT_URLS",
-        default_value = "http://127.0.0.1:4001"
-    )]
-    pub client_urls: String,
+    /// etcd client URLs to advertise, comma separated [default: https://127.0.0.1:4001, http:// with --etcd-insecure].
+    #[arg(long, env = "ETCD_MANAGER_CLIENT_URLS")]
+    pub client_urls: Option<String>,
 
-    /// etcd client URLs used while the cluster is quarantined (clients cannot reach them).
-    #[arg(
-        long,
-        env = "ETCD_MANAGER_QUARANTINE_CLIENT_URLS",
-        default_value = "http://127.0.0.1:8001"
-    )]
-    pub quarantine_client_urls: String,
+    /// etcd client URLs used while the cluster is quarantined (clients cannot reach them) [default: https://127.0.0.1:8001, http:// with --etcd-insecure].
+    #[arg(long, env = "ETCD_MANAGER_QUARANTINE_CLIENT_URLS")]
+    pub quarantine_client_urls: Option<String>,
 
-    /// etcd peer URLs to advertise (comma separated).
-    #[arg(
-        long,
-        env = "ETCD_MANAGER_PEER_URLS",
-        default_value = "http://127.0.0.1:2380"
-    )]
-    pub peer_urls: String,
+    /// etcd peer URLs to advertise, comma separated [default: https://127.0.0.1:2380, http:// with --etcd-insecure].
+    #[arg(long, env = "ETCD_MANAGER_PEER_URLS")]
+    pub peer_urls: Option<String>,
 
     /// How often the leader takes a backup.
     #[arg(long, env = "ETCD_MANAGER_BACKUP_INTERVAL", default_value = "15m", value_parser = humantime::parse_duration)]
@@ -183,6 +179,12 @@ pub struct Config {
     pub json_logs: bool,
     /// Sidecar mode: back up this etcd (not managed by us) while it is the raft leader.
     pub backup_only: Option<String>,
+    /// Plain TCP for the peer API.
+    pub insecure: bool,
+    /// Plain http for etcd.
+    pub etcd_insecure: bool,
+    /// Where the CAs are.
+    pub pki_dir: PathBuf,
 }
 
 /// What is wrong with the flags, and what to do.
@@ -226,6 +228,30 @@ pub fn parse_urls(flag: &'static str, s: &str) -> Result<Vec<String>, ConfigErro
     Ok(out)
 }
 
+/// etcd serves TLS unless `--etcd-insecure`: the URLs must say so.
+fn check_scheme(
+    flag: &'static str,
+    urls: &[String],
+    etcd_insecure: bool,
+) -> Result<(), ConfigError> {
+    let want = if etcd_insecure { "http://" } else { "https://" };
+    match urls.iter().find(|u| !u.starts_with(want)) {
+        None => Ok(()),
+        Some(u) if etcd_insecure => Err(invalid(
+            flag,
+            format!(
+                "'{u}' is https but --etcd-insecure turns etcd's TLS off; write http:// or drop --etcd-insecure"
+            ),
+        )),
+        Some(u) => Err(invalid(
+            flag,
+            format!(
+                "'{u}' is plain http but etcd serves TLS (certificates from --pki-dir); write https:// or pass --etcd-insecure"
+            ),
+        )),
+    }
+}
+
 impl TryFrom<Args> for Config {
     type Error = ConfigError;
 
@@ -243,18 +269,6 @@ impl TryFrom<Args> for Config {
                 return Err(invalid("etcd-endpoint", "only used with --backup-only"));
             }
         };
-        if !a.insecure && backup_only.is_none() {
-            return Err(invalid(
-                "insecure",
-                "TLS for the peer API is not available in this release; pass --insecure",
-            ));
-        }
-        if !a.etcd_insecure {
-            return Err(invalid(
-                "etcd-insecure",
-                "TLS for etcd is not available in this release; pass --etcd-insecure",
-            ));
-        }
         if a.cluster_name.is_empty()
             || !a
                 .cluster_name
@@ -278,10 +292,22 @@ impl TryFrom<Args> for Config {
                 format!("'{}' must be an absolute path", a.data_dir.display()),
             ));
         }
-        let client_urls = parse_urls("client-urls", &a.client_urls)?;
+        let scheme = if a.etcd_insecure { "http" } else { "https" };
+        let urls = |flag: &'static str, given: &Option<String>, port: u16| {
+            let text = given
+                .clone()
+                .unwrap_or_else(|| format!("{scheme}://127.0.0.1:{port}"));
+            let urls = parse_urls(flag, &text)?;
+            check_scheme(flag, &urls, a.etcd_insecure)?;
+            Ok::<_, ConfigError>(urls)
+        };
+        let client_urls = urls("client-urls", &a.client_urls, 4001)?;
         let quarantined_client_urls =
-            parse_urls("quarantine-client-urls", &a.quarantine_client_urls)?;
-        let peer_urls = parse_urls("peer-urls", &a.peer_urls)?;
+            urls("quarantine-client-urls", &a.quarantine_client_urls, 8001)?;
+        let peer_urls = urls("peer-urls", &a.peer_urls, 2380)?;
+        if let Some(ep) = &backup_only {
+            check_scheme("etcd-endpoint", std::slice::from_ref(ep), a.etcd_insecure)?;
+        }
         if client_urls
             .iter()
             .any(|u| quarantined_client_urls.contains(u))
@@ -359,6 +385,9 @@ impl TryFrom<Args> for Config {
             cluster_size_hint: a.cluster_size_hint,
             json_logs: a.log_format == "json",
             backup_only,
+            insecure: a.insecure,
+            etcd_insecure: a.etcd_insecure,
+            pki_dir: a.pki_dir,
         })
     }
 }
@@ -409,6 +438,38 @@ mod tests {
         assert!(e.contains("quarantine"), "{e}");
         let e = args(&["--backup-interval=soon"]).expect_err("duration");
         assert!(e.contains("backup-interval"), "{e}");
+    }
+
+    fn secure(extra: &[&str]) -> Result<Config, String> {
+        let mut v = vec![
+            "etcd-manager",
+            "--backup-store=file:///tmp/x",
+            "--data-dir=/tmp/d",
+        ];
+        v.extend_from_slice(extra);
+        let a = Args::try_parse_from(v).map_err(|e| e.to_string())?;
+        Config::try_from(a).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn tls_is_the_default_and_url_schemes_must_agree_with_it() {
+        let c = secure(&[]).expect("secure defaults");
+        assert!(!c.insecure && !c.etcd_insecure);
+        assert_eq!(c.pki_dir, PathBuf::from("/etc/kubernetes/pki/etcd-manager"));
+        assert_eq!(c.node.client_urls, ["https://127.0.0.1:4001"]);
+        assert_eq!(c.node.peer_urls, ["https://127.0.0.1:2380"]);
+        assert_eq!(c.node.quarantined_client_urls, ["https://127.0.0.1:8001"]);
+        let c = args(&[]).expect("insecure defaults");
+        assert_eq!(c.node.client_urls, ["http://127.0.0.1:4001"]);
+
+        let e = secure(&["--peer-urls=http://10.0.0.1:2380"]).expect_err("http with TLS");
+        assert!(e.contains("--peer-urls") && e.contains("https://"), "{e}");
+        assert!(e.contains("--etcd-insecure"), "{e}");
+        let e = args(&["--client-urls=https://10.0.0.1:4001"]).expect_err("https without TLS");
+        assert!(e.contains("--client-urls") && e.contains("http://"), "{e}");
+        let e = secure(&["--backup-only", "--etcd-endpoint=http://127.0.0.1:2379"])
+            .expect_err("sidecar scheme");
+        assert!(e.contains("--etcd-endpoint"), "{e}");
     }
 
     #[test]

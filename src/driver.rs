@@ -83,6 +83,10 @@ pub struct DriverSettings {
     pub retention: backup::RetentionPolicy,
     /// How long a member may be unhealthy before it is replaced.
     pub replace_grace: Duration,
+    /// Calls the other managers' peer APIs (TLS unless `--insecure`).
+    pub peers: peer::PeerClient,
+    /// Our client identity for etcd (None with `--etcd-insecure`).
+    pub etcd_tls: Option<etcd::ClientTls>,
 }
 
 /// `etcd-manager-ctl backup-now` leaves this file under `<store>/etcd-manager/`.
@@ -214,6 +218,7 @@ impl Driver {
     /// count, so a manager alone in its gossip view (a wrong gossip key, a
     /// partition) cannot take the lease from the real cluster.
     async fn majority_accepts(&mut self, peers: &BTreeMap<String, SocketAddr>) -> bool {
+        let pc = &self.settings.peers.clone();
         let me = self.node.id().to_string();
         let spec_count = match self.store.read_spec().await {
             Ok(spec) => spec.map_or(0, |s| s.member_count.max(0) as usize),
@@ -245,7 +250,7 @@ impl Driver {
             .collect();
         let answers = futures::future::join_all(others.into_iter().map(|(id, addr)| {
             let req = req.clone();
-            async move { (id, peer::call(addr, &req, Duration::from_secs(2)).await) }
+            async move { (id, pc.call(addr, &req, Duration::from_secs(2)).await) }
         }))
         .await;
         let mut accepted = 1; // ourselves
@@ -402,10 +407,11 @@ impl Driver {
         epoch: u64,
         peers: &BTreeMap<String, SocketAddr>,
     ) -> Result<Observation, String> {
+        let pc = &self.settings.peers.clone();
         let targets: Vec<(String, SocketAddr)> =
             peers.iter().map(|(id, a)| (id.clone(), *a)).collect();
         let infos = futures::future::join_all(targets.into_iter().map(|(id, addr)| async move {
-            let info = match peer::call(addr, &Request::GetInfo, PEER_TIMEOUT).await {
+            let info = match pc.call(addr, &Request::GetInfo, PEER_TIMEOUT).await {
                 Ok(Response::Info(i)) => Some(*i),
                 Ok(other) => {
                     tracing::warn!(peer = %id, answer = ?other, "unexpected answer to GetInfo");
@@ -449,7 +455,7 @@ impl Driver {
             .await
             .map_err(executing_error)?
             .is_some();
-        let cluster = observe_cluster(&infos).await;
+        let cluster = observe_cluster(&infos, self.settings.etcd_tls.as_ref()).await;
         let backups_exist = if cluster.is_none() && !created_marker {
             !self
                 .store
@@ -514,13 +520,14 @@ impl Driver {
         quarantined: bool,
         fence: &Fence,
     ) -> Result<(), String> {
+        let pc = &self.settings.peers.clone();
         let req = Request::Reconfigure(Reconfigure {
             fence: fence.clone(),
             quarantined: Some(quarantined),
             etcd_version: None,
         });
         for p in peers {
-            peer::call(self.addr_of(p)?, &req, JOIN_TIMEOUT)
+            pc.call(self.addr_of(p)?, &req, JOIN_TIMEOUT)
                 .await
                 .map_err(executing_error)?;
         }
@@ -570,6 +577,7 @@ impl Driver {
         epoch: u64,
         obs: &Observation,
     ) -> Result<(), String> {
+        let pc = &self.settings.peers.clone();
         let fence = self.fence(epoch);
         match action {
             Action::SeedCluster {
@@ -597,22 +605,20 @@ impl Driver {
                     nodes,
                 };
                 for (i, a) in addrs.iter().copied().enumerate() {
-                    if let Err(e) =
-                        peer::call(a, &join.request(JoinPhase::Prepare), PEER_TIMEOUT).await
+                    if let Err(e) = pc
+                        .call(a, &join.request(JoinPhase::Prepare), PEER_TIMEOUT)
+                        .await
                     {
                         for b in addrs[..i].iter().copied() {
-                            let _ = peer::call(
-                                b,
-                                &join.request(JoinPhase::CancelPrepare),
-                                PEER_TIMEOUT,
-                            )
-                            .await;
+                            let _ = pc
+                                .call(b, &join.request(JoinPhase::CancelPrepare), PEER_TIMEOUT)
+                                .await;
                         }
                         return Err(e.to_string());
                     }
                 }
                 for a in addrs {
-                    peer::call(a, &join.request(JoinPhase::Initial), JOIN_TIMEOUT)
+                    pc.call(a, &join.request(JoinPhase::Initial), JOIN_TIMEOUT)
                         .await
                         .map_err(executing_error)?;
                 }
@@ -643,7 +649,7 @@ impl Driver {
                 version,
             } => {
                 let info = info_of(obs, id).ok_or_else(|| format!("peer {id} did not answer"))?;
-                let client = cluster_client(obs).await?;
+                let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
                 let (added, all) = client
                     .member_add_retrying(
                         &info.node_config.peer_urls,
@@ -663,13 +669,13 @@ impl Driver {
                 version,
             } => {
                 let info = info_of(obs, id).ok_or_else(|| format!("peer {id} did not answer"))?;
-                let client = cluster_client(obs).await?;
+                let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
                 let all = client.member_list().await.map_err(executing_error)?;
                 self.start_member(id, &info, &all, token, version, &fence)
                     .await
             }
             Action::PromoteMember { member_id, name } => {
-                let client = cluster_client(obs).await?;
+                let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
                 match client.member_promote(*member_id).await {
                     Ok(()) => {
                         tracing::info!(member = %name, "learner promoted to voter");
@@ -682,14 +688,14 @@ impl Driver {
                 }
             }
             Action::RemoveMember { member_id, name } => {
-                let client = cluster_client(obs).await?;
+                let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
                 client
                     .member_remove_retrying(*member_id, Duration::from_secs(15))
                     .await
                     .map_err(executing_error)?;
                 tracing::info!(member = %name, "member removed");
                 if let Ok(addr) = self.addr_of(name) {
-                    peer::call(addr, &Request::StopEtcd(fence.clone()), JOIN_TIMEOUT)
+                    pc.call(addr, &Request::StopEtcd(fence.clone()), JOIN_TIMEOUT)
                         .await
                         .map_err(executing_error)?;
                 }
@@ -711,7 +717,7 @@ impl Driver {
                     quarantined: None,
                     etcd_version: Some(version.clone()),
                 });
-                peer::call(self.addr_of(id)?, &req, JOIN_TIMEOUT)
+                pc.call(self.addr_of(id)?, &req, JOIN_TIMEOUT)
                     .await
                     .map_err(executing_error)?;
                 tracing::info!(peer = %id, %version, "member restarted on the new version");
@@ -755,7 +761,7 @@ impl Driver {
                     };
                     match self.addr_of(&p) {
                         Ok(addr) => {
-                            if let Err(e) = peer::call(addr, &req, JOIN_TIMEOUT).await {
+                            if let Err(e) = pc.call(addr, &req, JOIN_TIMEOUT).await {
                                 tracing::warn!(peer = %p, error = %e, "trashcan clean-up failed");
                             }
                         }
@@ -790,14 +796,15 @@ impl Driver {
                 tracing::info!(%command, "restore complete; command removed");
                 Ok(())
             }
-            Action::StopEtcd { peer: id } => peer::call(
-                self.addr_of(id)?,
-                &Request::StopEtcd(fence.clone()),
-                JOIN_TIMEOUT,
-            )
-            .await
-            .map(|_| ())
-            .map_err(executing_error),
+            Action::StopEtcd { peer: id } => pc
+                .call(
+                    self.addr_of(id)?,
+                    &Request::StopEtcd(fence.clone()),
+                    JOIN_TIMEOUT,
+                )
+                .await
+                .map(|_| ())
+                .map_err(executing_error),
         }
     }
 
@@ -810,6 +817,7 @@ impl Driver {
         version: &str,
         fence: &Fence,
     ) -> Result<(), String> {
+        let pc = &self.settings.peers.clone();
         let nodes: Vec<EtcdNodeConfig> = members
             .iter()
             .map(|mb| {
@@ -837,10 +845,10 @@ impl Driver {
             quarantined: false,
             nodes,
         };
-        peer::call(addr, &join.request(JoinPhase::Prepare), PEER_TIMEOUT)
+        pc.call(addr, &join.request(JoinPhase::Prepare), PEER_TIMEOUT)
             .await
             .map_err(executing_error)?;
-        peer::call(addr, &join.request(JoinPhase::JoinExisting), JOIN_TIMEOUT)
+        pc.call(addr, &join.request(JoinPhase::JoinExisting), JOIN_TIMEOUT)
             .await
             .map_err(executing_error)?;
         tracing::info!(peer = %id, "new member started");
@@ -860,6 +868,7 @@ impl Driver {
         obs: &Observation,
         fence: &Fence,
     ) -> Result<(), String> {
+        let pc = &self.settings.peers.clone();
         match self.verify_backup(backup, version).await {
             Ok(()) => {}
             Err((true, reason)) => {
@@ -903,7 +912,7 @@ impl Driver {
             .collect();
         for p in running {
             let addr = self.addr_of(&p)?;
-            peer::call(addr, &Request::StopEtcd(fence.clone()), JOIN_TIMEOUT)
+            pc.call(addr, &Request::StopEtcd(fence.clone()), JOIN_TIMEOUT)
                 .await
                 .map_err(executing_error)?;
         }
@@ -915,7 +924,7 @@ impl Driver {
             nodes,
         });
         for addr in targets {
-            peer::call(addr, &req, RESTORE_TIMEOUT)
+            pc.call(addr, &req, RESTORE_TIMEOUT)
                 .await
                 .map_err(executing_error)?;
         }
@@ -988,9 +997,13 @@ impl Driver {
             .into_iter()
             .next()
             .ok_or("no healthy member to back up from")?;
-        let client = etcd::EtcdClient::connect(std::slice::from_ref(&endpoint), ETCD_TIMEOUT)
-            .await
-            .map_err(executing_error)?;
+        let client = etcd::EtcdClient::connect_with(
+            std::slice::from_ref(&endpoint),
+            ETCD_TIMEOUT,
+            self.settings.etcd_tls.as_ref(),
+        )
+        .await
+        .map_err(executing_error)?;
         let status = client.status().await.map_err(executing_error)?;
         let stream = client.snapshot().await.map_err(executing_error)?;
         let wall = self.clock.wall();
@@ -1077,18 +1090,21 @@ fn healthy_endpoints(obs: &Observation) -> Vec<(&str, String)> {
         .collect()
 }
 
-async fn cluster_client(obs: &Observation) -> Result<etcd::EtcdClient, String> {
+async fn cluster_client(
+    obs: &Observation,
+    tls: Option<&etcd::ClientTls>,
+) -> Result<etcd::EtcdClient, String> {
     let endpoints: Vec<String> = healthy_endpoints(obs).into_iter().map(|(_, e)| e).collect();
     if endpoints.is_empty() {
         return Err("no healthy etcd endpoint".into());
     }
-    etcd::EtcdClient::connect(&endpoints, ETCD_TIMEOUT)
+    etcd::EtcdClient::connect_with(&endpoints, ETCD_TIMEOUT, tls)
         .await
         .map_err(executing_error)
 }
 
 /// Ask etcd (through every running peer) for the members and their health.
-async fn observe_cluster(peers: &[PeerView]) -> Option<ClusterView> {
+async fn observe_cluster(peers: &[PeerView], tls: Option<&etcd::ClientTls>) -> Option<ClusterView> {
     let endpoints: Vec<(String, String)> = peers
         .iter()
         .filter_map(|p| Some((p.id.clone(), endpoint_of(p.info.as_ref()?)?)))
@@ -1097,7 +1113,7 @@ async fn observe_cluster(peers: &[PeerView]) -> Option<ClusterView> {
         return None;
     }
     let statuses = futures::future::join_all(endpoints.into_iter().map(|(id, ep)| async move {
-        let client = etcd::EtcdClient::connect(std::slice::from_ref(&ep), ETCD_TIMEOUT)
+        let client = etcd::EtcdClient::connect_with(std::slice::from_ref(&ep), ETCD_TIMEOUT, tls)
             .await
             .ok()?;
         let status = client.status().await.ok()?;

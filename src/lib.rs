@@ -15,5 +15,6 @@ pub mod goflags;
 pub mod metrics;
 pub mod node;
 pub mod peer;
+pub mod pki;
 pub mod sidecar;
 pub mod status;

@@ -24,6 +24,28 @@ pub const QUARANTINED: &str = "etcd_manager_quarantined";
 pub const RECONCILE_ACTIONS: &str = "etcd_manager_reconcile_actions_total";
 pub const RECONCILE_WAITS: &str = "etcd_manager_reconcile_waits_total";
 pub const STORE_REQUESTS: &str = "etcd_manager_store_requests_total";
+pub const PEER_API_REJECTED: &str = "etcd_manager_peer_api_rejected_total";
+
+/// Every metric name above.
+pub const ALL: &[&str] = &[
+    IS_LEADER,
+    LEASE_EPOCH,
+    LEADER_CHANGES,
+    LEASE_OPERATIONS,
+    BACKUP_LAST_SUCCESS,
+    BACKUP_INTERVAL,
+    BACKUP_DURATION,
+    BACKUP_SIZE,
+    BACKUPS,
+    GOSSIP_MEMBERS,
+    GOSSIP_BAD_PACKETS,
+    ETCD_MEMBERS,
+    QUARANTINED,
+    RECONCILE_ACTIONS,
+    RECONCILE_WAITS,
+    STORE_REQUESTS,
+    PEER_API_REJECTED,
+];
 
 /// Describe every metric once, so /metrics carries HELP lines.
 pub fn describe() {
@@ -70,6 +92,10 @@ pub fn describe() {
     c!(
         STORE_REQUESTS,
         "backup store requests, by operation and result"
+    );
+    c!(
+        PEER_API_REJECTED,
+        "peer API connections refused in the TLS handshake (no or a foreign certificate)"
     );
 }
 

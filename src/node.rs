@@ -51,6 +51,8 @@ pub enum NodeError {
     DataDir { path: PathBuf, reason: String },
     #[error(transparent)]
     Etcd(#[from] etcd::Error),
+    #[error("etcd certificates: {0}")]
+    Pki(#[from] crate::pki::PkiError),
     #[error(
         "data dir {path} belongs to cluster '{found}', not '{want}'; use another --data-dir or the right --cluster-name"
     )]
@@ -72,6 +74,9 @@ pub struct NodeSettings {
     pub etcd_env_overrides: Vec<(String, String)>,
     /// Where backups are read from for a restore.
     pub store: backup::BackupStore,
+    /// etcd's TLS: certificates are issued from these CAs at every etcd start.
+    /// None: plain http (`--etcd-insecure`).
+    pub etcd_pki: Option<std::sync::Arc<crate::pki::EtcdPki>>,
 }
 
 struct Inner {
@@ -268,13 +273,41 @@ impl Node {
             quarantined_client_urls: me.quarantined_client_urls,
             quarantined: local.quarantined,
             listen_address: self.settings.listen_address.clone(),
+            tls: None,
         }
     }
 
     fn spawn_etcd(&self, local: &LocalEtcd) -> Result<etcd::EtcdProcess, NodeError> {
         let version: etcd::EtcdVersion = local.etcd_version.parse()?;
         let binaries = etcd::find_binaries(&version, &self.settings.bin_dirs)?;
-        let spec = self.spec_for(local);
+        let mut spec = self.spec_for(local);
+        if let Some(pki) = &self.settings.etcd_pki {
+            let me = self.node_config();
+            let client_urls: Vec<String> = me
+                .client_urls
+                .iter()
+                .chain(&me.quarantined_client_urls)
+                .cloned()
+                .collect();
+            let extra: Vec<String> = self.settings.listen_address.iter().cloned().collect();
+            let dir = self
+                .settings
+                .data_dir
+                .join("pki")
+                .join(&local.cluster_token);
+            // Certificate validity is wall-clock time by nature.
+            #[allow(clippy::disallowed_methods)]
+            let now = std::time::SystemTime::now();
+            spec.tls = Some(pki.write_member_certs(
+                &dir,
+                &me.name,
+                &me.peer_urls,
+                &client_urls,
+                &extra,
+                now,
+            )?);
+            tracing::info!(dir = %dir.display(), "issued etcd peer and client certificates");
+        }
         std::fs::create_dir_all(self.settings.data_dir.join("data")).map_err(|e| {
             NodeError::DataDir {
                 path: self.settings.data_dir.clone(),
@@ -664,6 +697,7 @@ mod leadership_tests {
             bin_dirs: vec![],
             etcd_env_overrides: vec![],
             store: backup::BackupStore::open("memory://x", &Default::default()).unwrap(),
+            etcd_pki: None,
         })
         .unwrap()
     }
@@ -699,6 +733,7 @@ mod fencing_tests {
             bin_dirs: vec![],
             etcd_env_overrides: vec![],
             store: backup::BackupStore::open("memory://x", &Default::default()).unwrap(),
+            etcd_pki: None,
         })
         .unwrap()
     }

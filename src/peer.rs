@@ -6,13 +6,17 @@
 //! other apart during a rolling upgrade. One request, one response per
 //! connection. Mutating requests carry a [`Fence`] (cluster name, leader id,
 //! epoch); the receiver refuses epochs lower than the highest it has seen.
+//!
+//! Unless `--insecure`, every connection is TLS 1.3 with certificates on both
+//! sides from the `etcd-manager-ca` ([`crate::pki::PeerTls`]): a client without
+//! one is dropped in the handshake, before any request is read.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -212,14 +216,14 @@ fn decode<T: serde::de::DeserializeOwned>(buf: &[u8]) -> Result<T, String> {
     Ok(env.body)
 }
 
-async fn write_frame(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+async fn write_frame<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> std::io::Result<()> {
     let len = u32::try_from(bytes.len()).map_err(|_| std::io::Error::other("frame too large"))?;
     stream.write_all(&len.to_be_bytes()).await?;
     stream.write_all(bytes).await?;
     stream.flush().await
 }
 
-async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
@@ -234,8 +238,58 @@ async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Send one request and wait for its answer, all within `timeout`.
-pub async fn call(
+/// One request, one answer on an open stream.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    addr: SocketAddr,
+    req: &Request,
+) -> Result<Response, PeerError> {
+    let bytes = encode(req).map_err(|reason| PeerError::Protocol { addr, reason })?;
+    write_frame(stream, &bytes)
+        .await
+        .map_err(|source| PeerError::Io { addr, source })?;
+    let buf = read_frame(stream)
+        .await
+        .map_err(|source| PeerError::Io { addr, source })?;
+    decode::<Response>(&buf).map_err(|reason| PeerError::Protocol { addr, reason })
+}
+
+/// Calls other managers' peer APIs: plain TCP (`--insecure`) or mutual TLS.
+/// Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct PeerClient {
+    tls: Option<crate::pki::PeerTls>,
+}
+
+impl PeerClient {
+    /// Plain TCP (`--insecure`).
+    pub fn insecure() -> Self {
+        PeerClient { tls: None }
+    }
+
+    /// Mutual TLS with this identity.
+    pub fn tls(tls: crate::pki::PeerTls) -> Self {
+        PeerClient { tls: Some(tls) }
+    }
+
+    /// The same identity for serving (None: plain TCP).
+    pub fn server_tls(&self) -> Option<crate::pki::PeerTls> {
+        self.tls.clone()
+    }
+
+    /// Send one request and wait for its answer, all within `timeout`.
+    pub async fn call(
+        &self,
+        addr: SocketAddr,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<Response, PeerError> {
+        call_with(self.tls.as_ref(), addr, req, timeout).await
+    }
+}
+
+async fn call_with(
+    tls: Option<&crate::pki::PeerTls>,
     addr: SocketAddr,
     req: &Request,
     timeout: Duration,
@@ -244,14 +298,24 @@ pub async fn call(
         let mut stream = TcpStream::connect(addr)
             .await
             .map_err(|source| PeerError::Io { addr, source })?;
-        let bytes = encode(req).map_err(|reason| PeerError::Protocol { addr, reason })?;
-        write_frame(&mut stream, &bytes)
-            .await
-            .map_err(|source| PeerError::Io { addr, source })?;
-        let buf = read_frame(&mut stream)
-            .await
-            .map_err(|source| PeerError::Io { addr, source })?;
-        decode::<Response>(&buf).map_err(|reason| PeerError::Protocol { addr, reason })
+        match tls {
+            None => exchange(&mut stream, addr, req).await,
+            Some(t) => {
+                let name = rustls_pki_types::ServerName::try_from(crate::pki::PEER_API_SERVER_NAME)
+                    .map_err(|e| PeerError::Protocol {
+                        addr,
+                        reason: e.to_string(),
+                    })?;
+                let mut s = t
+                    .connector
+                    .connect(name, stream)
+                    .await
+                    .map_err(|source| PeerError::Io { addr, source })?;
+                let resp = exchange(&mut s, addr, req).await;
+                let _ = s.shutdown().await;
+                resp
+            }
+        }
     };
     let resp = tokio::time::timeout(timeout, fut)
         .await
@@ -279,15 +343,46 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serve requests until cancelled. Each connection gets its own task, bounded by a timeout.
-pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>, cancel: CancellationToken) {
+/// Answer one request on an open stream.
+async fn answer<S: AsyncRead + AsyncWrite + Unpin, H: Handler>(
+    stream: &mut S,
+    from: SocketAddr,
+    handler: &H,
+) -> std::io::Result<()> {
+    let buf = read_frame(stream).await?;
+    let resp = match decode::<Request>(&buf) {
+        Ok(req) => {
+            tracing::debug!(%from, kind = req.kind(), "peer request");
+            handler.handle(req).await
+        }
+        Err(reason) => {
+            tracing::warn!(%from, %reason, "undecodable peer request dropped");
+            Response::Failed(format!("bad request: {reason}"))
+        }
+    };
+    let bytes = encode(&resp).map_err(std::io::Error::other)?;
+    write_frame(stream, &bytes).await
+}
+
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serve requests until cancelled, over TLS when `tls` is given. Each connection
+/// gets its own task, bounded by a timeout. Failed handshakes (no certificate, one
+/// from another CA) are counted in `etcd_manager_peer_api_rejected_total`.
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    tls: Option<crate::pki::PeerTls>,
+    cancel: CancellationToken,
+) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = listener.accept() => {
-                let (mut stream, from) = match accepted {
+                let (stream, from) = match accepted {
                     Ok(x) => x,
                     Err(e) => {
                         tracing::warn!(error = %e, "peer API accept failed");
@@ -295,21 +390,35 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>, cancel: C
                     }
                 };
                 let handler = handler.clone();
+                let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
                 conns.spawn(async move {
+                    let mut stream = stream;
                     let work = async {
-                        let buf = read_frame(&mut stream).await?;
-                        let resp = match decode::<Request>(&buf) {
-                            Ok(req) => {
-                                tracing::debug!(%from, kind = req.kind(), "peer request");
-                                handler.handle(req).await
+                        match acceptor {
+                            None => answer(&mut stream, from, handler.as_ref()).await,
+                            Some(acceptor) => {
+                                let handshake =
+                                    tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                                        .await;
+                                let mut s = match handshake {
+                                    Ok(Ok(s)) => s,
+                                    Ok(Err(e)) => {
+                                        metrics::counter!(crate::metrics::PEER_API_REJECTED)
+                                            .increment(1);
+                                        tracing::warn!(%from, error = %e, "peer API TLS handshake refused");
+                                        return Ok(());
+                                    }
+                                    Err(_) => {
+                                        metrics::counter!(crate::metrics::PEER_API_REJECTED)
+                                            .increment(1);
+                                        tracing::warn!(%from, "peer API TLS handshake timed out");
+                                        return Ok(());
+                                    }
+                                };
+                                answer(&mut s, from, handler.as_ref()).await?;
+                                s.shutdown().await
                             }
-                            Err(reason) => {
-                                tracing::warn!(%from, %reason, "undecodable peer request dropped");
-                                Response::Failed(format!("bad request: {reason}"))
-                            }
-                        };
-                        let bytes = encode(&resp).map_err(std::io::Error::other)?;
-                        write_frame(&mut stream, &bytes).await
+                        }
                     };
                     match tokio::time::timeout(Duration::from_secs(120), work).await {
                         Ok(Ok(())) => {}
@@ -352,9 +461,13 @@ mod tests {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let cancel = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, Arc::new(Echo), cancel.clone()));
+        let server = tokio::spawn(serve(listener, Arc::new(Echo), None, cancel.clone()));
         let t = Duration::from_secs(5);
-        match call(addr, &Request::GetInfo, t).await.expect("info") {
+        match PeerClient::insecure()
+            .call(addr, &Request::GetInfo, t)
+            .await
+            .expect("info")
+        {
             Response::Info(i) => assert_eq!(i.highest_epoch, 3),
             other => panic!("unexpected {other:?}"),
         }
@@ -363,7 +476,8 @@ mod tests {
             leader_id: "a".into(),
             epoch,
         };
-        let err = call(addr, &Request::StopEtcd(fence(2)), t)
+        let err = PeerClient::insecure()
+            .call(addr, &Request::StopEtcd(fence(2)), t)
             .await
             .expect_err("fenced");
         assert!(
@@ -377,7 +491,8 @@ mod tests {
             "{err}"
         );
         assert_eq!(
-            call(addr, &Request::StopEtcd(fence(3)), t)
+            PeerClient::insecure()
+                .call(addr, &Request::StopEtcd(fence(3)), t)
                 .await
                 .expect("ok"),
             Response::Done
@@ -393,7 +508,7 @@ mod tests {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let cancel = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, Arc::new(Echo), cancel.clone()));
+        let server = tokio::spawn(serve(listener, Arc::new(Echo), None, cancel.clone()));
         let mut s = TcpStream::connect(addr).await.expect("connect");
         s.write_all(&[0, 0, 0, 3, 0xff, 0xfe, 0xfd])
             .await
@@ -407,10 +522,93 @@ mod tests {
             "oversized frame must be refused"
         );
         assert!(
-            call(addr, &Request::GetInfo, Duration::from_secs(5))
+            PeerClient::insecure()
+                .call(addr, &Request::GetInfo, Duration::from_secs(5))
                 .await
                 .is_ok()
         );
+        cancel.cancel();
+        server.await.expect("server ends");
+    }
+
+    /// rustls checks validity against the real clock, so issue for now.
+    fn tls_for(ca: &crate::pki::Ca, id: &str) -> crate::pki::PeerTls {
+        #[allow(clippy::disallowed_methods)]
+        let now = std::time::SystemTime::now();
+        crate::pki::PeerTls::issue(ca, id, "127.0.0.1".parse().expect("ip"), now).expect("issue")
+    }
+
+    #[tokio::test]
+    async fn mutual_tls_admits_only_certificates_from_the_managers_ca() {
+        #[allow(clippy::disallowed_methods)]
+        let now = std::time::SystemTime::now();
+        let ca = crate::pki::Ca::generate(crate::pki::MANAGER_CA, now).expect("ca");
+        let stranger_ca = crate::pki::Ca::generate(crate::pki::MANAGER_CA, now).expect("ca");
+        let listener = bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let cancel = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            Arc::new(Echo),
+            Some(tls_for(&ca, "server")),
+            cancel.clone(),
+        ));
+        let t = Duration::from_secs(5);
+
+        // A manager with a certificate from the same CA is answered.
+        let good = PeerClient::tls(tls_for(&ca, "client"));
+        match good.call(addr, &Request::GetInfo, t).await.expect("info") {
+            Response::Info(i) => assert_eq!(i.highest_epoch, 3),
+            other => panic!("unexpected {other:?}"),
+        }
+        // Plain TCP, as an old or misconfigured manager would speak: no answer.
+        let err = PeerClient::insecure()
+            .call(addr, &Request::GetInfo, t)
+            .await
+            .expect_err("plain TCP must be refused");
+        assert!(matches!(err, PeerError::Io { .. }), "{err}");
+        // A certificate from another CA: refused in the handshake.
+        let err = PeerClient::tls(tls_for(&stranger_ca, "client"))
+            .call(addr, &Request::GetInfo, t)
+            .await
+            .expect_err("foreign CA must be refused");
+        assert!(matches!(err, PeerError::Io { .. }), "{err}");
+        // A TLS client that trusts the CA but shows no certificate: refused.
+        let roots = {
+            use rustls_pki_types::CertificateDer;
+            use rustls_pki_types::pem::PemObject;
+            let mut r = tokio_rustls::rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(ca.cert_pem().as_bytes()) {
+                r.add(c.expect("pem")).expect("root");
+            }
+            r
+        };
+        let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
+            tokio_rustls::rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let name =
+            rustls_pki_types::ServerName::try_from(crate::pki::PEER_API_SERVER_NAME).expect("name");
+        let outcome = async {
+            let mut s = connector.connect(name, tcp).await?;
+            let bytes = encode(&Request::GetInfo).map_err(std::io::Error::other)?;
+            write_frame(&mut s, &bytes).await?;
+            read_frame(&mut s).await
+        }
+        .await;
+        assert!(
+            outcome.is_err(),
+            "a client without a certificate got an answer"
+        );
+        // The good client still works: the refusals did not hurt the server.
+        assert!(good.call(addr, &Request::GetInfo, t).await.is_ok());
         cancel.cancel();
         server.await.expect("server ends");
     }

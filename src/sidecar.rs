@@ -16,6 +16,8 @@ pub struct SidecarSettings {
     pub endpoint: String,
     pub backup_interval: Duration,
     pub retention: backup::RetentionPolicy,
+    /// Our client identity for etcd (None with `--etcd-insecure`).
+    pub tls: Option<etcd::ClientTls>,
 }
 
 /// Whether to back up now: only the raft leader's sidecar, once per interval.
@@ -43,7 +45,7 @@ pub async fn run(
     loop {
         let now = clock.now();
         health.pass_done(now.saturating_duration_since(started).as_millis() as u64);
-        match leader_status(&settings.endpoint).await {
+        match leader_status(&settings.endpoint, settings.tls.as_ref()).await {
             Ok((client, status, leader)) => {
                 health.set_etcd_down(false);
                 if backup_due(leader, last, now, settings.backup_interval) {
@@ -98,8 +100,11 @@ pub async fn run(
 
 async fn leader_status(
     endpoint: &str,
+    tls: Option<&etcd::ClientTls>,
 ) -> Result<(etcd::EtcdClient, etcd::EndpointStatus, bool), etcd::Error> {
-    let client = etcd::EtcdClient::connect(&[endpoint.to_string()], Duration::from_secs(5)).await?;
+    let client =
+        etcd::EtcdClient::connect_with(&[endpoint.to_string()], Duration::from_secs(5), tls)
+            .await?;
     let status = client.status().await?;
     let leader = status.leader != 0 && status.leader == status.member_id;
     Ok((client, status, leader))

@@ -74,6 +74,22 @@ pub struct EtcdClient {
     client: Client,
     endpoints: Vec<String>,
     timeout: Duration,
+    tls: Option<ClientTls>,
+}
+
+/// TLS for talking to etcd: the CA that signed the members' serving
+/// certificates and our client identity, all PEM.
+#[derive(Clone)]
+pub struct ClientTls {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls").finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for EtcdClient {
@@ -89,13 +105,23 @@ impl EtcdClient {
     /// Makes a client for `endpoints` (`http://host:port`). Connections are made lazily,
     /// so this succeeds while etcd is still starting; it never waits longer than `timeout`.
     pub async fn connect(endpoints: &[String], timeout: Duration) -> Result<Self, Error> {
-        Self::connect_inner(endpoints, timeout, true).await
+        Self::connect_inner(endpoints, timeout, true, None).await
+    }
+
+    /// Like [`EtcdClient::connect`], over TLS when `tls` is given (`https://` endpoints).
+    pub async fn connect_with(
+        endpoints: &[String],
+        timeout: Duration,
+        tls: Option<&ClientTls>,
+    ) -> Result<Self, Error> {
+        Self::connect_inner(endpoints, timeout, true, tls).await
     }
 
     async fn connect_inner(
         endpoints: &[String],
         timeout: Duration,
         request_timeout: bool,
+        tls: Option<&ClientTls>,
     ) -> Result<Self, Error> {
         if endpoints.is_empty() {
             return Err(Error::InvalidArgument {
@@ -112,6 +138,13 @@ impl EtcdClient {
             .with_keep_alive(timeout, timeout);
         if request_timeout {
             options = options.with_timeout(timeout);
+        }
+        if let Some(t) = tls {
+            options = options.with_tls(
+                etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(&t.ca_pem))
+                    .identity(etcd_client::Identity::from_pem(&t.cert_pem, &t.key_pem)),
+            );
         }
         let endpoints = endpoints.to_vec();
         let client =
@@ -136,6 +169,7 @@ impl EtcdClient {
             client,
             endpoints,
             timeout,
+            tls: tls.cloned(),
         })
     }
 
@@ -151,7 +185,13 @@ impl EtcdClient {
 
     /// A client for just one endpoint, with the same timeout.
     pub async fn for_endpoint(&self, endpoint: &str) -> Result<Self, Error> {
-        Self::connect(&[endpoint.to_string()], self.timeout).await
+        Self::connect_inner(
+            &[endpoint.to_string()],
+            self.timeout,
+            true,
+            self.tls.as_ref(),
+        )
+        .await
     }
 
     async fn call<T, F>(&self, op: &'static str, fut: F) -> Result<T, Error>
@@ -351,8 +391,13 @@ impl EtcdClient {
     pub async fn snapshot(&self) -> Result<SnapshotStream, Error> {
         let endpoint = self.first_endpoint();
         // A client without a per-request deadline: tonic's deadline would cut a long stream.
-        let single =
-            Self::connect_inner(std::slice::from_ref(&endpoint), self.timeout, false).await?;
+        let single = Self::connect_inner(
+            std::slice::from_ref(&endpoint),
+            self.timeout,
+            false,
+            self.tls.as_ref(),
+        )
+        .await?;
         let mut c = single.client.clone();
         let stream = single.call("snapshot", c.snapshot()).await?;
         let idle = self.timeout;

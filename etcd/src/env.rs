@@ -32,6 +32,21 @@ pub struct EtcdNodeSpec {
     pub quarantined: bool,
     /// Host to bind: replaces the host of each url for the listen-* urls; None = same as advertised.
     pub listen_address: Option<String>,
+    /// Peer and client TLS files; None = plain http.
+    #[serde(default)]
+    pub tls: Option<MemberTlsFiles>,
+}
+
+/// Where a member's TLS files are (upstream's layout: `peers/{ca,me}.*`,
+/// `clients/{ca,server}.*`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberTlsFiles {
+    pub peer_ca: PathBuf,
+    pub peer_cert: PathBuf,
+    pub peer_key: PathBuf,
+    pub client_ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
 }
 
 impl EtcdNodeSpec {
@@ -94,6 +109,17 @@ pub fn etcd_env(spec: &EtcdNodeSpec, overrides: &[(String, String)]) -> Vec<(Str
     set("ETCD_LISTEN_CLIENT_URLS", listen(client_urls));
     set("ETCD_ADVERTISE_CLIENT_URLS", client_urls.join(","));
     set("ETCD_STRICT_RECONFIG_CHECK", "true".to_string());
+    if let Some(t) = &spec.tls {
+        let p = |p: &PathBuf| p.display().to_string();
+        set("ETCD_PEER_CLIENT_CERT_AUTH", "true".to_string());
+        set("ETCD_PEER_TRUSTED_CA_FILE", p(&t.peer_ca));
+        set("ETCD_PEER_CERT_FILE", p(&t.peer_cert));
+        set("ETCD_PEER_KEY_FILE", p(&t.peer_key));
+        set("ETCD_CLIENT_CERT_AUTH", "true".to_string());
+        set("ETCD_TRUSTED_CA_FILE", p(&t.client_ca));
+        set("ETCD_CERT_FILE", p(&t.server_cert));
+        set("ETCD_KEY_FILE", p(&t.server_key));
+    }
     for (k, v) in overrides {
         env.insert(k.clone(), v.clone());
     }

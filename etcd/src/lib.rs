@@ -18,9 +18,10 @@ mod state;
 mod version;
 
 pub use binaries::{EtcdBinaries, find_binaries, find_binaries_in};
-pub use client::{DEFAULT_TIMEOUT, EndpointStatus, EtcdClient, Member, SnapshotStream};
+pub use client::{ClientTls, DEFAULT_TIMEOUT, EndpointStatus, EtcdClient, Member, SnapshotStream};
 pub use env::{
-    EtcdNodeSpec, etcd_env, etcd_env_overrides_from_process, is_etcd_override, replace_url_host,
+    EtcdNodeSpec, MemberTlsFiles, etcd_env, etcd_env_overrides_from_process, is_etcd_override,
+    replace_url_host,
 };
 pub use error::Error;
 pub use process::{EtcdProcess, ProcessStatus};

@@ -61,6 +61,7 @@ impl Node {
             quarantined_client_urls: vec![quarantine],
             quarantined: false,
             listen_address: None,
+            tls: None,
         };
         Node {
             spec,
@@ -278,6 +279,7 @@ fn env_spec() -> EtcdNodeSpec {
         quarantined_client_urls: vec!["http://10.0.0.1:8001".into()],
         quarantined: false,
         listen_address: None,
+        tls: None,
     }
 }
 
@@ -358,6 +360,7 @@ fn etcd_env_quarantined_uses_only_quarantine_urls() {
 fn etcd_env_listen_address_replaces_hosts_of_listen_urls_only() {
     let spec = EtcdNodeSpec {
         listen_address: Some("0.0.0.0".into()),
+        tls: None,
         ..env_spec()
     };
     let env = etcd_env(&spec, &[]);

@@ -406,7 +406,11 @@ fn example_configurations_pass_the_managers_validation() {
     assert!(argv.len() > 10, "{argv:?}");
     let pod_cfg = validate(&argv, "etcd-manager-main.yaml");
     assert_eq!(pod_cfg.seeds.len(), 3);
-    assert_eq!(pod_cfg.node.client_urls, ["http://10.0.1.10:4001"]);
+    assert_eq!(pod_cfg.node.client_urls, ["https://10.0.1.10:4001"]);
+    assert!(
+        !pod_cfg.insecure && !pod_cfg.etcd_insecure,
+        "the static pod must not turn TLS off"
+    );
 }
 
 /// A table row's first two cells, for rows whose first cell is a `--flag`.
@@ -457,24 +461,7 @@ fn the_flags_table_in_the_docs_lists_every_flag_with_its_variable() {
 #[test]
 fn metric_names_in_rules_dashboard_and_docs_are_exported() {
     use etcd_manager::metrics as m;
-    let exported: BTreeSet<&str> = [
-        m::IS_LEADER,
-        m::LEASE_EPOCH,
-        m::LEADER_CHANGES,
-        m::LEASE_OPERATIONS,
-        m::BACKUP_LAST_SUCCESS,
-        m::BACKUP_INTERVAL,
-        m::BACKUP_DURATION,
-        m::BACKUP_SIZE,
-        m::BACKUPS,
-        m::GOSSIP_MEMBERS,
-        m::ETCD_MEMBERS,
-        m::QUARANTINED,
-        m::RECONCILE_ACTIONS,
-        m::RECONCILE_WAITS,
-        m::STORE_REQUESTS,
-    ]
-    .into();
+    let exported: BTreeSet<&str> = m::ALL.iter().copied().collect();
     let mut used = BTreeSet::new();
     let mut unknown = Vec::new();
     let shown = files_to_check().into_iter().filter(|p| {

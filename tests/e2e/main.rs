@@ -10,6 +10,7 @@ mod leadership;
 mod prometheus;
 mod replace;
 mod sidecar;
+mod tls;
 mod upgrade;
 mod walkthrough;
 

@@ -31,6 +31,7 @@ fn plain_member(
         quarantined_client_urls: vec![format!("http://{ip}:8001")],
         quarantined: false,
         listen_address: None,
+        tls: None,
     };
     etcd::EtcdProcess::start(
         tests::etcd_binaries("3.5.30"),

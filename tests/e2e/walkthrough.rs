@@ -125,13 +125,14 @@ async fn grow_to_three_back_up_and_survive_a_lost_member() {
     // No etcd was restarted by its supervisor while the cluster grew.
     for m in [&m1, &m2, &m3] {
         let addr = format!("{}:8000", m.ip).parse().unwrap();
-        let resp = etcd_manager::peer::call(
-            addr,
-            &etcd_manager::peer::Request::GetInfo,
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+        let resp = etcd_manager::peer::PeerClient::insecure()
+            .call(
+                addr,
+                &etcd_manager::peer::Request::GetInfo,
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
         let etcd_manager::peer::Response::Info(info) = resp else {
             panic!("unexpected {resp:?}")
         };

@@ -399,5 +399,6 @@ pub fn single_member_spec(
         quarantined_client_urls: vec![format!("http://{ip}:8001")],
         quarantined: false,
         listen_address: None,
+        tls: None,
     }
 }

@@ -295,11 +295,57 @@ fn resources_are_aws_or_local_files_only() {
     let bare = Module::load("bare-metal");
     assert!(bare.typed("data").is_empty());
     for (ty, b) in bare.typed("resource") {
-        assert_eq!(
-            ty,
-            "local_file",
+        assert!(
+            ty == "local_file" || ty == "local_sensitive_file",
             "bare-metal: {ty}.{} writes more than files",
             label(b, 1)
+        );
+    }
+    // The shared CA module only makes keys and self-signed CA certificates.
+    let pki = Module::load("modules/pki");
+    let types: BTreeSet<String> = pki.typed("resource").into_iter().map(|(t, _)| t).collect();
+    assert_eq!(
+        types,
+        BTreeSet::from([
+            "tls_private_key".to_string(),
+            "tls_self_signed_cert".to_string()
+        ])
+    );
+    for (ty, b) in pki.typed("resource") {
+        if ty == "tls_self_signed_cert" {
+            assert_eq!(
+                attr(b.body(), "is_ca_certificate")
+                    .map(ToString::to_string)
+                    .as_deref(),
+                Some("true")
+            );
+        }
+    }
+}
+
+#[test]
+fn both_modules_install_the_same_three_cas_and_turn_tls_on() {
+    let pki = std::fs::read_to_string(terraform_dir().join("modules/pki/main.tf")).unwrap();
+    for ca in ["etcd-manager-ca", "etcd-peers-ca", "etcd-clients-ca"] {
+        assert!(pki.contains(ca), "modules/pki does not make {ca}");
+    }
+    for name in ["aws", "bare-metal"] {
+        let m = Module::load(name);
+        let modules = m.blocks("module");
+        assert!(
+            modules.iter().any(|b| attr(b.body(), "source")
+                .is_some_and(|s| s.to_string().contains("../modules/pki"))),
+            "{name} does not use modules/pki"
+        );
+        let env = std::fs::read_to_string(m.dir.join("templates/etcd-manager.env.tftpl")).unwrap();
+        assert!(
+            env.contains("ETCD_MANAGER_PKI_DIR=${pki_dir}"),
+            "{name}: no pki dir"
+        );
+        assert!(!env.contains("INSECURE"), "{name}: TLS turned off");
+        assert!(
+            !env.contains("=http://"),
+            "{name}: plain http URLs with TLS on"
         );
     }
 }
@@ -563,6 +609,7 @@ fn bare_metal_example_renders_a_static_seed_list_for_every_master() {
             ("s3_region", "eu-west-1"),
             ("s3_endpoint", endpoint),
             ("address", address),
+            ("pki_dir", "/etc/kubernetes/pki/etcd-manager-main"),
             ("seeds", seeds.as_str()),
             ("backup_interval", "15m"),
         ] {
@@ -591,7 +638,16 @@ fn bare_metal_example_renders_a_static_seed_list_for_every_master() {
         assert_eq!(vars["ETCD_MANAGER_ADDRESS"], address);
         assert_eq!(
             vars["ETCD_MANAGER_PEER_URLS"],
-            format!("http://{address}:2380")
+            format!("https://{address}:2380")
+        );
+        assert_eq!(
+            vars["ETCD_MANAGER_PKI_DIR"],
+            "/etc/kubernetes/pki/etcd-manager-main"
+        );
+        assert!(
+            !vars.contains_key("ETCD_MANAGER_INSECURE")
+                && !vars.contains_key("ETCD_MANAGER_ETCD_INSECURE"),
+            "the example must not turn TLS off"
         );
         assert_eq!(
             vars.get("ETCD_MANAGER_S3_ENDPOINT").copied().unwrap_or(""),

@@ -42,6 +42,11 @@ resource "aws_instance" "master" {
     release_url         = var.release_tarball_url
     install_etcd_sh_b64 = filebase64("${path.module}/../../install-etcd.sh")
     systemd_unit_b64    = filebase64("${path.module}/../../systemd/etcd-manager@.service")
+    # One line per CA file: its PEM, base64 in the user data, decoded on the master.
+    pki_install = join("\n", [
+      for f, pem in(var.manage_pki ? module.pki[0].files : {}) :
+      "echo '${base64encode(pem)}' | base64 -d > \"$pki_dir/${f}\""
+    ])
     env_file = templatefile("${path.module}/templates/etcd-manager.env.tftpl", {
       cluster_name    = var.etcd_cluster_name
       backup_store    = local.backup_store
@@ -55,6 +60,7 @@ resource "aws_instance" "master" {
       quarantine_port = var.etcd_quarantine_port
       metrics_port    = var.metrics_port
       backup_interval = var.backup_interval
+      pki_dir         = "/etc/kubernetes/pki/etcd-manager-${var.etcd_cluster_name}"
     })
   })
 

@@ -35,3 +35,9 @@ locals {
     "etcd-manager/cluster" = var.cluster_name
   })
 }
+
+# The CAs every master needs in its --pki-dir (see modules/pki).
+module "pki" {
+  count  = var.manage_pki ? 1 : 0
+  source = "../modules/pki"
+}

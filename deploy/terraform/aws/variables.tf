@@ -149,3 +149,9 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "manage_pki" {
+  description = "Generate the three CAs (modules/pki) and install them on every master through user data. Set false to provision /etc/kubernetes/pki/etcd-manager-<cluster> yourself (etcd-manager-ctl init-pki), keeping the CA keys out of the terraform state and user data."
+  type        = bool
+  default     = true
+}

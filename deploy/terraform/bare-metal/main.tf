@@ -1,11 +1,13 @@
 # Bare metal: renders, for every master, the systemd environment file of
 # etcd-manager with the same static seed list, plus a copy of the unit.
-# Copy <output_dir>/<host>/ to each machine (/etc/etcd-manager/ and
-# /etc/systemd/system/), then `systemctl enable --now etcd-manager@<cluster>`.
+# Copy <output_dir>/<host>/ to each machine (/etc/etcd-manager/,
+# /etc/systemd/system/ and /etc/kubernetes/pki/etcd-manager-<cluster>/ for
+# pki/), then `systemctl enable --now etcd-manager@<cluster>`.
 #
 #   terraform init && terraform apply -var-file=masters.tfvars
 #
-# Nothing here talks to a cloud: only files are written (hashicorp/local).
+# Nothing here talks to a cloud: only files are written (hashicorp/local) and
+# the CAs generated (hashicorp/tls; their keys are in the terraform state).
 
 terraform {
   required_version = ">= 1.5"
@@ -14,6 +16,10 @@ terraform {
     local = {
       source  = "hashicorp/local"
       version = ">= 2.4, < 3.0"
+    }
+    tls = {
+      source  = "hashicorp/tls"
+      version = ">= 4.0, < 5.0"
     }
   }
 }
@@ -119,7 +125,34 @@ resource "local_file" "env" {
     quarantine_port = var.etcd_quarantine_port
     metrics_port    = var.metrics_port
     backup_interval = var.backup_interval
+    pki_dir         = "/etc/kubernetes/pki/etcd-manager-${var.etcd_cluster_name}"
   })
+}
+
+# The same three CAs for every master, into <host>/pki/ (install as
+# /etc/kubernetes/pki/etcd-manager-<cluster>/, readable by the manager only).
+module "pki" {
+  source = "../modules/pki"
+}
+
+resource "local_sensitive_file" "pki" {
+  for_each = {
+    for pair in setproduct(keys(local.by_name), ["etcd-manager-ca", "etcd-peers-ca", "etcd-clients-ca"]) :
+    "${pair[0]}/${pair[1]}" => { host = pair[0], ca = pair[1] }
+  }
+  filename        = "${var.output_dir}/${each.value.host}/pki/${each.value.ca}.key"
+  file_permission = "0600"
+  content         = module.pki.files["${each.value.ca}.key"]
+}
+
+resource "local_file" "pki_cert" {
+  for_each = {
+    for pair in setproduct(keys(local.by_name), ["etcd-manager-ca", "etcd-peers-ca", "etcd-clients-ca"]) :
+    "${pair[0]}/${pair[1]}" => { host = pair[0], ca = pair[1] }
+  }
+  filename        = "${var.output_dir}/${each.value.host}/pki/${each.value.ca}.crt"
+  file_permission = "0644"
+  content         = module.pki.files["${each.value.ca}.crt"]
 }
 
 resource "local_file" "unit" {

@@ -51,6 +51,15 @@ struct CtlArgs {
     #[arg(long, env = "ETCD_MANAGER_S3_REGION", global = true)]
     s3_region: Option<String>,
 
+    /// Folder of the CAs (init-pki, issue-client-cert), as the manager's --pki-dir.
+    #[arg(
+        long,
+        env = "ETCD_MANAGER_PKI_DIR",
+        default_value = "/etc/kubernetes/pki/etcd-manager",
+        global = true
+    )]
+    pki_dir: std::path::PathBuf,
+
     /// Output: text (upstream's format) or json.
     #[arg(short = 'o', long, default_value = "text", global = true)]
     output: Output,
@@ -93,6 +102,18 @@ enum Cmd {
     /// Allow the leader to create a new EMPTY cluster although backups exist (after the
     /// created marker was lost and you do not want to restore).
     SeedNewCluster,
+    /// Create the CAs the managers need in -pki-dir (etcd-manager-ca, etcd-peers-ca,
+    /// etcd-clients-ca); existing ones are kept. Copy the folder to every master.
+    InitPki,
+    /// Write an etcd client certificate from etcd-clients-ca in -pki-dir into a folder
+    /// (ca.crt, client.crt, client.key), for etcdctl and other clients.
+    IssueClientCert {
+        /// Folder to write into.
+        out_dir: std::path::PathBuf,
+        /// The certificate's common name.
+        #[arg(long, default_value = "etcd-client")]
+        name: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -139,7 +160,65 @@ fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<String> {
     Ok(serde_json::to_string_pretty(v)? + "\n")
 }
 
+/// Create whichever CAs are missing; a half-present pair is an error.
+fn init_pki(dir: &std::path::Path) -> anyhow::Result<String> {
+    use etcd_manager::pki::{ALL_CAS, Ca};
+    let mut out = String::new();
+    for name in ALL_CAS {
+        let crt = dir.join(format!("{name}.crt"));
+        let key = dir.join(format!("{name}.key"));
+        match (crt.exists(), key.exists()) {
+            (true, true) => {
+                Ca::load(dir, name, "--insecure / --etcd-insecure")
+                    .with_context(|| format!("the existing {name} is not usable"))?;
+                out += &format!("kept    {}\n", crt.display());
+            }
+            (false, false) => {
+                Ca::generate(name, wall_now())?.write(dir)?;
+                out += &format!("created {} and {name}.key\n", crt.display());
+            }
+            _ => bail!(
+                "only one of {} and {} exists; restore the missing one or remove both to create a new CA",
+                crt.display(),
+                key.display()
+            ),
+        }
+    }
+    Ok(out)
+}
+
+fn issue_client_cert(
+    pki_dir: &std::path::Path,
+    out_dir: &std::path::Path,
+    name: &str,
+) -> anyhow::Result<String> {
+    use etcd_manager::pki::{CLIENTS_CA, Ca, Subject, write_issued};
+    let ca = Ca::load(pki_dir, CLIENTS_CA, "--etcd-insecure")?;
+    let issued = ca.issue(
+        &Subject {
+            common_name: name.to_string(),
+            ..Subject::default()
+        },
+        wall_now(),
+    )?;
+    write_issued(out_dir, "client", &ca, &issued)?;
+    let p = |f: &str| out_dir.join(f).display().to_string();
+    Ok(format!(
+        "etcdctl --cacert={} --cert={} --key={} --endpoints=https://<member>:4001 ...\n",
+        p("ca.crt"),
+        p("client.crt"),
+        p("client.key")
+    ))
+}
+
 async fn run(a: CtlArgs) -> anyhow::Result<String> {
+    match a.command.as_ref() {
+        Some(Cmd::InitPki) => return init_pki(&a.pki_dir),
+        Some(Cmd::IssueClientCert { out_dir, name }) => {
+            return issue_client_cert(&a.pki_dir, out_dir, name);
+        }
+        _ => {}
+    }
     let Some(url) = a.backup_store.clone() else {
         bail!(
             "--backup-store is required, e.g. -backup-store=file:///tmp/etcd-manager/backups/test"
@@ -216,6 +295,9 @@ async fn run(a: CtlArgs) -> anyhow::Result<String> {
         }
         Cmd::Status => status(&store, a.output).await,
         Cmd::BackupNow { timeout } => backup_now(&store, *timeout).await,
+        // Answered above, before a store is needed.
+        Cmd::InitPki => init_pki(&a.pki_dir),
+        Cmd::IssueClientCert { out_dir, name } => issue_client_cert(&a.pki_dir, out_dir, name),
         Cmd::SeedNewCluster => {
             if store.read_spec().await?.is_none() {
                 bail!("no cluster spec yet; run configure-cluster first");

@@ -27,8 +27,27 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         raw.url().to_string(),
     );
 
+    // Certificates are wall-clock business: issued from the CAs now.
+    let wall = clock.wall();
+    let etcd_pki = if cfg.etcd_insecure {
+        None
+    } else {
+        Some(Arc::new(
+            etcd_manager::pki::EtcdPki::load(&cfg.pki_dir, wall).context("--pki-dir")?,
+        ))
+    };
+    let manager_ca = if cfg.insecure || cfg.backup_only.is_some() {
+        None
+    } else {
+        Some(
+            etcd_manager::pki::Ca::load(&cfg.pki_dir, etcd_manager::pki::MANAGER_CA, "--insecure")
+                .context("--pki-dir")?,
+        )
+    };
+
     if let Some(endpoint) = cfg.backup_only.clone() {
-        return run_backup_only(cfg, endpoint, store, clock, shutdown).await;
+        let tls = etcd_pki.as_ref().map(|p| p.client.clone());
+        return run_backup_only(cfg, endpoint, tls, store, clock, shutdown).await;
     }
 
     let node = Arc::new(Node::open(NodeSettings {
@@ -39,16 +58,28 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         bin_dirs: cfg.etcd_bin_dirs.clone(),
         etcd_env_overrides: etcd::etcd_env_overrides_from_process(),
         store: store.clone(),
+        etcd_pki: etcd_pki.clone(),
     })?);
+    let peers = match &manager_ca {
+        None => etcd_manager::peer::PeerClient::insecure(),
+        Some(ca) => etcd_manager::peer::PeerClient::tls(
+            etcd_manager::pki::PeerTls::issue(ca, node.id(), cfg.peer_api_addr.ip(), wall)
+                .context("issuing the peer API certificate")?,
+        ),
+    };
+    let etcd_tls = etcd_pki.as_ref().map(|p| p.client.clone());
     let span = tracing::info_span!("node", cluster = %cfg.cluster_name, id = %node.id());
-    run_node(cfg, node, store, clock, shutdown)
+    run_node(cfg, node, peers, etcd_tls, store, clock, shutdown)
         .instrument(span)
         .await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_node(
     cfg: Config,
     node: Arc<Node>,
+    peers: etcd_manager::peer::PeerClient,
+    etcd_tls: Option<etcd::ClientTls>,
     store: backup::BackupStore,
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
@@ -160,7 +191,13 @@ async fn run_node(
     let mut tasks = tokio::task::JoinSet::new();
     let server_cancel = cancel.child_token();
     tasks.spawn(
-        etcd_manager::peer::serve(listener, node.clone(), server_cancel.clone()).in_current_span(),
+        etcd_manager::peer::serve(
+            listener,
+            node.clone(),
+            peers.server_tls(),
+            server_cancel.clone(),
+        )
+        .in_current_span(),
     );
     if let Some((listener, state)) = http {
         tasks.spawn(etcd_manager::metrics::serve_http(
@@ -180,6 +217,8 @@ async fn run_node(
             etcd_bin_dirs: cfg.etcd_bin_dirs.clone(),
             retention: cfg.retention,
             replace_grace: cfg.member_replace_grace,
+            peers: peers.clone(),
+            etcd_tls,
         },
         health.clone(),
         store,
@@ -217,6 +256,7 @@ async fn run_node(
 async fn run_backup_only(
     cfg: Config,
     endpoint: String,
+    tls: Option<etcd::ClientTls>,
     store: backup::BackupStore,
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
@@ -250,6 +290,7 @@ async fn run_backup_only(
         endpoint,
         backup_interval: cfg.backup_interval,
         retention: cfg.retention,
+        tls,
     };
     tasks.spawn(etcd_manager::sidecar::run(
         settings,

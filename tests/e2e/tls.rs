@@ -1,0 +1,196 @@
+//! TLS everywhere: the peer API with mutual TLS from etcd-manager-ca, etcd's
+//! peer and client TLS from etcd-peers-ca and etcd-clients-ca, with CAs made by
+//! `etcd-manager-ctl init-pki` and managers that find each other only through
+//! the store.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tests::{host_ip, metric_value, wait_for};
+
+fn tls_args(env: &tests::ClusterEnv, host: u8, pki: &Path) -> Vec<String> {
+    let ip = host_ip(env.net, host);
+    vec![
+        format!("--address={ip}"),
+        format!("--etcd-address={ip}"),
+        "--cluster-name=test".into(),
+        format!("--backup-store={}", env.store_url),
+        format!(
+            "--data-dir={}",
+            env.root.join(format!("data/{host}")).display()
+        ),
+        format!("--client-urls=https://{ip}:4001"),
+        format!("--quarantine-client-urls=https://{ip}:8001"),
+        format!("--peer-urls=https://{ip}:2380"),
+        format!("--pki-dir={}", pki.display()),
+        "--store-discovery".into(),
+        "--controller-interval=1s".into(),
+        format!("--metrics-address={}", env.metrics_addr(host)),
+    ]
+}
+
+fn etcdctl(args: &[String]) -> std::process::Output {
+    let bins = tests::etcd_binaries("3.5.30");
+    std::process::Command::new(bins.etcdctl.expect("etcdctl beside etcd 3.5.30"))
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .output()
+        .expect("run etcdctl")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_with_tls_everywhere_found_through_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = crate::env(&dir);
+    let pki = dir.path().join("pki");
+    let init = tests::run_ctl(
+        &env.ctl_bin,
+        &[format!("-pki-dir={}", pki.display()), "init-pki".into()],
+    );
+    assert!(init.success, "init-pki: {init:?}");
+    for ca in ["etcd-manager-ca", "etcd-peers-ca", "etcd-clients-ca"] {
+        assert!(pki.join(format!("{ca}.crt")).exists() && pki.join(format!("{ca}.key")).exists());
+    }
+    // A second run keeps them.
+    let again = tests::run_ctl(
+        &env.ctl_bin,
+        &[format!("-pki-dir={}", pki.display()), "init-pki".into()],
+    );
+    assert!(
+        again.success && again.stdout.matches("kept").count() == 3,
+        "{again:?}"
+    );
+
+    let _ms: Vec<_> = (1..=3u8)
+        .map(|h| env.start_raw(h, tls_args(&env, h, &pki)))
+        .collect();
+    assert!(
+        env.ctl(&[
+            "-member-count=3",
+            "-etcd-version=3.5.30",
+            "configure-cluster"
+        ])
+        .success
+    );
+
+    // A client certificate for us, as an operator would make one.
+    let certs = dir.path().join("client");
+    let issued = tests::run_ctl(
+        &env.ctl_bin,
+        &[
+            format!("-pki-dir={}", pki.display()),
+            "issue-client-cert".into(),
+            certs.display().to_string(),
+        ],
+    );
+    assert!(issued.success, "issue-client-cert: {issued:?}");
+    let read = |f: &str| std::fs::read_to_string(certs.join(f)).unwrap();
+    let tls = etcd::ClientTls {
+        ca_pem: read("ca.crt"),
+        cert_pem: read("client.crt"),
+        key_pem: read("client.key"),
+    };
+    let endpoints: Vec<String> = (1..=3u8)
+        .map(|h| format!("https://{}:4001", host_ip(env.net, h)))
+        .collect();
+    let members = wait_for(
+        "three TLS voters found through the store",
+        Duration::from_secs(120),
+        || {
+            let (eps, tls) = (endpoints.clone(), tls.clone());
+            async move {
+                let c =
+                    etcd::EtcdClient::connect_with(&eps[..1], Duration::from_secs(3), Some(&tls))
+                        .await
+                        .ok()?;
+                c.put("/probe", "x").await.ok()?;
+                let ms = c.member_list().await.ok()?;
+                (ms.len() == 3 && ms.iter().all(|m| !m.is_learner && !m.name.is_empty()))
+                    .then_some(ms)
+            }
+        },
+    )
+    .await;
+    for m in &members {
+        assert!(
+            m.peer_urls.iter().all(|u| u.starts_with("https://")),
+            "raft between members must be TLS: {m:?}"
+        );
+        assert!(
+            m.client_urls.iter().all(|u| u.starts_with("https://")),
+            "{m:?}"
+        );
+    }
+    assert!(
+        !env.discovery_dir.exists(),
+        "the shared discovery folder was used"
+    );
+
+    // etcdctl with the client certificate works on every member...
+    let p = |f: &str| certs.join(f).display().to_string();
+    for ep in &endpoints {
+        let ok = etcdctl(&[
+            format!("--endpoints={ep}"),
+            format!("--cacert={}", p("ca.crt")),
+            format!("--cert={}", p("client.crt")),
+            format!("--key={}", p("client.key")),
+            "--command-timeout=5s".into(),
+            "put".into(),
+            "/tls".into(),
+            ep.clone(),
+        ]);
+        assert!(ok.status.success(), "etcdctl with certs on {ep}: {ok:?}");
+    }
+    // ...without a client certificate it is refused, and plain http gets nothing.
+    let no_cert = etcdctl(&[
+        format!("--endpoints={}", endpoints[0]),
+        format!("--cacert={}", p("ca.crt")),
+        "--dial-timeout=3s".into(),
+        "--command-timeout=5s".into(),
+        "get".into(),
+        "/tls".into(),
+    ]);
+    assert!(
+        !no_cert.status.success(),
+        "etcdctl without a client certificate succeeded: {no_cert:?}"
+    );
+    let plain = etcdctl(&[
+        format!("--endpoints=http://{}:4001", host_ip(env.net, 1)),
+        "--dial-timeout=3s".into(),
+        "--command-timeout=5s".into(),
+        "get".into(),
+        "/tls".into(),
+    ]);
+    assert!(
+        !plain.status.success(),
+        "plain http to a TLS member succeeded: {plain:?}"
+    );
+
+    // The peer API refuses a caller without a certificate, and counts it.
+    let peer_api = format!("{}:8000", host_ip(env.net, 1)).parse().unwrap();
+    let err = etcd_manager::peer::PeerClient::insecure()
+        .call(
+            peer_api,
+            &etcd_manager::peer::Request::GetInfo,
+            Duration::from_secs(5),
+        )
+        .await
+        .expect_err("a plain TCP caller must get no answer");
+    assert!(
+        matches!(err, etcd_manager::peer::PeerError::Io { .. }),
+        "{err}"
+    );
+    let metrics = env.metrics_addr(1);
+    wait_for(
+        "the refused handshake counted",
+        Duration::from_secs(10),
+        || {
+            let m = metrics.clone();
+            async move {
+                let (_, body) = tests::http_get(&m, "/metrics").await.ok()?;
+                (metric_value(&body, "etcd_manager_peer_api_rejected_total")? >= 1.0).then_some(())
+            }
+        },
+    )
+    .await;
+}
