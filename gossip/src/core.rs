@@ -86,7 +86,14 @@ pub struct GossipCore {
     defunct: bool,
     sealer: Option<Sealer>,
     nonce_rng: StdRng,
+    /// Since when each member (id, incarnation) has been Suspect here.
+    suspect_since: BTreeMap<(String, u64), Instant>,
+    /// A suspicion older than this lost its timer: see [`GossipCore::clear_stuck_suspects`].
+    stuck_suspect_after: Duration,
 }
+
+/// The least time a member stays Suspect before the core declares it down itself.
+const MIN_STUCK_SUSPECT: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for GossipCore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -158,6 +165,9 @@ impl GossipCore {
             .saturating_sub(1 + header_len + 2 + PACKET_HEADROOM);
         let table = PayloadTable::default();
         let handler = PayloadHandler::new(identity.id.clone(), table.clone());
+        let stuck_suspect_after = (foca_config.suspect_to_down_after * 3
+            + foca_config.probe_period * 2)
+            .max(MIN_STUCK_SUSPECT);
         let foca = Foca::with_custom_broadcast(
             identity,
             foca_config,
@@ -184,6 +194,8 @@ impl GossipCore {
             defunct: false,
             sealer: config.keys.clone().map(Sealer::new),
             nonce_rng: StdRng::seed_from_u64(rng_seed ^ NONCE_SEED_MIX),
+            suspect_since: BTreeMap::new(),
+            stuck_suspect_after,
         };
         core.check_payload(&payload)?;
         Ok(Self {
@@ -261,6 +273,7 @@ impl GossipCore {
         match timer {
             CoreTimer::PayloadRefresh => {
                 self.refresh_armed = false;
+                self.clear_stuck_suspects(now);
                 self.broadcast_own(now);
                 self.arm_refresh(now);
             }
@@ -279,6 +292,50 @@ impl GossipCore {
                 }
                 self.collect(now);
             }
+        }
+    }
+
+    /// Declares down a member that stayed Suspect here far longer than the
+    /// suspicion timeout. Only the prober that suspected a member holds the
+    /// timer that turns the suspicion into Down; when that node renews its own
+    /// identity (it was paused, declared down and rejoined) the timer is void,
+    /// and the nodes that learned the suspicion by gossip keep the member
+    /// Suspect forever unless it hears of it and refutes. Down is safe here: the
+    /// member is told (foca's notify_down_members), renews its identity and
+    /// rejoins Alive. Found by the simulation in `tests/tests/sim.rs`.
+    fn clear_stuck_suspects(&mut self, now: Instant) {
+        let suspects: Vec<foca::Member<NodeId>> = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.state() == foca::State::Suspect)
+            .cloned()
+            .collect();
+        let keys: Vec<(String, u64)> = suspects
+            .iter()
+            .map(|m| (m.id().id.clone(), m.id().incarnation))
+            .collect();
+        self.suspect_since.retain(|k, _| keys.contains(k));
+        let mut stuck = Vec::new();
+        for (m, key) in suspects.into_iter().zip(keys) {
+            let since = *self.suspect_since.entry(key.clone()).or_insert(now);
+            if now.saturating_duration_since(since) >= self.stuck_suspect_after {
+                tracing::warn!(member = %key.0, suspect_for = ?now.saturating_duration_since(since), "gossip member stuck as suspect; declaring it down so it rejoins");
+                self.suspect_since.remove(&key);
+                stuck.push(foca::Member::new(
+                    m.id().clone(),
+                    m.incarnation(),
+                    foca::State::Down,
+                ));
+            }
+        }
+        if !stuck.is_empty() {
+            if let Err(error) = self
+                .foca
+                .apply_many(stuck.into_iter(), true, &mut self.runtime)
+            {
+                tracing::warn!(%error, "could not declare a stuck suspect down");
+            }
+            self.collect(now);
         }
     }
 
