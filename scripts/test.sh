@@ -13,3 +13,5 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast
+echo "== simulation: 1000 seeds (release)"
+SIM_SEEDS=${SIM_SEEDS:-1000} cargo test --release --locked -p tests --test sim -- --nocapture

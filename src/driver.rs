@@ -260,8 +260,8 @@ impl Driver {
                 Err(e) => tracing::debug!(peer = %id, error = %e, "leadership not accepted"),
             }
         }
+        let majority = crate::leadership::has_majority(accepted, known, spec_count);
         let known = known.max(spec_count);
-        let majority = accepted * 2 > known;
         if majority != self.had_majority {
             if majority {
                 tracing::info!(
@@ -293,7 +293,8 @@ impl Driver {
         let peers = self.alive_peers();
         self.node.set_alive_view(peers.keys().cloned().collect());
         let me = self.node.id().to_string();
-        let lowest = peers.keys().next().is_some_and(|lowest| *lowest == me);
+        let lowest = peers.contains_key(&me)
+            && crate::leadership::is_candidate(&me, peers.keys().map(String::as_str));
         // Majority acceptance: the lowest alive id leads only if a majority of
         // the managers gossip has ever known (down ones included) accept it.
         let candidate = lowest && self.majority_accepts(&peers).await;

@@ -12,6 +12,7 @@ pub mod controller;
 pub mod discovery;
 pub mod driver;
 pub mod goflags;
+pub mod leadership;
 pub mod metrics;
 pub mod node;
 pub mod peer;

@@ -211,16 +211,14 @@ impl Node {
                 self.settings.cluster_name
             ));
         }
-        let lower = self
+        let view = self
             .alive_view
             .lock()
-            .ok()
-            .and_then(|v| v.iter().find(|id| id.as_str() < candidate).cloned());
-        match lower {
-            Some(id) => {
-                Response::Failed(format!("{id} is alive and has a lower id than {candidate}"))
-            }
-            None => Response::Done,
+            .map(|v| v.clone())
+            .unwrap_or_default();
+        match crate::leadership::judge(view.iter().map(String::as_str), candidate) {
+            Err(reason) => Response::Failed(reason),
+            Ok(()) => Response::Done,
         }
     }
 
@@ -354,7 +352,7 @@ impl Node {
                 self.settings.cluster_name, fence.cluster_name
             )));
         }
-        if fence.epoch < inner.state.highest_epoch {
+        if !crate::leadership::admits(inner.state.highest_epoch, fence.epoch) {
             tracing::warn!(leader = %fence.leader_id, epoch = fence.epoch, highest = inner.state.highest_epoch, "refused a stale leader");
             return Err(Response::Fenced {
                 highest_epoch: inner.state.highest_epoch,

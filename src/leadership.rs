@@ -1,0 +1,66 @@
+//! The leadership rules as pure functions: the driver and the node use them
+//! on real processes, the simulation in `tests/` on many simulated nodes, so
+//! both run one implementation.
+
+/// The candidate rule: a manager asks for the lease only while it has the
+/// lowest id among the managers its gossip sees alive (itself included).
+pub fn is_candidate<'a>(me: &str, alive: impl IntoIterator<Item = &'a str>) -> bool {
+    alive.into_iter().all(|id| id >= me)
+}
+
+/// Majority acceptance: `accepted` (the candidate included) must be more than
+/// half of every manager gossip has known (down ones included) and of the
+/// spec's member count, so a manager alone in its view (a partition, a wrong
+/// gossip key) cannot lead.
+pub fn has_majority(accepted: usize, known: usize, spec_count: usize) -> bool {
+    accepted * 2 > known.max(spec_count).max(1)
+}
+
+/// A manager's judgement of a candidate: refused, naming the reason, if it
+/// knows an alive manager with a lower id.
+pub fn judge<'a>(alive: impl IntoIterator<Item = &'a str>, candidate: &str) -> Result<(), String> {
+    match alive.into_iter().filter(|id| *id < candidate).min() {
+        Some(lower) => Err(format!(
+            "{lower} is alive and has a lower id than {candidate}"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The fence: a request carrying `epoch` is admitted only if no higher epoch
+/// has been seen.
+pub fn admits(highest_seen: u64, epoch: u64) -> bool {
+    epoch >= highest_seen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lowest_alive_id_is_the_candidate() {
+        assert!(is_candidate("a", ["b", "c"]));
+        assert!(!is_candidate("b", ["a", "c"]));
+        assert!(is_candidate("b", []));
+    }
+
+    #[test]
+    fn majority_counts_known_managers_and_the_spec() {
+        assert!(has_majority(2, 3, 3));
+        assert!(!has_majority(1, 1, 3), "alone, with a spec of three");
+        assert!(!has_majority(2, 4, 3));
+        assert!(!has_majority(2, 3, 5));
+        assert!(has_majority(1, 1, 0), "no spec yet: a single manager");
+    }
+
+    #[test]
+    fn a_lower_alive_id_refuses_and_fences_keep_order() {
+        assert!(judge(["b", "c"], "b").is_ok());
+        assert!(
+            judge(["a", "c"], "b")
+                .expect_err("a is lower")
+                .contains("a is alive")
+        );
+        assert!(admits(5, 5) && admits(5, 6) && !admits(5, 4));
+    }
+}

@@ -1,0 +1,159 @@
+//! Deterministic simulation of 3 and 5 managers (issue: leadership you can
+//! trust). Each simulated manager runs the real gossip core, the real lease
+//! client and the real controller on virtual time, with clocks 10 % fast or
+//! slow, over an in-memory network that cuts, loses and delays packets, a
+//! shared in-memory store that fails, times out and loses answers, and a
+//! model of etcd with quorum rules. After every step it checks:
+//!
+//! * never two nodes acting in one epoch, and no action of an older epoch
+//!   after one of a newer epoch (no overlap in true time);
+//! * epochs only grow (each new leadership above the last);
+//! * no plan takes a cluster that has quorum below it;
+//! * a node never applies a request older than the highest epoch it has seen;
+//!
+//! and, after all faults heal, liveness: one leader, the spec's members all
+//! healthy and out of quarantine.
+//!
+//! `SIM_SEEDS=<n> [SIM_SEED_START=<s>] cargo test --release -p tests sim`
+//! runs n seeds; a failure prints the one-line command that replays it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
+mod sim {
+    pub mod store;
+    pub mod world;
+}
+
+use sim::world::{Knobs, Outcome, World};
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
+fn run(seed: u64, nodes: Option<usize>, knobs: Knobs) -> Outcome {
+    World::new(seed, nodes, knobs).run()
+}
+
+fn replay_line(seed: u64) -> String {
+    format!(
+        "SIM_SEED_START={seed} SIM_SEEDS=1 cargo test --release -p tests --test sim sim_seeds -- --nocapture"
+    )
+}
+
+/// `SIM_SEEDS` seeds (default 40; CI runs 1000 in release) from `SIM_SEED_START`.
+#[test]
+fn sim_seeds() {
+    let start = env_u64("SIM_SEED_START", 0);
+    let count = env_u64("SIM_SEEDS", 40);
+    let begun = std::time::Instant::now();
+    let (mut effects, mut fenced, mut leaderships, mut store_faults) = (0, 0, 0, 0);
+    let mut sizes = [0usize; 6];
+    for seed in start..start + count {
+        let out = run(seed, None, Knobs::PRODUCTION);
+        // SIM_SURVEY: list every failing seed instead of stopping at the first.
+        if std::env::var("SIM_SURVEY").is_ok()
+            && let Some(v) = &out.violation
+        {
+            eprintln!("seed {seed}: {}", v.what.lines().next().unwrap_or(""));
+            continue;
+        }
+        if let Some(v) = &out.violation {
+            let keep = env_u64("SIM_TRACE_LINES", 60) as usize;
+            let tail: Vec<&String> = out.trace.iter().rev().take(keep).rev().collect();
+            for line in tail {
+                eprintln!("{line}");
+            }
+            panic!(
+                "seed {seed} ({} nodes) broke an invariant at {:?}: {}\nreplay: {}",
+                out.nodes,
+                v.at,
+                v.what,
+                replay_line(seed)
+            );
+        }
+        effects += out.effects;
+        fenced += out.fenced;
+        leaderships += out.leaderships;
+        store_faults += out.store_faults;
+        sizes[out.nodes] += 1;
+    }
+    eprintln!(
+        "sim: {count} seeds from {start} ({} of 3 nodes, {} of 5) in {:.1?}: {leaderships} leaderships, {effects} leader actions, {fenced} fenced requests, {store_faults} store faults",
+        sizes[3],
+        sizes[5],
+        begun.elapsed()
+    );
+    assert!(
+        leaderships >= count as usize,
+        "every seed elects at least one leader"
+    );
+    assert!(
+        effects > 0 && store_faults > 0,
+        "the faults and actions did not happen"
+    );
+}
+
+#[test]
+fn sim_three_and_five_nodes_reach_the_spec() {
+    for (seed, nodes) in [(7, 3), (8, 5)] {
+        let out = run(seed, Some(nodes), Knobs::PRODUCTION);
+        assert!(
+            out.violation.is_none(),
+            "seed {seed}: {:?}\nreplay: {}",
+            out.violation,
+            replay_line(seed)
+        );
+        assert_eq!(out.nodes, nodes);
+        assert!(out.effects > 0);
+    }
+}
+
+#[test]
+fn sim_determinism_one_seed_twice_gives_the_same_trace() {
+    let a = run(42, None, Knobs::PRODUCTION);
+    let b = run(42, None, Knobs::PRODUCTION);
+    assert!(a.trace.len() > 20, "too short a trace to compare");
+    assert_eq!(a.trace, b.trace, "seed 42 gave two different runs");
+    let c = run(43, None, Knobs::PRODUCTION);
+    assert_ne!(a.trace, c.trace, "different seeds gave the same run");
+}
+
+/// The checks catch a broken safety rule: leaders that do not re-check the
+/// lease after a pause and nodes that do not check epochs let a stale leader
+/// act after its successor. With the fence alone (no re-check) the stale
+/// leader is refused, and nothing is flagged.
+#[test]
+fn sim_catches_a_broken_fence() {
+    let broken = Knobs {
+        fence: false,
+        recheck_lease: false,
+    };
+    let caught: Vec<(u64, String)> = (0..200u64)
+        .filter_map(|seed| run(seed, None, broken).violation.map(|v| (seed, v.what)))
+        .take(3)
+        .collect();
+    assert!(
+        !caught.is_empty(),
+        "200 seeds without the fence and the re-check broke no invariant: the checks are blind"
+    );
+    eprintln!("caught: {caught:?}");
+    // The same seeds with the fence on are safe again.
+    let fence_only = Knobs {
+        fence: true,
+        recheck_lease: false,
+    };
+    for (seed, _) in &caught {
+        let out = run(*seed, None, fence_only);
+        if let Some(v) = &out.violation {
+            assert!(
+                !v.what.contains("not silenced"),
+                "seed {seed}: the fence did not silence the stale leader: {}",
+                v.what
+            );
+        }
+    }
+}

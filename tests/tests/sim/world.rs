@@ -1,0 +1,1268 @@
+//! One simulated world: 3 or 5 managers, each with the real gossip core, the
+//! real lease client and the real controller, on virtual time, over an
+//! in-memory network, a shared fault-injecting store and a model of etcd.
+//!
+//! Everything random comes from one seed; everything is iterated in a fixed
+//! order, so a seed always gives the same run (its trace).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use etcd_manager::controller::{self, Action, ClusterView, MemberView, Observation, PeerView};
+use etcd_manager::leadership;
+use etcd_manager::peer::{EtcdNodeConfig, EtcdState, NodeInfo};
+use gossip::{GossipConfig, GossipCore, MemberState};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use super::store::{FaultyStore, StoreFaults};
+
+const VERSION: &str = "3.5.30";
+const CLUSTER: &str = "sim";
+/// One step of true time.
+const TICK: Duration = Duration::from_millis(100);
+/// Faults happen in [FAULTS_FROM, FAULTS_UNTIL); then everything heals.
+const FAULTS_FROM: Duration = Duration::from_secs(15);
+const FAULTS_UNTIL: Duration = Duration::from_secs(135);
+/// After healing, the cluster must be whole again by then.
+const END: Duration = Duration::from_secs(255);
+const CONTROLLER_INTERVAL: Duration = Duration::from_secs(1);
+const ACTED_INTERVAL: Duration = Duration::from_millis(200);
+const GOSSIP_REFRESH: Duration = Duration::from_secs(2);
+
+/// Switches for showing that the checks catch a broken safety rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Knobs {
+    /// Nodes refuse requests with an epoch below the highest they have seen.
+    pub fence: bool,
+    /// A leader checks the lease again before each action (rule 1). Off: a
+    /// leader that was paused mid-plan resumes the rest of its plan as it was.
+    pub recheck_lease: bool,
+}
+
+impl Knobs {
+    pub const PRODUCTION: Knobs = Knobs {
+        fence: true,
+        recheck_lease: true,
+    };
+}
+
+/// A broken invariant, with the step where it broke.
+#[derive(Debug, Clone)]
+pub struct Violation {
+    pub at: Duration,
+    pub what: String,
+}
+
+/// The outcome of one seed.
+#[derive(Debug)]
+pub struct Outcome {
+    pub nodes: usize,
+    pub trace: Vec<String>,
+    pub violation: Option<Violation>,
+    /// Leader actions applied (peer requests admitted, store writes).
+    pub effects: usize,
+    /// Requests refused by a fence.
+    pub fenced: usize,
+    pub leaderships: usize,
+    pub store_faults: u64,
+}
+
+/// The model of one manager's etcd process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LocalEtcd {
+    token: String,
+    quarantined: bool,
+    running: bool,
+}
+
+/// One etcd member in the model.
+#[derive(Debug, Clone)]
+struct Member {
+    /// The node it belongs to.
+    node: usize,
+    /// Started (a name) or only registered.
+    started: bool,
+    learner: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct EtcdModel {
+    token: String,
+    members: BTreeMap<u64, Member>,
+    next_id: u64,
+}
+
+/// A pass interrupted by a pause: the rest of its plan and its epoch.
+#[derive(Debug, Clone)]
+struct Pending {
+    epoch: u64,
+    actions: Vec<Action>,
+}
+
+struct Node {
+    id: String,
+    addr: SocketAddr,
+    /// Clock rate against true time (0.9 .. 1.1).
+    rate: f64,
+    up: bool,
+    paused_until: Option<Duration>,
+    pause_next_pass: Option<Duration>,
+    gossip: Option<GossipCore>,
+    lease: lock::LeaseClient,
+    /// Persisted across crashes, like `state.json`.
+    highest_epoch: u64,
+    etcd: Option<LocalEtcd>,
+    next_pass: Instant,
+    next_refresh: Instant,
+    was_leader: Option<u64>,
+    last_backup: Option<Instant>,
+    unhealthy_since: BTreeMap<u64, Instant>,
+    pending: Option<Pending>,
+    restarts: u64,
+    last_waits: Vec<String>,
+}
+
+struct Packet {
+    at: Duration,
+    seq: u64,
+    from: usize,
+    to: usize,
+    data: bytes::Bytes,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Effect {
+    at: Duration,
+    node: usize,
+    epoch: u64,
+}
+
+pub struct World {
+    seed: u64,
+    knobs: Knobs,
+    rng: StdRng,
+    origin: Instant,
+    now: Duration,
+    nodes: Vec<Node>,
+    /// cut[a][b]: packets from a to b are dropped.
+    cut: Vec<Vec<bool>>,
+    loss: f64,
+    max_delay: Duration,
+    packets: Vec<Packet>,
+    packet_seq: u64,
+    store: FaultyStore,
+    created_marker: bool,
+    backups_exist: bool,
+    etcd: EtcdModel,
+    effects: Vec<Effect>,
+    actors: BTreeMap<u64, usize>,
+    fenced: usize,
+    leaderships: Vec<(Duration, usize, u64)>,
+    trace: Vec<String>,
+    violation: Option<Violation>,
+    faults: Vec<(Duration, Fault)>,
+    tokens: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Fault {
+    Partition {
+        side: Vec<usize>,
+        for_: Duration,
+    },
+    Bridge {
+        a: usize,
+        c: usize,
+        for_: Duration,
+    },
+    OneWay {
+        from: usize,
+        to: usize,
+        for_: Duration,
+    },
+    Loss {
+        p: f64,
+        for_: Duration,
+    },
+    Delay {
+        max: Duration,
+        for_: Duration,
+    },
+    Store {
+        faults: StoreFaults,
+        for_: Duration,
+    },
+    Crash {
+        node: usize,
+        for_: Duration,
+    },
+    PauseLeader {
+        for_: Duration,
+    },
+    Heal,
+}
+
+fn lease_config() -> lock::LeaseConfig {
+    lock::LeaseConfig::default()
+}
+
+impl World {
+    pub fn new(seed: u64, nodes: Option<usize>, knobs: Knobs) -> World {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let n = nodes.unwrap_or(if rng.random_bool(0.5) { 3 } else { 5 });
+        let origin = Instant::now();
+        let store = FaultyStore::new(rng.random());
+        let lease_prefix = object_store::path::Path::from("etcd-manager/lease");
+        let mut list = Vec::new();
+        for i in 0..n {
+            let id = format!("n{}", i + 1);
+            let rate = rng.random_range(0.9..1.1);
+            let lease = lock::LeaseClient::new(
+                std::sync::Arc::new(store.clone()),
+                lease_prefix.clone(),
+                id.clone(),
+                lease_config(),
+            )
+            .with_instance(rng.random());
+            list.push(Node {
+                addr: SocketAddr::from(([10, 0, 0, i as u8 + 1], 8000)),
+                id,
+                rate,
+                up: true,
+                paused_until: None,
+                pause_next_pass: None,
+                gossip: None,
+                lease,
+                highest_epoch: 0,
+                etcd: None,
+                next_pass: origin,
+                next_refresh: origin,
+                was_leader: None,
+                last_backup: None,
+                unhealthy_since: BTreeMap::new(),
+                pending: None,
+                restarts: 0,
+                last_waits: Vec::new(),
+            });
+        }
+        let mut w = World {
+            seed,
+            knobs,
+            origin,
+            now: Duration::ZERO,
+            cut: vec![vec![false; n]; n],
+            loss: 0.0,
+            max_delay: Duration::from_millis(5),
+            packets: Vec::new(),
+            packet_seq: 0,
+            store,
+            created_marker: false,
+            backups_exist: false,
+            etcd: EtcdModel {
+                next_id: 100,
+                ..EtcdModel::default()
+            },
+            effects: Vec::new(),
+            actors: BTreeMap::new(),
+            fenced: 0,
+            leaderships: Vec::new(),
+            trace: Vec::new(),
+            violation: None,
+            faults: Vec::new(),
+            tokens: 0,
+            nodes: list,
+            rng,
+        };
+        for i in 0..n {
+            w.start_gossip(i);
+        }
+        w.plan_faults();
+        w
+    }
+
+    fn local(&self, i: usize) -> Instant {
+        let secs = self.now.as_secs_f64() * self.nodes[i].rate;
+        self.origin + Duration::from_secs_f64(secs)
+    }
+
+    fn note(&mut self, line: String) {
+        self.trace
+            .push(format!("{:>7.1} {line}", self.now.as_secs_f64()));
+    }
+
+    fn fail(&mut self, what: String) {
+        if self.violation.is_none() {
+            self.note(format!("VIOLATION {what}"));
+            self.violation = Some(Violation { at: self.now, what });
+        }
+    }
+
+    fn start_gossip(&mut self, i: usize) {
+        let n = self.nodes.len();
+        let mut config = GossipConfig::new(self.nodes[i].id.clone(), self.nodes[i].addr);
+        config.cluster_size_hint = n as u32;
+        config.incarnation = 1 + self.nodes[i].restarts;
+        let mut core = GossipCore::new(&config, Vec::new(), self.rng.random()).expect("gossip");
+        let now = self.local(i);
+        core.start(now);
+        self.nodes[i].gossip = Some(core);
+        self.nodes[i].next_refresh = now;
+    }
+
+    /// A random schedule of faults in [FAULTS_FROM, FAULTS_UNTIL), then healing.
+    fn plan_faults(&mut self) {
+        let n = self.nodes.len();
+        let mut at = FAULTS_FROM;
+        while at < FAULTS_UNTIL {
+            let for_ = Duration::from_secs(self.rng.random_range(3..40));
+            let fault = match self.rng.random_range(0..9) {
+                0 => {
+                    // A minority cut off (one node, or two of five).
+                    let k = if n == 5 && self.rng.random_bool(0.5) {
+                        2
+                    } else {
+                        1
+                    };
+                    let mut side: Vec<usize> = (0..n).collect();
+                    while side.len() > k {
+                        let j = self.rng.random_range(0..side.len());
+                        side.remove(j);
+                    }
+                    Fault::Partition { side, for_ }
+                }
+                1 => {
+                    let a = self.rng.random_range(0..n);
+                    let c = (a + 1 + self.rng.random_range(0..n - 1)) % n;
+                    Fault::Bridge { a, c, for_ }
+                }
+                2 => {
+                    let from = self.rng.random_range(0..n);
+                    let to = (from + 1 + self.rng.random_range(0..n - 1)) % n;
+                    Fault::OneWay { from, to, for_ }
+                }
+                3 => Fault::Loss {
+                    p: self.rng.random_range(0.05..0.35),
+                    for_,
+                },
+                4 => Fault::Delay {
+                    max: Duration::from_millis(self.rng.random_range(50..1500)),
+                    for_,
+                },
+                5 => Fault::Store {
+                    faults: StoreFaults {
+                        down: self.rng.random_bool(0.3),
+                        error: self.rng.random_range(0.0..0.5),
+                        lost_answer: self.rng.random_range(0.0..0.3),
+                    },
+                    for_,
+                },
+                6 | 7 => Fault::Crash {
+                    node: self.rng.random_range(0..n),
+                    for_,
+                },
+                _ => Fault::PauseLeader {
+                    for_: Duration::from_secs(self.rng.random_range(5..25)),
+                },
+            };
+            self.faults.push((at, fault));
+            at += Duration::from_secs(self.rng.random_range(2..25));
+        }
+        self.faults.push((FAULTS_UNTIL, Fault::Heal));
+    }
+
+    pub fn run(mut self) -> Outcome {
+        let mut faults = std::mem::take(&mut self.faults);
+        faults.reverse();
+        let mut ending: Vec<(Duration, Fault)> = Vec::new();
+        while self.now < END && self.violation.is_none() {
+            while faults.last().is_some_and(|(at, _)| *at <= self.now) {
+                let (_, f) = faults.pop().expect("a fault");
+                self.begin(&f, &mut ending);
+            }
+            ending.sort_by_key(|(at, _)| *at);
+            while ending.first().is_some_and(|(at, _)| *at <= self.now) {
+                let (_, f) = ending.remove(0);
+                self.end(&f);
+            }
+            self.step();
+            self.now += TICK;
+        }
+        if self.violation.is_none() {
+            self.check_liveness();
+        }
+        Outcome {
+            nodes: self.nodes.len(),
+            effects: self.effects.len(),
+            fenced: self.fenced,
+            leaderships: self.leaderships.len(),
+            store_faults: self.store.injected(),
+            violation: self.violation,
+            trace: self.trace,
+        }
+    }
+
+    fn begin(&mut self, f: &Fault, ending: &mut Vec<(Duration, Fault)>) {
+        self.note(format!("fault {f:?}"));
+        let n = self.nodes.len();
+        match f {
+            Fault::Partition { side, for_ } => {
+                for a in 0..n {
+                    for b in 0..n {
+                        if side.contains(&a) != side.contains(&b) {
+                            self.cut[a][b] = true;
+                        }
+                    }
+                }
+                ending.push((self.now + *for_, f.clone()));
+            }
+            Fault::Bridge { a, c, for_ } => {
+                self.cut[*a][*c] = true;
+                self.cut[*c][*a] = true;
+                ending.push((self.now + *for_, f.clone()));
+            }
+            Fault::OneWay { from, to, for_ } => {
+                self.cut[*from][*to] = true;
+                ending.push((self.now + *for_, f.clone()));
+            }
+            Fault::Loss { p, for_ } => {
+                self.loss = *p;
+                ending.push((self.now + *for_, f.clone()));
+            }
+            Fault::Delay { max, for_ } => {
+                self.max_delay = *max;
+                ending.push((self.now + *for_, f.clone()));
+            }
+            Fault::Store { faults, for_ } => {
+                self.store.set_faults(*faults);
+                ending.push((self.now + *for_, f.clone()));
+            }
+            Fault::Crash { node, for_ } => {
+                if self.nodes[*node].up {
+                    self.crash(*node);
+                    ending.push((self.now + *for_, f.clone()));
+                }
+            }
+            Fault::PauseLeader { for_ } => {
+                if let Some(i) = (0..n).find(|i| self.nodes[*i].was_leader.is_some()) {
+                    self.nodes[i].pause_next_pass = Some(*for_);
+                }
+            }
+            Fault::Heal => {
+                self.cut = vec![vec![false; n]; n];
+                self.loss = 0.0;
+                self.max_delay = Duration::from_millis(5);
+                self.store.set_faults(StoreFaults::default());
+                for i in 0..n {
+                    if !self.nodes[i].up {
+                        self.restart(i);
+                    }
+                    self.nodes[i].paused_until = None;
+                    self.nodes[i].pause_next_pass = None;
+                }
+                ending.clear();
+            }
+        }
+    }
+
+    fn end(&mut self, f: &Fault) {
+        self.note(format!("end {f:?}"));
+        let n = self.nodes.len();
+        match f {
+            Fault::Partition { .. } | Fault::Bridge { .. } | Fault::OneWay { .. } => {
+                // Faults may overlap; healing one cut heals its links.
+                self.cut = vec![vec![false; n]; n];
+            }
+            Fault::Loss { .. } => self.loss = 0.0,
+            Fault::Delay { .. } => self.max_delay = Duration::from_millis(5),
+            Fault::Store { .. } => self.store.set_faults(StoreFaults::default()),
+            Fault::Crash { node, .. } => {
+                if !self.nodes[*node].up {
+                    self.restart(*node);
+                }
+            }
+            Fault::PauseLeader { .. } | Fault::Heal => {}
+        }
+    }
+
+    fn crash(&mut self, i: usize) {
+        self.note(format!("crash {}", self.nodes[i].id));
+        let node = &mut self.nodes[i];
+        node.up = false;
+        node.gossip = None;
+        node.pending = None;
+        node.was_leader = None;
+        if let Some(e) = node.etcd.as_mut() {
+            e.running = false;
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        self.note(format!("restart {}", self.nodes[i].id));
+        let instance = self.rng.random();
+        let prefix = object_store::path::Path::from("etcd-manager/lease");
+        let node = &mut self.nodes[i];
+        node.up = true;
+        node.restarts += 1;
+        // A new process: a new lease client; the highest epoch comes from state.json.
+        node.lease = lock::LeaseClient::new(
+            std::sync::Arc::new(self.store.clone()),
+            prefix,
+            node.id.clone(),
+            lease_config(),
+        )
+        .with_instance(instance);
+        node.last_backup = None;
+        node.unhealthy_since.clear();
+        // resume(): etcd starts again as the state file says.
+        if let Some(e) = node.etcd.as_mut() {
+            e.running = true;
+        }
+        self.start_gossip(i);
+        self.nodes[i].next_pass = self.local(i);
+    }
+
+    fn active(&self, i: usize) -> bool {
+        self.nodes[i].up && self.nodes[i].paused_until.is_none()
+    }
+
+    /// A request/answer between two managers succeeds now.
+    fn rpc(&mut self, from: usize, to: usize) -> bool {
+        if from == to {
+            return true;
+        }
+        if !self.active(to) || self.cut[from][to] || self.cut[to][from] {
+            return false;
+        }
+        !(self.loss > 0.0 && self.rng.random_bool(self.loss))
+    }
+
+    fn step(&mut self) {
+        let n = self.nodes.len();
+        // Paused nodes wake up.
+        for i in 0..n {
+            if self.nodes[i].paused_until.is_some_and(|t| t <= self.now) {
+                self.nodes[i].paused_until = None;
+                self.note(format!("resume {}", self.nodes[i].id));
+            }
+        }
+        self.deliver();
+        for i in 0..n {
+            if !self.active(i) {
+                continue;
+            }
+            let now = self.local(i);
+            let node = &mut self.nodes[i];
+            let g = node.gossip.as_mut().expect("an up node gossips");
+            if g.next_deadline().is_some_and(|d| d <= now) {
+                g.handle_timers(now);
+            }
+            if node.next_refresh <= now {
+                node.next_refresh = now + GOSSIP_REFRESH;
+                for j in 0..n {
+                    if j != i && !g.is_active_id(&format!("n{}", j + 1)) {
+                        g.announce(SocketAddr::from(([10, 0, 0, j as u8 + 1], 8000)));
+                    }
+                }
+            }
+        }
+        for i in 0..n {
+            if self.active(i) && self.nodes[i].next_pass <= self.local(i) {
+                let acted = self.pass(i);
+                let wait = if acted {
+                    ACTED_INTERVAL
+                } else {
+                    CONTROLLER_INTERVAL
+                };
+                self.nodes[i].next_pass = self.local(i) + wait;
+            }
+        }
+        self.send();
+    }
+
+    fn send(&mut self) {
+        let n = self.nodes.len();
+        for i in 0..n {
+            if !self.active(i) {
+                continue;
+            }
+            let packets = self.nodes[i]
+                .gossip
+                .as_mut()
+                .expect("gossip")
+                .drain_packets();
+            for (to, data) in packets {
+                let Some(j) = (0..n).find(|j| self.nodes[*j].addr == to) else {
+                    continue;
+                };
+                if self.cut[i][j] || (self.loss > 0.0 && self.rng.random_bool(self.loss)) {
+                    continue;
+                }
+                let delay = Duration::from_millis(
+                    1 + self.rng.random_range(0..=self.max_delay.as_millis() as u64),
+                );
+                self.packet_seq += 1;
+                self.packets.push(Packet {
+                    at: self.now + delay,
+                    seq: self.packet_seq,
+                    from: i,
+                    to: j,
+                    data,
+                });
+            }
+        }
+    }
+
+    fn deliver(&mut self) {
+        let now = self.now;
+        let mut due: Vec<Packet> = Vec::new();
+        let mut later = Vec::new();
+        for p in self.packets.drain(..) {
+            if p.at <= now {
+                due.push(p);
+            } else {
+                later.push(p);
+            }
+        }
+        self.packets = later;
+        due.sort_by_key(|p| (p.at, p.seq));
+        for p in due {
+            if !self.active(p.to) {
+                continue;
+            }
+            let local = self.local(p.to);
+            let from = self.nodes[p.from].addr;
+            if let Some(g) = self.nodes[p.to].gossip.as_mut() {
+                g.handle_packet(from, &p.data, local);
+            }
+        }
+    }
+
+    /// Ids this node's gossip sees alive, itself included.
+    fn alive_view(&self, i: usize) -> BTreeSet<String> {
+        let mut alive: BTreeSet<String> = self.nodes[i]
+            .gossip
+            .as_ref()
+            .map(|g| {
+                g.members()
+                    .into_iter()
+                    .filter(|m| m.state == MemberState::Alive)
+                    .map(|m| m.id)
+                    .collect()
+            })
+            .unwrap_or_default();
+        alive.insert(self.nodes[i].id.clone());
+        alive
+    }
+
+    fn known(&self, i: usize) -> usize {
+        let mut ids: BTreeSet<String> = self.nodes[i]
+            .gossip
+            .as_ref()
+            .map(|g| g.members().into_iter().map(|m| m.id).collect())
+            .unwrap_or_default();
+        ids.insert(self.nodes[i].id.clone());
+        ids.len()
+    }
+
+    fn index_of(&self, id: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.id == id)
+    }
+
+    /// One pass of node i, as `Driver::step`: leadership, then reconcile.
+    fn pass(&mut self, i: usize) -> bool {
+        let now = self.local(i);
+        let me = self.nodes[i].id.clone();
+        // A leader paused in the middle of its last plan resumes it.
+        if let Some(p) = self.nodes[i].pending.take() {
+            self.execute(i, p.epoch, p.actions);
+        }
+        let alive = self.alive_view(i);
+        let mut candidate = leadership::is_candidate(&me, alive.iter().map(String::as_str));
+        if candidate {
+            let mut accepted = 1;
+            for id in alive.iter().filter(|id| **id != me) {
+                let Some(j) = self.index_of(id) else { continue };
+                if self.rpc(i, j) {
+                    let view = self.alive_view(j);
+                    if leadership::judge(view.iter().map(String::as_str), &me).is_ok() {
+                        accepted += 1;
+                    }
+                }
+            }
+            let known = self.known(i);
+            candidate = leadership::has_majority(accepted, known, self.nodes.len());
+        }
+        let tick = futures::executor::block_on(self.nodes[i].lease.tick(now, candidate));
+        if let Err(e) = &tick {
+            self.note(format!("{me} lease step failed: {e}"));
+        }
+        let highest = self.nodes[i].highest_epoch;
+        self.nodes[i].lease.observe_epoch(highest);
+        let held = self.nodes[i].lease.held(now);
+        if held != self.nodes[i].was_leader {
+            match held {
+                Some(epoch) => {
+                    self.note(format!("{me} became leader at epoch {epoch}"));
+                    // Epochs only grow: a new leadership has a higher epoch
+                    // than every earlier one (the same holder may carry on).
+                    if let Some((_, who, last)) = self.leaderships.last().copied()
+                        && (epoch < last || (epoch == last && who != i))
+                    {
+                        self.fail(format!(
+                            "{me} became leader at epoch {epoch}, not above the last leadership's {last}"
+                        ));
+                    }
+                    self.leaderships.push((self.now, i, epoch));
+                    self.nodes[i].last_backup = None;
+                    self.nodes[i].unhealthy_since.clear();
+                }
+                None => self.note(format!("{me} no longer leader")),
+            }
+            self.nodes[i].was_leader = held;
+        }
+        let Some(epoch) = held else { return false };
+        let Some(obs) = self.observe(i, epoch) else {
+            return false;
+        };
+        let plan = controller::reconcile(&obs);
+        let waits: Vec<String> = plan.waits.iter().map(ToString::to_string).collect();
+        if waits != self.nodes[i].last_waits {
+            self.note(format!("{me} waits: {}", waits.join("; ")));
+            self.nodes[i].last_waits = waits;
+        }
+        if plan.actions.is_empty() {
+            return false;
+        }
+        self.check_plan_keeps_quorum(i, &plan.actions);
+        self.execute(i, epoch, plan.actions);
+        true
+    }
+
+    /// What node i, as leader, sees: `Driver::observe` on the model.
+    fn observe(&mut self, i: usize, epoch: u64) -> Option<Observation> {
+        let now = self.local(i);
+        // The spec and the markers are read from the store.
+        if self.store.fails_now() {
+            return None;
+        }
+        let alive = self.alive_view(i);
+        let mut peers = Vec::new();
+        for id in &alive {
+            let Some(j) = self.index_of(id) else { continue };
+            let info = self.rpc(i, j).then(|| self.info(j));
+            peers.push(PeerView {
+                id: id.clone(),
+                info,
+            });
+        }
+        let reachable: Vec<usize> = peers
+            .iter()
+            .filter(|p| p.info.is_some())
+            .filter_map(|p| self.index_of(&p.id))
+            .collect();
+        let cluster = self.cluster_view(&reachable);
+        // The leader's own memory of unhealthy members.
+        if let Some(c) = &cluster {
+            let node = &mut self.nodes[i];
+            for m in &c.members {
+                if m.healthy {
+                    node.unhealthy_since.remove(&m.id);
+                } else {
+                    node.unhealthy_since.entry(m.id).or_insert(now);
+                }
+            }
+            node.unhealthy_since
+                .retain(|id, _| c.members.iter().any(|m| m.id == *id));
+        }
+        self.tokens += 1;
+        let node = &self.nodes[i];
+        Some(Observation {
+            now,
+            self_id: node.id.clone(),
+            cluster_name: CLUSTER.into(),
+            epoch: Some(epoch),
+            spec: Some(backup::ClusterSpec {
+                member_count: self.nodes.len() as i32,
+                etcd_version: VERSION.into(),
+            }),
+            created_marker: self.created_marker,
+            backups_exist: self.backups_exist,
+            peers,
+            cluster,
+            last_backup: node.last_backup,
+            backup_interval: Duration::from_secs(900),
+            new_cluster_token: format!("t{}-{}", self.seed, self.tokens),
+            commands: Vec::new(),
+            last_retention: node.last_backup,
+            backup_requested: false,
+            allow_new_cluster: false,
+            unhealthy_since: node.unhealthy_since.clone(),
+            replace_grace: Duration::from_secs(60),
+        })
+    }
+
+    fn info(&self, j: usize) -> NodeInfo {
+        let node = &self.nodes[j];
+        let ip = node.addr.ip();
+        NodeInfo {
+            id: node.id.clone(),
+            cluster_name: CLUSTER.into(),
+            node_config: EtcdNodeConfig {
+                name: node.id.clone(),
+                peer_urls: vec![format!("https://{ip}:2380")],
+                client_urls: vec![format!("https://{ip}:4001")],
+                quarantined_client_urls: vec![format!("https://{ip}:8001")],
+            },
+            etcd_state: node.etcd.as_ref().map(|e| EtcdState {
+                cluster_token: e.token.clone(),
+                etcd_version: VERSION.into(),
+                quarantined: e.quarantined,
+                running: e.running,
+                restarts: 0,
+                nodes: Vec::new(),
+            }),
+            highest_epoch: node.highest_epoch,
+            installed_versions: vec![VERSION.into()],
+        }
+    }
+
+    /// Ground truth: member `m` runs and could serve.
+    fn member_up(&self, m: &Member) -> bool {
+        let node = &self.nodes[m.node];
+        m.started
+            && node.up
+            && node
+                .etcd
+                .as_ref()
+                .is_some_and(|e| e.running && e.token == self.etcd.token)
+    }
+
+    fn has_quorum(&self) -> bool {
+        let voters: Vec<&Member> = self.etcd.members.values().filter(|m| !m.learner).collect();
+        let up = voters.iter().filter(|m| self.member_up(m)).count();
+        !voters.is_empty() && up * 2 > voters.len()
+    }
+
+    /// The cluster as the leader sees it through the members it reaches.
+    fn cluster_view(&self, reachable: &[usize]) -> Option<ClusterView> {
+        if self.etcd.members.is_empty() || !self.has_quorum() {
+            return None;
+        }
+        let healthy = |m: &Member| self.member_up(m) && reachable.contains(&m.node);
+        if !self.etcd.members.values().any(&healthy) {
+            return None;
+        }
+        let raft_leader = self
+            .etcd
+            .members
+            .iter()
+            .filter(|(_, m)| !m.learner && self.member_up(m))
+            .map(|(id, _)| *id)
+            .next();
+        let members: Vec<MemberView> = self
+            .etcd
+            .members
+            .iter()
+            .map(|(id, m)| MemberView {
+                id: *id,
+                name: if m.started {
+                    self.nodes[m.node].id.clone()
+                } else {
+                    String::new()
+                },
+                peer_urls: vec![format!("https://{}:2380", self.nodes[m.node].addr.ip())],
+                is_learner: m.learner,
+                healthy: healthy(m),
+                is_leader: raft_leader == Some(*id),
+            })
+            .collect();
+        let versions = members
+            .iter()
+            .filter(|m| m.healthy)
+            .map(|_| VERSION.to_string())
+            .collect();
+        Some(ClusterView { members, versions })
+    }
+
+    /// Invariant: a plan never takes a cluster with quorum below quorum.
+    fn check_plan_keeps_quorum(&mut self, i: usize, actions: &[Action]) {
+        if !self.has_quorum() {
+            return;
+        }
+        let mut etcd = self.etcd.clone();
+        let mut stopped: BTreeSet<usize> = BTreeSet::new();
+        for a in actions {
+            match a {
+                Action::RemoveMember { member_id, .. } => {
+                    if let Some(m) = etcd.members.remove(member_id) {
+                        stopped.insert(m.node);
+                    }
+                }
+                Action::StopEtcd { peer } => {
+                    if let Some(j) = self.index_of(peer) {
+                        stopped.insert(j);
+                    }
+                }
+                Action::Quarantine { .. } | Action::RestoreBackup { .. } => return,
+                _ => {}
+            }
+        }
+        let voters: Vec<&Member> = etcd.members.values().filter(|m| !m.learner).collect();
+        let up = voters
+            .iter()
+            .filter(|m| self.member_up(m) && !stopped.contains(&m.node))
+            .count();
+        if voters.is_empty() || up * 2 <= voters.len() {
+            let labels: Vec<&str> = actions.iter().map(|a| a.label()).collect();
+            self.fail(format!(
+                "{}'s plan {labels:?} takes the cluster below quorum",
+                self.nodes[i].id
+            ));
+        }
+    }
+
+    /// Execute a plan as `Driver::execute`: stop at the first failure, and
+    /// (unless the knob says otherwise) check the lease before each action.
+    fn execute(&mut self, i: usize, epoch: u64, actions: Vec<Action>) {
+        let mut rest = actions.into_iter();
+        while let Some(action) = rest.next() {
+            if !self.active(i) {
+                return;
+            }
+            if self.knobs.recheck_lease {
+                let now = self.local(i);
+                if self.nodes[i].lease.held(now) != Some(epoch) {
+                    self.note(format!(
+                        "{} lease no longer held; stopping",
+                        self.nodes[i].id
+                    ));
+                    return;
+                }
+            }
+            let ok = self.apply(i, epoch, &action);
+            self.note(format!(
+                "{} epoch {epoch} {action:?} -> {}",
+                self.nodes[i].id,
+                if ok { "ok" } else { "failed" }
+            ));
+            if !ok {
+                return;
+            }
+            // A pause (SIGSTOP, a long GC) in the middle of a plan.
+            if let Some(for_) = self.nodes[i].pause_next_pass.take() {
+                self.note(format!("pause {} for {for_:?}", self.nodes[i].id));
+                self.nodes[i].paused_until = Some(self.now + for_);
+                self.nodes[i].pending = Some(Pending {
+                    epoch,
+                    actions: rest.collect(),
+                });
+                return;
+            }
+        }
+    }
+
+    /// A leader action took effect: check that actions are ordered by epoch.
+    fn effect(&mut self, i: usize, epoch: u64) {
+        if let Some(&other) = self.actors.get(&epoch)
+            && other != i
+        {
+            self.fail(format!(
+                "two nodes acted in epoch {epoch}: {} and {}",
+                self.nodes[other].id, self.nodes[i].id
+            ));
+        }
+        self.actors.insert(epoch, i);
+        if let Some(later) = self.effects.iter().rev().find(|e| e.epoch > epoch).copied() {
+            self.fail(format!(
+                "{} acted in epoch {epoch} after {} acted in epoch {} (at {:?}): overlapping epochs",
+                self.nodes[i].id, self.nodes[later.node].id, later.epoch, later.at
+            ));
+        }
+        self.effects.push(Effect {
+            at: self.now,
+            node: i,
+            epoch,
+        });
+    }
+
+    /// A fenced request from i to j; true if j admitted it.
+    fn request(&mut self, i: usize, j: usize, epoch: u64) -> bool {
+        if !self.rpc(i, j) {
+            return false;
+        }
+        let highest = self.nodes[j].highest_epoch;
+        if self.knobs.fence && !leadership::admits(highest, epoch) {
+            self.fenced += 1;
+            self.note(format!(
+                "{} refused epoch {epoch} (highest {highest})",
+                self.nodes[j].id
+            ));
+            return false;
+        }
+        if epoch < highest {
+            self.fail(format!(
+                "{} applied a request of epoch {epoch} after seeing epoch {highest}: a fenced leader was not silenced",
+                self.nodes[j].id
+            ));
+        }
+        self.nodes[j].highest_epoch = highest.max(epoch);
+        self.effect(i, epoch);
+        true
+    }
+
+    fn store_write(&mut self, i: usize, epoch: u64) -> bool {
+        if self.store.fails_now() {
+            return false;
+        }
+        self.effect(i, epoch);
+        true
+    }
+
+    fn apply(&mut self, i: usize, epoch: u64, action: &Action) -> bool {
+        let idx = |w: &World, id: &str| w.index_of(id);
+        match action {
+            Action::SeedCluster { token, peers, .. } => {
+                let targets: Vec<usize> = peers.iter().filter_map(|p| idx(self, p)).collect();
+                let mut all = targets.len() == peers.len();
+                for &j in &targets {
+                    all &= self.request(i, j, epoch);
+                }
+                if !all {
+                    return false;
+                }
+                self.etcd = EtcdModel {
+                    token: token.clone(),
+                    members: BTreeMap::new(),
+                    next_id: self.etcd.next_id,
+                };
+                for &j in &targets {
+                    let id = self.etcd.next_id;
+                    self.etcd.next_id += 1;
+                    self.etcd.members.insert(
+                        id,
+                        Member {
+                            node: j,
+                            started: true,
+                            learner: false,
+                        },
+                    );
+                    self.nodes[j].etcd = Some(LocalEtcd {
+                        token: token.clone(),
+                        quarantined: true,
+                        running: true,
+                    });
+                }
+                true
+            }
+            Action::WriteCreatedMarker => {
+                let ok = self.store_write(i, epoch);
+                self.created_marker |= ok;
+                ok
+            }
+            Action::TakeBackup { .. } => {
+                if !self.has_quorum() {
+                    return false;
+                }
+                let ok = self.store_write(i, epoch);
+                if ok {
+                    self.backups_exist = true;
+                    self.nodes[i].last_backup = Some(self.local(i));
+                }
+                ok
+            }
+            Action::ApplyRetention | Action::ClearBackupRequest => self.store_write(i, epoch),
+            Action::LiftQuarantine { peers } | Action::Quarantine { peers } => {
+                let quarantined = matches!(action, Action::Quarantine { .. });
+                let mut all = true;
+                for p in peers {
+                    let Some(j) = idx(self, p) else { return false };
+                    if self.request(i, j, epoch) {
+                        if let Some(e) = self.nodes[j].etcd.as_mut() {
+                            e.quarantined = quarantined;
+                        }
+                    } else {
+                        all = false;
+                    }
+                }
+                all
+            }
+            Action::AddMember {
+                peer,
+                learner,
+                token,
+                ..
+            } => {
+                let Some(j) = idx(self, peer) else {
+                    return false;
+                };
+                if !self.has_quorum() || !self.rpc(i, j) {
+                    return false;
+                }
+                let id = self.etcd.next_id;
+                self.etcd.next_id += 1;
+                self.etcd.members.insert(
+                    id,
+                    Member {
+                        node: j,
+                        started: false,
+                        learner: *learner,
+                    },
+                );
+                self.effect(i, epoch);
+                self.start_member(i, j, id, token, epoch)
+            }
+            Action::StartAddedMember {
+                peer,
+                member_id,
+                token,
+                ..
+            } => {
+                let Some(j) = idx(self, peer) else {
+                    return false;
+                };
+                self.start_member(i, j, *member_id, token, epoch)
+            }
+            Action::PromoteMember { member_id, .. } => {
+                if !self.has_quorum() {
+                    return false;
+                }
+                let Some(m) = self.etcd.members.get_mut(member_id) else {
+                    return false;
+                };
+                m.learner = false;
+                self.effect(i, epoch);
+                true
+            }
+            Action::RemoveMember { member_id, .. } => {
+                if !self.has_quorum() {
+                    return false;
+                }
+                let Some(m) = self.etcd.members.remove(member_id) else {
+                    return false;
+                };
+                // The removed member's etcd exits and is not restarted; the
+                // leader then tells its node to drop it (StopEtcd).
+                if let Some(e) = self.nodes[m.node].etcd.as_mut() {
+                    e.running = false;
+                }
+                self.effect(i, epoch);
+                if !self.request(i, m.node, epoch) {
+                    return false;
+                }
+                self.nodes[m.node].etcd = None;
+                true
+            }
+            Action::StopEtcd { peer } => {
+                let Some(j) = idx(self, peer) else {
+                    return false;
+                };
+                if !self.request(i, j, epoch) {
+                    return false;
+                }
+                self.nodes[j].etcd = None;
+                true
+            }
+            Action::GcTrashcan { peers, .. } => {
+                let mut all = true;
+                for p in peers {
+                    let Some(j) = idx(self, p) else { return false };
+                    all &= self.request(i, j, epoch);
+                }
+                all
+            }
+            Action::RestoreBackup { .. }
+            | Action::CompleteRestore { .. }
+            | Action::QueueRestore { .. }
+            | Action::UpgradeMember { .. } => {
+                self.fail(format!(
+                    "unexpected action {} (no commands, one version)",
+                    action.label()
+                ));
+                false
+            }
+        }
+    }
+
+    fn start_member(&mut self, i: usize, j: usize, id: u64, token: &str, epoch: u64) -> bool {
+        if !self.request(i, j, epoch) {
+            return false;
+        }
+        let quarantined = self.etcd.members.values().filter(|m| m.started).any(|m| {
+            self.nodes[m.node]
+                .etcd
+                .as_ref()
+                .is_some_and(|e| e.quarantined)
+        });
+        self.nodes[j].etcd = Some(LocalEtcd {
+            token: token.to_string(),
+            quarantined,
+            running: true,
+        });
+        if let Some(m) = self.etcd.members.get_mut(&id) {
+            m.started = true;
+        }
+        true
+    }
+
+    /// Each node's gossip view, for failure messages.
+    fn views(&self) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let members = node
+                .gossip
+                .as_ref()
+                .map(|g| {
+                    g.members()
+                        .iter()
+                        .map(|m| format!("{}:{:?}", m.id, m.state))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            out += &format!("\n  {} sees [{members}]", node.id);
+        }
+        out
+    }
+
+    /// Liveness after healing: one leader, the spec reached, all healthy.
+    fn check_liveness(&mut self) {
+        let leaders: Vec<String> = (0..self.nodes.len())
+            .filter(|i| {
+                let now = self.local(*i);
+                self.nodes[*i].lease.held(now).is_some()
+            })
+            .map(|i| self.nodes[i].id.clone())
+            .collect();
+        if leaders.len() != 1 {
+            self.fail(format!(
+                "liveness: {} leaders {leaders:?} {:?} after healing{}",
+                leaders.len(),
+                END - FAULTS_UNTIL,
+                self.views()
+            ));
+            return;
+        }
+        let n = self.nodes.len();
+        let voters = self
+            .etcd
+            .members
+            .values()
+            .filter(|m| !m.learner && self.member_up(m))
+            .count();
+        let quarantined = self
+            .nodes
+            .iter()
+            .filter(|node| node.etcd.as_ref().is_some_and(|e| e.quarantined))
+            .count();
+        if voters != n || self.etcd.members.len() != n || quarantined > 0 || !self.created_marker {
+            self.fail(format!(
+                "liveness: the cluster is not whole after healing: {voters} healthy voters of {} members (spec {n}), {quarantined} quarantined, created marker {}{}",
+                self.etcd.members.len(),
+                self.created_marker,
+                self.views()
+            ));
+        }
+    }
+}
