@@ -396,17 +396,9 @@ impl TryFrom<Args> for Config {
 mod tests {
     use super::*;
 
+    /// The flags with TLS off (as upstream's walkthrough), plus `extra`.
     fn args(extra: &[&str]) -> Result<Config, String> {
-        let mut v = vec![
-            "etcd-manager",
-            "--insecure",
-            "--etcd-insecure",
-            "--backup-store=file:///tmp/x",
-            "--data-dir=/tmp/d",
-        ];
-        v.extend_from_slice(extra);
-        let a = Args::try_parse_from(v).map_err(|e| e.to_string())?;
-        Config::try_from(a).map_err(|e| e.to_string())
+        secure(&[&["--insecure", "--etcd-insecure"], extra].concat())
     }
 
     #[test]
@@ -440,6 +432,7 @@ mod tests {
         assert!(e.contains("backup-interval"), "{e}");
     }
 
+    /// The required flags (TLS on by default), plus `extra`.
     fn secure(extra: &[&str]) -> Result<Config, String> {
         let mut v = vec![
             "etcd-manager",

@@ -59,14 +59,7 @@ async fn total_loss_then_restore_backup() {
     let mut env = crate::env(&dir);
     env.backup_interval = "3s";
     let mut ms: Vec<_> = (1..=3).map(|h| env.start(h)).collect();
-    assert!(
-        env.ctl(&[
-            "-member-count=3",
-            "-etcd-version=3.5.30",
-            "configure-cluster"
-        ])
-        .success
-    );
+    env.configure(3, "3.5.30");
     let ep = env.client_url(1);
     wait_for("three healthy voters", Duration::from_secs(60), || {
         let ep = ep.clone();
@@ -164,14 +157,7 @@ async fn corrupt_or_missing_backups_are_refused_and_the_cluster_keeps_running() 
     let mut env = crate::env(&dir);
     env.backup_interval = "2s";
     let m1 = env.start(1);
-    assert!(
-        env.ctl(&[
-            "-member-count=1",
-            "-etcd-version=3.5.30",
-            "configure-cluster"
-        ])
-        .success
-    );
+    env.configure(1, "3.5.30");
     let ep = env.client_url(1);
     tests::wait_put("a serving member", &ep, "/k", "v", Duration::from_secs(30)).await;
     let name = backup_covering(&env, 2).await;

@@ -16,14 +16,7 @@ async fn a_leader_without_a_majority_stops_leading() {
     let env = crate::env(&dir);
     let metrics: Vec<String> = (1..=3).map(|h| env.metrics_addr(h)).collect();
     let mut ms: Vec<_> = (1..=3u8).map(|h| env.start_with_metrics(h)).collect();
-    assert!(
-        env.ctl(&[
-            "-member-count=3",
-            "-etcd-version=3.5.30",
-            "configure-cluster"
-        ])
-        .success
-    );
+    env.configure(3, "3.5.30");
     let ep = env.client_url(1);
     tests::wait_put("the cluster", &ep, "/k", "v", Duration::from_secs(60)).await;
     let leader = wait_for("one leader", Duration::from_secs(30), || {
@@ -74,14 +67,7 @@ async fn managers_find_each_other_through_the_store() {
     let _ms: Vec<_> = (1..=3u8)
         .map(|h| env.start_with(h, &["--store-discovery"]))
         .collect();
-    assert!(
-        env.ctl(&[
-            "-member-count=3",
-            "-etcd-version=3.5.30",
-            "configure-cluster"
-        ])
-        .success
-    );
+    env.configure(3, "3.5.30");
     let ep = env.client_url(1);
     tests::wait_voters(
         "three voters found through the store",
@@ -117,14 +103,7 @@ async fn gossip_with_a_key_keeps_strangers_out() {
         .map(|h| env.start_with(h, &[&key(&ours)]))
         .collect();
     let _stranger = env.start_with(4, &[&key(&theirs)]);
-    assert!(
-        env.ctl(&[
-            "-member-count=3",
-            "-etcd-version=3.5.30",
-            "configure-cluster"
-        ])
-        .success
-    );
+    env.configure(3, "3.5.30");
     let ep = env.client_url(1);
     tests::wait_voters(
         "three voters over keyed gossip",

@@ -86,14 +86,7 @@ async fn prometheus_sees_one_leader_and_the_backup_age_alert() {
     env.backup_interval = "2s";
     let metrics: Vec<String> = (1..=3).map(|h| env.metrics_addr(h)).collect();
     let _ms: Vec<_> = (1..=3u8).map(|h| env.start_with_metrics(h)).collect();
-    assert!(
-        env.ctl(&[
-            "-member-count=3",
-            "-etcd-version=3.5.30",
-            "configure-cluster"
-        ])
-        .success
-    );
+    env.configure(3, "3.5.30");
     let ep = env.client_url(1);
     tests::wait_put("the cluster", &ep, "/k", "v", Duration::from_secs(60)).await;
 

@@ -10,14 +10,7 @@ async fn a_host_back_with_a_wiped_disk_rejoins_without_an_operator() {
     let env = crate::env(&dir);
     let grace = ["--member-replace-grace=3s"];
     let mut ms: Vec<_> = (1..=3).map(|h| env.start_with(h, &grace)).collect();
-    assert!(
-        env.ctl(&[
-            "-member-count=3",
-            "-etcd-version=3.5.30",
-            "configure-cluster"
-        ])
-        .success
-    );
+    env.configure(3, "3.5.30");
     let eps: Vec<String> = (1..=3).map(|h| env.client_url(h)).collect();
     let before = tests::wait_voters("three voters", &eps, 3, None).await;
     let third = before
@@ -73,14 +66,7 @@ async fn a_permanently_dead_host_is_replaced_by_an_idle_fourth() {
     let env = crate::env(&dir);
     let grace = ["--member-replace-grace=3s"];
     let mut ms: Vec<_> = (1..=4).map(|h| env.start_with(h, &grace)).collect();
-    assert!(
-        env.ctl(&[
-            "-member-count=3",
-            "-etcd-version=3.5.30",
-            "configure-cluster"
-        ])
-        .success
-    );
+    env.configure(3, "3.5.30");
     let eps: Vec<String> = (1..=4).map(|h| env.client_url(h)).collect();
     let before = tests::wait_voters("three voters", &eps, 3, None).await;
     // Kill a member's host for good (not the idle one).

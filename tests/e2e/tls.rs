@@ -64,14 +64,7 @@ async fn a_cluster_with_tls_everywhere_found_through_the_store() {
     let _ms: Vec<_> = (1..=3u8)
         .map(|h| env.start_raw(h, tls_args(&env, h, &pki)))
         .collect();
-    assert!(
-        env.ctl(&[
-            "-member-count=3",
-            "-etcd-version=3.5.30",
-            "configure-cluster"
-        ])
-        .success
-    );
+    env.configure(3, "3.5.30");
 
     // A client certificate for us, as an operator would make one.
     let certs = dir.path().join("client");

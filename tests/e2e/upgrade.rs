@@ -180,14 +180,7 @@ async fn two_minor_jump_goes_by_dump_and_restore_3_3_to_3_5() {
     let dir = tempfile::tempdir().unwrap();
     let env = crate::env(&dir);
     let _ms: Vec<_> = (1..=3).map(|h| env.start(h)).collect();
-    assert!(
-        env.ctl(&[
-            "-member-count=3",
-            "-etcd-version=3.3.25",
-            "configure-cluster"
-        ])
-        .success
-    );
+    env.configure(3, "3.3.25");
     let ep = env.client_url(1);
     wait_for(
         "three healthy members on 3.3.25",
@@ -252,14 +245,7 @@ async fn minor_downgrade_goes_by_dump_and_restore_3_5_to_3_4() {
     let dir = tempfile::tempdir().unwrap();
     let env = crate::env(&dir);
     let _m = env.start(1);
-    assert!(
-        env.ctl(&[
-            "-member-count=1",
-            "-etcd-version=3.5.30",
-            "configure-cluster"
-        ])
-        .success
-    );
+    env.configure(1, "3.5.30");
     let ep = env.client_url(1);
     tests::wait_put(
         "a member on 3.5.30",

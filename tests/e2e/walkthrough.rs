@@ -75,14 +75,7 @@ async fn grow_to_three_back_up_and_survive_a_lost_member() {
     env.backup_interval = "3s";
     let metrics = |h: u8| format!("--metrics-address={}:9090", tests::host_ip(env.net, h));
     let mut m1 = env.start_with(1, &[&metrics(1)]);
-    assert!(
-        env.ctl(&[
-            "-member-count=1",
-            "-etcd-version=3.5.30",
-            "configure-cluster"
-        ])
-        .success
-    );
+    env.configure(1, "3.5.30");
     let ep1 = env.client_url(1);
     tests::wait_put(
         "first member serving",

@@ -155,6 +155,16 @@ impl ClusterEnv {
         m
     }
 
+    /// `etcd-manager-ctl configure-cluster`: the spec the managers work towards.
+    pub fn configure(&self, members: u32, version: &str) {
+        let out = self.ctl(&[
+            &format!("-member-count={members}"),
+            &format!("-etcd-version={version}"),
+            "configure-cluster",
+        ]);
+        assert!(out.success, "configure-cluster failed: {out:?}");
+    }
+
     /// Run etcd-manager-ctl against this cluster's store.
     pub fn ctl(&self, args: &[&str]) -> CtlOutput {
         let mut full = vec![format!("-backup-store={}", self.store_url)];

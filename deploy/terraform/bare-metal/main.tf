@@ -135,21 +135,23 @@ module "pki" {
   source = "../modules/pki"
 }
 
-resource "local_sensitive_file" "pki" {
-  for_each = {
+locals {
+  # One entry per (master, CA).
+  host_cas = {
     for pair in setproduct(keys(local.by_name), ["etcd-manager-ca", "etcd-peers-ca", "etcd-clients-ca"]) :
     "${pair[0]}/${pair[1]}" => { host = pair[0], ca = pair[1] }
   }
+}
+
+resource "local_sensitive_file" "pki" {
+  for_each        = local.host_cas
   filename        = "${var.output_dir}/${each.value.host}/pki/${each.value.ca}.key"
   file_permission = "0600"
   content         = module.pki.files["${each.value.ca}.key"]
 }
 
 resource "local_file" "pki_cert" {
-  for_each = {
-    for pair in setproduct(keys(local.by_name), ["etcd-manager-ca", "etcd-peers-ca", "etcd-clients-ca"]) :
-    "${pair[0]}/${pair[1]}" => { host = pair[0], ca = pair[1] }
-  }
+  for_each        = local.host_cas
   filename        = "${var.output_dir}/${each.value.host}/pki/${each.value.ca}.crt"
   file_permission = "0644"
   content         = module.pki.files["${each.value.ca}.crt"]
