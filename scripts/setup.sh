@@ -32,6 +32,8 @@ command -v curl >/dev/null 2>&1 || apt_missing+=(curl)
 if [ $demo = 0 ]; then
   # openssl makes an RSA PKCS#1 CA key the way kops does, for the PKI tests.
   command -v openssl >/dev/null 2>&1 || apt_missing+=(openssl)
+  # iptables cuts links and drops packets in the partition suite's namespaces.
+  command -v iptables >/dev/null 2>&1 || apt_missing+=(iptables)
   # promtool checks the alert rules; systemd-analyze checks the units.
   command -v promtool >/dev/null 2>&1 || apt_missing+=(prometheus)
   command -v systemd-analyze >/dev/null 2>&1 || apt_missing+=(systemd)

@@ -92,6 +92,11 @@ pub struct BackupExtra {
     #[serde(default)]
     pub leader_epoch: Option<u64>,
     pub writer: String,
+    /// `[compressed, uncompressed]` size of each gzip member of
+    /// `etcd.backup.gz`, in order (see [`crate::gzip`]); empty for a single
+    /// stream. Lets a restore inflate members in parallel.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<[u64; 2]>,
 }
 
 fn is_zero_i32(v: &i32) -> bool {

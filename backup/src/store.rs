@@ -588,51 +588,83 @@ impl BackupStore {
             .put_multipart(&data_path)
             .await
             .map_err(|e| Error::store("write", &data_path, e))?;
-        let mut writer = WriteMultipart::new(upload);
-        let mut encoder = Some(flate2::write::GzEncoder::new(
-            Vec::new(),
-            flate2::Compression::new(GZIP_LEVEL),
-        ));
+        let mut sink = MemberSink {
+            writer: WriteMultipart::new(upload),
+            path: data_path.clone(),
+            gz_hash: Sha256::new(),
+            gz_size: 0,
+            members: Vec::new(),
+            stored: 0,
+        };
         let mut raw_hash = Sha256::new();
-        let mut gz_hash = Sha256::new();
-        let (mut raw_size, mut gz_size) = (0u64, 0u64);
+        let mut raw_size = 0u64;
+        let workers = crate::gzip::workers();
 
+        // Blocks of the snapshot are compressed on `workers` threads at once,
+        // each into its own gzip member, and written in order.
         let result: Result<()> = async {
-            while let Some(chunk) = snapshot.next().await {
-                let chunk = chunk.map_err(Error::Snapshot)?;
+            let mut inflight = futures::stream::FuturesOrdered::new();
+            let mut block: Vec<u8> = Vec::with_capacity(crate::gzip::BLOCK_SIZE);
+            // Finished raw blocks and output buffers come back here for reuse.
+            let mut pool: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+            let mut blocks = 0u64;
+            loop {
+                let (chunk, end) = match snapshot.next().await {
+                    Some(chunk) => (chunk.map_err(Error::Snapshot)?, false),
+                    None => (Bytes::new(), true),
+                };
                 raw_hash.update(&chunk);
                 raw_size += chunk.len() as u64;
-                let mut enc = encoder
-                    .take()
-                    .ok_or_else(|| Error::Snapshot(std::io::Error::other("encoder lost")))?;
-                let (enc, out) = tokio::task::spawn_blocking(move || {
-                    let r = enc_write(&mut enc, &chunk);
-                    (enc, r)
-                })
-                .await
-                .map_err(|e| Error::Snapshot(std::io::Error::other(e)))?;
-                encoder = Some(enc);
-                let out = out.map_err(Error::Snapshot)?;
-                if !out.is_empty() {
-                    gz_hash.update(&out);
-                    gz_size += out.len() as u64;
-                    writer
-                        .wait_for_capacity(4)
-                        .await
-                        .map_err(|e| Error::store("write", &data_path, e))?;
-                    writer.write(&out);
+                let mut rest = &chunk[..];
+                // The last block goes out at the end (also an empty one for an
+                // empty snapshot, so the file is still valid gzip).
+                while !rest.is_empty() || (end && (!block.is_empty() || blocks == 0)) {
+                    let take = (crate::gzip::BLOCK_SIZE - block.len()).min(rest.len());
+                    block.extend_from_slice(&rest[..take]);
+                    rest = &rest[take..];
+                    if block.len() < crate::gzip::BLOCK_SIZE && !end {
+                        break;
+                    }
+                    let (mut next, out) = pool.pop().unwrap_or_default();
+                    next.clear();
+                    if !end {
+                        next.reserve(crate::gzip::BLOCK_SIZE);
+                    }
+                    let full = std::mem::replace(&mut block, next);
+                    blocks += 1;
+                    inflight.push_back(tokio::task::spawn_blocking(move || {
+                        let raw = full.len() as u64;
+                        crate::gzip::compress_block_into(&full, out, GZIP_LEVEL)
+                            .map(|(gz, s)| (gz, s, raw, full))
+                    }));
+                    while inflight.len() >= workers {
+                        let done = inflight.next().await;
+                        pool.push(sink.put(done).await?);
+                    }
+                    if end && block.is_empty() {
+                        break;
+                    }
+                }
+                if end {
+                    break;
                 }
             }
-            let enc = encoder
-                .take()
-                .ok_or_else(|| Error::Snapshot(std::io::Error::other("encoder lost")))?;
-            let tail = enc.finish().map_err(Error::Snapshot)?;
-            gz_hash.update(&tail);
-            gz_size += tail.len() as u64;
-            writer.write(&tail);
+            while !inflight.is_empty() {
+                let done = inflight.next().await;
+                sink.put(done).await?;
+            }
+            drop(pool);
             Ok(())
         }
         .await;
+        let MemberSink {
+            writer,
+            gz_hash,
+            gz_size,
+            members,
+            stored,
+            ..
+        } = sink;
         if let Err(e) = result {
             let _ = writer.abort().await;
             let _ = self
@@ -655,6 +687,7 @@ impl BackupStore {
             revision,
             leader_epoch,
             writer: concat!("etcd-manager-rs/", env!("CARGO_PKG_VERSION")).to_string(),
+            members,
         };
         self.put(
             &format!("{name}/{BACKUP_EXTRA_FILE}"),
@@ -668,7 +701,7 @@ impl BackupStore {
             PutMode::Create,
         )
         .await?;
-        tracing::info!(backup = %name, bytes = gz_size, snapshot_bytes = raw_size, "backup written");
+        tracing::info!(backup = %name, bytes = gz_size, snapshot_bytes = raw_size, members = extra.members.len(), stored, "backup written");
         Ok(BackupSummary {
             name,
             snapshot_size: raw_size,
@@ -726,7 +759,21 @@ impl BackupStore {
                 }
             }
             let (gz, raw) = (gz_tmp.clone(), raw_tmp.clone());
-            let (raw_sha, raw_size) = tokio::task::spawn_blocking(move || decompress(&gz, &raw))
+            // Our own index of gzip members, if it agrees with the file: inflate in parallel.
+            let members = extra
+                .as_ref()
+                .map(|x| x.members.clone())
+                .filter(|m| {
+                    !m.is_empty() && m.iter().map(|[g, _]| *g).sum::<u64>() == gz_size
+                })
+                .unwrap_or_default();
+            let (raw_sha, raw_size) = tokio::task::spawn_blocking(move || {
+                if members.is_empty() {
+                    decompress(&gz, &raw)
+                } else {
+                    decompress_members(&gz, &raw, &members, crate::gzip::workers())
+                }
+            })
                 .await
                 .map_err(|e| Error::Snapshot(std::io::Error::other(e)))?
                 .map_err(|e| Error::Corrupt { backup: name.into(), reason: format!("cannot decompress: {e}") })?;
@@ -808,13 +855,93 @@ impl BackupStore {
     }
 }
 
-/// Compress one chunk and take what the encoder produced so far.
-fn enc_write(
-    enc: &mut flate2::write::GzEncoder<Vec<u8>>,
-    chunk: &[u8],
-) -> std::io::Result<Vec<u8>> {
-    enc.write_all(chunk)?;
-    Ok(std::mem::take(enc.get_mut()))
+/// Where compressed members go, in order: the multipart upload, the hash and
+/// the member index.
+struct MemberSink {
+    writer: WriteMultipart,
+    path: Path,
+    gz_hash: Sha256,
+    gz_size: u64,
+    members: Vec<[u64; 2]>,
+    stored: u64,
+}
+
+/// A compressed member, whether it was stored, its raw size, and the raw
+/// block's buffer (for reuse).
+type Compressed = std::io::Result<(Vec<u8>, bool, u64, Vec<u8>)>;
+
+impl MemberSink {
+    /// Write one member; hands back the raw block and output buffers for reuse.
+    async fn put(
+        &mut self,
+        done: Option<std::result::Result<Compressed, tokio::task::JoinError>>,
+    ) -> Result<(Vec<u8>, Vec<u8>)> {
+        let (gz, stored, raw, block) = done
+            .ok_or_else(|| Error::Snapshot(std::io::Error::other("compression queue empty")))?
+            .map_err(|e| Error::Snapshot(std::io::Error::other(e)))?
+            .map_err(Error::Snapshot)?;
+        self.gz_hash.update(&gz);
+        self.gz_size += gz.len() as u64;
+        self.members.push([gz.len() as u64, raw]);
+        self.stored += u64::from(stored);
+        self.writer
+            .wait_for_capacity(2)
+            .await
+            .map_err(|e| Error::store("write", &self.path, e))?;
+        self.writer.write(&gz);
+        Ok((block, gz))
+    }
+}
+
+/// Inflate `gz` into `raw` member by member, `workers` members at a time,
+/// returning the sha256 and size of the output.
+fn decompress_members(
+    gz: &std::path::Path,
+    raw: &std::path::Path,
+    members: &[[u64; 2]],
+    workers: usize,
+) -> std::io::Result<(String, u64)> {
+    use std::io::Read;
+    let mut input = std::io::BufReader::new(std::fs::File::open(gz)?);
+    let mut out = std::fs::File::create(raw)?;
+    let mut hash = Sha256::new();
+    let mut size = 0u64;
+    for batch in members.chunks(workers.max(1)) {
+        let mut parts = Vec::with_capacity(batch.len());
+        for [gz_len, raw_len] in batch {
+            let mut b = vec![0u8; usize::try_from(*gz_len).map_err(std::io::Error::other)?];
+            input.read_exact(&mut b)?;
+            parts.push((b, *raw_len));
+        }
+        let inflated: Vec<std::io::Result<Vec<u8>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = parts
+                .iter()
+                .map(|(b, r)| s.spawn(move || crate::gzip::inflate_member(b, *r)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(std::io::Error::other("inflate thread panicked")))
+                })
+                .collect()
+        });
+        for data in inflated {
+            let data = data?;
+            hash.update(&data);
+            size += data.len() as u64;
+            out.write_all(&data)?;
+        }
+    }
+    let mut rest = [0u8; 1];
+    if input.read(&mut rest)? != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "bytes after the last indexed gzip member",
+        ));
+    }
+    out.sync_all()?;
+    Ok((hex(hash.finalize()), size))
 }
 
 /// gunzip (every member) `gz` into `raw`, returning the sha256 and size of the output.

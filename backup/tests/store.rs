@@ -587,3 +587,75 @@ async fn retention_deletes_with_one_listing_and_spares_odd_names() {
         assert!(files.is_empty(), "{d} left files behind");
     }
 }
+
+/// Snapshots larger than a block become several gzip members compressed in
+/// parallel; the index in our side file lets the download inflate them in
+/// parallel, and without it (an older writer) they still read in sequence.
+#[tokio::test]
+async fn large_snapshots_are_multi_member_gzip_and_read_back_either_way() {
+    use backup::gzip::BLOCK_SIZE;
+    let store = BackupStore::open("memory:///backups/main", &StoreOptions::default()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = pseudo_random(2 * BLOCK_SIZE + BLOCK_SIZE / 3 + 5, 11);
+    let s = store
+        .write_backup(snapshot_stream(data.clone()), &info(), None, None, t0())
+        .await
+        .unwrap();
+    let extra = store.read_backup_extra(&s.name).await.unwrap().unwrap();
+    let raw: Vec<u64> = extra.members.iter().map(|[_, r]| *r).collect();
+    assert_eq!(
+        raw,
+        vec![
+            BLOCK_SIZE as u64,
+            BLOCK_SIZE as u64,
+            (BLOCK_SIZE / 3 + 5) as u64
+        ]
+    );
+    assert_eq!(
+        extra.members.iter().map(|[g, _]| *g).sum::<u64>(),
+        s.compressed_size
+    );
+    let dest = tmp.path().join("parallel.db");
+    store.download_backup(&s.name, &dest).await.unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+
+    // The same backup without the member index: the sequential path.
+    let extra_key = Path::from(format!(
+        "{}{}/etcd-manager-backup.json",
+        prefix_of(&store),
+        s.name
+    ));
+    let mut without = extra.clone();
+    without.members.clear();
+    store
+        .object_store()
+        .put(&extra_key, serde_json::to_vec(&without).unwrap().into())
+        .await
+        .unwrap();
+    let dest = tmp.path().join("sequential.db");
+    store.download_backup(&s.name, &dest).await.unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+
+    // A wrong index is refused, not trusted: nothing is left behind.
+    let mut wrong = extra.clone();
+    wrong.members[0][1] += 1;
+    wrong.members[1][1] -= 1;
+    store
+        .object_store()
+        .put(&extra_key, serde_json::to_vec(&wrong).unwrap().into())
+        .await
+        .unwrap();
+    let dest = tmp.path().join("wrong.db");
+    let err = store.download_backup(&s.name, &dest).await.unwrap_err();
+    assert!(err.to_string().contains("index says"), "{err}");
+    assert!(!dest.exists());
+
+    // An empty snapshot is still a valid gzip file of one member.
+    let e = store
+        .write_backup(snapshot_stream(Vec::new()), &info(), None, None, t0())
+        .await
+        .unwrap();
+    let dest = tmp.path().join("empty.db");
+    store.download_backup(&e.name, &dest).await.unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), Vec::<u8>::new());
+}

@@ -371,6 +371,23 @@ impl EtcdClient {
 
     /// Writes `key` = `value`.
     pub async fn put(&self, key: &str, value: &str) -> Result<(), Error> {
+        self.put_bytes(key, value.as_bytes().to_vec()).await
+    }
+
+    /// Every key under `prefix` (keys only, one linearizable read).
+    pub async fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, Error> {
+        let mut c = self.client.clone();
+        let opts = GetOptions::new().with_prefix().with_keys_only();
+        let resp = self.call("get", c.get(prefix, Some(opts))).await?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .collect())
+    }
+
+    /// Put a value that need not be text.
+    pub async fn put_bytes(&self, key: &str, value: Vec<u8>) -> Result<(), Error> {
         let mut c = self.client.clone();
         self.call("put", c.put(key, value, None)).await?;
         Ok(())
