@@ -16,6 +16,10 @@ cargo test --workspace --locked --no-fail-fast
 echo "== benchmarks, smoke run (small sizes, debug build: proves scripts/bench.sh works)"
 BENCH_PROFILE=debug scripts/bench.sh --quick p1 p2 p4 p5
 echo "== partition suite: every scenario on 3 hosts, quick (network namespaces)"
-scripts/partition-suite.sh --hosts 3 --quick
+if [ "$(id -u)" = 0 ]; then
+  scripts/partition-suite.sh --hosts 3 --quick
+else
+  echo "SKIPPED: the partition suite needs root (network namespaces, iptables); run scripts/partition-suite.sh as root"
+fi
 echo "== simulation: 1000 seeds (release)"
 SIM_SEEDS=${SIM_SEEDS:-1000} cargo test --release --locked -p tests --test sim -- --nocapture

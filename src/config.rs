@@ -122,8 +122,8 @@ pub struct Args {
     #[arg(long, env = "ETCD_MANAGER_CONTROLLER_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     pub controller_interval: Duration,
 
-    /// How long the leader lease lasts without renewal.
-    #[arg(long, env = "ETCD_MANAGER_LEASE_DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    /// How long the leader lease lasts without renewal (at least 3s; the margin is 30 % of it).
+    #[arg(long, env = "ETCD_MANAGER_LEASE_DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub lease_duration: Duration,
 
     /// Expected number of managers (sizes gossip failure detection).
@@ -329,10 +329,7 @@ impl TryFrom<Args> for Config {
         if a.controller_interval < Duration::from_millis(100) {
             return Err(invalid("controller-interval", "must be at least 100ms"));
         }
-        let lease = lock::LeaseConfig {
-            duration: a.lease_duration,
-            ..lock::LeaseConfig::default()
-        };
+        let lease = lock::LeaseConfig::with_duration(a.lease_duration);
         lease
             .validate()
             .map_err(|e| invalid("lease-duration", e.to_string()))?;

@@ -849,10 +849,11 @@ fn running_cluster(obs: &Observation, spec: &ClusterSpec, cluster: &ClusterView)
         return Plan::act(vec![Action::WriteCreatedMarker]);
     }
 
-    // Removed members whose etcd still runs.
+    // Removed members that still have our cluster's etcd assigned, running
+    // or not: a removed member's etcd exits by itself, and if the StopEtcd
+    // after the removal did not reach it, the node would never be idle again.
     if let Some(p) = obs.peers.iter().find(|p| {
-        p.running()
-            && !member_peers.contains(p.id.as_str())
+        !member_peers.contains(p.id.as_str())
             && p.token().is_some_and(|t| cluster_tokens.contains(t))
     }) {
         return Plan::act(vec![Action::StopEtcd { peer: p.id.clone() }]);

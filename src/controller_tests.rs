@@ -306,6 +306,24 @@ fn stops_etcd_of_a_removed_member() {
     check(&o, &[Action::StopEtcd { peer: "b".into() }], &[]);
 }
 
+/// A removed member's etcd exits by itself; if the StopEtcd that follows the
+/// removal did not reach its node, the node keeps the assignment with etcd
+/// not running and is never idle again, so the spec is never reached. The
+/// assignment is dropped whether etcd runs or not (found by the simulation).
+#[test]
+fn drops_the_assignment_of_a_removed_member_whose_etcd_exited() {
+    let mut exited = running("b", false);
+    if let Some(s) = exited.info.as_mut().and_then(|i| i.etcd_state.as_mut()) {
+        s.running = false;
+    }
+    let o = obs(
+        1,
+        vec![running("a", false), exited],
+        Some(vec![member(1, "a", true)]),
+    );
+    check(&o, &[Action::StopEtcd { peer: "b".into() }], &[]);
+}
+
 #[test]
 fn an_unhealthy_majority_blocks_every_change() {
     let peers = vec![

@@ -36,7 +36,12 @@ fn client(store: &Arc<dyn ObjectStore>, prefix: &str, holder: &str) -> LeaseClie
         store.clone(),
         Path::from(prefix),
         holder.to_string(),
-        LeaseConfig::default(),
+        // The timings below are written for a 10 s lease with a 2 s margin.
+        LeaseConfig::for_tests(
+            Duration::from_secs(10),
+            Duration::from_secs(2),
+            Duration::from_secs(2),
+        ),
     )
 }
 
