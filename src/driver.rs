@@ -187,6 +187,9 @@ impl Driver {
     /// Alive gossip members of our cluster, with their peer API address.
     fn alive_peers(&self) -> BTreeMap<String, SocketAddr> {
         metrics::counter!(m::GOSSIP_BAD_PACKETS).absolute(self.gossip.bad_packets());
+        let (sent, received) = self.gossip.bytes();
+        metrics::counter!(m::GOSSIP_BYTES, "direction" => "sent").absolute(sent);
+        metrics::counter!(m::GOSSIP_BYTES, "direction" => "received").absolute(received);
         let members = self.gossip.members();
         let mut by_state: BTreeMap<&'static str, usize> = BTreeMap::new();
         let mut out = BTreeMap::new();

@@ -25,6 +25,7 @@ pub const RECONCILE_ACTIONS: &str = "etcd_manager_reconcile_actions_total";
 pub const RECONCILE_WAITS: &str = "etcd_manager_reconcile_waits_total";
 pub const STORE_REQUESTS: &str = "etcd_manager_store_requests_total";
 pub const PEER_API_REJECTED: &str = "etcd_manager_peer_api_rejected_total";
+pub const GOSSIP_BYTES: &str = "etcd_manager_gossip_bytes_total";
 
 /// Every metric name above.
 pub const ALL: &[&str] = &[
@@ -45,6 +46,7 @@ pub const ALL: &[&str] = &[
     RECONCILE_WAITS,
     STORE_REQUESTS,
     PEER_API_REJECTED,
+    GOSSIP_BYTES,
 ];
 
 /// Describe every metric once, so /metrics carries HELP lines.
@@ -92,6 +94,10 @@ pub fn describe() {
     c!(
         STORE_REQUESTS,
         "backup store requests, by operation and result"
+    );
+    c!(
+        GOSSIP_BYTES,
+        "gossip UDP payload bytes, by direction (sent, received)"
     );
     c!(
         PEER_API_REJECTED,

@@ -386,6 +386,14 @@ impl EtcdClient {
             .collect())
     }
 
+    /// How many keys are under `prefix` (`""`: all keys), without reading them.
+    pub async fn count_with_prefix(&self, prefix: &str) -> Result<u64, Error> {
+        let mut c = self.client.clone();
+        let opts = GetOptions::new().with_prefix().with_count_only();
+        let resp = self.call("get", c.get(prefix, Some(opts))).await?;
+        Ok(u64::try_from(resp.count()).unwrap_or(0))
+    }
+
     /// Put a value that need not be text.
     pub async fn put_bytes(&self, key: &str, value: Vec<u8>) -> Result<(), Error> {
         let mut c = self.client.clone();

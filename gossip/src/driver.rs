@@ -38,6 +38,8 @@ struct Shared {
     local_addr: SocketAddr,
     advertise: SocketAddr,
     bad_packets: AtomicU64,
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
 }
 
 /// A cheap, cloneable handle on a running gossip node.
@@ -114,6 +116,14 @@ impl GossipHandle {
         self.shared.bad_packets.load(Ordering::Relaxed)
     }
 
+    /// UDP payload bytes sent and received so far.
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.shared.bytes_sent.load(Ordering::Relaxed),
+            self.shared.bytes_received.load(Ordering::Relaxed),
+        )
+    }
+
     /// True once the driver task has ended (left, cancelled or failed).
     pub fn is_finished(&self) -> bool {
         self.done.is_cancelled()
@@ -188,6 +198,8 @@ pub async fn start(
         local_addr,
         advertise: config.advertise,
         bad_packets: AtomicU64::new(0),
+        bytes_sent: AtomicU64::new(0),
+        bytes_received: AtomicU64::new(0),
     });
     let (payload_tx, payload_rx) = watch::channel(payload);
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -285,6 +297,7 @@ impl Driver {
                 () = timer => self.core.handle_timers(Instant::now().into_std()),
                 received = self.socket.recv_from(&mut buf) => match received {
                     Ok((len, from)) => {
+                        self.shared.bytes_received.fetch_add(len as u64, Ordering::Relaxed);
                         let data = buf.get(..len).unwrap_or_default();
                         self.core.handle_packet(from, data, Instant::now().into_std());
                     }
@@ -336,8 +349,13 @@ impl Driver {
 
     async fn flush(&mut self) {
         while let Some((to, packet)) = self.core.pop_packet() {
-            if let Err(error) = self.socket.send_to(&packet, to).await {
-                tracing::debug!(%to, %error, "gossip send failed");
+            match self.socket.send_to(&packet, to).await {
+                Ok(n) => {
+                    self.shared
+                        .bytes_sent
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(error) => tracing::debug!(%to, %error, "gossip send failed"),
             }
         }
     }
