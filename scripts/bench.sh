@@ -7,8 +7,10 @@
 #   scripts/bench.sh p2 p4           some scenarios
 #   scripts/bench.sh --quick         small sizes, one run each: a smoke test
 #
-# Writes target/bench/results.json and results.md; a full run also replaces
-# the results in BENCHMARKS.md. BENCH_PROFILE=debug reuses a debug build (CI).
+# Writes target/bench/results.json and results.md (a run of some scenarios
+# replaces those in the last results and keeps the others) and, unless
+# --quick, the results in BENCHMARKS.md. BENCH_PROFILE=debug reuses a debug
+# build (CI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,7 +32,7 @@ quick=0
 for a in "$@"; do [ "$a" = --quick ] && quick=1; done
 BENCH_BIN_DIR=$dir "$dir/bench" run --out target/bench "$@"
 
-if [ $quick = 0 ] && [ $# -eq 0 ]; then
+if [ $quick = 0 ]; then
   python3 - <<'PY'
 import re
 md = open("target/bench/results.md").read()

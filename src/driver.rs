@@ -160,6 +160,11 @@ impl Driver {
 
     /// Run until cancelled; then release the lease if held.
     pub async fn run(mut self, cancel: CancellationToken) {
+        // A change of gossip membership (a leader leaving on shutdown, a peer
+        // dying or joining) starts the next pass at once instead of after the
+        // controller interval: a graceful handover then takes well under a second.
+        let mut members = self.gossip.subscribe();
+        let mut gossip_open = true;
         loop {
             let acted = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -170,9 +175,24 @@ impl Driver {
             } else {
                 self.settings.controller_interval
             };
+            let clock = self.clock.clone();
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = self.clock.sleep(pause) => {}
+                changed = members.changed(), if gossip_open => {
+                    match changed {
+                        Ok(()) => {
+                            // Judge candidates by the new view at once: a peer
+                            // asked before its own next pass would still see
+                            // the departed leader and refuse.
+                            let peers = self.alive_peers();
+                            self.node.set_alive_view(peers.keys().cloned().collect());
+                            // Let the news settle for a moment (a leave, then its broadcast).
+                            clock.sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(_) => gossip_open = false,
+                    }
+                }
             }
         }
         if self.lease.held(self.clock.now()).is_some() {
