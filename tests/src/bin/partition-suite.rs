@@ -80,6 +80,22 @@ fn cleanup() {
             let _ = ip(&["netns", "del", name]);
         }
     }
+    // The store (moto on the bridge address), if a killed run left it.
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+                continue;
+            };
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains("moto_server") && cmd.contains(STORE_IP) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
     let _ = ip(&["link", "del", BRIDGE]);
 }
 
