@@ -50,7 +50,7 @@ fn sim_seeds() {
     let start = env_u64("SIM_SEED_START", 0);
     let count = env_u64("SIM_SEEDS", 40);
     let begun = std::time::Instant::now();
-    let (mut effects, mut fenced, mut leaderships, mut store_faults) = (0, 0, 0, 0);
+    let (mut effects, mut fenced, mut leaderships, mut store_faults, mut late) = (0, 0, 0, 0, 0);
     let mut sizes = [0usize; 6];
     for seed in start..start + count {
         let out = run(seed, None, Knobs::PRODUCTION);
@@ -79,10 +79,11 @@ fn sim_seeds() {
         fenced += out.fenced;
         leaderships += out.leaderships;
         store_faults += out.store_faults;
+        late += out.late;
         sizes[out.nodes] += 1;
     }
     eprintln!(
-        "sim: {count} seeds from {start} ({} of 3 nodes, {} of 5) in {:.1?}: {leaderships} leaderships, {effects} leader actions, {fenced} fenced requests, {store_faults} store faults",
+        "sim: {count} seeds from {start} ({} of 3 nodes, {} of 5) in {:.1?}: {leaderships} leaderships, {effects} leader actions, {late} late requests, {fenced} fenced requests, {store_faults} store faults",
         sizes[3],
         sizes[5],
         begun.elapsed()
@@ -155,5 +156,14 @@ fn sim_catches_a_broken_fence() {
                 v.what
             );
         }
+    }
+}
+
+#[test]
+#[ignore]
+fn sim_dump_trace() {
+    let seed = env_u64("SIM_SEED_START", 0);
+    for line in run(seed, None, Knobs::PRODUCTION).trace {
+        println!("{line}");
     }
 }

@@ -30,6 +30,14 @@ const END: Duration = Duration::from_secs(255);
 const CONTROLLER_INTERVAL: Duration = Duration::from_secs(1);
 const ACTED_INTERVAL: Duration = Duration::from_millis(200);
 const GOSSIP_REFRESH: Duration = Duration::from_secs(2);
+/// How long the driver waits for a peer's answer (`driver::PEER_TIMEOUT`).
+const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the driver waits for a join (`driver::JOIN_TIMEOUT`).
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a request the caller gave up on may still reach its target (TCP
+/// keeps retransmitting after a cut heals; the peer API works on a
+/// connection for up to 120 s).
+const MAX_HOLD: u64 = 60;
 
 /// Switches for showing that the checks catch a broken safety rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +75,8 @@ pub struct Outcome {
     pub fenced: usize,
     pub leaderships: usize,
     pub store_faults: u64,
+    /// Requests that reached their target after the caller gave up.
+    pub late: usize,
 }
 
 /// The model of one manager's etcd process.
@@ -94,6 +104,32 @@ struct EtcdModel {
     next_id: u64,
 }
 
+/// What a fenced request does on its target once admitted.
+#[derive(Debug, Clone)]
+enum OnTarget {
+    Nothing,
+    Quarantine(bool),
+    /// Start etcd as this member (a join).
+    Start {
+        member_id: u64,
+        token: String,
+    },
+    /// Stop etcd and forget the assignment.
+    Drop,
+}
+
+/// A fenced request whose caller gave up (a cut, loss, a paused target) but
+/// that is still on its way: it lands when the link and the target are back,
+/// unless it is too old by then or the target crashed.
+#[derive(Debug, Clone)]
+struct InFlight {
+    until: Duration,
+    from: usize,
+    to: usize,
+    epoch: u64,
+    what: OnTarget,
+}
+
 /// A pass interrupted by a pause: the rest of its plan and its epoch.
 #[derive(Debug, Clone)]
 struct Pending {
@@ -109,6 +145,9 @@ struct Node {
     up: bool,
     paused_until: Option<Duration>,
     pause_next_pass: Option<Duration>,
+    /// The driver waits for a peer's answer until then (gossip and the
+    /// node's peer API carry on; only the leader loop is stuck).
+    blocked_until: Option<Duration>,
     gossip: Option<GossipCore>,
     lease: lock::LeaseClient,
     /// Persisted across crashes, like `state.json`.
@@ -152,6 +191,8 @@ pub struct World {
     max_delay: Duration,
     packets: Vec<Packet>,
     packet_seq: u64,
+    inflight: Vec<InFlight>,
+    late: usize,
     store: FaultyStore,
     created_marker: bool,
     backups_exist: bool,
@@ -164,6 +205,8 @@ pub struct World {
     violation: Option<Violation>,
     faults: Vec<(Duration, Fault)>,
     tokens: u64,
+    /// `--member-replace-grace` of this run (10 s .. upstream's 1 min).
+    replace_grace: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -233,6 +276,7 @@ impl World {
                 up: true,
                 paused_until: None,
                 pause_next_pass: None,
+                blocked_until: None,
                 gossip: None,
                 lease,
                 highest_epoch: 0,
@@ -257,6 +301,8 @@ impl World {
             max_delay: Duration::from_millis(5),
             packets: Vec::new(),
             packet_seq: 0,
+            inflight: Vec::new(),
+            late: 0,
             store,
             created_marker: false,
             backups_exist: false,
@@ -272,6 +318,7 @@ impl World {
             violation: None,
             faults: Vec::new(),
             tokens: 0,
+            replace_grace: Duration::from_secs(rng.random_range(10..=60)),
             nodes: list,
             rng,
         };
@@ -360,7 +407,12 @@ impl World {
                 },
                 6 | 7 => Fault::Crash {
                     node: self.rng.random_range(0..n),
-                    for_,
+                    // Some crashes outlast the replace grace.
+                    for_: if self.rng.random_bool(0.4) {
+                        Duration::from_secs(self.rng.random_range(30..100))
+                    } else {
+                        for_
+                    },
                 },
                 _ => Fault::PauseLeader {
                     for_: Duration::from_secs(self.rng.random_range(5..25)),
@@ -398,6 +450,7 @@ impl World {
             fenced: self.fenced,
             leaderships: self.leaderships.len(),
             store_faults: self.store.injected(),
+            late: self.late,
             violation: self.violation,
             trace: self.trace,
         }
@@ -488,10 +541,13 @@ impl World {
 
     fn crash(&mut self, i: usize) {
         self.note(format!("crash {}", self.nodes[i].id));
+        // The requests on their way to it die with its sockets.
+        self.inflight.retain(|r| r.to != i);
         let node = &mut self.nodes[i];
         node.up = false;
         node.gossip = None;
         node.pending = None;
+        node.blocked_until = None;
         node.was_leader = None;
         if let Some(e) = node.etcd.as_mut() {
             e.running = false;
@@ -546,8 +602,16 @@ impl World {
                 self.nodes[i].paused_until = None;
                 self.note(format!("resume {}", self.nodes[i].id));
             }
+            if self.nodes[i].blocked_until.is_some_and(|t| t <= self.now) {
+                self.nodes[i].blocked_until = None;
+                self.note(format!(
+                    "{} gave up waiting for an answer",
+                    self.nodes[i].id
+                ));
+            }
         }
         self.deliver();
+        self.deliver_late();
         for i in 0..n {
             if !self.active(i) {
                 continue;
@@ -568,7 +632,10 @@ impl World {
             }
         }
         for i in 0..n {
-            if self.active(i) && self.nodes[i].next_pass <= self.local(i) {
+            if self.active(i)
+                && self.nodes[i].blocked_until.is_none()
+                && self.nodes[i].next_pass <= self.local(i)
+            {
                 let acted = self.pass(i);
                 let wait = if acted {
                     ACTED_INTERVAL
@@ -799,7 +866,7 @@ impl World {
             backup_requested: false,
             allow_new_cluster: false,
             unhealthy_since: node.unhealthy_since.clone(),
-            replace_grace: Duration::from_secs(60),
+            replace_grace: self.replace_grace,
         })
     }
 
@@ -964,7 +1031,10 @@ impl World {
     }
 
     /// A leader action took effect: check that actions are ordered by epoch.
-    fn effect(&mut self, i: usize, epoch: u64) {
+    /// `late`: a request that reached its target after its caller gave up;
+    /// the lease cannot order those (the caller no longer runs), only the
+    /// target's fence can, which `admit` checks.
+    fn effect(&mut self, i: usize, epoch: u64, late: bool) {
         if let Some(&other) = self.actors.get(&epoch)
             && other != i
         {
@@ -974,7 +1044,7 @@ impl World {
             ));
         }
         self.actors.insert(epoch, i);
-        if let Some(later) = self.effects.iter().rev().find(|e| e.epoch > epoch).copied() {
+        if !late && let Some(later) = self.effects.iter().rev().find(|e| e.epoch > epoch).copied() {
             self.fail(format!(
                 "{} acted in epoch {epoch} after {} acted in epoch {} (at {:?}): overlapping epochs",
                 self.nodes[i].id, self.nodes[later.node].id, later.epoch, later.at
@@ -987,11 +1057,86 @@ impl World {
         });
     }
 
-    /// A fenced request from i to j; true if j admitted it.
-    fn request(&mut self, i: usize, j: usize, epoch: u64) -> bool {
-        if !self.rpc(i, j) {
+    /// The driver is stuck in a call to a peer that does not answer.
+    fn block(&mut self, i: usize, timeout: Duration) {
+        self.nodes[i].blocked_until = Some(self.now + timeout);
+    }
+
+    /// A fenced request from i to j, as `PeerClient::call`; true if j
+    /// admitted it and i heard so. A request to a cut, lossy or paused peer
+    /// hangs until the timeout and may still land later; an answer can be
+    /// lost after the request was applied.
+    fn request(
+        &mut self,
+        i: usize,
+        j: usize,
+        epoch: u64,
+        what: OnTarget,
+        timeout: Duration,
+    ) -> bool {
+        if self.nodes[i].blocked_until.is_some() {
             return false;
         }
+        if i != j && !self.nodes[j].up {
+            // Connection refused.
+            return false;
+        }
+        let lost = |w: &mut World| w.loss > 0.0 && w.rng.random_bool(w.loss);
+        if i != j && (!self.active(j) || self.cut[i][j] || lost(self)) {
+            if self.rng.random_bool(0.5) {
+                let hold = Duration::from_secs(self.rng.random_range(1..=MAX_HOLD));
+                self.note(format!(
+                    "{} epoch {epoch} {what:?} to {} is on its way (up to {hold:?})",
+                    self.nodes[i].id, self.nodes[j].id
+                ));
+                self.inflight.push(InFlight {
+                    until: self.now + hold,
+                    from: i,
+                    to: j,
+                    epoch,
+                    what,
+                });
+            }
+            self.block(i, timeout);
+            return false;
+        }
+        let admitted = self.admit(i, j, epoch, what, false);
+        if admitted && i != j && (self.cut[j][i] || lost(self)) {
+            self.note(format!(
+                "{} applied epoch {epoch} but the answer to {} was lost",
+                self.nodes[j].id, self.nodes[i].id
+            ));
+            self.block(i, timeout);
+            return false;
+        }
+        admitted
+    }
+
+    /// Requests on their way land once their link and target are back.
+    fn deliver_late(&mut self) {
+        let mut keep = Vec::new();
+        for r in std::mem::take(&mut self.inflight) {
+            if r.until < self.now {
+                continue;
+            }
+            if !self.active(r.to) || self.cut[r.from][r.to] {
+                keep.push(r);
+                continue;
+            }
+            self.note(format!(
+                "late: {} epoch {} {:?} reaches {}",
+                self.nodes[r.from].id, r.epoch, r.what, self.nodes[r.to].id
+            ));
+            self.late += 1;
+            self.admit(r.from, r.to, r.epoch, r.what, true);
+        }
+        keep.extend(std::mem::take(&mut self.inflight));
+        self.inflight = keep;
+    }
+
+    /// Node j judges a request of `epoch` from i (`Node::admit`) and, if it
+    /// admits it, applies it.
+    fn admit(&mut self, i: usize, j: usize, epoch: u64, what: OnTarget, late: bool) -> bool {
         let highest = self.nodes[j].highest_epoch;
         if self.knobs.fence && !leadership::admits(highest, epoch) {
             self.fenced += 1;
@@ -1008,7 +1153,34 @@ impl World {
             ));
         }
         self.nodes[j].highest_epoch = highest.max(epoch);
-        self.effect(i, epoch);
+        match what {
+            OnTarget::Nothing => {}
+            OnTarget::Quarantine(q) => {
+                if let Some(e) = self.nodes[j].etcd.as_mut() {
+                    e.quarantined = q;
+                }
+            }
+            OnTarget::Drop => self.nodes[j].etcd = None,
+            OnTarget::Start { member_id, token } => {
+                let quarantined = self.etcd.members.values().filter(|m| m.started).any(|m| {
+                    self.nodes[m.node]
+                        .etcd
+                        .as_ref()
+                        .is_some_and(|e| e.quarantined)
+                });
+                self.nodes[j].etcd = Some(LocalEtcd {
+                    token,
+                    quarantined,
+                    running: true,
+                });
+                if let Some(m) = self.etcd.members.get_mut(&member_id)
+                    && m.node == j
+                {
+                    m.started = true;
+                }
+            }
+        }
+        self.effect(i, epoch, late);
         true
     }
 
@@ -1016,7 +1188,7 @@ impl World {
         if self.store.fails_now() {
             return false;
         }
-        self.effect(i, epoch);
+        self.effect(i, epoch, false);
         true
     }
 
@@ -1027,7 +1199,7 @@ impl World {
                 let targets: Vec<usize> = peers.iter().filter_map(|p| idx(self, p)).collect();
                 let mut all = targets.len() == peers.len();
                 for &j in &targets {
-                    all &= self.request(i, j, epoch);
+                    all = all && self.request(i, j, epoch, OnTarget::Nothing, PEER_TIMEOUT);
                 }
                 if !all {
                     return false;
@@ -1078,13 +1250,8 @@ impl World {
                 let mut all = true;
                 for p in peers {
                     let Some(j) = idx(self, p) else { return false };
-                    if self.request(i, j, epoch) {
-                        if let Some(e) = self.nodes[j].etcd.as_mut() {
-                            e.quarantined = quarantined;
-                        }
-                    } else {
-                        all = false;
-                    }
+                    all &=
+                        self.request(i, j, epoch, OnTarget::Quarantine(quarantined), PEER_TIMEOUT);
                 }
                 all
             }
@@ -1110,7 +1277,7 @@ impl World {
                         learner: *learner,
                     },
                 );
-                self.effect(i, epoch);
+                self.effect(i, epoch, false);
                 self.start_member(i, j, id, token, epoch)
             }
             Action::StartAddedMember {
@@ -1132,7 +1299,7 @@ impl World {
                     return false;
                 };
                 m.learner = false;
-                self.effect(i, epoch);
+                self.effect(i, epoch, false);
                 true
             }
             Action::RemoveMember { member_id, .. } => {
@@ -1147,28 +1314,20 @@ impl World {
                 if let Some(e) = self.nodes[m.node].etcd.as_mut() {
                     e.running = false;
                 }
-                self.effect(i, epoch);
-                if !self.request(i, m.node, epoch) {
-                    return false;
-                }
-                self.nodes[m.node].etcd = None;
-                true
+                self.effect(i, epoch, false);
+                self.request(i, m.node, epoch, OnTarget::Drop, PEER_TIMEOUT)
             }
             Action::StopEtcd { peer } => {
                 let Some(j) = idx(self, peer) else {
                     return false;
                 };
-                if !self.request(i, j, epoch) {
-                    return false;
-                }
-                self.nodes[j].etcd = None;
-                true
+                self.request(i, j, epoch, OnTarget::Drop, PEER_TIMEOUT)
             }
             Action::GcTrashcan { peers, .. } => {
                 let mut all = true;
                 for p in peers {
                     let Some(j) = idx(self, p) else { return false };
-                    all &= self.request(i, j, epoch);
+                    all &= self.request(i, j, epoch, OnTarget::Nothing, PEER_TIMEOUT);
                 }
                 all
             }
@@ -1186,24 +1345,11 @@ impl World {
     }
 
     fn start_member(&mut self, i: usize, j: usize, id: u64, token: &str, epoch: u64) -> bool {
-        if !self.request(i, j, epoch) {
-            return false;
-        }
-        let quarantined = self.etcd.members.values().filter(|m| m.started).any(|m| {
-            self.nodes[m.node]
-                .etcd
-                .as_ref()
-                .is_some_and(|e| e.quarantined)
-        });
-        self.nodes[j].etcd = Some(LocalEtcd {
+        let what = OnTarget::Start {
+            member_id: id,
             token: token.to_string(),
-            quarantined,
-            running: true,
-        });
-        if let Some(m) = self.etcd.members.get_mut(&id) {
-            m.started = true;
-        }
-        true
+        };
+        self.request(i, j, epoch, what, JOIN_TIMEOUT)
     }
 
     /// Each node's gossip view, for failure messages.
