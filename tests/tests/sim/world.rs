@@ -77,6 +77,10 @@ pub struct Outcome {
     pub store_faults: u64,
     /// Requests that reached their target after the caller gave up.
     pub late: usize,
+    /// Of those, admitted although a newer epoch had already acted
+    /// elsewhere (the target had not seen it): the fence orders requests
+    /// per node, not across nodes.
+    pub stale_admitted: usize,
 }
 
 /// The model of one manager's etcd process.
@@ -193,6 +197,7 @@ pub struct World {
     packet_seq: u64,
     inflight: Vec<InFlight>,
     late: usize,
+    stale_admitted: usize,
     store: FaultyStore,
     created_marker: bool,
     backups_exist: bool,
@@ -207,6 +212,10 @@ pub struct World {
     tokens: u64,
     /// `--member-replace-grace` of this run (10 s .. upstream's 1 min).
     replace_grace: Duration,
+    /// Faults in progress, with when they end.
+    ending: Vec<(Duration, Fault)>,
+    /// An armed `IsolateLeader`: how long the isolation lasts.
+    isolate_next_request: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -242,6 +251,11 @@ enum Fault {
         for_: Duration,
     },
     PauseLeader {
+        for_: Duration,
+    },
+    /// Cut the leader off from every peer just as it sends its next fenced
+    /// request: its successor takes over while that request is on its way.
+    IsolateLeader {
         for_: Duration,
     },
     Heal,
@@ -303,6 +317,7 @@ impl World {
             packet_seq: 0,
             inflight: Vec::new(),
             late: 0,
+            stale_admitted: 0,
             store,
             created_marker: false,
             backups_exist: false,
@@ -319,6 +334,8 @@ impl World {
             faults: Vec::new(),
             tokens: 0,
             replace_grace: Duration::from_secs(rng.random_range(10..=60)),
+            ending: Vec::new(),
+            isolate_next_request: None,
             nodes: list,
             rng,
         };
@@ -364,7 +381,7 @@ impl World {
         let mut at = FAULTS_FROM;
         while at < FAULTS_UNTIL {
             let for_ = Duration::from_secs(self.rng.random_range(3..40));
-            let fault = match self.rng.random_range(0..9) {
+            let fault = match self.rng.random_range(0..11) {
                 0 => {
                     // A minority cut off (one node, or two of five).
                     let k = if n == 5 && self.rng.random_bool(0.5) {
@@ -414,8 +431,11 @@ impl World {
                         for_
                     },
                 },
-                _ => Fault::PauseLeader {
+                8 => Fault::PauseLeader {
                     for_: Duration::from_secs(self.rng.random_range(5..25)),
+                },
+                _ => Fault::IsolateLeader {
+                    for_: Duration::from_secs(self.rng.random_range(10..60)),
                 },
             };
             self.faults.push((at, fault));
@@ -427,15 +447,14 @@ impl World {
     pub fn run(mut self) -> Outcome {
         let mut faults = std::mem::take(&mut self.faults);
         faults.reverse();
-        let mut ending: Vec<(Duration, Fault)> = Vec::new();
         while self.now < END && self.violation.is_none() {
             while faults.last().is_some_and(|(at, _)| *at <= self.now) {
                 let (_, f) = faults.pop().expect("a fault");
-                self.begin(&f, &mut ending);
+                self.begin(&f);
             }
-            ending.sort_by_key(|(at, _)| *at);
-            while ending.first().is_some_and(|(at, _)| *at <= self.now) {
-                let (_, f) = ending.remove(0);
+            self.ending.sort_by_key(|(at, _)| *at);
+            while self.ending.first().is_some_and(|(at, _)| *at <= self.now) {
+                let (_, f) = self.ending.remove(0);
                 self.end(&f);
             }
             self.step();
@@ -451,12 +470,13 @@ impl World {
             leaderships: self.leaderships.len(),
             store_faults: self.store.injected(),
             late: self.late,
+            stale_admitted: self.stale_admitted,
             violation: self.violation,
             trace: self.trace,
         }
     }
 
-    fn begin(&mut self, f: &Fault, ending: &mut Vec<(Duration, Fault)>) {
+    fn begin(&mut self, f: &Fault) {
         self.note(format!("fault {f:?}"));
         let n = self.nodes.len();
         match f {
@@ -468,33 +488,33 @@ impl World {
                         }
                     }
                 }
-                ending.push((self.now + *for_, f.clone()));
+                self.ending.push((self.now + *for_, f.clone()));
             }
             Fault::Bridge { a, c, for_ } => {
                 self.cut[*a][*c] = true;
                 self.cut[*c][*a] = true;
-                ending.push((self.now + *for_, f.clone()));
+                self.ending.push((self.now + *for_, f.clone()));
             }
             Fault::OneWay { from, to, for_ } => {
                 self.cut[*from][*to] = true;
-                ending.push((self.now + *for_, f.clone()));
+                self.ending.push((self.now + *for_, f.clone()));
             }
             Fault::Loss { p, for_ } => {
                 self.loss = *p;
-                ending.push((self.now + *for_, f.clone()));
+                self.ending.push((self.now + *for_, f.clone()));
             }
             Fault::Delay { max, for_ } => {
                 self.max_delay = *max;
-                ending.push((self.now + *for_, f.clone()));
+                self.ending.push((self.now + *for_, f.clone()));
             }
             Fault::Store { faults, for_ } => {
                 self.store.set_faults(*faults);
-                ending.push((self.now + *for_, f.clone()));
+                self.ending.push((self.now + *for_, f.clone()));
             }
             Fault::Crash { node, for_ } => {
                 if self.nodes[*node].up {
                     self.crash(*node);
-                    ending.push((self.now + *for_, f.clone()));
+                    self.ending.push((self.now + *for_, f.clone()));
                 }
             }
             Fault::PauseLeader { for_ } => {
@@ -502,6 +522,7 @@ impl World {
                     self.nodes[i].pause_next_pass = Some(*for_);
                 }
             }
+            Fault::IsolateLeader { for_ } => self.isolate_next_request = Some(*for_),
             Fault::Heal => {
                 self.cut = vec![vec![false; n]; n];
                 self.loss = 0.0;
@@ -514,7 +535,8 @@ impl World {
                     self.nodes[i].paused_until = None;
                     self.nodes[i].pause_next_pass = None;
                 }
-                ending.clear();
+                self.isolate_next_request = None;
+                self.ending.clear();
             }
         }
     }
@@ -535,7 +557,7 @@ impl World {
                     self.restart(*node);
                 }
             }
-            Fault::PauseLeader { .. } | Fault::Heal => {}
+            Fault::IsolateLeader { .. } | Fault::PauseLeader { .. } | Fault::Heal => {}
         }
     }
 
@@ -1081,9 +1103,27 @@ impl World {
             // Connection refused.
             return false;
         }
+        if i != j
+            && let Some(for_) = self.isolate_next_request.take()
+        {
+            self.note(format!("isolate {} for {for_:?}", self.nodes[i].id));
+            for k in 0..self.nodes.len() {
+                if k != i {
+                    self.cut[i][k] = true;
+                    self.cut[k][i] = true;
+                }
+            }
+            self.ending.push((
+                self.now + for_,
+                Fault::Partition {
+                    side: vec![i],
+                    for_,
+                },
+            ));
+        }
         let lost = |w: &mut World| w.loss > 0.0 && w.rng.random_bool(w.loss);
         if i != j && (!self.active(j) || self.cut[i][j] || lost(self)) {
-            if self.rng.random_bool(0.5) {
+            if self.rng.random_bool(0.8) {
                 let hold = Duration::from_secs(self.rng.random_range(1..=MAX_HOLD));
                 self.note(format!(
                     "{} epoch {epoch} {what:?} to {} is on its way (up to {hold:?})",
@@ -1128,7 +1168,14 @@ impl World {
                 self.nodes[r.from].id, r.epoch, r.what, self.nodes[r.to].id
             ));
             self.late += 1;
-            self.admit(r.from, r.to, r.epoch, r.what, true);
+            let newest = self.effects.iter().map(|e| e.epoch).max().unwrap_or(0);
+            if self.admit(r.from, r.to, r.epoch, r.what, true) && r.epoch < newest {
+                self.stale_admitted += 1;
+                self.note(format!(
+                    "{} admitted epoch {} after epoch {newest} acted elsewhere",
+                    self.nodes[r.to].id, r.epoch
+                ));
+            }
         }
         keep.extend(std::mem::take(&mut self.inflight));
         self.inflight = keep;
