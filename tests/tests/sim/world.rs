@@ -38,6 +38,12 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// keeps retransmitting after a cut heals; the peer API works on a
 /// connection for up to 120 s).
 const MAX_HOLD: u64 = 60;
+/// How long the driver retries a membership change etcd refuses
+/// (`member_add_retrying`, `member_remove_retrying` in `Driver::execute_one`).
+const ETCD_RETRY: Duration = Duration::from_secs(15);
+/// etcd's strict reconfiguration check refuses membership changes until the
+/// cluster has been connected for 5 s after a member started.
+const RECONFIG_QUIET: Duration = Duration::from_secs(5);
 
 /// Switches for showing that the checks catch a broken safety rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,12 +53,17 @@ pub struct Knobs {
     /// A leader checks the lease again before each action (rule 1). Off: a
     /// leader that was paused mid-plan resumes the rest of its plan as it was.
     pub recheck_lease: bool,
+    /// A membership change etcd refuses is retried only while the lease
+    /// lasts (`leadership::retry_deadline`). Off: for the full 15 s, as
+    /// before the simulation found it unsafe.
+    pub bound_retries: bool,
 }
 
 impl Knobs {
     pub const PRODUCTION: Knobs = Knobs {
         fence: true,
         recheck_lease: true,
+        bound_retries: true,
     };
 }
 
@@ -132,6 +143,27 @@ struct InFlight {
     to: usize,
     epoch: u64,
     what: OnTarget,
+}
+
+/// A membership change the driver keeps retrying while etcd refuses it.
+#[derive(Debug, Clone)]
+enum Change {
+    Add {
+        node: usize,
+        learner: bool,
+        token: String,
+    },
+    Remove {
+        member_id: u64,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct EtcdCall {
+    from: usize,
+    epoch: u64,
+    change: Change,
+    until: Duration,
 }
 
 /// A pass interrupted by a pause: the rest of its plan and its epoch.
@@ -216,6 +248,10 @@ pub struct World {
     ending: Vec<(Duration, Fault)>,
     /// An armed `IsolateLeader`: how long the isolation lasts.
     isolate_next_request: Option<Duration>,
+    /// Membership changes being retried.
+    etcd_calls: Vec<EtcdCall>,
+    /// etcd accepts membership changes again from then on.
+    reconfig_ok_at: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -336,6 +372,8 @@ impl World {
             replace_grace: Duration::from_secs(rng.random_range(10..=60)),
             ending: Vec::new(),
             isolate_next_request: None,
+            etcd_calls: Vec::new(),
+            reconfig_ok_at: Duration::ZERO,
             nodes: list,
             rng,
         };
@@ -565,6 +603,7 @@ impl World {
         self.note(format!("crash {}", self.nodes[i].id));
         // The requests on their way to it die with its sockets.
         self.inflight.retain(|r| r.to != i);
+        self.etcd_calls.retain(|c| c.from != i);
         let node = &mut self.nodes[i];
         node.up = false;
         node.gossip = None;
@@ -596,6 +635,7 @@ impl World {
         // resume(): etcd starts again as the state file says.
         if let Some(e) = node.etcd.as_mut() {
             e.running = true;
+            self.reconfig_ok_at = self.now + RECONFIG_QUIET;
         }
         self.start_gossip(i);
         self.nodes[i].next_pass = self.local(i);
@@ -634,6 +674,7 @@ impl World {
         }
         self.deliver();
         self.deliver_late();
+        self.retry_etcd_calls();
         for i in 0..n {
             if !self.active(i) {
                 continue;
@@ -1103,23 +1144,8 @@ impl World {
             // Connection refused.
             return false;
         }
-        if i != j
-            && let Some(for_) = self.isolate_next_request.take()
-        {
-            self.note(format!("isolate {} for {for_:?}", self.nodes[i].id));
-            for k in 0..self.nodes.len() {
-                if k != i {
-                    self.cut[i][k] = true;
-                    self.cut[k][i] = true;
-                }
-            }
-            self.ending.push((
-                self.now + for_,
-                Fault::Partition {
-                    side: vec![i],
-                    for_,
-                },
-            ));
+        if i != j {
+            self.maybe_isolate(i);
         }
         let lost = |w: &mut World| w.loss > 0.0 && w.rng.random_bool(w.loss);
         if i != j && (!self.active(j) || self.cut[i][j] || lost(self)) {
@@ -1150,6 +1176,132 @@ impl World {
             return false;
         }
         admitted
+    }
+
+    /// An armed `IsolateLeader` fires: i is cut off from every peer.
+    fn maybe_isolate(&mut self, i: usize) {
+        let Some(for_) = self.isolate_next_request.take() else {
+            return;
+        };
+        self.note(format!("isolate {} for {for_:?}", self.nodes[i].id));
+        for k in 0..self.nodes.len() {
+            if k != i {
+                self.cut[i][k] = true;
+                self.cut[k][i] = true;
+            }
+        }
+        self.ending.push((
+            self.now + for_,
+            Fault::Partition {
+                side: vec![i],
+                for_,
+            },
+        ));
+    }
+
+    /// etcd, reached from node i, accepts a membership change now: it has
+    /// quorum, i reaches a majority of the voters, and the strict
+    /// reconfiguration check is satisfied.
+    fn etcd_accepts(&self, i: usize) -> bool {
+        let voters: Vec<&Member> = self.etcd.members.values().filter(|m| !m.learner).collect();
+        let reached = voters
+            .iter()
+            .filter(|m| {
+                self.member_up(m) && (m.node == i || !(self.cut[i][m.node] || self.cut[m.node][i]))
+            })
+            .count();
+        self.has_quorum() && self.now >= self.reconfig_ok_at && reached * 2 > voters.len()
+    }
+
+    /// A membership change, as `Driver::execute_one`: applied now if etcd
+    /// accepts it, else retried for `ETCD_RETRY` while the leader waits
+    /// (without looking at its lease) and applied when etcd comes round.
+    fn change_membership(&mut self, i: usize, epoch: u64, change: Change) -> bool {
+        if !self.has_quorum() {
+            return false;
+        }
+        self.maybe_isolate(i);
+        if self.etcd_accepts(i) {
+            return self.apply_change(i, epoch, change);
+        }
+        let deadline = if self.knobs.bound_retries {
+            let local = self.local(i);
+            let Some(left) = self.nodes[i].lease.remaining(local) else {
+                return false;
+            };
+            // The deadline runs on i's clock.
+            let local = leadership::retry_deadline(ETCD_RETRY, left);
+            Duration::from_secs_f64(local.as_secs_f64() / self.nodes[i].rate)
+        } else {
+            ETCD_RETRY
+        };
+        self.note(format!(
+            "{} epoch {epoch} {change:?}: etcd refuses, retrying for {deadline:?}",
+            self.nodes[i].id
+        ));
+        self.etcd_calls.push(EtcdCall {
+            from: i,
+            epoch,
+            change,
+            until: self.now + deadline,
+        });
+        self.block(i, deadline);
+        false
+    }
+
+    fn retry_etcd_calls(&mut self) {
+        for c in std::mem::take(&mut self.etcd_calls) {
+            if c.until < self.now {
+                continue;
+            }
+            if !self.active(c.from) || !self.etcd_accepts(c.from) {
+                self.etcd_calls.push(c);
+                continue;
+            }
+            self.note(format!(
+                "{} epoch {} {:?} lands after retrying",
+                self.nodes[c.from].id, c.epoch, c.change
+            ));
+            self.nodes[c.from].blocked_until = None;
+            self.apply_change(c.from, c.epoch, c.change);
+        }
+    }
+
+    /// The change lands in etcd; then the driver goes on without checking
+    /// its lease: it starts the added member or stops the removed one.
+    fn apply_change(&mut self, i: usize, epoch: u64, change: Change) -> bool {
+        match change {
+            Change::Add {
+                node: j,
+                learner,
+                token,
+            } => {
+                let id = self.etcd.next_id;
+                self.etcd.next_id += 1;
+                self.etcd.members.insert(
+                    id,
+                    Member {
+                        node: j,
+                        started: false,
+                        learner,
+                    },
+                );
+                self.effect(i, epoch, false);
+                self.start_member(i, j, id, &token, epoch)
+            }
+            Change::Remove { member_id } => {
+                let Some(m) = self.etcd.members.remove(&member_id) else {
+                    return false;
+                };
+                // The removed member's etcd exits and is not restarted; the
+                // leader then tells its node to drop it (StopEtcd).
+                if let Some(e) = self.nodes[m.node].etcd.as_mut() {
+                    e.running = false;
+                }
+                self.effect(i, epoch, false);
+                self.request(i, m.node, epoch, OnTarget::Drop, JOIN_TIMEOUT)
+            }
+        }
     }
 
     /// Requests on their way land once their link and target are back.
@@ -1224,6 +1376,7 @@ impl World {
                     && m.node == j
                 {
                     m.started = true;
+                    self.reconfig_ok_at = self.now + RECONFIG_QUIET;
                 }
             }
         }
@@ -1311,21 +1464,12 @@ impl World {
                 let Some(j) = idx(self, peer) else {
                     return false;
                 };
-                if !self.has_quorum() || !self.rpc(i, j) {
-                    return false;
-                }
-                let id = self.etcd.next_id;
-                self.etcd.next_id += 1;
-                self.etcd.members.insert(
-                    id,
-                    Member {
-                        node: j,
-                        started: false,
-                        learner: *learner,
-                    },
-                );
-                self.effect(i, epoch, false);
-                self.start_member(i, j, id, token, epoch)
+                let change = Change::Add {
+                    node: j,
+                    learner: *learner,
+                    token: token.clone(),
+                };
+                self.change_membership(i, epoch, change)
             }
             Action::StartAddedMember {
                 peer,
@@ -1353,16 +1497,13 @@ impl World {
                 if !self.has_quorum() {
                     return false;
                 }
-                let Some(m) = self.etcd.members.remove(member_id) else {
+                if !self.etcd.members.contains_key(member_id) {
                     return false;
-                };
-                // The removed member's etcd exits and is not restarted; the
-                // leader then tells its node to drop it (StopEtcd).
-                if let Some(e) = self.nodes[m.node].etcd.as_mut() {
-                    e.running = false;
                 }
-                self.effect(i, epoch, false);
-                self.request(i, m.node, epoch, OnTarget::Drop, PEER_TIMEOUT)
+                let change = Change::Remove {
+                    member_id: *member_id,
+                };
+                self.change_membership(i, epoch, change)
             }
             Action::StopEtcd { peer } => {
                 let Some(j) = idx(self, peer) else {
