@@ -57,6 +57,8 @@ pub struct Knobs {
     /// lasts (`leadership::retry_deadline`). Off: for the full 15 s, as
     /// before the simulation found it unsafe.
     pub bound_retries: bool,
+    /// The lease margin in ms; `None`: production's (30 % of 5 s).
+    pub lease_margin_ms: Option<u64>,
 }
 
 impl Knobs {
@@ -64,6 +66,7 @@ impl Knobs {
         fence: true,
         recheck_lease: true,
         bound_retries: true,
+        lease_margin_ms: None,
     };
 }
 
@@ -297,8 +300,16 @@ enum Fault {
     Heal,
 }
 
-fn lease_config() -> lock::LeaseConfig {
-    lock::LeaseConfig::default()
+fn lease_config(knobs: Knobs) -> lock::LeaseConfig {
+    let production = lock::LeaseConfig::default();
+    match knobs.lease_margin_ms {
+        None => production,
+        Some(ms) => lock::LeaseConfig::for_tests(
+            production.duration,
+            Duration::from_millis(ms),
+            production.renew_interval,
+        ),
+    }
 }
 
 impl World {
@@ -316,7 +327,7 @@ impl World {
                 std::sync::Arc::new(store.clone()),
                 lease_prefix.clone(),
                 id.clone(),
-                lease_config(),
+                lease_config(knobs),
             )
             .with_instance(rng.random());
             list.push(Node {
@@ -627,7 +638,7 @@ impl World {
             std::sync::Arc::new(self.store.clone()),
             prefix,
             node.id.clone(),
-            lease_config(),
+            lease_config(self.knobs),
         )
         .with_instance(instance);
         node.last_backup = None;
