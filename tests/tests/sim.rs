@@ -233,6 +233,8 @@ fn sim_catches_a_broken_fence() {
     }
 }
 
+/// `SIM_SEED_START=<seed> cargo test --release -p tests --test sim sim_dump_trace
+/// -- --ignored --nocapture` prints one seed's whole trace.
 #[test]
 #[ignore]
 fn sim_dump_trace() {
@@ -240,25 +242,6 @@ fn sim_dump_trace() {
     for line in run(seed, None, Knobs::PRODUCTION).trace {
         println!("{line}");
     }
-}
-
-#[test]
-#[ignore]
-fn sim_survey_margin() {
-    let knobs = Knobs {
-        lease_margin_ms: Some(env_u64("SIM_MARGIN_MS", 100)),
-        ..Knobs::PRODUCTION
-    };
-    let start = env_u64("SIM_SEED_START", 0);
-    let count = env_u64("SIM_SEEDS", 200);
-    let mut n = 0;
-    for seed in start..start + count {
-        if let Some(v) = run(seed, None, knobs).violation {
-            n += 1;
-            println!("seed {seed}: {}", v.what.lines().next().unwrap_or(""));
-        }
-    }
-    println!("{n} of {count}");
 }
 
 /// The lease's margin covers clocks 10 % fast or slow: a holder that stops
