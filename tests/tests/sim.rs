@@ -45,12 +45,37 @@ fn run(seed: u64, nodes: Option<usize>, knobs: Knobs) -> Outcome {
 }
 
 fn replay_line(seed: u64) -> String {
+    let broken = match std::env::var("SIM_BREAK") {
+        Ok(b) => format!("SIM_BREAK={b} "),
+        Err(_) => String::new(),
+    };
     format!(
-        "SIM_SEED_START={seed} SIM_SEEDS=1 cargo test --release -p tests --test sim sim_seeds -- --nocapture"
+        "{broken}SIM_SEED_START={seed} SIM_SEEDS=1 cargo test --release -p tests --test sim sim_seeds -- --nocapture"
     )
 }
 
-/// `SIM_SEEDS` seeds (default 40; CI runs 1000 in release) from `SIM_SEED_START`.
+/// The rules `sim_seeds` runs with: production's, or with one switched off
+/// by `SIM_BREAK` (to watch the checks catch it and replay what they caught).
+fn knobs_from_env() -> Knobs {
+    let Ok(broken) = std::env::var("SIM_BREAK") else {
+        return Knobs::PRODUCTION;
+    };
+    let mut k = Knobs::PRODUCTION;
+    for rule in broken.split(',') {
+        match rule {
+            "fence" => k.fence = false,
+            "recheck" => k.recheck_lease = false,
+            "retries" => k.bound_retries = false,
+            other => {
+                panic!("SIM_BREAK={other:?}: expected fence, recheck or retries (comma-separated)")
+            }
+        }
+    }
+    k
+}
+
+/// `SIM_SEEDS` seeds (default 40; CI runs 1000 in release) from
+/// `SIM_SEED_START`; `SIM_BREAK=fence|recheck|retries` switches a rule off.
 #[test]
 fn sim_seeds() {
     let start = env_u64("SIM_SEED_START", 0);
@@ -59,8 +84,9 @@ fn sim_seeds() {
     let (mut effects, mut fenced, mut leaderships, mut store_faults) = (0, 0, 0, 0);
     let (mut late, mut stale) = (0, 0);
     let mut sizes = [0usize; 6];
+    let knobs = knobs_from_env();
     for seed in start..start + count {
-        let out = run(seed, None, Knobs::PRODUCTION);
+        let out = run(seed, None, knobs);
         // SIM_SURVEY: list every failing seed instead of stopping at the first.
         if std::env::var("SIM_SURVEY").is_ok()
             && let Some(v) = &out.violation
@@ -138,6 +164,27 @@ fn sim_determinism_one_seed_twice_gives_the_same_trace() {
     assert_eq!(a.trace, b.trace, "seed 42 gave two different runs");
     let c = run(43, None, Knobs::PRODUCTION);
     assert_ne!(a.trace, c.trace, "different seeds gave the same run");
+    // More seeds, on both sizes, with late requests, retries and fences in
+    // them: whole traces, so any divergence shows where it starts.
+    for seed in [69, 100, 191] {
+        for nodes in [3, 5] {
+            let a = run(seed, Some(nodes), Knobs::PRODUCTION);
+            let b = run(seed, Some(nodes), Knobs::PRODUCTION);
+            if let Some(k) =
+                (0..a.trace.len().min(b.trace.len())).find(|&k| a.trace[k] != b.trace[k])
+            {
+                panic!(
+                    "seed {seed} ({nodes} nodes) diverged at line {k}:\n{}\n{}",
+                    a.trace[k], b.trace[k]
+                );
+            }
+            assert_eq!(
+                a.trace.len(),
+                b.trace.len(),
+                "seed {seed}: trace lengths differ"
+            );
+        }
+    }
 }
 
 /// The checks catch a node that skips the epoch check: a request its old
