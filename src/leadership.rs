@@ -31,9 +31,11 @@ pub fn judge<'a>(alive: impl IntoIterator<Item = &'a str>, candidate: &str) -> R
 
 /// How long an action may keep retrying (an etcd membership change that
 /// etcd refuses for now): `wanted`, but never past what is left of the lease
-/// (`lease_left`), so a change cannot land after a successor took over. The
-/// lease margin covers the last attempt in flight. Found by the simulation:
-/// a 15 s retry under a 5 s lease removed the new leader's member.
+/// (`lease_left`), so no new attempt starts after a successor may have taken
+/// over. Found by the simulation: a 15 s retry under a 5 s lease removed the
+/// new leader's member. Not covered: the last attempt itself, which etcd can
+/// still apply up to its call timeout (5 s) later, more than the margin
+/// leaves (etcd's membership API cannot be fenced by our epoch).
 pub fn retry_deadline(wanted: Duration, lease_left: Duration) -> Duration {
     wanted.min(lease_left)
 }
