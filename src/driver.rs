@@ -67,6 +67,9 @@ impl PeerPayload {
 const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 const ETCD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a membership change etcd refuses for now (its strict reconfiguration
+/// check) is retried, at most: never past the lease (`membership_deadline`).
+const ETCD_MEMBERSHIP_RETRY: Duration = Duration::from_secs(15);
 /// A peer downloads, verifies and restores the backup within this time.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(900);
 
@@ -595,6 +598,19 @@ impl Driver {
         acted
     }
 
+    /// How long a membership change may keep retrying: `ETCD_MEMBERSHIP_RETRY`, cut to
+    /// what is left of the lease.
+    fn membership_deadline(&self) -> Result<Duration, String> {
+        let left = self
+            .lease
+            .remaining(self.clock.now())
+            .ok_or("lease no longer held")?;
+        Ok(crate::leadership::retry_deadline(
+            ETCD_MEMBERSHIP_RETRY,
+            left,
+        ))
+    }
+
     async fn execute_one(
         &mut self,
         action: &Action,
@@ -674,12 +690,9 @@ impl Driver {
             } => {
                 let info = info_of(obs, id).ok_or_else(|| format!("peer {id} did not answer"))?;
                 let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
+                let deadline = self.membership_deadline()?;
                 let (added, all) = client
-                    .member_add_retrying(
-                        &info.node_config.peer_urls,
-                        *learner,
-                        Duration::from_secs(15),
-                    )
+                    .member_add_retrying(&info.node_config.peer_urls, *learner, deadline)
                     .await
                     .map_err(executing_error)?;
                 tracing::info!(peer = %id, member_id = added.id, learner, "member added");
@@ -713,8 +726,9 @@ impl Driver {
             }
             Action::RemoveMember { member_id, name } => {
                 let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
+                let deadline = self.membership_deadline()?;
                 client
-                    .member_remove_retrying(*member_id, Duration::from_secs(15))
+                    .member_remove_retrying(*member_id, deadline)
                     .await
                     .map_err(executing_error)?;
                 tracing::info!(member = %name, "member removed");

@@ -173,6 +173,16 @@ impl LeaseClient {
             .map(|o| o.epoch)
     }
 
+    /// Pure: how long we may still act (`valid_until - now`) while we hold the lease.
+    /// Anything an action keeps retrying must stop by then: a change that lands after our
+    /// validity can land after a successor has started to act.
+    pub fn remaining(&self, now: Instant) -> Option<Duration> {
+        self.held(now)?;
+        self.ours
+            .as_ref()
+            .map(|o| o.valid_until.saturating_duration_since(now))
+    }
+
     /// Raise the highest epoch seen (from a peer or from persisted state): if it exceeds our
     /// held epoch we stop holding at once.
     pub fn observe_epoch(&mut self, epoch: u64) {

@@ -267,6 +267,9 @@ async fn takeover_only_after_duration_plus_margin(store: Arc<dyn ObjectStore>, p
     // A stops renewing (partitioned). Its validity ends on its own clock, without IO.
     assert_eq!(a.held(t.at(7.9)), Some(1));
     assert_eq!(a.held(t.at(8.0)), None);
+    // What is left of it bounds an action's retries.
+    assert_eq!(a.remaining(t.at(5.0)), Some(Duration::from_secs(3)));
+    assert_eq!(a.remaining(t.at(8.0)), None);
 
     // B confirms the record at its tick of t=1 (a tick that began after one that saw it)
     // and may take over only at 1 + duration + margin = 13.

@@ -9,7 +9,10 @@
 //!   after one of a newer epoch (no overlap in true time);
 //! * epochs only grow (each new leadership above the last);
 //! * no plan takes a cluster that has quorum below it;
-//! * a node never applies a request older than the highest epoch it has seen;
+//! * a node never applies a request older than the highest epoch it has seen
+//!   (requests can land long after their caller gave up: a cut, a lossy link,
+//!   a paused target; the leader's own lease cannot order those, the target's
+//!   fence must);
 //!
 //! and, after all faults heal, liveness: one leader, the spec's members all
 //! healthy and out of quarantine.
@@ -19,9 +22,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 mod sim {
+    pub mod lease;
     pub mod store;
     pub mod world;
 }
+
+use std::time::Duration;
 
 use sim::world::{Knobs, Outcome, World};
 
@@ -39,21 +45,48 @@ fn run(seed: u64, nodes: Option<usize>, knobs: Knobs) -> Outcome {
 }
 
 fn replay_line(seed: u64) -> String {
+    let broken = match std::env::var("SIM_BREAK") {
+        Ok(b) => format!("SIM_BREAK={b} "),
+        Err(_) => String::new(),
+    };
     format!(
-        "SIM_SEED_START={seed} SIM_SEEDS=1 cargo test --release -p tests --test sim sim_seeds -- --nocapture"
+        "{broken}SIM_SEED_START={seed} SIM_SEEDS=1 cargo test --release -p tests --test sim sim_seeds -- --nocapture"
     )
 }
 
-/// `SIM_SEEDS` seeds (default 40; CI runs 1000 in release) from `SIM_SEED_START`.
+/// The rules `sim_seeds` runs with: production's, or with one switched off
+/// by `SIM_BREAK` (to watch the checks catch it and replay what they caught).
+fn knobs_from_env() -> Knobs {
+    let Ok(broken) = std::env::var("SIM_BREAK") else {
+        return Knobs::PRODUCTION;
+    };
+    let mut k = Knobs::PRODUCTION;
+    for rule in broken.split(',') {
+        match rule {
+            "fence" => k.fence = false,
+            "recheck" => k.recheck_lease = false,
+            "retries" => k.bound_retries = false,
+            other => {
+                panic!("SIM_BREAK={other:?}: expected fence, recheck or retries (comma-separated)")
+            }
+        }
+    }
+    k
+}
+
+/// `SIM_SEEDS` seeds (default 40; CI runs 1000 in release) from
+/// `SIM_SEED_START`; `SIM_BREAK=fence|recheck|retries` switches a rule off.
 #[test]
 fn sim_seeds() {
     let start = env_u64("SIM_SEED_START", 0);
     let count = env_u64("SIM_SEEDS", 40);
     let begun = std::time::Instant::now();
     let (mut effects, mut fenced, mut leaderships, mut store_faults) = (0, 0, 0, 0);
+    let (mut late, mut stale) = (0, 0);
     let mut sizes = [0usize; 6];
+    let knobs = knobs_from_env();
     for seed in start..start + count {
-        let out = run(seed, None, Knobs::PRODUCTION);
+        let out = run(seed, None, knobs);
         // SIM_SURVEY: list every failing seed instead of stopping at the first.
         if std::env::var("SIM_SURVEY").is_ok()
             && let Some(v) = &out.violation
@@ -79,10 +112,12 @@ fn sim_seeds() {
         fenced += out.fenced;
         leaderships += out.leaderships;
         store_faults += out.store_faults;
+        late += out.late;
+        stale += out.stale_admitted;
         sizes[out.nodes] += 1;
     }
     eprintln!(
-        "sim: {count} seeds from {start} ({} of 3 nodes, {} of 5) in {:.1?}: {leaderships} leaderships, {effects} leader actions, {fenced} fenced requests, {store_faults} store faults",
+        "sim: {count} seeds from {start} ({} of 3 nodes, {} of 5) in {:.1?}: {leaderships} leaderships, {effects} leader actions, {late} late requests ({stale} stale but admitted), {fenced} fenced requests, {store_faults} store faults",
         sizes[3],
         sizes[5],
         begun.elapsed()
@@ -91,10 +126,19 @@ fn sim_seeds() {
         leaderships >= count as usize,
         "every seed elects at least one leader"
     );
-    assert!(
-        effects > 0 && store_faults > 0,
-        "the faults and actions did not happen"
-    );
+    // Coverage, over enough seeds (a replay of one seed need not show it all).
+    if count >= 40 {
+        assert!(
+            effects > 0 && store_faults > 0 && late > 0,
+            "the faults and actions did not happen"
+        );
+    }
+    if count >= 1000 {
+        assert!(
+            fenced > 0,
+            "no fence refused anything: the fence is untested"
+        );
+    }
 }
 
 #[test]
@@ -120,6 +164,83 @@ fn sim_determinism_one_seed_twice_gives_the_same_trace() {
     assert_eq!(a.trace, b.trace, "seed 42 gave two different runs");
     let c = run(43, None, Knobs::PRODUCTION);
     assert_ne!(a.trace, c.trace, "different seeds gave the same run");
+    // More seeds, on both sizes, with late requests, retries and fences in
+    // them: whole traces, so any divergence shows where it starts.
+    for seed in [69, 100, 191] {
+        for nodes in [3, 5] {
+            let a = run(seed, Some(nodes), Knobs::PRODUCTION);
+            let b = run(seed, Some(nodes), Knobs::PRODUCTION);
+            if let Some(k) =
+                (0..a.trace.len().min(b.trace.len())).find(|&k| a.trace[k] != b.trace[k])
+            {
+                panic!(
+                    "seed {seed} ({nodes} nodes) diverged at line {k}:\n{}\n{}",
+                    a.trace[k], b.trace[k]
+                );
+            }
+            assert_eq!(
+                a.trace.len(),
+                b.trace.len(),
+                "seed {seed}: trace lengths differ"
+            );
+        }
+    }
+}
+
+/// The checks catch a node that skips the epoch check: a request its old
+/// leader sent before being cut off lands after the successor's, and the
+/// node applies it. The lease re-check cannot stop that (the request left
+/// while the lease was held), only the fence can.
+#[test]
+fn sim_catches_a_skipped_epoch_check() {
+    let no_fence = Knobs {
+        fence: false,
+        ..Knobs::PRODUCTION
+    };
+    let limit = 400;
+    let caught = (0..limit)
+        .find_map(|seed| run(seed, None, no_fence).violation.map(|v| (seed, v.what)))
+        .unwrap_or_else(|| {
+            panic!("{limit} seeds without the epoch check broke no invariant: the checks are blind")
+        });
+    eprintln!("caught: {caught:?}");
+    assert!(
+        caught.1.contains("not silenced"),
+        "seed {}: expected the fence check to fire, got: {}",
+        caught.0,
+        caught.1
+    );
+    // The same seed with the epoch check is safe, and its fence refused the
+    // stale request.
+    let out = run(caught.0, None, Knobs::PRODUCTION);
+    assert!(
+        out.violation.is_none(),
+        "seed {}: {:?}",
+        caught.0,
+        out.violation
+    );
+    assert!(out.fenced > 0, "seed {}: nothing was fenced", caught.0);
+}
+
+/// The bug the simulation found: the driver retried a membership change etcd
+/// refused (its strict reconfiguration check) for 15 s under a 5 s lease, so
+/// a leader cut off mid-retry could change the membership after its successor
+/// had started to act (even remove the successor's own member). Retries now
+/// stop with the lease; with the old rule the checks flag it.
+#[test]
+fn sim_catches_retries_past_the_lease() {
+    let old_rule = Knobs {
+        bound_retries: false,
+        ..Knobs::PRODUCTION
+    };
+    let limit = 300;
+    let (seed, what) = (0..limit)
+        .find_map(|seed| run(seed, None, old_rule).violation.map(|v| (seed, v.what)))
+        .unwrap_or_else(|| panic!("{limit} seeds of 15 s retries broke no invariant"));
+    eprintln!("caught: seed {seed}: {what}");
+    assert!(what.contains("overlapping epochs"), "seed {seed}: {what}");
+    let out = run(seed, None, Knobs::PRODUCTION);
+    assert!(out.violation.is_none(), "seed {seed}: {:?}", out.violation);
 }
 
 /// The checks catch a broken safety rule: leaders that do not re-check the
@@ -131,6 +252,7 @@ fn sim_catches_a_broken_fence() {
     let broken = Knobs {
         fence: false,
         recheck_lease: false,
+        ..Knobs::PRODUCTION
     };
     let caught: Vec<(u64, String)> = (0..200u64)
         .filter_map(|seed| run(seed, None, broken).violation.map(|v| (seed, v.what)))
@@ -143,8 +265,8 @@ fn sim_catches_a_broken_fence() {
     eprintln!("caught: {caught:?}");
     // The same seeds with the fence on are safe again.
     let fence_only = Knobs {
-        fence: true,
         recheck_lease: false,
+        ..Knobs::PRODUCTION
     };
     for (seed, _) in &caught {
         let out = run(*seed, None, fence_only);
@@ -156,4 +278,55 @@ fn sim_catches_a_broken_fence() {
             );
         }
     }
+}
+
+/// `SIM_SEED_START=<seed> cargo test --release -p tests --test sim sim_dump_trace
+/// -- --ignored --nocapture` prints one seed's whole trace.
+#[test]
+#[ignore]
+fn sim_dump_trace() {
+    let seed = env_u64("SIM_SEED_START", 0);
+    for line in run(seed, None, Knobs::PRODUCTION).trace {
+        println!("{line}");
+    }
+}
+
+/// The lease's margin covers clocks 10 % fast or slow: a holder that stops
+/// renewing and a contender on the other extreme never hold at once.
+#[test]
+fn sim_lease_under_clock_skew_is_exclusive() {
+    let config = lock::LeaseConfig::default();
+    for seed in 0..env_u64("SIM_LEASE_SEEDS", 1000) {
+        if let Some(what) = sim::lease::overlap(seed, &config) {
+            panic!("{what}");
+        }
+    }
+}
+
+/// And the check is not blind: with (almost) no margin the skew shows.
+#[test]
+fn sim_lease_catches_a_margin_too_small_for_the_skew() {
+    let d = lock::LeaseConfig::default();
+    let thin = lock::LeaseConfig::for_tests(d.duration, Duration::from_millis(1), d.renew_interval);
+    let caught = (0..300).find_map(|seed| sim::lease::overlap(seed, &thin));
+    let what = caught.expect("300 seeds with a 1 ms margin and 10 % skew found no overlap");
+    eprintln!("caught: {what}");
+}
+
+/// `SIM_MARGIN_MS=<ms> SIM_LEASE_SEEDS=<n>`: how many seeds overlap with that margin.
+#[test]
+#[ignore]
+fn sim_lease_survey_margin() {
+    let d = lock::LeaseConfig::default();
+    let margin = Duration::from_millis(env_u64("SIM_MARGIN_MS", d.margin.as_millis() as u64));
+    let config = lock::LeaseConfig::for_tests(d.duration, margin, d.renew_interval);
+    let count = env_u64("SIM_LEASE_SEEDS", 10_000);
+    let bad: Vec<String> = (0..count)
+        .filter_map(|seed| sim::lease::overlap(seed, &config))
+        .collect();
+    println!(
+        "margin {margin:?}: {} of {count} overlap; first: {:?}",
+        bad.len(),
+        bad.first()
+    );
 }

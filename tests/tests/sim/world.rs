@@ -30,6 +30,20 @@ const END: Duration = Duration::from_secs(255);
 const CONTROLLER_INTERVAL: Duration = Duration::from_secs(1);
 const ACTED_INTERVAL: Duration = Duration::from_millis(200);
 const GOSSIP_REFRESH: Duration = Duration::from_secs(2);
+/// How long the driver waits for a peer's answer (`driver::PEER_TIMEOUT`).
+const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the driver waits for a join (`driver::JOIN_TIMEOUT`).
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a request the caller gave up on may still reach its target (TCP
+/// keeps retransmitting after a cut heals; the peer API works on a
+/// connection for up to 120 s).
+const MAX_HOLD: u64 = 60;
+/// How long the driver retries a membership change etcd refuses
+/// (`member_add_retrying`, `member_remove_retrying` in `Driver::execute_one`).
+const ETCD_RETRY: Duration = Duration::from_secs(15);
+/// etcd's strict reconfiguration check refuses membership changes until the
+/// cluster has been connected for 5 s after a member started.
+const RECONFIG_QUIET: Duration = Duration::from_secs(5);
 
 /// Switches for showing that the checks catch a broken safety rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,12 +53,20 @@ pub struct Knobs {
     /// A leader checks the lease again before each action (rule 1). Off: a
     /// leader that was paused mid-plan resumes the rest of its plan as it was.
     pub recheck_lease: bool,
+    /// A membership change etcd refuses is retried only while the lease
+    /// lasts (`leadership::retry_deadline`). Off: for the full 15 s, as
+    /// before the simulation found it unsafe.
+    pub bound_retries: bool,
+    /// The lease margin in ms; `None`: production's (30 % of 5 s).
+    pub lease_margin_ms: Option<u64>,
 }
 
 impl Knobs {
     pub const PRODUCTION: Knobs = Knobs {
         fence: true,
         recheck_lease: true,
+        bound_retries: true,
+        lease_margin_ms: None,
     };
 }
 
@@ -67,6 +89,12 @@ pub struct Outcome {
     pub fenced: usize,
     pub leaderships: usize,
     pub store_faults: u64,
+    /// Requests that reached their target after the caller gave up.
+    pub late: usize,
+    /// Of those, admitted although a newer epoch had already acted
+    /// elsewhere (the target had not seen it): the fence orders requests
+    /// per node, not across nodes.
+    pub stale_admitted: usize,
 }
 
 /// The model of one manager's etcd process.
@@ -94,6 +122,53 @@ struct EtcdModel {
     next_id: u64,
 }
 
+/// What a fenced request does on its target once admitted.
+#[derive(Debug, Clone)]
+enum OnTarget {
+    Nothing,
+    Quarantine(bool),
+    /// Start etcd as this member (a join).
+    Start {
+        member_id: u64,
+        token: String,
+    },
+    /// Stop etcd and forget the assignment.
+    Drop,
+}
+
+/// A fenced request whose caller gave up (a cut, loss, a paused target) but
+/// that is still on its way: it lands when the link and the target are back,
+/// unless it is too old by then or the target crashed.
+#[derive(Debug, Clone)]
+struct InFlight {
+    until: Duration,
+    from: usize,
+    to: usize,
+    epoch: u64,
+    what: OnTarget,
+}
+
+/// A membership change the driver keeps retrying while etcd refuses it.
+#[derive(Debug, Clone)]
+enum Change {
+    Add {
+        node: usize,
+        learner: bool,
+        token: String,
+    },
+    Remove {
+        member_id: u64,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct EtcdCall {
+    from: usize,
+    epoch: u64,
+    change: Change,
+    until: Duration,
+}
+
 /// A pass interrupted by a pause: the rest of its plan and its epoch.
 #[derive(Debug, Clone)]
 struct Pending {
@@ -109,6 +184,9 @@ struct Node {
     up: bool,
     paused_until: Option<Duration>,
     pause_next_pass: Option<Duration>,
+    /// The driver waits for a peer's answer until then (gossip and the
+    /// node's peer API carry on; only the leader loop is stuck).
+    blocked_until: Option<Duration>,
     gossip: Option<GossipCore>,
     lease: lock::LeaseClient,
     /// Persisted across crashes, like `state.json`.
@@ -152,6 +230,9 @@ pub struct World {
     max_delay: Duration,
     packets: Vec<Packet>,
     packet_seq: u64,
+    inflight: Vec<InFlight>,
+    late: usize,
+    stale_admitted: usize,
     store: FaultyStore,
     created_marker: bool,
     backups_exist: bool,
@@ -164,6 +245,16 @@ pub struct World {
     violation: Option<Violation>,
     faults: Vec<(Duration, Fault)>,
     tokens: u64,
+    /// `--member-replace-grace` of this run (10 s .. upstream's 1 min).
+    replace_grace: Duration,
+    /// Faults in progress, with when they end.
+    ending: Vec<(Duration, Fault)>,
+    /// An armed `IsolateLeader`: how long the isolation lasts.
+    isolate_next_request: Option<Duration>,
+    /// Membership changes being retried.
+    etcd_calls: Vec<EtcdCall>,
+    /// etcd accepts membership changes again from then on.
+    reconfig_ok_at: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -201,11 +292,24 @@ enum Fault {
     PauseLeader {
         for_: Duration,
     },
+    /// Cut the leader off from every peer just as it sends its next fenced
+    /// request: its successor takes over while that request is on its way.
+    IsolateLeader {
+        for_: Duration,
+    },
     Heal,
 }
 
-fn lease_config() -> lock::LeaseConfig {
-    lock::LeaseConfig::default()
+fn lease_config(knobs: Knobs) -> lock::LeaseConfig {
+    let production = lock::LeaseConfig::default();
+    match knobs.lease_margin_ms {
+        None => production,
+        Some(ms) => lock::LeaseConfig::for_tests(
+            production.duration,
+            Duration::from_millis(ms),
+            production.renew_interval,
+        ),
+    }
 }
 
 impl World {
@@ -223,7 +327,7 @@ impl World {
                 std::sync::Arc::new(store.clone()),
                 lease_prefix.clone(),
                 id.clone(),
-                lease_config(),
+                lease_config(knobs),
             )
             .with_instance(rng.random());
             list.push(Node {
@@ -233,6 +337,7 @@ impl World {
                 up: true,
                 paused_until: None,
                 pause_next_pass: None,
+                blocked_until: None,
                 gossip: None,
                 lease,
                 highest_epoch: 0,
@@ -257,6 +362,9 @@ impl World {
             max_delay: Duration::from_millis(5),
             packets: Vec::new(),
             packet_seq: 0,
+            inflight: Vec::new(),
+            late: 0,
+            stale_admitted: 0,
             store,
             created_marker: false,
             backups_exist: false,
@@ -272,6 +380,11 @@ impl World {
             violation: None,
             faults: Vec::new(),
             tokens: 0,
+            replace_grace: Duration::from_secs(rng.random_range(10..=60)),
+            ending: Vec::new(),
+            isolate_next_request: None,
+            etcd_calls: Vec::new(),
+            reconfig_ok_at: Duration::ZERO,
             nodes: list,
             rng,
         };
@@ -317,7 +430,7 @@ impl World {
         let mut at = FAULTS_FROM;
         while at < FAULTS_UNTIL {
             let for_ = Duration::from_secs(self.rng.random_range(3..40));
-            let fault = match self.rng.random_range(0..9) {
+            let fault = match self.rng.random_range(0..11) {
                 0 => {
                     // A minority cut off (one node, or two of five).
                     let k = if n == 5 && self.rng.random_bool(0.5) {
@@ -360,10 +473,18 @@ impl World {
                 },
                 6 | 7 => Fault::Crash {
                     node: self.rng.random_range(0..n),
-                    for_,
+                    // Some crashes outlast the replace grace.
+                    for_: if self.rng.random_bool(0.4) {
+                        Duration::from_secs(self.rng.random_range(30..100))
+                    } else {
+                        for_
+                    },
                 },
-                _ => Fault::PauseLeader {
+                8 => Fault::PauseLeader {
                     for_: Duration::from_secs(self.rng.random_range(5..25)),
+                },
+                _ => Fault::IsolateLeader {
+                    for_: Duration::from_secs(self.rng.random_range(10..60)),
                 },
             };
             self.faults.push((at, fault));
@@ -375,15 +496,14 @@ impl World {
     pub fn run(mut self) -> Outcome {
         let mut faults = std::mem::take(&mut self.faults);
         faults.reverse();
-        let mut ending: Vec<(Duration, Fault)> = Vec::new();
         while self.now < END && self.violation.is_none() {
             while faults.last().is_some_and(|(at, _)| *at <= self.now) {
                 let (_, f) = faults.pop().expect("a fault");
-                self.begin(&f, &mut ending);
+                self.begin(&f);
             }
-            ending.sort_by_key(|(at, _)| *at);
-            while ending.first().is_some_and(|(at, _)| *at <= self.now) {
-                let (_, f) = ending.remove(0);
+            self.ending.sort_by_key(|(at, _)| *at);
+            while self.ending.first().is_some_and(|(at, _)| *at <= self.now) {
+                let (_, f) = self.ending.remove(0);
                 self.end(&f);
             }
             self.step();
@@ -398,12 +518,14 @@ impl World {
             fenced: self.fenced,
             leaderships: self.leaderships.len(),
             store_faults: self.store.injected(),
+            late: self.late,
+            stale_admitted: self.stale_admitted,
             violation: self.violation,
             trace: self.trace,
         }
     }
 
-    fn begin(&mut self, f: &Fault, ending: &mut Vec<(Duration, Fault)>) {
+    fn begin(&mut self, f: &Fault) {
         self.note(format!("fault {f:?}"));
         let n = self.nodes.len();
         match f {
@@ -415,33 +537,33 @@ impl World {
                         }
                     }
                 }
-                ending.push((self.now + *for_, f.clone()));
+                self.ending.push((self.now + *for_, f.clone()));
             }
             Fault::Bridge { a, c, for_ } => {
                 self.cut[*a][*c] = true;
                 self.cut[*c][*a] = true;
-                ending.push((self.now + *for_, f.clone()));
+                self.ending.push((self.now + *for_, f.clone()));
             }
             Fault::OneWay { from, to, for_ } => {
                 self.cut[*from][*to] = true;
-                ending.push((self.now + *for_, f.clone()));
+                self.ending.push((self.now + *for_, f.clone()));
             }
             Fault::Loss { p, for_ } => {
                 self.loss = *p;
-                ending.push((self.now + *for_, f.clone()));
+                self.ending.push((self.now + *for_, f.clone()));
             }
             Fault::Delay { max, for_ } => {
                 self.max_delay = *max;
-                ending.push((self.now + *for_, f.clone()));
+                self.ending.push((self.now + *for_, f.clone()));
             }
             Fault::Store { faults, for_ } => {
                 self.store.set_faults(*faults);
-                ending.push((self.now + *for_, f.clone()));
+                self.ending.push((self.now + *for_, f.clone()));
             }
             Fault::Crash { node, for_ } => {
                 if self.nodes[*node].up {
                     self.crash(*node);
-                    ending.push((self.now + *for_, f.clone()));
+                    self.ending.push((self.now + *for_, f.clone()));
                 }
             }
             Fault::PauseLeader { for_ } => {
@@ -449,6 +571,7 @@ impl World {
                     self.nodes[i].pause_next_pass = Some(*for_);
                 }
             }
+            Fault::IsolateLeader { for_ } => self.isolate_next_request = Some(*for_),
             Fault::Heal => {
                 self.cut = vec![vec![false; n]; n];
                 self.loss = 0.0;
@@ -461,7 +584,8 @@ impl World {
                     self.nodes[i].paused_until = None;
                     self.nodes[i].pause_next_pass = None;
                 }
-                ending.clear();
+                self.isolate_next_request = None;
+                self.ending.clear();
             }
         }
     }
@@ -482,16 +606,20 @@ impl World {
                     self.restart(*node);
                 }
             }
-            Fault::PauseLeader { .. } | Fault::Heal => {}
+            Fault::IsolateLeader { .. } | Fault::PauseLeader { .. } | Fault::Heal => {}
         }
     }
 
     fn crash(&mut self, i: usize) {
         self.note(format!("crash {}", self.nodes[i].id));
+        // The requests on their way to it die with its sockets.
+        self.inflight.retain(|r| r.to != i);
+        self.etcd_calls.retain(|c| c.from != i);
         let node = &mut self.nodes[i];
         node.up = false;
         node.gossip = None;
         node.pending = None;
+        node.blocked_until = None;
         node.was_leader = None;
         if let Some(e) = node.etcd.as_mut() {
             e.running = false;
@@ -510,7 +638,7 @@ impl World {
             std::sync::Arc::new(self.store.clone()),
             prefix,
             node.id.clone(),
-            lease_config(),
+            lease_config(self.knobs),
         )
         .with_instance(instance);
         node.last_backup = None;
@@ -518,6 +646,7 @@ impl World {
         // resume(): etcd starts again as the state file says.
         if let Some(e) = node.etcd.as_mut() {
             e.running = true;
+            self.reconfig_ok_at = self.now + RECONFIG_QUIET;
         }
         self.start_gossip(i);
         self.nodes[i].next_pass = self.local(i);
@@ -546,8 +675,17 @@ impl World {
                 self.nodes[i].paused_until = None;
                 self.note(format!("resume {}", self.nodes[i].id));
             }
+            if self.nodes[i].blocked_until.is_some_and(|t| t <= self.now) {
+                self.nodes[i].blocked_until = None;
+                self.note(format!(
+                    "{} gave up waiting for an answer",
+                    self.nodes[i].id
+                ));
+            }
         }
         self.deliver();
+        self.deliver_late();
+        self.retry_etcd_calls();
         for i in 0..n {
             if !self.active(i) {
                 continue;
@@ -568,7 +706,10 @@ impl World {
             }
         }
         for i in 0..n {
-            if self.active(i) && self.nodes[i].next_pass <= self.local(i) {
+            if self.active(i)
+                && self.nodes[i].blocked_until.is_none()
+                && self.nodes[i].next_pass <= self.local(i)
+            {
                 let acted = self.pass(i);
                 let wait = if acted {
                     ACTED_INTERVAL
@@ -799,7 +940,7 @@ impl World {
             backup_requested: false,
             allow_new_cluster: false,
             unhealthy_since: node.unhealthy_since.clone(),
-            replace_grace: Duration::from_secs(60),
+            replace_grace: self.replace_grace,
         })
     }
 
@@ -964,7 +1105,10 @@ impl World {
     }
 
     /// A leader action took effect: check that actions are ordered by epoch.
-    fn effect(&mut self, i: usize, epoch: u64) {
+    /// `late`: a request that reached its target after its caller gave up;
+    /// the lease cannot order those (the caller no longer runs), only the
+    /// target's fence can, which `admit` checks.
+    fn effect(&mut self, i: usize, epoch: u64, late: bool) {
         if let Some(&other) = self.actors.get(&epoch)
             && other != i
         {
@@ -974,7 +1118,7 @@ impl World {
             ));
         }
         self.actors.insert(epoch, i);
-        if let Some(later) = self.effects.iter().rev().find(|e| e.epoch > epoch).copied() {
+        if !late && let Some(later) = self.effects.iter().rev().find(|e| e.epoch > epoch).copied() {
             self.fail(format!(
                 "{} acted in epoch {epoch} after {} acted in epoch {} (at {:?}): overlapping epochs",
                 self.nodes[i].id, self.nodes[later.node].id, later.epoch, later.at
@@ -987,11 +1131,222 @@ impl World {
         });
     }
 
-    /// A fenced request from i to j; true if j admitted it.
-    fn request(&mut self, i: usize, j: usize, epoch: u64) -> bool {
-        if !self.rpc(i, j) {
+    /// The driver is stuck in a call to a peer that does not answer.
+    fn block(&mut self, i: usize, timeout: Duration) {
+        self.nodes[i].blocked_until = Some(self.now + timeout);
+    }
+
+    /// A fenced request from i to j, as `PeerClient::call`; true if j
+    /// admitted it and i heard so. A request to a cut, lossy or paused peer
+    /// hangs until the timeout and may still land later; an answer can be
+    /// lost after the request was applied.
+    fn request(
+        &mut self,
+        i: usize,
+        j: usize,
+        epoch: u64,
+        what: OnTarget,
+        timeout: Duration,
+    ) -> bool {
+        if self.nodes[i].blocked_until.is_some() {
             return false;
         }
+        if i != j && !self.nodes[j].up {
+            // Connection refused.
+            return false;
+        }
+        if i != j {
+            self.maybe_isolate(i);
+        }
+        let lost = |w: &mut World| w.loss > 0.0 && w.rng.random_bool(w.loss);
+        if i != j && (!self.active(j) || self.cut[i][j] || lost(self)) {
+            if self.rng.random_bool(0.8) {
+                let hold = Duration::from_secs(self.rng.random_range(1..=MAX_HOLD));
+                self.note(format!(
+                    "{} epoch {epoch} {what:?} to {} is on its way (up to {hold:?})",
+                    self.nodes[i].id, self.nodes[j].id
+                ));
+                self.inflight.push(InFlight {
+                    until: self.now + hold,
+                    from: i,
+                    to: j,
+                    epoch,
+                    what,
+                });
+            }
+            self.block(i, timeout);
+            return false;
+        }
+        let admitted = self.admit(i, j, epoch, what, false);
+        if admitted && i != j && (self.cut[j][i] || lost(self)) {
+            self.note(format!(
+                "{} applied epoch {epoch} but the answer to {} was lost",
+                self.nodes[j].id, self.nodes[i].id
+            ));
+            self.block(i, timeout);
+            return false;
+        }
+        admitted
+    }
+
+    /// An armed `IsolateLeader` fires: i is cut off from every peer.
+    fn maybe_isolate(&mut self, i: usize) {
+        let Some(for_) = self.isolate_next_request.take() else {
+            return;
+        };
+        self.note(format!("isolate {} for {for_:?}", self.nodes[i].id));
+        for k in 0..self.nodes.len() {
+            if k != i {
+                self.cut[i][k] = true;
+                self.cut[k][i] = true;
+            }
+        }
+        self.ending.push((
+            self.now + for_,
+            Fault::Partition {
+                side: vec![i],
+                for_,
+            },
+        ));
+    }
+
+    /// etcd, reached from node i, accepts a membership change now: it has
+    /// quorum, i reaches a majority of the voters, and the strict
+    /// reconfiguration check is satisfied.
+    fn etcd_accepts(&self, i: usize) -> bool {
+        let voters: Vec<&Member> = self.etcd.members.values().filter(|m| !m.learner).collect();
+        let reached = voters
+            .iter()
+            .filter(|m| {
+                self.member_up(m) && (m.node == i || !(self.cut[i][m.node] || self.cut[m.node][i]))
+            })
+            .count();
+        self.has_quorum() && self.now >= self.reconfig_ok_at && reached * 2 > voters.len()
+    }
+
+    /// A membership change, as `Driver::execute_one`: applied now if etcd
+    /// accepts it, else retried for `ETCD_RETRY` while the leader waits
+    /// (without looking at its lease) and applied when etcd comes round.
+    fn change_membership(&mut self, i: usize, epoch: u64, change: Change) -> bool {
+        if !self.has_quorum() {
+            return false;
+        }
+        self.maybe_isolate(i);
+        if self.etcd_accepts(i) {
+            return self.apply_change(i, epoch, change);
+        }
+        let deadline = if self.knobs.bound_retries {
+            let local = self.local(i);
+            let Some(left) = self.nodes[i].lease.remaining(local) else {
+                return false;
+            };
+            // The deadline runs on i's clock.
+            let local = leadership::retry_deadline(ETCD_RETRY, left);
+            Duration::from_secs_f64(local.as_secs_f64() / self.nodes[i].rate)
+        } else {
+            ETCD_RETRY
+        };
+        self.note(format!(
+            "{} epoch {epoch} {change:?}: etcd refuses, retrying for {deadline:?}",
+            self.nodes[i].id
+        ));
+        self.etcd_calls.push(EtcdCall {
+            from: i,
+            epoch,
+            change,
+            until: self.now + deadline,
+        });
+        self.block(i, deadline);
+        false
+    }
+
+    fn retry_etcd_calls(&mut self) {
+        for c in std::mem::take(&mut self.etcd_calls) {
+            if c.until < self.now {
+                continue;
+            }
+            if !self.active(c.from) || !self.etcd_accepts(c.from) {
+                self.etcd_calls.push(c);
+                continue;
+            }
+            self.note(format!(
+                "{} epoch {} {:?} lands after retrying",
+                self.nodes[c.from].id, c.epoch, c.change
+            ));
+            self.nodes[c.from].blocked_until = None;
+            self.apply_change(c.from, c.epoch, c.change);
+        }
+    }
+
+    /// The change lands in etcd; then the driver goes on without checking
+    /// its lease: it starts the added member or stops the removed one.
+    fn apply_change(&mut self, i: usize, epoch: u64, change: Change) -> bool {
+        match change {
+            Change::Add {
+                node: j,
+                learner,
+                token,
+            } => {
+                let id = self.etcd.next_id;
+                self.etcd.next_id += 1;
+                self.etcd.members.insert(
+                    id,
+                    Member {
+                        node: j,
+                        started: false,
+                        learner,
+                    },
+                );
+                self.effect(i, epoch, false);
+                self.start_member(i, j, id, &token, epoch)
+            }
+            Change::Remove { member_id } => {
+                let Some(m) = self.etcd.members.remove(&member_id) else {
+                    return false;
+                };
+                // The removed member's etcd exits and is not restarted; the
+                // leader then tells its node to drop it (StopEtcd).
+                if let Some(e) = self.nodes[m.node].etcd.as_mut() {
+                    e.running = false;
+                }
+                self.effect(i, epoch, false);
+                self.request(i, m.node, epoch, OnTarget::Drop, JOIN_TIMEOUT)
+            }
+        }
+    }
+
+    /// Requests on their way land once their link and target are back.
+    fn deliver_late(&mut self) {
+        let mut keep = Vec::new();
+        for r in std::mem::take(&mut self.inflight) {
+            if r.until < self.now {
+                continue;
+            }
+            if !self.active(r.to) || self.cut[r.from][r.to] {
+                keep.push(r);
+                continue;
+            }
+            self.note(format!(
+                "late: {} epoch {} {:?} reaches {}",
+                self.nodes[r.from].id, r.epoch, r.what, self.nodes[r.to].id
+            ));
+            self.late += 1;
+            let newest = self.effects.iter().map(|e| e.epoch).max().unwrap_or(0);
+            if self.admit(r.from, r.to, r.epoch, r.what, true) && r.epoch < newest {
+                self.stale_admitted += 1;
+                self.note(format!(
+                    "{} admitted epoch {} after epoch {newest} acted elsewhere",
+                    self.nodes[r.to].id, r.epoch
+                ));
+            }
+        }
+        keep.extend(std::mem::take(&mut self.inflight));
+        self.inflight = keep;
+    }
+
+    /// Node j judges a request of `epoch` from i (`Node::admit`) and, if it
+    /// admits it, applies it.
+    fn admit(&mut self, i: usize, j: usize, epoch: u64, what: OnTarget, late: bool) -> bool {
         let highest = self.nodes[j].highest_epoch;
         if self.knobs.fence && !leadership::admits(highest, epoch) {
             self.fenced += 1;
@@ -1008,7 +1363,35 @@ impl World {
             ));
         }
         self.nodes[j].highest_epoch = highest.max(epoch);
-        self.effect(i, epoch);
+        match what {
+            OnTarget::Nothing => {}
+            OnTarget::Quarantine(q) => {
+                if let Some(e) = self.nodes[j].etcd.as_mut() {
+                    e.quarantined = q;
+                }
+            }
+            OnTarget::Drop => self.nodes[j].etcd = None,
+            OnTarget::Start { member_id, token } => {
+                let quarantined = self.etcd.members.values().filter(|m| m.started).any(|m| {
+                    self.nodes[m.node]
+                        .etcd
+                        .as_ref()
+                        .is_some_and(|e| e.quarantined)
+                });
+                self.nodes[j].etcd = Some(LocalEtcd {
+                    token,
+                    quarantined,
+                    running: true,
+                });
+                if let Some(m) = self.etcd.members.get_mut(&member_id)
+                    && m.node == j
+                {
+                    m.started = true;
+                    self.reconfig_ok_at = self.now + RECONFIG_QUIET;
+                }
+            }
+        }
+        self.effect(i, epoch, late);
         true
     }
 
@@ -1016,7 +1399,7 @@ impl World {
         if self.store.fails_now() {
             return false;
         }
-        self.effect(i, epoch);
+        self.effect(i, epoch, false);
         true
     }
 
@@ -1027,7 +1410,7 @@ impl World {
                 let targets: Vec<usize> = peers.iter().filter_map(|p| idx(self, p)).collect();
                 let mut all = targets.len() == peers.len();
                 for &j in &targets {
-                    all &= self.request(i, j, epoch);
+                    all = all && self.request(i, j, epoch, OnTarget::Nothing, PEER_TIMEOUT);
                 }
                 if !all {
                     return false;
@@ -1078,13 +1461,8 @@ impl World {
                 let mut all = true;
                 for p in peers {
                     let Some(j) = idx(self, p) else { return false };
-                    if self.request(i, j, epoch) {
-                        if let Some(e) = self.nodes[j].etcd.as_mut() {
-                            e.quarantined = quarantined;
-                        }
-                    } else {
-                        all = false;
-                    }
+                    all &=
+                        self.request(i, j, epoch, OnTarget::Quarantine(quarantined), PEER_TIMEOUT);
                 }
                 all
             }
@@ -1097,21 +1475,12 @@ impl World {
                 let Some(j) = idx(self, peer) else {
                     return false;
                 };
-                if !self.has_quorum() || !self.rpc(i, j) {
-                    return false;
-                }
-                let id = self.etcd.next_id;
-                self.etcd.next_id += 1;
-                self.etcd.members.insert(
-                    id,
-                    Member {
-                        node: j,
-                        started: false,
-                        learner: *learner,
-                    },
-                );
-                self.effect(i, epoch);
-                self.start_member(i, j, id, token, epoch)
+                let change = Change::Add {
+                    node: j,
+                    learner: *learner,
+                    token: token.clone(),
+                };
+                self.change_membership(i, epoch, change)
             }
             Action::StartAddedMember {
                 peer,
@@ -1132,43 +1501,32 @@ impl World {
                     return false;
                 };
                 m.learner = false;
-                self.effect(i, epoch);
+                self.effect(i, epoch, false);
                 true
             }
             Action::RemoveMember { member_id, .. } => {
                 if !self.has_quorum() {
                     return false;
                 }
-                let Some(m) = self.etcd.members.remove(member_id) else {
+                if !self.etcd.members.contains_key(member_id) {
                     return false;
+                }
+                let change = Change::Remove {
+                    member_id: *member_id,
                 };
-                // The removed member's etcd exits and is not restarted; the
-                // leader then tells its node to drop it (StopEtcd).
-                if let Some(e) = self.nodes[m.node].etcd.as_mut() {
-                    e.running = false;
-                }
-                self.effect(i, epoch);
-                if !self.request(i, m.node, epoch) {
-                    return false;
-                }
-                self.nodes[m.node].etcd = None;
-                true
+                self.change_membership(i, epoch, change)
             }
             Action::StopEtcd { peer } => {
                 let Some(j) = idx(self, peer) else {
                     return false;
                 };
-                if !self.request(i, j, epoch) {
-                    return false;
-                }
-                self.nodes[j].etcd = None;
-                true
+                self.request(i, j, epoch, OnTarget::Drop, PEER_TIMEOUT)
             }
             Action::GcTrashcan { peers, .. } => {
                 let mut all = true;
                 for p in peers {
                     let Some(j) = idx(self, p) else { return false };
-                    all &= self.request(i, j, epoch);
+                    all &= self.request(i, j, epoch, OnTarget::Nothing, PEER_TIMEOUT);
                 }
                 all
             }
@@ -1186,24 +1544,11 @@ impl World {
     }
 
     fn start_member(&mut self, i: usize, j: usize, id: u64, token: &str, epoch: u64) -> bool {
-        if !self.request(i, j, epoch) {
-            return false;
-        }
-        let quarantined = self.etcd.members.values().filter(|m| m.started).any(|m| {
-            self.nodes[m.node]
-                .etcd
-                .as_ref()
-                .is_some_and(|e| e.quarantined)
-        });
-        self.nodes[j].etcd = Some(LocalEtcd {
+        let what = OnTarget::Start {
+            member_id: id,
             token: token.to_string(),
-            quarantined,
-            running: true,
-        });
-        if let Some(m) = self.etcd.members.get_mut(&id) {
-            m.started = true;
-        }
-        true
+        };
+        self.request(i, j, epoch, what, JOIN_TIMEOUT)
     }
 
     /// Each node's gossip view, for failure messages.
