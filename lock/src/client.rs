@@ -14,8 +14,9 @@ use crate::{Error, LeaseConfig};
 
 /// Records kept behind the current one; older ones are garbage-collected by the holder.
 pub const KEEP_RECORDS: u64 = 8;
-/// The holder deletes old records once at least this many have piled up (one batch).
-const GC_BATCH: usize = 8;
+/// The holder deletes old records once at least this many have piled up (one batch: a
+/// single request on S3, one per record elsewhere).
+pub const GC_BATCH: usize = 32;
 
 /// What [`LeaseClient::tick`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +96,10 @@ pub struct LeaseClient {
     observed: Option<Observation>,
     pending: Option<Pending>,
     highest_epoch: u64,
+    /// `now` of the last tick that read the store.
+    last_look: Option<Instant>,
+    /// What the last tick found or did.
+    last_state: Option<LeaseState>,
 }
 
 impl std::fmt::Debug for LeaseClient {
@@ -135,6 +140,8 @@ impl LeaseClient {
             observed: None,
             pending: None,
             highest_epoch: 0,
+            last_look: None,
+            last_state: None,
         }
     }
 
@@ -181,6 +188,17 @@ impl LeaseClient {
         self.ours
             .as_ref()
             .map(|o| o.valid_until.saturating_duration_since(now))
+    }
+
+    /// Pure: when the holder's next renewal is due (None when not holding). A caller that
+    /// keeps the lease through long actions ticks again at this instant.
+    pub fn renew_at(&self) -> Option<Instant> {
+        let ours = self.ours.as_ref()?;
+        let at = ours
+            .renewed_at
+            .checked_add(self.config.renew_interval)
+            .unwrap_or(ours.valid_until);
+        Some(at.min(ours.valid_until))
     }
 
     /// Raise the highest epoch seen (from a peer or from persisted state): if it exceeds our
@@ -252,19 +270,99 @@ impl LeaseClient {
     }
 
     /// One step. `want` = this node is the candidate and wants the lease. `now` is read by the
-    /// caller from its monotonic clock BEFORE calling. Does at most: one list + one get + one
-    /// conditional put (+ re-read on a lost answer), and as holder now and then one batch
-    /// delete of old records.
+    /// caller from its monotonic clock BEFORE calling.
     ///
     /// want && free/expired/released -> try to take; want && held -> renew if due;
     /// !want && held -> release. On a store error while holding: returns the error, but keeps
     /// the held state (validity is still judged by `valid_until`).
+    ///
+    /// What it costs: a holder's renewal (or release) is one create-only put, with no read
+    /// (the next record can only be `seq + 1`: if another node wrote it, the put fails and we
+    /// read it). Between renewals a holder reads nothing, except one list every
+    /// `check_interval` (which also collects old records in batches). A contender that wants
+    /// the lease lists and reads the current record at every tick; a client that does not want
+    /// it looks every `check_interval` and otherwise answers with what it saw last.
     pub async fn tick(&mut self, now: Instant, want: bool) -> Result<LeaseState, Error> {
         self.config.validate_relaxed()?;
+        let look_due = self.last_look.is_none_or(|at| {
+            at.checked_add(self.config.check_interval)
+                .is_none_or(|due| now >= due)
+        });
+        let state = self.step(now, want, look_due).await?;
+        self.last_state = Some(state.clone());
+        Ok(state)
+    }
+
+    async fn step(
+        &mut self,
+        now: Instant,
+        want: bool,
+        look_due: bool,
+    ) -> Result<LeaseState, Error> {
+        if self.pending.is_none() {
+            match (self.ours.clone(), want) {
+                (Some(ours), true) if !look_due && self.renewal_due(&ours, now) => {
+                    return self.write(ours.seq + 1, ours.epoch, false, now).await;
+                }
+                (Some(ours), true) if !look_due => {
+                    return Ok(LeaseState::Held {
+                        epoch: ours.epoch,
+                        valid_until: ours.valid_until,
+                    });
+                }
+                (Some(ours), false) => {
+                    self.stop_acting(now);
+                    return self.write(ours.seq + 1, ours.epoch, true, now).await;
+                }
+                (None, false) if !look_due => {
+                    if let Some(state @ (LeaseState::Other { .. } | LeaseState::Free)) =
+                        &self.last_state
+                    {
+                        return Ok(state.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.last_look = Some(now);
+        self.look(now, want).await
+    }
+
+    fn renewal_due(&self, ours: &Ours, now: Instant) -> bool {
+        now >= ours.valid_until
+            || ours
+                .renewed_at
+                .checked_add(self.config.renew_interval)
+                .is_none_or(|at| now >= at)
+    }
+
+    /// A tick that reads the store: list, read the current record unless it is our own, act.
+    async fn look(&mut self, now: Instant, want: bool) -> Result<LeaseState, Error> {
         let listing = self.list().await?;
         let Some(&(seq, ref key)) = listing.last() else {
             return self.on_empty(now, want).await;
         };
+        // Our own record is still the current one: nothing to read (records never change).
+        if let Some(ours) = self.ours.clone()
+            && ours.seq == seq
+            && self.pending.is_none()
+        {
+            let state = match want {
+                true if self.renewal_due(&ours, now) => {
+                    self.write(ours.seq + 1, ours.epoch, false, now).await?
+                }
+                true => LeaseState::Held {
+                    epoch: ours.epoch,
+                    valid_until: ours.valid_until,
+                },
+                false => {
+                    self.stop_acting(now);
+                    self.write(ours.seq + 1, ours.epoch, true, now).await?
+                }
+            };
+            self.collect_garbage(&listing).await;
+            return Ok(state);
+        }
         let record = match self.read(key, seq).await {
             Ok(record) => record,
             Err(e @ Error::Malformed { .. }) => {
@@ -290,12 +388,7 @@ impl LeaseClient {
 
         let state = match (self.ours.clone(), want) {
             (Some(ours), true) => {
-                let due = now >= ours.valid_until
-                    || ours
-                        .renewed_at
-                        .checked_add(self.config.renew_interval)
-                        .is_none_or(|at| now >= at);
-                if due {
+                if self.renewal_due(&ours, now) {
                     self.write(ours.seq + 1, ours.epoch, false, now).await?
                 } else {
                     LeaseState::Held {
@@ -530,6 +623,9 @@ impl LeaseClient {
             started: now,
             released,
         };
+        // Until the put answers, its outcome is unknown: if the caller drops this future
+        // (a timeout), the next tick reads the record and adopts it if it landed.
+        self.pending = Some(pending.clone());
         let put = self
             .store
             .put_opts(

@@ -8,7 +8,8 @@
 //! with `PutMode::Create` (If-None-Match on S3, generation 0 on GCS, an exclusive link on a
 //! local file system), so of all nodes trying to create record N+1 exactly one succeeds.
 //! The record with the highest `seq` is the state of the lease; a [`LeaseClient::tick`]
-//! reads it with one LIST and one GET.
+//! that looks reads it with one LIST and one GET (see its documentation for when a tick
+//! looks: a holder renews with one put and no read, and lists only every `check_interval`).
 //!
 //! * **Acquire**: no record at all: create seq 1 (epoch one above any epoch seen).
 //! * **Renew**: the holder creates N+1 with the same epoch every `renew_interval`.
@@ -21,7 +22,7 @@
 //!   (unique per write) before deciding it lost. A write that fails without any answer is
 //!   remembered and adopted if the next tick finds it in place.
 //! * **GC**: the holder deletes records more than [`KEEP_RECORDS`] behind the current one,
-//!   in batches, best effort.
+//!   in batches of [`GC_BATCH`] when its periodic listing finds that many, best effort.
 //! * **Probe**: [`LeaseClient::probe`] creates an object twice and requires the second
 //!   create to fail, so leader election never runs on a store without conditional writes.
 //!
@@ -50,7 +51,7 @@ mod config;
 mod error;
 mod record;
 
-pub use client::{KEEP_RECORDS, LeaseClient, LeaseState};
-pub use config::{LeaseConfig, MIN_RENEW_INTERVAL};
+pub use client::{GC_BATCH, KEEP_RECORDS, LeaseClient, LeaseState};
+pub use config::{CHECK_INTERVAL, LeaseConfig, MIN_RENEW_INTERVAL};
 pub use error::Error;
 pub use record::{LeaseRecord, record_key};

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use futures::stream::BoxStream;
-use lock::{Error, KEEP_RECORDS, LeaseClient, LeaseConfig, LeaseState, record_key};
+use lock::{Error, GC_BATCH, KEEP_RECORDS, LeaseClient, LeaseConfig, LeaseState, record_key};
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
@@ -80,6 +80,8 @@ enum Fault {
     NoAnswer,
     /// Ignores PutMode and always overwrites: a store without conditional writes.
     IgnorePutMode,
+    /// No fault: only count the requests.
+    Pass,
 }
 
 /// Delegates to an inner store, injecting one kind of fault into puts.
@@ -90,6 +92,8 @@ struct Faulty {
     /// For LoseAnswer/NoAnswer: inject on the next create only.
     armed: AtomicBool,
     injected: AtomicUsize,
+    /// Requests by kind: put, get, list, deleted object.
+    counts: [AtomicUsize; 4],
 }
 
 impl Faulty {
@@ -99,7 +103,15 @@ impl Faulty {
             fault,
             armed: AtomicBool::new(false),
             injected: AtomicUsize::new(0),
+            counts: Default::default(),
         })
+    }
+    fn count(&self, kind: usize) {
+        self.counts[kind].fetch_add(1, Ordering::SeqCst);
+    }
+    /// (puts, gets, lists, deleted objects) so far.
+    fn counts(&self) -> [usize; 4] {
+        [0, 1, 2, 3].map(|k| self.counts[k].load(Ordering::SeqCst))
     }
     fn arm(&self) {
         self.armed.store(true, Ordering::SeqCst);
@@ -120,7 +132,9 @@ impl ObjectStore for Faulty {
         payload: PutPayload,
         mut opts: PutOptions,
     ) -> object_store::Result<PutResult> {
+        self.count(0);
         match self.fault {
+            Fault::Pass => self.inner.put_opts(location, payload, opts).await,
             Fault::IgnorePutMode => {
                 opts.mode = PutMode::Overwrite;
                 self.inner.put_opts(location, payload, opts).await
@@ -162,6 +176,7 @@ impl ObjectStore for Faulty {
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
+        self.count(1);
         self.inner.get_opts(location, options).await
     }
 
@@ -169,10 +184,12 @@ impl ObjectStore for Faulty {
         &self,
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.count(3);
         self.inner.delete_stream(locations)
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.count(2);
         self.inner.list(prefix)
     }
 
@@ -206,6 +223,7 @@ async fn contract(store: Arc<dyn ObjectStore>) {
     malformed_record_is_held_by_unknown(store.clone(), "c/malformed").await;
     higher_epoch_stops_holding(store.clone(), "c/epoch").await;
     gc_keeps_records_bounded(store.clone(), "c/gc").await;
+    quiet_between_checks(store.clone(), "c/quiet").await;
 }
 
 async fn probe_passes(store: Arc<dyn ObjectStore>, prefix: &str) {
@@ -579,7 +597,7 @@ async fn gc_keeps_records_bounded(store: Arc<dyn ObjectStore>, prefix: &str) {
         max_seen = max_seen.max(record_count(&store, prefix).await);
     }
     assert!(
-        max_seen <= 2 * KEEP_RECORDS as usize + 1,
+        max_seen <= KEEP_RECORDS as usize + GC_BATCH + 1,
         "{max_seen} records after 60 renewals"
     );
     // The newest records survive and the lease still reads correctly.
@@ -590,6 +608,81 @@ async fn gc_keeps_records_bounded(store: Arc<dyn ObjectStore>, prefix: &str) {
     );
     let newest = record_key(&Path::from(prefix), 60);
     store.head(&newest).await.expect("newest record kept");
+}
+
+/// With the production check interval a holder writes one record per renewal and reads
+/// nothing in between but one listing per check interval; a node that does not want the
+/// lease looks once per check interval. Old records are still collected, and a holder that
+/// was superseded learns it from its next renewal's failed create.
+async fn quiet_between_checks(store: Arc<dyn ObjectStore>, prefix: &str) {
+    let t = Clock::new();
+    let config = LeaseConfig::for_tests(
+        Duration::from_secs(5),
+        Duration::from_millis(1500),
+        Duration::from_millis(2500),
+    )
+    .with_check_interval(Duration::from_secs(30));
+    let (sa, sb) = (
+        Faulty::new(store.clone(), Fault::Pass),
+        Faulty::new(store.clone(), Fault::Pass),
+    );
+    let mut a = LeaseClient::new(
+        sa.clone(),
+        Path::from(prefix),
+        "node-a".into(),
+        config.clone(),
+    );
+    let mut b = LeaseClient::new(sb.clone(), Path::from(prefix), "node-b".into(), config);
+    let mut max_records = 0;
+    // 300 s: A ticks every 0.5 s (a busy driver), B every 2 s without wanting the lease.
+    for k in 0..=600u32 {
+        let now = t.at(f64::from(k) * 0.5);
+        assert_eq!(
+            held_epoch(&a.tick(now, true).await.unwrap()),
+            Some(1),
+            "tick {k}"
+        );
+        assert!(a.held(now).is_some(), "A acts between renewals (tick {k})");
+        if k % 4 == 0 {
+            assert_eq!(b.tick(now, false).await.unwrap(), other("node-a", 1, false));
+        }
+        max_records = max_records.max(record_count(&store, prefix).await);
+    }
+    let [puts, gets, lists, deletes] = sa.counts();
+    // One acquisition and a renewal every 2.5 s.
+    assert!((120..=122).contains(&puts), "holder puts: {puts}");
+    assert_eq!(gets, 0, "the holder never reads its own records");
+    assert!((10..=12).contains(&lists), "holder listings: {lists}");
+    assert!(deletes >= 1, "old records were collected");
+    assert!(
+        max_records <= KEEP_RECORDS as usize + GC_BATCH + 13,
+        "{max_records} records"
+    );
+    let [puts, gets, lists, _] = sb.counts();
+    assert_eq!(puts, 0);
+    assert!(
+        (10..=11).contains(&lists) && gets == lists,
+        "observer: {lists} lists, {gets} gets"
+    );
+
+    // A stops (paused); B wants the lease, confirms the record and takes over after
+    // duration + margin; A's next renewal fails its create and A learns it lost.
+    let mut at = 301.0;
+    let taken = loop {
+        let state = b.tick(t.at(at), true).await.unwrap();
+        if held_epoch(&state).is_some() {
+            break at;
+        }
+        at += 0.5;
+        assert!(at < 320.0, "B never took over");
+    };
+    assert!(taken >= 300.0 + 6.5, "B took over at {taken}");
+    assert_eq!(a.held(t.at(taken)), None);
+    assert_eq!(
+        a.tick(t.at(taken + 0.5), true).await.unwrap(),
+        other("node-b", 2, false)
+    );
+    assert_eq!(a.held(t.at(taken + 0.5)), None);
 }
 
 // ---------------------------------------------------------------- backends
