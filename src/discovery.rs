@@ -4,6 +4,7 @@
 //! gossip reads as its discovery folder. Works across machines, zones and
 //! clouds without DNS or a seed list.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,8 +16,13 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 
 const PREFIX: &str = "discovery-";
-/// How often records are published and read.
+/// How often records are read while a manager is starting (the first
+/// [`FAST_FOR`]): a new cluster finds itself quickly.
 pub const REFRESH: Duration = Duration::from_secs(5);
+/// How long after start [`REFRESH`] applies; afterwards gossip spreads
+/// membership itself and the store is read every [`SLOW_REFRESH`].
+pub const FAST_FOR: Duration = Duration::from_secs(120);
+pub const SLOW_REFRESH: Duration = Duration::from_secs(60);
 
 /// The same format gossip reads from its discovery folder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,7 +36,9 @@ fn file_name(id: &str) -> String {
 }
 
 /// Publish our record and mirror the others' until cancelled; remove our
-/// record on the way out.
+/// record on the way out. Each round is one listing; a record is read only
+/// when its version changed, and ours is written again only when it is gone
+/// or not what we wrote.
 pub async fn run(
     store: backup::BackupStore,
     me: Record,
@@ -38,21 +46,21 @@ pub async fn run(
     clock: Arc<dyn Clock>,
     cancel: CancellationToken,
 ) {
-    let body = serde_json::to_vec(&me).unwrap_or_default();
+    let started = clock.now();
+    let mut mirror = Mirror::new(&me);
     loop {
-        if let Err(e) = store
-            .write_manager_file(&file_name(&me.id), body.clone())
-            .await
-        {
-            tracing::warn!(error = %e, "could not publish our discovery record to the store");
-        }
-        match sync(&store, &me.id, &local_dir).await {
+        match mirror.sync(&store, &local_dir).await {
             Ok(n) => tracing::debug!(peers = n, "discovery records mirrored from the store"),
-            Err(e) => tracing::warn!(error = %e, "could not read discovery records from the store"),
+            Err(e) => tracing::warn!(error = %e, "could not sync discovery records with the store"),
         }
+        let pause = if clock.now().saturating_duration_since(started) < FAST_FOR {
+            REFRESH
+        } else {
+            SLOW_REFRESH
+        };
         tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = clock.sleep(REFRESH) => {}
+            _ = clock.sleep(pause) => {}
         }
     }
     if let Err(e) = store.delete_manager_file(&file_name(&me.id)).await {
@@ -60,49 +68,117 @@ pub async fn run(
     }
 }
 
-/// Mirror every other manager's record into `local_dir/<id>.json`; drop local
-/// files whose record is gone. Returns how many peers were mirrored.
-async fn sync(store: &backup::BackupStore, me: &str, local_dir: &Path) -> Result<usize, String> {
-    std::fs::create_dir_all(local_dir).map_err(|e| format!("{}: {e}", local_dir.display()))?;
-    let mut wanted = vec![];
-    for name in store
-        .list_manager_files(PREFIX)
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        let Some(bytes) = store
-            .read_manager_file(&name)
-            .await
-            .map_err(|e| e.to_string())?
-        else {
-            continue;
-        };
-        let Ok(rec) = serde_json::from_slice::<Record>(&bytes) else {
-            tracing::debug!(file = %name, "skipping an unreadable discovery record");
-            continue;
-        };
-        if rec.id == me || rec.id.contains('/') || rec.id.starts_with('.') {
-            continue;
+/// What we know of our own record in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Own {
+    /// Not written by this process yet (a record left by an earlier run may
+    /// hold an old address).
+    Unwritten,
+    /// Written; the next listing tells its version.
+    Written,
+    /// Listed with this version after we wrote it.
+    Known(String),
+}
+
+/// Our record and what we know of everyone else's.
+struct Mirror {
+    me: String,
+    body: Vec<u8>,
+    ours: Own,
+    /// Per record file: the version last read and the record it held.
+    seen: BTreeMap<String, (String, Option<Record>)>,
+}
+
+impl Mirror {
+    fn new(me: &Record) -> Mirror {
+        Mirror {
+            me: me.id.clone(),
+            body: serde_json::to_vec(me).unwrap_or_default(),
+            ours: Own::Unwritten,
+            seen: BTreeMap::new(),
         }
-        let path = local_dir.join(format!("{}.json", rec.id));
-        let body = serde_json::to_vec(&rec).unwrap_or_default();
-        if std::fs::read(&path).ok().as_deref() != Some(body.as_slice()) {
-            let tmp = local_dir.join(format!(".{}.tmp", rec.id));
-            std::fs::write(&tmp, &body).map_err(|e| format!("{}: {e}", tmp.display()))?;
-            std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
-        }
-        wanted.push(format!("{}.json", rec.id));
     }
-    // Records that vanished from the store (a manager that left) go locally too.
-    if let Ok(entries) = std::fs::read_dir(local_dir) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            if name.ends_with(".json") && name != format!("{me}.json") && !wanted.contains(&name) {
-                let _ = std::fs::remove_file(e.path());
+
+    /// One round: publish ours if needed, mirror every other manager's record
+    /// into `local_dir/<id>.json`, drop local files whose record is gone.
+    /// Returns how many peers are mirrored.
+    async fn sync(
+        &mut self,
+        store: &backup::BackupStore,
+        local_dir: &Path,
+    ) -> Result<usize, String> {
+        std::fs::create_dir_all(local_dir).map_err(|e| format!("{}: {e}", local_dir.display()))?;
+        let listed = store
+            .list_manager_files_versioned(PREFIX)
+            .await
+            .map_err(|e| e.to_string())?;
+        let own = file_name(&self.me);
+        let listed_own = listed
+            .iter()
+            .find(|(n, _)| *n == own)
+            .map(|(_, v)| v.clone());
+        let write = match (&self.ours, listed_own) {
+            (Own::Written, Some(v)) => {
+                self.ours = Own::Known(v);
+                false
+            }
+            (Own::Known(known), Some(v)) => *known != v,
+            // Not written yet, or gone (deleted, a new store).
+            _ => true,
+        };
+        if write {
+            store
+                .write_manager_file(&own, self.body.clone())
+                .await
+                .map_err(|e| format!("publishing our record: {e}"))?;
+            self.ours = Own::Written;
+        }
+        let mut wanted = vec![];
+        let mut seen = BTreeMap::new();
+        for (name, version) in listed.into_iter().filter(|(n, _)| *n != own) {
+            let rec = match self.seen.remove(&name) {
+                Some((v, rec)) if v == version => rec,
+                _ => match store
+                    .read_manager_file(&name)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    Some(bytes) => serde_json::from_slice::<Record>(&bytes).ok(),
+                    None => None,
+                },
+            };
+            seen.insert(name.clone(), (version, rec.clone()));
+            let Some(rec) = rec else {
+                tracing::debug!(file = %name, "skipping an unreadable discovery record");
+                continue;
+            };
+            if rec.id == self.me || rec.id.contains('/') || rec.id.starts_with('.') {
+                continue;
+            }
+            let path = local_dir.join(format!("{}.json", rec.id));
+            let body = serde_json::to_vec(&rec).unwrap_or_default();
+            if std::fs::read(&path).ok().as_deref() != Some(body.as_slice()) {
+                let tmp = local_dir.join(format!(".{}.tmp", rec.id));
+                std::fs::write(&tmp, &body).map_err(|e| format!("{}: {e}", tmp.display()))?;
+                std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            wanted.push(format!("{}.json", rec.id));
+        }
+        self.seen = seen;
+        // Records that vanished from the store (a manager that left) go locally too.
+        if let Ok(entries) = std::fs::read_dir(local_dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if name.ends_with(".json")
+                    && name != format!("{}.json", self.me)
+                    && !wanted.contains(&name)
+                {
+                    let _ = std::fs::remove_file(e.path());
+                }
             }
         }
+        Ok(wanted.len())
     }
-    Ok(wanted.len())
 }
 
 #[cfg(test)]
@@ -128,7 +204,12 @@ mod tests {
             .write_manager_file("discovery-junk.json", b"{not json".to_vec())
             .await
             .unwrap();
-        assert_eq!(sync(&store, "a", dir.path()).await.unwrap(), 2);
+        let me = Record {
+            id: "a".into(),
+            addr: "10.0.0.1:11".parse().unwrap(),
+        };
+        let mut mirror = Mirror::new(&me);
+        assert_eq!(mirror.sync(&store, dir.path()).await.unwrap(), 2);
         let got: Record =
             serde_json::from_slice(&std::fs::read(dir.path().join("b.json")).unwrap()).unwrap();
         assert_eq!(got.addr.port(), 2);
@@ -137,10 +218,33 @@ mod tests {
             "our own record is not mirrored"
         );
         store.delete_manager_file(&file_name("c")).await.unwrap();
-        assert_eq!(sync(&store, "a", dir.path()).await.unwrap(), 1);
+        assert_eq!(mirror.sync(&store, dir.path()).await.unwrap(), 1);
         assert!(
             !dir.path().join("c.json").exists(),
             "a vanished record is pruned"
         );
+        // Our own record: the stale one (port 1 was written above by "a") was
+        // replaced on the first round, and one deleted is published again.
+        let read_own = || async {
+            let b = store.read_manager_file(&file_name("a")).await.unwrap();
+            b.map(|b| serde_json::from_slice::<Record>(&b).unwrap())
+        };
+        assert_eq!(read_own().await, Some(me.clone()));
+        store.delete_manager_file(&file_name("a")).await.unwrap();
+        mirror.sync(&store, dir.path()).await.unwrap();
+        assert_eq!(read_own().await, Some(me.clone()));
+        // A record that changed is read again.
+        let moved = Record {
+            id: "b".into(),
+            addr: "10.0.0.9:7".parse().unwrap(),
+        };
+        store
+            .write_manager_file(&file_name("b"), serde_json::to_vec(&moved).unwrap())
+            .await
+            .unwrap();
+        mirror.sync(&store, dir.path()).await.unwrap();
+        let got: Record =
+            serde_json::from_slice(&std::fs::read(dir.path().join("b.json")).unwrap()).unwrap();
+        assert_eq!(got, moved);
     }
 }

@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::controller::{self, Action, ClusterView, MemberView, Observation, PeerView, Plan};
+use crate::lease::SharedLease;
 use crate::metrics as m;
 use crate::node::Node;
 use crate::peer::{
@@ -70,6 +71,12 @@ const ETCD_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a membership change etcd refuses for now (its strict reconfiguration
 /// check) is retried, at most: never past the lease (`membership_deadline`).
 const ETCD_MEMBERSHIP_RETRY: Duration = Duration::from_secs(15);
+/// How old the leader's copy of the control files (spec, created marker,
+/// commands, backup-now) may get before it looks again while the cluster is
+/// steady (the last plan had neither actions nor waits); otherwise every pass
+/// looks. A look is two listings; only files that changed are read. An
+/// operator's command on a steady cluster is seen within this.
+pub const CONTROL_REFRESH: Duration = Duration::from_secs(60);
 /// A peer downloads, verifies and restores the backup within this time.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(900);
 
@@ -102,10 +109,15 @@ pub struct Driver {
     health: Arc<m::Health>,
     started: Instant,
     store: BackupStore,
-    lease: lock::LeaseClient,
+    lease: Arc<SharedLease>,
     gossip: gossip::GossipHandle,
     node: Arc<Node>,
     clock: Arc<dyn Clock>,
+    /// The control files as last read, and when.
+    control: Option<(Instant, Control)>,
+    control_cache: backup::ControlCache,
+    /// The last plan had neither actions nor waits.
+    steady: bool,
     last_backup: Option<Instant>,
     was_leader: bool,
     pass: u64,
@@ -120,6 +132,16 @@ pub struct Driver {
     last_backup_name: Option<String>,
     unhealthy_since: BTreeMap<u64, Instant>,
     had_majority: bool,
+}
+
+/// What the leader reads from the store's control files.
+#[derive(Debug, Clone)]
+struct Control {
+    spec: Option<ClusterSpec>,
+    backup_requested: bool,
+    allow_new_cluster: bool,
+    commands: Vec<backup::StoredCommand>,
+    created_marker: bool,
 }
 
 fn executing_error(e: impl std::fmt::Display) -> String {
@@ -143,10 +165,13 @@ impl Driver {
             health,
             started,
             store,
-            lease,
+            lease: SharedLease::new(lease, clock.clone()),
             gossip,
             node,
             clock,
+            control: None,
+            control_cache: backup::ControlCache::default(),
+            steady: false,
             last_backup: None,
             was_leader: false,
             pass: 0,
@@ -168,6 +193,8 @@ impl Driver {
         // controller interval: a graceful handover then takes well under a second.
         let mut members = self.gossip.subscribe();
         let mut gossip_open = true;
+        let renewals = cancel.child_token();
+        tokio::spawn(self.lease.clone().keep_renewed(renewals.clone()));
         loop {
             let acted = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -198,8 +225,9 @@ impl Driver {
                 }
             }
         }
+        renewals.cancel();
         if self.lease.held(self.clock.now()).is_some() {
-            match self.lease.release(self.clock.now()).await {
+            match self.lease.release().await {
                 Ok(()) => tracing::info!("released the leader lease"),
                 Err(e) => tracing::warn!(error = %e, "could not release the leader lease"),
             }
@@ -213,6 +241,9 @@ impl Driver {
         let (sent, received) = self.gossip.bytes();
         metrics::counter!(m::GOSSIP_BYTES, "direction" => "sent").absolute(sent);
         metrics::counter!(m::GOSSIP_BYTES, "direction" => "received").absolute(received);
+        let (downs, rejoins) = self.gossip.downs();
+        metrics::counter!(m::GOSSIP_DOWNS).absolute(downs);
+        metrics::counter!(m::GOSSIP_REJOINS).absolute(rejoins);
         let members = self.gossip.members();
         let mut by_state: BTreeMap<&'static str, usize> = BTreeMap::new();
         let mut out = BTreeMap::new();
@@ -246,8 +277,11 @@ impl Driver {
     async fn majority_accepts(&mut self, peers: &BTreeMap<String, SocketAddr>) -> bool {
         let pc = &self.settings.peers.clone();
         let me = self.node.id().to_string();
-        let spec_count = match self.store.read_spec().await {
-            Ok(spec) => spec.map_or(0, |s| s.member_count.max(0) as usize),
+        let spec_count = match self.control().await {
+            Ok(c) => c
+                .spec
+                .as_ref()
+                .map_or(0, |s| s.member_count.max(0) as usize),
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read the spec for majority acceptance");
                 return false;
@@ -332,7 +366,9 @@ impl Driver {
                 tracing::warn!(error = %e, "lease step failed");
             }
         }
-        self.lease.observe_epoch(self.node.highest_epoch().await);
+        self.lease
+            .observe_epoch(self.node.highest_epoch().await)
+            .await;
         let epoch = self.lease.held(self.clock.now());
         self.note_leadership(epoch);
         let Some(epoch) = epoch else { return false };
@@ -353,7 +389,43 @@ impl Driver {
         let plan = controller::reconcile(&obs);
         self.report_waits(&plan);
         self.write_status(&obs, &plan).await;
-        self.execute(plan, epoch, &obs).await
+        self.steady = plan.actions.is_empty() && plan.waits.is_empty();
+        let acted = self.execute(plan, epoch, &obs).await;
+        if acted {
+            // What we did may have changed the control files (the created
+            // marker, a command's progress): read them again next pass.
+            self.control = None;
+        }
+        acted
+    }
+
+    /// The control files, read again when older than [`CONTROL_REFRESH`].
+    async fn control(&mut self) -> Result<&Control, String> {
+        let now = self.clock.now();
+        let fresh = self.steady
+            && self
+                .control
+                .as_ref()
+                .is_some_and(|(at, _)| now.saturating_duration_since(*at) < CONTROL_REFRESH);
+        if !fresh {
+            let snap = self
+                .store
+                .read_control(&mut self.control_cache)
+                .await
+                .map_err(executing_error)?;
+            let control = Control {
+                spec: snap.spec,
+                backup_requested: snap.manager_files.contains(BACKUP_NOW_FILE),
+                allow_new_cluster: snap.manager_files.contains(ALLOW_NEW_CLUSTER_FILE),
+                commands: snap.commands,
+                created_marker: snap.created,
+            };
+            self.control = Some((now, control));
+        }
+        match &self.control {
+            Some((_, c)) => Ok(c),
+            None => Err("the control files were not read".to_string()),
+        }
     }
 
     /// Keep our gossip payload in step with the node's state.
@@ -401,6 +473,9 @@ impl Driver {
         let leader = epoch.is_some();
         if leader != self.was_leader {
             metrics::counter!(m::LEADER_CHANGES).increment(1);
+            // Whatever changed while we were not leading, read it afresh.
+            self.control = None;
+            self.steady = false;
             if leader {
                 tracing::info!(epoch, "became leader");
                 self.last_backup = None;
@@ -452,14 +527,13 @@ impl Driver {
             PeerView { id, info }
         }))
         .await;
-        let spec = self.store.read_spec().await.map_err(executing_error)?;
-        let backup_requested = self
-            .store
-            .read_manager_file(BACKUP_NOW_FILE)
-            .await
-            .map_err(executing_error)?
-            .is_some();
-        let stored = self.store.list_commands().await.map_err(executing_error)?;
+        let Control {
+            spec,
+            backup_requested,
+            allow_new_cluster: allow_file,
+            commands: stored,
+            created_marker,
+        } = self.control().await?.clone();
         // Forget refusals of commands that are gone.
         self.refused
             .retain(|k, _| stored.iter().any(|c| command_key(c) == Some(k.clone())));
@@ -476,12 +550,6 @@ impl Driver {
                 })
             })
             .collect();
-        let created_marker = self
-            .store
-            .read_created()
-            .await
-            .map_err(executing_error)?
-            .is_some();
         let cluster = observe_cluster(&infos, self.settings.etcd_tls.as_ref()).await;
         let backups_exist = if cluster.is_none() && !created_marker {
             !self
@@ -493,13 +561,7 @@ impl Driver {
         } else {
             false
         };
-        let allow_new_cluster = backups_exist
-            && self
-                .store
-                .read_manager_file(ALLOW_NEW_CLUSTER_FILE)
-                .await
-                .map_err(executing_error)?
-                .is_some();
+        let allow_new_cluster = backups_exist && allow_file;
         // Since when each member has been unhealthy, as this leader saw it.
         let now = self.clock.now();
         match &cluster {

@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod driver;
 pub mod goflags;
 pub mod leadership;
+pub mod lease;
 pub mod metrics;
 pub mod node;
 pub mod peer;

@@ -26,6 +26,8 @@ pub const RECONCILE_WAITS: &str = "etcd_manager_reconcile_waits_total";
 pub const STORE_REQUESTS: &str = "etcd_manager_store_requests_total";
 pub const PEER_API_REJECTED: &str = "etcd_manager_peer_api_rejected_total";
 pub const GOSSIP_BYTES: &str = "etcd_manager_gossip_bytes_total";
+pub const GOSSIP_DOWNS: &str = "etcd_manager_gossip_member_downs_total";
+pub const GOSSIP_REJOINS: &str = "etcd_manager_gossip_rejoins_total";
 
 /// Every metric name above.
 pub const ALL: &[&str] = &[
@@ -47,6 +49,8 @@ pub const ALL: &[&str] = &[
     STORE_REQUESTS,
     PEER_API_REJECTED,
     GOSSIP_BYTES,
+    GOSSIP_DOWNS,
+    GOSSIP_REJOINS,
 ];
 
 /// Describe every metric once, so /metrics carries HELP lines.
@@ -100,6 +104,14 @@ pub fn describe() {
         "gossip UDP payload bytes, by direction (sent, received)"
     );
     c!(
+        GOSSIP_DOWNS,
+        "gossip members this manager saw declared down (a live one declared down is a false down)"
+    );
+    c!(
+        GOSSIP_REJOINS,
+        "times the gossip cluster declared this manager down and it rejoined"
+    );
+    c!(
         PEER_API_REJECTED,
         "peer API connections refused in the TLS handshake (no or a foreign certificate)"
     );
@@ -117,6 +129,8 @@ pub fn init_counters() {
     for reason in crate::controller::WAIT_LABELS {
         metrics::counter!(RECONCILE_WAITS, "reason" => *reason).increment(0);
     }
+    metrics::counter!(GOSSIP_DOWNS).increment(0);
+    metrics::counter!(GOSSIP_REJOINS).increment(0);
 }
 
 /// Liveness and readiness, fed by the daemon and the driver.
@@ -256,11 +270,22 @@ async fn respond(stream: &mut tokio::net::TcpStream, state: &HttpState) -> std::
 #[derive(Debug)]
 pub struct InstrumentedStore {
     inner: Arc<dyn object_store::ObjectStore>,
+    /// How many objects one delete request removes: S3 deletes up to 1,000
+    /// in one request (object_store batches them), the others one each.
+    delete_batch: usize,
 }
 
 impl InstrumentedStore {
-    pub fn wrap(inner: Arc<dyn object_store::ObjectStore>) -> Arc<dyn object_store::ObjectStore> {
-        Arc::new(InstrumentedStore { inner })
+    /// Count the requests of the store at `url` (its scheme tells how deletes batch).
+    pub fn wrap(
+        inner: Arc<dyn object_store::ObjectStore>,
+        url: &str,
+    ) -> Arc<dyn object_store::ObjectStore> {
+        let delete_batch = if url.starts_with("s3://") { 1000 } else { 1 };
+        Arc::new(InstrumentedStore {
+            inner,
+            delete_batch,
+        })
     }
 }
 
@@ -319,10 +344,14 @@ impl object_store::ObjectStore for InstrumentedStore {
         &self,
         locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
     ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
+        let batch = self.delete_batch.max(1);
         self.inner
             .delete_stream(locations)
-            .map(|r| {
-                count("delete", &r);
+            .enumerate()
+            .map(move |(i, r)| {
+                if i % batch == 0 {
+                    count("delete", &r);
+                }
                 r
             })
             .boxed()

@@ -11,7 +11,7 @@ use crate::controller::{Observation, Plan};
 
 pub const STATUS_FILE: &str = "status.json";
 /// Rewrite an unchanged report this often, so its age tells whether a leader is alive.
-pub const STATUS_REFRESH: Duration = Duration::from_secs(30);
+pub const STATUS_REFRESH: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]

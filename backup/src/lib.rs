@@ -23,8 +23,8 @@ pub use model::{
 };
 pub use retention::{RetentionPolicy, parse_retention, select_for_deletion};
 pub use store::{
-    BackupStore, BackupSummary, DownloadedBackup, RestoreProgress, StoreOptions, StoredCommand,
-    format_backup_name, parse_backup_name,
+    BackupStore, BackupSummary, ControlCache, ControlSnapshot, DownloadedBackup, RestoreProgress,
+    StoreOptions, StoredCommand, format_backup_name, parse_backup_name,
 };
 
 pub const BACKUP_DATA_FILE: &str = "etcd.backup.gz";

@@ -36,6 +36,26 @@ pub struct StoredCommand {
     pub restore_started: Option<RestoreProgress>,
 }
 
+/// What [`BackupStore::read_control`] found: the files a leader acts on.
+#[derive(Debug, Clone, Default)]
+pub struct ControlSnapshot {
+    pub spec: Option<ClusterSpec>,
+    /// `control/etcd-cluster-created` exists (and parses).
+    pub created: bool,
+    /// Queued commands, sorted by name.
+    pub commands: Vec<StoredCommand>,
+    /// Names of our own files directly under `<base>/etcd-manager/`
+    /// (`backup-now`, `allow-new-cluster`, `status.json`, ...).
+    pub manager_files: std::collections::BTreeSet<String>,
+}
+
+/// The bodies [`BackupStore::read_control`] read, by path and version, so
+/// the next call reads only what changed.
+#[derive(Debug, Clone, Default)]
+pub struct ControlCache {
+    files: std::collections::BTreeMap<String, (String, Bytes)>,
+}
+
 /// `control/<name>/etcd-manager-restore.json`: which new cluster a restore created, and by which leader.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -268,6 +288,26 @@ impl BackupStore {
         Ok(names)
     }
 
+    /// Like [`BackupStore::list_manager_files`], with a version for each file
+    /// (its e-tag, or its modification time and size where the store has no
+    /// e-tags): a caller that keeps what it read reads again only files whose
+    /// version changed. One listing.
+    pub async fn list_manager_files_versioned(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, String)>> {
+        Ok(self
+            .list_versions("etcd-manager")
+            .await?
+            .into_iter()
+            .filter_map(|(rel, version)| {
+                let name = rel.strip_prefix("etcd-manager/")?;
+                (!name.contains('/') && name.starts_with(prefix))
+                    .then(|| (name.to_string(), version))
+            })
+            .collect())
+    }
+
     /// Read one of our own files under `<base>/etcd-manager/`; None when absent.
     pub async fn read_manager_file(&self, name: &str) -> Result<Option<Bytes>> {
         check_name(name)?;
@@ -404,6 +444,127 @@ impl BackupStore {
             .iter()
             .filter_map(|m| self.relative(&m.location).map(str::to_string))
             .collect())
+    }
+
+    /// Everything a leader reads from the store before it plans: the spec,
+    /// the created marker, the queued commands and the names of our own files.
+    /// Two listings (`control/` and `etcd-manager/`); a file is read only when
+    /// its version (e-tag, or modification time and size) differs from the one
+    /// in `cache`, which this call updates. Errors name the file and the fix,
+    /// as the single reads do.
+    pub async fn read_control(&self, cache: &mut ControlCache) -> Result<ControlSnapshot> {
+        let listed = self.list_versions(CONTROL_DIR).await?;
+        let wanted = |rel: &str| {
+            rel == format!("{CONTROL_DIR}/{SPEC_FILE}")
+                || rel == format!("{CONTROL_DIR}/{CREATED_FILE}")
+                || rel
+                    .strip_prefix(&format!("{CONTROL_DIR}/"))
+                    .and_then(|r| r.split_once('/'))
+                    .is_some_and(|(_, f)| f == COMMAND_FILE || f == RESTORE_MARKER_FILE)
+        };
+        let mut files = std::collections::BTreeMap::new();
+        for (rel, version) in listed.into_iter().filter(|(r, _)| wanted(r)) {
+            let body = match cache.files.remove(&rel) {
+                Some((v, body)) if v == version => Some(body),
+                _ => self.read(&rel).await?.map(|(_, b)| b),
+            };
+            if let Some(body) = body {
+                files.insert(rel, (version, body));
+            }
+        }
+        cache.files = files;
+        let spec_rel = format!("{CONTROL_DIR}/{SPEC_FILE}");
+        let spec_fix = "fix it with etcd-manager-ctl configure-cluster";
+        let spec: Option<ClusterSpec> = self.cached_json(cache, &spec_rel, spec_fix)?;
+        let created_rel = format!("{CONTROL_DIR}/{CREATED_FILE}");
+        let created_fix = "it should read {\"timestamp\":<unix nanos>}; rewrite it that way (do not delete it while a cluster exists)";
+        let created: Option<CreatedMarker> = self.cached_json(cache, &created_rel, created_fix)?;
+        let mut commands = vec![];
+        let names: std::collections::BTreeSet<String> = cache
+            .files
+            .keys()
+            .filter_map(|rel| {
+                let (name, file) = rel
+                    .strip_prefix(&format!("{CONTROL_DIR}/"))?
+                    .split_once('/')?;
+                (file == COMMAND_FILE).then(|| name.to_string())
+            })
+            .collect();
+        for name in names {
+            let rel = format!("{CONTROL_DIR}/{name}/{COMMAND_FILE}");
+            let fix = "delete it with etcd-manager-ctl delete-command";
+            let Some(command) = self.cached_json(cache, &rel, fix)? else {
+                continue;
+            };
+            let marker = format!("{CONTROL_DIR}/{name}/{RESTORE_MARKER_FILE}");
+            let fix = "delete this file to start the restore over";
+            let restore_started = self.cached_json(cache, &marker, fix)?;
+            commands.push(StoredCommand {
+                name,
+                command,
+                restore_started,
+            });
+        }
+        let manager_files = self
+            .list_versions("etcd-manager")
+            .await?
+            .into_iter()
+            .filter_map(|(rel, _)| {
+                let name = rel.strip_prefix("etcd-manager/")?;
+                (!name.contains('/')).then(|| name.to_string())
+            })
+            .collect();
+        Ok(ControlSnapshot {
+            spec,
+            created: created.is_some(),
+            commands,
+            manager_files,
+        })
+    }
+
+    /// A body [`BackupStore::read_control`] keeps in `cache`, parsed.
+    fn cached_json<T: serde::de::DeserializeOwned>(
+        &self,
+        cache: &ControlCache,
+        rel: &str,
+        fix: &str,
+    ) -> Result<Option<T>> {
+        let Some((_, body)) = cache.files.get(rel) else {
+            return Ok(None);
+        };
+        serde_json::from_slice(body)
+            .map(Some)
+            .map_err(|e| Error::Malformed {
+                path: self.display(&self.path(rel)),
+                reason: format!("{e}; {fix}"),
+            })
+    }
+
+    /// Every object under `rel` (one listing), relative to the base, with its version.
+    async fn list_versions(&self, rel: &str) -> Result<Vec<(String, String)>> {
+        let prefix = self.path(rel);
+        let metas: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| Error::store("list", &prefix, e))?;
+        let mut out: Vec<(String, String)> = metas
+            .into_iter()
+            .filter_map(|m| {
+                let rel = self.relative(&m.location)?.to_string();
+                let version = m.e_tag.clone().unwrap_or_else(|| {
+                    format!(
+                        "{}-{}",
+                        m.last_modified.timestamp_nanos_opt().unwrap_or(0),
+                        m.size
+                    )
+                });
+                Some((rel, version))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
     }
 
     /// Queued commands, sorted by name (one listing, then one read per command).

@@ -76,6 +76,18 @@ async fn contract(store: BackupStore, tmp: &std::path::Path) {
         1_704_067_200_000_000_000,
         "first marker kept"
     );
+    // The cached control read sees the same, and a changed spec.
+    let mut cache = backup::ControlCache::default();
+    let c = store.read_control(&mut cache).await.unwrap();
+    assert_eq!((c.spec, c.created), (Some(spec.clone()), true));
+    let five = ClusterSpec {
+        member_count: 5,
+        ..spec.clone()
+    };
+    store.write_spec(&five).await.unwrap();
+    let c = store.read_control(&mut cache).await.unwrap();
+    assert_eq!(c.spec, Some(five));
+    store.write_spec(&spec).await.unwrap();
 
     // Backups: round trip with checksums.
     let data = pseudo_random(3 * 1024 * 1024 + 17, 7);
@@ -334,6 +346,17 @@ async fn upstream_backups_without_our_checksum_still_download() {
 struct CountingStore {
     inner: object_store::memory::InMemory,
     lists: AtomicUsize,
+    gets: AtomicUsize,
+}
+
+impl CountingStore {
+    fn new() -> Arc<CountingStore> {
+        Arc::new(CountingStore {
+            inner: object_store::memory::InMemory::new(),
+            lists: AtomicUsize::new(0),
+            gets: AtomicUsize::new(0),
+        })
+    }
 }
 
 impl std::fmt::Display for CountingStore {
@@ -364,6 +387,7 @@ impl ObjectStore for CountingStore {
         location: &Path,
         options: object_store::GetOptions,
     ) -> object_store::Result<object_store::GetResult> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
         self.inner.get_opts(location, options).await
     }
     fn delete_stream(
@@ -396,12 +420,109 @@ impl ObjectStore for CountingStore {
     }
 }
 
+/// The leader's look at the control files: two listings, and reads only of
+/// files that changed since the last look.
+#[tokio::test]
+async fn control_reads_only_what_changed() {
+    let counting = CountingStore::new();
+    let store = BackupStore::new(
+        counting.clone(),
+        Path::from("base"),
+        "memory://x/base".into(),
+    );
+    let spec = ClusterSpec {
+        member_count: 3,
+        etcd_version: "3.5.30".into(),
+    };
+    store.write_spec(&spec).await.unwrap();
+    store.write_created(t0()).await.unwrap();
+    let cmd = backup::Command {
+        timestamp: 1,
+        restore_backup: Some(backup::RestoreBackupCommand {
+            cluster_spec: Some(spec.clone()),
+            backup: "2024-01-01T00:00:00Z-000001".into(),
+        }),
+    };
+    let name = store.add_command(&cmd, t0()).await.unwrap();
+    store
+        .write_manager_file("backup-now", vec![])
+        .await
+        .unwrap();
+    let counts = || {
+        (
+            counting.lists.load(Ordering::SeqCst),
+            counting.gets.load(Ordering::SeqCst),
+        )
+    };
+    let mut cache = backup::ControlCache::default();
+    let (l0, g0) = counts();
+    let c = store.read_control(&mut cache).await.unwrap();
+    assert_eq!(c.spec, Some(spec.clone()));
+    assert!(c.created && c.manager_files.contains("backup-now"));
+    assert_eq!(c.commands.len(), 1);
+    assert_eq!(c.commands[0].name, name);
+    assert_eq!(
+        counts(),
+        (l0 + 2, g0 + 3),
+        "two listings, three first reads"
+    );
+    // Nothing changed: listings only.
+    let again = store.read_control(&mut cache).await.unwrap();
+    assert_eq!(again.commands.len(), 1);
+    assert_eq!(counts(), (l0 + 4, g0 + 3));
+    // A restore marker appears and the backup-now request goes: one read.
+    store
+        .mark_restore_started(
+            &name,
+            &backup::RestoreProgress {
+                cluster_token: "tok".into(),
+                leader_epoch: 7,
+            },
+        )
+        .await
+        .unwrap();
+    store.delete_manager_file("backup-now").await.unwrap();
+    let c = store.read_control(&mut cache).await.unwrap();
+    assert_eq!(
+        c.commands[0]
+            .restore_started
+            .as_ref()
+            .unwrap()
+            .cluster_token,
+        "tok"
+    );
+    assert!(!c.manager_files.contains("backup-now"));
+    assert_eq!(counts(), (l0 + 6, g0 + 4));
+    // A deleted command is gone; a malformed spec names its path and the fix.
+    store.delete_command(&name).await.unwrap();
+    counting
+        .inner
+        .put(&Path::from("base/control/etcd-cluster-spec"), "{".into())
+        .await
+        .unwrap();
+    let e = store
+        .read_control(&mut cache)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("control/etcd-cluster-spec") && e.contains("configure-cluster"),
+        "{e}"
+    );
+    store.write_spec(&spec).await.unwrap();
+    assert!(
+        store
+            .read_control(&mut cache)
+            .await
+            .unwrap()
+            .commands
+            .is_empty()
+    );
+}
+
 #[tokio::test]
 async fn listing_backups_is_one_call() {
-    let counting = Arc::new(CountingStore {
-        inner: object_store::memory::InMemory::new(),
-        lists: AtomicUsize::new(0),
-    });
+    let counting = CountingStore::new();
     let store = BackupStore::new(counting.clone(), Path::default(), "memory://".into());
     for i in 0..20 {
         store
@@ -537,10 +658,7 @@ mod moto {
 
 #[tokio::test]
 async fn retention_deletes_with_one_listing_and_spares_odd_names() {
-    let counting = Arc::new(CountingStore {
-        inner: object_store::memory::InMemory::new(),
-        lists: AtomicUsize::new(0),
-    });
+    let counting = CountingStore::new();
     let store = BackupStore::new(counting.clone(), Path::from("base"), "memory://".into());
     // One backup an hour for three days.
     for h in 0..72u64 {

@@ -432,11 +432,13 @@ async fn status(store: &BackupStore, output: Output) -> anyhow::Result<String> {
     match &report {
         None => out += "leader:      no leader has reported yet\n",
         Some(r) => {
-            let stale = if now - r.written_at > 90 {
-                "  (STALE: no leader has reported since)"
-            } else {
-                ""
-            };
+            // The leader rewrites an unchanged report every STATUS_REFRESH.
+            let stale =
+                if now - r.written_at > 3 * etcd_manager::status::STATUS_REFRESH.as_secs() as i64 {
+                    "  (STALE: no leader has reported since)"
+                } else {
+                    ""
+                };
             out += &format!(
                 "leader:      {}  epoch {}  (reported {} ago){stale}\n",
                 r.leader,

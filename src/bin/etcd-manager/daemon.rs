@@ -22,7 +22,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let raw = backup::BackupStore::open(&cfg.backup_store, &cfg.store_options)
         .with_context(|| "--backup-store".to_string())?;
     let store = backup::BackupStore::new(
-        InstrumentedStore::wrap(raw.object_store()),
+        InstrumentedStore::wrap(raw.object_store(), raw.url()),
         raw.base().clone(),
         raw.url().to_string(),
     );
