@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::core::GossipCore;
+use crate::core::{GossipCore, GossipEvent};
 use crate::discovery::{self, DiscoveryRecord};
 use crate::error::Error;
 use crate::{GossipConfig, GossipKeys, MemberView};
@@ -40,6 +40,10 @@ struct Shared {
     bad_packets: AtomicU64,
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
+    /// Members this node saw declared down.
+    downs: AtomicU64,
+    /// Times the cluster declared this node down and it rejoined.
+    rejoins: AtomicU64,
 }
 
 /// A cheap, cloneable handle on a running gossip node.
@@ -124,6 +128,16 @@ impl GossipHandle {
         )
     }
 
+    /// (members this node saw declared down, times this node was declared
+    /// down and rejoined) so far. A live member declared down is a false
+    /// down; both stay at zero on a healthy network.
+    pub fn downs(&self) -> (u64, u64) {
+        (
+            self.shared.downs.load(Ordering::Relaxed),
+            self.shared.rejoins.load(Ordering::Relaxed),
+        )
+    }
+
     /// True once the driver task has ended (left, cancelled or failed).
     pub fn is_finished(&self) -> bool {
         self.done.is_cancelled()
@@ -198,6 +212,8 @@ pub async fn start(
         local_addr,
         advertise: config.advertise,
         bad_packets: AtomicU64::new(0),
+        downs: AtomicU64::new(0),
+        rejoins: AtomicU64::new(0),
         bytes_sent: AtomicU64::new(0),
         bytes_received: AtomicU64::new(0),
     });
@@ -360,10 +376,21 @@ impl Driver {
         }
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
         self.shared
             .bad_packets
             .store(self.core.bad_packets(), Ordering::Relaxed);
+        for event in self.core.drain_events() {
+            match event {
+                GossipEvent::MemberDown(_) => {
+                    self.shared.downs.fetch_add(1, Ordering::Relaxed);
+                }
+                GossipEvent::Rejoined(_) => {
+                    self.shared.rejoins.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
         let members = self.core.members();
         self.members_tx.send_if_modified(|current| {
             if *current == members {

@@ -82,6 +82,8 @@ pub struct ClusterEnv {
     pub manager_bin: PathBuf,
     pub ctl_bin: PathBuf,
     pub backup_interval: &'static str,
+    /// Store flags for managers and etcd-manager-ctl (an S3 endpoint).
+    pub store_args: Vec<String>,
 }
 
 impl ClusterEnv {
@@ -96,7 +98,14 @@ impl ClusterEnv {
             manager_bin: PathBuf::from(manager_bin),
             ctl_bin: PathBuf::from(ctl_bin),
             backup_interval: "15m",
+            store_args: vec![],
         }
+    }
+
+    /// Use bucket `bucket` of a [`Moto`] store instead of the local folder.
+    pub fn use_s3(&mut self, moto: &Moto, bucket: &str) {
+        self.store_url = format!("s3://{bucket}/cluster/main");
+        self.store_args = vec![format!("--s3-endpoint={}", moto.endpoint())];
     }
 
     pub fn store_path(&self) -> PathBuf {
@@ -128,6 +137,9 @@ impl ClusterEnv {
             format!("--backup-interval={}", self.backup_interval),
             "--controller-interval=1s".into(),
         ]
+        .into_iter()
+        .chain(self.store_args.iter().cloned())
+        .collect()
     }
 
     pub fn start(&self, host: u8) -> Manager {
@@ -168,6 +180,7 @@ impl ClusterEnv {
     /// Run etcd-manager-ctl against this cluster's store.
     pub fn ctl(&self, args: &[&str]) -> CtlOutput {
         let mut full = vec![format!("-backup-store={}", self.store_url)];
+        full.extend(self.store_args.iter().cloned());
         full.extend(args.iter().map(|s| s.to_string()));
         run_ctl(&self.ctl_bin, &full)
     }
@@ -195,9 +208,89 @@ pub fn run_ctl(bin: &Path, args: &[String]) -> CtlOutput {
 }
 
 fn etcd_bin_env() -> Vec<(String, String)> {
-    std::env::var("ETCD_MANAGER_ETCD_BIN_DIR")
+    let mut env: Vec<(String, String)> = std::env::var("ETCD_MANAGER_ETCD_BIN_DIR")
         .map(|v| vec![("ETCD_MANAGER_ETCD_BIN_DIR".to_string(), v)])
-        .unwrap_or_default()
+        .unwrap_or_default();
+    // Credentials for a local moto store ([`Moto`]); unused by other stores.
+    for k in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+        if std::env::var_os(k).is_none() {
+            env.push((k.to_string(), "harness".to_string()));
+        }
+    }
+    env
+}
+
+/// A moto S3 server on a free port of `ip`, killed on drop.
+pub struct Moto {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Moto {
+    /// Start `moto_server` (installed by scripts/setup.sh), logging to `log`.
+    pub async fn start(ip: &str, log: &Path) -> Result<Moto, String> {
+        let port = std::net::TcpListener::bind((ip, 0))
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port on {ip}: {e}"))?
+            .port();
+        let log = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let child = std::process::Command::new("moto_server")
+            .args(["-H", ip, "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("moto_server (run scripts/setup.sh): {e}"))?;
+        let moto = Moto {
+            child,
+            addr: format!("{ip}:{port}"),
+        };
+        let start = Instant::now();
+        while tokio::net::TcpStream::connect(&moto.addr).await.is_err() {
+            if start.elapsed() > Duration::from_secs(30) {
+                return Err("moto_server did not listen within 30 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(moto)
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Create a bucket (an empty PUT, as S3 does it).
+    pub async fn create_bucket(&self, name: &str) -> Result<(), String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(&self.addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let req = format!(
+            "PUT /{name} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.addr
+        );
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.starts_with("HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(format!(
+                "bucket creation answered: {}",
+                resp.lines().next().unwrap_or("")
+            ))
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Manager {
@@ -321,11 +414,39 @@ pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or("no status line")?;
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((resp.as_str(), ""));
+    // Go's servers (Prometheus) send larger answers chunked.
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_string()
+    };
     Ok((code, body))
+}
+
+/// The body of a `Transfer-Encoding: chunked` answer.
+fn dechunk(mut rest: &str) -> Result<String, String> {
+    let mut out = String::new();
+    loop {
+        let (size, after) = rest
+            .split_once("\r\n")
+            .ok_or("a chunk without its size line")?;
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|e| format!("a bad chunk size {size:?}: {e}"))?;
+        if size == 0 {
+            return Ok(out);
+        }
+        let chunk = after.get(..size).ok_or("a chunk shorter than its size")?;
+        out.push_str(chunk);
+        rest = after
+            .get(size..)
+            .and_then(|r| r.strip_prefix("\r\n"))
+            .ok_or("a chunk without its end")?;
+    }
 }
 
 /// The value of an unlabelled metric in Prometheus text.
@@ -410,5 +531,18 @@ pub fn single_member_spec(
         quarantined: false,
         listen_address: None,
         tls: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn chunked_bodies_are_joined() {
+        assert_eq!(
+            super::dechunk("4\r\nWiki\r\n5;x=y\r\npedia\r\n0\r\n\r\n").as_deref(),
+            Ok("Wikipedia")
+        );
+        assert!(super::dechunk("zz\r\nab\r\n").is_err());
+        assert!(super::dechunk("9\r\nshort\r\n").is_err());
     }
 }

@@ -45,7 +45,7 @@ fn main() -> anyhow::Result<()> {
         }
         Some("run") => rt.block_on(run(&args[1..]))?,
         _ => anyhow::bail!(
-            "usage: bench run [--quick] [--out DIR] [p1 p2 p3 p4 p5 p6 p7]\n       bench backup-once <endpoint> <store-url>\n       bench restore-once <store-url> <backup> <dir> <ip>"
+            "usage: bench run [--quick] [--out DIR] [p1 p1-loss p2 p3 p4 p5 p6 p7]\n       bench backup-once <endpoint> <store-url>\n       bench restore-once <store-url> <backup> <dir> <ip>"
         ),
     }
     Ok(())
@@ -685,6 +685,175 @@ async fn p1_p2(
     Ok(())
 }
 
+/// Undoes what [`p1_false_downs`] set up, also when it fails half-way.
+struct Starvation {
+    rule: Vec<String>,
+    cgroup: PathBuf,
+    burner: Option<std::process::Child>,
+}
+
+impl Drop for Starvation {
+    fn drop(&mut self) {
+        if let Some(b) = &mut self.burner {
+            let _ = b.kill();
+            let _ = b.wait();
+        }
+        let mut del = self.rule.clone();
+        if let Some(a) = del.iter_mut().find(|a| *a == "-A") {
+            *a = "-D".into();
+        }
+        let _ = std::process::Command::new("iptables").args(&del).status();
+        // Processes still inside go back to the root group first.
+        if let Ok(procs) = std::fs::read_to_string(self.cgroup.join("cgroup.procs")) {
+            for pid in procs.lines() {
+                let _ = std::fs::write("/sys/fs/cgroup/cpu/cgroup.procs", pid);
+            }
+        }
+        let _ = std::fs::remove_dir(&self.cgroup);
+    }
+}
+
+/// P1, second half: false downs. Three managers with their etcd run for
+/// 10 minutes while every gossip packet is dropped with probability 10 %
+/// (iptables on loopback) and one manager is CPU-starved: it shares a CPU
+/// cgroup capped at 10 % of one core per second with a busy loop, so it
+/// stalls for most of every second. Counts the members the managers declared
+/// down (all are alive: every one is a false down) and the times a manager
+/// was declared down and rejoined. Needs root.
+async fn p1_false_downs(
+    quick: bool,
+    root: &Path,
+    bin_dir: &Path,
+    out: &mut Vec<Value>,
+) -> anyhow::Result<()> {
+    let title = "P1 false downs: 3 managers, 10 % gossip packet loss, one CPU-starved (members declared down)";
+    let cg_root = Path::new("/sys/fs/cgroup/cpu");
+    let root_user = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+    });
+    if !root_user || !cg_root.join("cgroup.procs").exists() {
+        out.push(json!({"id": "p1-loss", "title": title,
+            "status": "not run: needs root, iptables and the cgroup v1 cpu controller"}));
+        return Ok(());
+    }
+    let secs = std::env::var("BENCH_LOSS_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 30 } else { 600 });
+    let dir = root.join("p1-loss");
+    std::fs::create_dir_all(&dir)?;
+    let env = tests::ClusterEnv::new(
+        &dir,
+        bin_dir.join("etcd-manager").to_str().unwrap(),
+        bin_dir.join("etcd-manager-ctl").to_str().unwrap(),
+    );
+    let mut ms: Vec<tests::Manager> = (1..=3u8).map(|h| env.start_with_metrics(h)).collect();
+    env.configure(3, VERSION);
+    let eps: Vec<String> = (1..=3u8).map(|h| env.client_url(h)).collect();
+    tests::wait_voters("three voters", &eps, 3, None).await;
+    let metrics: Vec<String> = (1..=3u8).map(|h| env.metrics_addr(h)).collect();
+    let counts = |m: Vec<String>| async move {
+        let mut v = vec![];
+        for a in &m {
+            let (_, body) = tests::http_get(a, "/metrics").await.ok()?;
+            v.push((
+                metric_sum(&body, "etcd_manager_gossip_member_downs_total"),
+                metric_sum(&body, "etcd_manager_gossip_rejoins_total"),
+            ));
+        }
+        Some(v)
+    };
+    let before = counts(metrics.clone()).await.unwrap_or_default();
+
+    // The faults: loss on every gossip packet of this cluster's /16, and the
+    // third manager (etcd already runs outside its group) starved.
+    let rule: Vec<String> = [
+        "-A",
+        "INPUT",
+        "-i",
+        "lo",
+        "-p",
+        "udp",
+        "-d",
+        &format!("127.{}.0.0/16", env.net),
+        "--dport",
+        "8000",
+        "-m",
+        "statistic",
+        "--mode",
+        "random",
+        "--probability",
+        "0.1",
+        "-j",
+        "DROP",
+    ]
+    .map(String::from)
+    .to_vec();
+    let cgroup = cg_root.join(format!("etcd-manager-bench-{}", std::process::id()));
+    let mut guard = Starvation {
+        rule: vec![],
+        cgroup: cgroup.clone(),
+        burner: None,
+    };
+    let ok = std::process::Command::new("iptables")
+        .args(&rule)
+        .status()?
+        .success();
+    anyhow::ensure!(ok, "iptables refused the loss rule");
+    guard.rule = rule;
+    std::fs::create_dir_all(&cgroup)?;
+    std::fs::write(cgroup.join("cpu.cfs_period_us"), "1000000")?;
+    std::fs::write(cgroup.join("cpu.cfs_quota_us"), "100000")?;
+    let burner = std::process::Command::new("sh")
+        .args(["-c", "while :; do :; done"])
+        .spawn()?;
+    std::fs::write(cgroup.join("cgroup.procs"), burner.id().to_string())?;
+    guard.burner = Some(burner);
+    let starved = ms[2]
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("manager 3 is not running"))?;
+    std::fs::write(cgroup.join("cgroup.procs"), starved.to_string())?;
+
+    let start = Instant::now();
+    let mut suspect_samples = 0u64;
+    let mut samples = 0u64;
+    while start.elapsed() < Duration::from_secs(secs) {
+        for a in &metrics {
+            if let Ok((_, body)) = tests::http_get(a, "/metrics").await {
+                samples += 1;
+                if metric_sum(&body, "etcd_manager_gossip_members{state=\"suspect\"}") > 0.0 {
+                    suspect_samples += 1;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let throttled = std::fs::read_to_string(cgroup.join("cpu.stat")).unwrap_or_default();
+    drop(guard);
+    let after = counts(metrics.clone()).await.unwrap_or_default();
+    for m in &mut ms {
+        m.kill_all();
+    }
+    let downs: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a.0 - b.0).collect();
+    let rejoins: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a.1 - b.1).collect();
+    let total = downs.iter().sum::<f64>();
+    out.push(row(
+        "p1-loss",
+        title,
+        &[total],
+        None,
+        "0 false downs over 10 minutes",
+        Some(total == 0.0),
+        json!({"seconds": secs, "downs_seen_by_manager": downs, "rejoins_by_manager": rejoins,
+               "starved_manager": 3,
+               "share_of_samples_with_a_suspect": suspect_samples as f64 / samples.max(1) as f64,
+               "starved_cgroup_cpu_stat": throttled.split_whitespace().collect::<Vec<_>>().join(" "),
+               "gossip": "foca Config::new_lan(3): probe every 1 s, probe timeout 500 ms, 3 indirect probes, suspicion 4 s"}),
+    ));
+    Ok(())
+}
+
 /// P3: a member's host dies for good; an idle fourth manager replaces it.
 async fn p3(quick: bool, root: &Path, bin_dir: &Path, out: &mut Vec<Value>) -> anyhow::Result<()> {
     let runs = if quick { 1 } else { 3 };
@@ -955,7 +1124,11 @@ fn proc_usage(pid: i32) -> Option<(f64, f64)> {
     Some((ticks / 100.0, rss_kib / 1024.0))
 }
 
-/// P7: what an idle three-node cluster costs per manager.
+/// P7: what an idle three-node cluster costs per manager, set up as in
+/// production: TLS everywhere (CAs from `init-pki`), an S3 store (moto on
+/// loopback; requests counted as S3 bills them, a bulk delete as one), the
+/// managers finding each other through the store, the default controller
+/// interval and lease, 15 min backups.
 async fn p7(quick: bool, root: &Path, bin_dir: &Path, out: &mut Vec<Value>) -> anyhow::Result<()> {
     let secs = std::env::var("BENCH_IDLE_SECS")
         .ok()
@@ -963,26 +1136,77 @@ async fn p7(quick: bool, root: &Path, bin_dir: &Path, out: &mut Vec<Value>) -> a
         .unwrap_or(if quick { 20 } else { 600 });
     let dir = root.join("p7");
     std::fs::create_dir_all(&dir)?;
-    let env = tests::ClusterEnv::new(
+    let mut env = tests::ClusterEnv::new(
         &dir,
         bin_dir.join("etcd-manager").to_str().unwrap(),
         bin_dir.join("etcd-manager-ctl").to_str().unwrap(),
     );
-    // Production settings: the default controller interval, 15 min backups.
+    let moto = tests::Moto::start("127.0.0.1", &dir.join("moto.log"))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    moto.create_bucket("bench")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    env.use_s3(&moto, "bench");
+    let pki = dir.join("pki");
+    let init = tests::run_ctl(
+        &env.ctl_bin,
+        &[format!("-pki-dir={}", pki.display()), "init-pki".into()],
+    );
+    anyhow::ensure!(init.success, "init-pki: {}", init.stderr);
     let mut ms: Vec<tests::Manager> = (1..=3u8)
         .map(|h| {
-            let mut args = env.manager_args(h);
-            args.retain(|a| !a.starts_with("--controller-interval"));
-            args.push(format!("--metrics-address={}", env.metrics_addr(h)));
+            let ip = tests::host_ip(env.net, h);
+            let mut args: Vec<String> = env
+                .manager_args(h)
+                .into_iter()
+                .filter(|a| {
+                    ![
+                        "--controller-interval",
+                        "--insecure",
+                        "--etcd-insecure",
+                        "--discovery-dir",
+                        "--client-urls",
+                        "--quarantine-client-urls",
+                        "--peer-urls",
+                    ]
+                    .iter()
+                    .any(|f| a.starts_with(f))
+                })
+                .collect();
+            args.extend([
+                format!("--client-urls=https://{ip}:4001"),
+                format!("--quarantine-client-urls=https://{ip}:8001"),
+                format!("--peer-urls=https://{ip}:2380"),
+                format!("--pki-dir={}", pki.display()),
+                "--store-discovery".into(),
+                format!("--metrics-address={}", env.metrics_addr(h)),
+            ]);
             env.start_raw(h, args)
         })
         .collect();
     env.configure(3, VERSION);
-    let eps: Vec<String> = (1..=3u8).map(|h| env.client_url(h)).collect();
-    tests::wait_voters("three voters", &eps, 3, None).await;
-    // Let the first backup and the start-up settle.
-    tokio::time::sleep(Duration::from_secs(15)).await;
     let metrics: Vec<String> = (1..=3u8).map(|h| env.metrics_addr(h)).collect();
+    // Up: one leader reports three healthy members (etcd's client port needs a
+    // client certificate; the leader's metrics say the same).
+    tests::wait_for("three healthy members", Duration::from_secs(120), || {
+        let metrics = metrics.clone();
+        async move {
+            for m in &metrics {
+                let (_, body) = tests::http_get(m, "/metrics").await.ok()?;
+                if metric_sum(&body, "etcd_manager_is_leader") == 1.0
+                    && metric_sum(&body, "etcd_manager_etcd_members{kind=\"healthy\"}") == 3.0
+                {
+                    return Some(());
+                }
+            }
+            None
+        }
+    })
+    .await;
+    // Let the first backup and the start-up settle (store discovery reads
+    // fast for its first 2 minutes; a full run outlasts that by far).
+    tokio::time::sleep(Duration::from_secs(15)).await;
     let read = |m: &str| {
         let m = m.to_string();
         async move {
@@ -1060,6 +1284,7 @@ async fn p7(quick: bool, root: &Path, bin_dir: &Path, out: &mut Vec<Value>) -> a
         Some(max(&peak_rss) <= 20.0 && max(&cpu) <= 0.5 && max(&reqs) <= 2000.0 && max(&bytes) <= 2000.0),
         json!({"cpu_percent_of_a_core": cpu, "store_requests_per_hour": reqs, "gossip_bytes_sent_per_s": bytes,
                "store_requests_by_operation_since_start": by_op,
+               "setup": "TLS everywhere, S3 store (moto), store discovery, default controller interval and lease",
                "note": "etcd itself is not counted; the manager process only"}),
     ));
     Ok(())
@@ -1079,7 +1304,7 @@ async fn run(args: &[String]) -> anyhow::Result<()> {
         }
     }
     if want.is_empty() {
-        want = ["p1", "p2", "p3", "p4", "p5", "p6", "p7"]
+        want = ["p1", "p1-loss", "p2", "p3", "p4", "p5", "p6", "p7"]
             .map(String::from)
             .to_vec();
     }
@@ -1098,6 +1323,9 @@ async fn run(args: &[String]) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     if want.iter().any(|w| w == "p1" || w == "p2") {
         p1_p2(quick, work.path(), &bin_dir, &mut rows).await?;
+    }
+    if want.iter().any(|w| w == "p1-loss") {
+        p1_false_downs(quick, work.path(), &bin_dir, &mut rows).await?;
     }
     if want.iter().any(|w| w == "p3") {
         p3(quick, work.path(), &bin_dir, &mut rows).await?;

@@ -523,17 +523,31 @@ impl Cluster {
         }
     }
 
-    /// The leading host and its epoch, waiting up to a minute for one.
+    /// The leading host and its epoch, waiting up to a minute for one that is
+    /// the only leader and stays so for 2 s (a leadership change still
+    /// settling would otherwise be taken for the state before a fault).
     async fn leader(&self) -> Option<(usize, u64)> {
         let start = Instant::now();
+        let mut seen: Option<((usize, u64), Instant)> = None;
         while start.elapsed() < Duration::from_secs(60) {
+            let mut leaders = vec![];
             for h in 1..=self.n() {
                 if let Some(s) = sample(h).await
                     && s.leader
                 {
-                    return Some((h, s.epoch));
+                    leaders.push((h, s.epoch));
                 }
             }
+            seen = match (leaders.as_slice(), seen) {
+                ([one], Some((prev, since))) if *one == prev => {
+                    if since.elapsed() >= Duration::from_secs(2) {
+                        return Some(prev);
+                    }
+                    Some((prev, since))
+                }
+                ([one], _) => Some((*one, Instant::now())),
+                _ => None,
+            };
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         None
