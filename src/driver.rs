@@ -30,6 +30,19 @@ pub struct PeerPayload {
     pub peer_api: SocketAddr,
     pub node_config: EtcdNodeConfig,
     pub etcd: Option<EtcdSummary>,
+    /// The leader's current lease record (see [`lock::LeaseClaim`]): a
+    /// contender counts it as seen when the payload arrives. Last, so a
+    /// manager without it (an older version) still reads this payload.
+    pub lease: Option<lock::LeaseClaim>,
+}
+
+/// The payload of a manager from before `lease` was added.
+#[derive(Serialize, Deserialize)]
+struct PeerPayloadV1 {
+    cluster_name: String,
+    peer_api: SocketAddr,
+    node_config: EtcdNodeConfig,
+    etcd: Option<EtcdSummary>,
 }
 
 /// A node's etcd in a few fields.
@@ -42,8 +55,13 @@ pub struct EtcdSummary {
 }
 
 impl PeerPayload {
-    pub fn from_info(info: &NodeInfo, peer_api: SocketAddr) -> PeerPayload {
+    pub fn from_info(
+        info: &NodeInfo,
+        peer_api: SocketAddr,
+        lease: Option<lock::LeaseClaim>,
+    ) -> PeerPayload {
         PeerPayload {
+            lease,
             cluster_name: info.cluster_name.clone(),
             peer_api,
             node_config: info.node_config.clone(),
@@ -59,9 +77,18 @@ impl PeerPayload {
         bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap_or_default()
     }
     pub fn decode(b: &[u8]) -> Option<PeerPayload> {
-        bincode::serde::decode_from_slice(b, bincode::config::standard())
-            .ok()
-            .map(|(p, _)| p)
+        let config = bincode::config::standard();
+        if let Ok((p, _)) = bincode::serde::decode_from_slice(b, config) {
+            return Some(p);
+        }
+        let (v1, _): (PeerPayloadV1, _) = bincode::serde::decode_from_slice(b, config).ok()?;
+        Some(PeerPayload {
+            cluster_name: v1.cluster_name,
+            peer_api: v1.peer_api,
+            node_config: v1.node_config,
+            etcd: v1.etcd,
+            lease: None,
+        })
     }
 }
 
@@ -118,6 +145,8 @@ pub struct Driver {
     control_cache: backup::ControlCache,
     /// The last plan had neither actions nor waits.
     steady: bool,
+    /// Claims already counted: one is counted when first seen, not again.
+    seen_claims: std::collections::BTreeSet<(u64, String)>,
     last_backup: Option<Instant>,
     was_leader: bool,
     pass: u64,
@@ -172,6 +201,7 @@ impl Driver {
             control: None,
             control_cache: backup::ControlCache::default(),
             steady: false,
+            seen_claims: Default::default(),
             last_backup: None,
             was_leader: false,
             pass: 0,
@@ -195,6 +225,7 @@ impl Driver {
         let mut gossip_open = true;
         let renewals = cancel.child_token();
         tokio::spawn(self.lease.clone().keep_renewed(renewals.clone()));
+        let mut claims = self.lease.claims();
         loop {
             let acted = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -209,9 +240,13 @@ impl Driver {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = self.clock.sleep(pause) => {}
+                // A renewal: tell the others at once (their wait counts from
+                // when they hear of it).
+                Ok(()) = claims.changed() => self.publish_payload().await,
                 changed = members.changed(), if gossip_open => {
                     match changed {
                         Ok(()) => {
+                            self.note_claims().await;
                             // Judge candidates by the new view at once: a peer
                             // asked before its own next pass would still see
                             // the departed leader and refuse.
@@ -350,6 +385,7 @@ impl Driver {
             .as_millis() as u64;
         self.health.pass_done(now_ms);
         self.publish_payload().await;
+        self.note_claims().await;
         let peers = self.alive_peers();
         self.node.set_alive_view(peers.keys().cloned().collect());
         let me = self.node.id().to_string();
@@ -428,6 +464,30 @@ impl Driver {
         }
     }
 
+    /// Count the lease records other managers claim in their payloads as seen
+    /// now (see [`lock::LeaseClaim`]).
+    async fn note_claims(&mut self) {
+        let now = self.clock.now();
+        let me = self.node.id().to_string();
+        let claims: Vec<lock::LeaseClaim> = self
+            .gossip
+            .members()
+            .into_iter()
+            .filter(|mv| mv.id != me && mv.state == gossip::MemberState::Alive)
+            .filter_map(|mv| PeerPayload::decode(mv.payload.as_deref()?))
+            .filter(|p| p.cluster_name == self.settings.cluster_name)
+            .filter_map(|p| p.lease)
+            .collect();
+        for claim in claims {
+            if self.seen_claims.insert((claim.seq, claim.nonce.clone())) {
+                self.lease.note_claim(&claim, now).await;
+            }
+        }
+        if self.seen_claims.len() > 64 {
+            self.seen_claims.clear();
+        }
+    }
+
     /// Keep our gossip payload in step with the node's state.
     async fn publish_payload(&mut self) {
         let info = self.node.info().await;
@@ -438,7 +498,8 @@ impl Driver {
             0.0
         });
         self.health.set_etcd_down(state.is_some_and(|s| !s.running));
-        let payload = PeerPayload::from_info(&info, self.settings.peer_api);
+        let claim = self.lease.claims().borrow().clone();
+        let payload = PeerPayload::from_info(&info, self.settings.peer_api, claim);
         if self.last_payload.as_ref() != Some(&payload) {
             self.gossip.set_payload(payload.encode());
             self.last_payload = Some(payload);
@@ -1290,14 +1351,43 @@ mod tests {
             highest_epoch: 9,
             installed_versions: vec![],
         };
-        let p = PeerPayload::from_info(&info, "10.120.123.245:8000".parse().expect("addr"));
+        let claim = lock::LeaseClaim {
+            seq: 123_456,
+            nonce: "GEyIUF0s9J07setaePSQ3Q-0123456789abcdef-98765".into(),
+            epoch: 12,
+            duration_ms: 5000,
+        };
+        let p = PeerPayload::from_info(
+            &info,
+            "10.120.123.245:8000".parse().expect("addr"),
+            Some(claim),
+        );
         let bytes = p.encode();
         assert!(
             bytes.len() < 1024,
             "payload of {} bytes may not fit a gossip packet",
             bytes.len()
         );
-        assert_eq!(PeerPayload::decode(&bytes), Some(p));
+        assert_eq!(PeerPayload::decode(&bytes), Some(p.clone()));
         assert_eq!(PeerPayload::decode(&bytes[..bytes.len() / 2]), None);
+
+        // Mixed versions during an upgrade: an older manager's payload reads
+        // with no claim, and an older manager reads ours (trailing bytes ignored).
+        let config = bincode::config::standard();
+        let v1 = PeerPayloadV1 {
+            cluster_name: p.cluster_name.clone(),
+            peer_api: p.peer_api,
+            node_config: p.node_config.clone(),
+            etcd: p.etcd.clone(),
+        };
+        let old = bincode::serde::encode_to_vec(&v1, config).expect("encode");
+        let read = PeerPayload::decode(&old).expect("an older payload reads");
+        assert_eq!(
+            (read.lease, read.cluster_name),
+            (None, p.cluster_name.clone())
+        );
+        let (back, _): (PeerPayloadV1, _) =
+            bincode::serde::decode_from_slice(&bytes, config).expect("older managers read ours");
+        assert_eq!(back.node_config, p.node_config);
     }
 }

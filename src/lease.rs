@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
@@ -23,13 +23,19 @@ use crate::metrics as m;
 pub const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// What the loop may read without waiting for a store call in flight.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct View {
     /// Our epoch and how long we may act with it.
     held: Option<(u64, Instant)>,
     /// When the next renewal is due.
     renew_at: Option<Instant>,
     highest_epoch: u64,
+}
+
+impl View {
+    fn valid(&self, now: Instant) -> Option<(u64, Instant)> {
+        self.held.filter(|(_, until)| now < *until)
+    }
 }
 
 /// The lease client behind a lock, with a view of its state that never waits.
@@ -39,6 +45,8 @@ pub struct SharedLease {
     /// The leader loop's last wish: renew only while it still wants the lease.
     want: AtomicBool,
     changed: Notify,
+    /// Our current record while we hold the lease, for the gossip payload.
+    claims: watch::Sender<Option<lock::LeaseClaim>>,
     clock: Arc<dyn Clock>,
     bound: Duration,
 }
@@ -59,13 +67,14 @@ impl SharedLease {
             view: Mutex::new(View::default()),
             want: AtomicBool::new(false),
             changed: Notify::new(),
+            claims: watch::Sender::new(None),
             clock,
             bound,
         })
     }
 
     fn view(&self) -> View {
-        *self.view.lock().unwrap_or_else(|e| e.into_inner())
+        self.view.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn refresh(&self, client: &lock::LeaseClient, now: Instant) {
@@ -78,23 +87,35 @@ impl SharedLease {
             renew_at: client.renew_at(),
             highest_epoch: client.highest_epoch_seen(),
         };
+        let claim = client.claim(now);
+        self.claims.send_if_modified(|c| {
+            let changed = *c != claim;
+            *c = claim;
+            changed
+        });
         self.changed.notify_one();
+    }
+
+    /// Our claim (see [`lock::LeaseClaim`]), whenever it changes.
+    pub fn claims(&self) -> watch::Receiver<Option<lock::LeaseClaim>> {
+        self.claims.subscribe()
+    }
+
+    /// Another manager's claim, received through gossip; `now` read when it arrived.
+    pub async fn note_claim(&self, claim: &lock::LeaseClaim, now: Instant) {
+        let mut client = self.client.lock().await;
+        client.note_claim(claim, now);
+        self.refresh(&client, self.clock.now());
     }
 
     /// Some(epoch) while we hold the lease and may act (`now` before its validity ends).
     pub fn held(&self, now: Instant) -> Option<u64> {
-        self.view()
-            .held
-            .filter(|(_, until)| now < *until)
-            .map(|(epoch, _)| epoch)
+        self.view().valid(now).map(|(epoch, _)| epoch)
     }
 
     /// How long we may still act.
     pub fn remaining(&self, now: Instant) -> Option<Duration> {
-        self.view()
-            .held
-            .filter(|(_, until)| now < *until)
-            .map(|(_, until)| until - now)
+        self.view().valid(now).map(|(_, until)| until - now)
     }
 
     pub fn highest_epoch_seen(&self) -> u64 {
@@ -151,7 +172,7 @@ impl SharedLease {
         loop {
             let view = self.view();
             let now = self.clock.now();
-            let valid = view.held.is_some_and(|(_, until)| now < until);
+            let valid = view.valid(now).is_some();
             let wait = match view.renew_at {
                 Some(at) if valid && self.want.load(Ordering::SeqCst) => at
                     .max(retry_at.unwrap_or(at))

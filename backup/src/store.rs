@@ -36,6 +36,18 @@ pub struct StoredCommand {
     pub restore_started: Option<RestoreProgress>,
 }
 
+/// Retries of a failed store request: a few, within 30 s (object_store's
+/// default is 10 within 3 minutes). A store that stays away then fails the
+/// call, so the leader's pass, its health and its metrics move on instead of
+/// hanging; the next pass tries again.
+fn store_retry() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        max_retries: 4,
+        retry_timeout: std::time::Duration::from_secs(30),
+        ..Default::default()
+    }
+}
+
 /// What [`BackupStore::read_control`] found: the files a leader acts on.
 #[derive(Debug, Clone, Default)]
 pub struct ControlSnapshot {
@@ -170,7 +182,10 @@ impl BackupStore {
                 if let Some(k) = &opts.s3_secret_access_key {
                     b = b.with_secret_access_key(k);
                 }
-                let s3 = b.build().map_err(|e| bad(format!("{e}")))?;
+                let s3 = b
+                    .with_retry(store_retry())
+                    .build()
+                    .map_err(|e| bad(format!("{e}")))?;
                 Ok(Self::new(Arc::new(s3), Path::from(prefix), url.to_string()))
             }
             "gs" => {
@@ -180,6 +195,7 @@ impl BackupStore {
                     .ok_or_else(|| bad("no bucket".into()))?;
                 let gcs = object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_bucket_name(bucket)
+                    .with_retry(store_retry())
                     .build()
                     .map_err(|e| {
                         bad(format!(

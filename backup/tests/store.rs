@@ -541,6 +541,33 @@ async fn listing_backups_is_one_call() {
     assert_eq!(counting.lists.load(Ordering::SeqCst) - before, 1);
 }
 
+/// An S3 endpoint nobody answers on fails the call after a few quick
+/// retries instead of object_store's default 10 retries within 3 minutes.
+#[tokio::test]
+async fn an_unreachable_store_fails_instead_of_hanging() {
+    // A port that was free a moment ago: connections are refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let store = BackupStore::open(
+        "s3://nobody/prefix",
+        &StoreOptions {
+            s3_endpoint: Some(format!("http://127.0.0.1:{port}")),
+            s3_access_key_id: Some("k".into()),
+            s3_secret_access_key: Some("s".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(60), store.read_spec()).await;
+    let err = answer
+        .expect("the store call gave up within a minute")
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+}
+
 #[test]
 fn urls_are_checked_with_helpful_errors() {
     let o = StoreOptions::default();

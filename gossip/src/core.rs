@@ -90,7 +90,24 @@ pub struct GossipCore {
     suspect_since: BTreeMap<(String, u64), Instant>,
     /// A suspicion older than this lost its timer: see [`GossipCore::clear_stuck_suspects`].
     stuck_suspect_after: Duration,
+    /// Local health (Lifeguard's "local health multiplier"): 0 while our own
+    /// timers fire on time, up to [`MAX_HEALTH_SCORE`] while they fire late
+    /// (we are starved of CPU) or after the cluster declared us down. Our
+    /// suspicions take `1 + score` times as long to become Down, so a slow node
+    /// does not accuse healthy ones.
+    health_score: u32,
+    /// When the score last changed.
+    health_changed: Option<Instant>,
+    /// foca's configuration at score 0.
+    base_config: foca::Config,
 }
+
+/// Highest local health score: suspicions last at most 9 times as long.
+pub const MAX_HEALTH_SCORE: u32 = 8;
+/// A timer this late means we did not get the CPU in time: the score rises.
+const LATE: Duration = Duration::from_millis(200);
+/// Timers this punctual for a while let the score fall, one step per second.
+const PUNCTUAL: Duration = Duration::from_millis(50);
 
 /// The least time a member stays Suspect before the core declares it down itself.
 const MIN_STUCK_SUSPECT: Duration = Duration::from_secs(10);
@@ -168,6 +185,7 @@ impl GossipCore {
         let stuck_suspect_after = (foca_config.suspect_to_down_after * 3
             + foca_config.probe_period * 2)
             .max(MIN_STUCK_SUSPECT);
+        let base_config = foca_config.clone();
         let foca = Foca::with_custom_broadcast(
             identity,
             foca_config,
@@ -196,6 +214,9 @@ impl GossipCore {
             nonce_rng: StdRng::seed_from_u64(rng_seed ^ NONCE_SEED_MIX),
             suspect_since: BTreeMap::new(),
             stuck_suspect_after,
+            health_score: 0,
+            health_changed: None,
+            base_config,
         };
         core.check_payload(&payload)?;
         Ok(Self {
@@ -254,8 +275,52 @@ impl GossipCore {
         self.timers.keys().next().map(|(at, _)| *at)
     }
 
+    /// Our local health score (see [`MAX_HEALTH_SCORE`]).
+    pub fn health_score(&self) -> u32 {
+        self.health_score
+    }
+
+    /// Judge our own punctuality by how late the earliest due timer fires.
+    fn note_lateness(&mut self, now: Instant) {
+        let Some(due) = self.next_deadline().filter(|d| *d <= now) else {
+            return;
+        };
+        let late = now.saturating_duration_since(due);
+        let since_change = self
+            .health_changed
+            .map_or(Duration::MAX, |at| now.saturating_duration_since(at));
+        if late >= LATE {
+            self.set_health(self.health_score + 1, now);
+        } else if late <= PUNCTUAL && since_change >= Duration::from_secs(1) {
+            self.set_health(self.health_score.saturating_sub(1), now);
+        }
+    }
+
+    fn set_health(&mut self, score: u32, now: Instant) {
+        let score = score.min(MAX_HEALTH_SCORE);
+        if score == self.health_score {
+            return;
+        }
+        let mut config = self.base_config.clone();
+        config.suspect_to_down_after = self.base_config.suspect_to_down_after * (1 + score);
+        match self.foca.set_config(config) {
+            Ok(()) => {
+                if score > self.health_score {
+                    tracing::debug!(
+                        score,
+                        "gossip: our timers fire late; slower to declare others down"
+                    );
+                }
+                self.health_score = score;
+                self.health_changed = Some(now);
+            }
+            Err(error) => tracing::warn!(%error, "gossip: could not scale the suspicion timeout"),
+        }
+    }
+
     /// Fires every timer due at `now` (deadline <= now), earliest first.
     pub fn handle_timers(&mut self, now: Instant) {
+        self.note_lateness(now);
         self.arm_refresh(now);
         while let Some(entry) = self.timers.first_entry() {
             if entry.key().0 > now {
@@ -318,7 +383,9 @@ impl GossipCore {
         let mut stuck = Vec::new();
         for (m, key) in suspects.into_iter().zip(keys) {
             let since = *self.suspect_since.entry(key.clone()).or_insert(now);
-            if now.saturating_duration_since(since) >= self.stuck_suspect_after {
+            if now.saturating_duration_since(since)
+                >= self.stuck_suspect_after * (1 + self.health_score)
+            {
                 tracing::warn!(member = %key.0, suspect_for = ?now.saturating_duration_since(since), "gossip member stuck as suspect; declaring it down so it rejoins");
                 self.suspect_since.remove(&key);
                 stuck.push(foca::Member::new(
@@ -617,6 +684,8 @@ impl GossipCore {
                         GossipEvent::Renamed { from, to }
                     }
                     OwnedNotification::Rejoin(node) => {
+                        // Refuting is a sign of trouble on our side (Lifeguard).
+                        self.set_health(self.health_score + 2, now);
                         tracing::warn!(
                             incarnation = node.incarnation,
                             "the cluster declared us down; rejoined with a new incarnation"
@@ -653,6 +722,31 @@ mod tests {
 
     fn config() -> GossipConfig {
         GossipConfig::new("a".into(), SocketAddr::from(([127, 0, 0, 1], 9000)))
+    }
+
+    /// Timers that fire late raise the local health score (to at most
+    /// MAX_HEALTH_SCORE); punctual ones lower it again, one step a second.
+    #[test]
+    fn late_timers_raise_the_local_health_score() {
+        let mut core = GossipCore::new(&config(), vec![], 7).unwrap();
+        let t0 = Instant::now();
+        core.start(t0);
+        assert_eq!(core.health_score(), 0);
+        let mut now = t0;
+        for _ in 0..20 {
+            let due = core.next_deadline().expect("a timer is armed");
+            now = due.max(now) + Duration::from_millis(400);
+            core.handle_timers(now);
+        }
+        assert_eq!(core.health_score(), MAX_HEALTH_SCORE);
+        // On time again: back to 0 within MAX_HEALTH_SCORE seconds or so.
+        for _ in 0..200 {
+            let due = core.next_deadline().expect("a timer is armed");
+            now = due.max(now);
+            core.handle_timers(now);
+        }
+        assert!(now > t0 + Duration::from_secs(8));
+        assert_eq!(core.health_score(), 0);
     }
 
     #[test]

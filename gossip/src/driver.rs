@@ -310,7 +310,29 @@ impl Driver {
                     tracing::info!(id = %self.record.id, "left the gossip cluster");
                     break;
                 }
-                () = timer => self.core.handle_timers(Instant::now().into_std()),
+                () = timer => {
+                    let now = Instant::now().into_std();
+                    // Read what has already arrived before judging timeouts:
+                    // a node that was not scheduled for a while must not take
+                    // its own delay for its peers' silence (with the local
+                    // health score in the core, Lifeguard's self-awareness).
+                    loop {
+                        match self.socket.try_recv_from(&mut buf) {
+                            Ok((len, from)) => {
+                                self.shared.bytes_received.fetch_add(len as u64, Ordering::Relaxed);
+                                let data = buf.get(..len).unwrap_or_default();
+                                self.core.handle_packet(from, data, now);
+                            }
+                            Err(error) => {
+                                if error.kind() != std::io::ErrorKind::WouldBlock {
+                                    tracing::debug!(%error, "gossip receive failed");
+                                }
+                                break;
+                            }
+                        }
+                    }
+                    self.core.handle_timers(now);
+                }
                 received = self.socket.recv_from(&mut buf) => match received {
                     Ok((len, from)) => {
                         self.shared.bytes_received.fetch_add(len as u64, Ordering::Relaxed);

@@ -9,7 +9,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use tracing::{debug, info, warn};
 
-use crate::record::{LeaseRecord, parse_key, record_key};
+use crate::record::{LeaseClaim, LeaseRecord, parse_key, record_key};
 use crate::{Error, LeaseConfig};
 
 /// Records kept behind the current one; older ones are garbage-collected by the holder.
@@ -199,6 +199,46 @@ impl LeaseClient {
             .checked_add(self.config.renew_interval)
             .unwrap_or(ours.valid_until);
         Some(at.min(ours.valid_until))
+    }
+
+    /// Pure: our current record while we hold the lease, for the others to
+    /// [`LeaseClient::note_claim`].
+    pub fn claim(&self, now: Instant) -> Option<LeaseClaim> {
+        self.held(now)?;
+        let ours = self.ours.as_ref()?;
+        Some(LeaseClaim {
+            seq: ours.seq,
+            nonce: ours.nonce.clone(),
+            epoch: ours.epoch,
+            duration_ms: u64::try_from(self.config.duration.as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+
+    /// The holder says (through gossip) that `claim`'s record exists; we learned it at
+    /// `now`, read before this call. The record existed at `now`, so it counts as seen and
+    /// confirmed then (see the crate docs). Ignored while we hold the lease ourselves, and
+    /// for a record older than the one we are watching.
+    pub fn note_claim(&mut self, claim: &LeaseClaim, now: Instant) {
+        self.note_epoch(claim.epoch);
+        if self.ours.is_some() {
+            return;
+        }
+        match &mut self.observed {
+            Some(o) if o.seq == claim.seq && o.nonce.as_deref() == Some(claim.nonce.as_str()) => {
+                if o.confirmed_at.is_none() {
+                    o.confirmed_at = Some(now);
+                }
+            }
+            Some(o) if o.seq > claim.seq => {}
+            _ => {
+                self.observed = Some(Observation {
+                    seq: claim.seq,
+                    nonce: Some(claim.nonce.clone()),
+                    duration: Duration::from_millis(claim.duration_ms),
+                    confirmed_at: Some(now),
+                });
+            }
+        }
     }
 
     /// Raise the highest epoch seen (from a peer or from persisted state): if it exceeds our

@@ -23,6 +23,13 @@
 //!   remembered and adopted if the next tick finds it in place.
 //! * **GC**: the holder deletes records more than [`KEEP_RECORDS`] behind the current one,
 //!   in batches of [`GC_BATCH`] when its periodic listing finds that many, best effort.
+//! * **Claims**: after each successful write the holder may tell the others (gossip)
+//!   which record it wrote ([`LeaseClient::claim`]); a contender that receives the claim
+//!   at `now` counts the record as seen and confirmed at `now`
+//!   ([`LeaseClient::note_claim`]): the record existed before the claim was sent. Its
+//!   takeover still lists and reads the store first and starts over if the current record
+//!   is not the claimed one, so a stale or forged claim (it would need the unpredictable
+//!   nonce) can delay a takeover but never hasten one.
 //! * **Probe**: [`LeaseClient::probe`] creates an object twice and requires the second
 //!   create to fail, so leader election never runs on a store without conditional writes.
 //!
@@ -54,4 +61,4 @@ mod record;
 pub use client::{GC_BATCH, KEEP_RECORDS, LeaseClient, LeaseState};
 pub use config::{CHECK_INTERVAL, LeaseConfig, MIN_RENEW_INTERVAL};
 pub use error::Error;
-pub use record::{LeaseRecord, record_key};
+pub use record::{LeaseClaim, LeaseRecord, record_key};

@@ -25,6 +25,18 @@ pub struct LeaseRecord {
     pub released: bool,
 }
 
+/// What a holder tells the other nodes (through gossip) after a write of its record
+/// succeeded: record `seq` with this nonce exists. A node that receives it at `now`
+/// knows the record existed at `now`, which is all a contender's wait needs
+/// ([`crate::LeaseClient::note_claim`]), without reading the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseClaim {
+    pub seq: u64,
+    pub nonce: String,
+    pub epoch: u64,
+    pub duration_ms: u64,
+}
+
 /// The key of record `seq` under `prefix`.
 pub fn record_key(prefix: &Path, seq: u64) -> Path {
     prefix.clone().join(format!("{seq:020}"))

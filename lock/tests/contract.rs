@@ -224,6 +224,7 @@ async fn contract(store: Arc<dyn ObjectStore>) {
     higher_epoch_stops_holding(store.clone(), "c/epoch").await;
     gc_keeps_records_bounded(store.clone(), "c/gc").await;
     quiet_between_checks(store.clone(), "c/quiet").await;
+    claims_confirm_a_sighting(store.clone(), "c/claims").await;
 }
 
 async fn probe_passes(store: Arc<dyn ObjectStore>, prefix: &str) {
@@ -608,6 +609,54 @@ async fn gc_keeps_records_bounded(store: Arc<dyn ObjectStore>, prefix: &str) {
     );
     let newest = record_key(&Path::from(prefix), 60);
     store.head(&newest).await.expect("newest record kept");
+}
+
+/// A claim received from the holder counts as a confirmed sighting at its arrival: the
+/// contender may take over `duration + margin` after it, not after its own second look.
+/// A claim whose nonce is not the stored record's gives nothing.
+async fn claims_confirm_a_sighting(store: Arc<dyn ObjectStore>, prefix: &str) {
+    let t = Clock::new();
+    let mut a = client(&store, prefix, "node-a");
+    let mut b = client(&store, prefix, "node-b");
+    let mut forged = client(&store, prefix, "node-c");
+    assert_eq!(held_epoch(&a.tick(t.at(0.0), true).await.unwrap()), Some(1));
+    assert_eq!(held_epoch(&a.tick(t.at(2.0), true).await.unwrap()), Some(1));
+    let claim = a.claim(t.at(2.0)).expect("A holds and claims its record");
+    assert_eq!(claim.seq, 2);
+    b.note_claim(&claim, t.at(2.1));
+    let mut wrong = claim.clone();
+    wrong.nonce = "node-a-0000000000000000-9".into();
+    forged.note_claim(&wrong, t.at(2.1));
+    // A dies. B looks from t=5: the stored record is the claimed one, so its wait
+    // counts from 2.1: 2.1 + 10 + 2 = 14.1.
+    assert_eq!(
+        b.tick(t.at(5.0), true).await.unwrap(),
+        other("node-a", 1, false)
+    );
+    assert_eq!(
+        b.tick(t.at(14.0), true).await.unwrap(),
+        other("node-a", 1, false)
+    );
+    // The forged claim's holder saw the record for the first time at 5 and confirmed it
+    // at 14: not before 26.
+    assert_eq!(
+        forged.tick(t.at(5.0), true).await.unwrap(),
+        other("node-a", 1, false)
+    );
+    assert_eq!(
+        forged.tick(t.at(14.0), true).await.unwrap(),
+        other("node-a", 1, false)
+    );
+    assert_eq!(
+        held_epoch(&b.tick(t.at(14.1), true).await.unwrap()),
+        Some(2)
+    );
+    // A claim with a higher epoch stops a holder at once (A still had until 10).
+    assert_eq!(a.held(t.at(3.0)), Some(1));
+    let newer = b.claim(t.at(14.1)).expect("B claims");
+    assert_eq!(newer.epoch, 2);
+    a.note_claim(&newer, t.at(3.0));
+    assert_eq!(a.held(t.at(3.0)), None);
 }
 
 /// With the production check interval a holder writes one record per renewal and reads

@@ -304,7 +304,10 @@ impl Manager {
         let child = std::process::Command::new(&self.binary)
             .args(&self.args)
             .envs(etcd_bin_env())
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("HARNESS_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

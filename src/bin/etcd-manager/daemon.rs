@@ -114,7 +114,7 @@ async fn run_node(
     metrics::gauge!(etcd_manager::metrics::BACKUP_INTERVAL).set(cfg.backup_interval.as_secs_f64());
 
     let cancel = CancellationToken::new();
-    let payload = PeerPayload::from_info(&node.info().await, cfg.peer_api_addr);
+    let payload = PeerPayload::from_info(&node.info().await, cfg.peer_api_addr, None);
     let mut gcfg = gossip::GossipConfig::new(node.id().to_string(), cfg.gossip_addr);
     gcfg.seeds = cfg.seeds.clone();
     gcfg.discovery_dir = cfg.discovery_dir.clone();

@@ -765,6 +765,13 @@ async fn p1_false_downs(
         Some(v)
     };
     let before = counts(metrics.clone()).await.unwrap_or_default();
+    // For a closer look: BENCH_LOSS (a probability, default 0.1) and
+    // BENCH_STARVE=0 (no starved manager).
+    let loss: f64 = std::env::var("BENCH_LOSS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.1);
+    let starve = std::env::var("BENCH_STARVE").map_or(true, |v| v != "0");
 
     // The faults: loss on every gossip packet of this cluster's /16, and the
     // third manager (etcd already runs outside its group) starved.
@@ -784,7 +791,7 @@ async fn p1_false_downs(
         "--mode",
         "random",
         "--probability",
-        "0.1",
+        &loss.to_string(),
         "-j",
         "DROP",
     ]
@@ -813,7 +820,9 @@ async fn p1_false_downs(
     let starved = ms[2]
         .pid()
         .ok_or_else(|| anyhow::anyhow!("manager 3 is not running"))?;
-    std::fs::write(cgroup.join("cgroup.procs"), starved.to_string())?;
+    if starve {
+        std::fs::write(cgroup.join("cgroup.procs"), starved.to_string())?;
+    }
 
     let start = Instant::now();
     let mut suspect_samples = 0u64;

@@ -189,6 +189,8 @@ struct Node {
     blocked_until: Option<Duration>,
     gossip: Option<GossipCore>,
     lease: lock::LeaseClient,
+    /// The lease claim last put in our gossip payload.
+    claimed: Option<lock::LeaseClaim>,
     /// Persisted across crashes, like `state.json`.
     highest_epoch: u64,
     etcd: Option<LocalEtcd>,
@@ -340,6 +342,7 @@ impl World {
                 blocked_until: None,
                 gossip: None,
                 lease,
+                claimed: None,
                 highest_epoch: 0,
                 etcd: None,
                 next_pass: origin,
@@ -421,6 +424,7 @@ impl World {
         let now = self.local(i);
         core.start(now);
         self.nodes[i].gossip = Some(core);
+        self.nodes[i].claimed = None;
         self.nodes[i].next_refresh = now;
     }
 
@@ -835,7 +839,34 @@ impl World {
             let known = self.known(i);
             candidate = leadership::has_majority(accepted, known, self.nodes.len());
         }
+        // The leader's claims arrive through the gossip payloads, as in the driver.
+        let claims: Vec<lock::LeaseClaim> = self.nodes[i]
+            .gossip
+            .as_ref()
+            .map(|g| {
+                g.members()
+                    .into_iter()
+                    .filter(|m| m.state == MemberState::Alive)
+                    .filter_map(|m| serde_json::from_slice(m.payload.as_deref()?).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for claim in &claims {
+            self.nodes[i].lease.note_claim(claim, now);
+        }
         let tick = futures::executor::block_on(self.nodes[i].lease.tick(now, candidate));
+        // A renewal (or a new holding) goes into our payload at once.
+        if let Some(claim) = self.nodes[i].lease.claim(now)
+            && self.nodes[i].claimed.as_ref() != Some(&claim)
+        {
+            let body = serde_json::to_vec(&claim).unwrap_or_default();
+            self.nodes[i].claimed = Some(claim);
+            if let Some(g) = self.nodes[i].gossip.as_mut()
+                && let Err(e) = g.set_payload(body, now)
+            {
+                self.note(format!("{me} could not publish its claim: {e}"));
+            }
+        }
         if let Err(e) = &tick {
             self.note(format!("{me} lease step failed: {e}"));
         }
