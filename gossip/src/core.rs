@@ -100,6 +100,8 @@ pub struct GossipCore {
     health_changed: Option<Instant>,
     /// foca's configuration at score 0.
     base_config: foca::Config,
+    /// When a valid message last came from each address.
+    last_heard: BTreeMap<SocketAddr, Instant>,
 }
 
 /// Highest local health score: suspicions last at most 9 times as long.
@@ -217,6 +219,7 @@ impl GossipCore {
             health_score: 0,
             health_changed: None,
             base_config,
+            last_heard: BTreeMap::new(),
         };
         core.check_payload(&payload)?;
         Ok(Self {
@@ -342,6 +345,12 @@ impl GossipCore {
                 self.broadcast_own(now);
                 self.arm_refresh(now);
             }
+            CoreTimer::Foca(Timer::ChangeSuspectToDown { member_id, .. })
+                if self.heard_recently(member_id.addr, now) =>
+            {
+                // It talks to us: its refutation got lost, it is not down.
+                self.revive(&member_id, now);
+            }
             CoreTimer::Foca(timer) => {
                 let removed = match &timer {
                     Timer::RemoveDown(id) => Some(id.id.clone()),
@@ -358,6 +367,40 @@ impl GossipCore {
                 self.collect(now);
             }
         }
+    }
+
+    /// A valid message came from `addr` within the last two probe periods.
+    fn heard_recently(&self, addr: SocketAddr, now: Instant) -> bool {
+        self.last_heard.get(&addr).is_some_and(|at| {
+            now.saturating_duration_since(*at) <= self.base_config.probe_period * 2
+        })
+    }
+
+    /// A member we suspect but keep hearing from is alive (Lifeguard's point:
+    /// independent evidence beats a lost refutation). Mark it Alive one
+    /// incarnation up, as its own refutation would; if it is suspected again
+    /// at that incarnation it refutes as usual.
+    fn revive(&mut self, member: &NodeId, now: Instant) {
+        let Some(current) = self
+            .foca
+            .iter_membership_state()
+            .find(|m| m.id() == member && m.state() == foca::State::Suspect)
+            .map(|m| m.incarnation())
+        else {
+            return;
+        };
+        let Some(next) = current.checked_add(1) else {
+            return;
+        };
+        tracing::debug!(member = %member.id, "suspected gossip member still talks to us; keeping it alive");
+        let alive = foca::Member::new(member.clone(), next, foca::State::Alive);
+        if let Err(error) = self
+            .foca
+            .apply_many(std::iter::once(alive), true, &mut self.runtime)
+        {
+            tracing::warn!(%error, "could not keep a talking member alive");
+        }
+        self.collect(now);
     }
 
     /// Declares down a member that stayed Suspect here far longer than the
@@ -382,6 +425,11 @@ impl GossipCore {
         self.suspect_since.retain(|k, _| keys.contains(k));
         let mut stuck = Vec::new();
         for (m, key) in suspects.into_iter().zip(keys) {
+            if self.heard_recently(m.id().addr, now) {
+                self.suspect_since.remove(&key);
+                self.revive(m.id(), now);
+                continue;
+            }
             let since = *self.suspect_since.entry(key.clone()).or_insert(now);
             if now.saturating_duration_since(since)
                 >= self.stuck_suspect_after * (1 + self.health_score)
@@ -430,6 +478,9 @@ impl GossipCore {
         match data.split_first() {
             Some((&TAG_FOCA, body)) => {
                 let result = self.foca.handle_data(body, &mut self.runtime);
+                if result.is_ok() {
+                    self.last_heard.insert(from, now);
+                }
                 if let Err(error) = result {
                     match error {
                         foca::Error::Decode(_)
@@ -747,6 +798,47 @@ mod tests {
         }
         assert!(now > t0 + Duration::from_secs(8));
         assert_eq!(core.health_score(), 0);
+    }
+
+    /// A suspect we keep hearing from is kept alive when its suspicion runs
+    /// out (its refutation was lost); one we did not hear from goes down.
+    #[test]
+    fn a_suspect_that_talks_to_us_is_not_declared_down() {
+        let mut core = GossipCore::new(&config(), vec![], 7).unwrap();
+        let t0 = Instant::now();
+        core.start(t0);
+        let node = |id: &str, last: u8| NodeId {
+            id: id.into(),
+            addr: SocketAddr::from(([127, 0, 0, last], 9000)),
+            incarnation: 1,
+        };
+        let (b, c) = (node("b", 2), node("c", 3));
+        for state in [foca::State::Alive, foca::State::Suspect] {
+            let updates = [b.clone(), c.clone()].map(|n| foca::Member::new(n, 0, state));
+            core.foca
+                .apply_many(updates.into_iter(), true, &mut core.runtime)
+                .unwrap();
+        }
+        core.collect(t0);
+        let now = t0 + Duration::from_secs(4);
+        core.last_heard
+            .insert(b.addr, now - Duration::from_millis(300));
+        for member_id in [b.clone(), c.clone()] {
+            let timer = Timer::ChangeSuspectToDown {
+                member_id,
+                incarnation: 0,
+                token: 0,
+            };
+            core.fire(CoreTimer::Foca(timer), now);
+        }
+        let state = |id: &str| {
+            core.members()
+                .into_iter()
+                .find(|m| m.id == id)
+                .map(|m| m.state)
+        };
+        assert_eq!(state("b"), Some(MemberState::Alive));
+        assert_eq!(state("c"), Some(MemberState::Down));
     }
 
     #[test]

@@ -858,7 +858,8 @@ async fn p1_false_downs(
                "starved_manager": 3,
                "share_of_samples_with_a_suspect": suspect_samples as f64 / samples.max(1) as f64,
                "starved_cgroup_cpu_stat": throttled.split_whitespace().collect::<Vec<_>>().join(" "),
-               "gossip": "foca Config::new_lan(3): probe every 1 s, probe timeout 500 ms, 3 indirect probes, suspicion 4 s"}),
+               "gossip": "foca Config::new_lan(3) (probe every 1 s, probe timeout 500 ms, 3 indirect probes, suspicion 4 s) with every update sent 10 times instead of 2, queued packets read before timers fire, a local health score scaling our suspicion timeout, and suspects we still hear from kept alive",
+               "baseline": "foca new_lan(3) unchanged, measured with the same scenario before these changes: 26 members declared down and 70 rejoins in 10 minutes"}),
     ));
     Ok(())
 }
