@@ -2,7 +2,7 @@
 //! execute, repeat. Every node runs it; only the lease holder gets past the
 //! leadership step. IO lives here; decisions do not.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -145,6 +145,8 @@ pub struct Driver {
     control_cache: backup::ControlCache,
     /// The last plan had neither actions nor waits.
     steady: bool,
+    /// Who was alive in gossip at the last look (a change starts a pass).
+    last_alive: BTreeSet<String>,
     /// Claims already counted: one is counted when first seen, not again.
     seen_claims: std::collections::BTreeSet<(u64, String)>,
     last_backup: Option<Instant>,
@@ -202,6 +204,7 @@ impl Driver {
             control_cache: backup::ControlCache::default(),
             steady: false,
             seen_claims: Default::default(),
+            last_alive: BTreeSet::new(),
             last_backup: None,
             was_leader: false,
             pass: 0,
@@ -237,27 +240,40 @@ impl Driver {
                 self.settings.controller_interval
             };
             let clock = self.clock.clone();
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = self.clock.sleep(pause) => {}
-                // A renewal: tell the others at once (their wait counts from
-                // when they hear of it).
-                Ok(()) = claims.changed() => self.publish_payload().await,
-                changed = members.changed(), if gossip_open => {
-                    match changed {
+            let wake_at = clock.now() + pause;
+            // Wait for the pause, a change of who is alive, or cancellation;
+            // meanwhile publish our lease claims and take note of others'
+            // (payload changes alone do not start a pass).
+            let cancelled = loop {
+                let left = wake_at.saturating_duration_since(clock.now());
+                tokio::select! {
+                    _ = cancel.cancelled() => break true,
+                    _ = clock.sleep(left) => break false,
+                    // A renewal: tell the others at once (their wait counts
+                    // from when they hear of it).
+                    Ok(()) = claims.changed() => self.publish_payload().await,
+                    changed = members.changed(), if gossip_open => match changed {
                         Ok(()) => {
                             self.note_claims().await;
                             // Judge candidates by the new view at once: a peer
                             // asked before its own next pass would still see
                             // the departed leader and refuse.
                             let peers = self.alive_peers();
-                            self.node.set_alive_view(peers.keys().cloned().collect());
-                            // Let the news settle for a moment (a leave, then its broadcast).
-                            clock.sleep(Duration::from_millis(100)).await;
+                            let alive: BTreeSet<String> = peers.keys().cloned().collect();
+                            if alive != self.last_alive {
+                                self.node.set_alive_view(alive.iter().cloned().collect());
+                                self.last_alive = alive;
+                                // Let the news settle for a moment (a leave, then its broadcast).
+                                clock.sleep(Duration::from_millis(100)).await;
+                                break false;
+                            }
                         }
                         Err(_) => gossip_open = false,
-                    }
+                    },
                 }
+            };
+            if cancelled {
+                break;
             }
         }
         renewals.cancel();
@@ -388,6 +404,7 @@ impl Driver {
         self.note_claims().await;
         let peers = self.alive_peers();
         self.node.set_alive_view(peers.keys().cloned().collect());
+        self.last_alive = peers.keys().cloned().collect();
         let me = self.node.id().to_string();
         let lowest = peers.contains_key(&me)
             && crate::leadership::is_candidate(&me, peers.keys().map(String::as_str));

@@ -490,12 +490,17 @@ async fn quarantined_member_serves_only_on_quarantine_url() {
     .unwrap();
     // The child's ETCD_* environment is exactly ours plus the overrides, nothing inherited.
     // Until the forked child has exec'd etcd, /proc shows the parent's environment: wait for the exec.
+    // The kernel points /proc/<pid>/exe at the new binary a moment before it lays out the new
+    // environment (environ reads empty in between), so wait for both.
     let pid = proc.status().pid.unwrap();
     let etcd_exe = std::fs::canonicalize(&binaries("3.5.30").etcd).unwrap();
     wait_for(
         "the child to exec etcd",
         Duration::from_secs(10),
-        async || std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == etcd_exe),
+        async || {
+            std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == etcd_exe)
+                && !etcd_vars_of(pid).is_empty()
+        },
     )
     .await;
     assert_eq!(etcd_vars_of(pid), etcd_env(&node.spec, &overrides));

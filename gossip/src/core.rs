@@ -102,6 +102,8 @@ pub struct GossipCore {
     base_config: foca::Config,
     /// When a valid message last came from each address.
     last_heard: BTreeMap<SocketAddr, Instant>,
+    /// [`GossipConfig::lifeguard`]: local health and reviving talking suspects.
+    lifeguard: bool,
 }
 
 /// Highest local health score: suspicions last at most 9 times as long.
@@ -219,6 +221,7 @@ impl GossipCore {
             health_score: 0,
             health_changed: None,
             base_config,
+            lifeguard: config.lifeguard,
             last_heard: BTreeMap::new(),
         };
         core.check_payload(&payload)?;
@@ -301,7 +304,7 @@ impl GossipCore {
 
     fn set_health(&mut self, score: u32, now: Instant) {
         let score = score.min(MAX_HEALTH_SCORE);
-        if score == self.health_score {
+        if score == self.health_score || !self.lifeguard {
             return;
         }
         let mut config = self.base_config.clone();
@@ -371,9 +374,10 @@ impl GossipCore {
 
     /// A valid message came from `addr` within the last two probe periods.
     fn heard_recently(&self, addr: SocketAddr, now: Instant) -> bool {
-        self.last_heard.get(&addr).is_some_and(|at| {
-            now.saturating_duration_since(*at) <= self.base_config.probe_period * 2
-        })
+        self.lifeguard
+            && self.last_heard.get(&addr).is_some_and(|at| {
+                now.saturating_duration_since(*at) <= self.base_config.probe_period * 2
+            })
     }
 
     /// A member we suspect but keep hearing from is alive (Lifeguard's point:
@@ -797,6 +801,32 @@ mod tests {
             core.handle_timers(now);
         }
         assert!(now > t0 + Duration::from_secs(8));
+        assert_eq!(core.health_score(), 0);
+    }
+
+    /// Without lifeguard (the benchmarks' baseline) foca runs as shipped:
+    /// new_lan's send count, and late timers leave the score at 0.
+    #[test]
+    fn without_lifeguard_foca_runs_as_shipped() {
+        let mut plain = config();
+        plain.lifeguard = false;
+        let lan = foca::Config::new_lan(std::num::NonZeroU32::new(3).unwrap());
+        let effective = plain.effective_foca_config().unwrap();
+        assert_eq!(effective.max_transmissions, lan.max_transmissions);
+        assert!(lan.max_transmissions < crate::MIN_TRANSMISSIONS);
+        assert_eq!(
+            config().effective_foca_config().unwrap().max_transmissions,
+            crate::MIN_TRANSMISSIONS
+        );
+        let mut core = GossipCore::new(&plain, vec![], 7).unwrap();
+        let t0 = Instant::now();
+        core.start(t0);
+        let mut now = t0;
+        for _ in 0..20 {
+            let due = core.next_deadline().expect("a timer is armed");
+            now = due.max(now) + Duration::from_millis(400);
+            core.handle_timers(now);
+        }
         assert_eq!(core.health_score(), 0);
     }
 

@@ -95,6 +95,13 @@ pub struct GossipConfig {
     /// The gossip keyring; `None` sends and accepts plain packets. Every
     /// node of a cluster must share a key (see [`load_key_file`]).
     pub keys: Option<GossipKeys>,
+    /// Lifeguard-style robustness on top of foca (default `true`): every
+    /// update sent at least [`MIN_TRANSMISSIONS`] times, a local health
+    /// score that slows our accusations while our own timers run late, and
+    /// suspects we still hear from kept alive. `false` runs foca's
+    /// `new_lan(cluster_size_hint)` as shipped: the baseline the benchmarks
+    /// compare against, not for production.
+    pub lifeguard: bool,
 }
 
 impl GossipConfig {
@@ -112,6 +119,7 @@ impl GossipConfig {
             refresh_interval: DEFAULT_REFRESH_INTERVAL,
             foca_config: None,
             keys: None,
+            lifeguard: true,
         }
     }
 
@@ -131,10 +139,13 @@ impl GossipConfig {
             }
         })?;
         let mut config = foca::Config::new_lan(size);
+        if !self.lifeguard {
+            return Ok(config);
+        }
         // new_lan sends each update (a suspicion, its refutation) only
         // log10(n + 1) * 4 times: twice for 3 members. With 10 % packet loss
         // a suspected member then often never hears of it, cannot refute and
-        // is declared down while alive. Ten sends cost bytes only while
+        // is declared down while alive. Five sends cost bytes only while
         // something changes.
         config.max_transmissions = config.max_transmissions.max(MIN_TRANSMISSIONS);
         Ok(config)
@@ -143,9 +154,9 @@ impl GossipConfig {
 
 /// Every membership update is sent at least this many times (see
 /// [`GossipConfig::effective_foca_config`]).
-pub const MIN_TRANSMISSIONS: std::num::NonZeroU8 = match std::num::NonZeroU8::new(10) {
+pub const MIN_TRANSMISSIONS: std::num::NonZeroU8 = match std::num::NonZeroU8::new(5) {
     Some(n) => n,
-    None => panic!("10 is not zero"),
+    None => panic!("5 is not zero"),
 };
 
 /// The state of a member as this node sees it.
