@@ -118,8 +118,10 @@ pub struct Args {
     #[arg(long, env = "ETCD_MANAGER_METRICS_PORT")]
     pub etcd_manager_metrics_port: Option<u16>,
 
-    /// Time between controller passes when nothing changes.
-    #[arg(long, env = "ETCD_MANAGER_CONTROLLER_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    /// Time between controller passes while the cluster is steady (nothing
+    /// to do or wait for). While waiting for something the passes come at
+    /// least every 2s; after an action, or when a manager comes or goes, at once.
+    #[arg(long, env = "ETCD_MANAGER_CONTROLLER_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub controller_interval: Duration,
 
     /// How long the leader lease lasts without renewal (at least 3s; the margin is 30 % of it).

@@ -95,6 +95,10 @@ impl PeerPayload {
 const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 const ETCD_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest pause between passes while the leader waits for something
+/// (a member's grace period, a learner catching up) or a candidate for the
+/// lease, whatever `--controller-interval` says.
+const WAITING_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a membership change etcd refuses for now (its strict reconfiguration
 /// check) is retried, at most: never past the lease (`membership_deadline`).
 const ETCD_MEMBERSHIP_RETRY: Duration = Duration::from_secs(15);
@@ -145,12 +149,20 @@ pub struct Driver {
     control_cache: backup::ControlCache,
     /// The last plan had neither actions nor waits.
     steady: bool,
+    /// Nothing to do or wait for: a steady leader, or a manager that is not
+    /// the candidate. The next pass then comes after the controller interval,
+    /// otherwise within [`WAITING_INTERVAL`].
+    idle: bool,
     /// Who was alive in gossip at the last look (a change starts a pass).
     last_alive: BTreeSet<String>,
     /// Claims already counted: one is counted when first seen, not again.
     seen_claims: std::collections::BTreeSet<(u64, String)>,
     last_backup: Option<Instant>,
     was_leader: bool,
+    /// etcd clients of the last pass by client URL, kept while they answer:
+    /// a new client per member per pass cost a TLS handshake each, most of
+    /// an idle leader's CPU.
+    etcd_clients: BTreeMap<String, etcd::EtcdClient>,
     pass: u64,
     last_waits: Vec<String>,
     last_payload: Option<PeerPayload>,
@@ -203,10 +215,12 @@ impl Driver {
             control: None,
             control_cache: backup::ControlCache::default(),
             steady: false,
+            idle: false,
             seen_claims: Default::default(),
             last_alive: BTreeSet::new(),
             last_backup: None,
             was_leader: false,
+            etcd_clients: BTreeMap::new(),
             pass: 0,
             last_waits: vec![],
             last_payload: None,
@@ -236,8 +250,10 @@ impl Driver {
             };
             let pause = if acted {
                 Duration::from_millis(200)
-            } else {
+            } else if self.idle {
                 self.settings.controller_interval
+            } else {
+                self.settings.controller_interval.min(WAITING_INTERVAL)
             };
             let clock = self.clock.clone();
             let wake_at = clock.now() + pause;
@@ -424,11 +440,17 @@ impl Driver {
             .await;
         let epoch = self.lease.held(self.clock.now());
         self.note_leadership(epoch);
-        let Some(epoch) = epoch else { return false };
+        let Some(epoch) = epoch else {
+            // A candidate waits for the lease; the others have nothing to do.
+            self.idle = !candidate;
+            return false;
+        };
 
         self.pass += 1;
         let span = tracing::info_span!("reconcile", pass = self.pass, epoch);
-        self.reconcile_pass(epoch, &peers).instrument(span).await
+        let acted = self.reconcile_pass(epoch, &peers).instrument(span).await;
+        self.idle = self.steady;
+        acted
     }
 
     async fn reconcile_pass(&mut self, epoch: u64, peers: &BTreeMap<String, SocketAddr>) -> bool {
@@ -436,6 +458,7 @@ impl Driver {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(error = %e, "observation failed");
+                self.steady = false;
                 return false;
             }
         };
@@ -554,6 +577,7 @@ impl Driver {
             // Whatever changed while we were not leading, read it afresh.
             self.control = None;
             self.steady = false;
+            self.etcd_clients.clear();
             if leader {
                 tracing::info!(epoch, "became leader");
                 self.last_backup = None;
@@ -628,7 +652,12 @@ impl Driver {
                 })
             })
             .collect();
-        let cluster = observe_cluster(&infos, self.settings.etcd_tls.as_ref()).await;
+        let cluster = observe_cluster(
+            &infos,
+            self.settings.etcd_tls.as_ref(),
+            &mut self.etcd_clients,
+        )
+        .await;
         let backups_exist = if cluster.is_none() && !created_marker {
             !self
                 .store
@@ -1282,25 +1311,39 @@ async fn cluster_client(
 }
 
 /// Ask etcd (through every running peer) for the members and their health.
-async fn observe_cluster(peers: &[PeerView], tls: Option<&etcd::ClientTls>) -> Option<ClusterView> {
+/// Asks every peer's etcd for its status and health, and one of them for the
+/// member list. `clients` holds the clients of the last pass by URL: reused
+/// (a tonic channel reconnects by itself), and replaced by those that
+/// answered this time, so a member that failed gets a fresh client next pass.
+async fn observe_cluster(
+    peers: &[PeerView],
+    tls: Option<&etcd::ClientTls>,
+    clients: &mut BTreeMap<String, etcd::EtcdClient>,
+) -> Option<ClusterView> {
     let endpoints: Vec<(String, String)> = peers
         .iter()
         .filter_map(|p| Some((p.id.clone(), endpoint_of(p.info.as_ref()?)?)))
         .collect();
     if endpoints.is_empty() {
+        clients.clear();
         return None;
     }
+    let known = &*clients;
     let statuses = futures::future::join_all(endpoints.into_iter().map(|(id, ep)| async move {
-        let client = etcd::EtcdClient::connect_with(std::slice::from_ref(&ep), ETCD_TIMEOUT, tls)
-            .await
-            .ok()?;
+        let client = match known.get(&ep) {
+            Some(c) => c.clone(),
+            None => etcd::EtcdClient::connect_with(std::slice::from_ref(&ep), ETCD_TIMEOUT, tls)
+                .await
+                .ok()?,
+        };
         let status = client.status().await.ok()?;
         // A learner serves no reads; that it answers status is its health.
         let healthy = status.is_learner || client.healthy().await;
-        Some((id, status, healthy, client))
+        Some((id, status, healthy, client, ep))
     }))
     .await;
     let alive: Vec<_> = statuses.into_iter().flatten().collect();
+    *clients = alive.iter().map(|a| (a.4.clone(), a.3.clone())).collect();
     let mut members = None;
     let clients: Vec<etcd::EtcdClient> = alive.iter().map(|a| a.3.clone()).collect();
     for client in clients {
@@ -1312,27 +1355,27 @@ async fn observe_cluster(peers: &[PeerView], tls: Option<&etcd::ClientTls>) -> O
     let members = members?;
     let leader = alive
         .iter()
-        .map(|(_, s, _, _)| s.leader)
+        .map(|(_, s, _, _, _)| s.leader)
         .find(|l| *l != 0)
         .unwrap_or(0);
     let view = members
         .iter()
         .map(|mb| {
-            let st = alive.iter().find(|(_, s, _, _)| s.member_id == mb.id);
+            let st = alive.iter().find(|(_, s, _, _, _)| s.member_id == mb.id);
             MemberView {
                 id: mb.id,
                 name: mb.name.clone(),
                 peer_urls: mb.peer_urls.clone(),
                 is_learner: mb.is_learner,
-                healthy: st.is_some_and(|(_, _, h, _)| *h),
+                healthy: st.is_some_and(|(_, _, h, _, _)| *h),
                 is_leader: mb.id == leader,
             }
         })
         .collect();
     let versions = alive
         .iter()
-        .filter(|(_, _, h, _)| *h)
-        .map(|(_, s, _, _)| s.version.clone())
+        .filter(|(_, _, h, _, _)| *h)
+        .map(|(_, s, _, _, _)| s.version.clone())
         .collect();
     Some(ClusterView {
         members: view,
