@@ -1310,7 +1310,14 @@ async fn cluster_client(
         .map_err(executing_error)
 }
 
-/// Ask etcd (through every running peer) for the members and their health.
+/// One member's etcd that answered [`observe_cluster`].
+struct Answer {
+    status: etcd::EndpointStatus,
+    healthy: bool,
+    client: etcd::EtcdClient,
+    endpoint: String,
+}
+
 /// Asks every peer's etcd for its status and health, and one of them for the
 /// member list. `clients` holds the clients of the last pass by URL: reused
 /// (a tonic channel reconnects by itself), and replaced by those that
@@ -1320,16 +1327,16 @@ async fn observe_cluster(
     tls: Option<&etcd::ClientTls>,
     clients: &mut BTreeMap<String, etcd::EtcdClient>,
 ) -> Option<ClusterView> {
-    let endpoints: Vec<(String, String)> = peers
+    let endpoints: Vec<String> = peers
         .iter()
-        .filter_map(|p| Some((p.id.clone(), endpoint_of(p.info.as_ref()?)?)))
+        .filter_map(|p| endpoint_of(p.info.as_ref()?))
         .collect();
     if endpoints.is_empty() {
         clients.clear();
         return None;
     }
     let known = &*clients;
-    let statuses = futures::future::join_all(endpoints.into_iter().map(|(id, ep)| async move {
+    let statuses = futures::future::join_all(endpoints.into_iter().map(|ep| async move {
         let client = match known.get(&ep) {
             Some(c) => c.clone(),
             None => etcd::EtcdClient::connect_with(std::slice::from_ref(&ep), ETCD_TIMEOUT, tls)
@@ -1339,14 +1346,21 @@ async fn observe_cluster(
         let status = client.status().await.ok()?;
         // A learner serves no reads; that it answers status is its health.
         let healthy = status.is_learner || client.healthy().await;
-        Some((id, status, healthy, client, ep))
+        Some(Answer {
+            status,
+            healthy,
+            client,
+            endpoint: ep,
+        })
     }))
     .await;
-    let alive: Vec<_> = statuses.into_iter().flatten().collect();
-    *clients = alive.iter().map(|a| (a.4.clone(), a.3.clone())).collect();
+    let alive: Vec<Answer> = statuses.into_iter().flatten().collect();
+    *clients = alive
+        .iter()
+        .map(|a| (a.endpoint.clone(), a.client.clone()))
+        .collect();
     let mut members = None;
-    let clients: Vec<etcd::EtcdClient> = alive.iter().map(|a| a.3.clone()).collect();
-    for client in clients {
+    for Answer { client, .. } in &alive {
         if let Ok(list) = client.member_list().await {
             members = Some(list);
             break;
@@ -1355,27 +1369,27 @@ async fn observe_cluster(
     let members = members?;
     let leader = alive
         .iter()
-        .map(|(_, s, _, _, _)| s.leader)
+        .map(|a| a.status.leader)
         .find(|l| *l != 0)
         .unwrap_or(0);
     let view = members
         .iter()
         .map(|mb| {
-            let st = alive.iter().find(|(_, s, _, _, _)| s.member_id == mb.id);
+            let st = alive.iter().find(|a| a.status.member_id == mb.id);
             MemberView {
                 id: mb.id,
                 name: mb.name.clone(),
                 peer_urls: mb.peer_urls.clone(),
                 is_learner: mb.is_learner,
-                healthy: st.is_some_and(|(_, _, h, _, _)| *h),
+                healthy: st.is_some_and(|a| a.healthy),
                 is_leader: mb.id == leader,
             }
         })
         .collect();
     let versions = alive
         .iter()
-        .filter(|(_, _, h, _, _)| *h)
-        .map(|(_, s, _, _, _)| s.version.clone())
+        .filter(|a| a.healthy)
+        .map(|a| a.status.version.clone())
         .collect();
     Some(ClusterView {
         members: view,

@@ -823,24 +823,22 @@ async fn gossip_cluster(
         let seeds: Vec<String> = addrs.iter().filter(|a| *a != addr).cloned().collect();
         nodes.push(GossipProc::spawn(&ids[i], addr, lifeguard, n, &seeds)?);
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let converged = nodes.iter().all(|p| {
-            p.latest().is_some_and(|v| {
-                v["members"]
-                    .as_object()
-                    .is_some_and(|m| m.values().filter(|s| *s == "Alive").count() == n - 1)
-            })
-        });
-        if converged {
-            return Ok(nodes);
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{n} gossip nodes did not converge in 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    tests::wait_for(
+        "gossip nodes to see each other alive",
+        Duration::from_secs(30),
+        || {
+            let converged = nodes.iter().all(|p| {
+                p.latest().is_some_and(|v| {
+                    v["members"]
+                        .as_object()
+                        .is_some_and(|m| m.values().filter(|s| *s == "Alive").count() == n - 1)
+                })
+            });
+            std::future::ready(converged.then_some(()))
+        },
+    )
+    .await;
+    Ok(nodes)
 }
 
 /// One P1 run on the gossip layer alone: SIGKILL the last of `n` nodes;
@@ -866,30 +864,21 @@ async fn gossip_detection_run(n: usize, lifeguard: bool, port: u16) -> anyhow::R
             want.contains(&s)
         }
     };
-    let deadline = t0 + Duration::from_secs(60);
-    loop {
-        let not_alive: Option<Vec<Instant>> = nodes[..n - 1]
+    // The moments come from when each line was read, not from this polling.
+    let latest = |want: &'static [&'static str]| -> Option<f64> {
+        let seen: Option<Vec<Instant>> = nodes[..n - 1]
             .iter()
-            .map(|p| p.first(t0, state_is(&["Suspect", "Down"])))
+            .map(|p| p.first(t0, state_is(want)))
             .collect();
-        let down: Option<Vec<Instant>> = nodes[..n - 1]
-            .iter()
-            .map(|p| p.first(t0, state_is(&["Down"])))
-            .collect();
-        if let (Some(a), Some(d)) = (not_alive, down) {
-            let secs = |ts: Vec<Instant>| {
-                ts.into_iter()
-                    .max()
-                    .map_or(0.0, |t| t.duration_since(t0).as_secs_f64())
-            };
-            return Ok((secs(a), secs(d)));
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "survivors did not report {victim} down within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        Some(seen?.into_iter().max()?.duration_since(t0).as_secs_f64())
+    };
+    let times = tests::wait_for(
+        "every survivor to report the killed node down",
+        Duration::from_secs(60),
+        || std::future::ready(latest(&["Suspect", "Down"]).zip(latest(&["Down"]))),
+    )
+    .await;
+    Ok(times)
 }
 
 /// P1 on the gossip layer alone, 3 and 5 nodes: ours against foca's
