@@ -1,26 +1,50 @@
 #!/usr/bin/env bash
-# Install etcd release binaries from Debian's packages into <prefix>/etcd-v<version>/.
+# Install etcd binaries into <prefix>/etcd-v<version>/ (etcd, etcdctl, etcdutl).
 #
 #   deploy/install-etcd.sh [--prefix DIR] VERSION...
 #   deploy/install-etcd.sh --all            # every version we know how to get
 #
 # Versions Debian carries (suite, package version):
 #   3.3.25 bullseye, 3.4.23 bookworm, 3.5.16 trixie, 3.5.30 sid
+# Versions built from source (listed below): the one etcd version pinned in
+# each deploy/etcd-build/v<minor>/go.mod beside this script.
 #
 # The packages are fetched with a private apt configuration (its own sources
 # list and lists folder under the cache dir), pointing at the same Debian
 # mirror this machine already uses, so the machine's own apt setup is never
-# touched. Idempotent: a version whose `etcd --version` already answers is
-# skipped. Works without root as long as the prefix is writable.
+# touched. Source builds compile etcd's published Go modules with the Go on
+# PATH (CGO_ENABLED=0, one multi-call binary installed as etcd, etcdctl and
+# etcdutl); Go's own module and build caches (go env GOMODCACHE GOCACHE) make
+# a second build fast. Idempotent: a version whose `etcd --version` already
+# answers is skipped. Works without root as long as the prefix is writable.
 set -euo pipefail
 
 prog=$(basename "$0")
 prefix=/opt
 versions=()
-all_versions=(3.3.25 3.4.23 3.5.16 3.5.30)
+debian_versions=(3.3.25 3.4.23 3.5.16 3.5.30)
+build_root=$(cd "$(dirname "$0")" && pwd)/etcd-build
+
+# The etcd version a deploy/etcd-build/v<minor>/ folder pins (server module).
+pinned_version() {
+  awk '$1 == "go.etcd.io/etcd/server/v3" {sub(/^v/, "", $2); print $2; exit}' "$1/go.mod" 2>/dev/null
+}
+
+source_versions=()
+for d in "$build_root"/v*/; do
+  [ -f "$d/go.mod" ] || continue
+  pv=$(pinned_version "$d")
+  [ -n "$pv" ] && source_versions+=("$pv")
+done
+all_versions=("${debian_versions[@]}" "${source_versions[@]}")
 
 usage() {
-  sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+  awk 'NR == 1 {next} /^#/ {sub(/^# ?/, ""); print; next} {exit}' "$0"
+  if [ ${#source_versions[@]} -gt 0 ]; then
+    echo "Built from source here: ${source_versions[*]} (from $build_root)"
+  else
+    echo "Built from source here: none ($build_root is missing)"
+  fi
 }
 
 die() {
@@ -52,7 +76,9 @@ suite_for() {
 
 installed() {
   local dir=$1 version=$2
-  [ -x "$dir/etcd" ] && "$dir/etcd" --version 2>/dev/null | grep -q "etcd Version: $version\$"
+  # grep reads all the output (no -q): an early exit would SIGPIPE etcd and,
+  # with pipefail, fail the check.
+  [ -x "$dir/etcd" ] && "$dir/etcd" --version 2>/dev/null | grep "etcd Version: $version\$" >/dev/null
 }
 
 # Work out which Debian mirror this machine uses, without naming one here.
@@ -68,19 +94,84 @@ mirror() {
   echo "$uri"
 }
 
+# The build folder of a version built from source: deploy/etcd-build/v<minor>/
+# when its go.mod pins exactly that version.
+source_dir_for() {
+  local d=$build_root/v${1%.*}
+  [ -f "$d/go.mod" ] && [ "$(pinned_version "$d")" = "$1" ] && echo "$d"
+}
+
 todo=()
+build_todo=()
 for v in "${versions[@]}"; do
-  suite_for "$v" >/dev/null || die "etcd $v is not available from Debian; choose one of: ${all_versions[*]}"
+  if ! suite_for "$v" >/dev/null && [ -z "$(source_dir_for "$v")" ]; then
+    if [ -f "$build_root/v${v%.*}/go.mod" ]; then
+      die "etcd $v is not available from Debian, and $build_root/v${v%.*}/go.mod pins $(pinned_version "$build_root/v${v%.*}") instead; choose one of: ${all_versions[*]}"
+    fi
+    die "etcd $v is not available from Debian; choose one of: ${all_versions[*]}"
+  fi
   if installed "$prefix/etcd-v$v" "$v"; then
     echo "etcd $v: already installed in $prefix/etcd-v$v"
-  else
+  elif suite_for "$v" >/dev/null; then
     todo+=("$v")
+  else
+    build_todo+=("$v")
   fi
 done
-[ ${#todo[@]} -gt 0 ] || exit 0
+[ ${#todo[@]} -gt 0 ] || [ ${#build_todo[@]} -gt 0 ] || exit 0
 
 mkdir -p "$prefix" 2>/dev/null || true
 [ -w "$prefix" ] || die "cannot write to $prefix; run as root or pass --prefix DIR (a folder you own), then point etcd-manager at it with --etcd-bin-dir"
+
+# Build etcd $1 from the Go modules pinned in its deploy/etcd-build folder.
+build_from_source() {
+  local v=$1 src gomin have work dest log start
+  src=$(source_dir_for "$v")
+  gomin=$(awk '$1 == "go" {print $2; exit}' "$src/go.mod")
+  command -v go >/dev/null 2>&1 \
+    || die "etcd $v is built from source and needs Go >= $gomin on PATH; install Go $gomin or newer and re-run"
+  have=$(GOTOOLCHAIN=local go env GOVERSION 2>/dev/null) || have=unknown
+  have=${have#go}
+  [ "$(printf '%s\n%s\n' "$gomin" "$have" | sort -V | head -n1)" = "$gomin" ] \
+    || die "etcd $v is built from source and needs Go >= $gomin on PATH; $(command -v go) is go$have"
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  log=$work/build.log
+  echo "etcd $v: building from Go modules in $src with go$have (the first build downloads the modules and takes minutes; Go's caches $(GOTOOLCHAIN=local go env GOMODCACHE) and $(GOTOOLCHAIN=local go env GOCACHE) make later ones quick)"
+  start=$SECONDS
+  # GOTOOLCHAIN=local: never fetch another Go; -mod=readonly: go.mod and
+  # go.sum are used as committed; -buildvcs=false: the stamp would describe
+  # this repository, not etcd's. GOFLAGS from the caller (say -p=1) apply.
+  if ! (cd "$src" && CGO_ENABLED=0 GOTOOLCHAIN=local \
+    go build -mod=readonly -trimpath -buildvcs=false \
+      -ldflags "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=go-module-build" \
+      -o "$work/etcd" . ) >"$log" 2>&1; then
+    tail -n 20 "$log" >&2
+    die "building etcd $v failed (output above); check the network (Go module downloads) and that Go is >= $gomin"
+  fi
+  dest="$prefix/etcd-v$v"
+  rm -rf "$dest.tmp"
+  mkdir -p "$dest.tmp"
+  install -m 0755 "$work/etcd" "$dest.tmp/etcd"
+  for b in etcdctl etcdutl; do
+    ln "$dest.tmp/etcd" "$dest.tmp/$b" 2>/dev/null || cp -p "$dest.tmp/etcd" "$dest.tmp/$b"
+  done
+  installed "$dest.tmp" "$v" || die "the etcd binary built for $v does not report version $v ($dest.tmp/etcd --version)"
+  "$dest.tmp/etcdctl" version 2>/dev/null | grep "etcdctl version: $v\$" >/dev/null \
+    || die "the etcdctl built for $v does not report version $v ($dest.tmp/etcdctl version)"
+  "$dest.tmp/etcdutl" version 2>/dev/null | grep "etcdutl version: $v\$" >/dev/null \
+    || die "the etcdutl built for $v does not report version $v ($dest.tmp/etcdutl version)"
+  rm -rf "$dest"
+  mv "$dest.tmp" "$dest"
+  rm -rf "$work"
+  trap - EXIT
+  echo "etcd $v: built in $((SECONDS - start))s and installed in $dest (etcd, etcdctl and etcdutl are one binary, hard-linked)"
+}
+
+for v in ${build_todo[@]+"${build_todo[@]}"}; do
+  build_from_source "$v"
+done
+[ ${#todo[@]} -gt 0 ] || exit 0
 
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/etcd-manager-apt
 mkdir -p "$cache/lists/partial" "$cache/archives/partial"

@@ -36,6 +36,10 @@ pub struct PeerPayload {
     pub lease: Option<lock::LeaseClaim>,
 }
 
+/// Most bytes a gossip payload may claim while it is decoded (a real one is a
+/// few hundred bytes; gossip packets are smaller than this anyway).
+pub const PAYLOAD_LIMIT: usize = 16 * 1024;
+
 /// The payload of a manager from before `lease` was added.
 #[derive(Serialize, Deserialize)]
 struct PeerPayloadV1 {
@@ -74,14 +78,24 @@ impl PeerPayload {
         }
     }
     pub fn encode(&self) -> Vec<u8> {
-        bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap_or_default()
+        crate::codec::encode::<_, PAYLOAD_LIMIT>(self).unwrap_or_default()
     }
+    /// Decode a payload from gossip (any member may send any bytes): bounded
+    /// by [`PAYLOAD_LIMIT`], identifiers checked; None for anything else.
     pub fn decode(b: &[u8]) -> Option<PeerPayload> {
-        let config = bincode::config::standard();
-        if let Ok((p, _)) = bincode::serde::decode_from_slice(b, config) {
+        let p = Self::decode_unchecked(b)?;
+        let ok = etcd::check_ident(etcd::IdentKind::MemberName, &p.node_config.name).is_ok()
+            || p.node_config.name.is_empty();
+        let token_ok = p.etcd.as_ref().is_none_or(|e| {
+            etcd::check_ident(etcd::IdentKind::ClusterToken, &e.cluster_token).is_ok()
+        });
+        (ok && token_ok).then_some(p)
+    }
+    fn decode_unchecked(b: &[u8]) -> Option<PeerPayload> {
+        if let Ok(p) = crate::codec::decode::<PeerPayload, PAYLOAD_LIMIT>(b) {
             return Some(p);
         }
-        let (v1, _): (PeerPayloadV1, _) = bincode::serde::decode_from_slice(b, config).ok()?;
+        let v1: PeerPayloadV1 = crate::codec::decode::<_, PAYLOAD_LIMIT>(b).ok()?;
         Some(PeerPayload {
             cluster_name: v1.cluster_name,
             peer_api: v1.peer_api,
@@ -93,7 +107,7 @@ impl PeerPayload {
 }
 
 const PEER_TIMEOUT: Duration = Duration::from_secs(5);
-const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+use crate::peer::{JOIN_TIMEOUT, RESTORE_TIMEOUT};
 const ETCD_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest pause between passes while the leader waits for something
 /// (a member's grace period, a learner catching up) or a candidate for the
@@ -108,8 +122,6 @@ const ETCD_MEMBERSHIP_RETRY: Duration = Duration::from_secs(15);
 /// looks. A look is two listings; only files that changed are read. An
 /// operator's command on a steady cluster is seen within this.
 pub const CONTROL_REFRESH: Duration = Duration::from_secs(60);
-/// A peer downloads, verifies and restores the backup within this time.
-const RESTORE_TIMEOUT: Duration = Duration::from_secs(900);
 
 pub struct DriverSettings {
     pub cluster_name: String,
@@ -128,6 +140,8 @@ pub struct DriverSettings {
     pub peers: peer::PeerClient,
     /// Our client identity for etcd (None with `--etcd-insecure`).
     pub etcd_tls: Option<etcd::ClientTls>,
+    /// Configuration warnings shown in `status` (e.g. gossip without a key).
+    pub warnings: Vec<String>,
 }
 
 /// `etcd-manager-ctl backup-now` leaves this file under `<store>/etcd-manager/`.
@@ -175,11 +189,15 @@ pub struct Driver {
     last_backup_name: Option<String>,
     unhealthy_since: BTreeMap<u64, Instant>,
     had_majority: bool,
+    /// How many malformed control files the last read reported (logged on change).
+    malformed_seen: usize,
 }
 
 /// What the leader reads from the store's control files.
 #[derive(Debug, Clone)]
 struct Control {
+    /// Control files skipped as malformed (path, reason).
+    malformed: Vec<backup::MalformedFile>,
     spec: Option<ClusterSpec>,
     backup_requested: bool,
     allow_new_cluster: bool,
@@ -230,6 +248,7 @@ impl Driver {
             last_backup_name: None,
             unhealthy_since: BTreeMap::new(),
             had_majority: false,
+            malformed_seen: 0,
         }
     }
 
@@ -489,7 +508,15 @@ impl Driver {
                 .read_control(&mut self.control_cache)
                 .await
                 .map_err(executing_error)?;
+            if snap.malformed.len() != self.malformed_seen {
+                for f in &snap.malformed {
+                    tracing::warn!(path = %f.path, reason = %f.reason, "skipping a malformed control file");
+                }
+                self.malformed_seen = snap.malformed.len();
+            }
+            metrics::gauge!(m::STORE_MALFORMED_FILES).set(snap.malformed.len() as f64);
             let control = Control {
+                malformed: snap.malformed,
                 spec: snap.spec,
                 backup_requested: snap.manager_files.contains(BACKUP_NOW_FILE),
                 allow_new_cluster: snap.manager_files.contains(ALLOW_NEW_CLUSTER_FILE),
@@ -555,7 +582,15 @@ impl Driver {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
-        let status = ClusterStatus::from_pass(obs, plan, wall);
+        let mut status = ClusterStatus::from_pass(obs, plan, wall);
+        status.warnings = self.settings.warnings.clone();
+        if let Some((_, c)) = &self.control {
+            status.warnings.extend(
+                c.malformed
+                    .iter()
+                    .map(|f| format!("skipping malformed {}: {}", f.path, f.reason)),
+            );
+        }
         let now = self.clock.now();
         if let Some((last, at)) = &self.last_status
             && last.same_content(&status)
@@ -635,6 +670,7 @@ impl Driver {
             allow_new_cluster: allow_file,
             commands: stored,
             created_marker,
+            malformed: _,
         } = self.control().await?.clone();
         // Forget refusals of commands that are gone.
         self.refused
@@ -742,6 +778,7 @@ impl Driver {
             cluster_name: self.settings.cluster_name.clone(),
             leader_id: self.node.id().to_string(),
             epoch,
+            lease_seq: self.lease.seq(),
         }
     }
 
@@ -1463,5 +1500,30 @@ mod tests {
         let (back, _): (PeerPayloadV1, _) =
             bincode::serde::decode_from_slice(&bytes, config).expect("older managers read ours");
         assert_eq!(back.node_config, p.node_config);
+    }
+
+    #[test]
+    fn a_crafted_payload_is_dropped_not_fatal() {
+        // cluster_name claiming 2^42 bytes (used to abort every manager on
+        // allocation), and 2^63 (capacity overflow panic).
+        for len in [1u64 << 42, 1u64 << 63, u64::MAX] {
+            let mut b = vec![253u8];
+            b.extend_from_slice(&len.to_le_bytes());
+            assert_eq!(PeerPayload::decode(&b), None);
+        }
+        // A well-formed payload whose token would be a path is dropped too.
+        let p = PeerPayload {
+            cluster_name: "c".into(),
+            peer_api: "127.0.0.1:8000".parse().expect("addr"),
+            node_config: EtcdNodeConfig::default(),
+            etcd: Some(EtcdSummary {
+                cluster_token: "../../etc".into(),
+                etcd_version: "3.5.30".into(),
+                running: true,
+                quarantined: false,
+            }),
+            lease: None,
+        };
+        assert_eq!(PeerPayload::decode(&p.encode()), None);
     }
 }

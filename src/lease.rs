@@ -27,6 +27,8 @@ pub const RETRY_PAUSE: Duration = Duration::from_millis(500);
 struct View {
     /// Our epoch and how long we may act with it.
     held: Option<(u64, Instant)>,
+    /// The sequence number of our current lease record.
+    seq: u64,
     /// When the next renewal is due.
     renew_at: Option<Instant>,
     highest_epoch: u64,
@@ -84,6 +86,7 @@ impl SharedLease {
             .map(|(epoch, left)| (epoch, now + left));
         *self.view.lock().unwrap_or_else(|e| e.into_inner()) = View {
             held,
+            seq: client.held_seq(now).unwrap_or(0),
             renew_at: client.renew_at(),
             highest_epoch: client.highest_epoch_seen(),
         };
@@ -111,6 +114,11 @@ impl SharedLease {
     /// Some(epoch) while we hold the lease and may act (`now` before its validity ends).
     pub fn held(&self, now: Instant) -> Option<u64> {
         self.view().valid(now).map(|(epoch, _)| epoch)
+    }
+
+    /// The sequence number of our current lease record (0 when not holding).
+    pub fn seq(&self) -> u64 {
+        self.view().seq
     }
 
     /// How long we may still act.

@@ -7,10 +7,12 @@
 //! commands.
 
 pub mod clock;
+pub mod codec;
 pub mod config;
 pub mod controller;
 pub mod discovery;
 pub mod driver;
+pub mod fuzzing;
 pub mod goflags;
 pub mod leadership;
 pub mod lease;

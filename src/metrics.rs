@@ -28,6 +28,8 @@ pub const PEER_API_REJECTED: &str = "etcd_manager_peer_api_rejected_total";
 pub const GOSSIP_BYTES: &str = "etcd_manager_gossip_bytes_total";
 pub const GOSSIP_DOWNS: &str = "etcd_manager_gossip_member_downs_total";
 pub const GOSSIP_REJOINS: &str = "etcd_manager_gossip_rejoins_total";
+pub const STORE_MALFORMED_FILES: &str = "etcd_manager_store_malformed_files";
+pub const PEER_API_REFUSED: &str = "etcd_manager_peer_api_refused_total";
 
 /// Every metric name above.
 pub const ALL: &[&str] = &[
@@ -51,6 +53,8 @@ pub const ALL: &[&str] = &[
     GOSSIP_BYTES,
     GOSSIP_DOWNS,
     GOSSIP_REJOINS,
+    STORE_MALFORMED_FILES,
+    PEER_API_REFUSED,
 ];
 
 /// Describe every metric once, so /metrics carries HELP lines.
@@ -113,7 +117,15 @@ pub fn describe() {
     );
     c!(
         PEER_API_REJECTED,
-        "peer API connections refused in the TLS handshake (no or a foreign certificate)"
+        "peer API connections dropped before a request ran, by reason (handshake: no or a foreign certificate; bad_request: undecodable or invalid)"
+    );
+    g!(
+        STORE_MALFORMED_FILES,
+        "control files in the store the leader skips because they are malformed (see status)"
+    );
+    c!(
+        PEER_API_REFUSED,
+        "peer requests refused by this node, by reason (fenced, not_the_caller, unverified_epoch)"
     );
 }
 
@@ -131,6 +143,7 @@ pub fn init_counters() {
     }
     metrics::counter!(GOSSIP_DOWNS).increment(0);
     metrics::counter!(GOSSIP_REJOINS).increment(0);
+    metrics::gauge!(STORE_MALFORMED_FILES).set(0.0);
 }
 
 /// Liveness and readiness, fed by the daemon and the driver.
@@ -194,6 +207,9 @@ pub struct HttpState {
     pub stale: Duration,
 }
 
+/// Scrapes served at once; more wait in the kernel's backlog.
+pub const MAX_HTTP_CONNECTIONS: usize = 16;
+
 /// Serve `/metrics`, `/healthz` and `/readyz` until cancelled: a deliberately
 /// small HTTP/1.1 responder (GET only, one request per connection).
 pub async fn serve_http(
@@ -202,12 +218,27 @@ pub async fn serve_http(
     cancel: CancellationToken,
 ) {
     let mut conns = tokio::task::JoinSet::new();
+    let mut failures = 0u32;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            accepted = listener.accept() => {
-                let Ok((mut stream, _)) = accepted else { continue };
+            accepted = listener.accept(), if conns.len() < MAX_HTTP_CONNECTIONS => {
+                let mut stream = match accepted {
+                    Ok((stream, _)) => {
+                        failures = 0;
+                        stream
+                    }
+                    Err(e) => {
+                        failures = failures.saturating_add(1);
+                        let pause = crate::peer::accept_pause(failures);
+                        tracing::warn!(error = %e, pause_ms = pause.as_millis() as u64, "metrics accept failed");
+                        tokio::select! {
+                            _ = cancel.cancelled() => break,
+                            _ = crate::peer::accept_backoff(pause) => continue,
+                        }
+                    }
+                };
                 let state = state.clone();
                 conns.spawn(async move {
                     let _ = tokio::time::timeout(Duration::from_secs(10), respond(&mut stream, &state)).await;

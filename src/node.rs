@@ -3,8 +3,12 @@
 //! It keeps the node's identity and etcd assignment in `<data-dir>/state.json`
 //! (written atomically), supervises the local etcd process, and answers the
 //! leader's peer-API requests. Every mutating request is fenced: a request
-//! whose epoch is below the highest this node has seen is refused, and the
-//! highest epoch is persisted before a request is acted on.
+//! whose epoch is below the highest this node has seen is refused; with TLS
+//! it must come from the node its fence names; an epoch above the highest
+//! seen is first checked against the lease records in the store (a record
+//! must name that leader at that epoch); an equal epoch must name the same
+//! leader as before. The highest epoch and its leader are persisted before a
+//! request is acted on.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,6 +21,9 @@ use crate::peer::{
 };
 
 const STATE_FILE: &str = "state.json";
+/// Where a restore downloads its backup; emptied at every start (a restore
+/// cut short by a crash leaves its download here).
+const RESTORE_DIR: &str = "restore";
 const STATE_FORMAT: u32 = 1;
 /// Revisions jump by this much on a restore (etcd 3.5+), so every watcher
 /// sees a compaction and re-lists instead of silently missing events.
@@ -42,8 +49,29 @@ pub struct NodeState {
     pub id: String,
     pub cluster_name: String,
     pub highest_epoch: u64,
+    /// The leader that holds `highest_epoch` (checked against the store).
+    #[serde(default)]
+    pub highest_epoch_leader: Option<String>,
     pub etcd: Option<LocalEtcd>,
 }
+
+impl NodeState {
+    /// Identifiers in the state file end up in paths: check them on load.
+    fn validate(&self) -> Result<(), String> {
+        use etcd::{IdentKind, check_ident};
+        check_ident(IdentKind::NodeId, &self.id).map_err(|e| e.to_string())?;
+        if let Some(l) = &self.etcd {
+            check_ident(IdentKind::ClusterToken, &l.cluster_token).map_err(|e| e.to_string())?;
+            for n in &l.nodes {
+                check_ident(IdentKind::MemberName, &n.name).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How long a node waits for the store when it checks a new epoch.
+const EPOCH_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -157,6 +185,10 @@ impl Node {
         let path = settings.data_dir.join(STATE_FILE);
         let state = match etcd::read_json::<NodeState>(&path)? {
             Some(s) => {
+                s.validate().map_err(|reason| NodeError::DataDir {
+                    path: path.clone(),
+                    reason: format!("{reason}; the state file was not written by etcd-manager, restore it or move the data dir aside"),
+                })?;
                 if s.cluster_name != settings.cluster_name {
                     return Err(NodeError::WrongCluster {
                         path: settings.data_dir.clone(),
@@ -172,6 +204,7 @@ impl Node {
                     id: new_node_id(),
                     cluster_name: settings.cluster_name.clone(),
                     highest_epoch: 0,
+                    highest_epoch_leader: None,
                     etcd: None,
                 };
                 etcd::write_json_atomic(&path, &s)?;
@@ -179,6 +212,7 @@ impl Node {
                 s
             }
         };
+        remove_restore_leftovers(&settings.data_dir.join(RESTORE_DIR));
         let id = state.id.clone();
         Ok(Node {
             settings,
@@ -344,47 +378,141 @@ impl Node {
         }
     }
 
-    /// Check and record the fence; Err is the response to send.
-    fn admit(&self, inner: &mut Inner, fence: &Fence) -> Result<(), Response> {
+    /// Check and record the fence; Err is the response to send. `verified`:
+    /// the store confirmed this fence's leader at its epoch (checked by the
+    /// caller before taking the lock, see [`Node::handle`]).
+    fn admit(&self, inner: &mut Inner, fence: &Fence, verified: bool) -> Result<(), Response> {
         if fence.cluster_name != self.settings.cluster_name {
             return Err(Response::Failed(format!(
                 "this node manages cluster '{}', not '{}'",
                 self.settings.cluster_name, fence.cluster_name
             )));
         }
-        if !crate::leadership::admits(inner.state.highest_epoch, fence.epoch) {
-            tracing::warn!(leader = %fence.leader_id, epoch = fence.epoch, highest = inner.state.highest_epoch, "refused a stale leader");
+        let highest = inner.state.highest_epoch;
+        if !crate::leadership::admits(highest, fence.epoch) {
+            tracing::warn!(leader = %fence.leader_id, epoch = fence.epoch, highest, "refused a stale leader");
+            refused("fenced");
             return Err(Response::Fenced {
-                highest_epoch: inner.state.highest_epoch,
+                highest_epoch: highest,
             });
         }
-        if fence.epoch > inner.state.highest_epoch {
+        let same_leader =
+            inner.state.highest_epoch_leader.as_deref() == Some(fence.leader_id.as_str());
+        if fence.epoch == highest && !same_leader && !verified {
+            refused("unverified_epoch");
+            return Err(Response::Failed(format!(
+                "epoch {} belongs to {}, not {}",
+                fence.epoch,
+                inner
+                    .state
+                    .highest_epoch_leader
+                    .as_deref()
+                    .unwrap_or("an unrecorded leader"),
+                fence.leader_id
+            )));
+        }
+        if fence.epoch > highest && !verified {
+            refused("unverified_epoch");
+            return Err(Response::Failed(format!(
+                "epoch {} of {} is not confirmed by the lease records in the store",
+                fence.epoch, fence.leader_id
+            )));
+        }
+        if fence.epoch > highest || !same_leader {
             inner.state.highest_epoch = fence.epoch;
+            inner.state.highest_epoch_leader = Some(fence.leader_id.clone());
             self.persist(inner)
                 .map_err(|e| Response::Failed(e.to_string()))?;
         }
         Ok(())
     }
 
+    /// Whether `fence` needs the store's word before it can be admitted: its
+    /// epoch is above the highest seen, or equal with a leader not recorded.
+    async fn needs_check(&self, fence: &Fence) -> bool {
+        let inner = self.inner.lock().await;
+        fence.epoch > inner.state.highest_epoch
+            || (fence.epoch == inner.state.highest_epoch
+                && inner.state.highest_epoch_leader.as_deref() != Some(fence.leader_id.as_str()))
+    }
+
+    /// Ask the store whether a lease record names the fence's leader at its
+    /// epoch; Err is the refusal to send.
+    async fn check_fence(&self, fence: &Fence) -> Result<(), Response> {
+        let store = self.settings.store.object_store();
+        let prefix = self.settings.store.lease_prefix();
+        let check = lock::check_epoch(
+            store.as_ref(),
+            &prefix,
+            fence.lease_seq,
+            &fence.leader_id,
+            fence.epoch,
+        );
+        match tokio::time::timeout(EPOCH_CHECK_TIMEOUT, check).await {
+            Ok(Ok(lock::EpochCheck::Confirmed)) => Ok(()),
+            Ok(Ok(lock::EpochCheck::Refuted(why))) => {
+                tracing::warn!(leader = %fence.leader_id, epoch = fence.epoch, reason = %why, "refused a leader the store does not confirm");
+                refused("unverified_epoch");
+                Err(Response::Failed(format!("epoch not confirmed: {why}")))
+            }
+            Ok(Err(e)) => {
+                refused("unverified_epoch");
+                Err(Response::Failed(format!(
+                    "cannot check epoch {} against the store: {e}",
+                    fence.epoch
+                )))
+            }
+            Err(_) => {
+                refused("unverified_epoch");
+                Err(Response::Failed(format!(
+                    "cannot check epoch {}: the store did not answer within {EPOCH_CHECK_TIMEOUT:?}",
+                    fence.epoch
+                )))
+            }
+        }
+    }
+
     fn persist(&self, inner: &Inner) -> Result<(), NodeError> {
         Ok(etcd::write_json_atomic(&self.state_path(), &inner.state)?)
     }
 
-    /// Answer one peer-API request.
-    pub async fn handle(&self, req: Request) -> Response {
+    /// Answer one peer-API request from `caller`.
+    pub async fn handle(&self, caller: &crate::peer::Caller, req: Request) -> Response {
         if let Request::GetInfo = req {
             return Response::Info(Box::new(self.info().await));
+        }
+        if let Err(msg) = req.validate() {
+            return Response::Failed(format!("bad request: {msg}"));
         }
         if let Request::Leadership {
             cluster_name,
             candidate,
         } = &req
         {
+            if let Err(msg) = caller.may_act_as(candidate) {
+                refused("not_the_caller");
+                return Response::Failed(msg);
+            }
             return self.judge_leadership(cluster_name, candidate);
+        }
+        let mut verified = false;
+        if let Some(fence) = req.fence() {
+            if let Err(msg) = caller.may_act_as(&fence.leader_id) {
+                tracing::warn!(caller = ?caller.node_id, leader = %fence.leader_id, from = %caller.addr, "refused a request sent for another node");
+                refused("not_the_caller");
+                return Response::Failed(msg);
+            }
+            // The store is asked without holding the lock (GetInfo keeps answering).
+            if self.needs_check(fence).await {
+                if let Err(resp) = self.check_fence(fence).await {
+                    return resp;
+                }
+                verified = true;
+            }
         }
         let mut inner = self.inner.lock().await;
         if let Some(fence) = req.fence()
-            && let Err(resp) = self.admit(&mut inner, fence)
+            && let Err(resp) = self.admit(&mut inner, fence, verified)
         {
             return resp;
         }
@@ -399,7 +527,8 @@ impl Node {
             Request::RestoreBackup(r) => self.restore(&mut inner, r).await,
             Request::GcTrashcan { keep, .. } => {
                 let dir = self.settings.data_dir.join("data-trashcan");
-                match gc_trashcan(&dir, keep as usize) {
+                // Never empty it: the newest old data dir stays whatever is asked.
+                match gc_trashcan(&dir, keep.max(1) as usize) {
                     Ok(gone) => {
                         for p in &gone {
                             tracing::info!(path = %p.display(), "old etcd data deleted from the trashcan");
@@ -556,7 +685,7 @@ impl Node {
             .map_err(|e: etcd::Error| e.to_string())?;
         let binaries =
             etcd::find_binaries(&version, &self.settings.bin_dirs).map_err(|e| e.to_string())?;
-        let scratch = self.settings.data_dir.join("restore");
+        let scratch = self.settings.data_dir.join(RESTORE_DIR);
         std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
         let file = scratch.join(format!("{}.db", r.cluster_token));
         let result = async {
@@ -627,6 +756,29 @@ pub fn gc_trashcan(dir: &std::path::Path, keep: usize) -> std::io::Result<Vec<Pa
     Ok(doomed)
 }
 
+/// Delete what a restore cut short left in `dir` (downloads, partial files).
+fn remove_restore_leftovers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let gone = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        match gone {
+            Ok(()) => {
+                tracing::info!(path = %p.display(), "removed a leftover of an interrupted restore")
+            }
+            Err(e) => {
+                tracing::warn!(path = %p.display(), error = %e, "cannot remove a restore leftover")
+            }
+        }
+    }
+}
+
 fn unreachable_info() -> Result<(), String> {
     Err("GetInfo is answered before fencing".into())
 }
@@ -642,9 +794,14 @@ fn unique_path(p: PathBuf) -> PathBuf {
 }
 
 impl crate::peer::Handler for Node {
-    async fn handle(&self, req: Request) -> Response {
-        Node::handle(self, req).await
+    async fn handle(&self, caller: &crate::peer::Caller, req: Request) -> Response {
+        Node::handle(self, caller, req).await
     }
+}
+
+/// Count a refused peer request by reason.
+fn refused(reason: &'static str) {
+    metrics::counter!(crate::metrics::PEER_API_REFUSED, "reason" => reason).increment(1);
 }
 
 #[cfg(test)]
@@ -720,9 +877,18 @@ mod leadership_tests {
 mod fencing_tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::peer::Fence;
+    use crate::peer::{Caller, Fence};
+    use object_store::ObjectStoreExt;
 
-    fn node(dir: &std::path::Path) -> Node {
+    fn store() -> backup::BackupStore {
+        backup::BackupStore::new(
+            std::sync::Arc::new(object_store::memory::InMemory::new()),
+            object_store::path::Path::from("c"),
+            "memory://c".into(),
+        )
+    }
+
+    fn node(dir: &std::path::Path, store: &backup::BackupStore) -> Node {
         Node::open(NodeSettings {
             cluster_name: "c".into(),
             data_dir: dir.to_path_buf(),
@@ -730,52 +896,206 @@ mod fencing_tests {
             listen_address: None,
             bin_dirs: vec![],
             etcd_env_overrides: vec![],
-            store: backup::BackupStore::open("memory://x", &Default::default()).unwrap(),
+            store: store.clone(),
             etcd_pki: None,
         })
         .unwrap()
     }
 
-    fn stop(epoch: u64) -> Request {
-        Request::StopEtcd(Fence {
-            cluster_name: "c".into(),
-            leader_id: "l".into(),
+    /// Write lease record `seq` naming `holder` at `epoch`, as the lease does.
+    async fn lease(store: &backup::BackupStore, seq: u64, holder: &str, epoch: u64) {
+        let record = lock::LeaseRecord {
+            holder: holder.into(),
             epoch,
-        })
+            seq,
+            nonce: format!("{holder}-{seq}"),
+            duration_ms: 5000,
+            released: false,
+        };
+        store
+            .object_store()
+            .put(
+                &lock::record_key(&store.lease_prefix(), seq),
+                record.to_json().into(),
+            )
+            .await
+            .unwrap();
+    }
+
+    fn fence(leader: &str, epoch: u64, seq: u64) -> Fence {
+        Fence {
+            cluster_name: "c".into(),
+            leader_id: leader.into(),
+            epoch,
+            lease_seq: seq,
+        }
+    }
+
+    fn stop(epoch: u64, seq: u64) -> Request {
+        Request::StopEtcd(fence("l", epoch, seq))
+    }
+
+    fn tls(id: &str) -> Caller {
+        Caller::node("127.0.0.1:1".parse().unwrap(), id)
     }
 
     #[tokio::test]
     async fn a_former_leaders_requests_are_refused_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
-        let n = node(dir.path());
-        assert_eq!(n.handle(stop(5)).await, Response::Done);
+        let store = store();
+        lease(&store, 9, "l", 5).await;
+        let n = node(dir.path(), &store);
+        let l = tls("l");
+        assert_eq!(n.handle(&l, stop(5, 9)).await, Response::Done);
         assert_eq!(n.highest_epoch().await, 5);
         assert_eq!(
-            n.handle(stop(4)).await,
+            n.handle(&l, stop(4, 3)).await,
             Response::Fenced { highest_epoch: 5 }
         );
         assert_eq!(
-            n.handle(stop(5)).await,
+            n.handle(&l, stop(5, 10)).await,
             Response::Done,
-            "the current leader keeps working"
+            "the current leader keeps working (a later record of the same epoch)"
         );
         drop(n);
         // The highest epoch survives a restart of the manager.
-        let n = node(dir.path());
+        let n = node(dir.path(), &store);
         assert_eq!(
-            n.handle(stop(4)).await,
+            n.handle(&l, stop(4, 3)).await,
             Response::Fenced { highest_epoch: 5 }
         );
         let wrong_cluster = Request::StopEtcd(Fence {
             cluster_name: "other".into(),
-            leader_id: "l".into(),
-            epoch: 9,
+            ..fence("l", 9, 9)
         });
-        assert!(matches!(n.handle(wrong_cluster).await, Response::Failed(_)));
+        assert!(matches!(
+            n.handle(&l, wrong_cluster).await,
+            Response::Failed(_)
+        ));
         assert_eq!(
             n.highest_epoch().await,
             5,
             "a request for another cluster raises nothing"
+        );
+    }
+
+    /// Any holder of an etcd-manager-ca certificate could stop every etcd and
+    /// fence every node at u64::MAX: now the fence must name the caller, and an
+    /// epoch the store does not hold is refused without raising anything.
+    #[tokio::test]
+    async fn a_certificate_is_not_a_leader() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store();
+        lease(&store, 1, "l", 3).await;
+        let n = node(dir.path(), &store);
+        // A foreign node speaking for the leader.
+        let resp = n.handle(&tls("mallory"), stop(3, 1)).await;
+        assert!(
+            matches!(&resp, Response::Failed(m) if m.contains("names node mallory")),
+            "{resp:?}"
+        );
+        assert_eq!(n.highest_epoch().await, 0);
+        // Its own name, at an epoch the store does not hold.
+        for (epoch, seq) in [(u64::MAX, 1), (4, 1), (4, 2), (u64::MAX, u64::MAX)] {
+            let req = Request::StopEtcd(fence("mallory", epoch, seq));
+            let resp = n.handle(&tls("mallory"), req).await;
+            assert!(
+                matches!(&resp, Response::Failed(m) if m.contains("not confirmed") || m.contains("not mallory")),
+                "{resp:?}"
+            );
+        }
+        assert_eq!(n.highest_epoch().await, 0, "no forged epoch was recorded");
+        // A GcTrashcan with keep 0 from a stranger deletes nothing.
+        let trash = dir.path().join("data-trashcan/old-1");
+        std::fs::create_dir_all(&trash).unwrap();
+        let gc = Request::GcTrashcan {
+            fence: fence("mallory", 3, 1),
+            keep: 0,
+        };
+        assert!(matches!(
+            n.handle(&tls("mallory"), gc).await,
+            Response::Failed(_)
+        ));
+        assert!(trash.exists());
+        // The real leader is accepted; and then nobody else at its epoch.
+        assert_eq!(n.handle(&tls("l"), stop(3, 1)).await, Response::Done);
+        let resp = n
+            .handle(&tls("mallory"), Request::StopEtcd(fence("mallory", 3, 1)))
+            .await;
+        assert!(
+            matches!(&resp, Response::Failed(m) if m.contains("names l at epoch 3, not mallory")),
+            "{resp:?}"
+        );
+        assert_eq!(n.highest_epoch().await, 3);
+        // Even the leader's own GcTrashcan keeps the newest old data dir.
+        let gc = Request::GcTrashcan {
+            fence: fence("l", 3, 1),
+            keep: 0,
+        };
+        assert_eq!(n.handle(&tls("l"), gc).await, Response::Done);
+        assert!(trash.exists(), "keep 0 still keeps one");
+        // Leadership requests, too, only for oneself.
+        let lead = Request::Leadership {
+            cluster_name: "c".into(),
+            candidate: "aaa".into(),
+        };
+        assert!(
+            matches!(n.handle(&tls("mallory"), lead).await, Response::Failed(m) if m.contains("names node mallory"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_store_that_cannot_confirm_refuses_new_epochs_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store();
+        lease(&store, 1, "l", 2).await;
+        let n = node(dir.path(), &store);
+        assert_eq!(n.handle(&tls("l"), stop(2, 1)).await, Response::Done);
+        // The record is gone (garbage-collected): the current one decides.
+        lease(&store, 40, "k", 3).await;
+        assert_eq!(
+            n.handle(&tls("k"), Request::StopEtcd(fence("k", 3, 20)))
+                .await,
+            Response::Done
+        );
+        assert_eq!(n.highest_epoch().await, 3);
+        // With no record at all an epoch above ours is refused; ours still works.
+        let other = tempfile::tempdir().unwrap();
+        let empty = node(other.path(), &super::fencing_tests::store());
+        let resp = empty.handle(&tls("l"), stop(1, 1)).await;
+        assert!(
+            matches!(&resp, Response::Failed(m) if m.contains("no lease record")),
+            "{resp:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn path_like_tokens_are_refused_before_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store();
+        lease(&store, 1, "l", 1).await;
+        let n = node(dir.path(), &store);
+        let victim = dir.path().join("victim.db");
+        std::fs::write(&victim, b"keep me").unwrap();
+        for token in ["../x", "..", "a/b", "", "-rf"] {
+            let req = Request::RestoreBackup(crate::peer::RestoreBackup {
+                fence: fence("l", 1, 1),
+                cluster_token: token.into(),
+                backup: "2026-01-02T03:04:05Z-000001".into(),
+                etcd_version: "3.5.30".into(),
+                nodes: vec![],
+            });
+            let resp = n.handle(&tls("l"), req).await;
+            assert!(
+                matches!(&resp, Response::Failed(m) if m.contains("invalid cluster token")),
+                "{token}: {resp:?}"
+            );
+        }
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+        assert_eq!(
+            n.highest_epoch().await,
+            0,
+            "refused before the fence was recorded"
         );
     }
 }

@@ -4,12 +4,21 @@
 //! bincode 2 (serde, standard config) encoding of [`Envelope`], which carries
 //! the protocol version so that managers of different releases can tell each
 //! other apart during a rolling upgrade. One request, one response per
-//! connection. Mutating requests carry a [`Fence`] (cluster name, leader id,
-//! epoch); the receiver refuses epochs lower than the highest it has seen.
+//! connection. Decoding is bounded: no value inside a frame may claim more
+//! than [`MAX_FRAME`] bytes, so a forged length fails before any allocation.
+//!
+//! Mutating requests carry a [`Fence`] (cluster name, leader id, epoch and
+//! the lease record it holds). The receiver refuses epochs lower than the
+//! highest it has seen, and with TLS it accepts a request only from the node
+//! the fence names (the caller's certificate names its node, see
+//! [`crate::pki::node_id_of_cert`]); an epoch higher than any it has seen is
+//! checked against the lease records in the store first
+//! ([`crate::node::Node`]).
 //!
 //! Unless `--insecure`, every connection is TLS 1.3 with certificates on both
 //! sides from the `etcd-manager-ca` ([`crate::pki::PeerTls`]): a client without
-//! one is dropped in the handshake, before any request is read.
+//! one is dropped in the handshake, before any request is read. At most
+//! [`MAX_CONNECTIONS`] connections are served at once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,10 +29,24 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-/// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 1;
-/// Larger frames are refused before reading them.
+/// Bumped on any incompatible change of the messages below (2: the fence
+/// names the lease record).
+pub const PROTOCOL_VERSION: u32 = 2;
+/// Larger frames are refused before reading them, and no value inside a frame
+/// may claim more bytes than this while it is decoded.
 pub const MAX_FRAME: usize = 4 * 1024 * 1024;
+/// Connections served at once; more wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long a caller has to send its request once connected (and the TLS
+/// handshake, when on, is done).
+pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a node may take over a restore (download, verify, restore, start
+/// etcd); the leader waits as long and the peer server cuts no sooner.
+pub const RESTORE_TIMEOUT: Duration = Duration::from_secs(900);
+/// How long a node may take to join (start etcd as a member).
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Any other request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How one node runs etcd: its member name and URLs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -60,12 +83,15 @@ pub struct NodeInfo {
     pub installed_versions: Vec<String>,
 }
 
-/// Proof of who may mutate: the cluster, the leader, its lease epoch.
+/// Proof of who may mutate: the cluster, the leader, its lease epoch and the
+/// sequence number of the lease record it held when it sent the request (a
+/// receiver that has not seen the epoch yet reads that record to check it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fence {
     pub cluster_name: String,
     pub leader_id: String,
     pub epoch: u64,
+    pub lease_seq: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +170,49 @@ impl Request {
         }
     }
 
+    /// Check every identifier the request carries before anything uses it
+    /// (they become paths, member names and log fields).
+    pub fn validate(&self) -> Result<(), String> {
+        use etcd::{IdentKind, check_ident};
+        let e = |e: etcd::InvalidIdent| e.to_string();
+        let fence = |f: &Fence| check_ident(IdentKind::NodeId, &f.leader_id).map_err(e);
+        let nodes = |nodes: &[EtcdNodeConfig]| -> Result<(), String> {
+            for n in nodes {
+                check_ident(IdentKind::MemberName, &n.name).map_err(e)?;
+            }
+            Ok(())
+        };
+        match self {
+            Request::GetInfo => Ok(()),
+            Request::Leadership { candidate, .. } => {
+                check_ident(IdentKind::NodeId, candidate).map_err(e)
+            }
+            Request::JoinCluster(j) => {
+                fence(&j.fence)?;
+                check_ident(IdentKind::ClusterToken, &j.cluster_token).map_err(e)?;
+                nodes(&j.nodes)
+            }
+            Request::Reconfigure(r) => fence(&r.fence),
+            Request::StopEtcd(f) => fence(f),
+            Request::RestoreBackup(r) => {
+                fence(&r.fence)?;
+                check_ident(IdentKind::ClusterToken, &r.cluster_token).map_err(e)?;
+                backup::check_backup_name(&r.backup).map_err(|e| e.to_string())?;
+                nodes(&r.nodes)
+            }
+            Request::GcTrashcan { fence: f, .. } => fence(f),
+        }
+    }
+
+    /// How long the server lets this request run (the caller waits as long).
+    pub fn deadline(&self) -> Duration {
+        match self {
+            Request::RestoreBackup(_) => RESTORE_TIMEOUT,
+            Request::JoinCluster(_) => JOIN_TIMEOUT,
+            _ => REQUEST_TIMEOUT,
+        }
+    }
+
     /// Short name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -200,13 +269,11 @@ fn encode<T: Serialize>(body: &T) -> Result<Vec<u8>, String> {
         version: PROTOCOL_VERSION,
         body,
     };
-    bincode::serde::encode_to_vec(&env, bincode::config::standard()).map_err(|e| e.to_string())
+    crate::codec::encode::<_, MAX_FRAME>(&env)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(buf: &[u8]) -> Result<T, String> {
-    let (env, _): (Envelope<T>, usize) =
-        bincode::serde::decode_from_slice(buf, bincode::config::standard())
-            .map_err(|e| e.to_string())?;
+    let env: Envelope<T> = crate::codec::decode::<_, MAX_FRAME>(buf)?;
     if env.version != PROTOCOL_VERSION {
         return Err(format!(
             "protocol version {} (we speak {PROTOCOL_VERSION}); upgrade every etcd-manager to the same release",
@@ -252,6 +319,23 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         .await
         .map_err(|source| PeerError::Io { addr, source })?;
     decode::<Response>(&buf).map_err(|reason| PeerError::Protocol { addr, reason })
+}
+
+/// Decode one request frame's body as the server does (for fuzzing and tests).
+pub fn decode_request(buf: &[u8]) -> Result<Request, String> {
+    let req = decode::<Request>(buf)?;
+    req.validate()?;
+    Ok(req)
+}
+
+/// Encode a request as a frame body (without the length prefix).
+pub fn encode_request(req: &Request) -> Result<Vec<u8>, String> {
+    encode(req)
+}
+
+/// Decode one response frame's body as the client does.
+pub fn decode_response(buf: &[u8]) -> Result<Response, String> {
+    decode::<Response>(buf)
 }
 
 /// Calls other managers' peer APIs: plain TCP (`--insecure`) or mutual TLS.
@@ -333,9 +417,63 @@ async fn call_with(
     }
 }
 
+/// Who sent a request, as far as the connection can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub addr: SocketAddr,
+    /// The node its TLS certificate names (see [`crate::pki::node_id_of_cert`]);
+    /// None over plain TCP (`--insecure`), where nothing can be verified.
+    pub node_id: Option<String>,
+    /// True when the connection is mutual TLS: then a request is accepted
+    /// only from the node it claims to come from.
+    pub authenticated: bool,
+}
+
+impl Caller {
+    /// A caller over plain TCP (`--insecure`).
+    pub fn insecure(addr: SocketAddr) -> Caller {
+        Caller {
+            addr,
+            node_id: None,
+            authenticated: false,
+        }
+    }
+
+    /// A caller whose certificate names `node_id`.
+    pub fn node(addr: SocketAddr, node_id: &str) -> Caller {
+        Caller {
+            addr,
+            node_id: Some(node_id.to_string()),
+            authenticated: true,
+        }
+    }
+
+    /// Err (the refusal to send) unless this caller may speak as `id`: over
+    /// TLS its certificate must name `id`; over plain TCP anyone may.
+    pub fn may_act_as(&self, id: &str) -> Result<(), String> {
+        if !self.authenticated {
+            return Ok(());
+        }
+        match &self.node_id {
+            Some(me) if me == id => Ok(()),
+            Some(me) => Err(format!(
+                "the caller's certificate names node {me}, but the request speaks for {id}"
+            )),
+            None => Err(format!(
+                "the caller's certificate names no node (no {} URI); only a manager's own certificate may send this",
+                crate::pki::node_uri("<id>")
+            )),
+        }
+    }
+}
+
 /// Something that answers peer requests (the local node).
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, req: Request) -> impl std::future::Future<Output = Response> + Send;
+    fn handle(
+        &self,
+        caller: &Caller,
+        req: Request,
+    ) -> impl std::future::Future<Output = Response> + Send;
 }
 
 /// Bind the peer API listener; binding errors surface here, before anything runs.
@@ -343,32 +481,69 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Answer one request on an open stream.
+/// Answer one request on an open stream: read it within
+/// [`REQUEST_READ_TIMEOUT`], decode and check it, let the handler run it
+/// within the request's own deadline, answer.
 async fn answer<S: AsyncRead + AsyncWrite + Unpin, H: Handler>(
     stream: &mut S,
-    from: SocketAddr,
+    caller: &Caller,
     handler: &H,
 ) -> std::io::Result<()> {
-    let buf = read_frame(stream).await?;
-    let resp = match decode::<Request>(&buf) {
+    let from = caller.addr;
+    let buf = tokio::time::timeout(REQUEST_READ_TIMEOUT, read_frame(stream))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no request in time"))??;
+    let resp = match decode_request(&buf) {
         Ok(req) => {
-            tracing::debug!(%from, kind = req.kind(), "peer request");
-            handler.handle(req).await
+            tracing::debug!(%from, caller = ?caller.node_id, kind = req.kind(), "peer request");
+            let deadline = req.deadline();
+            let kind = req.kind();
+            match tokio::time::timeout(deadline, handler.handle(caller, req)).await {
+                Ok(resp) => resp,
+                Err(_) => {
+                    tracing::warn!(%from, kind, deadline_s = deadline.as_secs(), "peer request cut at its deadline");
+                    Response::Failed(format!("{kind} did not finish within {deadline:?}"))
+                }
+            }
         }
         Err(reason) => {
+            metrics::counter!(crate::metrics::PEER_API_REJECTED, "reason" => "bad_request")
+                .increment(1);
             tracing::warn!(%from, %reason, "undecodable peer request dropped");
             Response::Failed(format!("bad request: {reason}"))
         }
     };
     let bytes = encode(&resp).map_err(std::io::Error::other)?;
-    write_frame(stream, &bytes).await
+    tokio::time::timeout(REQUEST_READ_TIMEOUT, write_frame(stream, &bytes))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "answer not read in time"))?
 }
 
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Pauses after a failed accept (out of file descriptors, say): the first,
+/// doubled on every further failure up to the last.
+const ACCEPT_PAUSE: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
+
+/// The pause before the next accept after `failures` failed ones in a row.
+pub(crate) fn accept_pause(failures: u32) -> Duration {
+    let (first, most) = ACCEPT_PAUSE;
+    first
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(most)
+}
+
+/// Wait out an accept pause. The servers are IO edges, not decisions: the
+/// pause is real time whatever clock the controller runs on.
+#[allow(clippy::disallowed_methods)]
+pub(crate) async fn accept_backoff(pause: Duration) {
+    tokio::time::sleep(pause).await
+}
+
 /// Serve requests until cancelled, over TLS when `tls` is given. Each connection
-/// gets its own task, bounded by a timeout. Failed handshakes (no certificate, one
+/// gets its own task, at most [`MAX_CONNECTIONS`] at once, each bounded by the
+/// handshake, read and request deadlines. Failed handshakes (no certificate, one
 /// from another CA) are counted in `etcd_manager_peer_api_rejected_total`.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
@@ -377,57 +552,87 @@ pub async fn serve<H: Handler>(
     cancel: CancellationToken,
 ) {
     let mut conns = tokio::task::JoinSet::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut failures = 0u32;
     loop {
-        tokio::select! {
+        // Wait for a free slot before accepting: excess callers wait in the backlog.
+        let permit = tokio::select! {
             _ = cancel.cancelled() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            accepted = listener.accept() => {
-                let (stream, from) = match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "peer API accept failed");
-                        continue;
-                    }
-                };
-                let handler = handler.clone();
-                let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
-                conns.spawn(async move {
-                    let mut stream = stream;
-                    let work = async {
-                        match acceptor {
-                            None => answer(&mut stream, from, handler.as_ref()).await,
-                            Some(acceptor) => {
-                                let handshake =
-                                    tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                                        .await;
-                                let mut s = match handshake {
-                                    Ok(Ok(s)) => s,
-                                    Ok(Err(e)) => {
-                                        metrics::counter!(crate::metrics::PEER_API_REJECTED)
-                                            .increment(1);
-                                        tracing::warn!(%from, error = %e, "peer API TLS handshake refused");
-                                        return Ok(());
-                                    }
-                                    Err(_) => {
-                                        metrics::counter!(crate::metrics::PEER_API_REJECTED)
-                                            .increment(1);
-                                        tracing::warn!(%from, "peer API TLS handshake timed out");
-                                        return Ok(());
-                                    }
-                                };
-                                answer(&mut s, from, handler.as_ref()).await?;
-                                s.shutdown().await
-                            }
-                        }
-                    };
-                    match tokio::time::timeout(Duration::from_secs(120), work).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::debug!(%from, error = %e, "peer connection ended"),
-                        Err(_) => tracing::warn!(%from, "peer connection timed out"),
-                    }
-                });
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let accepted = loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break None,
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                a = listener.accept() => break Some(a),
             }
-        }
+        };
+        let Some(accepted) = accepted else { break };
+        let (stream, from) = match accepted {
+            Ok(x) => {
+                failures = 0;
+                x
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let pause = accept_pause(failures);
+                tracing::warn!(error = %e, pause_ms = pause.as_millis() as u64, "peer API accept failed");
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = accept_backoff(pause) => continue,
+                }
+            }
+        };
+        let handler = handler.clone();
+        let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
+        conns.spawn(async move {
+            let _permit = permit;
+            let mut stream = stream;
+            let work = async {
+                match acceptor {
+                    None => answer(&mut stream, &Caller::insecure(from), handler.as_ref()).await,
+                    Some(acceptor) => {
+                        let handshake =
+                            tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                        let mut s = match handshake {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                metrics::counter!(crate::metrics::PEER_API_REJECTED, "reason" => "handshake")
+                                    .increment(1);
+                                tracing::warn!(%from, error = %e, "peer API TLS handshake refused");
+                                return Ok(());
+                            }
+                            Err(_) => {
+                                metrics::counter!(crate::metrics::PEER_API_REJECTED, "reason" => "handshake")
+                                    .increment(1);
+                                tracing::warn!(%from, "peer API TLS handshake timed out");
+                                return Ok(());
+                            }
+                        };
+                        let node_id = s
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|certs| certs.first())
+                            .and_then(|der| crate::pki::node_id_of_cert(der));
+                        let caller = Caller {
+                            addr: from,
+                            node_id,
+                            authenticated: true,
+                        };
+                        answer(&mut s, &caller, handler.as_ref()).await?;
+                        s.shutdown().await
+                    }
+                }
+            };
+            match work.await {
+                Ok(()) => {}
+                Err(e) => tracing::debug!(%from, error = %e, "peer connection ended"),
+            }
+        });
     }
     conns.shutdown().await;
 }
@@ -438,7 +643,7 @@ mod tests {
 
     struct Echo;
     impl Handler for Echo {
-        async fn handle(&self, req: Request) -> Response {
+        async fn handle(&self, _caller: &Caller, req: Request) -> Response {
             match req {
                 Request::GetInfo => Response::Info(Box::new(NodeInfo {
                     id: "a".into(),
@@ -475,6 +680,7 @@ mod tests {
             cluster_name: "c".into(),
             leader_id: "a".into(),
             epoch,
+            lease_seq: 1,
         };
         let err = PeerClient::insecure()
             .call(addr, &Request::StopEtcd(fence(2)), t)
@@ -529,6 +735,99 @@ mod tests {
         );
         cancel.cancel();
         server.await.expect("server ends");
+    }
+
+    /// A frame whose body claims a 2^42-byte string (and 2^63 items) used to
+    /// abort the process on allocation; now it is answered as a bad request and
+    /// the server goes on.
+    #[tokio::test]
+    async fn a_crafted_frame_is_refused_and_the_server_goes_on() {
+        let listener = bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let cancel = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, Arc::new(Echo), None, cancel.clone()));
+        for claim in [1u64 << 42, 1u64 << 63] {
+            // Envelope { version: 2 (varint), body: Request variant 1 (JoinCluster),
+            // whose first field, fence.cluster_name, claims `claim` bytes }.
+            let mut body = vec![2u8, 1u8, 253u8];
+            body.extend_from_slice(&claim.to_le_bytes());
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            write_frame(&mut s, &body).await.expect("write");
+            let resp = read_frame(&mut s).await.expect("an answer, not a crash");
+            assert!(
+                matches!(decode::<Response>(&resp), Ok(Response::Failed(m)) if m.contains("bad request")),
+                "{claim}"
+            );
+        }
+        assert!(decode_request(&[2u8, 1u8, 253u8, 0, 0, 0, 0, 0, 4, 0, 0]).is_err());
+        assert!(
+            PeerClient::insecure()
+                .call(addr, &Request::GetInfo, Duration::from_secs(5))
+                .await
+                .is_ok()
+        );
+        cancel.cancel();
+        server.await.expect("server ends");
+    }
+
+    struct Slow;
+    impl Handler for Slow {
+        #[allow(clippy::disallowed_methods)] // virtual time (start_paused)
+        async fn handle(&self, _caller: &Caller, req: Request) -> Response {
+            if let Request::RestoreBackup(_) = req {
+                // A large or throttled backup: longer than any other request may take.
+                tokio::time::sleep(REQUEST_TIMEOUT + Duration::from_secs(60)).await;
+            }
+            Response::Done
+        }
+    }
+
+    /// The server used to cut every request at 120 s while the leader waited
+    /// 900 s for a restore; now a restore gets the leader's deadline.
+    #[tokio::test(start_paused = true)]
+    #[allow(clippy::disallowed_methods)] // virtual time (start_paused)
+    async fn a_restore_longer_than_two_minutes_is_not_cut() {
+        let listener = bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let cancel = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, Arc::new(Slow), None, cancel.clone()));
+        let req = Request::RestoreBackup(RestoreBackup {
+            fence: Fence {
+                cluster_name: "c".into(),
+                leader_id: "a".into(),
+                epoch: 1,
+                lease_seq: 1,
+            },
+            cluster_token: "t".into(),
+            backup: "2026-01-02T03:04:05Z-000001".into(),
+            etcd_version: "3.5.30".into(),
+            nodes: vec![],
+        });
+        let started = tokio::time::Instant::now();
+        let resp = PeerClient::insecure()
+            .call(addr, &req, RESTORE_TIMEOUT)
+            .await
+            .expect("the restore finishes");
+        assert_eq!(resp, Response::Done);
+        assert!(
+            started.elapsed() > REQUEST_TIMEOUT,
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(Request::GetInfo.deadline() < req.deadline());
+        cancel.cancel();
+        server.await.expect("server ends");
+    }
+
+    #[test]
+    fn accept_pauses_grow_and_are_capped() {
+        assert_eq!(accept_pause(1), Duration::from_millis(50));
+        assert_eq!(accept_pause(2), Duration::from_millis(100));
+        assert_eq!(accept_pause(40), Duration::from_secs(1));
     }
 
     /// rustls checks validity against the real clock, so issue for now.

@@ -106,6 +106,8 @@ pub struct Subject {
     pub common_name: String,
     pub dns_names: Vec<String>,
     pub ips: Vec<IpAddr>,
+    /// URI subject alternative names (a manager's node identity, [`node_uri`]).
+    pub uris: Vec<String>,
 }
 
 impl Subject {
@@ -279,6 +281,10 @@ impl Ca {
         for ip in &subject.ips {
             params.subject_alt_names.push(SanType::IpAddress(*ip));
         }
+        for u in &subject.uris {
+            let uri = rcgen::string::Ia5String::try_from(u.as_str()).map_err(err)?;
+            params.subject_alt_names.push(SanType::URI(uri));
+        }
         params.not_before = to_time(now - BACKDATE);
         params.not_after = to_time(now + NODE_CERT_VALIDITY);
         let cert = params.signed_by(&key, &issuer).map_err(err)?;
@@ -287,6 +293,32 @@ impl Ca {
             key_pem: key.serialize_pem(),
         })
     }
+}
+
+/// The URI a manager's peer API certificate carries to name its node:
+/// `urn:etcd-manager:node:<id>`.
+pub fn node_uri(node_id: &str) -> String {
+    format!("{NODE_URI_PREFIX}{node_id}")
+}
+
+const NODE_URI_PREFIX: &str = "urn:etcd-manager:node:";
+
+/// The node a peer API certificate (DER) names: its [`node_uri`] subject
+/// alternative name; None when it has none (or more than one), or the id is
+/// not a valid node id. The certificate itself was verified by the TLS
+/// handshake; this only reads it.
+pub fn node_id_of_cert(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    let mut ids = san.value.general_names.iter().filter_map(|n| match n {
+        x509_parser::extensions::GeneralName::URI(u) => u.strip_prefix(NODE_URI_PREFIX),
+        _ => None,
+    });
+    let id = ids.next()?;
+    if ids.next().is_some() || etcd::check_ident(etcd::IdentKind::NodeId, id).is_err() {
+        return None;
+    }
+    Some(id.to_string())
 }
 
 fn first_cert_der(pem: &str) -> Option<Vec<u8>> {
@@ -394,13 +426,14 @@ impl std::fmt::Debug for PeerTls {
 }
 
 impl PeerTls {
-    /// Issue this manager's certificate (CN = its id, DNS = [`PEER_API_SERVER_NAME`],
-    /// IP = its address) and build both sides of the TLS configuration.
+    /// Issue this manager's certificate (CN = its id, URI = [`node_uri`] of its id,
+    /// DNS = [`PEER_API_SERVER_NAME`], IP = its address) and build both sides of the TLS configuration.
     pub fn issue(ca: &Ca, node_id: &str, ip: IpAddr, now: SystemTime) -> Result<Self, PkiError> {
         let subject = Subject {
             common_name: node_id.to_string(),
             dns_names: vec![PEER_API_SERVER_NAME.to_string()],
             ips: vec![ip],
+            uris: vec![node_uri(node_id)],
         };
         let issued = ca.issue(&subject, now)?;
         Self::from_parts(ca.cert_pem(), &issued)
@@ -613,6 +646,7 @@ mod tests {
                     common_name: "n1".into(),
                     dns_names: vec!["n1".into()],
                     ips: vec!["127.0.0.2".parse().expect("ip")],
+                    uris: vec![],
                 },
                 now(),
             )

@@ -29,6 +29,10 @@ pub struct ClusterStatus {
     pub quarantined: bool,
     /// What the leader is waiting for, in words (empty when idle).
     pub waits: Vec<String>,
+    /// Things an operator should fix that do not stop the leader: control
+    /// files it skipped, gossip without a key while TLS is on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -104,6 +108,7 @@ impl ClusterStatus {
             peers,
             quarantined,
             waits: plan.waits.iter().map(ToString::to_string).collect(),
+            warnings: vec![],
         }
     }
 

@@ -68,12 +68,20 @@ fn compresses(block: &[u8]) -> std::io::Result<bool> {
     Ok((out.len() as f64) < (probe.len() as f64) * STORE_ABOVE)
 }
 
-/// Inflate exactly one gzip member of `raw_len` bytes.
+/// Inflate exactly one gzip member of `raw_len` bytes: never more output
+/// than that (plus one byte to notice), never a reservation beyond
+/// [`crate::model::MAX_MEMBER_SIZE`].
 pub fn inflate_member(member: &[u8], raw_len: u64) -> std::io::Result<Vec<u8>> {
+    if raw_len > crate::model::MAX_MEMBER_SIZE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a gzip member may not declare {raw_len} bytes"),
+        ));
+    }
     let len = usize::try_from(raw_len).map_err(std::io::Error::other)?;
     let mut out = Vec::with_capacity(len);
-    let mut dec = flate2::read::GzDecoder::new(member);
-    dec.read_to_end(&mut out)?;
+    let dec = flate2::read::GzDecoder::new(member);
+    dec.take(raw_len.saturating_add(1)).read_to_end(&mut out)?;
     if out.len() != len {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -84,6 +92,37 @@ pub fn inflate_member(member: &[u8], raw_len: u64) -> std::io::Result<Vec<u8>> {
         ));
     }
     Ok(out)
+}
+
+/// gunzip every member of `input` into `out`, returning the hex SHA-256 and
+/// size of the output; fails once the output would exceed `limit` bytes (a
+/// gzip bomb) without writing past it.
+pub fn inflate_all(
+    input: impl Read,
+    out: &mut impl Write,
+    limit: u64,
+) -> std::io::Result<(String, u64)> {
+    use sha2::Digest;
+    let mut decoder = flate2::read::MultiGzDecoder::new(input);
+    let mut hash = sha2::Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = decoder.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        if size > limit {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("inflates to more than the {limit} bytes a snapshot may have"),
+            ));
+        }
+        hash.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+    }
+    Ok((hex::encode(hash.finalize()), size))
 }
 
 #[cfg(test)]

@@ -19,12 +19,14 @@ mod store;
 
 pub use error::{Error, Result};
 pub use model::{
-    BackupExtra, BackupInfo, ClusterSpec, Command, CreatedMarker, RestoreBackupCommand,
+    BackupExtra, BackupInfo, ClusterSpec, Command, CreatedMarker, MAX_MEMBER_SIZE,
+    MAX_SNAPSHOT_SIZE, RestoreBackupCommand,
 };
-pub use retention::{RetentionPolicy, parse_retention, select_for_deletion};
+pub use retention::{MIN_KEPT_BACKUPS, RetentionPolicy, parse_retention, select_for_deletion};
 pub use store::{
-    BackupStore, BackupSummary, ControlCache, ControlSnapshot, DownloadedBackup, RestoreProgress,
-    StoreOptions, StoredCommand, format_backup_name, parse_backup_name,
+    BackupStore, BackupSummary, ControlCache, ControlSnapshot, DownloadedBackup, MAX_SIDE_FILE,
+    MAX_SMALL_FILE, MalformedFile, RestoreProgress, StoreOptions, StoredCommand, check_backup_name,
+    format_backup_name, parse_backup_name,
 };
 
 pub const BACKUP_DATA_FILE: &str = "etcd.backup.gz";

@@ -99,6 +99,57 @@ pub struct BackupExtra {
     pub members: Vec<[u64; 2]>,
 }
 
+/// Largest snapshot a backup may declare (etcd's own limit on a database is
+/// far lower: 8 GiB is its suggested maximum quota).
+pub const MAX_SNAPSHOT_SIZE: u64 = 64 << 30;
+/// Largest uncompressed gzip member a backup's index may declare (ours are
+/// [`crate::gzip::BLOCK_SIZE`]).
+pub const MAX_MEMBER_SIZE: u64 = 64 << 20;
+
+impl BackupExtra {
+    /// Check the declared sizes against each other before anything is
+    /// allocated or inflated from them: every member within
+    /// [`MAX_MEMBER_SIZE`] (compressed at most a stored block's overhead
+    /// larger), the members adding up to the declared sizes, the snapshot
+    /// within [`MAX_SNAPSHOT_SIZE`], checksums 64 hex digits.
+    pub fn validate(&self) -> Result<(), String> {
+        let hex64 = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex64(&self.snapshot_sha256) || !hex64(&self.compressed_sha256) {
+            return Err("a checksum is not 64 hex digits".into());
+        }
+        if self.snapshot_size > MAX_SNAPSHOT_SIZE {
+            return Err(format!(
+                "declares a snapshot of {} bytes, more than the {MAX_SNAPSHOT_SIZE} accepted",
+                self.snapshot_size
+            ));
+        }
+        if self.members.is_empty() {
+            return Ok(());
+        }
+        let (mut gz_sum, mut raw_sum) = (0u64, 0u64);
+        for (i, [gz, raw]) in self.members.iter().enumerate() {
+            // A stored (level 0) member: header and trailer (18 bytes), 5
+            // bytes per 64 KiB block; deflate never does worse.
+            let worst = raw.saturating_add(raw / 1024 * 5 + 1024);
+            if *raw > MAX_MEMBER_SIZE || *gz > worst {
+                return Err(format!(
+                    "gzip member {i} declares {gz} compressed and {raw} uncompressed bytes, which cannot be"
+                ));
+            }
+            gz_sum = gz_sum.saturating_add(*gz);
+            raw_sum = raw_sum.saturating_add(*raw);
+        }
+        if gz_sum != self.compressed_size || raw_sum != self.snapshot_size {
+            return Err(format!(
+                "its gzip members add up to {gz_sum} compressed and {raw_sum} uncompressed bytes, \
+                 but it declares {} and {}",
+                self.compressed_size, self.snapshot_size
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn is_zero_i32(v: &i32) -> bool {
     *v == 0
 }

@@ -3,7 +3,9 @@
 //! By the age of a backup (from its name): younger than an hour, keep all;
 //! younger than the hourly horizon, keep the oldest of each clock hour;
 //! younger than the daily horizon, keep the oldest of each UTC day; older,
-//! delete. A name that does not parse is never deleted.
+//! delete. A name that does not parse is never deleted, and neither are the
+//! newest [`MIN_KEPT_BACKUPS`] whatever the clock says (a clock that jumped
+//! years ahead makes every backup look ancient).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -70,8 +72,12 @@ pub fn parse_retention(s: &str) -> Result<Duration, String> {
         rest = &rest[unit_len..];
         total += n * secs;
     }
-    Ok(Duration::from_secs_f64(total))
+    Duration::try_from_secs_f64(total)
+        .map_err(|_| format!("'{s}' is too long a duration; write e.g. 168h, 7d or 1y"))
 }
+
+/// The newest backups that are kept whatever their age.
+pub const MIN_KEPT_BACKUPS: usize = 10;
 
 /// The backups to delete under `policy` at `now`. Pure.
 pub fn select_for_deletion(
@@ -84,12 +90,13 @@ pub fn select_for_deletion(
         .filter_map(|n| parse_backup_name(n).map(|(t, seq)| (t, seq, n)))
         .collect();
     parsed.sort();
+    let newest_kept = parsed.len().saturating_sub(MIN_KEPT_BACKUPS);
     let mut hours_kept = BTreeSet::new();
     let mut days_kept = BTreeSet::new();
     let mut delete = vec![];
-    for (t, _, name) in parsed {
+    for (i, (t, _, name)) in parsed.into_iter().enumerate() {
         let age = (now - t).to_std().unwrap_or(Duration::ZERO);
-        let keep = if age < Duration::from_secs(3600) {
+        let keep = if i >= newest_kept || age < Duration::from_secs(3600) {
             true
         } else if age < policy.hourly {
             hours_kept.insert((t.year(), t.ordinal(), t.hour()))
@@ -110,6 +117,26 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn a_clock_jump_never_deletes_the_newest_backups() {
+        let start = at(2026, 1, 1, 0, 0);
+        let names: Vec<String> = (0..30)
+            .map(|i| name(start + chrono::Duration::hours(i), i as u32))
+            .collect();
+        // The clock jumps 20 years ahead: every backup is past the daily horizon.
+        let later = at(2046, 1, 1, 0, 0);
+        let doomed = select_for_deletion(&names, later, &RetentionPolicy::default());
+        assert_eq!(doomed, names[..20].to_vec());
+        // Absurd durations are refused, not a panic.
+        for s in [
+            "99999999999999999999999y",
+            "1e400s",
+            "184467440737095516160s",
+        ] {
+            assert!(parse_retention(s).is_err(), "{s}");
+        }
+    }
 
     fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap()
@@ -146,7 +173,10 @@ mod tests {
             hourly: Duration::from_secs(2 * 86_400),
             daily: Duration::from_secs(10 * 86_400),
         };
-        let names = vec![
+        // The newest MIN_KEPT_BACKUPS are kept whatever their age: make them recent.
+        let recent =
+            (0..MIN_KEPT_BACKUPS as u32).map(|i| name(at(2024, 3, 31, 11, 40 + i), 10 + i));
+        let names: Vec<String> = vec![
             name(at(2024, 3, 31, 11, 30), 1), // < 1h: keep
             name(at(2024, 3, 31, 11, 10), 2), // < 1h: keep
             name(at(2024, 3, 31, 9, 5), 3),   // hourly: oldest of 09h: keep
@@ -155,7 +185,10 @@ mod tests {
             name(at(2024, 3, 28, 23, 0), 6),  // daily: second of the 28th: delete
             name(at(2024, 3, 1, 0, 0), 7),    // older than the daily horizon: delete
             "not-a-backup-name".to_string(),  // never deleted
-        ];
+        ]
+        .into_iter()
+        .chain(recent)
+        .collect();
         let mut got = select_for_deletion(&names, now, &p);
         got.sort();
         let mut want = vec![names[3].clone(), names[5].clone(), names[6].clone()];

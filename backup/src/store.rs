@@ -59,6 +59,21 @@ pub struct ControlSnapshot {
     /// Names of our own files directly under `<base>/etcd-manager/`
     /// (`backup-now`, `allow-new-cluster`, `status.json`, ...).
     pub manager_files: std::collections::BTreeSet<String>,
+    /// Control files that could not be used (too large, not the JSON they
+    /// should be), each named with the reason and the fix. They are skipped:
+    /// a malformed spec reads as no spec, a malformed created marker as a
+    /// marker (a cluster may exist), a malformed command or restore marker
+    /// as no such command.
+    pub malformed: Vec<MalformedFile>,
+}
+
+/// A control file [`BackupStore::read_control`] skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MalformedFile {
+    /// The file, as a URL under the store.
+    pub path: String,
+    /// What is wrong with it and what to do.
+    pub reason: String,
 }
 
 /// The bodies [`BackupStore::read_control`] read, by path and version, so
@@ -117,6 +132,37 @@ pub fn parse_backup_name(name: &str) -> Option<(DateTime<Utc>, u32)> {
 pub fn format_backup_name(t: SystemTime, seq: u32) -> String {
     let t: DateTime<Utc> = t.into();
     format!("{}-{seq:06}", t.format("%Y-%m-%dT%H:%M:%SZ"))
+}
+
+/// A backup name from outside (a peer request, a command, the command line)
+/// must be exactly upstream's `<RFC 3339 UTC second>-<6 digits>`.
+pub fn check_backup_name(name: &str) -> Result<()> {
+    if name.len() > 64 || parse_backup_name(name).is_none() {
+        return Err(Error::InvalidName {
+            name: name.chars().take(80).collect(),
+            reason: "a backup name looks like 2026-01-02T03:04:05Z-000001 (see list-backups)"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
+/// Most bytes read of a control file, a backup's meta file or one of our
+/// own small files before giving up on it.
+pub const MAX_SMALL_FILE: u64 = 1 << 20;
+/// Most bytes read of a backup's side file (its gzip member index grows
+/// with the snapshot: about 40 bytes per MiB).
+pub const MAX_SIDE_FILE: u64 = 16 << 20;
+
+/// A malformed file becomes a report and None; other errors pass.
+fn reported<T>(r: Result<Option<T>>, malformed: &mut Vec<MalformedFile>) -> Result<Option<T>> {
+    match r {
+        Err(Error::Malformed { path, reason }) => {
+            malformed.push(MalformedFile { path, reason });
+            Ok(None)
+        }
+        other => other,
+    }
 }
 
 fn check_name(name: &str) -> Result<()> {
@@ -333,16 +379,39 @@ impl BackupStore {
             .map(|(_, b)| b))
     }
 
+    /// Read a small object whole, at most [`MAX_SMALL_FILE`] bytes.
     async fn read(&self, rel: &str) -> Result<Option<(Path, Bytes)>> {
+        self.read_capped(rel, MAX_SMALL_FILE).await
+    }
+
+    /// Read an object whole if it has at most `max` bytes; a larger one is
+    /// [`Error::Malformed`] (named, with its size), and never read past `max`.
+    async fn read_capped(&self, rel: &str, max: u64) -> Result<Option<(Path, Bytes)>> {
         let p = self.path(rel);
-        match self.store.get(&p).await {
-            Ok(r) => {
-                let bytes = r.bytes().await.map_err(|e| Error::store("read", &p, e))?;
-                Ok(Some((p, bytes)))
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(Error::store("read", &p, e)),
+        let r = match self.store.get(&p).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(Error::store("read", &p, e)),
+        };
+        let too_large = |size: u64| Error::Malformed {
+            path: self.display(&p),
+            reason: format!(
+                "{size} bytes or more, larger than the {max} this file may have; delete or rewrite it"
+            ),
+        };
+        if r.meta.size > max {
+            return Err(too_large(r.meta.size));
         }
+        let mut stream = r.into_stream();
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| Error::store("read", &p, e))?;
+            if (body.len() + chunk.len()) as u64 > max {
+                return Err(too_large((body.len() + chunk.len()) as u64));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Some((p, body.freeze())))
     }
 
     async fn read_json<T: serde::de::DeserializeOwned>(
@@ -350,7 +419,16 @@ impl BackupStore {
         rel: &str,
         fix: &str,
     ) -> Result<Option<T>> {
-        let Some((p, bytes)) = self.read(rel).await? else {
+        self.read_json_capped(rel, fix, MAX_SMALL_FILE).await
+    }
+
+    async fn read_json_capped<T: serde::de::DeserializeOwned>(
+        &self,
+        rel: &str,
+        fix: &str,
+        max: u64,
+    ) -> Result<Option<T>> {
+        let Some((p, bytes)) = self.read_capped(rel, max).await? else {
             return Ok(None);
         };
         serde_json::from_slice(&bytes)
@@ -478,11 +556,23 @@ impl BackupStore {
                     .and_then(|r| r.split_once('/'))
                     .is_some_and(|(_, f)| f == COMMAND_FILE || f == RESTORE_MARKER_FILE)
         };
+        let created_rel = format!("{CONTROL_DIR}/{CREATED_FILE}");
+        // A marker that exists, even one too large or not parsing, still says
+        // a cluster was created here: never treat it as absent.
+        let created_present = listed.iter().any(|(rel, _)| *rel == created_rel);
         let mut files = std::collections::BTreeMap::new();
+        let mut malformed = vec![];
         for (rel, version) in listed.into_iter().filter(|(r, _)| wanted(r)) {
             let body = match cache.files.remove(&rel) {
                 Some((v, body)) if v == version => Some(body),
-                _ => self.read(&rel).await?.map(|(_, b)| b),
+                _ => match self.read(&rel).await {
+                    Ok(found) => found.map(|(_, b)| b),
+                    Err(Error::Malformed { path, reason }) => {
+                        malformed.push(MalformedFile { path, reason });
+                        None
+                    }
+                    Err(e) => return Err(e),
+                },
             };
             if let Some(body) = body {
                 files.insert(rel, (version, body));
@@ -491,10 +581,13 @@ impl BackupStore {
         cache.files = files;
         let spec_rel = format!("{CONTROL_DIR}/{SPEC_FILE}");
         let spec_fix = "fix it with etcd-manager-ctl configure-cluster";
-        let spec: Option<ClusterSpec> = self.cached_json(cache, &spec_rel, spec_fix)?;
-        let created_rel = format!("{CONTROL_DIR}/{CREATED_FILE}");
+        let spec: Option<ClusterSpec> =
+            reported(self.cached_json(cache, &spec_rel, spec_fix), &mut malformed)?;
         let created_fix = "it should read {\"timestamp\":<unix nanos>}; rewrite it that way (do not delete it while a cluster exists)";
-        let created: Option<CreatedMarker> = self.cached_json(cache, &created_rel, created_fix)?;
+        let _: Option<CreatedMarker> = reported(
+            self.cached_json(cache, &created_rel, created_fix),
+            &mut malformed,
+        )?;
         let mut commands = vec![];
         let names: std::collections::BTreeSet<String> = cache
             .files
@@ -509,12 +602,23 @@ impl BackupStore {
         for name in names {
             let rel = format!("{CONTROL_DIR}/{name}/{COMMAND_FILE}");
             let fix = "delete it with etcd-manager-ctl delete-command";
-            let Some(command) = self.cached_json(cache, &rel, fix)? else {
+            let command: Option<Command> =
+                reported(self.cached_json(cache, &rel, fix), &mut malformed)?;
+            let Some(command) = command else {
                 continue;
             };
             let marker = format!("{CONTROL_DIR}/{name}/{RESTORE_MARKER_FILE}");
             let fix = "delete this file to start the restore over";
-            let restore_started = self.cached_json(cache, &marker, fix)?;
+            let restore_started = match self.cached_json(cache, &marker, fix) {
+                Ok(m) => m,
+                Err(Error::Malformed { path, reason }) => {
+                    // The restore's progress is unknown: skip the command
+                    // rather than restore again over a half-done restore.
+                    malformed.push(MalformedFile { path, reason });
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             commands.push(StoredCommand {
                 name,
                 command,
@@ -532,9 +636,10 @@ impl BackupStore {
             .collect();
         Ok(ControlSnapshot {
             spec,
-            created: created.is_some(),
+            created: created_present,
             commands,
             manager_files,
+            malformed,
         })
     }
 
@@ -584,7 +689,17 @@ impl BackupStore {
     }
 
     /// Queued commands, sorted by name (one listing, then one read per command).
+    /// The queued commands, sorted by name; malformed ones are skipped (see
+    /// [`BackupStore::list_commands_reporting`]).
     pub async fn list_commands(&self) -> Result<Vec<StoredCommand>> {
+        Ok(self.list_commands_reporting().await?.0)
+    }
+
+    /// The queued commands, and the command files that could not be used
+    /// (each named with the reason).
+    pub async fn list_commands_reporting(
+        &self,
+    ) -> Result<(Vec<StoredCommand>, Vec<MalformedFile>)> {
         let files = self.list_under(Some(CONTROL_DIR)).await?;
         let in_folder = |name: &str, file: &str| {
             files
@@ -601,20 +716,28 @@ impl BackupStore {
             .collect();
         names.sort();
         let mut out = vec![];
+        let mut malformed = vec![];
         for name in names {
             let rel = format!("{CONTROL_DIR}/{name}/{COMMAND_FILE}");
-            let Some(command) = self
+            let read = self
                 .read_json::<Command>(&rel, "delete it with etcd-manager-ctl delete-command")
-                .await?
-            else {
+                .await;
+            let Some(command) = reported(read, &mut malformed)? else {
                 continue;
             };
             let restore_started = if in_folder(&name, RESTORE_MARKER_FILE) {
-                self.read_json(
-                    &format!("{CONTROL_DIR}/{name}/{RESTORE_MARKER_FILE}"),
-                    "delete this file to start the restore over",
-                )
-                .await?
+                let read = self
+                    .read_json(
+                        &format!("{CONTROL_DIR}/{name}/{RESTORE_MARKER_FILE}"),
+                        "delete this file to start the restore over",
+                    )
+                    .await;
+                let before = malformed.len();
+                let marker = reported(read, &mut malformed)?;
+                if malformed.len() > before {
+                    continue;
+                }
+                marker
             } else {
                 None
             };
@@ -624,7 +747,7 @@ impl BackupStore {
                 restore_started,
             });
         }
-        Ok(out)
+        Ok((out, malformed))
     }
 
     /// Record that a leader began executing restore command `name`.
@@ -711,11 +834,17 @@ impl BackupStore {
 
     pub async fn read_backup_extra(&self, name: &str) -> Result<Option<BackupExtra>> {
         check_name(name)?;
-        self.read_json(
-            &format!("{name}/{BACKUP_EXTRA_FILE}"),
-            "the backup may be incomplete",
-        )
-        .await
+        let rel = format!("{name}/{BACKUP_EXTRA_FILE}");
+        let extra: Option<BackupExtra> = self
+            .read_json_capped(&rel, "the backup may be incomplete", MAX_SIDE_FILE)
+            .await?;
+        if let Some(x) = &extra {
+            x.validate().map_err(|reason| Error::Malformed {
+                path: self.display(&self.path(&rel)),
+                reason: format!("{reason}; this backup cannot be trusted, choose another"),
+            })?;
+        }
+        Ok(extra)
     }
 
     /// Stream a snapshot into a new backup; the meta file is written last.
@@ -915,10 +1044,19 @@ impl BackupStore {
             let mut file = std::fs::File::create(&gz_tmp).map_err(io(&gz_tmp))?;
             let mut gz_hash = Sha256::new();
             let mut gz_size = 0u64;
+            // Never download more than the side file declares (or, for upstream's
+            // backups, than any snapshot may be).
+            let gz_limit = extra.as_ref().map_or(crate::model::MAX_SNAPSHOT_SIZE, |x| x.compressed_size);
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| Error::store("read", &data_path, e))?;
                 gz_hash.update(&chunk);
                 gz_size += chunk.len() as u64;
+                if gz_size > gz_limit {
+                    return Err(Error::Corrupt {
+                        backup: name.into(),
+                        reason: format!("{BACKUP_DATA_FILE} is larger than the {gz_limit} bytes declared"),
+                    });
+                }
                 file.write_all(&chunk).map_err(io(&gz_tmp))?;
             }
             file.sync_all().map_err(io(&gz_tmp))?;
@@ -936,6 +1074,7 @@ impl BackupStore {
                 }
             }
             let (gz, raw) = (gz_tmp.clone(), raw_tmp.clone());
+            let raw_limit = extra.as_ref().map_or(crate::model::MAX_SNAPSHOT_SIZE, |x| x.snapshot_size);
             // Our own index of gzip members, if it agrees with the file: inflate in parallel.
             let members = extra
                 .as_ref()
@@ -946,7 +1085,7 @@ impl BackupStore {
                 .unwrap_or_default();
             let (raw_sha, raw_size) = tokio::task::spawn_blocking(move || {
                 if members.is_empty() {
-                    decompress(&gz, &raw)
+                    decompress(&gz, &raw, raw_limit)
                 } else {
                     decompress_members(&gz, &raw, &members, crate::gzip::workers())
                 }
@@ -1121,23 +1260,16 @@ fn decompress_members(
     Ok((hex(hash.finalize()), size))
 }
 
-/// gunzip (every member) `gz` into `raw`, returning the sha256 and size of the output.
-fn decompress(gz: &std::path::Path, raw: &std::path::Path) -> std::io::Result<(String, u64)> {
+/// gunzip (every member) `gz` into `raw`, returning the sha256 and size of
+/// the output; fails once the output would exceed `limit` bytes (a gzip bomb).
+fn decompress(
+    gz: &std::path::Path,
+    raw: &std::path::Path,
+    limit: u64,
+) -> std::io::Result<(String, u64)> {
     let input = std::io::BufReader::new(std::fs::File::open(gz)?);
-    let mut decoder = flate2::read::MultiGzDecoder::new(input);
     let mut out = std::fs::File::create(raw)?;
-    let mut hash = Sha256::new();
-    let mut size = 0u64;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = std::io::Read::read(&mut decoder, &mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hash.update(&buf[..n]);
-        size += n as u64;
-        out.write_all(&buf[..n])?;
-    }
+    let (sha, size) = crate::gzip::inflate_all(input, &mut out, limit)?;
     out.sync_all()?;
-    Ok((hex(hash.finalize()), size))
+    Ok((sha, size))
 }

@@ -250,6 +250,81 @@ async fn a_wrong_checksum_in_the_extra_file_refuses_the_restore() {
     }
 }
 
+/// A backup whose side file was rewritten to match a gzip bomb (10 MiB of
+/// zeros declared as 1000 bytes) stops inflating at the declared size; a side
+/// file whose sizes cannot be is refused before anything is allocated.
+#[tokio::test]
+async fn gzip_bombs_and_impossible_sizes_are_refused() {
+    use sha2::Digest;
+    use std::io::Write;
+    for (store, scratch, _root) in backends() {
+        let s = store
+            .write_backup(chunks(&snapshot(5_000)), &info(), None, None, t0())
+            .await
+            .unwrap();
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&vec![0u8; 10 << 20]).unwrap();
+        let bomb = enc.finish().unwrap();
+        store
+            .object_store()
+            .put(
+                &key(&store, &format!("{}/{BACKUP_DATA_FILE}", s.name)),
+                bomb.clone().into(),
+            )
+            .await
+            .unwrap();
+        let rel = format!("{}/{BACKUP_EXTRA_FILE}", s.name);
+        let mut extra: serde_json::Value =
+            serde_json::from_slice(&raw(&store, &rel).await).unwrap();
+        extra["compressedSha256"] = json!(hex::encode(sha2::Sha256::digest(&bomb)));
+        extra["compressedSize"] = json!(bomb.len());
+        extra["snapshotSize"] = json!(1000);
+        extra["members"] = json!([]);
+        let put = |v: serde_json::Value| {
+            let store = store.clone();
+            let k = key(&store, &rel);
+            async move {
+                store
+                    .object_store()
+                    .put(&k, serde_json::to_vec(&v).unwrap().into())
+                    .await
+                    .unwrap();
+            }
+        };
+        put(extra.clone()).await;
+        let dest = scratch.path().join("snapshot.db");
+        let err = store.download_backup(&s.name, &dest).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Corrupt { reason, .. } if reason.contains("more than the 1000 bytes")),
+            "{err}"
+        );
+        assert!(!dest.exists());
+        assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+
+        // One member claiming 2^60 bytes: refused when the side file is read.
+        extra["members"] = json!([[bomb.len(), 1u64 << 60]]);
+        extra["snapshotSize"] = json!(1u64 << 60);
+        put(extra.clone()).await;
+        let err = store.download_backup(&s.name, &dest).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Malformed { reason, .. } if reason.contains("cannot be") || reason.contains("more than")),
+            "{err}"
+        );
+        // Members that do not add up to the declared sizes.
+        extra["members"] = json!([[bomb.len(), 1 << 20]]);
+        extra["snapshotSize"] = json!(1000);
+        put(extra).await;
+        let err = store.download_backup(&s.name, &dest).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Malformed { reason, .. } if reason.contains("add up")),
+            "{err}"
+        );
+        // And inflating one member never goes past what it declares.
+        assert!(backup::gzip::inflate_member(&bomb, 1000).is_err());
+        assert!(backup::gzip::inflate_member(&bomb, 1 << 40).is_err());
+    }
+}
+
 #[tokio::test]
 async fn a_failing_snapshot_stream_leaves_nothing_listed() {
     for (store, _scratch, _root) in backends() {

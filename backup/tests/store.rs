@@ -293,8 +293,35 @@ async fn malformed_files_name_the_path() {
     )
     .await
     .unwrap();
-    let e = store.list_commands().await.unwrap_err().to_string();
-    assert!(e.contains("control/c1/_command.json"), "{e}");
+    // A malformed command is skipped and named, never a reason to fail.
+    let (cmds, bad) = store.list_commands_reporting().await.unwrap();
+    assert!(cmds.is_empty());
+    assert_eq!(bad.len(), 1);
+    assert!(bad[0].path.contains("control/c1/_command.json"), "{bad:?}");
+    // A huge file is refused by its size before it is read whole.
+    let mut huge = b"{\"restoreBackup\":{\"backup\":\"".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 2 << 20));
+    huge.extend_from_slice(b"\"}}");
+    mem.put(&Path::from("base/control/c2/_command.json"), huge.into())
+        .await
+        .unwrap();
+    let (_, bad) = store.list_commands_reporting().await.unwrap();
+    assert!(
+        bad.iter()
+            .any(|f| f.path.contains("c2/_command.json") && f.reason.contains("larger than")),
+        "{bad:?}"
+    );
+    mem.put(
+        &Path::from("base/control/etcd-cluster-spec"),
+        vec![b' '; 3 << 20].into(),
+    )
+    .await
+    .unwrap();
+    let e = store.read_spec().await.unwrap_err().to_string();
+    assert!(
+        e.contains("etcd-cluster-spec") && e.contains("larger than"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -500,14 +527,14 @@ async fn control_reads_only_what_changed() {
         .put(&Path::from("base/control/etcd-cluster-spec"), "{".into())
         .await
         .unwrap();
-    let e = store
-        .read_control(&mut cache)
-        .await
-        .unwrap_err()
-        .to_string();
+    let c = store.read_control(&mut cache).await.unwrap();
+    assert_eq!(c.spec, None, "a malformed spec reads as no spec");
+    assert_eq!(c.malformed.len(), 1, "{:?}", c.malformed);
     assert!(
-        e.contains("control/etcd-cluster-spec") && e.contains("configure-cluster"),
-        "{e}"
+        c.malformed[0].path.contains("control/etcd-cluster-spec")
+            && c.malformed[0].reason.contains("configure-cluster"),
+        "{:?}",
+        c.malformed
     );
     store.write_spec(&spec).await.unwrap();
     assert!(

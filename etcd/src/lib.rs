@@ -12,6 +12,7 @@ mod binaries;
 mod client;
 mod env;
 mod error;
+mod ident;
 mod process;
 mod restore;
 mod state;
@@ -24,6 +25,7 @@ pub use env::{
     replace_url_host,
 };
 pub use error::Error;
+pub use ident::{IdentKind, InvalidIdent, MAX_IDENT_LEN, check_ident};
 pub use process::{EtcdProcess, ProcessStatus};
 pub use restore::{SnapshotInfo, restore_snapshot, verify_snapshot};
 pub use state::{read_json, write_json_atomic};

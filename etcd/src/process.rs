@@ -205,9 +205,22 @@ async fn supervise(
 ) {
     let mut backoff = BACKOFF_START;
     let mut started = Instant::now();
+    let mut log_check = tokio::time::interval(LOG_CHECK_INTERVAL);
+    log_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        // Phase 1: etcd is running; wait for it to exit or for a stop request.
+        // Phase 1: etcd is running; wait for it to exit or for a stop request,
+        // keeping its log file under its size limit meanwhile.
         tokio::select! {
+            _ = log_check.tick() => {
+                if let Some(path) = &launch.log_file {
+                    match rotate_log(path, MAX_LOG_BYTES) {
+                        Ok(true) => tracing::info!(member = %launch.name, path = %path.display(), max_bytes = MAX_LOG_BYTES, "rotated etcd's log"),
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(member = %launch.name, path = %path.display(), error = %e, "cannot rotate etcd's log"),
+                    }
+                }
+                continue;
+            }
             exit = child.wait() => {
                 let text = match &exit {
                     Ok(s) => describe(*s),
@@ -269,6 +282,34 @@ async fn supervise(
     }
 }
 
+/// etcd's log file is rotated once it grows past this.
+pub const MAX_LOG_BYTES: u64 = 64 << 20;
+/// How often the supervisor looks at the log file's size.
+const LOG_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+
+/// If `path` is larger than `max` bytes, copy it to `<path>.1` (replacing the
+/// previous one) and truncate it; true when it did. etcd writes through an
+/// append-only descriptor, so it goes on at the start of the emptied file;
+/// what it writes between the copy and the truncation is lost.
+pub fn rotate_log(path: &std::path::Path, max: u64) -> std::io::Result<bool> {
+    let size = match std::fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if size <= max {
+        return Ok(false);
+    }
+    let mut old = path.as_os_str().to_owned();
+    old.push(".1");
+    std::fs::copy(path, &old)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .set_len(0)?;
+    Ok(true)
+}
+
 /// SIGTERM, wait up to `timeout`, then SIGKILL and reap.
 async fn terminate(name: &str, child: &mut Child, timeout: Duration) {
     let pid = child.id();
@@ -294,5 +335,36 @@ async fn terminate(name: &str, child: &mut Child, timeout: Duration) {
     }
     if let Err(e) = child.kill().await {
         tracing::warn!(member = %name, error = %e, "killing etcd failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_log_is_rotated_by_size_and_writing_goes_on() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("etcd.log");
+        // An append-only descriptor, as etcd has.
+        let mut w = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        w.write_all(&[b'a'; 100]).unwrap();
+        assert!(!rotate_log(&path, 100).unwrap(), "at the limit: kept");
+        w.write_all(b"b").unwrap();
+        assert!(rotate_log(&path, 100).unwrap());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        assert_eq!(
+            std::fs::read(dir.path().join("etcd.log.1")).unwrap().len(),
+            101
+        );
+        w.write_all(b"after").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"after");
+        assert!(!rotate_log(&dir.path().join("missing.log"), 1).unwrap());
     }
 }

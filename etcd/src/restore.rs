@@ -115,10 +115,7 @@ pub async fn restore_snapshot(
         .kill_on_drop(true);
     tracing::info!(tool = %tool.display(), snapshot = %snapshot.display(), data_dir = %data_dir.display(),
         member = %spec.name, bump_revision, "restoring etcd snapshot");
-    let out = cmd.output().await.map_err(|source| Error::Spawn {
-        binary: tool.clone(),
-        source,
-    })?;
+    let out = run_tool(&mut cmd, &tool, tool_deadline(snapshot)).await?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let tail: String = stderr
@@ -141,6 +138,34 @@ pub async fn restore_snapshot(
         });
     }
     Ok(())
+}
+
+/// How long etcdutl/etcdctl may take over `snapshot`: a minute, plus a
+/// minute per GiB (a restore of 1 GiB takes about 4 s here).
+fn tool_deadline(snapshot: &Path) -> std::time::Duration {
+    let gib = std::fs::metadata(snapshot).map_or(0, |m| m.len() >> 30);
+    std::time::Duration::from_secs(60 + 60 * gib)
+}
+
+/// Run a snapshot tool to completion within `deadline`; past it the tool is
+/// killed (`kill_on_drop`) and the call fails naming it.
+async fn run_tool(
+    cmd: &mut Command,
+    tool: &Path,
+    deadline: std::time::Duration,
+) -> Result<std::process::Output, Error> {
+    match tokio::time::timeout(deadline, cmd.output()).await {
+        Ok(out) => out.map_err(|source| Error::Spawn {
+            binary: tool.to_path_buf(),
+            source,
+        }),
+        Err(_) => Err(Error::Restore {
+            detail: format!(
+                "{} did not finish within {deadline:?} and was killed; check the disk and the snapshot",
+                tool.display()
+            ),
+        }),
+    }
 }
 
 /// What `snapshot status` reports about a snapshot file.
@@ -186,10 +211,7 @@ pub async fn verify_snapshot(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let out = cmd.output().await.map_err(|source| Error::Spawn {
-        binary: tool.clone(),
-        source,
-    })?;
+    let out = run_tool(&mut cmd, &tool, tool_deadline(snapshot)).await?;
     if !out.status.success() {
         return Err(Error::Restore {
             detail: format!(

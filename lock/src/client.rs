@@ -180,6 +180,13 @@ impl LeaseClient {
             .map(|o| o.epoch)
     }
 
+    /// Pure: the sequence number of our current record while we hold the lease (a
+    /// fence names it so a node can check our epoch, see [`crate::check_epoch`]).
+    pub fn held_seq(&self, now: Instant) -> Option<u64> {
+        self.held(now)?;
+        self.ours.as_ref().map(|o| o.seq)
+    }
+
     /// Pure: how long we may still act (`valid_until - now`) while we hold the lease.
     /// Anything an action keeps retrying must stop by then: a change that lands after our
     /// validity can land after a successor has started to act.
@@ -219,7 +226,10 @@ impl LeaseClient {
     /// confirmed then (see the crate docs). Ignored while we hold the lease ourselves, and
     /// for a record older than the one we are watching.
     pub fn note_claim(&mut self, claim: &LeaseClaim, now: Instant) {
-        self.note_epoch(claim.epoch);
+        // Gossip is not the store: a claimed epoch only makes the next tick look.
+        if claim.epoch > self.highest_epoch {
+            self.last_look = None;
+        }
         if self.ours.is_some() {
             return;
         }
@@ -342,7 +352,9 @@ impl LeaseClient {
         if self.pending.is_none() {
             match (self.ours.clone(), want) {
                 (Some(ours), true) if !look_due && self.renewal_due(&ours, now) => {
-                    return self.write(ours.seq + 1, ours.epoch, false, now).await;
+                    return self
+                        .write(next_seq(ours.seq, &self.prefix)?, ours.epoch, false, now)
+                        .await;
                 }
                 (Some(ours), true) if !look_due => {
                     return Ok(LeaseState::Held {
@@ -352,7 +364,9 @@ impl LeaseClient {
                 }
                 (Some(ours), false) => {
                     self.stop_acting(now);
-                    return self.write(ours.seq + 1, ours.epoch, true, now).await;
+                    return self
+                        .write(next_seq(ours.seq, &self.prefix)?, ours.epoch, true, now)
+                        .await;
                 }
                 (None, false) if !look_due => {
                     if let Some(state @ (LeaseState::Other { .. } | LeaseState::Free)) =
@@ -389,7 +403,8 @@ impl LeaseClient {
         {
             let state = match want {
                 true if self.renewal_due(&ours, now) => {
-                    self.write(ours.seq + 1, ours.epoch, false, now).await?
+                    self.write(next_seq(ours.seq, &self.prefix)?, ours.epoch, false, now)
+                        .await?
                 }
                 true => LeaseState::Held {
                     epoch: ours.epoch,
@@ -397,7 +412,8 @@ impl LeaseClient {
                 },
                 false => {
                     self.stop_acting(now);
-                    self.write(ours.seq + 1, ours.epoch, true, now).await?
+                    self.write(next_seq(ours.seq, &self.prefix)?, ours.epoch, true, now)
+                        .await?
                 }
             };
             self.collect_garbage(&listing).await;
@@ -429,7 +445,8 @@ impl LeaseClient {
         let state = match (self.ours.clone(), want) {
             (Some(ours), true) => {
                 if self.renewal_due(&ours, now) {
-                    self.write(ours.seq + 1, ours.epoch, false, now).await?
+                    self.write(next_seq(ours.seq, &self.prefix)?, ours.epoch, false, now)
+                        .await?
                 } else {
                     LeaseState::Held {
                         epoch: ours.epoch,
@@ -439,16 +456,18 @@ impl LeaseClient {
             }
             (Some(ours), false) => {
                 self.stop_acting(now);
-                self.write(ours.seq + 1, ours.epoch, true, now).await?
+                self.write(next_seq(ours.seq, &self.prefix)?, ours.epoch, true, now)
+                    .await?
             }
             (None, true) if record.released || self.takeover_due(now) => {
-                let epoch = record.epoch.max(self.highest_epoch) + 1;
+                let epoch = next_epoch(record.epoch.max(self.highest_epoch), key.as_ref())?;
                 info!(
                     holder = %self.holder, previous_holder = %record.holder,
                     previous_epoch = record.epoch, released = record.released, epoch,
                     "taking over the lease"
                 );
-                self.write(record.seq + 1, epoch, false, now).await?
+                self.write(next_seq(record.seq, &self.prefix)?, epoch, false, now)
+                    .await?
             }
             (None, _) => LeaseState::Other {
                 holder: record.holder,
@@ -467,7 +486,9 @@ impl LeaseClient {
             return Ok(());
         };
         self.stop_acting(now);
-        let result = self.write(ours.seq + 1, ours.epoch, true, now).await;
+        let result = self
+            .write(next_seq(ours.seq, &self.prefix)?, ours.epoch, true, now)
+            .await;
         self.ours = None;
         result.map(|_| ())
     }
@@ -507,7 +528,7 @@ impl LeaseClient {
         if !want {
             return Ok(LeaseState::Free);
         }
-        let epoch = self.highest_epoch + 1;
+        let epoch = next_epoch(self.highest_epoch, self.prefix.as_ref())?;
         info!(holder = %self.holder, epoch, "acquiring the free lease");
         self.write(1, epoch, false, now).await
     }
@@ -623,20 +644,16 @@ impl LeaseClient {
     }
 
     async fn read(&self, key: &Path, seq: u64) -> Result<LeaseRecord, Error> {
-        let store_err = |source| Error::Store {
-            op: "get",
-            key: key.to_string(),
-            source,
-        };
-        let body = self
-            .store
-            .get(key)
-            .await
-            .map_err(store_err)?
-            .bytes()
-            .await
-            .map_err(store_err)?;
-        LeaseRecord::parse(key, seq, &body)
+        crate::verify::read_record(self.store.as_ref(), &self.prefix, seq)
+            .await?
+            .ok_or_else(|| Error::Store {
+                op: "get",
+                key: key.to_string(),
+                source: object_store::Error::NotFound {
+                    path: key.to_string(),
+                    source: "the record vanished between listing and reading".into(),
+                },
+            })
     }
 
     /// Create record `seq` and update our state from the outcome.
@@ -781,6 +798,22 @@ impl LeaseClient {
         }
         debug!(prefix = %self.prefix, count, failed, "garbage-collected old lease records");
     }
+}
+
+/// The epoch after `epoch`; at `u64::MAX` an error naming `key`, never a wrap.
+fn next_epoch(epoch: u64, key: &str) -> Result<u64, Error> {
+    epoch.checked_add(1).ok_or_else(|| Error::Malformed {
+        key: key.to_string(),
+        reason: format!("epoch {epoch} cannot grow"),
+    })
+}
+
+/// The record after `seq`; at `u64::MAX` an error, never a wrap.
+fn next_seq(seq: u64, prefix: &Path) -> Result<u64, Error> {
+    seq.checked_add(1).ok_or_else(|| Error::Malformed {
+        key: record_key(prefix, seq).to_string(),
+        reason: "the record sequence cannot grow".to_string(),
+    })
 }
 
 /// A holder id made safe for one path segment.

@@ -29,7 +29,11 @@
 //!   ([`LeaseClient::note_claim`]): the record existed before the claim was sent. Its
 //!   takeover still lists and reads the store first and starts over if the current record
 //!   is not the claimed one, so a stale or forged claim (it would need the unpredictable
-//!   nonce) can delay a takeover but never hasten one.
+//!   nonce) can delay a takeover but never hasten one. A claim's epoch is only a hint: it
+//!   makes the next tick read the store, and only epochs read from the store raise the
+//!   highest epoch seen, so a forged claim cannot stop a holder.
+//! * **Fences**: a node asked to act at an epoch it has not seen checks it with
+//!   [`check_epoch`] (a record naming that holder at that epoch must exist).
 //! * **Probe**: [`LeaseClient::probe`] creates an object twice and requires the second
 //!   create to fail, so leader election never runs on a store without conditional writes.
 //!
@@ -48,7 +52,9 @@
 //!
 //! Safety rule 2: every takeover writes an epoch above the epoch of the record it replaces
 //! and above every epoch the client has seen; a client that sees a higher epoch (in a record
-//! or through [`LeaseClient::observe_epoch`]) stops holding at once. A malformed record is
+//! or through [`LeaseClient::observe_epoch`], whose callers pass only epochs the store
+//! confirmed) stops holding at once. An epoch that cannot grow (`u64::MAX`) is an error,
+//! never a wrap-around. A malformed record is
 //! treated as held by an unknown node and never taken over automatically.
 //!
 //! The client never reads a clock and never sleeps (enforced by this crate's clippy.toml).
@@ -57,8 +63,10 @@ mod client;
 mod config;
 mod error;
 mod record;
+mod verify;
 
 pub use client::{GC_BATCH, KEEP_RECORDS, LeaseClient, LeaseState};
 pub use config::{CHECK_INTERVAL, LeaseConfig, MIN_RENEW_INTERVAL};
 pub use error::Error;
 pub use record::{LeaseClaim, LeaseRecord, record_key};
+pub use verify::{EpochCheck, MAX_RECORD_SIZE, check_epoch};

@@ -651,12 +651,39 @@ async fn claims_confirm_a_sighting(store: Arc<dyn ObjectStore>, prefix: &str) {
         held_epoch(&b.tick(t.at(14.1), true).await.unwrap()),
         Some(2)
     );
-    // A claim with a higher epoch stops a holder at once (A still had until 10).
+    // A claim's epoch is a hint, not proof: a forged claim at u64::MAX does not stop
+    // a holder; it makes its next tick look at the store, which decides.
+    let mut c = client(&store, prefix, "node-c");
+    let c_prefix_seq = b.claim(t.at(14.1)).expect("B claims").seq;
+    assert_eq!(held_epoch(&c.tick(t.at(14.2), false).await.unwrap()), None);
+    let mut forged_max = b.claim(t.at(14.1)).expect("B claims");
+    forged_max.epoch = u64::MAX;
+    forged_max.seq = c_prefix_seq + 1000;
+    b.note_claim(&forged_max, t.at(14.2));
+    assert_eq!(
+        b.held(t.at(14.2)),
+        Some(2),
+        "gossip alone never stops a holder"
+    );
+    assert_eq!(
+        held_epoch(&b.tick(t.at(14.3), true).await.unwrap()),
+        Some(2)
+    );
+    assert_eq!(
+        b.highest_epoch_seen(),
+        2,
+        "the forged epoch was never recorded"
+    );
+    // A real newer epoch, claimed: the old holder learns it from the store on its
+    // next tick (A still had until 10 on its own clock).
     assert_eq!(a.held(t.at(3.0)), Some(1));
-    let newer = b.claim(t.at(14.1)).expect("B claims");
+    let newer = b.claim(t.at(14.3)).expect("B claims");
     assert_eq!(newer.epoch, 2);
     a.note_claim(&newer, t.at(3.0));
-    assert_eq!(a.held(t.at(3.0)), None);
+    assert_eq!(a.held(t.at(3.0)), Some(1), "a claim alone is not proof");
+    let state = a.tick(t.at(3.1), true).await.unwrap();
+    assert_eq!(held_epoch(&state), None, "{state:?}");
+    assert_eq!(a.held(t.at(3.1)), None);
 }
 
 /// With the production check interval a holder writes one record per renewal and reads

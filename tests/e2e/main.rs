@@ -6,6 +6,7 @@ mod bad_input;
 mod ctl;
 mod deploy;
 mod disaster;
+mod hardening;
 mod leadership;
 mod prometheus;
 mod replace;

@@ -181,7 +181,11 @@ async fn a_cluster_with_tls_everywhere_found_through_the_store() {
             let m = metrics.clone();
             async move {
                 let (_, body) = tests::http_get(&m, "/metrics").await.ok()?;
-                (metric_value(&body, "etcd_manager_peer_api_rejected_total")? >= 1.0).then_some(())
+                (metric_value(
+                    &body,
+                    "etcd_manager_peer_api_rejected_total{reason=\"handshake\"}",
+                )? >= 1.0)
+                    .then_some(())
             }
         },
     )

@@ -537,6 +537,64 @@ pub fn single_member_spec(
     }
 }
 
+/// A TCP forwarder in front of a server that a test can close and open:
+/// closed, it accepts and drops every connection at once (a store that is
+/// down); open, it forwards to `target`. Lives as long as its runtime.
+pub struct TcpGate {
+    addr: std::net::SocketAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TcpGate {
+    /// Listen on `ip` (a free port), forwarding to `target` while open.
+    pub async fn start(ip: &str, target: &str) -> Result<TcpGate, String> {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind((ip, 0))
+            .await
+            .map_err(|e| format!("gate on {ip}: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = open.clone();
+        let target = target.to_string();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !flag.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let flag = flag.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    // Cut established connections too once the gate closes.
+                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                    let closed = async {
+                        while flag.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = copy => {}
+                        _ = closed => {}
+                    }
+                });
+            }
+        });
+        Ok(TcpGate { addr, open })
+    }
+
+    /// `http://<addr>`, to give as an S3 endpoint.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set_open(&self, open: bool) {
+        self.open.store(open, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

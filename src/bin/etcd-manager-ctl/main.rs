@@ -255,11 +255,17 @@ async fn run(a: CtlArgs) -> anyhow::Result<String> {
             }
         }
         Cmd::ListCommands => {
-            let cmds = store.list_commands().await?;
+            let (cmds, malformed) = store.list_commands_reporting().await?;
             match a.output {
                 Output::Text | Output::Wide => Ok(cmds
                     .iter()
                     .map(|c| format!("{}\n", c.command.to_upstream_text()))
+                    .chain(malformed.iter().map(|f| {
+                        format!(
+                            "# skipped {}: {} (delete-command removes it)\n",
+                            f.path, f.reason
+                        )
+                    }))
                     .collect()),
                 Output::Json => {
                     let v: Vec<_> = cmds
@@ -271,7 +277,17 @@ async fn run(a: CtlArgs) -> anyhow::Result<String> {
             }
         }
         Cmd::DeleteCommand { name } => {
-            let cmds = store.list_commands().await?;
+            let (cmds, malformed) = store.list_commands_reporting().await?;
+            // A malformed command can be deleted by its folder name.
+            let broken: Vec<&str> = malformed
+                .iter()
+                .filter_map(|f| {
+                    let mut parts = f.path.rsplit('/');
+                    let _file = parts.next()?;
+                    let folder = parts.next()?;
+                    (parts.next() == Some("control") && folder == name).then_some(folder)
+                })
+                .collect();
             let targets: Vec<&str> = cmds
                 .iter()
                 .filter(|c| {
@@ -282,6 +298,7 @@ async fn run(a: CtlArgs) -> anyhow::Result<String> {
                             .is_some_and(|r| r.backup == *name)
                 })
                 .map(|c| c.name.as_str())
+                .chain(broken)
                 .collect();
             if targets.is_empty() {
                 bail!("no queued command for '{name}'; list-commands shows the queue");
@@ -317,6 +334,7 @@ async fn run(a: CtlArgs) -> anyhow::Result<String> {
             )
         }
         Cmd::RestoreBackup { backup: name } => {
+            backup::check_backup_name(name)?;
             let backups = store.list_backups().await?;
             if !backups.iter().any(|b| b == name) {
                 bail!("backup '{name}' is not in {url}; list-backups shows the available names");
@@ -476,6 +494,9 @@ async fn status(store: &BackupStore, output: Output) -> anyhow::Result<String> {
             out += &format!("managers:    {} in gossip\n", r.peers.len());
             for w in &r.waits {
                 out += &format!("waiting:     {w}\n");
+            }
+            for w in &r.warnings {
+                out += &format!("WARNING:     {w}\n");
             }
         }
     }

@@ -134,7 +134,39 @@ async fn run_node(
         .await
         .context("gossip")?;
 
-    // Everything local is in place; only now touch the store.
+    health.set_gossip_up(true);
+    // The local etcd first, whatever the store does: a manager that restarts
+    // while the store is down must not keep its member down too.
+    node.resume().await?;
+    let mut warnings = vec![];
+    if !cfg.insecure && cfg.gossip_key_file.is_none() {
+        let w = format!(
+            "gossip on UDP {} is neither authenticated nor encrypted (no --gossip-key-file): \
+             any host that reaches it can join the membership and read each manager's address and etcd state; \
+             the peer API stays protected by TLS",
+            cfg.gossip_addr
+        );
+        tracing::warn!("{w}");
+        warnings.push(w);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    let server_cancel = cancel.child_token();
+    tasks.spawn(
+        etcd_manager::peer::serve(
+            listener,
+            node.clone(),
+            peers.server_tls(),
+            server_cancel.clone(),
+        )
+        .in_current_span(),
+    );
+    if let Some((listener, state)) = http {
+        tasks.spawn(etcd_manager::metrics::serve_http(
+            listener,
+            state,
+            server_cancel.clone(),
+        ));
+    }
     let lease_prefix = store.lease_prefix();
     let lease = lock::LeaseClient::new(
         store.object_store(),
@@ -142,12 +174,17 @@ async fn run_node(
         node.id().to_string(),
         cfg.lease.clone(),
     );
-    lease
-        .probe()
-        .await
-        .context("the backup store cannot hold the leader lease")?;
-
-    health.set_gossip_up(true);
+    // Only now touch the store: wait for it (etcd runs and the peer API
+    // answers meanwhile); a store without conditional writes is fatal.
+    if !probe_store(&lease, &clock, &shutdown).await? {
+        return stop_servers(cancel, server_cancel, tasks, gossip, gossip_task, node).await;
+    }
+    tracing::info!(
+        gossip = %cfg.gossip_addr,
+        peer_api = %cfg.peer_api_addr,
+        store = %cfg.backup_store,
+        "etcd-manager started"
+    );
     let discovery_cancel = CancellationToken::new();
     let keys_task = cfg.gossip_key_file.clone().map(|path| {
         tokio::spawn(
@@ -180,32 +217,7 @@ async fn run_node(
         }
         _ => None,
     };
-    node.resume().await?;
-    tracing::info!(
-        gossip = %cfg.gossip_addr,
-        peer_api = %cfg.peer_api_addr,
-        store = %cfg.backup_store,
-        "etcd-manager started"
-    );
 
-    let mut tasks = tokio::task::JoinSet::new();
-    let server_cancel = cancel.child_token();
-    tasks.spawn(
-        etcd_manager::peer::serve(
-            listener,
-            node.clone(),
-            peers.server_tls(),
-            server_cancel.clone(),
-        )
-        .in_current_span(),
-    );
-    if let Some((listener, state)) = http {
-        tasks.spawn(etcd_manager::metrics::serve_http(
-            listener,
-            state,
-            server_cancel.clone(),
-        ));
-    }
     let driver_cancel = cancel.child_token();
     let driver = Driver::new(
         DriverSettings {
@@ -219,6 +231,7 @@ async fn run_node(
             replace_grace: cfg.member_replace_grace,
             peers: peers.clone(),
             etcd_tls,
+            warnings,
         },
         health.clone(),
         store,
@@ -242,6 +255,18 @@ async fn run_node(
     if let Some(t) = keys_task {
         let _ = t.await;
     }
+    stop_servers(cancel, server_cancel, tasks, gossip, gossip_task, node).await
+}
+
+/// The end of every run: leave gossip, stop the servers, stop etcd.
+async fn stop_servers(
+    cancel: CancellationToken,
+    server_cancel: CancellationToken,
+    mut tasks: tokio::task::JoinSet<()>,
+    gossip: gossip::GossipHandle,
+    gossip_task: tokio::task::JoinHandle<()>,
+    node: Arc<Node>,
+) -> anyhow::Result<()> {
     gossip.leave(Duration::from_secs(2)).await;
     cancel.cancel();
     let _ = gossip_task.await;
@@ -250,6 +275,39 @@ async fn run_node(
     node.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Probe the store for conditional writes until it answers: true once it
+/// does, false when shut down first; a store that answers but does not honour
+/// create-only writes is an error (leader election cannot run on it).
+async fn probe_store(
+    lease: &lock::LeaseClient,
+    clock: &Arc<dyn Clock>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<bool> {
+    let mut pause = Duration::from_secs(1);
+    loop {
+        let attempt = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(false),
+            r = lease.probe() => r,
+        };
+        match attempt {
+            Ok(()) => return Ok(true),
+            Err(e @ lock::Error::PreconditionsUnsupported { .. }) => {
+                return Err(
+                    anyhow::Error::new(e).context("the backup store cannot hold the leader lease")
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_s = pause.as_secs(), "the backup store does not answer yet; etcd keeps running, trying again");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(false),
+            _ = clock.sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(30));
+    }
 }
 
 /// Backup-only mode: no gossip, no lease, no peer API; metrics if asked.

@@ -1,0 +1,105 @@
+//! Identifiers that arrive from outside (peer requests, gossip, the store,
+//! the state file) and end up in paths, etcd member names or log lines.
+//!
+//! One check for all of them: 1 to [`MAX_IDENT_LEN`] characters of
+//! `[A-Za-z0-9_-]`, not starting with `-`. That covers our node ids (22
+//! characters of base64url), cluster tokens and member names, and rules out
+//! `/`, `.`, `..`, whitespace, control characters and option-looking values,
+//! so a checked identifier joined into a path stays one path segment.
+
+/// Longest identifier accepted.
+pub const MAX_IDENT_LEN: usize = 64;
+
+/// What an identifier names, for the error message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentKind {
+    /// A manager's node id (also its etcd member name).
+    NodeId,
+    /// An etcd cluster token (also the folder of its data dir).
+    ClusterToken,
+    /// An etcd member name.
+    MemberName,
+}
+
+impl IdentKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            IdentKind::NodeId => "node id",
+            IdentKind::ClusterToken => "cluster token",
+            IdentKind::MemberName => "member name",
+        }
+    }
+}
+
+/// An identifier that failed [`check_ident`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {kind}: {shown:?} {reason}")]
+pub struct InvalidIdent {
+    kind: &'static str,
+    /// The value, cut to 80 characters for the message.
+    shown: String,
+    reason: &'static str,
+}
+
+/// Check an identifier from outside before it is used in a path, a member
+/// name or a log field.
+pub fn check_ident(kind: IdentKind, value: &str) -> Result<(), InvalidIdent> {
+    let fail = |reason| InvalidIdent {
+        kind: kind.as_str(),
+        shown: value.chars().take(80).collect(),
+        reason,
+    };
+    if value.is_empty() {
+        return Err(fail("is empty"));
+    }
+    if value.len() > MAX_IDENT_LEN {
+        return Err(fail("is longer than 64 characters"));
+    }
+    if value.starts_with('-') {
+        return Err(fail("starts with '-'"));
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(fail("may hold only letters, digits, '-' and '_'"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_tokens_and_names_pass_and_paths_do_not() {
+        for ok in [
+            "Zq3-x_9aBcDeFgHiJkLmNo",
+            "4f1c2a9be0d34c56",
+            "etcd-a",
+            "a",
+            &"x".repeat(64),
+        ] {
+            assert_eq!(check_ident(IdentKind::ClusterToken, ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "..",
+            ".",
+            "../x",
+            "a/b",
+            "-rf",
+            "a b",
+            "a\nb",
+            "a.b",
+            "é",
+            &"x".repeat(65),
+        ] {
+            let err = check_ident(IdentKind::ClusterToken, bad).expect_err(bad);
+            assert!(
+                err.to_string().starts_with("invalid cluster token"),
+                "{err}"
+            );
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! The bodies of the fuzz targets (`tests/fuzz/`, run by `scripts/fuzz.sh`):
+//! every parser that reads bytes from outside, called exactly as production
+//! calls it, with the properties that must hold for any input. Each function
+//! must return (never panic, never allocate without bound) whatever `data`
+//! is. The committed corpus and every crash input found run as ordinary
+//! tests (`fuzz_regressions` below), so a fixed bug stays fixed in CI.
+
+use std::time::{Duration, Instant};
+
+use crate::driver::PeerPayload;
+use crate::peer;
+
+/// One fuzz target: it must return, whatever the bytes.
+pub type Target = fn(&[u8]);
+
+/// The targets by name, as `tests/fuzz/fuzz_targets/<name>.rs` calls them.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("peer_frame", peer_frame),
+    ("gossip_payload", gossip_payload),
+    ("gossip_packet", gossip_packet),
+    ("store_json", store_json),
+    ("lease_record", lease_record),
+    ("backup_inflate", backup_inflate),
+    ("retention", retention),
+    ("url_rewrite", url_rewrite),
+];
+
+/// A peer-API frame body as the server decodes it (and a response as the
+/// client does). What decodes re-encodes to something that decodes equal.
+pub fn peer_frame(data: &[u8]) {
+    if let Ok(req) = peer::decode_request(data) {
+        let again = peer::encode_request(&req).expect("a decoded request encodes");
+        assert_eq!(peer::decode_request(&again).as_ref(), Ok(&req));
+    }
+    let _ = peer::decode_response(data);
+}
+
+/// A gossip payload as every manager reads its peers'.
+pub fn gossip_payload(data: &[u8]) {
+    if let Some(p) = PeerPayload::decode(data) {
+        assert_eq!(PeerPayload::decode(&p.encode()).as_ref(), Some(&p));
+    }
+}
+
+/// A UDP datagram into the gossip core, plain and with a keyring (so the
+/// sealed path, `open` included, sees the bytes too).
+pub fn gossip_packet(data: &[u8]) {
+    use std::net::SocketAddr;
+    let from: SocketAddr = ([127, 0, 0, 9], 8000).into();
+    // Any instant will do for the core's timers.
+    #[allow(clippy::disallowed_methods)]
+    let now = Instant::now();
+    for keyed in [false, true] {
+        let mut config =
+            gossip::GossipConfig::new("fuzz-node".into(), ([127, 0, 0, 1], 8000).into());
+        if keyed {
+            config.keys = gossip::GossipKeys::new(vec![[7u8; gossip::KEY_LEN]]).ok();
+        }
+        let Ok(mut core) = gossip::GossipCore::new(&config, b"payload".to_vec(), 1) else {
+            return;
+        };
+        core.start(now);
+        core.handle_packet(from, data, now);
+        let _ = core.drain_packets();
+        let _ = core.drain_events();
+        let _ = core.members();
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = gossip::parse_key_line(text);
+    }
+}
+
+/// Every JSON model read from the store, as the store reads it.
+pub fn store_json(data: &[u8]) {
+    let _ = serde_json::from_slice::<backup::ClusterSpec>(data);
+    let _ = serde_json::from_slice::<backup::Command>(data);
+    let _ = serde_json::from_slice::<backup::CreatedMarker>(data);
+    let _ = serde_json::from_slice::<backup::BackupInfo>(data);
+    let _ = serde_json::from_slice::<backup::RestoreProgress>(data);
+    let _ = serde_json::from_slice::<crate::status::ClusterStatus>(data);
+    let _ = serde_json::from_slice::<crate::discovery::Record>(data);
+    if let Ok(x) = serde_json::from_slice::<backup::BackupExtra>(data) {
+        let _ = x.validate();
+    }
+}
+
+/// A lease record body as the lease reads it.
+pub fn lease_record(data: &[u8]) {
+    let prefix = object_store::path::Path::from("c/lease");
+    let seq = data.first().map_or(0, |b| u64::from(*b));
+    let key = lock::record_key(&prefix, seq);
+    if let Ok(r) = lock::LeaseRecord::parse(&key, seq, data) {
+        assert_eq!(r.seq, seq);
+        assert!(!r.holder.is_empty() && !r.nonce.is_empty());
+    }
+}
+
+/// Most bytes the inflate target lets a backup declare (keeps runs fast;
+/// production allows [`backup::MAX_SNAPSHOT_SIZE`]).
+const FUZZ_INFLATE_LIMIT: u64 = 4 << 20;
+
+/// A backup's side file and data as a restore reads them: the first two
+/// bytes give the side file's length, the rest is `etcd.backup.gz`. The side
+/// file is validated before its sizes are used; inflating never writes more
+/// than declared.
+pub fn backup_inflate(data: &[u8]) {
+    let (head, rest) = data.split_at(data.len().min(2));
+    let n = head.iter().fold(0usize, |a, b| a << 8 | usize::from(*b));
+    let (side, gz) = rest.split_at(n.min(rest.len()));
+    let extra = serde_json::from_slice::<backup::BackupExtra>(side)
+        .ok()
+        .filter(|x| x.validate().is_ok());
+    let limit = extra.as_ref().map_or(FUZZ_INFLATE_LIMIT, |x| {
+        x.snapshot_size.min(FUZZ_INFLATE_LIMIT)
+    });
+    let members = extra
+        .as_ref()
+        .map(|x| x.members.clone())
+        .filter(|m| !m.is_empty() && m.iter().map(|[g, _]| *g).sum::<u64>() == gz.len() as u64)
+        .unwrap_or_default();
+    if members.is_empty() {
+        let mut sink = CountingSink(0);
+        if let Ok((_, size)) = backup::gzip::inflate_all(gz, &mut sink, limit) {
+            assert!(size <= limit && sink.0 == size);
+        }
+        return;
+    }
+    let mut at = 0usize;
+    for [g, r] in members {
+        let Ok(g) = usize::try_from(g) else { return };
+        let Some(member) = gz.get(at..at + g) else {
+            return;
+        };
+        at += g;
+        if r > FUZZ_INFLATE_LIMIT {
+            return;
+        }
+        if let Ok(out) = backup::gzip::inflate_member(member, r) {
+            assert_eq!(out.len() as u64, r);
+        }
+    }
+}
+
+struct CountingSink(u64);
+
+impl std::io::Write for CountingSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Backup names and retention durations: the first line is a duration for
+/// both horizons, the others are names. Names that do not parse are never
+/// deleted, nor the newest [`backup::MIN_KEPT_BACKUPS`].
+pub fn retention(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let mut lines = text.lines();
+    let horizon = lines
+        .next()
+        .and_then(|l| backup::parse_retention(l).ok())
+        .unwrap_or(Duration::from_secs(86_400));
+    let names: Vec<String> = lines.map(str::to_string).collect();
+    for n in &names {
+        let _ = backup::check_backup_name(n);
+    }
+    let policy = backup::RetentionPolicy {
+        hourly: horizon,
+        daily: horizon.saturating_mul(2),
+    };
+    let now = chrono::DateTime::<chrono::Utc>::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+    let doomed = backup::select_for_deletion(&names, now, &policy);
+    let mut parsed: Vec<_> = names
+        .iter()
+        .filter_map(|n| backup::parse_backup_name(n).map(|(t, s)| (t, s, n)))
+        .collect();
+    parsed.sort();
+    let newest: Vec<&String> = parsed
+        .iter()
+        .rev()
+        .take(backup::MIN_KEPT_BACKUPS)
+        .map(|(_, _, n)| *n)
+        .collect();
+    for d in &doomed {
+        assert!(
+            backup::parse_backup_name(d).is_some(),
+            "deleted unparseable {d}"
+        );
+        assert!(!newest.contains(&d), "deleted one of the newest: {d}");
+    }
+}
+
+/// URL rewriting (`__name__`-style host replacement for etcd's URLs) and the
+/// identifier check, on any text.
+pub fn url_rewrite(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let (url, host) = text.split_once('\n').unwrap_or((text, "h"));
+    let out = etcd::replace_url_host(url, host);
+    assert!(out.len() <= url.len() + host.len() + 2, "{out}");
+    let _ = etcd::check_ident(etcd::IdentKind::ClusterToken, text);
+}
+
+/// Well-formed inputs for each target, the seeds of its corpus
+/// (`tests/fuzz/corpus/<target>/seed-*`, written by the ignored test
+/// `write_seed_corpus`).
+pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use crate::peer::{EtcdNodeConfig, Fence, JoinCluster, JoinPhase, Request};
+    let node = EtcdNodeConfig {
+        name: "GEyIUF0s9J07setaePSQ3Q".into(),
+        peer_urls: vec!["https://10.0.0.1:2380".into()],
+        client_urls: vec!["https://10.0.0.1:4001".into()],
+        quarantined_client_urls: vec!["https://10.0.0.1:3994".into()],
+    };
+    let fence = Fence {
+        cluster_name: "etcd".into(),
+        leader_id: "GEyIUF0s9J07setaePSQ3Q".into(),
+        epoch: 7,
+        lease_seq: 1234,
+    };
+    let requests = [
+        Request::GetInfo,
+        Request::StopEtcd(fence.clone()),
+        Request::JoinCluster(JoinCluster {
+            fence: fence.clone(),
+            phase: JoinPhase::Initial,
+            cluster_token: "k2c4v7x9a1b3d5f6".into(),
+            etcd_version: "3.5.30".into(),
+            quarantined: true,
+            nodes: vec![node.clone()],
+        }),
+        Request::GcTrashcan { fence, keep: 3 },
+    ];
+    let mut out: Vec<(&'static str, Vec<u8>)> = requests
+        .iter()
+        .filter_map(|r| peer::encode_request(r).ok())
+        .map(|b| ("peer_frame", b))
+        .collect();
+    let info = crate::peer::NodeInfo {
+        id: node.name.clone(),
+        cluster_name: "etcd".into(),
+        node_config: node,
+        etcd_state: None,
+        highest_epoch: 7,
+        installed_versions: vec!["3.5.30".into()],
+    };
+    let payload = PeerPayload::from_info(&info, ([10, 0, 0, 1], 3996).into(), None);
+    out.push(("gossip_payload", payload.encode()));
+    out.push(("gossip_packet", vec![gossip::wire::TAG_HELLO, 0, 0]));
+    out.push(("gossip_packet", vec![gossip::SEALED_V1; 60]));
+    for json in [
+        r#"{"memberCount":3,"etcdVersion":"3.5.30"}"#,
+        r#"{"restoreBackup":{"clusterSpec":{"memberCount":3,"etcdVersion":"3.5.30"},"backup":"2026-01-02T03:04:05Z-000001"},"timestamp":"1700000000"}"#,
+        r#"{"timestamp":1700000000000000000}"#,
+        r#"{"format":1,"snapshotSha256":"0000000000000000000000000000000000000000000000000000000000000000","snapshotSize":10,"compressedSha256":"0000000000000000000000000000000000000000000000000000000000000000","compressedSize":30,"writer":"x","members":[[30,10]]}"#,
+    ] {
+        out.push(("store_json", json.as_bytes().to_vec()));
+    }
+    out.push((
+        "lease_record",
+        br#"{"holder":"a","epoch":3,"seq":123,"nonce":"a-1-2","durationMs":5000,"released":false}"#
+            .to_vec(),
+    ));
+    let gz = backup::gzip::compress_block(b"etcd snapshot bytes", 6)
+        .map(|(g, _)| g)
+        .unwrap_or_default();
+    let side = format!(
+        r#"{{"format":1,"snapshotSha256":"{z}","snapshotSize":19,"compressedSha256":"{z}","compressedSize":{n},"writer":"x","members":[[{n},19]]}}"#,
+        z = "0".repeat(64),
+        n = gz.len()
+    );
+    let mut inflate = (side.len() as u16).to_be_bytes().to_vec();
+    inflate.extend_from_slice(side.as_bytes());
+    inflate.extend_from_slice(&gz);
+    out.push(("backup_inflate", inflate));
+    out.push((
+        "retention",
+        b"7d\n2026-01-02T03:04:05Z-000001\n2026-01-01T03:04:05Z-000002\nnot-a-backup\n".to_vec(),
+    ));
+    out.push((
+        "url_rewrite",
+        b"https://__name__:4001/x\netcd-a.internal".to_vec(),
+    ));
+    out.push(("url_rewrite", b"http://[::1]:2380\n::2".to_vec()));
+    out
+}
+
+#[cfg(test)]
+mod fuzz_regressions {
+    /// Writes the seeds into the corpus folders (run by hand after changing
+    /// `seeds`: `cargo test -p etcd-manager --lib write_seed_corpus -- --ignored`).
+    #[test]
+    #[ignore]
+    fn write_seed_corpus() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/corpus");
+        for (i, (name, data)) in super::seeds().into_iter().enumerate() {
+            let dir = root.join(name);
+            std::fs::create_dir_all(&dir).expect("corpus dir");
+            std::fs::write(dir.join(format!("seed-{i}")), data).expect("write seed");
+        }
+    }
+
+    /// Every seed passes its target.
+    #[test]
+    fn seeds_pass() {
+        for (name, data) in super::seeds() {
+            let target = super::TARGETS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, t)| *t)
+                .expect("a target of that name");
+            target(&data);
+        }
+    }
+
+    /// Every committed corpus input and crash reproducer, through its target.
+    #[test]
+    fn corpus_and_crash_inputs_pass() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz");
+        let mut ran = 0usize;
+        for (name, target) in super::TARGETS {
+            for sub in ["corpus", "regressions"] {
+                let dir = root.join(sub).join(name);
+                let Ok(entries) = std::fs::read_dir(&dir) else {
+                    assert!(
+                        sub == "regressions",
+                        "no seed corpus for {name} in {}",
+                        dir.display()
+                    );
+                    continue;
+                };
+                for e in entries.flatten() {
+                    let data = std::fs::read(e.path()).expect("read a corpus file");
+                    target(&data);
+                    ran += 1;
+                }
+            }
+        }
+        assert!(ran >= super::TARGETS.len(), "only {ran} inputs ran");
+    }
+}

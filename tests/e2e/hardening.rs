@@ -1,0 +1,150 @@
+//! Faults that used to stop a manager, or every manager: a store that is down
+//! when a manager starts, malformed and oversized control files.
+
+use std::time::Duration;
+
+use tests::{put, wait_for, wait_put};
+
+async fn status_json(env: &tests::ClusterEnv) -> Option<serde_json::Value> {
+    serde_json::from_str(&env.ctl(&["-o", "json", "status"]).stdout).ok()
+}
+
+/// A manager restarted while the store is unreachable brings its etcd back
+/// at once (it used to exit on the store probe, leaving its member down);
+/// once the store answers it leads again.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_local_etcd_resumes_while_the_store_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = crate::env(&dir);
+    let moto = tests::Moto::start("127.0.0.1", &dir.path().join("moto.log"))
+        .await
+        .unwrap();
+    moto.create_bucket("outage").await.unwrap();
+    let gate = tests::TcpGate::start("127.0.0.1", &moto.endpoint().replace("http://", ""))
+        .await
+        .unwrap();
+    env.use_s3(&moto, "outage");
+    env.store_args = vec![format!("--s3-endpoint={}", gate.endpoint())];
+    let mut m = env.start(1);
+    env.configure(1, "3.5.30");
+    let ep = env.client_url(1);
+    wait_put(
+        "a one-member cluster",
+        &ep,
+        "/before",
+        "1",
+        Duration::from_secs(60),
+    )
+    .await;
+
+    // Down goes the store; the manager restarts (etcd stops with it).
+    assert!(m.terminate(Duration::from_secs(30)), "clean stop");
+    gate.set_open(false);
+    assert!(
+        put(&ep, "/x", "y").await.is_err(),
+        "etcd stopped with its manager"
+    );
+    let m = env.start(1);
+    wait_put(
+        "etcd back while the store is down",
+        &ep,
+        "/during",
+        "2",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        tests::get(&ep, "/before").await.unwrap().as_deref(),
+        Some("1")
+    );
+    wait_for(
+        "the manager says the store does not answer",
+        Duration::from_secs(30),
+        || {
+            let log = m.log_text();
+            async move {
+                log.contains("the backup store does not answer yet")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+
+    // The store returns: the manager leads and reports again.
+    gate.set_open(true);
+    wait_for(
+        "a leader report in the store",
+        Duration::from_secs(60),
+        || async {
+            let s = status_json(&env).await?;
+            (!s["report"]["leader"].as_str()?.is_empty()).then_some(())
+        },
+    )
+    .await;
+}
+
+/// One malformed or oversized control file used to make every read of the
+/// control files fail, so no manager led at all: no backups, no repairs. Now
+/// it is named in `status` and skipped, and the leader goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_control_files_are_reported_and_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = crate::env(&dir);
+    env.backup_interval = "1h";
+    let _m = env.start_with_metrics(1);
+    env.configure(1, "3.5.30");
+    let ep = env.client_url(1);
+    wait_put(
+        "a one-member cluster",
+        &ep,
+        "/k",
+        "v",
+        Duration::from_secs(60),
+    )
+    .await;
+
+    let control = env.store_path().join("control");
+    std::fs::create_dir_all(control.join("broken")).unwrap();
+    std::fs::write(control.join("broken/_command.json"), b"{not json").unwrap();
+    std::fs::create_dir_all(control.join("huge")).unwrap();
+    let mut huge = b"{\"restoreBackup\":{\"backup\":\"".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 3 << 20));
+    huge.extend_from_slice(b"\"}}");
+    std::fs::write(control.join("huge/_command.json"), huge).unwrap();
+
+    wait_for(
+        "both files named in status",
+        Duration::from_secs(90),
+        || async {
+            let s = status_json(&env).await?;
+            let warnings = s["report"]["warnings"].as_array()?.clone();
+            let text = serde_json::to_string(&warnings).ok()?;
+            (text.contains("broken/_command.json")
+                && text.contains("huge/_command.json")
+                && text.contains("larger than"))
+            .then_some(())
+        },
+    )
+    .await;
+    let metrics_addr = env.metrics_addr(1);
+    wait_for("the malformed-files gauge", Duration::from_secs(30), || {
+        let addr = metrics_addr.clone();
+        async move {
+            let (_, text) = tests::http_get(&addr, "/metrics").await.ok()?;
+            (tests::metric_value(&text, "etcd_manager_store_malformed_files") == Some(2.0))
+                .then_some(())
+        }
+    })
+    .await;
+    // The leader still acts: an operator's backup-now is served.
+    let out = env.ctl(&["backup-now"]);
+    assert!(
+        out.success,
+        "backup-now with malformed files queued: {out:?}"
+    );
+    let human = env.ctl(&["status"]).stdout;
+    assert!(
+        human.contains("WARNING:") && human.contains("broken/_command.json"),
+        "{human}"
+    );
+}
