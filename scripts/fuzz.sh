@@ -43,8 +43,8 @@ for t in "${targets[@]}"; do
     tail -n 40 "$log" >&2
     die "$t crashed or failed; see $log and tests/fuzz/artifacts/$t/"
   fi
-  runs=$(awk -F: '/stat::number_of_executed_units/ {gsub(/ /, "", $2); print $2}' "$log" | tail -n1)
-  rate=$(awk -F: '/stat::average_exec_per_sec/ {gsub(/ /, "", $2); print $2}' "$log" | tail -n1)
+  runs=$(awk '/stat::number_of_executed_units/ {print $NF}' "$log" | tail -n1)
+  rate=$(awk '/stat::average_exec_per_sec/ {print $NF}' "$log" | tail -n1)
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -n1 | awk '{print $2}')
   printf '%s\t%s\t%s\t%s\t%s\n' "$t" "$secs" "${runs:-?}" "${rate:-?}" "${cov:-?}" >>"$summary"
   echo "fuzz: $t: ${runs:-?} executions (${rate:-?}/s), coverage ${cov:-?}" >&2

@@ -45,10 +45,19 @@ impl PeerView {
     fn idle(&self) -> bool {
         self.info.as_ref().is_some_and(|i| i.etcd_state.is_none())
     }
+    /// The peer can run `v`: it has it, or a release of the same minor
+    /// (which serves it, as upstream's version mappings).
     fn has_version(&self, v: &str) -> bool {
-        self.info
-            .as_ref()
-            .is_some_and(|i| i.installed_versions.iter().any(|x| x == v))
+        let wanted = v.parse::<etcd::EtcdVersion>().ok();
+        self.info.as_ref().is_some_and(|i| {
+            i.installed_versions.iter().any(|x| {
+                x == v
+                    || wanted.is_some_and(|w| {
+                        x.parse::<etcd::EtcdVersion>()
+                            .is_ok_and(|x| x.major == w.major && x.minor == w.minor)
+                    })
+            })
+        })
     }
     fn etcd_version(&self) -> Option<&str> {
         self.info

@@ -142,6 +142,12 @@ pub struct DriverSettings {
     pub etcd_tls: Option<etcd::ClientTls>,
     /// Configuration warnings shown in `status` (e.g. gossip without a key).
     pub warnings: Vec<String>,
+    /// `--static-config`: the spec comes from it, no control file is read,
+    /// and a new cluster needs `please-create-new-cluster` in our data dir.
+    pub static_config: Option<crate::statics::StaticConfig>,
+    /// With `--dns-suffix`: the hosts file whose block names every member.
+    pub hosts_file: Option<std::path::PathBuf>,
+    pub dns_suffix: String,
 }
 
 /// `etcd-manager-ctl backup-now` leaves this file under `<store>/etcd-manager/`.
@@ -191,6 +197,8 @@ pub struct Driver {
     had_majority: bool,
     /// How many malformed control files the last read reported (logged on change).
     malformed_seen: usize,
+    /// What the hosts file's block last said.
+    last_hosts: Option<BTreeMap<String, BTreeSet<String>>>,
 }
 
 /// What the leader reads from the store's control files.
@@ -249,6 +257,7 @@ impl Driver {
             unhealthy_since: BTreeMap::new(),
             had_majority: false,
             malformed_seen: 0,
+            last_hosts: None,
         }
     }
 
@@ -385,9 +394,14 @@ impl Driver {
             })
             .count()
             .max(1);
+        let Some(store_id) = self.node.store_id() else {
+            tracing::debug!("not leading: this node has not read the store id yet");
+            return false;
+        };
         let req = Request::Leadership {
             cluster_name: self.settings.cluster_name.clone(),
             candidate: me.clone(),
+            store_id,
         };
         let others: Vec<(String, SocketAddr)> = peers
             .iter()
@@ -403,6 +417,9 @@ impl Driver {
         for (id, answer) in answers {
             match answer {
                 Ok(_) => accepted += 1,
+                Err(e) if e.to_string().contains("another backup store") => {
+                    tracing::warn!(peer = %id, error = %e, "leadership not accepted: the managers do not share one backup store")
+                }
                 Err(e) => tracing::debug!(peer = %id, error = %e, "leadership not accepted"),
             }
         }
@@ -440,6 +457,7 @@ impl Driver {
         let peers = self.alive_peers();
         self.node.set_alive_view(peers.keys().cloned().collect());
         self.last_alive = peers.keys().cloned().collect();
+        self.keep_hosts_file();
         let me = self.node.id().to_string();
         let lowest = peers.contains_key(&me)
             && crate::leadership::is_candidate(&me, peers.keys().map(String::as_str));
@@ -502,7 +520,24 @@ impl Driver {
                 .control
                 .as_ref()
                 .is_some_and(|(at, _)| now.saturating_duration_since(*at) < CONTROL_REFRESH);
-        if !fresh {
+        if let Some(sc) = &self.settings.static_config {
+            let allow = self
+                .node
+                .data_dir()
+                .join(crate::statics::PLEASE_CREATE_NEW_CLUSTER)
+                .exists();
+            self.control = Some((
+                now,
+                Control {
+                    malformed: vec![],
+                    spec: Some(sc.spec()),
+                    backup_requested: false,
+                    allow_new_cluster: allow,
+                    commands: vec![],
+                    created_marker: !allow,
+                },
+            ));
+        } else if !fresh {
             let snap = self
                 .store
                 .read_control(&mut self.control_cache)
@@ -552,6 +587,49 @@ impl Driver {
         }
         if self.seen_claims.len() > 64 {
             self.seen_claims.clear();
+        }
+    }
+
+    /// With `--dns-suffix`, name every manager of our cluster that gossip
+    /// knows (down ones too: their names must resolve when they return) in
+    /// the hosts file; written only when the names change.
+    fn keep_hosts_file(&mut self) {
+        let Some(path) = self.settings.hosts_file.clone() else {
+            return;
+        };
+        let mut records: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for mv in self.gossip.members() {
+            let Some(p) = mv.payload.as_deref().and_then(PeerPayload::decode) else {
+                continue;
+            };
+            if p.cluster_name != self.settings.cluster_name {
+                continue;
+            }
+            records
+                .entry(p.peer_api.ip().to_string())
+                .or_default()
+                .insert(crate::config::dns_name(&mv.id, &self.settings.dns_suffix));
+        }
+        records
+            .entry(self.settings.peer_api.ip().to_string())
+            .or_default()
+            .insert(crate::config::dns_name(
+                self.node.id(),
+                &self.settings.dns_suffix,
+            ));
+        if self.last_hosts.as_ref() == Some(&records) {
+            return;
+        }
+        match crate::hosts::update(&path, &self.settings.cluster_name, &records) {
+            Ok(changed) => {
+                if changed {
+                    tracing::info!(path = %path.display(), names = records.values().map(BTreeSet::len).sum::<usize>(), "hosts file updated");
+                }
+                self.last_hosts = Some(records);
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot update the hosts file")
+            }
         }
     }
 
@@ -876,6 +954,21 @@ impl Driver {
                         .map_err(executing_error)?;
                 }
                 Ok(())
+            }
+            Action::WriteCreatedMarker if self.settings.static_config.is_some() => {
+                // Upstream's static store: the cluster exists once this file is gone.
+                let file = self
+                    .node
+                    .data_dir()
+                    .join(crate::statics::PLEASE_CREATE_NEW_CLUSTER);
+                match std::fs::remove_file(&file) {
+                    Ok(()) => {
+                        tracing::info!(file = %file.display(), "cluster created; removed the file that allowed it");
+                        Ok(())
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(format!("removing {}: {e}", file.display())),
+                }
             }
             Action::WriteCreatedMarker => self
                 .store

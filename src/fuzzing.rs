@@ -345,3 +345,125 @@ mod fuzz_regressions {
         assert!(ran >= super::TARGETS.len(), "only {ran} inputs ran");
     }
 }
+
+/// Round trips of everything that crosses a boundary, on generated values.
+#[cfg(test)]
+mod round_trips {
+    use proptest::prelude::*;
+
+    use crate::driver::{EtcdSummary, PeerPayload};
+    use crate::peer::{self, EtcdNodeConfig, Fence, JoinCluster, JoinPhase, Request};
+
+    fn ident() -> impl Strategy<Value = String> {
+        "[A-Za-z0-9_][A-Za-z0-9_-]{0,30}"
+    }
+
+    fn node() -> impl Strategy<Value = EtcdNodeConfig> {
+        (ident(), prop::collection::vec(".{0,40}", 0..3)).prop_map(|(name, urls)| EtcdNodeConfig {
+            name,
+            peer_urls: urls.clone(),
+            client_urls: urls.clone(),
+            quarantined_client_urls: urls,
+        })
+    }
+
+    fn fence() -> impl Strategy<Value = Fence> {
+        (".{0,20}", ident(), any::<u64>(), any::<u64>()).prop_map(
+            |(cluster_name, leader_id, epoch, lease_seq)| Fence {
+                cluster_name,
+                leader_id,
+                epoch,
+                lease_seq,
+            },
+        )
+    }
+
+    fn request() -> impl Strategy<Value = Request> {
+        prop_oneof![
+            Just(Request::GetInfo),
+            fence().prop_map(Request::StopEtcd),
+            (fence(), any::<u32>()).prop_map(|(fence, keep)| Request::GcTrashcan { fence, keep }),
+            (
+                fence(),
+                ident(),
+                ".{0,12}",
+                any::<bool>(),
+                prop::collection::vec(node(), 0..5)
+            )
+                .prop_map(
+                    |(fence, cluster_token, etcd_version, quarantined, nodes)| {
+                        Request::JoinCluster(JoinCluster {
+                            fence,
+                            phase: JoinPhase::JoinExisting,
+                            cluster_token,
+                            etcd_version,
+                            quarantined,
+                            nodes,
+                        })
+                    }
+                ),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn peer_requests_round_trip(req in request()) {
+            let bytes = peer::encode_request(&req).expect("encode");
+            prop_assert_eq!(peer::decode_request(&bytes), Ok(req));
+            // Any cut of a valid frame is refused, never a panic.
+            for cut in [1, bytes.len() / 2, bytes.len().saturating_sub(1)] {
+                if cut < bytes.len() {
+                    prop_assert!(peer::decode_request(&bytes[..cut]).is_err());
+                }
+            }
+        }
+
+        #[test]
+        fn gossip_payloads_round_trip(n in node(), token in ident(), cluster in ".{0,20}", running in any::<bool>(), port in any::<u16>()) {
+            let p = PeerPayload {
+                cluster_name: cluster,
+                peer_api: ([10, 1, 2, 3], port).into(),
+                node_config: n,
+                etcd: Some(EtcdSummary { cluster_token: token, etcd_version: "3.5.30".into(), running, quarantined: !running }),
+                lease: None,
+            };
+            prop_assert_eq!(PeerPayload::decode(&p.encode()), Some(p));
+        }
+
+        #[test]
+        fn lease_records_round_trip(holder in ".{1,30}", nonce in ".{1,30}", epoch in any::<u64>(), seq in any::<u64>(), duration_ms in any::<u64>(), released in any::<bool>()) {
+            let r = lock::LeaseRecord { holder, epoch, seq, nonce, duration_ms, released };
+            let key = lock::record_key(&object_store::path::Path::from("p"), seq);
+            prop_assert_eq!(lock::LeaseRecord::parse(&key, seq, &r.to_json()).ok(), Some(r));
+        }
+
+        #[test]
+        fn backup_names_round_trip(secs in 0i64..4_000_000_000, seq in 0u32..1_000_000) {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64);
+            let name = backup::format_backup_name(t, seq);
+            prop_assert!(backup::check_backup_name(&name).is_ok());
+            let (back, s) = backup::parse_backup_name(&name).expect("parses");
+            prop_assert_eq!((back.timestamp(), s), (secs, seq));
+        }
+
+        #[test]
+        fn backup_side_files_round_trip(members in prop::collection::vec((1u64..2000, 1u64..(1 << 20)), 0..20)) {
+            let members: Vec<[u64; 2]> = members.into_iter().map(|(g, r)| [g.min(r), r]).collect();
+            let x = backup::BackupExtra {
+                format: 1,
+                snapshot_sha256: "a".repeat(64),
+                snapshot_size: members.iter().map(|m| m[1]).sum(),
+                compressed_sha256: "b".repeat(64),
+                compressed_size: members.iter().map(|m| m[0]).sum(),
+                revision: Some(5),
+                leader_epoch: None,
+                writer: "w".into(),
+                members,
+            };
+            let json = serde_json::to_vec(&x).expect("json");
+            let back: backup::BackupExtra = serde_json::from_slice(&json).expect("parse");
+            prop_assert!(back.validate().is_ok());
+            prop_assert_eq!(back, x);
+        }
+    }
+}

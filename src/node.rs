@@ -96,7 +96,17 @@ pub enum NodeError {
 pub struct NodeSettings {
     pub cluster_name: String,
     pub data_dir: PathBuf,
+    /// The member's URLs; `__name__` is replaced by the node's DNS name at open.
     pub node_config: EtcdNodeConfig,
+    /// The node's id when a volume names it (external volumes); None: kept in
+    /// (or drawn into) the state file.
+    pub fixed_id: Option<String>,
+    /// `--dns-suffix`: `__name__` is `<id>.<suffix>`.
+    pub dns_suffix: String,
+    /// etcd's dedicated metrics URLs (`__name__` replaced as above).
+    pub listen_metrics_urls: Vec<String>,
+    /// The manager's address (also in etcd's certificates).
+    pub address: std::net::IpAddr,
     pub listen_address: Option<String>,
     pub bin_dirs: Vec<PathBuf>,
     pub etcd_env_overrides: Vec<(String, String)>,
@@ -116,6 +126,8 @@ struct Inner {
 pub struct Node {
     settings: NodeSettings,
     id: String,
+    /// The backup store's id, once read (see [`Node::set_store_id`]).
+    store_id: std::sync::Mutex<Option<String>>,
     /// Alive managers of our cluster as our gossip sees them (set by the driver).
     alive_view: std::sync::Mutex<Vec<String>>,
     inner: Mutex<Inner>,
@@ -189,6 +201,17 @@ impl Node {
                     path: path.clone(),
                     reason: format!("{reason}; the state file was not written by etcd-manager, restore it or move the data dir aside"),
                 })?;
+                if let Some(fixed) = &settings.fixed_id
+                    && *fixed != s.id
+                {
+                    return Err(NodeError::DataDir {
+                        path: path.clone(),
+                        reason: format!(
+                            "the volume is named {fixed} but its state file says this member is {}; was the volume folder renamed? rename it back",
+                            s.id
+                        ),
+                    });
+                }
                 if s.cluster_name != settings.cluster_name {
                     return Err(NodeError::WrongCluster {
                         path: settings.data_dir.clone(),
@@ -201,7 +224,7 @@ impl Node {
             None => {
                 let s = NodeState {
                     format: STATE_FORMAT,
-                    id: new_node_id(),
+                    id: settings.fixed_id.clone().unwrap_or_else(new_node_id),
                     cluster_name: settings.cluster_name.clone(),
                     highest_epoch: 0,
                     highest_epoch_leader: None,
@@ -214,9 +237,18 @@ impl Node {
         };
         remove_restore_leftovers(&settings.data_dir.join(RESTORE_DIR));
         let id = state.id.clone();
+        let mut settings = settings;
+        let (n, suffix) = (&mut settings.node_config, settings.dns_suffix.as_str());
+        n.peer_urls = crate::config::expand_name(&n.peer_urls, &id, suffix);
+        n.client_urls = crate::config::expand_name(&n.client_urls, &id, suffix);
+        n.quarantined_client_urls =
+            crate::config::expand_name(&n.quarantined_client_urls, &id, suffix);
+        settings.listen_metrics_urls =
+            crate::config::expand_name(&settings.listen_metrics_urls, &id, suffix);
         Ok(Node {
             settings,
             id,
+            store_id: std::sync::Mutex::new(None),
             alive_view: std::sync::Mutex::new(Vec::new()),
             inner: Mutex::new(Inner {
                 state,
@@ -230,6 +262,29 @@ impl Node {
         &self.id
     }
 
+    /// The node's data dir.
+    pub fn data_dir(&self) -> &Path {
+        &self.settings.data_dir
+    }
+
+    /// Record the backup store's id (read or created at start).
+    pub fn set_store_id(&self, id: String) {
+        *self.store_id.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
+    }
+
+    /// The backup store's id, once known.
+    pub fn store_id(&self) -> Option<String> {
+        self.store_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A fresh random id (for the store id).
+    pub fn fresh_id() -> String {
+        new_node_id()
+    }
+
     /// Record which managers our gossip sees alive (ids of our cluster).
     pub fn set_alive_view(&self, ids: Vec<String>) {
         if let Ok(mut v) = self.alive_view.lock() {
@@ -237,13 +292,33 @@ impl Node {
         }
     }
 
-    /// Accept `candidate` as leader unless we know an alive manager with a lower id.
-    pub fn judge_leadership(&self, cluster_name: &str, candidate: &str) -> Response {
+    /// Accept `candidate` as leader unless we know an alive manager with a
+    /// lower id, or it uses another backup store than ours (or we have not
+    /// read ours yet).
+    pub fn judge_leadership(
+        &self,
+        cluster_name: &str,
+        candidate: &str,
+        store_id: &str,
+    ) -> Response {
         if cluster_name != self.settings.cluster_name {
             return Response::Failed(format!(
                 "this node manages cluster '{}'",
                 self.settings.cluster_name
             ));
+        }
+        match self.store_id() {
+            None => {
+                return Response::Failed("this node has not read the backup store's id yet".into());
+            }
+            Some(ours) if ours != store_id => {
+                tracing::warn!(candidate, ours = %ours, theirs = %store_id,
+                    "a candidate uses another backup store: every manager's --backup-store must be one shared store; nobody leads until they are");
+                return Response::Failed(format!(
+                    "{candidate} uses another backup store (id {store_id}, ours {ours}); every manager's --backup-store must be the same shared store"
+                ));
+            }
+            Some(_) => {}
         }
         let view = self
             .alive_view
@@ -306,6 +381,7 @@ impl Node {
             quarantined: local.quarantined,
             listen_address: self.settings.listen_address.clone(),
             tls: None,
+            listen_metrics_urls: self.settings.listen_metrics_urls.clone(),
         }
     }
 
@@ -321,7 +397,7 @@ impl Node {
                 .chain(&me.quarantined_client_urls)
                 .cloned()
                 .collect();
-            let extra: Vec<String> = self.settings.listen_address.iter().cloned().collect();
+            let extra = vec![self.settings.address.to_string()];
             let dir = self
                 .settings
                 .data_dir
@@ -487,13 +563,14 @@ impl Node {
         if let Request::Leadership {
             cluster_name,
             candidate,
+            store_id,
         } = &req
         {
             if let Err(msg) = caller.may_act_as(candidate) {
                 refused("not_the_caller");
                 return Response::Failed(msg);
             }
-            return self.judge_leadership(cluster_name, candidate);
+            return self.judge_leadership(cluster_name, candidate, store_id);
         }
         let mut verified = false;
         if let Some(fence) = req.fence() {
@@ -848,6 +925,10 @@ mod leadership_tests {
             cluster_name: "c".into(),
             data_dir: dir.to_path_buf(),
             node_config: EtcdNodeConfig::default(),
+            fixed_id: None,
+            dns_suffix: String::new(),
+            listen_metrics_urls: vec![],
+            address: std::net::IpAddr::from([127, 0, 0, 1]),
             listen_address: None,
             bin_dirs: vec![],
             etcd_env_overrides: vec![],
@@ -862,14 +943,33 @@ mod leadership_tests {
         let dir = tempfile::tempdir().unwrap();
         let n = node(dir.path());
         n.set_alive_view(vec!["b".into(), "c".into(), "d".into()]);
-        assert_eq!(n.judge_leadership("c", "b"), Response::Done);
         assert!(
-            matches!(n.judge_leadership("c", "c"), Response::Failed(m) if m.contains("b is alive"))
+            matches!(n.judge_leadership("c", "b", "S"), Response::Failed(m) if m.contains("store's id")),
+            "no store id read yet: nobody is accepted"
+        );
+        n.set_store_id("S".into());
+        assert_eq!(n.judge_leadership("c", "b", "S"), Response::Done);
+        assert!(
+            matches!(n.judge_leadership("c", "c", "S"), Response::Failed(m) if m.contains("b is alive"))
         );
         assert!(matches!(
-            n.judge_leadership("other", "a"),
+            n.judge_leadership("other", "a", "S"),
             Response::Failed(_)
         ));
+        // A manager on another store (a per-host file:// store) is never accepted.
+        assert!(
+            matches!(n.judge_leadership("c", "b", "T"), Response::Failed(m) if m.contains("another backup store"))
+        );
+    }
+
+    #[tokio::test]
+    async fn the_store_id_is_created_once_and_shared() {
+        let store = backup::BackupStore::open("memory://x", &Default::default()).unwrap();
+        let a = store.store_id("first".into()).await.unwrap();
+        let b = store.store_id("second".into()).await.unwrap();
+        assert_eq!((a.as_str(), b.as_str()), ("first", "first"));
+        let other = backup::BackupStore::open("memory://y", &Default::default()).unwrap();
+        assert_eq!(other.store_id("third".into()).await.unwrap(), "third");
     }
 }
 
@@ -893,6 +993,10 @@ mod fencing_tests {
             cluster_name: "c".into(),
             data_dir: dir.to_path_buf(),
             node_config: EtcdNodeConfig::default(),
+            fixed_id: None,
+            dns_suffix: String::new(),
+            listen_metrics_urls: vec![],
+            address: std::net::IpAddr::from([127, 0, 0, 1]),
             listen_address: None,
             bin_dirs: vec![],
             etcd_env_overrides: vec![],
@@ -1038,6 +1142,7 @@ mod fencing_tests {
         let lead = Request::Leadership {
             cluster_name: "c".into(),
             candidate: "aaa".into(),
+            store_id: "S".into(),
         };
         assert!(
             matches!(n.handle(&tls("mallory"), lead).await, Response::Failed(m) if m.contains("names node mallory"))

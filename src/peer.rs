@@ -149,6 +149,11 @@ pub enum Request {
     Leadership {
         cluster_name: String,
         candidate: String,
+        /// The candidate's backup store id (see `BackupStore::store_id`): a
+        /// node refuses a candidate that uses another store, so managers
+        /// whose `--backup-store` is not one shared store never lead (their
+        /// leases would not exclude each other).
+        store_id: String,
     },
     /// Delete old data dirs from the trashcan, keeping the newest `keep`.
     /// Sent only after a backup of a healthy cluster.

@@ -521,14 +521,12 @@ impl EtcdPki {
         for h in extra_hosts {
             peer.add_host(h);
         }
-        // etcd checks a peer's client certificate against the address the
-        // connection comes from. On a loopback address (tests, one-machine
-        // setups) the kernel sends from 127.0.0.1 / ::1, not the member's own.
-        if peer.ips.iter().any(|ip| ip.is_loopback() && ip.is_ipv4()) {
-            peer.add_host("127.0.0.1");
-        }
-        if peer.ips.iter().any(|ip| ip.is_loopback() && ip.is_ipv6()) {
-            peer.add_host("::1");
+        // Always the loopback names too: local clients (kube-apiserver dials
+        // https://127.0.0.1:4001) verify them, and etcd checks a peer's client
+        // certificate against the address the connection comes from, which on
+        // a loopback setup is 127.0.0.1 / ::1, not the member's own.
+        for h in ["127.0.0.1", "::1", "localhost"] {
+            peer.add_host(h);
         }
         let mut server = peer.clone();
         server.add_url_hosts(client_urls);

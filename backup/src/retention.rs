@@ -90,6 +90,9 @@ pub fn select_for_deletion(
         .filter_map(|n| parse_backup_name(n).map(|(t, seq)| (t, seq, n)))
         .collect();
     parsed.sort();
+    // A name listed twice is one backup (found by fuzzing: a duplicate used
+    // to push a copy of one of the newest out of the kept window).
+    parsed.dedup_by(|a, b| a.2 == b.2);
     let newest_kept = parsed.len().saturating_sub(MIN_KEPT_BACKUPS);
     let mut hours_kept = BTreeSet::new();
     let mut days_kept = BTreeSet::new();

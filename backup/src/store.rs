@@ -115,8 +115,7 @@ pub struct BackupStore {
     url: String,
 }
 
-const ACCEPTED: &str =
-    "use file:///absolute/path, s3://bucket/prefix, gs://bucket/prefix or memory://name";
+const ACCEPTED: &str = "use file:///absolute/path, s3://bucket/prefix, gs://bucket/prefix or memory://name (memfs://name)";
 
 /// Parse `2019-05-07T18:28:01Z-000977` into its time and sequence.
 pub fn parse_backup_name(name: &str) -> Option<(DateTime<Utc>, u32)> {
@@ -254,7 +253,16 @@ impl BackupStore {
                     url.to_string(),
                 ))
             }
-            "memory" => Ok(Self::new(
+            "azureblob" | "az" | "abfs" | "abfss" => Err(bad(
+                "Azure Blob Storage is not supported yet (its conditional writes, which the leader lease needs, were not tested here); \
+                 use s3://, gs:// or file://"
+                    .into(),
+            )),
+            "swift" => Err(bad(
+                "OpenStack Swift is not supported; use s3:// (Swift's S3 API) or file://".into(),
+            )),
+            // kops' in-memory store of its tests, as memory://.
+            "memory" | "memfs" => Ok(Self::new(
                 Arc::new(object_store::memory::InMemory::new()),
                 Path::default(),
                 url.to_string(),
@@ -322,6 +330,42 @@ impl BackupStore {
         check_name(name)?;
         self.put(&format!("etcd-manager/{name}"), body, PutMode::Overwrite)
             .await
+    }
+
+    /// The store's identity: `<base>/etcd-manager/store-id`, created once
+    /// (create-only) with `fresh` by the first manager that asks and read by
+    /// every other. Managers that read different ids do not share a store.
+    pub async fn store_id(&self, fresh: String) -> Result<String> {
+        let rel = "etcd-manager/store-id";
+        let read = |b: Bytes| {
+            let id = String::from_utf8_lossy(&b).trim().to_string();
+            if id.is_empty() || id.len() > 128 {
+                return Err(Error::Malformed {
+                    path: format!("{}/{rel}", self.url.trim_end_matches('/')),
+                    reason: "not a store id; delete it (every manager writes or reads it again)"
+                        .into(),
+                });
+            }
+            Ok(id)
+        };
+        if let Some((_, b)) = self.read(rel).await? {
+            return read(b);
+        }
+        match self
+            .put(rel, fresh.clone().into_bytes(), PutMode::Create)
+            .await
+        {
+            Ok(()) => Ok(fresh),
+            Err(Error::Store {
+                source:
+                    object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
+                ..
+            }) => match self.read(rel).await? {
+                Some((_, b)) => read(b),
+                None => Err(Error::NotFound { path: rel.into() }),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     /// Delete one of our own files under `<base>/etcd-manager/` (absent is fine).

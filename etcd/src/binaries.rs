@@ -64,9 +64,49 @@ pub fn find_binaries_in(
         }
         searched.push(dir);
     }
+    // As upstream's version mappings: any installed release of the same minor
+    // serves (kops mounts one image per minor), the newest first.
+    if let Some(found) = same_minor(version, extra_dirs, opt_root) {
+        tracing::info!(wanted = %version, using = %found.version, etcd = %found.etcd.display(),
+            "etcd of the wanted version is not installed; using the newest installed release of the same minor");
+        return Ok(found);
+    }
     Err(Error::BinaryNotFound {
         version: version.to_string(),
         searched,
+    })
+}
+
+/// The newest installed release of `version`'s minor, by the versioned folder names.
+fn same_minor(
+    version: &EtcdVersion,
+    extra_dirs: &[PathBuf],
+    opt_root: &Path,
+) -> Option<EtcdBinaries> {
+    let mut candidates: Vec<(EtcdVersion, PathBuf)> = vec![];
+    for root in extra_dirs.iter().map(PathBuf::as_path).chain([opt_root]) {
+        let Ok(entries) = std::fs::read_dir(root) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let Some(v) = name.strip_prefix("etcd-v") else {
+                continue;
+            };
+            let Ok(v) = v.trim_end_matches("-linux-amd64").parse::<EtcdVersion>() else {
+                continue;
+            };
+            if v.major == version.major && v.minor == version.minor && v != *version {
+                candidates.push((v, e.path()));
+            }
+        }
+    }
+    candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
+    candidates.into_iter().find_map(|(v, dir)| {
+        [dir.clone(), dir.join("usr/local/bin"), dir.join("usr/bin")]
+            .into_iter()
+            .find(|d| is_executable(&d.join("etcd")))
+            .map(|d| binaries_in(&d, v))
     })
 }
 
@@ -110,6 +150,34 @@ fn parse_version_output(text: &str) -> Option<EtcdVersion> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_release_of_the_same_minor_serves_as_kops_mounts_them() {
+        use std::os::unix::fs::PermissionsExt;
+        let opt = tempfile::tempdir().expect("tmp");
+        for (dir, sub) in [
+            ("etcd-v3.6.12", "usr/local/bin"),
+            ("etcd-v3.6.9", ""),
+            ("etcd-v3.5.31", "usr/local/bin"),
+        ] {
+            let bin = opt.path().join(dir).join(sub);
+            std::fs::create_dir_all(&bin).expect("dir");
+            let etcd = bin.join("etcd");
+            std::fs::write(&etcd, "#!/bin/sh\n").expect("write");
+            std::fs::set_permissions(&etcd, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        let found = find_binaries_in(&EtcdVersion::new(3, 6, 11), &[], opt.path()).expect("3.6.x");
+        assert_eq!(
+            found.version,
+            EtcdVersion::new(3, 6, 12),
+            "the newest of the minor"
+        );
+        assert!(found.etcd.ends_with("etcd-v3.6.12/usr/local/bin/etcd"));
+        let exact = find_binaries_in(&EtcdVersion::new(3, 6, 9), &[], opt.path()).expect("exact");
+        assert_eq!(exact.version, EtcdVersion::new(3, 6, 9));
+        assert!(find_binaries_in(&EtcdVersion::new(3, 7, 0), &[], opt.path()).is_err());
+        assert!(find_binaries_in(&EtcdVersion::new(3, 4, 23), &[], opt.path()).is_err());
+    }
 
     #[test]
     fn parses_version_output() {

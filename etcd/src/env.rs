@@ -35,6 +35,9 @@ pub struct EtcdNodeSpec {
     /// Peer and client TLS files; None = plain http.
     #[serde(default)]
     pub tls: Option<MemberTlsFiles>,
+    /// etcd's dedicated metrics listeners (`ETCD_LISTEN_METRICS_URLS`); none when empty.
+    #[serde(default)]
+    pub listen_metrics_urls: Vec<String>,
 }
 
 /// Where a member's TLS files are (upstream's layout: `peers/{ca,me}.*`,
@@ -109,6 +112,25 @@ pub fn etcd_env(spec: &EtcdNodeSpec, overrides: &[(String, String)]) -> Vec<(Str
     set("ETCD_LISTEN_CLIENT_URLS", listen(client_urls));
     set("ETCD_ADVERTISE_CLIENT_URLS", client_urls.join(","));
     set("ETCD_STRICT_RECONFIG_CHECK", "true".to_string());
+    if !spec.listen_metrics_urls.is_empty() {
+        set(
+            "ETCD_LISTEN_METRICS_URLS",
+            spec.listen_metrics_urls.join(","),
+        );
+    }
+    // What upstream sets per version: no v2 API on 3.2/3.3 (3.4+ has it off
+    // by default, 3.6 removed it), the initial corruption check on 3.5 (3.6
+    // runs it by feature gate; 3.7 dropped the experimental flag).
+    if let Ok(v) = spec.parsed_version() {
+        match (v.major, v.minor) {
+            (3, 2 | 3) => set("ETCD_ENABLE_V2", "false".to_string()),
+            (3, 5) => set(
+                "ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK",
+                "true".to_string(),
+            ),
+            _ => {}
+        }
+    }
     if let Some(t) = &spec.tls {
         let p = |p: &PathBuf| p.display().to_string();
         set("ETCD_PEER_CLIENT_CERT_AUTH", "true".to_string());

@@ -2,13 +2,14 @@
 //! the state file) and end up in paths, etcd member names or log lines.
 //!
 //! One check for all of them: 1 to [`MAX_IDENT_LEN`] characters of
-//! `[A-Za-z0-9_-]`, not starting with `-`. That covers our node ids (22
-//! characters of base64url), cluster tokens and member names, and rules out
-//! `/`, `.`, `..`, whitespace, control characters and option-looking values,
-//! so a checked identifier joined into a path stays one path segment.
+//! `[A-Za-z0-9_.-]`, not starting with `-` or `.`. That covers our node ids
+//! (22 characters of base64url), cluster tokens, member names and upstream's
+//! volume names (`metal.k8s.local--main--0`), and rules out `/`, `.`, `..`,
+//! whitespace, control characters and option-looking values, so a checked
+//! identifier joined into a path stays one path segment.
 
 /// Longest identifier accepted.
-pub const MAX_IDENT_LEN: usize = 64;
+pub const MAX_IDENT_LEN: usize = 128;
 
 /// What an identifier names, for the error message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,16 +54,16 @@ pub fn check_ident(kind: IdentKind, value: &str) -> Result<(), InvalidIdent> {
         return Err(fail("is empty"));
     }
     if value.len() > MAX_IDENT_LEN {
-        return Err(fail("is longer than 64 characters"));
+        return Err(fail("is longer than 128 characters"));
     }
-    if value.starts_with('-') {
-        return Err(fail("starts with '-'"));
+    if value.starts_with('-') || value.starts_with('.') {
+        return Err(fail("starts with '-' or '.'"));
     }
     if !value
         .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
     {
-        return Err(fail("may hold only letters, digits, '-' and '_'"));
+        return Err(fail("may hold only letters, digits, '-', '_' and '.'"));
     }
     Ok(())
 }
@@ -78,7 +79,9 @@ mod tests {
             "4f1c2a9be0d34c56",
             "etcd-a",
             "a",
-            &"x".repeat(64),
+            "metal.k8s.local--main--0",
+            "a..b",
+            &"x".repeat(128),
         ] {
             assert_eq!(check_ident(IdentKind::ClusterToken, ok), Ok(()), "{ok}");
         }
@@ -91,9 +94,9 @@ mod tests {
             "-rf",
             "a b",
             "a\nb",
-            "a.b",
+            ".hidden",
             "é",
-            &"x".repeat(65),
+            &"x".repeat(129),
         ] {
             let err = check_ident(IdentKind::ClusterToken, bad).expect_err(bad);
             assert!(

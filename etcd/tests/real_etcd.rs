@@ -62,6 +62,7 @@ impl Node {
             quarantined: false,
             listen_address: None,
             tls: None,
+            listen_metrics_urls: vec![],
         };
         Node {
             spec,
@@ -280,6 +281,7 @@ fn env_spec() -> EtcdNodeSpec {
         quarantined: false,
         listen_address: None,
         tls: None,
+        listen_metrics_urls: vec![],
     }
 }
 
@@ -297,6 +299,8 @@ fn etcd_env_sets_every_variable_sorted() {
     let expect = [
         ("ETCD_ADVERTISE_CLIENT_URLS", "http://10.0.0.1:4001"),
         ("ETCD_DATA_DIR", "/var/etcd/data/tok"),
+        // As upstream sets it on 3.5 only.
+        ("ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", "true"),
         (
             "ETCD_INITIAL_CLUSTER",
             "node-a=http://10.0.0.1:2380,node-b=http://10.0.0.2:2380,node-b=http://b.example:2380",
@@ -315,6 +319,31 @@ fn etcd_env_sets_every_variable_sorted() {
         .collect();
     expect.sort();
     assert_eq!(env, expect);
+    // Per version, as upstream: no v2 on 3.3, nothing extra on 3.4, and
+    // etcd's dedicated metrics listeners when asked for.
+    let v33 = etcd_env(
+        &EtcdNodeSpec {
+            version: "3.3.25".into(),
+            ..env_spec()
+        },
+        &[],
+    );
+    assert_eq!(get(&v33, "ETCD_ENABLE_V2"), Some("false"));
+    assert_eq!(get(&v33, "ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK"), None);
+    let v34 = etcd_env(
+        &EtcdNodeSpec {
+            version: "3.4.23".into(),
+            listen_metrics_urls: vec!["http://0.0.0.0:8081".into()],
+            ..env_spec()
+        },
+        &[],
+    );
+    assert_eq!(get(&v34, "ETCD_ENABLE_V2"), None);
+    assert_eq!(get(&v34, "ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK"), None);
+    assert_eq!(
+        get(&v34, "ETCD_LISTEN_METRICS_URLS"),
+        Some("http://0.0.0.0:8081")
+    );
     let existing = EtcdNodeSpec {
         initial_cluster_state_new: false,
         ..env_spec()
@@ -361,6 +390,7 @@ fn etcd_env_listen_address_replaces_hosts_of_listen_urls_only() {
     let spec = EtcdNodeSpec {
         listen_address: Some("0.0.0.0".into()),
         tls: None,
+        listen_metrics_urls: vec![],
         ..env_spec()
     };
     let env = etcd_env(&spec, &[]);

@@ -32,6 +32,7 @@ fn plain_member(
         quarantined: false,
         listen_address: None,
         tls: None,
+        listen_metrics_urls: vec![],
     };
     etcd::EtcdProcess::start(
         tests::etcd_binaries("3.5.30"),

@@ -176,7 +176,7 @@ async fn a_cluster_with_tls_everywhere_found_through_the_store() {
     let metrics = env.metrics_addr(1);
     wait_for(
         "the refused handshake counted",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || {
             let m = metrics.clone();
             async move {

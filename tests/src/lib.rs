@@ -534,6 +534,7 @@ pub fn single_member_spec(
         quarantined: false,
         listen_address: None,
         tls: None,
+        listen_metrics_urls: vec![],
     }
 }
 

@@ -46,17 +46,42 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     };
 
     if let Some(endpoint) = cfg.backup_only.clone() {
-        let tls = etcd_pki.as_ref().map(|p| p.client.clone());
+        let tls = match &cfg.backup_client_tls {
+            Some([ca, cert, key]) => {
+                let read = |p: &std::path::PathBuf| {
+                    std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+                };
+                Some(etcd::ClientTls {
+                    ca_pem: read(ca)?,
+                    cert_pem: read(cert)?,
+                    key_pem: read(key)?,
+                })
+            }
+            None => etcd_pki.as_ref().map(|p| p.client.clone()),
+        };
         return run_backup_only(cfg, endpoint, tls, store, clock, shutdown).await;
     }
 
+    // The volume (or --data-dir) gives the data dir, the address and, for a
+    // volume, the member's name.
+    let Some(placement) = etcd_manager::volumes::place(&cfg, clock.as_ref(), &shutdown).await?
+    else {
+        return Ok(());
+    };
+    let cfg = cfg.placed(placement.data_dir.clone(), placement.address);
+    let mut etcd_env_overrides = etcd::etcd_env_overrides_from_process();
+    etcd_env_overrides.extend(cfg.etcd_env_file.iter().cloned());
     let node = Arc::new(Node::open(NodeSettings {
         cluster_name: cfg.cluster_name.clone(),
         data_dir: cfg.data_dir.clone(),
         node_config: cfg.node.clone(),
+        fixed_id: placement.node_id.clone(),
+        dns_suffix: cfg.dns_suffix.clone(),
+        listen_metrics_urls: cfg.listen_metrics_urls.clone(),
+        address: placement.address,
         listen_address: cfg.etcd_listen_address.clone(),
         bin_dirs: cfg.etcd_bin_dirs.clone(),
-        etcd_env_overrides: etcd::etcd_env_overrides_from_process(),
+        etcd_env_overrides,
         store: store.clone(),
         etcd_pki: etcd_pki.clone(),
     })?);
@@ -116,7 +141,7 @@ async fn run_node(
     let cancel = CancellationToken::new();
     let payload = PeerPayload::from_info(&node.info().await, cfg.peer_api_addr, None);
     let mut gcfg = gossip::GossipConfig::new(node.id().to_string(), cfg.gossip_addr);
-    gcfg.seeds = cfg.seeds.clone();
+    gcfg.seeds = cfg.all_seeds();
     gcfg.discovery_dir = cfg.discovery_dir.clone();
     gcfg.cluster_size_hint = cfg.cluster_size_hint;
     if let Some(path) = &cfg.gossip_key_file {
@@ -176,9 +201,13 @@ async fn run_node(
     );
     // Only now touch the store: wait for it (etcd runs and the peer API
     // answers meanwhile); a store without conditional writes is fatal.
-    if !probe_store(&lease, &clock, &shutdown).await? {
+    let Some(store_id) = probe_store(&lease, &store, &clock, &shutdown).await? else {
         return stop_servers(cancel, server_cancel, tasks, gossip, gossip_task, node).await;
-    }
+    };
+    // Every manager must share this store: a candidate on another store is
+    // never accepted as leader (see Request::Leadership).
+    tracing::info!(store_id = %store_id, "backup store identified");
+    node.set_store_id(store_id);
     tracing::info!(
         gossip = %cfg.gossip_addr,
         peer_api = %cfg.peer_api_addr,
@@ -232,6 +261,13 @@ async fn run_node(
             peers: peers.clone(),
             etcd_tls,
             warnings,
+            static_config: cfg.static_config.clone(),
+            // The hosts file etcd itself resolves names with: in kops' static
+            // pod that is the container's /etc/hosts (as upstream writes it),
+            // not the host's under /rootfs.
+            hosts_file: (!cfg.dns_suffix.is_empty())
+                .then(|| std::path::PathBuf::from("/etc/hosts")),
+            dns_suffix: cfg.dns_suffix.clone(),
         },
         health.clone(),
         store,
@@ -277,22 +313,29 @@ async fn stop_servers(
     Ok(())
 }
 
-/// Probe the store for conditional writes until it answers: true once it
-/// does, false when shut down first; a store that answers but does not honour
-/// create-only writes is an error (leader election cannot run on it).
+/// Probe the store for conditional writes and read (or create) its id until
+/// it answers: the id once it does, None when shut down first; a store that
+/// answers but does not honour create-only writes is an error (leader
+/// election cannot run on it).
 async fn probe_store(
     lease: &lock::LeaseClient,
+    store: &backup::BackupStore,
     clock: &Arc<dyn Clock>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Option<String>> {
     let mut pause = Duration::from_secs(1);
     loop {
         let attempt = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(false),
+            _ = shutdown.cancelled() => return Ok(None),
             r = lease.probe() => r,
         };
         match attempt {
-            Ok(()) => return Ok(true),
+            Ok(()) => match store.store_id(Node::fresh_id()).await {
+                Ok(id) => return Ok(Some(id)),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_s = pause.as_secs(), "cannot read the backup store's id yet; trying again")
+                }
+            },
             Err(e @ lock::Error::PreconditionsUnsupported { .. }) => {
                 return Err(
                     anyhow::Error::new(e).context("the backup store cannot hold the leader lease")
@@ -303,7 +346,7 @@ async fn probe_store(
             }
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok(false),
+            _ = shutdown.cancelled() => return Ok(None),
             _ = clock.sleep(pause) => {}
         }
         pause = (pause * 2).min(Duration::from_secs(30));

@@ -1,32 +1,32 @@
 //! `etcd-manager`: parse flags, validate, set up logs, run until SIGINT/SIGTERM.
+//! Run as `etcd-backup` (a symlink or a copy under that name) it takes
+//! upstream's etcd-backup flags and runs in backup-only mode.
 
 use clap::{CommandFactory, FromArgMatches};
-use etcd_manager::config::{Args, Config};
+use etcd_manager::config::{Args, Config, EtcdBackupArgs};
 use tokio_util::sync::CancellationToken;
 
 mod daemon;
 
 fn main() -> std::process::ExitCode {
-    let cmd = Args::command();
-    let argv = etcd_manager::goflags::normalize(
-        std::env::args_os(),
-        &etcd_manager::goflags::long_names(&cmd),
-    );
-    let args = match cmd
-        .try_get_matches_from(argv)
-        .and_then(|m| Args::from_arg_matches(&m))
-    {
-        Ok(a) => a,
-        Err(e) => e.exit(),
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let as_etcd_backup = raw
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|n| n == "etcd-backup");
+    let parsed = if as_etcd_backup {
+        parse::<EtcdBackupArgs>(raw)
+    } else {
+        parse::<Args>(raw)
     };
-    let cfg = match Config::try_from(args) {
+    let cfg = match parsed {
         Ok(c) => c,
         Err(e) => {
             eprintln!("etcd-manager: error: {e}");
             return std::process::ExitCode::from(2);
         }
     };
-    init_tracing(cfg.json_logs);
+    init_tracing(cfg.json_logs, &cfg.log_filter);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -52,6 +52,31 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Go-style flags, then `--env-file`, then clap, then validation. clap's own
+/// errors (unknown flags, --help, --version) exit here as clap decides.
+fn parse<A>(raw: Vec<std::ffi::OsString>) -> Result<Config, String>
+where
+    A: CommandFactory + FromArgMatches,
+    Config: TryFrom<A, Error = etcd_manager::config::ConfigError>,
+{
+    let cmd = A::command();
+    let argv = etcd_manager::goflags::normalize(raw, &etcd_manager::goflags::long_names(&cmd));
+    let vars = match etcd_manager::envfile::named_in(&argv) {
+        Some(path) => etcd_manager::envfile::load(&path)?,
+        None => vec![],
+    };
+    let argv = etcd_manager::envfile::apply_to_argv(argv, &vars, &cmd);
+    let args = match cmd
+        .try_get_matches_from(argv)
+        .and_then(|m| A::from_arg_matches(&m))
+    {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    let cfg = Config::try_from(args).map_err(|e| e.to_string())?;
+    Ok(cfg.with_env_file(&vars))
+}
+
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match (
@@ -70,9 +95,10 @@ async fn wait_for_signal() {
     }
 }
 
-fn init_tracing(json: bool) {
+/// Logs to stderr; `RUST_LOG` wins over `--v`.
+fn init_tracing(json: bool, filter: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -1,0 +1,380 @@
+//! kops' bare-metal manifest, verbatim, on three hosts: network namespaces on
+//! a bridge of their own, each with a mount namespace in which its folder is
+//! `/rootfs` (so `--containerized=true` finds its volume under
+//! `/rootfs/mnt/disks`), its own `/etc/hosts` and `/var/log`, and the shared
+//! backup folder at `/mnt/disks/backups`. The managers start through our
+//! `/go-runner`, with TLS from CAs made by `etcd-manager-ctl init-pki`.
+//! Needs root (namespaces, mounts); CI runs as root.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tests::wait_for;
+
+const PREFIX: &str = "emk";
+const BRIDGE: &str = "emk-br";
+const CLUSTER: &str = "metal.k8s.local";
+const VERSION: &str = "3.5.30";
+
+fn ns(h: usize) -> String {
+    format!("{PREFIX}-h{h}")
+}
+
+fn ip_of(h: usize) -> String {
+    format!("10.214.0.{h}")
+}
+
+fn run(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?}: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip(args: &[&str]) -> Result<String, String> {
+    run(Command::new("ip").args(args))
+}
+
+/// The hosts' network; everything in it is killed and removed when dropped.
+struct Hosts(usize);
+
+impl Hosts {
+    fn up(n: usize) -> Hosts {
+        cleanup(n);
+        let hosts = Hosts(n);
+        ip(&["link", "add", BRIDGE, "type", "bridge"]).unwrap();
+        ip(&["link", "set", BRIDGE, "up"]).unwrap();
+        for h in 1..=n {
+            let (name, veth) = (ns(h), format!("{PREFIX}v{h}"));
+            ip(&["netns", "add", &name]).unwrap();
+            ip(&[
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &name,
+            ])
+            .unwrap();
+            ip(&["link", "set", &veth, "master", BRIDGE, "up"]).unwrap();
+            ip(&[
+                "-n",
+                &name,
+                "addr",
+                "add",
+                &format!("{}/24", ip_of(h)),
+                "dev",
+                "eth0",
+            ])
+            .unwrap();
+            ip(&["-n", &name, "link", "set", "eth0", "up"]).unwrap();
+            ip(&["-n", &name, "link", "set", "lo", "up"]).unwrap();
+        }
+        hosts
+    }
+}
+
+fn cleanup(n: usize) {
+    for h in 1..=n {
+        let name = ns(h);
+        if let Ok(pids) = ip(&["netns", "pids", &name]) {
+            for pid in pids
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        let _ = ip(&["netns", "del", &name]);
+    }
+    let _ = ip(&["link", "del", BRIDGE]);
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        cleanup(self.0);
+    }
+}
+
+/// One host's files: its root (volume, hosts file) and its /var/log.
+fn host_root(root: &Path, h: usize) -> PathBuf {
+    root.join(format!("h{h}"))
+}
+
+/// kops' metal arguments (tests/data/kops/metal-main.args), with the cluster
+/// name, the version and the nodes' addresses filled in.
+fn metal_args(n: usize, manager: &Path) -> Vec<String> {
+    let nodes: Vec<String> = (1..=n)
+        .map(|h| format!(r#"{{"id":"{CLUSTER}--main--{h}","ip":["{}"]}}"#, ip_of(h)))
+        .collect();
+    include_str!("../data/kops/metal-main.args")
+        .lines()
+        .map(|l| {
+            l.replace("__CLUSTER__", CLUSTER)
+                .replace("__VERSION__", VERSION)
+                .replace("__NODES__", &nodes.join(","))
+                .replace("/ko-app/etcd-manager", &manager.display().to_string())
+        })
+        .collect()
+}
+
+/// Start host `h`: a mount namespace with its folders in place, then
+/// `go-runner <kops' arguments>`.
+fn start(root: &Path, h: usize, args: &[String], pki: &Path) -> std::process::Child {
+    let hr = host_root(root, h);
+    let script = format!(
+        "set -e; mount --bind {hr} /rootfs; mount --bind {backups} /mnt/disks/backups; \
+         mount --bind {hr}/var-log /var/log; mount --bind {hr}/etc/hosts /etc/hosts; exec \"$@\"",
+        hr = hr.display(),
+        backups = root.join("backups").display(),
+    );
+    let log = std::fs::File::create(root.join(format!("console-{h}.log"))).unwrap();
+    use std::os::unix::process::CommandExt;
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns(h),
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ])
+        .arg(env!("CARGO_BIN_EXE_go-runner"))
+        .args(args)
+        .env("ETCD_MANAGER_PKI_DIR", pki)
+        // Backups within the test's time; everything else as kops sets it.
+        .env("ETCD_MANAGER_BACKUP_INTERVAL", "10s")
+        .env("ETCD_MANAGER_DAILY_BACKUPS_RETENTION", "90d")
+        .env("RUST_LOG", "info")
+        .envs(std::env::var("ETCD_MANAGER_ETCD_BIN_DIR").map(|v| ("ETCD_MANAGER_ETCD_BIN_DIR", v)))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .unwrap()
+}
+
+/// etcdctl inside host `h` against https://127.0.0.1:4001, with a client
+/// certificate: the certificate's 127.0.0.1 SAN is verified.
+fn etcdctl(h: usize, certs: &Path, args: &[&str]) -> Result<String, String> {
+    let ctl = tests::etcd_binaries(VERSION).etcdctl.expect("etcdctl");
+    let c = |f: &str| certs.join(f).display().to_string();
+    run(Command::new("ip")
+        .args(["netns", "exec", &ns(h)])
+        .arg(ctl)
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints=https://127.0.0.1:4001".to_string(),
+            format!("--cacert={}", c("ca.crt")),
+            format!("--cert={}", c("client.crt")),
+            format!("--key={}", c("client.key")),
+            "--command-timeout=5s".into(),
+        ])
+        .args(args))
+}
+
+fn is_root() -> bool {
+    // The effective uid, from /proc (no extra nix features for one test).
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kops_metal_manifest_runs_unchanged_on_three_hosts() {
+    if !is_root() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "the kops metal test needs root (network and mount namespaces); CI runs as root"
+        );
+        println!("skipped: needs root (network and mount namespaces)");
+        return;
+    }
+    let n = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // The mount points the static pod has (created once on this machine).
+    for p in ["/rootfs", "/mnt/disks/backups"] {
+        std::fs::create_dir_all(p).unwrap();
+    }
+    std::fs::create_dir_all(root.join("backups")).unwrap();
+    let env = crate::env(&tempfile::tempdir().unwrap());
+    let pki = root.join("pki");
+    let certs = root.join("client");
+    let ctl = |args: &[&str]| {
+        let out = tests::run_ctl(
+            &env.ctl_bin,
+            &args.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        );
+        assert!(out.success, "{args:?}: {}", out.stderr);
+    };
+    ctl(&["init-pki", &format!("-pki-dir={}", pki.display())]);
+    ctl(&[
+        "issue-client-cert",
+        &format!("-pki-dir={}", pki.display()),
+        &certs.display().to_string(),
+    ]);
+    for h in 1..=n {
+        let hr = host_root(root, h);
+        let mnt = hr.join(format!("mnt/disks/{CLUSTER}--main--{h}/mnt"));
+        std::fs::create_dir_all(&mnt).unwrap();
+        // As kops' metal e2e prepares a new cluster's volume.
+        std::fs::write(mnt.join("please-create-new-cluster"), b"").unwrap();
+        std::fs::create_dir_all(hr.join("etc")).unwrap();
+        std::fs::create_dir_all(hr.join("var-log")).unwrap();
+        std::fs::write(hr.join("etc/hosts"), "127.0.0.1\tlocalhost\n").unwrap();
+    }
+    let _hosts = Hosts::up(n);
+    let args = metal_args(n, Path::new(env!("CARGO_BIN_EXE_etcd-manager")));
+    let mut children: Vec<_> = (1..=n).map(|h| start(root, h, &args, &pki)).collect();
+
+    let members = wait_for(
+        "three voters seen through https://127.0.0.1:4001",
+        Duration::from_secs(120),
+        || {
+            let certs = certs.clone();
+            async move {
+                let out = etcdctl(1, &certs, &["member", "list", "-w", "json"]).ok()?;
+                let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+                let ms = v["members"].as_array()?.clone();
+                (ms.len() == 3
+                    && ms.iter().all(|m| {
+                        m["name"].as_str().is_some_and(|s| !s.is_empty())
+                            && m["isLearner"].as_bool() != Some(true)
+                    }))
+                .then_some(ms)
+            }
+        },
+    )
+    .await;
+    for h in 1..=n {
+        let name = format!("{CLUSTER}--main--{h}");
+        let dns = format!("{name}.internal.{CLUSTER}");
+        assert!(
+            members.iter().any(|m| m["name"] == name.as_str()
+                && m["peerURLs"]
+                    .to_string()
+                    .contains(&format!("https://{dns}:2380"))),
+            "member {name} with its DNS name: {members:?}"
+        );
+    }
+    // The static config's version, the names in every host's /etc/hosts.
+    let status = etcdctl(2, &certs, &["endpoint", "status", "-w", "json"]).unwrap();
+    assert!(
+        status.contains(&format!("\"version\":\"{VERSION}\"")),
+        "{status}"
+    );
+    for h in 1..=n {
+        let hosts = host_root(root, h).join("etc/hosts");
+        wait_for(
+            "every member named in the host's /etc/hosts",
+            Duration::from_secs(30),
+            || {
+                let text = std::fs::read_to_string(&hosts).unwrap_or_default();
+                async move {
+                    (text.starts_with("127.0.0.1\tlocalhost\n")
+                        && text.contains(
+                            "# Begin host entries managed by etcd-manager[etcd] - do not edit",
+                        )
+                        && (1..=n).all(|m| {
+                            text.contains(&format!(
+                                "{}\t{CLUSTER}--main--{m}.internal.{CLUSTER}",
+                                ip_of(m)
+                            ))
+                        }))
+                    .then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    etcdctl(2, &certs, &["put", "/kops/metal", "works"]).unwrap();
+    assert!(
+        etcdctl(3, &certs, &["get", "/kops/metal"])
+            .unwrap()
+            .contains("works")
+    );
+    // Without a client certificate, nothing.
+    let ctl_bin = tests::etcd_binaries(VERSION).etcdctl.expect("etcdctl");
+    assert!(
+        run(Command::new("ip")
+            .args(["netns", "exec", &ns(1)])
+            .arg(&ctl_bin)
+            .env("ETCDCTL_API", "3")
+            .args([
+                "--endpoints=https://127.0.0.1:4001".to_string(),
+                format!("--cacert={}", certs.join("ca.crt").display()),
+                "--dial-timeout=3s".into(),
+                "get".into(),
+                "/kops/metal".into(),
+            ]))
+        .is_err()
+    );
+    // Backups land in the (shared) file store, in upstream's layout.
+    wait_for(
+        "a backup in file:///mnt/disks/backups",
+        Duration::from_secs(60),
+        || {
+            let backups = root.join("backups");
+            async move {
+                std::fs::read_dir(&backups)
+                    .ok()?
+                    .flatten()
+                    .any(|e| {
+                        e.path().join("etcd.backup.gz").exists()
+                            && e.path().join("_etcd_backup.meta").exists()
+                    })
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    // go-runner tees the manager's output into /var/log/etcd.log.
+    let log = std::fs::read_to_string(host_root(root, 1).join("var-log/etcd.log")).unwrap();
+    assert!(log.contains("etcd-manager started"), "{log}");
+    // The new-cluster file is gone where the cluster was created.
+    assert!(
+        (1..=n).any(|h| !host_root(root, h)
+            .join(format!(
+                "mnt/disks/{CLUSTER}--main--{h}/mnt/please-create-new-cluster"
+            ))
+            .exists()),
+        "the leader removes the file that allowed the new cluster"
+    );
+    // SIGTERM to go-runner reaches the manager, which stops cleanly: exit 0.
+    for c in &children {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    for (h, c) in children.iter_mut().enumerate() {
+        let status = wait_for(
+            "go-runner to exit after SIGTERM",
+            Duration::from_secs(60),
+            || {
+                let s = c.try_wait().ok().flatten();
+                async move { s }
+            },
+        )
+        .await;
+        let console = std::fs::read_to_string(root.join(format!("console-{}.log", h + 1)))
+            .unwrap_or_default();
+        assert!(status.success(), "host {}: {status}\n{console}", h + 1);
+    }
+}
