@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A local three-node etcd 3.5.30 cluster run by three etcd-manager processes on
+# A local three-node etcd 3.6.16 cluster run by three etcd-manager processes on
 # 127.0.0.1, .2 and .3, with a file backup store and TLS everywhere (CAs made
 # by etcd-manager-ctl init-pki). Stays in the foreground; Ctrl-C stops
 # everything (managers and etcd).
@@ -21,7 +21,7 @@ mkdir -p "$dir"
 store="file://$dir/backups/test"
 etcdctl=""
 for d in ${ETCD_MANAGER_ETCD_BIN_DIR:-} /opt; do
-  [ -x "$d/etcd-v3.5.30/etcdctl" ] && etcdctl="$d/etcd-v3.5.30/etcdctl" && break
+  [ -x "$d/etcd-v3.6.16/etcdctl" ] && etcdctl="$d/etcd-v3.6.16/etcdctl" && break
 done
 
 pids=()
@@ -59,7 +59,7 @@ for i in 1 2 3; do
 done
 echo "== three managers started (logs: $dir/manager-{1,2,3}.log)"
 
-"$bin/etcd-manager-ctl" -backup-store="$store" -member-count=3 -etcd-version=3.5.30 configure-cluster
+"$bin/etcd-manager-ctl" -backup-store="$store" -member-count=3 -etcd-version=3.6.16 configure-cluster
 
 endpoints=https://127.0.0.1:4001,https://127.0.0.2:4001,https://127.0.0.3:4001
 deadline=$((SECONDS + 120))
@@ -78,7 +78,7 @@ done
 
 cat <<MSG
 
-== etcd 3.5.30 is running on three members, managed by etcd-manager,
+== etcd 3.6.16 is running on three members, managed by etcd-manager,
    with TLS between managers, between members and for clients.
 
 Try it (a client certificate from etcd-clients-ca is in $dir/client):

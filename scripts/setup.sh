@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Install what building and testing etcd-manager needs, when missing:
-# protoc (etcd-client's build), python3-venv, the etcd versions the tests use,
-# and moto (an S3 server for tests) in .venv/. Idempotent; safe to re-run.
+# protoc (etcd-client's build), python3-venv, the etcd versions the tests use
+# (Debian's, and 3.5.35, 3.6.16 and 3.7.3 built from etcd's Go modules with
+# the machine's Go: about 3 minutes the first time, cached after), and moto
+# (an S3 server for tests) in .venv/. Idempotent; safe to re-run.
 #
 #   scripts/setup.sh            everything the tests need
-#   scripts/setup.sh --demo     only what the demo needs (protoc, etcd 3.5.30)
+#   scripts/setup.sh --demo     only what the demo needs (protoc, etcd 3.6.16)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,8 +51,8 @@ prefix=/opt
 if ! { mkdir -p "$prefix" 2>/dev/null && [ -w "$prefix" ]; }; then
   prefix="$HOME/.local/etcd"
 fi
-versions=(3.3.25 3.4.23 3.5.16 3.5.30)
-[ $demo = 1 ] && versions=(3.5.30)
+versions=(3.3.25 3.4.23 3.5.16 3.5.30 3.5.35 3.6.16 3.7.3)
+[ $demo = 1 ] && versions=(3.6.16)
 if [ -n "$sudo" ] && [ "$prefix" = /opt ] && [ ! -w /opt ]; then
   $sudo deploy/install-etcd.sh --prefix "$prefix" "${versions[@]}" >&2
 else

@@ -314,6 +314,10 @@ pub enum WaitReason {
         backup: String,
         reason: String,
     },
+    /// The version change cannot start: nothing is changed, the reason says why.
+    UpgradePathBlocked {
+        reason: String,
+    },
 }
 
 /// Every [`WaitReason::label`], so the metric exists for each from the start.
@@ -332,6 +336,7 @@ pub const WAIT_LABELS: &[&str] = &[
     "version_change_pending",
     "foreign_cluster",
     "restore_refused",
+    "upgrade_path_blocked",
 ];
 
 impl WaitReason {
@@ -350,6 +355,7 @@ impl WaitReason {
             WaitReason::LearnerCatchingUp { .. } => "learner_catching_up",
             WaitReason::NoIdlePeer { .. } => "no_idle_peer",
             WaitReason::VersionChangePending { .. } => "version_change_pending",
+            WaitReason::UpgradePathBlocked { .. } => "upgrade_path_blocked",
             WaitReason::ForeignCluster { .. } => "foreign_cluster",
             WaitReason::RestoreRefused { .. } => "restore_refused",
         }
@@ -412,6 +418,9 @@ impl fmt::Display for WaitReason {
                     f,
                     "peer {peer} runs etcd of another cluster; leaving it alone"
                 )
+            }
+            WaitReason::UpgradePathBlocked { reason } => {
+                write!(f, "version change not started: {reason}")
             }
             WaitReason::RestoreRefused { backup, reason } => write!(
                 f,
@@ -629,6 +638,89 @@ pub fn rolling_compatible(from: &[&str], to: &str) -> bool {
     })
 }
 
+/// The oldest 3.5 that may move to 3.6 (etcd's "Upgrade etcd from v3.5 to
+/// v3.6" guide).
+pub const MIN_3_5_FOR_3_6: etcd::EtcdVersion = etcd::EtcdVersion::new(3, 5, 32);
+
+fn below_3_5_32(v: &str) -> bool {
+    v.parse::<etcd::EtcdVersion>()
+        .is_ok_and(|v| v.major == 3 && v.minor == 5 && v < MIN_3_5_FOR_3_6)
+}
+
+/// On the way from `from` to `target`, a version the members below 3.5.32
+/// must roll to first: None when there is none to take (not a 3.5 -> 3.6
+/// change, or every member is on 3.5.32+ already); Err when no such 3.5 is
+/// installed on every member that must move. Pure.
+pub fn stepping_stone<'a>(
+    from: &[&str],
+    target: &str,
+    behind: &[(&MemberView, &'a PeerView)],
+) -> Result<Option<&'a str>, String> {
+    let Ok(to) = target.parse::<etcd::EtcdVersion>() else {
+        return Ok(None);
+    };
+    if !(to.major == 3 && to.minor == 6 && from.iter().any(|v| below_3_5_32(v))) {
+        return Ok(None);
+    }
+    let movers: Vec<&PeerView> = behind
+        .iter()
+        .filter(|(_, p)| p.etcd_version().is_some_and(below_3_5_32))
+        .map(|(_, p)| *p)
+        .collect();
+    let mut common: Option<Vec<(etcd::EtcdVersion, &'a str)>> = None;
+    for p in &movers {
+        let Some(info) = p.info.as_ref() else {
+            continue;
+        };
+        let mine: Vec<(etcd::EtcdVersion, &'a str)> = info
+            .installed_versions
+            .iter()
+            .filter_map(|v| Some((v.parse::<etcd::EtcdVersion>().ok()?, v.as_str())))
+            .filter(|(v, _)| v.major == 3 && v.minor == 5 && *v >= MIN_3_5_FOR_3_6)
+            .collect();
+        common = Some(match common {
+            None => mine,
+            Some(c) => c
+                .into_iter()
+                .filter(|x| mine.iter().any(|m| m.0 == x.0))
+                .collect(),
+        });
+    }
+    let stone = common
+        .unwrap_or_default()
+        .into_iter()
+        .max_by_key(|(v, _)| *v)
+        .map(|(_, s)| s);
+    match stone {
+        Some(s) => Ok(Some(s)),
+        None => Err(format!(
+            "{} -> {target} needs every member on 3.5.32 or later first (etcd's upgrade guide), \
+             and no such 3.5 is installed on every member that must move; install one \
+             (deploy/install-etcd.sh 3.5.35) on every master",
+            from.join(",")
+        )),
+    }
+}
+
+/// From 3.6 on, etcd stamps its storage version into the data: an older
+/// minor cannot open a newer one's snapshot (etcd's own downgrade protocol
+/// migrates it first, which we do not drive yet). Refused before anything
+/// moves, instead of a dump and restore that would fail half-way. Pure.
+pub fn unsupported_downgrade(from: &[&str], target: &str) -> Option<String> {
+    let to = target.parse::<etcd::EtcdVersion>().ok()?;
+    let newest = from
+        .iter()
+        .filter_map(|v| v.parse::<etcd::EtcdVersion>().ok())
+        .max()?;
+    (newest.major == to.major && newest.minor >= 6 && to.minor < newest.minor).then(|| {
+        format!(
+            "{newest} -> {target} is a downgrade from etcd 3.6 or later, whose data an older minor \
+             cannot open; it needs etcd's downgrade protocol (etcdctl downgrade), which this \
+             etcd-manager does not drive yet: set the version back to {newest}"
+        )
+    })
+}
+
 /// Versions the members run (from their peers) and the cluster reports.
 fn member_versions<'a>(
     obs: &'a Observation,
@@ -659,6 +751,9 @@ fn dump_and_restore(
     }
     if obs.commands.iter().any(|c| c.refused.is_none()) {
         return None; // a restore is queued already
+    }
+    if let Some(reason) = unsupported_downgrade(&from, target) {
+        return Some(Plan::wait(WaitReason::UpgradePathBlocked { reason }));
     }
     if !members.iter().all(|m| m.healthy) {
         return Some(Plan::wait(WaitReason::ClusterUnhealthy {
@@ -713,6 +808,20 @@ fn version_change(
         .collect();
     from.extend(running.iter().copied());
     let from: Vec<&str> = from.into_iter().collect();
+    // etcd's guide: every 3.5 member on 3.5.32 or later before any runs 3.6.
+    // Roll those below it to the newest such 3.5 every member has first.
+    let (target, behind) = match stepping_stone(&from, target, &behind) {
+        Ok(None) => (target, behind),
+        Ok(Some(stone)) => {
+            let below: Vec<(&MemberView, &PeerView)> = behind
+                .iter()
+                .copied()
+                .filter(|(_, p)| p.etcd_version().is_some_and(below_3_5_32))
+                .collect();
+            (stone, below)
+        }
+        Err(reason) => return Some(Plan::wait(WaitReason::UpgradePathBlocked { reason })),
+    };
     if !rolling_compatible(&from, target) {
         return Some(Plan::wait(WaitReason::VersionChangePending {
             from: from.join(","),

@@ -887,7 +887,118 @@ fn every_wait_reason_label_is_listed() {
             backup: String::new(),
             reason: String::new(),
         },
+        WaitReason::UpgradePathBlocked {
+            reason: String::new(),
+        },
     ];
     let labels: Vec<&str> = all.iter().map(WaitReason::label).collect();
     assert_eq!(labels, WAIT_LABELS);
+}
+
+/// Every version we can run, oldest first.
+const KNOWN: &[&str] = &[
+    "3.3.25", "3.4.23", "3.5.16", "3.5.30", "3.5.35", "3.6.16", "3.7.3",
+];
+
+/// Three healthy members on `from`, spec on `to`, every version installed
+/// everywhere except `missing`; the first plan.
+fn plan_for(from: &str, to: &str, missing: &[&str]) -> Plan {
+    let installed: Vec<String> = KNOWN
+        .iter()
+        .filter(|v| !missing.contains(v))
+        .map(|v| v.to_string())
+        .collect();
+    let peers: Vec<PeerView> = ["a", "b", "c"]
+        .iter()
+        .map(|id| {
+            let mut p = on_version(running(id, false), from);
+            if let Some(i) = p.info.as_mut() {
+                i.installed_versions = installed.clone();
+            }
+            p
+        })
+        .collect();
+    let ms = vec![
+        member(1, "a", true),
+        member(2, "b", true),
+        member(3, "c", true),
+    ];
+    let mut o = obs(3, peers, Some(ms));
+    if let Some(c) = o.cluster.as_mut() {
+        c.versions = vec![from.into()];
+    }
+    if let Some(s) = o.spec.as_mut() {
+        s.etcd_version = to.into();
+    }
+    reconcile(&o)
+}
+
+/// Every pair of known versions, both directions: patch changes and one
+/// minor up roll in place (3.5 below 3.5.32 to 3.6 through the newest
+/// installed 3.5.32+ first, or refused when none is installed); downgrades of
+/// a minor and jumps of two minors go by dump and restore.
+#[test]
+fn the_version_planner_covers_every_pair_of_known_versions() {
+    let v = |s: &str| s.parse::<etcd::EtcdVersion>().expect("version");
+    for from in KNOWN {
+        for to in KNOWN {
+            let plan = plan_for(from, to, &[]);
+            let (f, t) = (v(from), v(to));
+            let upgrade_to = |version: &str| {
+                plan.actions
+                    == vec![
+                        Action::TakeBackup {
+                            reason: BackupReason::BeforeChange,
+                        },
+                        Action::UpgradeMember {
+                            peer: "b".into(),
+                            version: version.into(),
+                        },
+                    ]
+            };
+            let expect_roll = t.minor == f.minor || t.minor == f.minor + 1;
+            if from == to {
+                assert!(
+                    !plan.actions.iter().any(|a| matches!(
+                        a,
+                        Action::UpgradeMember { .. } | Action::Quarantine { .. }
+                    )),
+                    "{from} -> {to}: nothing to change, got {plan:?}"
+                );
+            } else if t.minor == 6 && f.minor == 5 && f < MIN_3_5_FOR_3_6 {
+                assert!(
+                    upgrade_to("3.5.35"),
+                    "{from} -> {to}: through 3.5.35 first, got {plan:?}"
+                );
+            } else if expect_roll {
+                assert!(upgrade_to(to), "{from} -> {to}: rolling, got {plan:?}");
+            } else if f.minor >= 6 && t.minor < f.minor {
+                assert!(
+                    plan.actions.is_empty()
+                        && matches!(&plan.waits[..], [WaitReason::UpgradePathBlocked { reason }] if reason.contains("downgrade protocol")),
+                    "{from} -> {to}: refused before anything moves, got {plan:?}"
+                );
+            } else {
+                assert_eq!(
+                    plan.actions,
+                    vec![Action::Quarantine {
+                        peers: vec!["a".into(), "b".into(), "c".into()]
+                    }],
+                    "{from} -> {to}: dump and restore"
+                );
+            }
+        }
+    }
+    // 3.5.30 -> 3.6.16 with no 3.5.32+ installed: refused, nothing changes.
+    let plan = plan_for("3.5.30", "3.6.16", &["3.5.35"]);
+    assert!(plan.actions.is_empty(), "{plan:?}");
+    assert!(
+        matches!(&plan.waits[..], [WaitReason::UpgradePathBlocked { reason }] if reason.contains("3.5.32")),
+        "{plan:?}"
+    );
+    // From 3.5.35, straight to 3.6.
+    let plan = plan_for("3.5.35", "3.6.16", &[]);
+    assert!(
+        matches!(&plan.actions[..], [_, Action::UpgradeMember { version, .. }] if version == "3.6.16")
+    );
 }

@@ -520,24 +520,7 @@ impl Driver {
                 .control
                 .as_ref()
                 .is_some_and(|(at, _)| now.saturating_duration_since(*at) < CONTROL_REFRESH);
-        if let Some(sc) = &self.settings.static_config {
-            let allow = self
-                .node
-                .data_dir()
-                .join(crate::statics::PLEASE_CREATE_NEW_CLUSTER)
-                .exists();
-            self.control = Some((
-                now,
-                Control {
-                    malformed: vec![],
-                    spec: Some(sc.spec()),
-                    backup_requested: false,
-                    allow_new_cluster: allow,
-                    commands: vec![],
-                    created_marker: !allow,
-                },
-            ));
-        } else if !fresh {
+        if !fresh {
             let snap = self
                 .store
                 .read_control(&mut self.control_cache)
@@ -550,7 +533,7 @@ impl Driver {
                 self.malformed_seen = snap.malformed.len();
             }
             metrics::gauge!(m::STORE_MALFORMED_FILES).set(snap.malformed.len() as f64);
-            let control = Control {
+            let mut control = Control {
                 malformed: snap.malformed,
                 spec: snap.spec,
                 backup_requested: snap.manager_files.contains(BACKUP_NOW_FILE),
@@ -558,6 +541,19 @@ impl Driver {
                 commands: snap.commands,
                 created_marker: snap.created,
             };
+            if let Some(sc) = &self.settings.static_config {
+                // --static-config: the spec is fixed, and as upstream a new
+                // cluster needs please-create-new-cluster in our data dir.
+                // Operators' commands (restore-backup, backup-now) still work.
+                let allow = self
+                    .node
+                    .data_dir()
+                    .join(crate::statics::PLEASE_CREATE_NEW_CLUSTER)
+                    .exists();
+                control.spec = Some(sc.spec());
+                control.allow_new_cluster = allow;
+                control.created_marker = !allow;
+            }
             self.control = Some((now, control));
         }
         match &self.control {

@@ -646,6 +646,20 @@ pub async fn serve<H: Handler>(
 mod tests {
     use super::*;
 
+    /// A server for `handler` on a free loopback port.
+    async fn start<H: Handler>(
+        handler: H,
+        tls: Option<crate::pki::PeerTls>,
+    ) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+        let listener = bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let cancel = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, Arc::new(handler), tls, cancel.clone()));
+        (addr, cancel, server)
+    }
+
     struct Echo;
     impl Handler for Echo {
         async fn handle(&self, _caller: &Caller, req: Request) -> Response {
@@ -666,12 +680,7 @@ mod tests {
 
     #[tokio::test]
     async fn request_response_round_trip_and_fencing() {
-        let listener = bind("127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let cancel = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, Arc::new(Echo), None, cancel.clone()));
+        let (addr, cancel, server) = start(Echo, None).await;
         let t = Duration::from_secs(5);
         match PeerClient::insecure()
             .call(addr, &Request::GetInfo, t)
@@ -714,12 +723,7 @@ mod tests {
 
     #[tokio::test]
     async fn garbage_and_oversized_frames_do_not_kill_the_server() {
-        let listener = bind("127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let cancel = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, Arc::new(Echo), None, cancel.clone()));
+        let (addr, cancel, server) = start(Echo, None).await;
         let mut s = TcpStream::connect(addr).await.expect("connect");
         s.write_all(&[0, 0, 0, 3, 0xff, 0xfe, 0xfd])
             .await
@@ -747,12 +751,7 @@ mod tests {
     /// the server goes on.
     #[tokio::test]
     async fn a_crafted_frame_is_refused_and_the_server_goes_on() {
-        let listener = bind("127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let cancel = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, Arc::new(Echo), None, cancel.clone()));
+        let (addr, cancel, server) = start(Echo, None).await;
         for claim in [1u64 << 42, 1u64 << 63] {
             // Envelope { version: 2 (varint), body: Request variant 1 (JoinCluster),
             // whose first field, fence.cluster_name, claims `claim` bytes }.
@@ -794,12 +793,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     #[allow(clippy::disallowed_methods)] // virtual time (start_paused)
     async fn a_restore_longer_than_two_minutes_is_not_cut() {
-        let listener = bind("127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let cancel = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, Arc::new(Slow), None, cancel.clone()));
+        let (addr, cancel, server) = start(Slow, None).await;
         let req = Request::RestoreBackup(RestoreBackup {
             fence: Fence {
                 cluster_name: "c".into(),
@@ -848,17 +842,7 @@ mod tests {
         let now = std::time::SystemTime::now();
         let ca = crate::pki::Ca::generate(crate::pki::MANAGER_CA, now).expect("ca");
         let stranger_ca = crate::pki::Ca::generate(crate::pki::MANAGER_CA, now).expect("ca");
-        let listener = bind("127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let cancel = CancellationToken::new();
-        let server = tokio::spawn(serve(
-            listener,
-            Arc::new(Echo),
-            Some(tls_for(&ca, "server")),
-            cancel.clone(),
-        ));
+        let (addr, cancel, server) = start(Echo, Some(tls_for(&ca, "server"))).await;
         let t = Duration::from_secs(5);
 
         // A manager with a certificate from the same CA is answered.

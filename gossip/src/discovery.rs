@@ -54,6 +54,29 @@ pub(crate) async fn resolve_seeds(seeds: &[String]) -> Vec<SocketAddr> {
     out
 }
 
+/// Upstream's seeds folder: every regular file whose name is an IP address
+/// is a peer there, on `port`. Other names are skipped (logged at debug); a
+/// missing folder is empty.
+pub async fn read_seed_dir(dir: &Path, port: u16) -> Vec<SocketAddr> {
+    let mut out = vec![];
+    let Ok(mut rd) = tokio::fs::read_dir(dir).await else {
+        tracing::debug!(dir = %dir.display(), "no seeds folder (yet)");
+        return out;
+    };
+    while let Ok(Some(e)) = rd.next_entry().await {
+        let name = e.file_name().to_string_lossy().to_string();
+        let is_file = e.file_type().await.is_ok_and(|t| t.is_file());
+        match name.parse::<std::net::IpAddr>() {
+            Ok(ip) if is_file => out.push(SocketAddr::new(ip, port)),
+            _ => {
+                tracing::debug!(file = %name, "ignoring a seeds folder entry that is not an IP address")
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Checks that `id` can name a file in the discovery folder.
 pub(crate) fn check_id_for_file(id: &str) -> Result<(), Error> {
     let bad = id.is_empty()
@@ -151,6 +174,26 @@ pub(crate) async fn read_records(dir: &Path, own_id: &str) -> Vec<DiscoveryRecor
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[tokio::test]
+    async fn upstreams_seed_folder_names_peers_by_file_name() {
+        let dir = tempfile::tempdir().expect("tmp");
+        for name in ["10.0.0.2", "10.0.0.1", "fd00::3", "README", "10.0.0.x"] {
+            std::fs::write(dir.path().join(name), b"").expect("write");
+        }
+        std::fs::create_dir(dir.path().join("10.0.0.9")).expect("a folder is not a seed");
+        let got = read_seed_dir(dir.path(), 3996).await;
+        let want: Vec<SocketAddr> = ["10.0.0.1:3996", "10.0.0.2:3996", "[fd00::3]:3996"]
+            .iter()
+            .map(|s| s.parse().expect("addr"))
+            .collect();
+        assert_eq!(got, want);
+        assert!(
+            read_seed_dir(&dir.path().join("missing"), 1)
+                .await
+                .is_empty()
+        );
+    }
 
     #[test]
     fn seeds_parse() {

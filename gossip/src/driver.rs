@@ -228,6 +228,7 @@ pub async fn start(
         local_addr,
         seeds: config.seeds.clone(),
         discovery_dir: config.discovery_dir.clone(),
+        seed_dir: config.seed_dir.clone(),
         record,
         refresh_interval: config.refresh_interval,
         payload_rx,
@@ -259,6 +260,7 @@ struct Driver {
     local_addr: SocketAddr,
     seeds: Vec<String>,
     discovery_dir: Option<PathBuf>,
+    seed_dir: Option<(PathBuf, u16)>,
     record: DiscoveryRecord,
     refresh_interval: Duration,
     payload_rx: watch::Receiver<Vec<u8>>,
@@ -360,7 +362,7 @@ impl Driver {
                 },
                 _ = refresh.tick() => {
                     if jobs.is_empty() {
-                        jobs.spawn(discover(self.seeds.clone(), self.discovery_dir.clone(), self.record.clone()));
+                        jobs.spawn(discover(self.seeds.clone(), self.discovery_dir.clone(), self.seed_dir.clone(), self.record.clone()));
                     }
                 }
                 Some(found) = jobs.join_next(), if !jobs.is_empty() => match found {
@@ -426,7 +428,12 @@ impl Driver {
 }
 
 /// One refresh: resolve seeds, rewrite our discovery record, read the others.
-async fn discover(seeds: Vec<String>, dir: Option<PathBuf>, me: DiscoveryRecord) -> Vec<Candidate> {
+async fn discover(
+    seeds: Vec<String>,
+    dir: Option<PathBuf>,
+    seed_dir: Option<(PathBuf, u16)>,
+    me: DiscoveryRecord,
+) -> Vec<Candidate> {
     let mut out: Vec<Candidate> =
         match tokio::time::timeout(RESOLVE_TIMEOUT, discovery::resolve_seeds(&seeds)).await {
             Ok(addrs) => addrs.into_iter().map(|a| (None, a)).collect(),
@@ -435,6 +442,14 @@ async fn discover(seeds: Vec<String>, dir: Option<PathBuf>, me: DiscoveryRecord)
                 Vec::new()
             }
         };
+    if let Some((sd, port)) = seed_dir {
+        out.extend(
+            discovery::read_seed_dir(&sd, port)
+                .await
+                .into_iter()
+                .map(|a| (None, a)),
+        );
+    }
     if let Some(dir) = dir {
         if let Err(error) = discovery::write_record(&dir, &me).await {
             tracing::warn!(%error, "cannot refresh our gossip discovery record");

@@ -82,6 +82,10 @@ pub struct GossipConfig {
     pub seeds: Vec<String>,
     /// Shared discovery folder: each node writes `<dir>/<id>.json`.
     pub discovery_dir: Option<PathBuf>,
+    /// Upstream's seeds folder (`/etc/kubernetes/etcd-manager/seeds`): every
+    /// file whose name is an IP address is a peer at that address and this
+    /// port; read again on every refresh.
+    pub seed_dir: Option<(PathBuf, u16)>,
     /// Expected cluster size (3 or 5); sizes foca's timings.
     pub cluster_size_hint: u32,
     /// Starting incarnation; the caller passes wall-clock millis at start so
@@ -114,6 +118,7 @@ impl GossipConfig {
             advertise: bind,
             seeds: Vec::new(),
             discovery_dir: None,
+            seed_dir: None,
             cluster_size_hint: 3,
             incarnation: 0,
             refresh_interval: DEFAULT_REFRESH_INTERVAL,

@@ -78,11 +78,12 @@ fn watch_refusals(
     (task, stop_tx)
 }
 
-/// A rolling change on three members with a client writing all along.
-async fn rolling(from: &str, to: &str) {
+/// A rolling change on three members with a client writing all along;
+/// returns the managers' logs.
+async fn rolling(from: &str, to: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let env = crate::env(&dir);
-    let _ms: Vec<_> = (1..=3).map(|h| env.start(h)).collect();
+    let ms: Vec<_> = (1..=3).map(|h| env.start(h)).collect();
     assert!(
         env.ctl(&[
             "-member-count=3",
@@ -153,6 +154,7 @@ async fn rolling(from: &str, to: &str) {
         taken >= 3,
         "a backup before each member's restart: {taken} new backups"
     );
+    ms.iter().map(|m| m.log_text()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -173,6 +175,26 @@ async fn patch_downgrade_rolls_3_5_30_to_3_5_16() {
 #[tokio::test(flavor = "multi_thread")]
 async fn minor_upgrade_rolls_3_3_to_3_4() {
     rolling("3.3.25", "3.4.23").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn minor_upgrade_rolls_3_6_to_3_7() {
+    rolling("3.6.16", "3.7.3").await;
+}
+
+/// etcd's guide: every 3.5 member on 3.5.32+ before 3.6. The planner rolls
+/// 3.5.30 to the newest installed 3.5.32+ (3.5.35) first, then to 3.6.
+#[tokio::test(flavor = "multi_thread")]
+async fn upgrade_3_5_30_to_3_6_goes_through_3_5_35() {
+    let logs = rolling("3.5.30", "3.6.16").await;
+    let stone = logs
+        .lines()
+        .filter(|l| l.contains("restarted etcd") && l.contains("3.5.35"))
+        .count();
+    assert!(
+        stone >= 3,
+        "every member restarted on 3.5.35 first:\n{logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -279,4 +301,64 @@ async fn minor_downgrade_goes_by_dump_and_restore_3_5_to_3_4() {
         "the client URL never refused: no quarantine was seen"
     );
     put(&ep, "/after", "downgrade").await.unwrap();
+}
+
+/// Two minors at once (3.5 -> 3.7) by dump and restore (a backup restored
+/// on 3.7, revisions bumped); then a downgrade to 3.6, which needs etcd's
+/// downgrade protocol, is refused with the reason and nothing moves.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_minors_up_by_dump_and_restore_and_a_3_7_downgrade_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = crate::env(&dir);
+    let _m = env.start(1);
+    env.configure(1, "3.5.30");
+    let ep = env.client_url(1);
+    tests::wait_put(
+        "a member on 3.5.30",
+        &ep,
+        "/k",
+        "v",
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(
+        env.ctl(&["-etcd-version=3.7.3", "configure-cluster"])
+            .success
+    );
+    wait_for(
+        "the member on 3.7.3 with the data",
+        Duration::from_secs(120),
+        || {
+            let (env, ep) = (env.clone(), ep.clone());
+            async move {
+                let v = versions(&env).await;
+                let data = get(&ep, "/k").await.ok()??;
+                (v == ["3.7.3"] && data == "v").then_some(())
+            }
+        },
+    )
+    .await;
+    let c = etcd::EtcdClient::connect(std::slice::from_ref(&ep), Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert!(c.status().await.unwrap().revision > 1_000_000_000, "bumped");
+    assert!(
+        env.ctl(&["-etcd-version=3.6.16", "configure-cluster"])
+            .success
+    );
+    wait_for(
+        "the downgrade refused in status",
+        Duration::from_secs(60),
+        || {
+            let env = env.clone();
+            async move {
+                let s = env.ctl(&["status"]).stdout;
+                s.contains("version change not started").then_some(())
+            }
+        },
+    )
+    .await;
+    // Nothing moved: still 3.7.3, serving writes.
+    put(&ep, "/after", "refusal").await.unwrap();
+    assert_eq!(versions(&env).await, ["3.7.3"]);
 }

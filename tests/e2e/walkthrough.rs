@@ -67,6 +67,16 @@ async fn single_member_cluster_on_3_4_23() {
     single_member("3.4.23").await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn single_member_cluster_on_3_6_16() {
+    single_member("3.6.16").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn single_member_cluster_on_3_7_3() {
+    single_member("3.7.3").await;
+}
+
 /// Grow 1 -> 3, take a backup, restore it elsewhere, lose a member.
 #[tokio::test(flavor = "multi_thread")]
 async fn grow_to_three_back_up_and_survive_a_lost_member() {

@@ -142,6 +142,17 @@ async fn run_node(
     let payload = PeerPayload::from_info(&node.info().await, cfg.peer_api_addr, None);
     let mut gcfg = gossip::GossipConfig::new(node.id().to_string(), cfg.gossip_addr);
     gcfg.seeds = cfg.all_seeds();
+    if matches!(
+        cfg.volume,
+        etcd_manager::config::VolumeSource::External { .. }
+    ) && cfg.static_config.is_none()
+    {
+        // Upstream's bare-metal discovery without a static config.
+        gcfg.seed_dir = Some((
+            cfg.host_root.join("etc/kubernetes/etcd-manager/seeds"),
+            cfg.gossip_addr.port(),
+        ));
+    }
     gcfg.discovery_dir = cfg.discovery_dir.clone();
     gcfg.cluster_size_hint = cfg.cluster_size_hint;
     if let Some(path) = &cfg.gossip_key_file {
