@@ -1345,4 +1345,66 @@ mod tests {
         }
         assert!(checked > 40, "only {checked} flags read from the table");
     }
+
+    /// `--env-file` as upstream reads it: its variables set our flags unless
+    /// the command line does, ETCD_* go to etcd, S3_*/AWS_* reach the store.
+    #[test]
+    fn env_file_variables_count_as_environment() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("env");
+        std::fs::write(
+            &file,
+            "# kops-style settings\nETCD_MANAGER_DAILY_BACKUPS_RETENTION=90d\nETCD_MANAGER_BACKUP_INTERVAL=1h\n\
+             ETCD_QUOTA_BACKEND_BYTES=8589934592\nS3_ENDPOINT=http://127.0.0.1:5000\nS3_ACCESS_KEY_ID=k\n\
+             S3_SECRET_ACCESS_KEY=s\nAWS_REGION=eu-west-1\n",
+        )
+        .expect("write");
+        let cmd = <Args as clap::CommandFactory>::command();
+        let argv: Vec<std::ffi::OsString> = [
+            "etcd-manager",
+            "--backup-store=s3://b/p",
+            "--data-dir=/d",
+            "--insecure",
+            "--etcd-insecure",
+            "--backup-interval=30m",
+            &format!("--env-file={}", file.display()),
+        ]
+        .iter()
+        .map(Into::into)
+        .collect();
+        let vars = crate::envfile::load(crate::envfile::named_in(&argv).as_deref().expect("named"))
+            .expect("load");
+        let argv = crate::envfile::apply_to_argv(argv, &vars, &cmd);
+        let a = Args::try_parse_from(argv).expect("parse");
+        let c = Config::try_from(a).expect("valid").with_env_file(&vars);
+        assert_eq!(
+            c.retention.daily,
+            Duration::from_secs(90 * 86_400),
+            "from the file"
+        );
+        assert_eq!(
+            c.backup_interval,
+            Duration::from_secs(1800),
+            "the command line wins"
+        );
+        assert_eq!(
+            c.etcd_env_file,
+            [(
+                "ETCD_QUOTA_BACKEND_BYTES".to_string(),
+                "8589934592".to_string()
+            )]
+        );
+        let o = &c.store_options;
+        assert_eq!(o.s3_endpoint.as_deref(), Some("http://127.0.0.1:5000"));
+        assert_eq!(
+            (
+                o.s3_access_key_id.as_deref(),
+                o.s3_secret_access_key.as_deref()
+            ),
+            (Some("k"), Some("s"))
+        );
+        assert_eq!(o.s3_region.as_deref(), Some("eu-west-1"));
+        let e = crate::envfile::load(&dir.path().join("missing")).expect_err("missing");
+        assert!(e.contains("opening env file"), "{e}");
+    }
 }

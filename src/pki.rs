@@ -671,4 +671,88 @@ mod tests {
         );
         assert_eq!(s.dns_names, vec!["etcd-a.internal".to_string()]);
     }
+
+    /// etcd's certificates always name the loopback (kube-apiserver dials
+    /// https://127.0.0.1:4001) besides the member's names; a manager's peer
+    /// certificate names its node.
+    #[test]
+    fn member_certificates_carry_loopback_and_peer_certificates_their_node() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        for ca in [PEERS_CA, CLIENTS_CA, MANAGER_CA] {
+            Ca::generate(ca, now)
+                .expect("ca")
+                .write(dir.path())
+                .expect("write");
+        }
+        let pki = EtcdPki::load(dir.path(), now).expect("load");
+        let files = pki
+            .write_member_certs(
+                &dir.path().join("m"),
+                "etcd-a",
+                &["https://etcd-a.internal.example.com:2380".into()],
+                &["https://etcd-a.internal.example.com:4001".into()],
+                &["10.0.0.7".into()],
+                now,
+            )
+            .expect("certs");
+        for path in [&files.peer_cert, &files.server_cert] {
+            let pem = std::fs::read_to_string(path).expect("read");
+            let der = first_cert_der(&pem).expect("der");
+            let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("parse");
+            let san = cert.subject_alternative_name().expect("ext").expect("san");
+            let names: Vec<String> = san
+                .value
+                .general_names
+                .iter()
+                .map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => d.to_string(),
+                    x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
+                        4 => IpAddr::from(<[u8; 4]>::try_from(*b).expect("v4")).to_string(),
+                        _ => IpAddr::from(<[u8; 16]>::try_from(*b).expect("v6")).to_string(),
+                    },
+                    other => format!("{other:?}"),
+                })
+                .collect();
+            for want in [
+                "127.0.0.1",
+                "::1",
+                "localhost",
+                "etcd-a",
+                "etcd-a.internal.example.com",
+                "10.0.0.7",
+            ] {
+                assert!(
+                    names.iter().any(|n| n == want),
+                    "{want} missing from {names:?} in {}",
+                    path.display()
+                );
+            }
+        }
+        let ca = Ca::load(dir.path(), MANAGER_CA, "--insecure").expect("ca");
+        let issued = ca
+            .issue(
+                &Subject {
+                    common_name: "n1".into(),
+                    dns_names: vec![PEER_API_SERVER_NAME.into()],
+                    ips: vec![],
+                    uris: vec![node_uri("n1")],
+                },
+                now,
+            )
+            .expect("issue");
+        let der = first_cert_der(&issued.cert_pem).expect("der");
+        assert_eq!(node_id_of_cert(&der).as_deref(), Some("n1"));
+        let anonymous = ca
+            .issue(
+                &Subject {
+                    common_name: "n2".into(),
+                    ..Subject::default()
+                },
+                now,
+            )
+            .expect("issue");
+        let der = first_cert_der(&anonymous.cert_pem).expect("der");
+        assert_eq!(node_id_of_cert(&der), None, "no node URI: no node identity");
+    }
 }

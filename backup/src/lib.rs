@@ -26,7 +26,7 @@ pub use retention::{MIN_KEPT_BACKUPS, RetentionPolicy, parse_retention, select_f
 pub use store::{
     BackupStore, BackupSummary, ControlCache, ControlSnapshot, DownloadedBackup, MAX_SIDE_FILE,
     MAX_SMALL_FILE, MalformedFile, RestoreProgress, StoreOptions, StoredCommand, check_backup_name,
-    format_backup_name, parse_backup_name,
+    format_backup_name, parse_backup_name, resolve_s3_region,
 };
 
 pub const BACKUP_DATA_FILE: &str = "etcd.backup.gz";

@@ -178,6 +178,41 @@ fn hex(d: impl AsRef<[u8]>) -> String {
     hex::encode(d)
 }
 
+/// An `s3://` store on AWS itself (no S3 endpoint) with no region from the
+/// flags, `S3_REGION`, `AWS_REGION` or `AWS_DEFAULT_REGION`: ask S3 for the
+/// bucket's region (its HeadBucket answer), as kops' tooling does, and fill
+/// it in. Any failure leaves the options as they are (the default region is
+/// used, and S3 redirects say what is wrong). Not exercised here (no network
+/// to AWS); a custom endpoint takes `S3_REGION` or the default.
+pub async fn resolve_s3_region(url: &str, opts: &mut StoreOptions) {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return;
+    };
+    if parsed.scheme() != "s3" || opts.s3_endpoint.is_some() || opts.s3_region.is_some() {
+        return;
+    }
+    if ["AWS_REGION", "AWS_DEFAULT_REGION"]
+        .iter()
+        .any(|k| std::env::var(k).is_ok_and(|v| !v.is_empty()))
+    {
+        return;
+    }
+    let Some(bucket) = parsed.host_str().filter(|b| !b.is_empty()) else {
+        return;
+    };
+    let options =
+        object_store::ClientOptions::new().with_timeout(std::time::Duration::from_secs(10));
+    match object_store::aws::resolve_bucket_region(bucket, &options).await {
+        Ok(region) => {
+            tracing::info!(bucket, region = %region, "found the bucket's region");
+            opts.s3_region = Some(region);
+        }
+        Err(e) => {
+            tracing::warn!(bucket, error = %e, "cannot find the bucket's region; set S3_REGION or AWS_REGION")
+        }
+    }
+}
+
 impl BackupStore {
     /// Open a store URL. No IO except creating a missing local folder.
     pub fn open(url: &str, opts: &StoreOptions) -> Result<Self> {

@@ -124,6 +124,18 @@ fn manager_rejects_bad_input_without_writing() {
     let bad_dir = format!("--data-dir={}/sub", file.display());
     manager_fails(&env, &[&bad_dir], "data dir");
 
+    // A volume provider that is not built yet: one line naming it and what works.
+    manager_fails(
+        &env,
+        &["--volume-provider=aws", "--volume-tag=k8s.io/etcd/main"],
+        "--volume-provider=aws is not supported by this etcd-manager yet; use --volume-provider=external",
+    );
+    manager_fails(
+        &env,
+        &["--volume-provider=vsphere"],
+        "unknown volume provider 'vsphere'",
+    );
+
     // Port in use: someone else holds the peer API port.
     let ip = tests::host_ip(env.net, 1);
     let _holder = std::net::TcpListener::bind(format!("{ip}:8000")).unwrap();

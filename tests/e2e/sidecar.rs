@@ -119,6 +119,8 @@ async fn backup_only_mode_backs_up_a_plain_three_member_cluster_from_its_leader(
     }
 }
 
+/// Run as `etcd-backup` (upstream's sidecar binary, a name of ours), with
+/// upstream's flags.
 #[tokio::test(flavor = "multi_thread")]
 async fn backup_only_mode_backs_up_an_unmanaged_etcd() {
     let dir = tempfile::tempdir().unwrap();
@@ -150,15 +152,21 @@ async fn backup_only_mode_backs_up_an_unmanaged_etcd() {
         .unwrap()
         .revision;
 
-    let _sidecar = env.start_raw(
+    // Upstream's etcd-backup, with its own flags: the manager run under that name.
+    let link = dir.path().join("bin/etcd-backup");
+    std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&env.manager_bin, &link).unwrap();
+    let mut as_backup = env.clone();
+    as_backup.manager_bin = link;
+    let _sidecar = as_backup.start_raw(
         1,
         vec![
-            "--backup-only".into(),
-            "--etcd-insecure".into(),
-            format!("--etcd-endpoint={ep}"),
+            "--cluster-name=test".into(),
+            format!("--client-url={ep}"),
             format!("--backup-store={}", env.store_url),
             format!("--data-dir={}", dir.path().join("sidecar").display()),
-            "--backup-interval=2s".into(),
+            "--interval=2s".into(),
+            "--v=2".into(),
         ],
     );
     let store = backup::BackupStore::open(&env.store_url, &Default::default()).unwrap();

@@ -173,6 +173,20 @@ async fn a_cluster_with_tls_everywhere_found_through_the_store() {
         matches!(err, etcd_manager::peer::PeerError::Io { .. }),
         "{err}"
     );
+    // TLS on and gossip without a key: said at start and in status.
+    wait_for(
+        "the open gossip named in status",
+        Duration::from_secs(60),
+        || {
+            let env = env.clone();
+            async move {
+                let s = env.ctl(&["status"]).stdout;
+                (s.contains("WARNING:") && s.contains("neither authenticated nor encrypted"))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
     let metrics = env.metrics_addr(1);
     wait_for(
         "the refused handshake counted",

@@ -19,7 +19,9 @@ use tracing::Instrument;
 /// Run until `shutdown` is cancelled.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let raw = backup::BackupStore::open(&cfg.backup_store, &cfg.store_options)
+    let mut store_options = cfg.store_options.clone();
+    backup::resolve_s3_region(&cfg.backup_store, &mut store_options).await;
+    let raw = backup::BackupStore::open(&cfg.backup_store, &store_options)
         .with_context(|| "--backup-store".to_string())?;
     let store = backup::BackupStore::new(
         InstrumentedStore::wrap(raw.object_store(), raw.url()),
