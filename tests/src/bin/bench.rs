@@ -889,7 +889,10 @@ async fn p1_gossip(quick: bool, out: &mut Vec<Value>) -> anyhow::Result<()> {
         let (mut ours, mut ours_down, mut lan, mut lan_down) = (vec![], vec![], vec![], vec![]);
         for r in 0..runs {
             for lifeguard in [true, false] {
-                let port = 47100 + (r as u16 % 10) * 10;
+                // Ports of their own per run: the previous run's children are
+                // killed, not reaped, and may still hold theirs for a moment.
+                let port =
+                    47100 + n as u16 * 200 + (r as u16 % 10) * 20 + if lifeguard { 0 } else { 10 };
                 let (a, d) = gossip_detection_run(n, lifeguard, port).await?;
                 eprintln!(
                     "p1 gossip n={n} {} run {r}: not alive {a:.2} s, down {d:.2} s",
