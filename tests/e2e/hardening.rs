@@ -11,7 +11,8 @@ async fn status_json(env: &tests::ClusterEnv) -> Option<serde_json::Value> {
 
 /// A manager restarted while the store is unreachable brings its etcd back
 /// at once (it used to exit on the store probe, leaving its member down);
-/// once the store answers it leads again.
+/// once the store answers it leads again. The store is reached with kops'
+/// S3_* variables (managers and etcd-manager-ctl alike).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_local_etcd_resumes_while_the_store_is_down() {
     let dir = tempfile::tempdir().unwrap();
@@ -24,7 +25,16 @@ async fn the_local_etcd_resumes_while_the_store_is_down() {
         .await
         .unwrap();
     env.use_s3(&moto, "outage");
-    env.store_args = vec![format!("--s3-endpoint={}", gate.endpoint())];
+    // The store's settings as kops passes them: S3_* variables, no flags.
+    env.store_args = vec![];
+    env.store_env = [
+        ("S3_ENDPOINT", gate.endpoint()),
+        ("S3_REGION", "us-east-1".to_string()),
+        ("S3_ACCESS_KEY_ID", "kops".to_string()),
+        ("S3_SECRET_ACCESS_KEY", "kops".to_string()),
+    ]
+    .map(|(k, v)| (k.to_string(), v))
+    .to_vec();
     let mut m = env.start(1);
     env.configure(1, "3.5.30");
     let ep = env.client_url(1);

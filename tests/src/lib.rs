@@ -69,6 +69,7 @@ pub struct Manager {
     pub log: PathBuf,
     child: Option<std::process::Child>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     binary: PathBuf,
 }
 
@@ -84,6 +85,8 @@ pub struct ClusterEnv {
     pub backup_interval: &'static str,
     /// Store flags for managers and etcd-manager-ctl (an S3 endpoint).
     pub store_args: Vec<String>,
+    /// Environment for managers and etcd-manager-ctl (kops' S3_* variables).
+    pub store_env: Vec<(String, String)>,
 }
 
 impl ClusterEnv {
@@ -99,6 +102,7 @@ impl ClusterEnv {
             ctl_bin: PathBuf::from(ctl_bin),
             backup_interval: "15m",
             store_args: vec![],
+            store_env: vec![],
         }
     }
 
@@ -161,6 +165,7 @@ impl ClusterEnv {
             log: self.root.join(format!("manager-{host}.log")),
             child: None,
             args,
+            env: self.store_env.clone(),
             binary: self.manager_bin.clone(),
         };
         m.spawn();
@@ -182,7 +187,7 @@ impl ClusterEnv {
         let mut full = vec![format!("-backup-store={}", self.store_url)];
         full.extend(self.store_args.iter().cloned());
         full.extend(args.iter().map(|s| s.to_string()));
-        run_ctl(&self.ctl_bin, &full)
+        run_ctl_env(&self.ctl_bin, &full, &self.store_env)
     }
 }
 
@@ -194,10 +199,16 @@ pub struct CtlOutput {
 }
 
 pub fn run_ctl(bin: &Path, args: &[String]) -> CtlOutput {
+    run_ctl_env(bin, args, &[])
+}
+
+/// [`run_ctl`] with extra environment variables.
+pub fn run_ctl_env(bin: &Path, args: &[String], env: &[(String, String)]) -> CtlOutput {
     let out = std::process::Command::new(bin)
         .args(args)
         .env_remove("ETCD_MANAGER_BACKUP_STORE")
         .envs(etcd_bin_env())
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("run etcd-manager-ctl");
     CtlOutput {
@@ -304,6 +315,7 @@ impl Manager {
         let child = std::process::Command::new(&self.binary)
             .args(&self.args)
             .envs(etcd_bin_env())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 std::env::var("HARNESS_RUST_LOG").unwrap_or_else(|_| "info".into()),

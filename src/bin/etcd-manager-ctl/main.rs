@@ -224,11 +224,15 @@ async fn run(a: CtlArgs) -> anyhow::Result<String> {
             "--backup-store is required, e.g. -backup-store=file:///tmp/etcd-manager/backups/test"
         );
     };
-    let opts = StoreOptions {
-        s3_endpoint: a.s3_endpoint.clone(),
-        s3_region: a.s3_region.clone(),
-        ..Default::default()
+    // As the manager: kops' S3_* variables where no flag says otherwise.
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let mut opts = StoreOptions {
+        s3_endpoint: a.s3_endpoint.clone().or_else(|| env("S3_ENDPOINT")),
+        s3_region: a.s3_region.clone().or_else(|| env("S3_REGION")),
+        s3_access_key_id: env("S3_ACCESS_KEY_ID"),
+        s3_secret_access_key: env("S3_SECRET_ACCESS_KEY"),
     };
+    backup::resolve_s3_region(&url, &mut opts).await;
     let store = BackupStore::open(&url, &opts).context("--backup-store")?;
     match a.command.as_ref().unwrap_or(&Cmd::Get) {
         Cmd::Get => {
