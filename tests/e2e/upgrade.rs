@@ -78,6 +78,43 @@ fn watch_refusals(
     (task, stop_tx)
 }
 
+/// One manager running a one-member cluster of `version` holding /k = v.
+async fn one_member_with_data(env: &tests::ClusterEnv, version: &str) -> (tests::Manager, String) {
+    let m = env.start(1);
+    env.configure(1, version);
+    let ep = env.client_url(1);
+    tests::wait_put(
+        &format!("a member on {version}"),
+        &ep,
+        "/k",
+        "v",
+        Duration::from_secs(60),
+    )
+    .await;
+    (m, ep)
+}
+
+/// Ask for `to` and wait until the one member runs it with /k still there.
+async fn change_version_and_wait(env: &tests::ClusterEnv, ep: &str, to: &str) {
+    assert!(
+        env.ctl(&[&format!("-etcd-version={to}"), "configure-cluster"])
+            .success
+    );
+    wait_for(
+        &format!("the member on {to} with the data"),
+        Duration::from_secs(120),
+        || {
+            let (env, ep) = (env.clone(), ep.to_string());
+            async move {
+                let v = versions(&env).await;
+                let data = get(&ep, "/k").await.ok()??;
+                (v == [to] && data == "v").then_some(())
+            }
+        },
+    )
+    .await;
+}
+
 /// A rolling change on three members with a client writing all along;
 /// returns the managers' logs.
 async fn rolling(from: &str, to: &str) -> String {
@@ -266,35 +303,9 @@ async fn two_minor_jump_goes_by_dump_and_restore_3_3_to_3_5() {
 async fn minor_downgrade_goes_by_dump_and_restore_3_5_to_3_4() {
     let dir = tempfile::tempdir().unwrap();
     let env = crate::env(&dir);
-    let _m = env.start(1);
-    env.configure(1, "3.5.30");
-    let ep = env.client_url(1);
-    tests::wait_put(
-        "a member on 3.5.30",
-        &ep,
-        "/k",
-        "v",
-        Duration::from_secs(60),
-    )
-    .await;
+    let (_m, ep) = one_member_with_data(&env, "3.5.30").await;
     let (watcher, stop) = watch_refusals(ep.clone());
-    assert!(
-        env.ctl(&["-etcd-version=3.4.23", "configure-cluster"])
-            .success
-    );
-    wait_for(
-        "the member on 3.4.23 with the data",
-        Duration::from_secs(120),
-        || {
-            let (env, ep) = (env.clone(), ep.clone());
-            async move {
-                let v = versions(&env).await;
-                let data = get(&ep, "/k").await.ok()??;
-                (v == ["3.4.23"] && data == "v").then_some(())
-            }
-        },
-    )
-    .await;
+    change_version_and_wait(&env, &ep, "3.4.23").await;
     stop.send(true).unwrap();
     assert!(
         watcher.await.unwrap() > 0,
@@ -310,34 +321,8 @@ async fn minor_downgrade_goes_by_dump_and_restore_3_5_to_3_4() {
 async fn two_minors_up_by_dump_and_restore_and_a_3_7_downgrade_refused() {
     let dir = tempfile::tempdir().unwrap();
     let env = crate::env(&dir);
-    let _m = env.start(1);
-    env.configure(1, "3.5.30");
-    let ep = env.client_url(1);
-    tests::wait_put(
-        "a member on 3.5.30",
-        &ep,
-        "/k",
-        "v",
-        Duration::from_secs(60),
-    )
-    .await;
-    assert!(
-        env.ctl(&["-etcd-version=3.7.3", "configure-cluster"])
-            .success
-    );
-    wait_for(
-        "the member on 3.7.3 with the data",
-        Duration::from_secs(120),
-        || {
-            let (env, ep) = (env.clone(), ep.clone());
-            async move {
-                let v = versions(&env).await;
-                let data = get(&ep, "/k").await.ok()??;
-                (v == ["3.7.3"] && data == "v").then_some(())
-            }
-        },
-    )
-    .await;
+    let (_m, ep) = one_member_with_data(&env, "3.5.30").await;
+    change_version_and_wait(&env, &ep, "3.7.3").await;
     let c = etcd::EtcdClient::connect(std::slice::from_ref(&ep), Duration::from_secs(3))
         .await
         .unwrap();
