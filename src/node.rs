@@ -886,6 +886,20 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// Every id we draw passes the identifier check (base64url ids may start
+    /// with '-' or '_'; refusing those made one node in 32 invisible).
+    #[test]
+    fn drawn_node_ids_are_valid_identifiers() {
+        for _ in 0..2000 {
+            let id = new_node_id();
+            assert_eq!(
+                etcd::check_ident(etcd::IdentKind::NodeId, &id),
+                Ok(()),
+                "{id}"
+            );
+        }
+    }
+
     #[test]
     fn trashcan_keeps_the_newest_entries() {
         let dir = tempfile::tempdir().unwrap();
@@ -1182,7 +1196,7 @@ mod fencing_tests {
         let n = node(dir.path(), &store);
         let victim = dir.path().join("victim.db");
         std::fs::write(&victim, b"keep me").unwrap();
-        for token in ["../x", "..", "a/b", "", "-rf"] {
+        for token in ["../x", "..", "a/b", "", ".hidden"] {
             let req = Request::RestoreBackup(crate::peer::RestoreBackup {
                 fence: fence("l", 1, 1),
                 cluster_token: token.into(),

@@ -2,11 +2,13 @@
 //! the state file) and end up in paths, etcd member names or log lines.
 //!
 //! One check for all of them: 1 to [`MAX_IDENT_LEN`] characters of
-//! `[A-Za-z0-9_.-]`, not starting with `-` or `.`. That covers our node ids
-//! (22 characters of base64url), cluster tokens, member names and upstream's
-//! volume names (`metal.k8s.local--main--0`), and rules out `/`, `.`, `..`,
-//! whitespace, control characters and option-looking values, so a checked
-//! identifier joined into a path stays one path segment.
+//! `[A-Za-z0-9_.-]`, not starting with `.`. That covers our node ids (22
+//! characters of base64url, which may start with `-` or `_`), cluster tokens,
+//! member names and upstream's volume names (`metal.k8s.local--main--0`), and
+//! rules out `/`, `.`, `..`, hidden names, whitespace and control
+//! characters, so a checked identifier joined into a path stays one path
+//! segment. (Identifiers are passed to etcd's tools only as values of flags,
+//! never where a leading `-` could read as an option.)
 
 /// Longest identifier accepted.
 pub const MAX_IDENT_LEN: usize = 128;
@@ -56,8 +58,8 @@ pub fn check_ident(kind: IdentKind, value: &str) -> Result<(), InvalidIdent> {
     if value.len() > MAX_IDENT_LEN {
         return Err(fail("is longer than 128 characters"));
     }
-    if value.starts_with('-') || value.starts_with('.') {
-        return Err(fail("starts with '-' or '.'"));
+    if value.starts_with('.') {
+        return Err(fail("starts with '.'"));
     }
     if !value
         .bytes()
@@ -81,6 +83,8 @@ mod tests {
             "a",
             "metal.k8s.local--main--0",
             "a..b",
+            "-dwVI8-aeZj3UYvqeWzZlf",
+            "_F_55cFZuwPlyz8ClPwl7d",
             &"x".repeat(128),
         ] {
             assert_eq!(check_ident(IdentKind::ClusterToken, ok), Ok(()), "{ok}");
@@ -91,7 +95,6 @@ mod tests {
             ".",
             "../x",
             "a/b",
-            "-rf",
             "a b",
             "a\nb",
             ".hidden",

@@ -130,9 +130,12 @@ async fn rolling(from: &str, to: &str) -> String {
         .success
     );
     let ep = env.client_url(1);
+    // Three members join one at a time (each a learner first, promoted once
+    // caught up, behind etcd's 5 s strict reconfiguration check).
+    let formed = std::time::Instant::now();
     wait_for(
         &format!("three healthy voters on {from}"),
-        Duration::from_secs(60),
+        Duration::from_secs(120),
         || {
             let ep = ep.clone();
             let env = env.clone();
@@ -149,6 +152,10 @@ async fn rolling(from: &str, to: &str) -> String {
         },
     )
     .await;
+    println!(
+        "three voters on {from} after {:.1} s",
+        formed.elapsed().as_secs_f64()
+    );
     let store = backup::BackupStore::open(&env.store_url, &Default::default()).unwrap();
     let backups_before = store.list_backups().await.unwrap().len();
     let (writer, stop) = start_writer(&env);
