@@ -775,7 +775,7 @@ impl TryFrom<Args> for Config {
             Some(data_dir.join("discovery"))
         } else if a.seeds.is_empty()
             && static_config.is_none()
-            && volume == VolumeSource::DataDir(data_dir.clone())
+            && matches!(volume, VolumeSource::DataDir(_))
         {
             Some(a.discovery_dir.clone())
         } else {

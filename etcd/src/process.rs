@@ -213,7 +213,12 @@ async fn supervise(
         tokio::select! {
             _ = log_check.tick() => {
                 if let Some(path) = &launch.log_file {
-                    match rotate_log(path, MAX_LOG_BYTES) {
+                    // Copying up to 64 MiB: off the async runtime.
+                    let p = path.clone();
+                    let rotated = tokio::task::spawn_blocking(move || rotate_log(&p, MAX_LOG_BYTES))
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+                    match rotated {
                         Ok(true) => tracing::info!(member = %launch.name, path = %path.display(), max_bytes = MAX_LOG_BYTES, "rotated etcd's log"),
                         Ok(false) => {}
                         Err(e) => tracing::warn!(member = %launch.name, path = %path.display(), error = %e, "cannot rotate etcd's log"),
