@@ -183,6 +183,22 @@ fn etcdctl(h: usize, certs: &Path, args: &[&str]) -> Result<String, String> {
         .args(args))
 }
 
+/// Prints every host's console when the test fails: the only trace of what
+/// the managers and their etcds did, since the temporary folder goes with it.
+struct Consoles(PathBuf, usize);
+
+impl Drop for Consoles {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for h in 1..=self.1 {
+                let text = std::fs::read_to_string(self.0.join(format!("console-{h}.log")))
+                    .unwrap_or_default();
+                eprintln!("===== console of host {h} =====\n{text}");
+            }
+        }
+    }
+}
+
 fn is_root() -> bool {
     // The effective uid, from /proc (no extra nix features for one test).
     std::fs::read_to_string("/proc/self/status")
@@ -240,6 +256,7 @@ async fn kops_metal_manifest_runs_unchanged_on_three_hosts() {
         std::fs::write(hr.join("etc/hosts"), "127.0.0.1\tlocalhost\n").unwrap();
     }
     let _hosts = Hosts::up(n);
+    let _consoles = Consoles(root.to_path_buf(), n);
     let args = metal_args(n, Path::new(env!("CARGO_BIN_EXE_etcd-manager")));
     let mut children: Vec<_> = (1..=n).map(|h| start(root, h, &args, &pki)).collect();
 
@@ -258,6 +275,21 @@ async fn kops_metal_manifest_runs_unchanged_on_three_hosts() {
                             && m["isLearner"].as_bool() != Some(true)
                     }))
                 .then_some(ms)
+            }
+        },
+    )
+    .await;
+    // Members leave quarantine (client port 3994 -> 4001) one restart at a
+    // time: every host's own etcd must answer on 4001 before it is asked.
+    wait_for(
+        "every host's etcd serving on https://127.0.0.1:4001",
+        Duration::from_secs(60),
+        || {
+            let certs = certs.clone();
+            async move {
+                (1..=n)
+                    .all(|h| etcdctl(h, &certs, &["endpoint", "health"]).is_ok())
+                    .then_some(())
             }
         },
     )
