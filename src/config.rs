@@ -211,7 +211,7 @@ pub struct Args {
     #[arg(long, env = "ETCD_MANAGER_S3_ENDPOINT")]
     pub s3_endpoint: Option<String>,
 
-    /// S3 region [env: S3_REGION, then AWS_REGION; default us-east-1].
+    /// S3 region [env: S3_REGION; else the bucket's own answer, then AWS_REGION, then us-east-1].
     #[arg(long, env = "ETCD_MANAGER_S3_REGION")]
     pub s3_region: Option<String>,
 

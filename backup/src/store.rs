@@ -178,39 +178,85 @@ fn hex(d: impl AsRef<[u8]>) -> String {
     hex::encode(d)
 }
 
-/// An `s3://` store on AWS itself (no S3 endpoint) with no region from the
-/// flags, `S3_REGION`, `AWS_REGION` or `AWS_DEFAULT_REGION`: ask S3 for the
-/// bucket's region (its HeadBucket answer), as kops' tooling does, and fill
-/// it in. Any failure leaves the options as they are (the default region is
-/// used, and S3 redirects say what is wrong). Not exercised here (no network
-/// to AWS); a custom endpoint takes `S3_REGION` or the default.
+/// An `s3://` store with no region from the flags or `S3_REGION`: ask S3
+/// where the bucket lives (`x-amz-bucket-region` on its HeadBucket answer,
+/// sent even with 301 or 403), as kops' tooling does, and fill it in. On AWS
+/// the question goes to the bucket's own host; with an S3 endpoint, to
+/// `<endpoint>/<bucket>`. A failure leaves the options as they were
+/// (`AWS_REGION`, `AWS_DEFAULT_REGION`, then us-east-1) and says so once.
 pub async fn resolve_s3_region(url: &str, opts: &mut StoreOptions) {
     let Ok(parsed) = url::Url::parse(url) else {
         return;
     };
-    if parsed.scheme() != "s3" || opts.s3_endpoint.is_some() || opts.s3_region.is_some() {
-        return;
-    }
-    if ["AWS_REGION", "AWS_DEFAULT_REGION"]
-        .iter()
-        .any(|k| std::env::var(k).is_ok_and(|v| !v.is_empty()))
-    {
+    if parsed.scheme() != "s3" || opts.s3_region.is_some() {
         return;
     }
     let Some(bucket) = parsed.host_str().filter(|b| !b.is_empty()) else {
         return;
     };
-    let options =
-        object_store::ClientOptions::new().with_timeout(std::time::Duration::from_secs(10));
-    match object_store::aws::resolve_bucket_region(bucket, &options).await {
+    match bucket_region(opts.s3_endpoint.as_deref(), bucket).await {
         Ok(region) => {
             tracing::info!(bucket, region = %region, "found the bucket's region");
             opts.s3_region = Some(region);
         }
         Err(e) => {
-            tracing::warn!(bucket, error = %e, "cannot find the bucket's region; set S3_REGION or AWS_REGION")
+            tracing::warn!(bucket, error = %e, "cannot find the bucket's region; set S3_REGION (or AWS_REGION) if requests fail")
         }
     }
+}
+
+/// The region S3 names for `bucket` (HeadBucket's `x-amz-bucket-region`),
+/// asked of `endpoint` (path style) or of AWS. Ten seconds at most; the
+/// answer must look like a region name.
+pub async fn bucket_region(
+    endpoint: Option<&str>,
+    bucket: &str,
+) -> std::result::Result<String, String> {
+    let target = match endpoint {
+        Some(ep) => format!("{}/{bucket}", ep.trim_end_matches('/')),
+        // S3's wildcard certificate covers one label: dotted names go path style.
+        None if bucket.contains('.') => format!("https://s3.amazonaws.com/{bucket}"),
+        None => format!("https://{bucket}.s3.amazonaws.com"),
+    };
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    let resp = client
+        .head(&target)
+        .send()
+        .await
+        .map_err(|e| format!("HEAD {target}: {e}"))?;
+    let status = resp.status();
+    match resp.headers().get("x-amz-bucket-region") {
+        Some(v) => {
+            let region = v
+                .to_str()
+                .ok()
+                .filter(|r| is_region_name(r))
+                .ok_or_else(|| {
+                    format!("HEAD {target}: x-amz-bucket-region is not a region name")
+                })?;
+            Ok(region.to_string())
+        }
+        None if status == reqwest::StatusCode::NOT_FOUND => {
+            Err(format!("HEAD {target}: no such bucket (404)"))
+        }
+        None => Err(format!(
+            "HEAD {target}: answered {status} without x-amz-bucket-region"
+        )),
+    }
+}
+
+/// `eu-west-2`, `us-gov-west-1`, `cn-north-1`: lowercase letters, digits and
+/// dashes, at most 32 characters.
+fn is_region_name(r: &str) -> bool {
+    !r.is_empty()
+        && r.len() <= 32
+        && r.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !r.starts_with('-')
 }
 
 impl BackupStore {

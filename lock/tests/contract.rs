@@ -847,7 +847,8 @@ struct Moto {
 }
 
 impl Moto {
-    /// None when `moto_server` is not on PATH.
+    /// None when `moto_server` is not on PATH, outside CI; under `CI=true`
+    /// a missing server fails the test.
     async fn start() -> Option<Moto> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -861,7 +862,13 @@ impl Moto {
             .spawn()
         {
             Ok(child) => child,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "moto_server is not on PATH (scripts/setup.sh installs it)"
+                );
+                return None;
+            }
             Err(e) => panic!("could not start moto_server: {e}"),
         };
         let moto = Moto { child, port };

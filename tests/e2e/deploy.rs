@@ -506,7 +506,7 @@ fn systemd_units_pass_systemd_analyze_verify() {
             .map(|d| d.join("systemd-analyze"))
             .find(|p| p.is_file())
     }) else {
-        println!("skipped: systemd-analyze not found (apt-get install systemd)");
+        tests::tool_missing("systemd-analyze not found (apt-get install systemd)");
         return;
     };
     let dir = tempfile::tempdir().unwrap();

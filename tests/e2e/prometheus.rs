@@ -78,7 +78,7 @@ async fn alert_state(prom: &str, name: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_sees_one_leader_and_the_backup_age_alert() {
     let Some(bin) = which("prometheus") else {
-        println!("skipped: prometheus not found (scripts/test.sh installs it)");
+        tests::tool_missing("prometheus not found (scripts/test.sh installs it)");
         return;
     };
     let dir = tempfile::tempdir().unwrap();

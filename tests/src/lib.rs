@@ -46,6 +46,16 @@ where
     }
 }
 
+/// A tool a test needs is missing: under `CI=true` that fails the test
+/// (CI installs everything), elsewhere the test says why it skips.
+pub fn tool_missing(what: &str) {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{what} (CI=true: a missing tool fails)"
+    );
+    println!("skipped: {what}");
+}
+
 static NEXT_NET: AtomicU32 = AtomicU32::new(0);
 
 /// A /24 of loopback addresses of its own for one test: 127.<n>.<x>.1..

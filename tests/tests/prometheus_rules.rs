@@ -47,7 +47,7 @@ fn run_promtool(promtool: &Path, args: &[&str], cwd: &Path) -> String {
 #[test]
 fn alert_rules_pass_promtool_check_and_unit_tests() {
     let Some(promtool) = promtool() else {
-        println!("skipped: promtool not found (scripts/test.sh installs it)");
+        tests::tool_missing("promtool not found (scripts/test.sh installs it)");
         return;
     };
     let dir = prometheus_dir();
@@ -140,7 +140,7 @@ fn dashboard_is_json_and_its_queries_pass_promtool() {
         assert!(joined.contains(metric), "the dashboard shows no {metric}");
     }
     let Some(promtool) = promtool() else {
-        println!("skipped: promtool not found (scripts/test.sh installs it)");
+        tests::tool_missing("promtool not found (scripts/test.sh installs it)");
         return;
     };
     // Grafana's variables replaced by values, each query made a recording
