@@ -2,8 +2,9 @@
 # Install what building and testing etcd-manager needs, when missing:
 # protoc (etcd-client's build), python3-venv, the etcd versions the tests use
 # (Debian's, and 3.5.35, 3.6.16 and 3.7.3 built from etcd's Go modules with
-# the machine's Go: about 3 minutes the first time, cached after), and moto
-# (an S3 server for tests) in .venv/. Idempotent; safe to re-run.
+# the machine's Go: about 3 minutes the first time, cached after), moto
+# (an S3 server for tests) in .venv/ and Azurite (an Azure blob storage
+# emulator) in .azurite/. Idempotent; safe to re-run.
 #
 #   scripts/setup.sh            everything the tests need
 #   scripts/setup.sh --demo     only what the demo needs (protoc, etcd 3.6.16)
@@ -39,6 +40,8 @@ if [ $demo = 0 ]; then
   # promtool checks the alert rules; systemd-analyze checks the units.
   command -v promtool >/dev/null 2>&1 || apt_missing+=(prometheus)
   command -v systemd-analyze >/dev/null 2>&1 || apt_missing+=(systemd)
+  # npm installs Azurite, the Azure blob storage emulator.
+  command -v npm >/dev/null 2>&1 || apt_missing+=(npm)
 fi
 if [ ${#apt_missing[@]} -gt 0 ]; then
   say "installing ${apt_missing[*]}"
@@ -68,5 +71,9 @@ if [ $demo = 0 ]; then
     python3 -m venv .venv
     .venv/bin/pip install -q 'moto[server]' >&2
   fi
-  echo "export PATH=$PWD/.venv/bin:\$PATH"
+  if [ ! -x .azurite/node_modules/.bin/azurite-blob ]; then
+    say "installing Azurite 3.37.0 (Azure blob storage emulator for tests) into .azurite/"
+    npm install --prefix .azurite --no-audit --no-fund --silent azurite@3.37.0 >&2
+  fi
+  echo "export PATH=$PWD/.venv/bin:$PWD/.azurite/node_modules/.bin:\$PATH"
 fi

@@ -115,7 +115,7 @@ pub struct BackupStore {
     url: String,
 }
 
-const ACCEPTED: &str = "use file:///absolute/path, s3://bucket/prefix, gs://bucket/prefix or memory://name (memfs://name)";
+const ACCEPTED: &str = "use file:///absolute/path, s3://bucket/prefix, gs://bucket/prefix, azureblob://container/prefix or memory://name (memfs://name)";
 
 /// Parse `2019-05-07T18:28:01Z-000977` into its time and sequence.
 pub fn parse_backup_name(name: &str) -> Option<(DateTime<Utc>, u32)> {
@@ -334,10 +334,39 @@ impl BackupStore {
                     url.to_string(),
                 ))
             }
-            "azureblob" | "az" | "abfs" | "abfss" => Err(bad(
-                "Azure Blob Storage is not supported yet (its conditional writes, which the leader lease needs, were not tested here); \
-                 use s3://, gs:// or file://"
-                    .into(),
+            // kops' Azure store: azureblob://<container>/<prefix>, the
+            // account in AZURE_STORAGE_ACCOUNT (kops) or
+            // AZURE_STORAGE_ACCOUNT_NAME, credentials as object_store reads
+            // them (account key, service principal, managed identity), an
+            // endpoint in AZURE_STORAGE_ENDPOINT for Azure-compatible stores.
+            "azureblob" => {
+                let container = parsed.host_str().filter(|b| !b.is_empty()).ok_or_else(|| {
+                    bad("no container (write azureblob://container/prefix)".into())
+                })?;
+                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_container_name(container);
+                let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+                if env("AZURE_STORAGE_ACCOUNT_NAME").is_none() {
+                    let account = env("AZURE_STORAGE_ACCOUNT").ok_or_else(|| {
+                        bad("no storage account: set AZURE_STORAGE_ACCOUNT (as kops does)".into())
+                    })?;
+                    b = b.with_account(account);
+                }
+                if ["AZURE_STORAGE_ENDPOINT", "AZURE_ENDPOINT"]
+                    .iter()
+                    .filter_map(|k| env(k))
+                    .any(|e| e.starts_with("http://"))
+                {
+                    b = b.with_allow_http(true);
+                }
+                let az = b
+                    .with_retry(store_retry())
+                    .build()
+                    .map_err(|e| bad(format!("{e}")))?;
+                Ok(Self::new(Arc::new(az), Path::from(prefix), url.to_string()))
+            }
+            "az" | "abfs" | "abfss" => Err(bad(
+                "write Azure Blob Storage as kops does: azureblob://container/prefix".into(),
             )),
             "swift" => Err(bad(
                 "OpenStack Swift is not supported; use s3:// (Swift's S3 API) or file://".into(),

@@ -243,6 +243,30 @@ async fn contract_s3_on_moto() {
     contract(store, tmp.path()).await;
 }
 
+#[allow(dead_code)] // only some of the helper is used here
+#[path = "../../tests/src/azurite.rs"]
+mod azurite;
+
+/// The store's contract on Azure Blob Storage (Azurite), opened from an
+/// azureblob:// URL the way a manager does it: `BackupStore::open` reads the
+/// account, key and endpoint from the environment, which a test cannot set
+/// for one thread; so the same client is built from the same values here,
+/// and the e2e test runs `open` in a manager process.
+#[tokio::test]
+async fn contract_azure_on_azurite() {
+    let Some(az) = azurite::Azurite::start().await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    az.create_container("backups").await;
+    let store = BackupStore::new(
+        Arc::new(az.store("backups")),
+        Path::from("cluster.example.com/backups/etcd/main"),
+        "azureblob://backups/cluster.example.com/backups/etcd/main".into(),
+    );
+    contract(store, tmp.path()).await;
+}
+
 /// No region given: the store asks S3 where the bucket lives (HeadBucket's
 /// x-amz-bucket-region, here from moto) and uses that; a missing bucket or
 /// a server that does not answer leaves the options alone and says why.

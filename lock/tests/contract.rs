@@ -794,6 +794,20 @@ async fn contract_s3_moto() {
     contract(Arc::new(store)).await;
 }
 
+#[allow(dead_code)] // only some of the helper is used here
+#[path = "../../tests/src/azurite.rs"]
+mod azurite;
+
+/// Azure Blob Storage (Azurite): `PutMode::Create` is `If-None-Match: *`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn contract_azure_azurite() {
+    let Some(az) = azurite::Azurite::start().await else {
+        return;
+    };
+    az.create_container(BUCKET).await;
+    contract(Arc::new(az.store(BUCKET))).await;
+}
+
 #[test]
 fn config_validation() {
     assert!(LeaseConfig::default().validate().is_ok());

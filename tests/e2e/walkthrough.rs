@@ -289,3 +289,39 @@ async fn grow_to_three_back_up_and_survive_a_lost_member() {
         "manager 2 exits cleanly on SIGTERM"
     );
 }
+
+/// Three managers whose store is Azure Blob Storage (Azurite), reached from
+/// an `azureblob://` URL and the variables a user sets: the lease (its
+/// conditional creates) elects one leader, the cluster forms, and a backup
+/// lands in the container, listed by etcd-manager-ctl.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_members_on_azure_blob_storage() {
+    let Some(az) = tests::azurite::Azurite::start().await else {
+        return;
+    };
+    az.create_container("etcd").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = crate::env(&dir);
+    env.use_azure(&az, "etcd");
+    let _ms: Vec<_> = (1..=3).map(|h| env.start(h)).collect();
+    env.configure(3, "3.5.30");
+    let eps: Vec<String> = (1..=3).map(|h| env.client_url(h)).collect();
+    tests::wait_voters("three voters with an Azure store", &eps, 3, None).await;
+    tests::wait_put("a write", &eps[0], "/azure", "yes", Duration::from_secs(30)).await;
+    let out = env.ctl(&["backup-now", "--timeout=30s"]);
+    assert!(out.success, "{}", out.stderr);
+    let name = out.stdout.trim().to_string();
+    let listed = env.ctl(&["list-backups"]);
+    assert!(listed.success, "{}", listed.stderr);
+    assert!(
+        listed.stdout.lines().any(|l| l == name),
+        "{name} not in\n{}",
+        listed.stdout
+    );
+    // The objects are in the container, in upstream's layout.
+    let store = az.store("etcd");
+    let meta = object_store::path::Path::from(format!("cluster/main/{name}/_etcd_backup.meta"));
+    object_store::ObjectStoreExt::head(&store, &meta)
+        .await
+        .unwrap_or_else(|e| panic!("{meta} in the container: {e}"));
+}

@@ -2,6 +2,8 @@
 //! dirs on 127.0.x.y, with waits on conditions and deadlines (never bare
 //! sleeps), and cleanup that kills whole process groups even when a test fails.
 
+pub mod azurite;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -120,6 +122,14 @@ impl ClusterEnv {
     pub fn use_s3(&mut self, moto: &Moto, bucket: &str) {
         self.store_url = format!("s3://{bucket}/cluster/main");
         self.store_args = vec![format!("--s3-endpoint={}", moto.endpoint())];
+    }
+
+    /// Use container `container` of an [`azurite::Azurite`] store, through
+    /// the variables a user sets (account, key, endpoint).
+    pub fn use_azure(&mut self, az: &azurite::Azurite, container: &str) {
+        self.store_url = format!("azureblob://{container}/cluster/main");
+        self.store_args = vec![];
+        self.store_env = az.env();
     }
 
     pub fn store_path(&self) -> PathBuf {
