@@ -136,6 +136,20 @@ pub struct Observation {
     pub unhealthy_since: std::collections::BTreeMap<u64, Instant>,
     /// How long a member may be unhealthy before it is replaced.
     pub replace_grace: Duration,
+    /// The v2 store checks this leader ran, by peer id (see
+    /// [`Action::CheckV2Store`]).
+    pub v2store: std::collections::BTreeMap<String, V2StoreCheck>,
+}
+
+/// One member's `etcdutl check v2store`, as this leader got it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum V2StoreCheck {
+    /// Nothing but etcd's own v2 entries.
+    Clean,
+    /// Custom v2 content (the tool's words): etcd 3.6 would drop it.
+    Custom(String),
+    /// The check could not run (the reason); retried after a while.
+    Failed(String),
 }
 
 /// What the leader does next.
@@ -217,6 +231,11 @@ pub enum Action {
     },
     /// The on-demand backup is done: remove the request.
     ClearBackupRequest,
+    /// Check a copy of these peers' data for custom v2 content (before a
+    /// 3.5 cluster moves to 3.6, which has no v2 store).
+    CheckV2Store {
+        peers: Vec<String>,
+    },
 }
 
 impl Action {
@@ -240,6 +259,7 @@ impl Action {
             Action::QueueRestore { .. } => "queue_restore",
             Action::UpgradeMember { .. } => "upgrade_member",
             Action::ClearBackupRequest => "clear_backup_request",
+            Action::CheckV2Store { .. } => "check_v2store",
         }
     }
 
@@ -721,6 +741,55 @@ pub fn unsupported_downgrade(from: &[&str], target: &str) -> Option<String> {
     })
 }
 
+/// Before any member below 3.6 moves to 3.6 or later: every such member's
+/// data checked for custom v2 content (etcd's 3.5 -> 3.6 guide). Checks not
+/// run yet are asked for; a member with custom content, or one whose check
+/// failed, blocks the change with the reason. None: nothing to check or
+/// every check is clean. Pure.
+pub fn v2store_gate(obs: &Observation, target: &str, peers: &[&PeerView]) -> Option<Plan> {
+    let to = target.parse::<etcd::EtcdVersion>().ok()?;
+    if !(to.major == 3 && to.minor >= 6) {
+        return None;
+    }
+    let before_3_6: Vec<&PeerView> = peers
+        .iter()
+        .copied()
+        .filter(|p| {
+            p.etcd_version()
+                .and_then(|v| v.parse::<etcd::EtcdVersion>().ok())
+                .is_some_and(|v| v.major == 3 && v.minor < 6)
+        })
+        .collect();
+    let mut missing = Vec::new();
+    for p in &before_3_6 {
+        match obs.v2store.get(&p.id) {
+            Some(V2StoreCheck::Clean) => {}
+            Some(V2StoreCheck::Custom(what)) => {
+                let from = p.etcd_version().unwrap_or("?");
+                return Some(Plan::wait(WaitReason::UpgradePathBlocked {
+                    reason: format!(
+                        "{from} -> {target}: the data of peer {} holds custom v2 content ({what}); \
+                         etcd 3.6 has no v2 store and would drop it. Nothing was changed. Move that \
+                         data to the v3 API or delete it (etcd 3.5 with --enable-v2, then \
+                         `etcdctl --api=v2 rm`), or set the version back to {from}",
+                        p.id
+                    ),
+                }));
+            }
+            Some(V2StoreCheck::Failed(e)) => {
+                return Some(Plan::wait(WaitReason::UpgradePathBlocked {
+                    reason: format!(
+                        "-> {target}: cannot check the v2 store of peer {} before the move to 3.6: {e}",
+                        p.id
+                    ),
+                }));
+            }
+            None => missing.push(p.id.clone()),
+        }
+    }
+    (!missing.is_empty()).then(|| Plan::act(vec![Action::CheckV2Store { peers: missing }]))
+}
+
 /// Versions the members run (from their peers) and the cluster reports.
 fn member_versions<'a>(
     obs: &'a Observation,
@@ -760,6 +829,10 @@ fn dump_and_restore(
             healthy: members.iter().filter(|m| m.healthy).count(),
             voters: members.iter().filter(|m| !m.is_learner).count(),
         }));
+    }
+    let movers: Vec<&PeerView> = members.iter().filter_map(|m| peer_of(obs, m)).collect();
+    if let Some(plan) = v2store_gate(obs, target, &movers) {
+        return Some(plan);
     }
     let ready = obs.peers.iter().filter(|p| p.has_version(target)).count();
     if ready < quorum(spec.member_count as usize) {
@@ -833,6 +906,10 @@ fn version_change(
             healthy: members.iter().filter(|m| m.healthy).count(),
             voters: members.iter().filter(|m| !m.is_learner).count(),
         }));
+    }
+    let movers: Vec<&PeerView> = behind.iter().map(|(_, p)| *p).collect();
+    if let Some(plan) = v2store_gate(obs, target, &movers) {
+        return Some(plan);
     }
     let (_, peer) = behind
         .iter()

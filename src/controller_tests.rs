@@ -82,6 +82,7 @@ fn obs(member_count: i32, peers: Vec<PeerView>, members: Option<Vec<MemberView>>
         allow_new_cluster: false,
         unhealthy_since: Default::default(),
         replace_grace: Duration::from_secs(60),
+        v2store: Default::default(),
     }
 }
 
@@ -902,7 +903,13 @@ const KNOWN: &[&str] = &[
 
 /// Three healthy members on `from`, spec on `to`, every version installed
 /// everywhere except `missing`; the first plan.
+/// The plan for `from` -> `to` on three members, every v2 store check clean.
 fn plan_for(from: &str, to: &str, missing: &[&str]) -> Plan {
+    plan_with_v2(from, to, missing, Some(V2StoreCheck::Clean))
+}
+
+/// The same with each member's v2 store check as given (None: not run).
+fn plan_with_v2(from: &str, to: &str, missing: &[&str], v2: Option<V2StoreCheck>) -> Plan {
     let installed: Vec<String> = KNOWN
         .iter()
         .filter(|v| !missing.contains(v))
@@ -929,6 +936,12 @@ fn plan_for(from: &str, to: &str, missing: &[&str]) -> Plan {
     }
     if let Some(s) = o.spec.as_mut() {
         s.etcd_version = to.into();
+    }
+    if let Some(c) = v2 {
+        o.v2store = ["a", "b", "c"]
+            .iter()
+            .map(|id| (id.to_string(), c.clone()))
+            .collect();
     }
     reconcile(&o)
 }
@@ -989,6 +1002,30 @@ fn the_version_planner_covers_every_pair_of_known_versions() {
             }
         }
     }
+    // Below 3.6 to 3.6+: nothing moves before every member's v2 store is
+    // checked (rolling or by dump and restore); 3.6 -> 3.7 checks nothing.
+    for from in KNOWN {
+        for to in KNOWN {
+            let (f, t) = (v(from), v(to));
+            let plan = plan_with_v2(from, to, &[], None);
+            let stone = t.minor == 6 && f.minor == 5 && f < MIN_3_5_FOR_3_6;
+            if f.minor < 6 && t.minor >= 6 && !stone {
+                assert_eq!(
+                    plan.actions,
+                    vec![Action::CheckV2Store {
+                        peers: vec!["a".into(), "b".into(), "c".into()]
+                    }],
+                    "{from} -> {to}: v2 store checks first"
+                );
+            } else {
+                assert_eq!(
+                    plan.actions,
+                    plan_for(from, to, &[]).actions,
+                    "{from} -> {to}: no v2 store check"
+                );
+            }
+        }
+    }
     // 3.5.30 -> 3.6.16 with no 3.5.32+ installed: refused, nothing changes.
     let plan = plan_for("3.5.30", "3.6.16", &["3.5.35"]);
     assert!(plan.actions.is_empty(), "{plan:?}");
@@ -1000,5 +1037,79 @@ fn the_version_planner_covers_every_pair_of_known_versions() {
     let plan = plan_for("3.5.35", "3.6.16", &[]);
     assert!(
         matches!(&plan.actions[..], [_, Action::UpgradeMember { version, .. }] if version == "3.6.16")
+    );
+}
+
+/// Custom v2 content on any member, or a check that could not run, blocks
+/// the move to 3.6 with the reason, and nothing is changed; a member whose
+/// check is missing is checked (only that one).
+#[test]
+fn custom_v2_content_blocks_the_move_to_3_6() {
+    for to in ["3.6.16", "3.7.3"] {
+        let plan = plan_with_v2(
+            "3.5.35",
+            to,
+            &[],
+            Some(V2StoreCheck::Custom(
+                "detected custom content in v2store".into(),
+            )),
+        );
+        assert!(plan.actions.is_empty(), "{to}: {plan:?}");
+        assert!(
+            matches!(&plan.waits[..], [WaitReason::UpgradePathBlocked { reason }]
+                if reason.contains("custom v2 content") && reason.contains("Nothing was changed")
+                    && reason.contains("set the version back to 3.5.35")),
+            "{to}: {plan:?}"
+        );
+        let plan = plan_with_v2(
+            "3.5.35",
+            to,
+            &[],
+            Some(V2StoreCheck::Failed("etcdutl missing".into())),
+        );
+        assert!(plan.actions.is_empty(), "{to}: {plan:?}");
+        assert!(
+            matches!(&plan.waits[..], [WaitReason::UpgradePathBlocked { reason }]
+                if reason.contains("cannot check the v2 store") && reason.contains("etcdutl missing")),
+            "{to}: {plan:?}"
+        );
+    }
+    // One member not checked yet (a new leader mid-way): only that one.
+    let mut o = {
+        let peers: Vec<PeerView> = ["a", "b", "c"]
+            .iter()
+            .map(|id| {
+                let mut p = on_version(running(id, false), "3.5.35");
+                if let Some(i) = p.info.as_mut() {
+                    i.installed_versions = KNOWN.iter().map(|v| v.to_string()).collect();
+                }
+                p
+            })
+            .collect();
+        obs(
+            3,
+            peers,
+            Some(vec![
+                member(1, "a", true),
+                member(2, "b", true),
+                member(3, "c", true),
+            ]),
+        )
+    };
+    if let Some(c) = o.cluster.as_mut() {
+        c.versions = vec!["3.5.35".into()];
+    }
+    if let Some(s) = o.spec.as_mut() {
+        s.etcd_version = "3.6.16".into();
+    }
+    o.v2store = [("a", V2StoreCheck::Clean), ("c", V2StoreCheck::Clean)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    assert_eq!(
+        reconcile(&o).actions,
+        vec![Action::CheckV2Store {
+            peers: vec!["b".into()]
+        }]
     );
 }

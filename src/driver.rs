@@ -108,6 +108,8 @@ impl PeerPayload {
 
 const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 use crate::peer::{JOIN_TIMEOUT, RESTORE_TIMEOUT};
+/// A failed v2 store check is run again after this long.
+const V2STORE_RETRY: Duration = Duration::from_secs(60);
 const ETCD_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest pause between passes while the leader waits for something
 /// (a member's grace period, a learner catching up) or a candidate for the
@@ -194,6 +196,8 @@ pub struct Driver {
     /// The backup this leader took last (a dump-and-restore restores it).
     last_backup_name: Option<String>,
     unhealthy_since: BTreeMap<u64, Instant>,
+    /// v2 store checks by (peer id, cluster token), and when they ran.
+    v2store: BTreeMap<(String, String), (controller::V2StoreCheck, Instant)>,
     had_majority: bool,
     /// How many malformed control files the last read reported (logged on change).
     malformed_seen: usize,
@@ -255,6 +259,7 @@ impl Driver {
             last_retention: None,
             last_backup_name: None,
             unhealthy_since: BTreeMap::new(),
+            v2store: BTreeMap::new(),
             had_majority: false,
             malformed_seen: 0,
             last_hosts: None,
@@ -797,6 +802,22 @@ impl Driver {
             metrics::gauge!(m::ETCD_MEMBERS, "kind" => "healthy")
                 .set(c.members.iter().filter(|m| m.healthy).count() as f64);
         }
+        // v2 store checks of the peers' current data; a failed check is
+        // forgotten after a while, so it runs again.
+        self.v2store.retain(|_, (c, at)| {
+            !matches!(c, controller::V2StoreCheck::Failed(_))
+                || now.saturating_duration_since(*at) < V2STORE_RETRY
+        });
+        let v2store = infos
+            .iter()
+            .filter_map(|p| {
+                let key = (
+                    p.id.clone(),
+                    p.info.as_ref()?.etcd_state.as_ref()?.cluster_token.clone(),
+                );
+                Some((p.id.clone(), self.v2store.get(&key)?.0.clone()))
+            })
+            .collect();
         Ok(Observation {
             now: self.clock.now(),
             self_id: self.node.id().to_string(),
@@ -816,6 +837,7 @@ impl Driver {
             allow_new_cluster,
             unhealthy_since: self.unhealthy_since.clone(),
             replace_grace: self.settings.replace_grace,
+            v2store,
         })
     }
 
@@ -1113,6 +1135,35 @@ impl Driver {
                     .map_err(executing_error)?;
                 self.last_retention = Some(self.clock.now());
                 tracing::info!(deleted = deleted.len(), "retention applied");
+                Ok(())
+            }
+            Action::CheckV2Store { peers } => {
+                for id in peers {
+                    let token = obs
+                        .peers
+                        .iter()
+                        .find(|p| p.id == *id)
+                        .and_then(|p| p.info.as_ref()?.etcd_state.as_ref())
+                        .map(|e| e.cluster_token.clone())
+                        .ok_or_else(|| format!("peer {id} runs no etcd"))?;
+                    let req = Request::CheckV2Store(fence.clone());
+                    let check = match pc.call(self.addr_of(id)?, &req, RESTORE_TIMEOUT).await {
+                        Ok(Response::V2Store { custom: None }) => controller::V2StoreCheck::Clean,
+                        Ok(Response::V2Store { custom: Some(what) }) => {
+                            controller::V2StoreCheck::Custom(what)
+                        }
+                        Ok(other) => {
+                            controller::V2StoreCheck::Failed(format!("unexpected answer {other:?}"))
+                        }
+                        Err(e @ crate::peer::PeerError::Fenced { .. }) => {
+                            return Err(executing_error(e));
+                        }
+                        Err(e) => controller::V2StoreCheck::Failed(e.to_string()),
+                    };
+                    tracing::info!(peer = %id, result = ?check, "v2 store checked");
+                    self.v2store
+                        .insert((id.clone(), token), (check, self.clock.now()));
+                }
                 Ok(())
             }
             Action::ClearBackupRequest => self

@@ -24,6 +24,11 @@ const STATE_FILE: &str = "state.json";
 /// Where a restore downloads its backup; emptied at every start (a restore
 /// cut short by a crash leaves its download here).
 const RESTORE_DIR: &str = "restore";
+/// Where the v2 store check copies a member's snapshots and WAL; removed
+/// after each check and at every start.
+const V2CHECK_DIR: &str = "v2store-check";
+/// How long `etcdutl check v2store` may run.
+const V2CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 const STATE_FORMAT: u32 = 1;
 /// Revisions jump by this much on a restore (etcd 3.5+), so every watcher
 /// sees a compaction and re-lists instead of silently missing events.
@@ -236,6 +241,7 @@ impl Node {
             }
         };
         remove_restore_leftovers(&settings.data_dir.join(RESTORE_DIR));
+        let _ = std::fs::remove_dir_all(settings.data_dir.join(V2CHECK_DIR));
         let id = state.id.clone();
         let mut settings = settings;
         let (n, suffix) = (&mut settings.node_config, settings.dns_suffix.as_str());
@@ -593,8 +599,29 @@ impl Node {
         {
             return resp;
         }
+        if let Request::CheckV2Store(_) = req {
+            let data = inner
+                .state
+                .etcd
+                .as_ref()
+                .map(|l| self.etcd_data_dir(&l.cluster_token));
+            // The copy and the check run without the lock: GetInfo answers.
+            drop(inner);
+            return match data {
+                None => Response::Failed("this node runs no etcd".into()),
+                Some(data) => match self.check_v2store(&data).await {
+                    Ok(etcd::V2StoreVerdict::Clean) => Response::V2Store { custom: None },
+                    Ok(etcd::V2StoreVerdict::Custom(what)) => {
+                        Response::V2Store { custom: Some(what) }
+                    }
+                    Err(e) => Response::Failed(e),
+                },
+            };
+        }
         let result = match req {
-            Request::GetInfo | Request::Leadership { .. } => unreachable_info(),
+            Request::GetInfo | Request::Leadership { .. } | Request::CheckV2Store(_) => {
+                unreachable_info()
+            }
             Request::JoinCluster(j) => self.join(&mut inner, j).await,
             Request::Reconfigure(r) => {
                 self.reconfigure(&mut inner, r.quarantined, r.etcd_version)
@@ -620,6 +647,36 @@ impl Node {
             Ok(()) => Response::Done,
             Err(msg) => Response::Failed(msg),
         }
+    }
+
+    /// `etcdutl check v2store` on a copy of `data` (see [`etcd::check_v2store`]),
+    /// with the newest installed 3.5 whose etcdutl has the check.
+    async fn check_v2store(&self, data: &Path) -> Result<etcd::V2StoreVerdict, String> {
+        let mut candidates: Vec<etcd::EtcdVersion> = installed_versions(&self.settings.bin_dirs)
+            .iter()
+            .filter_map(|v| v.parse::<etcd::EtcdVersion>().ok())
+            .filter(|v| v.major == 3 && v.minor == 5)
+            .collect();
+        candidates.sort();
+        for v in candidates.iter().rev() {
+            let Ok(binaries) = etcd::find_binaries(v, &self.settings.bin_dirs) else {
+                continue;
+            };
+            if !etcd::can_check_v2store(&binaries).await {
+                continue;
+            }
+            let scratch = self.settings.data_dir.join(V2CHECK_DIR);
+            let verdict = etcd::check_v2store(&binaries, data, &scratch, V2CHECK_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(data = %data.display(), tool = %binaries.version, ?verdict, "checked the v2 store");
+            return Ok(verdict);
+        }
+        Err(
+            "no installed etcd 3.5 has `etcdutl check v2store` (3.5.30 and later do); \
+             install one (deploy/install-etcd.sh 3.5.35) on every master"
+                .into(),
+        )
     }
 
     async fn join(&self, inner: &mut Inner, j: JoinCluster) -> Result<(), String> {

@@ -161,6 +161,9 @@ pub enum Request {
         fence: Fence,
         keep: u32,
     },
+    /// Check a copy of this node's etcd data for custom v2 content (before
+    /// a 3.5 cluster moves to 3.6); answered with [`Response::V2Store`].
+    CheckV2Store(Fence),
 }
 
 impl Request {
@@ -172,6 +175,7 @@ impl Request {
             Request::StopEtcd(f) => Some(f),
             Request::RestoreBackup(r) => Some(&r.fence),
             Request::GcTrashcan { fence, .. } => Some(fence),
+            Request::CheckV2Store(f) => Some(f),
         }
     }
 
@@ -206,6 +210,7 @@ impl Request {
                 nodes(&r.nodes)
             }
             Request::GcTrashcan { fence: f, .. } => fence(f),
+            Request::CheckV2Store(f) => fence(f),
         }
     }
 
@@ -228,6 +233,7 @@ impl Request {
             Request::RestoreBackup(_) => "restore_backup",
             Request::GcTrashcan { .. } => "gc_trashcan",
             Request::Leadership { .. } => "leadership",
+            Request::CheckV2Store(_) => "check_v2store",
         }
     }
 }
@@ -241,6 +247,10 @@ pub enum Response {
         highest_epoch: u64,
     },
     Failed(String),
+    /// The v2 store check: None when clean, else what was found.
+    V2Store {
+        custom: Option<String>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -16,6 +16,7 @@ mod ident;
 mod process;
 mod restore;
 mod state;
+mod v2store;
 mod version;
 
 pub use binaries::{EtcdBinaries, find_binaries, find_binaries_in};
@@ -29,4 +30,5 @@ pub use ident::{IdentKind, InvalidIdent, MAX_IDENT_LEN, check_ident};
 pub use process::{EtcdProcess, ProcessStatus};
 pub use restore::{SnapshotInfo, restore_snapshot, verify_snapshot};
 pub use state::{read_json, write_json_atomic};
+pub use v2store::{V2StoreVerdict, can_check_v2store, check_v2store};
 pub use version::EtcdVersion;

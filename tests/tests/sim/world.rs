@@ -972,6 +972,7 @@ impl World {
             allow_new_cluster: false,
             unhealthy_since: node.unhealthy_since.clone(),
             replace_grace: self.replace_grace,
+            v2store: Default::default(),
         })
     }
 
@@ -1564,7 +1565,8 @@ impl World {
             Action::RestoreBackup { .. }
             | Action::CompleteRestore { .. }
             | Action::QueueRestore { .. }
-            | Action::UpgradeMember { .. } => {
+            | Action::UpgradeMember { .. }
+            | Action::CheckV2Store { .. } => {
                 self.fail(format!(
                     "unexpected action {} (no commands, one version)",
                     action.label()
