@@ -27,6 +27,8 @@ const RESTORE_DIR: &str = "restore";
 /// Where the v2 store check copies a member's snapshots and WAL; removed
 /// after each check and at every start.
 const V2CHECK_DIR: &str = "v2store-check";
+/// How long etcd may take to write a snapshot with `--snapshot-count=1`.
+const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// How long `etcdutl check v2store` may run.
 const V2CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 const STATE_FORMAT: u32 = 1;
@@ -392,6 +394,15 @@ impl Node {
     }
 
     fn spawn_etcd(&self, local: &LocalEtcd) -> Result<etcd::EtcdProcess, NodeError> {
+        self.spawn_etcd_with(local, &[])
+    }
+
+    /// Start etcd with `extra` settings over the user's (`ETCD_*` variables).
+    fn spawn_etcd_with(
+        &self,
+        local: &LocalEtcd,
+        extra: &[(&str, &str)],
+    ) -> Result<etcd::EtcdProcess, NodeError> {
         let version: etcd::EtcdVersion = local.etcd_version.parse()?;
         let binaries = etcd::find_binaries(&version, &self.settings.bin_dirs)?;
         let mut spec = self.spec_for(local);
@@ -429,12 +440,12 @@ impl Node {
             }
         })?;
         let log = self.settings.data_dir.join("etcd.log");
-        Ok(etcd::EtcdProcess::start(
-            binaries,
-            spec,
-            self.settings.etcd_env_overrides.clone(),
-            Some(log),
-        )?)
+        let mut env = self.settings.etcd_env_overrides.clone();
+        for (k, v) in extra {
+            env.retain(|(key, _)| key != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        Ok(etcd::EtcdProcess::start(binaries, spec, env, Some(log))?)
     }
 
     /// Everything the leader asks about.
@@ -763,12 +774,56 @@ impl Node {
         if let Some(p) = inner.process.take() {
             p.stop(ETCD_STOP_TIMEOUT).await.map_err(|e| e.to_string())?;
         }
+        if snapshot_before(&old.etcd_version, &local.etcd_version)
+            && let Err(e) = self.snapshot_with(&old).await
+        {
+            // Back as it was, on the old version; the leader tries again.
+            inner.process = Some(self.spawn_etcd(&old).map_err(|e| e.to_string())?);
+            return Err(format!(
+                "{} -> {}: {e}; etcd {} runs again",
+                old.etcd_version, local.etcd_version, old.etcd_version
+            ));
+        }
         local.new_cluster = false;
         inner.state.etcd = Some(local.clone());
         self.persist(inner).map_err(|e| e.to_string())?;
         inner.process = Some(self.spawn_etcd(&local).map_err(|e| e.to_string())?);
         tracing::info!(quarantined = local.quarantined, version = %local.etcd_version, "restarted etcd");
         Ok(())
+    }
+
+    /// Run `old`'s etcd with `--snapshot-count=1` until it has written a
+    /// new snapshot, then stop it: the WAL a newer minor replays then starts
+    /// past every entry an older minor wrote (3.7 cannot read some entries
+    /// 3.5 wrote, and a cluster born on 3.5 that moved to 3.6 still has them
+    /// in its WAL; etcd's 3.6 guide uses the same flag to drop v2 content).
+    async fn snapshot_with(&self, old: &LocalEtcd) -> Result<(), String> {
+        let snap_dir = self
+            .etcd_data_dir(&old.cluster_token)
+            .join("member")
+            .join("snap");
+        let before = newest_snapshot(&snap_dir);
+        let p = self
+            .spawn_etcd_with(old, &[("ETCD_SNAPSHOT_COUNT", "1")])
+            .map_err(|e| e.to_string())?;
+        tracing::info!(version = %old.etcd_version, "etcd restarted with --snapshot-count=1 to snapshot its WAL before the next minor");
+        let waited = tokio::time::timeout(SNAPSHOT_WAIT, async {
+            while newest_snapshot(&snap_dir) <= before {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        })
+        .await;
+        p.stop(ETCD_STOP_TIMEOUT).await.map_err(|e| e.to_string())?;
+        match waited {
+            Ok(()) => {
+                tracing::info!(snapshot = ?newest_snapshot(&snap_dir), "etcd snapshotted its WAL");
+                Ok(())
+            }
+            Err(_) => Err(format!(
+                "etcd {} wrote no snapshot within {SNAPSHOT_WAIT:?} with --snapshot-count=1",
+                old.etcd_version
+            )),
+        }
     }
 
     async fn stop_for_good(&self, inner: &mut Inner) -> Result<(), String> {
@@ -891,6 +946,29 @@ pub fn gc_trashcan(dir: &std::path::Path, keep: usize) -> std::io::Result<Vec<Pa
 }
 
 /// Delete what a restore cut short left in `dir` (downloads, partial files).
+/// Whether a member moving from `from` to `to` must first snapshot on
+/// `from`: a move from 3.6 (or older) to 3.7 or later.
+fn snapshot_before(from: &str, to: &str) -> bool {
+    match (
+        from.parse::<etcd::EtcdVersion>(),
+        to.parse::<etcd::EtcdVersion>(),
+    ) {
+        (Ok(f), Ok(t)) => f.major == 3 && t.major == 3 && f.minor < 7 && t.minor >= 7,
+        _ => false,
+    }
+}
+
+/// The newest `<term>-<index>.snap` in etcd's snap folder (both fixed-width
+/// hex, so names sort as the snapshots do), if any.
+fn newest_snapshot(dir: &Path) -> Option<String> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".snap"))
+        .max()
+}
+
 fn remove_restore_leftovers(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;

@@ -424,3 +424,18 @@ async fn custom_v2_data_blocks_3_5_to_3_6_and_nothing_changes() {
     // No copy of the member's data is left behind.
     assert!(!m.data_dir.join("v2store-check").exists());
 }
+
+/// A cluster born on 3.5 goes 3.5 -> 3.6 -> 3.7 in place, one minor at a
+/// time, as kops users move: 3.7 must open data whose WAL 3.5 wrote.
+#[tokio::test(flavor = "multi_thread")]
+async fn born_on_3_5_rolls_to_3_6_then_3_7() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = crate::env(&dir);
+    let (m, ep) = one_member_with_data(&env, "3.5.35").await;
+    change_version_and_wait(&env, &ep, "3.6.16").await;
+    change_version_and_wait(&env, &ep, "3.7.3").await;
+    put(&ep, "/after", "3.7").await.unwrap();
+    // 3.6 snapshotted its WAL (--snapshot-count=1) before 3.7 opened it.
+    let log = std::fs::read_to_string(&m.log).unwrap();
+    assert!(log.contains("etcd snapshotted its WAL"), "{log}");
+}
