@@ -84,6 +84,8 @@ pub struct MemberView {
     pub healthy: bool,
     /// This member is the raft leader.
     pub is_leader: bool,
+    /// The version of its data as it reports it (3.6+: `3.6.0`).
+    pub storage_version: Option<String>,
 }
 
 /// The running etcd cluster, if any member answered.
@@ -92,6 +94,8 @@ pub struct ClusterView {
     pub members: Vec<MemberView>,
     /// Versions the members report (one per healthy member).
     pub versions: Vec<String>,
+    /// The version an enabled downgrade goes to (3.6+: `3.5.0`), if any.
+    pub downgrade_target: Option<String>,
 }
 
 /// A queued restore command, with what the leader knows about it.
@@ -236,6 +240,13 @@ pub enum Action {
     CheckV2Store {
         peers: Vec<String>,
     },
+    /// etcd's downgrade protocol: validate, then enable a downgrade of the
+    /// cluster to this minor (`3.6`).
+    EnableDowngrade {
+        minor: String,
+    },
+    /// Cancel the cluster's enabled downgrade (the spec no longer wants it).
+    CancelDowngrade,
 }
 
 impl Action {
@@ -260,6 +271,8 @@ impl Action {
             Action::UpgradeMember { .. } => "upgrade_member",
             Action::ClearBackupRequest => "clear_backup_request",
             Action::CheckV2Store { .. } => "check_v2store",
+            Action::EnableDowngrade { .. } => "enable_downgrade",
+            Action::CancelDowngrade => "cancel_downgrade",
         }
     }
 
@@ -338,6 +351,11 @@ pub enum WaitReason {
     UpgradePathBlocked {
         reason: String,
     },
+    /// A downgrade is enabled; these members still migrate their data.
+    DowngradeMigrating {
+        target: String,
+        members: Vec<String>,
+    },
 }
 
 /// Every [`WaitReason::label`], so the metric exists for each from the start.
@@ -357,6 +375,7 @@ pub const WAIT_LABELS: &[&str] = &[
     "foreign_cluster",
     "restore_refused",
     "upgrade_path_blocked",
+    "downgrade_migrating",
 ];
 
 impl WaitReason {
@@ -376,6 +395,7 @@ impl WaitReason {
             WaitReason::NoIdlePeer { .. } => "no_idle_peer",
             WaitReason::VersionChangePending { .. } => "version_change_pending",
             WaitReason::UpgradePathBlocked { .. } => "upgrade_path_blocked",
+            WaitReason::DowngradeMigrating { .. } => "downgrade_migrating",
             WaitReason::ForeignCluster { .. } => "foreign_cluster",
             WaitReason::RestoreRefused { .. } => "restore_refused",
         }
@@ -442,6 +462,12 @@ impl fmt::Display for WaitReason {
             WaitReason::UpgradePathBlocked { reason } => {
                 write!(f, "version change not started: {reason}")
             }
+            WaitReason::DowngradeMigrating { target, members } => write!(
+                f,
+                "downgrade to {target} enabled (etcd's downgrade protocol); waiting for {} to migrate \
+                 their data before any restarts on the older binary",
+                members.join(", ")
+            ),
             WaitReason::RestoreRefused { backup, reason } => write!(
                 f,
                 "refusing restore-backup {backup}: {reason}; the cluster is left as it is; \
@@ -723,10 +749,15 @@ pub fn stepping_stone<'a>(
 }
 
 /// From 3.6 on, etcd stamps its storage version into the data: an older
-/// minor cannot open a newer one's snapshot (etcd's own downgrade protocol
-/// migrates it first, which we do not drive yet). Refused before anything
-/// moves, instead of a dump and restore that would fail half-way. Pure.
+/// minor cannot open a newer one's snapshot, so a downgrade from 3.6+ goes
+/// by etcd's own protocol, one minor at a time ([`native_downgrade`]). A
+/// jump of more minors is refused before anything moves, naming the step to
+/// ask for first, instead of a dump and restore that would fail half-way.
+/// Pure.
 pub fn unsupported_downgrade(from: &[&str], target: &str) -> Option<String> {
+    if native_downgrade(from, target).is_some() {
+        return None;
+    }
     let to = target.parse::<etcd::EtcdVersion>().ok()?;
     let newest = from
         .iter()
@@ -734,9 +765,11 @@ pub fn unsupported_downgrade(from: &[&str], target: &str) -> Option<String> {
         .max()?;
     (newest.major == to.major && newest.minor >= 6 && to.minor < newest.minor).then(|| {
         format!(
-            "{newest} -> {target} is a downgrade from etcd 3.6 or later, whose data an older minor \
-             cannot open; it needs etcd's downgrade protocol (etcdctl downgrade), which this \
-             etcd-manager does not drive yet: set the version back to {newest}"
+            "{newest} -> {target} is a downgrade of more than one minor from etcd 3.6 or later, \
+             whose data an older minor cannot open; etcd's downgrade protocol goes one minor at a \
+             time: ask for the newest installed {}.{} first, then {target} (or set the version back to {newest})",
+            newest.major,
+            newest.minor - 1
         )
     })
 }
@@ -790,6 +823,108 @@ pub fn v2store_gate(obs: &Observation, target: &str, peers: &[&PeerView]) -> Opt
     (!missing.is_empty()).then(|| Plan::act(vec![Action::CheckV2Store { peers: missing }]))
 }
 
+/// The minor a one-minor downgrade by etcd's own protocol goes to: every
+/// member on `target`'s minor or the one above it, at least one above, and
+/// that one 3.6 or later (3.6 -> 3.5, 3.7 -> 3.6). None otherwise. Pure.
+pub fn native_downgrade(from: &[&str], target: &str) -> Option<etcd::EtcdVersion> {
+    let to = target.parse::<etcd::EtcdVersion>().ok()?;
+    let from: Vec<etcd::EtcdVersion> = from.iter().filter_map(|v| v.parse().ok()).collect();
+    let newest = from.iter().max()?;
+    let ok = to.major == 3
+        && to.minor >= 5
+        && newest.minor == to.minor + 1
+        && from
+            .iter()
+            .all(|f| f.major == to.major && (f.minor == to.minor || f.minor == to.minor + 1));
+    ok.then_some(to)
+}
+
+/// `3.6.0` -> (3, 6); None for anything else.
+fn minor_of(v: &str) -> Option<(u32, u32)> {
+    let v = v.parse::<etcd::EtcdVersion>().ok()?;
+    Some((v.major, v.minor))
+}
+
+/// A one-minor downgrade from 3.6+ by etcd's protocol. A member may restart
+/// on the older binary once its data is at the older version: always so in
+/// a half-done upgrade (the cluster version, and so every member's storage
+/// version, is still the older minor), after `downgrade enable` otherwise.
+/// So: members whose storage version is above the target → enable the
+/// downgrade (a backup first) and wait for them; then roll binaries one by
+/// one, followers first. etcd ends the downgrade once all run the target.
+fn downgrade_plan(
+    obs: &Observation,
+    cluster: &ClusterView,
+    to: etcd::EtcdVersion,
+    target: &str,
+    behind: &[(&MemberView, &PeerView)],
+    all_healthy: bool,
+) -> Plan {
+    let members = &cluster.members;
+    if !all_healthy {
+        return Plan::wait(WaitReason::ClusterUnhealthy {
+            healthy: members.iter().filter(|m| m.healthy).count(),
+            voters: members.iter().filter(|m| !m.is_learner).count(),
+        });
+    }
+    let minor = format!("{}.{}", to.major, to.minor);
+    // Members whose data is still above the target (or not known: a 3.6+
+    // binary that reported no storage version).
+    let above: Vec<String> = members
+        .iter()
+        .filter(|m| {
+            let binary = peer_of(obs, m)
+                .and_then(|p| p.etcd_version())
+                .and_then(minor_of);
+            match m.storage_version.as_deref().and_then(minor_of) {
+                Some(sv) => sv > (to.major, to.minor),
+                None => binary.is_some_and(|b| b > (to.major, to.minor)),
+            }
+        })
+        .map(|m| m.name.clone())
+        .collect();
+    if !above.is_empty() {
+        return match &cluster.downgrade_target {
+            None => Plan::act(vec![
+                Action::TakeBackup {
+                    reason: BackupReason::BeforeChange,
+                },
+                Action::EnableDowngrade { minor },
+            ]),
+            Some(_) => Plan::wait(WaitReason::DowngradeMigrating {
+                target: minor,
+                members: above,
+            }),
+        };
+    }
+    let movers: Vec<&(&MemberView, &PeerView)> = behind
+        .iter()
+        .filter(|(_, p)| p.etcd_version().and_then(minor_of) > Some((to.major, to.minor)))
+        .collect();
+    let Some((_, peer)) = movers
+        .iter()
+        .find(|(m, _)| !m.is_leader)
+        .or(movers.first())
+        .map(|x| **x)
+    else {
+        return Plan::default();
+    };
+    if !peer.has_version(target) {
+        return Plan::wait(WaitReason::VersionNotInstalled {
+            version: target.to_string(),
+        });
+    }
+    Plan::act(vec![
+        Action::TakeBackup {
+            reason: BackupReason::BeforeChange,
+        },
+        Action::UpgradeMember {
+            peer: peer.id.clone(),
+            version: target.to_string(),
+        },
+    ])
+}
+
 /// Versions the members run (from their peers) and the cluster reports.
 fn member_versions<'a>(
     obs: &'a Observation,
@@ -815,7 +950,11 @@ fn dump_and_restore(
 ) -> Option<Plan> {
     let target = spec.etcd_version.as_str();
     let from = member_versions(obs, members, running);
-    if from.is_empty() || from.iter().all(|v| *v == target) || rolling_compatible(&from, target) {
+    if from.is_empty()
+        || from.iter().all(|v| *v == target)
+        || rolling_compatible(&from, target)
+        || native_downgrade(&from, target).is_some()
+    {
         return None;
     }
     if obs.commands.iter().any(|c| c.refused.is_none()) {
@@ -862,11 +1001,18 @@ fn dump_and_restore(
 fn version_change(
     obs: &Observation,
     spec: &ClusterSpec,
-    members: &[MemberView],
+    cluster: &ClusterView,
     running: &BTreeSet<&str>,
     all_healthy: bool,
 ) -> Option<Plan> {
+    let members = &cluster.members;
     let target = spec.etcd_version.as_str();
+    // A downgrade the spec no longer asks for (set back, or another target).
+    if let Some(enabled) = cluster.downgrade_target.as_deref().and_then(minor_of)
+        && minor_of(target) != Some(enabled)
+    {
+        return Some(Plan::act(vec![Action::CancelDowngrade]));
+    }
     let behind: Vec<(&MemberView, &PeerView)> = members
         .iter()
         .filter_map(|m| Some((m, peer_of(obs, m)?)))
@@ -881,6 +1027,16 @@ fn version_change(
         .collect();
     from.extend(running.iter().copied());
     let from: Vec<&str> = from.into_iter().collect();
+    if let Some(to) = native_downgrade(&from, target) {
+        return Some(downgrade_plan(
+            obs,
+            cluster,
+            to,
+            target,
+            &behind,
+            all_healthy,
+        ));
+    }
     // etcd's guide: every 3.5 member on 3.5.32 or later before any runs 3.6.
     // Roll those below it to the newest such 3.5 every member has first.
     let (target, behind) = match stepping_stone(&from, target, &behind) {
@@ -1152,7 +1308,7 @@ fn running_cluster(obs: &Observation, spec: &ClusterSpec, cluster: &ClusterView)
         }
     }
 
-    if let Some(plan) = version_change(obs, spec, members, &current, all_healthy) {
+    if let Some(plan) = version_change(obs, spec, cluster, &current, all_healthy) {
         if plan.actions.is_empty() {
             waits.extend(plan.waits);
         } else {

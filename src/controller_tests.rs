@@ -52,6 +52,7 @@ fn member(n: u64, name: &str, healthy: bool) -> MemberView {
         is_learner: false,
         healthy,
         is_leader: n == 1,
+        storage_version: None,
     }
 }
 
@@ -72,6 +73,7 @@ fn obs(member_count: i32, peers: Vec<PeerView>, members: Option<Vec<MemberView>>
         cluster: members.map(|m| ClusterView {
             versions: vec![V.into()],
             members: m,
+            downgrade_target: None,
         }),
         last_backup: Some(t0 + Duration::from_secs(3599)),
         backup_interval: Duration::from_secs(900),
@@ -891,6 +893,10 @@ fn every_wait_reason_label_is_listed() {
         WaitReason::UpgradePathBlocked {
             reason: String::new(),
         },
+        WaitReason::DowngradeMigrating {
+            target: String::new(),
+            members: vec![],
+        },
     ];
     let labels: Vec<&str> = all.iter().map(WaitReason::label).collect();
     assert_eq!(labels, WAIT_LABELS);
@@ -985,10 +991,23 @@ fn the_version_planner_covers_every_pair_of_known_versions() {
                 );
             } else if expect_roll {
                 assert!(upgrade_to(to), "{from} -> {to}: rolling, got {plan:?}");
+            } else if f.minor >= 6 && t.minor + 1 == f.minor {
+                assert_eq!(
+                    plan.actions,
+                    vec![
+                        Action::TakeBackup {
+                            reason: BackupReason::BeforeChange
+                        },
+                        Action::EnableDowngrade {
+                            minor: format!("3.{}", t.minor)
+                        }
+                    ],
+                    "{from} -> {to}: etcd's downgrade protocol"
+                );
             } else if f.minor >= 6 && t.minor < f.minor {
                 assert!(
                     plan.actions.is_empty()
-                        && matches!(&plan.waits[..], [WaitReason::UpgradePathBlocked { reason }] if reason.contains("downgrade protocol")),
+                        && matches!(&plan.waits[..], [WaitReason::UpgradePathBlocked { reason }] if reason.contains("one minor at a time")),
                     "{from} -> {to}: refused before anything moves, got {plan:?}"
                 );
             } else {
@@ -1112,4 +1131,134 @@ fn custom_v2_content_blocks_the_move_to_3_6() {
             peers: vec!["b".into()]
         }]
     );
+}
+
+/// Three members on `versions` (a, b, c; a is the raft leader) whose data
+/// is at `storage`, every version installed, the spec asking for `to`, a
+/// downgrade enabled to `enabled`.
+fn downgrade_obs(
+    versions: [&str; 3],
+    storage: [Option<&str>; 3],
+    to: &str,
+    enabled: Option<&str>,
+) -> Observation {
+    let ids = ["a", "b", "c"];
+    let peers: Vec<PeerView> = ids
+        .iter()
+        .zip(versions)
+        .map(|(id, v)| {
+            let mut p = on_version(running(id, false), v);
+            if let Some(i) = p.info.as_mut() {
+                i.installed_versions = KNOWN.iter().map(|v| v.to_string()).collect();
+            }
+            p
+        })
+        .collect();
+    let ms: Vec<MemberView> = ids
+        .iter()
+        .zip(storage)
+        .enumerate()
+        .map(|(n, (id, sv))| MemberView {
+            storage_version: sv.map(str::to_string),
+            ..member(n as u64 + 1, id, true)
+        })
+        .collect();
+    let mut o = obs(3, peers, Some(ms));
+    if let Some(c) = o.cluster.as_mut() {
+        c.versions = versions.iter().map(|v| v.to_string()).collect();
+        c.downgrade_target = enabled.map(str::to_string);
+    }
+    if let Some(s) = o.spec.as_mut() {
+        s.etcd_version = to.into();
+    }
+    o
+}
+
+/// 3.7 -> 3.6 and 3.6 -> 3.5 by etcd's protocol, step by step: a backup and
+/// `downgrade enable` while data is above the target; a wait naming the
+/// members still migrating; then binaries one at a time, followers first; a
+/// half-done upgrade goes back binary by binary without the protocol; a
+/// downgrade the spec no longer wants is cancelled.
+#[test]
+fn downgrades_go_by_etcds_protocol_one_minor_at_a_time() {
+    let upgrade = |peer: &str, version: &str| {
+        vec![
+            Action::TakeBackup {
+                reason: BackupReason::BeforeChange,
+            },
+            Action::UpgradeMember {
+                peer: peer.into(),
+                version: version.into(),
+            },
+        ]
+    };
+    for (new, old, new_sv, old_sv, minor) in [
+        ("3.7.3", "3.6.16", "3.7.0", "3.6.0", "3.6"),
+        ("3.6.16", "3.5.35", "3.6.0", "3.5.0", "3.5"),
+    ] {
+        // Fully on the newer minor: enable the downgrade, after a backup.
+        let o = downgrade_obs([new; 3], [Some(new_sv); 3], old, None);
+        assert_eq!(
+            reconcile(&o).actions,
+            vec![
+                Action::TakeBackup {
+                    reason: BackupReason::BeforeChange
+                },
+                Action::EnableDowngrade {
+                    minor: minor.into()
+                }
+            ],
+            "{new} -> {old}"
+        );
+        // Enabled; b has not migrated yet: wait, naming it; nothing moves.
+        let o = downgrade_obs(
+            [new; 3],
+            [Some(old_sv), Some(new_sv), Some(old_sv)],
+            old,
+            Some(old_sv),
+        );
+        let plan = reconcile(&o);
+        assert!(plan.actions.is_empty(), "{plan:?}");
+        assert!(
+            plan.waits.contains(&WaitReason::DowngradeMigrating {
+                target: minor.into(),
+                members: vec!["b".into()]
+            }),
+            "{plan:?}"
+        );
+        // Every member migrated: a follower first (a is the raft leader).
+        let o = downgrade_obs([new; 3], [Some(old_sv); 3], old, Some(old_sv));
+        assert_eq!(reconcile(&o).actions, upgrade("b", old), "{new} -> {old}");
+        // b is back (3.5 reports no storage version), c next, the leader last.
+        let back = if old.starts_with("3.5") {
+            None
+        } else {
+            Some(old_sv)
+        };
+        let o = downgrade_obs(
+            [new, old, new],
+            [Some(old_sv), back, Some(old_sv)],
+            old,
+            Some(old_sv),
+        );
+        assert_eq!(reconcile(&o).actions, upgrade("c", old), "{new} -> {old}");
+        let o = downgrade_obs(
+            [new, old, old],
+            [Some(old_sv), back, back],
+            old,
+            Some(old_sv),
+        );
+        assert_eq!(reconcile(&o).actions, upgrade("a", old), "{new} -> {old}");
+        // A half-done upgrade (the cluster, so the data, still on the older
+        // minor) goes back binary by binary, without enabling anything.
+        let o = downgrade_obs([old, new, old], [back, Some(old_sv), back], old, None);
+        assert_eq!(reconcile(&o).actions, upgrade("b", old), "{new} -> {old}");
+        // The spec set back to the newer version: the downgrade is cancelled.
+        let o = downgrade_obs([new; 3], [Some(old_sv); 3], new, Some(old_sv));
+        assert_eq!(
+            reconcile(&o).actions,
+            vec![Action::CancelDowngrade],
+            "{new} -> {old}"
+        );
+    }
 }

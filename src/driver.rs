@@ -1028,6 +1028,21 @@ impl Driver {
                 self.start_member(id, &info, &all, token, version, &fence)
                     .await
             }
+            Action::EnableDowngrade { minor } => {
+                let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
+                client
+                    .enable_downgrade(minor)
+                    .await
+                    .map_err(executing_error)?;
+                tracing::info!(%minor, "downgrade validated and enabled (etcd's downgrade protocol)");
+                Ok(())
+            }
+            Action::CancelDowngrade => {
+                let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
+                client.cancel_downgrade().await.map_err(executing_error)?;
+                tracing::info!("downgrade cancelled: the spec no longer asks for it");
+                Ok(())
+            }
             Action::PromoteMember { member_id, name } => {
                 let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
                 match client.member_promote(*member_id).await {
@@ -1560,6 +1575,7 @@ async fn observe_cluster(
                 is_learner: mb.is_learner,
                 healthy: st.is_some_and(|a| a.healthy),
                 is_leader: mb.id == leader,
+                storage_version: st.and_then(|a| a.status.storage_version.clone()),
             }
         })
         .collect();
@@ -1568,9 +1584,11 @@ async fn observe_cluster(
         .filter(|a| a.healthy)
         .map(|a| a.status.version.clone())
         .collect();
+    let downgrade_target = alive.iter().find_map(|a| a.status.downgrade_target.clone());
     Some(ClusterView {
         members: view,
         versions,
+        downgrade_target,
     })
 }
 

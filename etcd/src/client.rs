@@ -61,6 +61,10 @@ pub struct EndpointStatus {
     pub db_size: i64,
     /// The member is a learner (always false on 3.3).
     pub is_learner: bool,
+    /// The version of the member's data (3.6+: `3.6.0`); None before 3.6.
+    pub storage_version: Option<String>,
+    /// The version a downgrade is enabled to (3.6+: `3.5.0`), if one is.
+    pub downgrade_target: Option<String>,
 }
 
 /// A snapshot as a stream of chunks; errors are `io::Error`s.
@@ -353,7 +357,43 @@ impl EtcdClient {
             revision,
             db_size: resp.db_size(),
             is_learner: resp.is_learner(),
+            storage_version: Some(resp.storage_version().to_string()).filter(|v| !v.is_empty()),
+            downgrade_target: resp
+                .downgrade_info()
+                .filter(|d| d.enabled())
+                .map(|d| d.target_version().to_string()),
         })
+    }
+
+    /// etcd's downgrade protocol (3.6+): `validate` then `enable` a
+    /// downgrade of the cluster to `minor` (`3.6`), after which every
+    /// member migrates its data to that version and may be restarted on its
+    /// binary; etcd ends the downgrade itself once all run it.
+    pub async fn enable_downgrade(&self, minor: &str) -> Result<(), Error> {
+        let mut c = self.client.maintenance_client();
+        self.call(
+            "downgrade_validate",
+            c.downgrade(etcd_client::DowngradeOptions::Validate(minor.to_string())),
+        )
+        .await?;
+        let mut c = self.client.maintenance_client();
+        self.call(
+            "downgrade_enable",
+            c.downgrade(etcd_client::DowngradeOptions::Enable(minor.to_string())),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Cancel an enabled downgrade (3.6+).
+    pub async fn cancel_downgrade(&self) -> Result<(), Error> {
+        let mut c = self.client.maintenance_client();
+        self.call(
+            "downgrade_cancel",
+            c.downgrade(etcd_client::DowngradeOptions::Cancel),
+        )
+        .await?;
+        Ok(())
     }
 
     /// True when a linearizable read succeeds within the timeout (the cluster has a leader

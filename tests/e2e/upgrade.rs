@@ -226,6 +226,26 @@ async fn minor_upgrade_rolls_3_6_to_3_7() {
     rolling("3.6.16", "3.7.3").await;
 }
 
+/// etcd's downgrade protocol: validate and enable, every member's data
+/// migrated to 3.6, then the binaries one at a time; a writer all along.
+#[tokio::test(flavor = "multi_thread")]
+async fn downgrade_3_7_to_3_6_by_etcds_protocol() {
+    let logs = rolling("3.7.3", "3.6.16").await;
+    assert!(
+        logs.contains("downgrade validated and enabled"),
+        "the downgrade went by etcd's protocol:\n{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn downgrade_3_6_to_3_5_by_etcds_protocol() {
+    let logs = rolling("3.6.16", "3.5.35").await;
+    assert!(
+        logs.contains("downgrade validated and enabled"),
+        "the downgrade went by etcd's protocol:\n{logs}"
+    );
+}
+
 /// etcd's guide: every 3.5 member on 3.5.32+ before 3.6. The planner rolls
 /// 3.5.30 to the newest installed 3.5.32+ (3.5.35) first, then to 3.6.
 #[tokio::test(flavor = "multi_thread")]
@@ -322,10 +342,11 @@ async fn minor_downgrade_goes_by_dump_and_restore_3_5_to_3_4() {
 }
 
 /// Two minors at once (3.5 -> 3.7) by dump and restore (a backup restored
-/// on 3.7, revisions bumped); then a downgrade to 3.6, which needs etcd's
-/// downgrade protocol, is refused with the reason and nothing moves.
+/// on 3.7, revisions bumped); then a downgrade of two minors (to 3.5),
+/// which etcd's protocol takes one minor at a time, is refused with the
+/// reason and nothing moves.
 #[tokio::test(flavor = "multi_thread")]
-async fn two_minors_up_by_dump_and_restore_and_a_3_7_downgrade_refused() {
+async fn two_minors_up_by_dump_and_restore_and_two_down_refused() {
     let dir = tempfile::tempdir().unwrap();
     let env = crate::env(&dir);
     let (_m, ep) = one_member_with_data(&env, "3.5.30").await;
@@ -335,17 +356,18 @@ async fn two_minors_up_by_dump_and_restore_and_a_3_7_downgrade_refused() {
         .unwrap();
     assert!(c.status().await.unwrap().revision > 1_000_000_000, "bumped");
     assert!(
-        env.ctl(&["-etcd-version=3.6.16", "configure-cluster"])
+        env.ctl(&["-etcd-version=3.5.35", "configure-cluster"])
             .success
     );
     wait_for(
         "the downgrade refused in status",
-        Duration::from_secs(60),
+        Duration::from_secs(90),
         || {
             let env = env.clone();
             async move {
                 let s = env.ctl(&["status"]).stdout;
-                s.contains("version change not started").then_some(())
+                (s.contains("version change not started") && s.contains("one minor at a time"))
+                    .then_some(())
             }
         },
     )

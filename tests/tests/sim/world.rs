@@ -1049,6 +1049,7 @@ impl World {
                 is_learner: m.learner,
                 healthy: healthy(m),
                 is_leader: raft_leader == Some(*id),
+                storage_version: None,
             })
             .collect();
         let versions = members
@@ -1056,7 +1057,11 @@ impl World {
             .filter(|m| m.healthy)
             .map(|_| VERSION.to_string())
             .collect();
-        Some(ClusterView { members, versions })
+        Some(ClusterView {
+            members,
+            versions,
+            downgrade_target: None,
+        })
     }
 
     /// Invariant: a plan never takes a cluster with quorum below quorum.
@@ -1566,7 +1571,9 @@ impl World {
             | Action::CompleteRestore { .. }
             | Action::QueueRestore { .. }
             | Action::UpgradeMember { .. }
-            | Action::CheckV2Store { .. } => {
+            | Action::CheckV2Store { .. }
+            | Action::EnableDowngrade { .. }
+            | Action::CancelDowngrade => {
                 self.fail(format!(
                     "unexpected action {} (no commands, one version)",
                     action.label()
