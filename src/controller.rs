@@ -688,90 +688,162 @@ pub fn rolling_compatible(from: &[&str], to: &str) -> bool {
 /// v3.6" guide).
 pub const MIN_3_5_FOR_3_6: etcd::EtcdVersion = etcd::EtcdVersion::new(3, 5, 32);
 
-fn below_3_5_32(v: &str) -> bool {
-    v.parse::<etcd::EtcdVersion>()
-        .is_ok_and(|v| v.major == 3 && v.minor == 5 && v < MIN_3_5_FOR_3_6)
+/// The oldest 3.6 that may move to 3.7 (etcd's "Upgrade etcd from v3.6 to
+/// v3.7" guide).
+pub const MIN_3_6_FOR_3_7: etcd::EtcdVersion = etcd::EtcdVersion::new(3, 6, 11);
+
+/// The oldest patch of `minor` that may move to the next minor, if etcd's
+/// guides name one.
+fn floor_before_next(major: u32, minor: u32) -> Option<etcd::EtcdVersion> {
+    [MIN_3_5_FOR_3_6, MIN_3_6_FOR_3_7]
+        .into_iter()
+        .find(|v| v.major == major && v.minor == minor)
 }
 
-/// On the way from `from` to `target`, a version the members below 3.5.32
-/// must roll to first: None when there is none to take (not a 3.5 -> 3.6
-/// change, or every member is on 3.5.32+ already); Err when no such 3.5 is
-/// installed on every member that must move. Pure.
-pub fn stepping_stone<'a>(
+/// The whole in-place path of a version change: the versions the members
+/// move through, each step rolling (or one minor down by etcd's downgrade
+/// protocol), ending with `target`. Pure.
+///
+/// - Up: through every minor in between, each at the newest version
+///   `installed` on every member that may move on (3.5.32+ before 3.6,
+///   3.6.11+ before 3.7); members of the first minor below its floor roll
+///   to such a version first.
+/// - Down from 3.6+: one minor at a time through the newest installed
+///   version of each minor in between, to 3.5 at the lowest.
+///
+/// `Ok(Some(path))`: empty when every member runs `target`. `Ok(None)`: no
+/// in-place path (down below 3.6, or up over a minor with nothing suitable
+/// installed): dump and restore. `Err(reason)`: the change must not start
+/// (one minor up without its floor installed; down from 3.6+ over a minor
+/// not installed, or below 3.5).
+pub fn version_path(
     from: &[&str],
     target: &str,
-    behind: &[(&MemberView, &'a PeerView)],
-) -> Result<Option<&'a str>, String> {
+    installed: &[&str],
+) -> Result<Option<Vec<String>>, String> {
     let Ok(to) = target.parse::<etcd::EtcdVersion>() else {
         return Ok(None);
     };
-    if !(to.major == 3 && to.minor == 6 && from.iter().any(|v| below_3_5_32(v))) {
+    let from_v: Vec<etcd::EtcdVersion> = from.iter().filter_map(|v| v.parse().ok()).collect();
+    let (Some(lo), Some(hi)) = (from_v.iter().min().copied(), from_v.iter().max().copied()) else {
+        return Ok(None);
+    };
+    if from_v.iter().all(|v| *v == to) {
+        return Ok(Some(vec![]));
+    }
+    if lo.major != to.major || hi.major != to.major {
         return Ok(None);
     }
-    let movers: Vec<&PeerView> = behind
+    let inst: Vec<(etcd::EtcdVersion, &str)> = installed
         .iter()
-        .filter(|(_, p)| p.etcd_version().is_some_and(below_3_5_32))
-        .map(|(_, p)| *p)
+        .filter_map(|s| Some((s.parse().ok()?, *s)))
         .collect();
-    let mut common: Option<Vec<(etcd::EtcdVersion, &'a str)>> = None;
-    for p in &movers {
+    let newest = |minor: u32, floor: Option<etcd::EtcdVersion>| {
+        inst.iter()
+            .filter(|(v, _)| v.major == to.major && v.minor == minor)
+            .filter(|(v, _)| floor.is_none_or(|f| *v >= f))
+            .max_by_key(|(v, _)| *v)
+            .map(|(_, s)| s.to_string())
+    };
+    let mut path = Vec::new();
+    if to.minor >= hi.minor {
+        for m in lo.minor..to.minor {
+            let floor = floor_before_next(to.major, m);
+            let needed = from_v
+                .iter()
+                .any(|v| v.minor < m || (v.minor == m && floor.is_some_and(|f| *v < f)));
+            if !needed {
+                continue;
+            }
+            match newest(m, floor) {
+                Some(v) => path.push(v),
+                None if to.minor == lo.minor + 1 => {
+                    let floor = floor.map_or_else(String::new, |f| f.to_string());
+                    return Err(format!(
+                        "{} -> {target} needs every member on {floor} or later first (etcd's upgrade \
+                         guide), and no such {}.{m} is installed on every member; install one \
+                         (deploy/install-etcd.sh) on every master",
+                        from.join(","),
+                        to.major
+                    ));
+                }
+                None => return Ok(None),
+            }
+        }
+        path.push(target.to_string());
+        return Ok(Some(path));
+    }
+    // Down across minors.
+    if hi.minor < 6 {
+        return Ok(None);
+    }
+    if to.minor < 5 {
+        return Err(format!(
+            "{hi} -> {target}: etcd's downgrade protocol goes down to 3.5 at the lowest, and an \
+             older minor cannot open 3.6+ data; ask for the newest installed 3.5 first, then \
+             {target} (by dump and restore), or set the version back to {hi}"
+        ));
+    }
+    for m in ((to.minor + 1)..hi.minor).rev() {
+        if !from_v.iter().any(|v| v.minor > m) {
+            continue;
+        }
+        match newest(m, None) {
+            Some(v) => path.push(v),
+            None => {
+                return Err(format!(
+                    "{hi} -> {target}: etcd's downgrade protocol goes one minor at a time, and no \
+                     {}.{m} is installed on every member; install one (deploy/install-etcd.sh) on \
+                     every master, or set the version back to {hi}",
+                    to.major
+                ));
+            }
+        }
+    }
+    path.push(target.to_string());
+    Ok(Some(path))
+}
+
+/// The versions installed on every member's manager (the path may use only
+/// those).
+fn common_installed<'a>(obs: &'a Observation, members: &[MemberView]) -> Vec<&'a str> {
+    let mut common: Option<Vec<&str>> = None;
+    for p in members.iter().filter_map(|m| peer_of(obs, m)) {
         let Some(info) = p.info.as_ref() else {
             continue;
         };
-        let mine: Vec<(etcd::EtcdVersion, &'a str)> = info
-            .installed_versions
-            .iter()
-            .filter_map(|v| Some((v.parse::<etcd::EtcdVersion>().ok()?, v.as_str())))
-            .filter(|(v, _)| v.major == 3 && v.minor == 5 && *v >= MIN_3_5_FOR_3_6)
-            .collect();
+        let mine: Vec<&str> = info.installed_versions.iter().map(String::as_str).collect();
         common = Some(match common {
             None => mine,
-            Some(c) => c
-                .into_iter()
-                .filter(|x| mine.iter().any(|m| m.0 == x.0))
-                .collect(),
+            Some(c) => c.into_iter().filter(|v| mine.contains(v)).collect(),
         });
     }
-    let stone = common
-        .unwrap_or_default()
-        .into_iter()
-        .max_by_key(|(v, _)| *v)
-        .map(|(_, s)| s);
-    match stone {
-        Some(s) => Ok(Some(s)),
-        None => Err(format!(
-            "{} -> {target} needs every member on 3.5.32 or later first (etcd's upgrade guide), \
-             and no such 3.5 is installed on every member that must move; install one \
-             (deploy/install-etcd.sh 3.5.35) on every master",
-            from.join(",")
-        )),
-    }
+    common.unwrap_or_default()
 }
 
-/// From 3.6 on, etcd stamps its storage version into the data: an older
-/// minor cannot open a newer one's snapshot, so a downgrade from 3.6+ goes
-/// by etcd's own protocol, one minor at a time ([`native_downgrade`]). A
-/// jump of more minors is refused before anything moves, naming the step to
-/// ask for first, instead of a dump and restore that would fail half-way.
-/// Pure.
-pub fn unsupported_downgrade(from: &[&str], target: &str) -> Option<String> {
-    if native_downgrade(from, target).is_some() {
+/// The members' versions and the path to the spec's version, as the
+/// planner sees them (for `status`). None when there is no cluster, no
+/// spec, or nothing to change. Pure.
+pub type PlannedPath = (Vec<String>, Result<Option<Vec<String>>, String>);
+
+pub fn planned_path(obs: &Observation) -> Option<PlannedPath> {
+    let (spec, cluster) = (obs.spec.as_ref()?, obs.cluster.as_ref()?);
+    let mut from: BTreeSet<&str> = cluster
+        .members
+        .iter()
+        .filter_map(|m| peer_of(obs, m)?.etcd_version())
+        .collect();
+    from.extend(cluster.versions.iter().map(String::as_str));
+    let from: Vec<&str> = from.into_iter().collect();
+    if from.is_empty() || from.iter().all(|v| *v == spec.etcd_version) {
         return None;
     }
-    let to = target.parse::<etcd::EtcdVersion>().ok()?;
-    let newest = from
-        .iter()
-        .filter_map(|v| v.parse::<etcd::EtcdVersion>().ok())
-        .max()?;
-    (newest.major == to.major && newest.minor >= 6 && to.minor < newest.minor).then(|| {
-        format!(
-            "{newest} -> {target} is a downgrade of more than one minor from etcd 3.6 or later, \
-             whose data an older minor cannot open; etcd's downgrade protocol goes one minor at a \
-             time: ask for the newest installed {}.{} first, then {target} (or set the version back to {newest})",
-            newest.major,
-            newest.minor - 1
-        )
-    })
+    let path = version_path(
+        &from,
+        &spec.etcd_version,
+        &common_installed(obs, &cluster.members),
+    );
+    Some((from.iter().map(|s| s.to_string()).collect(), path))
 }
 
 /// Before any member below 3.6 moves to 3.6 or later: every such member's
@@ -950,18 +1022,18 @@ fn dump_and_restore(
 ) -> Option<Plan> {
     let target = spec.etcd_version.as_str();
     let from = member_versions(obs, members, running);
-    if from.is_empty()
-        || from.iter().all(|v| *v == target)
-        || rolling_compatible(&from, target)
-        || native_downgrade(&from, target).is_some()
-    {
+    if from.is_empty() || from.iter().all(|v| *v == target) {
         return None;
+    }
+    // An in-place path exists (the rolling change does it), or the change
+    // must not start at all.
+    match version_path(&from, target, &common_installed(obs, members)) {
+        Ok(Some(_)) => return None,
+        Err(reason) => return Some(Plan::wait(WaitReason::UpgradePathBlocked { reason })),
+        Ok(None) => {}
     }
     if obs.commands.iter().any(|c| c.refused.is_none()) {
         return None; // a restore is queued already
-    }
-    if let Some(reason) = unsupported_downgrade(&from, target) {
-        return Some(Plan::wait(WaitReason::UpgradePathBlocked { reason }));
     }
     if !members.iter().all(|m| m.healthy) {
         return Some(Plan::wait(WaitReason::ClusterUnhealthy {
@@ -1007,19 +1079,19 @@ fn version_change(
 ) -> Option<Plan> {
     let members = &cluster.members;
     let target = spec.etcd_version.as_str();
-    // A downgrade the spec no longer asks for (set back, or another target).
-    if let Some(enabled) = cluster.downgrade_target.as_deref().and_then(minor_of)
-        && minor_of(target) != Some(enabled)
-    {
-        return Some(Plan::act(vec![Action::CancelDowngrade]));
-    }
+    // A downgrade enabled to another minor than the one the members go to
+    // now: cancelled (the spec was set back, or the step is done).
+    let stale_downgrade = |step: &str| {
+        let enabled = cluster.downgrade_target.as_deref().and_then(minor_of)?;
+        (minor_of(step) != Some(enabled)).then(|| Plan::act(vec![Action::CancelDowngrade]))
+    };
     let behind: Vec<(&MemberView, &PeerView)> = members
         .iter()
         .filter_map(|m| Some((m, peer_of(obs, m)?)))
         .filter(|(_, p)| p.etcd_version().is_some_and(|v| v != target))
         .collect();
     if behind.is_empty() {
-        return None;
+        return stale_downgrade(target);
     }
     let mut from: BTreeSet<&str> = behind
         .iter()
@@ -1027,6 +1099,23 @@ fn version_change(
         .collect();
     from.extend(running.iter().copied());
     let from: Vec<&str> = from.into_iter().collect();
+    // The next step of the whole path (3.5.30 -> 3.5.35 -> 3.6.16 -> ...).
+    let step = match version_path(&from, target, &common_installed(obs, members)) {
+        Ok(Some(path)) => path.first().cloned()?,
+        Ok(None) => target.to_string(),
+        Err(reason) => return Some(Plan::wait(WaitReason::UpgradePathBlocked { reason })),
+    };
+    let target = step.as_str();
+    if let Some(plan) = stale_downgrade(target) {
+        return Some(plan);
+    }
+    let behind: Vec<(&MemberView, &PeerView)> = behind
+        .into_iter()
+        .filter(|(_, p)| p.etcd_version().is_some_and(|v| v != target))
+        .collect();
+    if behind.is_empty() {
+        return None;
+    }
     if let Some(to) = native_downgrade(&from, target) {
         return Some(downgrade_plan(
             obs,
@@ -1037,20 +1126,6 @@ fn version_change(
             all_healthy,
         ));
     }
-    // etcd's guide: every 3.5 member on 3.5.32 or later before any runs 3.6.
-    // Roll those below it to the newest such 3.5 every member has first.
-    let (target, behind) = match stepping_stone(&from, target, &behind) {
-        Ok(None) => (target, behind),
-        Ok(Some(stone)) => {
-            let below: Vec<(&MemberView, &PeerView)> = behind
-                .iter()
-                .copied()
-                .filter(|(_, p)| p.etcd_version().is_some_and(below_3_5_32))
-                .collect();
-            (stone, below)
-        }
-        Err(reason) => return Some(Plan::wait(WaitReason::UpgradePathBlocked { reason })),
-    };
     if !rolling_compatible(&from, target) {
         return Some(Plan::wait(WaitReason::VersionChangePending {
             from: from.join(","),

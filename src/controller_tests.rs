@@ -952,10 +952,49 @@ fn plan_with_v2(from: &str, to: &str, missing: &[&str], v2: Option<V2StoreCheck>
     reconcile(&o)
 }
 
-/// Every pair of known versions, both directions: patch changes and one
-/// minor up roll in place (3.5 below 3.5.32 to 3.6 through the newest
-/// installed 3.5.32+ first, or refused when none is installed); downgrades of
-/// a minor and jumps of two minors go by dump and restore.
+/// The first step the whole path takes from `from` to `to` when every
+/// known version is installed: up through each minor in between at its
+/// newest version (3.5.35 before 3.6, 3.6.16 before 3.7), the first minor's
+/// members below its floor to that version first; down from 3.6+ one minor
+/// at a time. None: no in-place step (dump and restore, or refused).
+fn first_step(from: &str, to: &str) -> Option<String> {
+    let v = |s: &str| s.parse::<etcd::EtcdVersion>().expect("version");
+    let (f, t) = (v(from), v(to));
+    let newest = |minor: u32| {
+        KNOWN
+            .iter()
+            .rev()
+            .find(|k| v(k).minor == minor)
+            .map(|k| k.to_string())
+    };
+    if t.minor >= f.minor {
+        if t.minor > f.minor {
+            // The first minor's floor (3.5.32 before 3.6, 3.6.11 before 3.7).
+            let floor = match f.minor {
+                5 => Some(MIN_3_5_FOR_3_6),
+                6 => Some(MIN_3_6_FOR_3_7),
+                _ => None,
+            };
+            if floor.is_some_and(|fl| f < fl) {
+                return newest(f.minor);
+            }
+            if t.minor > f.minor + 1 {
+                return newest(f.minor + 1);
+            }
+        }
+        return Some(to.into());
+    }
+    if f.minor >= 6 && t.minor >= 5 {
+        return newest(f.minor - 1).map(|n| if v(&n).minor == t.minor { to.into() } else { n });
+    }
+    None
+}
+
+/// Every pair of known versions, both directions, as the whole path plans
+/// them: the first step rolls (one version up, or a patch either way),
+/// enables etcd's downgrade (one minor down from 3.6+), goes by dump and
+/// restore (down below 3.6 across minors) or is refused (below 3.5 from
+/// 3.6+).
 #[test]
 fn the_version_planner_covers_every_pair_of_known_versions() {
     let v = |s: &str| s.parse::<etcd::EtcdVersion>().expect("version");
@@ -963,19 +1002,6 @@ fn the_version_planner_covers_every_pair_of_known_versions() {
         for to in KNOWN {
             let plan = plan_for(from, to, &[]);
             let (f, t) = (v(from), v(to));
-            let upgrade_to = |version: &str| {
-                plan.actions
-                    == vec![
-                        Action::TakeBackup {
-                            reason: BackupReason::BeforeChange,
-                        },
-                        Action::UpgradeMember {
-                            peer: "b".into(),
-                            version: version.into(),
-                        },
-                    ]
-            };
-            let expect_roll = t.minor == f.minor || t.minor == f.minor + 1;
             if from == to {
                 assert!(
                     !plan.actions.iter().any(|a| matches!(
@@ -984,40 +1010,49 @@ fn the_version_planner_covers_every_pair_of_known_versions() {
                     )),
                     "{from} -> {to}: nothing to change, got {plan:?}"
                 );
-            } else if t.minor == 6 && f.minor == 5 && f < MIN_3_5_FOR_3_6 {
-                assert!(
-                    upgrade_to("3.5.35"),
-                    "{from} -> {to}: through 3.5.35 first, got {plan:?}"
-                );
-            } else if expect_roll {
-                assert!(upgrade_to(to), "{from} -> {to}: rolling, got {plan:?}");
-            } else if f.minor >= 6 && t.minor + 1 == f.minor {
-                assert_eq!(
+                continue;
+            }
+            match first_step(from, to) {
+                Some(step) if v(&step).minor < f.minor => assert_eq!(
                     plan.actions,
                     vec![
                         Action::TakeBackup {
                             reason: BackupReason::BeforeChange
                         },
                         Action::EnableDowngrade {
-                            minor: format!("3.{}", t.minor)
+                            minor: format!("3.{}", v(&step).minor)
                         }
                     ],
-                    "{from} -> {to}: etcd's downgrade protocol"
-                );
-            } else if f.minor >= 6 && t.minor < f.minor {
-                assert!(
-                    plan.actions.is_empty()
-                        && matches!(&plan.waits[..], [WaitReason::UpgradePathBlocked { reason }] if reason.contains("one minor at a time")),
-                    "{from} -> {to}: refused before anything moves, got {plan:?}"
-                );
-            } else {
-                assert_eq!(
+                    "{from} -> {to}: etcd's downgrade protocol, first to {step}"
+                ),
+                Some(step) => assert_eq!(
                     plan.actions,
-                    vec![Action::Quarantine {
-                        peers: vec!["a".into(), "b".into(), "c".into()]
-                    }],
-                    "{from} -> {to}: dump and restore"
-                );
+                    vec![
+                        Action::TakeBackup {
+                            reason: BackupReason::BeforeChange
+                        },
+                        Action::UpgradeMember {
+                            peer: "b".into(),
+                            version: step.clone()
+                        }
+                    ],
+                    "{from} -> {to}: rolling, first to {step}"
+                ),
+                None if f.minor >= 6 => assert!(
+                    plan.actions.is_empty()
+                        && matches!(&plan.waits[..], [WaitReason::UpgradePathBlocked { reason }] if reason.contains("3.5 at the lowest")),
+                    "{from} -> {to}: refused before anything moves, got {plan:?}"
+                ),
+                None => {
+                    assert!(t < f, "{from} -> {to}");
+                    assert_eq!(
+                        plan.actions,
+                        vec![Action::Quarantine {
+                            peers: vec!["a".into(), "b".into(), "c".into()]
+                        }],
+                        "{from} -> {to}: dump and restore"
+                    );
+                }
             }
         }
     }
@@ -1025,10 +1060,10 @@ fn the_version_planner_covers_every_pair_of_known_versions() {
     // checked (rolling or by dump and restore); 3.6 -> 3.7 checks nothing.
     for from in KNOWN {
         for to in KNOWN {
-            let (f, t) = (v(from), v(to));
             let plan = plan_with_v2(from, to, &[], None);
-            let stone = t.minor == 6 && f.minor == 5 && f < MIN_3_5_FOR_3_6;
-            if f.minor < 6 && t.minor >= 6 && !stone {
+            let crosses =
+                first_step(from, to).is_some_and(|s| v(from).minor < 6 && v(&s).minor >= 6);
+            if crosses {
                 assert_eq!(
                     plan.actions,
                     vec![Action::CheckV2Store {
@@ -1052,11 +1087,51 @@ fn the_version_planner_covers_every_pair_of_known_versions() {
         matches!(&plan.waits[..], [WaitReason::UpgradePathBlocked { reason }] if reason.contains("3.5.32")),
         "{plan:?}"
     );
-    // From 3.5.35, straight to 3.6.
-    let plan = plan_for("3.5.35", "3.6.16", &[]);
-    assert!(
-        matches!(&plan.actions[..], [_, Action::UpgradeMember { version, .. }] if version == "3.6.16")
+    // Two minors up with the minor in between missing: dump and restore,
+    // checked for v2 content first.
+    let plan = plan_for("3.5.30", "3.7.3", &["3.6.16"]);
+    assert_eq!(
+        plan.actions,
+        vec![Action::Quarantine {
+            peers: vec!["a".into(), "b".into(), "c".into()]
+        }]
     );
+    let plan = plan_with_v2("3.5.30", "3.7.3", &["3.6.16"], None);
+    assert!(matches!(&plan.actions[..], [Action::CheckV2Store { .. }]));
+    // Two minors down from 3.7 with no 3.6 installed: refused.
+    let plan = plan_for("3.7.3", "3.5.35", &["3.6.16"]);
+    assert!(
+        matches!(&plan.waits[..], [WaitReason::UpgradePathBlocked { reason }] if reason.contains("one minor at a time")),
+        "{plan:?}"
+    );
+}
+
+/// The whole path, as `status` shows it.
+#[test]
+fn the_whole_path_is_planned_before_anything_moves() {
+    let all: Vec<&str> = KNOWN.to_vec();
+    let path = |from: &[&str], to: &str| version_path(from, to, &all);
+    let s = |v: &[&str]| Ok(Some(v.iter().map(|x| x.to_string()).collect::<Vec<_>>()));
+    assert_eq!(
+        path(&["3.5.30"], "3.7.3"),
+        s(&["3.5.35", "3.6.16", "3.7.3"])
+    );
+    assert_eq!(path(&["3.3.25"], "3.5.30"), s(&["3.4.23", "3.5.30"]));
+    assert_eq!(
+        path(&["3.5.35", "3.6.16"], "3.7.3"),
+        s(&["3.6.16", "3.7.3"])
+    );
+    assert_eq!(path(&["3.7.3"], "3.5.35"), s(&["3.6.16", "3.5.35"]));
+    assert_eq!(path(&["3.6.16", "3.7.3"], "3.6.16"), s(&["3.6.16"]));
+    assert_eq!(path(&["3.5.30"], "3.4.23"), Ok(None));
+    assert_eq!(path(&["3.5.30"], "3.5.30"), Ok(Some(vec![])));
+    assert!(path(&["3.6.16"], "3.4.23").is_err());
+    // 3.6 below 3.6.11 before 3.7: the newest installed 3.6 first.
+    assert_eq!(
+        version_path(&["3.6.5"], "3.7.3", &["3.6.5", "3.6.16", "3.7.3"]),
+        s(&["3.6.16", "3.7.3"])
+    );
+    assert!(version_path(&["3.6.5"], "3.7.3", &["3.6.5", "3.7.3"]).is_err());
 }
 
 /// Custom v2 content on any member, or a check that could not run, blocks
@@ -1261,4 +1336,41 @@ fn downgrades_go_by_etcds_protocol_one_minor_at_a_time() {
             "{new} -> {old}"
         );
     }
+}
+
+/// Two minors down: the first step's downgrade (to 3.6) is not cancelled
+/// because the spec says 3.5; once every member runs 3.6 it is cleared
+/// (etcd does the same) and the next one is enabled.
+#[test]
+fn two_minors_down_go_one_downgrade_at_a_time() {
+    let o = downgrade_obs(["3.7.3"; 3], [Some("3.6.0"); 3], "3.5.35", Some("3.6.0"));
+    assert_eq!(
+        reconcile(&o).actions,
+        vec![
+            Action::TakeBackup {
+                reason: BackupReason::BeforeChange
+            },
+            Action::UpgradeMember {
+                peer: "b".into(),
+                version: "3.6.16".into()
+            }
+        ]
+    );
+    let o = downgrade_obs(["3.6.16"; 3], [Some("3.6.0"); 3], "3.5.35", Some("3.6.0"));
+    assert_eq!(reconcile(&o).actions, vec![Action::CancelDowngrade]);
+    let o = downgrade_obs(["3.6.16"; 3], [Some("3.6.0"); 3], "3.5.35", None);
+    assert_eq!(
+        reconcile(&o).actions,
+        vec![
+            Action::TakeBackup {
+                reason: BackupReason::BeforeChange
+            },
+            Action::EnableDowngrade {
+                minor: "3.5".into()
+            }
+        ]
+    );
+    // Set back to 3.7.3 before anything moved: cancelled.
+    let o = downgrade_obs(["3.7.3"; 3], [Some("3.7.0"); 3], "3.7.3", Some("3.6.0"));
+    assert_eq!(reconcile(&o).actions, vec![Action::CancelDowngrade]);
 }

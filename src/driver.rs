@@ -670,6 +670,15 @@ impl Driver {
                     .map(|f| format!("skipping malformed {}: {}", f.path, f.reason)),
             );
         }
+        let last_change = self
+            .last_status
+            .as_ref()
+            .and_then(|(l, _)| l.version_change.clone());
+        if let Some(v) = &status.version_change
+            && last_change.as_ref() != Some(v)
+        {
+            tracing::info!(change = %v, "version change planned");
+        }
         let now = self.clock.now();
         if let Some((last, at)) = &self.last_status
             && last.same_content(&status)

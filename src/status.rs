@@ -29,6 +29,11 @@ pub struct ClusterStatus {
     pub quarantined: bool,
     /// What the leader is waiting for, in words (empty when idle).
     pub waits: Vec<String>,
+    /// A version change under way, in words: the members' versions and the
+    /// whole path (`3.5.30 -> 3.5.35 -> 3.6.16 -> 3.7.3`, next step), or
+    /// how it goes otherwise (dump and restore, refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_change: Option<String>,
     /// Things an operator should fix that do not stop the leader: control
     /// files it skipped, gossip without a key while TLS is on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -108,6 +113,7 @@ impl ClusterStatus {
             peers,
             quarantined,
             waits: plan.waits.iter().map(ToString::to_string).collect(),
+            version_change: version_change_text(obs),
             warnings: vec![],
         }
     }
@@ -122,6 +128,23 @@ impl ClusterStatus {
             ..other.clone()
         }
     }
+}
+
+/// The version change the planner sees, in words (see
+/// [`crate::controller::planned_path`]).
+fn version_change_text(obs: &Observation) -> Option<String> {
+    let (from, path) = crate::controller::planned_path(obs)?;
+    let to = obs.spec.as_ref()?.etcd_version.clone();
+    let from = from.join(",");
+    Some(match path {
+        Ok(Some(path)) if !path.is_empty() => format!(
+            "{from} -> {} (in place; next step: {})",
+            path.join(" -> "),
+            path[0]
+        ),
+        Ok(_) => format!("{from} -> {to} by dump and restore (no in-place path)"),
+        Err(reason) => format!("{from} -> {to} refused: {reason}"),
+    })
 }
 
 /// Seconds as "45s", "12m", "3h", "2d".

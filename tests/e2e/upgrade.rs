@@ -261,69 +261,21 @@ async fn upgrade_3_5_30_to_3_6_goes_through_3_5_35() {
     );
 }
 
+/// Two minors up in one request: the whole path rolls in place through the
+/// newest installed version of the minor between (3.3.25 -> 3.4.23 ->
+/// 3.5.30), a writer running all along, no acknowledged write lost.
 #[tokio::test(flavor = "multi_thread")]
-async fn two_minor_jump_goes_by_dump_and_restore_3_3_to_3_5() {
-    let dir = tempfile::tempdir().unwrap();
-    let env = crate::env(&dir);
-    let _ms: Vec<_> = (1..=3).map(|h| env.start(h)).collect();
-    env.configure(3, "3.3.25");
-    let ep = env.client_url(1);
-    wait_for(
-        "three healthy members on 3.3.25",
-        Duration::from_secs(60),
-        || {
-            let ep = ep.clone();
-            let env = env.clone();
-            async move {
-                put(&ep, "/old", "data").await.ok()?;
-                let v = versions(&env).await;
-                (members(&ep).await.ok()?.len() == 3
-                    && v.len() == 3
-                    && v.iter().all(|v| v == "3.3.25"))
-                .then_some(())
-            }
-        },
-    )
-    .await;
-
-    let (watcher, stop) = watch_refusals(ep.clone());
+async fn two_minors_up_roll_through_the_minor_between_3_3_to_3_5() {
+    let logs = rolling("3.3.25", "3.5.30").await;
     assert!(
-        env.ctl(&["-etcd-version=3.5.30", "configure-cluster"])
-            .success
+        logs.contains("3.3.25 -> 3.4.23 -> 3.5.30 (in place"),
+        "the path planned:\n{logs}"
     );
-    wait_for(
-        "every member on 3.5.30 with the old data",
-        Duration::from_secs(180),
-        || {
-            let (env, ep) = (env.clone(), ep.clone());
-            async move {
-                let v = versions(&env).await;
-                let data = get(&ep, "/old").await.ok()??;
-                (v.len() == 3 && v.iter().all(|v| v == "3.5.30") && data == "data").then_some(())
-            }
-        },
-    )
-    .await;
-    stop.send(true).unwrap();
-    assert!(
-        watcher.await.unwrap() > 0,
-        "the client URL never refused: no quarantine was seen"
-    );
-    // The restore bumped revisions, and the queued command is gone once done.
-    let c = etcd::EtcdClient::connect(std::slice::from_ref(&ep), Duration::from_secs(3))
-        .await
-        .unwrap();
-    assert!(c.status().await.unwrap().revision > 1_000_000_000);
-    wait_for(
-        "the internal restore command removed",
-        Duration::from_secs(60),
-        || {
-            let env = env.clone();
-            async move { env.ctl(&["list-commands"]).stdout.is_empty().then_some(()) }
-        },
-    )
-    .await;
-    put(&ep, "/new", "data").await.unwrap();
+    let between = logs
+        .lines()
+        .filter(|l| l.contains("restarted etcd") && l.contains("3.4.23"))
+        .count();
+    assert!(between >= 3, "every member on 3.4.23 first:\n{logs}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -341,40 +293,43 @@ async fn minor_downgrade_goes_by_dump_and_restore_3_5_to_3_4() {
     put(&ep, "/after", "downgrade").await.unwrap();
 }
 
-/// Two minors at once (3.5 -> 3.7) by dump and restore (a backup restored
-/// on 3.7, revisions bumped); then a downgrade of two minors (to 3.5),
-/// which etcd's protocol takes one minor at a time, is refused with the
-/// reason and nothing moves.
+/// 3.5.30 -> 3.7.3 in one request goes in place by the whole path: 3.5.35
+/// (etcd's floor for 3.6), the v2 store check, 3.6.16, a snapshot on 3.6,
+/// 3.7.3; revisions untouched. Then 3.7.3 -> 3.5.35, two minors down, by
+/// etcd's downgrade protocol twice (through 3.6.16).
 #[tokio::test(flavor = "multi_thread")]
-async fn two_minors_up_by_dump_and_restore_and_two_down_refused() {
+async fn the_whole_path_up_two_minors_and_down_again() {
     let dir = tempfile::tempdir().unwrap();
     let env = crate::env(&dir);
-    let (_m, ep) = one_member_with_data(&env, "3.5.30").await;
-    change_version_and_wait(&env, &ep, "3.7.3").await;
+    let (m, ep) = one_member_with_data(&env, "3.5.30").await;
     let c = etcd::EtcdClient::connect(std::slice::from_ref(&ep), Duration::from_secs(3))
         .await
         .unwrap();
-    assert!(c.status().await.unwrap().revision > 1_000_000_000, "bumped");
+    let before = c.status().await.unwrap().revision;
+    change_version_and_wait(&env, &ep, "3.7.3").await;
+    let log = m.log_text();
     assert!(
-        env.ctl(&["-etcd-version=3.5.35", "configure-cluster"])
-            .success
+        log.contains("3.5.30 -> 3.5.35 -> 3.6.16 -> 3.7.3 (in place; next step: 3.5.35)"),
+        "{log}"
     );
-    wait_for(
-        "the downgrade refused in status",
-        Duration::from_secs(90),
-        || {
-            let env = env.clone();
-            async move {
-                let s = env.ctl(&["status"]).stdout;
-                (s.contains("version change not started") && s.contains("one minor at a time"))
-                    .then_some(())
-            }
-        },
-    )
-    .await;
-    // Nothing moved: still 3.7.3, serving writes.
-    put(&ep, "/after", "refusal").await.unwrap();
-    assert_eq!(versions(&env).await, ["3.7.3"]);
+    assert!(log.contains("etcd snapshotted its WAL"), "{log}");
+    let c = etcd::EtcdClient::connect(std::slice::from_ref(&ep), Duration::from_secs(3))
+        .await
+        .unwrap();
+    let after = c.status().await.unwrap().revision;
+    assert!(
+        after >= before && after < 1_000_000_000,
+        "in place, not restored: {before} -> {after}"
+    );
+    change_version_and_wait(&env, &ep, "3.5.35").await;
+    let log = m.log_text();
+    assert!(log.contains("3.7.3 -> 3.6.16 -> 3.5.35 (in place"), "{log}");
+    assert_eq!(
+        log.matches("downgrade validated and enabled").count(),
+        2,
+        "{log}"
+    );
+    put(&ep, "/after", "downgrades").await.unwrap();
 }
 
 /// One HTTP/1.1 request to `addr` (host:port); the status code and body.
@@ -445,19 +400,4 @@ async fn custom_v2_data_blocks_3_5_to_3_6_and_nothing_changes() {
     put(&ep, "/after", "refusal").await.unwrap();
     // No copy of the member's data is left behind.
     assert!(!m.data_dir.join("v2store-check").exists());
-}
-
-/// A cluster born on 3.5 goes 3.5 -> 3.6 -> 3.7 in place, one minor at a
-/// time, as kops users move: 3.7 must open data whose WAL 3.5 wrote.
-#[tokio::test(flavor = "multi_thread")]
-async fn born_on_3_5_rolls_to_3_6_then_3_7() {
-    let dir = tempfile::tempdir().unwrap();
-    let env = crate::env(&dir);
-    let (m, ep) = one_member_with_data(&env, "3.5.35").await;
-    change_version_and_wait(&env, &ep, "3.6.16").await;
-    change_version_and_wait(&env, &ep, "3.7.3").await;
-    put(&ep, "/after", "3.7").await.unwrap();
-    // 3.6 snapshotted its WAL (--snapshot-count=1) before 3.7 opened it.
-    let log = std::fs::read_to_string(&m.log).unwrap();
-    assert!(log.contains("etcd snapshotted its WAL"), "{log}");
 }

@@ -496,6 +496,9 @@ async fn status(store: &BackupStore, output: Output) -> anyhow::Result<String> {
                 );
             }
             out += &format!("managers:    {} in gossip\n", r.peers.len());
+            if let Some(v) = &r.version_change {
+                out += &format!("version:     {v}\n");
+            }
             for w in &r.waits {
                 out += &format!("waiting:     {w}\n");
             }

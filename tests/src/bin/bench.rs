@@ -1262,52 +1262,9 @@ async fn all_versions(eps: &[String], want: &str) -> Option<()> {
     Some(())
 }
 
-/// P6: the longest gap between acknowledged writes during a rolling
-/// 3.4.23 -> 3.5.30 upgrade, and the client-visible downtime of a dump and
-/// restore (3.5.30 -> 3.4.23) of a database with many keys.
-async fn p6(quick: bool, root: &Path, bin_dir: &Path, out: &mut Vec<Value>) -> anyhow::Result<()> {
-    let keys: u64 = if quick { 2_000 } else { 100_000 };
-    let start_env = |name: &str| {
-        let dir = root.join(name);
-        std::fs::create_dir_all(&dir).map(|_| {
-            tests::ClusterEnv::new(
-                &dir,
-                bin_dir.join("etcd-manager").to_str().unwrap(),
-                bin_dir.join("etcd-manager-ctl").to_str().unwrap(),
-            )
-        })
-    };
-    // Rolling upgrade.
-    let env = start_env("p6-rolling")?;
-    let mut ms: Vec<tests::Manager> = (1..=3u8).map(|h| env.start(h)).collect();
-    env.configure(3, "3.4.23");
-    let eps: Vec<String> = (1..=3u8).map(|h| env.client_url(h)).collect();
-    tests::wait_voters("three 3.4.23 voters", &eps, 3, None).await;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let w = writer(eps.clone(), stop_rx);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    env.configure(3, VERSION);
-    let rolled = Instant::now();
-    tests::wait_for("every member on 3.5.30", Duration::from_secs(300), || {
-        let eps = eps.clone();
-        async move { all_versions(&eps, VERSION).await }
-    })
-    .await;
-    let rolling_s = rolled.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let _ = stop_tx.send(true);
-    let acks = w.await?;
-    let rolling_gap = longest_gap(&acks);
-    for m in &mut ms {
-        m.kill_all();
-    }
-    // Dump and restore with many keys.
-    let env = start_env("p6-dump")?;
-    let mut ms: Vec<tests::Manager> = (1..=3u8).map(|h| env.start(h)).collect();
-    env.configure(3, VERSION);
-    let eps: Vec<String> = (1..=3u8).map(|h| env.client_url(h)).collect();
-    tests::wait_voters("three 3.5.30 voters", &eps, 3, None).await;
-    let client = etcd::EtcdClient::connect(&eps, Duration::from_secs(10)).await?;
+/// Put `keys` keys into the cluster behind `eps` (32 at a time).
+async fn load_keys(eps: &[String], keys: u64) -> anyhow::Result<()> {
+    let client = etcd::EtcdClient::connect(eps, Duration::from_secs(10)).await?;
     let loaded: Vec<_> = futures::stream::iter(0..keys)
         .map(|i| {
             let c = client.clone();
@@ -1328,48 +1285,133 @@ async fn p6(quick: bool, root: &Path, bin_dir: &Path, out: &mut Vec<Value>) -> a
         .buffer_unordered(32)
         .collect()
         .await;
-    for r in loaded {
-        r?;
-    }
+    loaded.into_iter().collect::<Result<Vec<()>, _>>()?;
+    Ok(())
+}
+
+/// One version change on three managers with `keys` keys loaded and a
+/// writer running throughout: the longest gap between acknowledged writes,
+/// how long the change took, the writes acknowledged and the keys after.
+struct Change {
+    gap: f64,
+    took: f64,
+    acked: usize,
+    keys_after: u64,
+}
+
+async fn version_change(
+    root: &Path,
+    bin_dir: &Path,
+    name: &str,
+    from: &str,
+    to: &str,
+    keys: u64,
+) -> anyhow::Result<Change> {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir)?;
+    let env = tests::ClusterEnv::new(
+        &dir,
+        bin_dir.join("etcd-manager").to_str().unwrap(),
+        bin_dir.join("etcd-manager-ctl").to_str().unwrap(),
+    );
+    let mut ms: Vec<tests::Manager> = (1..=3u8).map(|h| env.start(h)).collect();
+    env.configure(3, from);
+    let eps: Vec<String> = (1..=3u8).map(|h| env.client_url(h)).collect();
+    tests::wait_voters(&format!("three {from} voters"), &eps, 3, None).await;
+    load_keys(&eps, keys).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let w = writer(eps.clone(), stop_rx);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    env.configure(3, "3.4.23");
-    tests::wait_for("every member on 3.4.23", Duration::from_secs(300), || {
-        let eps = eps.clone();
-        async move { all_versions(&eps, "3.4.23").await }
-    })
+    env.configure(3, to);
+    let changed = Instant::now();
+    tests::wait_for(
+        &format!("every member on {to}"),
+        Duration::from_secs(600),
+        || {
+            let eps = eps.clone();
+            async move { all_versions(&eps, to).await }
+        },
+    )
     .await;
+    let took = changed.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let _ = stop_tx.send(true);
     let acks = w.await?;
-    let downtime = longest_gap(&acks);
-    let count = etcd::EtcdClient::connect(&eps, Duration::from_secs(10))
+    let keys_after = etcd::EtcdClient::connect(&eps, Duration::from_secs(10))
         .await?
         .count_with_prefix("/bench/keys/")
         .await?;
     for m in &mut ms {
         m.kill_all();
     }
+    Ok(Change {
+        gap: longest_gap(&acks),
+        took,
+        acked: acks.len(),
+        keys_after,
+    })
+}
+
+/// P6: the longest gap between acknowledged writes during rolling upgrades
+/// (3.4 -> 3.5, 3.5 -> 3.6, 3.6 -> 3.7) and a downgrade by etcd's protocol
+/// (3.7 -> 3.6, with many keys), beside the client-visible downtime of a
+/// dump and restore (3.5.30 -> 3.4.23) of the same number of keys.
+async fn p6(quick: bool, root: &Path, bin_dir: &Path, out: &mut Vec<Value>) -> anyhow::Result<()> {
+    let keys: u64 = if quick { 2_000 } else { 100_000 };
+    for (id, from, to, what) in [
+        (
+            "p6-rolling",
+            "3.4.23",
+            VERSION,
+            "rolling 3.4.23 -> 3.5.30 upgrade",
+        ),
+        (
+            "p6-rolling-3.6",
+            "3.5.35",
+            "3.6.16",
+            "rolling 3.5.35 -> 3.6.16 upgrade",
+        ),
+        (
+            "p6-rolling-3.7",
+            "3.6.16",
+            "3.7.3",
+            "rolling 3.6.16 -> 3.7.3 upgrade",
+        ),
+    ] {
+        let c = version_change(root, bin_dir, id, from, to, 0).await?;
+        out.push(row(
+            id,
+            &format!("P6 {what}: longest gap between acknowledged writes (s)"),
+            &[c.gap],
+            None,
+            "<= 2 s",
+            Some(c.gap <= 2.0),
+            json!({"change_took_s": c.took, "acked_writes": c.acked}),
+        ));
+    }
+    let c = version_change(root, bin_dir, "p6-downgrade", "3.7.3", "3.6.16", keys).await?;
     out.push(row(
-        "p6-rolling",
-        "P6 rolling 3.4.23 -> 3.5.30 upgrade: longest gap between acknowledged writes (s)",
-        &[rolling_gap],
+        "p6-downgrade",
+        &format!(
+            "P6 downgrade 3.7.3 -> 3.6.16 by etcd's protocol with {keys} keys: longest gap between acknowledged writes (s)"
+        ),
+        &[c.gap],
         None,
         "<= 2 s",
-        Some(rolling_gap <= 2.0),
-        json!({"upgrade_took_s": rolling_s, "acked_writes": acks.len()}),
+        Some(c.gap <= 2.0 && c.keys_after == keys),
+        json!({"change_took_s": c.took, "acked_writes": c.acked, "keys_after": c.keys_after, "keys_before": keys}),
     ));
+    let c = version_change(root, bin_dir, "p6-dump", VERSION, "3.4.23", keys).await?;
     out.push(row(
         "p6-dump-restore",
         &format!(
             "P6 dump and restore 3.5.30 -> 3.4.23 with {keys} keys: client-visible downtime (s)"
         ),
-        &[downtime],
+        &[c.gap],
         None,
         "<= 15 s",
-        Some(downtime <= 15.0),
-        json!({"keys_after": count, "keys_before": keys}),
+        Some(c.gap <= 15.0 && c.keys_after == keys),
+        json!({"change_took_s": c.took, "keys_after": c.keys_after, "keys_before": keys}),
     ));
     Ok(())
 }
