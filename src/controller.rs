@@ -356,6 +356,13 @@ pub enum WaitReason {
         target: String,
         members: Vec<String>,
     },
+    /// The next action failed before and waits (see `crate::backoff`).
+    BackingOff {
+        action: String,
+        failures: u32,
+        retry_in_ms: u64,
+        error: String,
+    },
 }
 
 /// Every [`WaitReason::label`], so the metric exists for each from the start.
@@ -376,6 +383,7 @@ pub const WAIT_LABELS: &[&str] = &[
     "restore_refused",
     "upgrade_path_blocked",
     "downgrade_migrating",
+    "backing_off",
 ];
 
 impl WaitReason {
@@ -396,6 +404,7 @@ impl WaitReason {
             WaitReason::VersionChangePending { .. } => "version_change_pending",
             WaitReason::UpgradePathBlocked { .. } => "upgrade_path_blocked",
             WaitReason::DowngradeMigrating { .. } => "downgrade_migrating",
+            WaitReason::BackingOff { .. } => "backing_off",
             WaitReason::ForeignCluster { .. } => "foreign_cluster",
             WaitReason::RestoreRefused { .. } => "restore_refused",
         }
@@ -462,6 +471,16 @@ impl fmt::Display for WaitReason {
             WaitReason::UpgradePathBlocked { reason } => {
                 write!(f, "version change not started: {reason}")
             }
+            WaitReason::BackingOff {
+                action,
+                failures,
+                retry_in_ms,
+                error,
+            } => write!(
+                f,
+                "{action} failed {failures} time(s) in a row, last: {error}; next try in {:.1} s",
+                *retry_in_ms as f64 / 1000.0
+            ),
             WaitReason::DowngradeMigrating { target, members } => write!(
                 f,
                 "downgrade to {target} enabled (etcd's downgrade protocol); waiting for {} to migrate \

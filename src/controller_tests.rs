@@ -897,6 +897,12 @@ fn every_wait_reason_label_is_listed() {
             target: String::new(),
             members: vec![],
         },
+        WaitReason::BackingOff {
+            action: String::new(),
+            failures: 0,
+            retry_in_ms: 0,
+            error: String::new(),
+        },
     ];
     let labels: Vec<&str> = all.iter().map(WaitReason::label).collect();
     assert_eq!(labels, WAIT_LABELS);

@@ -196,6 +196,8 @@ pub struct Driver {
     /// The backup this leader took last (a dump-and-restore restores it).
     last_backup_name: Option<String>,
     unhealthy_since: BTreeMap<u64, Instant>,
+    /// Action kinds that failed, and when each may be tried again.
+    backoff: crate::backoff::Backoff,
     /// v2 store checks by (peer id, cluster token), and when they ran.
     v2store: BTreeMap<(String, String), (controller::V2StoreCheck, Instant)>,
     had_majority: bool,
@@ -260,6 +262,7 @@ impl Driver {
             last_backup_name: None,
             unhealthy_since: BTreeMap::new(),
             v2store: BTreeMap::new(),
+            backoff: Default::default(),
             had_majority: false,
             malformed_seen: 0,
             last_hosts: None,
@@ -504,7 +507,9 @@ impl Driver {
                 return false;
             }
         };
-        let plan = controller::reconcile(&obs);
+        let plan = self
+            .backoff
+            .gate(controller::reconcile(&obs), self.clock.now());
         self.report_waits(&plan);
         self.write_status(&obs, &plan).await;
         self.steady = plan.actions.is_empty() && plan.waits.is_empty();
@@ -901,9 +906,18 @@ impl Driver {
             metrics::counter!(m::RECONCILE_ACTIONS, "action" => action.label(), "result" => label)
                 .increment(1);
             acted = true;
-            if let Err(e) = result {
-                tracing::warn!(action = action.label(), error = %e, "action failed");
-                break;
+            match result {
+                Ok(()) => {
+                    self.backoff.succeeded(action.label());
+                    metrics::gauge!(m::ACTION_BACKOFF, "action" => action.label()).set(0.0);
+                }
+                Err(e) => {
+                    let wait = self.backoff.failed(action.label(), self.clock.now(), &e);
+                    metrics::gauge!(m::ACTION_BACKOFF, "action" => action.label())
+                        .set(wait.as_secs_f64());
+                    tracing::warn!(action = action.label(), error = %e, retry_in = ?wait, "action failed");
+                    break;
+                }
             }
         }
         acted

@@ -23,6 +23,7 @@ pub const ETCD_MEMBERS: &str = "etcd_manager_etcd_members";
 pub const QUARANTINED: &str = "etcd_manager_quarantined";
 pub const RECONCILE_ACTIONS: &str = "etcd_manager_reconcile_actions_total";
 pub const RECONCILE_WAITS: &str = "etcd_manager_reconcile_waits_total";
+pub const ACTION_BACKOFF: &str = "etcd_manager_action_backoff_seconds";
 pub const STORE_REQUESTS: &str = "etcd_manager_store_requests_total";
 pub const PEER_API_REJECTED: &str = "etcd_manager_peer_api_rejected_total";
 pub const GOSSIP_BYTES: &str = "etcd_manager_gossip_bytes_total";
@@ -48,6 +49,7 @@ pub const ALL: &[&str] = &[
     QUARANTINED,
     RECONCILE_ACTIONS,
     RECONCILE_WAITS,
+    ACTION_BACKOFF,
     STORE_REQUESTS,
     PEER_API_REJECTED,
     GOSSIP_BYTES,
@@ -99,6 +101,10 @@ pub fn describe() {
         "actions the leader executed, by action and result"
     );
     c!(RECONCILE_WAITS, "controller passes that waited, by reason");
+    g!(
+        ACTION_BACKOFF,
+        "how long the leader waits before trying an action kind again after failures (0: not failing), by action"
+    );
     c!(
         STORE_REQUESTS,
         "backup store requests, by operation and result"

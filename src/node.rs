@@ -138,6 +138,44 @@ pub struct Node {
     /// Alive managers of our cluster as our gossip sees them (set by the driver).
     alive_view: std::sync::Mutex<Vec<String>>,
     inner: Mutex<Inner>,
+    /// The installed etcd versions and what they were read from (see
+    /// [`install_signature`]): scanned again only when that changes.
+    installed: std::sync::Mutex<Option<(InstallSignature, Vec<String>)>>,
+    /// How many times the installed versions were scanned.
+    installed_scans: std::sync::atomic::AtomicU64,
+}
+
+/// Every folder etcd binaries are looked for in, and every `etcd` binary
+/// there, with their modification times: a new, removed or replaced
+/// version changes it (a folder's time changes when entries come or go).
+type InstallSignature = Vec<(PathBuf, Option<std::time::SystemTime>)>;
+
+fn install_signature(bin_dirs: &[PathBuf]) -> InstallSignature {
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut sig = Vec::new();
+    let mut roots: Vec<PathBuf> = bin_dirs.to_vec();
+    roots.push(PathBuf::from("/opt"));
+    for root in &roots {
+        sig.push((root.clone(), mtime(root)));
+        let bin = root.join("etcd");
+        sig.push((bin.clone(), mtime(&bin)));
+        let Ok(entries) = std::fs::read_dir(root) else {
+            continue;
+        };
+        let mut names: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("etcd-v"))
+            .map(|e| e.path())
+            .collect();
+        names.sort();
+        for dir in names {
+            for sub in ["", "usr/local/bin", "usr/bin"] {
+                let bin = dir.join(sub).join("etcd");
+                sig.push((bin.clone(), mtime(&bin)));
+            }
+        }
+    }
+    sig
 }
 
 /// A new random node id: 16 bytes, base64url without padding (as upstream's ids look).
@@ -258,6 +296,8 @@ impl Node {
             id,
             store_id: std::sync::Mutex::new(None),
             alive_view: std::sync::Mutex::new(Vec::new()),
+            installed: std::sync::Mutex::new(None),
+            installed_scans: std::sync::atomic::AtomicU64::new(0),
             inner: Mutex::new(Inner {
                 state,
                 process: None,
@@ -352,6 +392,29 @@ impl Node {
 
     fn etcd_data_dir(&self, token: &str) -> PathBuf {
         self.settings.data_dir.join("data").join(token)
+    }
+
+    /// The installed etcd versions, scanned again only when the folders
+    /// that hold them change (a scan may run `etcd --version`).
+    pub fn installed(&self) -> Vec<String> {
+        let sig = install_signature(&self.settings.bin_dirs);
+        let mut cache = self
+            .installed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((cached, versions)) = cache.as_ref()
+            && *cached == sig
+        {
+            return versions.clone();
+        }
+        let versions = installed_versions(&self.settings.bin_dirs);
+        self.installed_scans
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if cache.as_ref().is_none_or(|(_, v)| *v != versions) {
+            tracing::info!(versions = ?versions, "installed etcd versions");
+        }
+        *cache = Some((sig, versions.clone()));
+        versions
     }
 
     /// The highest epoch this node has accepted (persisted).
@@ -467,7 +530,7 @@ impl Node {
                 nodes: l.nodes.clone(),
             }),
             highest_epoch: inner.state.highest_epoch,
-            installed_versions: installed_versions(&self.settings.bin_dirs),
+            installed_versions: self.installed(),
         }
     }
 
@@ -663,7 +726,8 @@ impl Node {
     /// `etcdutl check v2store` on a copy of `data` (see [`etcd::check_v2store`]),
     /// with the newest installed 3.5 whose etcdutl has the check.
     async fn check_v2store(&self, data: &Path) -> Result<etcd::V2StoreVerdict, String> {
-        let mut candidates: Vec<etcd::EtcdVersion> = installed_versions(&self.settings.bin_dirs)
+        let mut candidates: Vec<etcd::EtcdVersion> = self
+            .installed()
             .iter()
             .filter_map(|v| v.parse::<etcd::EtcdVersion>().ok())
             .filter(|v| v.major == 3 && v.minor == 5)
@@ -1088,6 +1152,34 @@ mod leadership_tests {
             etcd_pki: None,
         })
         .unwrap()
+    }
+
+    /// The installed versions are scanned once, and again only when a
+    /// version folder comes (or a binary is replaced).
+    #[test]
+    fn installed_versions_are_scanned_again_only_on_a_change() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let bins = tempfile::tempdir().unwrap();
+        let add = |v: &str| {
+            let d = bins.path().join(format!("etcd-v{v}"));
+            std::fs::create_dir_all(&d).unwrap();
+            let f = d.join("etcd");
+            std::fs::write(&f, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        add("9.1.1");
+        let mut n = node(dir.path());
+        n.settings.bin_dirs = vec![bins.path().to_path_buf()];
+        let scans = || n.installed_scans.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(n.installed().contains(&"9.1.1".to_string()));
+        assert!(n.installed().contains(&"9.1.1".to_string()));
+        assert_eq!(scans(), 1);
+        add("9.2.0");
+        assert!(n.installed().contains(&"9.2.0".to_string()));
+        assert_eq!(scans(), 2);
+        n.installed();
+        assert_eq!(scans(), 2);
     }
 
     #[test]
