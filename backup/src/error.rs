@@ -34,13 +34,7 @@ impl Error {
     /// Worth trying again later (the store or the network may recover).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Store { source, .. } => !matches!(
-                source,
-                object_store::Error::PermissionDenied { .. }
-                    | object_store::Error::Unauthenticated { .. }
-                    | object_store::Error::NotImplemented { .. }
-                    | object_store::Error::InvalidPath { .. }
-            ),
+            Error::Store { source, .. } => lock::store_error_is_retryable(source),
             Error::Snapshot(_) | Error::Io { .. } => true,
             _ => false,
         }

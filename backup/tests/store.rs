@@ -226,12 +226,11 @@ async fn contract_local_file_system() {
 
 #[tokio::test]
 async fn contract_s3_on_moto() {
-    let Some(moto) = moto::Moto::start().await else {
-        println!("skipped: moto_server not found");
+    let Some(moto) = moto::Moto::for_test().await else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    moto.create_bucket("backups").await;
+    moto.create_bucket("backups").await.unwrap();
     let opts = StoreOptions {
         s3_endpoint: Some(moto.endpoint()),
         s3_region: Some("us-east-1".into()),
@@ -272,12 +271,13 @@ async fn contract_azure_on_azurite() {
 /// a server that does not answer leaves the options alone and says why.
 #[tokio::test]
 async fn the_buckets_region_comes_from_s3_when_none_is_given() {
-    let Some(moto) = moto::Moto::start().await else {
-        println!("skipped: moto_server not found");
+    let Some(moto) = moto::Moto::for_test().await else {
         return;
     };
-    moto.create_bucket_in("far-away", Some("eu-west-2")).await;
-    moto.create_bucket("nearby").await;
+    moto.create_bucket_in("far-away", Some("eu-west-2"))
+        .await
+        .unwrap();
+    moto.create_bucket("nearby").await.unwrap();
     let base = StoreOptions {
         s3_endpoint: Some(moto.endpoint()),
         s3_region: None,
@@ -712,102 +712,9 @@ fn gcs_urls_are_configured_without_io() {
     assert!(e.contains("no bucket"), "{e}");
 }
 
-mod moto {
-    //! A moto S3 server on a free loopback port, killed on drop.
-    use std::process::{Child, Stdio};
-    use std::time::{Duration, Instant};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    pub struct Moto {
-        child: Child,
-        port: u16,
-    }
-
-    impl Moto {
-        /// None when moto_server is not installed, outside CI; under
-        /// `CI=true` a missing server fails the test.
-        pub async fn start() -> Option<Moto> {
-            let Some(bin) = which("moto_server") else {
-                assert!(
-                    std::env::var("CI").as_deref() != Ok("true"),
-                    "moto_server is not on PATH (scripts/setup.sh installs it)"
-                );
-                return None;
-            };
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .ok()?
-                .local_addr()
-                .ok()?
-                .port();
-            let child = std::process::Command::new(bin)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .ok()?;
-            let m = Moto { child, port };
-            let start = Instant::now();
-            while tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_err()
-            {
-                assert!(
-                    start.elapsed() < Duration::from_secs(30),
-                    "moto_server did not start"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Some(m)
-        }
-
-        pub fn endpoint(&self) -> String {
-            format!("http://127.0.0.1:{}", self.port)
-        }
-
-        pub async fn create_bucket(&self, name: &str) {
-            self.create_bucket_in(name, None).await
-        }
-
-        /// A bucket in `region` (a LocationConstraint), or S3's default.
-        pub async fn create_bucket_in(&self, name: &str, region: Option<&str>) {
-            let body = region.map_or(String::new(), |r| {
-                format!(
-                    "<CreateBucketConfiguration><LocationConstraint>{r}</LocationConstraint></CreateBucketConfiguration>"
-                )
-            });
-            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .expect("connect");
-            let req = format!(
-                "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                self.port,
-                body.len()
-            );
-            s.write_all(req.as_bytes()).await.expect("write");
-            let mut resp = String::new();
-            s.read_to_string(&mut resp).await.expect("read");
-            assert!(
-                resp.starts_with("HTTP/1.1 200"),
-                "bucket creation failed: {resp}"
-            );
-        }
-    }
-
-    impl Drop for Moto {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    fn which(name: &str) -> Option<std::path::PathBuf> {
-        std::env::var_os("PATH")?
-            .to_str()?
-            .split(':')
-            .map(|d| std::path::Path::new(d).join(name))
-            .find(|p| p.is_file())
-    }
-}
+#[allow(dead_code)] // only some of the helper is used here
+#[path = "../../tests/src/moto.rs"]
+mod moto;
 
 #[tokio::test]
 async fn retention_deletes_with_one_listing_and_spares_odd_names() {

@@ -44,6 +44,22 @@ pub enum Error {
     InvalidConfig(String),
 }
 
+/// Whether a store error may go away by itself (network trouble,
+/// throttling, a server error) rather than need an operator (credentials,
+/// permissions, a store that lacks a feature, a bad path or setting). The
+/// one judgement of store errors for the lease and the backup store.
+pub fn store_error_is_retryable(e: &object_store::Error) -> bool {
+    !matches!(
+        e,
+        object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. }
+            | object_store::Error::NotImplemented { .. }
+            | object_store::Error::NotSupported { .. }
+            | object_store::Error::InvalidPath { .. }
+            | object_store::Error::UnknownConfigurationKey { .. }
+    )
+}
+
 impl Error {
     /// True when trying again later may succeed without anyone changing anything
     /// (network trouble, throttling, a record that changed under us). False for errors that
@@ -51,15 +67,7 @@ impl Error {
     /// a malformed record.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Store { source, .. } => !matches!(
-                source,
-                object_store::Error::PermissionDenied { .. }
-                    | object_store::Error::Unauthenticated { .. }
-                    | object_store::Error::NotImplemented { .. }
-                    | object_store::Error::NotSupported { .. }
-                    | object_store::Error::InvalidPath { .. }
-                    | object_store::Error::UnknownConfigurationKey { .. }
-            ),
+            Error::Store { source, .. } => store_error_is_retryable(source),
             Error::PreconditionsUnsupported { .. }
             | Error::Malformed { .. }
             | Error::InvalidConfig(_) => false,

@@ -67,6 +67,6 @@ mod verify;
 
 pub use client::{GC_BATCH, KEEP_RECORDS, LeaseClient, LeaseState};
 pub use config::{CHECK_INTERVAL, LeaseConfig, MIN_RENEW_INTERVAL};
-pub use error::Error;
+pub use error::{Error, store_error_is_retryable};
 pub use record::{LeaseClaim, LeaseRecord, record_key};
 pub use verify::{EpochCheck, MAX_RECORD_SIZE, check_epoch};

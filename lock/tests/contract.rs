@@ -777,12 +777,12 @@ async fn contract_local_file_system() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn contract_s3_moto() {
-    let Some(moto) = Moto::start().await else {
-        println!("skipped: moto_server not found");
+    let Some(moto) = moto::Moto::for_test().await else {
         return;
     };
+    moto.create_bucket(BUCKET).await.unwrap();
     let store = object_store::aws::AmazonS3Builder::new()
-        .with_endpoint(format!("http://127.0.0.1:{}", moto.port))
+        .with_endpoint(moto.endpoint())
         .with_allow_http(true)
         .with_virtual_hosted_style_request(false)
         .with_bucket_name(BUCKET)
@@ -854,74 +854,6 @@ async fn tick_refuses_an_unsafe_config() {
 
 const BUCKET: &str = "lease-test";
 
-/// A moto S3 server on a free loopback port, killed on drop.
-struct Moto {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Moto {
-    /// None when `moto_server` is not on PATH, outside CI; under `CI=true`
-    /// a missing server fails the test.
-    async fn start() -> Option<Moto> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let child = match std::process::Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-        {
-            Ok(child) => child,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                assert!(
-                    std::env::var("CI").as_deref() != Ok("true"),
-                    "moto_server is not on PATH (scripts/setup.sh installs it)"
-                );
-                return None;
-            }
-            Err(e) => panic!("could not start moto_server: {e}"),
-        };
-        let moto = Moto { child, port };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            match moto.create_bucket().await {
-                Ok(status) => {
-                    assert!(status.contains(" 200 "), "bucket creation: {status}");
-                    return Some(moto);
-                }
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("moto_server did not come up on port {port}: {e}"),
-            }
-        }
-    }
-
-    /// PUT /<bucket> over a raw connection; moto needs no signature. Returns the status line.
-    async fn create_bucket(&self) -> std::io::Result<String> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
-        let request = format!(
-            "PUT /{BUCKET} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\n\
-             Connection: close\r\n\r\n",
-            self.port
-        );
-        conn.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        conn.read_to_end(&mut response).await?;
-        let text = String::from_utf8_lossy(&response);
-        Ok(text.lines().next().unwrap_or_default().to_string())
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[allow(dead_code)] // only some of the helper is used here
+#[path = "../../tests/src/moto.rs"]
+mod moto;

@@ -17,7 +17,7 @@ async fn status_json(env: &tests::ClusterEnv) -> Option<serde_json::Value> {
 async fn the_local_etcd_resumes_while_the_store_is_down() {
     let dir = tempfile::tempdir().unwrap();
     let mut env = crate::env(&dir);
-    let moto = tests::Moto::start("127.0.0.1", &dir.path().join("moto.log"))
+    let moto = tests::Moto::start("127.0.0.1", Some(&dir.path().join("moto.log")))
         .await
         .unwrap();
     moto.create_bucket("outage").await.unwrap();

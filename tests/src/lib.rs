@@ -3,6 +3,9 @@
 //! sleeps), and cleanup that kills whole process groups even when a test fails.
 
 pub mod azurite;
+pub mod moto;
+
+pub use moto::Moto;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -249,79 +252,6 @@ fn etcd_bin_env() -> Vec<(String, String)> {
         }
     }
     env
-}
-
-/// A moto S3 server on a free port of `ip`, killed on drop.
-pub struct Moto {
-    child: std::process::Child,
-    addr: String,
-}
-
-impl Moto {
-    /// Start `moto_server` (installed by scripts/setup.sh), logging to `log`.
-    pub async fn start(ip: &str, log: &Path) -> Result<Moto, String> {
-        let port = std::net::TcpListener::bind((ip, 0))
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port on {ip}: {e}"))?
-            .port();
-        let log = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let child = std::process::Command::new("moto_server")
-            .args(["-H", ip, "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("moto_server (run scripts/setup.sh): {e}"))?;
-        let moto = Moto {
-            child,
-            addr: format!("{ip}:{port}"),
-        };
-        let start = Instant::now();
-        while tokio::net::TcpStream::connect(&moto.addr).await.is_err() {
-            if start.elapsed() > Duration::from_secs(30) {
-                return Err("moto_server did not listen within 30 s".into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(moto)
-    }
-
-    pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Create a bucket (an empty PUT, as S3 does it).
-    pub async fn create_bucket(&self, name: &str) -> Result<(), String> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(&self.addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        let req = format!(
-            "PUT /{name} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.addr
-        );
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp)
-            .await
-            .map_err(|e| e.to_string())?;
-        if resp.starts_with("HTTP/1.1 200") {
-            Ok(())
-        } else {
-            Err(format!(
-                "bucket creation answered: {}",
-                resp.lines().next().unwrap_or("")
-            ))
-        }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Manager {

@@ -1459,7 +1459,7 @@ async fn p7(quick: bool, root: &Path, bin_dir: &Path, out: &mut Vec<Value>) -> a
         bin_dir.join("etcd-manager").to_str().unwrap(),
         bin_dir.join("etcd-manager-ctl").to_str().unwrap(),
     );
-    let moto = tests::Moto::start("127.0.0.1", &dir.join("moto.log"))
+    let moto = tests::Moto::start("127.0.0.1", Some(&dir.join("moto.log")))
         .await
         .map_err(anyhow::Error::msg)?;
     moto.create_bucket("bench")
