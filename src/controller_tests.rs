@@ -1021,14 +1021,7 @@ fn the_version_planner_covers_every_pair_of_known_versions() {
             match first_step(from, to) {
                 Some(step) if v(&step).minor < f.minor => assert_eq!(
                     plan.actions,
-                    vec![
-                        Action::TakeBackup {
-                            reason: BackupReason::BeforeChange
-                        },
-                        Action::EnableDowngrade {
-                            minor: format!("3.{}", v(&step).minor)
-                        }
-                    ],
+                    enable_downgrade(&format!("3.{}", v(&step).minor)),
                     "{from} -> {to}: etcd's downgrade protocol, first to {step}"
                 ),
                 Some(step) => assert_eq!(
@@ -1214,6 +1207,18 @@ fn custom_v2_content_blocks_the_move_to_3_6() {
     );
 }
 
+/// A backup, then `downgrade enable` to `minor`.
+fn enable_downgrade(minor: &str) -> Vec<Action> {
+    vec![
+        Action::TakeBackup {
+            reason: BackupReason::BeforeChange,
+        },
+        Action::EnableDowngrade {
+            minor: minor.into(),
+        },
+    ]
+}
+
 /// Three members on `versions` (a, b, c; a is the raft leader) whose data
 /// is at `storage`, every version installed, the spec asking for `to`, a
 /// downgrade enabled to `enabled`.
@@ -1281,14 +1286,7 @@ fn downgrades_go_by_etcds_protocol_one_minor_at_a_time() {
         let o = downgrade_obs([new; 3], [Some(new_sv); 3], old, None);
         assert_eq!(
             reconcile(&o).actions,
-            vec![
-                Action::TakeBackup {
-                    reason: BackupReason::BeforeChange
-                },
-                Action::EnableDowngrade {
-                    minor: minor.into()
-                }
-            ],
+            enable_downgrade(minor),
             "{new} -> {old}"
         );
         // Enabled; b has not migrated yet: wait, naming it; nothing moves.
@@ -1365,17 +1363,7 @@ fn two_minors_down_go_one_downgrade_at_a_time() {
     let o = downgrade_obs(["3.6.16"; 3], [Some("3.6.0"); 3], "3.5.35", Some("3.6.0"));
     assert_eq!(reconcile(&o).actions, vec![Action::CancelDowngrade]);
     let o = downgrade_obs(["3.6.16"; 3], [Some("3.6.0"); 3], "3.5.35", None);
-    assert_eq!(
-        reconcile(&o).actions,
-        vec![
-            Action::TakeBackup {
-                reason: BackupReason::BeforeChange
-            },
-            Action::EnableDowngrade {
-                minor: "3.5".into()
-            }
-        ]
-    );
+    assert_eq!(reconcile(&o).actions, enable_downgrade("3.5"));
     // Set back to 3.7.3 before anything moved: cancelled.
     let o = downgrade_obs(["3.7.3"; 3], [Some("3.7.0"); 3], "3.7.3", Some("3.6.0"));
     assert_eq!(reconcile(&o).actions, vec![Action::CancelDowngrade]);

@@ -348,33 +348,6 @@ async fn the_whole_path_up_two_minors_and_down_again() {
     put(&ep, "/after", "downgrades").await.unwrap();
 }
 
-/// One HTTP/1.1 request to `addr` (host:port); the status code and body.
-async fn http(addr: &str, method: &str, path: &str, form: &str) -> Result<(u16, String), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{form}",
-        form.len()
-    );
-    s.write_all(req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut resp = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut resp))
-        .await
-        .map_err(|_| "no answer within 5 s".to_string())?
-        .map_err(|e| e.to_string())?;
-    let code = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("not HTTP: {resp}"))?;
-    Ok((code, resp))
-}
-
 /// Custom v2 data (written through the v2 API a user turned on with
 /// ETCD_ENABLE_V2) blocks 3.5 -> 3.6 before anything moves: `status` names
 /// the reason, the member stays on 3.5 with its v3 and v2 data, serving.
@@ -386,9 +359,15 @@ async fn custom_v2_data_blocks_3_5_to_3_6_and_nothing_changes() {
         .push(("ETCD_ENABLE_V2".to_string(), "true".to_string()));
     let (m, ep) = one_member_with_data(&env, "3.5.35").await;
     let addr = ep.trim_start_matches("http://").to_string();
-    let (code, body) = http(&addr, "PUT", "/v2/keys/legacy", "value=v2data")
-        .await
-        .unwrap();
+    let (code, body) = tests::moto::request(
+        &addr,
+        "PUT",
+        "/v2/keys/legacy",
+        "application/x-www-form-urlencoded",
+        "value=v2data",
+    )
+    .await
+    .unwrap();
     assert_eq!(code, 201, "{body}");
     assert!(
         env.ctl(&["-etcd-version=3.6.16", "configure-cluster"])
@@ -411,7 +390,9 @@ async fn custom_v2_data_blocks_3_5_to_3_6_and_nothing_changes() {
     // Nothing moved: 3.5.35 still, both kinds of data there, writes work.
     assert_eq!(versions(&env).await, ["3.5.35"]);
     assert_eq!(get(&ep, "/k").await.unwrap().as_deref(), Some("v"));
-    let (code, body) = http(&addr, "GET", "/v2/keys/legacy", "").await.unwrap();
+    let (code, body) = tests::moto::request(&addr, "GET", "/v2/keys/legacy", "", "")
+        .await
+        .unwrap();
     assert!(code == 200 && body.contains("v2data"), "{body}");
     put(&ep, "/after", "refusal").await.unwrap();
     // No copy of the member's data is left behind.

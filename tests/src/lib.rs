@@ -362,23 +362,7 @@ pub async fn members(endpoint: &str) -> Result<Vec<etcd::Member>, String> {
 
 /// A plain HTTP/1.1 GET; returns the status code and the body.
 pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)
-        .await
-        .map_err(|e| e.to_string())?;
-    let code = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or("no status line")?;
+    let (code, resp) = moto::request(addr, "GET", path, "", "").await?;
     let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((resp.as_str(), ""));
     // Go's servers (Prometheus) send larger answers chunked.
     let chunked = head.lines().any(|l| {

@@ -82,12 +82,39 @@ impl Moto {
                 "<CreateBucketConfiguration><LocationConstraint>{r}</LocationConstraint></CreateBucketConfiguration>"
             )
         });
-        let mut s = tokio::net::TcpStream::connect(&self.addr)
+        let (code, resp) = request(&self.addr, "PUT", &format!("/{name}"), "", &body).await?;
+        if code == 200 {
+            Ok(())
+        } else {
+            Err(format!(
+                "bucket creation answered: {}",
+                resp.lines().next().unwrap_or("")
+            ))
+        }
+    }
+}
+
+/// One HTTP/1.1 request to `addr` (host:port) with a body of
+/// `content_type` (none if empty): the status code and the whole answer.
+/// Five seconds at most.
+pub async fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> Result<(u16, String), String> {
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| e.to_string())?;
+        let ct = if content_type.is_empty() {
+            String::new()
+        } else {
+            format!("Content-Type: {content_type}\r\n")
+        };
         let req = format!(
-            "PUT /{name} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.addr,
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{ct}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
         s.write_all(req.as_bytes())
@@ -97,15 +124,17 @@ impl Moto {
         s.read_to_string(&mut resp)
             .await
             .map_err(|e| e.to_string())?;
-        if resp.starts_with("HTTP/1.1 200") {
-            Ok(())
-        } else {
-            Err(format!(
-                "bucket creation answered: {}",
-                resp.lines().next().unwrap_or("")
-            ))
-        }
-    }
+        Ok::<_, String>(resp)
+    };
+    let resp = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| format!("{method} {path} on {addr}: no answer within 5 s"))??;
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not HTTP: {resp}"))?;
+    Ok((code, resp))
 }
 
 impl Drop for Moto {
