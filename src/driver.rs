@@ -198,6 +198,12 @@ pub struct Driver {
     unhealthy_since: BTreeMap<u64, Instant>,
     /// Action kinds that failed, and when each may be tried again.
     backoff: crate::backoff::Backoff,
+    /// Lease steps that failed in a row, and when the next may run.
+    lease_failures: u32,
+    lease_retry_at: Option<Instant>,
+    /// Reads of the control files that failed in a row, and when the next may run.
+    control_failures: u32,
+    control_retry_at: Option<Instant>,
     /// v2 store checks by (peer id, cluster token), and when they ran.
     v2store: BTreeMap<(String, String), (controller::V2StoreCheck, Instant)>,
     had_majority: bool,
@@ -263,6 +269,10 @@ impl Driver {
             unhealthy_since: BTreeMap::new(),
             v2store: BTreeMap::new(),
             backoff: Default::default(),
+            lease_failures: 0,
+            lease_retry_at: None,
+            control_failures: 0,
+            control_retry_at: None,
             had_majority: false,
             malformed_seen: 0,
             last_hosts: None,
@@ -473,11 +483,24 @@ impl Driver {
         // the managers gossip has ever known (down ones included) accept it.
         let candidate = lowest && self.majority_accepts(&peers).await;
         let before = self.clock.now();
-        match self.lease.tick(before, candidate).await {
-            Ok(_) => metrics::counter!(m::LEASE_OPERATIONS, "result" => "ok").increment(1),
-            Err(e) => {
-                metrics::counter!(m::LEASE_OPERATIONS, "result" => "error").increment(1);
-                tracing::warn!(error = %e, "lease step failed");
+        // A lease step that failed (the store does not answer) is tried again
+        // after a growing pause (1 s doubling to 60 s) unless the lease is
+        // held: renewals keep their pace, acquiring and observing wait.
+        let held = self.lease.held(before).is_some();
+        if held || self.lease_retry_at.is_none_or(|at| before >= at) {
+            match self.lease.tick(before, candidate).await {
+                Ok(_) => {
+                    metrics::counter!(m::LEASE_OPERATIONS, "result" => "ok").increment(1);
+                    self.lease_failures = 0;
+                    self.lease_retry_at = None;
+                }
+                Err(e) => {
+                    metrics::counter!(m::LEASE_OPERATIONS, "result" => "error").increment(1);
+                    self.lease_failures = self.lease_failures.saturating_add(1);
+                    let wait = crate::backoff::delay(self.lease_failures);
+                    self.lease_retry_at = Some(self.clock.now() + wait);
+                    tracing::warn!(error = %e, failures = self.lease_failures, retry_in = ?wait, "lease step failed");
+                }
             }
         }
         self.lease
@@ -531,11 +554,30 @@ impl Driver {
                 .as_ref()
                 .is_some_and(|(at, _)| now.saturating_duration_since(*at) < CONTROL_REFRESH);
         if !fresh {
-            let snap = self
-                .store
-                .read_control(&mut self.control_cache)
-                .await
-                .map_err(executing_error)?;
+            // After a failed read, the store is asked again only after a
+            // growing pause (1 s doubling to 60 s), not on every pass.
+            if let Some(at) = self.control_retry_at
+                && now < at
+            {
+                return Err(format!(
+                    "the backup store did not answer the last {} reads of the control files; next try in {:.1} s",
+                    self.control_failures,
+                    at.duration_since(now).as_secs_f64()
+                ));
+            }
+            let snap = match self.store.read_control(&mut self.control_cache).await {
+                Ok(snap) => {
+                    self.control_failures = 0;
+                    self.control_retry_at = None;
+                    snap
+                }
+                Err(e) => {
+                    self.control_failures = self.control_failures.saturating_add(1);
+                    self.control_retry_at =
+                        Some(now + crate::backoff::delay(self.control_failures));
+                    return Err(executing_error(e));
+                }
+            };
             if snap.malformed.len() != self.malformed_seen {
                 for f in &snap.malformed {
                     tracing::warn!(path = %f.path, reason = %f.reason, "skipping a malformed control file");

@@ -36,13 +36,15 @@ pub struct StoredCommand {
     pub restore_started: Option<RestoreProgress>,
 }
 
-/// Retries of a failed store request: a few, within 30 s (object_store's
+/// Retries of a failed store request: two, within 30 s (object_store's
 /// default is 10 within 3 minutes). A store that stays away then fails the
 /// call, so the leader's pass, its health and its metrics move on instead of
-/// hanging; the next pass tries again.
+/// hanging; the caller tries again after its own growing pause (the lease
+/// step, the control read and each action back off from 1 s to 60 s), so a
+/// store outage costs a few calls a minute, not several a second.
 fn store_retry() -> object_store::RetryConfig {
     object_store::RetryConfig {
-        max_retries: 4,
+        max_retries: 2,
         retry_timeout: std::time::Duration::from_secs(30),
         ..Default::default()
     }

@@ -158,3 +158,65 @@ async fn malformed_control_files_are_reported_and_skipped() {
         "{human}"
     );
 }
+
+/// A store outage costs few store calls: while the store does not answer,
+/// the leader's lease, backups and control reads back off instead of
+/// trying on every pass. Counted at a gate in front of moto: every attempt
+/// is a connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_outage_costs_few_store_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = crate::env(&dir);
+    env.backup_interval = "5s";
+    let moto = tests::Moto::start("127.0.0.1", Some(&dir.path().join("moto.log")))
+        .await
+        .unwrap();
+    moto.create_bucket("calls").await.unwrap();
+    let gate = tests::TcpGate::start("127.0.0.1", &moto.endpoint().replace("http://", ""))
+        .await
+        .unwrap();
+    env.use_s3(&moto, "calls");
+    env.store_args = vec![
+        format!("--s3-endpoint={}", gate.endpoint()),
+        "--s3-region=us-east-1".into(),
+    ];
+    let m = env.start(1);
+    env.configure(1, "3.5.30");
+    let ep = env.client_url(1);
+    wait_put(
+        "a one-member cluster",
+        &ep,
+        "/k",
+        "v",
+        Duration::from_secs(60),
+    )
+    .await;
+    wait_for("a backup", Duration::from_secs(60), || {
+        let log = m.log_text();
+        async move { log.contains("took backup").then_some(()) }
+    })
+    .await;
+    gate.set_open(false);
+    let before = gate.connections();
+    // The outage, held for a set time (the scenario, not a wait for a result).
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let during = gate.connections() - before;
+    gate.set_open(true);
+    println!("store connections during a 60 s outage: {during}");
+    assert!(
+        during <= 60,
+        "{during} store connections in 60 s\n{}",
+        m.log_text()
+    );
+    // Back: the manager leads and backs up again.
+    let mark = m.log_text().matches("took backup").count();
+    wait_for(
+        "a backup after the outage",
+        Duration::from_secs(120),
+        || {
+            let log = m.log_text();
+            async move { (log.matches("took backup").count() > mark).then_some(()) }
+        },
+    )
+    .await;
+}

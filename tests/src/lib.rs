@@ -490,6 +490,7 @@ pub fn single_member_spec(
 pub struct TcpGate {
     addr: std::net::SocketAddr,
     open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl TcpGate {
@@ -501,10 +502,12 @@ impl TcpGate {
             .map_err(|e| format!("gate on {ip}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let flag = open.clone();
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (flag, count) = (open.clone(), connections.clone());
         let target = target.to_string();
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
                 if !flag.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
@@ -529,7 +532,17 @@ impl TcpGate {
                 });
             }
         });
-        Ok(TcpGate { addr, open })
+        Ok(TcpGate {
+            addr,
+            open,
+            connections,
+        })
+    }
+
+    /// Connections accepted so far, open or closed (each refused store
+    /// call's attempt is one).
+    pub fn connections(&self) -> u64 {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// `http://<addr>`, to give as an S3 endpoint.
