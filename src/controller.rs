@@ -96,6 +96,9 @@ pub struct ClusterView {
     pub versions: Vec<String>,
     /// The version an enabled downgrade goes to (3.6+: `3.5.0`), if any.
     pub downgrade_target: Option<String>,
+    /// etcd raised its NOSPACE alarm: the database reached its quota and
+    /// the cluster takes no writes.
+    pub space_alarm: bool,
 }
 
 /// A queued restore command, with what the leader knows about it.
@@ -247,6 +250,9 @@ pub enum Action {
     },
     /// Cancel the cluster's enabled downgrade (the spec no longer wants it).
     CancelDowngrade,
+    /// etcd's NOSPACE alarm: compact the history to the current revision,
+    /// defragment every member (the raft leader last), disarm the alarm.
+    ClearSpaceAlarm,
 }
 
 impl Action {
@@ -273,6 +279,7 @@ impl Action {
             Action::CheckV2Store { .. } => "check_v2store",
             Action::EnableDowngrade { .. } => "enable_downgrade",
             Action::CancelDowngrade => "cancel_downgrade",
+            Action::ClearSpaceAlarm => "clear_space_alarm",
         }
     }
 
@@ -1265,6 +1272,12 @@ fn running_cluster(obs: &Observation, spec: &ClusterSpec, cluster: &ClusterView)
             healthy: healthy_voters,
             voters,
         });
+    }
+
+    // A cluster that takes no writes (its database at the quota) comes
+    // first: every other change needs writes.
+    if cluster.space_alarm {
+        return Plan::act(vec![Action::ClearSpaceAlarm]);
     }
 
     if let Some(plan) = dump_and_restore(obs, spec, members, &current) {

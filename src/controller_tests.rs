@@ -74,6 +74,7 @@ fn obs(member_count: i32, peers: Vec<PeerView>, members: Option<Vec<MemberView>>
             versions: vec![V.into()],
             members: m,
             downgrade_target: None,
+            space_alarm: false,
         }),
         last_backup: Some(t0 + Duration::from_secs(3599)),
         backup_interval: Duration::from_secs(900),
@@ -1367,4 +1368,30 @@ fn two_minors_down_go_one_downgrade_at_a_time() {
     // Set back to 3.7.3 before anything moved: cancelled.
     let o = downgrade_obs(["3.7.3"; 3], [Some("3.7.0"); 3], "3.7.3", Some("3.6.0"));
     assert_eq!(reconcile(&o).actions, vec![Action::CancelDowngrade]);
+}
+
+/// A NOSPACE alarm is cleared before anything else (every other change
+/// needs writes), as long as a majority is healthy.
+#[test]
+fn a_space_alarm_is_cleared_first() {
+    let peers = vec![
+        running("a", false),
+        running("b", false),
+        running("c", false),
+    ];
+    let ms = vec![
+        member(1, "a", true),
+        member(2, "b", true),
+        member(3, "c", true),
+    ];
+    let mut o = obs(3, peers, Some(ms));
+    o.backup_requested = true;
+    if let Some(c) = o.cluster.as_mut() {
+        c.space_alarm = true;
+    }
+    assert_eq!(reconcile(&o).actions, vec![Action::ClearSpaceAlarm]);
+    if let Some(c) = o.cluster.as_mut() {
+        c.space_alarm = false;
+    }
+    assert_ne!(reconcile(&o).actions, vec![Action::ClearSpaceAlarm]);
 }

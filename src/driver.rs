@@ -108,6 +108,10 @@ impl PeerPayload {
 
 const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 use crate::peer::{JOIN_TIMEOUT, RESTORE_TIMEOUT};
+/// A NOSPACE alarm back within this long of clearing it is not cleared again.
+const SPACE_ALARM_AGAIN: Duration = Duration::from_secs(60);
+/// How long one member's defragmentation may take.
+const ETCD_DEFRAG_TIMEOUT: Duration = Duration::from_secs(300);
 /// A failed v2 store check is run again after this long.
 const V2STORE_RETRY: Duration = Duration::from_secs(60);
 const ETCD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -204,6 +208,8 @@ pub struct Driver {
     /// Reads of the control files that failed in a row, and when the next may run.
     control_failures: u32,
     control_retry_at: Option<Instant>,
+    /// When this leader last cleared etcd's NOSPACE alarm.
+    last_space_clear: Option<Instant>,
     /// v2 store checks by (peer id, cluster token), and when they ran.
     v2store: BTreeMap<(String, String), (controller::V2StoreCheck, Instant)>,
     had_majority: bool,
@@ -273,6 +279,7 @@ impl Driver {
             lease_retry_at: None,
             control_failures: 0,
             control_retry_at: None,
+            last_space_clear: None,
             had_majority: false,
             malformed_seen: 0,
             last_hosts: None,
@@ -897,6 +904,70 @@ impl Driver {
         })
     }
 
+    /// etcd's NOSPACE alarm, as etcd's maintenance guide clears it: compact
+    /// the history to the current revision, defragment every healthy member
+    /// (the raft leader last), disarm. An alarm back within a minute means
+    /// the data itself is at the quota: that is an error (and backs off).
+    async fn clear_space_alarm(&mut self, obs: &Observation) -> Result<(), String> {
+        let now = self.clock.now();
+        if self
+            .last_space_clear
+            .is_some_and(|at| now.saturating_duration_since(at) < SPACE_ALARM_AGAIN)
+        {
+            return Err(
+                "etcd's NOSPACE alarm came back within a minute of clearing it: the data itself \
+                 is at the quota; raise ETCD_QUOTA_BACKEND_BYTES (etcd's --quota-backend-bytes) \
+                 or delete data"
+                    .into(),
+            );
+        }
+        let tls = self.settings.etcd_tls.as_ref();
+        let client = cluster_client(obs, tls).await?;
+        let alarmed: Vec<u64> = client
+            .alarms()
+            .await
+            .map_err(executing_error)?
+            .into_iter()
+            .filter(|(_, kind)| kind == "NOSPACE")
+            .map(|(m, _)| m)
+            .collect();
+        if alarmed.is_empty() {
+            return Ok(());
+        }
+        let revision = client.status().await.map_err(executing_error)?.revision;
+        client.compact(revision).await.map_err(executing_error)?;
+        tracing::info!(revision, "space alarm: history compacted");
+        let leader = obs
+            .cluster
+            .as_ref()
+            .and_then(|c| c.members.iter().find(|m| m.is_leader))
+            .map(|m| m.name.clone());
+        let mut endpoints = healthy_endpoints(obs);
+        endpoints.sort_by_key(|(id, _)| leader.as_deref() == Some(*id));
+        for (id, ep) in endpoints {
+            let started = self.clock.now();
+            etcd::EtcdClient::connect_with(std::slice::from_ref(&ep), ETCD_DEFRAG_TIMEOUT, tls)
+                .await
+                .map_err(executing_error)?
+                .defragment()
+                .await
+                .map_err(executing_error)?;
+            let seconds = self
+                .clock
+                .now()
+                .saturating_duration_since(started)
+                .as_secs_f64();
+            tracing::info!(member = %id, seconds, "space alarm: member defragmented");
+        }
+        for m in alarmed {
+            client.disarm_nospace(m).await.map_err(executing_error)?;
+        }
+        metrics::counter!(m::SPACE_ALARMS_CLEARED).increment(1);
+        tracing::info!("space alarm cleared: etcd takes writes again");
+        self.last_space_clear = Some(now);
+        Ok(())
+    }
+
     /// Move each peer's etcd onto (true) or off (false) its quarantine URLs.
     async fn set_quarantine(
         &self,
@@ -1102,6 +1173,7 @@ impl Driver {
                 tracing::info!(%minor, "downgrade validated and enabled (etcd's downgrade protocol)");
                 Ok(())
             }
+            Action::ClearSpaceAlarm => self.clear_space_alarm(obs).await,
             Action::CancelDowngrade => {
                 let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
                 client.cancel_downgrade().await.map_err(executing_error)?;
@@ -1650,10 +1722,14 @@ async fn observe_cluster(
         .map(|a| a.status.version.clone())
         .collect();
     let downgrade_target = alive.iter().find_map(|a| a.status.downgrade_target.clone());
+    let space_alarm = alive
+        .iter()
+        .any(|a| a.status.errors.iter().any(|e| e.contains("NOSPACE")));
     Some(ClusterView {
         members: view,
         versions,
         downgrade_target,
+        space_alarm,
     })
 }
 

@@ -24,6 +24,7 @@ pub const QUARANTINED: &str = "etcd_manager_quarantined";
 pub const RECONCILE_ACTIONS: &str = "etcd_manager_reconcile_actions_total";
 pub const RECONCILE_WAITS: &str = "etcd_manager_reconcile_waits_total";
 pub const ACTION_BACKOFF: &str = "etcd_manager_action_backoff_seconds";
+pub const SPACE_ALARMS_CLEARED: &str = "etcd_manager_space_alarms_cleared_total";
 pub const STORE_REQUESTS: &str = "etcd_manager_store_requests_total";
 pub const PEER_API_REJECTED: &str = "etcd_manager_peer_api_rejected_total";
 pub const GOSSIP_BYTES: &str = "etcd_manager_gossip_bytes_total";
@@ -50,6 +51,7 @@ pub const ALL: &[&str] = &[
     RECONCILE_ACTIONS,
     RECONCILE_WAITS,
     ACTION_BACKOFF,
+    SPACE_ALARMS_CLEARED,
     STORE_REQUESTS,
     PEER_API_REJECTED,
     GOSSIP_BYTES,
@@ -101,6 +103,10 @@ pub fn describe() {
         "actions the leader executed, by action and result"
     );
     c!(RECONCILE_WAITS, "controller passes that waited, by reason");
+    c!(
+        SPACE_ALARMS_CLEARED,
+        "times the leader cleared etcd's NOSPACE alarm (compact, defragment, disarm)"
+    );
     g!(
         ACTION_BACKOFF,
         "how long the leader waits before trying an action kind again after failures (0: not failing), by action"

@@ -65,6 +65,11 @@ pub struct EndpointStatus {
     pub storage_version: Option<String>,
     /// The version a downgrade is enabled to (3.6+: `3.5.0`), if one is.
     pub downgrade_target: Option<String>,
+    /// The member's raised alarms as it reports them (3.4+), e.g.
+    /// `memberID:... alarm:NOSPACE`.
+    pub errors: Vec<String>,
+    /// The backend quota in bytes (3.6+; 0 before).
+    pub db_quota: i64,
 }
 
 /// A snapshot as a stream of chunks; errors are `io::Error`s.
@@ -362,7 +367,73 @@ impl EtcdClient {
                 .downgrade_info()
                 .filter(|d| d.enabled())
                 .map(|d| d.target_version().to_string()),
+            errors: resp.errors().iter().take(16).cloned().collect(),
+            db_quota: resp.db_size_quota(),
         })
+    }
+
+    /// The cluster's raised alarms: (member id, kind: `NOSPACE`, `CORRUPT`).
+    pub async fn alarms(&self) -> Result<Vec<(u64, String)>, Error> {
+        let mut c = self.client.maintenance_client();
+        let resp = self
+            .call(
+                "alarm_list",
+                c.alarm(
+                    etcd_client::AlarmAction::Get,
+                    etcd_client::AlarmType::None,
+                    None,
+                ),
+            )
+            .await?;
+        Ok(resp
+            .alarms()
+            .iter()
+            .map(|a| (a.member_id(), format!("{:?}", a.alarm()).to_uppercase()))
+            .collect())
+    }
+
+    /// Clear the NOSPACE alarm of `member`.
+    pub async fn disarm_nospace(&self, member: u64) -> Result<(), Error> {
+        let mut c = self.client.maintenance_client();
+        let mut opts = etcd_client::AlarmOptions::new();
+        opts.with_member(member);
+        self.call(
+            "alarm_disarm",
+            c.alarm(
+                etcd_client::AlarmAction::Deactivate,
+                etcd_client::AlarmType::Nospace,
+                Some(opts),
+            ),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Compact the keyspace's history up to `revision` (physical, so the
+    /// space can be reclaimed by a defragmentation). Already compacted that
+    /// far counts as done.
+    pub async fn compact(&self, revision: i64) -> Result<(), Error> {
+        let mut c = self.client.clone();
+        let opts = etcd_client::CompactionOptions::new().with_physical();
+        match self.call("compact", c.compact(revision, Some(opts))).await {
+            Err(Error::Client { detail, .. }) if detail.contains("compacted") => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// Defragment the member behind the first endpoint.
+    pub async fn defragment(&self) -> Result<(), Error> {
+        let endpoint = self.first_endpoint();
+        let single;
+        let client = if self.endpoints.len() == 1 {
+            self
+        } else {
+            single = self.for_endpoint(&endpoint).await?;
+            &single
+        };
+        let mut c = client.client.maintenance_client();
+        client.call("defragment", c.defragment()).await?;
+        Ok(())
     }
 
     /// etcd's downgrade protocol (3.6+): `validate` then `enable` a

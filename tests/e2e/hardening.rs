@@ -220,3 +220,53 @@ async fn a_store_outage_costs_few_store_calls() {
     )
     .await;
 }
+
+/// A database at its quota (a 4 MiB ETCD_QUOTA_BACKEND_BYTES, filled by
+/// overwriting one key) raises etcd's NOSPACE alarm and the cluster takes
+/// no writes; the leader compacts, defragments and disarms, and writes
+/// resume without an operator, the data intact.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_database_is_cleared_and_takes_writes_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = crate::env(&dir);
+    env.store_env
+        .push(("ETCD_QUOTA_BACKEND_BYTES".into(), "4194304".into()));
+    let m = env.start(1);
+    env.configure(1, "3.5.30");
+    let ep = env.client_url(1);
+    wait_put(
+        "a one-member cluster",
+        &ep,
+        "/k",
+        "v",
+        Duration::from_secs(60),
+    )
+    .await;
+    let value = "x".repeat(100_000);
+    let mut full = None;
+    for _ in 0..500 {
+        if let Err(e) = put(&ep, "/big", &value).await {
+            full = Some(e);
+            break;
+        }
+    }
+    let full = full.expect("the quota was never reached");
+    assert!(full.contains("space exceeded"), "{full}");
+    wait_put(
+        "writes again after the alarm",
+        &ep,
+        "/after",
+        "1",
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(tests::get(&ep, "/k").await.unwrap().as_deref(), Some("v"));
+    let log = m.log_text();
+    for step in [
+        "space alarm: history compacted",
+        "space alarm: member defragmented",
+        "space alarm cleared",
+    ] {
+        assert!(log.contains(step), "{step}:\n{log}");
+    }
+}

@@ -1061,6 +1061,7 @@ impl World {
             members,
             versions,
             downgrade_target: None,
+            space_alarm: false,
         })
     }
 
@@ -1573,7 +1574,8 @@ impl World {
             | Action::UpgradeMember { .. }
             | Action::CheckV2Store { .. }
             | Action::EnableDowngrade { .. }
-            | Action::CancelDowngrade => {
+            | Action::CancelDowngrade
+            | Action::ClearSpaceAlarm => {
                 self.fail(format!(
                     "unexpected action {} (no commands, one version)",
                     action.label()
