@@ -108,6 +108,8 @@ impl PeerPayload {
 
 const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 use crate::peer::{JOIN_TIMEOUT, RESTORE_TIMEOUT};
+/// etcd's backend quota when none is set: 2 GiB.
+const ETCD_DEFAULT_QUOTA: i64 = 2 * 1024 * 1024 * 1024;
 /// A NOSPACE alarm back within this long of clearing it is not cleared again.
 const SPACE_ALARM_AGAIN: Duration = Duration::from_secs(60);
 /// How long one member's defragmentation may take.
@@ -1721,6 +1723,28 @@ async fn observe_cluster(
         .filter(|a| a.healthy)
         .map(|a| a.status.version.clone())
         .collect();
+    // Database sizes against etcd's quota (3.6+ reports it; before, the
+    // ETCD_QUOTA_BACKEND_BYTES etcd was given, or etcd's 2 GiB default).
+    for a in &alive {
+        if let Some(mb) = members.iter().find(|mb| mb.id == a.status.member_id) {
+            metrics::gauge!(m::ETCD_DB_SIZE, "member" => mb.name.clone())
+                .set(a.status.db_size as f64);
+        }
+    }
+    let quota = alive
+        .iter()
+        .map(|a| a.status.db_quota)
+        .max()
+        .filter(|q| *q > 0)
+        .or_else(|| {
+            std::env::var("ETCD_QUOTA_BACKEND_BYTES")
+                .ok()?
+                .parse::<i64>()
+                .ok()
+                .filter(|q| *q > 0)
+        })
+        .unwrap_or(ETCD_DEFAULT_QUOTA);
+    metrics::gauge!(m::ETCD_DB_QUOTA).set(quota as f64);
     let downgrade_target = alive.iter().find_map(|a| a.status.downgrade_target.clone());
     let space_alarm = alive
         .iter()

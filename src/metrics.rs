@@ -25,6 +25,8 @@ pub const RECONCILE_ACTIONS: &str = "etcd_manager_reconcile_actions_total";
 pub const RECONCILE_WAITS: &str = "etcd_manager_reconcile_waits_total";
 pub const ACTION_BACKOFF: &str = "etcd_manager_action_backoff_seconds";
 pub const SPACE_ALARMS_CLEARED: &str = "etcd_manager_space_alarms_cleared_total";
+pub const ETCD_DB_SIZE: &str = "etcd_manager_etcd_db_size_bytes";
+pub const ETCD_DB_QUOTA: &str = "etcd_manager_etcd_db_quota_bytes";
 pub const STORE_REQUESTS: &str = "etcd_manager_store_requests_total";
 pub const PEER_API_REJECTED: &str = "etcd_manager_peer_api_rejected_total";
 pub const GOSSIP_BYTES: &str = "etcd_manager_gossip_bytes_total";
@@ -52,6 +54,8 @@ pub const ALL: &[&str] = &[
     RECONCILE_WAITS,
     ACTION_BACKOFF,
     SPACE_ALARMS_CLEARED,
+    ETCD_DB_SIZE,
+    ETCD_DB_QUOTA,
     STORE_REQUESTS,
     PEER_API_REJECTED,
     GOSSIP_BYTES,
@@ -103,6 +107,14 @@ pub fn describe() {
         "actions the leader executed, by action and result"
     );
     c!(RECONCILE_WAITS, "controller passes that waited, by reason");
+    g!(
+        ETCD_DB_SIZE,
+        "size of each etcd member's database file, by member (leader only)"
+    );
+    g!(
+        ETCD_DB_QUOTA,
+        "etcd's backend quota: the database size at which etcd raises NOSPACE and takes no writes (leader only)"
+    );
     c!(
         SPACE_ALARMS_CLEARED,
         "times the leader cleared etcd's NOSPACE alarm (compact, defragment, disarm)"

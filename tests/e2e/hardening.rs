@@ -231,7 +231,7 @@ async fn a_full_database_is_cleared_and_takes_writes_again() {
     let mut env = crate::env(&dir);
     env.store_env
         .push(("ETCD_QUOTA_BACKEND_BYTES".into(), "4194304".into()));
-    let m = env.start(1);
+    let m = env.start_with_metrics(1);
     env.configure(1, "3.5.30");
     let ep = env.client_url(1);
     wait_put(
@@ -269,4 +269,23 @@ async fn a_full_database_is_cleared_and_takes_writes_again() {
     ] {
         assert!(log.contains(step), "{step}:\n{log}");
     }
+    // The leader exports the database size against the quota it was given.
+    let (_, text) = tests::http_get(&env.metrics_addr(1), "/metrics")
+        .await
+        .unwrap();
+    let value = |name: &str| tests::metric_value(&text, name);
+    assert_eq!(
+        value("etcd_manager_etcd_db_quota_bytes"),
+        Some(4_194_304.0),
+        "{text}"
+    );
+    let db_size = text
+        .lines()
+        .filter(|l| l.starts_with("etcd_manager_etcd_db_size_bytes{member="))
+        .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(db_size.is_some_and(|v| v > 0.0), "{text}");
+    assert!(
+        value("etcd_manager_space_alarms_cleared_total").is_some_and(|v| v >= 1.0),
+        "{text}"
+    );
 }
