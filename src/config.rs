@@ -138,6 +138,18 @@ pub struct Args {
     #[arg(long, env = "ETCD_MANAGER_MEMBER_REPLACE_GRACE", default_value = "1m", value_parser = humantime::parse_duration)]
     pub member_replace_grace: Duration,
 
+    /// Defragment an etcd member once this fraction of its database file is
+    /// free (fragmentation, from etcd's status; 0 turns it off). One member
+    /// at a time, followers first, the raft leader last after moving raft
+    /// leadership away, only while every member is healthy and nothing else
+    /// is under way.
+    #[arg(long, env = "ETCD_MANAGER_DEFRAG_FRAGMENTATION", default_value_t = 0.5, value_parser = parse_fraction)]
+    pub defrag_fragmentation: f64,
+
+    /// ... and at least this many bytes of it are free.
+    #[arg(long, env = "ETCD_MANAGER_DEFRAG_MIN_FREE_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub defrag_min_free_bytes: u64,
+
     /// UDP port for gossip, on --address [default: --grpc-port].
     #[arg(long, env = "ETCD_MANAGER_GOSSIP_PORT")]
     pub gossip_port: Option<u16>,
@@ -431,6 +443,7 @@ pub struct Config {
     pub backup_interval: Duration,
     pub retention: backup::RetentionPolicy,
     pub member_replace_grace: Duration,
+    pub defrag: crate::controller::DefragPolicy,
     pub controller_interval: Duration,
     pub lease: lock::LeaseConfig,
     pub metrics_address: Option<SocketAddr>,
@@ -815,6 +828,10 @@ impl TryFrom<Args> for Config {
                 daily: a.daily_backups_retention,
             },
             member_replace_grace: a.member_replace_grace,
+            defrag: crate::controller::DefragPolicy {
+                fragmentation: a.defrag_fragmentation,
+                min_free_bytes: a.defrag_min_free_bytes,
+            },
             controller_interval: a.controller_interval,
             lease,
             metrics_address,
@@ -910,6 +927,19 @@ impl Config {
             }
         }
         seeds
+    }
+}
+
+/// A fraction from 0 to 1 (`0.5`).
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("'{s}' is not a number: {e}"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not between 0 and 1"))
     }
 }
 

@@ -86,6 +86,9 @@ pub struct MemberView {
     pub is_leader: bool,
     /// The version of its data as it reports it (3.6+: `3.6.0`).
     pub storage_version: Option<String>,
+    /// Its database file's size and the part in use (0: not reported).
+    pub db_size: i64,
+    pub db_in_use: i64,
 }
 
 /// The running etcd cluster, if any member answered.
@@ -143,9 +146,39 @@ pub struct Observation {
     pub unhealthy_since: std::collections::BTreeMap<u64, Instant>,
     /// How long a member may be unhealthy before it is replaced.
     pub replace_grace: Duration,
+    /// When a member's database is defragmented.
+    pub defrag: DefragPolicy,
     /// The v2 store checks this leader ran, by peer id (see
     /// [`Action::CheckV2Store`]).
     pub v2store: std::collections::BTreeMap<String, V2StoreCheck>,
+}
+
+/// When the leader defragments a member: at least `fragmentation` of its
+/// database file free (0: never) and at least `min_free_bytes` bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DefragPolicy {
+    pub fragmentation: f64,
+    pub min_free_bytes: u64,
+}
+
+impl Default for DefragPolicy {
+    fn default() -> Self {
+        DefragPolicy {
+            fragmentation: 0.0,
+            min_free_bytes: 0,
+        }
+    }
+}
+
+impl DefragPolicy {
+    /// Whether a database of `size` bytes with `in_use` of them used is due.
+    pub fn due(&self, size: i64, in_use: i64) -> bool {
+        if self.fragmentation <= 0.0 || size <= 0 || in_use <= 0 || in_use > size {
+            return false;
+        }
+        let free = size - in_use;
+        free as f64 / size as f64 >= self.fragmentation && free as u64 >= self.min_free_bytes
+    }
 }
 
 /// One member's `etcdutl check v2store`, as this leader got it.
@@ -253,6 +286,12 @@ pub enum Action {
     /// etcd's NOSPACE alarm: compact the history to the current revision,
     /// defragment every member (the raft leader last), disarm the alarm.
     ClearSpaceAlarm,
+    /// Defragment one member; the raft leader moves leadership away first.
+    Defragment {
+        member_id: u64,
+        name: String,
+        move_leader: bool,
+    },
 }
 
 impl Action {
@@ -280,6 +319,7 @@ impl Action {
             Action::EnableDowngrade { .. } => "enable_downgrade",
             Action::CancelDowngrade => "cancel_downgrade",
             Action::ClearSpaceAlarm => "clear_space_alarm",
+            Action::Defragment { .. } => "defragment",
         }
     }
 
@@ -1462,6 +1502,29 @@ fn running_cluster(obs: &Observation, spec: &ClusterSpec, cluster: &ClusterView)
             }
         }
         return Plan { actions, waits };
+    }
+    // Defragmentation: only a healthy, settled cluster (nothing waited
+    // for, no command queued, nobody quarantined), one member at a time,
+    // followers first, the one that frees the most first.
+    let settled = waits.is_empty()
+        && all_healthy
+        && obs.commands.is_empty()
+        && !obs.peers.iter().any(|p| p.quarantined());
+    if settled
+        && let Some(m) = members
+            .iter()
+            .filter(|m| !m.is_learner && obs.defrag.due(m.db_size, m.db_in_use))
+            .min_by_key(|m| (m.is_leader, std::cmp::Reverse(m.db_size - m.db_in_use)))
+    {
+        let voters = members.iter().filter(|x| !x.is_learner).count();
+        return Plan {
+            actions: vec![Action::Defragment {
+                member_id: m.id,
+                name: m.name.clone(),
+                move_leader: m.is_leader && voters > 1,
+            }],
+            waits,
+        };
     }
     Plan {
         actions: vec![],

@@ -53,6 +53,8 @@ fn member(n: u64, name: &str, healthy: bool) -> MemberView {
         healthy,
         is_leader: n == 1,
         storage_version: None,
+        db_size: 0,
+        db_in_use: 0,
     }
 }
 
@@ -85,6 +87,10 @@ fn obs(member_count: i32, peers: Vec<PeerView>, members: Option<Vec<MemberView>>
         allow_new_cluster: false,
         unhealthy_since: Default::default(),
         replace_grace: Duration::from_secs(60),
+        defrag: DefragPolicy {
+            fragmentation: 0.5,
+            min_free_bytes: 1 << 20,
+        },
         v2store: Default::default(),
     }
 }
@@ -1394,4 +1400,87 @@ fn a_space_alarm_is_cleared_first() {
         c.space_alarm = false;
     }
     assert_ne!(reconcile(&o).actions, vec![Action::ClearSpaceAlarm]);
+}
+
+/// Past the threshold a member is defragmented: followers first, the one
+/// that frees the most first; the raft leader last, moving leadership away;
+/// never while something else is waited for or a member is unhealthy.
+#[test]
+fn fragmented_members_are_defragmented_one_at_a_time_followers_first() {
+    let p = DefragPolicy {
+        fragmentation: 0.5,
+        min_free_bytes: 1 << 20,
+    };
+    assert!(p.due(10 << 20, 4 << 20));
+    assert!(!p.due(10 << 20, 6 << 20), "40 % free");
+    assert!(!p.due(1 << 20, 1 << 18), "less than 1 MiB free");
+    assert!(!p.due(10 << 20, 0), "in-use not reported");
+    assert!(!DefragPolicy::default().due(10 << 20, 1), "off");
+    let build = |sizes: [(i64, i64); 3], healthy: bool| {
+        let peers = vec![
+            running("a", false),
+            running("b", false),
+            running("c", false),
+        ];
+        let ms = ["a", "b", "c"]
+            .iter()
+            .zip(sizes)
+            .enumerate()
+            .map(|(n, (id, (size, used)))| MemberView {
+                db_size: size,
+                db_in_use: used,
+                ..member(n as u64 + 1, id, healthy || n != 2)
+            })
+            .collect();
+        obs(3, peers, Some(ms))
+    };
+    let mib = 1 << 20;
+    // a (the raft leader) is the most fragmented; b frees more than c.
+    let o = build(
+        [
+            (100 * mib, 10 * mib),
+            (50 * mib, 10 * mib),
+            (40 * mib, 10 * mib),
+        ],
+        true,
+    );
+    assert_eq!(
+        reconcile(&o).actions,
+        vec![Action::Defragment {
+            member_id: 2,
+            name: "b".into(),
+            move_leader: false
+        }]
+    );
+    let o = build(
+        [
+            (100 * mib, 10 * mib),
+            (10 * mib, 10 * mib),
+            (10 * mib, 10 * mib),
+        ],
+        true,
+    );
+    assert_eq!(
+        reconcile(&o).actions,
+        vec![Action::Defragment {
+            member_id: 1,
+            name: "a".into(),
+            move_leader: true
+        }]
+    );
+    // An unhealthy member: nothing is defragmented.
+    let o = build(
+        [
+            (100 * mib, 10 * mib),
+            (50 * mib, 10 * mib),
+            (40 * mib, 10 * mib),
+        ],
+        false,
+    );
+    assert!(
+        !reconcile(&o)
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Defragment { .. }))
+    );
 }

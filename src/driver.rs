@@ -144,6 +144,8 @@ pub struct DriverSettings {
     pub retention: backup::RetentionPolicy,
     /// How long a member may be unhealthy before it is replaced.
     pub replace_grace: Duration,
+    /// When a member's database is defragmented.
+    pub defrag: controller::DefragPolicy,
     /// Calls the other managers' peer APIs (TLS unless `--insecure`).
     pub peers: peer::PeerClient,
     /// Our client identity for etcd (None with `--etcd-insecure`).
@@ -902,6 +904,7 @@ impl Driver {
             allow_new_cluster,
             unhealthy_since: self.unhealthy_since.clone(),
             replace_grace: self.settings.replace_grace,
+            defrag: self.settings.defrag,
             v2store,
         })
     }
@@ -967,6 +970,58 @@ impl Driver {
         metrics::counter!(m::SPACE_ALARMS_CLEARED).increment(1);
         tracing::info!("space alarm cleared: etcd takes writes again");
         self.last_space_clear = Some(now);
+        Ok(())
+    }
+
+    /// Defragment member `name` (its own endpoint); when it is the raft
+    /// leader, hand leadership to another healthy voter first, so the
+    /// cluster keeps a leader that answers while this one is busy.
+    async fn defragment(
+        &mut self,
+        obs: &Observation,
+        member_id: u64,
+        name: &str,
+        move_leader: bool,
+    ) -> Result<(), String> {
+        let tls = self.settings.etcd_tls.as_ref();
+        let endpoints = healthy_endpoints(obs);
+        let ep = endpoints
+            .iter()
+            .find(|(id, _)| *id == name)
+            .map(|(_, ep)| ep.clone())
+            .ok_or_else(|| format!("member {name} has no healthy endpoint"))?;
+        let client =
+            etcd::EtcdClient::connect_with(std::slice::from_ref(&ep), ETCD_DEFRAG_TIMEOUT, tls)
+                .await
+                .map_err(executing_error)?;
+        if move_leader {
+            let to = obs
+                .cluster
+                .as_ref()
+                .and_then(|c| {
+                    c.members
+                        .iter()
+                        .find(|m| m.id != member_id && m.healthy && !m.is_learner)
+                })
+                .map(|m| (m.id, m.name.clone()))
+                .ok_or("no other healthy voter to hand raft leadership to")?;
+            client.move_leader(to.0).await.map_err(executing_error)?;
+            tracing::info!(from = %name, to = %to.1, "raft leadership moved before defragmenting");
+        }
+        let before = client.status().await.map_err(executing_error)?.db_size;
+        let started = self.clock.now();
+        client.defragment().await.map_err(executing_error)?;
+        let seconds = self
+            .clock
+            .now()
+            .saturating_duration_since(started)
+            .as_secs_f64();
+        let after = client.status().await.map_err(executing_error)?.db_size;
+        let freed = (before - after).max(0);
+        metrics::counter!(m::DEFRAGS).increment(1);
+        metrics::counter!(m::DEFRAG_FREED).increment(freed as u64);
+        metrics::gauge!(m::DEFRAG_DURATION).set(seconds);
+        tracing::info!(member = %name, seconds, before, after, freed, "member defragmented");
         Ok(())
     }
 
@@ -1176,6 +1231,11 @@ impl Driver {
                 Ok(())
             }
             Action::ClearSpaceAlarm => self.clear_space_alarm(obs).await,
+            Action::Defragment {
+                member_id,
+                name,
+                move_leader,
+            } => self.defragment(obs, *member_id, name, *move_leader).await,
             Action::CancelDowngrade => {
                 let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
                 client.cancel_downgrade().await.map_err(executing_error)?;
@@ -1715,6 +1775,8 @@ async fn observe_cluster(
                 healthy: st.is_some_and(|a| a.healthy),
                 is_leader: mb.id == leader,
                 storage_version: st.and_then(|a| a.status.storage_version.clone()),
+                db_size: st.map_or(0, |a| a.status.db_size),
+                db_in_use: st.map_or(0, |a| a.status.db_in_use),
             }
         })
         .collect();

@@ -26,6 +26,9 @@ pub const RECONCILE_WAITS: &str = "etcd_manager_reconcile_waits_total";
 pub const ACTION_BACKOFF: &str = "etcd_manager_action_backoff_seconds";
 pub const SPACE_ALARMS_CLEARED: &str = "etcd_manager_space_alarms_cleared_total";
 pub const ETCD_DB_SIZE: &str = "etcd_manager_etcd_db_size_bytes";
+pub const DEFRAGS: &str = "etcd_manager_defragmentations_total";
+pub const DEFRAG_FREED: &str = "etcd_manager_defragmentation_freed_bytes_total";
+pub const DEFRAG_DURATION: &str = "etcd_manager_defragmentation_duration_seconds";
 pub const ETCD_DB_QUOTA: &str = "etcd_manager_etcd_db_quota_bytes";
 pub const STORE_REQUESTS: &str = "etcd_manager_store_requests_total";
 pub const PEER_API_REJECTED: &str = "etcd_manager_peer_api_rejected_total";
@@ -56,6 +59,9 @@ pub const ALL: &[&str] = &[
     SPACE_ALARMS_CLEARED,
     ETCD_DB_SIZE,
     ETCD_DB_QUOTA,
+    DEFRAGS,
+    DEFRAG_FREED,
+    DEFRAG_DURATION,
     STORE_REQUESTS,
     PEER_API_REJECTED,
     GOSSIP_BYTES,
@@ -110,6 +116,15 @@ pub fn describe() {
     g!(
         ETCD_DB_SIZE,
         "size of each etcd member's database file, by member (leader only)"
+    );
+    c!(
+        DEFRAGS,
+        "etcd members the leader defragmented (past the fragmentation threshold)"
+    );
+    c!(DEFRAG_FREED, "bytes the leader's defragmentations freed");
+    g!(
+        DEFRAG_DURATION,
+        "duration of the leader's last defragmentation of a member"
     );
     g!(
         ETCD_DB_QUOTA,

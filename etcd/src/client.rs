@@ -59,6 +59,8 @@ pub struct EndpointStatus {
     pub revision: i64,
     /// Database size in bytes.
     pub db_size: i64,
+    /// The part of the database in use, in bytes (3.4+; 0 before).
+    pub db_in_use: i64,
     /// The member is a learner (always false on 3.3).
     pub is_learner: bool,
     /// The version of the member's data (3.6+: `3.6.0`); None before 3.6.
@@ -361,6 +363,7 @@ impl EtcdClient {
             raft_index: resp.raft_index(),
             revision,
             db_size: resp.db_size(),
+            db_in_use: resp.raft_used_db_size(),
             is_learner: resp.is_learner(),
             storage_version: Some(resp.storage_version().to_string()).filter(|v| !v.is_empty()),
             downgrade_target: resp
@@ -453,6 +456,14 @@ impl EtcdClient {
             c.downgrade(etcd_client::DowngradeOptions::Enable(minor.to_string())),
         )
         .await?;
+        Ok(())
+    }
+
+    /// Hand raft leadership to member `target` (asked of the current
+    /// leader: the client's first endpoint must be it).
+    pub async fn move_leader(&self, target: u64) -> Result<(), Error> {
+        let mut c = self.client.maintenance_client();
+        self.call("move_leader", c.move_leader(target)).await?;
         Ok(())
     }
 

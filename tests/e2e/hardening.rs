@@ -289,3 +289,82 @@ async fn a_full_database_is_cleared_and_takes_writes_again() {
         "{text}"
     );
 }
+
+/// Churn (a few MiB of overwrites, then compacted) leaves a member's
+/// database mostly free; past the thresholds (here 50 % and 1 MiB) the
+/// leader defragments it by itself, with a writer running, and the file
+/// shrinks; no acknowledged write is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fragmented_member_is_defragmented_by_the_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = crate::env(&dir);
+    let m = env.start_with(
+        1,
+        &[
+            "--defrag-fragmentation=0.5",
+            "--defrag-min-free-bytes=1048576",
+        ],
+    );
+    env.configure(1, "3.5.30");
+    let ep = env.client_url(1);
+    wait_put(
+        "a one-member cluster",
+        &ep,
+        "/k",
+        "v",
+        Duration::from_secs(60),
+    )
+    .await;
+    let c = etcd::EtcdClient::connect(std::slice::from_ref(&ep), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let value = "x".repeat(20_000);
+    // One key overwritten 300 times: after the compaction only the last
+    // value is in use.
+    for _ in 0..300 {
+        c.put("/churn", &value).await.unwrap();
+    }
+    let rev = c.status().await.unwrap().revision;
+    c.compact(rev).await.unwrap();
+    let before = c.status().await.unwrap();
+    assert!(
+        before.db_size > 4 << 20 && before.db_in_use * 2 < before.db_size,
+        "fragmented: {before:?}"
+    );
+    // A writer throughout; every acknowledged write must be there after.
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let wep = ep.clone();
+    let writer = tokio::spawn(async move {
+        let mut acked = vec![];
+        let mut n = 0u32;
+        while !*stop_rx.borrow_and_update() && n < 20_000 {
+            let key = format!("/writer/{n:06}");
+            if put(&wep, &key, "v").await.is_ok() {
+                acked.push(key);
+            }
+            n += 1;
+        }
+        acked
+    });
+    wait_for("the member defragmented", Duration::from_secs(60), || {
+        let log = m.log_text();
+        async move { log.contains("member defragmented").then_some(()) }
+    })
+    .await;
+    stop_tx.send(true).unwrap();
+    let acked = writer.await.unwrap();
+    let after = c.status().await.unwrap();
+    assert!(
+        after.db_size * 2 < before.db_size,
+        "the file shrank: {} -> {}",
+        before.db_size,
+        after.db_size
+    );
+    for key in &acked {
+        assert_eq!(
+            tests::get(&ep, key).await.unwrap().as_deref(),
+            Some("v"),
+            "{key}"
+        );
+    }
+}

@@ -271,6 +271,7 @@ async fn run_node(
             etcd_bin_dirs: cfg.etcd_bin_dirs.clone(),
             retention: cfg.retention,
             replace_grace: cfg.member_replace_grace,
+            defrag: cfg.defrag,
             peers: peers.clone(),
             etcd_tls,
             warnings,

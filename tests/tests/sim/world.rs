@@ -972,6 +972,7 @@ impl World {
             allow_new_cluster: false,
             unhealthy_since: node.unhealthy_since.clone(),
             replace_grace: self.replace_grace,
+            defrag: Default::default(),
             v2store: Default::default(),
         })
     }
@@ -1050,6 +1051,8 @@ impl World {
                 healthy: healthy(m),
                 is_leader: raft_leader == Some(*id),
                 storage_version: None,
+                db_size: 0,
+                db_in_use: 0,
             })
             .collect();
         let versions = members
@@ -1575,7 +1578,8 @@ impl World {
             | Action::CheckV2Store { .. }
             | Action::EnableDowngrade { .. }
             | Action::CancelDowngrade
-            | Action::ClearSpaceAlarm => {
+            | Action::ClearSpaceAlarm
+            | Action::Defragment { .. } => {
                 self.fail(format!(
                     "unexpected action {} (no commands, one version)",
                     action.label()
