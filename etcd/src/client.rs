@@ -339,16 +339,22 @@ impl EtcdClient {
         }
     }
 
+    /// This client when it has one endpoint, else a client of its first
+    /// endpoint alone (for calls about one member: status, defragment).
+    async fn first_only(&self) -> Result<std::borrow::Cow<'_, Self>, Error> {
+        if self.endpoints.len() == 1 {
+            Ok(std::borrow::Cow::Borrowed(self))
+        } else {
+            Ok(std::borrow::Cow::Owned(
+                self.for_endpoint(&self.first_endpoint()).await?,
+            ))
+        }
+    }
+
     /// Status of ONE endpoint: the first of this client's endpoints.
     pub async fn status(&self) -> Result<EndpointStatus, Error> {
         let endpoint = self.first_endpoint();
-        let single;
-        let client = if self.endpoints.len() == 1 {
-            self
-        } else {
-            single = self.for_endpoint(&endpoint).await?;
-            &single
-        };
+        let client = self.first_only().await?;
         let mut c = client.client.clone();
         let resp = client.call("status", c.status()).await?;
         let (member_id, revision) = resp
@@ -426,14 +432,7 @@ impl EtcdClient {
 
     /// Defragment the member behind the first endpoint.
     pub async fn defragment(&self) -> Result<(), Error> {
-        let endpoint = self.first_endpoint();
-        let single;
-        let client = if self.endpoints.len() == 1 {
-            self
-        } else {
-            single = self.for_endpoint(&endpoint).await?;
-            &single
-        };
+        let client = self.first_only().await?;
         let mut c = client.client.maintenance_client();
         client.call("defragment", c.defragment()).await?;
         Ok(())

@@ -5,6 +5,22 @@ use std::time::Duration;
 
 use tests::{put, wait_for, wait_put};
 
+/// Ask for a one-member 3.5.30 cluster and wait until it takes writes
+/// (/k = v); its client URL.
+async fn one_member(env: &tests::ClusterEnv) -> String {
+    env.configure(1, "3.5.30");
+    let ep = env.client_url(1);
+    wait_put(
+        "a one-member cluster",
+        &ep,
+        "/k",
+        "v",
+        Duration::from_secs(60),
+    )
+    .await;
+    ep
+}
+
 async fn status_json(env: &tests::ClusterEnv) -> Option<serde_json::Value> {
     serde_json::from_str(&env.ctl(&["-o", "json", "status"]).stdout).ok()
 }
@@ -102,16 +118,7 @@ async fn malformed_control_files_are_reported_and_skipped() {
     let mut env = crate::env(&dir);
     env.backup_interval = "1h";
     let _m = env.start_with_metrics(1);
-    env.configure(1, "3.5.30");
-    let ep = env.client_url(1);
-    wait_put(
-        "a one-member cluster",
-        &ep,
-        "/k",
-        "v",
-        Duration::from_secs(60),
-    )
-    .await;
+    one_member(&env).await;
 
     let control = env.store_path().join("control");
     std::fs::create_dir_all(control.join("broken")).unwrap();
@@ -181,16 +188,7 @@ async fn a_store_outage_costs_few_store_calls() {
         "--s3-region=us-east-1".into(),
     ];
     let m = env.start(1);
-    env.configure(1, "3.5.30");
-    let ep = env.client_url(1);
-    wait_put(
-        "a one-member cluster",
-        &ep,
-        "/k",
-        "v",
-        Duration::from_secs(60),
-    )
-    .await;
+    one_member(&env).await;
     wait_for("a backup", Duration::from_secs(60), || {
         let log = m.log_text();
         async move { log.contains("took backup").then_some(()) }
@@ -232,16 +230,7 @@ async fn a_full_database_is_cleared_and_takes_writes_again() {
     env.store_env
         .push(("ETCD_QUOTA_BACKEND_BYTES".into(), "4194304".into()));
     let m = env.start_with_metrics(1);
-    env.configure(1, "3.5.30");
-    let ep = env.client_url(1);
-    wait_put(
-        "a one-member cluster",
-        &ep,
-        "/k",
-        "v",
-        Duration::from_secs(60),
-    )
-    .await;
+    let ep = one_member(&env).await;
     let value = "x".repeat(100_000);
     let mut full = None;
     for _ in 0..500 {
@@ -305,16 +294,7 @@ async fn a_fragmented_member_is_defragmented_by_the_leader() {
             "--defrag-min-free-bytes=1048576",
         ],
     );
-    env.configure(1, "3.5.30");
-    let ep = env.client_url(1);
-    wait_put(
-        "a one-member cluster",
-        &ep,
-        "/k",
-        "v",
-        Duration::from_secs(60),
-    )
-    .await;
+    let ep = one_member(&env).await;
     let c = etcd::EtcdClient::connect(std::slice::from_ref(&ep), Duration::from_secs(10))
         .await
         .unwrap();
