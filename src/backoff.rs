@@ -51,6 +51,13 @@ impl Backoff {
         wait
     }
 
+    /// While `action` waits after failures: how many in a row, and how long
+    /// until it may be tried again.
+    pub fn waiting(&self, action: &str, now: Instant) -> Option<(u32, Duration)> {
+        let f = self.failing.get(action)?;
+        (now < f.retry_at).then(|| (f.failures, f.retry_at.duration_since(now)))
+    }
+
     /// `action` succeeded: its next failure waits the base time again.
     pub fn succeeded(&mut self, action: &'static str) {
         self.failing.remove(action);
@@ -62,18 +69,21 @@ impl Backoff {
     /// not repeated meanwhile).
     pub fn gate(&self, plan: Plan, now: Instant) -> Plan {
         let waiting = plan.actions.iter().find_map(|a| {
-            let f = self.failing.get(a.label())?;
-            (now < f.retry_at).then_some((a, f))
+            let (failures, left) = self.waiting(a.label(), now)?;
+            Some((a.label(), failures, left))
         });
         match waiting {
-            Some((first, f)) => {
+            Some((action, failures, left)) => {
                 let mut waits = plan.waits;
                 waits.push(WaitReason::BackingOff {
-                    action: first.label().to_string(),
-                    failures: f.failures,
-                    retry_in_ms: u64::try_from(f.retry_at.duration_since(now).as_millis())
-                        .unwrap_or(u64::MAX),
-                    error: f.error.clone(),
+                    action: action.to_string(),
+                    failures,
+                    retry_in_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+                    error: self
+                        .failing
+                        .get(action)
+                        .map(|f| f.error.clone())
+                        .unwrap_or_default(),
                 });
                 Plan {
                     actions: vec![],

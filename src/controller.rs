@@ -887,11 +887,12 @@ fn common_installed<'a>(obs: &'a Observation, members: &[MemberView]) -> Vec<&'a
     common.unwrap_or_default()
 }
 
-/// The members' versions and the path to the spec's version, as the
-/// planner sees them (for `status`). None when there is no cluster, no
-/// spec, or nothing to change. Pure.
+/// The members' versions and the path to the spec's version (see
+/// [`version_path`]).
 pub type PlannedPath = (Vec<String>, Result<Option<Vec<String>>, String>);
 
+/// The version change as the planner sees it (for `status`). None when
+/// there is no cluster, no spec, or nothing to change. Pure.
 pub fn planned_path(obs: &Observation) -> Option<PlannedPath> {
     let (spec, cluster) = (obs.spec.as_ref()?, obs.cluster.as_ref()?);
     let mut from: BTreeSet<&str> = cluster

@@ -114,6 +114,9 @@ const ETCD_DEFAULT_QUOTA: i64 = 2 * 1024 * 1024 * 1024;
 const SPACE_ALARM_AGAIN: Duration = Duration::from_secs(60);
 /// How long one member's defragmentation may take.
 const ETCD_DEFRAG_TIMEOUT: Duration = Duration::from_secs(300);
+/// Backoff kinds besides the actions' labels.
+const LEASE_STEP: &str = "lease_step";
+const READ_CONTROL: &str = "read_control";
 /// A failed v2 store check is run again after this long.
 const V2STORE_RETRY: Duration = Duration::from_secs(60);
 const ETCD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -146,6 +149,9 @@ pub struct DriverSettings {
     pub replace_grace: Duration,
     /// When a member's database is defragmented.
     pub defrag: controller::DefragPolicy,
+    /// `ETCD_QUOTA_BACKEND_BYTES` as etcd is given it (process environment
+    /// or `--etcd-env-file`), for the quota metric before 3.6 reports it.
+    pub etcd_quota_bytes: Option<i64>,
     /// Calls the other managers' peer APIs (TLS unless `--insecure`).
     pub peers: peer::PeerClient,
     /// Our client identity for etcd (None with `--etcd-insecure`).
@@ -204,14 +210,9 @@ pub struct Driver {
     /// The backup this leader took last (a dump-and-restore restores it).
     last_backup_name: Option<String>,
     unhealthy_since: BTreeMap<u64, Instant>,
-    /// Action kinds that failed, and when each may be tried again.
+    /// Action kinds that failed (and lease steps, reads of the control
+    /// files: [`LEASE_STEP`], [`READ_CONTROL`]), and when each may be tried again.
     backoff: crate::backoff::Backoff,
-    /// Lease steps that failed in a row, and when the next may run.
-    lease_failures: u32,
-    lease_retry_at: Option<Instant>,
-    /// Reads of the control files that failed in a row, and when the next may run.
-    control_failures: u32,
-    control_retry_at: Option<Instant>,
     /// When this leader last cleared etcd's NOSPACE alarm.
     last_space_clear: Option<Instant>,
     /// v2 store checks by (peer id, cluster token), and when they ran.
@@ -279,10 +280,6 @@ impl Driver {
             unhealthy_since: BTreeMap::new(),
             v2store: BTreeMap::new(),
             backoff: Default::default(),
-            lease_failures: 0,
-            lease_retry_at: None,
-            control_failures: 0,
-            control_retry_at: None,
             last_space_clear: None,
             had_majority: false,
             malformed_seen: 0,
@@ -498,19 +495,17 @@ impl Driver {
         // after a growing pause (1 s doubling to 60 s) unless the lease is
         // held: renewals keep their pace, acquiring and observing wait.
         let held = self.lease.held(before).is_some();
-        if held || self.lease_retry_at.is_none_or(|at| before >= at) {
+        if held || self.backoff.waiting(LEASE_STEP, before).is_none() {
             match self.lease.tick(before, candidate).await {
                 Ok(_) => {
                     metrics::counter!(m::LEASE_OPERATIONS, "result" => "ok").increment(1);
-                    self.lease_failures = 0;
-                    self.lease_retry_at = None;
+                    self.backoff.succeeded(LEASE_STEP);
                 }
                 Err(e) => {
                     metrics::counter!(m::LEASE_OPERATIONS, "result" => "error").increment(1);
-                    self.lease_failures = self.lease_failures.saturating_add(1);
-                    let wait = crate::backoff::delay(self.lease_failures);
-                    self.lease_retry_at = Some(self.clock.now() + wait);
-                    tracing::warn!(error = %e, failures = self.lease_failures, retry_in = ?wait, "lease step failed");
+                    let e = e.to_string();
+                    let wait = self.backoff.failed(LEASE_STEP, self.clock.now(), &e);
+                    tracing::warn!(error = %e, retry_in = ?wait, "lease step failed");
                 }
             }
         }
@@ -567,26 +562,21 @@ impl Driver {
         if !fresh {
             // After a failed read, the store is asked again only after a
             // growing pause (1 s doubling to 60 s), not on every pass.
-            if let Some(at) = self.control_retry_at
-                && now < at
-            {
+            if let Some((failures, left)) = self.backoff.waiting(READ_CONTROL, now) {
                 return Err(format!(
-                    "the backup store did not answer the last {} reads of the control files; next try in {:.1} s",
-                    self.control_failures,
-                    at.duration_since(now).as_secs_f64()
+                    "the backup store did not answer the last {failures} reads of the control files; next try in {:.1} s",
+                    left.as_secs_f64()
                 ));
             }
             let snap = match self.store.read_control(&mut self.control_cache).await {
                 Ok(snap) => {
-                    self.control_failures = 0;
-                    self.control_retry_at = None;
+                    self.backoff.succeeded(READ_CONTROL);
                     snap
                 }
                 Err(e) => {
-                    self.control_failures = self.control_failures.saturating_add(1);
-                    self.control_retry_at =
-                        Some(now + crate::backoff::delay(self.control_failures));
-                    return Err(executing_error(e));
+                    let e = executing_error(e);
+                    self.backoff.failed(READ_CONTROL, now, &e);
+                    return Err(e);
                 }
             };
             if snap.malformed.len() != self.malformed_seen {
@@ -838,6 +828,7 @@ impl Driver {
             &infos,
             self.settings.etcd_tls.as_ref(),
             &mut self.etcd_clients,
+            self.settings.etcd_quota_bytes,
         )
         .await;
         let backups_exist = if cluster.is_none() && !created_marker {
@@ -942,27 +933,21 @@ impl Driver {
         let revision = client.status().await.map_err(executing_error)?.revision;
         client.compact(revision).await.map_err(executing_error)?;
         tracing::info!(revision, "space alarm: history compacted");
-        let leader = obs
+        let mut members: Vec<(u64, String, bool)> = obs
             .cluster
             .as_ref()
-            .and_then(|c| c.members.iter().find(|m| m.is_leader))
-            .map(|m| m.name.clone());
-        let mut endpoints = healthy_endpoints(obs);
-        endpoints.sort_by_key(|(id, _)| leader.as_deref() == Some(*id));
-        for (id, ep) in endpoints {
-            let started = self.clock.now();
-            etcd::EtcdClient::connect_with(std::slice::from_ref(&ep), ETCD_DEFRAG_TIMEOUT, tls)
-                .await
-                .map_err(executing_error)?
-                .defragment()
-                .await
-                .map_err(executing_error)?;
-            let seconds = self
-                .clock
-                .now()
-                .saturating_duration_since(started)
-                .as_secs_f64();
-            tracing::info!(member = %id, seconds, "space alarm: member defragmented");
+            .map(|c| {
+                c.members
+                    .iter()
+                    .filter(|m| m.healthy)
+                    .map(|m| (m.id, m.name.clone(), m.is_leader))
+                    .collect()
+            })
+            .unwrap_or_default();
+        members.sort_by_key(|(_, _, leader)| *leader);
+        for (id, name, _) in members {
+            self.defragment(obs, id, &name, false).await?;
+            tracing::info!(member = %name, "space alarm: member defragmented");
         }
         for m in alarmed {
             client.disarm_nospace(m).await.map_err(executing_error)?;
@@ -1361,7 +1346,7 @@ impl Driver {
                         .map(|e| e.cluster_token.clone())
                         .ok_or_else(|| format!("peer {id} runs no etcd"))?;
                     let req = Request::CheckV2Store(fence.clone());
-                    let check = match pc.call(self.addr_of(id)?, &req, RESTORE_TIMEOUT).await {
+                    let check = match pc.call(self.addr_of(id)?, &req, req.deadline()).await {
                         Ok(Response::V2Store { custom: None }) => controller::V2StoreCheck::Clean,
                         Ok(Response::V2Store { custom: Some(what) }) => {
                             controller::V2StoreCheck::Custom(what)
@@ -1717,6 +1702,7 @@ async fn observe_cluster(
     peers: &[PeerView],
     tls: Option<&etcd::ClientTls>,
     clients: &mut BTreeMap<String, etcd::EtcdClient>,
+    quota_given: Option<i64>,
 ) -> Option<ClusterView> {
     let endpoints: Vec<String> = peers
         .iter()
@@ -1798,13 +1784,7 @@ async fn observe_cluster(
         .map(|a| a.status.db_quota)
         .max()
         .filter(|q| *q > 0)
-        .or_else(|| {
-            std::env::var("ETCD_QUOTA_BACKEND_BYTES")
-                .ok()?
-                .parse::<i64>()
-                .ok()
-                .filter(|q| *q > 0)
-        })
+        .or(quota_given.filter(|q| *q > 0))
         .unwrap_or(ETCD_DEFAULT_QUOTA);
     metrics::gauge!(m::ETCD_DB_QUOTA).set(quota as f64);
     let downgrade_target = alive.iter().find_map(|a| a.status.downgrade_target.clone());

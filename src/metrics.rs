@@ -119,7 +119,7 @@ pub fn describe() {
     );
     c!(
         DEFRAGS,
-        "etcd members the leader defragmented (past the fragmentation threshold)"
+        "etcd members the leader defragmented (past the fragmentation threshold, or clearing a NOSPACE alarm)"
     );
     c!(DEFRAG_FREED, "bytes the leader's defragmentations freed");
     g!(

@@ -394,6 +394,17 @@ impl Node {
         self.settings.data_dir.join("data").join(token)
     }
 
+    /// An `ETCD_*` setting etcd is given by the user (process environment
+    /// or `--etcd-env-file`; the last one wins, as when etcd starts).
+    pub fn etcd_setting(&self, key: &str) -> Option<String> {
+        self.settings
+            .etcd_env_overrides
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    }
+
     /// The installed etcd versions, scanned again only when the folders
     /// that hold them change (a scan may run `etcd --version`).
     pub fn installed(&self) -> Vec<String> {

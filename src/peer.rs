@@ -217,7 +217,9 @@ impl Request {
     /// How long the server lets this request run (the caller waits as long).
     pub fn deadline(&self) -> Duration {
         match self {
-            Request::RestoreBackup(_) => RESTORE_TIMEOUT,
+            // Long IO on a member's data: a download and restore, or a copy
+            // of its WAL and etcdutl's check of it.
+            Request::RestoreBackup(_) | Request::CheckV2Store(_) => RESTORE_TIMEOUT,
             Request::JoinCluster(_) => JOIN_TIMEOUT,
             _ => REQUEST_TIMEOUT,
         }

@@ -272,6 +272,9 @@ async fn run_node(
             retention: cfg.retention,
             replace_grace: cfg.member_replace_grace,
             defrag: cfg.defrag,
+            etcd_quota_bytes: node
+                .etcd_setting("ETCD_QUOTA_BACKEND_BYTES")
+                .and_then(|v| v.trim().parse().ok()),
             peers: peers.clone(),
             etcd_tls,
             warnings,
