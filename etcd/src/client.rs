@@ -12,8 +12,27 @@ use crate::Error;
 /// The per-call timeout callers use when they have no better value.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The key [`EtcdClient::healthy`] reads (as `etcdctl endpoint health` does).
+/// The key [`EtcdClient::healthy`] reads (as `etcdctl endpoint health` does)
+/// where etcd has no `/readyz`.
 const HEALTH_KEY: &str = "health";
+
+/// etcd's own readiness check (3.5.11+ and 3.6+): data not corrupt, a local
+/// and a linearizable read. Learners are judged by the caller, so the check
+/// that fails on them is left out.
+const READYZ_PATH: &str = "/readyz?exclude=non_learner";
+
+/// The most of a `/readyz` answer read (it lists a few named checks).
+const READYZ_BODY_LIMIT: usize = 4096;
+
+/// One endpoint's health as etcd judged it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Ready: `/readyz` answered 200, or a linearizable read succeeded.
+    Ready,
+    /// Not ready, with etcd's words (the failed `/readyz` checks) or the
+    /// error of the read.
+    NotReady(String),
+}
 
 /// One etcd cluster member.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +105,8 @@ pub struct EtcdClient {
     endpoints: Vec<String>,
     timeout: Duration,
     tls: Option<ClientTls>,
+    /// For etcd's HTTP endpoints (`/readyz`) of a single-endpoint client.
+    http: Option<reqwest::Client>,
 }
 
 /// TLS for talking to etcd: the CA that signed the members' serving
@@ -158,6 +179,10 @@ impl EtcdClient {
             );
         }
         let endpoints = endpoints.to_vec();
+        let http = match endpoints.as_slice() {
+            [_] => http_client(timeout, tls),
+            _ => None,
+        };
         let client =
             match tokio::time::timeout(timeout, Client::connect(&endpoints, Some(options))).await {
                 Ok(Ok(c)) => c,
@@ -181,6 +206,7 @@ impl EtcdClient {
             endpoints,
             timeout,
             tls: tls.cloned(),
+            http,
         })
     }
 
@@ -477,16 +503,40 @@ impl EtcdClient {
         Ok(())
     }
 
-    /// True when a linearizable read succeeds within the timeout (the cluster has a leader
-    /// and quorum, and this endpoint can reach it).
+    /// True when the endpoint is ready (see [`EtcdClient::health`]).
     pub async fn healthy(&self) -> bool {
-        let mut c = self.client.clone();
-        match self.call("health", c.get(HEALTH_KEY, None)).await {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::debug!(endpoints = ?self.endpoints, error = %e, "etcd not healthy");
+        match self.health().await {
+            Health::Ready => true,
+            Health::NotReady(why) => {
+                tracing::debug!(endpoints = ?self.endpoints, reason = %why, "etcd not healthy");
                 false
             }
+        }
+    }
+
+    /// The endpoint's health by etcd's own `/readyz` where it has one (3.5.11+,
+    /// 3.6+; a single-endpoint client), else by a linearizable read within the
+    /// timeout (the cluster has a leader and quorum, and this endpoint can
+    /// reach it). A `/readyz` that is not there (404) or not served on this
+    /// URL falls back to the read.
+    pub async fn health(&self) -> Health {
+        if let (Some(http), [endpoint]) = (&self.http, self.endpoints.as_slice()) {
+            let url = format!("{}{READYZ_PATH}", endpoint.trim_end_matches('/'));
+            match tokio::time::timeout(self.timeout, readyz(http, &url)).await {
+                Ok(Some(health)) => return health,
+                Ok(None) => {}
+                Err(_) => {
+                    return Health::NotReady(format!(
+                        "{url} did not answer within {:?}",
+                        self.timeout
+                    ));
+                }
+            }
+        }
+        let mut c = self.client.clone();
+        match self.call("health", c.get(HEALTH_KEY, None)).await {
+            Ok(_) => Health::Ready,
+            Err(e) => Health::NotReady(e.to_string()),
         }
     }
 
@@ -578,6 +628,67 @@ impl EtcdClient {
     fn first_endpoint(&self) -> String {
         self.endpoints.first().cloned().unwrap_or_default()
     }
+}
+
+/// An HTTP client for one etcd endpoint's `/readyz`: the members' CA only and
+/// our client identity when TLS is used. None when the TLS material does not
+/// parse (the gRPC client reports that; health then falls back to a read).
+fn http_client(timeout: Duration, tls: Option<&ClientTls>) -> Option<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy();
+    if let Some(t) = tls {
+        let ca = reqwest::Certificate::from_pem_bundle(t.ca_pem.as_bytes()).ok()?;
+        let identity =
+            reqwest::Identity::from_pem(format!("{}\n{}", t.cert_pem, t.key_pem).as_bytes())
+                .ok()?;
+        b = b.tls_certs_only(ca).identity(identity);
+    }
+    b.build().ok()
+}
+
+/// GET `url` (etcd's `/readyz`): Some(health) when etcd answered with a
+/// verdict, None when it gave none (404 on etcd before 3.5.11, or no answer).
+async fn readyz(http: &reqwest::Client, url: &str) -> Option<Health> {
+    // A transport error (nothing listens, no HTTP on this URL, a TLS
+    // mismatch) gives no verdict: the read then decides, as before /readyz.
+    let resp = http.get(url).send().await.ok()?;
+    let status = resp.status();
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return None;
+    }
+    if status.is_success() {
+        return Some(Health::Ready);
+    }
+    let body = read_limited(resp, READYZ_BODY_LIMIT).await;
+    let failed: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("[-]"))
+        .map(|l| l.trim_start_matches("[-]").trim())
+        .collect();
+    let why = if failed.is_empty() {
+        body.trim().to_string()
+    } else {
+        failed.join("; ")
+    };
+    Some(Health::NotReady(format!("{url} answered {status}: {why}")))
+}
+
+/// At most `limit` bytes of a response body, as text (lossy).
+async fn read_limited(mut resp: reqwest::Response, limit: usize) -> String {
+    let mut out = Vec::new();
+    while out.len() < limit {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = limit - out.len();
+                out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// etcd-client's error as text; gRPC refusals as `Code: message` (`Unavailable: etcdserver: unhealthy cluster`).

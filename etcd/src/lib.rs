@@ -20,7 +20,9 @@ mod v2store;
 mod version;
 
 pub use binaries::{EtcdBinaries, find_binaries, find_binaries_in};
-pub use client::{ClientTls, DEFAULT_TIMEOUT, EndpointStatus, EtcdClient, Member, SnapshotStream};
+pub use client::{
+    ClientTls, DEFAULT_TIMEOUT, EndpointStatus, EtcdClient, Health, Member, SnapshotStream,
+};
 pub use env::{
     EtcdNodeSpec, MemberTlsFiles, etcd_env, etcd_env_overrides_from_process, is_etcd_override,
     replace_url_host,

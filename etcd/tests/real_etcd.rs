@@ -505,6 +505,59 @@ async fn single_member_3_3_25() {
     single_member_lifecycle("3.3.25").await;
 }
 
+/// Health is etcd's own `/readyz` where etcd has one, the read before: a
+/// raised CORRUPT alarm is reported as the `/readyz` check that failed (3.5.30,
+/// 3.6), while etcd 3.4, which has no `/readyz`, still serves the read.
+async fn health_by_readyz(ver: &str, has_readyz: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::new("h", ver, "127.0.0.1", dir.path(), "tok-h");
+    let proc = node.start();
+    wait_healthy(&node, Duration::from_secs(20)).await;
+    let client = node.client().await;
+    assert_eq!(client.health().await, etcd::Health::Ready);
+    let id = client.status().await.unwrap().member_id;
+    let mut raw = etcd_client::Client::connect(&node.spec.client_urls, None)
+        .await
+        .unwrap();
+    let mut options = etcd_client::AlarmOptions::new();
+    options.with_member(id);
+    raw.alarm(
+        etcd_client::AlarmAction::Activate,
+        etcd_client::AlarmType::Corrupt,
+        Some(options),
+    )
+    .await
+    .unwrap();
+    let health = client.health().await;
+    if has_readyz {
+        let etcd::Health::NotReady(why) = health else {
+            panic!("etcd {ver} with a CORRUPT alarm judged ready");
+        };
+        assert!(
+            why.contains("/readyz") && why.contains("data_corruption"),
+            "{ver}: {why}"
+        );
+    } else {
+        assert_eq!(health, etcd::Health::Ready, "{ver}: the read decides");
+    }
+    proc.stop(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test]
+async fn health_is_readyz_on_3_6() {
+    health_by_readyz("3.6.16", true).await;
+}
+
+#[tokio::test]
+async fn health_is_readyz_on_3_5_30() {
+    health_by_readyz("3.5.30", true).await;
+}
+
+#[tokio::test]
+async fn health_is_a_read_on_3_4_without_readyz() {
+    health_by_readyz("3.4.23", false).await;
+}
+
 #[tokio::test]
 async fn quarantined_member_serves_only_on_quarantine_url() {
     let dir = tempfile::tempdir().unwrap();

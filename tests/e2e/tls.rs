@@ -134,6 +134,12 @@ async fn a_cluster_with_tls_everywhere_found_through_the_store() {
         ]);
         assert!(ok.status.success(), "etcdctl with certs on {ep}: {ok:?}");
     }
+    // Health is etcd's /readyz over TLS with our client certificate: a
+    // CORRUPT alarm shows as its failed check, which a read would not name.
+    let probe = etcd::EtcdClient::connect_with(&endpoints[..1], Duration::from_secs(3), Some(&tls))
+        .await
+        .unwrap();
+    assert_eq!(probe.health().await, etcd::Health::Ready);
     // ...without a client certificate it is refused, and plain http gets nothing.
     let no_cert = etcdctl(&[
         format!("--endpoints={}", endpoints[0]),
@@ -204,4 +210,34 @@ async fn a_cluster_with_tls_everywhere_found_through_the_store() {
         },
     )
     .await;
+    // Last, as it stops the cluster serving: /readyz over TLS names the alarm.
+    let id = probe.status().await.unwrap().member_id;
+    let mut raw = etcd_client::Client::connect(
+        &endpoints[..1],
+        Some(
+            etcd_client::ConnectOptions::new().with_tls(
+                etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca_pem))
+                    .identity(etcd_client::Identity::from_pem(&tls.cert_pem, &tls.key_pem)),
+            ),
+        ),
+    )
+    .await
+    .unwrap();
+    let mut options = etcd_client::AlarmOptions::new();
+    options.with_member(id);
+    raw.alarm(
+        etcd_client::AlarmAction::Activate,
+        etcd_client::AlarmType::Corrupt,
+        Some(options),
+    )
+    .await
+    .unwrap();
+    match probe.health().await {
+        etcd::Health::NotReady(why) => assert!(
+            why.contains("/readyz") && why.contains("data_corruption"),
+            "{why}"
+        ),
+        etcd::Health::Ready => panic!("a member with a CORRUPT alarm judged ready"),
+    }
 }
