@@ -151,6 +151,9 @@ pub struct Observation {
     /// The v2 store checks this leader ran, by peer id (see
     /// [`Action::CheckV2Store`]).
     pub v2store: std::collections::BTreeMap<String, V2StoreCheck>,
+    /// The settings checks this leader ran, by (peer id, version the peer
+    /// would move to) (see [`Action::CheckSettings`]).
+    pub settings: std::collections::BTreeMap<(String, String), SettingsCheck>,
 }
 
 /// When the leader defragments a member: at least `fragmentation` of its
@@ -189,6 +192,19 @@ pub enum V2StoreCheck {
     /// Custom v2 content (the tool's words): etcd 3.6 would drop it.
     Custom(String),
     /// The check could not run (the reason); retried after a while.
+    Failed(String),
+}
+
+/// Whether a peer's own `ETCD_*` settings survive a move to a version, as
+/// that peer answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettingsCheck {
+    /// The version understands every setting the peer's etcd runs with now.
+    Kept,
+    /// Settings the version would drop or refuse, one line each (the
+    /// variable, what the version lacks, what to write instead).
+    Lost(Vec<String>),
+    /// The peer could not answer (the reason); asked again after a while.
     Failed(String),
 }
 
@@ -276,6 +292,12 @@ pub enum Action {
     CheckV2Store {
         peers: Vec<String>,
     },
+    /// Ask these peers whether `version` understands every `ETCD_*` setting
+    /// their etcd runs with (before any of them moves to it).
+    CheckSettings {
+        peers: Vec<String>,
+        version: String,
+    },
     /// etcd's downgrade protocol: validate, then enable a downgrade of the
     /// cluster to this minor (`3.6`).
     EnableDowngrade {
@@ -316,6 +338,7 @@ impl Action {
             Action::UpgradeMember { .. } => "upgrade_member",
             Action::ClearBackupRequest => "clear_backup_request",
             Action::CheckV2Store { .. } => "check_v2store",
+            Action::CheckSettings { .. } => "check_settings",
             Action::EnableDowngrade { .. } => "enable_downgrade",
             Action::CancelDowngrade => "cancel_downgrade",
             Action::ClearSpaceAlarm => "clear_space_alarm",
@@ -962,6 +985,51 @@ pub fn v2store_gate(obs: &Observation, target: &str, peers: &[&PeerView]) -> Opt
     (!missing.is_empty()).then(|| Plan::act(vec![Action::CheckV2Store { peers: missing }]))
 }
 
+/// Before any member moves to `target`: every mover's own `ETCD_*` settings
+/// checked against it (a setting the version lacks would be dropped with a
+/// warning in etcd's log, a feature gate it lacks stops etcd). Checks not run
+/// yet are asked for; a lost setting, or a check that failed, blocks the
+/// change with the reason and nothing moves. None: every mover's settings
+/// are kept. Pure.
+pub fn settings_gate(obs: &Observation, target: &str, peers: &[&PeerView]) -> Option<Plan> {
+    let mut missing = Vec::new();
+    for p in peers {
+        let Some(from) = p.etcd_version().filter(|v| *v != target) else {
+            continue;
+        };
+        match obs.settings.get(&(p.id.clone(), target.to_string())) {
+            Some(SettingsCheck::Kept) => {}
+            Some(SettingsCheck::Lost(lost)) => {
+                return Some(Plan::wait(WaitReason::UpgradePathBlocked {
+                    reason: format!(
+                        "{from} -> {target}: peer {} gives etcd settings {target} would not \
+                         understand: {}. Nothing was changed. Change that manager's ETCD_* \
+                         environment (or its --etcd-env-file) and restart it, or set the \
+                         version back to {from}",
+                        p.id,
+                        lost.join("; ")
+                    ),
+                }));
+            }
+            Some(SettingsCheck::Failed(e)) => {
+                return Some(Plan::wait(WaitReason::UpgradePathBlocked {
+                    reason: format!(
+                        "{from} -> {target}: cannot check the etcd settings of peer {}: {e}",
+                        p.id
+                    ),
+                }));
+            }
+            None => missing.push(p.id.clone()),
+        }
+    }
+    (!missing.is_empty()).then(|| {
+        Plan::act(vec![Action::CheckSettings {
+            peers: missing,
+            version: target.to_string(),
+        }])
+    })
+}
+
 /// The minor a one-minor downgrade by etcd's own protocol goes to: every
 /// member on `target`'s minor or the one above it, at least one above, and
 /// that one 3.6 or later (3.6 -> 3.5, 3.7 -> 3.6). None otherwise. Pure.
@@ -1112,6 +1180,9 @@ fn dump_and_restore(
     if let Some(plan) = v2store_gate(obs, target, &movers) {
         return Some(plan);
     }
+    if let Some(plan) = settings_gate(obs, target, &movers) {
+        return Some(plan);
+    }
     let ready = obs.peers.iter().filter(|p| p.has_version(target)).count();
     if ready < quorum(spec.member_count as usize) {
         return Some(Plan::wait(WaitReason::VersionNotInstalled {
@@ -1183,7 +1254,11 @@ fn version_change(
     if behind.is_empty() {
         return None;
     }
+    let movers: Vec<&PeerView> = behind.iter().map(|(_, p)| *p).collect();
     if let Some(to) = native_downgrade(&from, target) {
+        if let Some(plan) = settings_gate(obs, target, &movers) {
+            return Some(plan);
+        }
         return Some(downgrade_plan(
             obs,
             cluster,
@@ -1205,8 +1280,10 @@ fn version_change(
             voters: members.iter().filter(|m| !m.is_learner).count(),
         }));
     }
-    let movers: Vec<&PeerView> = behind.iter().map(|(_, p)| *p).collect();
     if let Some(plan) = v2store_gate(obs, target, &movers) {
+        return Some(plan);
+    }
+    if let Some(plan) = settings_gate(obs, target, &movers) {
         return Some(plan);
     }
     let (_, peer) = behind

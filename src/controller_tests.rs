@@ -60,6 +60,15 @@ fn member(n: u64, name: &str, healthy: bool) -> MemberView {
 
 fn obs(member_count: i32, peers: Vec<PeerView>, members: Option<Vec<MemberView>>) -> Observation {
     let t0 = Instant::now();
+    // Every peer's settings kept by every version (the settings tests clear this).
+    let settings = peers
+        .iter()
+        .flat_map(|p| {
+            KNOWN
+                .iter()
+                .map(|v| ((p.id.clone(), v.to_string()), SettingsCheck::Kept))
+        })
+        .collect();
     Observation {
         now: t0 + Duration::from_secs(3600),
         self_id: "a".into(),
@@ -92,6 +101,7 @@ fn obs(member_count: i32, peers: Vec<PeerView>, members: Option<Vec<MemberView>>
             min_free_bytes: 1 << 20,
         },
         v2store: Default::default(),
+        settings,
     }
 }
 
@@ -929,6 +939,12 @@ fn plan_for(from: &str, to: &str, missing: &[&str]) -> Plan {
 
 /// The same with each member's v2 store check as given (None: not run).
 fn plan_with_v2(from: &str, to: &str, missing: &[&str], v2: Option<V2StoreCheck>) -> Plan {
+    reconcile(&version_obs(from, to, missing, v2))
+}
+
+/// Three healthy members on `from`, the spec on `to`, every known version
+/// installed except `missing`, each v2 store check as given.
+fn version_obs(from: &str, to: &str, missing: &[&str], v2: Option<V2StoreCheck>) -> Observation {
     let installed: Vec<String> = KNOWN
         .iter()
         .filter(|v| !missing.contains(v))
@@ -962,7 +978,95 @@ fn plan_with_v2(from: &str, to: &str, missing: &[&str], v2: Option<V2StoreCheck>
             .map(|id| (id.to_string(), c.clone()))
             .collect();
     }
-    reconcile(&o)
+    o
+}
+
+#[test]
+fn settings_are_checked_for_the_next_step_before_anything_moves() {
+    let mut o = version_obs("3.5.30", "3.6.16", &[], Some(V2StoreCheck::Clean));
+    o.settings.clear();
+    // The first step is 3.5.35 (the floor before 3.6): that is what is asked.
+    let plan = reconcile(&o);
+    assert_eq!(
+        plan.actions,
+        vec![Action::CheckSettings {
+            peers: vec!["a".into(), "b".into(), "c".into()],
+            version: "3.5.35".into(),
+        }]
+    );
+    // One peer answered: only the others are asked again.
+    o.settings
+        .insert(("a".into(), "3.5.35".into()), SettingsCheck::Kept);
+    let plan = reconcile(&o);
+    assert_eq!(
+        plan.actions,
+        vec![Action::CheckSettings {
+            peers: vec!["b".into(), "c".into()],
+            version: "3.5.35".into(),
+        }]
+    );
+}
+
+#[test]
+fn a_setting_the_next_version_lacks_holds_the_change_with_its_name() {
+    let lost = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL: etcd 3.7.3 has no \
+                --experimental-watch-progress-notify-interval; use \
+                ETCD_WATCH_PROGRESS_NOTIFY_INTERVAL instead";
+    let mut o = version_obs("3.6.16", "3.7.3", &[], Some(V2StoreCheck::Clean));
+    o.settings.insert(
+        ("b".into(), "3.7.3".into()),
+        SettingsCheck::Lost(vec![lost.into()]),
+    );
+    let plan = reconcile(&o);
+    assert!(plan.actions.is_empty(), "{plan:?}");
+    assert!(
+        matches!(&plan.waits[..], [WaitReason::UpgradePathBlocked { reason }]
+            if reason.contains("peer b") && reason.contains(lost)
+                && reason.contains("Nothing was changed")),
+        "{plan:?}"
+    );
+    // A check that could not run holds it too.
+    o.settings.insert(
+        ("b".into(), "3.7.3".into()),
+        SettingsCheck::Failed("bad frame".into()),
+    );
+    let plan = reconcile(&o);
+    assert!(
+        plan.actions.is_empty()
+            && matches!(&plan.waits[..], [WaitReason::UpgradePathBlocked { reason }]
+                if reason.contains("cannot check the etcd settings of peer b")),
+        "{plan:?}"
+    );
+    // The same holds a downgrade by etcd's protocol before it is enabled.
+    let mut o = version_obs("3.7.3", "3.6.16", &[], None);
+    o.settings.insert(
+        ("c".into(), "3.6.16".into()),
+        SettingsCheck::Lost(vec!["ETCD_FEATURE_GATES: ...".into()]),
+    );
+    let plan = reconcile(&o);
+    assert!(
+        plan.actions.is_empty()
+            && matches!(&plan.waits[..], [WaitReason::UpgradePathBlocked { reason }]
+                if reason.contains("peer c")),
+        "{plan:?}"
+    );
+}
+
+#[test]
+fn a_dump_and_restore_checks_the_settings_first() {
+    // 3.5 -> 3.4: no in-place path; the restore is not queued before every
+    // member's settings are known to survive 3.4.
+    let mut o = version_obs("3.5.30", "3.4.23", &[], Some(V2StoreCheck::Clean));
+    assert_eq!(first_step("3.5.30", "3.4.23"), None);
+    o.settings.clear();
+    let plan = reconcile(&o);
+    assert_eq!(
+        plan.actions,
+        vec![Action::CheckSettings {
+            peers: vec!["a".into(), "b".into(), "c".into()],
+            version: "3.4.23".into(),
+        }]
+    );
 }
 
 /// The first step the whole path takes from `from` to `to` when every

@@ -119,6 +119,10 @@ const LEASE_STEP: &str = "lease_step";
 const READ_CONTROL: &str = "read_control";
 /// A failed v2 store check is run again after this long.
 const V2STORE_RETRY: Duration = Duration::from_secs(60);
+/// How long a peer's answer about its etcd settings is trusted: the manager
+/// may restart with other settings, so the answer is asked again after this
+/// (the node also refuses a move its settings would not survive).
+const SETTINGS_RECHECK: Duration = Duration::from_secs(60);
 const ETCD_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest pause between passes while the leader waits for something
 /// (a member's grace period, a learner catching up) or a candidate for the
@@ -217,6 +221,8 @@ pub struct Driver {
     last_space_clear: Option<Instant>,
     /// v2 store checks by (peer id, cluster token), and when they ran.
     v2store: BTreeMap<(String, String), (controller::V2StoreCheck, Instant)>,
+    /// Settings checks by (peer id, version), and when they ran.
+    settings_checks: BTreeMap<(String, String), (controller::SettingsCheck, Instant)>,
     had_majority: bool,
     /// How many malformed control files the last read reported (logged on change).
     malformed_seen: usize,
@@ -279,6 +285,7 @@ impl Driver {
             last_backup_name: None,
             unhealthy_since: BTreeMap::new(),
             v2store: BTreeMap::new(),
+            settings_checks: BTreeMap::new(),
             backoff: Default::default(),
             last_space_clear: None,
             had_majority: false,
@@ -876,6 +883,13 @@ impl Driver {
                 Some((p.id.clone(), self.v2store.get(&key)?.0.clone()))
             })
             .collect();
+        self.settings_checks
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < SETTINGS_RECHECK);
+        let settings = self
+            .settings_checks
+            .iter()
+            .map(|(k, (c, _))| (k.clone(), c.clone()))
+            .collect();
         Ok(Observation {
             now: self.clock.now(),
             self_id: self.node.id().to_string(),
@@ -897,6 +911,7 @@ impl Driver {
             replace_grace: self.settings.replace_grace,
             defrag: self.settings.defrag,
             v2store,
+            settings,
         })
     }
 
@@ -1362,6 +1377,37 @@ impl Driver {
                     tracing::info!(peer = %id, result = ?check, "v2 store checked");
                     self.v2store
                         .insert((id.clone(), token), (check, self.clock.now()));
+                }
+                Ok(())
+            }
+            Action::CheckSettings { peers, version } => {
+                let req = Request::CheckSettings {
+                    version: version.clone(),
+                };
+                for id in peers {
+                    let check = match pc.call(self.addr_of(id)?, &req, req.deadline()).await {
+                        Ok(Response::Settings { lost }) if lost.is_empty() => {
+                            controller::SettingsCheck::Kept
+                        }
+                        Ok(Response::Settings { lost }) => controller::SettingsCheck::Lost(lost),
+                        Ok(Response::Failed(e)) => controller::SettingsCheck::Failed(e),
+                        Ok(other) => controller::SettingsCheck::Failed(format!(
+                            "unexpected answer {other:?}"
+                        )),
+                        Err(e) => controller::SettingsCheck::Failed(format!(
+                            "{e} (a manager older than this one cannot answer; upgrade it first)"
+                        )),
+                    };
+                    match &check {
+                        controller::SettingsCheck::Lost(lost) => {
+                            tracing::warn!(peer = %id, %version, lost = ?lost, "etcd settings would be lost; version change held");
+                        }
+                        other => {
+                            tracing::info!(peer = %id, %version, result = ?other, "etcd settings checked")
+                        }
+                    }
+                    self.settings_checks
+                        .insert((id.clone(), version.clone()), (check, self.clock.now()));
                 }
                 Ok(())
             }

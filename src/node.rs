@@ -519,7 +519,24 @@ impl Node {
             env.retain(|(key, _)| key != k);
             env.push((k.to_string(), v.to_string()));
         }
+        let unknown = etcd::not_understood(&env, version);
+        if !unknown.is_empty() {
+            tracing::warn!(%version, variables = ?unknown, "etcd does not understand these settings and will ignore them; see `etcd --help` of that version");
+        }
         Ok(etcd::EtcdProcess::start(binaries, spec, env, Some(log))?)
+    }
+
+    /// The settings this node gives etcd (beyond ours) that etcd `to` would
+    /// not understand while `from` does, one line each (see
+    /// [`etcd::lost_settings`]). Empty when either version does not parse.
+    pub fn lost_settings(&self, from: &str, to: &str) -> Vec<String> {
+        let (Ok(from), Ok(to)) = (from.parse(), to.parse()) else {
+            return vec![];
+        };
+        etcd::lost_settings(&self.settings.etcd_env_overrides, from, to)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
     /// Everything the leader asks about.
@@ -663,6 +680,15 @@ impl Node {
             }
             return self.judge_leadership(cluster_name, candidate, store_id);
         }
+        if let Request::CheckSettings { version } = &req {
+            let current = self.inner.lock().await.state.etcd.clone();
+            return match current {
+                None => Response::Failed("this node runs no etcd".into()),
+                Some(local) => Response::Settings {
+                    lost: self.lost_settings(&local.etcd_version, version),
+                },
+            };
+        }
         let mut verified = false;
         if let Some(fence) = req.fence() {
             if let Err(msg) = caller.may_act_as(&fence.leader_id) {
@@ -704,9 +730,10 @@ impl Node {
             };
         }
         let result = match req {
-            Request::GetInfo | Request::Leadership { .. } | Request::CheckV2Store(_) => {
-                unreachable_info()
-            }
+            Request::GetInfo
+            | Request::Leadership { .. }
+            | Request::CheckV2Store(_)
+            | Request::CheckSettings { .. } => unreachable_info(),
             Request::JoinCluster(j) => self.join(&mut inner, j).await,
             Request::Reconfigure(r) => {
                 self.reconfigure(&mut inner, r.quarantined, r.etcd_version)
@@ -841,6 +868,14 @@ impl Node {
         if let Some(v) = version {
             let parsed: etcd::EtcdVersion = v.parse().map_err(|e: etcd::Error| e.to_string())?;
             etcd::find_binaries(&parsed, &self.settings.bin_dirs).map_err(|e| e.to_string())?;
+            let lost = self.lost_settings(&old.etcd_version, &v);
+            if !lost.is_empty() {
+                return Err(format!(
+                    "refused to move etcd {} -> {v}: {}; nothing was changed",
+                    old.etcd_version,
+                    lost.join("; ")
+                ));
+            }
             local.etcd_version = v;
         }
         if local == old {
@@ -1426,6 +1461,75 @@ mod fencing_tests {
         assert!(
             matches!(&resp, Response::Failed(m) if m.contains("no lease record")),
             "{resp:?}"
+        );
+    }
+
+    /// A setting the next version lacks: the check names it, and a move to
+    /// that version is refused before etcd is touched.
+    #[tokio::test]
+    async fn settings_a_version_would_lose_are_named_and_refuse_the_move() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store();
+        lease(&store, 1, "l", 1).await;
+        let mut n = node(dir.path(), &store);
+        n.settings.etcd_env_overrides = vec![(
+            "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL".into(),
+            "5s".into(),
+        )];
+        let l = tls("l");
+        let check = |version: &str| Request::CheckSettings {
+            version: version.into(),
+        };
+        assert_eq!(
+            n.handle(&l, check("3.7.3")).await,
+            Response::Failed("this node runs no etcd".into())
+        );
+        n.inner.lock().await.state.etcd = Some(LocalEtcd {
+            cluster_token: "tok".into(),
+            etcd_version: "3.6.16".into(),
+            quarantined: false,
+            nodes: vec![],
+            new_cluster: false,
+        });
+        let Response::Settings { lost } = n.handle(&l, check("3.7.3")).await else {
+            panic!("no settings answer");
+        };
+        assert_eq!(lost.len(), 1);
+        assert!(
+            lost[0].contains("use ETCD_WATCH_PROGRESS_NOTIFY_INTERVAL instead"),
+            "{lost:?}"
+        );
+        assert_eq!(
+            n.handle(&l, check("3.6.16")).await,
+            Response::Settings { lost: vec![] }
+        );
+        assert!(matches!(
+            n.handle(&l, check("../3.7")).await,
+            Response::Failed(m) if m.starts_with("bad request")
+        ));
+        let up = Request::Reconfigure(crate::peer::Reconfigure {
+            fence: fence("l", 1, 1),
+            quarantined: None,
+            etcd_version: Some("3.7.3".into()),
+        });
+        match n.handle(&l, up).await {
+            Response::Failed(m) => assert!(
+                m.contains("refused to move etcd 3.6.16 -> 3.7.3")
+                    && m.contains("ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL"),
+                "{m}"
+            ),
+            other => panic!("moved anyway: {other:?}"),
+        }
+        assert_eq!(
+            n.inner
+                .lock()
+                .await
+                .state
+                .etcd
+                .as_ref()
+                .unwrap()
+                .etcd_version,
+            "3.6.16"
         );
     }
 

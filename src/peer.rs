@@ -164,12 +164,17 @@ pub enum Request {
     /// Check a copy of this node's etcd data for custom v2 content (before
     /// a 3.5 cluster moves to 3.6); answered with [`Response::V2Store`].
     CheckV2Store(Fence),
+    /// Would etcd `version` understand every `ETCD_*` setting this node
+    /// gives its etcd now? Answered with [`Response::Settings`]; read-only.
+    CheckSettings {
+        version: String,
+    },
 }
 
 impl Request {
     pub fn fence(&self) -> Option<&Fence> {
         match self {
-            Request::GetInfo | Request::Leadership { .. } => None,
+            Request::GetInfo | Request::Leadership { .. } | Request::CheckSettings { .. } => None,
             Request::JoinCluster(j) => Some(&j.fence),
             Request::Reconfigure(r) => Some(&r.fence),
             Request::StopEtcd(f) => Some(f),
@@ -211,6 +216,10 @@ impl Request {
             }
             Request::GcTrashcan { fence: f, .. } => fence(f),
             Request::CheckV2Store(f) => fence(f),
+            Request::CheckSettings { version } => version
+                .parse::<etcd::EtcdVersion>()
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
         }
     }
 
@@ -236,6 +245,7 @@ impl Request {
             Request::GcTrashcan { .. } => "gc_trashcan",
             Request::Leadership { .. } => "leadership",
             Request::CheckV2Store(_) => "check_v2store",
+            Request::CheckSettings { .. } => "check_settings",
         }
     }
 }
@@ -252,6 +262,11 @@ pub enum Response {
     /// The v2 store check: None when clean, else what was found.
     V2Store {
         custom: Option<String>,
+    },
+    /// The settings check: the settings the asked version would not
+    /// understand, one line each; empty when every one is kept.
+    Settings {
+        lost: Vec<String>,
     },
 }
 

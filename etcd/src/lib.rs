@@ -12,6 +12,7 @@ mod binaries;
 mod client;
 mod env;
 mod error;
+mod flags;
 mod ident;
 mod process;
 mod restore;
@@ -28,6 +29,7 @@ pub use env::{
     replace_url_host,
 };
 pub use error::Error;
+pub use flags::{LostSetting, lost_settings, not_understood, understands};
 pub use ident::{IdentKind, InvalidIdent, MAX_IDENT_LEN, check_ident};
 pub use process::{EtcdProcess, ProcessStatus};
 pub use restore::{SnapshotInfo, restore_snapshot, verify_snapshot};

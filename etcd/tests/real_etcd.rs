@@ -289,6 +289,65 @@ fn get<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
     env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
+/// Every version of each minor the flag tables know, as installed here.
+const TABLED: [&str; 6] = ["3.3.25", "3.4.23", "3.5.30", "3.5.35", "3.6.16", "3.7.3"];
+
+#[test]
+fn every_variable_we_set_is_understood_by_its_version() {
+    for ver in TABLED {
+        let mut spec = env_spec();
+        spec.version = ver.into();
+        spec.listen_metrics_urls = vec!["http://10.0.0.1:8081".into()];
+        spec.tls = Some(etcd::MemberTlsFiles {
+            peer_ca: "/p/ca.crt".into(),
+            peer_cert: "/p/me.crt".into(),
+            peer_key: "/p/me.key".into(),
+            client_ca: "/c/ca.crt".into(),
+            server_cert: "/c/server.crt".into(),
+            server_key: "/c/server.key".into(),
+        });
+        let env = etcd_env(&spec, &[]);
+        assert!(
+            etcd::not_understood(&env, version(ver)).is_empty(),
+            "{ver}: {:?}",
+            etcd::not_understood(&env, version(ver))
+        );
+    }
+}
+
+/// The flag tables hold every flag each installed binary's `--help` lists.
+#[test]
+fn flag_tables_cover_every_flag_the_binaries_list() {
+    for ver in TABLED {
+        let help = std::process::Command::new(&binaries(ver).etcd)
+            .arg("--help")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&help.stdout),
+            String::from_utf8_lossy(&help.stderr)
+        );
+        let mut flags: Vec<&str> = text
+            .split(|c: char| c.is_whitespace() || c == '=' || c == '\'' || c == ',')
+            .filter_map(|w| w.strip_prefix("--"))
+            .map(|f| f.trim_end_matches(|c: char| !c.is_ascii_alphanumeric()))
+            .filter(|f| f.len() > 1 && *f != "help")
+            .collect();
+        flags.sort();
+        flags.dedup();
+        assert!(flags.len() > 60, "{ver}: only {flags:?} in --help");
+        for f in flags {
+            let key = format!("ETCD_{}", f.to_ascii_uppercase().replace('-', "_"));
+            assert_eq!(
+                etcd::understands(version(ver), &key),
+                Some(true),
+                "{ver} lists --{f}"
+            );
+        }
+    }
+}
+
 #[test]
 fn etcd_env_sets_every_variable_sorted() {
     let env = etcd_env(&env_spec(), &[]);

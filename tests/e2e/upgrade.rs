@@ -398,3 +398,59 @@ async fn custom_v2_data_blocks_3_5_to_3_6_and_nothing_changes() {
     // No copy of the member's data is left behind.
     assert!(!m.data_dir.join("v2store-check").exists());
 }
+
+/// A setting the next minor would not understand (3.7 removed the
+/// experimental names 3.6 deprecated) holds 3.6 -> 3.7 before anything
+/// moves: `status` names the variable and what to write instead. With the
+/// manager restarted on the new name the member moves, and etcd 3.7 warns
+/// about no variable.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_setting_3_7_lacks_holds_3_6_to_3_7_until_it_is_renamed() {
+    const OLD: &str = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL";
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = crate::env(&dir);
+    env.store_env.push((OLD.to_string(), "5s".to_string()));
+    let (mut m, ep) = one_member_with_data(&env, "3.6.16").await;
+    assert!(
+        env.ctl(&["-etcd-version=3.7.3", "configure-cluster"])
+            .success
+    );
+    wait_for(
+        "the upgrade refused in status, naming the setting",
+        Duration::from_secs(60),
+        || {
+            let env = env.clone();
+            async move {
+                let s = env.ctl(&["status"]).stdout;
+                (s.contains(OLD)
+                    && s.contains("use ETCD_WATCH_PROGRESS_NOTIFY_INTERVAL instead")
+                    && s.contains("Nothing was changed"))
+                .then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(versions(&env).await, ["3.6.16"]);
+    put(&ep, "/after", "refusal").await.unwrap();
+
+    m.env.retain(|(k, _)| k != OLD);
+    m.env
+        .push(("ETCD_WATCH_PROGRESS_NOTIFY_INTERVAL".into(), "5s".into()));
+    m.restart();
+    change_version_and_wait(&env, &ep, "3.7.3").await;
+    assert_eq!(
+        get(&ep, "/after").await.unwrap().as_deref(),
+        Some("refusal")
+    );
+    // etcd's own log: 3.6 read the old name (and called it deprecated), and
+    // no version ran with a variable it did not know.
+    let etcd_log = std::fs::read_to_string(m.data_dir.join("etcd.log")).unwrap();
+    assert!(
+        etcd_log.contains("--experimental-watch-progress-notify-interval is deprecated"),
+        "{etcd_log}"
+    );
+    assert!(
+        etcd_log.contains("3.7.3") && !etcd_log.contains("unrecognized environment variable"),
+        "{etcd_log}"
+    );
+}

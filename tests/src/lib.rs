@@ -84,7 +84,8 @@ pub struct Manager {
     pub log: PathBuf,
     child: Option<std::process::Child>,
     args: Vec<String>,
-    env: Vec<(String, String)>,
+    /// The manager's environment (a [`Manager::restart`] takes a change).
+    pub env: Vec<(String, String)>,
     binary: PathBuf,
 }
 

@@ -974,6 +974,7 @@ impl World {
             replace_grace: self.replace_grace,
             defrag: Default::default(),
             v2store: Default::default(),
+            settings: Default::default(),
         })
     }
 
@@ -1576,6 +1577,7 @@ impl World {
             | Action::QueueRestore { .. }
             | Action::UpgradeMember { .. }
             | Action::CheckV2Store { .. }
+            | Action::CheckSettings { .. }
             | Action::EnableDowngrade { .. }
             | Action::CancelDowngrade
             | Action::ClearSpaceAlarm
