@@ -381,7 +381,7 @@ pub fn go_bool(s: &str) -> Result<bool, String> {
 /// The volume providers upstream knows, and whether we support each.
 pub const VOLUME_PROVIDERS: &[(&str, bool)] = &[
     ("external", true),
-    ("aws", false),
+    ("aws", true),
     ("gce", false),
     ("openstack", false),
     ("do", false),
@@ -400,6 +400,12 @@ pub enum VolumeSource {
     /// whose name starts with `prefix` and holds `mnt/`; the member is named
     /// after the folder and keeps its data in `mnt/`.
     External { disks: PathBuf, prefix: String },
+    /// `--volume-provider=aws`: the EBS volume this instance claims (see
+    /// [`crate::volumes::aws`]); `root` is `/`, or `/rootfs` containerized.
+    Aws {
+        volumes: crate::volumes::aws::AwsVolumes,
+        root: PathBuf,
+    },
     /// A provider upstream has and we do not (yet): refused at start.
     Unsupported(String),
 }
@@ -682,6 +688,32 @@ impl TryFrom<Args> for Config {
                 VolumeSource::External {
                     disks: host_root.join("mnt/disks"),
                     prefix: prefix.clone(),
+                }
+            }
+            (Some("aws"), _) => {
+                if a.volume_tag.is_empty() {
+                    return Err(invalid(
+                        "volume-tag",
+                        "--volume-provider=aws needs at least one --volume-tag (key or key=value) that only this cluster's etcd volumes carry",
+                    ));
+                }
+                if let Some(t) = a
+                    .volume_tag
+                    .iter()
+                    .find(|t| t.is_empty() || t.starts_with('=') || t.len() > 256)
+                {
+                    return Err(invalid(
+                        "volume-tag",
+                        format!("'{t}' is no tag: write key or key=value"),
+                    ));
+                }
+                VolumeSource::Aws {
+                    volumes: crate::volumes::aws::AwsVolumes {
+                        cluster_name: a.cluster_name.clone(),
+                        tags: a.volume_tag.clone(),
+                        name_tag: a.volume_name_tag.clone(),
+                    },
+                    root: host_root.clone(),
                 }
             }
             (Some(p), _) if VOLUME_PROVIDERS.iter().any(|(n, _)| *n == p) => {
@@ -1085,8 +1117,18 @@ mod tests {
             );
             assert_eq!(
                 c.volume,
-                VolumeSource::Unsupported("aws".into()),
-                "accepted, refused at start"
+                VolumeSource::Aws {
+                    volumes: crate::volumes::aws::AwsVolumes {
+                        cluster_name: name.into(),
+                        tags: vec![
+                            tag.to_string(),
+                            "k8s.io/role/control-plane=1".into(),
+                            "kubernetes.io/cluster/minimal-aws.example.com=owned".into(),
+                        ],
+                        name_tag: tag.into(),
+                    },
+                    root: PathBuf::from("/rootfs"),
+                }
             );
             assert!(!c.insecure && !c.etcd_insecure, "TLS on, as kops runs it");
             assert_eq!(c.etcd_listen_address.as_deref(), Some("0.0.0.0"));

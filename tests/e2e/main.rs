@@ -7,6 +7,7 @@ mod ctl;
 mod deploy;
 mod disaster;
 mod hardening;
+mod kops_aws;
 mod kops_metal;
 mod leadership;
 mod prometheus;

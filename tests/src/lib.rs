@@ -3,7 +3,10 @@
 //! sleeps), and cleanup that kills whole process groups even when a test fails.
 
 pub mod azurite;
+pub mod ec2;
+pub mod imds;
 pub mod moto;
+pub mod netns;
 
 pub use moto::Moto;
 

@@ -104,6 +104,22 @@ pub async fn request(
     content_type: &str,
     body: &str,
 ) -> Result<(u16, String), String> {
+    request_with(addr, method, path, &[], content_type, body).await
+}
+
+/// [`request`] with extra headers.
+pub async fn request_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    content_type: &str,
+    body: &str,
+) -> Result<(u16, String), String> {
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     let exchange = async {
         let mut s = tokio::net::TcpStream::connect(addr)
             .await
@@ -114,7 +130,7 @@ pub async fn request(
             format!("Content-Type: {content_type}\r\n")
         };
         let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{ct}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}{ct}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
         s.write_all(req.as_bytes())

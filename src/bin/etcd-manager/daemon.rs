@@ -16,6 +16,9 @@ use etcd_manager::metrics::{Health, HttpState, InstrumentedStore};
 use etcd_manager::node::{Node, NodeSettings};
 use tracing::Instrument;
 
+/// The seeds folder EC2 discovery writes on the volume (AWS).
+const EC2_SEEDS: &str = "ec2-seeds";
+
 /// Run until `shutdown` is cancelled.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -71,6 +74,26 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         return Ok(());
     };
     let cfg = cfg.placed(placement.data_dir.clone(), placement.address);
+    // On AWS the peers are the instances the other tagged volumes are
+    // attached to: their addresses kept as a seeds folder gossip reads.
+    if let (Some(aws), etcd_manager::config::VolumeSource::Aws { volumes, .. }) =
+        (&placement.aws, &cfg.volume)
+    {
+        let ec2 =
+            etcd_manager::volumes::ec2::Ec2Client::from_env(&aws.region, &aws.metadata_endpoint)
+                .context("the EC2 client for discovery")?;
+        tokio::spawn(
+            etcd_manager::volumes::aws::run_discovery(
+                Arc::new(ec2),
+                volumes.tags.clone(),
+                cfg.data_dir.join(EC2_SEEDS),
+                cfg.discovery_poll_interval,
+                clock.clone(),
+                shutdown.clone(),
+            )
+            .in_current_span(),
+        );
+    }
     let mut etcd_env_overrides = etcd::etcd_env_overrides_from_process();
     etcd_env_overrides.extend(cfg.etcd_env_file.iter().cloned());
     let node = Arc::new(Node::open(NodeSettings {
@@ -154,6 +177,9 @@ async fn run_node(
             cfg.host_root.join("etc/kubernetes/etcd-manager/seeds"),
             cfg.gossip_addr.port(),
         ));
+    }
+    if matches!(cfg.volume, etcd_manager::config::VolumeSource::Aws { .. }) {
+        gcfg.seed_dir = Some((cfg.data_dir.join(EC2_SEEDS), cfg.gossip_addr.port()));
     }
     gcfg.discovery_dir = cfg.discovery_dir.clone();
     gcfg.cluster_size_hint = cfg.cluster_size_hint;

@@ -1,7 +1,8 @@
 //! Where a member's data lives: `--data-dir`, or a volume found at start
 //! (`--volume-provider`). Upstream's `external` provider (bare metal, kops'
-//! metal manifests) is here; the cloud providers are refused at start with
-//! one line naming what works instead.
+//! metal manifests) and `aws` ([`aws`]: EBS volumes) are here; the other
+//! cloud providers are refused at start with one line naming what works
+//! instead.
 //!
 //! `external`: volumes are folders under `<root>/mnt/disks` (`<root>` is
 //! `/rootfs` with `--containerized`) whose names start with the one
@@ -16,6 +17,10 @@ use std::time::Duration;
 
 use crate::config::{Config, VolumeSource};
 
+pub mod aws;
+pub mod ec2;
+pub mod imds;
+
 /// What the volume gave: the data dir, the address, and the member name
 /// (None: the node keeps the id in its state file).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +28,16 @@ pub struct Placement {
     pub data_dir: PathBuf,
     pub address: IpAddr,
     pub node_id: Option<String>,
+    /// On AWS: the region and the metadata endpoint, for EC2 discovery.
+    pub aws: Option<AwsPlaced>,
+}
+
+/// Where an AWS volume was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsPlaced {
+    pub region: String,
+    pub metadata_endpoint: String,
+    pub volume: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +48,8 @@ pub enum VolumeError {
     Unsupported(String),
     #[error("no address for this host: {0}; pass --address")]
     NoAddress(String),
+    #[error("--volume-provider=aws: {0}")]
+    Aws(String),
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
@@ -119,7 +136,9 @@ pub async fn place(
             data_dir: dir.clone(),
             address: cfg.address.unwrap_or(IpAddr::from([127, 0, 0, 1])),
             node_id: None,
+            aws: None,
         })),
+        VolumeSource::Aws { volumes, root } => place_aws(cfg, volumes, root, clock, cancel).await,
         VolumeSource::Unsupported(p) => Err(VolumeError::Unsupported(p.clone())),
         VolumeSource::External { disks, prefix } => {
             let address = match cfg.address {
@@ -134,6 +153,7 @@ pub async fn place(
                         data_dir: mnt,
                         address,
                         node_id: Some(name),
+                        aws: None,
                     }));
                 }
                 if !said {
@@ -148,6 +168,86 @@ pub async fn place(
             }
         }
     }
+}
+
+/// The AWS volume of this instance: who we are (IMDSv2, asked until it
+/// answers), the volume claimed and attached, its device, formatted when
+/// blank and mounted. None when cancelled meanwhile.
+async fn place_aws(
+    cfg: &Config,
+    volumes: &aws::AwsVolumes,
+    root: &Path,
+    clock: &dyn crate::clock::Clock,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<Option<Placement>, VolumeError> {
+    let imds = imds::Imds::from_env();
+    let mut said = false;
+    let instance = loop {
+        match imds.instance().await {
+            Ok(i) => break i,
+            Err(e) if !said => {
+                tracing::warn!(error = %e, "waiting for the instance metadata service");
+                said = true;
+            }
+            Err(e) => tracing::debug!(error = %e, "instance metadata not answering yet"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(None),
+            _ = clock.sleep(Duration::from_secs(5)) => {}
+        }
+    };
+    tracing::info!(instance = %instance.id, zone = %instance.zone, region = %instance.region, address = %instance.private_ip, "this instance");
+    let aws_err = |e: &dyn std::fmt::Display| VolumeError::Aws(e.to_string());
+    let ec2 =
+        ec2::Ec2Client::from_env(&instance.region, imds.endpoint()).map_err(|e| aws_err(&e))?;
+    // An EC2 error while claiming is retried: the API throttles, a
+    // replaced master starts before its old volume is detached.
+    let (volume, device) = loop {
+        match aws::claim(
+            &ec2,
+            volumes,
+            &instance.id,
+            &instance.zone,
+            VOLUME_POLL,
+            clock,
+            cancel,
+        )
+        .await
+        {
+            Ok(Some(c)) => break c,
+            Ok(None) => return Ok(None),
+            Err(aws::AwsVolumeError::Ec2(e)) => {
+                tracing::warn!(error = %e, "EC2 refused a step of claiming a volume; trying again");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(None),
+                    _ = clock.sleep(VOLUME_POLL) => {}
+                }
+            }
+            Err(e) => return Err(aws_err(&e)),
+        }
+    };
+    let Some(dev) = aws::wait_device(root, &volume.id, &instance.id, &device, clock, cancel)
+        .await
+        .map_err(|e| aws_err(&e))?
+    else {
+        return Ok(None);
+    };
+    let at = aws::mount_point(root, &volume.id);
+    aws::format_and_mount(&dev, &volume.id, &at)
+        .await
+        .map_err(|e| aws_err(&e))?;
+    let name = aws::member_name(&volumes.cluster_name, &volumes.name_tag, &volume);
+    tracing::info!(volume = %volume.id, device = %dev.display(), mount = %at.display(), member = %name, "using the AWS volume");
+    Ok(Some(Placement {
+        data_dir: at,
+        address: cfg.address.unwrap_or(instance.private_ip),
+        node_id: Some(name),
+        aws: Some(AwsPlaced {
+            region: instance.region,
+            metadata_endpoint: imds.endpoint().to_string(),
+            volume: volume.id,
+        }),
+    }))
 }
 
 #[cfg(test)]
