@@ -26,4 +26,5 @@ pub mod pki;
 pub mod sidecar;
 pub mod statics;
 pub mod status;
+pub mod upstream_state;
 pub mod volumes;

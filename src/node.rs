@@ -267,16 +267,44 @@ impl Node {
                 s
             }
             None => {
+                let bad = |reason: String| NodeError::DataDir {
+                    path: settings.data_dir.clone(),
+                    reason,
+                };
+                // A volume upstream etcd-manager wrote: its member, its data.
+                let adopted = match crate::upstream_state::read(&settings.data_dir).map_err(bad)? {
+                    Some(pb) => crate::upstream_state::from_upstream(&pb).map_err(bad)?,
+                    None => None,
+                };
+                let myid = crate::upstream_state::read_myid(&settings.data_dir).map_err(bad)?;
+                let id = settings
+                    .fixed_id
+                    .clone()
+                    .or(myid)
+                    .unwrap_or_else(new_node_id);
+                if let Some(l) = &adopted
+                    && !l.nodes.iter().any(|n| n.name == id)
+                {
+                    return Err(bad(format!(
+                        "upstream's state file names the members {:?}, not this node ({id}); the volume belongs to another member",
+                        l.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>()
+                    )));
+                }
                 let s = NodeState {
                     format: STATE_FORMAT,
-                    id: settings.fixed_id.clone().unwrap_or_else(new_node_id),
+                    id,
                     cluster_name: settings.cluster_name.clone(),
                     highest_epoch: 0,
                     highest_epoch_leader: None,
-                    etcd: None,
+                    etcd: adopted,
                 };
                 etcd::write_json_atomic(&path, &s)?;
-                tracing::info!(id = %s.id, path = %path.display(), "new node identity");
+                match &s.etcd {
+                    Some(l) => {
+                        tracing::info!(id = %s.id, token = %l.cluster_token, version = %l.etcd_version, path = %path.display(), "adopted upstream etcd-manager's volume: same member, same data")
+                    }
+                    None => tracing::info!(id = %s.id, path = %path.display(), "new node identity"),
+                }
                 s
             }
         };
@@ -656,8 +684,28 @@ impl Node {
         }
     }
 
+    /// Write our state, and upstream's `state` beside it (so upstream's
+    /// image reads the volume back in place).
     fn persist(&self, inner: &Inner) -> Result<(), NodeError> {
-        Ok(etcd::write_json_atomic(&self.state_path(), &inner.state)?)
+        etcd::write_json_atomic(&self.state_path(), &inner.state)?;
+        let dir = &self.settings.data_dir;
+        let pb = match &inner.state.etcd {
+            Some(l) => Some(crate::upstream_state::to_upstream(
+                l,
+                self.settings.etcd_pki.is_some(),
+            )),
+            // No etcd here any more: upstream's file must not say otherwise.
+            None => dir
+                .join(crate::upstream_state::STATE_FILE)
+                .exists()
+                .then(crate::upstream_state::PbEtcdState::default),
+        };
+        if let Some(pb) = pb
+            && let Err(e) = crate::upstream_state::write(dir, &pb)
+        {
+            tracing::warn!(error = %e, "cannot write upstream's state file beside ours; going back to upstream's image would need a restore");
+        }
+        Ok(())
     }
 
     /// Answer one peer-API request from `caller`.
@@ -1462,6 +1510,58 @@ mod fencing_tests {
             matches!(&resp, Response::Failed(m) if m.contains("no lease record")),
             "{resp:?}"
         );
+    }
+
+    /// Upstream's volume: adopted with its member when the state names this
+    /// node, refused with the names when it does not; upstream's file is
+    /// kept in step with ours.
+    #[tokio::test]
+    async fn an_upstream_state_is_adopted_only_by_its_member() {
+        let store = store();
+        let local = LocalEtcd {
+            cluster_token: "tok".into(),
+            etcd_version: "3.5.30".into(),
+            quarantined: true,
+            nodes: vec![EtcdNodeConfig {
+                name: "m-up".into(),
+                ..EtcdNodeConfig::default()
+            }],
+            new_cluster: false,
+        };
+        let pb = crate::upstream_state::to_upstream(&local, false);
+        // Another member's volume: refused, nothing written.
+        let dir = tempfile::tempdir().unwrap();
+        crate::upstream_state::write(dir.path(), &pb).unwrap();
+        std::fs::write(dir.path().join("myid"), "someone-else").unwrap();
+        let e = Node::open(NodeSettings {
+            data_dir: dir.path().to_path_buf(),
+            ..node(tempfile::tempdir().unwrap().path(), &store)
+                .settings
+                .clone()
+        })
+        .err()
+        .expect("refused");
+        assert!(
+            e.to_string().contains("m-up") && e.to_string().contains("someone-else"),
+            "{e}"
+        );
+        assert!(!dir.path().join(STATE_FILE).exists());
+        // Its own volume: adopted.
+        std::fs::write(dir.path().join("myid"), "m-up").unwrap();
+        let n = node(dir.path(), &store);
+        assert_eq!(n.id(), "m-up");
+        assert_eq!(n.inner.lock().await.state.etcd, Some(local.clone()));
+        // A change of ours reaches upstream's file.
+        {
+            let mut inner = n.inner.lock().await;
+            inner.state.etcd.as_mut().unwrap().quarantined = false;
+            n.persist(&inner).unwrap();
+        }
+        let back = crate::upstream_state::read(dir.path()).unwrap().unwrap();
+        assert!(!back.quarantined);
+        // Opened again, our own file is what counts.
+        drop(n);
+        assert_eq!(node(dir.path(), &store).id(), "m-up");
     }
 
     /// A setting the next version lacks: the check names it, and a move to

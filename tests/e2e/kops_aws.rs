@@ -428,7 +428,10 @@ async fn kops_aws_manifest_claims_volumes_and_survives_a_replaced_master() {
     ids_after.sort();
     assert_eq!(ids_before, ids_after, "no member removed or added");
     let log4 = std::fs::read_to_string(root.join("console-4.log")).unwrap();
-    for l in log4.lines().filter(|l| l.contains("volume") || l.contains("started etcd")) {
+    for l in log4
+        .lines()
+        .filter(|l| l.contains("volume") || l.contains("started etcd"))
+    {
         println!("host 4: {l}");
     }
     assert!(

@@ -2,6 +2,7 @@
 //! with real etcd, each test on its own loopback /24 and temp dir.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
+mod adopt;
 mod bad_input;
 mod ctl;
 mod deploy;

@@ -146,7 +146,10 @@ impl Net {
         }
         if let Ok(links) = ip(&["-o", "link", "show"]) {
             for l in links.lines() {
-                let Some(name) = l.split(": ").nth(1).map(|n| n.split('@').next().unwrap_or(n))
+                let Some(name) = l
+                    .split(": ")
+                    .nth(1)
+                    .map(|n| n.split('@').next().unwrap_or(n))
                 else {
                     continue;
                 };

@@ -1,0 +1,115 @@
+//! A volume upstream etcd-manager wrote, taken over in place: its `myid`,
+//! its `state` (upstream's protobuf, written here from upstream's `.proto`:
+//! upstream's binary is not built on these machines) and its etcd data in
+//! `data/<token>`, made by a real etcd run as upstream runs it. Our manager
+//! restarts etcd on the same data: same member id, same keys, revision not
+//! reset, no restore; upstream's `state` stays readable beside ours.
+
+use std::time::Duration;
+
+use etcd_manager::peer::EtcdNodeConfig;
+use etcd_manager::upstream_state;
+use tests::{get, wait_for};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_volume_is_adopted_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = crate::env(&dir);
+    let ip = tests::host_ip(env.net, 1);
+    let data_dir = env.root.join("data/1");
+    let (id, token, version) = ("cA0Hk1bd2PcHJ6HMwQ3F5Q", "upstreamtok1", "3.5.30");
+    let node = EtcdNodeConfig {
+        name: id.into(),
+        peer_urls: vec![format!("http://{ip}:2380")],
+        client_urls: vec![format!("http://{ip}:4001")],
+        quarantined_client_urls: vec![format!("http://{ip}:8001")],
+    };
+    // The member as upstream ran it: etcd on <volume>/data/<token>.
+    let spec = etcd::EtcdNodeSpec {
+        name: id.into(),
+        version: version.into(),
+        data_dir: data_dir.join("data").join(token),
+        cluster_token: token.into(),
+        initial_cluster: vec![(id.into(), node.peer_urls.clone())],
+        initial_cluster_state_new: true,
+        peer_urls: node.peer_urls.clone(),
+        client_urls: node.client_urls.clone(),
+        quarantined_client_urls: node.quarantined_client_urls.clone(),
+        quarantined: false,
+        listen_address: None,
+        tls: None,
+        listen_metrics_urls: vec![],
+    };
+    let proc = etcd::EtcdProcess::start(
+        tests::etcd_binaries(version),
+        spec,
+        vec![],
+        Some(env.root.join("upstream-etcd.log")),
+    )
+    .unwrap();
+    let ep = node.client_urls[0].clone();
+    tests::wait_put(
+        "upstream's member",
+        &ep,
+        "/before",
+        "upstream",
+        Duration::from_secs(30),
+    )
+    .await;
+    for i in 0..50 {
+        tests::put(&ep, &format!("/k/{i}"), "v").await.unwrap();
+    }
+    let c = etcd::EtcdClient::connect(std::slice::from_ref(&ep), Duration::from_secs(3))
+        .await
+        .unwrap();
+    let before = c.status().await.unwrap();
+    proc.stop(Duration::from_secs(10)).await.unwrap();
+    std::fs::write(data_dir.join(upstream_state::MYID_FILE), id).unwrap();
+    let local = etcd_manager::node::LocalEtcd {
+        cluster_token: token.into(),
+        etcd_version: version.into(),
+        quarantined: false,
+        nodes: vec![node],
+        new_cluster: false,
+    };
+    upstream_state::write(&data_dir, &upstream_state::to_upstream(&local, false)).unwrap();
+    assert!(!data_dir.join("state.json").exists());
+
+    env.configure(1, version);
+    let m = env.start(1);
+    let after = wait_for(
+        "the adopted member serving its data",
+        Duration::from_secs(60),
+        || {
+            let ep = ep.clone();
+            async move {
+                let c =
+                    etcd::EtcdClient::connect(std::slice::from_ref(&ep), Duration::from_secs(2))
+                        .await
+                        .ok()?;
+                let s = c.status().await.ok()?;
+                (get(&ep, "/before").await.ok()?.as_deref() == Some("upstream")).then_some(s)
+            }
+        },
+    )
+    .await;
+    assert_eq!(after.member_id, before.member_id, "the same member");
+    assert!(
+        after.revision >= before.revision && after.revision < before.revision + 1000,
+        "revision kept, not bumped by a restore: {} -> {}",
+        before.revision,
+        after.revision
+    );
+    assert_eq!(get(&ep, "/k/49").await.unwrap().as_deref(), Some("v"));
+    let log = m.log_text();
+    assert!(
+        log.contains("adopted upstream etcd-manager's volume"),
+        "{log}"
+    );
+    assert!(!log.contains("restore"), "no restore: {log}");
+    // Upstream's state still says the same, for a way back.
+    let back = upstream_state::read(&data_dir).unwrap().unwrap();
+    assert_eq!(upstream_state::from_upstream(&back).unwrap(), Some(local));
+    // Writes work through the manager's member.
+    tests::put(&ep, "/after", "adopted").await.unwrap();
+}
