@@ -43,7 +43,7 @@ pub struct AwsPlaced {
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
     #[error(
-        "--volume-provider={0} is not supported by this etcd-manager yet; use --volume-provider=external (folders under /mnt/disks) or --data-dir with a volume you mount yourself"
+        "--volume-provider={0} is not supported by this etcd-manager yet; use --volume-provider=aws (EBS), --volume-provider=external (folders under /mnt/disks) or --data-dir with a volume you mount yourself"
     )]
     Unsupported(String),
     #[error("no address for this host: {0}; pass --address")]

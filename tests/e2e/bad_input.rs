@@ -127,8 +127,8 @@ fn manager_rejects_bad_input_without_writing() {
     // A volume provider that is not built yet: one line naming it and what works.
     manager_fails(
         &env,
-        &["--volume-provider=aws", "--volume-tag=k8s.io/etcd/main"],
-        "--volume-provider=aws is not supported by this etcd-manager yet; use --volume-provider=external",
+        &["--volume-provider=gce", "--volume-tag=k8s.io/etcd/main"],
+        "--volume-provider=gce is not supported by this etcd-manager yet; use --volume-provider=aws (EBS), --volume-provider=external",
     );
     manager_fails(
         &env,
