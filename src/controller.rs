@@ -140,6 +140,8 @@ pub struct Observation {
     pub last_retention: Option<Instant>,
     /// An operator asked for a backup now.
     pub backup_requested: bool,
+    /// An operator asked for a defragmentation now (`etcd-manager-ctl defrag`).
+    pub defrag_requested: Option<DefragRequest>,
     /// An operator allowed a new empty cluster although backups exist.
     pub allow_new_cluster: bool,
     /// Since when each unhealthy member has been unhealthy, as this leader saw it.
@@ -154,6 +156,14 @@ pub struct Observation {
     /// The settings checks this leader ran, by (peer id, version the peer
     /// would move to) (see [`Action::CheckSettings`]).
     pub settings: std::collections::BTreeMap<(String, String), SettingsCheck>,
+}
+
+/// `etcd-manager-ctl defrag [member]`: the request file, and the member it
+/// names (None: every voter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefragRequest {
+    pub file: String,
+    pub member: Option<String>,
 }
 
 /// When the leader defragments a member: at least `fragmentation` of its
@@ -308,6 +318,15 @@ pub enum Action {
     /// etcd's NOSPACE alarm: compact the history to the current revision,
     /// defragment every member (the raft leader last), disarm the alarm.
     ClearSpaceAlarm,
+    /// An operator's defragmentation: these members one at a time in this
+    /// order (followers first; the raft leader last, leadership moved away
+    /// first when `move_leader`), then the request file removed. No member
+    /// (the one named is not in the cluster): the request is dropped.
+    DefragmentNow {
+        members: Vec<(u64, String)>,
+        move_leader: bool,
+        request: String,
+    },
     /// Defragment one member; the raft leader moves leadership away first.
     Defragment {
         member_id: u64,
@@ -343,6 +362,7 @@ impl Action {
             Action::CancelDowngrade => "cancel_downgrade",
             Action::ClearSpaceAlarm => "clear_space_alarm",
             Action::Defragment { .. } => "defragment",
+            Action::DefragmentNow { .. } => "defragment_now",
         }
     }
 
@@ -1588,6 +1608,29 @@ fn running_cluster(obs: &Observation, spec: &ClusterSpec, cluster: &ClusterView)
         && all_healthy
         && obs.commands.is_empty()
         && !obs.peers.iter().any(|p| p.quarantined());
+    if let Some(req) = &obs.defrag_requested
+        && all_healthy
+        && obs.commands.is_empty()
+        && !obs.peers.iter().any(|p| p.quarantined())
+    {
+        let voters: Vec<&MemberView> = members.iter().filter(|m| !m.is_learner).collect();
+        let mut chosen: Vec<&MemberView> = voters
+            .iter()
+            .copied()
+            .filter(|m| req.member.as_ref().is_none_or(|n| *n == m.name))
+            .collect();
+        // Followers first, the raft leader last.
+        chosen.sort_by_key(|m| (m.is_leader, m.name.clone()));
+        let move_leader = chosen.last().is_some_and(|m| m.is_leader) && voters.len() > 1;
+        return Plan {
+            actions: vec![Action::DefragmentNow {
+                members: chosen.iter().map(|m| (m.id, m.name.clone())).collect(),
+                move_leader,
+                request: req.file.clone(),
+            }],
+            waits,
+        };
+    }
     if settled
         && let Some(m) = members
             .iter()

@@ -93,6 +93,7 @@ fn obs(member_count: i32, peers: Vec<PeerView>, members: Option<Vec<MemberView>>
         commands: vec![],
         last_retention: Some(t0 + Duration::from_secs(3599)),
         backup_requested: false,
+        defrag_requested: None,
         allow_new_cluster: false,
         unhealthy_since: Default::default(),
         replace_grace: Duration::from_secs(60),
@@ -1586,5 +1587,67 @@ fn fragmented_members_are_defragmented_one_at_a_time_followers_first() {
             .actions
             .iter()
             .any(|a| matches!(a, Action::Defragment { .. }))
+    );
+}
+
+#[test]
+fn an_operators_defrag_goes_followers_first_and_the_leader_last() {
+    let ms = vec![
+        member(1, "a", true),
+        member(2, "b", true),
+        member(3, "c", true),
+    ];
+    let peers = vec![
+        running("a", false),
+        running("b", false),
+        running("c", false),
+    ];
+    let mut o = obs(3, peers, Some(ms));
+    if let Some(c) = o.cluster.as_mut() {
+        c.members[0].is_leader = true;
+    }
+    o.defrag_requested = Some(DefragRequest {
+        file: "defrag-now".into(),
+        member: None,
+    });
+    let plan = reconcile(&o);
+    assert_eq!(
+        plan.actions,
+        vec![Action::DefragmentNow {
+            members: vec![(2, "b".into()), (3, "c".into()), (1, "a".into())],
+            move_leader: true,
+            request: "defrag-now".into(),
+        }]
+    );
+    // One member by name; one the cluster does not have: dropped.
+    o.defrag_requested = Some(DefragRequest {
+        file: "defrag-now--c".into(),
+        member: Some("c".into()),
+    });
+    assert_eq!(
+        reconcile(&o).actions,
+        vec![Action::DefragmentNow {
+            members: vec![(3, "c".into())],
+            move_leader: false,
+            request: "defrag-now--c".into(),
+        }]
+    );
+    o.defrag_requested = Some(DefragRequest {
+        file: "defrag-now--z".into(),
+        member: Some("z".into()),
+    });
+    assert!(matches!(
+        &reconcile(&o).actions[..],
+        [Action::DefragmentNow { members, .. }] if members.is_empty()
+    ));
+    // Not while a member is unhealthy.
+    if let Some(c) = o.cluster.as_mut() {
+        c.members[1].healthy = false;
+    }
+    assert!(
+        !reconcile(&o)
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::DefragmentNow { .. }))
     );
 }

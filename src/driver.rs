@@ -174,6 +174,25 @@ pub struct DriverSettings {
 pub const BACKUP_NOW_FILE: &str = "backup-now";
 /// `etcd-manager-ctl seed-new-cluster` leaves this file under `<store>/etcd-manager/`.
 pub const ALLOW_NEW_CLUSTER_FILE: &str = "allow-new-cluster";
+/// `etcd-manager-ctl defrag`: every voter (`defrag-now`), or one member
+/// (`defrag-now--<member>`), defragmented by the leader now.
+pub const DEFRAG_NOW_FILE: &str = "defrag-now";
+
+/// The on-demand defragmentation the manager files ask for, if any: Some(None)
+/// every voter, Some(Some(name)) one member (an invalid name is ignored).
+pub fn defrag_request(
+    files: &std::collections::BTreeSet<String>,
+) -> Option<(String, Option<String>)> {
+    files.iter().find_map(|f| {
+        if f == DEFRAG_NOW_FILE {
+            return Some((f.clone(), None));
+        }
+        let member = f.strip_prefix(DEFRAG_NOW_FILE)?.strip_prefix("--")?;
+        etcd::check_ident(etcd::IdentKind::MemberName, member)
+            .ok()
+            .map(|()| (f.clone(), Some(member.to_string())))
+    })
+}
 
 pub struct Driver {
     settings: DriverSettings,
@@ -237,6 +256,8 @@ struct Control {
     malformed: Vec<backup::MalformedFile>,
     spec: Option<ClusterSpec>,
     backup_requested: bool,
+    /// The request file and the member it names (None: every voter).
+    defrag_requested: Option<(String, Option<String>)>,
     allow_new_cluster: bool,
     commands: Vec<backup::StoredCommand>,
     created_marker: bool,
@@ -597,6 +618,7 @@ impl Driver {
                 malformed: snap.malformed,
                 spec: snap.spec,
                 backup_requested: snap.manager_files.contains(BACKUP_NOW_FILE),
+                defrag_requested: defrag_request(&snap.manager_files),
                 allow_new_cluster: snap.manager_files.contains(ALLOW_NEW_CLUSTER_FILE),
                 commands: snap.commands,
                 created_marker: snap.created,
@@ -810,6 +832,7 @@ impl Driver {
         let Control {
             spec,
             backup_requested,
+            defrag_requested,
             allow_new_cluster: allow_file,
             commands: stored,
             created_marker,
@@ -906,6 +929,8 @@ impl Driver {
             commands,
             last_retention: self.last_retention,
             backup_requested,
+            defrag_requested: defrag_requested
+                .map(|(file, member)| controller::DefragRequest { file, member }),
             allow_new_cluster,
             unhealthy_since: self.unhealthy_since.clone(),
             replace_grace: self.settings.replace_grace,
@@ -1409,6 +1434,29 @@ impl Driver {
                     self.settings_checks
                         .insert((id.clone(), version.clone()), (check, self.clock.now()));
                 }
+                Ok(())
+            }
+            Action::DefragmentNow {
+                members,
+                move_leader,
+                request,
+            } => {
+                if members.is_empty() {
+                    tracing::warn!(%request, "an operator asked to defragment a member the cluster does not have; request dropped");
+                }
+                let last = members.len().saturating_sub(1);
+                for (i, (id, name)) in members.iter().enumerate() {
+                    self.defragment(obs, *id, name, *move_leader && i == last)
+                        .await?;
+                }
+                self.store
+                    .delete_manager_file(request)
+                    .await
+                    .map_err(executing_error)?;
+                tracing::info!(
+                    members = members.len(),
+                    "defragmentation an operator asked for is done"
+                );
                 Ok(())
             }
             Action::ClearBackupRequest => self

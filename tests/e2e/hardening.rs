@@ -347,4 +347,16 @@ async fn a_fragmented_member_is_defragmented_by_the_leader() {
             "{key}"
         );
     }
+    // On demand: `etcd-manager-ctl defrag` waits until the leader did it
+    // (seen within the leader's minute between reads of a steady store).
+    let out = env.ctl(&["defrag", "--timeout=2m"]);
+    assert!(out.success, "{out:?}");
+    assert!(out.stdout.contains("defragmented every voter"), "{out:?}");
+    let log = m.log_text();
+    assert_eq!(log.matches("member defragmented").count(), 2, "{log}");
+    assert!(
+        log.contains("defragmentation an operator asked for is done"),
+        "{log}"
+    );
+    assert!(!env.ctl(&["defrag", "../x"]).success);
 }

@@ -99,6 +99,15 @@ enum Cmd {
         #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Ask the leader to defragment every voter (followers first, the raft leader last,
+    /// leadership moved away first), or one member; waits until it is done.
+    Defrag {
+        /// The member to defragment (its name, as `status` shows it); every voter when absent.
+        member: Option<String>,
+        /// How long to wait for the leader to finish.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Allow the leader to create a new EMPTY cluster although backups exist (after the
     /// created marker was lost and you do not want to restore).
     SeedNewCluster,
@@ -316,6 +325,7 @@ async fn run(a: CtlArgs) -> anyhow::Result<String> {
         }
         Cmd::Status => status(&store, a.output).await,
         Cmd::BackupNow { timeout } => backup_now(&store, *timeout).await,
+        Cmd::Defrag { member, timeout } => defrag(&store, member.as_deref(), *timeout).await,
         // Answered above, before a store is needed.
         Cmd::InitPki => init_pki(&a.pki_dir),
         Cmd::IssueClientCert { out_dir, name } => issue_client_cert(&a.pki_dir, out_dir, name),
@@ -559,6 +569,46 @@ async fn list_backups_wide(store: &BackupStore, names: &[String]) -> anyhow::Res
         out += &format!("{n:<28} {age_text:>6} {version:<8} {size:>12} {sum}\n");
     }
     Ok(out)
+}
+
+/// Ask the leader to defragment, and wait until it removed the request.
+#[allow(clippy::disallowed_methods)] // the ctl polls with real time
+async fn defrag(
+    store: &BackupStore,
+    member: Option<&str>,
+    timeout: std::time::Duration,
+) -> anyhow::Result<String> {
+    let file = match member {
+        Some(m) => {
+            etcd::check_ident(etcd::IdentKind::MemberName, m)
+                .map_err(|e| anyhow::anyhow!("member {m:?}: {e}"))?;
+            format!("{}--{m}", etcd_manager::driver::DEFRAG_NOW_FILE)
+        }
+        None => etcd_manager::driver::DEFRAG_NOW_FILE.to_string(),
+    };
+    let stamp = wall_now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    store
+        .write_manager_file(&file, format!("{{\"requestedAt\":{stamp}}}\n").into_bytes())
+        .await?;
+    let start = std::time::Instant::now();
+    loop {
+        if !store.list_manager_files(&file).await?.contains(&file) {
+            return Ok(format!(
+                "defragmented {}; etcd_manager_defragmentations_total and the leader's log have the details\n",
+                member.unwrap_or("every voter")
+            ));
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "the leader has not finished within {}; the request stays queued (is a leader running, the cluster healthy? see etcd-manager-ctl status)",
+                humantime::format_duration(timeout)
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 /// Ask the leader for a backup and wait until a new one is listed.

@@ -975,6 +975,7 @@ impl World {
             defrag: Default::default(),
             v2store: Default::default(),
             settings: Default::default(),
+            defrag_requested: None,
         })
     }
 
@@ -1581,7 +1582,8 @@ impl World {
             | Action::EnableDowngrade { .. }
             | Action::CancelDowngrade
             | Action::ClearSpaceAlarm
-            | Action::Defragment { .. } => {
+            | Action::Defragment { .. }
+            | Action::DefragmentNow { .. } => {
                 self.fail(format!(
                     "unexpected action {} (no commands, one version)",
                     action.label()
