@@ -150,6 +150,12 @@ pub struct Args {
     #[arg(long, env = "ETCD_MANAGER_DEFRAG_MIN_FREE_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub defrag_min_free_bytes: u64,
 
+    /// Key prefixes deleted from a restored cluster before clients reach it
+    /// (repeatable, or comma-separated in the variable), e.g.
+    /// /registry/masterleases/ so kube-apiservers re-register. Off by default.
+    #[arg(long = "restore-clear-prefix", env = "ETCD_MANAGER_RESTORE_CLEAR_PREFIXES", value_delimiter = ',', action = clap::ArgAction::Append)]
+    pub restore_clear_prefix: Vec<String>,
+
     /// UDP port for gossip, on --address [default: --grpc-port].
     #[arg(long, env = "ETCD_MANAGER_GOSSIP_PORT")]
     pub gossip_port: Option<u16>,
@@ -450,6 +456,9 @@ pub struct Config {
     pub retention: backup::RetentionPolicy,
     pub member_replace_grace: Duration,
     pub defrag: crate::controller::DefragPolicy,
+    /// `--restore-clear-prefix`: deleted from a restored cluster while it is
+    /// still quarantined.
+    pub restore_clear_prefixes: Vec<String>,
     pub controller_interval: Duration,
     pub lease: lock::LeaseConfig,
     pub metrics_address: Option<SocketAddr>,
@@ -807,6 +816,23 @@ impl TryFrom<Args> for Config {
         if a.cluster_size_hint == 0 {
             return Err(invalid("cluster-size-hint", "must be at least 1"));
         }
+        let restore_clear_prefixes: Vec<String> = a
+            .restore_clear_prefix
+            .iter()
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect();
+        if let Some(p) = restore_clear_prefixes
+            .iter()
+            .find(|p| !p.starts_with('/') || p.len() < 2 || p.len() > 1024)
+        {
+            return Err(invalid(
+                "restore-clear-prefix",
+                format!(
+                    "'{p}' is no key prefix to clear: write a prefix of etcd keys such as /registry/masterleases/ (never all of /)"
+                ),
+            ));
+        }
         let metrics_address = match (a.metrics_address, a.etcd_manager_metrics_port) {
             (Some(addr), _) => Some(addr),
             (None, 0) => None,
@@ -864,6 +890,7 @@ impl TryFrom<Args> for Config {
                 fragmentation: a.defrag_fragmentation,
                 min_free_bytes: a.defrag_min_free_bytes,
             },
+            restore_clear_prefixes,
             controller_interval: a.controller_interval,
             lease,
             metrics_address,

@@ -142,6 +142,11 @@ pub struct Observation {
     pub backup_requested: bool,
     /// An operator asked for a defragmentation now (`etcd-manager-ctl defrag`).
     pub defrag_requested: Option<DefragRequest>,
+    /// `--restore-clear-prefix`: key prefixes deleted from a restored
+    /// cluster before its quarantine is lifted.
+    pub restore_clear_prefixes: Vec<String>,
+    /// The restored clusters (by token) whose prefixes this leader cleared.
+    pub prefixes_cleared: std::collections::BTreeSet<String>,
     /// An operator allowed a new empty cluster although backups exist.
     pub allow_new_cluster: bool,
     /// Since when each unhealthy member has been unhealthy, as this leader saw it.
@@ -327,6 +332,12 @@ pub enum Action {
         move_leader: bool,
         request: String,
     },
+    /// Delete every key under these prefixes from the restored cluster
+    /// `token`, still quarantined (no client reaches it yet).
+    ClearPrefixes {
+        token: String,
+        prefixes: Vec<String>,
+    },
     /// Defragment one member; the raft leader moves leadership away first.
     Defragment {
         member_id: u64,
@@ -363,6 +374,7 @@ impl Action {
             Action::ClearSpaceAlarm => "clear_space_alarm",
             Action::Defragment { .. } => "defragment",
             Action::DefragmentNow { .. } => "defragment_now",
+            Action::ClearPrefixes { .. } => "clear_prefixes",
         }
     }
 
@@ -680,6 +692,24 @@ fn restore(obs: &Observation, cmd: &CommandView) -> Option<Plan> {
             .filter(|p| p.token() == Some(token.as_str()))
             .collect();
         if !on_new.is_empty() {
+            // The operator's prefixes go while clients cannot reach the
+            // restored cluster yet: once a majority of it is healthy, before
+            // the quarantine is lifted.
+            let majority_healthy = obs.cluster.as_ref().is_some_and(|c| {
+                let voters: Vec<&MemberView> = c.members.iter().filter(|m| !m.is_learner).collect();
+                !voters.is_empty()
+                    && voters.iter().filter(|m| m.healthy).count() >= quorum(voters.len())
+            });
+            if !obs.restore_clear_prefixes.is_empty()
+                && !obs.prefixes_cleared.contains(token)
+                && majority_healthy
+                && on_new.iter().any(|p| p.quarantined())
+            {
+                return Some(Plan::act(vec![Action::ClearPrefixes {
+                    token: token.clone(),
+                    prefixes: obs.restore_clear_prefixes.clone(),
+                }]));
+            }
             let done = obs
                 .cluster
                 .as_ref()

@@ -94,6 +94,8 @@ fn obs(member_count: i32, peers: Vec<PeerView>, members: Option<Vec<MemberView>>
         last_retention: Some(t0 + Duration::from_secs(3599)),
         backup_requested: false,
         defrag_requested: None,
+        restore_clear_prefixes: vec![],
+        prefixes_cleared: Default::default(),
         allow_new_cluster: false,
         unhealthy_since: Default::default(),
         replace_grace: Duration::from_secs(60),
@@ -597,6 +599,44 @@ fn a_started_restore_is_finished_after_the_cluster_is_healthy() {
             },
         ],
         &[],
+    );
+}
+
+#[test]
+fn prefixes_are_cleared_from_a_restored_cluster_before_its_quarantine_is_lifted() {
+    let peers = vec![running("a", true), running("b", true), running("c", true)];
+    let ms = vec![
+        member(1, "a", true),
+        member(2, "b", true),
+        member(3, "c", false),
+    ];
+    let mut o = obs(3, peers, Some(ms));
+    o.commands = vec![restore_cmd(Some("tok"), None)];
+    o.restore_clear_prefixes = vec!["/registry/masterleases/".into()];
+    check(
+        &o,
+        &[Action::ClearPrefixes {
+            token: "tok".into(),
+            prefixes: vec!["/registry/masterleases/".into()],
+        }],
+        &[],
+    );
+    // Cleared: the quarantine is lifted as usual.
+    o.prefixes_cleared.insert("tok".into());
+    assert!(matches!(
+        &reconcile(&o).actions[..],
+        [Action::LiftQuarantine { .. }]
+    ));
+    // No majority healthy yet: nothing is cleared.
+    o.prefixes_cleared.clear();
+    if let Some(c) = o.cluster.as_mut() {
+        c.members[1].healthy = false;
+    }
+    assert!(
+        !reconcile(&o)
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::ClearPrefixes { .. }))
     );
 }
 

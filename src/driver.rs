@@ -153,6 +153,8 @@ pub struct DriverSettings {
     pub replace_grace: Duration,
     /// When a member's database is defragmented.
     pub defrag: controller::DefragPolicy,
+    /// `--restore-clear-prefix`.
+    pub restore_clear_prefixes: Vec<String>,
     /// `ETCD_QUOTA_BACKEND_BYTES` as etcd is given it (process environment
     /// or `--etcd-env-file`), for the quota metric before 3.6 reports it.
     pub etcd_quota_bytes: Option<i64>,
@@ -240,6 +242,8 @@ pub struct Driver {
     last_space_clear: Option<Instant>,
     /// v2 store checks by (peer id, cluster token), and when they ran.
     v2store: BTreeMap<(String, String), (controller::V2StoreCheck, Instant)>,
+    /// Restored clusters (by token) whose prefixes this leader cleared.
+    prefixes_cleared: BTreeSet<String>,
     /// Settings checks by (peer id, version), and when they ran.
     settings_checks: BTreeMap<(String, String), (controller::SettingsCheck, Instant)>,
     had_majority: bool,
@@ -307,6 +311,7 @@ impl Driver {
             unhealthy_since: BTreeMap::new(),
             v2store: BTreeMap::new(),
             settings_checks: BTreeMap::new(),
+            prefixes_cleared: BTreeSet::new(),
             backoff: Default::default(),
             last_space_clear: None,
             had_majority: false,
@@ -937,6 +942,8 @@ impl Driver {
             defrag: self.settings.defrag,
             v2store,
             settings,
+            restore_clear_prefixes: self.settings.restore_clear_prefixes.clone(),
+            prefixes_cleared: self.prefixes_cleared.clone(),
         })
     }
 
@@ -1457,6 +1464,18 @@ impl Driver {
                     members = members.len(),
                     "defragmentation an operator asked for is done"
                 );
+                Ok(())
+            }
+            Action::ClearPrefixes { token, prefixes } => {
+                let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
+                for prefix in prefixes {
+                    let n = client
+                        .delete_prefix(prefix)
+                        .await
+                        .map_err(executing_error)?;
+                    tracing::info!(%prefix, deleted = n, %token, "cleared keys from the restored cluster before clients reach it");
+                }
+                self.prefixes_cleared.insert(token.clone());
                 Ok(())
             }
             Action::ClearBackupRequest => self

@@ -565,6 +565,20 @@ impl EtcdClient {
         Ok(u64::try_from(resp.count()).unwrap_or(0))
     }
 
+    /// Delete every key under `prefix` (which must not be empty): how many
+    /// were deleted.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<u64, Error> {
+        if prefix.is_empty() {
+            return Err(Error::InvalidArgument {
+                detail: "refusing to delete with an empty prefix (every key)".into(),
+            });
+        }
+        let mut c = self.client.clone();
+        let opts = etcd_client::DeleteOptions::new().with_prefix();
+        let resp = self.call("delete", c.delete(prefix, Some(opts))).await?;
+        Ok(u64::try_from(resp.deleted()).unwrap_or(0))
+    }
+
     /// Put a value that need not be text.
     pub async fn put_bytes(&self, key: &str, value: Vec<u8>) -> Result<(), Error> {
         let mut c = self.client.clone();

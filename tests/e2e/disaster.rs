@@ -75,6 +75,14 @@ async fn total_loss_then_restore_backup() {
             .await
             .unwrap();
     }
+    // kube-apiserver's leases of masters that existed at backup time.
+    for k in [
+        "/registry/masterleases/10.0.0.1",
+        "/registry/masterleases/10.0.0.2",
+        "/registry/masterleases-not-this",
+    ] {
+        put(&ep, k, "lease").await.unwrap();
+    }
     let client = etcd::EtcdClient::connect(std::slice::from_ref(&ep), Duration::from_secs(3))
         .await
         .unwrap();
@@ -87,7 +95,10 @@ async fn total_loss_then_restore_backup() {
     }
     std::fs::remove_dir_all(dir.path().join("data")).unwrap();
     let before = env.ctl(&["list-backups"]).stdout.lines().count();
-    let ms: Vec<_> = (1..=3).map(|h| env.start(h)).collect();
+    // The managers now clear the masters' leases from a restored cluster.
+    let ms: Vec<_> = (1..=3)
+        .map(|h| env.start_with(h, &["--restore-clear-prefix=/registry/masterleases/"]))
+        .collect();
 
     // The leader creates nothing and says why.
     wait_for_status(
@@ -123,6 +134,40 @@ async fn total_loss_then_restore_backup() {
             Some(format!("value-{i}").as_str())
         );
     }
+    // The old masters' leases are gone, and were gone before any client
+    // could read them (cleared while quarantined); the rest is kept.
+    assert_eq!(
+        get(&ep, "/registry/masterleases/10.0.0.1").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        get(&ep, "/registry/masterleases/10.0.0.2").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        get(&ep, "/registry/masterleases-not-this")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("lease")
+    );
+    let logs: String = ms.iter().map(|m| m.log_text()).collect();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("cleared keys from the restored cluster before clients reach it"))
+        .unwrap_or_else(|| panic!("no clearing logged:\n{logs}"));
+    // Two keys, as the log says (without its colours).
+    let mut plain = String::new();
+    let mut in_escape = false;
+    for c in line.chars() {
+        match (in_escape, c) {
+            (false, '\u{1b}') => in_escape = true,
+            (true, 'm') => in_escape = false,
+            (false, c) => plain.push(c),
+            _ => {}
+        }
+    }
+    assert!(plain.contains("deleted=2"), "{plain}");
     // Revisions moved forward, so watchers re-list instead of missing events.
     let client = etcd::EtcdClient::connect(std::slice::from_ref(&ep), Duration::from_secs(3))
         .await

@@ -298,6 +298,7 @@ async fn run_node(
             retention: cfg.retention,
             replace_grace: cfg.member_replace_grace,
             defrag: cfg.defrag,
+            restore_clear_prefixes: cfg.restore_clear_prefixes.clone(),
             etcd_quota_bytes: node
                 .etcd_setting("ETCD_QUOTA_BACKEND_BYTES")
                 .and_then(|v| v.trim().parse().ok()),

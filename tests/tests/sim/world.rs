@@ -976,6 +976,8 @@ impl World {
             v2store: Default::default(),
             settings: Default::default(),
             defrag_requested: None,
+            restore_clear_prefixes: vec![],
+            prefixes_cleared: Default::default(),
         })
     }
 
@@ -1583,7 +1585,8 @@ impl World {
             | Action::CancelDowngrade
             | Action::ClearSpaceAlarm
             | Action::Defragment { .. }
-            | Action::DefragmentNow { .. } => {
+            | Action::DefragmentNow { .. }
+            | Action::ClearPrefixes { .. } => {
                 self.fail(format!(
                     "unexpected action {} (no commands, one version)",
                     action.label()
