@@ -138,6 +138,13 @@ pub struct Args {
     #[arg(long, env = "ETCD_MANAGER_MEMBER_REPLACE_GRACE", default_value = "1m", value_parser = humantime::parse_duration)]
     pub member_replace_grace: Duration,
 
+    /// Rebuild a cluster that lost its quorum by itself once every lost
+    /// voter has been gone this long (from the best survivor, or the newest
+    /// backup when that is ahead); off by default: then only
+    /// etcd-manager-ctl recover-quorum does it.
+    #[arg(long, env = "ETCD_MANAGER_AUTO_RECOVER_QUORUM_LOSS", value_parser = humantime::parse_duration)]
+    pub auto_recover_quorum_loss: Option<Duration>,
+
     /// Defragment an etcd member once this fraction of its database file is
     /// free (fragmentation, from etcd's status; 0 turns it off). One member
     /// at a time, followers first, the raft leader last after moving raft
@@ -455,6 +462,8 @@ pub struct Config {
     pub backup_interval: Duration,
     pub retention: backup::RetentionPolicy,
     pub member_replace_grace: Duration,
+    /// `--auto-recover-quorum-loss` (None: off).
+    pub auto_recover_quorum_loss: Option<Duration>,
     pub defrag: crate::controller::DefragPolicy,
     /// `--restore-clear-prefix`: deleted from a restored cluster while it is
     /// still quarantined.
@@ -886,6 +895,7 @@ impl TryFrom<Args> for Config {
                 daily: a.daily_backups_retention,
             },
             member_replace_grace: a.member_replace_grace,
+            auto_recover_quorum_loss: a.auto_recover_quorum_loss.filter(|d| !d.is_zero()),
             defrag: crate::controller::DefragPolicy {
                 fragmentation: a.defrag_fragmentation,
                 min_free_bytes: a.defrag_min_free_bytes,

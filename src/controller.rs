@@ -89,6 +89,9 @@ pub struct MemberView {
     /// Its database file's size and the part in use (0: not reported).
     pub db_size: i64,
     pub db_in_use: i64,
+    /// Its raft index and store revision as it reported them; None when its
+    /// etcd did not answer (a member without quorum still answers).
+    pub progress: Option<(u64, i64)>,
 }
 
 /// The running etcd cluster, if any member answered.
@@ -147,6 +150,8 @@ pub struct Observation {
     pub restore_clear_prefixes: Vec<String>,
     /// The restored clusters (by token) whose prefixes this leader cleared.
     pub prefixes_cleared: std::collections::BTreeSet<String>,
+    /// What recovering from a lost quorum may use.
+    pub quorum_recovery: QuorumRecovery,
     /// An operator allowed a new empty cluster although backups exist.
     pub allow_new_cluster: bool,
     /// Since when each unhealthy member has been unhealthy, as this leader saw it.
@@ -161,6 +166,18 @@ pub struct Observation {
     /// The settings checks this leader ran, by (peer id, version the peer
     /// would move to) (see [`Action::CheckSettings`]).
     pub settings: std::collections::BTreeMap<(String, String), SettingsCheck>,
+}
+
+/// Recovering from a lost quorum (a majority of voters gone for good).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuorumRecovery {
+    /// `etcd-manager-ctl recover-quorum` asked for it (the request file).
+    pub requested: Option<String>,
+    /// `--auto-recover-quorum-loss`: recover without an operator once every
+    /// lost voter has been gone this long (None: only on request).
+    pub auto_after: Option<Duration>,
+    /// The newest backup and its revision (read while quorum is lost).
+    pub latest_backup: Option<(String, Option<i64>)>,
 }
 
 /// `etcd-manager-ctl defrag [member]`: the request file, and the member it
@@ -332,6 +349,17 @@ pub enum Action {
         move_leader: bool,
         request: String,
     },
+    /// Rebuild a cluster that lost its quorum for good: from the surviving
+    /// member `from` (its snapshot stored as a backup), or from `backup` when
+    /// that is newer than every survivor; queued as a restore on `spec`
+    /// (one member: the cluster grows back to the stored spec afterwards);
+    /// the request file, if any, removed.
+    RecoverQuorum {
+        from: Option<(u64, String)>,
+        backup: Option<String>,
+        spec: ClusterSpec,
+        request: Option<String>,
+    },
     /// Delete every key under these prefixes from the restored cluster
     /// `token`, still quarantined (no client reaches it yet).
     ClearPrefixes {
@@ -375,6 +403,7 @@ impl Action {
             Action::Defragment { .. } => "defragment",
             Action::DefragmentNow { .. } => "defragment_now",
             Action::ClearPrefixes { .. } => "clear_prefixes",
+            Action::RecoverQuorum { .. } => "recover_quorum",
         }
     }
 
@@ -458,6 +487,14 @@ pub enum WaitReason {
         target: String,
         members: Vec<String>,
     },
+    /// A majority of voters is gone and the survivors cannot commit: the
+    /// plan the leader would carry out, and how to let it.
+    QuorumLost {
+        survivors: Vec<String>,
+        lost: Vec<String>,
+        plan: String,
+        auto_in_secs: Option<u64>,
+    },
     /// The next action failed before and waits (see `crate::backoff`).
     BackingOff {
         action: String,
@@ -485,6 +522,7 @@ pub const WAIT_LABELS: &[&str] = &[
     "restore_refused",
     "upgrade_path_blocked",
     "downgrade_migrating",
+    "quorum_lost",
     "backing_off",
 ];
 
@@ -506,6 +544,7 @@ impl WaitReason {
             WaitReason::VersionChangePending { .. } => "version_change_pending",
             WaitReason::UpgradePathBlocked { .. } => "upgrade_path_blocked",
             WaitReason::DowngradeMigrating { .. } => "downgrade_migrating",
+            WaitReason::QuorumLost { .. } => "quorum_lost",
             WaitReason::BackingOff { .. } => "backing_off",
             WaitReason::ForeignCluster { .. } => "foreign_cluster",
             WaitReason::RestoreRefused { .. } => "restore_refused",
@@ -583,6 +622,32 @@ impl fmt::Display for WaitReason {
                 "{action} failed {failures} time(s) in a row, last: {error}; next try in {:.1} s",
                 *retry_in_ms as f64 / 1000.0
             ),
+            WaitReason::QuorumLost {
+                survivors,
+                lost,
+                plan,
+                auto_in_secs,
+            } => {
+                write!(
+                    f,
+                    "quorum lost: {} of {} voters answer ({}), {} gone ({}); {plan}; ",
+                    survivors.len(),
+                    survivors.len() + lost.len(),
+                    survivors.join(", "),
+                    lost.len(),
+                    lost.join(", ")
+                )?;
+                match auto_in_secs {
+                    Some(s) => write!(
+                        f,
+                        "done by itself in {s} s (--auto-recover-quorum-loss), or now with etcd-manager-ctl recover-quorum"
+                    ),
+                    None => write!(
+                        f,
+                        "run etcd-manager-ctl recover-quorum to do it (or bring the lost members back)"
+                    ),
+                }
+            }
             WaitReason::DowngradeMigrating { target, members } => write!(
                 f,
                 "downgrade to {target} enabled (etcd's downgrade protocol); waiting for {} to migrate \
@@ -1356,6 +1421,84 @@ fn version_change(
     ]))
 }
 
+/// A lost quorum: fewer voters answer etcd at all than a quorum (so it is
+/// not an election in progress), at least one does. The best survivor is
+/// the one with the highest raft index (then revision): never one behind
+/// another that answers. The newest backup is used instead when its
+/// revision is above the survivor's. Acts on an operator's request, or by
+/// itself once every lost voter has been unhealthy for the configured
+/// time; else waits and says what it would do. None: not a lost quorum.
+/// Pure.
+pub fn quorum_loss(obs: &Observation, spec: &ClusterSpec, members: &[MemberView]) -> Option<Plan> {
+    let voters: Vec<&MemberView> = members.iter().filter(|m| !m.is_learner).collect();
+    let survivors: Vec<&MemberView> = voters
+        .iter()
+        .copied()
+        .filter(|m| m.progress.is_some())
+        .collect();
+    let lost: Vec<&MemberView> = voters
+        .iter()
+        .copied()
+        .filter(|m| m.progress.is_none())
+        .collect();
+    if survivors.is_empty() || survivors.len() >= quorum(voters.len()) {
+        return None;
+    }
+    let best = survivors.iter().copied().max_by(|a, b| {
+        a.progress
+            .cmp(&b.progress)
+            .then_with(|| b.name.cmp(&a.name))
+    })?;
+    let (index, revision) = best.progress?;
+    let qr = &obs.quorum_recovery;
+    let newer_backup = qr
+        .latest_backup
+        .as_ref()
+        .filter(|(_, r)| r.is_some_and(|r| r > revision))
+        .map(|(n, _)| n.clone());
+    let behind = qr
+        .latest_backup
+        .as_ref()
+        .and_then(|(n, r)| Some((n, (*r)?)))
+        .map(|(n, r)| format!("the newest backup {n} is at revision {r}"))
+        .unwrap_or_else(|| "no backup revision is known".into());
+    let plan = match &newer_backup {
+        Some(b) => format!(
+            "would restore the newest backup {b}, which is ahead of every survivor (best: {} at revision {revision})",
+            best.name
+        ),
+        None => format!(
+            "would rebuild the cluster from {} (raft index {index}, revision {revision}; {behind}); writes only the lost members had are lost",
+            best.name
+        ),
+    };
+    let gone_for = |m: &MemberView| {
+        obs.unhealthy_since
+            .get(&m.id)
+            .map(|t| obs.now.saturating_duration_since(*t))
+            .unwrap_or_default()
+    };
+    let shortest = lost.iter().map(|m| gone_for(m)).min().unwrap_or_default();
+    let auto_due = qr.auto_after.is_some_and(|g| shortest >= g);
+    if qr.requested.is_none() && !auto_due {
+        return Some(Plan::wait(WaitReason::QuorumLost {
+            survivors: survivors.iter().map(|m| m.name.clone()).collect(),
+            lost: lost.iter().map(|m| m.name.clone()).collect(),
+            plan,
+            auto_in_secs: qr.auto_after.map(|g| g.saturating_sub(shortest).as_secs()),
+        }));
+    }
+    Some(Plan::act(vec![Action::RecoverQuorum {
+        from: newer_backup.is_none().then(|| (best.id, best.name.clone())),
+        backup: newer_backup,
+        spec: ClusterSpec {
+            member_count: 1,
+            etcd_version: spec.etcd_version.clone(),
+        },
+        request: qr.requested.clone(),
+    }]))
+}
+
 /// A member given up on: unhealthy past the grace period, or replaced by an
 /// idle manager (another id) that now owns its peer URL.
 fn dead(obs: &Observation, m: &MemberView) -> bool {
@@ -1436,6 +1579,9 @@ fn running_cluster(obs: &Observation, spec: &ClusterSpec, cluster: &ClusterView)
     }
 
     if healthy_voters < quorum(voters) {
+        if let Some(plan) = quorum_loss(obs, spec, members) {
+            return plan;
+        }
         return Plan::wait(WaitReason::ClusterUnhealthy {
             healthy: healthy_voters,
             voters,

@@ -55,6 +55,7 @@ fn member(n: u64, name: &str, healthy: bool) -> MemberView {
         storage_version: None,
         db_size: 0,
         db_in_use: 0,
+        progress: None,
     }
 }
 
@@ -96,6 +97,7 @@ fn obs(member_count: i32, peers: Vec<PeerView>, members: Option<Vec<MemberView>>
         defrag_requested: None,
         restore_clear_prefixes: vec![],
         prefixes_cleared: Default::default(),
+        quorum_recovery: Default::default(),
         allow_new_cluster: false,
         unhealthy_since: Default::default(),
         replace_grace: Duration::from_secs(60),
@@ -955,6 +957,12 @@ fn every_wait_reason_label_is_listed() {
             target: String::new(),
             members: vec![],
         },
+        WaitReason::QuorumLost {
+            survivors: vec![],
+            lost: vec![],
+            plan: String::new(),
+            auto_in_secs: None,
+        },
         WaitReason::BackingOff {
             action: String::new(),
             failures: 0,
@@ -1574,6 +1582,7 @@ fn fragmented_members_are_defragmented_one_at_a_time_followers_first() {
             .map(|(n, (id, (size, used)))| MemberView {
                 db_size: size,
                 db_in_use: used,
+                progress: None,
                 ..member(n as u64 + 1, id, healthy || n != 2)
             })
             .collect();
@@ -1690,4 +1699,134 @@ fn an_operators_defrag_goes_followers_first_and_the_leader_last() {
             .iter()
             .any(|a| matches!(a, Action::DefragmentNow { .. }))
     );
+}
+
+/// Three voters, two of them gone (no answer), the third at raft index
+/// `index` and revision `rev`; `b` answers too when `b_progress` is given.
+fn lost_quorum(b_progress: Option<(u64, i64)>) -> Observation {
+    let peers = vec![running("a", false), idle("b"), idle("c")];
+    let mut ms = vec![
+        member(1, "a", false),
+        member(2, "b", false),
+        member(3, "c", false),
+    ];
+    ms[0].progress = Some((100, 50));
+    ms[1].progress = b_progress;
+    let mut o = obs(3, peers, Some(ms));
+    let t = o.now - Duration::from_secs(30);
+    o.unhealthy_since = [(1, t), (2, t), (3, t)].into_iter().collect();
+    o
+}
+
+#[test]
+fn a_lost_quorum_waits_and_says_what_recovery_would_do() {
+    let o = lost_quorum(None);
+    let plan = reconcile(&o);
+    assert!(plan.actions.is_empty(), "{plan:?}");
+    let [
+        WaitReason::QuorumLost {
+            survivors,
+            lost,
+            plan: text,
+            auto_in_secs,
+        },
+    ] = &plan.waits[..]
+    else {
+        panic!("{plan:?}");
+    };
+    assert_eq!(survivors, &["a"]);
+    assert_eq!(lost, &["b", "c"]);
+    assert!(
+        text.contains("rebuild the cluster from a (raft index 100, revision 50"),
+        "{text}"
+    );
+    assert_eq!(*auto_in_secs, None);
+    // Two of three answer: an election, not a lost quorum.
+    let o = lost_quorum(Some((90, 40)));
+    assert!(
+        reconcile(&o)
+            .waits
+            .iter()
+            .all(|w| !matches!(w, WaitReason::QuorumLost { .. })),
+        "two survivors of three can still elect"
+    );
+}
+
+#[test]
+fn recovery_acts_on_request_or_after_the_grace_and_from_the_best_survivor() {
+    let mut o = lost_quorum(None);
+    o.quorum_recovery.requested = Some("recover-quorum".into());
+    assert_eq!(
+        reconcile(&o).actions,
+        vec![Action::RecoverQuorum {
+            from: Some((1, "a".into())),
+            backup: None,
+            spec: ClusterSpec {
+                member_count: 1,
+                etcd_version: V.into(),
+            },
+            request: Some("recover-quorum".into()),
+        }]
+    );
+    // Automatic: not while a lost voter could still come back in time.
+    let mut o = lost_quorum(None);
+    o.quorum_recovery.auto_after = Some(Duration::from_secs(60));
+    assert!(reconcile(&o).actions.is_empty());
+    assert!(matches!(
+        &reconcile(&o).waits[..],
+        [WaitReason::QuorumLost {
+            auto_in_secs: Some(30),
+            ..
+        }]
+    ));
+    o.quorum_recovery.auto_after = Some(Duration::from_secs(20));
+    assert!(matches!(
+        &reconcile(&o).actions[..],
+        [Action::RecoverQuorum {
+            from: Some((1, _)),
+            request: None,
+            ..
+        }]
+    ));
+    // A newer backup than every survivor: that backup instead.
+    o.quorum_recovery.latest_backup = Some(("2026-11-30T00:00:00Z-000001".into(), Some(60)));
+    assert!(matches!(
+        &reconcile(&o).actions[..],
+        [Action::RecoverQuorum { from: None, backup: Some(b), .. }] if b == "2026-11-30T00:00:00Z-000001"
+    ));
+    // An older one: the survivor.
+    o.quorum_recovery.latest_backup = Some(("2026-11-30T00:00:00Z-000001".into(), Some(49)));
+    assert!(matches!(
+        &reconcile(&o).actions[..],
+        [Action::RecoverQuorum {
+            from: Some(_),
+            backup: None,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn recovery_never_starts_from_a_member_behind_another_that_answers() {
+    // Five voters, two answer (no quorum of five): the one further ahead.
+    let peers = vec![
+        running("a", false),
+        running("b", false),
+        idle("c"),
+        idle("d"),
+        idle("e"),
+    ];
+    let mut ms: Vec<MemberView> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| member(i as u64 + 1, n, false))
+        .collect();
+    ms[0].progress = Some((100, 50));
+    ms[1].progress = Some((120, 55));
+    let mut o = obs(5, peers, Some(ms));
+    o.quorum_recovery.requested = Some("recover-quorum".into());
+    assert!(matches!(
+        &reconcile(&o).actions[..],
+        [Action::RecoverQuorum { from: Some((2, b)), .. }] if b == "b"
+    ));
 }

@@ -155,6 +155,8 @@ pub struct DriverSettings {
     pub defrag: controller::DefragPolicy,
     /// `--restore-clear-prefix`.
     pub restore_clear_prefixes: Vec<String>,
+    /// `--auto-recover-quorum-loss`.
+    pub auto_recover_quorum_loss: Option<Duration>,
     /// `ETCD_QUOTA_BACKEND_BYTES` as etcd is given it (process environment
     /// or `--etcd-env-file`), for the quota metric before 3.6 reports it.
     pub etcd_quota_bytes: Option<i64>,
@@ -179,6 +181,8 @@ pub const ALLOW_NEW_CLUSTER_FILE: &str = "allow-new-cluster";
 /// `etcd-manager-ctl defrag`: every voter (`defrag-now`), or one member
 /// (`defrag-now--<member>`), defragmented by the leader now.
 pub const DEFRAG_NOW_FILE: &str = "defrag-now";
+/// `etcd-manager-ctl recover-quorum`: rebuild a cluster that lost its quorum.
+pub const RECOVER_QUORUM_FILE: &str = "recover-quorum";
 
 /// The on-demand defragmentation the manager files ask for, if any: Some(None)
 /// every voter, Some(Some(name)) one member (an invalid name is ignored).
@@ -244,6 +248,8 @@ pub struct Driver {
     v2store: BTreeMap<(String, String), (controller::V2StoreCheck, Instant)>,
     /// Restored clusters (by token) whose prefixes this leader cleared.
     prefixes_cleared: BTreeSet<String>,
+    /// The newest backup and its revision, read while quorum is lost.
+    latest_backup: Option<(String, Option<i64>)>,
     /// Settings checks by (peer id, version), and when they ran.
     settings_checks: BTreeMap<(String, String), (controller::SettingsCheck, Instant)>,
     had_majority: bool,
@@ -262,6 +268,7 @@ struct Control {
     backup_requested: bool,
     /// The request file and the member it names (None: every voter).
     defrag_requested: Option<(String, Option<String>)>,
+    recover_quorum_requested: bool,
     allow_new_cluster: bool,
     commands: Vec<backup::StoredCommand>,
     created_marker: bool,
@@ -312,6 +319,7 @@ impl Driver {
             v2store: BTreeMap::new(),
             settings_checks: BTreeMap::new(),
             prefixes_cleared: BTreeSet::new(),
+            latest_backup: None,
             backoff: Default::default(),
             last_space_clear: None,
             had_majority: false,
@@ -624,6 +632,7 @@ impl Driver {
                 spec: snap.spec,
                 backup_requested: snap.manager_files.contains(BACKUP_NOW_FILE),
                 defrag_requested: defrag_request(&snap.manager_files),
+                recover_quorum_requested: snap.manager_files.contains(RECOVER_QUORUM_FILE),
                 allow_new_cluster: snap.manager_files.contains(ALLOW_NEW_CLUSTER_FILE),
                 commands: snap.commands,
                 created_marker: snap.created,
@@ -838,6 +847,7 @@ impl Driver {
             spec,
             backup_requested,
             defrag_requested,
+            recover_quorum_requested,
             allow_new_cluster: allow_file,
             commands: stored,
             created_marker,
@@ -877,6 +887,35 @@ impl Driver {
             false
         };
         let allow_new_cluster = backups_exist && allow_file;
+        // While the quorum is lost: the newest backup and its revision (a
+        // quorum recovery compares it with the survivors').
+        let quorum_lost = cluster.as_ref().is_some_and(|c| {
+            let voters = c.members.iter().filter(|m| !m.is_learner).count();
+            let healthy = c
+                .members
+                .iter()
+                .filter(|m| !m.is_learner && m.healthy)
+                .count();
+            voters > 0 && healthy < voters / 2 + 1
+        });
+        if quorum_lost {
+            if let Ok(names) = self.store.list_backups().await
+                && let Some(newest) = names.last()
+                && self.latest_backup.as_ref().is_none_or(|(n, _)| n != newest)
+            {
+                let revision = match self.store.read_backup_extra(newest).await {
+                    Ok(x) => x.and_then(|x| x.revision),
+                    Err(e) => {
+                        tracing::warn!(backup = %newest, error = %e, "cannot read the newest backup's revision");
+                        None
+                    }
+                };
+                self.latest_backup = Some((newest.clone(), revision));
+            }
+        } else {
+            self.latest_backup = None;
+        }
+        let latest_backup = self.latest_backup.clone();
         // Since when each member has been unhealthy, as this leader saw it.
         let now = self.clock.now();
         match &cluster {
@@ -944,6 +983,11 @@ impl Driver {
             settings,
             restore_clear_prefixes: self.settings.restore_clear_prefixes.clone(),
             prefixes_cleared: self.prefixes_cleared.clone(),
+            quorum_recovery: controller::QuorumRecovery {
+                requested: recover_quorum_requested.then(|| RECOVER_QUORUM_FILE.to_string()),
+                auto_after: self.settings.auto_recover_quorum_loss,
+                latest_backup,
+            },
         })
     }
 
@@ -1466,6 +1510,53 @@ impl Driver {
                 );
                 Ok(())
             }
+            Action::RecoverQuorum {
+                from,
+                backup,
+                spec,
+                request,
+            } => {
+                let name = match (from, backup) {
+                    (Some((_, member)), _) => {
+                        let ep = obs
+                            .peers
+                            .iter()
+                            .find(|p| p.id == *member)
+                            .and_then(|p| endpoint_of(p.info.as_ref()?))
+                            .ok_or_else(|| format!("survivor {member} has no client URL"))?;
+                        let stored = obs.spec.clone().unwrap_or_else(|| spec.clone());
+                        let summary = self.backup_from(&ep, epoch, stored).await?;
+                        tracing::warn!(survivor = %member, backup = %summary.name, "quorum recovery: the survivor's data stored as a backup");
+                        summary.name
+                    }
+                    (None, Some(b)) => b.clone(),
+                    (None, None) => return Err("quorum recovery without a source".into()),
+                };
+                let wall = self.clock.wall();
+                let cmd = backup::Command {
+                    timestamp: wall
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos() as i64)
+                        .unwrap_or(0),
+                    restore_backup: Some(backup::RestoreBackupCommand {
+                        cluster_spec: Some(spec.clone()),
+                        backup: name.clone(),
+                    }),
+                };
+                let queued = self
+                    .store
+                    .add_command(&cmd, wall)
+                    .await
+                    .map_err(executing_error)?;
+                if let Some(r) = request {
+                    self.store
+                        .delete_manager_file(r)
+                        .await
+                        .map_err(executing_error)?;
+                }
+                tracing::warn!(backup = %name, command = %queued, "quorum recovery: a restore of one member queued; the cluster grows back to its spec afterwards");
+                Ok(())
+            }
             Action::ClearPrefixes { token, prefixes } => {
                 let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
                 for prefix in prefixes {
@@ -1693,6 +1784,18 @@ impl Driver {
             .into_iter()
             .next()
             .ok_or("no healthy member to back up from")?;
+        self.backup_from(&endpoint, epoch, spec).await
+    }
+
+    /// A backup of the member behind `endpoint` (a snapshot is read from
+    /// that member alone: it needs no quorum).
+    async fn backup_from(
+        &self,
+        endpoint: &str,
+        epoch: u64,
+        spec: ClusterSpec,
+    ) -> Result<backup::BackupSummary, String> {
+        let endpoint = endpoint.to_string();
         let client = etcd::EtcdClient::connect_with(
             std::slice::from_ref(&endpoint),
             ETCD_TIMEOUT,
@@ -1876,6 +1979,7 @@ async fn observe_cluster(
                 storage_version: st.and_then(|a| a.status.storage_version.clone()),
                 db_size: st.map_or(0, |a| a.status.db_size),
                 db_in_use: st.map_or(0, |a| a.status.db_in_use),
+                progress: st.map(|a| (a.status.raft_index, a.status.revision)),
             }
         })
         .collect();

@@ -108,6 +108,15 @@ enum Cmd {
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Let the leader rebuild a cluster that lost its quorum (a majority of voters gone
+    /// for good): from the surviving member furthest ahead, or the newest backup when
+    /// that is ahead of every survivor, as a one-member cluster that then grows back to
+    /// the spec. Prints the leader's plan first; waits until the restore is queued.
+    RecoverQuorum {
+        /// How long to wait for the leader to queue it.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Allow the leader to create a new EMPTY cluster although backups exist (after the
     /// created marker was lost and you do not want to restore).
     SeedNewCluster,
@@ -326,6 +335,7 @@ async fn run(a: CtlArgs) -> anyhow::Result<String> {
         Cmd::Status => status(&store, a.output).await,
         Cmd::BackupNow { timeout } => backup_now(&store, *timeout).await,
         Cmd::Defrag { member, timeout } => defrag(&store, member.as_deref(), *timeout).await,
+        Cmd::RecoverQuorum { timeout } => recover_quorum(&store, *timeout).await,
         // Answered above, before a store is needed.
         Cmd::InitPki => init_pki(&a.pki_dir),
         Cmd::IssueClientCert { out_dir, name } => issue_client_cert(&a.pki_dir, out_dir, name),
@@ -604,6 +614,65 @@ async fn defrag(
         if start.elapsed() > timeout {
             bail!(
                 "the leader has not finished within {}; the request stays queued (is a leader running, the cluster healthy? see etcd-manager-ctl status)",
+                humantime::format_duration(timeout)
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// Ask the leader to recover a lost quorum: its plan (from the status
+/// report) first, then the request, then the queued restore.
+#[allow(clippy::disallowed_methods)] // the ctl polls with real time
+async fn recover_quorum(
+    store: &BackupStore,
+    timeout: std::time::Duration,
+) -> anyhow::Result<String> {
+    use etcd_manager::status::{ClusterStatus, STATUS_FILE};
+    let mut out = String::new();
+    if let Some(b) = store.read_manager_file(STATUS_FILE).await? {
+        let report: ClusterStatus = serde_json::from_slice(&b)
+            .with_context(|| format!("{}/etcd-manager/{STATUS_FILE} is malformed", store.url()))?;
+        match report.waits.iter().find(|w| w.starts_with("quorum lost")) {
+            Some(w) => out += &format!("the leader ({}) reports: {w}\n", report.leader),
+            None => bail!(
+                "the leader's last report says no quorum is lost (waits: {:?}); nothing to recover (etcd-manager-ctl status)",
+                report.waits
+            ),
+        }
+    }
+    let before: std::collections::BTreeSet<String> = store
+        .list_commands()
+        .await?
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    store
+        .write_manager_file(etcd_manager::driver::RECOVER_QUORUM_FILE, b"{}\n".to_vec())
+        .await?;
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(new) = store
+            .list_commands()
+            .await?
+            .into_iter()
+            .find(|c| !before.contains(&c.name))
+        {
+            let backup = new
+                .command
+                .restore_backup
+                .as_ref()
+                .map(|r| r.backup.clone())
+                .unwrap_or_default();
+            out += &format!(
+                "recovery queued: restore of {backup} (command {}); etcd-manager-ctl status follows it\n",
+                new.name
+            );
+            return Ok(out);
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "the leader has not queued the recovery within {}; the request stays (is a leader running? see etcd-manager-ctl status)",
                 humantime::format_duration(timeout)
             );
         }

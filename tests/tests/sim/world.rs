@@ -978,6 +978,7 @@ impl World {
             defrag_requested: None,
             restore_clear_prefixes: vec![],
             prefixes_cleared: Default::default(),
+            quorum_recovery: Default::default(),
         })
     }
 
@@ -1057,6 +1058,7 @@ impl World {
                 storage_version: None,
                 db_size: 0,
                 db_in_use: 0,
+                progress: None,
             })
             .collect();
         let versions = members
@@ -1586,7 +1588,8 @@ impl World {
             | Action::ClearSpaceAlarm
             | Action::Defragment { .. }
             | Action::DefragmentNow { .. }
-            | Action::ClearPrefixes { .. } => {
+            | Action::ClearPrefixes { .. }
+            | Action::RecoverQuorum { .. } => {
                 self.fail(format!(
                     "unexpected action {} (no commands, one version)",
                     action.label()
