@@ -1830,3 +1830,69 @@ fn recovery_never_starts_from_a_member_behind_another_that_answers() {
         [Action::RecoverQuorum { from: Some((2, b)), .. }] if b == "b"
     ));
 }
+
+mod quorum_recovery_properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// For any cluster of 3 or 5 voters: a recovery is planned only when
+        /// fewer answer than a quorum, only on request or once every lost
+        /// voter has been gone for the grace, and always from a member that
+        /// no other answering member is ahead of (or from a newer backup).
+        #[test]
+        fn recovery_waits_for_the_grace_and_starts_from_the_furthest(
+            five in any::<bool>(),
+            answering in proptest::collection::vec(any::<bool>(), 5),
+            progress in proptest::collection::vec((0u64..1000, 0i64..1000), 5),
+            gone_secs in proptest::collection::vec(0u64..120, 5),
+            grace in proptest::option::of(1u64..100),
+            requested in any::<bool>(),
+            backup_rev in proptest::option::of(0i64..1200),
+        ) {
+            let n = if five { 5 } else { 3 };
+            let names = ["a", "b", "c", "d", "e"];
+            let peers: Vec<PeerView> = (0..n).map(|i| running(names[i], false)).collect();
+            let ms: Vec<MemberView> = (0..n)
+                .map(|i| MemberView {
+                    progress: answering[i].then_some(progress[i]),
+                    ..member(i as u64 + 1, names[i], false)
+                })
+                .collect();
+            let mut o = obs(n as i32, peers, Some(ms.clone()));
+            o.unhealthy_since = (0..n)
+                .map(|i| (i as u64 + 1, o.now - Duration::from_secs(gone_secs[i])))
+                .collect();
+            o.quorum_recovery = QuorumRecovery {
+                requested: requested.then(|| "recover-quorum".to_string()),
+                auto_after: grace.map(Duration::from_secs),
+                latest_backup: backup_rev.map(|r| ("2026-01-01T00:00:00Z-000001".to_string(), Some(r))),
+            };
+            let plan = reconcile(&o);
+            let Some(Action::RecoverQuorum { from, backup, .. }) = plan
+                .actions
+                .iter()
+                .find(|a| matches!(a, Action::RecoverQuorum { .. }))
+            else {
+                return Ok(());
+            };
+            let alive: Vec<&MemberView> = ms.iter().filter(|m| m.progress.is_some()).collect();
+            prop_assert!(!alive.is_empty() && alive.len() < n / 2 + 1, "acted with {} of {n} answering", alive.len());
+            let lost_gone_long = ms
+                .iter()
+                .filter(|m| m.progress.is_none())
+                .all(|m| grace.is_some_and(|g| gone_secs[(m.id - 1) as usize] >= g));
+            prop_assert!(requested || lost_gone_long, "acted before the grace");
+            let best = alive.iter().filter_map(|m| m.progress).max().unwrap_or_default();
+            match (from, backup) {
+                (Some((id, _)), None) => {
+                    let mine = ms[(*id - 1) as usize].progress.unwrap_or_default();
+                    prop_assert_eq!(mine, best, "not the furthest survivor");
+                    prop_assert!(backup_rev.is_none_or(|r| r <= best.1));
+                }
+                (None, Some(_)) => prop_assert!(backup_rev.is_some_and(|r| r > best.1)),
+                _ => prop_assert!(false, "neither a survivor nor a backup"),
+            }
+        }
+    }
+}

@@ -1378,22 +1378,7 @@ impl Driver {
                     .last_backup_name
                     .clone()
                     .ok_or("no backup taken by this leader to restore")?;
-                let wall = self.clock.wall();
-                let cmd = backup::Command {
-                    timestamp: wall
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_nanos() as i64)
-                        .unwrap_or(0),
-                    restore_backup: Some(backup::RestoreBackupCommand {
-                        cluster_spec: Some(spec.clone()),
-                        backup: name.clone(),
-                    }),
-                };
-                let queued = self
-                    .store
-                    .add_command(&cmd, wall)
-                    .await
-                    .map_err(executing_error)?;
+                let queued = self.queue_restore(&name, spec).await?;
                 tracing::info!(backup = %name, version = %spec.etcd_version, command = %queued, "queued a restore for the version change");
                 Ok(())
             }
@@ -1532,22 +1517,7 @@ impl Driver {
                     (None, Some(b)) => b.clone(),
                     (None, None) => return Err("quorum recovery without a source".into()),
                 };
-                let wall = self.clock.wall();
-                let cmd = backup::Command {
-                    timestamp: wall
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_nanos() as i64)
-                        .unwrap_or(0),
-                    restore_backup: Some(backup::RestoreBackupCommand {
-                        cluster_spec: Some(spec.clone()),
-                        backup: name.clone(),
-                    }),
-                };
-                let queued = self
-                    .store
-                    .add_command(&cmd, wall)
-                    .await
-                    .map_err(executing_error)?;
+                let queued = self.queue_restore(&name, spec).await?;
                 if let Some(r) = request {
                     self.store
                         .delete_manager_file(r)
@@ -1785,6 +1755,26 @@ impl Driver {
             .next()
             .ok_or("no healthy member to back up from")?;
         self.backup_from(&endpoint, epoch, spec).await
+    }
+
+    /// Queue a restore of `backup` on `spec`, as an operator's
+    /// `restore-backup` command would: the command's name.
+    async fn queue_restore(&self, backup: &str, spec: &ClusterSpec) -> Result<String, String> {
+        let wall = self.clock.wall();
+        let cmd = backup::Command {
+            timestamp: wall
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as i64)
+                .unwrap_or(0),
+            restore_backup: Some(backup::RestoreBackupCommand {
+                cluster_spec: Some(spec.clone()),
+                backup: backup.to_string(),
+            }),
+        };
+        self.store
+            .add_command(&cmd, wall)
+            .await
+            .map_err(executing_error)
     }
 
     /// A backup of the member behind `endpoint` (a snapshot is read from

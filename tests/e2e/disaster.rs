@@ -32,6 +32,16 @@ async fn wait_for_status(
     .await;
 }
 
+/// Three named voters seen through `ep`, which takes writes.
+async fn three_voters(ep: &str, deadline: Duration) -> Vec<etcd::Member> {
+    wait_for("three healthy voters", deadline, || async move {
+        put(ep, "/probe", "x").await.ok()?;
+        let ms = members(ep).await.ok()?;
+        (ms.len() == 3 && ms.iter().all(|m| !m.is_learner && !m.name.is_empty())).then_some(ms)
+    })
+    .await
+}
+
 /// The newest backup whose recorded revision covers `revision`.
 async fn backup_covering(env: &tests::ClusterEnv, revision: i64) -> String {
     let store = backup::BackupStore::open(&env.store_url, &Default::default()).unwrap();
@@ -61,15 +71,7 @@ async fn total_loss_then_restore_backup() {
     let mut ms: Vec<_> = (1..=3).map(|h| env.start(h)).collect();
     env.configure(3, "3.5.30");
     let ep = env.client_url(1);
-    wait_for("three healthy voters", Duration::from_secs(60), || {
-        let ep = ep.clone();
-        async move {
-            put(&ep, "/probe", "x").await.ok()?;
-            let ms = members(&ep).await.ok()?;
-            (ms.len() == 3 && ms.iter().all(|m| !m.is_learner && !m.name.is_empty())).then_some(())
-        }
-    })
-    .await;
+    three_voters(&ep, Duration::from_secs(60)).await;
     for i in 0..20 {
         put(&ep, &format!("/keys/{i}"), &format!("value-{i}"))
             .await
@@ -471,15 +473,7 @@ async fn recover_after_two_hosts_wiped(auto: bool) {
     let mut ms: Vec<_> = (1..=3).map(|h| env.start_with(h, flags)).collect();
     env.configure(3, "3.5.30");
     let ep = env.client_url(1);
-    wait_for("three healthy voters", Duration::from_secs(60), || {
-        let ep = ep.clone();
-        async move {
-            put(&ep, "/probe", "x").await.ok()?;
-            let ms = members(&ep).await.ok()?;
-            (ms.len() == 3 && ms.iter().all(|m| !m.is_learner && !m.name.is_empty())).then_some(())
-        }
-    })
-    .await;
+    three_voters(&ep, Duration::from_secs(60)).await;
     let backup_rev = {
         let client = etcd::EtcdClient::connect(std::slice::from_ref(&ep), Duration::from_secs(3))
             .await
@@ -533,20 +527,7 @@ async fn recover_after_two_hosts_wiped(auto: bool) {
             "{out:?}"
         );
     }
-    let members_after = wait_for(
-        "three healthy voters again",
-        Duration::from_secs(180),
-        || {
-            let ep = ep.clone();
-            async move {
-                put(&ep, "/probe", "y").await.ok()?;
-                let ms = members(&ep).await.ok()?;
-                (ms.len() == 3 && ms.iter().all(|m| !m.is_learner && !m.name.is_empty()))
-                    .then_some(ms)
-            }
-        },
-    )
-    .await;
+    let members_after = three_voters(&ep, Duration::from_secs(180)).await;
     assert_eq!(members_after.len(), 3);
     println!(
         "BENCH quorum recovery ({}): three healthy voters {:.1} s after the loss",

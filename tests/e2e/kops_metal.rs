@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use tests::netns::run;
 use tests::wait_for;
 
 const PREFIX: &str = "emk";
-const BRIDGE: &str = "emk-br";
 const CLUSTER: &str = "metal.k8s.local";
 const VERSION: &str = "3.5.30";
 
@@ -23,81 +23,6 @@ fn ns(h: usize) -> String {
 
 fn ip_of(h: usize) -> String {
     format!("10.214.0.{h}")
-}
-
-fn run(cmd: &mut Command) -> Result<String, String> {
-    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd:?}: {}{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn ip(args: &[&str]) -> Result<String, String> {
-    run(Command::new("ip").args(args))
-}
-
-/// The hosts' network; everything in it is killed and removed when dropped.
-struct Hosts(usize);
-
-impl Hosts {
-    fn up(n: usize) -> Hosts {
-        cleanup(n);
-        let hosts = Hosts(n);
-        ip(&["link", "add", BRIDGE, "type", "bridge"]).unwrap();
-        ip(&["link", "set", BRIDGE, "up"]).unwrap();
-        for h in 1..=n {
-            let (name, veth) = (ns(h), format!("{PREFIX}v{h}"));
-            ip(&["netns", "add", &name]).unwrap();
-            ip(&[
-                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &name,
-            ])
-            .unwrap();
-            ip(&["link", "set", &veth, "master", BRIDGE, "up"]).unwrap();
-            ip(&[
-                "-n",
-                &name,
-                "addr",
-                "add",
-                &format!("{}/24", ip_of(h)),
-                "dev",
-                "eth0",
-            ])
-            .unwrap();
-            ip(&["-n", &name, "link", "set", "eth0", "up"]).unwrap();
-            ip(&["-n", &name, "link", "set", "lo", "up"]).unwrap();
-        }
-        hosts
-    }
-}
-
-fn cleanup(n: usize) {
-    for h in 1..=n {
-        let name = ns(h);
-        if let Ok(pids) = ip(&["netns", "pids", &name]) {
-            for pid in pids
-                .split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-            {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-        let _ = ip(&["netns", "del", &name]);
-    }
-    let _ = ip(&["link", "del", BRIDGE]);
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        cleanup(self.0);
-    }
 }
 
 /// One host's files: its root (volume, hosts file) and its /var/log.
@@ -183,42 +108,9 @@ fn etcdctl(h: usize, certs: &Path, args: &[&str]) -> Result<String, String> {
         .args(args))
 }
 
-/// Prints every host's console when the test fails: the only trace of what
-/// the managers and their etcds did, since the temporary folder goes with it.
-struct Consoles(PathBuf, usize);
-
-impl Drop for Consoles {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for h in 1..=self.1 {
-                let text = std::fs::read_to_string(self.0.join(format!("console-{h}.log")))
-                    .unwrap_or_default();
-                eprintln!("===== console of host {h} =====\n{text}");
-            }
-        }
-    }
-}
-
-fn is_root() -> bool {
-    // The effective uid, from /proc (no extra nix features for one test).
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn kops_metal_manifest_runs_unchanged_on_three_hosts() {
-    if !is_root() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "the kops metal test needs root (network and mount namespaces); CI runs as root"
-        );
-        println!("skipped: needs root (network and mount namespaces)");
+    if !tests::netns::root_or_skip("the kops metal test") {
         return;
     }
     let n = 3;
@@ -255,8 +147,8 @@ async fn kops_metal_manifest_runs_unchanged_on_three_hosts() {
         std::fs::create_dir_all(hr.join("var-log")).unwrap();
         std::fs::write(hr.join("etc/hosts"), "127.0.0.1\tlocalhost\n").unwrap();
     }
-    let _hosts = Hosts::up(n);
-    let _consoles = Consoles(root.to_path_buf(), n);
+    let _hosts = tests::netns::Net::up(PREFIX, "10.214.0", n, None);
+    let _consoles = tests::netns::Consoles(root.to_path_buf(), (1..=n).collect());
     let args = metal_args(n, Path::new(env!("CARGO_BIN_EXE_etcd-manager")));
     let mut children: Vec<_> = (1..=n).map(|h| start(root, h, &args, &pki)).collect();
 

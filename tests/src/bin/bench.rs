@@ -1416,6 +1416,155 @@ async fn p6(quick: bool, root: &Path, bin_dir: &Path, out: &mut Vec<Value>) -> a
     Ok(())
 }
 
+/// One defragmentation run on three managers: churn (`rounds` keys of
+/// 100 KiB written three times, then compacted) leaves two thirds of every
+/// member's database free; a writer runs throughout. `ours`: the managers
+/// defragment by themselves (thresholds 50 % and 1 MiB; the raft leader last,
+/// after moving leadership away). Otherwise the raft leader alone is
+/// defragmented directly, leadership left where it is (what a cron job
+/// running `etcdctl defrag` against every endpoint does to the leader).
+/// The longest time no client URL acknowledged a write (one writer each).
+async fn defrag_run(
+    root: &Path,
+    bin_dir: &Path,
+    name: &str,
+    rounds: usize,
+    ours: bool,
+) -> anyhow::Result<(f64, u64)> {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir)?;
+    let env = tests::ClusterEnv::new(
+        &dir,
+        bin_dir.join("etcd-manager").to_str().unwrap(),
+        bin_dir.join("etcd-manager-ctl").to_str().unwrap(),
+    );
+    let flags: &[&str] = if ours {
+        &[
+            "--defrag-fragmentation=0.5",
+            "--defrag-min-free-bytes=1048576",
+        ]
+    } else {
+        &["--defrag-fragmentation=0"]
+    };
+    let mut ms: Vec<tests::Manager> = (1..=3u8).map(|h| env.start_with(h, flags)).collect();
+    env.configure(3, VERSION);
+    let eps: Vec<String> = (1..=3u8).map(|h| env.client_url(h)).collect();
+    tests::wait_voters("three voters", &eps, 3, None).await;
+    // Members leave quarantine one restart at a time: each serving first.
+    for ep in &eps {
+        tests::wait_put(
+            "the member serving",
+            ep,
+            "/bench/ready",
+            "1",
+            Duration::from_secs(60),
+        )
+        .await;
+    }
+    let client = etcd::EtcdClient::connect(&eps, Duration::from_secs(30)).await?;
+    // `rounds` keys of live data, each written three times: two thirds of
+    // the file free after the compaction, and a defragmentation that has
+    // the live third to copy (what makes it stall a member).
+    let value = "x".repeat(100 * 1024);
+    for _ in 0..3 {
+        for k in 0..rounds {
+            client.put(&format!("/bench/churn/{k:06}"), &value).await?;
+        }
+    }
+    let rev = client.status().await?.revision;
+    client.compact(rev).await?;
+    // One writer per client URL: the figure is how long no URL took a
+    // write (the cluster unavailable to clients that can use any member).
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let ws: Vec<_> = eps
+        .iter()
+        .map(|ep| writer(vec![ep.clone()], stop_rx.clone()))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut db_before = 0u64;
+    if ours {
+        // Until every member's file has shrunk.
+        tests::wait_for(
+            "every member defragmented",
+            Duration::from_secs(600),
+            || {
+                let eps = eps.clone();
+                async move {
+                    for ep in &eps {
+                        let c = etcd::EtcdClient::connect(
+                            std::slice::from_ref(ep),
+                            Duration::from_secs(2),
+                        )
+                        .await
+                        .ok()?;
+                        let st = c.status().await.ok()?;
+                        if st.db_in_use * 2 < st.db_size {
+                            return None;
+                        }
+                    }
+                    Some(())
+                }
+            },
+        )
+        .await;
+    } else {
+        let mut leader = None;
+        for ep in &eps {
+            let c = etcd::EtcdClient::connect_with(
+                std::slice::from_ref(ep),
+                Duration::from_secs(600),
+                None,
+            )
+            .await?;
+            let st = c.status().await?;
+            if st.leader == st.member_id {
+                db_before = st.db_size as u64;
+                leader = Some(c);
+            }
+        }
+        leader
+            .ok_or_else(|| anyhow::anyhow!("no raft leader"))?
+            .defragment()
+            .await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = stop_tx.send(true);
+    let mut acks = vec![];
+    for w in ws {
+        acks.extend(w.await?);
+    }
+    acks.sort_by(f64::total_cmp);
+    for m in &mut ms {
+        m.kill_all();
+    }
+    Ok((longest_gap(&acks), db_before))
+}
+
+/// P8: defragmenting with a writer running: ours (followers first, the raft
+/// leader last after handing leadership away) against defragmenting the raft
+/// leader in place.
+async fn p8(quick: bool, root: &Path, bin_dir: &Path, out: &mut Vec<Value>) -> anyhow::Result<()> {
+    let rounds = if quick { 30 } else { 1_500 };
+    let (base, db) = defrag_run(root, bin_dir, "p8-leader-in-place", rounds, false).await?;
+    let (ours, _) = defrag_run(root, bin_dir, "p8-ours", rounds, true).await?;
+    out.push(row(
+        "p8-defrag",
+        &format!(
+            "P8 defragmenting 3 members of {:.0} MiB, a writer on each client URL: longest time no URL acknowledged a write (s)",
+            db as f64 / (1 << 20) as f64
+        ),
+        &[ours],
+        Some((
+            "the raft leader defragmented in place, leadership not moved",
+            &[base],
+        )),
+        "<= 2 s and below the baseline",
+        Some(ours <= 2.0 && ours <= base),
+        json!({"live_keys": rounds, "writes_per_key": 3, "value_kib": 100, "db_bytes_before": db}),
+    ));
+    Ok(())
+}
+
 /// Sum of every series of a metric (all label sets).
 fn metric_sum(body: &str, name: &str) -> f64 {
     body.lines()
@@ -1662,7 +1811,7 @@ async fn run(args: &[String]) -> anyhow::Result<()> {
         }
     }
     if want.is_empty() {
-        want = ["p1", "p1-loss", "p2", "p3", "p4", "p5", "p6", "p7"]
+        want = ["p1", "p1-loss", "p2", "p3", "p4", "p5", "p6", "p7", "p8"]
             .map(String::from)
             .to_vec();
     }
@@ -1699,6 +1848,9 @@ async fn run(args: &[String]) -> anyhow::Result<()> {
     }
     if want.iter().any(|w| w == "p7") {
         p7(quick, work.path(), &bin_dir, &mut rows).await?;
+    }
+    if want.iter().any(|w| w == "p8") {
+        p8(quick, work.path(), &bin_dir, &mut rows).await?;
     }
     let machine = json!({
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
