@@ -8,7 +8,7 @@
 //! else. Needs root; CI runs as root.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tests::ec2::Ec2Setup;
@@ -100,49 +100,33 @@ fn start(net: &Net, root: &Path, h: usize, cloud: &Cloud, imds: &str) -> std::pr
          mount --bind {hr}/var-log /var/log; mount --bind {hr}/etc/hosts /etc/hosts; exec \"$@\"",
         hr = hr.display(),
     );
-    let log = std::fs::File::create(root.join(format!("console-{h}.log"))).unwrap();
     let args = aws_args(Path::new(env!("CARGO_BIN_EXE_etcd-manager")));
-    use std::os::unix::process::CommandExt;
-    Command::new("ip")
-        .args(["netns", "exec", &net.ns(h)])
-        .args([
-            "unshare",
-            "-m",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &script,
-            "sh",
-        ])
-        .arg(env!("CARGO_BIN_EXE_go-runner"))
-        .args(&args)
-        .env("ETCD_MANAGER_PKI_DIR", &cloud.pki)
-        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds)
-        .env("AWS_ENDPOINT_URL_EC2", &cloud.moto)
-        .env("S3_ENDPOINT", &cloud.moto)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        // kops sets the region of its test cluster; the manager must take
-        // the instance's region from the metadata instead (as upstream).
-        .env("AWS_REGION", "us-test-1")
-        .env("ETCD_MANAGER_BACKUP_INTERVAL", "10s")
-        .env("ETCD_MANAGER_DAILY_BACKUPS_RETENTION", "90d")
-        .env("RUST_LOG", "info")
-        .env(
-            "PATH",
-            format!(
-                "/usr/sbin:/sbin:{}",
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
-        .envs(std::env::var("ETCD_MANAGER_ETCD_BIN_DIR").map(|v| ("ETCD_MANAGER_ETCD_BIN_DIR", v)))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .unwrap()
+    let pki = cloud.pki.display().to_string();
+    let path = format!(
+        "/usr/sbin:/sbin:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
+    tests::netns::spawn_in_host(
+        &net.ns(h),
+        &script,
+        Path::new(env!("CARGO_BIN_EXE_go-runner")),
+        &args,
+        &[
+            ("ETCD_MANAGER_PKI_DIR", &pki),
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds),
+            ("AWS_ENDPOINT_URL_EC2", &cloud.moto),
+            ("S3_ENDPOINT", &cloud.moto),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            // kops sets the region of its test cluster; the manager must take
+            // the instance's region from the metadata instead (as upstream).
+            ("AWS_REGION", "us-test-1"),
+            ("ETCD_MANAGER_BACKUP_INTERVAL", "10s"),
+            ("ETCD_MANAGER_DAILY_BACKUPS_RETENTION", "90d"),
+            ("PATH", &path),
+        ],
+        &root.join(format!("console-{h}.log")),
+    )
 }
 
 /// A TLS client of host `h`'s etcd, from the root namespace.

@@ -7,7 +7,7 @@
 //! Needs root (namespaces, mounts); CI runs as root.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use tests::netns::run;
@@ -57,36 +57,20 @@ fn start(root: &Path, h: usize, args: &[String], pki: &Path) -> std::process::Ch
         hr = hr.display(),
         backups = root.join("backups").display(),
     );
-    let log = std::fs::File::create(root.join(format!("console-{h}.log"))).unwrap();
-    use std::os::unix::process::CommandExt;
-    Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns(h),
-            "unshare",
-            "-m",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &script,
-            "sh",
-        ])
-        .arg(env!("CARGO_BIN_EXE_go-runner"))
-        .args(args)
-        .env("ETCD_MANAGER_PKI_DIR", pki)
-        // Backups within the test's time; everything else as kops sets it.
-        .env("ETCD_MANAGER_BACKUP_INTERVAL", "10s")
-        .env("ETCD_MANAGER_DAILY_BACKUPS_RETENTION", "90d")
-        .env("RUST_LOG", "info")
-        .envs(std::env::var("ETCD_MANAGER_ETCD_BIN_DIR").map(|v| ("ETCD_MANAGER_ETCD_BIN_DIR", v)))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .unwrap()
+    let pki = pki.display().to_string();
+    tests::netns::spawn_in_host(
+        &ns(h),
+        &script,
+        std::path::Path::new(env!("CARGO_BIN_EXE_go-runner")),
+        args,
+        &[
+            ("ETCD_MANAGER_PKI_DIR", &pki),
+            // Backups within the test's time; everything else as kops sets it.
+            ("ETCD_MANAGER_BACKUP_INTERVAL", "10s"),
+            ("ETCD_MANAGER_DAILY_BACKUPS_RETENTION", "90d"),
+        ],
+        &root.join(format!("console-{h}.log")),
+    )
 }
 
 /// etcdctl inside host `h` against https://127.0.0.1:4001, with a client

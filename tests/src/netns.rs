@@ -173,6 +173,50 @@ impl Drop for Net {
     }
 }
 
+/// Start `program args` in namespace `ns`, in a private mount namespace
+/// prepared by `script` (which ends with `exec "$@"`), in a process group of
+/// its own, its output into `log`; `env` on top of ours, with etcd's
+/// binaries folder and `RUST_LOG=info`.
+pub fn spawn_in_host(
+    ns: &str,
+    script: &str,
+    program: &std::path::Path,
+    args: &[String],
+    env: &[(&str, &str)],
+    log: &std::path::Path,
+) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let out = std::fs::File::create(log)
+        .unwrap_or_else(|e| panic!("console file {}: {e}", log.display()));
+    let err = out
+        .try_clone()
+        .unwrap_or_else(|e| panic!("console file {}: {e}", log.display()));
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args([
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(program)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .envs(std::env::var("ETCD_MANAGER_ETCD_BIN_DIR").map(|v| ("ETCD_MANAGER_ETCD_BIN_DIR", v)))
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {} in {ns}: {e}", program.display()))
+}
+
 /// Prints each host's console when the test fails: the only trace of what
 /// its processes did, since the temporary folder goes with the test.
 pub struct Consoles(pub std::path::PathBuf, pub Vec<usize>);
