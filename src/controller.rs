@@ -1422,7 +1422,8 @@ fn version_change(
 }
 
 /// A lost quorum: fewer voters answer etcd at all than a quorum (so it is
-/// not an election in progress), at least one does. The best survivor is
+/// not an election in progress), at least one does, and no lost voter's
+/// manager says its etcd still runs. The best survivor is
 /// the one with the highest raft index (then revision): never one behind
 /// another that answers. The newest backup is used instead when its
 /// revision is above the survivor's. Acts on an operator's request, or by
@@ -1442,6 +1443,20 @@ pub fn quorum_loss(obs: &Observation, spec: &ClusterSpec, members: &[MemberView]
         .filter(|m| m.progress.is_none())
         .collect();
     if survivors.is_empty() || survivors.len() >= quorum(voters.len()) {
+        return None;
+    }
+    // Gone for good means its manager says so too: unreachable, or idle,
+    // or running another cluster. A manager that answers that this
+    // member's etcd runs is a member this leader cannot see (a partition
+    // of etcd's ports), not a lost one: rebuilding then would fork the
+    // cluster.
+    let token = survivors
+        .iter()
+        .find_map(|m| peer_of(obs, m)?.token())
+        .map(str::to_string);
+    if lost.iter().any(|m| {
+        peer_of(obs, m).is_some_and(|p| p.running() && p.token().map(str::to_string) == token)
+    }) {
         return None;
     }
     let best = survivors.iter().copied().max_by(|a, b| {

@@ -1807,6 +1807,30 @@ fn recovery_acts_on_request_or_after_the_grace_and_from_the_best_survivor() {
 }
 
 #[test]
+fn a_member_whose_manager_says_it_runs_is_not_lost() {
+    // b's etcd does not answer this leader, but b's manager says it runs
+    // this cluster's etcd: a partition of etcd's ports, never a recovery.
+    let mut o = lost_quorum(None);
+    o.peers[1] = running("b", false);
+    o.quorum_recovery.requested = Some("recover-quorum".into());
+    o.quorum_recovery.auto_after = Some(Duration::from_secs(1));
+    let plan = reconcile(&o);
+    assert!(
+        !plan
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::RecoverQuorum { .. })),
+        "{plan:?}"
+    );
+    assert!(
+        plan.waits
+            .iter()
+            .any(|w| matches!(w, WaitReason::ClusterUnhealthy { .. })),
+        "{plan:?}"
+    );
+}
+
+#[test]
 fn recovery_never_starts_from_a_member_behind_another_that_answers() {
     // Five voters, two answer (no quorum of five): the one further ahead.
     let peers = vec![
@@ -1837,9 +1861,10 @@ mod quorum_recovery_properties {
 
     proptest! {
         /// For any cluster of 3 or 5 voters: a recovery is planned only when
-        /// fewer answer than a quorum, only on request or once every lost
-        /// voter has been gone for the grace, and always from a member that
-        /// no other answering member is ahead of (or from a newer backup).
+        /// fewer answer than a quorum and no lost voter's manager says its
+        /// etcd runs, only on request or once every lost voter has been
+        /// gone for the grace, and always from a member that no other
+        /// answering member is ahead of (or from a newer backup).
         #[test]
         fn recovery_waits_for_the_grace_and_starts_from_the_furthest(
             five in any::<bool>(),
@@ -1849,10 +1874,21 @@ mod quorum_recovery_properties {
             grace in proptest::option::of(1u64..100),
             requested in any::<bool>(),
             backup_rev in proptest::option::of(0i64..1200),
+            still_running in proptest::collection::vec(proptest::bool::weighted(0.2), 5),
         ) {
             let n = if five { 5 } else { 3 };
             let names = ["a", "b", "c", "d", "e"];
-            let peers: Vec<PeerView> = (0..n).map(|i| running(names[i], false)).collect();
+            // A lost voter's manager is gone or idle, or (sometimes) says
+            // its etcd still runs.
+            let peers: Vec<PeerView> = (0..n)
+                .map(|i| {
+                    if answering[i] || still_running[i] {
+                        running(names[i], false)
+                    } else {
+                        idle(names[i])
+                    }
+                })
+                .collect();
             let ms: Vec<MemberView> = (0..n)
                 .map(|i| MemberView {
                     progress: answering[i].then_some(progress[i]),
@@ -1883,6 +1919,10 @@ mod quorum_recovery_properties {
                 .filter(|m| m.progress.is_none())
                 .all(|m| grace.is_some_and(|g| gone_secs[(m.id - 1) as usize] >= g));
             prop_assert!(requested || lost_gone_long, "acted before the grace");
+            prop_assert!(
+                (0..n).all(|i| answering[i] || !still_running[i]),
+                "acted while a lost voter's manager says its etcd runs"
+            );
             let best = alive.iter().filter_map(|m| m.progress).max().unwrap_or_default();
             match (from, backup) {
                 (Some((id, _)), None) => {
