@@ -896,7 +896,7 @@ impl Driver {
                 .iter()
                 .filter(|m| !m.is_learner && m.healthy)
                 .count();
-            voters > 0 && healthy < voters / 2 + 1
+            voters > 0 && healthy < controller::quorum(voters)
         });
         if quorum_lost {
             if let Ok(names) = self.store.list_backups().await

@@ -158,14 +158,12 @@ pub fn not_understood(env: &[(String, String)], version: EtcdVersion) -> Vec<Str
 fn instead_of(flag: &str, to: EtcdVersion) -> Option<String> {
     let known = flags(to)?;
     if let Some((_, new)) = RENAMED.iter().find(|(old, _)| *old == flag) {
-        return Some(match new.strip_prefix("gate:") {
-            Some(gate) if known.contains(&"feature-gates") => {
-                format!("ETCD_FEATURE_GATES={gate}=true")
-            }
-            Some(_) => return None,
-            None if known.contains(new) => key_of(new),
-            None => return None,
-        });
+        return match new.strip_prefix("gate:") {
+            Some(gate) => known
+                .contains(&"feature-gates")
+                .then(|| format!("ETCD_FEATURE_GATES={gate}=true")),
+            None => known.contains(new).then(|| key_of(new)),
+        };
     }
     if let Some((old, _)) = RENAMED.iter().find(|(_, new)| *new == flag) {
         return known

@@ -169,25 +169,14 @@ impl Ec2Client {
         for (name, value) in signed.headers() {
             req = req.header(name, value);
         }
-        let mut resp = req
+        let resp = req
             .send()
             .await
             .map_err(|e| Ec2Error::new(action, format!("{url}: {e}")))?;
         let status = resp.status();
-        let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
+        let body = super::read_capped(resp, ANSWER_LIMIT)
             .await
-            .map_err(|e| Ec2Error::new(action, format!("{url}: {e}")))?
-        {
-            body.extend_from_slice(&chunk);
-            if body.len() > ANSWER_LIMIT {
-                return Err(Ec2Error::new(
-                    action,
-                    format!("answer longer than {ANSWER_LIMIT} bytes"),
-                ));
-            }
-        }
+            .map_err(|e| Ec2Error::new(action, format!("{url}: {e}")))?;
         let text = String::from_utf8_lossy(&body).into_owned();
         if status.is_success() {
             return Ok(text);

@@ -108,19 +108,13 @@ impl Imds {
         Ok(token)
     }
 
-    async fn body(&self, path: &str, mut resp: reqwest::Response) -> Result<String, ImdsError> {
+    async fn body(&self, path: &str, resp: reqwest::Response) -> Result<String, ImdsError> {
         if !resp.status().is_success() {
             return Err(self.unreachable(path, format!("HTTP {}", resp.status())));
         }
-        let mut out = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| self.unreachable(path, e))? {
-            out.extend_from_slice(&chunk);
-            if out.len() > ANSWER_LIMIT {
-                return Err(
-                    self.unreachable(path, format!("answer longer than {ANSWER_LIMIT} bytes"))
-                );
-            }
-        }
+        let out = super::read_capped(resp, ANSWER_LIMIT)
+            .await
+            .map_err(|e| self.unreachable(path, e))?;
         String::from_utf8(out)
             .map(|s| s.trim().to_string())
             .map_err(|_| self.unreachable(path, "answer is not UTF-8"))

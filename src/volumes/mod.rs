@@ -58,6 +58,22 @@ pub enum VolumeError {
     },
 }
 
+/// An HTTP answer's body, read up to `limit` bytes (more is an error):
+/// the one way the cloud clients here read what a cloud API sends.
+pub(crate) async fn read_capped(
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+        out.extend_from_slice(&chunk);
+        if out.len() > limit {
+            return Err(format!("answer longer than {limit} bytes"));
+        }
+    }
+    Ok(out)
+}
+
 /// How often a node without its volume looks again.
 pub const VOLUME_POLL: Duration = Duration::from_secs(10);
 

@@ -1299,6 +1299,31 @@ struct Change {
     keys_after: u64,
 }
 
+/// Three managers (release binaries in `bin_dir`, `flags` beside the
+/// walkthrough's) under `root/name`, the spec three members of `version`,
+/// waited for until three voters answer: the cluster, its managers, and
+/// its client URLs.
+async fn three_managers(
+    root: &Path,
+    bin_dir: &Path,
+    name: &str,
+    flags: &[&str],
+    version: &str,
+) -> anyhow::Result<(tests::ClusterEnv, Vec<tests::Manager>, Vec<String>)> {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir)?;
+    let env = tests::ClusterEnv::new(
+        &dir,
+        bin_dir.join("etcd-manager").to_str().unwrap(),
+        bin_dir.join("etcd-manager-ctl").to_str().unwrap(),
+    );
+    let ms: Vec<tests::Manager> = (1..=3u8).map(|h| env.start_with(h, flags)).collect();
+    env.configure(3, version);
+    let eps: Vec<String> = (1..=3u8).map(|h| env.client_url(h)).collect();
+    tests::wait_voters(&format!("three {version} voters"), &eps, 3, None).await;
+    Ok((env, ms, eps))
+}
+
 async fn version_change(
     root: &Path,
     bin_dir: &Path,
@@ -1307,17 +1332,7 @@ async fn version_change(
     to: &str,
     keys: u64,
 ) -> anyhow::Result<Change> {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir)?;
-    let env = tests::ClusterEnv::new(
-        &dir,
-        bin_dir.join("etcd-manager").to_str().unwrap(),
-        bin_dir.join("etcd-manager-ctl").to_str().unwrap(),
-    );
-    let mut ms: Vec<tests::Manager> = (1..=3u8).map(|h| env.start(h)).collect();
-    env.configure(3, from);
-    let eps: Vec<String> = (1..=3u8).map(|h| env.client_url(h)).collect();
-    tests::wait_voters(&format!("three {from} voters"), &eps, 3, None).await;
+    let (env, mut ms, eps) = three_managers(root, bin_dir, name, &[], from).await?;
     load_keys(&eps, keys).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let w = writer(eps.clone(), stop_rx);
@@ -1431,13 +1446,6 @@ async fn defrag_run(
     rounds: usize,
     ours: bool,
 ) -> anyhow::Result<(f64, u64)> {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir)?;
-    let env = tests::ClusterEnv::new(
-        &dir,
-        bin_dir.join("etcd-manager").to_str().unwrap(),
-        bin_dir.join("etcd-manager-ctl").to_str().unwrap(),
-    );
     let flags: &[&str] = if ours {
         &[
             "--defrag-fragmentation=0.5",
@@ -1446,10 +1454,7 @@ async fn defrag_run(
     } else {
         &["--defrag-fragmentation=0"]
     };
-    let mut ms: Vec<tests::Manager> = (1..=3u8).map(|h| env.start_with(h, flags)).collect();
-    env.configure(3, VERSION);
-    let eps: Vec<String> = (1..=3u8).map(|h| env.client_url(h)).collect();
-    tests::wait_voters("three voters", &eps, 3, None).await;
+    let (_env, mut ms, eps) = three_managers(root, bin_dir, name, flags, VERSION).await?;
     // Members leave quarantine one restart at a time: each serving first.
     for ep in &eps {
         tests::wait_put(
