@@ -449,18 +449,25 @@ impl Driver {
                 return false;
             }
         };
-        let known = self
-            .gossip
-            .members()
-            .iter()
-            .filter(|mv| {
-                mv.payload
-                    .as_deref()
-                    .and_then(PeerPayload::decode)
-                    .is_some_and(|p| p.cluster_name == self.settings.cluster_name)
-            })
-            .count()
-            .max(1);
+        let members = self.gossip.members();
+        let known = crate::leadership::known_managers(
+            members
+                .iter()
+                .filter(|mv| {
+                    mv.payload
+                        .as_deref()
+                        .and_then(PeerPayload::decode)
+                        .is_some_and(|p| p.cluster_name == self.settings.cluster_name)
+                })
+                .map(|mv| {
+                    (
+                        mv.id.as_str(),
+                        mv.addr,
+                        mv.state == gossip::MemberState::Down,
+                    )
+                }),
+        )
+        .max(1);
         let Some(store_id) = self.node.store_id() else {
             tracing::debug!("not leading: this node has not read the store id yet");
             return false;
@@ -470,9 +477,12 @@ impl Driver {
             candidate: me.clone(),
             store_id,
         };
+        // One process per address: an old id whose address a new manager
+        // took over must not count that manager's acceptance twice.
+        let mut seen: BTreeSet<SocketAddr> = peers.get(&me).copied().into_iter().collect();
         let others: Vec<(String, SocketAddr)> = peers
             .iter()
-            .filter(|(id, _)| **id != me)
+            .filter(|(id, a)| **id != me && seen.insert(**a))
             .map(|(id, a)| (id.clone(), *a))
             .collect();
         let answers = futures::future::join_all(others.into_iter().map(|(id, addr)| {
@@ -830,6 +840,12 @@ impl Driver {
             peers.iter().map(|(id, a)| (id.clone(), *a)).collect();
         let infos = futures::future::join_all(targets.into_iter().map(|(id, addr)| async move {
             let info = match pc.call(addr, &Request::GetInfo, PEER_TIMEOUT).await {
+                // Another manager at that address (the peer's host was wiped
+                // and started again under a new id): not the peer's answer.
+                Ok(Response::Info(i)) if i.id != id => {
+                    tracing::warn!(peer = %id, %addr, answered_by = %i.id, "another manager answers at the peer's address; the peer is gone");
+                    None
+                }
                 Ok(Response::Info(i)) => Some(*i),
                 Ok(other) => {
                     tracing::warn!(peer = %id, answer = ?other, "unexpected answer to GetInfo");

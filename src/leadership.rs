@@ -18,6 +18,27 @@ pub fn has_majority(accepted: usize, known: usize, spec_count: usize) -> bool {
     accepted * 2 > known.max(spec_count).max(1)
 }
 
+/// The managers majority acceptance counts: every one gossip has known
+/// (`(id, address, down)`), down ones included (a partition must not shrink
+/// the count), except a down one whose address a different manager now
+/// holds alive: that host was wiped and started again under a new id, so the
+/// old id is gone for good. Without the exception every host replaced
+/// within gossip's memory (a day) would raise the count, and three replaced
+/// hosts of three would leave no majority at all.
+pub fn known_managers<'a, A: PartialEq + 'a>(
+    members: impl IntoIterator<Item = (&'a str, A, bool)>,
+) -> usize {
+    let all: Vec<(&str, A, bool)> = members.into_iter().collect();
+    all.iter()
+        .filter(|(id, addr, down)| {
+            !*down
+                || !all
+                    .iter()
+                    .any(|(other, a, d)| !*d && other != id && a == addr)
+        })
+        .count()
+}
+
 /// A manager's judgement of a candidate: refused, naming the reason, if it
 /// knows an alive manager with a lower id.
 pub fn judge<'a>(alive: impl IntoIterator<Item = &'a str>, candidate: &str) -> Result<(), String> {
@@ -64,6 +85,28 @@ mod tests {
         assert!(!has_majority(2, 4, 3));
         assert!(!has_majority(2, 3, 5));
         assert!(has_majority(1, 1, 0), "no spec yet: a single manager");
+    }
+
+    #[test]
+    fn a_replaced_manager_leaves_the_count_a_partitioned_one_stays() {
+        // Three hosts, all three wiped and started again under new ids.
+        let replaced = [
+            ("a", 1, true),
+            ("b", 2, true),
+            ("c", 3, true),
+            ("x", 1, false),
+            ("y", 2, false),
+            ("z", 3, false),
+        ];
+        assert_eq!(known_managers(replaced), 3);
+        assert!(has_majority(3, known_managers(replaced), 3));
+        // Down without a successor at its address: still counted.
+        assert_eq!(
+            known_managers([("a", 1, false), ("b", 2, true), ("c", 3, true)]),
+            3
+        );
+        // Two ids alive at one address are both counted (nothing is known gone).
+        assert_eq!(known_managers([("a", 1, false), ("b", 1, false)]), 2);
     }
 
     #[test]

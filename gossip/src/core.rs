@@ -407,6 +407,49 @@ impl GossipCore {
         self.collect(now);
     }
 
+    /// One UDP address is one process: when `node` is up at an address
+    /// where another identity was known, the older of the two (by
+    /// incarnation, which starts at the process' start time) is gone, so it
+    /// is declared down now. Without this a host wiped and started again
+    /// under a new id kept its old id alive: the old id's address still
+    /// talks (Lifeguard's "heard recently" keeps it from going down) and
+    /// peer calls meant for it reach the new manager.
+    fn retire_replaced(&mut self, node: &NodeId) {
+        let me = self.foca.identity().clone();
+        let mut candidates: Vec<NodeId> =
+            self.foca.iter_members().map(|m| m.id().clone()).collect();
+        candidates.push(me.clone());
+        candidates.push(node.clone());
+        let older: Vec<foca::Member<NodeId>> = candidates
+            .iter()
+            .filter(|other| {
+                other.addr == node.addr
+                    && other.id != me.id
+                    && candidates.iter().any(|newer| {
+                        newer.addr == other.addr
+                            && newer.id != other.id
+                            && newer.incarnation > other.incarnation
+                    })
+            })
+            .filter_map(|old| {
+                self.foca
+                    .iter_members()
+                    .find(|m| m.id() == old)
+                    .map(|m| foca::Member::new(old.clone(), m.incarnation(), foca::State::Down))
+            })
+            .collect();
+        for m in &older {
+            tracing::warn!(member = %m.id().id, addr = %m.id().addr, "gossip member replaced by a newer manager at its address; declared down");
+        }
+        if !older.is_empty()
+            && let Err(error) = self
+                .foca
+                .apply_many(older.into_iter(), true, &mut self.runtime)
+        {
+            tracing::warn!(%error, "could not declare a replaced member down");
+        }
+    }
+
     /// Declares down a member that stayed Suspect here far longer than the
     /// suspicion timeout. Only the prober that suspected a member holds the
     /// timer that turns the suspicion into Down; when that node renews its own
@@ -714,6 +757,7 @@ impl GossipCore {
     fn collect(&mut self, now: Instant) {
         loop {
             let mut rebroadcast = false;
+            let mut came_up = Vec::new();
             while let Some((dst, data)) = self.runtime.to_send() {
                 let mut framed = Vec::with_capacity(data.len() + FRAME_OVERHEAD);
                 framed.push(TAG_FOCA);
@@ -728,6 +772,7 @@ impl GossipCore {
                     OwnedNotification::MemberUp(node) => {
                         tracing::info!(member = %node.id, addr = %node.addr, incarnation = node.incarnation, "gossip member up");
                         rebroadcast = true;
+                        came_up.push(node.clone());
                         GossipEvent::MemberUp(node)
                     }
                     OwnedNotification::MemberDown(node) => {
@@ -757,6 +802,9 @@ impl GossipCore {
                     }
                 };
                 self.events.push_back(event);
+            }
+            for node in &came_up {
+                self.retire_replaced(node);
             }
             if rebroadcast && !self.left {
                 self.broadcast_own(now);
@@ -963,6 +1011,68 @@ mod tests {
             }
         }
         lens
+    }
+
+    /// A host wiped and started again: a new id at the old one's address.
+    /// Everyone (the newcomer too, which learns of the old id from the
+    /// others) declares the old id down at once, although its address keeps
+    /// talking.
+    #[test]
+    fn a_new_id_at_an_old_address_retires_the_old_id() {
+        let start = Instant::now();
+        let plain = |id: &str, port: u16, incarnation: u64| {
+            let mut c = GossipConfig::new(id.into(), SocketAddr::from(([127, 0, 0, 1], port)));
+            c.incarnation = incarnation;
+            c
+        };
+        let mut cores: Vec<GossipCore> = [("a", 9000), ("b", 9001), ("c", 9002)]
+            .iter()
+            .enumerate()
+            .map(|(i, (id, port))| {
+                GossipCore::new(&plain(id, *port, 100), vec![], i as u64).unwrap()
+            })
+            .collect();
+        for core in &mut cores {
+            core.start(start);
+        }
+        cores[1].announce(SocketAddr::from(([127, 0, 0, 1], 9000)));
+        cores[2].announce(SocketAddr::from(([127, 0, 0, 1], 9000)));
+        exchange(&mut cores, start, 30);
+        assert!(
+            cores.iter().all(|c| c.members().len() == 3
+                && c.members().iter().all(|m| m.state == MemberState::Alive))
+        );
+        // Host c comes back as c2 on the same address, knowing only a.
+        let mut c2 = GossipCore::new(&plain("c2", 9002, 200), vec![], 9).unwrap();
+        let later = start + Duration::from_secs(3);
+        c2.start(later);
+        c2.announce(SocketAddr::from(([127, 0, 0, 1], 9000)));
+        cores[2] = c2;
+        // Two seconds: shorter than foca's probe period plus the suspicion
+        // timeout, so "down" here is the retirement, not a failed probe.
+        exchange(&mut cores, later, 20);
+        for core in &cores {
+            let view = core.members();
+            let state = |id: &str| view.iter().find(|m| m.id == id).map(|m| m.state);
+            assert_eq!(
+                state("c"),
+                Some(MemberState::Down),
+                "{} sees {view:?}",
+                core.identity().id
+            );
+            assert_eq!(
+                state("c2"),
+                Some(MemberState::Alive),
+                "{} sees {view:?}",
+                core.identity().id
+            );
+            assert_eq!(
+                state("b"),
+                Some(MemberState::Alive),
+                "{} sees {view:?}",
+                core.identity().id
+            );
+        }
     }
 
     #[test]

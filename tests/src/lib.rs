@@ -334,9 +334,25 @@ impl Manager {
     }
 }
 
+/// Lines of a manager's log shown when its test fails.
+const LOG_TAIL_LINES: usize = 150;
+
 impl Drop for Manager {
     fn drop(&mut self) {
         self.kill_all();
+        // A failing test shows what each manager did last (the logs live in a
+        // temp dir that goes with the test).
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+            eprintln!(
+                "===== last {} lines of {} =====\n{}",
+                tail.len(),
+                self.log.display(),
+                tail.join("\n")
+            );
+        }
     }
 }
 
