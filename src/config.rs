@@ -145,6 +145,15 @@ pub struct Args {
     #[arg(long, env = "ETCD_MANAGER_AUTO_RECOVER_QUORUM_LOSS", value_parser = humantime::parse_duration)]
     pub auto_recover_quorum_loss: Option<Duration>,
 
+    /// Run a restore drill after every Nth periodic backup (0: never): a
+    /// manager other than the leader, when one answers, downloads the
+    /// backup, restores it into a scratch folder under its data dir, serves
+    /// it with a throwaway etcd on loopback at the lowest CPU priority, and
+    /// compares its HashKV with the cluster's at the backup's revision. The
+    /// verdict is kept beside the backup (list-backups -o wide).
+    #[arg(long, env = "ETCD_MANAGER_BACKUP_VERIFY_EVERY", default_value_t = 1)]
+    pub backup_verify_every: u32,
+
     /// Defragment an etcd member once this fraction of its database file is
     /// free (fragmentation, from etcd's status; 0 turns it off). One member
     /// at a time, followers first, the raft leader last after moving raft
@@ -464,6 +473,8 @@ pub struct Config {
     pub member_replace_grace: Duration,
     /// `--auto-recover-quorum-loss` (None: off).
     pub auto_recover_quorum_loss: Option<Duration>,
+    /// `--backup-verify-every` (0: no restore drills).
+    pub backup_verify_every: u32,
     pub defrag: crate::controller::DefragPolicy,
     /// `--restore-clear-prefix`: deleted from a restored cluster while it is
     /// still quarantined.
@@ -896,6 +907,7 @@ impl TryFrom<Args> for Config {
             },
             member_replace_grace: a.member_replace_grace,
             auto_recover_quorum_loss: a.auto_recover_quorum_loss.filter(|d| !d.is_zero()),
+            backup_verify_every: a.backup_verify_every,
             defrag: crate::controller::DefragPolicy {
                 fragmentation: a.defrag_fragmentation,
                 min_free_bytes: a.defrag_min_free_bytes,

@@ -166,6 +166,9 @@ pub struct Observation {
     /// The settings checks this leader ran, by (peer id, version the peer
     /// would move to) (see [`Action::CheckSettings`]).
     pub settings: std::collections::BTreeMap<(String, String), SettingsCheck>,
+    /// A backup this leader took that awaits its restore drill
+    /// (`--backup-verify-every`).
+    pub unverified_backup: Option<String>,
 }
 
 /// Recovering from a lost quorum (a majority of voters gone for good).
@@ -354,6 +357,12 @@ pub enum Action {
     /// that is newer than every survivor; queued as a restore on `spec`
     /// (one member: the cluster grows back to the stored spec afterwards);
     /// the request file, if any, removed.
+    /// Have `peer` run a restore drill of `backup` (a job on that node;
+    /// the verdict goes beside the backup in the store).
+    VerifyBackup {
+        backup: String,
+        peer: String,
+    },
     RecoverQuorum {
         from: Option<(u64, String)>,
         backup: Option<String>,
@@ -404,6 +413,7 @@ impl Action {
             Action::DefragmentNow { .. } => "defragment_now",
             Action::ClearPrefixes { .. } => "clear_prefixes",
             Action::RecoverQuorum { .. } => "recover_quorum",
+            Action::VerifyBackup { .. } => "verify_backup",
         }
     }
 
@@ -1838,10 +1848,33 @@ fn running_cluster(obs: &Observation, spec: &ClusterSpec, cluster: &ClusterView)
             waits,
         };
     }
+    if let Some(backup) = &obs.unverified_backup
+        && settled
+    {
+        return Plan {
+            actions: vec![Action::VerifyBackup {
+                backup: backup.clone(),
+                peer: drill_runner(obs, &version),
+            }],
+            waits,
+        };
+    }
     Plan {
         actions: vec![],
         waits,
     }
+}
+
+/// Who runs a restore drill: the lowest id of the other managers that
+/// answer and have etcd `version` installed (the drill's load stays off the
+/// leader), else the leader itself.
+pub fn drill_runner(obs: &Observation, version: &str) -> String {
+    obs.peers
+        .iter()
+        .filter(|p| p.id != obs.self_id && p.info.is_some() && p.has_version(version))
+        .map(|p| p.id.clone())
+        .min()
+        .unwrap_or_else(|| obs.self_id.clone())
 }
 
 #[cfg(test)]

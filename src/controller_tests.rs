@@ -107,6 +107,7 @@ fn obs(member_count: i32, peers: Vec<PeerView>, members: Option<Vec<MemberView>>
         },
         v2store: Default::default(),
         settings,
+        unverified_backup: None,
     }
 }
 
@@ -392,6 +393,63 @@ fn periodic_backups_follow_the_interval() {
         }],
         &[],
     );
+}
+
+#[test]
+fn a_restore_drill_goes_to_the_lowest_other_manager_of_a_settled_cluster() {
+    let three = || {
+        obs(
+            3,
+            vec![
+                running("a", false),
+                running("c", false),
+                running("b", false),
+            ],
+            Some(vec![
+                member(1, "a", true),
+                member(2, "b", true),
+                member(3, "c", true),
+            ]),
+        )
+    };
+    let mut o = three();
+    o.unverified_backup = Some("2026-11-30T00:00:00Z-000001".into());
+    check(
+        &o,
+        &[Action::VerifyBackup {
+            backup: "2026-11-30T00:00:00Z-000001".into(),
+            peer: "b".into(),
+        }],
+        &[],
+    );
+    // Alone: the leader itself.
+    let mut alone = obs(
+        1,
+        vec![running("a", false)],
+        Some(vec![member(1, "a", true)]),
+    );
+    alone.unverified_backup = Some("x".into());
+    assert_eq!(drill_runner(&alone, V), "a");
+    // Not while a member is unhealthy (the drill waits for a settled cluster).
+    let mut sick = three();
+    sick.unverified_backup = Some("x".into());
+    if let Some(c) = sick.cluster.as_mut() {
+        c.members[2].healthy = false;
+    }
+    assert!(
+        !reconcile(&sick)
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::VerifyBackup { .. })),
+        "{:?}",
+        reconcile(&sick)
+    );
+    // A due periodic backup comes first.
+    o.last_backup = None;
+    assert!(matches!(
+        reconcile(&o).actions.first(),
+        Some(Action::TakeBackup { .. })
+    ));
 }
 
 #[test]

@@ -157,6 +157,8 @@ pub struct DriverSettings {
     pub restore_clear_prefixes: Vec<String>,
     /// `--auto-recover-quorum-loss`.
     pub auto_recover_quorum_loss: Option<Duration>,
+    /// `--backup-verify-every` (0: no restore drills).
+    pub backup_verify_every: u32,
     /// `ETCD_QUOTA_BACKEND_BYTES` as etcd is given it (process environment
     /// or `--etcd-env-file`), for the quota metric before 3.6 reports it.
     pub etcd_quota_bytes: Option<i64>,
@@ -238,6 +240,10 @@ pub struct Driver {
     last_retention: Option<Instant>,
     /// The backup this leader took last (a dump-and-restore restores it).
     last_backup_name: Option<String>,
+    /// Periodic backups since the last one given to a restore drill.
+    backups_since_drill: u32,
+    /// A backup awaiting its restore drill.
+    unverified_backup: Option<String>,
     unhealthy_since: BTreeMap<u64, Instant>,
     /// Action kinds that failed (and lease steps, reads of the control
     /// files: [`LEASE_STEP`], [`READ_CONTROL`]), and when each may be tried again.
@@ -315,6 +321,8 @@ impl Driver {
             refused: BTreeMap::new(),
             last_retention: None,
             last_backup_name: None,
+            backups_since_drill: 0,
+            unverified_backup: None,
             unhealthy_since: BTreeMap::new(),
             v2store: BTreeMap::new(),
             settings_checks: BTreeMap::new(),
@@ -1004,6 +1012,7 @@ impl Driver {
                 auto_after: self.settings.auto_recover_quorum_loss,
                 latest_backup,
             },
+            unverified_backup: self.unverified_backup.clone(),
         })
     }
 
@@ -1398,6 +1407,18 @@ impl Driver {
                 tracing::info!(backup = %name, version = %spec.etcd_version, command = %queued, "queued a restore for the version change");
                 Ok(())
             }
+            Action::VerifyBackup { backup, peer } => {
+                let req = Request::VerifyBackup {
+                    fence: fence.clone(),
+                    backup: backup.clone(),
+                };
+                pc.call(self.addr_of(peer)?, &req, PEER_TIMEOUT)
+                    .await
+                    .map_err(executing_error)?;
+                tracing::info!(%backup, %peer, "restore drill handed to a manager");
+                self.unverified_backup = None;
+                Ok(())
+            }
             Action::GcTrashcan { peers, keep } => {
                 // Best effort: a peer that cannot clean up now will on the next round.
                 for p in peers.clone() {
@@ -1745,6 +1766,13 @@ impl Driver {
             .as_secs_f64();
         self.last_backup = Some(self.clock.now());
         self.last_backup_name = Some(summary.name.clone());
+        if reason == controller::BackupReason::Periodic && self.settings.backup_verify_every > 0 {
+            self.backups_since_drill += 1;
+            if self.backups_since_drill >= self.settings.backup_verify_every {
+                self.backups_since_drill = 0;
+                self.unverified_backup = Some(summary.name.clone());
+            }
+        }
         let wall = self
             .clock
             .wall()
@@ -1810,6 +1838,7 @@ impl Driver {
         .await
         .map_err(executing_error)?;
         let status = client.status().await.map_err(executing_error)?;
+        let kv_hash = crate::drill::cluster_hash(&client, status.revision).await;
         let stream = client.snapshot().await.map_err(executing_error)?;
         let wall = self.clock.wall();
         let info = BackupInfo {
@@ -1821,7 +1850,14 @@ impl Driver {
             cluster_spec: Some(spec),
         };
         self.store
-            .write_backup(stream, &info, Some(status.revision), Some(epoch), wall)
+            .write_backup_hashed(
+                stream,
+                &info,
+                Some(status.revision),
+                Some(epoch),
+                kv_hash,
+                wall,
+            )
             .await
             .map_err(executing_error)
     }

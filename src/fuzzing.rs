@@ -459,6 +459,7 @@ mod round_trips {
                 leader_epoch: None,
                 writer: "w".into(),
                 members,
+                kv_hash: Some(backup::KvHash { revision: 5, hash: 7, compact_revision: 1 }),
             };
             let json = serde_json::to_vec(&x).expect("json");
             let back: backup::BackupExtra = serde_json::from_slice(&json).expect("parse");

@@ -12,6 +12,7 @@ pub mod codec;
 pub mod config;
 pub mod controller;
 pub mod discovery;
+pub mod drill;
 pub mod driver;
 pub mod envfile;
 pub mod fuzzing;

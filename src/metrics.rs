@@ -37,6 +37,10 @@ pub const GOSSIP_DOWNS: &str = "etcd_manager_gossip_member_downs_total";
 pub const GOSSIP_REJOINS: &str = "etcd_manager_gossip_rejoins_total";
 pub const STORE_MALFORMED_FILES: &str = "etcd_manager_store_malformed_files";
 pub const PEER_API_REFUSED: &str = "etcd_manager_peer_api_refused_total";
+pub const BACKUP_LAST_VERIFIED: &str = "etcd_manager_backup_last_verified_timestamp_seconds";
+pub const BACKUP_VERIFICATIONS: &str = "etcd_manager_backup_verifications_total";
+pub const BACKUP_VERIFICATION_FAILURES: &str = "etcd_manager_backup_verification_failures_total";
+pub const BACKUP_VERIFICATION_DURATION: &str = "etcd_manager_backup_verification_duration_seconds";
 
 /// Every metric name above.
 pub const ALL: &[&str] = &[
@@ -69,6 +73,10 @@ pub const ALL: &[&str] = &[
     GOSSIP_REJOINS,
     STORE_MALFORMED_FILES,
     PEER_API_REFUSED,
+    BACKUP_LAST_VERIFIED,
+    BACKUP_VERIFICATIONS,
+    BACKUP_VERIFICATION_FAILURES,
+    BACKUP_VERIFICATION_DURATION,
 ];
 
 /// Describe every metric once, so /metrics carries HELP lines.
@@ -98,6 +106,22 @@ pub fn describe() {
     g!(BACKUP_DURATION, "duration of the last backup");
     g!(BACKUP_SIZE, "compressed size of the last backup");
     c!(BACKUPS, "backups attempted, by result");
+    g!(
+        BACKUP_LAST_VERIFIED,
+        "unix time of the last restore drill by this manager that verified a backup (restored, served, HashKV equal)"
+    );
+    c!(
+        BACKUP_VERIFICATIONS,
+        "restore drills run by this manager, by verdict (verified, mismatch, restored, failed)"
+    );
+    c!(
+        BACKUP_VERIFICATION_FAILURES,
+        "restore drills by this manager whose backup did not restore or held other data (mismatch or failed)"
+    );
+    g!(
+        BACKUP_VERIFICATION_DURATION,
+        "duration of this manager's last restore drill"
+    );
     g!(GOSSIP_MEMBERS, "gossip members by state");
     c!(
         GOSSIP_BAD_PACKETS,

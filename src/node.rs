@@ -24,6 +24,8 @@ const STATE_FILE: &str = "state.json";
 /// Where a restore downloads its backup; emptied at every start (a restore
 /// cut short by a crash leaves its download here).
 const RESTORE_DIR: &str = "restore";
+/// Under the data dir: scratch folders of restore drills (removed after each).
+const DRILL_DIR: &str = "restore-drill";
 /// Where the v2 store check copies a member's snapshots and WAL; removed
 /// after each check and at every start.
 const V2CHECK_DIR: &str = "v2store-check";
@@ -143,6 +145,8 @@ pub struct Node {
     installed: std::sync::Mutex<Option<(InstallSignature, Vec<String>)>>,
     /// How many times the installed versions were scanned.
     installed_scans: std::sync::atomic::AtomicU64,
+    /// The backup whose restore drill runs now, if one does.
+    drill_running: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// Every folder etcd binaries are looked for in, and every `etcd` binary
@@ -310,6 +314,7 @@ impl Node {
         };
         remove_restore_leftovers(&settings.data_dir.join(RESTORE_DIR));
         let _ = std::fs::remove_dir_all(settings.data_dir.join(V2CHECK_DIR));
+        let _ = std::fs::remove_dir_all(settings.data_dir.join(DRILL_DIR));
         let id = state.id.clone();
         let mut settings = settings;
         let (n, suffix) = (&mut settings.node_config, settings.dns_suffix.as_str());
@@ -326,6 +331,7 @@ impl Node {
             alive_view: std::sync::Mutex::new(Vec::new()),
             installed: std::sync::Mutex::new(None),
             installed_scans: std::sync::atomic::AtomicU64::new(0),
+            drill_running: Default::default(),
             inner: Mutex::new(Inner {
                 state,
                 process: None,
@@ -758,6 +764,11 @@ impl Node {
         {
             return resp;
         }
+        if let Request::VerifyBackup { backup, .. } = &req {
+            drop(inner);
+            self.start_drill(backup);
+            return Response::Done;
+        }
         if let Request::CheckV2Store(_) = req {
             let data = inner
                 .state
@@ -781,6 +792,7 @@ impl Node {
             Request::GetInfo
             | Request::Leadership { .. }
             | Request::CheckV2Store(_)
+            | Request::VerifyBackup { .. }
             | Request::CheckSettings { .. } => unreachable_info(),
             Request::JoinCluster(j) => self.join(&mut inner, j).await,
             Request::Reconfigure(r) => {
@@ -1064,6 +1076,36 @@ impl Node {
         .await;
         let _ = std::fs::remove_file(&file);
         result
+    }
+
+    /// Start a restore drill of `backup` in the background (a job: the
+    /// leader does not wait; the verdict goes to the store). Skipped while
+    /// another drill runs here.
+    fn start_drill(&self, backup: &str) {
+        {
+            let mut running = self.drill_running.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(other) = running.as_ref() {
+                tracing::info!(%backup, running = %other, "restore drill skipped: another one runs here");
+                return;
+            }
+            *running = Some(backup.to_string());
+        }
+        let store = self.settings.store.clone();
+        let settings = crate::drill::DrillSettings {
+            bin_dirs: self.settings.bin_dirs.clone(),
+            scratch_root: self.settings.data_dir.join(DRILL_DIR),
+            by: self.id.clone(),
+            clock: std::sync::Arc::new(crate::clock::SystemClock),
+        };
+        let running = self.drill_running.clone();
+        let backup = backup.to_string();
+        tokio::spawn(async move {
+            tracing::info!(%backup, "restore drill started");
+            if let Err(e) = crate::drill::verify_backup(&store, &backup, &settings).await {
+                tracing::warn!(%backup, error = %e, "could not keep the restore drill's verdict in the store");
+            }
+            *running.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        });
     }
 
     /// Stop the local etcd (shutdown of the manager); the assignment stays.

@@ -169,6 +169,13 @@ pub enum Request {
     CheckSettings {
         version: String,
     },
+    /// Run a restore drill of `backup` (see [`crate::drill`]) as a job: the
+    /// answer comes at once, the verdict goes beside the backup in the
+    /// store. A node already running one skips the request.
+    VerifyBackup {
+        fence: Fence,
+        backup: String,
+    },
 }
 
 impl Request {
@@ -181,6 +188,7 @@ impl Request {
             Request::RestoreBackup(r) => Some(&r.fence),
             Request::GcTrashcan { fence, .. } => Some(fence),
             Request::CheckV2Store(f) => Some(f),
+            Request::VerifyBackup { fence, .. } => Some(fence),
         }
     }
 
@@ -216,6 +224,10 @@ impl Request {
             }
             Request::GcTrashcan { fence: f, .. } => fence(f),
             Request::CheckV2Store(f) => fence(f),
+            Request::VerifyBackup { fence: f, backup } => {
+                fence(f)?;
+                backup::check_backup_name(backup).map_err(|e| e.to_string())
+            }
             Request::CheckSettings { version } => version
                 .parse::<etcd::EtcdVersion>()
                 .map(|_| ())
@@ -246,6 +258,7 @@ impl Request {
             Request::Leadership { .. } => "leadership",
             Request::CheckV2Store(_) => "check_v2store",
             Request::CheckSettings { .. } => "check_settings",
+            Request::VerifyBackup { .. } => "verify_backup",
         }
     }
 }

@@ -117,6 +117,7 @@ async fn take(
     clock: &dyn Clock,
 ) -> Result<backup::BackupSummary, String> {
     let spec = store.read_spec().await.map_err(|e| e.to_string())?;
+    let kv_hash = crate::drill::cluster_hash(client, status.revision).await;
     let stream = client.snapshot().await.map_err(|e| e.to_string())?;
     let wall = clock.wall();
     let info = backup::BackupInfo {
@@ -128,7 +129,7 @@ async fn take(
         cluster_spec: spec,
     };
     store
-        .write_backup(stream, &info, Some(status.revision), None, wall)
+        .write_backup_hashed(stream, &info, Some(status.revision), None, kv_hash, wall)
         .await
         .map_err(|e| e.to_string())
 }

@@ -19,8 +19,8 @@ mod store;
 
 pub use error::{Error, Result};
 pub use model::{
-    BackupExtra, BackupInfo, ClusterSpec, Command, CreatedMarker, MAX_MEMBER_SIZE,
-    MAX_SNAPSHOT_SIZE, RestoreBackupCommand,
+    BackupExtra, BackupInfo, ClusterSpec, Command, CreatedMarker, DrillRecord, DrillVerdict,
+    KvHash, MAX_MEMBER_SIZE, MAX_SNAPSHOT_SIZE, RestoreBackupCommand,
 };
 pub use retention::{MIN_KEPT_BACKUPS, RetentionPolicy, parse_retention, select_for_deletion};
 pub use store::{
@@ -32,6 +32,8 @@ pub use store::{
 pub const BACKUP_DATA_FILE: &str = "etcd.backup.gz";
 pub const BACKUP_META_FILE: &str = "_etcd_backup.meta";
 pub const BACKUP_EXTRA_FILE: &str = "etcd-manager-backup.json";
+/// Our record of the last restore drill of a backup ([`DrillRecord`]).
+pub const BACKUP_DRILL_FILE: &str = "etcd-manager-drill.json";
 pub const COMMAND_FILE: &str = "_command.json";
 /// Ours, beside `_command.json`: a restore in progress.
 pub const RESTORE_MARKER_FILE: &str = "etcd-manager-restore.json";

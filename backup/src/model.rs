@@ -97,6 +97,72 @@ pub struct BackupExtra {
     /// stream. Lets a restore inflate members in parallel.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<[u64; 2]>,
+    /// etcd's HashKV of the live cluster at `revision`, taken just before
+    /// the snapshot: what a restore drill must find in the restored data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_hash: Option<KvHash>,
+}
+
+/// etcd's HashKV of a member at one revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KvHash {
+    pub revision: i64,
+    pub hash: u32,
+    /// The member's compacted revision when it hashed.
+    pub compact_revision: i64,
+}
+
+/// What a restore drill of a backup found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrillVerdict {
+    /// Restored, served by a throwaway etcd, and its HashKV at the
+    /// backup's revision equals the live cluster's.
+    Verified,
+    /// Restored and served, but its HashKV differs: the data is not what
+    /// the cluster held.
+    Mismatch,
+    /// Restored and served; the backup carries no HashKV to compare with
+    /// (written by upstream or before drills existed).
+    Restored,
+    /// Could not be checked or restored (see the reason).
+    Failed,
+}
+
+impl DrillVerdict {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DrillVerdict::Verified => "verified",
+            DrillVerdict::Mismatch => "mismatch",
+            DrillVerdict::Restored => "restored",
+            DrillVerdict::Failed => "failed",
+        }
+    }
+}
+
+/// The result of a restore drill, kept beside the backup
+/// ([`crate::BACKUP_DRILL_FILE`]); the newest drill replaces the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillRecord {
+    pub verdict: DrillVerdict,
+    /// Why, in words (empty when verified).
+    #[serde(default)]
+    pub reason: String,
+    /// When the drill ended, Unix seconds.
+    pub at: i64,
+    /// The manager (or `etcd-manager-ctl`) that ran it.
+    pub by: String,
+    /// How long it took, milliseconds.
+    pub millis: u64,
+    /// The etcd version that served the restored data.
+    #[serde(default)]
+    pub etcd_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<KvHash>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub found: Option<KvHash>,
 }
 
 /// Largest snapshot a backup may declare (etcd's own limit on a database is

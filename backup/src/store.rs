@@ -11,10 +11,12 @@ use sha2::{Digest, Sha256};
 
 use crate::RESTORE_MARKER_FILE;
 use crate::error::{Error, Result};
-use crate::model::{BackupExtra, BackupInfo, ClusterSpec, Command, CreatedMarker};
+use crate::model::{
+    BackupExtra, BackupInfo, ClusterSpec, Command, CreatedMarker, DrillRecord, KvHash,
+};
 use crate::{
-    BACKUP_DATA_FILE, BACKUP_EXTRA_FILE, BACKUP_META_FILE, COMMAND_FILE, CONTROL_DIR, CREATED_FILE,
-    GZIP_LEVEL, SPEC_FILE,
+    BACKUP_DATA_FILE, BACKUP_DRILL_FILE, BACKUP_EXTRA_FILE, BACKUP_META_FILE, COMMAND_FILE,
+    CONTROL_DIR, CREATED_FILE, GZIP_LEVEL, SPEC_FILE,
 };
 
 /// How to reach S3 (everything else comes from the usual AWS_* environment).
@@ -988,6 +990,28 @@ impl BackupStore {
             .ok_or(Error::NotFound { path: rel })
     }
 
+    /// The last restore drill's record of backup `name`, if one ran.
+    pub async fn read_drill(&self, name: &str) -> Result<Option<DrillRecord>> {
+        check_name(name)?;
+        self.read_json_capped(
+            &format!("{name}/{BACKUP_DRILL_FILE}"),
+            "run `etcd-manager-ctl verify-backup` to write it again",
+            MAX_SMALL_FILE,
+        )
+        .await
+    }
+
+    /// Keep `record` beside backup `name` (replacing an older drill's).
+    pub async fn write_drill(&self, name: &str, record: &DrillRecord) -> Result<()> {
+        check_name(name)?;
+        self.put(
+            &format!("{name}/{BACKUP_DRILL_FILE}"),
+            Self::pretty(record),
+            PutMode::Overwrite,
+        )
+        .await
+    }
+
     pub async fn read_backup_extra(&self, name: &str) -> Result<Option<BackupExtra>> {
         check_name(name)?;
         let rel = format!("{name}/{BACKUP_EXTRA_FILE}");
@@ -1006,10 +1030,28 @@ impl BackupStore {
     /// Stream a snapshot into a new backup; the meta file is written last.
     pub async fn write_backup<S>(
         &self,
+        snapshot: S,
+        info: &BackupInfo,
+        revision: Option<i64>,
+        leader_epoch: Option<u64>,
+        now: SystemTime,
+    ) -> Result<BackupSummary>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
+    {
+        self.write_backup_hashed(snapshot, info, revision, leader_epoch, None, now)
+            .await
+    }
+
+    /// [`Self::write_backup`], with the live cluster's HashKV at `revision`
+    /// kept in the side file for restore drills.
+    pub async fn write_backup_hashed<S>(
+        &self,
         mut snapshot: S,
         info: &BackupInfo,
         revision: Option<i64>,
         leader_epoch: Option<u64>,
+        kv_hash: Option<KvHash>,
         now: SystemTime,
     ) -> Result<BackupSummary>
     where
@@ -1150,6 +1192,7 @@ impl BackupStore {
             leader_epoch,
             writer: concat!("etcd-manager-rs/", env!("CARGO_PKG_VERSION")).to_string(),
             members,
+            kv_hash,
         };
         self.put(
             &format!("{name}/{BACKUP_EXTRA_FILE}"),

@@ -61,6 +61,19 @@ impl From<&etcd_client::Member> for Member {
     }
 }
 
+/// etcd's HashKV of a member at one revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HashKv {
+    /// The revision hashed up to.
+    pub revision: i64,
+    /// The hash.
+    pub hash: u32,
+    /// The member's compacted revision when it hashed (keys older than it
+    /// are not in the hash).
+    pub compact_revision: i64,
+}
+
 /// The status of one endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointStatus {
@@ -404,6 +417,21 @@ impl EtcdClient {
                 .map(|d| d.target_version().to_string()),
             errors: resp.errors().iter().take(16).cloned().collect(),
             db_quota: resp.db_size_quota(),
+        })
+    }
+
+    /// etcd's hash of the key-value store up to `revision` on the member
+    /// behind the first endpoint (HashKV): equal on every member, and on a
+    /// restore of a snapshot taken at or after `revision`, while nothing
+    /// newer than `compact_revision` was compacted.
+    pub async fn hash_kv(&self, revision: i64) -> Result<HashKv, Error> {
+        let client = self.first_only().await?;
+        let mut c = client.client.maintenance_client();
+        let resp = client.call("hash_kv", c.hash_kv(revision)).await?;
+        Ok(HashKv {
+            revision,
+            hash: resp.hash(),
+            compact_revision: resp.compact_version(),
         })
     }
 

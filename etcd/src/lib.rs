@@ -10,6 +10,7 @@
 
 mod binaries;
 mod client;
+mod drill;
 mod env;
 mod error;
 mod flags;
@@ -22,8 +23,9 @@ mod version;
 
 pub use binaries::{EtcdBinaries, find_binaries, find_binaries_in};
 pub use client::{
-    ClientTls, DEFAULT_TIMEOUT, EndpointStatus, EtcdClient, Health, Member, SnapshotStream,
+    ClientTls, DEFAULT_TIMEOUT, EndpointStatus, EtcdClient, HashKv, Health, Member, SnapshotStream,
 };
+pub use drill::{DrillResult, drill};
 pub use env::{
     EtcdNodeSpec, MemberTlsFiles, etcd_env, etcd_env_overrides_from_process, is_etcd_override,
     replace_url_host,

@@ -7,6 +7,7 @@ mod bad_input;
 mod ctl;
 mod deploy;
 mod disaster;
+mod drills;
 mod hardening;
 mod kops_aws;
 mod kops_metal;

@@ -117,6 +117,19 @@ enum Cmd {
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Run a restore drill of a backup here and now: download it (checksum verified),
+    /// restore it into a scratch folder, serve it with a throwaway etcd on 127.0.0.1
+    /// (lowest CPU priority) and compare its HashKV with the cluster's at the backup's
+    /// revision. The verdict is kept beside the backup (list-backups -o wide); exits
+    /// non-zero unless the backup is verified or restored.
+    VerifyBackup {
+        /// The backup's name (list-backups).
+        backup: String,
+        /// Where the scratch folder goes (removed afterwards); needs room for three
+        /// times the snapshot.
+        #[arg(long, default_value_os_t = std::env::temp_dir())]
+        scratch_dir: std::path::PathBuf,
+    },
     /// Allow the leader to create a new EMPTY cluster although backups exist (after the
     /// created marker was lost and you do not want to restore).
     SeedNewCluster,
@@ -339,6 +352,49 @@ async fn run(a: CtlArgs) -> anyhow::Result<String> {
         // Answered above, before a store is needed.
         Cmd::InitPki => init_pki(&a.pki_dir),
         Cmd::IssueClientCert { out_dir, name } => issue_client_cert(&a.pki_dir, out_dir, name),
+        Cmd::VerifyBackup {
+            backup,
+            scratch_dir,
+        } => {
+            backup::check_backup_name(backup)?;
+            if !store.list_backups().await?.contains(backup) {
+                bail!("backup '{backup}' is not in {url}; list-backups shows the available names");
+            }
+            let settings = etcd_manager::drill::DrillSettings {
+                bin_dirs: a.etcd_bin_dir.clone(),
+                scratch_root: scratch_dir
+                    .join(format!("etcd-manager-drill-{}", std::process::id())),
+                by: "etcd-manager-ctl".into(),
+                clock: std::sync::Arc::new(etcd_manager::clock::SystemClock),
+            };
+            let record = etcd_manager::drill::verify_backup(&store, backup, &settings).await;
+            let _ = std::fs::remove_dir_all(&settings.scratch_root);
+            let record = record?;
+            let text = match a.output {
+                Output::Json => json(&record)?,
+                Output::Text | Output::Wide => {
+                    let mut t = format!(
+                        "backup {backup}: {} in {:.1} s",
+                        record.verdict.as_str(),
+                        record.millis as f64 / 1000.0
+                    );
+                    if let Some(f) = record.found {
+                        t += &format!(
+                            " (etcd {}, HashKV {:#010x} at revision {})",
+                            record.etcd_version, f.hash, f.revision
+                        );
+                    }
+                    if !record.reason.is_empty() {
+                        t += &format!(": {}", record.reason);
+                    }
+                    t + "\n"
+                }
+            };
+            match record.verdict {
+                backup::DrillVerdict::Verified | backup::DrillVerdict::Restored => Ok(text),
+                _ => bail!("{}", text.trim_end()),
+            }
+        }
         Cmd::SeedNewCluster => {
             if store.read_spec().await?.is_none() {
                 bail!("no cluster spec yet; run configure-cluster first");
@@ -560,8 +616,8 @@ async fn list_backups_wide(store: &BackupStore, names: &[String]) -> anyhow::Res
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     let mut out = format!(
-        "{:<28} {:>6} {:<8} {:>12} {}\n",
-        "NAME", "AGE", "ETCD", "BYTES", "CHECKSUM"
+        "{:<28} {:>6} {:<8} {:>12} {:<8} {}\n",
+        "NAME", "AGE", "ETCD", "BYTES", "CHECKSUM", "DRILL"
     );
     for n in names {
         let age_text =
@@ -576,7 +632,12 @@ async fn list_backups_wide(store: &BackupStore, names: &[String]) -> anyhow::Res
             .as_ref()
             .map_or("?".to_string(), |e| e.compressed_size.to_string());
         let sum = if extra.is_some() { "sha256" } else { "none" };
-        out += &format!("{n:<28} {age_text:>6} {version:<8} {size:>12} {sum}\n");
+        let drill = match store.read_drill(n).await {
+            Ok(Some(d)) => format!("{} {} ago", d.verdict.as_str(), age(now - d.at)),
+            Ok(None) => "-".to_string(),
+            Err(e) => format!("unreadable ({e})"),
+        };
+        out += &format!("{n:<28} {age_text:>6} {version:<8} {size:>12} {sum:<8} {drill}\n");
     }
     Ok(out)
 }

@@ -300,6 +300,7 @@ async fn run_node(
             defrag: cfg.defrag,
             restore_clear_prefixes: cfg.restore_clear_prefixes.clone(),
             auto_recover_quorum_loss: cfg.auto_recover_quorum_loss,
+            backup_verify_every: cfg.backup_verify_every,
             etcd_quota_bytes: node
                 .etcd_setting("ETCD_QUOTA_BACKEND_BYTES")
                 .and_then(|v| v.trim().parse().ok()),

@@ -979,6 +979,7 @@ impl World {
             restore_clear_prefixes: vec![],
             prefixes_cleared: Default::default(),
             quorum_recovery: Default::default(),
+            unverified_backup: None,
         })
     }
 
@@ -1503,6 +1504,9 @@ impl World {
                 ok
             }
             Action::ApplyRetention | Action::ClearBackupRequest => self.store_write(i, epoch),
+            // The simulation takes no restore drills (its leaders never set
+            // an unverified backup); a drill changes no cluster state.
+            Action::VerifyBackup { .. } => true,
             Action::LiftQuarantine { peers } | Action::Quarantine { peers } => {
                 let quarantined = matches!(action, Action::Quarantine { .. });
                 let mut all = true;

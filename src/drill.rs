@@ -1,0 +1,286 @@
+//! Restore drills: evidence that a backup restores. A backup is downloaded
+//! (its checksum verified), restored into a scratch folder with etcd's own
+//! tool, served by a throwaway etcd on loopback at the lowest CPU priority,
+//! and its HashKV at the backup's revision compared with the live cluster's,
+//! taken when the backup was made and kept in our side file. The verdict is
+//! kept beside the backup ([`backup::BACKUP_DRILL_FILE`]) for
+//! `etcd-manager-ctl list-backups -o wide`, and counted in metrics.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use backup::{BackupStore, DrillRecord, DrillVerdict, KvHash};
+
+use crate::metrics as m;
+
+/// How long the throwaway etcd may take to answer.
+const DRILL_START_DEADLINE: Duration = Duration::from_secs(120);
+/// Room a drill leaves free on the scratch disk besides what it writes.
+const DISK_MARGIN: u64 = 256 << 20;
+
+/// Where and how drills run on this machine.
+#[derive(Debug, Clone)]
+pub struct DrillSettings {
+    /// Folders with etcd binaries besides /opt.
+    pub bin_dirs: Vec<PathBuf>,
+    /// Under it each drill gets a scratch folder, removed afterwards.
+    pub scratch_root: PathBuf,
+    /// Who runs it (a manager's id, or `etcd-manager-ctl`).
+    pub by: String,
+    /// Times the drill and stamps its record.
+    pub clock: std::sync::Arc<dyn crate::clock::Clock>,
+}
+
+impl std::fmt::Debug for dyn crate::clock::Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
+/// Run a restore drill of backup `name` and keep its record beside the
+/// backup. Never fails: what went wrong is the record's `failed` verdict
+/// (only writing the record itself can fail).
+pub async fn verify_backup(
+    store: &BackupStore,
+    name: &str,
+    settings: &DrillSettings,
+) -> Result<DrillRecord, backup::Error> {
+    let started = settings.clock.now();
+    let outcome = drill_once(store, name, settings).await;
+    let millis = settings
+        .clock
+        .now()
+        .saturating_duration_since(started)
+        .as_millis() as u64;
+    let at = settings
+        .clock
+        .wall()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let record = match outcome {
+        Ok(o) => {
+            let (verdict, reason) = judge(o.expected, o.found);
+            DrillRecord {
+                verdict,
+                reason,
+                at,
+                by: settings.by.clone(),
+                millis,
+                etcd_version: o.etcd_version,
+                expected: o.expected,
+                found: Some(o.found),
+            }
+        }
+        Err(reason) => DrillRecord {
+            verdict: DrillVerdict::Failed,
+            reason,
+            at,
+            by: settings.by.clone(),
+            millis,
+            etcd_version: String::new(),
+            expected: None,
+            found: None,
+        },
+    };
+    let verdict = record.verdict.as_str();
+    metrics::counter!(m::BACKUP_VERIFICATIONS, "verdict" => verdict).increment(1);
+    metrics::gauge!(m::BACKUP_VERIFICATION_DURATION).set(millis as f64 / 1000.0);
+    match record.verdict {
+        DrillVerdict::Verified => {
+            metrics::gauge!(m::BACKUP_LAST_VERIFIED).set(at as f64);
+            tracing::info!(backup = %name, millis, revision = record.found.map(|f| f.revision), "restore drill: backup verified");
+        }
+        DrillVerdict::Restored => {
+            tracing::info!(backup = %name, millis, "restore drill: backup restored; it carries no HashKV to compare with");
+        }
+        DrillVerdict::Mismatch | DrillVerdict::Failed => {
+            metrics::counter!(m::BACKUP_VERIFICATION_FAILURES).increment(1);
+            tracing::error!(backup = %name, verdict, reason = %record.reason, "restore drill: the backup did not prove restorable");
+        }
+    }
+    store.write_drill(name, &record).await?;
+    Ok(record)
+}
+
+/// The cluster's HashKV at `revision` through `client`, for a backup's side
+/// file: taken just before the snapshot, which then holds that revision or a
+/// later one. None (logged) when etcd does not give it: that backup's drill
+/// will only restore it.
+pub async fn cluster_hash(client: &etcd::EtcdClient, revision: i64) -> Option<KvHash> {
+    match client.hash_kv(revision).await {
+        Ok(h) => Some(KvHash {
+            revision: h.revision,
+            hash: h.hash,
+            compact_revision: h.compact_revision,
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, revision, "no HashKV for the backup; its restore drill will only restore it");
+            None
+        }
+    }
+}
+
+/// The verdict from the hash the backup recorded and the one the restored
+/// data gave.
+pub fn judge(expected: Option<KvHash>, found: KvHash) -> (DrillVerdict, String) {
+    let Some(e) = expected else {
+        return (
+            DrillVerdict::Restored,
+            "restored and served; the backup carries no HashKV to compare with".into(),
+        );
+    };
+    if e.compact_revision != found.compact_revision {
+        return (
+            DrillVerdict::Failed,
+            format!(
+                "inconclusive: the cluster compacted between the hash and the snapshot (compacted revision {} then {})",
+                e.compact_revision, found.compact_revision
+            ),
+        );
+    }
+    if e.hash == found.hash {
+        (DrillVerdict::Verified, String::new())
+    } else {
+        (
+            DrillVerdict::Mismatch,
+            format!(
+                "HashKV at revision {} is {:#010x} in the restored data, {:#010x} in the cluster when the backup was made",
+                e.revision, found.hash, e.hash
+            ),
+        )
+    }
+}
+
+struct Outcome {
+    expected: Option<KvHash>,
+    found: KvHash,
+    etcd_version: String,
+}
+
+async fn drill_once(
+    store: &BackupStore,
+    name: &str,
+    settings: &DrillSettings,
+) -> Result<Outcome, String> {
+    let info = store
+        .read_backup_info(name)
+        .await
+        .map_err(|e| e.to_string())?;
+    let extra = store
+        .read_backup_extra(name)
+        .await
+        .map_err(|e| e.to_string())?;
+    let binaries = binaries_for(&info, &settings.bin_dirs)?;
+    std::fs::create_dir_all(&settings.scratch_root)
+        .map_err(|e| format!("{}: {e}", settings.scratch_root.display()))?;
+    // The download, the restored database and its WAL: three times the
+    // snapshot (what the side file declares, else a guess from the gzip).
+    let snapshot_size = match &extra {
+        Some(x) => x.snapshot_size,
+        None => 64 << 20,
+    };
+    let free = free_bytes(&settings.scratch_root)?;
+    let needed = snapshot_size.saturating_mul(3).saturating_add(DISK_MARGIN);
+    if free < needed {
+        return Err(format!(
+            "not run: {} has {} MiB free, the drill needs {} MiB; free space or point the drill elsewhere",
+            settings.scratch_root.display(),
+            free >> 20,
+            needed >> 20
+        ));
+    }
+    let scratch = settings.scratch_root.join(format!("drill-{name}"));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    let file = scratch.join("snapshot.db");
+    let result = async {
+        let got = store
+            .download_backup(name, &file)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !got.verified_checksum {
+            etcd::verify_snapshot(&binaries, &file)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let expected = extra.as_ref().and_then(|x| x.kv_hash);
+        // HashKV at revision 0 is at the restored data's newest revision.
+        let revision = expected.map_or(0, |e| e.revision);
+        let found = etcd::drill(
+            &binaries,
+            &file,
+            &scratch.join("etcd"),
+            revision,
+            DRILL_START_DEADLINE,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(Outcome {
+            expected,
+            found: KvHash {
+                revision: found.hash.revision,
+                hash: found.hash.hash,
+                compact_revision: found.hash.compact_revision,
+            },
+            etcd_version: binaries.version.to_string(),
+        })
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+/// etcd of the version that wrote the backup, else of the version its spec
+/// names.
+fn binaries_for(info: &backup::BackupInfo, dirs: &[PathBuf]) -> Result<etcd::EtcdBinaries, String> {
+    let mut versions = vec![info.etcd_version.clone()];
+    if let Some(s) = &info.cluster_spec {
+        versions.push(s.etcd_version.clone());
+    }
+    let mut tried = Vec::new();
+    for v in versions.iter().filter(|v| !v.is_empty()) {
+        let Ok(parsed) = v.parse::<etcd::EtcdVersion>() else {
+            tried.push(format!("{v} (not a version)"));
+            continue;
+        };
+        match etcd::find_binaries(&parsed, dirs) {
+            Ok(b) => return Ok(b),
+            Err(_) => tried.push(v.clone()),
+        }
+    }
+    Err(format!(
+        "no etcd to restore it with: tried {}; install it with deploy/install-etcd.sh",
+        tried.join(", ")
+    ))
+}
+
+fn free_bytes(path: &Path) -> Result<u64, String> {
+    let st = nix::sys::statvfs::statvfs(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(hash: u32, compact: i64) -> KvHash {
+        KvHash {
+            revision: 10,
+            hash,
+            compact_revision: compact,
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        assert_eq!(judge(Some(h(1, 2)), h(1, 2)).0, DrillVerdict::Verified);
+        let (v, why) = judge(Some(h(1, 2)), h(3, 2));
+        assert_eq!(v, DrillVerdict::Mismatch);
+        assert!(why.contains("revision 10"), "{why}");
+        let (v, why) = judge(Some(h(1, 2)), h(1, 5));
+        assert_eq!(v, DrillVerdict::Failed);
+        assert!(why.contains("inconclusive"), "{why}");
+        assert_eq!(judge(None, h(1, 2)).0, DrillVerdict::Restored);
+    }
+}
