@@ -113,3 +113,142 @@ async fn an_upstream_volume_is_adopted_in_place() {
     // Writes work through the manager's member.
     tests::put(&ep, "/after", "adopted").await.unwrap();
 }
+
+/// A whole upstream cluster moved at once: three members upstream ran
+/// (names = ids, data in `data/<token>`, `myid` and `state` on each
+/// volume), their managers replaced by ours together. Each adopts its
+/// member; the cluster comes back with the same three member ids and its
+/// data, revision not reset, no member added or removed, no restore.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_whole_upstream_cluster_is_adopted_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = crate::env(&dir);
+    let (token, version) = ("upstreamtok3", "3.5.30");
+    let ids = [
+        "aUpstreamMemberOne0001",
+        "bUpstreamMemberTwo0002",
+        "cUpstreamMemberThree03",
+    ];
+    let nodes: Vec<EtcdNodeConfig> = (1..=3u8)
+        .map(|h| {
+            let ip = tests::host_ip(env.net, h);
+            EtcdNodeConfig {
+                name: ids[h as usize - 1].into(),
+                peer_urls: vec![format!("http://{ip}:2380")],
+                client_urls: vec![format!("http://{ip}:4001")],
+                quarantined_client_urls: vec![format!("http://{ip}:8001")],
+            }
+        })
+        .collect();
+    let data_dir = |h: usize| env.root.join(format!("data/{h}"));
+    let procs: Vec<etcd::EtcdProcess> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let spec = etcd::EtcdNodeSpec {
+                name: n.name.clone(),
+                version: version.into(),
+                data_dir: data_dir(i + 1).join("data").join(token),
+                cluster_token: token.into(),
+                initial_cluster: nodes
+                    .iter()
+                    .map(|m| (m.name.clone(), m.peer_urls.clone()))
+                    .collect(),
+                initial_cluster_state_new: true,
+                peer_urls: n.peer_urls.clone(),
+                client_urls: n.client_urls.clone(),
+                quarantined_client_urls: n.quarantined_client_urls.clone(),
+                quarantined: false,
+                listen_address: None,
+                tls: None,
+                listen_metrics_urls: vec![],
+            };
+            etcd::EtcdProcess::start(
+                tests::etcd_binaries(version),
+                spec,
+                vec![],
+                Some(env.root.join(format!("upstream-etcd-{i}.log"))),
+            )
+            .unwrap()
+        })
+        .collect();
+    let eps: Vec<String> = nodes.iter().map(|n| n.client_urls[0].clone()).collect();
+    tests::wait_put(
+        "upstream's cluster",
+        &eps[0],
+        "/before",
+        "upstream",
+        Duration::from_secs(60),
+    )
+    .await;
+    for i in 0..50 {
+        tests::put(&eps[0], &format!("/k/{i}"), "v").await.unwrap();
+    }
+    let before = tests::members(&eps[0]).await.unwrap();
+    let revision = etcd::EtcdClient::connect(&eps, Duration::from_secs(3))
+        .await
+        .unwrap()
+        .status()
+        .await
+        .unwrap()
+        .revision;
+    for p in procs {
+        p.stop(Duration::from_secs(10)).await.unwrap();
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let d = data_dir(i + 1);
+        std::fs::write(d.join(upstream_state::MYID_FILE), id).unwrap();
+        let local = etcd_manager::node::LocalEtcd {
+            cluster_token: token.into(),
+            etcd_version: version.into(),
+            quarantined: false,
+            nodes: nodes.clone(),
+            new_cluster: false,
+        };
+        upstream_state::write(&d, &upstream_state::to_upstream(&local, false)).unwrap();
+    }
+
+    env.configure(3, version);
+    let ms: Vec<_> = (1..=3).map(|h| env.start(h)).collect();
+    let after = tests::wait_voters("the adopted cluster", &eps, 3, None).await;
+    let ids_of = |ms: &[etcd::Member]| {
+        let mut v: Vec<(u64, String)> = ms.iter().map(|m| (m.id, m.name.clone())).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ids_of(&after), ids_of(&before), "the same three members");
+    for ep in &eps {
+        let v = wait_for(
+            "each member serving the old data",
+            Duration::from_secs(60),
+            || {
+                let ep = ep.clone();
+                async move { get(&ep, "/k/49").await.ok().flatten() }
+            },
+        )
+        .await;
+        assert_eq!(v, "v");
+    }
+    let now = etcd::EtcdClient::connect(&eps, Duration::from_secs(3))
+        .await
+        .unwrap()
+        .status()
+        .await
+        .unwrap()
+        .revision;
+    assert!(
+        now >= revision && now < revision + 1000,
+        "revision kept, not bumped by a restore: {revision} -> {now}"
+    );
+    let logs: String = ms.iter().map(|m| m.log_text()).collect();
+    assert_eq!(
+        logs.matches("adopted upstream etcd-manager's volume")
+            .count(),
+        3,
+        "{logs}"
+    );
+    for never in ["restore", "member added", "member removed"] {
+        assert!(!logs.contains(never), "{never}: {logs}");
+    }
+    tests::put(&eps[2], "/after", "adopted").await.unwrap();
+}
