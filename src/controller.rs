@@ -36,7 +36,8 @@ impl PeerView {
             .and_then(|i| i.etcd_state.as_ref())
             .is_some_and(|s| s.quarantined)
     }
-    fn token(&self) -> Option<&str> {
+    /// The cluster token of the etcd this peer has assigned, if any.
+    pub fn token(&self) -> Option<&str> {
         self.info
             .as_ref()
             .and_then(|i| i.etcd_state.as_ref())
@@ -169,6 +170,12 @@ pub struct Observation {
     /// A backup this leader took that awaits its restore drill
     /// (`--backup-verify-every`).
     pub unverified_backup: Option<String>,
+    /// `etcd-manager-ctl verify-backup --on-manager`: (request file, backup).
+    pub verify_requested: Option<(String, String)>,
+    /// Cluster tokens a quorum recovery replaced: a member of such a cluster
+    /// that comes back (its host was down, not wiped) must not serve its
+    /// old data; its etcd is stopped and it joins the current cluster.
+    pub retired_tokens: std::collections::BTreeSet<String>,
 }
 
 /// Recovering from a lost quorum (a majority of voters gone for good).
@@ -362,6 +369,9 @@ pub enum Action {
     VerifyBackup {
         backup: String,
         peer: String,
+        /// The operator's request file, removed once handed over (None: a
+        /// periodic backup's drill).
+        request: Option<String>,
     },
     RecoverQuorum {
         from: Option<(u64, String)>,
@@ -1564,6 +1574,17 @@ fn running_cluster(obs: &Observation, spec: &ClusterSpec, cluster: &ClusterView)
         .filter_map(|p| p.token())
         .collect();
 
+    // A member of a cluster that a quorum recovery replaced is back (its
+    // host was down, not wiped): with others of its kind it may still have
+    // its old quorum and serve old data to its clients. Stop it first (its
+    // data goes to the trashcan); it is then added to the current cluster.
+    if let Some(p) = obs.peers.iter().find(|p| {
+        !member_peers.contains(p.id.as_str())
+            && p.token().is_some_and(|t| obs.retired_tokens.contains(t))
+    }) {
+        return Plan::act(vec![Action::StopEtcd { peer: p.id.clone() }]);
+    }
+
     // Another cluster running beside ours: never touch it automatically.
     if let Some(p) = obs.peers.iter().find(|p| {
         p.running()
@@ -1765,6 +1786,16 @@ fn running_cluster(obs: &Observation, spec: &ClusterSpec, cluster: &ClusterView)
         }
     }
 
+    if let Some((file, backup)) = &obs.verify_requested {
+        return Plan {
+            actions: vec![Action::VerifyBackup {
+                backup: backup.clone(),
+                peer: drill_runner(obs, &version),
+                request: Some(file.clone()),
+            }],
+            waits,
+        };
+    }
     if obs.backup_requested && all_healthy {
         return Plan {
             actions: vec![
@@ -1855,6 +1886,7 @@ fn running_cluster(obs: &Observation, spec: &ClusterSpec, cluster: &ClusterView)
             actions: vec![Action::VerifyBackup {
                 backup: backup.clone(),
                 peer: drill_runner(obs, &version),
+                request: None,
             }],
             waits,
         };

@@ -108,6 +108,8 @@ fn obs(member_count: i32, peers: Vec<PeerView>, members: Option<Vec<MemberView>>
         v2store: Default::default(),
         settings,
         unverified_backup: None,
+        verify_requested: None,
+        retired_tokens: Default::default(),
     }
 }
 
@@ -332,6 +334,25 @@ fn stops_etcd_of_a_removed_member() {
     check(&o, &[Action::StopEtcd { peer: "b".into() }], &[]);
 }
 
+/// A member of a cluster a quorum recovery replaced comes back (its host was
+/// down, not wiped): its etcd is stopped so it can join the new cluster. Any
+/// other cluster beside ours is still never touched.
+#[test]
+fn a_member_of_a_retired_cluster_is_stopped_another_cluster_is_not() {
+    let mut old = running("c", false);
+    if let Some(s) = old.info.as_mut().and_then(|i| i.etcd_state.as_mut()) {
+        s.cluster_token = "oldtok".into();
+    }
+    let mut o = obs(
+        3,
+        vec![running("a", false), running("b", false), old],
+        Some(vec![member(1, "a", true), member(2, "b", true)]),
+    );
+    check(&o, &[], &[WaitReason::ForeignCluster { peer: "c".into() }]);
+    o.retired_tokens.insert("oldtok".into());
+    check(&o, &[Action::StopEtcd { peer: "c".into() }], &[]);
+}
+
 /// A removed member's etcd exits by itself; if the StopEtcd that follows the
 /// removal did not reach its node, the node keeps the assignment with etcd
 /// not running and is never idle again, so the spec is never reached. The
@@ -419,9 +440,20 @@ fn a_restore_drill_goes_to_the_lowest_other_manager_of_a_settled_cluster() {
         &[Action::VerifyBackup {
             backup: "2026-11-30T00:00:00Z-000001".into(),
             peer: "b".into(),
+            request: None,
         }],
         &[],
     );
+    // An operator's request, also while a member is unhealthy.
+    let mut asked = three();
+    asked.verify_requested = Some(("verify-now--x".into(), "x".into()));
+    if let Some(c) = asked.cluster.as_mut() {
+        c.members[2].healthy = false;
+    }
+    assert!(matches!(
+        reconcile(&asked).actions.as_slice(),
+        [Action::VerifyBackup { request: Some(r), peer, .. }] if r == "verify-now--x" && peer == "b"
+    ));
     // Alone: the leader itself.
     let mut alone = obs(
         1,

@@ -38,15 +38,17 @@ impl std::fmt::Debug for dyn crate::clock::Clock {
 }
 
 /// Run a restore drill of backup `name` and keep its record beside the
-/// backup. Never fails: what went wrong is the record's `failed` verdict
-/// (only writing the record itself can fail).
+/// backup. What went wrong in the drill is the record's `failed` verdict;
+/// an error means no record was written: the backup is not there (its
+/// meta does not read), or the record could not be written.
 pub async fn verify_backup(
     store: &BackupStore,
     name: &str,
     settings: &DrillSettings,
 ) -> Result<DrillRecord, backup::Error> {
     let started = settings.clock.now();
-    let outcome = drill_once(store, name, settings).await;
+    let info = store.read_backup_info(name).await?;
+    let outcome = drill_once(store, name, &info, settings).await;
     let millis = settings
         .clock
         .now()
@@ -161,17 +163,14 @@ struct Outcome {
 async fn drill_once(
     store: &BackupStore,
     name: &str,
+    info: &backup::BackupInfo,
     settings: &DrillSettings,
 ) -> Result<Outcome, String> {
-    let info = store
-        .read_backup_info(name)
-        .await
-        .map_err(|e| e.to_string())?;
     let extra = store
         .read_backup_extra(name)
         .await
         .map_err(|e| e.to_string())?;
-    let binaries = binaries_for(&info, &settings.bin_dirs)?;
+    let binaries = binaries_for(info, &settings.bin_dirs)?;
     std::fs::create_dir_all(&settings.scratch_root)
         .map_err(|e| format!("{}: {e}", settings.scratch_root.display()))?;
     // The download, the restored database and its WAL: three times the

@@ -186,6 +186,24 @@ pub const DEFRAG_NOW_FILE: &str = "defrag-now";
 /// `etcd-manager-ctl recover-quorum`: rebuild a cluster that lost its quorum.
 pub const RECOVER_QUORUM_FILE: &str = "recover-quorum";
 
+/// `etcd-manager-ctl verify-backup --on-manager <backup>` leaves
+/// `verify-now--<backup>`: a restore drill of that backup, run by the
+/// manager the leader picks.
+pub const VERIFY_NOW_FILE: &str = "verify-now";
+
+/// The restore drill the manager files ask for, if any: (file, backup); a
+/// file naming no valid backup name is ignored.
+pub use crate::node::{RETIRED_CLUSTER_FILE, retired_cluster_file, retired_tokens};
+
+pub fn verify_request(files: &std::collections::BTreeSet<String>) -> Option<(String, String)> {
+    files.iter().find_map(|f| {
+        let backup = f.strip_prefix(VERIFY_NOW_FILE)?.strip_prefix("--")?;
+        backup::check_backup_name(backup)
+            .ok()
+            .map(|()| (f.clone(), backup.to_string()))
+    })
+}
+
 /// The on-demand defragmentation the manager files ask for, if any: Some(None)
 /// every voter, Some(Some(name)) one member (an invalid name is ignored).
 pub fn defrag_request(
@@ -274,6 +292,9 @@ struct Control {
     backup_requested: bool,
     /// The request file and the member it names (None: every voter).
     defrag_requested: Option<(String, Option<String>)>,
+    /// The request file and the backup it names.
+    verify_requested: Option<(String, String)>,
+    retired_tokens: BTreeSet<String>,
     recover_quorum_requested: bool,
     allow_new_cluster: bool,
     commands: Vec<backup::StoredCommand>,
@@ -650,6 +671,8 @@ impl Driver {
                 spec: snap.spec,
                 backup_requested: snap.manager_files.contains(BACKUP_NOW_FILE),
                 defrag_requested: defrag_request(&snap.manager_files),
+                verify_requested: verify_request(&snap.manager_files),
+                retired_tokens: retired_tokens(&snap.manager_files),
                 recover_quorum_requested: snap.manager_files.contains(RECOVER_QUORUM_FILE),
                 allow_new_cluster: snap.manager_files.contains(ALLOW_NEW_CLUSTER_FILE),
                 commands: snap.commands,
@@ -871,6 +894,8 @@ impl Driver {
             spec,
             backup_requested,
             defrag_requested,
+            verify_requested,
+            retired_tokens,
             recover_quorum_requested,
             allow_new_cluster: allow_file,
             commands: stored,
@@ -1013,6 +1038,8 @@ impl Driver {
                 latest_backup,
             },
             unverified_backup: self.unverified_backup.clone(),
+            verify_requested,
+            retired_tokens,
         })
     }
 
@@ -1407,7 +1434,11 @@ impl Driver {
                 tracing::info!(backup = %name, version = %spec.etcd_version, command = %queued, "queued a restore for the version change");
                 Ok(())
             }
-            Action::VerifyBackup { backup, peer } => {
+            Action::VerifyBackup {
+                backup,
+                peer,
+                request,
+            } => {
                 let req = Request::VerifyBackup {
                     fence: fence.clone(),
                     backup: backup.clone(),
@@ -1416,7 +1447,14 @@ impl Driver {
                     .await
                     .map_err(executing_error)?;
                 tracing::info!(%backup, %peer, "restore drill handed to a manager");
-                self.unverified_backup = None;
+                match request {
+                    Some(r) => self
+                        .store
+                        .delete_manager_file(r)
+                        .await
+                        .map_err(executing_error)?,
+                    None => self.unverified_backup = None,
+                }
                 Ok(())
             }
             Action::GcTrashcan { peers, keep } => {
@@ -1554,6 +1592,29 @@ impl Driver {
                     (None, Some(b)) => b.clone(),
                     (None, None) => return Err("quorum recovery without a source".into()),
                 };
+                // The cluster being replaced is retired before the restore is
+                // queued: its members that come back later (down, not wiped)
+                // are stopped instead of serving their old data.
+                let old: BTreeSet<String> = obs
+                    .peers
+                    .iter()
+                    .filter_map(|p| p.token().map(str::to_string))
+                    .collect();
+                for token in &old {
+                    let body = serde_json::json!({
+                        "retiredBy": "quorum recovery",
+                        "backup": name,
+                        "epoch": epoch,
+                    });
+                    self.store
+                        .write_manager_file(
+                            &retired_cluster_file(token),
+                            format!("{body}\n").into_bytes(),
+                        )
+                        .await
+                        .map_err(executing_error)?;
+                    tracing::warn!(%token, "quorum recovery: the old cluster is retired; its members that come back are stopped");
+                }
                 let queued = self.queue_restore(&name, spec).await?;
                 if let Some(r) = request {
                     self.store

@@ -204,6 +204,8 @@ pub fn init_counters() {
     for reason in crate::controller::WAIT_LABELS {
         metrics::counter!(RECONCILE_WAITS, "reason" => *reason).increment(0);
     }
+    // A first drill failure must be an increase (the alert uses increase()).
+    metrics::counter!(BACKUP_VERIFICATION_FAILURES).increment(0);
     metrics::counter!(GOSSIP_DOWNS).increment(0);
     metrics::counter!(GOSSIP_REJOINS).increment(0);
     metrics::gauge!(STORE_MALFORMED_FILES).set(0.0);

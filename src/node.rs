@@ -26,6 +26,28 @@ const STATE_FILE: &str = "state.json";
 const RESTORE_DIR: &str = "restore";
 /// Under the data dir: scratch folders of restore drills (removed after each).
 const DRILL_DIR: &str = "restore-drill";
+/// A quorum recovery leaves `retired-cluster--<token>` for the cluster it
+/// replaced: its members that come back must not serve their old data (see
+/// `controller::Observation::retired_tokens` and [`Node::retire_if_replaced`]).
+pub const RETIRED_CLUSTER_FILE: &str = "retired-cluster";
+
+/// The name of the file that retires cluster `token`.
+pub fn retired_cluster_file(token: &str) -> String {
+    format!("{RETIRED_CLUSTER_FILE}--{token}")
+}
+
+/// The retired cluster tokens among the manager files.
+pub fn retired_tokens(
+    files: &std::collections::BTreeSet<String>,
+) -> std::collections::BTreeSet<String> {
+    files
+        .iter()
+        .filter_map(|f| f.strip_prefix(RETIRED_CLUSTER_FILE)?.strip_prefix("--"))
+        .filter(|t| etcd::check_ident(etcd::IdentKind::ClusterToken, t).is_ok())
+        .map(str::to_string)
+        .collect()
+}
+
 /// Where the v2 store check copies a member's snapshots and WAL; removed
 /// after each check and at every start.
 const V2CHECK_DIR: &str = "v2store-check";
@@ -468,6 +490,36 @@ impl Node {
     }
 
     /// Start etcd if the state file says this node runs one (after a restart).
+    /// Before [`Node::resume`]: when the store says the cluster of our
+    /// assigned etcd was replaced by a quorum recovery while we were away
+    /// (our host was down, not wiped), do not start it: with others of its
+    /// kind it could still have its old quorum and serve old data. Its data
+    /// goes to the trashcan and the node is idle, for the leader to add to
+    /// the current cluster. A store that does not answer within `within`
+    /// does not hold etcd back (the leader stops such a member later).
+    pub async fn retire_if_replaced(&self, store: &backup::BackupStore, within: Duration) {
+        let mut inner = self.inner.lock().await;
+        let Some(token) = inner.state.etcd.as_ref().map(|l| l.cluster_token.clone()) else {
+            return;
+        };
+        let file = retired_cluster_file(&token);
+        match tokio::time::timeout(within, store.read_manager_file(&file)).await {
+            Ok(Ok(Some(_))) => {
+                tracing::error!(%token, "this member's cluster was replaced by a quorum recovery while it was away; its etcd is not started and its data goes to the trashcan; the leader adds it to the current cluster");
+                if let Err(e) = self.stop_for_good(&mut inner).await {
+                    tracing::error!(error = %e, "could not move the replaced cluster's data aside");
+                }
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(%token, error = %e, "could not ask the store whether this member's cluster was replaced; starting etcd")
+            }
+            Err(_) => {
+                tracing::warn!(%token, ?within, "the store did not say in time whether this member's cluster was replaced; starting etcd")
+            }
+        }
+    }
+
     pub async fn resume(&self) -> Result<(), NodeError> {
         let mut inner = self.inner.lock().await;
         if let Some(local) = inner.state.etcd.clone() {

@@ -580,3 +580,80 @@ async fn recover_after_two_hosts_wiped(auto: bool) {
         "{logs}"
     );
 }
+
+/// A quorum recovery while one lost host is only down, not wiped: host 2 is
+/// wiped (its manager comes back empty), host 3 is off with its data. The
+/// cluster is rebuilt from host 1 by itself and grows to two voters; when
+/// host 3 returns, its member of the replaced cluster is not started again
+/// (the recovery retired that cluster in the store): its data goes to the
+/// trashcan and it joins the new cluster, which reaches three voters.
+/// Before, the leader waited for ever beside a "foreign cluster".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_down_through_a_quorum_recovery_joins_the_new_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = crate::env(&dir);
+    env.backup_interval = "5s";
+    let flags: &[&str] = &["--auto-recover-quorum-loss=5s"];
+    let mut ms: Vec<_> = (1..=3).map(|h| env.start_with(h, flags)).collect();
+    env.configure(3, "3.5.30");
+    let ep = env.client_url(1);
+    three_voters(&ep, Duration::from_secs(60)).await;
+    for n in 0..50 {
+        put(&ep, &format!("/before/{n:02}"), "v").await.unwrap();
+    }
+    ms[1].kill_all();
+    std::fs::remove_dir_all(dir.path().join("data/2")).unwrap();
+    ms[2].kill_all();
+    ms[1] = env.start_with(2, flags);
+    wait_for(
+        "a new cluster of two voters (host 3 away)",
+        Duration::from_secs(180),
+        || {
+            let ep = ep.clone();
+            async move {
+                put(&ep, "/probe", "x").await.ok()?;
+                let ms = members(&ep).await.ok()?;
+                let st =
+                    etcd::EtcdClient::connect(std::slice::from_ref(&ep), Duration::from_secs(2))
+                        .await
+                        .ok()?
+                        .status()
+                        .await
+                        .ok()?;
+                (ms.len() == 2
+                    && ms.iter().all(|m| !m.is_learner && !m.name.is_empty())
+                    && st.revision > 1_000_000_000)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    // Host 3 comes back with the replaced cluster's data.
+    ms[2] = env.start_with(3, flags);
+    three_voters(&ep, Duration::from_secs(120)).await;
+    let ep3 = env.client_url(3);
+    let v = wait_for(
+        "host 3 serving the new cluster",
+        Duration::from_secs(60),
+        || {
+            let ep3 = ep3.clone();
+            async move { get(&ep3, "/before/49").await.ok().flatten() }
+        },
+    )
+    .await;
+    assert_eq!(v, "v");
+    let log3 = ms[2].log_text();
+    assert!(
+        log3.contains("replaced by a quorum recovery while it was away"),
+        "{log3}"
+    );
+    assert!(
+        dir.path()
+            .join("data/3/data-trashcan")
+            .read_dir()
+            .unwrap()
+            .count()
+            >= 1,
+        "the old data kept in the trashcan"
+    );
+}

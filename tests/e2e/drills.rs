@@ -54,6 +54,12 @@ async fn backups_are_drilled_by_a_follower_and_a_corrupted_one_fails() {
     )
     .await;
     assert_eq!(record.expected, record.found, "{record:?}");
+    let made = store.read_backup_info(&name).await.unwrap().timestamp;
+    assert!(
+        record.at - made <= 60,
+        "verified {} s after the backup was made",
+        record.at - made
+    );
     assert_eq!(record.etcd_version, "3.5.30");
     let status: serde_json::Value =
         serde_json::from_str(&env.ctl(&["-o", "json", "status"]).stdout).unwrap();

@@ -1,6 +1,7 @@
 //! A real Prometheus scrapes a running cluster: one leader through PromQL,
-//! and the backup-age alert fires when the store is unreachable and resolves
-//! when it returns.
+//! the backup-age alert fires when the store is unreachable and resolves
+//! when it returns, and the drill alert fires when a backup changed after
+//! upload fails the restore drill the managers run on request.
 
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -236,5 +237,49 @@ async fn prometheus_sees_one_leader_and_the_backup_age_alert() {
             }
         },
     )
+    .await;
+
+    // Restore drills: a periodic backup verified on a manager; the same
+    // backup changed after upload fails the drill the managers run on
+    // request, and the drill alert fires.
+    let backups = backup::BackupStore::open(&env.store_url, &Default::default()).unwrap();
+    let name = wait_for(
+        "a backup verified by a drill",
+        Duration::from_secs(90),
+        || {
+            let backups = backups.clone();
+            async move {
+                for n in backups.list_backups().await.ok()?.iter().rev() {
+                    if backups.read_drill(n).await.ok()??.verdict == backup::DrillVerdict::Verified
+                    {
+                        return Some(n.clone());
+                    }
+                }
+                None
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        alert_state(&prom.addr, "EtcdManagerBackupDrillFailed").await,
+        None
+    );
+    let gz = env.store_path().join(&name).join(backup::BACKUP_DATA_FILE);
+    let mut bytes = std::fs::read(&gz).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(&gz, &bytes).unwrap();
+    let out = env.ctl(&["verify-backup", "--on-manager", "--timeout=3m", &name]);
+    assert!(!out.success && out.stderr.contains("failed"), "{out:?}");
+    wait_for("the drill alert firing", Duration::from_secs(60), || {
+        let p = prom.addr.clone();
+        async move {
+            (alert_state(&p, "EtcdManagerBackupDrillFailed")
+                .await
+                .as_deref()
+                == Some("firing"))
+            .then_some(())
+        }
+    })
     .await;
 }

@@ -129,6 +129,13 @@ enum Cmd {
         /// times the snapshot.
         #[arg(long, default_value_os_t = std::env::temp_dir())]
         scratch_dir: std::path::PathBuf,
+        /// Have the managers run it instead (the leader hands it to the lowest other
+        /// manager, within a minute); waits for the verdict.
+        #[arg(long)]
+        on_manager: bool,
+        /// With --on-manager: how long to wait for the verdict.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// Allow the leader to create a new EMPTY cluster although backups exist (after the
     /// created marker was lost and you do not want to restore).
@@ -355,21 +362,27 @@ async fn run(a: CtlArgs) -> anyhow::Result<String> {
         Cmd::VerifyBackup {
             backup,
             scratch_dir,
+            on_manager,
+            timeout,
         } => {
             backup::check_backup_name(backup)?;
             if !store.list_backups().await?.contains(backup) {
                 bail!("backup '{backup}' is not in {url}; list-backups shows the available names");
             }
-            let settings = etcd_manager::drill::DrillSettings {
-                bin_dirs: a.etcd_bin_dir.clone(),
-                scratch_root: scratch_dir
-                    .join(format!("etcd-manager-drill-{}", std::process::id())),
-                by: "etcd-manager-ctl".into(),
-                clock: std::sync::Arc::new(etcd_manager::clock::SystemClock),
+            let record = if *on_manager {
+                drill_on_manager(&store, backup, *timeout).await?
+            } else {
+                let settings = etcd_manager::drill::DrillSettings {
+                    bin_dirs: a.etcd_bin_dir.clone(),
+                    scratch_root: scratch_dir
+                        .join(format!("etcd-manager-drill-{}", std::process::id())),
+                    by: "etcd-manager-ctl".into(),
+                    clock: std::sync::Arc::new(etcd_manager::clock::SystemClock),
+                };
+                let record = etcd_manager::drill::verify_backup(&store, backup, &settings).await;
+                let _ = std::fs::remove_dir_all(&settings.scratch_root);
+                record?
             };
-            let record = etcd_manager::drill::verify_backup(&store, backup, &settings).await;
-            let _ = std::fs::remove_dir_all(&settings.scratch_root);
-            let record = record?;
             let text = match a.output {
                 Output::Json => json(&record)?,
                 Output::Text | Output::Wide => {
@@ -640,6 +653,34 @@ async fn list_backups_wide(store: &BackupStore, names: &[String]) -> anyhow::Res
         out += &format!("{n:<28} {age_text:>6} {version:<8} {size:>12} {sum:<8} {drill}\n");
     }
     Ok(out)
+}
+
+/// Ask the managers for a restore drill of `backup` and wait for its
+/// verdict (a record other than the one there before).
+#[allow(clippy::disallowed_methods)] // the ctl polls with real time
+async fn drill_on_manager(
+    store: &BackupStore,
+    backup: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<backup::DrillRecord> {
+    let before = store.read_drill(backup).await.ok().flatten();
+    let file = format!("{}--{backup}", etcd_manager::driver::VERIFY_NOW_FILE);
+    store.write_manager_file(&file, b"{}\n".to_vec()).await?;
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(Some(r)) = store.read_drill(backup).await
+            && Some(&r) != before.as_ref()
+        {
+            return Ok(r);
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "no verdict within {}; the request stays queued as {file} (is a leader running? see etcd-manager-ctl status)",
+                humantime::format_duration(timeout)
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 /// Ask the leader to defragment, and wait until it removed the request.

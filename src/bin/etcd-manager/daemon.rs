@@ -200,7 +200,10 @@ async fn run_node(
 
     health.set_gossip_up(true);
     // The local etcd first, whatever the store does: a manager that restarts
-    // while the store is down must not keep its member down too.
+    // while the store is down must not keep its member down too. Only a
+    // quick look whether a quorum recovery replaced its cluster meanwhile.
+    node.retire_if_replaced(&store, std::time::Duration::from_secs(3))
+        .await;
     node.resume().await?;
     let mut warnings = vec![];
     if !cfg.insecure && cfg.gossip_key_file.is_none() {

@@ -980,6 +980,8 @@ impl World {
             prefixes_cleared: Default::default(),
             quorum_recovery: Default::default(),
             unverified_backup: None,
+            verify_requested: None,
+            retired_tokens: Default::default(),
         })
     }
 
