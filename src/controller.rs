@@ -157,6 +157,12 @@ pub struct Observation {
     pub allow_new_cluster: bool,
     /// Since when each unhealthy member has been unhealthy, as this leader saw it.
     pub unhealthy_since: std::collections::BTreeMap<u64, Instant>,
+    /// Since when each member has not answered at all (no status: its
+    /// etcd is down or out of reach), as this leader saw it. A lost voter's
+    /// grace counts from here, not from when it became unhealthy (all
+    /// members are unhealthy once quorum is lost; one that stops answering
+    /// later may still come back within the grace; found by the simulation).
+    pub silent_since: std::collections::BTreeMap<u64, Instant>,
     /// How long a member may be unhealthy before it is replaced.
     pub replace_grace: Duration,
     /// When a member's database is defragmented.
@@ -1508,7 +1514,7 @@ pub fn quorum_loss(obs: &Observation, spec: &ClusterSpec, members: &[MemberView]
         ),
     };
     let gone_for = |m: &MemberView| {
-        obs.unhealthy_since
+        obs.silent_since
             .get(&m.id)
             .map(|t| obs.now.saturating_duration_since(*t))
             .unwrap_or_default()

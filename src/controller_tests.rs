@@ -100,6 +100,7 @@ fn obs(member_count: i32, peers: Vec<PeerView>, members: Option<Vec<MemberView>>
         quorum_recovery: Default::default(),
         allow_new_cluster: false,
         unhealthy_since: Default::default(),
+        silent_since: Default::default(),
         replace_grace: Duration::from_secs(60),
         defrag: DefragPolicy {
             fragmentation: 0.5,
@@ -1805,7 +1806,40 @@ fn lost_quorum(b_progress: Option<(u64, i64)>) -> Observation {
     let mut o = obs(3, peers, Some(ms));
     let t = o.now - Duration::from_secs(30);
     o.unhealthy_since = [(1, t), (2, t), (3, t)].into_iter().collect();
+    o.silent_since = o
+        .cluster
+        .iter()
+        .flat_map(|c| &c.members)
+        .filter(|m| m.progress.is_none())
+        .map(|m| (m.id, t))
+        .collect();
     o
+}
+
+/// A lost voter's grace counts from when it stopped answering, not from
+/// when the quorum was lost: one that answered until a moment ago may still
+/// come back (found by the simulation).
+#[test]
+fn the_recovery_grace_counts_from_when_a_voter_stopped_answering() {
+    let mut o = lost_quorum(None);
+    o.quorum_recovery.auto_after = Some(Duration::from_secs(20));
+    assert!(matches!(
+        reconcile(&o).actions.as_slice(),
+        [Action::RecoverQuorum { .. }]
+    ));
+    o.silent_since.insert(2, o.now - Duration::from_secs(5));
+    let plan = reconcile(&o);
+    assert!(plan.actions.is_empty(), "{plan:?}");
+    assert!(
+        plan.waits.iter().any(|w| matches!(
+            w,
+            WaitReason::QuorumLost {
+                auto_in_secs: Some(15),
+                ..
+            }
+        )),
+        "{plan:?}"
+    );
 }
 
 #[test]
@@ -1989,6 +2023,7 @@ mod quorum_recovery_properties {
             o.unhealthy_since = (0..n)
                 .map(|i| (i as u64 + 1, o.now - Duration::from_secs(gone_secs[i])))
                 .collect();
+            o.silent_since = o.unhealthy_since.clone();
             o.quorum_recovery = QuorumRecovery {
                 requested: requested.then(|| "recover-quorum".to_string()),
                 auto_after: grace.map(Duration::from_secs),

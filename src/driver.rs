@@ -263,6 +263,8 @@ pub struct Driver {
     /// A backup awaiting its restore drill.
     unverified_backup: Option<String>,
     unhealthy_since: BTreeMap<u64, Instant>,
+    /// Since when each member has not answered at all (no progress).
+    silent_since: BTreeMap<u64, Instant>,
     /// Action kinds that failed (and lease steps, reads of the control
     /// files: [`LEASE_STEP`], [`READ_CONTROL`]), and when each may be tried again.
     backoff: crate::backoff::Backoff,
@@ -345,6 +347,7 @@ impl Driver {
             backups_since_drill: 0,
             unverified_backup: None,
             unhealthy_since: BTreeMap::new(),
+            silent_since: BTreeMap::new(),
             v2store: BTreeMap::new(),
             settings_checks: BTreeMap::new(),
             prefixes_cleared: BTreeSet::new(),
@@ -974,8 +977,19 @@ impl Driver {
                 for m in c.members.iter().filter(|m| !m.healthy) {
                     self.unhealthy_since.entry(m.id).or_insert(now);
                 }
+                self.silent_since.retain(|id, _| {
+                    c.members
+                        .iter()
+                        .any(|m| m.id == *id && m.progress.is_none())
+                });
+                for m in c.members.iter().filter(|m| m.progress.is_none()) {
+                    self.silent_since.entry(m.id).or_insert(now);
+                }
             }
-            None => self.unhealthy_since.clear(),
+            None => {
+                self.unhealthy_since.clear();
+                self.silent_since.clear();
+            }
         }
         if let (Some(c), Some(s)) = (&cluster, &spec) {
             metrics::gauge!(m::ETCD_MEMBERS, "kind" => "desired").set(s.member_count as f64);
@@ -1026,6 +1040,7 @@ impl Driver {
                 .map(|(file, member)| controller::DefragRequest { file, member }),
             allow_new_cluster,
             unhealthy_since: self.unhealthy_since.clone(),
+            silent_since: self.silent_since.clone(),
             replace_grace: self.settings.replace_grace,
             defrag: self.settings.defrag,
             v2store,

@@ -66,8 +66,11 @@ fn knobs_from_env() -> Knobs {
             "fence" => k.fence = false,
             "recheck" => k.recheck_lease = false,
             "retries" => k.bound_retries = false,
+            "grace" => k.recovery_grace = false,
             other => {
-                panic!("SIM_BREAK={other:?}: expected fence, recheck or retries (comma-separated)")
+                panic!(
+                    "SIM_BREAK={other:?}: expected fence, recheck, retries or grace (comma-separated)"
+                )
             }
         }
     }
@@ -82,7 +85,7 @@ fn sim_seeds() {
     let count = env_u64("SIM_SEEDS", 40);
     let begun = std::time::Instant::now();
     let (mut effects, mut fenced, mut leaderships, mut store_faults) = (0, 0, 0, 0);
-    let (mut late, mut stale) = (0, 0);
+    let (mut late, mut stale, mut recoveries) = (0, 0, 0);
     let mut sizes = [0usize; 6];
     let knobs = knobs_from_env();
     for seed in start..start + count {
@@ -114,10 +117,11 @@ fn sim_seeds() {
         store_faults += out.store_faults;
         late += out.late;
         stale += out.stale_admitted;
+        recoveries += out.recoveries;
         sizes[out.nodes] += 1;
     }
     eprintln!(
-        "sim: {count} seeds from {start} ({} of 3 nodes, {} of 5) in {:.1?}: {leaderships} leaderships, {effects} leader actions, {late} late requests ({stale} stale but admitted), {fenced} fenced requests, {store_faults} store faults",
+        "sim: {count} seeds from {start} ({} of 3 nodes, {} of 5) in {:.1?}: {leaderships} leaderships, {effects} leader actions, {late} late requests ({stale} stale but admitted), {fenced} fenced requests, {store_faults} store faults, {recoveries} quorum recoveries",
         sizes[3],
         sizes[5],
         begun.elapsed()
@@ -137,6 +141,10 @@ fn sim_seeds() {
         assert!(
             fenced > 0,
             "no fence refused anything: the fence is untested"
+        );
+        assert!(
+            recoveries > 0,
+            "no quorum was recovered: the recovery is untested"
         );
     }
 }
@@ -220,6 +228,32 @@ fn sim_catches_a_skipped_epoch_check() {
         out.violation
     );
     assert!(out.fenced > 0, "seed {}: nothing was fenced", caught.0);
+}
+
+/// Quorum recovery's grace: with the leader given none, a majority wiped is
+/// rebuilt while the lost voters have been gone for less than the grace,
+/// and the checks flag it; with the grace the same seed recovers, later,
+/// and ends whole.
+#[test]
+fn sim_catches_a_recovery_without_grace() {
+    let no_grace = Knobs {
+        recovery_grace: false,
+        ..Knobs::PRODUCTION
+    };
+    let limit = 200;
+    let (seed, what) = (0..limit)
+        .find_map(|seed| run(seed, None, no_grace).violation.map(|v| (seed, v.what)))
+        .unwrap_or_else(|| {
+            panic!("{limit} seeds of recoveries without a grace broke no invariant")
+        });
+    eprintln!("caught: seed {seed}: {what}");
+    assert!(what.contains("gone only"), "seed {seed}: {what}");
+    let out = run(seed, None, Knobs::PRODUCTION);
+    assert!(out.violation.is_none(), "seed {seed}: {:?}", out.violation);
+    assert!(
+        out.recoveries > 0,
+        "seed {seed} recovered nothing with the grace"
+    );
 }
 
 /// The bug the simulation found: the driver retried a membership change etcd

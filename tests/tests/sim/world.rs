@@ -59,6 +59,10 @@ pub struct Knobs {
     pub bound_retries: bool,
     /// The lease margin in ms; `None`: production's (30 % of 5 s).
     pub lease_margin_ms: Option<u64>,
+    /// Quorum recovery waits `--auto-recover-quorum-loss` for every lost
+    /// voter. Off: the leader is given a grace of zero (the world still
+    /// checks against the real one).
+    pub recovery_grace: bool,
 }
 
 impl Knobs {
@@ -67,6 +71,7 @@ impl Knobs {
         recheck_lease: true,
         bound_retries: true,
         lease_margin_ms: None,
+        recovery_grace: true,
     };
 }
 
@@ -95,6 +100,8 @@ pub struct Outcome {
     /// elsewhere (the target had not seen it): the fence orders requests
     /// per node, not across nodes.
     pub stale_admitted: usize,
+    /// Quorum recoveries the leaders ran (after a majority was wiped).
+    pub recoveries: usize,
 }
 
 /// The model of one manager's etcd process.
@@ -113,6 +120,9 @@ struct Member {
     /// Started (a name) or only registered.
     started: bool,
     learner: bool,
+    /// How far its raft log is (the model's commit count when it last
+    /// served with quorum): what a quorum recovery compares.
+    index: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -120,6 +130,8 @@ struct EtcdModel {
     token: String,
     members: BTreeMap<u64, Member>,
     next_id: u64,
+    /// Entries committed while the cluster had quorum (one per tick).
+    commit: u64,
 }
 
 /// What a fenced request does on its target once admitted.
@@ -199,6 +211,7 @@ struct Node {
     was_leader: Option<u64>,
     last_backup: Option<Instant>,
     unhealthy_since: BTreeMap<u64, Instant>,
+    silent_since: BTreeMap<u64, Instant>,
     pending: Option<Pending>,
     restarts: u64,
     last_waits: Vec<String>,
@@ -257,6 +270,14 @@ pub struct World {
     etcd_calls: Vec<EtcdCall>,
     /// etcd accepts membership changes again from then on.
     reconfig_ok_at: Duration,
+    /// `--auto-recover-quorum-loss` of this run (None: off).
+    auto_recover: Option<Duration>,
+    /// Cluster tokens a quorum recovery retired (the store's files).
+    retired: BTreeSet<String>,
+    recoveries: usize,
+    /// Since when (true time) member id has been unable to serve node i:
+    /// down, or cut off from it. Keyed (i, member id).
+    gone_since: BTreeMap<(usize, u64), Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -299,6 +320,10 @@ enum Fault {
     IsolateLeader {
         for_: Duration,
     },
+    /// The hosts of a majority of the voters (never all of them) wiped at
+    /// once: each manager comes back at once with its etcd data gone (only
+    /// in runs with automatic quorum recovery).
+    WipeMajority,
     Heal,
 }
 
@@ -350,6 +375,7 @@ impl World {
                 was_leader: None,
                 last_backup: None,
                 unhealthy_since: BTreeMap::new(),
+                silent_since: BTreeMap::new(),
                 pending: None,
                 restarts: 0,
                 last_waits: Vec::new(),
@@ -388,6 +414,10 @@ impl World {
             isolate_next_request: None,
             etcd_calls: Vec::new(),
             reconfig_ok_at: Duration::ZERO,
+            auto_recover: None,
+            retired: BTreeSet::new(),
+            recoveries: 0,
+            gone_since: BTreeMap::new(),
             nodes: list,
             rng,
         };
@@ -395,6 +425,20 @@ impl World {
             w.start_gossip(i);
         }
         w.plan_faults();
+        // Half the runs recover a lost quorum by themselves, and in those a
+        // majority of hosts is wiped once. From a stream of its own, so the
+        // other faults of a seed stay as they were.
+        let mut extra = StdRng::seed_from_u64(seed ^ 0x7175_6f72_756d);
+        if extra.random_bool(0.5) {
+            w.auto_recover = Some(Duration::from_secs(extra.random_range(10..=30)));
+            let at = Duration::from_secs(extra.random_range(20..70));
+            let pos = w
+                .faults
+                .iter()
+                .position(|(t, _)| *t > at)
+                .unwrap_or(w.faults.len());
+            w.faults.insert(pos, (at, Fault::WipeMajority));
+        }
         w
     }
 
@@ -524,6 +568,7 @@ impl World {
             store_faults: self.store.injected(),
             late: self.late,
             stale_admitted: self.stale_admitted,
+            recoveries: self.recoveries,
             violation: self.violation,
             trace: self.trace,
         }
@@ -576,6 +621,33 @@ impl World {
                 }
             }
             Fault::IsolateLeader { for_ } => self.isolate_next_request = Some(*for_),
+            Fault::WipeMajority => {
+                let mut nodes: Vec<usize> = self
+                    .etcd
+                    .members
+                    .values()
+                    .filter(|m| !m.learner)
+                    .map(|m| m.node)
+                    .collect();
+                let keep = nodes.len() - (nodes.len() / 2 + 1);
+                if keep == 0 {
+                    return;
+                }
+                for _ in 0..keep {
+                    let j = self.rng.random_range(0..nodes.len());
+                    nodes.remove(j);
+                }
+                for &j in &nodes {
+                    self.note(format!("wipe {}", self.nodes[j].id));
+                    if self.nodes[j].up {
+                        self.crash(j);
+                        self.nodes[j].etcd = None;
+                        self.restart(j);
+                    } else {
+                        self.nodes[j].etcd = None;
+                    }
+                }
+            }
             Fault::Heal => {
                 self.cut = vec![vec![false; n]; n];
                 self.loss = 0.0;
@@ -610,7 +682,10 @@ impl World {
                     self.restart(*node);
                 }
             }
-            Fault::IsolateLeader { .. } | Fault::PauseLeader { .. } | Fault::Heal => {}
+            Fault::IsolateLeader { .. }
+            | Fault::PauseLeader { .. }
+            | Fault::WipeMajority
+            | Fault::Heal => {}
         }
     }
 
@@ -647,6 +722,16 @@ impl World {
         .with_instance(instance);
         node.last_backup = None;
         node.unhealthy_since.clear();
+        node.silent_since.clear();
+        // retire_if_replaced(): a member of a cluster a quorum recovery
+        // retired is not started again; its data goes to the trashcan.
+        if node
+            .etcd
+            .as_ref()
+            .is_some_and(|e| self.retired.contains(&e.token))
+        {
+            node.etcd = None;
+        }
         // resume(): etcd starts again as the state file says.
         if let Some(e) = node.etcd.as_mut() {
             e.running = true;
@@ -690,6 +775,7 @@ impl World {
         self.deliver();
         self.deliver_late();
         self.retry_etcd_calls();
+        self.track_progress();
         for i in 0..n {
             if !self.active(i) {
                 continue;
@@ -889,6 +975,7 @@ impl World {
                     self.leaderships.push((self.now, i, epoch));
                     self.nodes[i].last_backup = None;
                     self.nodes[i].unhealthy_since.clear();
+                    self.nodes[i].silent_since.clear();
                 }
                 None => self.note(format!("{me} no longer leader")),
             }
@@ -947,6 +1034,17 @@ impl World {
             }
             node.unhealthy_since
                 .retain(|id, _| c.members.iter().any(|m| m.id == *id));
+            // As the driver: since when each member has not answered at all.
+            node.silent_since.retain(|id, _| {
+                c.members
+                    .iter()
+                    .any(|m| m.id == *id && m.progress.is_none())
+            });
+            for m in c.members.iter().filter(|m| m.progress.is_none()) {
+                node.silent_since.entry(m.id).or_insert(now);
+            }
+        } else {
+            self.nodes[i].silent_since.clear();
         }
         self.tokens += 1;
         let node = &self.nodes[i];
@@ -971,6 +1069,7 @@ impl World {
             backup_requested: false,
             allow_new_cluster: false,
             unhealthy_since: node.unhealthy_since.clone(),
+            silent_since: node.silent_since.clone(),
             replace_grace: self.replace_grace,
             defrag: Default::default(),
             v2store: Default::default(),
@@ -978,10 +1077,20 @@ impl World {
             defrag_requested: None,
             restore_clear_prefixes: vec![],
             prefixes_cleared: Default::default(),
-            quorum_recovery: Default::default(),
+            quorum_recovery: controller::QuorumRecovery {
+                requested: None,
+                auto_after: self.auto_recover.map(|g| {
+                    if self.knobs.recovery_grace {
+                        g
+                    } else {
+                        Duration::ZERO
+                    }
+                }),
+                latest_backup: None,
+            },
             unverified_backup: None,
             verify_requested: None,
-            retired_tokens: Default::default(),
+            retired_tokens: self.retired.clone(),
         })
     }
 
@@ -1021,6 +1130,47 @@ impl World {
                 .is_some_and(|e| e.running && e.token == self.etcd.token)
     }
 
+    /// The model's raft progress (members that serve with quorum follow the
+    /// commit count) and, for each node, since when each member has been
+    /// unable to serve it (down, or cut off from it).
+    fn track_progress(&mut self) {
+        let ups: Vec<u64> = self
+            .etcd
+            .members
+            .iter()
+            .filter(|(_, m)| self.member_up(m))
+            .map(|(id, _)| *id)
+            .collect();
+        if self.has_quorum() {
+            self.etcd.commit += 1;
+            let commit = self.etcd.commit;
+            for id in &ups {
+                if let Some(m) = self.etcd.members.get_mut(id) {
+                    m.index = commit;
+                }
+            }
+        }
+        let n = self.nodes.len();
+        let now = self.now;
+        let mut serving = Vec::new();
+        for i in 0..n {
+            for (id, m) in &self.etcd.members {
+                let ok = ups.contains(id)
+                    && (m.node == i || (!self.cut[i][m.node] && !self.cut[m.node][i]));
+                serving.push(((i, *id), ok));
+            }
+        }
+        self.gone_since
+            .retain(|(_, id), _| self.etcd.members.contains_key(id));
+        for (key, ok) in serving {
+            if ok {
+                self.gone_since.remove(&key);
+            } else {
+                self.gone_since.entry(key).or_insert(now);
+            }
+        }
+    }
+
     fn has_quorum(&self) -> bool {
         let voters: Vec<&Member> = self.etcd.members.values().filter(|m| !m.learner).collect();
         let up = voters.iter().filter(|m| self.member_up(m)).count();
@@ -1029,18 +1179,22 @@ impl World {
 
     /// The cluster as the leader sees it through the members it reaches.
     fn cluster_view(&self, reachable: &[usize]) -> Option<ClusterView> {
-        if self.etcd.members.is_empty() || !self.has_quorum() {
+        if self.etcd.members.is_empty() {
             return None;
         }
-        let healthy = |m: &Member| self.member_up(m) && reachable.contains(&m.node);
-        if !self.etcd.members.values().any(&healthy) {
+        // A member answers (status, raft index) when it runs and is reached;
+        // it is healthy (a linearizable read) only while there is quorum.
+        let answers = |m: &Member| self.member_up(m) && reachable.contains(&m.node);
+        let quorum = self.has_quorum();
+        let healthy = |m: &Member| quorum && answers(m);
+        if !self.etcd.members.values().any(&answers) {
             return None;
         }
         let raft_leader = self
             .etcd
             .members
             .iter()
-            .filter(|(_, m)| !m.learner && self.member_up(m))
+            .filter(|(_, m)| quorum && !m.learner && self.member_up(m))
             .map(|(id, _)| *id)
             .next();
         let members: Vec<MemberView> = self
@@ -1061,7 +1215,7 @@ impl World {
                 storage_version: None,
                 db_size: 0,
                 db_in_use: 0,
-                progress: None,
+                progress: answers(m).then_some((m.index, m.index as i64)),
             })
             .collect();
         let versions = members
@@ -1345,6 +1499,7 @@ impl World {
                         node: j,
                         started: false,
                         learner,
+                        index: 0,
                     },
                 );
                 self.effect(i, epoch, false);
@@ -1469,6 +1624,7 @@ impl World {
                     token: token.clone(),
                     members: BTreeMap::new(),
                     next_id: self.etcd.next_id,
+                    commit: self.etcd.commit,
                 };
                 for &j in &targets {
                     let id = self.etcd.next_id;
@@ -1479,6 +1635,7 @@ impl World {
                             node: j,
                             started: true,
                             learner: false,
+                            index: 0,
                         },
                     );
                     self.nodes[j].etcd = Some(LocalEtcd {
@@ -1583,6 +1740,10 @@ impl World {
                 }
                 all
             }
+            Action::RecoverQuorum {
+                from: Some((survivor, _)),
+                ..
+            } => self.recover_quorum(i, epoch, *survivor),
             Action::RestoreBackup { .. }
             | Action::CompleteRestore { .. }
             | Action::QueueRestore { .. }
@@ -1603,6 +1764,81 @@ impl World {
                 false
             }
         }
+    }
+
+    /// `RecoverQuorum` from member `survivor`, checked, then applied as its
+    /// outcome: the survivor's data as a one-member cluster of a new token,
+    /// the old token retired (the driver's backup, retirement and queued
+    /// restore, which the model does not take apart). Invariants: every
+    /// voter left out has been unable to serve this leader for the grace
+    /// (less the clocks' 10 % skew), and no member that answers is ahead
+    /// of the survivor.
+    fn recover_quorum(&mut self, i: usize, epoch: u64, survivor: u64) -> bool {
+        let Some(grace) = self.auto_recover else {
+            self.fail("a quorum recovery without --auto-recover-quorum-loss or a request".into());
+            return false;
+        };
+        let Some(best) = self.etcd.members.get(&survivor).cloned() else {
+            return false;
+        };
+        let me = self.nodes[i].id.clone();
+        let ids: Vec<u64> = self.etcd.members.keys().copied().collect();
+        for id in ids {
+            let m = self.etcd.members[&id].clone();
+            if m.learner || id == survivor {
+                continue;
+            }
+            match self.gone_since.get(&(i, id)) {
+                None => {
+                    if m.index > best.index {
+                        self.fail(format!(
+                            "{me} recovered from member {survivor} (index {}) while member {id} answers at index {}",
+                            best.index, m.index
+                        ));
+                        return false;
+                    }
+                }
+                Some(since) => {
+                    let gone = self.now.saturating_sub(*since);
+                    if gone < grace.mul_f64(0.8) {
+                        self.fail(format!(
+                            "{me} recovered the quorum while member {id} had been gone only {gone:?} of the {grace:?} grace"
+                        ));
+                        return false;
+                    }
+                }
+            }
+        }
+        if !self.store_write(i, epoch) {
+            return false;
+        }
+        let old = std::mem::take(&mut self.etcd.token);
+        self.retired.insert(old);
+        self.recoveries += 1;
+        let token = format!("recovered-{}-{}", self.seed, self.recoveries);
+        let id = self.etcd.next_id;
+        self.etcd.next_id += 1;
+        self.etcd.token = token.clone();
+        self.etcd.members = BTreeMap::from([(
+            id,
+            Member {
+                node: best.node,
+                started: true,
+                learner: false,
+                index: best.index,
+            },
+        )]);
+        self.nodes[best.node].etcd = Some(LocalEtcd {
+            token,
+            quarantined: false,
+            running: true,
+        });
+        self.reconfig_ok_at = self.now + RECONFIG_QUIET;
+        self.note(format!(
+            "{me} recovered the quorum from {} as member {id}",
+            self.nodes[best.node].id
+        ));
+        true
     }
 
     fn start_member(&mut self, i: usize, j: usize, id: u64, token: &str, epoch: u64) -> bool {
