@@ -19,7 +19,7 @@ const DRILL_START_DEADLINE: Duration = Duration::from_secs(120);
 const DISK_MARGIN: u64 = 256 << 20;
 
 /// Where and how drills run on this machine.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DrillSettings {
     /// Folders with etcd binaries besides /opt.
     pub bin_dirs: Vec<PathBuf>,
@@ -29,12 +29,6 @@ pub struct DrillSettings {
     pub by: String,
     /// Times the drill and stamps its record.
     pub clock: std::sync::Arc<dyn crate::clock::Clock>,
-}
-
-impl std::fmt::Debug for dyn crate::clock::Clock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Clock")
-    }
 }
 
 /// Run a restore drill of backup `name` and keep its record beside the

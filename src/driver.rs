@@ -197,7 +197,7 @@ pub use crate::node::{RETIRED_CLUSTER_FILE, retired_cluster_file, retired_tokens
 
 pub fn verify_request(files: &std::collections::BTreeSet<String>) -> Option<(String, String)> {
     files.iter().find_map(|f| {
-        let backup = f.strip_prefix(VERIFY_NOW_FILE)?.strip_prefix("--")?;
+        let backup = crate::node::request_suffix(f, VERIFY_NOW_FILE)?;
         backup::check_backup_name(backup)
             .ok()
             .map(|()| (f.clone(), backup.to_string()))
@@ -213,7 +213,7 @@ pub fn defrag_request(
         if f == DEFRAG_NOW_FILE {
             return Some((f.clone(), None));
         }
-        let member = f.strip_prefix(DEFRAG_NOW_FILE)?.strip_prefix("--")?;
+        let member = crate::node::request_suffix(f, DEFRAG_NOW_FILE)?;
         etcd::check_ident(etcd::IdentKind::MemberName, member)
             .ok()
             .map(|()| (f.clone(), Some(member.to_string())))

@@ -31,6 +31,12 @@ const DRILL_DIR: &str = "restore-drill";
 /// `controller::Observation::retired_tokens` and [`Node::retire_if_replaced`]).
 pub const RETIRED_CLUSTER_FILE: &str = "retired-cluster";
 
+/// The `<name>` of a manager file `<prefix>--<name>` (request and marker
+/// files that name a member, a backup or a cluster).
+pub fn request_suffix<'a>(file: &'a str, prefix: &str) -> Option<&'a str> {
+    file.strip_prefix(prefix)?.strip_prefix("--")
+}
+
 /// The name of the file that retires cluster `token`.
 pub fn retired_cluster_file(token: &str) -> String {
     format!("{RETIRED_CLUSTER_FILE}--{token}")
@@ -42,7 +48,7 @@ pub fn retired_tokens(
 ) -> std::collections::BTreeSet<String> {
     files
         .iter()
-        .filter_map(|f| f.strip_prefix(RETIRED_CLUSTER_FILE)?.strip_prefix("--"))
+        .filter_map(|f| request_suffix(f, RETIRED_CLUSTER_FILE))
         .filter(|t| etcd::check_ident(etcd::IdentKind::ClusterToken, t).is_ok())
         .map(str::to_string)
         .collect()
@@ -498,13 +504,15 @@ impl Node {
     /// the current cluster. A store that does not answer within `within`
     /// does not hold etcd back (the leader stops such a member later).
     pub async fn retire_if_replaced(&self, store: &backup::BackupStore, within: Duration) {
-        let mut inner = self.inner.lock().await;
-        let Some(token) = inner.state.etcd.as_ref().map(|l| l.cluster_token.clone()) else {
+        let assigned = self.inner.lock().await.state.etcd.clone();
+        let Some(token) = assigned.map(|l| l.cluster_token) else {
             return;
         };
+        // The store is asked without holding the lock.
         let file = retired_cluster_file(&token);
         match tokio::time::timeout(within, store.read_manager_file(&file)).await {
             Ok(Ok(Some(_))) => {
+                let mut inner = self.inner.lock().await;
                 tracing::error!(%token, "this member's cluster was replaced by a quorum recovery while it was away; its etcd is not started and its data goes to the trashcan; the leader adds it to the current cluster");
                 if let Err(e) = self.stop_for_good(&mut inner).await {
                     tracing::error!(error = %e, "could not move the replaced cluster's data aside");

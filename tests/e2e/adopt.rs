@@ -185,13 +185,7 @@ async fn a_whole_upstream_cluster_is_adopted_in_place() {
         tests::put(&eps[0], &format!("/k/{i}"), "v").await.unwrap();
     }
     let before = tests::members(&eps[0]).await.unwrap();
-    let revision = etcd::EtcdClient::connect(&eps, Duration::from_secs(3))
-        .await
-        .unwrap()
-        .status()
-        .await
-        .unwrap()
-        .revision;
+    let revision = revision_of(&eps).await;
     for p in procs {
         p.stop(Duration::from_secs(10)).await.unwrap();
     }
@@ -229,13 +223,7 @@ async fn a_whole_upstream_cluster_is_adopted_in_place() {
         .await;
         assert_eq!(v, "v");
     }
-    let now = etcd::EtcdClient::connect(&eps, Duration::from_secs(3))
-        .await
-        .unwrap()
-        .status()
-        .await
-        .unwrap()
-        .revision;
+    let now = revision_of(&eps).await;
     assert!(
         now >= revision && now < revision + 1000,
         "revision kept, not bumped by a restore: {revision} -> {now}"
@@ -251,4 +239,15 @@ async fn a_whole_upstream_cluster_is_adopted_in_place() {
         assert!(!logs.contains(never), "{never}: {logs}");
     }
     tests::put(&eps[2], "/after", "adopted").await.unwrap();
+}
+
+/// The store revision, through the first of `eps` that answers.
+async fn revision_of(eps: &[String]) -> i64 {
+    etcd::EtcdClient::connect(eps, Duration::from_secs(3))
+        .await
+        .unwrap()
+        .status()
+        .await
+        .unwrap()
+        .revision
 }
