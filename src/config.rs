@@ -154,6 +154,14 @@ pub struct Args {
     #[arg(long, env = "ETCD_MANAGER_BACKUP_VERIFY_EVERY", default_value_t = 1)]
     pub backup_verify_every: u32,
 
+    /// Continuous backup: while leading, upload every change made after
+    /// the newest full backup in segments beside it, one per interval (or
+    /// sooner when 8 MiB wait), so a restore can bring back the latest
+    /// state or any revision since (restore-backup -to-revision/-to-time).
+    /// 0 turns it off.
+    #[arg(long, env = "ETCD_MANAGER_DELTA_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub delta_interval: Duration,
+
     /// Defragment an etcd member once this fraction of its database file is
     /// free (fragmentation, from etcd's status; 0 turns it off). One member
     /// at a time, followers first, the raft leader last after moving raft
@@ -475,6 +483,8 @@ pub struct Config {
     pub auto_recover_quorum_loss: Option<Duration>,
     /// `--backup-verify-every` (0: no restore drills).
     pub backup_verify_every: u32,
+    /// `--delta-interval` (zero: no continuous backup).
+    pub delta_interval: Duration,
     pub defrag: crate::controller::DefragPolicy,
     /// `--restore-clear-prefix`: deleted from a restored cluster while it is
     /// still quarantined.
@@ -908,6 +918,7 @@ impl TryFrom<Args> for Config {
             member_replace_grace: a.member_replace_grace,
             auto_recover_quorum_loss: a.auto_recover_quorum_loss.filter(|d| !d.is_zero()),
             backup_verify_every: a.backup_verify_every,
+            delta_interval: a.delta_interval,
             defrag: crate::controller::DefragPolicy {
                 fragmentation: a.defrag_fragmentation,
                 min_free_bytes: a.defrag_min_free_bytes,

@@ -144,6 +144,9 @@ pub struct Observation {
     pub last_retention: Option<Instant>,
     /// An operator asked for a backup now.
     pub backup_requested: bool,
+    /// The continuous backup lost history or has no full backup to start
+    /// from: a full backup starts a new chain.
+    pub delta_full_needed: bool,
     /// An operator asked for a defragmentation now (`etcd-manager-ctl defrag`).
     pub defrag_requested: Option<DefragRequest>,
     /// `--restore-clear-prefix`: key prefixes deleted from a restored
@@ -452,6 +455,8 @@ pub enum BackupReason {
     AfterRestore,
     /// `etcd-manager-ctl backup-now`.
     OnDemand,
+    /// The continuous backup needs a full backup to start a new chain from.
+    DeltaChain,
 }
 
 /// Old etcd data dirs kept in each node's trashcan.
@@ -1810,6 +1815,14 @@ fn running_cluster(obs: &Observation, spec: &ClusterSpec, cluster: &ClusterView)
                 },
                 Action::ClearBackupRequest,
             ],
+            waits,
+        };
+    }
+    if obs.delta_full_needed && all_healthy && !backup_due {
+        return Plan {
+            actions: vec![Action::TakeBackup {
+                reason: BackupReason::DeltaChain,
+            }],
             waits,
         };
     }

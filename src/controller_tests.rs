@@ -94,6 +94,7 @@ fn obs(member_count: i32, peers: Vec<PeerView>, members: Option<Vec<MemberView>>
         commands: vec![],
         last_retention: Some(t0 + Duration::from_secs(3599)),
         backup_requested: false,
+        delta_full_needed: false,
         defrag_requested: None,
         restore_clear_prefixes: vec![],
         prefixes_cleared: Default::default(),
@@ -811,6 +812,34 @@ fn backup_now_is_taken_then_cleared() {
         ],
         &[],
     );
+}
+
+#[test]
+fn a_continuous_backup_gap_asks_for_a_full_backup_once_healthy() {
+    let mut o = obs(
+        1,
+        vec![running("a", false)],
+        Some(vec![member(1, "a", true)]),
+    );
+    check(&o, &[], &[]);
+    o.delta_full_needed = true;
+    check(
+        &o,
+        &[Action::TakeBackup {
+            reason: BackupReason::DeltaChain,
+        }],
+        &[],
+    );
+    // Not while a member is unhealthy: a snapshot of a sick cluster waits.
+    let mut sick = obs(
+        1,
+        vec![running("a", false), running("b", false)],
+        Some(vec![member(1, "a", true), member(2, "b", false)]),
+    );
+    sick.delta_full_needed = true;
+    assert!(!reconcile(&sick).actions.contains(&Action::TakeBackup {
+        reason: BackupReason::DeltaChain
+    }));
 }
 
 #[test]

@@ -174,6 +174,9 @@ pub struct DriverSettings {
     /// With `--dns-suffix`: the hosts file whose block names every member.
     pub hosts_file: Option<std::path::PathBuf>,
     pub dns_suffix: String,
+    /// `--delta-interval`: how often the leader uploads a continuous-backup
+    /// segment (zero: no continuous backup).
+    pub delta_interval: Duration,
 }
 
 /// `etcd-manager-ctl backup-now` leaves this file under `<store>/etcd-manager/`.
@@ -283,6 +286,13 @@ pub struct Driver {
     malformed_seen: usize,
     /// What the hosts file's block last said.
     last_hosts: Option<BTreeMap<String, BTreeSet<String>>>,
+    /// The revision recorded with the backup this leader took last.
+    last_backup_revision: Option<i64>,
+    /// The continuous backup: what it should follow, where it stands, and
+    /// the streamer until [`Driver::run`] starts it.
+    delta_target: tokio::sync::watch::Sender<Option<crate::delta::DeltaTarget>>,
+    delta: Arc<crate::delta::DeltaShared>,
+    delta_streamer: Option<crate::delta::DeltaStreamer>,
 }
 
 /// What the leader reads from the store's control files.
@@ -319,6 +329,17 @@ impl Driver {
         clock: Arc<dyn Clock>,
     ) -> Driver {
         let started = clock.now();
+        let (delta_target, target_rx) = tokio::sync::watch::channel(None);
+        let delta = Arc::new(crate::delta::DeltaShared::default());
+        let delta_streamer =
+            (!settings.delta_interval.is_zero()).then(|| crate::delta::DeltaStreamer {
+                store: store.clone(),
+                clock: clock.clone(),
+                interval: settings.delta_interval,
+                tls: settings.etcd_tls.clone(),
+                shared: delta.clone(),
+                target: target_rx,
+            });
         Driver {
             settings,
             health,
@@ -357,6 +378,10 @@ impl Driver {
             had_majority: false,
             malformed_seen: 0,
             last_hosts: None,
+            last_backup_revision: None,
+            delta_target,
+            delta,
+            delta_streamer,
         }
     }
 
@@ -369,6 +394,9 @@ impl Driver {
         let mut gossip_open = true;
         let renewals = cancel.child_token();
         tokio::spawn(self.lease.clone().keep_renewed(renewals.clone()));
+        if let Some(streamer) = self.delta_streamer.take() {
+            tokio::spawn(streamer.run(renewals.clone()));
+        }
         let mut claims = self.lease.claims();
         loop {
             let acted = tokio::select! {
@@ -598,6 +626,7 @@ impl Driver {
         let epoch = self.lease.held(self.clock.now());
         self.note_leadership(epoch);
         let Some(epoch) = epoch else {
+            self.delta_target.send_if_modified(|t| t.take().is_some());
             // A candidate waits for the lease; the others have nothing to do.
             self.idle = !candidate;
             return false;
@@ -619,6 +648,7 @@ impl Driver {
                 return false;
             }
         };
+        self.follow_changes(epoch, &obs);
         let plan = self
             .backoff
             .gate(controller::reconcile(&obs), self.clock.now());
@@ -632,6 +662,39 @@ impl Driver {
             self.control = None;
         }
         acted
+    }
+
+    /// Point the continuous backup at the healthy members and the newest
+    /// full backup this leader took (None before its first: the streamer
+    /// resumes the store's newest chain).
+    fn follow_changes(&mut self, epoch: u64, obs: &Observation) {
+        if self.delta_streamer.is_none() && self.settings.delta_interval.is_zero() {
+            return;
+        }
+        let mut endpoints: Vec<String> =
+            healthy_endpoints(obs).into_iter().map(|(_, e)| e).collect();
+        endpoints.sort();
+        let target = (!endpoints.is_empty()).then(|| crate::delta::DeltaTarget {
+            epoch,
+            endpoints,
+            base: self.last_backup_name.clone().zip(self.last_backup_revision),
+        });
+        self.delta_target.send_if_modified(|t| {
+            // Members coming and going alone do not restart the chain: the
+            // streamer reads the endpoints when it (re)connects.
+            let same = match (&*t, &target) {
+                (Some(a), Some(b)) => a.epoch == b.epoch && a.base == b.base,
+                (None, None) => true,
+                _ => false,
+            };
+            if let (Some(a), Some(b)) = (t.as_mut(), &target) {
+                a.endpoints = b.endpoints.clone();
+            }
+            if !same {
+                *t = target;
+            }
+            !same
+        });
     }
 
     /// The control files, read again when older than [`CONTROL_REFRESH`].
@@ -798,6 +861,14 @@ impl Driver {
             .unwrap_or(0);
         let mut status = ClusterStatus::from_pass(obs, plan, wall);
         status.warnings = self.settings.warnings.clone();
+        if !self.settings.delta_interval.is_zero() {
+            let d = self.delta.status();
+            status.continuous_backup = Some(match (d.gap, d.base) {
+                (Some(gap), _) => format!("GAP: {gap}; a full backup starts a new chain"),
+                (None, Some(base)) => format!("on, chain from backup {base}"),
+                (None, None) => "on, starting".into(),
+            });
+        }
         if let Some((_, c)) = &self.control {
             status.warnings.extend(
                 c.malformed
@@ -1036,6 +1107,7 @@ impl Driver {
             commands,
             last_retention: self.last_retention,
             backup_requested,
+            delta_full_needed: self.delta.full_needed(),
             defrag_requested: defrag_requested
                 .map(|(file, member)| controller::DefragRequest { file, member }),
             allow_new_cluster,
@@ -1600,7 +1672,7 @@ impl Driver {
                             .and_then(|p| endpoint_of(p.info.as_ref()?))
                             .ok_or_else(|| format!("survivor {member} has no client URL"))?;
                         let stored = obs.spec.clone().unwrap_or_else(|| spec.clone());
-                        let summary = self.backup_from(&ep, epoch, stored).await?;
+                        let (summary, _) = self.backup_from(&ep, epoch, stored).await?;
                         tracing::warn!(survivor = %member, backup = %summary.name, "quorum recovery: the survivor's data stored as a backup");
                         summary.name
                     }
@@ -1840,8 +1912,11 @@ impl Driver {
             .now()
             .saturating_duration_since(started)
             .as_secs_f64();
+        let (summary, revision) = summary;
         self.last_backup = Some(self.clock.now());
         self.last_backup_name = Some(summary.name.clone());
+        self.last_backup_revision = Some(revision);
+        self.delta.full_taken();
         if reason == controller::BackupReason::Periodic && self.settings.backup_verify_every > 0 {
             self.backups_since_drill += 1;
             if self.backups_since_drill >= self.settings.backup_verify_every {
@@ -1865,7 +1940,7 @@ impl Driver {
         &self,
         epoch: u64,
         obs: &Observation,
-    ) -> Result<backup::BackupSummary, String> {
+    ) -> Result<(backup::BackupSummary, i64), String> {
         let spec: ClusterSpec = obs.spec.clone().ok_or("no spec")?;
         // Prefer our own member; any healthy one will do.
         let mut endpoints = healthy_endpoints(obs);
@@ -1904,7 +1979,7 @@ impl Driver {
         endpoint: &str,
         epoch: u64,
         spec: ClusterSpec,
-    ) -> Result<backup::BackupSummary, String> {
+    ) -> Result<(backup::BackupSummary, i64), String> {
         let endpoint = endpoint.to_string();
         let client = etcd::EtcdClient::connect_with(
             std::slice::from_ref(&endpoint),
@@ -1931,10 +2006,15 @@ impl Driver {
                 &info,
                 Some(status.revision),
                 Some(epoch),
-                kv_hash,
+                backup::BackupFacts {
+                    kv_hash,
+                    cluster_id: Some(status.cluster_id).filter(|id| *id != 0),
+                    replayed_from: None,
+                },
                 wall,
             )
             .await
+            .map(|summary| (summary, status.revision))
             .map_err(executing_error)
     }
 }

@@ -41,6 +41,12 @@ pub const BACKUP_LAST_VERIFIED: &str = "etcd_manager_backup_last_verified_timest
 pub const BACKUP_VERIFICATIONS: &str = "etcd_manager_backup_verifications_total";
 pub const BACKUP_VERIFICATION_FAILURES: &str = "etcd_manager_backup_verification_failures_total";
 pub const BACKUP_VERIFICATION_DURATION: &str = "etcd_manager_backup_verification_duration_seconds";
+pub const DELTA_LAST_UPLOAD: &str = "etcd_manager_backup_delta_last_upload_timestamp_seconds";
+pub const DELTA_REVISION: &str = "etcd_manager_backup_delta_revision";
+pub const DELTA_LAG: &str = "etcd_manager_backup_delta_lag_seconds";
+pub const DELTA_SEGMENTS: &str = "etcd_manager_backup_delta_segments_total";
+pub const DELTA_BYTES: &str = "etcd_manager_backup_delta_bytes_total";
+pub const DELTA_GAPS: &str = "etcd_manager_backup_delta_gaps_total";
 
 /// Every metric name above.
 pub const ALL: &[&str] = &[
@@ -77,6 +83,12 @@ pub const ALL: &[&str] = &[
     BACKUP_VERIFICATIONS,
     BACKUP_VERIFICATION_FAILURES,
     BACKUP_VERIFICATION_DURATION,
+    DELTA_LAST_UPLOAD,
+    DELTA_REVISION,
+    DELTA_LAG,
+    DELTA_SEGMENTS,
+    DELTA_BYTES,
+    DELTA_GAPS,
 ];
 
 /// Describe every metric once, so /metrics carries HELP lines.
@@ -121,6 +133,30 @@ pub fn describe() {
     g!(
         BACKUP_VERIFICATION_DURATION,
         "duration of this manager's last restore drill"
+    );
+    g!(
+        DELTA_LAST_UPLOAD,
+        "unix time this manager last uploaded a continuous-backup segment"
+    );
+    g!(
+        DELTA_REVISION,
+        "the last etcd revision this manager's continuous backup has in the store"
+    );
+    g!(
+        DELTA_LAG,
+        "age of the oldest change this leader saw and has not yet uploaded (0: none waiting)"
+    );
+    c!(
+        DELTA_SEGMENTS,
+        "continuous-backup segment uploads by this manager, by result"
+    );
+    c!(
+        DELTA_BYTES,
+        "bytes of continuous-backup segments this manager uploaded"
+    );
+    c!(
+        DELTA_GAPS,
+        "times the continuous backup lost history (compacted or undeliverable) and needed a full backup to go on"
     );
     g!(GOSSIP_MEMBERS, "gossip members by state");
     c!(
@@ -206,6 +242,10 @@ pub fn init_counters() {
     }
     // A first drill failure must be an increase (the alert uses increase()).
     metrics::counter!(BACKUP_VERIFICATION_FAILURES).increment(0);
+    metrics::counter!(DELTA_GAPS).increment(0);
+    for result in ["success", "failure"] {
+        metrics::counter!(DELTA_SEGMENTS, "result" => result).increment(0);
+    }
     metrics::counter!(GOSSIP_DOWNS).increment(0);
     metrics::counter!(GOSSIP_REJOINS).increment(0);
     metrics::gauge!(STORE_MALFORMED_FILES).set(0.0);

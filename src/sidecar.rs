@@ -129,7 +129,18 @@ async fn take(
         cluster_spec: spec,
     };
     store
-        .write_backup_hashed(stream, &info, Some(status.revision), None, kv_hash, wall)
+        .write_backup_hashed(
+            stream,
+            &info,
+            Some(status.revision),
+            None,
+            backup::BackupFacts {
+                kv_hash,
+                cluster_id: Some(status.cluster_id).filter(|id| *id != 0),
+                replayed_from: None,
+            },
+            wall,
+        )
         .await
         .map_err(|e| e.to_string())
 }

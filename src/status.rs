@@ -38,6 +38,10 @@ pub struct ClusterStatus {
     /// files it skipped, gossip without a key while TLS is on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The continuous backup, in words: the full backup its chain starts
+    /// from, or the gap that stopped it (None: turned off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuous_backup: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -115,6 +119,7 @@ impl ClusterStatus {
             waits: plan.waits.iter().map(ToString::to_string).collect(),
             version_change: version_change_text(obs),
             warnings: vec![],
+            continuous_backup: None,
         }
     }
 

@@ -5,22 +5,30 @@
 //! <base>/<RFC3339 second>-<6-digit seq>/etcd.backup.gz          gzip of the etcd snapshot
 //!                                      /etcd-manager-backup.json ours: sha256 sums, sizes, revision, epoch
 //!                                      /_etcd_backup.meta        BackupInfo, written LAST
+//!                                      /etcd-manager-deltas/<20-digit start>-<20-digit end>.seg
+//!                                                                ours: DeltaSegment, revisions after the backup
 //! <base>/control/etcd-cluster-spec                               ClusterSpec
 //! <base>/control/etcd-cluster-created                            {"timestamp": unix nanos}
 //! <base>/control/<RFC3339 second>-<seq>/_command.json           Command
 //! <base>/etcd-manager/lease/...                                  the lock crate's records
 //! ```
 
+mod delta;
 mod error;
 pub mod gzip;
 mod model;
 mod retention;
 mod store;
 
+pub use delta::{
+    DELTA_DIR, DeltaLease, DeltaOp, DeltaRevision, DeltaSegment, MAX_SEGMENT_INFLATED,
+    MAX_SEGMENT_SIZE, check_chain, decode_segment, encode_segment, parse_segment_file_name,
+    segment_file_name,
+};
 pub use error::{Error, Result};
 pub use model::{
-    BackupExtra, BackupInfo, ClusterSpec, Command, CreatedMarker, DrillRecord, DrillVerdict,
-    KvHash, MAX_MEMBER_SIZE, MAX_SNAPSHOT_SIZE, RestoreBackupCommand,
+    BackupExtra, BackupFacts, BackupInfo, ClusterSpec, Command, CreatedMarker, DrillRecord,
+    DrillVerdict, KvHash, MAX_MEMBER_SIZE, MAX_SNAPSHOT_SIZE, RestoreBackupCommand,
 };
 pub use retention::{MIN_KEPT_BACKUPS, RetentionPolicy, parse_retention, select_for_deletion};
 pub use store::{

@@ -101,6 +101,26 @@ pub struct BackupExtra {
     /// the snapshot: what a restore drill must find in the restored data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_hash: Option<KvHash>,
+    /// The etcd cluster id the snapshot came from (16 hex digits): a
+    /// continuous backup resumes a chain only on the cluster it began on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// Made by replaying this backup's continuous-backup segments (a
+    /// restore to a point), not read from a live cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replayed_from: Option<String>,
+}
+
+/// What a backup's writer knows of it besides the snapshot, kept in its
+/// side file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackupFacts {
+    /// The live cluster's HashKV at the backup's revision (restore drills).
+    pub kv_hash: Option<KvHash>,
+    /// The etcd cluster id, see [`BackupExtra::cluster_id`].
+    pub cluster_id: Option<u64>,
+    /// See [`BackupExtra::replayed_from`].
+    pub replayed_from: Option<String>,
 }
 
 /// etcd's HashKV of a member at one revision.
@@ -178,10 +198,24 @@ impl BackupExtra {
     /// [`MAX_MEMBER_SIZE`] (compressed at most a stored block's overhead
     /// larger), the members adding up to the declared sizes, the snapshot
     /// within [`MAX_SNAPSHOT_SIZE`], checksums 64 hex digits.
+    /// [`BackupExtra::cluster_id`] as a number.
+    pub fn cluster_id_u64(&self) -> Option<u64> {
+        let id = self.cluster_id.as_deref()?;
+        (id.len() == 16).then(|| u64::from_str_radix(id, 16).ok())?
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         let hex64 = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
         if !hex64(&self.snapshot_sha256) || !hex64(&self.compressed_sha256) {
             return Err("a checksum is not 64 hex digits".into());
+        }
+        if self.cluster_id.is_some() && self.cluster_id_u64().is_none() {
+            return Err("clusterId is not 16 hex digits".into());
+        }
+        if let Some(b) = &self.replayed_from
+            && crate::check_backup_name(b).is_err()
+        {
+            return Err("replayedFrom is not a backup name".into());
         }
         if self.snapshot_size > MAX_SNAPSHOT_SIZE {
             return Err(format!(

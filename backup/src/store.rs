@@ -10,9 +10,13 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
 use sha2::{Digest, Sha256};
 
 use crate::RESTORE_MARKER_FILE;
+use crate::delta::{
+    DELTA_DIR, DeltaSegment, MAX_SEGMENT_INFLATED, MAX_SEGMENT_SIZE, decode_segment,
+    parse_segment_file_name, segment_file_name,
+};
 use crate::error::{Error, Result};
 use crate::model::{
-    BackupExtra, BackupInfo, ClusterSpec, Command, CreatedMarker, DrillRecord, KvHash,
+    BackupExtra, BackupFacts, BackupInfo, ClusterSpec, Command, CreatedMarker, DrillRecord,
 };
 use crate::{
     BACKUP_DATA_FILE, BACKUP_DRILL_FILE, BACKUP_EXTRA_FILE, BACKUP_META_FILE, COMMAND_FILE,
@@ -176,6 +180,11 @@ fn check_name(name: &str) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// `<base>/etcd-manager-deltas/<start>-<end>.seg`, relative to the store's base.
+fn segment_rel(base: &str, start: i64, end: i64) -> String {
+    format!("{base}/{DELTA_DIR}/{}", segment_file_name(start, end))
 }
 
 fn hex(d: impl AsRef<[u8]>) -> String {
@@ -1012,6 +1021,132 @@ impl BackupStore {
         .await
     }
 
+    /// Upload `seg` to `<base>/etcd-manager-deltas/<start>-<end>.seg`
+    /// (create-only: a segment is never replaced), returning its stored
+    /// size. If the object is already there and holds the same segment, that
+    /// is success (a retried upload); if it holds another, an error.
+    pub async fn write_segment(&self, seg: &DeltaSegment) -> Result<u64> {
+        self.write_segment_capped(seg, MAX_SEGMENT_SIZE, MAX_SEGMENT_INFLATED)
+            .await
+    }
+
+    /// [`Self::write_segment`], refusing segments of more than `max` bytes
+    /// stored or `max_inflated` inflated (which no reader would take).
+    async fn write_segment_capped(
+        &self,
+        seg: &DeltaSegment,
+        max: u64,
+        max_inflated: u64,
+    ) -> Result<u64> {
+        check_name(&seg.base)?;
+        let (start, end) = (seg.start_revision, seg.end_revision);
+        let rel = segment_rel(&seg.base, start, end);
+        let refused = |reason: String| Error::Malformed {
+            path: self.display(&self.path(&rel)),
+            reason,
+        };
+        seg.validate().map_err(|r| {
+            refused(format!(
+                "{r}; not uploaded (the segment writer built an invalid segment)"
+            ))
+        })?;
+        let (body, inflated) = crate::delta::encode(seg);
+        let size = body.len() as u64;
+        if size > max || inflated > max_inflated {
+            return Err(refused(format!(
+                "{size} bytes ({inflated} inflated), more than the {max} ({max_inflated} inflated) \
+                 a segment may have; not uploaded: cut the range into smaller segments"
+            )));
+        }
+        match self.put(&rel, body, PutMode::Create).await {
+            Ok(()) => Ok(size),
+            Err(Error::Store {
+                source:
+                    object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
+                ..
+            }) => {
+                let (stored, stored_size) = self.read_segment_sized(&seg.base, start, end).await?;
+                if stored != *seg {
+                    return Err(refused(format!(
+                        "another writer uploaded a different segment for revisions {start}..={end}; \
+                         this one was not stored (segments are never replaced): \
+                         more than one leader recorded this backup's changes"
+                    )));
+                }
+                Ok(stored_size)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The revision ranges of backup `base`'s segments, sorted by start
+    /// (one listing). Other objects in the folder are skipped.
+    pub async fn list_segments(&self, base: &str) -> Result<Vec<(i64, i64)>> {
+        check_name(base)?;
+        let dir = format!("{base}/{DELTA_DIR}");
+        let mut ranges: Vec<(i64, i64)> = self
+            .list_under(Some(&dir))
+            .await?
+            .iter()
+            .filter_map(|rel| {
+                let range = rel
+                    .strip_prefix(&dir)
+                    .and_then(|r| r.strip_prefix('/'))
+                    .and_then(parse_segment_file_name);
+                if range.is_none() {
+                    tracing::trace!(object = %rel, "not a delta segment; skipped");
+                }
+                range
+            })
+            .collect();
+        ranges.sort_unstable();
+        Ok(ranges)
+    }
+
+    /// Read and check backup `base`'s segment of revisions `start..=end`.
+    pub async fn read_segment(&self, base: &str, start: i64, end: i64) -> Result<DeltaSegment> {
+        Ok(self.read_segment_sized(base, start, end).await?.0)
+    }
+
+    /// [`Self::read_segment`], with the stored size.
+    async fn read_segment_sized(
+        &self,
+        base: &str,
+        start: i64,
+        end: i64,
+    ) -> Result<(DeltaSegment, u64)> {
+        check_name(base)?;
+        let file = segment_file_name(start, end);
+        if parse_segment_file_name(&file).is_none() {
+            return Err(Error::InvalidName {
+                name: format!("{start}..={end}"),
+                reason: "a segment holds revisions start..=end with 1 <= start <= end".into(),
+            });
+        }
+        let rel = segment_rel(base, start, end);
+        let (_, bytes) = self
+            .read_capped(&rel, MAX_SEGMENT_SIZE)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                path: self.display(&self.path(&rel)),
+            })?;
+        let corrupt = |reason: String| Error::Corrupt {
+            backup: base.into(),
+            reason: format!("delta segment {DELTA_DIR}/{file}: {reason}"),
+        };
+        let seg = decode_segment(&bytes, MAX_SEGMENT_INFLATED).map_err(corrupt)?;
+        if (seg.base.as_str(), seg.start_revision, seg.end_revision) != (base, start, end) {
+            return Err(corrupt(format!(
+                "it holds revisions {}..={} of backup {}, not what its name says \
+                 (it was renamed or copied); delete it",
+                seg.start_revision,
+                seg.end_revision,
+                seg.base.chars().take(80).collect::<String>()
+            )));
+        }
+        Ok((seg, bytes.len() as u64))
+    }
+
     pub async fn read_backup_extra(&self, name: &str) -> Result<Option<BackupExtra>> {
         check_name(name)?;
         let rel = format!("{name}/{BACKUP_EXTRA_FILE}");
@@ -1039,19 +1174,26 @@ impl BackupStore {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
     {
-        self.write_backup_hashed(snapshot, info, revision, leader_epoch, None, now)
-            .await
+        self.write_backup_hashed(
+            snapshot,
+            info,
+            revision,
+            leader_epoch,
+            BackupFacts::default(),
+            now,
+        )
+        .await
     }
 
-    /// [`Self::write_backup`], with the live cluster's HashKV at `revision`
-    /// kept in the side file for restore drills.
+    /// [`Self::write_backup`], with what else the writer knows of it
+    /// (HashKV for restore drills, the cluster id) in the side file.
     pub async fn write_backup_hashed<S>(
         &self,
         mut snapshot: S,
         info: &BackupInfo,
         revision: Option<i64>,
         leader_epoch: Option<u64>,
-        kv_hash: Option<KvHash>,
+        facts: BackupFacts,
         now: SystemTime,
     ) -> Result<BackupSummary>
     where
@@ -1192,7 +1334,9 @@ impl BackupStore {
             leader_epoch,
             writer: concat!("etcd-manager-rs/", env!("CARGO_PKG_VERSION")).to_string(),
             members,
-            kv_hash,
+            kv_hash: facts.kv_hash,
+            cluster_id: facts.cluster_id.map(|id| format!("{id:016x}")),
+            replayed_from: facts.replayed_from,
         };
         self.put(
             &format!("{name}/{BACKUP_EXTRA_FILE}"),
@@ -1471,4 +1615,212 @@ fn decompress(
     let (sha, size) = crate::gzip::inflate_all(input, &mut out, limit)?;
     out.sync_all()?;
     Ok((sha, size))
+}
+
+#[cfg(test)]
+mod delta_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::delta::tests::segment;
+
+    const NAME: &str = "2024-01-01T00:00:00Z-000001";
+
+    fn store() -> BackupStore {
+        BackupStore::new(
+            Arc::new(object_store::memory::InMemory::new()),
+            Path::from("cluster/main"),
+            "memory://cluster/main".into(),
+        )
+    }
+
+    async fn raw_put(store: &BackupStore, rel: &str, body: Vec<u8>) {
+        store.put(rel, body, PutMode::Overwrite).await.unwrap();
+    }
+
+    /// A backup as far as listing goes: its meta file.
+    async fn fake_backup(store: &BackupStore, name: &str) {
+        raw_put(store, &format!("{name}/{BACKUP_META_FILE}"), b"{}".to_vec()).await;
+        raw_put(store, &format!("{name}/{BACKUP_DATA_FILE}"), vec![1, 2, 3]).await;
+    }
+
+    #[tokio::test]
+    async fn segments_write_list_and_read_back() {
+        let store = store();
+        fake_backup(&store, NAME).await;
+        let a = segment(NAME, 101, 120);
+        let b = segment(NAME, 121, 121);
+        let size = store.write_segment(&b).await.unwrap();
+        assert_eq!(size, crate::encode_segment(&b).len() as u64);
+        store.write_segment(&a).await.unwrap();
+        assert_eq!(
+            store.list_segments(NAME).await.unwrap(),
+            vec![(101, 120), (121, 121)]
+        );
+        assert_eq!(store.read_segment(NAME, 101, 120).await.unwrap(), a);
+        assert_eq!(store.read_segment(NAME, 121, 121).await.unwrap(), b);
+        let err = store.read_segment(NAME, 1, 2).await.unwrap_err();
+        assert!(matches!(err, Error::NotFound { .. }), "{err}");
+        let err = store.read_segment(NAME, 3, 2).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidName { .. }), "{err}");
+        let err = store.list_segments("../x").await.unwrap_err();
+        assert!(matches!(err, Error::InvalidName { .. }), "{err}");
+        // Segments make no phantom backups.
+        assert_eq!(store.list_backups().await.unwrap(), vec![NAME.to_string()]);
+    }
+
+    #[tokio::test]
+    async fn a_segment_is_never_replaced() {
+        let store = store();
+        let seg = segment(NAME, 5, 9);
+        let size = store.write_segment(&seg).await.unwrap();
+        // The same segment again (a retried upload) is fine.
+        assert_eq!(store.write_segment(&seg).await.unwrap(), size);
+        let mut other = seg.clone();
+        other.revisions[0].at_ms += 1;
+        let err = store.write_segment(&other).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Malformed { reason, .. } if reason.contains("another writer uploaded a different segment")),
+            "{err}"
+        );
+        assert_eq!(store.read_segment(NAME, 5, 9).await.unwrap(), seg);
+    }
+
+    #[tokio::test]
+    async fn invalid_or_oversized_segments_are_not_uploaded() {
+        let store = store();
+        let mut bad = segment(NAME, 5, 9);
+        bad.revisions[2].ops.clear();
+        let err = store.write_segment(&bad).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Malformed { reason, .. } if reason.contains("no operation")),
+            "{err}"
+        );
+        let mut bad = segment(NAME, 5, 9);
+        bad.base = "a/b".into();
+        let err = store.write_segment(&bad).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidName { .. }), "{err}");
+        // Past the stored cap (a small one here: encoding 64 MiB takes long
+        // in a debug build).
+        let seg = segment(NAME, 1, 50);
+        let (body, inflated) = crate::delta::encode(&seg);
+        let size = body.len() as u64;
+        for (max, max_inflated) in [(size - 1, inflated), (size, inflated - 1)] {
+            let err = store
+                .write_segment_capped(&seg, max, max_inflated)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&err, Error::Malformed { reason, .. } if reason.contains("smaller segments")),
+                "{err}"
+            );
+        }
+        assert_eq!(
+            store
+                .write_segment_capped(&seg, size, inflated)
+                .await
+                .unwrap(),
+            size
+        );
+        store.delete_backup(NAME).await.unwrap();
+        assert_eq!(store.list_segments(NAME).await.unwrap(), vec![]);
+    }
+
+    #[tokio::test]
+    async fn listing_skips_other_objects() {
+        let store = store();
+        store.write_segment(&segment(NAME, 1, 4)).await.unwrap();
+        let dir = format!("{NAME}/{DELTA_DIR}");
+        for junk in [
+            "notes.txt",
+            "00000000000000000005-00000000000000000009.seg.part",
+            "00000000000000000009-00000000000000000005.seg",
+            "5-9.seg",
+            "sub/00000000000000000005-00000000000000000009.seg",
+        ] {
+            raw_put(&store, &format!("{dir}/{junk}"), vec![0]).await;
+        }
+        // A sibling folder whose name starts like ours is not listed.
+        raw_put(
+            &store,
+            &format!("{dir}-old/00000000000000000005-00000000000000000009.seg"),
+            vec![0],
+        )
+        .await;
+        assert_eq!(store.list_segments(NAME).await.unwrap(), vec![(1, 4)]);
+    }
+
+    #[tokio::test]
+    async fn a_renamed_or_damaged_segment_is_refused() {
+        let store = store();
+        store.write_segment(&segment(NAME, 1, 4)).await.unwrap();
+        let stored = store
+            .read_capped(&segment_rel(NAME, 1, 4), MAX_SEGMENT_SIZE)
+            .await
+            .unwrap()
+            .unwrap()
+            .1
+            .to_vec();
+        // Renamed to another range.
+        raw_put(&store, &segment_rel(NAME, 5, 8), stored.clone()).await;
+        let err = store.read_segment(NAME, 5, 8).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Corrupt { reason, .. } if reason.contains("not what its name says")),
+            "{err}"
+        );
+        // Copied under another backup.
+        let other = "2024-01-02T00:00:00Z-000001";
+        raw_put(&store, &segment_rel(other, 1, 4), stored.clone()).await;
+        let err = store.read_segment(other, 1, 4).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Corrupt { reason, .. } if reason.contains("not what its name says")),
+            "{err}"
+        );
+        // Damaged.
+        let mut damaged = stored.clone();
+        *damaged.last_mut().unwrap() ^= 1;
+        raw_put(&store, &segment_rel(NAME, 1, 4), damaged).await;
+        let err = store.read_segment(NAME, 1, 4).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Corrupt { reason, .. } if reason.contains("checksum mismatch")),
+            "{err}"
+        );
+        // Writing the genuine segment again reports the damage, not a conflict.
+        let err = store.write_segment(&segment(NAME, 1, 4)).await.unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_object_is_refused_unread() {
+        let store = store();
+        raw_put(
+            &store,
+            &segment_rel(NAME, 1, 4),
+            vec![0; MAX_SEGMENT_SIZE as usize + 1],
+        )
+        .await;
+        let err = store.read_segment(NAME, 1, 4).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Malformed { reason, .. } if reason.contains("larger than the")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn deleting_a_backup_deletes_its_segments() {
+        let store = store();
+        let keep = "2024-01-02T00:00:00Z-000001";
+        for name in [NAME, keep] {
+            fake_backup(&store, name).await;
+            store.write_segment(&segment(name, 1, 4)).await.unwrap();
+            store.write_segment(&segment(name, 5, 6)).await.unwrap();
+        }
+        store.delete_backup(NAME).await.unwrap();
+        assert_eq!(store.list_segments(NAME).await.unwrap(), vec![]);
+        assert!(store.list_under(Some(NAME)).await.unwrap().is_empty());
+        assert_eq!(store.list_backups().await.unwrap(), vec![keep.to_string()]);
+        assert_eq!(
+            store.list_segments(keep).await.unwrap(),
+            vec![(1, 4), (5, 6)]
+        );
+    }
 }

@@ -83,6 +83,9 @@ pub struct EndpointStatus {
     pub version: String,
     /// The id of the member behind the endpoint.
     pub member_id: u64,
+    /// The id of the cluster it belongs to (new with every new cluster,
+    /// restores included).
+    pub cluster_id: u64,
     /// The id of the raft leader as that member sees it (0: none).
     pub leader: u64,
     /// The member's raft index.
@@ -244,7 +247,12 @@ impl EtcdClient {
         .await
     }
 
-    async fn call<T, F>(&self, op: &'static str, fut: F) -> Result<T, Error>
+    /// The underlying client (cheap clone).
+    pub(crate) fn raw(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub(crate) async fn call<T, F>(&self, op: &'static str, fut: F) -> Result<T, Error>
     where
         F: Future<Output = Result<T, etcd_client::Error>>,
     {
@@ -396,14 +404,15 @@ impl EtcdClient {
         let client = self.first_only().await?;
         let mut c = client.client.clone();
         let resp = client.call("status", c.status()).await?;
-        let (member_id, revision) = resp
+        let (member_id, cluster_id, revision) = resp
             .header()
-            .map(|h| (h.member_id(), h.revision()))
-            .unwrap_or((0, 0));
+            .map(|h| (h.member_id(), h.cluster_id(), h.revision()))
+            .unwrap_or((0, 0, 0));
         Ok(EndpointStatus {
             endpoint,
             version: resp.version().to_string(),
             member_id,
+            cluster_id,
             leader: resp.leader(),
             raft_index: resp.raft_index(),
             revision,
@@ -734,7 +743,7 @@ async fn read_limited(mut resp: reqwest::Response, limit: usize) -> String {
 }
 
 /// etcd-client's error as text; gRPC refusals as `Code: message` (`Unavailable: etcdserver: unhealthy cluster`).
-fn describe(e: &etcd_client::Error) -> String {
+pub(crate) fn describe(e: &etcd_client::Error) -> String {
     match e {
         etcd_client::Error::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
         other => other.to_string(),

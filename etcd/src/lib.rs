@@ -20,12 +20,13 @@ mod restore;
 mod state;
 mod v2store;
 mod version;
+mod watch;
 
 pub use binaries::{EtcdBinaries, find_binaries, find_binaries_in};
 pub use client::{
     ClientTls, DEFAULT_TIMEOUT, EndpointStatus, EtcdClient, HashKv, Health, Member, SnapshotStream,
 };
-pub use drill::{DrillResult, drill};
+pub use drill::{DrillResult, Throwaway, drill};
 pub use env::{
     EtcdNodeSpec, MemberTlsFiles, etcd_env, etcd_env_overrides_from_process, is_etcd_override,
     replace_url_host,
@@ -38,3 +39,4 @@ pub use restore::{SnapshotInfo, restore_snapshot, verify_snapshot};
 pub use state::{read_json, write_json_atomic};
 pub use v2store::{V2StoreVerdict, can_check_v2store, check_v2store};
 pub use version::EtcdVersion;
+pub use watch::{KeyChange, KeyspaceWatch, MAX_WATCH_MESSAGE, WatchBatch};

@@ -12,6 +12,7 @@ mod hardening;
 mod kops_aws;
 mod kops_metal;
 mod leadership;
+mod pitr;
 mod prometheus;
 mod replace;
 mod sidecar;

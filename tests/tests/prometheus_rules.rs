@@ -56,7 +56,7 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
         &["check", "rules", "etcd-manager.rules.yml"],
         &dir,
     );
-    assert!(checked.contains("SUCCESS: 13 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 15 rules found"), "{checked}");
     let tested = run_promtool(
         &promtool,
         &["test", "rules", "etcd-manager.rules.test.yml"],
@@ -82,7 +82,7 @@ fn every_alert_has_a_firing_and_a_quiet_unit_test_and_a_runbook_anchor() {
     let tests = std::fs::read_to_string(dir.join("etcd-manager.rules.test.yml")).unwrap();
     let ops = std::fs::read_to_string(dir.join("../../docs/operations.md")).unwrap();
     let names = alert_names(&rules);
-    assert_eq!(names.len(), 13, "{names:?}");
+    assert_eq!(names.len(), 15, "{names:?}");
     for name in &names {
         // Split the test file into alert_rule_test entries and classify them.
         let mut firing = false;

@@ -13,6 +13,7 @@
 use anyhow::{Context, bail};
 use backup::{BackupStore, ClusterSpec, Command, RestoreBackupCommand, StoreOptions};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use etcd_manager::pitr::ReplayTo;
 
 /// Reads and changes the desired state of an etcd cluster managed by etcd-manager.
 #[derive(Debug, Parser)]
@@ -89,8 +90,26 @@ enum Cmd {
     ListCommands,
     /// Delete the queued restore command(s) for a backup (upstream's meaning), or a command by its folder name.
     DeleteCommand { name: String },
-    /// Queue a restore of the named backup.
-    RestoreBackup { backup: String },
+    /// Queue a restore of the named backup. When the backup has continuous-backup
+    /// segments, they are replayed first (here, with the backup's etcd version) into a
+    /// new backup holding the latest state, or the state at -to-revision / -to-time,
+    /// and that one is queued; -full-only restores the backup as it is.
+    RestoreBackup {
+        backup: String,
+        /// Replay the segments up to and including this etcd revision.
+        #[arg(long, conflicts_with_all = ["to_time", "full_only"])]
+        to_revision: Option<i64>,
+        /// Replay every change the leader saw at or before this time (RFC 3339, e.g.
+        /// 2026-11-30T10:15:00Z).
+        #[arg(long, conflicts_with = "full_only")]
+        to_time: Option<String>,
+        /// Restore the full backup alone, leaving its segments out (upstream's restore).
+        #[arg(long)]
+        full_only: bool,
+        /// Where the replay's scratch folder goes (removed afterwards).
+        #[arg(long, default_value_os_t = std::env::temp_dir())]
+        scratch_dir: std::path::PathBuf,
+    },
     /// Leader, epoch, members and their health, quarantine, last backup, queued commands and what the leader waits for.
     Status,
     /// Ask the leader for a backup now; waits until it is listed and prints its name.
@@ -426,12 +445,62 @@ async fn run(a: CtlArgs) -> anyhow::Result<String> {
                     .to_string(),
             )
         }
-        Cmd::RestoreBackup { backup: name } => {
+        Cmd::RestoreBackup {
+            backup: name,
+            to_revision,
+            to_time,
+            full_only,
+            scratch_dir,
+        } => {
             backup::check_backup_name(name)?;
             let backups = store.list_backups().await?;
             if !backups.iter().any(|b| b == name) {
                 bail!("backup '{name}' is not in {url}; list-backups shows the available names");
             }
+            let to = match (to_revision, to_time) {
+                (Some(r), _) => ReplayTo::Revision(*r),
+                (None, Some(t)) => ReplayTo::Time(
+                    chrono::DateTime::parse_from_rfc3339(t)
+                        .with_context(|| {
+                            format!(
+                                "-to-time {t}: not an RFC 3339 time such as 2026-11-30T10:15:00Z"
+                            )
+                        })?
+                        .timestamp_millis(),
+                ),
+                (None, None) => ReplayTo::Latest,
+            };
+            let mut replay_note = String::new();
+            let mut chosen = name.clone();
+            if !*full_only
+                && let Some(plan) = etcd_manager::pitr::plan(&store, name, to)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+            {
+                if plan.unusable > 0 {
+                    eprintln!(
+                        "warning: {} segment(s) of backup {name} come after a hole in its chain (revision {}) and are left out",
+                        plan.unusable,
+                        plan.chain_end + 1
+                    );
+                }
+                let settings = etcd_manager::pitr::ReplaySettings {
+                    bin_dirs: a.etcd_bin_dir.clone(),
+                    scratch: scratch_dir
+                        .join(format!("etcd-manager-replay-{}", std::process::id())),
+                    clock: std::sync::Arc::new(etcd_manager::clock::SystemClock),
+                };
+                let done = etcd_manager::pitr::replay(&store, &plan, &settings)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}; nothing was queued (-full-only restores the backup without its segments)"))?;
+                replay_note = format!(
+                    "replayed {} revision(s) of backup {name}'s continuous backup onto its snapshot (revision {}): \
+                     new backup {} at revision {} (HashKV {:#010x})\n",
+                    done.replayed, done.snapshot_revision, done.name, done.revision, done.hash.hash
+                );
+                chosen = done.name;
+            }
+            let name = &chosen;
             let spec = match store.read_spec().await? {
                 Some(s) => s,
                 None => store
@@ -452,7 +521,7 @@ async fn run(a: CtlArgs) -> anyhow::Result<String> {
             };
             store.add_command(&cmd, wall_now()).await?;
             Ok(format!(
-                "added restore-backup command: {}\n",
+                "{replay_note}added restore-backup command: {}\n",
                 cmd.to_upstream_text()
             ))
         }
@@ -516,6 +585,16 @@ async fn status(store: &BackupStore, output: Output) -> anyhow::Result<String> {
         )),
         None => None,
     };
+    // How far the newest backup's continuous backup reaches.
+    let delta = match &last_info {
+        Some((n, _, Some(extra))) => match (extra.revision, store.list_segments(n).await) {
+            (Some(rev), Ok(ranges)) if !ranges.is_empty() => {
+                Some((ranges.len(), etcd_manager::delta::chain_end(rev, &ranges)))
+            }
+            _ => None,
+        },
+        _ => None,
+    };
     let commands = store.list_commands().await?;
     if output == Output::Json {
         let v = serde_json::json!({
@@ -527,6 +606,8 @@ async fn status(store: &BackupStore, output: Output) -> anyhow::Result<String> {
                 "ageSeconds": backup::parse_backup_name(n).map(|(t, _)| now - t.timestamp()),
                 "etcdVersion": info.as_ref().map(|i| i.etcd_version.clone()),
                 "compressedBytes": extra.as_ref().map(|e| e.compressed_size),
+                "segments": delta.map(|d| d.0),
+                "continuousThroughRevision": delta.map(|d| d.1),
             })),
             "backups": backups.len(),
             "commands": commands.iter().map(|c| serde_json::json!({"name": c.name, "command": c.command})).collect::<Vec<_>>(),
@@ -594,6 +675,9 @@ async fn status(store: &BackupStore, output: Output) -> anyhow::Result<String> {
             for w in &r.warnings {
                 out += &format!("WARNING:     {w}\n");
             }
+            if let Some(c) = &r.continuous_backup {
+                out += &format!("continuous:  {c}\n");
+            }
         }
     }
     match &last_info {
@@ -611,6 +695,11 @@ async fn status(store: &BackupStore, output: Output) -> anyhow::Result<String> {
                 "last backup: {n} ({age_text} ago{size}{version}); {} in all\n",
                 backups.len()
             );
+            if let Some((segments, through)) = delta {
+                out += &format!(
+                    "             continuous backup through revision {through} ({segments} segment(s) since)\n"
+                );
+            }
         }
     }
     if commands.is_empty() {

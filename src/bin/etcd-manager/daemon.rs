@@ -317,6 +317,7 @@ async fn run_node(
             hosts_file: (!cfg.dns_suffix.is_empty())
                 .then(|| std::path::PathBuf::from("/etc/hosts")),
             dns_suffix: cfg.dns_suffix.clone(),
+            delta_interval: cfg.delta_interval,
         },
         health.clone(),
         store,

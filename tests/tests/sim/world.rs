@@ -1067,6 +1067,7 @@ impl World {
             commands: Vec::new(),
             last_retention: node.last_backup,
             backup_requested: false,
+            delta_full_needed: false,
             allow_new_cluster: false,
             unhealthy_since: node.unhealthy_since.clone(),
             silent_since: node.silent_since.clone(),

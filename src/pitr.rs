@@ -1,0 +1,363 @@
+//! Restore to a point: a full backup plus its continuous-backup segments,
+//! replayed up to the latest revision, a chosen revision or a time, become
+//! a new full backup, which the ordinary (upstream-compatible) restore
+//! command then restores.
+//!
+//! Nothing is touched before the whole chain is read and checked
+//! (checksums, contiguous revisions). The replay writes each recorded
+//! revision as one transaction into a throwaway etcd serving the full
+//! backup, so the replayed keyspace has the very revisions, versions and
+//! create revisions the cluster had; each transaction must land on the
+//! revision it had, or the replay stops. Deletes are replayed as deletes.
+//! A key keeps its lease id; a lease the full backup lacks is granted with
+//! the TTL it had (at least [`MIN_REPLAY_LEASE_TTL`]); leases are kept
+//! alive while the replay runs, and after the restore count down from
+//! their TTL as after any restore.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backup::{BackupInfo, BackupStore, DeltaOp, DeltaSegment, KvHash};
+
+/// The shortest TTL a replayed lease gets.
+pub const MIN_REPLAY_LEASE_TTL: i64 = 60;
+const START_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Where a replay stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayTo {
+    /// Everything the chain holds.
+    Latest,
+    /// Up to and including this revision.
+    Revision(i64),
+    /// Every revision the leader saw at or before this time (Unix millis).
+    Time(i64),
+}
+
+/// A checked chain: a full backup and the segments that follow it.
+#[derive(Debug, Clone)]
+pub struct ReplayPlan {
+    pub base: String,
+    pub info: BackupInfo,
+    /// The revision recorded with the full backup.
+    pub base_revision: i64,
+    pub segments: Vec<DeltaSegment>,
+    /// The last revision the chain holds.
+    pub chain_end: i64,
+    /// The revision the replay stops at.
+    pub target: i64,
+    /// Segments after a hole in the chain, which cannot be used.
+    pub unusable: usize,
+}
+
+impl ReplayPlan {
+    /// When the leader saw the target revision (Unix millis), if a
+    /// segment holds it.
+    pub fn target_time_ms(&self) -> Option<i64> {
+        self.segments
+            .iter()
+            .flat_map(|s| s.revisions.iter())
+            .find(|r| r.revision == self.target)
+            .map(|r| r.at_ms)
+    }
+}
+
+/// Read and check backup `base`'s chain and find the revision to stop at.
+/// Ok(None): the backup has no segments and none was asked for by
+/// revision or time (an ordinary restore).
+pub async fn plan(
+    store: &BackupStore,
+    base: &str,
+    to: ReplayTo,
+) -> Result<Option<ReplayPlan>, String> {
+    let ranges = store.list_segments(base).await.map_err(|e| e.to_string())?;
+    if ranges.is_empty() {
+        return match to {
+            ReplayTo::Latest => Ok(None),
+            _ => Err(format!(
+                "backup {base} has no continuous-backup segments: it restores only as it is (leave out -to-revision and -to-time)"
+            )),
+        };
+    }
+    let info = store
+        .read_backup_info(base)
+        .await
+        .map_err(|e| e.to_string())?;
+    let base_revision = store
+        .read_backup_extra(base)
+        .await
+        .map_err(|e| e.to_string())?
+        .and_then(|x| x.revision)
+        .ok_or_else(|| {
+            format!("backup {base} records no revision, so its segments cannot be placed")
+        })?;
+    let mut end = base_revision;
+    let mut segments = Vec::new();
+    let mut unusable = 0;
+    for (i, &(start, stop)) in ranges.iter().enumerate() {
+        if start > end + 1 {
+            unusable = ranges.len() - i;
+            break;
+        }
+        if stop <= end {
+            continue;
+        }
+        let seg = store
+            .read_segment(base, start, stop)
+            .await
+            .map_err(|e| e.to_string())?;
+        end = stop;
+        segments.push(seg);
+    }
+    let target = match to {
+        ReplayTo::Latest => end,
+        ReplayTo::Revision(r) if r < base_revision || r > end => {
+            return Err(format!(
+                "revision {r} is not in backup {base}'s chain (revisions {base_revision} to {end}); list-backups -o wide shows each backup's range"
+            ));
+        }
+        ReplayTo::Revision(r) => r,
+        ReplayTo::Time(t) => segments
+            .iter()
+            .flat_map(|s| s.revisions.iter())
+            .take_while(|r| r.at_ms <= t)
+            .map(|r| r.revision)
+            .last()
+            .unwrap_or(base_revision),
+    };
+    Ok(Some(ReplayPlan {
+        base: base.to_string(),
+        info,
+        base_revision,
+        segments,
+        chain_end: end,
+        target,
+        unusable,
+    }))
+}
+
+/// Where a replay runs.
+#[derive(Clone)]
+pub struct ReplaySettings {
+    pub bin_dirs: Vec<PathBuf>,
+    /// The scratch folder (emptied first, removed afterwards).
+    pub scratch: PathBuf,
+    pub clock: Arc<dyn crate::clock::Clock>,
+}
+
+/// What a replay made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    /// The new full backup.
+    pub name: String,
+    /// Its revision (the plan's target).
+    pub revision: i64,
+    /// The revision the full backup's snapshot held.
+    pub snapshot_revision: i64,
+    /// Revisions replayed on top of it.
+    pub replayed: usize,
+    pub hash: KvHash,
+}
+
+/// Replay `plan` and store the result as a new full backup.
+pub async fn replay(
+    store: &BackupStore,
+    plan: &ReplayPlan,
+    settings: &ReplaySettings,
+) -> Result<Replayed, String> {
+    let scratch = &settings.scratch;
+    if let Err(e) = std::fs::remove_dir_all(scratch)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(format!("{}: {e}", scratch.display()));
+    }
+    std::fs::create_dir_all(scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    let result = replay_in(store, plan, settings).await;
+    let _ = std::fs::remove_dir_all(scratch);
+    result
+}
+
+async fn replay_in(
+    store: &BackupStore,
+    plan: &ReplayPlan,
+    settings: &ReplaySettings,
+) -> Result<Replayed, String> {
+    let version: etcd::EtcdVersion = plan
+        .info
+        .etcd_version
+        .parse()
+        .map_err(|e: etcd::Error| e.to_string())?;
+    let binaries = etcd::find_binaries(&version, &settings.bin_dirs).map_err(|e| {
+        format!(
+            "{e}; replaying continuous-backup segments needs etcd {version} where the replay runs"
+        )
+    })?;
+    let full = settings.scratch.join("full.db");
+    store
+        .download_backup(&plan.base, &full)
+        .await
+        .map_err(|e| e.to_string())?;
+    let etcd = etcd::Throwaway::start(
+        &binaries,
+        &full,
+        &settings.scratch.join("etcd"),
+        START_DEADLINE,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(&full);
+    let client = etcd.client.clone();
+    let keeper = tokio::spawn(keep_leases_alive(client.clone(), settings.clock.clone()));
+    let result = apply(&client, plan, etcd.revision).await;
+    let result = match result {
+        Ok(replayed) => store_result(store, plan, &client, settings, etcd.revision, replayed).await,
+        Err(e) => Err(e),
+    };
+    keeper.abort();
+    etcd.stop().await;
+    result
+}
+
+async fn apply(
+    client: &etcd::EtcdClient,
+    plan: &ReplayPlan,
+    snapshot_revision: i64,
+) -> Result<usize, String> {
+    if plan.target < snapshot_revision {
+        return Err(format!(
+            "revision {} is older than backup {}'s snapshot, which holds revision {snapshot_revision}: restore an older backup to reach it",
+            plan.target, plan.base
+        ));
+    }
+    if plan.chain_end < snapshot_revision {
+        return Err(format!(
+            "backup {}'s snapshot holds revision {snapshot_revision}, past its chain's end {}",
+            plan.base, plan.chain_end
+        ));
+    }
+    let ttls: std::collections::BTreeMap<i64, i64> = plan
+        .segments
+        .iter()
+        .flat_map(|s| s.leases.iter())
+        .map(|l| (l.id, l.ttl))
+        .collect();
+    let mut granted = std::collections::BTreeSet::new();
+    let mut replayed = 0;
+    for rev in plan
+        .segments
+        .iter()
+        .flat_map(|s| s.revisions.iter())
+        .filter(|r| r.revision > snapshot_revision && r.revision <= plan.target)
+    {
+        let mut changes = Vec::with_capacity(rev.ops.len());
+        for op in &rev.ops {
+            changes.push(match op {
+                DeltaOp::Put { key, value, lease } => {
+                    if *lease != 0 && granted.insert(*lease) {
+                        let ttl = ttls
+                            .get(lease)
+                            .copied()
+                            .unwrap_or(0)
+                            .max(MIN_REPLAY_LEASE_TTL);
+                        client
+                            .lease_grant_id(*lease, ttl)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                    etcd::KeyChange::Put {
+                        key: key.clone(),
+                        value: value.clone(),
+                        lease: *lease,
+                    }
+                }
+                DeltaOp::Delete { key } => etcd::KeyChange::Delete { key: key.clone() },
+            });
+        }
+        let got = client
+            .apply_changes(&changes)
+            .await
+            .map_err(|e| e.to_string())?;
+        if got != rev.revision {
+            return Err(format!(
+                "replaying revision {} gave revision {got}: the recorded history does not follow on from the snapshot (or a lease expired during the replay)",
+                rev.revision
+            ));
+        }
+        replayed += 1;
+    }
+    Ok(replayed)
+}
+
+async fn store_result(
+    store: &BackupStore,
+    plan: &ReplayPlan,
+    client: &etcd::EtcdClient,
+    settings: &ReplaySettings,
+    snapshot_revision: i64,
+    replayed: usize,
+) -> Result<Replayed, String> {
+    let status = client.status().await.map_err(|e| e.to_string())?;
+    if status.revision != plan.target {
+        return Err(format!(
+            "after the replay the keyspace is at revision {}, not {}",
+            status.revision, plan.target
+        ));
+    }
+    let h = client
+        .hash_kv(plan.target)
+        .await
+        .map_err(|e| e.to_string())?;
+    let hash = KvHash {
+        revision: h.revision,
+        hash: h.hash,
+        compact_revision: h.compact_revision,
+    };
+    let stream = client.snapshot().await.map_err(|e| e.to_string())?;
+    let wall = settings.clock.wall();
+    let info = BackupInfo {
+        etcd_version: plan.info.etcd_version.clone(),
+        timestamp: wall
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+        cluster_spec: plan.info.cluster_spec.clone(),
+    };
+    let summary = store
+        .write_backup_hashed(
+            stream,
+            &info,
+            Some(plan.target),
+            None,
+            backup::BackupFacts {
+                kv_hash: Some(hash),
+                // Not a live cluster's: no continuous backup goes on from it.
+                cluster_id: None,
+                replayed_from: Some(plan.base.clone()),
+            },
+            wall,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(base = %plan.base, backup = %summary.name, revision = plan.target, replayed, "continuous backup replayed into a new full backup");
+    Ok(Replayed {
+        name: summary.name,
+        revision: plan.target,
+        snapshot_revision,
+        replayed,
+        hash,
+    })
+}
+
+/// Renew every lease of the throwaway etcd each second while the replay
+/// runs, so none expires and deletes keys at a revision of its own.
+async fn keep_leases_alive(client: etcd::EtcdClient, clock: Arc<dyn crate::clock::Clock>) {
+    loop {
+        if let Ok(ids) = client.lease_ids().await {
+            for id in ids {
+                let _ = client.lease_renew(id).await;
+            }
+        }
+        clock.sleep(Duration::from_secs(1)).await;
+    }
+}
