@@ -257,6 +257,14 @@ pub struct Args {
     #[arg(long, env = "ETCD_MANAGER_S3_REGION")]
     pub s3_region: Option<String>,
 
+    /// S3 server-side encryption of every object written: AES256 (SSE-S3), aws:kms or aws:kms:dsse (SSE-KMS) [default: the bucket's default encryption].
+    #[arg(long, env = "ETCD_MANAGER_S3_SERVER_SIDE_ENCRYPTION")]
+    pub s3_server_side_encryption: Option<String>,
+
+    /// The KMS key id, alias or ARN of SSE-KMS [default: the account's aws/s3 key].
+    #[arg(long, env = "ETCD_MANAGER_S3_SSE_KMS_KEY_ID")]
+    pub s3_sse_kms_key_id: Option<String>,
+
     #[command(flatten)]
     pub klog: KlogArgs,
 }
@@ -687,6 +695,8 @@ impl TryFrom<Args> for Config {
             s3_region: a.s3_region.clone().or_else(|| env("S3_REGION")),
             s3_access_key_id: env("S3_ACCESS_KEY_ID"),
             s3_secret_access_key: env("S3_SECRET_ACCESS_KEY"),
+            s3_server_side_encryption: a.s3_server_side_encryption.clone(),
+            s3_sse_kms_key_id: a.s3_sse_kms_key_id.clone(),
         };
         let host_root = PathBuf::from(if a.containerized { "/rootfs" } else { "/" });
         let volume = match (a.volume_provider.as_deref(), &a.data_dir) {
@@ -1042,6 +1052,28 @@ mod tests {
     /// The flags with TLS off (as upstream's walkthrough), plus `extra`.
     fn args(extra: &[&str]) -> Result<Config, String> {
         secure(&[&["--insecure", "--etcd-insecure"], extra].concat())
+    }
+
+    #[test]
+    fn continuous_backup_and_s3_encryption_flags_reach_their_settings() {
+        let c = args(&[]).expect("defaults");
+        assert_eq!(c.delta_interval, Duration::from_secs(10));
+        assert_eq!(c.store_options.s3_server_side_encryption, None);
+        let c = args(&[
+            "--delta-interval=0",
+            "--s3-server-side-encryption=aws:kms",
+            "--s3-sse-kms-key-id=alias/etcd",
+        ])
+        .expect("flags");
+        assert!(c.delta_interval.is_zero());
+        assert_eq!(
+            c.store_options.s3_server_side_encryption.as_deref(),
+            Some("aws:kms")
+        );
+        assert_eq!(
+            c.store_options.s3_sse_kms_key_id.as_deref(),
+            Some("alias/etcd")
+        );
     }
 
     #[test]

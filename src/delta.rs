@@ -425,7 +425,20 @@ impl DeltaStreamer {
                 })
                 .collect(),
         };
-        match self.store.write_segment(&segment).await {
+        let written = match self.store.write_segment(&segment).await {
+            Ok(bytes) => Ok(bytes),
+            // Another writer (a leader that has not yet noticed it lost the
+            // lease) uploaded this range first: the same history, seen at
+            // other times. Ours is then already in the store.
+            Err(e) => match self.store.read_segment(base, start, end).await {
+                Ok(theirs) if same_changes(&theirs, &segment) => {
+                    tracing::info!(%base, start, end, "continuous-backup segment already uploaded by another writer");
+                    Ok(0)
+                }
+                _ => Err(e),
+            },
+        };
+        match written {
             Ok(bytes) => {
                 *uploaded = end;
                 pending.bytes = 0;
@@ -454,6 +467,15 @@ impl DeltaStreamer {
             }
         }
     }
+}
+
+/// The same revisions with the same changes (when they were seen aside).
+fn same_changes(a: &DeltaSegment, b: &DeltaSegment) -> bool {
+    a.revisions.len() == b.revisions.len()
+        && a.revisions
+            .iter()
+            .zip(&b.revisions)
+            .all(|(x, y)| x.revision == y.revision && x.ops == y.ops)
 }
 
 /// Whether `now` is the same chain as `target` (same epoch and base).

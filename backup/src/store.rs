@@ -31,6 +31,49 @@ pub struct StoreOptions {
     pub s3_region: Option<String>,
     pub s3_access_key_id: Option<String>,
     pub s3_secret_access_key: Option<String>,
+    /// S3 server-side encryption of every object written: `AES256`
+    /// (SSE-S3), `aws:kms` or `aws:kms:dsse` (SSE-KMS); None: the bucket's
+    /// default (or `AWS_SERVER_SIDE_ENCRYPTION`).
+    pub s3_server_side_encryption: Option<String>,
+    /// The KMS key of SSE-KMS (None: the account's `aws/s3` key, or
+    /// `AWS_SSE_KMS_KEY_ID`).
+    pub s3_sse_kms_key_id: Option<String>,
+}
+
+/// The server-side encryption settings in `opts`, checked: the object_store
+/// config pairs to set.
+fn s3_encryption(opts: &StoreOptions) -> std::result::Result<Vec<(&'static str, String)>, String> {
+    let mut out = vec![];
+    let kms = match opts.s3_server_side_encryption.as_deref().map(str::trim) {
+        None | Some("") => false,
+        Some(v @ ("AES256" | "aws:kms" | "aws:kms:dsse")) => {
+            out.push(("aws_server_side_encryption", v.to_string()));
+            v != "AES256"
+        }
+        Some(other) => {
+            return Err(format!(
+                "S3 server-side encryption '{other}' is not one S3 knows: write AES256 (SSE-S3), aws:kms or aws:kms:dsse (SSE-KMS)"
+            ));
+        }
+    };
+    if let Some(key) = opts
+        .s3_sse_kms_key_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+    {
+        if !kms {
+            return Err(
+                "an SSE-KMS key id needs --s3-server-side-encryption=aws:kms (or aws:kms:dsse)"
+                    .into(),
+            );
+        }
+        if key.len() > 2048 || key.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err("the SSE-KMS key id is not a key id, alias or ARN".into());
+        }
+        out.push(("aws_sse_kms_key_id", key.to_string()));
+    }
+    Ok(out)
 }
 
 /// A queued command and its folder name under `control/`.
@@ -320,6 +363,11 @@ impl BackupStore {
                 }
                 if let Some(k) = &opts.s3_secret_access_key {
                     b = b.with_secret_access_key(k);
+                }
+                for (key, value) in s3_encryption(opts).map_err(bad)? {
+                    let key: object_store::aws::AmazonS3ConfigKey =
+                        key.parse().map_err(|e| bad(format!("{e}")))?;
+                    b = b.with_config(key, value);
                 }
                 let s3 = b
                     .with_retry(store_retry())

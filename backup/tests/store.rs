@@ -236,10 +236,123 @@ async fn contract_s3_on_moto() {
         s3_region: Some("us-east-1".into()),
         s3_access_key_id: Some("test".into()),
         s3_secret_access_key: Some("test".into()),
+        ..Default::default()
     };
     let store =
         BackupStore::open("s3://backups/cluster.example.com/backups/etcd/main", &opts).unwrap();
     contract(store, tmp.path()).await;
+}
+
+/// The headers S3 (moto) keeps with an object, lowercased.
+async fn object_headers(moto: &moto::Moto, bucket: &str, key: &str) -> String {
+    let addr = moto.endpoint().trim_start_matches("http://").to_string();
+    // moto reads private objects only for a request that names a key (it
+    // does not check the signature).
+    let auth = "AWS4-HMAC-SHA256 Credential=test/20261130/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00";
+    let (code, resp) = moto::request_with(
+        &addr,
+        "HEAD",
+        &format!("/{bucket}/{key}"),
+        &[("Authorization", auth)],
+        "",
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 200, "HEAD {key}: {resp}");
+    resp.to_ascii_lowercase()
+}
+
+/// S3 server-side encryption, as asked: on small objects and on a backup's
+/// multipart upload alike; wrong settings refused at open.
+#[tokio::test]
+async fn s3_server_side_encryption_is_asked_for_on_every_write() {
+    let Some(moto) = moto::Moto::for_test().await else {
+        return;
+    };
+    for (bucket, sse, key_id) in [
+        ("sse-kms", "aws:kms", Some("alias/etcd-backups")),
+        ("sse-s3", "AES256", None),
+    ] {
+        moto.create_bucket(bucket).await.unwrap();
+        let opts = StoreOptions {
+            s3_endpoint: Some(moto.endpoint()),
+            s3_region: Some("us-east-1".into()),
+            s3_access_key_id: Some("test".into()),
+            s3_secret_access_key: Some("test".into()),
+            s3_server_side_encryption: Some(sse.into()),
+            s3_sse_kms_key_id: key_id.map(String::from),
+        };
+        let store = BackupStore::open(&format!("s3://{bucket}/c/main"), &opts).unwrap();
+        store
+            .write_manager_file("probe", b"1".to_vec())
+            .await
+            .unwrap();
+        let data = pseudo_random(6 * 1024 * 1024 + 5, 3);
+        let summary = store
+            .write_backup(snapshot_stream(data), &info(), Some(7), None, t0())
+            .await
+            .unwrap();
+        for key in [
+            "c/main/etcd-manager/probe".to_string(),
+            format!("c/main/{}/{}", summary.name, backup::BACKUP_DATA_FILE),
+            format!("c/main/{}/{}", summary.name, backup::BACKUP_META_FILE),
+        ] {
+            let h = object_headers(&moto, bucket, &key).await;
+            assert!(
+                h.contains(&format!(
+                    "x-amz-server-side-encryption: {}",
+                    sse.to_ascii_lowercase()
+                )),
+                "{key}: {h}"
+            );
+            if let Some(k) = key_id {
+                assert!(
+                    h.contains(&format!("x-amz-server-side-encryption-aws-kms-key-id: {k}")),
+                    "{key}: {h}"
+                );
+            }
+        }
+    }
+    // Nothing asked: nothing sent (the bucket's default applies).
+    moto.create_bucket("plain").await.unwrap();
+    let opts = StoreOptions {
+        s3_endpoint: Some(moto.endpoint()),
+        s3_region: Some("us-east-1".into()),
+        s3_access_key_id: Some("test".into()),
+        s3_secret_access_key: Some("test".into()),
+        ..Default::default()
+    };
+    let store = BackupStore::open("s3://plain/c/main", &opts).unwrap();
+    store
+        .write_manager_file("probe", b"1".to_vec())
+        .await
+        .unwrap();
+    let h = object_headers(&moto, "plain", "c/main/etcd-manager/probe").await;
+    assert!(
+        !h.contains("x-amz-server-side-encryption-aws-kms-key-id"),
+        "{h}"
+    );
+    // Settings S3 would refuse on every write are refused at open.
+    for (sse, key, needle) in [
+        ("aes256", None, "AES256 (SSE-S3), aws:kms"),
+        (
+            "AES256",
+            Some("alias/x"),
+            "needs --s3-server-side-encryption=aws:kms",
+        ),
+        ("aws:kms", Some("alias/has space"), "not a key id"),
+    ] {
+        let bad = StoreOptions {
+            s3_server_side_encryption: Some(sse.into()),
+            s3_sse_kms_key_id: key.map(String::from),
+            ..opts.clone()
+        };
+        let e = BackupStore::open("s3://plain/c/main", &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(needle), "{sse}: {e}");
+    }
 }
 
 #[allow(dead_code)] // only some of the helper is used here
@@ -283,6 +396,7 @@ async fn the_buckets_region_comes_from_s3_when_none_is_given() {
         s3_region: None,
         s3_access_key_id: Some("test".into()),
         s3_secret_access_key: Some("test".into()),
+        ..Default::default()
     };
     let mut opts = base.clone();
     backup::resolve_s3_region("s3://far-away/cluster/backups/etcd/main", &mut opts).await;

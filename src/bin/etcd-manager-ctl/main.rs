@@ -52,6 +52,14 @@ struct CtlArgs {
     #[arg(long, env = "ETCD_MANAGER_S3_REGION", global = true)]
     s3_region: Option<String>,
 
+    /// S3 server-side encryption of what the ctl writes: AES256 (SSE-S3), aws:kms or aws:kms:dsse (SSE-KMS) [default: the bucket's].
+    #[arg(long, env = "ETCD_MANAGER_S3_SERVER_SIDE_ENCRYPTION", global = true)]
+    s3_server_side_encryption: Option<String>,
+
+    /// The KMS key id, alias or ARN of SSE-KMS [default: the account's aws/s3 key].
+    #[arg(long, env = "ETCD_MANAGER_S3_SSE_KMS_KEY_ID", global = true)]
+    s3_sse_kms_key_id: Option<String>,
+
     /// Folder of the CAs (init-pki, issue-client-cert), as the manager's --pki-dir.
     #[arg(
         long,
@@ -288,6 +296,8 @@ async fn run(a: CtlArgs) -> anyhow::Result<String> {
         s3_region: a.s3_region.clone().or_else(|| env("S3_REGION")),
         s3_access_key_id: env("S3_ACCESS_KEY_ID"),
         s3_secret_access_key: env("S3_SECRET_ACCESS_KEY"),
+        s3_server_side_encryption: a.s3_server_side_encryption.clone(),
+        s3_sse_kms_key_id: a.s3_sse_kms_key_id.clone(),
     };
     backup::resolve_s3_region(&url, &mut opts).await;
     let store = BackupStore::open(&url, &opts).context("--backup-store")?;
