@@ -86,7 +86,7 @@ async fn a_restore_returns_the_keyspace_of_a_chosen_revision_and_of_the_latest()
     for i in 0..10 {
         write(&c, &mut oracle, put(&format!("/pitr/base/{i}"), "full")).await;
     }
-    let out = env.ctl(&["backup-now", "--timeout=60s"]);
+    let out = env.ctl(&["backup-now", "--timeout=3m"]);
     assert!(out.success, "{out:?}");
     let store = BackupStore::open(&env.store_url, &Default::default()).unwrap();
     let base = store.list_backups().await.unwrap().pop().unwrap();
@@ -145,6 +145,10 @@ async fn a_restore_returns_the_keyspace_of_a_chosen_revision_and_of_the_latest()
         "segments reached revision {last} {:?} after the write",
         started.elapsed()
     );
+    // list-backups -o wide shows the revisions a restore can reach.
+    let wide = env.ctl(&["-o", "wide", "list-backups"]);
+    let line = wide.stdout.lines().find(|l| l.starts_with(&base)).unwrap();
+    assert!(line.contains(&format!("..{last} ")), "{}", wide.stdout);
 
     // A restore to the revision of the leased key: exactly that keyspace.
     let out = env.ctl(&["restore-backup", &base, &format!("--to-revision={first}")]);

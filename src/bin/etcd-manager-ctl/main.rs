@@ -728,8 +728,8 @@ async fn list_backups_wide(store: &BackupStore, names: &[String]) -> anyhow::Res
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     let mut out = format!(
-        "{:<28} {:>6} {:<8} {:>12} {:<8} {}\n",
-        "NAME", "AGE", "ETCD", "BYTES", "CHECKSUM", "DRILL"
+        "{:<28} {:>6} {:<8} {:>12} {:<8} {:<23} {}\n",
+        "NAME", "AGE", "ETCD", "BYTES", "CHECKSUM", "REVISIONS", "DRILL"
     );
     for n in names {
         let age_text =
@@ -744,12 +744,36 @@ async fn list_backups_wide(store: &BackupStore, names: &[String]) -> anyhow::Res
             .as_ref()
             .map_or("?".to_string(), |e| e.compressed_size.to_string());
         let sum = if extra.is_some() { "sha256" } else { "none" };
+        // The revision it holds, and how far its continuous backup reaches
+        // (the points a restore can go to); `*` marks a replay's result.
+        let revisions = match extra.as_ref().and_then(|e| e.revision) {
+            None => "-".to_string(),
+            Some(r) => {
+                let end = match store.list_segments(n).await {
+                    Ok(ranges) if !ranges.is_empty() => {
+                        Some(etcd_manager::delta::chain_end(r, &ranges))
+                    }
+                    _ => None,
+                };
+                let replayed = if extra.as_ref().is_some_and(|e| e.replayed_from.is_some()) {
+                    "*"
+                } else {
+                    ""
+                };
+                match end {
+                    Some(e) => format!("{r}..{e}{replayed}"),
+                    None => format!("{r}{replayed}"),
+                }
+            }
+        };
         let drill = match store.read_drill(n).await {
             Ok(Some(d)) => format!("{} {} ago", d.verdict.as_str(), age(now - d.at)),
             Ok(None) => "-".to_string(),
             Err(e) => format!("unreadable ({e})"),
         };
-        out += &format!("{n:<28} {age_text:>6} {version:<8} {size:>12} {sum:<8} {drill}\n");
+        out += &format!(
+            "{n:<28} {age_text:>6} {version:<8} {size:>12} {sum:<8} {revisions:<23} {drill}\n"
+        );
     }
     Ok(out)
 }

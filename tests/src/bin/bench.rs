@@ -1592,7 +1592,7 @@ async fn rpo_run(
         Duration::from_secs(60),
     )
     .await;
-    let out = env.ctl(&["backup-now", "--timeout=60s"]);
+    let out = env.ctl(&["backup-now", "--timeout=3m"]);
     anyhow::ensure!(out.success, "backup-now: {}", out.stderr);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let started = Instant::now();
