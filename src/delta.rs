@@ -38,9 +38,9 @@ pub struct DeltaTarget {
     pub epoch: u64,
     /// Client URLs of healthy members.
     pub endpoints: Vec<String>,
-    /// The full backup this leader took last, and the revision recorded
-    /// with it; None: the newest backup in the store.
-    pub base: Option<(String, i64)>,
+    /// The full backup this leader took last; None: the newest backup in
+    /// the store.
+    pub base: Option<String>,
 }
 
 /// Where the continuous backup stands (for `status` and the driver).
@@ -212,7 +212,7 @@ impl DeltaStreamer {
                 .map_err(|e| e.to_string())?;
         let live = client.status().await.map_err(|e| e.to_string())?.cluster_id;
         let base = match &target.base {
-            Some((name, _)) => name.clone(),
+            Some(name) => name.clone(),
             None => match self
                 .store
                 .list_backups()
@@ -260,7 +260,7 @@ impl DeltaStreamer {
                         // waits belongs to this chain. Otherwise leave it to
                         // the next leader, which reads it again from etcd.
                         if now.as_ref().is_some_and(|n| n.epoch == target.epoch) {
-                            let _ = self.flush(&base, &mut pending, &leases, &mut uploaded).await;
+                            self.flush(&base, &mut pending, &leases, &mut uploaded).await;
                         }
                         return Ok(End::Retarget);
                     }
@@ -397,10 +397,10 @@ impl DeltaStreamer {
         pending: &mut Pending,
         leases: &BTreeMap<i64, i64>,
         uploaded: &mut i64,
-    ) -> bool {
+    ) {
         let (Some(first), Some(last)) = (pending.revisions.first(), pending.revisions.last())
         else {
-            return true;
+            return;
         };
         let (start, end) = (first.revision, last.revision);
         let used: std::collections::BTreeSet<i64> = pending
@@ -457,13 +457,11 @@ impl DeltaStreamer {
                         .as_secs_f64(),
                 );
                 tracing::debug!(%base, start, end, bytes, "continuous-backup segment uploaded");
-                true
             }
             Err(e) => {
                 pending.revisions = segment.revisions;
                 metrics::counter!(m::DELTA_SEGMENTS, "result" => "failure").increment(1);
                 tracing::warn!(%base, start, end, error = %e, "continuous-backup segment not uploaded; kept for the next try");
-                false
             }
         }
     }

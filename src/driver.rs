@@ -286,8 +286,6 @@ pub struct Driver {
     malformed_seen: usize,
     /// What the hosts file's block last said.
     last_hosts: Option<BTreeMap<String, BTreeSet<String>>>,
-    /// The revision recorded with the backup this leader took last.
-    last_backup_revision: Option<i64>,
     /// The continuous backup: what it should follow, where it stands, and
     /// the streamer until [`Driver::run`] starts it.
     delta_target: tokio::sync::watch::Sender<Option<crate::delta::DeltaTarget>>,
@@ -378,7 +376,6 @@ impl Driver {
             had_majority: false,
             malformed_seen: 0,
             last_hosts: None,
-            last_backup_revision: None,
             delta_target,
             delta,
             delta_streamer,
@@ -668,7 +665,7 @@ impl Driver {
     /// full backup this leader took (None before its first: the streamer
     /// resumes the store's newest chain).
     fn follow_changes(&mut self, epoch: u64, obs: &Observation) {
-        if self.delta_streamer.is_none() && self.settings.delta_interval.is_zero() {
+        if self.settings.delta_interval.is_zero() {
             return;
         }
         let mut endpoints: Vec<String> =
@@ -677,7 +674,7 @@ impl Driver {
         let target = (!endpoints.is_empty()).then(|| crate::delta::DeltaTarget {
             epoch,
             endpoints,
-            base: self.last_backup_name.clone().zip(self.last_backup_revision),
+            base: self.last_backup_name.clone(),
         });
         self.delta_target.send_if_modified(|t| {
             // Members coming and going alone do not restart the chain: the
@@ -1672,7 +1669,7 @@ impl Driver {
                             .and_then(|p| endpoint_of(p.info.as_ref()?))
                             .ok_or_else(|| format!("survivor {member} has no client URL"))?;
                         let stored = obs.spec.clone().unwrap_or_else(|| spec.clone());
-                        let (summary, _) = self.backup_from(&ep, epoch, stored).await?;
+                        let summary = self.backup_from(&ep, epoch, stored).await?;
                         tracing::warn!(survivor = %member, backup = %summary.name, "quorum recovery: the survivor's data stored as a backup");
                         summary.name
                     }
@@ -1912,10 +1909,8 @@ impl Driver {
             .now()
             .saturating_duration_since(started)
             .as_secs_f64();
-        let (summary, revision) = summary;
         self.last_backup = Some(self.clock.now());
         self.last_backup_name = Some(summary.name.clone());
-        self.last_backup_revision = Some(revision);
         self.delta.full_taken();
         if reason == controller::BackupReason::Periodic && self.settings.backup_verify_every > 0 {
             self.backups_since_drill += 1;
@@ -1940,7 +1935,7 @@ impl Driver {
         &self,
         epoch: u64,
         obs: &Observation,
-    ) -> Result<(backup::BackupSummary, i64), String> {
+    ) -> Result<backup::BackupSummary, String> {
         let spec: ClusterSpec = obs.spec.clone().ok_or("no spec")?;
         // Prefer our own member; any healthy one will do.
         let mut endpoints = healthy_endpoints(obs);
@@ -1979,7 +1974,7 @@ impl Driver {
         endpoint: &str,
         epoch: u64,
         spec: ClusterSpec,
-    ) -> Result<(backup::BackupSummary, i64), String> {
+    ) -> Result<backup::BackupSummary, String> {
         let endpoint = endpoint.to_string();
         let client = etcd::EtcdClient::connect_with(
             std::slice::from_ref(&endpoint),
@@ -2014,7 +2009,6 @@ impl Driver {
                 wall,
             )
             .await
-            .map(|summary| (summary, status.revision))
             .map_err(executing_error)
     }
 }

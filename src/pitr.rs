@@ -103,10 +103,12 @@ pub async fn plan(
         if stop <= end {
             continue;
         }
-        let seg = store
+        let mut seg = store
             .read_segment(base, start, stop)
             .await
             .map_err(|e| e.to_string())?;
+        // Two writers may have overlapped: each revision is replayed once.
+        seg.revisions.retain(|r| r.revision > end);
         end = stop;
         segments.push(seg);
     }

@@ -116,7 +116,7 @@ async fn full_backup(
 fn streamer(
     store: &BackupStore,
     c: &EtcdClient,
-    base: Option<(String, i64)>,
+    base: Option<String>,
 ) -> (
     Arc<DeltaShared>,
     CancellationToken,
@@ -224,7 +224,7 @@ async fn every_change_is_recorded_and_a_replay_rebuilds_any_point_exactly() {
         apply(&c, &mut oracle, put(&format!("/k/{i}"), "before", 0)).await;
     }
     let (base, base_rev) = full_backup(&store, &c, None).await;
-    let (shared, cancel, _tx) = streamer(&store, &c, Some((base.clone(), base_rev)));
+    let (shared, cancel, _tx) = streamer(&store, &c, Some(base.clone()));
 
     // Phase one: puts, deletes, a key on a lease, a transaction of several keys.
     c.lease_grant_id(LEASE, 900).await.unwrap();
@@ -321,7 +321,7 @@ async fn compacted_history_is_a_gap_that_asks_for_a_full_backup() {
     let dir = tempfile::tempdir().unwrap();
     let (_etcd, c) = etcd(dir.path()).await;
     let store = memory_store();
-    let (base, base_rev) = full_backup(&store, &c, None).await;
+    let (base, _) = full_backup(&store, &c, None).await;
     let mut oracle = BTreeMap::new();
     let mut last = 0;
     for i in 0..10 {
@@ -329,7 +329,7 @@ async fn compacted_history_is_a_gap_that_asks_for_a_full_backup() {
     }
     // The history after the full backup is gone before a leader followed it.
     c.compact(last).await.unwrap();
-    let (shared, cancel, tx) = streamer(&store, &c, Some((base.clone(), base_rev)));
+    let (shared, cancel, tx) = streamer(&store, &c, Some(base.clone()));
     wait_for("the gap", Duration::from_secs(30), || {
         let shared = shared.clone();
         async move { shared.full_needed().then_some(()) }
@@ -345,7 +345,7 @@ async fn compacted_history_is_a_gap_that_asks_for_a_full_backup() {
     tx.send_replace(Some(DeltaTarget {
         epoch: 1,
         endpoints: c.endpoints().to_vec(),
-        base: Some((fresh.clone(), fresh_rev)),
+        base: Some(fresh.clone()),
     }));
     let next = apply(&c, &mut oracle, put("/g/after", "y", 0)).await;
     uploaded_to(&store, &fresh, fresh_rev, next).await;
