@@ -3,7 +3,7 @@
 //! [`Config`] before anything starts.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
@@ -161,6 +161,18 @@ pub struct Args {
     /// 0 turns it off.
     #[arg(long, env = "ETCD_MANAGER_DELTA_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub delta_interval: Duration,
+
+    /// Encrypt backups and continuous-backup segments with age to the
+    /// public keys in this file (one age1… per line, as `age -R` reads).
+    /// Upstream's tools cannot restore encrypted backups.
+    #[arg(long, env = "ETCD_MANAGER_BACKUP_ENCRYPTION_RECIPIENTS_FILE")]
+    pub backup_encryption_recipients_file: Option<PathBuf>,
+
+    /// The age identity (AGE-SECRET-KEY-1…) that decrypts encrypted
+    /// backups for restores and drills; read when needed, so it can be put
+    /// in place for a restore without a restart.
+    #[arg(long, env = "ETCD_MANAGER_BACKUP_ENCRYPTION_IDENTITY_FILE")]
+    pub backup_encryption_identity_file: Option<PathBuf>,
 
     /// Defragment an etcd member once this fraction of its database file is
     /// free (fragmentation, from etcd's status; 0 turns it off). One member
@@ -493,6 +505,8 @@ pub struct Config {
     pub backup_verify_every: u32,
     /// `--delta-interval` (zero: no continuous backup).
     pub delta_interval: Duration,
+    /// `--backup-encryption-recipients-file` (read) and `-identity-file`.
+    pub encryption: backup::Encryption,
     pub defrag: crate::controller::DefragPolicy,
     /// `--restore-clear-prefix`: deleted from a restored cluster while it is
     /// still quarantined.
@@ -530,6 +544,33 @@ pub struct Config {
 pub enum ConfigError {
     #[error("--{flag}: {reason}")]
     Invalid { flag: &'static str, reason: String },
+}
+
+/// The encryption flags, read and checked (shared with etcd-manager-ctl).
+pub fn encryption_flags(
+    recipients_file: Option<&Path>,
+    identity_file: Option<&Path>,
+) -> Result<backup::Encryption, ConfigError> {
+    let recipients = recipients_file
+        .map(backup::Recipients::read)
+        .transpose()
+        .map_err(|e| invalid("backup-encryption-recipients-file", e.to_string()))?;
+    if let Some(p) = identity_file {
+        backup::Encryption::check_identity_file(p)
+            .map_err(|e| invalid("backup-encryption-identity-file", e.to_string()))?;
+    }
+    let enc = backup::Encryption {
+        recipients,
+        identity_file: identity_file.map(Path::to_path_buf),
+    };
+    if let Some(r) = &enc.recipients
+        && enc.decrypts_for(r) == Some(false)
+    {
+        tracing::warn!(
+            "the backup identity file holds none of the recipients' keys: this process cannot read back what it encrypts"
+        );
+    }
+    Ok(enc)
 }
 
 fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -929,6 +970,10 @@ impl TryFrom<Args> for Config {
             auto_recover_quorum_loss: a.auto_recover_quorum_loss.filter(|d| !d.is_zero()),
             backup_verify_every: a.backup_verify_every,
             delta_interval: a.delta_interval,
+            encryption: encryption_flags(
+                a.backup_encryption_recipients_file.as_deref(),
+                a.backup_encryption_identity_file.as_deref(),
+            )?,
             defrag: crate::controller::DefragPolicy {
                 fragmentation: a.defrag_fragmentation,
                 min_free_bytes: a.defrag_min_free_bytes,
@@ -1052,6 +1097,47 @@ mod tests {
     /// The flags with TLS off (as upstream's walkthrough), plus `extra`.
     fn args(extra: &[&str]) -> Result<Config, String> {
         secure(&[&["--insecure", "--etcd-insecure"], extra].concat())
+    }
+
+    #[test]
+    fn backup_encryption_flags_are_read_and_checked_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (public, identity) = backup::crypt::generate_identity("now");
+        let pub_file = dir.path().join("r.txt");
+        let key_file = dir.path().join("k.txt");
+        std::fs::write(&pub_file, format!("# ops team\n{public}\n")).expect("write");
+        std::fs::write(&key_file, identity).expect("write");
+        let flag = |name: &str, p: &std::path::Path| {
+            format!("--backup-encryption-{name}-file={}", p.display())
+        };
+        let c = args(&[]).expect("defaults");
+        assert!(c.encryption.recipients.is_none() && c.encryption.identity_file.is_none());
+        let c =
+            args(&[&flag("recipients", &pub_file), &flag("identity", &key_file)]).expect("flags");
+        assert_eq!(
+            c.encryption.recipients.expect("recipients").keys(),
+            vec![public.clone()]
+        );
+        assert_eq!(
+            c.encryption.identity_file.as_deref(),
+            Some(key_file.as_path())
+        );
+        // An identity file that is not there yet is read when needed.
+        let later = dir.path().join("later.txt");
+        assert!(args(&[&flag("identity", &later)]).is_ok());
+        // Wrong files are refused at start, naming the flag.
+        let err = args(&[&flag("recipients", &key_file)]).expect_err("a private key as recipients");
+        assert!(
+            err.contains("backup-encryption-recipients-file") && err.contains("private key"),
+            "{err}"
+        );
+        let err = args(&[&flag("recipients", &later)]).expect_err("a missing recipients file");
+        assert!(err.contains("backup-encryption-recipients-file"), "{err}");
+        let err = args(&[&flag("identity", &pub_file)]).expect_err("a public key as identity");
+        assert!(
+            err.contains("backup-encryption-identity-file") && err.contains("line 2"),
+            "{err}"
+        );
     }
 
     #[test]

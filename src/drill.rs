@@ -34,7 +34,9 @@ pub struct DrillSettings {
 /// Run a restore drill of backup `name` and keep its record beside the
 /// backup. What went wrong in the drill is the record's `failed` verdict;
 /// an error means no record was written: the backup is not there (its
-/// meta does not read), or the record could not be written.
+/// meta does not read), it is encrypted and this process has no key for it
+/// ([`backup::Error::Encryption`]: not the backup's fault, so not a
+/// verdict), or the record could not be written.
 pub async fn verify_backup(
     store: &BackupStore,
     name: &str,
@@ -42,6 +44,11 @@ pub async fn verify_backup(
 ) -> Result<DrillRecord, backup::Error> {
     let started = settings.clock.now();
     let info = store.read_backup_info(name).await?;
+    if let Ok(Some(x)) = store.read_backup_extra(name).await
+        && x.encryption.is_some()
+    {
+        store.encryption().identities(&format!("backup {name}"))?;
+    }
     let outcome = drill_once(store, name, &info, settings).await;
     let millis = settings
         .clock

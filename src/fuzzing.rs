@@ -462,6 +462,7 @@ mod round_trips {
                 kv_hash: Some(backup::KvHash { revision: 5, hash: 7, compact_revision: 1 }),
                 cluster_id: Some("cdf818194e3a8c32".into()),
                 replayed_from: None,
+                encryption: None,
             };
             let json = serde_json::to_vec(&x).expect("json");
             let back: backup::BackupExtra = serde_json::from_slice(&json).expect("parse");

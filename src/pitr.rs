@@ -49,6 +49,10 @@ pub struct ReplayPlan {
     pub target: i64,
     /// Segments after a hole in the chain, which cannot be used.
     pub unusable: usize,
+    /// The public keys the base backup is encrypted to (empty: plaintext):
+    /// the replay's backup is encrypted to them too, unless the store
+    /// encrypts to keys of its own.
+    pub encrypted_to: Vec<String>,
 }
 
 impl ReplayPlan {
@@ -84,14 +88,18 @@ pub async fn plan(
         .read_backup_info(base)
         .await
         .map_err(|e| e.to_string())?;
-    let base_revision = store
+    let extra = store
         .read_backup_extra(base)
         .await
-        .map_err(|e| e.to_string())?
-        .and_then(|x| x.revision)
-        .ok_or_else(|| {
-            format!("backup {base} records no revision, so its segments cannot be placed")
-        })?;
+        .map_err(|e| e.to_string())?;
+    let encrypted_to = extra
+        .as_ref()
+        .and_then(|x| x.encryption.as_ref())
+        .map(|e| e.recipients.clone())
+        .unwrap_or_default();
+    let base_revision = extra.and_then(|x| x.revision).ok_or_else(|| {
+        format!("backup {base} records no revision, so its segments cannot be placed")
+    })?;
     let mut end = base_revision;
     let mut segments = Vec::new();
     let mut unusable = 0;
@@ -136,6 +144,7 @@ pub async fn plan(
         chain_end: end,
         target,
         unusable,
+        encrypted_to,
     }))
 }
 
@@ -324,6 +333,20 @@ async fn store_result(
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0),
         cluster_spec: plan.info.cluster_spec.clone(),
+    };
+    // An encrypted base gives an encrypted replay (to its keys, unless this
+    // store has keys of its own).
+    let encrypting;
+    let store = if store.encryption().recipients.is_none() && !plan.encrypted_to.is_empty() {
+        let recipients = backup::Recipients::parse(&plan.encrypted_to.join("\n"))
+            .map_err(|e| format!("backup {}'s encryption recipients: {e}", plan.base))?;
+        encrypting = store.clone().with_encryption(backup::Encryption {
+            recipients: Some(recipients),
+            identity_file: store.encryption().identity_file.clone(),
+        });
+        &encrypting
+    } else {
+        store
     };
     let summary = store
         .write_backup_hashed(

@@ -5,8 +5,9 @@
 //!
 //! A segment file is `EMDELTA1` (8 bytes), the SHA-256 of the rest (32 bytes),
 //! then one gzip member of the bincode 2 (serde, standard configuration)
-//! encoding of a [`DeltaSegment`]. The checksum is checked before anything is
-//! inflated; inflating stops at a cap; decoding is bounded; the result must
+//! encoding of a [`DeltaSegment`] (encrypted, that gzip member as an age file:
+//! see [`crate::crypt`]; the checksum is over what is stored). The checksum
+//! is checked before anything is decrypted or inflated; inflating stops at a cap; decoding is bounded; the result must
 //! pass [`DeltaSegment::validate`].
 
 use std::io::Read;
@@ -150,18 +151,22 @@ impl DeltaSegment {
 
 /// The file of `seg`: magic, SHA-256, gzip of its bincode encoding.
 pub fn encode_segment(seg: &DeltaSegment) -> Vec<u8> {
-    encode(seg).0
+    encode(seg, None).0
 }
 
-/// [`encode_segment`], and how many bytes the file inflates to.
-pub(crate) fn encode(seg: &DeltaSegment) -> (Vec<u8>, u64) {
+/// [`encode_segment`] (encrypted to `to` if given), and how many bytes the
+/// file inflates to.
+pub(crate) fn encode(seg: &DeltaSegment, to: Option<&crate::Recipients>) -> (Vec<u8>, u64) {
     let mut gz =
         flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(crate::GZIP_LEVEL));
     // Neither can fail: these types have no length-less sequence, and
     // writing into a Vec has no IO error.
     let inflated = bincode::serde::encode_into_std_write(seg, &mut gz, bincode::config::standard())
         .expect("a segment encodes");
-    let gz = gz.finish().expect("a gzip into memory finishes");
+    let mut gz = gz.finish().expect("a gzip into memory finishes");
+    if let Some(to) = to {
+        gz = to.encrypt(&gz);
+    }
     let mut out = Vec::with_capacity(MAGIC.len() + 32 + gz.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&Sha256::digest(&gz));
@@ -173,6 +178,16 @@ pub(crate) fn encode(seg: &DeltaSegment) -> (Vec<u8>, u64) {
 /// `max_inflated` bytes (never more than [`MAX_SEGMENT_INFLATED`]), decode
 /// and [`DeltaSegment::validate`].
 pub fn decode_segment(bytes: &[u8], max_inflated: u64) -> Result<DeltaSegment, String> {
+    let body = check_segment(bytes)?;
+    if crate::crypt::is_age(body) {
+        return Err("it is encrypted (age); read it through a store with the identity file".into());
+    }
+    decode_body(body, max_inflated)
+}
+
+/// A segment file's magic and checksum checked: the body (gzip, or an age
+/// file of it).
+pub(crate) fn check_segment(bytes: &[u8]) -> Result<&[u8], String> {
     let Some((magic, rest)) = bytes.split_first_chunk::<8>() else {
         return Err(format!(
             "{} bytes, shorter than a segment's header: truncated",
@@ -191,6 +206,12 @@ pub fn decode_segment(bytes: &[u8], max_inflated: u64) -> Result<DeltaSegment, S
     if Sha256::digest(gz).as_slice() != sum {
         return Err("checksum mismatch: the segment was changed or truncated after upload".into());
     }
+    Ok(gz)
+}
+
+/// Inflate (at most `max_inflated` bytes), decode and validate a segment's
+/// gzip'd body.
+pub(crate) fn decode_body(gz: &[u8], max_inflated: u64) -> Result<DeltaSegment, String> {
     let max = max_inflated.min(MAX_SEGMENT_INFLATED);
     let mut body = Vec::new();
     flate2::read::GzDecoder::new(gz)
@@ -313,7 +334,7 @@ pub(crate) mod tests {
     #[test]
     fn round_trip() {
         let seg = segment("2024-01-01T00:00:00Z-000001", 10, 40);
-        let (bytes, inflated) = encode(&seg);
+        let (bytes, inflated) = encode(&seg, None);
         assert_eq!(&bytes[..8], b"EMDELTA1");
         let plain = bincode::serde::encode_to_vec(&seg, bincode::config::standard()).unwrap();
         assert_eq!(inflated, plain.len() as u64);

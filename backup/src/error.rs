@@ -26,6 +26,10 @@ pub enum Error {
     },
     #[error("invalid name '{name}': {reason}")]
     InvalidName { name: String, reason: String },
+    /// An encrypted backup or segment this process cannot decrypt, or a key
+    /// file that is wrong.
+    #[error("{what}: {reason}")]
+    Encryption { what: String, reason: String },
     #[error("reading the etcd snapshot failed: {0}")]
     Snapshot(#[source] std::io::Error),
 }

@@ -13,6 +13,7 @@
 //! <base>/etcd-manager/lease/...                                  the lock crate's records
 //! ```
 
+pub mod crypt;
 mod delta;
 mod error;
 pub mod gzip;
@@ -20,6 +21,7 @@ mod model;
 mod retention;
 mod store;
 
+pub use crypt::{Encryption, Recipients};
 pub use delta::{
     DELTA_DIR, DeltaLease, DeltaOp, DeltaRevision, DeltaSegment, MAX_SEGMENT_INFLATED,
     MAX_SEGMENT_SIZE, check_chain, decode_segment, encode_segment, parse_segment_file_name,
@@ -27,8 +29,8 @@ pub use delta::{
 };
 pub use error::{Error, Result};
 pub use model::{
-    BackupExtra, BackupFacts, BackupInfo, ClusterSpec, Command, CreatedMarker, DrillRecord,
-    DrillVerdict, KvHash, MAX_MEMBER_SIZE, MAX_SNAPSHOT_SIZE, RestoreBackupCommand,
+    BackupEncryption, BackupExtra, BackupFacts, BackupInfo, ClusterSpec, Command, CreatedMarker,
+    DrillRecord, DrillVerdict, KvHash, MAX_MEMBER_SIZE, MAX_SNAPSHOT_SIZE, RestoreBackupCommand,
 };
 pub use retention::{MIN_KEPT_BACKUPS, RetentionPolicy, parse_retention, select_for_deletion};
 pub use store::{

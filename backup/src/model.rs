@@ -109,6 +109,21 @@ pub struct BackupExtra {
     /// restore to a point), not read from a live cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replayed_from: Option<String>,
+    /// Set when `etcd.backup.gz` is an age file of the gzip stream (see
+    /// [`crate::crypt`]); the checksum and size above are the ciphertext's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<BackupEncryption>,
+}
+
+/// How a backup is encrypted.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupEncryption {
+    /// `age`.
+    pub scheme: String,
+    /// The public keys it was encrypted to (`age1…`): a replay encrypts its
+    /// result to the same ones, and an operator sees which key restores it.
+    pub recipients: Vec<String>,
 }
 
 /// What a backup's writer knows of it besides the snapshot, kept in its
@@ -217,6 +232,16 @@ impl BackupExtra {
         {
             return Err("replayedFrom is not a backup name".into());
         }
+        if let Some(e) = &self.encryption {
+            if e.scheme != crate::crypt::SCHEME_AGE {
+                return Err(format!(
+                    "encryption scheme '{}' is not one this version knows (age); a newer etcd-manager wrote it",
+                    e.scheme.chars().take(32).collect::<String>()
+                ));
+            }
+            crate::Recipients::parse(&e.recipients.join("\n"))
+                .map_err(|r| format!("encryption recipients: {r}"))?;
+        }
         if self.snapshot_size > MAX_SNAPSHOT_SIZE {
             return Err(format!(
                 "declares a snapshot of {} bytes, more than the {MAX_SNAPSHOT_SIZE} accepted",
@@ -239,7 +264,23 @@ impl BackupExtra {
             gz_sum = gz_sum.saturating_add(*gz);
             raw_sum = raw_sum.saturating_add(*raw);
         }
-        if gz_sum != self.compressed_size || raw_sum != self.snapshot_size {
+        // Encrypted, the stored file is the gzip plus age's header (a
+        // stanza of about 100 bytes per recipient), its 16-byte nonce and a
+        // 16-byte tag per 64 KiB chunk.
+        let stored_fits = match &self.encryption {
+            None => gz_sum == self.compressed_size,
+            Some(e) => self
+                .compressed_size
+                .checked_sub(gz_sum)
+                .is_some_and(|extra| {
+                    extra
+                        <= 16 * (gz_sum / (64 << 10) + 1)
+                            + 16
+                            + 256
+                            + 160 * e.recipients.len() as u64
+                }),
+        };
+        if !stored_fits || raw_sum != self.snapshot_size {
             return Err(format!(
                 "its gzip members add up to {gz_sum} compressed and {raw_sum} uncompressed bytes, \
                  but it declares {} and {}",

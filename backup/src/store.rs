@@ -11,8 +11,8 @@ use sha2::{Digest, Sha256};
 
 use crate::RESTORE_MARKER_FILE;
 use crate::delta::{
-    DELTA_DIR, DeltaSegment, MAX_SEGMENT_INFLATED, MAX_SEGMENT_SIZE, decode_segment,
-    parse_segment_file_name, segment_file_name,
+    DELTA_DIR, DeltaSegment, MAX_SEGMENT_INFLATED, MAX_SEGMENT_SIZE, parse_segment_file_name,
+    segment_file_name,
 };
 use crate::error::{Error, Result};
 use crate::model::{
@@ -164,6 +164,8 @@ pub struct BackupStore {
     store: Arc<dyn ObjectStore>,
     base: Path,
     url: String,
+    /// Client-side encryption: what this process encrypts to and decrypts with.
+    crypt: crate::Encryption,
 }
 
 const ACCEPTED: &str = "use file:///absolute/path, s3://bucket/prefix, gs://bucket/prefix, azureblob://container/prefix or memory://name (memfs://name)";
@@ -443,7 +445,23 @@ impl BackupStore {
     }
 
     pub fn new(store: Arc<dyn ObjectStore>, base: Path, url: String) -> Self {
-        BackupStore { store, base, url }
+        BackupStore {
+            store,
+            base,
+            url,
+            crypt: crate::Encryption::default(),
+        }
+    }
+
+    /// Encrypt backups and segments written from now on to
+    /// `crypt.recipients`, and decrypt with `crypt.identity_file`.
+    pub fn with_encryption(mut self, crypt: crate::Encryption) -> Self {
+        self.crypt = crypt;
+        self
+    }
+
+    pub fn encryption(&self) -> &crate::Encryption {
+        &self.crypt
     }
 
     pub fn object_store(&self) -> Arc<dyn ObjectStore> {
@@ -1098,7 +1116,7 @@ impl BackupStore {
                 "{r}; not uploaded (the segment writer built an invalid segment)"
             ))
         })?;
-        let (body, inflated) = crate::delta::encode(seg);
+        let (body, inflated) = crate::delta::encode(seg, self.crypt.recipients.as_ref());
         let size = body.len() as u64;
         if size > max || inflated > max_inflated {
             return Err(refused(format!(
@@ -1182,7 +1200,20 @@ impl BackupStore {
             backup: base.into(),
             reason: format!("delta segment {DELTA_DIR}/{file}: {reason}"),
         };
-        let seg = decode_segment(&bytes, MAX_SEGMENT_INFLATED).map_err(corrupt)?;
+        let body = crate::delta::check_segment(&bytes).map_err(corrupt)?;
+        let plain;
+        let body = if crate::crypt::is_age(body) {
+            // The plaintext is shorter than the ciphertext.
+            plain = self.crypt.decrypt(
+                &format!("backup {base}'s delta segment {DELTA_DIR}/{file}"),
+                body,
+                body.len() as u64,
+            )?;
+            &plain[..]
+        } else {
+            body
+        };
+        let seg = crate::delta::decode_body(body, MAX_SEGMENT_INFLATED).map_err(corrupt)?;
         if (seg.base.as_str(), seg.start_revision, seg.end_revision) != (base, start, end) {
             return Err(corrupt(format!(
                 "it holds revisions {}..={} of backup {}, not what its name says \
@@ -1285,10 +1316,11 @@ impl BackupStore {
         let mut sink = MemberSink {
             writer: WriteMultipart::new(upload),
             path: data_path.clone(),
-            gz_hash: Sha256::new(),
-            gz_size: 0,
+            file_hash: Sha256::new(),
+            file_size: 0,
             members: Vec::new(),
             stored: 0,
+            encrypt: self.crypt.recipients.as_ref().map(|r| r.encrypting()),
         };
         let mut raw_hash = Sha256::new();
         let mut raw_size = 0u64;
@@ -1348,13 +1380,13 @@ impl BackupStore {
                 sink.put(done).await?;
             }
             drop(pool);
-            Ok(())
+            sink.finish_encryption().await
         }
         .await;
         let MemberSink {
             writer,
-            gz_hash,
-            gz_size,
+            file_hash,
+            file_size,
             members,
             stored,
             ..
@@ -1376,8 +1408,8 @@ impl BackupStore {
             format: 1,
             snapshot_sha256: hex(raw_hash.finalize()),
             snapshot_size: raw_size,
-            compressed_sha256: hex(gz_hash.finalize()),
-            compressed_size: gz_size,
+            compressed_sha256: hex(file_hash.finalize()),
+            compressed_size: file_size,
             revision,
             leader_epoch,
             writer: concat!("etcd-manager-rs/", env!("CARGO_PKG_VERSION")).to_string(),
@@ -1385,6 +1417,14 @@ impl BackupStore {
             kv_hash: facts.kv_hash,
             cluster_id: facts.cluster_id.map(|id| format!("{id:016x}")),
             replayed_from: facts.replayed_from,
+            encryption: self
+                .crypt
+                .recipients
+                .as_ref()
+                .map(|r| crate::BackupEncryption {
+                    scheme: crate::crypt::SCHEME_AGE.into(),
+                    recipients: r.keys(),
+                }),
         };
         self.put(
             &format!("{name}/{BACKUP_EXTRA_FILE}"),
@@ -1398,11 +1438,11 @@ impl BackupStore {
             PutMode::Create,
         )
         .await?;
-        tracing::info!(backup = %name, bytes = gz_size, snapshot_bytes = raw_size, members = extra.members.len(), stored, "backup written");
+        tracing::info!(backup = %name, bytes = file_size, snapshot_bytes = raw_size, members = extra.members.len(), stored, encrypted = extra.encryption.is_some(), "backup written");
         Ok(BackupSummary {
             name,
             snapshot_size: raw_size,
-            compressed_size: gz_size,
+            compressed_size: file_size,
             snapshot_sha256: extra.snapshot_sha256,
         })
     }
@@ -1416,6 +1456,11 @@ impl BackupStore {
     ) -> Result<DownloadedBackup> {
         check_name(name)?;
         let extra = self.read_backup_extra(name).await?;
+        let encrypted = extra.as_ref().is_some_and(|x| x.encryption.is_some());
+        if encrypted {
+            // No key, no download: say so before fetching gigabytes.
+            self.crypt.identities(&format!("backup {name}"))?;
+        }
         let data_path = self.path(&format!("{name}/{BACKUP_DATA_FILE}"));
         let io = |path: &std::path::Path| {
             let path = path.to_path_buf();
@@ -1426,13 +1471,17 @@ impl BackupStore {
         };
         let gz_tmp = dest.with_extension("gz.part");
         let raw_tmp = dest.with_extension("part");
+        let age_tmp = dest.with_extension("age.part");
         let cleanup = || {
             let _ = std::fs::remove_file(&gz_tmp);
             let _ = std::fs::remove_file(&raw_tmp);
+            let _ = std::fs::remove_file(&age_tmp);
         };
         let result: Result<DownloadedBackup> = async {
             let mut stream = self.store.get(&data_path).await.map_err(|e| Error::store("read", &data_path, e))?.into_stream();
-            let mut file = std::fs::File::create(&gz_tmp).map_err(io(&gz_tmp))?;
+            // What is stored: the gzip, or the age file of it.
+            let stored_tmp = if encrypted { &age_tmp } else { &gz_tmp };
+            let mut file = std::fs::File::create(stored_tmp).map_err(io(stored_tmp))?;
             let mut gz_hash = Sha256::new();
             let mut gz_size = 0u64;
             // Never download more than the side file declares (or, for upstream's
@@ -1448,9 +1497,9 @@ impl BackupStore {
                         reason: format!("{BACKUP_DATA_FILE} is larger than the {gz_limit} bytes declared"),
                     });
                 }
-                file.write_all(&chunk).map_err(io(&gz_tmp))?;
+                file.write_all(&chunk).map_err(io(stored_tmp))?;
             }
-            file.sync_all().map_err(io(&gz_tmp))?;
+            file.sync_all().map_err(io(stored_tmp))?;
             drop(file);
             if let Some(x) = &extra {
                 let got = hex(gz_hash.finalize());
@@ -1463,6 +1512,21 @@ impl BackupStore {
                         ),
                     });
                 }
+            }
+            if encrypted {
+                let (from, to, crypt) = (age_tmp.clone(), gz_tmp.clone(), self.crypt.clone());
+                let what = format!("backup {name}");
+                gz_size = tokio::task::spawn_blocking(move || {
+                    let input = std::io::BufReader::new(std::fs::File::open(&from).map_err(io(&from))?);
+                    let mut out = std::io::BufWriter::new(std::fs::File::create(&to).map_err(io(&to))?);
+                    // The plaintext is shorter than the ciphertext.
+                    let n = crypt.decrypt_to(&what, input, &mut out, gz_size)?;
+                    out.flush().map_err(io(&to))?;
+                    Ok::<_, Error>(n)
+                })
+                .await
+                .map_err(|e| Error::Snapshot(std::io::Error::other(e)))??;
+                let _ = std::fs::remove_file(&age_tmp);
             }
             let (gz, raw) = (gz_tmp.clone(), raw_tmp.clone());
             let raw_limit = extra.as_ref().map_or(crate::model::MAX_SNAPSHOT_SIZE, |x| x.snapshot_size);
@@ -1567,10 +1631,12 @@ impl BackupStore {
 struct MemberSink {
     writer: WriteMultipart,
     path: Path,
-    gz_hash: Sha256,
-    gz_size: u64,
+    /// Of the file as stored (the ciphertext when encrypted).
+    file_hash: Sha256,
+    file_size: u64,
     members: Vec<[u64; 2]>,
     stored: u64,
+    encrypt: Option<crate::crypt::Encrypting>,
 }
 
 /// A compressed member, whether it was stored, its raw size, and the raw
@@ -1587,16 +1653,37 @@ impl MemberSink {
             .ok_or_else(|| Error::Snapshot(std::io::Error::other("compression queue empty")))?
             .map_err(|e| Error::Snapshot(std::io::Error::other(e)))?
             .map_err(Error::Snapshot)?;
-        self.gz_hash.update(&gz);
-        self.gz_size += gz.len() as u64;
         self.members.push([gz.len() as u64, raw]);
         self.stored += u64::from(stored);
+        match &mut self.encrypt {
+            Some(enc) => {
+                enc.write(&gz);
+                let out = enc.take();
+                self.write(&out).await?;
+            }
+            None => self.write(&gz).await?,
+        }
+        Ok((block, gz))
+    }
+
+    /// Write the encryption's last chunk (nothing when not encrypting).
+    async fn finish_encryption(&mut self) -> Result<()> {
+        if let Some(enc) = self.encrypt.take() {
+            let out = enc.finish();
+            self.write(&out).await?;
+        }
+        Ok(())
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.file_hash.update(bytes);
+        self.file_size += bytes.len() as u64;
         self.writer
             .wait_for_capacity(2)
             .await
             .map_err(|e| Error::store("write", &self.path, e))?;
-        self.writer.write(&gz);
-        Ok((block, gz))
+        self.writer.write(bytes);
+        Ok(())
     }
 }
 
@@ -1750,7 +1837,7 @@ mod delta_tests {
         // Past the stored cap (a small one here: encoding 64 MiB takes long
         // in a debug build).
         let seg = segment(NAME, 1, 50);
-        let (body, inflated) = crate::delta::encode(&seg);
+        let (body, inflated) = crate::delta::encode(&seg, None);
         let size = body.len() as u64;
         for (max, max_inflated) in [(size - 1, inflated), (size, inflated - 1)] {
             let err = store

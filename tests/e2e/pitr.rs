@@ -1,12 +1,16 @@
 //! Continuous backups and restores to a point: every change after a full
 //! backup reaches the store within seconds, and a restore brings back
-//! exactly the keyspace of a chosen revision, or the latest one.
+//! exactly the keyspace of a chosen revision, or the latest one. The
+//! cluster encrypts its backups and segments (age): the managers and the
+//! ctl decrypt with the identity file, and without it a restore is refused
+//! with the flag named.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use backup::BackupStore;
 use etcd::{EtcdClient, KeyChange};
+use object_store::ObjectStoreExt;
 use tests::{wait_for, wait_put, wait_voters};
 
 const LEASE: i64 = 0x5eed_0001;
@@ -65,8 +69,40 @@ fn delete(key: &str) -> KeyChange {
 async fn a_restore_returns_the_keyspace_of_a_chosen_revision_and_of_the_latest() {
     let dir = tempfile::tempdir().unwrap();
     let env = crate::env(&dir);
+    // A key pair from the ctl: the private key in a new file, the public
+    // key printed for the recipients file.
+    let recipients_file = dir.path().join("backup.pub");
+    let identity_file = dir.path().join("backup.key");
+    let out = env.ctl(&["generate-backup-key", &identity_file.to_string_lossy()]);
+    assert!(out.success, "{out:?}");
+    let public = out.stdout.trim().to_string();
+    std::fs::write(&recipients_file, &out.stdout).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&identity_file)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let again = env.ctl(&["generate-backup-key", &identity_file.to_string_lossy()]);
+    assert!(
+        !again.success,
+        "an existing key file is never replaced: {again:?}"
+    );
+    let recipients_flag = format!(
+        "--backup-encryption-recipients-file={}",
+        recipients_file.display()
+    );
+    let identity_flag = format!(
+        "--backup-encryption-identity-file={}",
+        identity_file.display()
+    );
     let _ms: Vec<_> = (1..=3)
-        .map(|h| env.start_with(h, &["--delta-interval=1s"]))
+        .map(|h| {
+            env.start_with(
+                h,
+                &["--delta-interval=1s", &recipients_flag, &identity_flag],
+            )
+        })
         .collect();
     env.configure(3, "3.5.30");
     let eps: Vec<String> = (1..=3).map(|h| env.client_url(h)).collect();
@@ -90,6 +126,37 @@ async fn a_restore_returns_the_keyspace_of_a_chosen_revision_and_of_the_latest()
     assert!(out.success, "{out:?}");
     let store = BackupStore::open(&env.store_url, &Default::default()).unwrap();
     let base = store.list_backups().await.unwrap().pop().unwrap();
+    // Stored encrypted, to our key; a drill on another manager (which has
+    // the identity) restores it all the same.
+    let stored = store
+        .object_store()
+        .get(&object_store::path::Path::from_iter(
+            store
+                .base()
+                .parts()
+                .map(|p| p.as_ref().to_string())
+                .chain([base.clone(), backup::BACKUP_DATA_FILE.to_string()]),
+        ))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(stored.starts_with(b"age-encryption.org/v1\n"));
+    let extra = store.read_backup_extra(&base).await.unwrap().unwrap();
+    assert_eq!(extra.encryption.unwrap().recipients, vec![public.clone()]);
+    // A drill needs the key too (the managers' restores below show they
+    // have it): without it, no verdict and the flag named; with it, verified.
+    let out = env.ctl(&["verify-backup", &base]);
+    assert!(
+        !out.success && out.stderr.contains("--backup-encryption-identity-file"),
+        "{out:?}"
+    );
+    assert!(store.read_drill(&base).await.unwrap().is_none());
+    let out = env.ctl(&[&identity_flag, "verify-backup", &base]);
+    assert!(out.success, "{out:?}");
+    let drill = store.read_drill(&base).await.unwrap().unwrap();
+    assert_eq!(drill.verdict, backup::DrillVerdict::Verified, "{drill:?}");
 
     // After the full backup: puts, overwrites, deletes, a key on a lease.
     c.lease_grant_id(LEASE, 3600).await.unwrap();
@@ -149,9 +216,24 @@ async fn a_restore_returns_the_keyspace_of_a_chosen_revision_and_of_the_latest()
     let wide = env.ctl(&["-o", "wide", "list-backups"]);
     let line = wide.stdout.lines().find(|l| l.starts_with(&base)).unwrap();
     assert!(line.contains(&format!("..{last} ")), "{}", wide.stdout);
+    assert!(line.contains(" age "), "{}", wide.stdout);
+
+    // Without the key the replay cannot read the segments: refused, the
+    // flag named, nothing queued.
+    let out = env.ctl(&["restore-backup", &base, &format!("--to-revision={first}")]);
+    assert!(
+        !out.success && out.stderr.contains("--backup-encryption-identity-file"),
+        "{out:?}"
+    );
+    assert!(store.list_commands().await.unwrap().is_empty());
 
     // A restore to the revision of the leased key: exactly that keyspace.
-    let out = env.ctl(&["restore-backup", &base, &format!("--to-revision={first}")]);
+    let out = env.ctl(&[
+        &identity_flag,
+        "restore-backup",
+        &base,
+        &format!("--to-revision={first}"),
+    ]);
     assert!(out.success, "{out:?}");
     assert!(out.stdout.contains("replayed"), "{out:?}");
     let restored = wait_for(
@@ -168,6 +250,11 @@ async fn a_restore_returns_the_keyspace_of_a_chosen_revision_and_of_the_latest()
     )
     .await;
     assert!(restored.contains_key("/pitr/leased"));
+    // The replay's backup is encrypted to the base's key too.
+    let replayed = store.list_backups().await.unwrap().pop().unwrap();
+    let extra = store.read_backup_extra(&replayed).await.unwrap().unwrap();
+    assert_eq!(extra.replayed_from.as_deref(), Some(base.as_str()));
+    assert_eq!(extra.encryption.unwrap().recipients, vec![public.clone()]);
     // The key kept its lease, with the TTL it was granted.
     let c = EtcdClient::connect(std::slice::from_ref(&eps[0]), Duration::from_secs(5))
         .await
@@ -177,7 +264,7 @@ async fn a_restore_returns_the_keyspace_of_a_chosen_revision_and_of_the_latest()
     assert!(c.status().await.unwrap().revision > last);
 
     // A restore of the same backup without a point: the latest state.
-    let out = env.ctl(&["restore-backup", &base]);
+    let out = env.ctl(&[&identity_flag, "restore-backup", &base]);
     assert!(out.success, "{out:?}");
     wait_for("the latest keyspace", Duration::from_secs(120), || {
         let ep = eps[0].clone();
@@ -188,6 +275,7 @@ async fn a_restore_returns_the_keyspace_of_a_chosen_revision_and_of_the_latest()
 
     // A revision outside the chain is refused, naming the range.
     let out = env.ctl(&[
+        &identity_flag,
         "restore-backup",
         &base,
         &format!("--to-revision={}", last + 1000),

@@ -60,6 +60,24 @@ struct CtlArgs {
     #[arg(long, env = "ETCD_MANAGER_S3_SSE_KMS_KEY_ID", global = true)]
     s3_sse_kms_key_id: Option<String>,
 
+    /// Encrypt what the ctl writes (a replay's backup) with age to the
+    /// public keys in this file [default: a replay uses its base backup's].
+    #[arg(
+        long,
+        env = "ETCD_MANAGER_BACKUP_ENCRYPTION_RECIPIENTS_FILE",
+        global = true
+    )]
+    backup_encryption_recipients_file: Option<std::path::PathBuf>,
+
+    /// The age identity that decrypts encrypted backups (restore-backup's
+    /// replay, verify-backup).
+    #[arg(
+        long,
+        env = "ETCD_MANAGER_BACKUP_ENCRYPTION_IDENTITY_FILE",
+        global = true
+    )]
+    backup_encryption_identity_file: Option<std::path::PathBuf>,
+
     /// Folder of the CAs (init-pki, issue-client-cert), as the manager's --pki-dir.
     #[arg(
         long,
@@ -179,6 +197,13 @@ enum Cmd {
         #[arg(long, default_value = "etcd-client")]
         name: String,
     },
+    /// Make a key pair for encrypted backups (as age-keygen): the private
+    /// key goes to a new file (mode 0600) for where restores run, and the
+    /// public key line is printed for --backup-encryption-recipients-file.
+    GenerateBackupKey {
+        /// The identity file to create (an existing one is never replaced).
+        out: std::path::PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -252,6 +277,29 @@ fn init_pki(dir: &std::path::Path) -> anyhow::Result<String> {
     Ok(out)
 }
 
+fn generate_backup_key(out: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let now = chrono::DateTime::<chrono::Utc>::from(wall_now())
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (public, identity) = backup::crypt::generate_identity(&now);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| format!("{} (an existing key file is never replaced)", out.display()))?;
+    f.write_all(identity.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| out.display().to_string())?;
+    eprintln!(
+        "wrote the private key to {}: give it (--backup-encryption-identity-file) only to where restores and \
+         drills run, and keep a copy away from the backups: without it no encrypted backup can be restored",
+        out.display()
+    );
+    Ok(format!("{public}\n"))
+}
+
 fn issue_client_cert(
     pki_dir: &std::path::Path,
     out_dir: &std::path::Path,
@@ -282,6 +330,7 @@ async fn run(a: CtlArgs) -> anyhow::Result<String> {
         Some(Cmd::IssueClientCert { out_dir, name }) => {
             return issue_client_cert(&a.pki_dir, out_dir, name);
         }
+        Some(Cmd::GenerateBackupKey { out }) => return generate_backup_key(out),
         _ => {}
     }
     let Some(url) = a.backup_store.clone() else {
@@ -300,7 +349,13 @@ async fn run(a: CtlArgs) -> anyhow::Result<String> {
         s3_sse_kms_key_id: a.s3_sse_kms_key_id.clone(),
     };
     backup::resolve_s3_region(&url, &mut opts).await;
-    let store = BackupStore::open(&url, &opts).context("--backup-store")?;
+    let encryption = etcd_manager::config::encryption_flags(
+        a.backup_encryption_recipients_file.as_deref(),
+        a.backup_encryption_identity_file.as_deref(),
+    )?;
+    let store = BackupStore::open(&url, &opts)
+        .context("--backup-store")?
+        .with_encryption(encryption);
     match a.command.as_ref().unwrap_or(&Cmd::Get) {
         Cmd::Get => {
             let spec = store.read_spec().await?.with_context(|| {
@@ -388,6 +443,7 @@ async fn run(a: CtlArgs) -> anyhow::Result<String> {
         // Answered above, before a store is needed.
         Cmd::InitPki => init_pki(&a.pki_dir),
         Cmd::IssueClientCert { out_dir, name } => issue_client_cert(&a.pki_dir, out_dir, name),
+        Cmd::GenerateBackupKey { out } => generate_backup_key(out),
         Cmd::VerifyBackup {
             backup,
             scratch_dir,
@@ -728,8 +784,8 @@ async fn list_backups_wide(store: &BackupStore, names: &[String]) -> anyhow::Res
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     let mut out = format!(
-        "{:<28} {:>6} {:<8} {:>12} {:<8} {:<23} {}\n",
-        "NAME", "AGE", "ETCD", "BYTES", "CHECKSUM", "REVISIONS", "DRILL"
+        "{:<28} {:>6} {:<8} {:>12} {:<8} {:<9} {:<23} {}\n",
+        "NAME", "AGE", "ETCD", "BYTES", "CHECKSUM", "ENCRYPTED", "REVISIONS", "DRILL"
     );
     for n in names {
         let age_text =
@@ -744,6 +800,10 @@ async fn list_backups_wide(store: &BackupStore, names: &[String]) -> anyhow::Res
             .as_ref()
             .map_or("?".to_string(), |e| e.compressed_size.to_string());
         let sum = if extra.is_some() { "sha256" } else { "none" };
+        let encrypted = match extra.as_ref().and_then(|e| e.encryption.as_ref()) {
+            Some(e) => e.scheme.as_str(),
+            None => "-",
+        };
         // The revision it holds, and how far its continuous backup reaches
         // (the points a restore can go to); `*` marks a replay's result.
         let revisions = match extra.as_ref().and_then(|e| e.revision) {
@@ -772,7 +832,7 @@ async fn list_backups_wide(store: &BackupStore, names: &[String]) -> anyhow::Res
             Err(e) => format!("unreadable ({e})"),
         };
         out += &format!(
-            "{n:<28} {age_text:>6} {version:<8} {size:>12} {sum:<8} {revisions:<23} {drill}\n"
+            "{n:<28} {age_text:>6} {version:<8} {size:>12} {sum:<8} {encrypted:<9} {revisions:<23} {drill}\n"
         );
     }
     Ok(out)

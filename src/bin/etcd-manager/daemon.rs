@@ -30,7 +30,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         InstrumentedStore::wrap(raw.object_store(), raw.url()),
         raw.base().clone(),
         raw.url().to_string(),
-    );
+    )
+    .with_encryption(cfg.encryption.clone());
 
     // Certificates are wall-clock business: issued from the CAs now.
     let wall = clock.wall();
