@@ -14,7 +14,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast
 echo "== benchmarks, smoke run (small sizes, debug build: proves scripts/bench.sh works)"
-BENCH_PROFILE=debug scripts/bench.sh --quick p1 p1-loss p2 p4 p5 p7
+BENCH_PROFILE=debug scripts/bench.sh --quick p1 p1-loss p2 p4 p5 p7 p7-trickle
 echo "== partition suite: every scenario on 3 hosts, quick (network namespaces)"
 if [ "$(id -u)" = 0 ]; then
   scripts/partition-suite.sh --hosts 3 --quick

@@ -386,3 +386,93 @@ async fn keep_leases_alive(client: etcd::EtcdClient, clock: Arc<dyn crate::clock
         clock.sleep(Duration::from_secs(1)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use backup::DeltaRevision;
+
+    fn segment(base: &str, start: i64, end: i64) -> DeltaSegment {
+        DeltaSegment {
+            base: base.into(),
+            start_revision: start,
+            end_revision: end,
+            revisions: (start..=end)
+                .map(|r| DeltaRevision {
+                    revision: r,
+                    at_ms: r * 1000,
+                    ops: vec![DeltaOp::Put {
+                        key: format!("/k/{r}").into_bytes(),
+                        value: b"v".to_vec(),
+                        lease: 0,
+                    }],
+                })
+                .collect(),
+            leases: vec![],
+        }
+    }
+
+    /// A backup at revision 10 with segments as two leaders may leave
+    /// them: overlapping, and one after a hole.
+    async fn store_with_chain() -> (BackupStore, String) {
+        let store = BackupStore::open("memory://pitr", &Default::default()).unwrap();
+        let snapshot = futures::stream::iter(vec![Ok(bytes::Bytes::from_static(b"snapshot"))]);
+        let info = BackupInfo {
+            etcd_version: "3.5.30".into(),
+            timestamp: 1,
+            cluster_spec: None,
+        };
+        let base = store
+            .write_backup(snapshot, &info, Some(10), None, std::time::UNIX_EPOCH)
+            .await
+            .unwrap()
+            .name;
+        for (s, e) in [(11, 15), (13, 18), (11, 12), (20, 21)] {
+            store.write_segment(&segment(&base, s, e)).await.unwrap();
+        }
+        (store, base)
+    }
+
+    #[tokio::test]
+    async fn overlapping_segments_replay_each_revision_once_and_a_hole_ends_the_chain() {
+        let (store, base) = store_with_chain().await;
+        let p = plan(&store, &base, ReplayTo::Latest)
+            .await
+            .unwrap()
+            .unwrap();
+        let revisions: Vec<i64> = p
+            .segments
+            .iter()
+            .flat_map(|s| s.revisions.iter().map(|r| r.revision))
+            .collect();
+        assert_eq!(revisions, (11..=18).collect::<Vec<_>>());
+        assert_eq!((p.base_revision, p.chain_end, p.target), (10, 18, 18));
+        assert_eq!(p.unusable, 1, "the segment after the hole at 19");
+        assert!(p.encrypted_to.is_empty());
+
+        let p = plan(&store, &base, ReplayTo::Revision(14))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.target, 14);
+        // By time: the last revision seen at or before it.
+        let p = plan(&store, &base, ReplayTo::Time(16_500))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.target, 16);
+        assert_eq!(p.target_time_ms(), Some(16_000));
+        let p = plan(&store, &base, ReplayTo::Time(5))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.target, 10, "before the first change: the full backup");
+        for outside in [9, 19, 21] {
+            let err = plan(&store, &base, ReplayTo::Revision(outside))
+                .await
+                .unwrap_err();
+            assert!(err.contains("revisions 10 to 18"), "{err}");
+        }
+    }
+}

@@ -359,6 +359,10 @@ async fn s3_server_side_encryption_is_asked_for_on_every_write() {
 #[path = "../../tests/src/azurite.rs"]
 mod azurite;
 
+#[allow(dead_code)]
+#[path = "../../tests/src/tools.rs"]
+mod tools;
+
 /// The store's contract on Azure Blob Storage (Azurite), opened from an
 /// azureblob:// URL the way a manager does it: `BackupStore::open` reads the
 /// account, key and endpoint from the environment, which a test cannot set

@@ -798,6 +798,10 @@ async fn contract_s3_moto() {
 #[path = "../../tests/src/azurite.rs"]
 mod azurite;
 
+#[allow(dead_code)]
+#[path = "../../tests/src/tools.rs"]
+mod tools;
+
 /// Azure Blob Storage (Azurite): `PutMode::Create` is `If-None-Match: *`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn contract_azure_azurite() {

@@ -501,11 +501,7 @@ fn metric_names_in_rules_dashboard_and_docs_are_exported() {
 
 #[test]
 fn systemd_units_pass_systemd_analyze_verify() {
-    let Some(analyze) = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join("systemd-analyze"))
-            .find(|p| p.is_file())
-    }) else {
+    let Some(analyze) = tests::which("systemd-analyze") else {
         tests::tool_missing("systemd-analyze not found (apt-get install systemd)");
         return;
     };

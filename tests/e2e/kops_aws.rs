@@ -168,9 +168,7 @@ async fn kops_aws_manifest_claims_volumes_and_survives_a_replaced_master() {
     if !tests::netns::root_or_skip("the kops AWS test") {
         return;
     }
-    let moto_installed = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("moto_server").is_file()));
-    if !moto_installed {
+    if tests::which("moto_server").is_none() {
         tests::tool_missing("moto_server is not on PATH (scripts/setup.sh installs it)");
         return;
     }

@@ -20,14 +20,6 @@ impl Drop for Prometheus {
     }
 }
 
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| std::path::Path::new(d).join(name))
-        .find(|p| p.is_file())
-}
-
 /// The shipped rules, with the backup-age alert's margin and `for` shortened
 /// so it fires within seconds; the thresholds themselves are covered by the
 /// promtool unit tests in deploy/prometheus/.
@@ -78,7 +70,7 @@ async fn alert_state(prom: &str, name: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_sees_one_leader_and_the_backup_age_alert() {
-    let Some(bin) = which("prometheus") else {
+    let Some(bin) = tests::which("prometheus") else {
         tests::tool_missing("prometheus not found (scripts/test.sh installs it)");
         return;
     };
@@ -178,7 +170,7 @@ async fn prometheus_sees_one_leader_and_the_backup_age_alert() {
             "{name} missing from /metrics:\n{page}"
         );
     }
-    if let Some(promtool) = which("promtool") {
+    if let Some(promtool) = tests::which("promtool") {
         use std::io::Write;
         let mut check = std::process::Command::new(promtool)
             .args(["check", "metrics"])
@@ -200,6 +192,8 @@ async fn prometheus_sees_one_leader_and_the_backup_age_alert() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+    } else {
+        tests::tool_missing("promtool not found (scripts/test.sh installs it)");
     }
 
     // The store goes away: no more backups, the alert fires.

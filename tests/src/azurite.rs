@@ -26,12 +26,10 @@ impl Azurite {
     /// None when `azurite-blob` is not installed, outside CI; under
     /// `CI=true` a missing emulator fails the test.
     pub async fn start() -> Option<Azurite> {
-        let Some(bin) = which("azurite-blob") else {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "azurite-blob is not on PATH (scripts/setup.sh installs it)"
+        let Some(bin) = super::tools::which("azurite-blob") else {
+            super::tools::tool_missing(
+                "azurite-blob is not on PATH (scripts/setup.sh installs it)",
             );
-            println!("skipped: azurite-blob not found (scripts/setup.sh installs it)");
             return None;
         };
         let dir = tempfile::tempdir().expect("tempdir");
@@ -156,10 +154,4 @@ fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
     outer.update(k.map(|b| b ^ 0x5c));
     outer.update(inner.finalize());
     outer.finalize().into()
-}
-
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }

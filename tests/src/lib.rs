@@ -7,6 +7,7 @@ pub mod ec2;
 pub mod imds;
 pub mod moto;
 pub mod netns;
+pub mod tools;
 
 pub use moto::Moto;
 
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+pub use tools::{tool_missing, which};
 
 /// Folders with etcd binaries besides /opt (from ETCD_MANAGER_ETCD_BIN_DIR).
 pub fn etcd_bin_dirs() -> Vec<PathBuf> {
@@ -52,16 +54,6 @@ where
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-}
-
-/// A tool a test needs is missing: under `CI=true` that fails the test
-/// (CI installs everything), elsewhere the test says why it skips.
-pub fn tool_missing(what: &str) {
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{what} (CI=true: a missing tool fails)"
-    );
-    println!("skipped: {what}");
 }
 
 static NEXT_NET: AtomicU32 = AtomicU32::new(0);

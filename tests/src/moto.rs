@@ -53,14 +53,8 @@ impl Moto {
     /// For a test: moto on loopback, or None when it is not installed,
     /// outside CI; under `CI=true` a missing server fails the test.
     pub async fn for_test() -> Option<Moto> {
-        let installed = std::env::var_os("PATH")
-            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("moto_server").is_file()));
-        if !installed {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "moto_server is not on PATH (scripts/setup.sh installs it)"
-            );
-            println!("skipped: moto_server not found (scripts/setup.sh installs it)");
+        if super::tools::which("moto_server").is_none() {
+            super::tools::tool_missing("moto_server is not on PATH (scripts/setup.sh installs it)");
             return None;
         }
         Some(Moto::start("127.0.0.1", None).await.expect("moto_server"))

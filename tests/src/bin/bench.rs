@@ -46,7 +46,7 @@ fn main() -> anyhow::Result<()> {
         Some("run") => rt.block_on(run(&args[1..]))?,
         Some("gossip-node") => rt.block_on(gossip_node(&args[1..]))?,
         _ => anyhow::bail!(
-            "usage: bench run [--quick] [--out DIR] [p1 p1-loss p2 p3 p4 p5 p6 p7]\n       bench gossip-node <id> <addr> <ours|new-lan> <size> [seed...]\n       bench backup-once <endpoint> <store-url>\n       bench restore-once <store-url> <backup> <dir> <ip>"
+            "usage: bench run [--quick] [--out DIR] [p1 p1-loss p2 p3 p4 p5 p6 p7 p7-trickle p8 p8-rpo]\n       bench gossip-node <id> <addr> <ours|new-lan> <size> [seed...]\n       bench backup-once <endpoint> <store-url>\n       bench restore-once <store-url> <backup> <dir> <ip>"
         ),
     }
     Ok(())
@@ -1758,13 +1758,23 @@ fn proc_usage(pid: i32) -> Option<(f64, f64)> {
 /// production: TLS everywhere (CAs from `init-pki`), an S3 store (moto on
 /// loopback; requests counted as S3 bills them, a bulk delete as one), the
 /// managers finding each other through the store, the default controller
-/// interval and lease, 15 min backups.
-async fn p7(quick: bool, root: &Path, bin_dir: &Path, out: &mut Vec<Value>) -> anyhow::Result<()> {
+/// interval and lease, 15 min backups, continuous backup on (the default).
+/// With `trickle`, a client also writes one key every 2 s, as a Kubernetes
+/// control plane's lease renewals do, so the continuous backup has
+/// something to upload every interval.
+async fn p7(
+    quick: bool,
+    root: &Path,
+    bin_dir: &Path,
+    out: &mut Vec<Value>,
+    trickle: bool,
+) -> anyhow::Result<()> {
     let secs = std::env::var("BENCH_IDLE_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(if quick { 20 } else { 600 });
-    let dir = root.join("p7");
+    let name = if trickle { "p7-trickle" } else { "p7" };
+    let dir = root.join(name);
     std::fs::create_dir_all(&dir)?;
     let mut env = tests::ClusterEnv::new(
         &dir,
@@ -1834,6 +1844,48 @@ async fn p7(quick: bool, root: &Path, bin_dir: &Path, out: &mut Vec<Value>) -> a
         }
     })
     .await;
+    // The trickle: one write every 2 s over TLS with a client certificate.
+    let (stop_writer, stop_rx) = tokio::sync::watch::channel(false);
+    let writer = if trickle {
+        let certs = dir.join("client");
+        let issued = tests::run_ctl(
+            &env.ctl_bin,
+            &[
+                format!("-pki-dir={}", pki.display()),
+                "issue-client-cert".into(),
+                certs.display().to_string(),
+            ],
+        );
+        anyhow::ensure!(issued.success, "issue-client-cert: {}", issued.stderr);
+        let tls = etcd::ClientTls {
+            ca_pem: std::fs::read_to_string(certs.join("ca.crt"))?,
+            cert_pem: std::fs::read_to_string(certs.join("client.crt"))?,
+            key_pem: std::fs::read_to_string(certs.join("client.key"))?,
+        };
+        let eps: Vec<String> = (1..=3u8)
+            .map(|h| format!("https://{}:4001", tests::host_ip(env.net, h)))
+            .collect();
+        let client =
+            etcd::EtcdClient::connect_with(&eps, Duration::from_secs(5), Some(&tls)).await?;
+        Some(tokio::spawn(async move {
+            let mut acked = 0u64;
+            let mut n = 0u64;
+            while !*stop_rx.borrow() {
+                if client
+                    .put("/bench/trickle/lease", &n.to_string())
+                    .await
+                    .is_ok()
+                {
+                    acked += 1;
+                }
+                n += 1;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            acked
+        }))
+    } else {
+        None
+    };
     // Let the first backup and the start-up settle (store discovery reads
     // fast for its first 2 minutes; a full run outlasts that by far).
     tokio::time::sleep(Duration::from_secs(15)).await;
@@ -1844,6 +1896,10 @@ async fn p7(quick: bool, root: &Path, bin_dir: &Path, out: &mut Vec<Value>) -> a
             Some((
                 metric_sum(&body, "etcd_manager_store_requests_total"),
                 metric_sum(&body, "etcd_manager_gossip_bytes_total{direction=\"sent\"}"),
+                metric_sum(
+                    &body,
+                    "etcd_manager_backup_delta_segments_total{result=\"success\"}",
+                ),
             ))
         }
     };
@@ -1892,25 +1948,47 @@ async fn p7(quick: bool, root: &Path, bin_dir: &Path, out: &mut Vec<Value>) -> a
         }
         by_op.push(ops);
     }
-    let (mut cpu, mut reqs, mut bytes) = (vec![], vec![], vec![]);
+    let (mut cpu, mut reqs, mut bytes, mut segments) = (vec![], vec![], vec![], vec![]);
     for (i, (m, pid)) in metrics.iter().zip(&pids).enumerate() {
-        let ((r0, b0), (c0, _)) = before[i];
-        let (r1, b1) = read(m).await.unwrap_or_default();
+        let ((r0, b0, s0), (c0, _)) = before[i];
+        let (r1, b1, s1) = read(m).await.unwrap_or_default();
         let (c1, _) = proc_usage(*pid).unwrap_or_default();
         cpu.push((c1 - c0) / elapsed * 100.0);
         reqs.push((r1 - r0) / elapsed * 3600.0);
         bytes.push((b1 - b0) / elapsed);
+        segments.push((s1 - s0) / elapsed * 3600.0);
     }
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let _ = stop_writer.send(true);
+    let acked = match writer {
+        Some(w) => Some(w.await?),
+        None => None,
+    };
     for m in &mut ms {
         m.kill_all();
     }
-    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    if let Some(acked) = acked {
+        // The trickle must have run, and the continuous backup uploaded it.
+        anyhow::ensure!(
+            acked as f64 >= elapsed / 2.0 * 0.8,
+            "the trickle writer got {acked} writes acknowledged in {elapsed:.0} s"
+        );
+        anyhow::ensure!(
+            max(&segments) > 0.0,
+            "no continuous-backup segment uploaded while a client wrote"
+        );
+    }
     // One row per figure; "runs" are the three managers, the goal holds
     // for the highest (the leader does the most).
     let detail = json!({"peak_rss_mib": peak_rss, "cpu_percent_of_a_core": cpu,
            "store_requests_per_hour": reqs, "gossip_bytes_sent_per_s": bytes,
            "store_requests_by_operation_since_start": by_op,
-           "setup": "TLS everywhere, S3 store (moto), store discovery, default controller interval and lease",
+           "delta_segments_per_hour": segments,
+           "setup": if trickle {
+               "TLS everywhere, S3 store (moto), store discovery, default controller interval and lease, continuous backup every 10 s (default), a client writing one key every 2 s"
+           } else {
+               "TLS everywhere, S3 store (moto), store discovery, default controller interval and lease, continuous backup every 10 s (default), no client"
+           },
            "note": "etcd itself is not counted; the manager process only; one value per manager"});
     let figures: [(&str, &str, &Vec<f64>, &str, f64); 4] = [
         (
@@ -1943,17 +2021,32 @@ async fn p7(quick: bool, root: &Path, bin_dir: &Path, out: &mut Vec<Value>) -> a
         ),
     ];
     for (id, what, values, goal, limit) in figures {
+        let first = id == "p7";
+        let (id, title) = if trickle {
+            (
+                id.replacen("p7", "p7-trickle", 1),
+                format!(
+                    "P7 with a write every 2 s (continuous backup uploading) over {secs} s, each of 3 managers: {what}"
+                ),
+            )
+        } else {
+            (
+                id.to_string(),
+                format!("P7 idle cost over {secs} s, each of 3 managers: {what}"),
+            )
+        };
+        let id = id.as_str();
         out.push(row(
             id,
-            &format!("P7 idle cost over {secs} s, each of 3 managers: {what}"),
+            &title,
             values,
             None,
             goal,
             Some(max(values) <= limit),
-            if id == "p7" {
+            if first {
                 detail.clone()
             } else {
-                json!({"see": "p7"})
+                json!({"see": name})
             },
         ));
     }
@@ -1974,9 +2067,20 @@ async fn run(args: &[String]) -> anyhow::Result<()> {
         }
     }
     if want.is_empty() {
-        want = ["p1", "p1-loss", "p2", "p3", "p4", "p5", "p6", "p7", "p8"]
-            .map(String::from)
-            .to_vec();
+        want = [
+            "p1",
+            "p1-loss",
+            "p2",
+            "p3",
+            "p4",
+            "p5",
+            "p6",
+            "p7",
+            "p7-trickle",
+            "p8",
+        ]
+        .map(String::from)
+        .to_vec();
     }
     let bin_dir = std::env::var("BENCH_BIN_DIR")
         .map(PathBuf::from)
@@ -2010,7 +2114,10 @@ async fn run(args: &[String]) -> anyhow::Result<()> {
         p6(quick, work.path(), &bin_dir, &mut rows).await?;
     }
     if want.iter().any(|w| w == "p7") {
-        p7(quick, work.path(), &bin_dir, &mut rows).await?;
+        p7(quick, work.path(), &bin_dir, &mut rows, false).await?;
+    }
+    if want.iter().any(|w| w == "p7-trickle") {
+        p7(quick, work.path(), &bin_dir, &mut rows, true).await?;
     }
     if want.iter().any(|w| w == "p8") {
         p8(quick, work.path(), &bin_dir, &mut rows).await?;
