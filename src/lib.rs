@@ -6,11 +6,10 @@
 //! (`src/bin/`) wire everything together and hold the `etcd-manager-ctl`
 //! commands.
 
-pub mod backoff;
 pub mod clock;
 pub mod codec;
 pub mod config;
-pub mod controller;
+pub mod core;
 pub mod delta;
 pub mod discovery;
 pub mod drill;
@@ -19,7 +18,6 @@ pub mod envfile;
 pub mod fuzzing;
 pub mod goflags;
 pub mod hosts;
-pub mod leadership;
 pub mod lease;
 pub mod metrics;
 pub mod node;
@@ -31,3 +29,6 @@ pub mod statics;
 pub mod status;
 pub mod upstream_state;
 pub mod volumes;
+
+// The core's modules keep their old paths.
+pub use crate::core::{backoff, controller, leadership};

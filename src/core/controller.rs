@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use backup::ClusterSpec;
 
-use crate::peer::NodeInfo;
+use crate::core::model::NodeInfo;
 
 /// One manager seen through gossip, with its answer to GetInfo (None: no answer).
 #[derive(Debug, Clone, PartialEq)]
@@ -526,7 +526,7 @@ pub enum WaitReason {
         plan: String,
         auto_in_secs: Option<u64>,
     },
-    /// The next action failed before and waits (see `crate::backoff`).
+    /// The next action failed before and waits (see `crate::core::backoff`).
     BackingOff {
         action: String,
         failures: u32,

@@ -2,7 +2,7 @@
 #![allow(clippy::disallowed_methods)] // tests make up their own instants
 
 use super::*;
-use crate::peer::{EtcdNodeConfig, EtcdState, NodeInfo};
+use crate::core::model::{EtcdNodeConfig, EtcdState, NodeInfo};
 
 const V: &str = "3.5.30";
 

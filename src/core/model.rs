@@ -1,0 +1,51 @@
+//! The model the core decides on: what each node says about itself and the
+//! fence a leader's orders carry. Plain data; the peer API carries it on
+//! the wire (`crate::peer` re-exports it).
+
+use serde::{Deserialize, Serialize};
+
+/// How one node runs etcd: its member name and URLs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct EtcdNodeConfig {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub quarantined_client_urls: Vec<String>,
+}
+
+/// What a node says about the etcd it runs (or ran).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdState {
+    pub cluster_token: String,
+    pub etcd_version: String,
+    pub quarantined: bool,
+    pub running: bool,
+    /// Times the supervisor restarted etcd after it exited on its own.
+    pub restarts: u32,
+    /// The cluster as this node was told to start it.
+    pub nodes: Vec<EtcdNodeConfig>,
+}
+
+/// Answer to [`Request::GetInfo`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: String,
+    pub cluster_name: String,
+    pub node_config: EtcdNodeConfig,
+    pub etcd_state: Option<EtcdState>,
+    /// Highest leader epoch this node has accepted.
+    pub highest_epoch: u64,
+    /// Versions of etcd this node has binaries for.
+    pub installed_versions: Vec<String>,
+}
+
+/// Proof of who may mutate: the cluster, the leader, its lease epoch and the
+/// sequence number of the lease record it held when it sent the request (a
+/// receiver that has not seen the epoch yet reads that record to check it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    pub cluster_name: String,
+    pub leader_id: String,
+    pub epoch: u64,
+    pub lease_seq: u64,
+}
