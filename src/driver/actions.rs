@@ -1,0 +1,207 @@
+//! The larger actions, one function each (the rest are short enough to
+//! stay in [`super::execute`]'s dispatch).
+
+use super::*;
+
+impl Driver {
+    /// The action to seed a new cluster.
+    pub(super) async fn seed_cluster(
+        &mut self,
+        action: &Action,
+        epoch: u64,
+        obs: &Observation,
+    ) -> Result<(), String> {
+        let Action::SeedCluster {
+            token,
+            version,
+            peers,
+        } = action
+        else {
+            return Err(format!("{} is not {}", action.label(), "SeedCluster"));
+        };
+        let pc = &self.settings.peers.clone();
+        let fence = self.fence(epoch);
+        let nodes = node_configs(obs, peers, "seeding")?;
+        let mut addrs: Vec<SocketAddr> = vec![];
+        for p in peers {
+            addrs.push(self.addr_of(p)?);
+        }
+        let join = JoinTemplate {
+            fence,
+            token: token.clone(),
+            version: version.clone(),
+            quarantined: true,
+            nodes,
+        };
+        for (i, a) in addrs.iter().copied().enumerate() {
+            if let Err(e) = pc
+                .call(a, &join.request(JoinPhase::Prepare), PEER_TIMEOUT)
+                .await
+            {
+                for b in addrs[..i].iter().copied() {
+                    let _ = pc
+                        .call(b, &join.request(JoinPhase::CancelPrepare), PEER_TIMEOUT)
+                        .await;
+                }
+                return Err(e.to_string());
+            }
+        }
+        for a in addrs {
+            pc.call(a, &join.request(JoinPhase::Initial), JOIN_TIMEOUT)
+                .await
+                .map_err(executing_error)?;
+        }
+        tracing::info!(%token, %version, members = peers.len(), "seeded a new quarantined cluster");
+        if obs.allow_new_cluster {
+            self.store
+                .delete_manager_file(ALLOW_NEW_CLUSTER_FILE)
+                .await
+                .map_err(executing_error)?;
+        }
+        Ok(())
+    }
+
+    /// The action to check the v2 store.
+    pub(super) async fn check_v2store(
+        &mut self,
+        action: &Action,
+        epoch: u64,
+        obs: &Observation,
+    ) -> Result<(), String> {
+        let Action::CheckV2Store { peers } = action else {
+            return Err(format!("{} is not {}", action.label(), "CheckV2Store"));
+        };
+        let pc = &self.settings.peers.clone();
+        let fence = self.fence(epoch);
+        for id in peers {
+            let token = obs
+                .peers
+                .iter()
+                .find(|p| p.id == *id)
+                .and_then(|p| p.info.as_ref()?.etcd_state.as_ref())
+                .map(|e| e.cluster_token.clone())
+                .ok_or_else(|| format!("peer {id} runs no etcd"))?;
+            let req = Request::CheckV2Store(fence.clone());
+            let check = match pc.call(self.addr_of(id)?, &req, req.deadline()).await {
+                Ok(Response::V2Store { custom: None }) => controller::V2StoreCheck::Clean,
+                Ok(Response::V2Store { custom: Some(what) }) => {
+                    controller::V2StoreCheck::Custom(what)
+                }
+                Ok(other) => {
+                    controller::V2StoreCheck::Failed(format!("unexpected answer {other:?}"))
+                }
+                Err(e @ crate::peer::PeerError::Fenced { .. }) => {
+                    return Err(executing_error(e));
+                }
+                Err(e) => controller::V2StoreCheck::Failed(e.to_string()),
+            };
+            tracing::info!(peer = %id, result = ?check, "v2 store checked");
+            self.v2store
+                .insert((id.clone(), token), (check, self.clock.now()));
+        }
+        Ok(())
+    }
+
+    /// The action to check the etcd settings.
+    pub(super) async fn check_settings(&mut self, action: &Action) -> Result<(), String> {
+        let Action::CheckSettings { peers, version } = action else {
+            return Err(format!("{} is not {}", action.label(), "CheckSettings"));
+        };
+        let pc = &self.settings.peers.clone();
+        let req = Request::CheckSettings {
+            version: version.clone(),
+        };
+        for id in peers {
+            let check = match pc.call(self.addr_of(id)?, &req, req.deadline()).await {
+                Ok(Response::Settings { lost }) if lost.is_empty() => {
+                    controller::SettingsCheck::Kept
+                }
+                Ok(Response::Settings { lost }) => controller::SettingsCheck::Lost(lost),
+                Ok(Response::Failed(e)) => controller::SettingsCheck::Failed(e),
+                Ok(other) => {
+                    controller::SettingsCheck::Failed(format!("unexpected answer {other:?}"))
+                }
+                Err(e) => controller::SettingsCheck::Failed(format!(
+                    "{e} (a manager older than this one cannot answer; upgrade it first)"
+                )),
+            };
+            match &check {
+                controller::SettingsCheck::Lost(lost) => {
+                    tracing::warn!(peer = %id, %version, lost = ?lost, "etcd settings would be lost; version change held");
+                }
+                other => {
+                    tracing::info!(peer = %id, %version, result = ?other, "etcd settings checked")
+                }
+            }
+            self.settings_checks
+                .insert((id.clone(), version.clone()), (check, self.clock.now()));
+        }
+        Ok(())
+    }
+
+    /// The action to recover the quorum.
+    pub(super) async fn recover_quorum(
+        &mut self,
+        action: &Action,
+        epoch: u64,
+        obs: &Observation,
+    ) -> Result<(), String> {
+        let Action::RecoverQuorum {
+            from,
+            backup,
+            spec,
+            request,
+        } = action
+        else {
+            return Err(format!("{} is not {}", action.label(), "RecoverQuorum"));
+        };
+        let name = match (from, backup) {
+            (Some((_, member)), _) => {
+                let ep = obs
+                    .peers
+                    .iter()
+                    .find(|p| p.id == *member)
+                    .and_then(|p| endpoint_of(p.info.as_ref()?))
+                    .ok_or_else(|| format!("survivor {member} has no client URL"))?;
+                let stored = obs.spec.clone().unwrap_or_else(|| spec.clone());
+                let summary = self.backup_from(&ep, epoch, stored).await?;
+                tracing::warn!(survivor = %member, backup = %summary.name, "quorum recovery: the survivor's data stored as a backup");
+                summary.name
+            }
+            (None, Some(b)) => b.clone(),
+            (None, None) => return Err("quorum recovery without a source".into()),
+        };
+        // The cluster being replaced is retired before the restore is
+        // queued: its members that come back later (down, not wiped)
+        // are stopped instead of serving their old data.
+        let old: BTreeSet<String> = obs
+            .peers
+            .iter()
+            .filter_map(|p| p.token().map(str::to_string))
+            .collect();
+        for token in &old {
+            let body = serde_json::json!({
+                "retiredBy": "quorum recovery",
+                "backup": name,
+                "epoch": epoch,
+            });
+            self.store
+                .write_manager_file(
+                    &retired_cluster_file(token),
+                    format!("{body}\n").into_bytes(),
+                )
+                .await
+                .map_err(executing_error)?;
+            tracing::warn!(%token, "quorum recovery: the old cluster is retired; its members that come back are stopped");
+        }
+        let queued = self.queue_restore(&name, spec).await?;
+        if let Some(r) = request {
+            self.store
+                .delete_manager_file(r)
+                .await
+                .map_err(executing_error)?;
+        }
+        tracing::warn!(backup = %name, command = %queued, "quorum recovery: a restore of one member queued; the cluster grows back to its spec afterwards");
+        Ok(())
+    }
+}

@@ -1,0 +1,225 @@
+//! Backups and restores as the leader runs them: take, verify before a
+//! restore, restore as a new quarantined cluster, queue a restore.
+
+use super::*;
+
+impl Driver {
+    /// Verify first (nothing is touched if the backup is missing or corrupt),
+    /// then record the new token, stop every etcd, restore on the chosen peers.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn restore_backup(
+        &mut self,
+        command: &str,
+        backup: &str,
+        token: &str,
+        version: &str,
+        peers: &[String],
+        obs: &Observation,
+        fence: &Fence,
+    ) -> Result<(), String> {
+        let pc = &self.settings.peers.clone();
+        match self.verify_backup(backup, version).await {
+            Ok(()) => {}
+            Err((true, reason)) => {
+                tracing::error!(%command, %backup, %reason, "restore refused");
+                let key = (command.to_string(), backup.to_string());
+                self.refused.insert(key, reason.clone());
+                return Err(reason);
+            }
+            Err((false, reason)) => {
+                return Err(format!("cannot verify backup {backup} now: {reason}"));
+            }
+        }
+        let nodes = node_configs(obs, peers, "the restore")?;
+        let mut targets = vec![];
+        for p in peers {
+            targets.push(self.addr_of(p)?);
+        }
+        self.store
+            .mark_restore_started(
+                command,
+                &backup::RestoreProgress {
+                    cluster_token: token.to_string(),
+                    leader_epoch: fence.epoch,
+                },
+            )
+            .await
+            .map_err(executing_error)?;
+        // Stop every etcd first, so no member of the old cluster serves while the new one forms.
+        let running: Vec<String> = obs
+            .peers
+            .iter()
+            .filter(|p| p.info.as_ref().is_some_and(|i| i.etcd_state.is_some()))
+            .map(|p| p.id.clone())
+            .collect();
+        for p in running {
+            let addr = self.addr_of(&p)?;
+            pc.call(addr, &Request::StopEtcd(fence.clone()), JOIN_TIMEOUT)
+                .await
+                .map_err(executing_error)?;
+        }
+        let req = Request::RestoreBackup(peer::RestoreBackup {
+            fence: fence.clone(),
+            cluster_token: token.to_string(),
+            backup: backup.to_string(),
+            etcd_version: version.to_string(),
+            nodes,
+        });
+        for addr in targets {
+            pc.call(addr, &req, RESTORE_TIMEOUT)
+                .await
+                .map_err(executing_error)?;
+        }
+        tracing::info!(%backup, %token, %version, members = peers.len(), "backup restored into a new quarantined cluster");
+        Ok(())
+    }
+
+    /// Download and check a backup on the leader before anything is touched.
+    /// Err((true, why)): the backup itself is unusable (missing, corrupt);
+    /// Err((false, why)): a passing problem (store unreachable, disk), try later.
+    pub(super) async fn verify_backup(
+        &self,
+        backup: &str,
+        version: &str,
+    ) -> Result<(), (bool, String)> {
+        let dir = &self.settings.scratch_dir;
+        std::fs::create_dir_all(dir).map_err(|e| (false, format!("{}: {e}", dir.display())))?;
+        let file = dir.join("verify.db");
+        let result = async {
+            let got = self.store.download_backup(backup, &file).await.map_err(|e| (!e.is_retryable(), e.to_string()))?;
+            if !got.verified_checksum {
+                let v: etcd::EtcdVersion = version.parse().map_err(|e: etcd::Error| (true, e.to_string()))?;
+                let binaries = etcd::find_binaries(&v, &self.settings.etcd_bin_dirs).map_err(|e| (false, e.to_string()))?;
+                etcd::verify_snapshot(&binaries, &file).await.map_err(|e| (true, e.to_string()))?;
+            }
+            tracing::info!(%backup, bytes = got.snapshot_size, checksum = got.verified_checksum, "backup verified");
+            Ok(())
+        }
+        .await;
+        let _ = std::fs::remove_file(&file);
+        result
+    }
+
+    pub(super) async fn take_backup(
+        &mut self,
+        epoch: u64,
+        obs: &Observation,
+        reason: controller::BackupReason,
+    ) -> Result<(), String> {
+        let started = self.clock.now();
+        let result = self.backup_once(epoch, obs).await;
+        let label = if result.is_ok() { "success" } else { "failure" };
+        metrics::counter!(m::BACKUPS, "result" => label).increment(1);
+        let summary = result?;
+        let secs = self
+            .clock
+            .now()
+            .saturating_duration_since(started)
+            .as_secs_f64();
+        self.last_backup = Some(self.clock.now());
+        self.last_backup_name = Some(summary.name.clone());
+        self.delta.full_taken();
+        if reason == controller::BackupReason::Periodic && self.settings.backup_verify_every > 0 {
+            self.backups_since_drill += 1;
+            if self.backups_since_drill >= self.settings.backup_verify_every {
+                self.backups_since_drill = 0;
+                self.unverified_backup = Some(summary.name.clone());
+            }
+        }
+        let wall = self
+            .clock
+            .wall()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        metrics::gauge!(m::BACKUP_LAST_SUCCESS).set(wall.as_secs_f64());
+        metrics::gauge!(m::BACKUP_DURATION).set(secs);
+        metrics::gauge!(m::BACKUP_SIZE).set(summary.compressed_size as f64);
+        tracing::info!(name = %summary.name, reason = ?reason, bytes = summary.compressed_size, seconds = secs, "took backup");
+        Ok(())
+    }
+
+    pub(super) async fn backup_once(
+        &self,
+        epoch: u64,
+        obs: &Observation,
+    ) -> Result<backup::BackupSummary, String> {
+        let spec: ClusterSpec = obs.spec.clone().ok_or("no spec")?;
+        // Prefer our own member; any healthy one will do.
+        let mut endpoints = healthy_endpoints(obs);
+        endpoints.sort_by_key(|(id, _)| *id != self.node.id());
+        let (_, endpoint) = endpoints
+            .into_iter()
+            .next()
+            .ok_or("no healthy member to back up from")?;
+        self.backup_from(&endpoint, epoch, spec).await
+    }
+
+    /// Queue a restore of `backup` on `spec`, as an operator's
+    /// `restore-backup` command would: the command's name.
+    pub(super) async fn queue_restore(
+        &self,
+        backup: &str,
+        spec: &ClusterSpec,
+    ) -> Result<String, String> {
+        let wall = self.clock.wall();
+        let cmd = backup::Command {
+            timestamp: wall
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as i64)
+                .unwrap_or(0),
+            restore_backup: Some(backup::RestoreBackupCommand {
+                cluster_spec: Some(spec.clone()),
+                backup: backup.to_string(),
+            }),
+        };
+        self.store
+            .add_command(&cmd, wall)
+            .await
+            .map_err(executing_error)
+    }
+
+    /// A backup of the member behind `endpoint` (a snapshot is read from
+    /// that member alone: it needs no quorum).
+    pub(super) async fn backup_from(
+        &self,
+        endpoint: &str,
+        epoch: u64,
+        spec: ClusterSpec,
+    ) -> Result<backup::BackupSummary, String> {
+        let endpoint = endpoint.to_string();
+        let client = etcd::EtcdClient::connect_with(
+            std::slice::from_ref(&endpoint),
+            ETCD_TIMEOUT,
+            self.settings.etcd_tls.as_ref(),
+        )
+        .await
+        .map_err(executing_error)?;
+        let status = client.status().await.map_err(executing_error)?;
+        let kv_hash = crate::drill::cluster_hash(&client, status.revision).await;
+        let stream = client.snapshot().await.map_err(executing_error)?;
+        let wall = self.clock.wall();
+        let info = BackupInfo {
+            etcd_version: status.version.clone(),
+            timestamp: wall
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+            cluster_spec: Some(spec),
+        };
+        self.store
+            .write_backup_hashed(
+                stream,
+                &info,
+                Some(status.revision),
+                Some(epoch),
+                backup::BackupFacts {
+                    kv_hash,
+                    cluster_id: Some(status.cluster_id).filter(|id| *id != 0),
+                    replayed_from: None,
+                },
+                wall,
+            )
+            .await
+            .map_err(executing_error)
+    }
+}

@@ -1,0 +1,386 @@
+//! Executing a plan: the actions in order, the first failure stops the plan
+//! and backs that action kind off.
+
+use super::*;
+
+impl Driver {
+    pub(super) async fn execute(&mut self, plan: Plan, epoch: u64, obs: &Observation) -> bool {
+        let mut acted = false;
+        for action in plan.actions {
+            // Rule 1: act only while the lease is valid, judged again before every action.
+            if self.lease.held(self.clock.now()) != Some(epoch) {
+                tracing::warn!(action = action.label(), "lease no longer held; stopping");
+                break;
+            }
+            tracing::info!(action = action.label(), details = ?action, "executing");
+            let result = self.execute_one(&action, epoch, obs).await;
+            let label = if result.is_ok() { "ok" } else { "error" };
+            metrics::counter!(m::RECONCILE_ACTIONS, "action" => action.label(), "result" => label)
+                .increment(1);
+            acted = true;
+            match result {
+                Ok(()) => {
+                    self.backoff.succeeded(action.label());
+                    metrics::gauge!(m::ACTION_BACKOFF, "action" => action.label()).set(0.0);
+                }
+                Err(e) => {
+                    let wait = self.backoff.failed(action.label(), self.clock.now(), &e);
+                    metrics::gauge!(m::ACTION_BACKOFF, "action" => action.label())
+                        .set(wait.as_secs_f64());
+                    tracing::warn!(action = action.label(), error = %e, retry_in = ?wait, "action failed");
+                    break;
+                }
+            }
+        }
+        acted
+    }
+
+    /// How long a membership change may keep retrying: `ETCD_MEMBERSHIP_RETRY`, cut to
+    /// what is left of the lease.
+    pub(super) fn membership_deadline(&self) -> Result<Duration, String> {
+        let left = self
+            .lease
+            .remaining(self.clock.now())
+            .ok_or("lease no longer held")?;
+        Ok(crate::leadership::retry_deadline(
+            ETCD_MEMBERSHIP_RETRY,
+            left,
+        ))
+    }
+
+    pub(super) async fn execute_one(
+        &mut self,
+        action: &Action,
+        epoch: u64,
+        obs: &Observation,
+    ) -> Result<(), String> {
+        let pc = &self.settings.peers.clone();
+        let fence = self.fence(epoch);
+        match action {
+            Action::SeedCluster { .. } => self.seed_cluster(action, epoch, obs).await,
+            Action::WriteCreatedMarker if self.settings.static_config.is_some() => {
+                // Upstream's static store: the cluster exists once this file is gone.
+                let file = self
+                    .node
+                    .data_dir()
+                    .join(crate::statics::PLEASE_CREATE_NEW_CLUSTER);
+                match std::fs::remove_file(&file) {
+                    Ok(()) => {
+                        tracing::info!(file = %file.display(), "cluster created; removed the file that allowed it");
+                        Ok(())
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(format!("removing {}: {e}", file.display())),
+                }
+            }
+            Action::WriteCreatedMarker => self
+                .store
+                .write_created(self.clock.wall())
+                .await
+                .map_err(executing_error),
+            Action::LiftQuarantine { peers } => {
+                self.set_quarantine(peers, false, &fence).await?;
+                tracing::info!(peers = ?peers, "quarantine lifted");
+                Ok(())
+            }
+            Action::TakeBackup { reason } => self.take_backup(epoch, obs, *reason).await,
+            Action::AddMember {
+                peer: id,
+                learner,
+                token,
+                version,
+            } => {
+                let info = info_of(obs, id).ok_or_else(|| format!("peer {id} did not answer"))?;
+                let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
+                let deadline = self.membership_deadline()?;
+                let (added, all) = client
+                    .member_add_retrying(&info.node_config.peer_urls, *learner, deadline)
+                    .await
+                    .map_err(executing_error)?;
+                tracing::info!(peer = %id, member_id = added.id, learner, "member added");
+                self.start_member(id, &info, &all, token, version, &fence)
+                    .await
+            }
+            Action::StartAddedMember {
+                peer: id,
+                member_id: _,
+                token,
+                version,
+            } => {
+                let info = info_of(obs, id).ok_or_else(|| format!("peer {id} did not answer"))?;
+                let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
+                let all = client.member_list().await.map_err(executing_error)?;
+                self.start_member(id, &info, &all, token, version, &fence)
+                    .await
+            }
+            Action::EnableDowngrade { minor } => {
+                let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
+                client
+                    .enable_downgrade(minor)
+                    .await
+                    .map_err(executing_error)?;
+                tracing::info!(%minor, "downgrade validated and enabled (etcd's downgrade protocol)");
+                Ok(())
+            }
+            Action::ClearSpaceAlarm => self.clear_space_alarm(obs).await,
+            Action::Defragment {
+                member_id,
+                name,
+                move_leader,
+            } => self.defragment(obs, *member_id, name, *move_leader).await,
+            Action::CancelDowngrade => {
+                let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
+                client.cancel_downgrade().await.map_err(executing_error)?;
+                tracing::info!("downgrade cancelled: the spec no longer asks for it");
+                Ok(())
+            }
+            Action::PromoteMember { member_id, name } => {
+                let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
+                match client.member_promote(*member_id).await {
+                    Ok(()) => {
+                        tracing::info!(member = %name, "learner promoted to voter");
+                        Ok(())
+                    }
+                    Err(e) => {
+                        tracing::info!(member = %name, error = %e, "learner not ready for promotion yet");
+                        Ok(())
+                    }
+                }
+            }
+            Action::RemoveMember { member_id, name } => {
+                let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
+                let deadline = self.membership_deadline()?;
+                client
+                    .member_remove_retrying(*member_id, deadline)
+                    .await
+                    .map_err(executing_error)?;
+                tracing::info!(member = %name, "member removed");
+                if let Ok(addr) = self.addr_of(name) {
+                    pc.call(addr, &Request::StopEtcd(fence.clone()), JOIN_TIMEOUT)
+                        .await
+                        .map_err(executing_error)?;
+                }
+                Ok(())
+            }
+            Action::RestoreBackup {
+                command,
+                backup,
+                token,
+                version,
+                peers,
+            } => {
+                self.restore_backup(command, backup, token, version, peers, obs, &fence)
+                    .await
+            }
+            Action::UpgradeMember { peer: id, version } => {
+                let req = Request::Reconfigure(Reconfigure {
+                    fence: fence.clone(),
+                    quarantined: None,
+                    etcd_version: Some(version.clone()),
+                });
+                pc.call(self.addr_of(id)?, &req, JOIN_TIMEOUT)
+                    .await
+                    .map_err(executing_error)?;
+                tracing::info!(peer = %id, %version, "member restarted on the new version");
+                Ok(())
+            }
+            Action::Quarantine { peers } => {
+                self.set_quarantine(peers, true, &fence).await?;
+                tracing::info!(peers = ?peers, "quarantined: clients are kept out");
+                Ok(())
+            }
+            Action::QueueRestore { spec } => {
+                let name = self
+                    .last_backup_name
+                    .clone()
+                    .ok_or("no backup taken by this leader to restore")?;
+                let queued = self.queue_restore(&name, spec).await?;
+                tracing::info!(backup = %name, version = %spec.etcd_version, command = %queued, "queued a restore for the version change");
+                Ok(())
+            }
+            Action::VerifyBackup {
+                backup,
+                peer,
+                request,
+            } => {
+                let req = Request::VerifyBackup {
+                    fence: fence.clone(),
+                    backup: backup.clone(),
+                };
+                pc.call(self.addr_of(peer)?, &req, PEER_TIMEOUT)
+                    .await
+                    .map_err(executing_error)?;
+                tracing::info!(%backup, %peer, "restore drill handed to a manager");
+                match request {
+                    Some(r) => self
+                        .store
+                        .delete_manager_file(r)
+                        .await
+                        .map_err(executing_error)?,
+                    None => self.unverified_backup = None,
+                }
+                Ok(())
+            }
+            Action::GcTrashcan { peers, keep } => {
+                // Best effort: a peer that cannot clean up now will on the next round.
+                for p in peers.clone() {
+                    let req = Request::GcTrashcan {
+                        fence: fence.clone(),
+                        keep: *keep,
+                    };
+                    match self.addr_of(&p) {
+                        Ok(addr) => {
+                            if let Err(e) = pc.call(addr, &req, JOIN_TIMEOUT).await {
+                                tracing::warn!(peer = %p, error = %e, "trashcan clean-up failed");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(peer = %p, error = %e, "trashcan clean-up skipped")
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Action::ApplyRetention => {
+                let deleted = self
+                    .store
+                    .apply_retention(self.clock.wall(), &self.settings.retention)
+                    .await
+                    .map_err(executing_error)?;
+                self.last_retention = Some(self.clock.now());
+                tracing::info!(deleted = deleted.len(), "retention applied");
+                Ok(())
+            }
+            Action::CheckV2Store { .. } => self.check_v2store(action, epoch, obs).await,
+            Action::CheckSettings { .. } => self.check_settings(action).await,
+            Action::DefragmentNow {
+                members,
+                move_leader,
+                request,
+            } => {
+                if members.is_empty() {
+                    tracing::warn!(%request, "an operator asked to defragment a member the cluster does not have; request dropped");
+                }
+                let last = members.len().saturating_sub(1);
+                for (i, (id, name)) in members.iter().enumerate() {
+                    self.defragment(obs, *id, name, *move_leader && i == last)
+                        .await?;
+                }
+                self.store
+                    .delete_manager_file(request)
+                    .await
+                    .map_err(executing_error)?;
+                tracing::info!(
+                    members = members.len(),
+                    "defragmentation an operator asked for is done"
+                );
+                Ok(())
+            }
+            Action::RecoverQuorum { .. } => self.recover_quorum(action, epoch, obs).await,
+            Action::ClearPrefixes { token, prefixes } => {
+                let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
+                for prefix in prefixes {
+                    let n = client
+                        .delete_prefix(prefix)
+                        .await
+                        .map_err(executing_error)?;
+                    tracing::info!(%prefix, deleted = n, %token, "cleared keys from the restored cluster before clients reach it");
+                }
+                self.prefixes_cleared.insert(token.clone());
+                Ok(())
+            }
+            Action::ClearBackupRequest => self
+                .store
+                .delete_manager_file(BACKUP_NOW_FILE)
+                .await
+                .map_err(executing_error),
+            Action::CompleteRestore { command } => {
+                self.store
+                    .delete_command(command)
+                    .await
+                    .map_err(executing_error)?;
+
+                tracing::info!(%command, "restore complete; command removed");
+                Ok(())
+            }
+            Action::StopEtcd { peer: id } => pc
+                .call(
+                    self.addr_of(id)?,
+                    &Request::StopEtcd(fence.clone()),
+                    JOIN_TIMEOUT,
+                )
+                .await
+                .map(|_| ())
+                .map_err(executing_error),
+        }
+    }
+
+    pub(super) async fn start_member(
+        &self,
+        id: &str,
+        info: &NodeInfo,
+        members: &[etcd::Member],
+        token: &str,
+        version: &str,
+        fence: &Fence,
+    ) -> Result<(), String> {
+        let pc = &self.settings.peers.clone();
+        let nodes: Vec<EtcdNodeConfig> = members
+            .iter()
+            .map(|mb| {
+                let is_new = mb
+                    .peer_urls
+                    .iter()
+                    .any(|u| info.node_config.peer_urls.contains(u));
+                EtcdNodeConfig {
+                    name: if is_new {
+                        id.to_string()
+                    } else {
+                        mb.name.clone()
+                    },
+                    peer_urls: mb.peer_urls.clone(),
+                    client_urls: mb.client_urls.clone(),
+                    quarantined_client_urls: vec![],
+                }
+            })
+            .collect();
+        let addr = self.addr_of(id)?;
+        let join = JoinTemplate {
+            fence: fence.clone(),
+            token: token.to_string(),
+            version: version.to_string(),
+            quarantined: false,
+            nodes,
+        };
+        pc.call(addr, &join.request(JoinPhase::Prepare), PEER_TIMEOUT)
+            .await
+            .map_err(executing_error)?;
+        pc.call(addr, &join.request(JoinPhase::JoinExisting), JOIN_TIMEOUT)
+            .await
+            .map_err(executing_error)?;
+        tracing::info!(peer = %id, "new member started");
+        Ok(())
+    }
+}
+
+/// The parts of a JoinCluster request that stay the same across its phases.
+pub(super) struct JoinTemplate {
+    pub(super) fence: Fence,
+    pub(super) token: String,
+    pub(super) version: String,
+    pub(super) quarantined: bool,
+    pub(super) nodes: Vec<EtcdNodeConfig>,
+}
+
+impl JoinTemplate {
+    pub(super) fn request(&self, phase: JoinPhase) -> Request {
+        Request::JoinCluster(JoinCluster {
+            fence: self.fence.clone(),
+            phase,
+            cluster_token: self.token.clone(),
+            etcd_version: self.version.clone(),
+            quarantined: self.quarantined,
+            nodes: self.nodes.clone(),
+        })
+    }
+}

@@ -1,0 +1,196 @@
+//! Leadership: who is alive, whether a majority of the known managers
+//! accepts this one as candidate, the lease claims gossip carries, and the
+//! payload this manager publishes.
+
+use super::*;
+
+impl Driver {
+    /// Alive gossip members of our cluster, with their peer API address.
+    pub(super) fn alive_peers(&self) -> BTreeMap<String, SocketAddr> {
+        metrics::counter!(m::GOSSIP_BAD_PACKETS).absolute(self.gossip.bad_packets());
+        let (sent, received) = self.gossip.bytes();
+        metrics::counter!(m::GOSSIP_BYTES, "direction" => "sent").absolute(sent);
+        metrics::counter!(m::GOSSIP_BYTES, "direction" => "received").absolute(received);
+        let (downs, rejoins) = self.gossip.downs();
+        metrics::counter!(m::GOSSIP_DOWNS).absolute(downs);
+        metrics::counter!(m::GOSSIP_REJOINS).absolute(rejoins);
+        let members = self.gossip.members();
+        let mut by_state: BTreeMap<&'static str, usize> = BTreeMap::new();
+        let mut out = BTreeMap::new();
+        for mv in &members {
+            let state = match mv.state {
+                gossip::MemberState::Alive => "alive",
+                gossip::MemberState::Suspect => "suspect",
+                gossip::MemberState::Down => "down",
+            };
+            *by_state.entry(state).or_default() += 1;
+            if mv.state != gossip::MemberState::Alive {
+                continue;
+            }
+            if let Some(p) = mv.payload.as_deref().and_then(PeerPayload::decode)
+                && p.cluster_name == self.settings.cluster_name
+            {
+                out.insert(mv.id.clone(), p.peer_api);
+            }
+        }
+        for s in ["alive", "suspect", "down"] {
+            metrics::gauge!(m::GOSSIP_MEMBERS, "state" => s)
+                .set(by_state.get(s).copied().unwrap_or(0) as f64);
+        }
+        out
+    }
+
+    /// Ask every other alive manager whether it accepts us; true with a
+    /// majority of all known managers of our cluster, and of the spec's member
+    /// count, so a manager alone in its gossip view (a wrong gossip key, a
+    /// partition) cannot take the lease from the real cluster.
+    pub(super) async fn majority_accepts(&mut self, peers: &BTreeMap<String, SocketAddr>) -> bool {
+        let pc = &self.settings.peers.clone();
+        let me = self.node.id().to_string();
+        let spec_count = match self.control().await {
+            Ok(c) => c
+                .spec
+                .as_ref()
+                .map_or(0, |s| s.member_count.max(0) as usize),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the spec for majority acceptance");
+                return false;
+            }
+        };
+        let members = self.gossip.members();
+        let known = crate::leadership::known_managers(
+            members
+                .iter()
+                .filter(|mv| {
+                    mv.payload
+                        .as_deref()
+                        .and_then(PeerPayload::decode)
+                        .is_some_and(|p| p.cluster_name == self.settings.cluster_name)
+                })
+                .map(|mv| {
+                    (
+                        mv.id.as_str(),
+                        mv.addr,
+                        mv.state == gossip::MemberState::Down,
+                    )
+                }),
+        )
+        .max(1);
+        let Some(store_id) = self.node.store_id() else {
+            tracing::debug!("not leading: this node has not read the store id yet");
+            return false;
+        };
+        let req = Request::Leadership {
+            cluster_name: self.settings.cluster_name.clone(),
+            candidate: me.clone(),
+            store_id,
+        };
+        // One process per address: an old id whose address a new manager
+        // took over must not count that manager's acceptance twice.
+        let mut seen: BTreeSet<SocketAddr> = peers.get(&me).copied().into_iter().collect();
+        let others: Vec<(String, SocketAddr)> = peers
+            .iter()
+            .filter(|(id, a)| **id != me && seen.insert(**a))
+            .map(|(id, a)| (id.clone(), *a))
+            .collect();
+        let answers = futures::future::join_all(others.into_iter().map(|(id, addr)| {
+            let req = req.clone();
+            async move { (id, pc.call(addr, &req, Duration::from_secs(2)).await) }
+        }))
+        .await;
+        let mut accepted = 1; // ourselves
+        for (id, answer) in answers {
+            match answer {
+                Ok(_) => accepted += 1,
+                Err(e) if e.to_string().contains("another backup store") => {
+                    tracing::warn!(peer = %id, error = %e, "leadership not accepted: the managers do not share one backup store")
+                }
+                Err(e) => tracing::debug!(peer = %id, error = %e, "leadership not accepted"),
+            }
+        }
+        let majority = crate::leadership::has_majority(accepted, known, spec_count);
+        let known = known.max(spec_count);
+        if majority != self.had_majority {
+            if majority {
+                tracing::info!(
+                    accepted,
+                    known,
+                    "a majority of the known managers accepts this node"
+                );
+            } else {
+                tracing::info!(
+                    accepted,
+                    known,
+                    "not leading: no majority of the known managers accepts this node"
+                );
+            }
+            self.had_majority = majority;
+        }
+        majority
+    }
+
+    /// Count the lease records other managers claim in their payloads as seen
+    /// now (see [`lock::LeaseClaim`]).
+    pub(super) async fn note_claims(&mut self) {
+        let now = self.clock.now();
+        let me = self.node.id().to_string();
+        let claims: Vec<lock::LeaseClaim> = self
+            .gossip
+            .members()
+            .into_iter()
+            .filter(|mv| mv.id != me && mv.state == gossip::MemberState::Alive)
+            .filter_map(|mv| PeerPayload::decode(mv.payload.as_deref()?))
+            .filter(|p| p.cluster_name == self.settings.cluster_name)
+            .filter_map(|p| p.lease)
+            .collect();
+        for claim in claims {
+            if self.seen_claims.insert((claim.seq, claim.nonce.clone())) {
+                self.lease.note_claim(&claim, now).await;
+            }
+        }
+        if self.seen_claims.len() > 64 {
+            self.seen_claims.clear();
+        }
+    }
+
+    /// Keep our gossip payload in step with the node's state.
+    pub(super) async fn publish_payload(&mut self) {
+        let info = self.node.info().await;
+        let state = info.etcd_state.as_ref();
+        metrics::gauge!(m::QUARANTINED).set(if state.is_some_and(|s| s.quarantined) {
+            1.0
+        } else {
+            0.0
+        });
+        self.health.set_etcd_down(state.is_some_and(|s| !s.running));
+        let claim = self.lease.claims().borrow().clone();
+        let payload = PeerPayload::from_info(&info, self.settings.peer_api, claim);
+        if self.last_payload.as_ref() != Some(&payload) {
+            self.gossip.set_payload(payload.encode());
+            self.last_payload = Some(payload);
+        }
+    }
+
+    pub(super) fn note_leadership(&mut self, epoch: Option<u64>) {
+        let leader = epoch.is_some();
+        if leader != self.was_leader {
+            metrics::counter!(m::LEADER_CHANGES).increment(1);
+            // Whatever changed while we were not leading, read it afresh.
+            self.control = None;
+            self.steady = false;
+            self.etcd_clients.clear();
+            if leader {
+                tracing::info!(epoch, "became leader");
+                self.last_backup = None;
+                // A new leader gives every member a full grace period.
+                self.unhealthy_since.clear();
+            } else {
+                tracing::info!("no longer leader");
+            }
+            self.was_leader = leader;
+        }
+        metrics::gauge!(m::IS_LEADER).set(if leader { 1.0 } else { 0.0 });
+        metrics::gauge!(m::LEASE_EPOCH)
+            .set(epoch.unwrap_or(self.lease.highest_epoch_seen()) as f64);
+    }
+}
