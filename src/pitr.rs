@@ -49,10 +49,10 @@ pub struct ReplayPlan {
     pub target: i64,
     /// Segments after a hole in the chain, which cannot be used.
     pub unusable: usize,
-    /// The public keys the base backup is encrypted to (empty: plaintext):
+    /// The public keys the base backup is encrypted to (None: plaintext):
     /// the replay's backup is encrypted to them too, unless the store
     /// encrypts to keys of its own.
-    pub encrypted_to: Vec<String>,
+    pub encrypted_to: Option<backup::Recipients>,
 }
 
 impl ReplayPlan {
@@ -95,8 +95,9 @@ pub async fn plan(
     let encrypted_to = extra
         .as_ref()
         .and_then(|x| x.encryption.as_ref())
-        .map(|e| e.recipients.clone())
-        .unwrap_or_default();
+        .map(|e| backup::Recipients::parse(&e.recipients.join("\n")))
+        .transpose()
+        .map_err(|e| format!("backup {base}'s encryption recipients: {e}"))?;
     let base_revision = extra.and_then(|x| x.revision).ok_or_else(|| {
         format!("backup {base} records no revision, so its segments cannot be placed")
     })?;
@@ -337,16 +338,15 @@ async fn store_result(
     // An encrypted base gives an encrypted replay (to its keys, unless this
     // store has keys of its own).
     let encrypting;
-    let store = if store.encryption().recipients.is_none() && !plan.encrypted_to.is_empty() {
-        let recipients = backup::Recipients::parse(&plan.encrypted_to.join("\n"))
-            .map_err(|e| format!("backup {}'s encryption recipients: {e}", plan.base))?;
-        encrypting = store.clone().with_encryption(backup::Encryption {
-            recipients: Some(recipients),
-            identity_file: store.encryption().identity_file.clone(),
-        });
-        &encrypting
-    } else {
-        store
+    let store = match &plan.encrypted_to {
+        Some(keys) if store.encryption().recipients.is_none() => {
+            encrypting = store.clone().with_encryption(backup::Encryption {
+                recipients: Some(keys.clone()),
+                identity_file: store.encryption().identity_file.clone(),
+            });
+            &encrypting
+        }
+        _ => store,
     };
     let summary = store
         .write_backup_hashed(
@@ -449,7 +449,7 @@ mod tests {
         assert_eq!(revisions, (11..=18).collect::<Vec<_>>());
         assert_eq!((p.base_revision, p.chain_end, p.target), (10, 18, 18));
         assert_eq!(p.unusable, 1, "the segment after the hole at 19");
-        assert!(p.encrypted_to.is_empty());
+        assert!(p.encrypted_to.is_none());
 
         let p = plan(&store, &base, ReplayTo::Revision(14))
             .await

@@ -261,17 +261,19 @@ impl Encryption {
 
     /// Decrypt the age file `input` into `output`, at most `cap` bytes.
     /// Returns the bytes written.
-    pub(crate) fn decrypt_to(
+    fn decrypt_stream(
         &self,
         what: &str,
         input: impl Read,
         mut output: impl Write,
         cap: u64,
-    ) -> Result<u64, Error> {
-        let ids = self.identities(what)?;
-        let err = |reason: String| Error::Encryption {
-            what: what.to_string(),
-            reason,
+    ) -> Result<u64, Broken> {
+        let ids = self.identities(what).map_err(Broken::Ciphertext)?;
+        let err = |reason: String| {
+            Broken::Ciphertext(Error::Encryption {
+                what: what.to_string(),
+                reason,
+            })
         };
         let reader = age::Decryptor::new(input)
             .map_err(|e| err(format!("not a readable age file: {e}")))?
@@ -288,12 +290,31 @@ impl Encryption {
                 )),
                 e => err(format!("cannot decrypt: {e}")),
             })?;
-        let copied =
-            std::io::copy(&mut reader.take(cap.saturating_add(1)), &mut output).map_err(|e| {
-                err(format!(
-                    "decryption failed (changed or truncated ciphertext): {e}"
-                ))
-            })?;
+        let mut reader = reader.take(cap.saturating_add(1));
+        let mut buf = vec![0u8; 64 << 10];
+        let mut copied = 0u64;
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                // age reports a chunk that does not authenticate, or a
+                // stream cut short, as invalid data or an early end.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+                    ) =>
+                {
+                    return Err(err(format!(
+                        "decryption failed (changed or truncated ciphertext): {e}"
+                    )));
+                }
+                Err(e) => return Err(Broken::Read(e)),
+            };
+            output.write_all(&buf[..n]).map_err(Broken::Write)?;
+            copied += n as u64;
+        }
         if copied > cap {
             return Err(err(format!(
                 "decrypts to more than the {cap} bytes expected"
@@ -302,12 +323,57 @@ impl Encryption {
         Ok(copied)
     }
 
-    /// [`Self::decrypt_to`] into memory.
+    /// Decrypt the age file at `from` into a new file `to`, at most `cap`
+    /// bytes; a disk that fails is an IO error (worth retrying), not a
+    /// backup that is wrong. Returns the bytes written.
+    pub(crate) fn decrypt_file(
+        &self,
+        what: &str,
+        from: &Path,
+        to: &Path,
+        cap: u64,
+    ) -> Result<u64, Error> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io { path, source }
+        };
+        let input = std::io::BufReader::new(std::fs::File::open(from).map_err(io(from))?);
+        let mut out = std::io::BufWriter::new(std::fs::File::create(to).map_err(io(to))?);
+        let n = self
+            .decrypt_stream(what, input, &mut out, cap)
+            .map_err(|b| match b {
+                Broken::Ciphertext(e) => e,
+                Broken::Read(e) => io(from)(e),
+                Broken::Write(e) => io(to)(e),
+            })?;
+        out.flush().map_err(io(to))?;
+        Ok(n)
+    }
+
+    /// Decrypt `input` into memory, at most `cap` bytes.
     pub(crate) fn decrypt(&self, what: &str, input: &[u8], cap: u64) -> Result<Vec<u8>, Error> {
         let mut out = Vec::new();
-        self.decrypt_to(what, input, &mut out, cap)?;
+        self.decrypt_stream(what, input, &mut out, cap)
+            .map_err(|b| match b {
+                Broken::Ciphertext(e) => e,
+                // Neither a slice nor a Vec has IO errors of its own.
+                Broken::Read(e) | Broken::Write(e) => Error::Encryption {
+                    what: what.to_string(),
+                    reason: format!("decryption failed: {e}"),
+                },
+            })?;
         Ok(out)
     }
+}
+
+/// Why a decryption stopped.
+enum Broken {
+    /// The key, the file's format or its contents.
+    Ciphertext(Error),
+    /// Reading the input (its disk).
+    Read(std::io::Error),
+    /// Writing the output (its disk).
+    Write(std::io::Error),
 }
 
 /// Parse an age identity file: `AGE-SECRET-KEY-1…` lines; blank lines and
@@ -460,6 +526,35 @@ pub(crate) mod tests {
         ct[last] ^= 1;
         let err = enc.decrypt("backup b", &ct, 100).unwrap_err().to_string();
         assert!(err.contains("decryption failed"), "{err}");
+    }
+
+    #[test]
+    fn a_full_disk_is_an_io_error_and_a_changed_file_is_not() {
+        let (r, secret) = keypair();
+        let (dir, enc) = with_identity(&secret);
+        let plain = vec![7u8; 200_000];
+        let from = dir.path().join("b.age");
+        std::fs::write(&from, r.encrypt(&plain)).unwrap();
+        let to = dir.path().join("b.gz");
+        assert_eq!(enc.decrypt_file("b", &from, &to, 1 << 20).unwrap(), 200_000);
+        assert!(std::fs::read(&to).unwrap() == plain);
+        // Writing fails (ENOSPC): worth retrying, named by the output's path.
+        let err = enc
+            .decrypt_file("b", &from, Path::new("/dev/full"), 1 << 20)
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Io { path, .. } if path == Path::new("/dev/full")),
+            "{err}"
+        );
+        assert!(err.is_retryable());
+        // A changed byte: the backup is wrong, not the disk.
+        let mut ct = std::fs::read(&from).unwrap();
+        let mid = ct.len() / 2;
+        ct[mid] ^= 1;
+        std::fs::write(&from, ct).unwrap();
+        let err = enc.decrypt_file("b", &from, &to, 1 << 20).unwrap_err();
+        assert!(matches!(err, Error::Encryption { .. }), "{err}");
+        assert!(!err.is_retryable());
     }
 
     #[test]

@@ -1516,14 +1516,8 @@ impl BackupStore {
             if encrypted {
                 let (from, to, crypt) = (age_tmp.clone(), gz_tmp.clone(), self.crypt.clone());
                 let what = format!("backup {name}");
-                gz_size = tokio::task::spawn_blocking(move || {
-                    let input = std::io::BufReader::new(std::fs::File::open(&from).map_err(io(&from))?);
-                    let mut out = std::io::BufWriter::new(std::fs::File::create(&to).map_err(io(&to))?);
-                    // The plaintext is shorter than the ciphertext.
-                    let n = crypt.decrypt_to(&what, input, &mut out, gz_size)?;
-                    out.flush().map_err(io(&to))?;
-                    Ok::<_, Error>(n)
-                })
+                // The plaintext is shorter than the ciphertext.
+                gz_size = tokio::task::spawn_blocking(move || crypt.decrypt_file(&what, &from, &to, gz_size))
                 .await
                 .map_err(|e| Error::Snapshot(std::io::Error::other(e)))??;
                 let _ = std::fs::remove_file(&age_tmp);

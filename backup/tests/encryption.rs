@@ -5,16 +5,17 @@
 
 use std::io::Read;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use age::secrecy::ExposeSecret;
 use backup::{
-    BACKUP_DATA_FILE, BackupInfo, BackupStore, ClusterSpec, DeltaOp, DeltaRevision, DeltaSegment,
-    Encryption, Error, Recipients,
+    BACKUP_DATA_FILE, BackupStore, DeltaOp, DeltaRevision, DeltaSegment, Encryption, Error,
+    Recipients,
 };
-use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
+
+mod common;
+use common::{chunks, info, snapshot, t0};
 
 struct Key {
     recipients: Recipients,
@@ -40,29 +41,6 @@ fn key() -> Key {
         _dir: dir,
         identity_file,
     }
-}
-
-fn info() -> BackupInfo {
-    BackupInfo {
-        etcd_version: "3.5.30".into(),
-        timestamp: 1_704_067_200,
-        cluster_spec: Some(ClusterSpec {
-            member_count: 3,
-            etcd_version: "3.5.30".into(),
-        }),
-    }
-}
-
-fn snapshot(n: usize) -> Vec<u8> {
-    (0..n).map(|i| ((i * 31) ^ (i >> 9)) as u8).collect()
-}
-
-fn chunks(data: &[u8]) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + Unpin {
-    let v: Vec<std::io::Result<Bytes>> = data
-        .chunks(100_000)
-        .map(|c| Ok(Bytes::copy_from_slice(c)))
-        .collect();
-    futures::stream::iter(v)
 }
 
 fn stores() -> (Arc<object_store::memory::InMemory>, BackupStore) {
@@ -95,7 +73,7 @@ async fn an_encrypted_backup_restores_only_with_its_key() {
     let writer = with(&plain, Some(&k), None);
     // Several gzip members and age chunks.
     let data = snapshot(2_700_000);
-    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_704_067_200);
+    let t = t0();
     let done = writer
         .write_backup(chunks(&data), &info(), Some(7), None, t)
         .await
@@ -163,7 +141,7 @@ async fn a_changed_ciphertext_byte_is_caught_before_decryption() {
     let k = key();
     let writer = with(&plain, Some(&k), Some(&k));
     let data = snapshot(300_000);
-    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_704_067_200);
+    let t = t0();
     let done = writer
         .write_backup(chunks(&data), &info(), Some(7), None, t)
         .await

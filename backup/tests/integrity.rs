@@ -4,44 +4,19 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use backup::{
-    BACKUP_DATA_FILE, BACKUP_EXTRA_FILE, BACKUP_META_FILE, BackupInfo, BackupStore, ClusterSpec,
-    Command, Error, RestoreBackupCommand, StoreOptions,
+    BACKUP_DATA_FILE, BACKUP_EXTRA_FILE, BACKUP_META_FILE, BackupStore, ClusterSpec, Command,
+    Error, RestoreBackupCommand, StoreOptions,
 };
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
+
+mod common;
+use common::{chunks, info, snapshot, t0};
 use serde_json::json;
-
-fn t0() -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(1_704_067_200)
-}
-
-fn info() -> BackupInfo {
-    BackupInfo {
-        etcd_version: "3.5.30".into(),
-        timestamp: 1_704_067_200,
-        cluster_spec: Some(ClusterSpec {
-            member_count: 3,
-            etcd_version: "3.5.30".into(),
-        }),
-    }
-}
-
-fn chunks(data: &[u8]) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + Unpin {
-    let v: Vec<std::io::Result<Bytes>> = data
-        .chunks(32 * 1024)
-        .map(|c| Ok(Bytes::copy_from_slice(c)))
-        .collect();
-    futures::stream::iter(v)
-}
-
-fn snapshot(n: usize) -> Vec<u8> {
-    (0..n).map(|i| ((i * 31) ^ (i >> 9)) as u8).collect()
-}
 
 /// Both local backends, each with a scratch folder for downloads (kept alive by the guards).
 fn backends() -> Vec<(BackupStore, tempfile::TempDir, tempfile::TempDir)> {

@@ -4,28 +4,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use backup::{
-    BackupInfo, BackupStore, ClusterSpec, Command, Error, RestoreBackupCommand, StoreOptions,
-};
-use bytes::Bytes;
+use backup::{BackupStore, ClusterSpec, Command, Error, RestoreBackupCommand, StoreOptions};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-fn t0() -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(1_704_067_200)
-}
-
-fn snapshot_stream(
-    data: Vec<u8>,
-) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + Unpin {
-    let chunks: Vec<std::io::Result<Bytes>> = data
-        .chunks(64 * 1024)
-        .map(|c| Ok(Bytes::copy_from_slice(c)))
-        .collect();
-    futures::stream::iter(chunks)
-}
+mod common;
+use common::{chunks, info, t0};
 
 fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
@@ -42,17 +28,6 @@ fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
             }
         })
         .collect()
-}
-
-fn info() -> BackupInfo {
-    BackupInfo {
-        etcd_version: "3.5.30".into(),
-        timestamp: 1_704_067_200,
-        cluster_spec: Some(ClusterSpec {
-            member_count: 3,
-            etcd_version: "3.5.30".into(),
-        }),
-    }
 }
 
 /// The contract every backend must meet.
@@ -92,17 +67,11 @@ async fn contract(store: BackupStore, tmp: &std::path::Path) {
     // Backups: round trip with checksums.
     let data = pseudo_random(3 * 1024 * 1024 + 17, 7);
     let a = store
-        .write_backup(
-            snapshot_stream(data.clone()),
-            &info(),
-            Some(42),
-            Some(3),
-            t0(),
-        )
+        .write_backup(chunks(&data), &info(), Some(42), Some(3), t0())
         .await
         .unwrap();
     let b = store
-        .write_backup(snapshot_stream(data.clone()), &info(), None, None, t0())
+        .write_backup(chunks(&data), &info(), None, None, t0())
         .await
         .unwrap();
     assert_ne!(
@@ -290,7 +259,7 @@ async fn s3_server_side_encryption_is_asked_for_on_every_write() {
             .unwrap();
         let data = pseudo_random(6 * 1024 * 1024 + 5, 3);
         let summary = store
-            .write_backup(snapshot_stream(data), &info(), Some(7), None, t0())
+            .write_backup(chunks(&data), &info(), Some(7), None, t0())
             .await
             .unwrap();
         for key in [
@@ -752,7 +721,7 @@ async fn listing_backups_is_one_call() {
     for i in 0..20 {
         store
             .write_backup(
-                snapshot_stream(vec![i; 1000]),
+                chunks(&[i; 1000]),
                 &info(),
                 None,
                 None,
@@ -842,7 +811,7 @@ async fn retention_deletes_with_one_listing_and_spares_odd_names() {
     for h in 0..72u64 {
         store
             .write_backup(
-                snapshot_stream(vec![1; 100]),
+                chunks(&[1; 100]),
                 &info(),
                 None,
                 None,
@@ -894,7 +863,7 @@ async fn large_snapshots_are_multi_member_gzip_and_read_back_either_way() {
     let tmp = tempfile::tempdir().unwrap();
     let data = pseudo_random(2 * BLOCK_SIZE + BLOCK_SIZE / 3 + 5, 11);
     let s = store
-        .write_backup(snapshot_stream(data.clone()), &info(), None, None, t0())
+        .write_backup(chunks(&data), &info(), None, None, t0())
         .await
         .unwrap();
     let extra = store.read_backup_extra(&s.name).await.unwrap().unwrap();
@@ -948,7 +917,7 @@ async fn large_snapshots_are_multi_member_gzip_and_read_back_either_way() {
 
     // An empty snapshot is still a valid gzip file of one member.
     let e = store
-        .write_backup(snapshot_stream(Vec::new()), &info(), None, None, t0())
+        .write_backup(chunks(&[]), &info(), None, None, t0())
         .await
         .unwrap();
     let dest = tmp.path().join("empty.db");

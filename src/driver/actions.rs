@@ -4,21 +4,17 @@
 use super::*;
 
 impl Driver {
-    /// The action to seed a new cluster.
+    /// [`Action::SeedCluster`]: prepare every chosen peer (cancelled on all
+    /// if one refuses), then start each as a member of a new quarantined
+    /// cluster.
     pub(super) async fn seed_cluster(
         &mut self,
-        action: &Action,
+        token: &str,
+        version: &str,
+        peers: &[String],
         epoch: u64,
         obs: &Observation,
     ) -> Result<(), String> {
-        let Action::SeedCluster {
-            token,
-            version,
-            peers,
-        } = action
-        else {
-            return Err(format!("{} is not {}", action.label(), "SeedCluster"));
-        };
         let pc = &self.settings.peers.clone();
         let fence = self.fence(epoch);
         let nodes = node_configs(obs, peers, "seeding")?;
@@ -28,8 +24,8 @@ impl Driver {
         }
         let join = JoinTemplate {
             fence,
-            token: token.clone(),
-            version: version.clone(),
+            token: token.to_string(),
+            version: version.to_string(),
             quarantined: true,
             nodes,
         };
@@ -61,16 +57,14 @@ impl Driver {
         Ok(())
     }
 
-    /// The action to check the v2 store.
+    /// [`Action::CheckV2Store`]: ask each peer whether its data holds custom
+    /// v2 content, and keep the answers by peer and cluster token.
     pub(super) async fn check_v2store(
         &mut self,
-        action: &Action,
+        peers: &[String],
         epoch: u64,
         obs: &Observation,
     ) -> Result<(), String> {
-        let Action::CheckV2Store { peers } = action else {
-            return Err(format!("{} is not {}", action.label(), "CheckV2Store"));
-        };
         let pc = &self.settings.peers.clone();
         let fence = self.fence(epoch);
         for id in peers {
@@ -102,14 +96,16 @@ impl Driver {
         Ok(())
     }
 
-    /// The action to check the etcd settings.
-    pub(super) async fn check_settings(&mut self, action: &Action) -> Result<(), String> {
-        let Action::CheckSettings { peers, version } = action else {
-            return Err(format!("{} is not {}", action.label(), "CheckSettings"));
-        };
+    /// [`Action::CheckSettings`]: ask each peer whether its etcd settings
+    /// survive `version`, and keep the answers by peer and version.
+    pub(super) async fn check_settings(
+        &mut self,
+        peers: &[String],
+        version: &str,
+    ) -> Result<(), String> {
         let pc = &self.settings.peers.clone();
         let req = Request::CheckSettings {
-            version: version.clone(),
+            version: version.to_string(),
         };
         for id in peers {
             let check = match pc.call(self.addr_of(id)?, &req, req.deadline()).await {
@@ -134,27 +130,23 @@ impl Driver {
                 }
             }
             self.settings_checks
-                .insert((id.clone(), version.clone()), (check, self.clock.now()));
+                .insert((id.clone(), version.to_string()), (check, self.clock.now()));
         }
         Ok(())
     }
 
-    /// The action to recover the quorum.
+    /// [`Action::RecoverQuorum`]: the survivor's data (or the chosen backup)
+    /// becomes the backup to restore; the old cluster is retired, the
+    /// restore queued and the operator's request removed.
     pub(super) async fn recover_quorum(
         &mut self,
-        action: &Action,
+        from: Option<&(u64, String)>,
+        backup: Option<&str>,
+        spec: &ClusterSpec,
+        request: Option<&str>,
         epoch: u64,
         obs: &Observation,
     ) -> Result<(), String> {
-        let Action::RecoverQuorum {
-            from,
-            backup,
-            spec,
-            request,
-        } = action
-        else {
-            return Err(format!("{} is not {}", action.label(), "RecoverQuorum"));
-        };
         let name = match (from, backup) {
             (Some((_, member)), _) => {
                 let ep = obs
@@ -168,7 +160,7 @@ impl Driver {
                 tracing::warn!(survivor = %member, backup = %summary.name, "quorum recovery: the survivor's data stored as a backup");
                 summary.name
             }
-            (None, Some(b)) => b.clone(),
+            (None, Some(b)) => b.to_string(),
             (None, None) => return Err("quorum recovery without a source".into()),
         };
         // The cluster being replaced is retired before the restore is

@@ -57,7 +57,11 @@ impl Driver {
         let pc = &self.settings.peers.clone();
         let fence = self.fence(epoch);
         match action {
-            Action::SeedCluster { .. } => self.seed_cluster(action, epoch, obs).await,
+            Action::SeedCluster {
+                token,
+                version,
+                peers,
+            } => self.seed_cluster(token, version, peers, epoch, obs).await,
             Action::WriteCreatedMarker if self.settings.static_config.is_some() => {
                 // Upstream's static store: the cluster exists once this file is gone.
                 let file = self
@@ -251,8 +255,8 @@ impl Driver {
                 tracing::info!(deleted = deleted.len(), "retention applied");
                 Ok(())
             }
-            Action::CheckV2Store { .. } => self.check_v2store(action, epoch, obs).await,
-            Action::CheckSettings { .. } => self.check_settings(action).await,
+            Action::CheckV2Store { peers } => self.check_v2store(peers, epoch, obs).await,
+            Action::CheckSettings { peers, version } => self.check_settings(peers, version).await,
             Action::DefragmentNow {
                 members,
                 move_leader,
@@ -276,7 +280,22 @@ impl Driver {
                 );
                 Ok(())
             }
-            Action::RecoverQuorum { .. } => self.recover_quorum(action, epoch, obs).await,
+            Action::RecoverQuorum {
+                from,
+                backup,
+                spec,
+                request,
+            } => {
+                self.recover_quorum(
+                    from.as_ref(),
+                    backup.as_deref(),
+                    spec,
+                    request.as_deref(),
+                    epoch,
+                    obs,
+                )
+                .await
+            }
             Action::ClearPrefixes { token, prefixes } => {
                 let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
                 for prefix in prefixes {
