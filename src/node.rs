@@ -175,6 +175,9 @@ pub struct Node {
     installed_scans: std::sync::atomic::AtomicU64,
     /// The backup whose restore drill runs now, if one does.
     drill_running: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// Held by the restore that runs now: one at a time, and a repeated
+    /// request waits for the first and then finds it done.
+    restoring: Mutex<()>,
 }
 
 /// Every folder etcd binaries are looked for in, and every `etcd` binary
@@ -360,6 +363,7 @@ impl Node {
             installed: std::sync::Mutex::new(None),
             installed_scans: std::sync::atomic::AtomicU64::new(0),
             drill_running: Default::default(),
+            restoring: Mutex::new(()),
             inner: Mutex::new(Inner {
                 state,
                 process: None,
@@ -829,6 +833,14 @@ impl Node {
             self.start_drill(backup);
             return Response::Done;
         }
+        if let Request::RestoreBackup(r) = req {
+            // The download runs without the lock: GetInfo keeps answering.
+            drop(inner);
+            return match self.restore(r).await {
+                Ok(()) => Response::Done,
+                Err(resp) => resp,
+            };
+        }
         if let Request::CheckV2Store(_) = req {
             let data = inner
                 .state
@@ -853,6 +865,7 @@ impl Node {
             | Request::Leadership { .. }
             | Request::CheckV2Store(_)
             | Request::VerifyBackup { .. }
+            | Request::RestoreBackup(_)
             | Request::CheckSettings { .. } => unreachable_info(),
             Request::JoinCluster(j) => self.join(&mut inner, j).await,
             Request::Reconfigure(r) => {
@@ -860,7 +873,6 @@ impl Node {
                     .await
             }
             Request::StopEtcd(_) => self.stop_for_good(&mut inner).await,
-            Request::RestoreBackup(r) => self.restore(&mut inner, r).await,
             Request::GcTrashcan { keep, .. } => {
                 let dir = self.settings.data_dir.join("data-trashcan");
                 // Never empty it: the newest old data dir stays whatever is asked.
@@ -1083,40 +1095,59 @@ impl Node {
     }
 
     /// Restore a backup into a new data dir and start it as a quarantined
-    /// member of the new cluster. The backup is verified before any data dir is
-    /// touched; the old data goes to the trashcan, never deleted here.
-    async fn restore(
-        &self,
-        inner: &mut Inner,
-        r: crate::peer::RestoreBackup,
-    ) -> Result<(), String> {
-        if inner
-            .state
-            .etcd
-            .as_ref()
-            .is_some_and(|l| l.cluster_token == r.cluster_token)
+    /// member of the new cluster. The backup is downloaded and verified
+    /// without the node's lock (a download of gigabytes takes minutes, and
+    /// GetInfo keeps answering meanwhile) before any data dir is touched;
+    /// then, under the lock and only if no newer leader spoke meanwhile, the
+    /// old data goes to the trashcan (never deleted here) and the new member
+    /// starts.
+    async fn restore(&self, r: crate::peer::RestoreBackup) -> Result<(), Response> {
+        let failed = Response::Failed;
+        let _one = self.restoring.lock().await;
         {
-            return Ok(()); // repeated request
+            let inner = self.inner.lock().await;
+            if inner
+                .state
+                .etcd
+                .as_ref()
+                .is_some_and(|l| l.cluster_token == r.cluster_token)
+            {
+                return Ok(()); // repeated request
+            }
         }
         if !r.nodes.iter().any(|n| n.name == self.id) {
-            return Err("this node is not in the cluster it was asked to restore".into());
+            return Err(failed(
+                "this node is not in the cluster it was asked to restore".into(),
+            ));
         }
         let version: etcd::EtcdVersion = r
             .etcd_version
             .parse()
-            .map_err(|e: etcd::Error| e.to_string())?;
-        let binaries =
-            etcd::find_binaries(&version, &self.settings.bin_dirs).map_err(|e| e.to_string())?;
+            .map_err(|e: etcd::Error| failed(e.to_string()))?;
+        let binaries = etcd::find_binaries(&version, &self.settings.bin_dirs)
+            .map_err(|e| failed(e.to_string()))?;
         let scratch = self.settings.data_dir.join(RESTORE_DIR);
-        std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+        std::fs::create_dir_all(&scratch)
+            .map_err(|e| failed(format!("{}: {e}", scratch.display())))?;
         let file = scratch.join(format!("{}.db", r.cluster_token));
         let result = async {
-            let got = self.settings.store.download_backup(&r.backup, &file).await.map_err(|e| e.to_string())?;
+            tracing::info!(backup = %r.backup, token = %r.cluster_token, "downloading the backup for the restore");
+            let got = self
+                .settings
+                .store
+                .download_backup(&r.backup, &file)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
             if !got.verified_checksum {
-                etcd::verify_snapshot(&binaries, &file).await.map_err(|e| e.to_string())?;
+                etcd::verify_snapshot(&binaries, &file)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
             }
-            // Verified: only now touch the data dirs.
-            self.stop_for_good(inner).await?;
+            tracing::info!(backup = %r.backup, bytes = got.snapshot_size, "backup downloaded and verified for the restore");
+            // Verified: only now touch the data dirs, if this leader still may.
+            let mut inner = self.inner.lock().await;
+            self.admit(&mut inner, &r.fence, true)?;
+            self.stop_for_good(&mut inner).await.map_err(failed)?;
             let local = LocalEtcd {
                 cluster_token: r.cluster_token.clone(),
                 etcd_version: r.etcd_version.clone(),
@@ -1126,11 +1157,13 @@ impl Node {
             };
             let spec = self.spec_for(&local);
             let bump = version.has_etcdutl().then_some(RESTORE_BUMP_REVISION);
-            etcd::restore_snapshot(&binaries, &file, &spec, bump).await.map_err(|e| e.to_string())?;
+            etcd::restore_snapshot(&binaries, &file, &spec, bump)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
             tracing::info!(backup = %r.backup, token = %r.cluster_token, bump_revision = bump, "backup restored into a new data dir");
             inner.state.etcd = Some(local.clone());
-            self.persist(inner).map_err(|e| e.to_string())?;
-            inner.process = Some(self.spawn_etcd(&local).map_err(|e| e.to_string())?);
+            self.persist(&inner).map_err(|e| failed(e.to_string()))?;
+            inner.process = Some(self.spawn_etcd(&local).map_err(|e| failed(e.to_string()))?);
             Ok(())
         }
         .await;

@@ -41,8 +41,10 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// handshake, when on, is done).
 pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a node may take over a restore (download, verify, restore, start
-/// etcd); the leader waits as long and the peer server cuts no sooner.
-pub const RESTORE_TIMEOUT: Duration = Duration::from_secs(900);
+/// etcd); the leader waits as long and the peer server cuts no sooner. Long:
+/// a backup of gigabytes over a slow link takes many minutes, and a download
+/// that stalls fails by itself (no byte for 30 s, see the backup store).
+pub const RESTORE_TIMEOUT: Duration = Duration::from_secs(2 * 3600);
 /// How long a node may take to join (start etcd as a member).
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Any other request.

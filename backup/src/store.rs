@@ -99,6 +99,19 @@ fn store_retry() -> object_store::RetryConfig {
     }
 }
 
+/// Client settings of the store client that downloads whole backups: a
+/// backup of gigabytes over a slow link takes minutes, longer than
+/// object_store's 30 s for a whole request (and its retries of the rest,
+/// within the 30 s of [`store_retry`]), so that limit is lifted to hours;
+/// a read that brings no byte for 30 s still fails (and is retried from
+/// where it stopped).
+fn bulk_client() -> [(object_store::ClientConfigKey, &'static str); 2] {
+    [
+        (object_store::ClientConfigKey::Timeout, "6h"),
+        (object_store::ClientConfigKey::ReadTimeout, "30s"),
+    ]
+}
+
 /// What [`BackupStore::read_control`] found: the files a leader acts on.
 #[derive(Debug, Clone, Default)]
 pub struct ControlSnapshot {
@@ -162,6 +175,9 @@ pub struct DownloadedBackup {
 #[derive(Clone, Debug)]
 pub struct BackupStore {
     store: Arc<dyn ObjectStore>,
+    /// The client that moves whole backups (see [`bulk_client`]); the same
+    /// as `store` for stores without HTTP requests.
+    bulk: Arc<dyn ObjectStore>,
     base: Path,
     url: String,
     /// Client-side encryption: what this process encrypts to and decrypts with.
@@ -371,31 +387,43 @@ impl BackupStore {
                         key.parse().map_err(|e| bad(format!("{e}")))?;
                     b = b.with_config(key, value);
                 }
-                let s3 = b
-                    .with_retry(store_retry())
+                let b = b.with_retry(store_retry());
+                let s3 = b.clone().build().map_err(|e| bad(format!("{e}")))?;
+                let bulk = bulk_client()
+                    .into_iter()
+                    .fold(b, |b, (k, v)| {
+                        b.with_config(object_store::aws::AmazonS3ConfigKey::Client(k), v)
+                    })
                     .build()
                     .map_err(|e| bad(format!("{e}")))?;
-                Ok(Self::new(Arc::new(s3), Path::from(prefix), url.to_string()))
+                Ok(Self::new(Arc::new(s3), Path::from(prefix), url.to_string())
+                    .with_bulk(Arc::new(bulk)))
             }
             "gs" => {
                 let bucket = parsed
                     .host_str()
                     .filter(|b| !b.is_empty())
                     .ok_or_else(|| bad("no bucket".into()))?;
-                let gcs = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                let b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_bucket_name(bucket)
-                    .with_retry(store_retry())
+                    .with_retry(store_retry());
+                let no_credentials = |e: object_store::Error| {
+                    bad(format!(
+                        "{e} (set GOOGLE_APPLICATION_CREDENTIALS or GOOGLE_SERVICE_ACCOUNT)"
+                    ))
+                };
+                let gcs = b.clone().build().map_err(no_credentials)?;
+                let bulk = bulk_client()
+                    .into_iter()
+                    .fold(b, |b, (k, v)| {
+                        b.with_config(object_store::gcp::GoogleConfigKey::Client(k), v)
+                    })
                     .build()
-                    .map_err(|e| {
-                        bad(format!(
-                            "{e} (set GOOGLE_APPLICATION_CREDENTIALS or GOOGLE_SERVICE_ACCOUNT)"
-                        ))
-                    })?;
-                Ok(Self::new(
-                    Arc::new(gcs),
-                    Path::from(prefix),
-                    url.to_string(),
-                ))
+                    .map_err(no_credentials)?;
+                Ok(
+                    Self::new(Arc::new(gcs), Path::from(prefix), url.to_string())
+                        .with_bulk(Arc::new(bulk)),
+                )
             }
             // kops' Azure store: azureblob://<container>/<prefix>, the
             // account in AZURE_STORAGE_ACCOUNT (kops) or
@@ -422,11 +450,17 @@ impl BackupStore {
                 {
                     b = b.with_allow_http(true);
                 }
-                let az = b
-                    .with_retry(store_retry())
+                let b = b.with_retry(store_retry());
+                let az = b.clone().build().map_err(|e| bad(format!("{e}")))?;
+                let bulk = bulk_client()
+                    .into_iter()
+                    .fold(b, |b, (k, v)| {
+                        b.with_config(object_store::azure::AzureConfigKey::Client(k), v)
+                    })
                     .build()
                     .map_err(|e| bad(format!("{e}")))?;
-                Ok(Self::new(Arc::new(az), Path::from(prefix), url.to_string()))
+                Ok(Self::new(Arc::new(az), Path::from(prefix), url.to_string())
+                    .with_bulk(Arc::new(bulk)))
             }
             "az" | "abfs" | "abfss" => Err(bad(
                 "write Azure Blob Storage as kops does: azureblob://container/prefix".into(),
@@ -446,11 +480,19 @@ impl BackupStore {
 
     pub fn new(store: Arc<dyn ObjectStore>, base: Path, url: String) -> Self {
         BackupStore {
+            bulk: store.clone(),
             store,
             base,
             url,
             crypt: crate::Encryption::default(),
         }
+    }
+
+    /// Download whole backups through `bulk` (a client of the same store
+    /// with other timeouts, see [`bulk_client`]).
+    pub fn with_bulk(mut self, bulk: Arc<dyn ObjectStore>) -> Self {
+        self.bulk = bulk;
+        self
     }
 
     /// Encrypt backups and segments written from now on to
@@ -462,6 +504,11 @@ impl BackupStore {
 
     pub fn encryption(&self) -> &crate::Encryption {
         &self.crypt
+    }
+
+    /// The client whole backups are downloaded through (see [`Self::with_bulk`]).
+    pub fn bulk_object_store(&self) -> Arc<dyn ObjectStore> {
+        self.bulk.clone()
     }
 
     pub fn object_store(&self) -> Arc<dyn ObjectStore> {
@@ -1478,7 +1525,7 @@ impl BackupStore {
             let _ = std::fs::remove_file(&age_tmp);
         };
         let result: Result<DownloadedBackup> = async {
-            let mut stream = self.store.get(&data_path).await.map_err(|e| Error::store("read", &data_path, e))?.into_stream();
+            let mut stream = self.bulk.get(&data_path).await.map_err(|e| Error::store("read", &data_path, e))?.into_stream();
             // What is stored: the gzip, or the age file of it.
             let stored_tmp = if encrypted { &age_tmp } else { &gz_tmp };
             let mut file = std::fs::File::create(stored_tmp).map_err(io(stored_tmp))?;

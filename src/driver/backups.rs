@@ -65,10 +65,13 @@ impl Driver {
             etcd_version: version.to_string(),
             nodes,
         });
-        for addr in targets {
-            pc.call(addr, &req, RESTORE_TIMEOUT)
-                .await
-                .map_err(executing_error)?;
+        // Every node downloads and restores at once: a restore takes one
+        // download's time, not one per member.
+        let calls = targets
+            .into_iter()
+            .map(|addr| pc.call(addr, &req, RESTORE_TIMEOUT));
+        for result in futures::future::join_all(calls).await {
+            result.map_err(executing_error)?;
         }
         tracing::info!(%backup, %token, %version, members = peers.len(), "backup restored into a new quarantined cluster");
         Ok(())

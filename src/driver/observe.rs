@@ -236,6 +236,9 @@ pub(super) async fn cluster_client(
         .map_err(executing_error)
 }
 
+/// How long the leader waits for the etcd of a member no peer of ours runs.
+const UNSEEN_MEMBER_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// One member's etcd that answered [`observe_cluster`].
 pub(super) struct Answer {
     status: etcd::EndpointStatus,
@@ -244,10 +247,47 @@ pub(super) struct Answer {
     endpoint: String,
 }
 
+/// One etcd's status and health through `ep` (the client of the last pass
+/// when there is one); `None` when it does not answer.
+async fn probe(
+    ep: String,
+    known: &BTreeMap<String, etcd::EtcdClient>,
+    tls: Option<&etcd::ClientTls>,
+    timeout: Duration,
+) -> Option<Answer> {
+    let client = match known.get(&ep) {
+        Some(c) => c.clone(),
+        None => etcd::EtcdClient::connect_with(std::slice::from_ref(&ep), timeout, tls)
+            .await
+            .ok()?,
+    };
+    let status = client.status().await.ok()?;
+    // A learner serves no reads; that it answers status is its health.
+    let healthy = status.is_learner || client.healthy().await;
+    Some(Answer {
+        status,
+        healthy,
+        client,
+        endpoint: ep,
+    })
+}
+
+/// The clients to keep for the next pass: those that answered.
+fn answered(alive: &[Answer]) -> BTreeMap<String, etcd::EtcdClient> {
+    alive
+        .iter()
+        .map(|a| (a.endpoint.clone(), a.client.clone()))
+        .collect()
+}
+
 /// Asks every peer's etcd for its status and health, and one of them for the
-/// member list. `clients` holds the clients of the last pass by URL: reused
-/// (a tonic channel reconnects by itself), and replaced by those that
-/// answered this time, so a member that failed gets a fresh client next pass.
+/// member list; then every member no peer's etcd answered for, at the client
+/// URLs it advertises: a member whose manager is not among our peers (an
+/// upstream manager's, during a rolling move, or one whose manager is down
+/// while its etcd serves) is judged by its etcd, not taken for dead.
+/// `clients` holds the clients of the last pass by URL: reused (a tonic
+/// channel reconnects by itself), and replaced by those that answered this
+/// time, so a member that failed gets a fresh client next pass.
 pub(super) async fn observe_cluster(
     peers: &[PeerView],
     tls: Option<&etcd::ClientTls>,
@@ -263,29 +303,15 @@ pub(super) async fn observe_cluster(
         return None;
     }
     let known = &*clients;
-    let statuses = futures::future::join_all(endpoints.into_iter().map(|ep| async move {
-        let client = match known.get(&ep) {
-            Some(c) => c.clone(),
-            None => etcd::EtcdClient::connect_with(std::slice::from_ref(&ep), ETCD_TIMEOUT, tls)
-                .await
-                .ok()?,
-        };
-        let status = client.status().await.ok()?;
-        // A learner serves no reads; that it answers status is its health.
-        let healthy = status.is_learner || client.healthy().await;
-        Some(Answer {
-            status,
-            healthy,
-            client,
-            endpoint: ep,
-        })
-    }))
-    .await;
-    let alive: Vec<Answer> = statuses.into_iter().flatten().collect();
-    *clients = alive
-        .iter()
-        .map(|a| (a.endpoint.clone(), a.client.clone()))
-        .collect();
+    let mut alive: Vec<Answer> = futures::future::join_all(
+        endpoints
+            .into_iter()
+            .map(|ep| probe(ep, known, tls, ETCD_TIMEOUT)),
+    )
+    .await
+    .into_iter()
+    .flatten()
+    .collect();
     let mut members = None;
     for Answer { client, .. } in &alive {
         if let Ok(list) = client.member_list().await {
@@ -293,7 +319,27 @@ pub(super) async fn observe_cluster(
             break;
         }
     }
-    let members = members?;
+    let Some(members) = members else {
+        *clients = answered(&alive);
+        return None;
+    };
+    let unseen: Vec<String> = members
+        .iter()
+        .filter(|mb| !alive.iter().any(|a| a.status.member_id == mb.id))
+        .filter_map(|mb| mb.client_urls.first().cloned())
+        .filter(|ep| !alive.iter().any(|a| a.endpoint == *ep))
+        .collect();
+    if !unseen.is_empty() {
+        // A shorter timeout: a member without a manager is often a dead
+        // host, and its probe holds up the pass.
+        let more = futures::future::join_all(
+            unseen
+                .into_iter()
+                .map(|ep| probe(ep, known, tls, UNSEEN_MEMBER_TIMEOUT)),
+        );
+        alive.extend(more.await.into_iter().flatten());
+    }
+    *clients = answered(&alive);
     let leader = alive
         .iter()
         .map(|a| a.status.leader)

@@ -177,15 +177,28 @@ impl ClusterEnv {
 
     /// Start a manager with exactly these arguments (logs and data dir as for `host`).
     pub fn start_raw(&self, host: u8, args: Vec<String>) -> Manager {
+        self.start_program(host, "manager", &self.manager_bin, args)
+    }
+
+    /// Start `program` with `args` as host `host`'s manager (its data dir),
+    /// logging to `<root>/<label>-<host>.log`: another build of a manager,
+    /// or a wrapper that starts one.
+    pub fn start_program(
+        &self,
+        host: u8,
+        label: &str,
+        program: &Path,
+        args: Vec<String>,
+    ) -> Manager {
         let mut m = Manager {
             name: format!("m{host}"),
             ip: host_ip(self.net, host),
             data_dir: self.root.join(format!("data/{host}")),
-            log: self.root.join(format!("manager-{host}.log")),
+            log: self.root.join(format!("{label}-{host}.log")),
             child: None,
             args,
             env: self.store_env.clone(),
-            binary: self.manager_bin.clone(),
+            binary: program.to_path_buf(),
         };
         m.spawn();
         m
@@ -503,6 +516,9 @@ pub struct TcpGate {
     addr: std::net::SocketAddr,
     open: std::sync::Arc<std::sync::atomic::AtomicBool>,
     connections: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Bytes per second from the target to the client, over all
+    /// connections (0: as fast as it goes).
+    rate: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl TcpGate {
@@ -515,7 +531,10 @@ impl TcpGate {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let connections = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (flag, count) = (open.clone(), connections.clone());
+        let rate = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (flag, count, limit) = (open.clone(), connections.clone(), rate.clone());
+        // One budget for all connections: the next instant a byte may go.
+        let next_send = std::sync::Arc::new(tokio::sync::Mutex::new(tokio::time::Instant::now()));
         let target = target.to_string();
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
@@ -526,12 +545,13 @@ impl TcpGate {
                 }
                 let target = target.clone();
                 let flag = flag.clone();
+                let (limit, next_send) = (limit.clone(), next_send.clone());
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
                         return;
                     };
                     // Cut established connections too once the gate closes.
-                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                    let copy = throttled_copy(&mut inbound, outbound, &limit, &next_send);
                     let closed = async {
                         while flag.load(Ordering::SeqCst) {
                             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -548,6 +568,7 @@ impl TcpGate {
             addr,
             open,
             connections,
+            rate,
         })
     }
 
@@ -565,6 +586,54 @@ impl TcpGate {
     pub fn set_open(&self, open: bool) {
         self.open.store(open, std::sync::atomic::Ordering::SeqCst);
     }
+
+    /// Limit what flows from the target to the clients, all connections
+    /// together, to `bytes_per_second` (0: no limit).
+    pub fn set_rate(&self, bytes_per_second: u64) {
+        self.rate
+            .store(bytes_per_second, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copy both ways between `inbound` and `outbound`; the target's answers
+/// are paced by `rate` (bytes per second, shared through `next_send`).
+async fn throttled_copy(
+    inbound: &mut tokio::net::TcpStream,
+    outbound: tokio::net::TcpStream,
+    rate: &std::sync::atomic::AtomicU64,
+    next_send: &tokio::sync::Mutex<tokio::time::Instant>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut in_read, mut in_write) = inbound.split();
+    let (mut out_read, mut out_write) = outbound.into_split();
+    let up = async {
+        let _ = tokio::io::copy(&mut in_read, &mut out_write).await;
+        let _ = out_write.shutdown().await;
+    };
+    let down = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match out_read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let r = rate.load(std::sync::atomic::Ordering::SeqCst);
+            if r > 0 {
+                let at = {
+                    let mut next = next_send.lock().await;
+                    let now = tokio::time::Instant::now();
+                    let at = (*next).max(now);
+                    *next = at + Duration::from_secs_f64(n as f64 / r as f64);
+                    at
+                };
+                tokio::time::sleep_until(at).await;
+            }
+            if in_write.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::join!(up, down);
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         raw.base().clone(),
         raw.url().to_string(),
     )
+    .with_bulk(InstrumentedStore::wrap(raw.bulk_object_store(), raw.url()))
     .with_encryption(cfg.encryption.clone());
 
     // Certificates are wall-clock business: issued from the CAs now.
