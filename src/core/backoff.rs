@@ -37,17 +37,34 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// `action` failed at `now`: the wait before its next try.
-    pub fn failed(&mut self, action: &'static str, now: Instant, error: &str) -> Duration {
+    /// `action` failed at `now`: the wait before its next try. A
+    /// `permanent` failure (one an operator must fix) waits the longest at
+    /// once, and its error says it needs an operator.
+    pub fn failed(
+        &mut self,
+        action: &'static str,
+        now: Instant,
+        error: &str,
+        permanent: bool,
+    ) -> Duration {
         let f = self.failing.entry(action).or_insert(Failing {
             failures: 0,
             retry_at: now,
             error: String::new(),
         });
         f.failures = f.failures.saturating_add(1);
-        let wait = delay(f.failures);
+        let wait = if permanent {
+            BACKOFF_CAP
+        } else {
+            delay(f.failures)
+        };
         f.retry_at = now + wait;
-        f.error = error.chars().take(300).collect();
+        let error: String = error.chars().take(300).collect();
+        f.error = if permanent {
+            format!("needs an operator: {error}")
+        } else {
+            error
+        };
         wait
     }
 
@@ -118,17 +135,46 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Backoff::default();
         assert_eq!(
-            b.failed("take_backup", t0, "store down"),
+            b.failed("take_backup", t0, "store down", false),
             Duration::from_secs(1)
         );
         assert_eq!(
-            b.failed("take_backup", t0, "store down"),
+            b.failed("take_backup", t0, "store down", false),
             Duration::from_secs(2)
         );
         b.succeeded("take_backup");
         assert_eq!(
-            b.failed("take_backup", t0, "store down"),
+            b.failed("take_backup", t0, "store down", false),
             Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn a_failure_an_operator_must_fix_waits_the_longest_at_once_and_says_so() {
+        let t0 = Instant::now();
+        let mut b = Backoff::default();
+        assert_eq!(
+            b.failed("clear_space_alarm", t0, "data at the quota", true),
+            BACKOFF_CAP
+        );
+        let space = Plan {
+            actions: vec![Action::ClearSpaceAlarm],
+            waits: vec![],
+        };
+        let held = b.gate(space.clone(), t0 + Duration::from_secs(59));
+        assert!(held.actions.is_empty());
+        assert!(
+            held.waits[0]
+                .to_string()
+                .contains("needs an operator: data at the quota"),
+            "{held:?}"
+        );
+        assert_eq!(b.gate(space.clone(), t0 + BACKOFF_CAP), space);
+        // A passing failure after it starts from the base again once it succeeded.
+        b.succeeded("clear_space_alarm");
+        assert_eq!(
+            b.failed("clear_space_alarm", t0, "etcd did not answer", false),
+            BACKOFF_BASE
         );
     }
 
@@ -137,8 +183,8 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Backoff::default();
         assert_eq!(b.gate(backup(), t0), backup());
-        b.failed("take_backup", t0, "store down");
-        b.failed("take_backup", t0, "store down");
+        b.failed("take_backup", t0, "store down", false);
+        b.failed("take_backup", t0, "store down", false);
         let held = b.gate(backup(), t0 + Duration::from_millis(500));
         assert!(held.actions.is_empty());
         assert!(
@@ -167,7 +213,7 @@ mod tests {
             ],
             waits: vec![],
         };
-        b.failed("upgrade_member", t0, "peer b is gone");
+        b.failed("upgrade_member", t0, "peer b is gone", false);
         assert!(b.gate(change, t0).actions.is_empty());
     }
 }

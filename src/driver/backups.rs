@@ -16,7 +16,7 @@ impl Driver {
         peers: &[String],
         obs: &Observation,
         fence: &Fence,
-    ) -> Result<(), String> {
+    ) -> Result<(), DriverError> {
         let pc = &self.settings.peers.clone();
         match self.verify_backup(backup, version).await {
             Ok(()) => {}
@@ -24,10 +24,13 @@ impl Driver {
                 tracing::error!(%command, %backup, %reason, "restore refused");
                 let key = (command.to_string(), backup.to_string());
                 self.refused.insert(key, reason.clone());
-                return Err(reason);
+                // Not a permanent failure of the action kind: this command is
+                // never tried again (`refused`), and another one queued by an
+                // operator must run at once, not after the longest backoff.
+                return Err(DriverError::Retryable(reason));
             }
             Err((false, reason)) => {
-                return Err(format!("cannot verify backup {backup} now: {reason}"));
+                return Err(format!("cannot verify backup {backup} now: {reason}").into());
             }
         }
         let nodes = node_configs(obs, peers, "the restore")?;

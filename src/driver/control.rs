@@ -62,7 +62,7 @@ impl Driver {
                 }
                 Err(e) => {
                     let e = executing_error(e);
-                    self.backoff.failed(READ_CONTROL, now, &e);
+                    self.backoff.failed(READ_CONTROL, now, &e, false);
                     return Err(e);
                 }
             };

@@ -24,10 +24,16 @@ impl Driver {
                     metrics::gauge!(m::ACTION_BACKOFF, "action" => action.label()).set(0.0);
                 }
                 Err(e) => {
-                    let wait = self.backoff.failed(action.label(), self.clock.now(), &e);
+                    let permanent = e.is_permanent();
+                    let wait = self.backoff.failed(
+                        action.label(),
+                        self.clock.now(),
+                        &e.to_string(),
+                        permanent,
+                    );
                     metrics::gauge!(m::ACTION_BACKOFF, "action" => action.label())
                         .set(wait.as_secs_f64());
-                    tracing::warn!(action = action.label(), error = %e, retry_in = ?wait, "action failed");
+                    tracing::warn!(action = action.label(), error = %e, permanent, retry_in = ?wait, "action failed");
                     break;
                 }
             }
@@ -53,7 +59,7 @@ impl Driver {
         action: &Action,
         epoch: u64,
         obs: &Observation,
-    ) -> Result<(), String> {
+    ) -> Result<(), DriverError> {
         let pc = &self.settings.peers.clone();
         let fence = self.fence(epoch);
         match action {
@@ -61,7 +67,10 @@ impl Driver {
                 token,
                 version,
                 peers,
-            } => self.seed_cluster(token, version, peers, epoch, obs).await,
+            } => self
+                .seed_cluster(token, version, peers, epoch, obs)
+                .await
+                .map_err(Into::into),
             Action::WriteCreatedMarker if self.settings.static_config.is_some() => {
                 // Upstream's static store: the cluster exists once this file is gone.
                 let file = self
@@ -74,20 +83,23 @@ impl Driver {
                         Ok(())
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(format!("removing {}: {e}", file.display())),
+                    Err(e) => Err(format!("removing {}: {e}", file.display()).into()),
                 }
             }
             Action::WriteCreatedMarker => self
                 .store
                 .write_created(self.clock.wall())
                 .await
-                .map_err(executing_error),
+                .map_err(DriverError::from),
             Action::LiftQuarantine { peers } => {
                 self.set_quarantine(peers, false, &fence).await?;
                 tracing::info!(peers = ?peers, "quarantine lifted");
                 Ok(())
             }
-            Action::TakeBackup { reason } => self.take_backup(epoch, obs, *reason).await,
+            Action::TakeBackup { reason } => self
+                .take_backup(epoch, obs, *reason)
+                .await
+                .map_err(Into::into),
             Action::AddMember {
                 peer: id,
                 learner,
@@ -104,6 +116,7 @@ impl Driver {
                 tracing::info!(peer = %id, member_id = added.id, learner, "member added");
                 self.start_member(id, &info, &all, token, version, &fence)
                     .await
+                    .map_err(Into::into)
             }
             Action::StartAddedMember {
                 peer: id,
@@ -116,6 +129,7 @@ impl Driver {
                 let all = client.member_list().await.map_err(executing_error)?;
                 self.start_member(id, &info, &all, token, version, &fence)
                     .await
+                    .map_err(Into::into)
             }
             Action::EnableDowngrade { minor } => {
                 let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
@@ -131,7 +145,10 @@ impl Driver {
                 member_id,
                 name,
                 move_leader,
-            } => self.defragment(obs, *member_id, name, *move_leader).await,
+            } => self
+                .defragment(obs, *member_id, name, *move_leader)
+                .await
+                .map_err(Into::into),
             Action::CancelDowngrade => {
                 let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
                 client.cancel_downgrade().await.map_err(executing_error)?;
@@ -255,8 +272,14 @@ impl Driver {
                 tracing::info!(deleted = deleted.len(), "retention applied");
                 Ok(())
             }
-            Action::CheckV2Store { peers } => self.check_v2store(peers, epoch, obs).await,
-            Action::CheckSettings { peers, version } => self.check_settings(peers, version).await,
+            Action::CheckV2Store { peers } => self
+                .check_v2store(peers, epoch, obs)
+                .await
+                .map_err(Into::into),
+            Action::CheckSettings { peers, version } => self
+                .check_settings(peers, version)
+                .await
+                .map_err(Into::into),
             Action::DefragmentNow {
                 members,
                 move_leader,
@@ -285,8 +308,8 @@ impl Driver {
                 backup,
                 spec,
                 request,
-            } => {
-                self.recover_quorum(
+            } => self
+                .recover_quorum(
                     from.as_ref(),
                     backup.as_deref(),
                     spec,
@@ -295,7 +318,7 @@ impl Driver {
                     obs,
                 )
                 .await
-            }
+                .map_err(Into::into),
             Action::ClearPrefixes { token, prefixes } => {
                 let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
                 for prefix in prefixes {
@@ -312,7 +335,7 @@ impl Driver {
                 .store
                 .delete_manager_file(BACKUP_NOW_FILE)
                 .await
-                .map_err(executing_error),
+                .map_err(DriverError::from),
             Action::CompleteRestore { command } => {
                 self.store
                     .delete_command(command)
@@ -330,7 +353,7 @@ impl Driver {
                 )
                 .await
                 .map(|_| ())
-                .map_err(executing_error),
+                .map_err(|e| DriverError::from(executing_error(e))),
         }
     }
 

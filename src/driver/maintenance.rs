@@ -8,18 +8,18 @@ impl Driver {
     /// the history to the current revision, defragment every healthy member
     /// (the raft leader last), disarm. An alarm back within a minute means
     /// the data itself is at the quota: that is an error (and backs off).
-    pub(super) async fn clear_space_alarm(&mut self, obs: &Observation) -> Result<(), String> {
+    pub(super) async fn clear_space_alarm(&mut self, obs: &Observation) -> Result<(), DriverError> {
         let now = self.clock.now();
         if self
             .last_space_clear
             .is_some_and(|at| now.saturating_duration_since(at) < SPACE_ALARM_AGAIN)
         {
-            return Err(
+            return Err(DriverError::Permanent(
                 "etcd's NOSPACE alarm came back within a minute of clearing it: the data itself \
                  is at the quota; raise ETCD_QUOTA_BACKEND_BYTES (etcd's --quota-backend-bytes) \
                  or delete data"
                     .into(),
-            );
+            ));
         }
         let tls = self.settings.etcd_tls.as_ref();
         let client = cluster_client(obs, tls).await?;

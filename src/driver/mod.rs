@@ -24,6 +24,7 @@ use crate::peer::{
 mod actions;
 mod backups;
 mod control;
+mod error;
 mod execute;
 mod leading;
 mod maintenance;
@@ -32,6 +33,7 @@ mod payload;
 
 use self::control::*;
 pub use self::control::{defrag_request, verify_request};
+pub use self::error::DriverError;
 use self::execute::*;
 use self::observe::*;
 pub use self::payload::*;
@@ -393,7 +395,7 @@ impl Driver {
                 Err(e) => {
                     metrics::counter!(m::LEASE_OPERATIONS, "result" => "error").increment(1);
                     let e = e.to_string();
-                    let wait = self.backoff.failed(LEASE_STEP, self.clock.now(), &e);
+                    let wait = self.backoff.failed(LEASE_STEP, self.clock.now(), &e, false);
                     tracing::warn!(error = %e, retry_in = ?wait, "lease step failed");
                 }
             }
