@@ -242,7 +242,7 @@ async fn a_whole_upstream_cluster_is_adopted_in_place() {
 }
 
 /// The store revision, through the first of `eps` that answers.
-async fn revision_of(eps: &[String]) -> i64 {
+pub(crate) async fn revision_of(eps: &[String]) -> i64 {
     etcd::EtcdClient::connect(eps, Duration::from_secs(3))
         .await
         .unwrap()

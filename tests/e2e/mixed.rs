@@ -152,6 +152,7 @@ async fn a_rolling_move_from_upstream_keeps_the_cluster_whole() {
         assert!(ids.contains_key(&myid(h)), "{ids:?} names host {h}");
     }
     let up_leader = (1..=3u8).min_by_key(|h| myid(*h)).unwrap();
+    let revision_before = crate::adopt::revision_of(&eps).await;
 
     // A client writes throughout; every acknowledged write must survive.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -284,8 +285,13 @@ async fn a_rolling_move_from_upstream_keeps_the_cluster_whole() {
     );
     assert!(acked.len() > 100, "the writer wrote: {}", acked.len());
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
-    // No restore either: a restore makes new members, and the ids above are
-    // upstream's.
+    // No restore either: a restore makes new members (the ids above are
+    // upstream's) and raises the revision by 10^9.
+    let revision_after = crate::adopt::revision_of(&eps).await;
+    assert!(
+        revision_after > revision_before && revision_after < revision_before + 1_000_000,
+        "revision kept, not bumped: {revision_before} -> {revision_after}"
+    );
 
     // The store stays readable by both: each side's ctl lists the other's
     // backups.
