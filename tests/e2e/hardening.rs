@@ -37,9 +37,7 @@ async fn the_local_etcd_resumes_while_the_store_is_down() {
         .await
         .unwrap();
     moto.create_bucket("outage").await.unwrap();
-    let gate = tests::TcpGate::start("127.0.0.1", &moto.endpoint().replace("http://", ""))
-        .await
-        .unwrap();
+    let gate = tests::TcpGate::in_front_of(&moto).await;
     env.use_s3(&moto, "outage");
     // The store's settings as kops passes them: S3_* variables, no flags.
     env.store_args = vec![];
@@ -179,9 +177,7 @@ async fn a_store_outage_costs_few_store_calls() {
         .await
         .unwrap();
     moto.create_bucket("calls").await.unwrap();
-    let gate = tests::TcpGate::start("127.0.0.1", &moto.endpoint().replace("http://", ""))
-        .await
-        .unwrap();
+    let gate = tests::TcpGate::in_front_of(&moto).await;
     env.use_s3(&moto, "calls");
     env.store_args = vec![
         format!("--s3-endpoint={}", gate.endpoint()),

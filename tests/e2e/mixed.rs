@@ -38,7 +38,6 @@ fn upstream_bin(var: &str) -> PathBuf {
 /// peers in the fixed folder /tmp/discovery; each runs in a mount namespace
 /// of its own where that folder is this test's `discovery`.
 fn start_upstream(env: &ClusterEnv, host: u8, bin: &Path, discovery: &Path) -> Manager {
-    let ip = tests::host_ip(env.net, host);
     let mut args: Vec<String> = [
         "--mount",
         "--propagation",
@@ -52,21 +51,18 @@ fn start_upstream(env: &ClusterEnv, host: u8, bin: &Path, discovery: &Path) -> M
     .collect();
     args.push(discovery.display().to_string());
     args.push(bin.display().to_string());
+    // Our managers' flags, but for the three upstream lacks or sets otherwise.
+    args.extend(env.manager_args(host).into_iter().filter(|a| {
+        ![
+            "--discovery-dir=",
+            "--controller-interval=",
+            "--backup-interval=",
+        ]
+        .iter()
+        .any(|f| a.starts_with(f))
+    }));
     args.extend([
-        "--insecure".to_string(),
-        "--etcd-insecure".into(),
-        format!("--address={ip}"),
-        format!("--etcd-address={ip}"),
-        "--cluster-name=test".into(),
-        format!("--backup-store={}", env.store_url),
-        format!(
-            "--data-dir={}",
-            env.root.join(format!("data/{host}")).display()
-        ),
-        format!("--client-urls=http://{ip}:4001"),
-        format!("--quarantine-client-urls=http://{ip}:8001"),
-        format!("--peer-urls=http://{ip}:2380"),
-        "--backup-interval=20s".into(),
+        "--backup-interval=20s".to_string(),
         "--discovery-poll-interval=1s".into(),
     ]);
     env.start_program(host, "upstream", Path::new("unshare"), args)

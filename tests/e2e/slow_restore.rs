@@ -26,9 +26,7 @@ async fn a_restore_slower_than_two_minutes_completes() {
         return;
     };
     moto.create_bucket("slow").await.unwrap();
-    let gate = tests::TcpGate::start("127.0.0.1", &moto.endpoint().replace("http://", ""))
-        .await
-        .unwrap();
+    let gate = tests::TcpGate::in_front_of(&moto).await;
     let dir = tempfile::tempdir().unwrap();
     let mut env = crate::env(&dir);
     env.use_s3(&moto, "slow");

@@ -572,6 +572,14 @@ impl TcpGate {
         })
     }
 
+    /// A gate on loopback in front of `moto`'s S3 (give
+    /// [`TcpGate::endpoint`] as the store's endpoint).
+    pub async fn in_front_of(moto: &moto::Moto) -> TcpGate {
+        TcpGate::start("127.0.0.1", moto.endpoint().trim_start_matches("http://"))
+            .await
+            .expect("a gate in front of moto")
+    }
+
     /// Connections accepted so far, open or closed (each refused store
     /// call's attempt is one).
     pub fn connections(&self) -> u64 {

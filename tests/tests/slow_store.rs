@@ -14,9 +14,7 @@ async fn a_backup_slower_than_a_request_timeout_downloads_whole() {
         return;
     };
     moto.create_bucket("slow").await.unwrap();
-    let gate = tests::TcpGate::start("127.0.0.1", &moto.endpoint().replace("http://", ""))
-        .await
-        .unwrap();
+    let gate = tests::TcpGate::in_front_of(&moto).await;
     let opts = StoreOptions {
         s3_endpoint: Some(gate.endpoint()),
         s3_region: Some("us-east-1".into()),
