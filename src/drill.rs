@@ -110,7 +110,7 @@ pub async fn verify_backup(
 /// file: taken just before the snapshot, which then holds that revision or a
 /// later one. None (logged) when etcd does not give it: that backup's drill
 /// will only restore it.
-pub async fn cluster_hash(client: &etcd::EtcdClient, revision: i64) -> Option<KvHash> {
+pub async fn cluster_hash(client: &dyn crate::edges::EtcdApi, revision: i64) -> Option<KvHash> {
     match client.hash_kv(revision).await {
         Ok(h) => Some(KvHash {
             revision: h.revision,

@@ -14,6 +14,7 @@ pub mod delta;
 pub mod discovery;
 pub mod drill;
 pub mod driver;
+pub mod edges;
 pub mod envfile;
 pub mod fuzzing;
 pub mod goflags;

@@ -152,11 +152,14 @@ pub struct NodeSettings {
     /// etcd's TLS: certificates are issued from these CAs at every etcd start.
     /// None: plain http (`--etcd-insecure`).
     pub etcd_pki: Option<std::sync::Arc<crate::pki::EtcdPki>>,
+    /// How etcd is started and its offline tools run ([`crate::edges::ProcessRuntime`]
+    /// in production, the model etcd in the simulation).
+    pub runtime: std::sync::Arc<dyn crate::edges::EtcdRuntime>,
 }
 
 struct Inner {
     state: NodeState,
-    process: Option<etcd::EtcdProcess>,
+    process: Option<Box<dyn crate::edges::EtcdRun>>,
     prepared: Option<String>,
 }
 
@@ -565,7 +568,7 @@ impl Node {
         }
     }
 
-    fn spawn_etcd(&self, local: &LocalEtcd) -> Result<etcd::EtcdProcess, NodeError> {
+    fn spawn_etcd(&self, local: &LocalEtcd) -> Result<Box<dyn crate::edges::EtcdRun>, NodeError> {
         self.spawn_etcd_with(local, &[])
     }
 
@@ -574,7 +577,7 @@ impl Node {
         &self,
         local: &LocalEtcd,
         extra: &[(&str, &str)],
-    ) -> Result<etcd::EtcdProcess, NodeError> {
+    ) -> Result<Box<dyn crate::edges::EtcdRun>, NodeError> {
         let version: etcd::EtcdVersion = local.etcd_version.parse()?;
         let binaries = etcd::find_binaries(&version, &self.settings.bin_dirs)?;
         let mut spec = self.spec_for(local);
@@ -621,7 +624,10 @@ impl Node {
         if !unknown.is_empty() {
             tracing::warn!(%version, variables = ?unknown, "etcd does not understand these settings and will ignore them; see `etcd --help` of that version");
         }
-        Ok(etcd::EtcdProcess::start(binaries, spec, env, Some(log))?)
+        Ok(self
+            .settings
+            .runtime
+            .start(binaries, spec, env, Some(log))?)
     }
 
     /// The settings this node gives etcd (beyond ours) that etcd `to` would
@@ -1139,7 +1145,9 @@ impl Node {
                 .await
                 .map_err(|e| failed(e.to_string()))?;
             if !got.verified_checksum {
-                etcd::verify_snapshot(&binaries, &file)
+                self.settings
+                    .runtime
+                    .verify_snapshot(&binaries, &file)
                     .await
                     .map_err(|e| failed(e.to_string()))?;
             }
@@ -1157,7 +1165,9 @@ impl Node {
             };
             let spec = self.spec_for(&local);
             let bump = version.has_etcdutl().then_some(RESTORE_BUMP_REVISION);
-            etcd::restore_snapshot(&binaries, &file, &spec, bump)
+            self.settings
+                .runtime
+                .restore_snapshot(&binaries, &file, &spec, bump)
                 .await
                 .map_err(|e| failed(e.to_string()))?;
             tracing::info!(backup = %r.backup, token = %r.cluster_token, bump_revision = bump, "backup restored into a new data dir");
@@ -1387,6 +1397,7 @@ mod leadership_tests {
             etcd_env_overrides: vec![],
             store: backup::BackupStore::open("memory://x", &Default::default()).unwrap(),
             etcd_pki: None,
+            runtime: std::sync::Arc::new(crate::edges::ProcessRuntime),
         })
         .unwrap()
     }
@@ -1483,6 +1494,7 @@ mod fencing_tests {
             etcd_env_overrides: vec![],
             store: store.clone(),
             etcd_pki: None,
+            runtime: std::sync::Arc::new(crate::edges::ProcessRuntime),
         })
         .unwrap()
     }

@@ -193,15 +193,14 @@ impl Driver {
         spec: ClusterSpec,
     ) -> Result<backup::BackupSummary, String> {
         let endpoint = endpoint.to_string();
-        let client = etcd::EtcdClient::connect_with(
-            std::slice::from_ref(&endpoint),
-            ETCD_TIMEOUT,
-            self.settings.etcd_tls.as_ref(),
-        )
-        .await
-        .map_err(executing_error)?;
+        let client = self
+            .settings
+            .etcd
+            .connect(std::slice::from_ref(&endpoint), ETCD_TIMEOUT)
+            .await
+            .map_err(executing_error)?;
         let status = client.status().await.map_err(executing_error)?;
-        let kv_hash = crate::drill::cluster_hash(&client, status.revision).await;
+        let kv_hash = crate::drill::cluster_hash(&*client, status.revision).await;
         let stream = client.snapshot().await.map_err(executing_error)?;
         let wall = self.clock.wall();
         let info = BackupInfo {

@@ -107,7 +107,7 @@ impl Driver {
                 version,
             } => {
                 let info = info_of(obs, id).ok_or_else(|| format!("peer {id} did not answer"))?;
-                let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
+                let client = cluster_client(obs, &*self.settings.etcd).await?;
                 let deadline = self.membership_deadline()?;
                 let (added, all) = client
                     .member_add_retrying(&info.node_config.peer_urls, *learner, deadline)
@@ -125,14 +125,14 @@ impl Driver {
                 version,
             } => {
                 let info = info_of(obs, id).ok_or_else(|| format!("peer {id} did not answer"))?;
-                let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
+                let client = cluster_client(obs, &*self.settings.etcd).await?;
                 let all = client.member_list().await.map_err(executing_error)?;
                 self.start_member(id, &info, &all, token, version, &fence)
                     .await
                     .map_err(Into::into)
             }
             Action::EnableDowngrade { minor } => {
-                let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
+                let client = cluster_client(obs, &*self.settings.etcd).await?;
                 client
                     .enable_downgrade(minor)
                     .await
@@ -150,13 +150,13 @@ impl Driver {
                 .await
                 .map_err(Into::into),
             Action::CancelDowngrade => {
-                let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
+                let client = cluster_client(obs, &*self.settings.etcd).await?;
                 client.cancel_downgrade().await.map_err(executing_error)?;
                 tracing::info!("downgrade cancelled: the spec no longer asks for it");
                 Ok(())
             }
             Action::PromoteMember { member_id, name } => {
-                let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
+                let client = cluster_client(obs, &*self.settings.etcd).await?;
                 match client.member_promote(*member_id).await {
                     Ok(()) => {
                         tracing::info!(member = %name, "learner promoted to voter");
@@ -169,7 +169,7 @@ impl Driver {
                 }
             }
             Action::RemoveMember { member_id, name } => {
-                let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
+                let client = cluster_client(obs, &*self.settings.etcd).await?;
                 let deadline = self.membership_deadline()?;
                 client
                     .member_remove_retrying(*member_id, deadline)
@@ -320,7 +320,7 @@ impl Driver {
                 .await
                 .map_err(Into::into),
             Action::ClearPrefixes { token, prefixes } => {
-                let client = cluster_client(obs, self.settings.etcd_tls.as_ref()).await?;
+                let client = cluster_client(obs, &*self.settings.etcd).await?;
                 for prefix in prefixes {
                     let n = client
                         .delete_prefix(prefix)

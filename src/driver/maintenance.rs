@@ -21,8 +21,8 @@ impl Driver {
                     .into(),
             ));
         }
-        let tls = self.settings.etcd_tls.as_ref();
-        let client = cluster_client(obs, tls).await?;
+        let etcd = &*self.settings.etcd;
+        let client = cluster_client(obs, etcd).await?;
         let alarmed: Vec<u64> = client
             .alarms()
             .await
@@ -72,17 +72,17 @@ impl Driver {
         name: &str,
         move_leader: bool,
     ) -> Result<(), String> {
-        let tls = self.settings.etcd_tls.as_ref();
+        let etcd = &*self.settings.etcd;
         let endpoints = healthy_endpoints(obs);
         let ep = endpoints
             .iter()
             .find(|(id, _)| *id == name)
             .map(|(_, ep)| ep.clone())
             .ok_or_else(|| format!("member {name} has no healthy endpoint"))?;
-        let client =
-            etcd::EtcdClient::connect_with(std::slice::from_ref(&ep), ETCD_DEFRAG_TIMEOUT, tls)
-                .await
-                .map_err(executing_error)?;
+        let client = etcd
+            .connect(std::slice::from_ref(&ep), ETCD_DEFRAG_TIMEOUT)
+            .await
+            .map_err(executing_error)?;
         if move_leader {
             let to = obs
                 .cluster

@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::controller::{self, Action, ClusterView, MemberView, Observation, PeerView, Plan};
+use crate::edges::{EtcdApi, EtcdConnect, Membership, PeerApi};
 use crate::lease::SharedLease;
 use crate::metrics as m;
 use crate::node::Node;
@@ -94,10 +95,16 @@ pub struct DriverSettings {
     /// `ETCD_QUOTA_BACKEND_BYTES` as etcd is given it (process environment
     /// or `--etcd-env-file`), for the quota metric before 3.6 reports it.
     pub etcd_quota_bytes: Option<i64>,
-    /// Calls the other managers' peer APIs (TLS unless `--insecure`).
-    pub peers: peer::PeerClient,
-    /// Our client identity for etcd (None with `--etcd-insecure`).
+    /// Calls the other managers' peer APIs (production: [`peer::PeerClient`],
+    /// TLS unless `--insecure`).
+    pub peers: Arc<dyn PeerApi>,
+    /// Connects to etcd (production: [`crate::edges::EtcdConnector`]).
+    pub etcd: Arc<dyn EtcdConnect>,
+    /// Our client identity for etcd (None with `--etcd-insecure`), for the
+    /// continuous backup's watch.
     pub etcd_tls: Option<etcd::ClientTls>,
+    /// New cluster tokens come from here.
+    pub randomness: Arc<dyn crate::edges::Randomness>,
     /// Configuration warnings shown in `status` (e.g. gossip without a key).
     pub warnings: Vec<String>,
     /// `--static-config`: the spec comes from it, no control file is read,
@@ -136,7 +143,7 @@ pub struct Driver {
     started: Instant,
     store: BackupStore,
     lease: Arc<SharedLease>,
-    gossip: gossip::GossipHandle,
+    gossip: Arc<dyn Membership>,
     node: Arc<Node>,
     clock: Arc<dyn Clock>,
     /// The control files as last read, and when.
@@ -157,7 +164,7 @@ pub struct Driver {
     /// etcd clients of the last pass by client URL, kept while they answer:
     /// a new client per member per pass cost a TLS handshake each, most of
     /// an idle leader's CPU.
-    etcd_clients: BTreeMap<String, etcd::EtcdClient>,
+    etcd_clients: BTreeMap<String, Arc<dyn EtcdApi>>,
     pass: u64,
     last_waits: Vec<String>,
     last_payload: Option<PeerPayload>,
@@ -229,7 +236,7 @@ impl Driver {
         health: Arc<m::Health>,
         store: BackupStore,
         lease: lock::LeaseClient,
-        gossip: gossip::GossipHandle,
+        gossip: Arc<dyn Membership>,
         node: Arc<Node>,
         clock: Arc<dyn Clock>,
     ) -> Driver {
@@ -484,15 +491,4 @@ fn node_configs(
         return Err(format!("a chosen peer vanished before {before}"));
     }
     Ok(nodes)
-}
-
-/// A random cluster token (the only randomness the leader needs).
-#[allow(clippy::disallowed_methods)]
-fn new_token() -> String {
-    use rand::RngExt;
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let mut rng = rand::rng();
-    (0..16)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
 }

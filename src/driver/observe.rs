@@ -64,7 +64,7 @@ impl Driver {
             .collect();
         let cluster = observe_cluster(
             &infos,
-            self.settings.etcd_tls.as_ref(),
+            &*self.settings.etcd,
             &mut self.etcd_clients,
             self.settings.etcd_quota_bytes,
         )
@@ -173,7 +173,7 @@ impl Driver {
             cluster,
             last_backup: self.last_backup,
             backup_interval: self.settings.backup_interval,
-            new_cluster_token: new_token(),
+            new_cluster_token: self.settings.randomness.token(16),
             commands,
             last_retention: self.last_retention,
             backup_requested,
@@ -225,13 +225,13 @@ pub(super) fn healthy_endpoints(obs: &Observation) -> Vec<(&str, String)> {
 
 pub(super) async fn cluster_client(
     obs: &Observation,
-    tls: Option<&etcd::ClientTls>,
-) -> Result<etcd::EtcdClient, String> {
+    etcd: &dyn EtcdConnect,
+) -> Result<Arc<dyn EtcdApi>, String> {
     let endpoints: Vec<String> = healthy_endpoints(obs).into_iter().map(|(_, e)| e).collect();
     if endpoints.is_empty() {
         return Err("no healthy etcd endpoint".into());
     }
-    etcd::EtcdClient::connect_with(&endpoints, ETCD_TIMEOUT, tls)
+    etcd.connect(&endpoints, ETCD_TIMEOUT)
         .await
         .map_err(executing_error)
 }
@@ -243,7 +243,7 @@ const UNSEEN_MEMBER_TIMEOUT: Duration = Duration::from_secs(2);
 pub(super) struct Answer {
     status: etcd::EndpointStatus,
     healthy: bool,
-    client: etcd::EtcdClient,
+    client: Arc<dyn EtcdApi>,
     endpoint: String,
 }
 
@@ -251,13 +251,14 @@ pub(super) struct Answer {
 /// when there is one); `None` when it does not answer.
 async fn probe(
     ep: String,
-    known: &BTreeMap<String, etcd::EtcdClient>,
-    tls: Option<&etcd::ClientTls>,
+    known: &BTreeMap<String, Arc<dyn EtcdApi>>,
+    etcd: &dyn EtcdConnect,
     timeout: Duration,
 ) -> Option<Answer> {
     let client = match known.get(&ep) {
         Some(c) => c.clone(),
-        None => etcd::EtcdClient::connect_with(std::slice::from_ref(&ep), timeout, tls)
+        None => etcd
+            .connect(std::slice::from_ref(&ep), timeout)
             .await
             .ok()?,
     };
@@ -273,7 +274,7 @@ async fn probe(
 }
 
 /// The clients to keep for the next pass: those that answered.
-fn answered(alive: &[Answer]) -> BTreeMap<String, etcd::EtcdClient> {
+fn answered(alive: &[Answer]) -> BTreeMap<String, Arc<dyn EtcdApi>> {
     alive
         .iter()
         .map(|a| (a.endpoint.clone(), a.client.clone()))
@@ -290,8 +291,8 @@ fn answered(alive: &[Answer]) -> BTreeMap<String, etcd::EtcdClient> {
 /// time, so a member that failed gets a fresh client next pass.
 pub(super) async fn observe_cluster(
     peers: &[PeerView],
-    tls: Option<&etcd::ClientTls>,
-    clients: &mut BTreeMap<String, etcd::EtcdClient>,
+    etcd: &dyn EtcdConnect,
+    clients: &mut BTreeMap<String, Arc<dyn EtcdApi>>,
     quota_given: Option<i64>,
 ) -> Option<ClusterView> {
     let endpoints: Vec<String> = peers
@@ -306,7 +307,7 @@ pub(super) async fn observe_cluster(
     let mut alive: Vec<Answer> = futures::future::join_all(
         endpoints
             .into_iter()
-            .map(|ep| probe(ep, known, tls, ETCD_TIMEOUT)),
+            .map(|ep| probe(ep, known, etcd, ETCD_TIMEOUT)),
     )
     .await
     .into_iter()
@@ -335,7 +336,7 @@ pub(super) async fn observe_cluster(
         let more = futures::future::join_all(
             unseen
                 .into_iter()
-                .map(|ep| probe(ep, known, tls, UNSEEN_MEMBER_TIMEOUT)),
+                .map(|ep| probe(ep, known, etcd, UNSEEN_MEMBER_TIMEOUT)),
         );
         alive.extend(more.await.into_iter().flatten());
     }

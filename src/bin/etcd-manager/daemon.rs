@@ -111,6 +111,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         etcd_env_overrides,
         store: store.clone(),
         etcd_pki: etcd_pki.clone(),
+        runtime: std::sync::Arc::new(etcd_manager::edges::ProcessRuntime),
     })?);
     let peers = match &manager_ca {
         None => etcd_manager::peer::PeerClient::insecure(),
@@ -309,8 +310,12 @@ async fn run_node(
             etcd_quota_bytes: node
                 .etcd_setting("ETCD_QUOTA_BACKEND_BYTES")
                 .and_then(|v| v.trim().parse().ok()),
-            peers: peers.clone(),
+            peers: Arc::new(peers.clone()),
+            etcd: Arc::new(etcd_manager::edges::EtcdConnector {
+                tls: etcd_tls.clone(),
+            }),
             etcd_tls,
+            randomness: Arc::new(etcd_manager::edges::ThreadRandomness),
             warnings,
             static_config: cfg.static_config.clone(),
             // The hosts file etcd itself resolves names with: in kops' static
@@ -324,7 +329,7 @@ async fn run_node(
         health.clone(),
         store,
         lease,
-        gossip.clone(),
+        Arc::new(gossip.clone()),
         node.clone(),
         clock.clone(),
     );
