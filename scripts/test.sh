@@ -33,5 +33,5 @@ if [ "$(id -u)" = 0 ]; then
 else
   echo "SKIPPED: the partition suite needs root (network namespaces, iptables); run scripts/partition-suite.sh as root"
 fi
-echo "== simulation: 1000 seeds (release)"
-SIM_SEEDS=${SIM_SEEDS:-1000} cargo test --release --locked -p tests --test sim -- --nocapture
+echo "== simulation: 1000 seeds of the model, 200 of the real driver (release)"
+SIM_SEEDS=${SIM_SEEDS:-1000} SIM_REAL_SEEDS=${SIM_REAL_SEEDS:-200} cargo test --release --locked -p tests --test sim -- --nocapture

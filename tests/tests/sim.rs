@@ -22,7 +22,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 mod sim {
+    pub mod etcd_model;
     pub mod lease;
+    pub mod real;
     pub mod store;
     pub mod world;
 }
@@ -363,4 +365,73 @@ fn sim_lease_survey_margin() {
         bad.len(),
         bad.first()
     );
+}
+
+/// The simulation of the real driver, lease task and node
+/// (`sim/real.rs`): `SIM_REAL_SEEDS` seeds (default 8) from `SIM_SEED_START`.
+#[test]
+fn real_driver_seeds() {
+    let start = env_u64("SIM_SEED_START", 0);
+    let count = env_u64("SIM_REAL_SEEDS", 8);
+    let begun = std::time::Instant::now();
+    let (mut effects, mut fenced, mut late, mut writes, mut restores, mut crashes, mut faults) =
+        (0, 0, 0, 0, 0, 0, 0);
+    for seed in start..start + count {
+        let out = sim::real::Sim::run(seed, None);
+        if let Some(v) = &out.violation {
+            let keep = env_u64("SIM_TRACE_LINES", 80) as usize;
+            let tail: Vec<&String> = out.trace.iter().rev().take(keep).rev().collect();
+            for line in tail {
+                eprintln!("{line}");
+            }
+            panic!(
+                "seed {seed} ({} managers, real driver) broke an invariant: {v}\nreplay: SIM_SEED_START={seed} SIM_REAL_SEEDS=1 cargo test --release -p tests --test sim real_driver_seeds -- --nocapture",
+                out.nodes
+            );
+        }
+        if std::env::var("SIM_TRACE").is_ok() {
+            for line in &out.trace {
+                eprintln!("{line}");
+            }
+        }
+        effects += out.effects;
+        fenced += out.fenced_requests;
+        late += out.late_requests;
+        writes += out.acked_writes;
+        restores += out.restores;
+        crashes += out.crashes;
+        faults += out.store_faults;
+    }
+    eprintln!(
+        "real driver: {count} seeds in {:.1} s: {effects} etcd changes, {fenced} fenced requests ({late} late), {writes} writes acknowledged, {crashes} crashes, {restores} restores, {faults} store faults",
+        begun.elapsed().as_secs_f64()
+    );
+    assert!(
+        effects > 0 && fenced > 0 && writes > 0,
+        "the runs must do something"
+    );
+}
+
+/// The real driver's simulation replays a seed exactly: the same trace
+/// twice, on both sizes; another seed, another run.
+#[test]
+fn real_driver_one_seed_twice_gives_the_same_trace() {
+    for (seed, nodes) in [(7, 3), (11, 5)] {
+        let a = sim::real::Sim::run(seed, Some(nodes));
+        let b = sim::real::Sim::run(seed, Some(nodes));
+        assert!(a.trace.len() > 30, "too short a trace to compare");
+        if let Some(k) = (0..a.trace.len().min(b.trace.len())).find(|&k| a.trace[k] != b.trace[k]) {
+            panic!(
+                "seed {seed} ({nodes} managers) diverged at line {k}:\n{}\n{}",
+                a.trace[k], b.trace[k]
+            );
+        }
+        assert_eq!(
+            a.trace.len(),
+            b.trace.len(),
+            "seed {seed}: traces differ in length"
+        );
+        let c = sim::real::Sim::run(seed + 1, Some(nodes));
+        assert_ne!(a.trace, c.trace, "different seeds gave the same run");
+    }
 }

@@ -37,11 +37,19 @@ struct State {
 
 /// `InMemory` with injected faults. Deterministic: one random stream, and the
 /// simulation calls it from one thread in a fixed order.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FaultyStore {
     inner: Arc<dyn ObjectStore>,
     state: Arc<Mutex<State>>,
+    /// Set when the manager using this handle crashed: its calls fail from
+    /// then on (its tasks may linger a moment, their writes must not land).
+    dead: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Told of every lease record that lands: (seq, holder, released).
+    lease_observer: Arc<Mutex<Option<LeaseObserver>>>,
 }
+
+/// See [`FaultyStore::observe_lease`].
+pub type LeaseObserver = Arc<dyn Fn(u64, &str, bool) + Send + Sync>;
 
 impl FaultyStore {
     pub fn new(seed: u64) -> Self {
@@ -52,6 +60,36 @@ impl FaultyStore {
                 rng: StdRng::seed_from_u64(seed),
                 injected: 0,
             })),
+            dead: None,
+            lease_observer: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Call `f` with every lease record written that lands.
+    pub fn observe_lease(&self, f: LeaseObserver) {
+        *self.lease_observer.lock().unwrap() = Some(f);
+    }
+
+    fn landed(&self, location: &Path, body: &bytes::Bytes) {
+        let observer = self.lease_observer.lock().unwrap().clone();
+        let Some(f) = observer else { return };
+        let Some(name) = location.filename() else {
+            return;
+        };
+        let Ok(seq) = name.parse::<u64>() else { return };
+        if !location.as_ref().contains("etcd-manager/lease/") {
+            return;
+        }
+        if let Ok(r) = lock::LeaseRecord::parse(location, seq, body) {
+            f(r.seq, &r.holder, r.released);
+        }
+    }
+
+    /// The same store for one manager: every call fails once `dead` is set.
+    pub fn for_manager(&self, dead: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        FaultyStore {
+            dead: Some(dead),
+            ..self.clone()
         }
     }
 
@@ -66,6 +104,13 @@ impl FaultyStore {
 
     /// Whether this call fails before doing anything.
     pub fn fails_now(&self) -> bool {
+        if self
+            .dead
+            .as_ref()
+            .is_some_and(|d| d.load(std::sync::atomic::Ordering::SeqCst))
+        {
+            return true;
+        }
         let mut s = self.state.lock().unwrap();
         let p = s.faults.error;
         let fail = s.faults.down || (p > 0.0 && s.rng.random_bool(p));
@@ -93,6 +138,12 @@ fn injected(what: &str) -> object_store::Error {
     }
 }
 
+impl fmt::Debug for FaultyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FaultyStore")
+    }
+}
+
 impl fmt::Display for FaultyStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "FaultyStore")
@@ -111,7 +162,9 @@ impl ObjectStore for FaultyStore {
             return Err(injected("the store refused the write"));
         }
         let create = opts.mode == PutMode::Create;
+        let body = bytes::Bytes::from(payload.clone());
         let result = self.inner.put_opts(location, payload, opts).await?;
+        self.landed(location, &body);
         if self.loses_answer() {
             return Err(if create {
                 object_store::Error::AlreadyExists {

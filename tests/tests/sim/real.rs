@@ -1,0 +1,1028 @@
+//! The simulation of the code that ships: 3 or 5 managers, each the real
+//! [`Driver`] (with its lease task), the real [`Node`] answering peer
+//! requests, and the real gossip core, on one tokio runtime with paused
+//! time (virtual; each manager's clock 0.9-1.1x true time), over the
+//! simulation's network, store ([`FaultyStore`]) and model of etcd
+//! ([`super::etcd_model`]).
+//!
+//! Faults come from the seed: hosts crash and restart (their processes end,
+//! their data stays), hosts are wiped, links are cut, packets are lost, the
+//! store fails, loses answers or is down. After [`FAULTS_UNTIL`] everything
+//! heals. Checked while it runs:
+//!
+//! * mutual exclusion: every change to etcd's membership or keys that a
+//!   manager makes, and every fenced peer request delivered while its caller
+//!   still waits, comes from the holder of the newest lease record in the
+//!   store;
+//! * fencing: no node admits a fenced request older than one it admitted;
+//! * no stop of an etcd that a peer request asked for takes a cluster with
+//!   quorum below it;
+//!
+//! and at the end: one cluster serves, with the spec's members all started,
+//! voters and out of quarantine, and every write etcd acknowledged is in it
+//! unless a restore (quorum recovery) replaced the data.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use etcd_manager::clock::Clock;
+use etcd_manager::driver::{Driver, DriverSettings};
+use etcd_manager::edges::{Membership, PeerApi, Randomness};
+use etcd_manager::node::{Node, NodeSettings};
+use etcd_manager::peer::{self, Caller, EtcdNodeConfig, PeerError, Request, Response};
+use gossip::{GossipConfig, GossipCore, MemberView};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::etcd_model::{self, Model, ModelConnect, ModelRuntime};
+use super::store::{FaultyStore, StoreFaults};
+
+const VERSION: &str = "3.5.30";
+const CLUSTER: &str = "sim";
+pub const FAULTS_FROM: Duration = Duration::from_secs(20);
+pub const FAULTS_UNTIL: Duration = Duration::from_secs(140);
+/// After healing, the cluster must be whole again by then.
+pub const END: Duration = Duration::from_secs(480);
+const PEER_PORT: u16 = 8080;
+const GOSSIP_PORT: u16 = 8000;
+
+tokio::task_local! {
+    /// The kind of peer request a node is handling (for the quorum check).
+    static REQUEST: &'static str;
+}
+
+fn host_ip(i: usize) -> [u8; 4] {
+    [10, 0, 0, i as u8 + 1]
+}
+
+fn peer_addr(i: usize) -> SocketAddr {
+    SocketAddr::from((host_ip(i), PEER_PORT))
+}
+
+fn gossip_addr(i: usize) -> SocketAddr {
+    SocketAddr::from((host_ip(i), GOSSIP_PORT))
+}
+
+fn url(i: usize, port: u16) -> String {
+    let [a, b, c, d] = host_ip(i);
+    format!("http://{a}.{b}.{c}.{d}:{port}")
+}
+
+/// Who can reach whom.
+#[derive(Debug)]
+pub struct Net {
+    pub up: Vec<bool>,
+    /// Bumped by every crash: what a crashed incarnation started is gone.
+    pub incarnation: Vec<u64>,
+    pub cut: Vec<Vec<bool>>,
+    pub loss: f64,
+}
+
+impl Net {
+    pub fn reachable(&self, a: usize, b: usize) -> bool {
+        a == b || !self.cut[a][b]
+    }
+}
+
+/// A fact of the run that a check needs.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub effects: u64,
+    pub fenced_requests: u64,
+    pub late_requests: u64,
+    pub acked_writes: u64,
+    pub crashes: u64,
+}
+
+pub struct State {
+    t0: tokio::time::Instant,
+    pub net: Net,
+    pub model: Model,
+    rng: StdRng,
+    pub trace: Vec<String>,
+    pub violation: Option<String>,
+    pub restores: u64,
+    pub counters: Counters,
+    /// The newest lease record that landed: (seq, holder, released).
+    pub lease: Option<(u64, String, bool)>,
+    /// Per host: the highest epoch of a fenced request it admitted.
+    admitted: Vec<u64>,
+    /// Gossip inboxes by host.
+    inbox: Vec<Option<mpsc::UnboundedSender<(SocketAddr, Bytes)>>>,
+    /// The running nodes by host.
+    nodes: Vec<Option<(u64, Arc<Node>)>>,
+    acked: BTreeMap<String, String>,
+    /// A stop that took a cluster below quorum, fine if a restore follows.
+    stop_before_restore: Option<(Duration, String)>,
+}
+
+impl State {
+    pub fn now(&self) -> Duration {
+        tokio::time::Instant::now() - self.t0
+    }
+
+    pub fn note(&mut self, line: String) {
+        let t = self.now().as_secs_f64();
+        self.trace.push(format!("{t:>8.2} {line}"));
+    }
+
+    pub fn fail(&mut self, what: String) {
+        if self.violation.is_none() {
+            self.note(format!("VIOLATION {what}"));
+            self.violation = Some(what);
+        }
+    }
+
+    /// A network delay: 1-5 ms.
+    pub fn delay(&mut self) -> Duration {
+        Duration::from_millis(self.rng.random_range(1..=5))
+    }
+
+    pub fn host_of_url(&self, url: &str) -> Option<usize> {
+        let rest = url.strip_prefix("http://10.0.0.")?;
+        let n: usize = rest.split(':').next()?.parse().ok()?;
+        (1..=self.net.up.len()).contains(&n).then(|| n - 1)
+    }
+
+    /// A change to etcd by the manager on `host`: it must hold the newest
+    /// lease record. Err (the change is refused) only to stop a broken run
+    /// from piling up more; the violation is recorded either way.
+    pub fn effect(&mut self, host: usize, what: &str) -> Result<(), String> {
+        self.counters.effects += 1;
+        let me = format!("n{}", host + 1);
+        self.note(format!("{me}: {what}"));
+        match &self.lease {
+            Some((_, holder, false)) if *holder == me => Ok(()),
+            other => {
+                let other = format!("{other:?}");
+                self.fail(format!(
+                    "{me} changed etcd ({what}) while the newest lease record is {other}"
+                ));
+                Err("refused by the simulation after a violation".into())
+            }
+        }
+    }
+
+    pub fn quorum_lost_by_stop(&mut self, host: usize, token: &str) {
+        let kind = REQUEST.try_with(|k| *k).unwrap_or("none");
+        // A restore stops every member on purpose (StopEtcd to each, then
+        // RestoreBackup: judged when no restore follows within 10 s); a
+        // reconfiguration restarts the member in place at once.
+        let what = format!(
+            "stopping etcd on n{} ({kind}) took cluster {token} below quorum",
+            host + 1
+        );
+        match kind {
+            "restore_backup" | "reconfigure" => {}
+            "stop_etcd" => self.stop_before_restore = Some((self.now(), what)),
+            _ => self.fail(what),
+        }
+    }
+}
+
+pub struct Shared {
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("World")
+    }
+}
+
+pub type World = Arc<Shared>;
+
+impl Shared {
+    pub fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut self.state.lock().unwrap())
+    }
+}
+
+/// Each manager's clock: true virtual time at its own rate.
+#[derive(Debug)]
+struct SimClock {
+    t0: tokio::time::Instant,
+    origin: std::time::Instant,
+    rate: f64,
+}
+
+impl Clock for SimClock {
+    fn now(&self) -> std::time::Instant {
+        let t = tokio::time::Instant::now() - self.t0;
+        self.origin + Duration::from_secs_f64(t.as_secs_f64() * self.rate)
+    }
+    fn wall(&self) -> std::time::SystemTime {
+        let t = tokio::time::Instant::now() - self.t0;
+        std::time::UNIX_EPOCH
+            + Duration::from_secs(1_790_000_000)
+            + Duration::from_secs_f64(t.as_secs_f64() * self.rate)
+    }
+    fn sleep(&self, d: Duration) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(tokio::time::sleep(Duration::from_secs_f64(
+            d.as_secs_f64() / self.rate,
+        )))
+    }
+}
+
+#[derive(Debug)]
+struct SeededRandomness(Mutex<StdRng>);
+
+impl Randomness for SeededRandomness {
+    fn token(&self, len: usize) -> String {
+        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+        let mut rng = self.0.lock().unwrap();
+        (0..len)
+            .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+            .collect()
+    }
+}
+
+/// The peer API over the simulated network.
+struct SimPeers {
+    world: World,
+    host: usize,
+}
+
+#[async_trait]
+impl PeerApi for SimPeers {
+    async fn call(
+        &self,
+        addr: SocketAddr,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<Response, PeerError> {
+        let me = self.host;
+        // The bytes go over the wire: encode and decode as the real API does.
+        let bytes =
+            peer::encode_request(req).map_err(|reason| PeerError::Protocol { addr, reason })?;
+        let req =
+            peer::decode_request(&bytes).map_err(|reason| PeerError::Protocol { addr, reason })?;
+        let (target, delay, reach, hold) = self.world.with(|w| {
+            let target = (0..w.net.up.len()).find(|j| peer_addr(*j) == addr);
+            let delay = w.delay();
+            let reach = target.map(|t| (w.net.up[t], w.net.reachable(me, t) && w.net.up[me]));
+            let hold = w.rng.random_bool(0.3);
+            (target, delay, reach, hold)
+        });
+        let timed_out = || PeerError::Timeout {
+            addr,
+            after: timeout,
+        };
+        let (Some(target), Some((up, reachable))) = (target, reach) else {
+            return Err(PeerError::Io {
+                addr,
+                source: std::io::ErrorKind::ConnectionRefused.into(),
+            });
+        };
+        if !up {
+            tokio::time::sleep(timeout).await;
+            return Err(timed_out());
+        }
+        let (tx, rx) = oneshot::channel();
+        if reachable || hold {
+            // Held requests wait for the cut to heal (TCP retransmits) for
+            // up to a minute, and may land after the caller gave up.
+            let world = self.world.clone();
+            tokio::spawn(async move {
+                let until = tokio::time::Instant::now() + Duration::from_secs(60);
+                loop {
+                    let ok = world.with(|w| w.net.reachable(me, target) && w.net.up[target]);
+                    if ok {
+                        break;
+                    }
+                    if tokio::time::Instant::now() >= until {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                tokio::time::sleep(delay).await;
+                deliver(world, me, target, req, tx).await;
+            });
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Response::Fenced { highest_epoch })) => Err(PeerError::Fenced {
+                addr,
+                highest_epoch,
+            }),
+            Ok(Ok(Response::Failed(message))) => Err(PeerError::Failed { addr, message }),
+            Ok(Ok(other)) => Ok(other),
+            Ok(Err(_)) | Err(_) => Err(timed_out()),
+        }
+    }
+}
+
+/// A request reaches host `target`'s node, which handles it as the real
+/// server would (to the end, even when the caller gave up).
+async fn deliver(
+    world: World,
+    from: usize,
+    target: usize,
+    req: Request,
+    tx: oneshot::Sender<Response>,
+) {
+    let Some((incarnation, node)) = world.with(|w| w.nodes[target].clone()) else {
+        return;
+    };
+    let fence = req.fence().cloned();
+    let waiting = !tx.is_closed();
+    if let Some(f) = &fence {
+        world.with(|w| {
+            w.counters.fenced_requests += 1;
+            if !waiting {
+                w.counters.late_requests += 1;
+            }
+            w.note(format!(
+                "n{} -> n{}: {} epoch {}{}",
+                from + 1,
+                target + 1,
+                req.kind(),
+                f.epoch,
+                if waiting { "" } else { " (late)" }
+            ));
+        });
+    }
+    let kind = req.kind();
+    if kind == "restore_backup" {
+        world.with(|w| w.stop_before_restore = None);
+    }
+    let caller = Caller::node(peer_addr(from), &format!("n{}", from + 1));
+    let resp = REQUEST.scope(kind, node.handle(&caller, req)).await;
+    let resp_ok = !matches!(resp, Response::Fenced { .. } | Response::Failed(_));
+    world.with(|w| {
+        if w.nodes[target].as_ref().map(|(i, _)| *i) != Some(incarnation) {
+            return;
+        }
+        if let (Some(f), true) = (&fence, resp_ok) {
+            if f.epoch < w.admitted[target] {
+                w.fail(format!(
+                    "n{} admitted {kind} of epoch {} after one of epoch {}",
+                    target + 1,
+                    f.epoch,
+                    w.admitted[target]
+                ));
+            }
+            w.admitted[target] = w.admitted[target].max(f.epoch);
+        }
+    });
+    let back = world.with(|w| w.delay());
+    tokio::time::sleep(back).await;
+    let _ = tx.send(resp);
+}
+
+/// Gossip membership: the real gossip core, packets over the simulated network.
+struct SimMembership {
+    members: watch::Receiver<Vec<MemberView>>,
+    payload: watch::Sender<Vec<u8>>,
+}
+
+impl Membership for SimMembership {
+    fn members(&self) -> Vec<MemberView> {
+        self.members.borrow().clone()
+    }
+    fn subscribe(&self) -> watch::Receiver<Vec<MemberView>> {
+        self.members.clone()
+    }
+    fn set_payload(&self, payload: Vec<u8>) {
+        self.payload.send_replace(payload);
+    }
+    fn downs(&self) -> (u64, u64) {
+        (0, 0)
+    }
+    fn bytes(&self) -> (u64, u64) {
+        (0, 0)
+    }
+    fn bad_packets(&self) -> u64 {
+        0
+    }
+}
+
+fn start_gossip(
+    world: &World,
+    i: usize,
+    n: usize,
+    incarnation: u64,
+    clock: Arc<SimClock>,
+    seed: u64,
+    cancel: CancellationToken,
+) -> SimMembership {
+    let mut config = GossipConfig::new(format!("n{}", i + 1), gossip_addr(i));
+    config.cluster_size_hint = n as u32;
+    config.incarnation = incarnation;
+    let mut core = GossipCore::new(&config, Vec::new(), seed).expect("gossip");
+    core.start(clock.now());
+    let (members_tx, members_rx) = watch::channel(core.members());
+    let (payload_tx, mut payload_rx) = watch::channel(Vec::new());
+    let (in_tx, mut in_rx) = mpsc::unbounded_channel();
+    world.with(|w| w.inbox[i] = Some(in_tx));
+    let world = world.clone();
+    tokio::spawn(async move {
+        let mut refresh = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            let wait = core
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(clock.now()))
+                .unwrap_or(Duration::from_secs(1));
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                Some((from, data)) = in_rx.recv() => core.handle_packet(from, &data, clock.now()),
+                Ok(()) = payload_rx.changed() => {
+                    let p = payload_rx.borrow_and_update().clone();
+                    let _ = core.set_payload(p, clock.now());
+                }
+                _ = refresh.tick() => {
+                    for j in (0..n).filter(|j| *j != i) {
+                        if !core.is_active_id(&format!("n{}", j + 1)) {
+                            core.announce(gossip_addr(j));
+                        }
+                    }
+                }
+                _ = clock.sleep(wait) => core.handle_timers(clock.now()),
+            }
+            for (to, data) in core.drain_packets() {
+                let route = world.with(|w| {
+                    let j = (0..n).find(|j| gossip_addr(*j) == to)?;
+                    let lost = w.net.loss > 0.0 && w.rng.random_bool(w.net.loss);
+                    if !w.net.up[j] || !w.net.reachable(i, j) || lost {
+                        return None;
+                    }
+                    Some((w.inbox[j].clone()?, w.delay()))
+                });
+                if let Some((inbox, delay)) = route {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = inbox.send((gossip_addr(i), data));
+                    });
+                }
+            }
+            let now = core.members();
+            members_tx.send_if_modified(|m| {
+                let changed = *m != now;
+                *m = now;
+                changed
+            });
+        }
+    });
+    SimMembership {
+        members: members_rx,
+        payload: payload_tx,
+    }
+}
+
+/// One host: its folder and what runs there now.
+struct Host {
+    dir: PathBuf,
+    rate: f64,
+    incarnation: u64,
+    cancel: Option<CancellationToken>,
+    dead: Arc<AtomicBool>,
+}
+
+pub struct Outcome {
+    pub nodes: usize,
+    pub violation: Option<String>,
+    pub trace: Vec<String>,
+    pub effects: u64,
+    pub fenced_requests: u64,
+    pub late_requests: u64,
+    pub acked_writes: u64,
+    pub restores: u64,
+    pub crashes: u64,
+    pub store_faults: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Fault {
+    Crash(usize, Duration),
+    Wipe(usize, Duration),
+    Isolate(usize, Duration),
+    Loss(f64, Duration),
+    StoreErrors(f64, Duration),
+    StoreDown(Duration),
+}
+
+pub struct Sim {
+    seed: u64,
+    n: usize,
+    world: World,
+    store: FaultyStore,
+    hosts: Vec<Host>,
+    rng: StdRng,
+    tmp: tempfile::TempDir,
+    origin: std::time::Instant,
+    t0: tokio::time::Instant,
+    replace_grace: Duration,
+    auto_recover: Option<Duration>,
+}
+
+impl Sim {
+    pub fn run(seed: u64, nodes: Option<usize>) -> Outcome {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("runtime");
+        if std::env::var("SIM_LOG").is_ok() {
+            let _ = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::INFO)
+                .with_ansi(false)
+                .try_init();
+        }
+        rt.block_on(async move {
+            let mut sim = Sim::new(seed, nodes).await;
+            sim.play().await
+        })
+    }
+
+    async fn new(seed: u64, nodes: Option<usize>) -> Sim {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let n = nodes.unwrap_or(if rng.random_bool(0.5) { 3 } else { 5 });
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let bin = tmp.path().join("bin").join(format!("etcd-v{VERSION}"));
+        std::fs::create_dir_all(&bin).unwrap();
+        for tool in ["etcd", "etcdctl", "etcdutl"] {
+            let f = bin.join(tool);
+            std::fs::write(&f, "#!/bin/sh\nexit 1\n").unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let t0 = tokio::time::Instant::now();
+        let store = FaultyStore::new(rng.random());
+        let world = Arc::new(Shared {
+            state: Mutex::new(State {
+                t0,
+                net: Net {
+                    up: vec![true; n],
+                    incarnation: vec![1; n],
+                    cut: vec![vec![false; n]; n],
+                    loss: 0.0,
+                },
+                model: Model::default(),
+                rng: StdRng::seed_from_u64(rng.random()),
+                trace: vec![],
+                violation: None,
+                restores: 0,
+                counters: Counters::default(),
+                lease: None,
+                admitted: vec![0; n],
+                inbox: vec![None; n],
+                nodes: vec![None; n],
+                acked: BTreeMap::new(),
+                stop_before_restore: None,
+            }),
+        });
+        store.observe_lease({
+            let world = world.clone();
+            Arc::new(move |seq, holder: &str, released| {
+                world.with(|w| {
+                    if w.lease.as_ref().is_none_or(|(s, _, _)| seq > *s) {
+                        w.note(format!(
+                            "lease record {seq}: {holder}{}",
+                            if released { " (released)" } else { "" }
+                        ));
+                        w.lease = Some((seq, holder.to_string(), released));
+                    }
+                })
+            })
+        });
+        let hosts = (0..n)
+            .map(|i| Host {
+                dir: tmp.path().join(format!("n{}", i + 1)),
+                rate: rng.random_range(0.9..1.1),
+                incarnation: 1,
+                cancel: None,
+                dead: Arc::new(AtomicBool::new(false)),
+            })
+            .collect();
+        let replace_grace = Duration::from_secs(rng.random_range(10..=60));
+        let auto_recover = rng
+            .random_bool(0.5)
+            .then(|| Duration::from_secs(rng.random_range(10..=30)));
+        Sim {
+            seed,
+            n,
+            world,
+            store,
+            hosts,
+            rng,
+            tmp,
+            origin: std::time::Instant::now(),
+            t0,
+            replace_grace,
+            auto_recover,
+        }
+    }
+
+    fn backup_store(&self, dead: &Arc<AtomicBool>) -> backup::BackupStore {
+        backup::BackupStore::new(
+            Arc::new(self.store.for_manager(dead.clone())),
+            object_store::path::Path::from(CLUSTER),
+            format!("memory://{CLUSTER}"),
+        )
+    }
+
+    async fn start_host(&mut self, i: usize) {
+        let h = &mut self.hosts[i];
+        let dead = Arc::new(AtomicBool::new(false));
+        h.dead = dead.clone();
+        let incarnation = h.incarnation;
+        let cancel = CancellationToken::new();
+        h.cancel = Some(cancel.clone());
+        let rate = h.rate;
+        let dir = h.dir.clone();
+        let store = self.backup_store(&dead);
+        let clock = Arc::new(SimClock {
+            t0: self.t0,
+            origin: self.origin,
+            rate,
+        });
+        let id = format!("n{}", i + 1);
+        let node = Node::open(NodeSettings {
+            cluster_name: CLUSTER.into(),
+            data_dir: dir.clone(),
+            node_config: EtcdNodeConfig {
+                name: id.clone(),
+                peer_urls: vec![url(i, 2380)],
+                client_urls: vec![url(i, 4001)],
+                quarantined_client_urls: vec![url(i, 3994)],
+            },
+            fixed_id: Some(id.clone()),
+            dns_suffix: String::new(),
+            listen_metrics_urls: vec![],
+            address: std::net::IpAddr::from(host_ip(i)),
+            listen_address: None,
+            bin_dirs: vec![self.tmp.path().join("bin")],
+            etcd_env_overrides: vec![],
+            store: store.clone(),
+            etcd_pki: None,
+            runtime: Arc::new(ModelRuntime {
+                world: self.world.clone(),
+                host: i,
+                incarnation,
+            }),
+        })
+        .expect("node opens");
+        let node = Arc::new(node);
+        node.set_store_id("sim-store".into());
+        self.world.with(|w| {
+            w.nodes[i] = Some((incarnation, node.clone()));
+            w.note(format!("{id} starts (incarnation {incarnation})"));
+        });
+        // As the daemon starts: a member of a cluster replaced meanwhile
+        // (a quorum recovery) is retired, not started.
+        node.retire_if_replaced(&store, Duration::from_secs(3))
+            .await;
+        if let Err(e) = node.resume().await {
+            self.world
+                .with(|w| w.note(format!("{id}: resume failed: {e}")));
+        }
+        let membership = start_gossip(
+            &self.world,
+            i,
+            self.n,
+            incarnation,
+            clock.clone(),
+            self.rng.random(),
+            cancel.clone(),
+        );
+        let lease = lock::LeaseClient::new(
+            Arc::new(self.store.for_manager(dead.clone())),
+            store.lease_prefix(),
+            id.clone(),
+            lock::LeaseConfig::default(),
+        )
+        .with_instance(self.rng.random());
+        let driver = Driver::new(
+            DriverSettings {
+                cluster_name: CLUSTER.into(),
+                peer_api: peer_addr(i),
+                backup_interval: Duration::from_secs(60),
+                controller_interval: Duration::from_secs(10),
+                scratch_dir: dir.join("restore-check"),
+                etcd_bin_dirs: vec![self.tmp.path().join("bin")],
+                retention: Default::default(),
+                replace_grace: self.replace_grace,
+                defrag: Default::default(),
+                restore_clear_prefixes: vec![],
+                auto_recover_quorum_loss: self.auto_recover,
+                backup_verify_every: 0,
+                etcd_quota_bytes: None,
+                peers: Arc::new(SimPeers {
+                    world: self.world.clone(),
+                    host: i,
+                }),
+                etcd: Arc::new(ModelConnect {
+                    world: self.world.clone(),
+                    host: i,
+                }),
+                etcd_tls: None,
+                randomness: Arc::new(SeededRandomness(Mutex::new(StdRng::seed_from_u64(
+                    self.rng.random(),
+                )))),
+                warnings: vec![],
+                static_config: None,
+                hosts_file: None,
+                dns_suffix: String::new(),
+                delta_interval: Duration::ZERO,
+            },
+            Arc::new(etcd_manager::metrics::Health::default()),
+            store,
+            lease,
+            Arc::new(membership),
+            node,
+            clock,
+        );
+        use tracing::Instrument;
+        let span = tracing::info_span!("manager", id = %id);
+        tokio::spawn(driver.run(cancel).instrument(span));
+    }
+
+    /// The host dies: its processes end, its store handle fails, its
+    /// tasks stop; its disk stays.
+    fn crash(&mut self, i: usize) {
+        let h = &mut self.hosts[i];
+        h.dead.store(true, Ordering::SeqCst);
+        if let Some(c) = h.cancel.take() {
+            c.cancel();
+        }
+        h.incarnation += 1;
+        let inc = h.incarnation;
+        self.world.with(|w| {
+            w.counters.crashes += 1;
+            w.net.up[i] = false;
+            w.net.incarnation[i] = inc;
+            w.nodes[i] = None;
+            w.inbox[i] = None;
+            w.note(format!("n{} crashes", i + 1));
+        });
+    }
+
+    async fn restart(&mut self, i: usize) {
+        self.world.with(|w| w.net.up[i] = true);
+        self.start_host(i).await;
+    }
+
+    fn plan_faults(&mut self) -> Vec<(Duration, Fault)> {
+        let mut out = vec![];
+        let mut wiped = false;
+        let mut at = FAULTS_FROM;
+        while at < FAULTS_UNTIL {
+            let for_ = Duration::from_secs(self.rng.random_range(3..40));
+            let host = self.rng.random_range(0..self.n);
+            let f = match self.rng.random_range(0..10) {
+                0..=2 => Fault::Crash(host, for_),
+                // Without `--auto-recover-quorum-loss`, wiped hosts could
+                // take a majority's data, which only an operator can bring
+                // back: those runs crash hosts instead.
+                // One wipe per run: two could take every voter's data
+                // (after a recovery to one voter), which only an operator
+                // can bring back.
+                3 if self.auto_recover.is_some() && !wiped => {
+                    wiped = true;
+                    Fault::Wipe(host, for_)
+                }
+                3 => Fault::Crash(host, for_),
+                4..=5 => Fault::Isolate(host, for_),
+                6 => Fault::Loss(self.rng.random_range(0.05..0.3), for_),
+                7..=8 => Fault::StoreErrors(self.rng.random_range(0.05..0.4), for_),
+                _ => Fault::StoreDown(for_),
+            };
+            out.push((at, f));
+            at += Duration::from_secs(self.rng.random_range(5..30));
+        }
+        out
+    }
+
+    async fn play(&mut self) -> Outcome {
+        self.backup_store(&Arc::new(AtomicBool::new(false)))
+            .write_spec(&backup::ClusterSpec {
+                member_count: self.n as i32,
+                etcd_version: VERSION.into(),
+            })
+            .await
+            .expect("spec");
+        let (seed, recover, grace) = (self.seed, self.auto_recover, self.replace_grace);
+        self.world.with(|w| {
+            w.note(format!(
+                "seed {seed}: {} managers, auto-recover {recover:?}, replace grace {grace:?}",
+                w.net.up.len()
+            ))
+        });
+        for i in 0..self.n {
+            self.start_host(i).await;
+        }
+        let faults = self.plan_faults();
+        // Events: (at, what): begins and ends of faults, in time order.
+        let mut events: Vec<(Duration, usize, bool)> = vec![];
+        for (k, (at, f)) in faults.iter().enumerate() {
+            let len = match f {
+                Fault::Crash(_, d)
+                | Fault::Wipe(_, d)
+                | Fault::Isolate(_, d)
+                | Fault::Loss(_, d)
+                | Fault::StoreErrors(_, d)
+                | Fault::StoreDown(d) => *d,
+            };
+            events.push((*at, k, true));
+            events.push(((*at + len).min(FAULTS_UNTIL), k, false));
+        }
+        events.sort_by_key(|(t, k, begin)| (*t, !*begin, *k));
+        let writer = tokio::spawn(write_load(self.world.clone(), self.n));
+        let watchdog = tokio::spawn({
+            let world = self.world.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    world.with(|w| {
+                        if let Some((at, what)) = w.stop_before_restore.clone()
+                            && w.now() > at + Duration::from_secs(10)
+                        {
+                            w.fail(what);
+                        }
+                    });
+                }
+            }
+        });
+        let mut crashed = vec![0u32; self.n];
+        for (at, k, begin) in events {
+            tokio::time::sleep_until(self.t0 + at).await;
+            let f = faults[k].1.clone();
+            self.world
+                .with(|w| w.note(format!("{} {f:?}", if begin { "begin" } else { "end" })));
+            match (f, begin) {
+                (Fault::Crash(i, _), true) => {
+                    crashed[i] += 1;
+                    if crashed[i] == 1 {
+                        self.crash(i);
+                    }
+                }
+                (Fault::Crash(i, _), false) | (Fault::Wipe(i, _), false) => {
+                    crashed[i] -= 1;
+                    if crashed[i] == 0 {
+                        self.restart(i).await;
+                    }
+                }
+                (Fault::Wipe(i, _), true) => {
+                    crashed[i] += 1;
+                    if crashed[i] == 1 {
+                        self.crash(i);
+                    }
+                    let _ = std::fs::remove_dir_all(&self.hosts[i].dir);
+                }
+                (Fault::Isolate(i, _), begin) => self.world.with(|w| {
+                    for j in 0..w.net.up.len() {
+                        if j != i {
+                            w.net.cut[i][j] = begin;
+                            w.net.cut[j][i] = begin;
+                        }
+                    }
+                }),
+                (Fault::Loss(p, _), begin) => self
+                    .world
+                    .with(|w| w.net.loss = if begin { p } else { 0.0 }),
+                (Fault::StoreErrors(p, _), begin) => self.store.set_faults(StoreFaults {
+                    error: if begin { p } else { 0.0 },
+                    lost_answer: if begin { p / 2.0 } else { 0.0 },
+                    ..StoreFaults::default()
+                }),
+                (Fault::StoreDown(_), begin) => self.store.set_faults(StoreFaults {
+                    down: begin,
+                    ..StoreFaults::default()
+                }),
+            }
+        }
+        // Heal whatever is left.
+        self.store.set_faults(StoreFaults::default());
+        self.world.with(|w| {
+            w.net.loss = 0.0;
+            for row in w.net.cut.iter_mut() {
+                row.fill(false);
+            }
+        });
+        let down: Vec<usize> = (0..self.n).filter(|i| crashed[*i] > 0).collect();
+        for i in down {
+            self.restart(i).await;
+        }
+        // Wait until the spec is reached (then a little more), or the end.
+        let mut whole_since: Option<Duration> = None;
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let (now, whole, broken) = self
+                .world
+                .with(|w| (w.now(), whole(w, self.n).is_ok(), w.violation.is_some()));
+            if broken {
+                break;
+            }
+            if whole {
+                let since = *whole_since.get_or_insert(now);
+                if now >= since + Duration::from_secs(30) {
+                    break;
+                }
+            } else {
+                whole_since = None;
+            }
+            if now >= END {
+                break;
+            }
+        }
+        writer.abort();
+        watchdog.abort();
+        let store_faults = self.store.injected();
+        for h in &mut self.hosts {
+            if let Some(c) = h.cancel.take() {
+                h.dead.store(true, Ordering::SeqCst);
+                c.cancel();
+            }
+        }
+        self.world.with(|w| {
+            if w.violation.is_none() {
+                if let Err(e) = whole(w, self.n) {
+                    w.fail(format!(
+                        "not whole {:?} after healing at {FAULTS_UNTIL:?}: {e}",
+                        END
+                    ));
+                } else if w.restores == 0 {
+                    let token = w.model.serving_token(w).unwrap_or_default();
+                    let kv = &w.model.clusters[&token].kv;
+                    let lost: Vec<&String> =
+                        w.acked.keys().filter(|k| !kv.contains_key(*k)).collect();
+                    if !lost.is_empty() {
+                        let what = format!(
+                            "{} acknowledged writes lost without a restore, first {:?}",
+                            lost.len(),
+                            lost[0]
+                        );
+                        w.fail(what);
+                    }
+                }
+            }
+            Outcome {
+                nodes: self.n,
+                violation: w.violation.clone(),
+                trace: std::mem::take(&mut w.trace),
+                effects: w.counters.effects,
+                fenced_requests: w.counters.fenced_requests,
+                late_requests: w.counters.late_requests,
+                acked_writes: w.counters.acked_writes,
+                restores: w.restores,
+                crashes: w.counters.crashes,
+                store_faults,
+            }
+        })
+    }
+}
+
+/// The spec is reached: one cluster serves with `n` started voters, none
+/// quarantined, every one of them on its own host.
+fn whole(w: &State, n: usize) -> Result<(), String> {
+    let token = w.model.serving_token(w).ok_or("no etcd runs")?;
+    let c = &w.model.clusters[&token];
+    let voters: Vec<_> = c.members.iter().filter(|m| !m.learner).collect();
+    if voters.len() != n || c.members.len() != n {
+        return Err(format!(
+            "cluster {token} has {} members ({} voters), not {n}",
+            c.members.len(),
+            voters.len()
+        ));
+    }
+    for m in voters {
+        let Some(p) = w.model.procs.iter().find(|p| {
+            p.token == token
+                && p.member == m.id
+                && p.running
+                && w.net.up[p.host]
+                && w.net.incarnation[p.host] == p.incarnation
+        }) else {
+            return Err(format!("member {} ({:x}) does not run", m.name, m.id));
+        };
+        if p.urls.iter().any(|u| u.ends_with(":3994")) {
+            return Err(format!("member {} is quarantined", m.name));
+        }
+    }
+    Ok(())
+}
+
+/// A client writes a key every half second through a random host's etcd.
+async fn write_load(world: World, n: usize) {
+    let mut k = 0u64;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        world.with(|w| {
+            let host = w.rng.random_range(0..n);
+            k += 1;
+            let key = format!("/registry/k{k:06}");
+            if etcd_model::client_put(w, &url(host, 4001), &key, "v").is_ok() {
+                w.counters.acked_writes += 1;
+                w.acked.insert(key, "v".into());
+            }
+        });
+    }
+}
