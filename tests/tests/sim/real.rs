@@ -16,7 +16,8 @@
 //!   store;
 //! * fencing: no node admits a fenced request older than one it admitted;
 //! * no stop of an etcd that a peer request asked for takes a cluster with
-//!   quorum below it;
+//!   quorum below it, except a restore's (a StopEtcd followed by a restore
+//!   within 10 s) and a restart in place (a reconfiguration);
 //!
 //! and at the end: one cluster serves, with the spec's members all started,
 //! voters and out of quarantine, and every write etcd acknowledged is in it
