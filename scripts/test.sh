@@ -35,3 +35,5 @@ else
 fi
 echo "== simulation: 1000 seeds of the model, 200 of the real driver (release)"
 SIM_SEEDS=${SIM_SEEDS:-1000} SIM_REAL_SEEDS=${SIM_REAL_SEEDS:-200} cargo test --release --locked -p tests --test sim -- --nocapture
+echo "== simulation: safety rules switched off in the code that ships are caught (release)"
+cargo test --release --locked -p tests --test sim real_driver_catches -- --ignored --nocapture

@@ -32,4 +32,4 @@ pub mod upstream_state;
 pub mod volumes;
 
 // The core's modules keep their old paths.
-pub use crate::core::{backoff, controller, leadership};
+pub use crate::core::{backoff, controller, leadership, rules};

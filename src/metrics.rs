@@ -224,7 +224,7 @@ pub fn describe() {
     );
     c!(
         PEER_API_REFUSED,
-        "peer requests refused by this node, by reason (fenced, not_the_caller, unverified_epoch)"
+        "peer requests refused by this node, by reason (fenced, late, not_the_caller, unverified_epoch)"
     );
 }
 

@@ -46,9 +46,33 @@ pub fn retired_cluster_file(token: &str) -> String {
 pub fn retired_tokens(
     files: &std::collections::BTreeSet<String>,
 ) -> std::collections::BTreeSet<String> {
+    tokens_named(files, RETIRED_CLUSTER_FILE)
+}
+
+/// `<store>/etcd-manager/served-cluster--<token>`: a leader saw a cluster
+/// of this token serve. A restore or a quorum recovery retires every such
+/// cluster, also one whose members are all out of reach at the time (their
+/// managers then keep them stopped when they come back).
+pub const SERVED_CLUSTER_FILE: &str = "served-cluster";
+
+pub fn served_cluster_file(token: &str) -> String {
+    format!("{SERVED_CLUSTER_FILE}--{token}")
+}
+
+/// The cluster tokens recorded as served among the manager files.
+pub fn served_tokens(
+    files: &std::collections::BTreeSet<String>,
+) -> std::collections::BTreeSet<String> {
+    tokens_named(files, SERVED_CLUSTER_FILE)
+}
+
+fn tokens_named(
+    files: &std::collections::BTreeSet<String>,
+    prefix: &str,
+) -> std::collections::BTreeSet<String> {
     files
         .iter()
-        .filter_map(|f| request_suffix(f, RETIRED_CLUSTER_FILE))
+        .filter_map(|f| request_suffix(f, prefix))
         .filter(|t| etcd::check_ident(etcd::IdentKind::ClusterToken, t).is_ok())
         .map(str::to_string)
         .collect()
@@ -89,6 +113,11 @@ pub struct NodeState {
     /// The leader that holds `highest_epoch` (checked against the store).
     #[serde(default)]
     pub highest_epoch_leader: Option<String>,
+    /// The newest lease record (of `highest_epoch`'s leader) a request
+    /// admitted here was sent under: an older one arriving later was held
+    /// up on its way (its caller gave up and may have acted since).
+    #[serde(default)]
+    pub highest_lease_seq: u64,
     pub etcd: Option<LocalEtcd>,
 }
 
@@ -155,6 +184,9 @@ pub struct NodeSettings {
     /// How etcd is started and its offline tools run ([`crate::edges::ProcessRuntime`]
     /// in production, the model etcd in the simulation).
     pub runtime: std::sync::Arc<dyn crate::edges::EtcdRuntime>,
+    /// The safety rules: all on in production (no flag sets them); the
+    /// simulation switches the fence off to show its checks catch it.
+    pub rules: crate::core::rules::SafetyRules,
 }
 
 struct Inner {
@@ -334,6 +366,7 @@ impl Node {
                     cluster_name: settings.cluster_name.clone(),
                     highest_epoch: 0,
                     highest_epoch_leader: None,
+                    highest_lease_seq: 0,
                     etcd: adopted,
                 };
                 etcd::write_json_atomic(&path, &s)?;
@@ -520,7 +553,7 @@ impl Node {
         match tokio::time::timeout(within, store.read_manager_file(&file)).await {
             Ok(Ok(Some(_))) => {
                 let mut inner = self.inner.lock().await;
-                tracing::error!(%token, "this member's cluster was replaced by a quorum recovery while it was away; its etcd is not started and its data goes to the trashcan; the leader adds it to the current cluster");
+                tracing::error!(%token, "this member's cluster was replaced (a restore or a quorum recovery) while it was away; its etcd is not started and its data goes to the trashcan; the leader adds it to the current cluster");
                 if let Err(e) = self.stop_for_good(&mut inner).await {
                     tracing::error!(error = %e, "could not move the replaced cluster's data aside");
                 }
@@ -677,6 +710,11 @@ impl Node {
             )));
         }
         let highest = inner.state.highest_epoch;
+        if !self.settings.rules.fence && fence.epoch < highest {
+            // Only with the fence switched off (the simulation): admitted,
+            // and the higher epoch stays recorded.
+            return Ok(());
+        }
         if !crate::leadership::admits(highest, fence.epoch) {
             tracing::warn!(leader = %fence.leader_id, epoch = fence.epoch, highest, "refused a stale leader");
             refused("fenced");
@@ -706,9 +744,26 @@ impl Node {
                 fence.epoch, fence.leader_id
             )));
         }
+        if fence.epoch == highest
+            && same_leader
+            && fence.lease_seq < inner.state.highest_lease_seq
+            && self.settings.rules.fence
+        {
+            tracing::warn!(leader = %fence.leader_id, epoch = fence.epoch, lease_seq = fence.lease_seq, newest = inner.state.highest_lease_seq, "refused a request that arrived after a newer one of its leader");
+            refused("late");
+            return Err(Response::Failed(format!(
+                "sent under lease record {} of epoch {}, after which this node admitted a request of record {}: it was held up on its way; not applied",
+                fence.lease_seq, fence.epoch, inner.state.highest_lease_seq
+            )));
+        }
         if fence.epoch > highest || !same_leader {
             inner.state.highest_epoch = fence.epoch;
             inner.state.highest_epoch_leader = Some(fence.leader_id.clone());
+            inner.state.highest_lease_seq = fence.lease_seq;
+            self.persist(inner)
+                .map_err(|e| Response::Failed(e.to_string()))?;
+        } else if fence.lease_seq > inner.state.highest_lease_seq {
+            inner.state.highest_lease_seq = fence.lease_seq;
             self.persist(inner)
                 .map_err(|e| Response::Failed(e.to_string()))?;
         }
@@ -1398,6 +1453,7 @@ mod leadership_tests {
             store: backup::BackupStore::open("memory://x", &Default::default()).unwrap(),
             etcd_pki: None,
             runtime: std::sync::Arc::new(crate::edges::ProcessRuntime),
+            rules: Default::default(),
         })
         .unwrap()
     }
@@ -1495,6 +1551,7 @@ mod fencing_tests {
             store: store.clone(),
             etcd_pki: None,
             runtime: std::sync::Arc::new(crate::edges::ProcessRuntime),
+            rules: Default::default(),
         })
         .unwrap()
     }
@@ -1640,6 +1697,30 @@ mod fencing_tests {
         assert!(
             matches!(n.handle(&tls("mallory"), lead).await, Response::Failed(m) if m.contains("names node mallory"))
         );
+    }
+
+    /// A request of the current leader held up on its way (sent under an
+    /// older lease record than one the node already admitted) is refused,
+    /// across a restart too; one of the same record or newer goes through.
+    #[tokio::test]
+    async fn a_request_that_arrives_after_a_newer_one_of_its_leader_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store();
+        lease(&store, 3, "l", 2).await;
+        let n = node(dir.path(), &store);
+        assert_eq!(n.handle(&tls("l"), stop(2, 3)).await, Response::Done);
+        assert_eq!(n.handle(&tls("l"), stop(2, 7)).await, Response::Done);
+        assert_eq!(n.handle(&tls("l"), stop(2, 7)).await, Response::Done);
+        let late = n.handle(&tls("l"), stop(2, 5)).await;
+        assert!(
+            matches!(&late, Response::Failed(m) if m.contains("held up on its way") && m.contains("record 7")),
+            "{late:?}"
+        );
+        drop(n);
+        let n = node(dir.path(), &store);
+        let late = n.handle(&tls("l"), stop(2, 6)).await;
+        assert!(matches!(&late, Response::Failed(_)), "{late:?}");
+        assert_eq!(n.handle(&tls("l"), stop(2, 8)).await, Response::Done);
     }
 
     #[tokio::test]

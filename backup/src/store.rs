@@ -182,6 +182,24 @@ pub struct BackupStore {
     url: String,
     /// Client-side encryption: what this process encrypts to and decrypts with.
     crypt: crate::Encryption,
+    /// Run compression and decompression on the calling task instead of
+    /// tokio's blocking pool (see [`BackupStore::with_inline_cpu`]).
+    inline_cpu: bool,
+}
+
+/// CPU work (compression, decompression, decryption): on tokio's blocking
+/// pool, or on the calling task with `inline`.
+async fn cpu<T: Send + 'static>(
+    inline: bool,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::result::Result<T, String> {
+    if inline {
+        Ok(f())
+    } else {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| e.to_string())
+    }
 }
 
 const ACCEPTED: &str = "use file:///absolute/path, s3://bucket/prefix, gs://bucket/prefix, azureblob://container/prefix or memory://name (memfs://name)";
@@ -485,7 +503,17 @@ impl BackupStore {
             base,
             url,
             crypt: crate::Encryption::default(),
+            inline_cpu: false,
         }
+    }
+
+    /// Compress and decompress on the calling task, not on tokio's blocking
+    /// pool: slower for large backups, but a run on paused time (the
+    /// simulation) then does the same thing in the same order every time
+    /// (a blocking-pool task finishes at a moment real threads decide).
+    pub fn with_inline_cpu(mut self) -> Self {
+        self.inline_cpu = true;
+        self
     }
 
     /// Download whole backups through `bulk` (a client of the same store
@@ -1372,6 +1400,7 @@ impl BackupStore {
         let mut raw_hash = Sha256::new();
         let mut raw_size = 0u64;
         let workers = crate::gzip::workers();
+        let inline = self.inline_cpu;
 
         // Blocks of the snapshot are compressed on `workers` threads at once,
         // each into its own gzip member, and written in order.
@@ -1405,7 +1434,7 @@ impl BackupStore {
                     }
                     let full = std::mem::replace(&mut block, next);
                     blocks += 1;
-                    inflight.push_back(tokio::task::spawn_blocking(move || {
+                    inflight.push_back(cpu(inline, move || {
                         let raw = full.len() as u64;
                         crate::gzip::compress_block_into(&full, out, GZIP_LEVEL)
                             .map(|(gz, s)| (gz, s, raw, full))
@@ -1564,7 +1593,7 @@ impl BackupStore {
                 let (from, to, crypt) = (age_tmp.clone(), gz_tmp.clone(), self.crypt.clone());
                 let what = format!("backup {name}");
                 // The plaintext is shorter than the ciphertext.
-                gz_size = tokio::task::spawn_blocking(move || crypt.decrypt_file(&what, &from, &to, gz_size))
+                gz_size = cpu(self.inline_cpu, move || crypt.decrypt_file(&what, &from, &to, gz_size))
                 .await
                 .map_err(|e| Error::Snapshot(std::io::Error::other(e)))??;
                 let _ = std::fs::remove_file(&age_tmp);
@@ -1579,7 +1608,7 @@ impl BackupStore {
                     !m.is_empty() && m.iter().map(|[g, _]| *g).sum::<u64>() == gz_size
                 })
                 .unwrap_or_default();
-            let (raw_sha, raw_size) = tokio::task::spawn_blocking(move || {
+            let (raw_sha, raw_size) = cpu(self.inline_cpu, move || {
                 if members.is_empty() {
                     decompress(&gz, &raw, raw_limit)
                 } else {
@@ -1688,7 +1717,7 @@ impl MemberSink {
     /// Write one member; hands back the raw block and output buffers for reuse.
     async fn put(
         &mut self,
-        done: Option<std::result::Result<Compressed, tokio::task::JoinError>>,
+        done: Option<std::result::Result<Compressed, String>>,
     ) -> Result<(Vec<u8>, Vec<u8>)> {
         let (gz, stored, raw, block) = done
             .ok_or_else(|| Error::Snapshot(std::io::Error::other("compression queue empty")))?

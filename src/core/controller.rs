@@ -185,6 +185,9 @@ pub struct Observation {
     /// that comes back (its host was down, not wiped) must not serve its
     /// old data; its etcd is stopped and it joins the current cluster.
     pub retired_tokens: std::collections::BTreeSet<String>,
+    /// The safety rules (all on in production; the simulation switches one
+    /// off to show its checks catch it).
+    pub rules: super::rules::SafetyRules,
 }
 
 /// Recovering from a lost quorum (a majority of voters gone for good).
@@ -504,6 +507,13 @@ pub enum WaitReason {
     ForeignCluster {
         peer: String,
     },
+    /// A restore waits: these members of the current cluster still serve
+    /// (their etcd answers) while their managers do not, so they could not
+    /// be stopped and would keep a quorum of the old cluster serving beside
+    /// the restored one.
+    RestoreWaitsForMembers {
+        members: Vec<String>,
+    },
     /// A restore command that cannot be executed; the cluster is left as it is.
     RestoreRefused {
         backup: String,
@@ -579,6 +589,7 @@ impl WaitReason {
             WaitReason::BackingOff { .. } => "backing_off",
             WaitReason::ForeignCluster { .. } => "foreign_cluster",
             WaitReason::RestoreRefused { .. } => "restore_refused",
+            WaitReason::RestoreWaitsForMembers { .. } => "restore_waits_for_members",
         }
     }
 }
@@ -683,6 +694,12 @@ impl fmt::Display for WaitReason {
                 f,
                 "downgrade to {target} enabled (etcd's downgrade protocol); waiting for {} to migrate \
                  their data before any restarts on the older binary",
+                members.join(", ")
+            ),
+            WaitReason::RestoreWaitsForMembers { members } => write!(
+                f,
+                "restore waits: members {} of the current cluster still serve but their managers do not answer; \
+                 the old cluster would keep a quorum beside the restored one (bring their managers back, or stop their etcd)",
                 members.join(", ")
             ),
             WaitReason::RestoreRefused { backup, reason } => write!(
@@ -822,6 +839,24 @@ fn restore(obs: &Observation, cmd: &CommandView) -> Option<Plan> {
                 ]));
             }
             return None;
+        }
+    }
+    // The restore stops every etcd it can reach first. A quorum of the
+    // current cluster serving from hosts whose managers do not answer would
+    // go on serving (and acknowledging writes) beside the restored cluster.
+    if let Some(c) = &obs.cluster {
+        let voters = c.members.iter().filter(|m| !m.is_learner).count();
+        let unstoppable: Vec<String> = c
+            .members
+            .iter()
+            .filter(|m| !m.is_learner && m.healthy)
+            .filter(|m| !obs.peers.iter().any(|p| p.id == m.name && p.info.is_some()))
+            .map(|m| m.name.clone())
+            .collect();
+        if voters > 0 && unstoppable.len() >= quorum(voters) {
+            return Some(Plan::wait(WaitReason::RestoreWaitsForMembers {
+                members: unstoppable,
+            }));
         }
     }
     let want = spec.member_count as usize;
@@ -1525,7 +1560,9 @@ pub fn quorum_loss(obs: &Observation, spec: &ClusterSpec, members: &[MemberView]
             .unwrap_or_default()
     };
     let shortest = lost.iter().map(|m| gone_for(m)).min().unwrap_or_default();
-    let auto_due = qr.auto_after.is_some_and(|g| shortest >= g);
+    let auto_due = qr
+        .auto_after
+        .is_some_and(|g| shortest >= g || !obs.rules.recovery_grace);
     if qr.requested.is_none() && !auto_due {
         return Some(Plan::wait(WaitReason::QuorumLost {
             survivors: survivors.iter().map(|m| m.name.clone()).collect(),
@@ -1699,7 +1736,8 @@ fn running_cluster(obs: &Observation, spec: &ClusterSpec, cluster: &ClusterView)
         .find(|m| !m.healthy && !m.name.is_empty() && dead(obs, m))
     {
         let voters_after = voters - usize::from(!m.is_learner);
-        if !m.is_leader && voters_after >= 1 && healthy_voters >= quorum(voters_after) {
+        let keeps_quorum = healthy_voters >= quorum(voters_after) || !obs.rules.quorum_guard;
+        if !m.is_leader && voters_after >= 1 && keeps_quorum {
             return Plan::act(vec![
                 Action::TakeBackup {
                     reason: BackupReason::BeforeChange,

@@ -112,6 +112,7 @@ fn obs(member_count: i32, peers: Vec<PeerView>, members: Option<Vec<MemberView>>
         unverified_backup: None,
         verify_requested: None,
         retired_tokens: Default::default(),
+        rules: Default::default(),
     }
 }
 
@@ -659,6 +660,60 @@ fn a_restore_command_restores_on_the_lowest_ids() {
             peers: vec!["a".into(), "b".into(), "c".into()],
         }],
         &[],
+    );
+}
+
+/// A restore stops every etcd it can reach first; a quorum of the current
+/// cluster serving from hosts whose managers do not answer would keep
+/// serving beside the restored cluster (found by the simulation: a paused
+/// manager whose etcd alone was the cluster). It waits, naming them; with
+/// one of three out of reach it goes ahead.
+#[test]
+fn a_restore_waits_while_a_quorum_it_cannot_stop_serves() {
+    let silent = |id: &str| PeerView {
+        id: id.into(),
+        info: None,
+    };
+    let members = vec![
+        member(1, "a", true),
+        member(2, "b", true),
+        member(3, "c", true),
+    ];
+    let mut o = obs(
+        3,
+        vec![running("a", false), silent("b"), silent("c")],
+        Some(members.clone()),
+    );
+    o.commands = vec![restore_cmd(None, None)];
+    let plan = reconcile(&o);
+    assert!(plan.actions.is_empty(), "{plan:?}");
+    assert_eq!(
+        plan.waits,
+        [WaitReason::RestoreWaitsForMembers {
+            members: vec!["b".into(), "c".into()],
+        }]
+    );
+    assert!(
+        plan.waits[0].to_string().contains("members b, c"),
+        "{}",
+        plan.waits[0]
+    );
+    // One of three out of reach: stopping the other two ends the old quorum.
+    let mut o = obs(
+        3,
+        vec![
+            running("a", false),
+            running("b", false),
+            silent("c"),
+            idle("d"),
+        ],
+        Some(members),
+    );
+    o.commands = vec![restore_cmd(None, None)];
+    let plan = reconcile(&o);
+    assert!(
+        matches!(plan.actions.as_slice(), [Action::RestoreBackup { .. }]),
+        "{plan:?}"
     );
 }
 

@@ -1,6 +1,6 @@
 //! The pure core: what the leader decides ([`controller`]), the leadership
-//! rules ([`leadership`]), backoff after failures ([`backoff`]) and the
-//! model they decide on ([`model`]). Functions of observations, spec and
+//! rules ([`leadership`]), backoff after failures ([`backoff`]), the
+//! safety rules' switches ([`rules`]) and the model they decide on ([`model`]). Functions of observations, spec and
 //! time only: no IO module of this crate, no IO crate, no tokio, no clock
 //! reads (the test below checks the imports; clippy.toml the clock, sleep,
 //! random and spawn calls). The driver, the node and the simulation in
@@ -10,6 +10,7 @@ pub mod backoff;
 pub mod controller;
 pub mod leadership;
 pub mod model;
+pub mod rules;
 
 #[cfg(test)]
 mod tests {

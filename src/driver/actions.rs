@@ -166,15 +166,51 @@ impl Driver {
         // The cluster being replaced is retired before the restore is
         // queued: its members that come back later (down, not wiped)
         // are stopped instead of serving their old data.
+        self.retire_clusters(obs, "quorum recovery", &name, None, epoch)
+            .await?;
+        let queued = self.queue_restore(&name, spec).await?;
+        if let Some(r) = request {
+            self.store
+                .delete_manager_file(r)
+                .await
+                .map_err(executing_error)?;
+        }
+        tracing::warn!(backup = %name, command = %queued, "quorum recovery: a restore of one member queued; the cluster grows back to its spec afterwards");
+        Ok(())
+    }
+
+    /// Retire every cluster the peers run (but `keep`, the one being
+    /// restored): a member of a retired cluster that comes back later (its
+    /// host was down or cut off, not wiped) is stopped and joins the current
+    /// cluster instead of running its old data beside it.
+    pub(super) async fn retire_clusters(
+        &self,
+        obs: &Observation,
+        by: &str,
+        backup: &str,
+        keep: Option<&str>,
+        epoch: u64,
+    ) -> Result<(), String> {
+        let (served, retired) = match &self.control {
+            Some((_, c)) => (c.served_tokens.clone(), c.retired_tokens.clone()),
+            None => Default::default(),
+        };
+        // Also the token of a restore a leader began and did not finish:
+        // a member it reached late (its leader paused, cut off) must not
+        // keep that cluster.
+        let begun = obs.commands.iter().filter_map(|c| c.started_token.clone());
         let old: BTreeSet<String> = obs
             .peers
             .iter()
             .filter_map(|p| p.token().map(str::to_string))
+            .chain(served)
+            .chain(begun)
+            .filter(|t| Some(t.as_str()) != keep && !retired.contains(t))
             .collect();
         for token in &old {
             let body = serde_json::json!({
-                "retiredBy": "quorum recovery",
-                "backup": name,
+                "retiredBy": by,
+                "backup": backup,
                 "epoch": epoch,
             });
             self.store
@@ -184,16 +220,8 @@ impl Driver {
                 )
                 .await
                 .map_err(executing_error)?;
-            tracing::warn!(%token, "quorum recovery: the old cluster is retired; its members that come back are stopped");
+            tracing::warn!(%token, by, "the old cluster is retired; its members that come back are stopped");
         }
-        let queued = self.queue_restore(&name, spec).await?;
-        if let Some(r) = request {
-            self.store
-                .delete_manager_file(r)
-                .await
-                .map_err(executing_error)?;
-        }
-        tracing::warn!(backup = %name, command = %queued, "quorum recovery: a restore of one member queued; the cluster grows back to its spec afterwards");
         Ok(())
     }
 }

@@ -48,6 +48,12 @@ impl Driver {
             )
             .await
             .map_err(executing_error)?;
+        // The old cluster is retired first: a member out of reach now (down,
+        // cut off) is stopped when it comes back and then joins the
+        // restored cluster, instead of running the old data beside it.
+        self.retire_clusters(obs, "restore-backup", backup, Some(token), fence.epoch)
+            .await
+            .map_err(DriverError::from)?;
         // Stop every etcd first, so no member of the old cluster serves while the new one forms.
         let running: Vec<String> = obs
             .peers

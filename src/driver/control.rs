@@ -3,6 +3,7 @@
 //! the continuous backup and hosts file it keeps in step.
 
 use super::*;
+use crate::node::served_tokens;
 
 impl Driver {
     /// Point the continuous backup at the healthy members and the newest
@@ -80,6 +81,7 @@ impl Driver {
                 defrag_requested: defrag_request(&snap.manager_files),
                 verify_requested: verify_request(&snap.manager_files),
                 retired_tokens: retired_tokens(&snap.manager_files),
+                served_tokens: served_tokens(&snap.manager_files),
                 recover_quorum_requested: snap.manager_files.contains(RECOVER_QUORUM_FILE),
                 allow_new_cluster: snap.manager_files.contains(ALLOW_NEW_CLUSTER_FILE),
                 commands: snap.commands,

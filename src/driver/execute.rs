@@ -8,7 +8,8 @@ impl Driver {
         let mut acted = false;
         for action in plan.actions {
             // Rule 1: act only while the lease is valid, judged again before every action.
-            if self.lease.held(self.clock.now()) != Some(epoch) {
+            if self.settings.rules.recheck_lease && self.lease.held(self.clock.now()) != Some(epoch)
+            {
                 tracing::warn!(action = action.label(), "lease no longer held; stopping");
                 break;
             }
@@ -44,14 +45,16 @@ impl Driver {
     /// How long a membership change may keep retrying: `ETCD_MEMBERSHIP_RETRY`, cut to
     /// what is left of the lease.
     pub(super) fn membership_deadline(&self) -> Result<Duration, String> {
-        let left = self
-            .lease
-            .remaining(self.clock.now())
-            .ok_or("lease no longer held")?;
-        Ok(crate::leadership::retry_deadline(
-            ETCD_MEMBERSHIP_RETRY,
-            left,
-        ))
+        let rules = self.settings.rules;
+        match self.lease.remaining(self.clock.now()) {
+            None if rules.recheck_lease => Err("lease no longer held".into()),
+            Some(left) if rules.bound_retries => Ok(crate::leadership::retry_deadline(
+                ETCD_MEMBERSHIP_RETRY,
+                left,
+            )),
+            // Only with a safety rule switched off (the simulation).
+            _ => Ok(ETCD_MEMBERSHIP_RETRY),
+        }
     }
 
     pub(super) async fn execute_one(

@@ -194,3 +194,58 @@ impl Driver {
             .set(epoch.unwrap_or(self.lease.highest_epoch_seen()) as f64);
     }
 }
+
+/// The peer API as the leader uses it: a fenced request is sent only while
+/// the lease of its epoch is held, judged by this manager's clock right
+/// before it leaves (see [`SafetyRules::recheck_lease`]).
+pub(super) struct LeaseGuard {
+    pub(super) inner: Arc<dyn PeerApi>,
+    pub(super) lease: Arc<SharedLease>,
+    pub(super) clock: Arc<dyn Clock>,
+}
+
+impl LeaseGuard {
+    /// The settings' peer API behind the guard (as it is with the lease
+    /// re-check switched off, for the simulation only).
+    pub(super) fn around(
+        settings: &DriverSettings,
+        lease: &Arc<SharedLease>,
+        clock: &Arc<dyn Clock>,
+    ) -> Arc<dyn PeerApi> {
+        if !settings.rules.recheck_lease {
+            return settings.peers.clone();
+        }
+        // Rule 1 at the last moment: no fenced request leaves once the
+        // lease of its epoch is gone (a leader paused between two of a
+        // plan's requests sends none after it wakes up).
+        Arc::new(LeaseGuard {
+            inner: settings.peers.clone(),
+            lease: lease.clone(),
+            clock: clock.clone(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl PeerApi for LeaseGuard {
+    async fn call(
+        &self,
+        addr: SocketAddr,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<peer::Response, peer::PeerError> {
+        if let Some(fence) = req.fence()
+            && self.lease.held(self.clock.now()) != Some(fence.epoch)
+        {
+            tracing::warn!(request = req.kind(), epoch = fence.epoch, %addr, "not sent: the lease of its epoch is no longer held");
+            return Err(peer::PeerError::Failed {
+                addr,
+                message: format!(
+                    "not sent: the lease of epoch {} is no longer held",
+                    fence.epoch
+                ),
+            });
+        }
+        self.inner.call(addr, req, timeout).await
+    }
+}

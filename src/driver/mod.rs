@@ -19,7 +19,8 @@ use crate::lease::SharedLease;
 use crate::metrics as m;
 use crate::node::Node;
 use crate::peer::{
-    self, EtcdNodeConfig, Fence, JoinCluster, JoinPhase, NodeInfo, Reconfigure, Request, Response,
+    self, EtcdNodeConfig, Fence, JOIN_TIMEOUT, JoinCluster, JoinPhase, NodeInfo, RESTORE_TIMEOUT,
+    Reconfigure, Request, Response,
 };
 
 mod actions;
@@ -40,7 +41,6 @@ use self::observe::*;
 pub use self::payload::*;
 
 const PEER_TIMEOUT: Duration = Duration::from_secs(5);
-use crate::peer::{JOIN_TIMEOUT, RESTORE_TIMEOUT};
 /// etcd's backend quota when none is set: 2 GiB.
 const ETCD_DEFAULT_QUOTA: i64 = 2 * 1024 * 1024 * 1024;
 /// A NOSPACE alarm back within this long of clearing it is not cleared again.
@@ -113,9 +113,10 @@ pub struct DriverSettings {
     /// With `--dns-suffix`: the hosts file whose block names every member.
     pub hosts_file: Option<std::path::PathBuf>,
     pub dns_suffix: String,
-    /// `--delta-interval`: how often the leader uploads a continuous-backup
-    /// segment (zero: no continuous backup).
+    /// `--delta-interval`: continuous-backup segments this often (zero: none).
     pub delta_interval: Duration,
+    /// All on in production (no flag sets them); see [`crate::rules`].
+    pub rules: crate::rules::SafetyRules,
 }
 
 /// `etcd-manager-ctl backup-now` leaves this file under `<store>/etcd-manager/`.
@@ -219,6 +220,8 @@ struct Control {
     /// The request file and the backup it names.
     verify_requested: Option<(String, String)>,
     retired_tokens: BTreeSet<String>,
+    /// Clusters a leader saw serve (see [`crate::node::SERVED_CLUSTER_FILE`]).
+    served_tokens: BTreeSet<String>,
     recover_quorum_requested: bool,
     allow_new_cluster: bool,
     commands: Vec<backup::StoredCommand>,
@@ -232,7 +235,7 @@ fn executing_error(e: impl std::fmt::Display) -> String {
 impl Driver {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        settings: DriverSettings,
+        mut settings: DriverSettings,
         health: Arc<m::Health>,
         store: BackupStore,
         lease: lock::LeaseClient,
@@ -241,6 +244,8 @@ impl Driver {
         clock: Arc<dyn Clock>,
     ) -> Driver {
         let started = clock.now();
+        let lease = SharedLease::new(lease, clock.clone());
+        settings.peers = leading::LeaseGuard::around(&settings, &lease, &clock);
         let (delta_target, target_rx) = tokio::sync::watch::channel(None);
         let delta = Arc::new(crate::delta::DeltaShared::default());
         let delta_streamer =
@@ -257,7 +262,7 @@ impl Driver {
             health,
             started,
             store,
-            lease: SharedLease::new(lease, clock.clone()),
+            lease,
             gossip,
             node,
             clock,

@@ -3,6 +3,7 @@
 //! [`Observation`].
 
 use super::*;
+use crate::node::served_cluster_file;
 
 impl Driver {
     pub(super) async fn observe(
@@ -40,6 +41,7 @@ impl Driver {
             defrag_requested,
             verify_requested,
             retired_tokens,
+            served_tokens,
             recover_quorum_requested,
             allow_new_cluster: allow_file,
             commands: stored,
@@ -62,13 +64,23 @@ impl Driver {
                 })
             })
             .collect();
+        // A retired cluster's members (back after a restore or a quorum
+        // recovery replaced it) are not asked: the view is of the current
+        // cluster, and the controller stops them.
+        let current: Vec<PeerView> = infos
+            .iter()
+            .filter(|p| p.token().is_none_or(|t| !retired_tokens.contains(t)))
+            .cloned()
+            .collect();
         let cluster = observe_cluster(
-            &infos,
+            &current,
             &*self.settings.etcd,
             &mut self.etcd_clients,
             self.settings.etcd_quota_bytes,
         )
         .await;
+        self.record_served(&current, cluster.as_ref(), &served_tokens)
+            .await;
         let backups_exist = if cluster.is_none() && !created_marker {
             !self
                 .store
@@ -82,15 +94,7 @@ impl Driver {
         let allow_new_cluster = backups_exist && allow_file;
         // While the quorum is lost: the newest backup and its revision (a
         // quorum recovery compares it with the survivors').
-        let quorum_lost = cluster.as_ref().is_some_and(|c| {
-            let voters = c.members.iter().filter(|m| !m.is_learner).count();
-            let healthy = c
-                .members
-                .iter()
-                .filter(|m| !m.is_learner && m.healthy)
-                .count();
-            voters > 0 && healthy < controller::quorum(voters)
-        });
+        let quorum_lost = cluster.as_ref().is_some_and(|c| !has_quorum(c));
         if quorum_lost {
             if let Ok(names) = self.store.list_backups().await
                 && let Some(newest) = names.last()
@@ -197,8 +201,57 @@ impl Driver {
             unverified_backup: self.unverified_backup.clone(),
             verify_requested,
             retired_tokens,
+            rules: self.settings.rules,
         })
     }
+
+    /// Record in the store that the cluster this leader sees serves (once
+    /// per token): a later restore or quorum recovery retires it even if
+    /// none of its members answers then. A failed write is tried again on
+    /// the next pass; it holds nothing up.
+    async fn record_served(
+        &mut self,
+        peers: &[PeerView],
+        cluster: Option<&ClusterView>,
+        recorded: &BTreeSet<String>,
+    ) {
+        let Some(c) = cluster.filter(|c| has_quorum(c)) else {
+            return;
+        };
+        let serving: BTreeSet<String> = peers
+            .iter()
+            .filter(|p| c.members.iter().any(|m| m.healthy && m.name == p.id))
+            .filter_map(|p| p.token().map(str::to_string))
+            .collect();
+        for token in serving.difference(recorded) {
+            match self
+                .store
+                .write_manager_file(&served_cluster_file(token), b"{}\n".to_vec())
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(%token, "recorded the cluster as served");
+                    if let Some((_, control)) = &mut self.control {
+                        control.served_tokens.insert(token.clone());
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%token, error = %e, "could not record the cluster as served; trying again next pass")
+                }
+            }
+        }
+    }
+}
+
+/// Whether a quorum of the cluster's voters is healthy (false without voters).
+fn has_quorum(c: &ClusterView) -> bool {
+    let voters = c.members.iter().filter(|m| !m.is_learner).count();
+    let healthy = c
+        .members
+        .iter()
+        .filter(|m| !m.is_learner && m.healthy)
+        .count();
+    voters > 0 && healthy >= controller::quorum(voters)
 }
 
 /// The client URLs a peer's etcd listens on right now.
@@ -295,12 +348,17 @@ pub(super) async fn observe_cluster(
     clients: &mut BTreeMap<String, Arc<dyn EtcdApi>>,
     quota_given: Option<i64>,
 ) -> Option<ClusterView> {
-    let endpoints: Vec<String> = peers
+    let mut endpoints: Vec<String> = peers
         .iter()
         .filter_map(|p| endpoint_of(p.info.as_ref()?))
         .collect();
     if endpoints.is_empty() {
-        clients.clear();
+        // No peer of ours runs etcd now: the members that answered last
+        // pass are asked once more (their managers may be paused or cut
+        // off while their etcd still serves, and a restore must know).
+        endpoints = clients.keys().cloned().collect();
+    }
+    if endpoints.is_empty() {
         return None;
     }
     let known = &*clients;

@@ -644,7 +644,7 @@ async fn a_host_down_through_a_quorum_recovery_joins_the_new_cluster() {
     assert_eq!(v, "v");
     let log3 = ms[2].log_text();
     assert!(
-        log3.contains("replaced by a quorum recovery while it was away"),
+        log3.contains("was replaced (a restore or a quorum recovery) while it was away"),
         "{log3}"
     );
     assert!(

@@ -112,6 +112,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         store: store.clone(),
         etcd_pki: etcd_pki.clone(),
         runtime: std::sync::Arc::new(etcd_manager::edges::ProcessRuntime),
+        rules: etcd_manager::core::rules::SafetyRules::ALL,
     })?);
     let peers = match &manager_ca {
         None => etcd_manager::peer::PeerClient::insecure(),
@@ -325,6 +326,7 @@ async fn run_node(
                 .then(|| std::path::PathBuf::from("/etc/hosts")),
             dns_suffix: cfg.dns_suffix.clone(),
             delta_interval: cfg.delta_interval,
+            rules: etcd_manager::core::rules::SafetyRules::ALL,
         },
         health.clone(),
         store,

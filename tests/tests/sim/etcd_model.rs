@@ -364,6 +364,7 @@ impl EtcdRuntime for ModelRuntime {
                 spec.cluster_token
             ));
             w.restores += 1;
+            w.replaced_at = Some(w.now());
             let m = &mut w.model;
             let fresh = !m.clusters.contains_key(&spec.cluster_token);
             let c = m.new_cluster(&spec.cluster_token, &spec.initial_cluster);
@@ -489,10 +490,13 @@ impl ModelClient {
                 &self.endpoints,
                 "transport error: connection refused",
             )),
-            Route::To(p) => self
-                .world
-                .with(|w| f(w, p))
-                .map_err(|detail| client_err(op, &self.endpoints, &detail)),
+            Route::To(p) => {
+                let result = self.world.with(|w| f(w, p));
+                // The answer reaches a paused manager once it runs again.
+                let paused = self.world.with(|w| w.paused[self.host].clone());
+                super::store::wait_while_paused(&paused).await;
+                result.map_err(|detail| client_err(op, &self.endpoints, &detail))
+            }
         }
     }
 
@@ -577,45 +581,53 @@ impl EtcdApi for ModelClient {
 
     async fn status(&self) -> Result<etcd::EndpointStatus, etcd::Error> {
         let endpoint = self.endpoints.first().cloned().unwrap_or_default();
-        self.call("status", |w, p| {
-            let proc_ = w.model.procs[p].clone();
-            let quorate = w.model.has_quorum(&proc_.token, Some(proc_.host), w);
-            let c = &w.model.clusters[&proc_.token];
-            let leader = if quorate {
-                c.members
-                    .iter()
-                    .filter(|m| !m.learner)
-                    .map(|m| m.id)
-                    .find(|id| {
-                        w.model.procs.iter().any(|q| {
-                            q.token == proc_.token
-                                && q.member == *id
-                                && w.model.live(q, w)
-                                && w.net.reachable(proc_.host, q.host)
+        let result = self
+            .call("status", |w, p| {
+                let proc_ = w.model.procs[p].clone();
+                let quorate = w.model.has_quorum(&proc_.token, Some(proc_.host), w);
+                let c = &w.model.clusters[&proc_.token];
+                let leader = if quorate {
+                    c.members
+                        .iter()
+                        .filter(|m| !m.learner)
+                        .map(|m| m.id)
+                        .find(|id| {
+                            w.model.procs.iter().any(|q| {
+                                q.token == proc_.token
+                                    && q.member == *id
+                                    && w.model.live(q, w)
+                                    && w.net.reachable(proc_.host, q.host)
+                            })
                         })
-                    })
-                    .unwrap_or(0)
-            } else {
-                0
-            };
-            Ok(etcd::EndpointStatus {
-                endpoint: endpoint.clone(),
-                version: proc_.version.clone(),
-                member_id: proc_.member,
-                cluster_id: c.id,
-                leader,
-                raft_index: c.revision as u64 + c.members.len() as u64,
-                revision: c.revision,
-                db_size: 20_000 + 100 * c.kv.len() as i64,
-                db_in_use: 10_000 + 100 * c.kv.len() as i64,
-                is_learner: c.members.iter().any(|m| m.id == proc_.member && m.learner),
-                storage_version: None,
-                downgrade_target: None,
-                errors: vec![],
-                db_quota: 0,
+                        .unwrap_or(0)
+                } else {
+                    0
+                };
+                Ok(etcd::EndpointStatus {
+                    endpoint: endpoint.clone(),
+                    version: proc_.version.clone(),
+                    member_id: proc_.member,
+                    cluster_id: c.id,
+                    leader,
+                    raft_index: c.revision as u64 + c.members.len() as u64,
+                    revision: c.revision,
+                    db_size: 20_000 + 100 * c.kv.len() as i64,
+                    db_in_use: 10_000 + 100 * c.kv.len() as i64,
+                    is_learner: c.members.iter().any(|m| m.id == proc_.member && m.learner),
+                    storage_version: None,
+                    downgrade_target: None,
+                    errors: vec![],
+                    db_quota: 0,
+                })
             })
-        })
-        .await
+            .await;
+        // What the caller's manager learned of that member (when it learned it).
+        self.world.with(|w| {
+            if let Some(h) = w.host_of_url(&endpoint) {
+                w.status_seen(h, self.host, result.is_ok());
+            }
+        });
+        result
     }
 
     async fn healthy(&self) -> bool {
@@ -759,6 +771,13 @@ impl EtcdApi for ModelClient {
                     q.running = false;
                     q.last_exit = Some("the member has been permanently removed".into());
                 }
+            }
+            // It had quorum (with_quorum above): a removal must not take it away.
+            if !w.model.has_quorum(&token, None, w) {
+                w.fail(format!(
+                    "removing member {} ({id:x}) took cluster {token} below quorum",
+                    m.name
+                ));
             }
             Ok(())
         })

@@ -6,22 +6,29 @@
 //! ([`super::etcd_model`]).
 //!
 //! Faults come from the seed: hosts crash and restart (their processes end,
-//! their data stays), hosts are wiped, links are cut, packets are lost, the
-//! store fails, loses answers or is down. After [`FAULTS_UNTIL`] everything
-//! heals. Checked while it runs:
+//! their data stays), hosts are wiped, links are cut (both ways or one way),
+//! packets are lost, hosts get slow, peer requests stall on their way,
+//! managers pause (every answer waits until they run again; their etcd
+//! serves on), the store fails, loses answers or is down; an operator
+//! queues a restore of the newest backup, asks for a backup, changes the
+//! member count and leaves a command file that is not JSON. After
+//! [`FAULTS_UNTIL`] everything heals. Checked while it runs:
 //!
 //! * mutual exclusion: every change to etcd's membership or keys that a
 //!   manager makes, and every fenced peer request delivered while its caller
 //!   still waits, comes from the holder of the newest lease record in the
 //!   store;
 //! * fencing: no node admits a fenced request older than one it admitted;
-//! * no stop of an etcd that a peer request asked for takes a cluster with
-//!   quorum below it, except a restore's (a StopEtcd followed by a restore
-//!   within 10 s) and a restart in place (a reconfiguration);
+//! * no removal takes a cluster below quorum, and no stop of an etcd that a
+//!   peer request asked for does, except a restore's (after its marker, or
+//!   a StopEtcd followed by a restore within 10 s) and a restart in place;
+//! * a quorum recovery only once every lost voter has been silent to the
+//!   leader's status calls for the grace (less the clocks' skew);
 //!
-//! and at the end: one cluster serves, with the spec's members all started,
-//! voters and out of quarantine, and every write etcd acknowledged is in it
-//! unless a restore (quorum recovery) replaced the data.
+//! and at the end: one cluster serves, with the spec's (last) member count
+//! all started, voters and out of quarantine, every operator command seen
+//! through, and every write etcd acknowledged since a restore last
+//! replaced the data is in it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -37,6 +44,7 @@ use etcd_manager::driver::{Driver, DriverSettings};
 use etcd_manager::edges::{Membership, PeerApi, Randomness};
 use etcd_manager::node::{Node, NodeSettings};
 use etcd_manager::peer::{self, Caller, EtcdNodeConfig, PeerError, Request, Response};
+use etcd_manager::rules::SafetyRules;
 use gossip::{GossipConfig, GossipCore, MemberView};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -44,7 +52,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::etcd_model::{self, Model, ModelConnect, ModelRuntime};
-use super::store::{FaultyStore, StoreFaults};
+use super::store::{FaultyStore, StoreFaults, wait_while_paused};
 
 const VERSION: &str = "3.5.30";
 const CLUSTER: &str = "sim";
@@ -83,8 +91,15 @@ pub struct Net {
     pub up: Vec<bool>,
     /// Bumped by every crash: what a crashed incarnation started is gone.
     pub incarnation: Vec<u64>,
+    /// cut[a][b]: nothing from a reaches b (one way).
     pub cut: Vec<Vec<bool>>,
     pub loss: f64,
+    /// Extra time a peer request to or from a host takes (a slow link).
+    pub slow: Vec<Duration>,
+    /// Probability that a peer request stalls for 10-120 s on its way (a
+    /// connection whose segments are lost and retransmitted with backoff,
+    /// a middlebox that holds it): it lands after its caller gave up.
+    pub stall: f64,
 }
 
 impl Net {
@@ -120,9 +135,29 @@ pub struct State {
     inbox: Vec<Option<mpsc::UnboundedSender<(SocketAddr, Bytes)>>>,
     /// The running nodes by host.
     nodes: Vec<Option<(u64, Arc<Node>)>>,
-    acked: BTreeMap<String, String>,
+    /// Every acknowledged write and when etcd acknowledged it.
+    acked: BTreeMap<String, Duration>,
+    /// When a restore last replaced the data (an operator's restore or a
+    /// quorum recovery): writes acknowledged before may be gone.
+    pub replaced_at: Option<Duration>,
+    /// The spec's member count the operator asked for last.
+    pub want_members: usize,
+    /// Operator commands still to be seen through: (what, when issued).
+    operator: Vec<(String, Duration)>,
     /// A stop that took a cluster below quorum, fine if a restore follows.
     stop_before_restore: Option<(Duration, String)>,
+    /// When a leader last marked a restore command started (its stops of
+    /// every member follow, one request each, up to a minute apiece).
+    restore_marked_at: Option<Duration>,
+    /// Per host: set while its manager is paused (SIGSTOP, a long GC).
+    pub paused: Vec<Arc<AtomicBool>>,
+    /// last_answer[h][l]: when host h's etcd last answered a status call
+    /// of host l's manager, for the quorum recovery's grace check.
+    last_answer: Vec<Vec<Duration>>,
+    /// silent[h][l]: host l's manager's last status call to h failed.
+    silent: Vec<Vec<bool>>,
+    /// `--auto-recover-quorum-loss` of this run.
+    auto_recover: Option<Duration>,
 }
 
 impl State {
@@ -181,10 +216,64 @@ impl State {
             "stopping etcd on n{} ({kind}) took cluster {token} below quorum",
             host + 1
         );
+        let restoring = self
+            .restore_marked_at
+            .is_some_and(|t| self.now() < t + Duration::from_secs(600));
         match kind {
             "restore_backup" | "reconfigure" => {}
+            "stop_etcd" if restoring => {}
             "stop_etcd" => self.stop_before_restore = Some((self.now(), what)),
             _ => self.fail(what),
+        }
+    }
+}
+
+impl State {
+    /// Host `l`'s manager learned whether host `h`'s etcd answers.
+    pub fn status_seen(&mut self, h: usize, l: usize, answered: bool) {
+        if answered {
+            self.last_answer[h][l] = self.now();
+        }
+        self.silent[h][l] = !answered;
+    }
+
+    /// A quorum recovery retired cluster `token` (its file landed): with
+    /// `--auto-recover-quorum-loss` and no operator asking, every lost voter
+    /// must have been silent to the leader for the whole grace (in true
+    /// time: the grace over the fastest clock's rate). The leader counts
+    /// from the first status call that failed after the last one answered,
+    /// so its silence is never longer than the time since that answer.
+    fn retired(&mut self, token: &str) {
+        let Some(grace) = self.auto_recover else {
+            return;
+        };
+        let Some(leader) = self
+            .lease
+            .as_ref()
+            .and_then(|(_, h, _)| h.strip_prefix('n')?.parse::<usize>().ok())
+            .map(|n| n - 1)
+        else {
+            return;
+        };
+        let Some(c) = self.model.clusters.get(token) else {
+            return;
+        };
+        let now = self.now();
+        let hosts: Vec<usize> = c
+            .members
+            .iter()
+            .filter(|m| !m.learner)
+            .filter_map(|m| m.peer_urls.first().and_then(|u| self.host_of_url(u)))
+            .collect();
+        for h in hosts {
+            let silent = now.saturating_sub(self.last_answer[h][leader]);
+            if self.silent[h][leader] && silent < grace.div_f64(1.1) {
+                self.fail(format!(
+                    "n{} recovered quorum of {token} while n{}'s etcd was silent only {silent:?} (grace {grace:?})",
+                    leader + 1,
+                    h + 1
+                ));
+            }
         }
     }
 }
@@ -213,6 +302,8 @@ struct SimClock {
     t0: tokio::time::Instant,
     origin: std::time::Instant,
     rate: f64,
+    /// A paused manager wakes up only when the pause ends.
+    paused: Arc<AtomicBool>,
 }
 
 impl Clock for SimClock {
@@ -227,9 +318,12 @@ impl Clock for SimClock {
             + Duration::from_secs_f64(t.as_secs_f64() * self.rate)
     }
     fn sleep(&self, d: Duration) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
-        Box::pin(tokio::time::sleep(Duration::from_secs_f64(
-            d.as_secs_f64() / self.rate,
-        )))
+        let sleep = tokio::time::sleep(Duration::from_secs_f64(d.as_secs_f64() / self.rate));
+        let paused = self.paused.clone();
+        Box::pin(async move {
+            sleep.await;
+            wait_while_paused(&paused).await;
+        })
     }
 }
 
@@ -266,12 +360,22 @@ impl PeerApi for SimPeers {
             peer::encode_request(req).map_err(|reason| PeerError::Protocol { addr, reason })?;
         let req =
             peer::decode_request(&bytes).map_err(|reason| PeerError::Protocol { addr, reason })?;
-        let (target, delay, reach, hold) = self.world.with(|w| {
+        let (target, delay, reach, hold, paused) = self.world.with(|w| {
             let target = (0..w.net.up.len()).find(|j| peer_addr(*j) == addr);
-            let delay = w.delay();
+            // A request to itself never leaves the host: no slow link, no stall.
+            let remote = target.is_some_and(|t| t != me);
+            let slow = target
+                .filter(|_| remote)
+                .map(|t| w.net.slow[me] + w.net.slow[t]);
+            let stall = if remote && w.net.stall > 0.0 && w.rng.random_bool(w.net.stall) {
+                Duration::from_secs(w.rng.random_range(10..=120))
+            } else {
+                Duration::ZERO
+            };
+            let delay = w.delay() + slow.unwrap_or_default() + stall;
             let reach = target.map(|t| (w.net.up[t], w.net.reachable(me, t) && w.net.up[me]));
             let hold = w.rng.random_bool(0.3);
-            (target, delay, reach, hold)
+            (target, delay, reach, hold, w.paused[me].clone())
         });
         let timed_out = || PeerError::Timeout {
             addr,
@@ -308,7 +412,10 @@ impl PeerApi for SimPeers {
                 deliver(world, me, target, req, tx).await;
             });
         }
-        match tokio::time::timeout(timeout, rx).await {
+        let answer = tokio::time::timeout(timeout, rx).await;
+        // The answer reaches a paused caller once it runs again.
+        wait_while_paused(&paused).await;
+        match answer {
             Ok(Ok(Response::Fenced { highest_epoch })) => Err(PeerError::Fenced {
                 addr,
                 highest_epoch,
@@ -354,6 +461,9 @@ async fn deliver(
     if kind == "restore_backup" {
         world.with(|w| w.stop_before_restore = None);
     }
+    // A paused node reads the request once it runs again.
+    let paused = world.with(|w| w.paused[target].clone());
+    wait_while_paused(&paused).await;
     let caller = Caller::node(peer_addr(from), &format!("n{}", from + 1));
     let resp = REQUEST.scope(kind, node.handle(&caller, req)).await;
     let resp_ok = !matches!(resp, Response::Fenced { .. } | Response::Failed(_));
@@ -373,9 +483,12 @@ async fn deliver(
             w.admitted[target] = w.admitted[target].max(f.epoch);
         }
     });
-    let back = world.with(|w| w.delay());
+    let (back, answered) = world.with(|w| (w.delay(), w.net.reachable(target, from)));
     tokio::time::sleep(back).await;
-    let _ = tx.send(resp);
+    // A one-way cut: the request was handled, its answer is lost.
+    if answered {
+        let _ = tx.send(resp);
+    }
 }
 
 /// Gossip membership: the real gossip core, packets over the simulated network.
@@ -405,6 +518,7 @@ impl Membership for SimMembership {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn start_gossip(
     world: &World,
     i: usize,
@@ -426,7 +540,10 @@ fn start_gossip(
     let world = world.clone();
     tokio::spawn(async move {
         let mut refresh = tokio::time::interval(Duration::from_secs(2));
+        let paused = world.with(|w| w.paused[i].clone());
         loop {
+            // A paused manager neither sends nor reads: packets wait.
+            wait_while_paused(&paused).await;
             let wait = core
                 .next_deadline()
                 .map(|d| d.saturating_duration_since(clock.now()))
@@ -485,6 +602,9 @@ struct Host {
     incarnation: u64,
     cancel: Option<CancellationToken>,
     dead: Arc<AtomicBool>,
+    /// Set while the host's manager is paused (kept across incarnations; a
+    /// crash ends a pause).
+    paused: Arc<AtomicBool>,
 }
 
 pub struct Outcome {
@@ -508,6 +628,32 @@ enum Fault {
     Loss(f64, Duration),
     StoreErrors(f64, Duration),
     StoreDown(Duration),
+    /// The manager on a host (None: the lease holder when it begins) stops
+    /// running for a while (SIGSTOP, a long GC); its etcd runs on.
+    Pause(Option<usize>, Duration),
+    /// Peer requests to and from a host take this much longer.
+    Slow(usize, Duration, Duration),
+    /// Nothing from the first host reaches the second; the other way works.
+    OneWay(usize, usize, Duration),
+    /// Peer requests stall on their way with this probability.
+    Stalls(f64, Duration),
+    /// An operator's command (instant; the operator retries until the
+    /// store takes it).
+    Operator(Operator),
+}
+
+/// What an operator does to the running cluster, through the store as
+/// `etcd-manager-ctl` does.
+#[derive(Debug, Clone)]
+pub enum Operator {
+    /// `etcd-manager-ctl restore-backup` of the newest backup.
+    Restore,
+    /// `etcd-manager-ctl backup-now`.
+    BackupNow,
+    /// A new spec: this many members.
+    Spec(i32),
+    /// A command file that is not JSON (a broken tool, a bad hand edit).
+    Malformed,
 }
 
 pub struct Sim {
@@ -522,10 +668,13 @@ pub struct Sim {
     t0: tokio::time::Instant,
     replace_grace: Duration,
     auto_recover: Option<Duration>,
+    rules: SafetyRules,
 }
 
 impl Sim {
-    pub fn run(seed: u64, nodes: Option<usize>) -> Outcome {
+    /// One run; `rules`: production's ([`SafetyRules::ALL`]) or with one
+    /// switched off, to see the checks catch it.
+    pub fn run(seed: u64, nodes: Option<usize>, rules: SafetyRules) -> Outcome {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .start_paused(true)
@@ -538,12 +687,12 @@ impl Sim {
                 .try_init();
         }
         rt.block_on(async move {
-            let mut sim = Sim::new(seed, nodes).await;
+            let mut sim = Sim::new(seed, nodes, rules).await;
             sim.play().await
         })
     }
 
-    async fn new(seed: u64, nodes: Option<usize>) -> Sim {
+    async fn new(seed: u64, nodes: Option<usize>, rules: SafetyRules) -> Sim {
         let mut rng = StdRng::seed_from_u64(seed);
         let n = nodes.unwrap_or(if rng.random_bool(0.5) { 3 } else { 5 });
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -557,6 +706,12 @@ impl Sim {
         }
         let t0 = tokio::time::Instant::now();
         let store = FaultyStore::new(rng.random());
+        let paused: Vec<Arc<AtomicBool>> =
+            (0..n).map(|_| Arc::new(AtomicBool::new(false))).collect();
+        let replace_grace = Duration::from_secs(rng.random_range(10..=60));
+        let auto_recover = rng
+            .random_bool(0.5)
+            .then(|| Duration::from_secs(rng.random_range(10..=30)));
         let world = Arc::new(Shared {
             state: Mutex::new(State {
                 t0,
@@ -565,6 +720,8 @@ impl Sim {
                     incarnation: vec![1; n],
                     cut: vec![vec![false; n]; n],
                     loss: 0.0,
+                    slow: vec![Duration::ZERO; n],
+                    stall: 0.0,
                 },
                 model: Model::default(),
                 rng: StdRng::seed_from_u64(rng.random()),
@@ -577,22 +734,20 @@ impl Sim {
                 inbox: vec![None; n],
                 nodes: vec![None; n],
                 acked: BTreeMap::new(),
+                replaced_at: None,
+                want_members: n,
+                operator: vec![],
                 stop_before_restore: None,
+                restore_marked_at: None,
+                paused: paused.clone(),
+                last_answer: vec![vec![Duration::ZERO; n]; n],
+                silent: vec![vec![false; n]; n],
+                auto_recover,
             }),
         });
-        store.observe_lease({
+        store.observe({
             let world = world.clone();
-            Arc::new(move |seq, holder: &str, released| {
-                world.with(|w| {
-                    if w.lease.as_ref().is_none_or(|(s, _, _)| seq > *s) {
-                        w.note(format!(
-                            "lease record {seq}: {holder}{}",
-                            if released { " (released)" } else { "" }
-                        ));
-                        w.lease = Some((seq, holder.to_string(), released));
-                    }
-                })
-            })
+            Arc::new(move |location, body| landed(&world, location, body))
         });
         let hosts = (0..n)
             .map(|i| Host {
@@ -601,12 +756,9 @@ impl Sim {
                 incarnation: 1,
                 cancel: None,
                 dead: Arc::new(AtomicBool::new(false)),
+                paused: paused[i].clone(),
             })
             .collect();
-        let replace_grace = Duration::from_secs(rng.random_range(10..=60));
-        let auto_recover = rng
-            .random_bool(0.5)
-            .then(|| Duration::from_secs(rng.random_range(10..=30)));
         Sim {
             seed,
             n,
@@ -619,15 +771,23 @@ impl Sim {
             t0,
             replace_grace,
             auto_recover,
+            rules,
         }
     }
 
-    fn backup_store(&self, dead: &Arc<AtomicBool>) -> backup::BackupStore {
+    fn backup_store(
+        &self,
+        dead: &Arc<AtomicBool>,
+        paused: &Arc<AtomicBool>,
+    ) -> backup::BackupStore {
+        // CPU work inline: a blocking-pool task would finish when real
+        // threads decide, and the run would not replay exactly.
         backup::BackupStore::new(
-            Arc::new(self.store.for_manager(dead.clone())),
+            Arc::new(self.store.for_manager(dead.clone(), paused.clone())),
             object_store::path::Path::from(CLUSTER),
             format!("memory://{CLUSTER}"),
         )
+        .with_inline_cpu()
     }
 
     async fn start_host(&mut self, i: usize) {
@@ -639,11 +799,13 @@ impl Sim {
         h.cancel = Some(cancel.clone());
         let rate = h.rate;
         let dir = h.dir.clone();
-        let store = self.backup_store(&dead);
+        let paused = h.paused.clone();
+        let store = self.backup_store(&dead, &paused);
         let clock = Arc::new(SimClock {
             t0: self.t0,
             origin: self.origin,
             rate,
+            paused: paused.clone(),
         });
         let id = format!("n{}", i + 1);
         let node = Node::open(NodeSettings {
@@ -669,6 +831,7 @@ impl Sim {
                 host: i,
                 incarnation,
             }),
+            rules: self.rules,
         })
         .expect("node opens");
         let node = Arc::new(node);
@@ -695,7 +858,7 @@ impl Sim {
             cancel.clone(),
         );
         let lease = lock::LeaseClient::new(
-            Arc::new(self.store.for_manager(dead.clone())),
+            Arc::new(self.store.for_manager(dead.clone(), paused.clone())),
             store.lease_prefix(),
             id.clone(),
             lock::LeaseConfig::default(),
@@ -733,6 +896,7 @@ impl Sim {
                 hosts_file: None,
                 dns_suffix: String::new(),
                 delta_interval: Duration::ZERO,
+                rules: self.rules,
             },
             Arc::new(etcd_manager::metrics::Health::default()),
             store,
@@ -751,6 +915,7 @@ impl Sim {
     fn crash(&mut self, i: usize) {
         let h = &mut self.hosts[i];
         h.dead.store(true, Ordering::SeqCst);
+        h.paused.store(false, Ordering::SeqCst);
         if let Some(c) = h.cancel.take() {
             c.cancel();
         }
@@ -778,7 +943,7 @@ impl Sim {
         while at < FAULTS_UNTIL {
             let for_ = Duration::from_secs(self.rng.random_range(3..40));
             let host = self.rng.random_range(0..self.n);
-            let f = match self.rng.random_range(0..10) {
+            let f = match self.rng.random_range(0..13) {
                 0..=2 => Fault::Crash(host, for_),
                 // Without `--auto-recover-quorum-loss`, wiped hosts could
                 // take a majority's data, which only an operator can bring
@@ -793,17 +958,56 @@ impl Sim {
                 3 => Fault::Crash(host, for_),
                 4..=5 => Fault::Isolate(host, for_),
                 6 => Fault::Loss(self.rng.random_range(0.05..0.3), for_),
-                7..=8 => Fault::StoreErrors(self.rng.random_range(0.05..0.4), for_),
-                _ => Fault::StoreDown(for_),
+                7 => Fault::StoreErrors(self.rng.random_range(0.05..0.4), for_),
+                8 => Fault::StoreDown(for_),
+                9 => Fault::Pause(
+                    self.rng.random_bool(0.3).then_some(host),
+                    Duration::from_secs(self.rng.random_range(3..30)),
+                ),
+                10 => Fault::Slow(
+                    host,
+                    Duration::from_secs(self.rng.random_range(2..25)),
+                    for_,
+                ),
+                11 => {
+                    let other = (host + self.rng.random_range(1..self.n)) % self.n;
+                    Fault::OneWay(host, other, for_)
+                }
+                _ => Fault::Stalls(self.rng.random_range(0.1..0.5), for_),
             };
             out.push((at, f));
             at += Duration::from_secs(self.rng.random_range(5..30));
         }
+        // An operator acts now and then, at most once of each kind (two spec
+        // changes: away and back, or on).
+        let span = FAULTS_FROM.as_secs()..FAULTS_UNTIL.as_secs();
+        let sizes: Vec<i32> = (1..=self.n as i32).filter(|k| k % 2 == 1).collect();
+        let mut ops = vec![];
+        if self.rng.random_bool(0.3) {
+            ops.push(Operator::Restore);
+        }
+        if self.rng.random_bool(0.3) {
+            ops.push(Operator::BackupNow);
+        }
+        if self.rng.random_bool(0.2) {
+            ops.push(Operator::Malformed);
+        }
+        for _ in 0..self.rng.random_range(0..=2) {
+            if self.rng.random_bool(0.5) {
+                ops.push(Operator::Spec(sizes[self.rng.random_range(0..sizes.len())]));
+            }
+        }
+        for op in ops {
+            let at = Duration::from_secs(self.rng.random_range(span.clone()));
+            out.push((at, Fault::Operator(op)));
+        }
+        out.sort_by_key(|(at, _)| *at);
         out
     }
 
     async fn play(&mut self) -> Outcome {
-        self.backup_store(&Arc::new(AtomicBool::new(false)))
+        let nobody = Arc::new(AtomicBool::new(false));
+        self.backup_store(&nobody, &nobody)
             .write_spec(&backup::ClusterSpec {
                 member_count: self.n as i32,
                 etcd_version: VERSION.into(),
@@ -830,7 +1034,12 @@ impl Sim {
                 | Fault::Isolate(_, d)
                 | Fault::Loss(_, d)
                 | Fault::StoreErrors(_, d)
-                | Fault::StoreDown(d) => *d,
+                | Fault::StoreDown(d)
+                | Fault::Pause(_, d)
+                | Fault::Slow(_, _, d)
+                | Fault::OneWay(_, _, d)
+                | Fault::Stalls(_, d) => *d,
+                Fault::Operator(_) => Duration::ZERO,
             };
             events.push((*at, k, true));
             events.push(((*at + len).min(FAULTS_UNTIL), k, false));
@@ -853,6 +1062,8 @@ impl Sim {
             }
         });
         let mut crashed = vec![0u32; self.n];
+        // The host each Pause fault paused, by fault.
+        let mut paused_by: BTreeMap<usize, usize> = BTreeMap::new();
         for (at, k, begin) in events {
             tokio::time::sleep_until(self.t0 + at).await;
             let f = faults[k].1.clone();
@@ -898,16 +1109,54 @@ impl Sim {
                     down: begin,
                     ..StoreFaults::default()
                 }),
+                (Fault::Pause(host, _), true) => {
+                    let holder = self.world.with(|w| {
+                        w.lease
+                            .as_ref()
+                            .and_then(|(_, h, _)| h.strip_prefix('n')?.parse::<usize>().ok())
+                    });
+                    let i = host.or(holder.map(|n| n - 1)).unwrap_or(0);
+                    if crashed[i] == 0 && !self.hosts[i].paused.swap(true, Ordering::SeqCst) {
+                        paused_by.insert(k, i);
+                        self.world.with(|w| w.note(format!("n{} pauses", i + 1)));
+                    }
+                }
+                (Fault::Pause(..), false) => {
+                    if let Some(i) = paused_by.remove(&k) {
+                        self.hosts[i].paused.store(false, Ordering::SeqCst);
+                        self.world
+                            .with(|w| w.note(format!("n{} runs again", i + 1)));
+                    }
+                }
+                (Fault::Slow(i, extra, _), begin) => self
+                    .world
+                    .with(|w| w.net.slow[i] = if begin { extra } else { Duration::ZERO }),
+                (Fault::OneWay(a, b, _), begin) => self.world.with(|w| w.net.cut[a][b] = begin),
+                (Fault::Stalls(p, _), begin) => self
+                    .world
+                    .with(|w| w.net.stall = if begin { p } else { 0.0 }),
+                (Fault::Operator(op), true) => {
+                    let nobody = Arc::new(AtomicBool::new(false));
+                    let store = self.backup_store(&nobody, &nobody);
+                    let (world, raw) = (self.world.clone(), self.store.clone());
+                    tokio::spawn(operator(world, store, raw, op));
+                }
+                (Fault::Operator(_), false) => {}
             }
         }
         // Heal whatever is left.
         self.store.set_faults(StoreFaults::default());
         self.world.with(|w| {
             w.net.loss = 0.0;
+            w.net.slow.fill(Duration::ZERO);
+            w.net.stall = 0.0;
             for row in w.net.cut.iter_mut() {
                 row.fill(false);
             }
         });
+        for h in &self.hosts {
+            h.paused.store(false, Ordering::SeqCst);
+        }
         let down: Vec<usize> = (0..self.n).filter(|i| crashed[*i] > 0).collect();
         for i in down {
             self.restart(i).await;
@@ -916,9 +1165,10 @@ impl Sim {
         let mut whole_since: Option<Duration> = None;
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let (now, whole, broken) = self
-                .world
-                .with(|w| (w.now(), whole(w, self.n).is_ok(), w.violation.is_some()));
+            let (now, whole, broken) = self.world.with(|w| {
+                let whole = whole(w, w.want_members).is_ok() && w.operator.is_empty();
+                (w.now(), whole, w.violation.is_some())
+            });
             if broken {
                 break;
             }
@@ -945,21 +1195,30 @@ impl Sim {
         }
         self.world.with(|w| {
             if w.violation.is_none() {
-                if let Err(e) = whole(w, self.n) {
+                if let Err(e) = whole(w, w.want_members) {
                     w.fail(format!(
                         "not whole {:?} after healing at {FAULTS_UNTIL:?}: {e}",
                         END
                     ));
-                } else if w.restores == 0 {
+                } else if let Some((what, at)) = w.operator.first() {
+                    let what = format!("the operator's {what} of {at:?} was not done by {END:?}");
+                    w.fail(what);
+                } else {
+                    // Every write acknowledged since the data was last
+                    // replaced (a restore) is in the cluster that serves.
                     let token = w.model.serving_token(w).unwrap_or_default();
                     let kv = &w.model.clusters[&token].kv;
-                    let lost: Vec<&String> =
-                        w.acked.keys().filter(|k| !kv.contains_key(*k)).collect();
-                    if !lost.is_empty() {
+                    let since = w.replaced_at.unwrap_or_default();
+                    let lost: Vec<(&String, &Duration)> = w
+                        .acked
+                        .iter()
+                        .filter(|(k, at)| **at >= since && !kv.contains_key(*k))
+                        .collect();
+                    if let Some((key, at)) = lost.first() {
                         let what = format!(
-                            "{} acknowledged writes lost without a restore, first {:?}",
+                            "{} acknowledged writes lost outside a restore (data last replaced at {:?}), first {key:?} acknowledged at {at:?}",
                             lost.len(),
-                            lost[0]
+                            w.replaced_at
                         );
                         w.fail(what);
                     }
@@ -978,6 +1237,151 @@ impl Sim {
                 store_faults,
             }
         })
+    }
+}
+
+/// The operator's command, retried until the store takes it (as an
+/// operator would run `etcd-manager-ctl` again); then it waits until the
+/// command is seen through and clears it from the list the end checks.
+async fn operator(world: World, store: backup::BackupStore, raw: FaultyStore, op: Operator) {
+    use object_store::ObjectStoreExt;
+    let what = format!("{op:?}");
+    let issued = world.with(|w| {
+        let now = w.now();
+        w.note(format!("operator: {what}"));
+        w.operator.push((what.clone(), now));
+        now
+    });
+    let wall = std::time::UNIX_EPOCH + Duration::from_secs(1_790_000_000) + issued;
+    let mut restore_of: Option<String> = None;
+    loop {
+        let done: Result<(), String> = async {
+            match &op {
+                Operator::Restore => {
+                    let backups = store.list_backups().await.map_err(|e| e.to_string())?;
+                    let Some(newest) = backups.last() else {
+                        return Ok(());
+                    };
+                    let spec = store.read_spec().await.map_err(|e| e.to_string())?;
+                    let cmd = backup::Command {
+                        timestamp: 0,
+                        restore_backup: Some(backup::RestoreBackupCommand {
+                            cluster_spec: spec,
+                            backup: newest.clone(),
+                        }),
+                    };
+                    store
+                        .add_command(&cmd, wall)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    restore_of = Some(newest.clone());
+                    Ok(())
+                }
+                Operator::BackupNow => store
+                    .write_manager_file(etcd_manager::driver::BACKUP_NOW_FILE, b"{}\n".to_vec())
+                    .await
+                    .map_err(|e| e.to_string()),
+                Operator::Spec(k) => store
+                    .write_spec(&backup::ClusterSpec {
+                        member_count: *k,
+                        etcd_version: VERSION.into(),
+                    })
+                    .await
+                    .map_err(|e| e.to_string()),
+                Operator::Malformed => {
+                    let path = object_store::path::Path::from(format!(
+                        "{CLUSTER}/{}/2026-12-01T00:00:00Z-000000/{}",
+                        backup::CONTROL_DIR,
+                        backup::COMMAND_FILE
+                    ));
+                    raw.put(&path, b"{\"restoreBackup\": [not json".to_vec().into())
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            }
+        }
+        .await;
+        match done {
+            Ok(()) => break,
+            Err(e) => {
+                world.with(|w| w.note(format!("operator: {what} failed, again in 5 s: {e}")));
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    }
+    match &op {
+        Operator::Spec(k) => world.with(|w| w.want_members = *k as usize),
+        Operator::Restore if restore_of.is_none() => {
+            world.with(|w| w.note("operator: no backup to restore yet".into()));
+        }
+        _ => {}
+    }
+    // Seen through: the restore ran and its command is gone; the backup
+    // was taken and its request file is gone. A spec or a bad file needs
+    // nothing more here (the end checks the spec).
+    loop {
+        let pending = match &op {
+            Operator::Restore if restore_of.is_some() => {
+                let restored = world.with(|w| w.replaced_at.is_some_and(|t| t > issued));
+                !restored || !matches!(store.list_commands().await, Ok(c) if c.is_empty())
+            }
+            Operator::BackupNow => !matches!(
+                store
+                    .read_manager_file(etcd_manager::driver::BACKUP_NOW_FILE)
+                    .await,
+                Ok(None)
+            ),
+            _ => false,
+        };
+        if !pending {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    world.with(|w| {
+        w.note(format!("operator: {what} seen through"));
+        w.operator.retain(|(x, at)| !(x == &what && *at == issued));
+    });
+}
+
+/// A write landed in the store: lease records and retired clusters are
+/// facts the checks need.
+fn landed(world: &World, location: &object_store::path::Path, body: &Bytes) {
+    let path = location.as_ref();
+    if let Some(name) = location.filename()
+        && path.contains("etcd-manager/lease/")
+        && let Ok(seq) = name.parse::<u64>()
+        && let Ok(r) = lock::LeaseRecord::parse(location, seq, body)
+    {
+        world.with(|w| {
+            if w.lease.as_ref().is_none_or(|(s, _, _)| r.seq > *s) {
+                w.note(format!(
+                    "lease record {}: {}{}",
+                    r.seq,
+                    r.holder,
+                    if r.released { " (released)" } else { "" }
+                ));
+                w.lease = Some((r.seq, r.holder.clone(), r.released));
+            }
+        });
+    }
+    if path.ends_with(&format!("/{}", backup::RESTORE_MARKER_FILE)) {
+        world.with(|w| {
+            let now = w.now();
+            w.restore_marked_at = Some(now);
+        });
+    }
+    let retired = format!(
+        "etcd-manager/{}--",
+        etcd_manager::node::RETIRED_CLUSTER_FILE
+    );
+    let by_recovery = serde_json::from_slice::<serde_json::Value>(body)
+        .is_ok_and(|v| v["retiredBy"] == "quorum recovery");
+    if let Some((_, token)) = path.split_once(&retired)
+        && by_recovery
+    {
+        world.with(|w| w.retired(token));
     }
 }
 
@@ -1022,7 +1426,8 @@ async fn write_load(world: World, n: usize) {
             let key = format!("/registry/k{k:06}");
             if etcd_model::client_put(w, &url(host, 4001), &key, "v").is_ok() {
                 w.counters.acked_writes += 1;
-                w.acked.insert(key, "v".into());
+                let now = w.now();
+                w.acked.insert(key, now);
             }
         });
     }

@@ -5,6 +5,7 @@
 //! unanswered one a generic error), and a store that is down.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -43,13 +44,23 @@ pub struct FaultyStore {
     state: Arc<Mutex<State>>,
     /// Set when the manager using this handle crashed: its calls fail from
     /// then on (its tasks may linger a moment, their writes must not land).
-    dead: Option<Arc<std::sync::atomic::AtomicBool>>,
-    /// Told of every lease record that lands: (seq, holder, released).
-    lease_observer: Arc<Mutex<Option<LeaseObserver>>>,
+    dead: Option<Arc<AtomicBool>>,
+    /// Set while the manager using this handle is paused (SIGSTOP, a long
+    /// GC): an answer reaches it only once it runs again.
+    paused: Option<Arc<AtomicBool>>,
+    /// Told of every write that lands: (path, body).
+    observer: Arc<Mutex<Option<PutObserver>>>,
 }
 
-/// See [`FaultyStore::observe_lease`].
-pub type LeaseObserver = Arc<dyn Fn(u64, &str, bool) + Send + Sync>;
+/// See [`FaultyStore::observe`].
+pub type PutObserver = Arc<dyn Fn(&Path, &bytes::Bytes) + Send + Sync>;
+
+/// Wait while `paused` is set (a paused process makes no progress).
+pub async fn wait_while_paused(paused: &AtomicBool) {
+    while paused.load(Ordering::SeqCst) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
 
 impl FaultyStore {
     pub fn new(seed: u64) -> Self {
@@ -61,36 +72,39 @@ impl FaultyStore {
                 injected: 0,
             })),
             dead: None,
-            lease_observer: Arc::new(Mutex::new(None)),
+            paused: None,
+            observer: Arc::new(Mutex::new(None)),
         }
     }
 
-    /// Call `f` with every lease record written that lands.
-    pub fn observe_lease(&self, f: LeaseObserver) {
-        *self.lease_observer.lock().unwrap() = Some(f);
+    /// Call `f` with every write that lands.
+    pub fn observe(&self, f: PutObserver) {
+        *self.observer.lock().unwrap() = Some(f);
     }
 
     fn landed(&self, location: &Path, body: &bytes::Bytes) {
-        let observer = self.lease_observer.lock().unwrap().clone();
-        let Some(f) = observer else { return };
-        let Some(name) = location.filename() else {
-            return;
-        };
-        let Ok(seq) = name.parse::<u64>() else { return };
-        if !location.as_ref().contains("etcd-manager/lease/") {
-            return;
-        }
-        if let Ok(r) = lock::LeaseRecord::parse(location, seq, body) {
-            f(r.seq, &r.holder, r.released);
+        let observer = self.observer.lock().unwrap().clone();
+        if let Some(f) = observer {
+            f(location, body);
         }
     }
 
-    /// The same store for one manager: every call fails once `dead` is set.
-    pub fn for_manager(&self, dead: Arc<std::sync::atomic::AtomicBool>) -> Self {
+    /// The same store for one manager: every call fails once `dead` is
+    /// set, and answers wait while `paused` is.
+    pub fn for_manager(&self, dead: Arc<AtomicBool>, paused: Arc<AtomicBool>) -> Self {
         FaultyStore {
             dead: Some(dead),
+            paused: Some(paused),
             ..self.clone()
         }
+    }
+
+    /// The answer reaches a paused manager once it runs again.
+    async fn answer<T>(&self, result: T) -> T {
+        if let Some(p) = &self.paused {
+            wait_while_paused(p).await;
+        }
+        result
     }
 
     pub fn set_faults(&self, faults: StoreFaults) {
@@ -104,11 +118,7 @@ impl FaultyStore {
 
     /// Whether this call fails before doing anything.
     pub fn fails_now(&self) -> bool {
-        if self
-            .dead
-            .as_ref()
-            .is_some_and(|d| d.load(std::sync::atomic::Ordering::SeqCst))
-        {
+        if self.dead.as_ref().is_some_and(|d| d.load(Ordering::SeqCst)) {
             return true;
         }
         let mut s = self.state.lock().unwrap();
@@ -163,8 +173,11 @@ impl ObjectStore for FaultyStore {
         }
         let create = opts.mode == PutMode::Create;
         let body = bytes::Bytes::from(payload.clone());
-        let result = self.inner.put_opts(location, payload, opts).await?;
-        self.landed(location, &body);
+        let result = self.inner.put_opts(location, payload, opts).await;
+        if result.is_ok() {
+            self.landed(location, &body);
+        }
+        let result = self.answer(result).await?;
         if self.loses_answer() {
             return Err(if create {
                 object_store::Error::AlreadyExists {
@@ -186,7 +199,8 @@ impl ObjectStore for FaultyStore {
         if self.fails_now() {
             return Err(injected("the store refused the upload"));
         }
-        self.inner.put_multipart_opts(location, opts).await
+        let r = self.inner.put_multipart_opts(location, opts).await;
+        self.answer(r).await
     }
 
     async fn get_opts(
@@ -197,7 +211,8 @@ impl ObjectStore for FaultyStore {
         if self.fails_now() {
             return Err(injected("the store refused the read"));
         }
-        self.inner.get_opts(location, options).await
+        let r = self.inner.get_opts(location, options).await;
+        self.answer(r).await
     }
 
     fn delete_stream(
@@ -225,7 +240,8 @@ impl ObjectStore for FaultyStore {
         if self.fails_now() {
             return Err(injected("the store refused the listing"));
         }
-        self.inner.list_with_delimiter(prefix).await
+        let r = self.inner.list_with_delimiter(prefix).await;
+        self.answer(r).await
     }
 
     async fn copy_opts(
@@ -237,6 +253,7 @@ impl ObjectStore for FaultyStore {
         if self.fails_now() {
             return Err(injected("the store refused the copy"));
         }
-        self.inner.copy_opts(from, to, options).await
+        let r = self.inner.copy_opts(from, to, options).await;
+        self.answer(r).await
     }
 }

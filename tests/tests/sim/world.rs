@@ -1092,6 +1092,7 @@ impl World {
             unverified_backup: None,
             verify_requested: None,
             retired_tokens: self.retired.clone(),
+            rules: Default::default(),
         })
     }
 

@@ -1,0 +1,84 @@
+//! The safety rules, each one switchable off for the simulation only.
+//!
+//! Production always runs with [`SafetyRules::ALL`]: no flag, environment
+//! variable or file sets these. They exist so that the simulation in
+//! `tests/` can switch one rule off in the code that ships and show that its
+//! checks catch what the rule prevents (a check that cannot fail proves
+//! nothing).
+
+/// Which safety rules are on. Every field is `true` in production.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SafetyRules {
+    /// A node refuses a fenced request whose epoch is older than the
+    /// highest it has seen (the fence).
+    pub fence: bool,
+    /// The leader checks its lease again before every action and right
+    /// before every membership change.
+    pub recheck_lease: bool,
+    /// A membership change etcd refuses is retried only while the lease
+    /// lasts, never past it.
+    pub bound_retries: bool,
+    /// `--auto-recover-quorum-loss` waits until the lost voters have been
+    /// gone for its whole grace.
+    pub recovery_grace: bool,
+    /// A dead member is removed only while the healthy voters left are a
+    /// quorum of the members that remain.
+    pub quorum_guard: bool,
+}
+
+impl SafetyRules {
+    /// Every rule on: what production runs.
+    pub const ALL: SafetyRules = SafetyRules {
+        fence: true,
+        recheck_lease: true,
+        bound_retries: true,
+        recovery_grace: true,
+        quorum_guard: true,
+    };
+
+    /// The rules with the ones named in `list` (comma-separated: `fence`,
+    /// `recheck`, `retries`, `grace`, `quorum`) switched off.
+    pub fn without(list: &str) -> Result<SafetyRules, String> {
+        let mut r = SafetyRules::ALL;
+        for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match name {
+                "fence" => r.fence = false,
+                "recheck" => r.recheck_lease = false,
+                "retries" => r.bound_retries = false,
+                "grace" => r.recovery_grace = false,
+                "quorum" => r.quorum_guard = false,
+                other => {
+                    return Err(format!(
+                        "unknown safety rule {other:?}: expected fence, recheck, retries, grace or quorum"
+                    ));
+                }
+            }
+        }
+        Ok(r)
+    }
+}
+
+impl Default for SafetyRules {
+    fn default() -> Self {
+        SafetyRules::ALL
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn rules_are_switched_off_by_name_only() {
+        assert_eq!(SafetyRules::without("").unwrap(), SafetyRules::ALL);
+        let r = SafetyRules::without("fence, quorum").unwrap();
+        assert!(!r.fence && !r.quorum_guard);
+        assert!(r.recheck_lease && r.bound_retries && r.recovery_grace);
+        let e = SafetyRules::without("fense").unwrap_err();
+        assert!(
+            e.contains("\"fense\"") && e.contains("expected fence"),
+            "{e}"
+        );
+    }
+}
