@@ -144,6 +144,7 @@ impl SharedLease {
         want: bool,
     ) -> Result<lock::LeaseState, LeaseError> {
         let result = tokio::select! {
+            biased;
             r = client.tick(now, want) => r.map_err(LeaseError::from),
             _ = self.clock.sleep(self.bound) => Err(LeaseError::Timeout(self.bound)),
         };
@@ -164,6 +165,7 @@ impl SharedLease {
         let mut client = self.client.lock().await;
         let now = self.clock.now();
         let result = tokio::select! {
+            biased;
             r = client.release(now) => r.map_err(LeaseError::from),
             _ = self.clock.sleep(self.bound) => Err(LeaseError::Timeout(self.bound)),
         };
@@ -189,6 +191,7 @@ impl SharedLease {
                 _ => Duration::from_secs(3600),
             };
             tokio::select! {
+                biased;
                 _ = cancel.cancelled() => return,
                 _ = self.changed.notified() => continue,
                 _ = self.clock.sleep(wait) => {}

@@ -152,9 +152,8 @@ pub struct Driver {
     control_cache: backup::ControlCache,
     /// The last plan had neither actions nor waits.
     steady: bool,
-    /// Nothing to do or wait for: a steady leader, or a manager that is not
-    /// the candidate. The next pass then comes after the controller interval,
-    /// otherwise within [`WAITING_INTERVAL`].
+    /// Nothing to do or wait for (a steady leader, or not the candidate): the
+    /// next pass comes after the controller interval, else within [`WAITING_INTERVAL`].
     idle: bool,
     /// Who was alive in gossip at the last look (a change starts a pass).
     last_alive: BTreeSet<String>,
@@ -162,9 +161,8 @@ pub struct Driver {
     seen_claims: std::collections::BTreeSet<(u64, String)>,
     last_backup: Option<Instant>,
     was_leader: bool,
-    /// etcd clients of the last pass by client URL, kept while they answer:
-    /// a new client per member per pass cost a TLS handshake each, most of
-    /// an idle leader's CPU.
+    /// etcd clients of the last pass by client URL, kept while they answer (a
+    /// new client per member per pass cost a TLS handshake each, most of an idle leader's CPU).
     etcd_clients: BTreeMap<String, Arc<dyn EtcdApi>>,
     pass: u64,
     last_waits: Vec<String>,
@@ -301,11 +299,11 @@ impl Driver {
         }
     }
 
-    /// Run until cancelled; then release the lease if held.
+    /// Run until cancelled; then release the lease if held. The `select!`s are
+    /// biased: the same order every time (a simulated seed replays exactly).
     pub async fn run(mut self, cancel: CancellationToken) {
-        // A change of gossip membership (a leader leaving on shutdown, a peer
-        // dying or joining) starts the next pass at once instead of after the
-        // controller interval: a graceful handover then takes well under a second.
+        // A change of gossip membership (a leader leaving, a peer dying or
+        // joining) starts the next pass at once: a handover takes well under a second.
         let mut members = self.gossip.subscribe();
         let mut gossip_open = true;
         let renewals = cancel.child_token();
@@ -316,6 +314,7 @@ impl Driver {
         let mut claims = self.lease.claims();
         loop {
             let acted = tokio::select! {
+                biased;
                 _ = cancel.cancelled() => break,
                 acted = self.step() => acted,
             };
@@ -334,6 +333,7 @@ impl Driver {
             let cancelled = loop {
                 let left = wake_at.saturating_duration_since(clock.now());
                 tokio::select! {
+                    biased;
                     _ = cancel.cancelled() => break true,
                     _ = clock.sleep(left) => break false,
                     // A renewal: tell the others at once (their wait counts

@@ -508,3 +508,21 @@ fn real_driver_catches_a_recovery_without_grace() {
         "seed {seed}: expected the grace check to fire, got: {what}"
     );
 }
+
+/// The lease re-check, switched off in the driver that ships (before every
+/// action, before every membership change and before every fenced
+/// request): a leader paused in the middle of a pass wakes up after its
+/// lease passed to another manager and changes etcd's membership anyway.
+#[test]
+#[ignore = "release only: scripts/test.sh runs it with --ignored"]
+fn real_driver_catches_a_leader_that_does_not_recheck_its_lease() {
+    let rules = SafetyRules {
+        recheck_lease: false,
+        ..SafetyRules::ALL
+    };
+    let (seed, what) = real_knob_caught(rules, 500);
+    assert!(
+        what.contains("changed etcd") && what.contains("newest lease record"),
+        "seed {seed}: expected the mutual exclusion check to fire, got: {what}"
+    );
+}

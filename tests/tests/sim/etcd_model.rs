@@ -492,8 +492,10 @@ impl ModelClient {
             )),
             Route::To(p) => {
                 let result = self.world.with(|w| f(w, p));
-                // The answer reaches a paused manager once it runs again.
-                let paused = self.world.with(|w| w.paused[self.host].clone());
+                // The answer reaches a paused manager once it runs again (a
+                // pause armed for the leader's next etcd answer begins now:
+                // in the middle of a pass).
+                let paused = self.world.with(|w| w.pause_if_armed(self.host));
                 super::store::wait_while_paused(&paused).await;
                 result.map_err(|detail| client_err(op, &self.endpoints, &detail))
             }

@@ -151,6 +151,8 @@ pub struct State {
     restore_marked_at: Option<Duration>,
     /// Per host: set while its manager is paused (SIGSTOP, a long GC).
     pub paused: Vec<Arc<AtomicBool>>,
+    /// Per host: a pause begins at its manager's next answer from etcd.
+    pause_armed: Vec<bool>,
     /// last_answer[h][l]: when host h's etcd last answered a status call
     /// of host l's manager, for the quorum recovery's grace check.
     last_answer: Vec<Vec<Duration>>,
@@ -229,6 +231,16 @@ impl State {
 }
 
 impl State {
+    /// The pause flag of host `h`'s manager, set first if a pause was armed
+    /// for its next etcd answer.
+    pub fn pause_if_armed(&mut self, h: usize) -> Arc<AtomicBool> {
+        if std::mem::take(&mut self.pause_armed[h]) {
+            self.paused[h].store(true, Ordering::SeqCst);
+            self.note(format!("n{} pauses (at an answer from etcd)", h + 1));
+        }
+        self.paused[h].clone()
+    }
+
     /// Host `l`'s manager learned whether host `h`'s etcd answers.
     pub fn status_seen(&mut self, h: usize, l: usize, answered: bool) {
         if answered {
@@ -740,6 +752,7 @@ impl Sim {
                 stop_before_restore: None,
                 restore_marked_at: None,
                 paused: paused.clone(),
+                pause_armed: vec![false; n],
                 last_answer: vec![vec![Duration::ZERO; n]; n],
                 silent: vec![vec![false; n]; n],
                 auto_recover,
@@ -927,6 +940,7 @@ impl Sim {
             w.net.incarnation[i] = inc;
             w.nodes[i] = None;
             w.inbox[i] = None;
+            w.pause_armed[i] = false;
             w.note(format!("n{} crashes", i + 1));
         });
     }
@@ -1116,13 +1130,21 @@ impl Sim {
                             .and_then(|(_, h, _)| h.strip_prefix('n')?.parse::<usize>().ok())
                     });
                     let i = host.or(holder.map(|n| n - 1)).unwrap_or(0);
-                    if crashed[i] == 0 && !self.hosts[i].paused.swap(true, Ordering::SeqCst) {
+                    // Half the pauses begin at once, half at the manager's
+                    // next answer from etcd (in the middle of a pass).
+                    let armed = self.rng.random_bool(0.5);
+                    if crashed[i] == 0 && armed {
+                        paused_by.insert(k, i);
+                        self.world.with(|w| w.pause_armed[i] = true);
+                    } else if crashed[i] == 0 && !self.hosts[i].paused.swap(true, Ordering::SeqCst)
+                    {
                         paused_by.insert(k, i);
                         self.world.with(|w| w.note(format!("n{} pauses", i + 1)));
                     }
                 }
                 (Fault::Pause(..), false) => {
                     if let Some(i) = paused_by.remove(&k) {
+                        self.world.with(|w| w.pause_armed[i] = false);
                         self.hosts[i].paused.store(false, Ordering::SeqCst);
                         self.world
                             .with(|w| w.note(format!("n{} runs again", i + 1)));
@@ -1157,6 +1179,7 @@ impl Sim {
         for h in &self.hosts {
             h.paused.store(false, Ordering::SeqCst);
         }
+        self.world.with(|w| w.pause_armed.fill(false));
         let down: Vec<usize> = (0..self.n).filter(|i| crashed[*i] > 0).collect();
         for i in down {
             self.restart(i).await;
