@@ -241,6 +241,13 @@ impl State {
         self.paused[h].clone()
     }
 
+    /// The host of the newest lease record's holder.
+    fn lease_holder(&self) -> Option<usize> {
+        let (_, holder, _) = self.lease.as_ref()?;
+        let n: usize = holder.strip_prefix('n')?.parse().ok()?;
+        n.checked_sub(1)
+    }
+
     /// Host `l`'s manager learned whether host `h`'s etcd answers.
     pub fn status_seen(&mut self, h: usize, l: usize, answered: bool) {
         if answered {
@@ -259,12 +266,7 @@ impl State {
         let Some(grace) = self.auto_recover else {
             return;
         };
-        let Some(leader) = self
-            .lease
-            .as_ref()
-            .and_then(|(_, h, _)| h.strip_prefix('n')?.parse::<usize>().ok())
-            .map(|n| n - 1)
-        else {
+        let Some(leader) = self.lease_holder() else {
             return;
         };
         let Some(c) = self.model.clusters.get(token) else {
@@ -1124,12 +1126,8 @@ impl Sim {
                     ..StoreFaults::default()
                 }),
                 (Fault::Pause(host, _), true) => {
-                    let holder = self.world.with(|w| {
-                        w.lease
-                            .as_ref()
-                            .and_then(|(_, h, _)| h.strip_prefix('n')?.parse::<usize>().ok())
-                    });
-                    let i = host.or(holder.map(|n| n - 1)).unwrap_or(0);
+                    let holder = self.world.with(|w| w.lease_holder());
+                    let i = host.or(holder).unwrap_or(0);
                     // Half the pauses begin at once, half at the manager's
                     // next answer from etcd (in the middle of a pass).
                     let armed = self.rng.random_bool(0.5);
