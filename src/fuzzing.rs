@@ -463,6 +463,7 @@ mod round_trips {
                 cluster_id: Some("cdf818194e3a8c32".into()),
                 replayed_from: None,
                 encryption: None,
+                requested_at: Some(1_796_000_000_000_000_000),
             };
             let json = serde_json::to_vec(&x).expect("json");
             let back: backup::BackupExtra = serde_json::from_slice(&json).expect("parse");

@@ -6,6 +6,7 @@
 //! (`src/bin/`) wire everything together and hold the `etcd-manager-ctl`
 //! commands.
 
+pub mod backup_now;
 pub mod clock;
 pub mod codec;
 pub mod config;

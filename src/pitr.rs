@@ -359,6 +359,7 @@ async fn store_result(
                 // Not a live cluster's: no continuous backup goes on from it.
                 cluster_id: None,
                 replayed_from: Some(plan.base.clone()),
+                requested_at: None,
             },
             wall,
         )

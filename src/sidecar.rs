@@ -138,6 +138,7 @@ async fn take(
                 kv_hash,
                 cluster_id: Some(status.cluster_id).filter(|id| *id != 0),
                 replayed_from: None,
+                requested_at: None,
             },
             wall,
         )

@@ -113,6 +113,13 @@ pub struct BackupExtra {
     /// [`crate::crypt`]); the checksum and size above are the ciphertext's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<BackupEncryption>,
+    /// Taken for an operator's `backup-now` request: the request's stamp
+    /// (ns since the epoch, as `etcd-manager-ctl` wrote it). The snapshot
+    /// began after the leader read that request, so it holds every write
+    /// acknowledged before the operator asked; the ctl waits for a backup
+    /// with its stamp (or a later one), not for any new backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_at: Option<u64>,
 }
 
 /// How a backup is encrypted.
@@ -136,6 +143,8 @@ pub struct BackupFacts {
     pub cluster_id: Option<u64>,
     /// See [`BackupExtra::replayed_from`].
     pub replayed_from: Option<String>,
+    /// See [`BackupExtra::requested_at`].
+    pub requested_at: Option<u64>,
 }
 
 /// etcd's HashKV of a member at one revision.

@@ -1493,6 +1493,7 @@ impl BackupStore {
             kv_hash: facts.kv_hash,
             cluster_id: facts.cluster_id.map(|id| format!("{id:016x}")),
             replayed_from: facts.replayed_from,
+            requested_at: facts.requested_at,
             encryption: self
                 .crypt
                 .recipients

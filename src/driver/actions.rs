@@ -156,7 +156,7 @@ impl Driver {
                     .and_then(|p| endpoint_of(p.info.as_ref()?))
                     .ok_or_else(|| format!("survivor {member} has no client URL"))?;
                 let stored = obs.spec.clone().unwrap_or_else(|| spec.clone());
-                let summary = self.backup_from(&ep, epoch, stored).await?;
+                let summary = self.backup_from(&ep, epoch, stored, None).await?;
                 tracing::warn!(survivor = %member, backup = %summary.name, "quorum recovery: the survivor's data stored as a backup");
                 summary.name
             }

@@ -119,7 +119,18 @@ impl Driver {
         reason: controller::BackupReason,
     ) -> Result<(), String> {
         let started = self.clock.now();
-        let result = self.backup_once(epoch, obs).await;
+        // An operator's request: read before the snapshot opens, so the
+        // backup holds every write acknowledged before it (its stamp goes
+        // into the side file; see crate::backup_now).
+        let requested_at = if reason == controller::BackupReason::OnDemand {
+            self.backup_request = self.read_backup_request().await?;
+            self.backup_request
+                .as_deref()
+                .and_then(crate::backup_now::BackupNowRequest::parse)
+        } else {
+            None
+        };
+        let result = self.backup_once(epoch, obs, requested_at).await;
         let label = if result.is_ok() { "success" } else { "failure" };
         metrics::counter!(m::BACKUPS, "result" => label).increment(1);
         let summary = result?;
@@ -150,10 +161,44 @@ impl Driver {
         Ok(())
     }
 
+    /// The `backup-now` request's body; None when it is gone, or too large
+    /// to be one (then [`Self::clear_backup_request`] deletes it).
+    async fn read_backup_request(&self) -> Result<Option<bytes::Bytes>, String> {
+        match self.store.read_manager_file(BACKUP_NOW_FILE).await {
+            Ok(body) => Ok(body),
+            Err(backup::Error::Malformed { .. }) => Ok(None),
+            Err(e) => Err(executing_error(e)),
+        }
+    }
+
+    /// Delete the `backup-now` request just answered, unless a newer one
+    /// replaced it during the backup: that one gets a backup of its own.
+    pub(super) async fn clear_backup_request(&mut self) -> Result<(), DriverError> {
+        let answered = self.backup_request.take();
+        let now = match self.store.read_manager_file(BACKUP_NOW_FILE).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(body)) => Some(body),
+            Err(backup::Error::Malformed { path, reason }) => {
+                tracing::warn!(%path, %reason, "deleting a backup-now request that is not one");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if now.is_some() && now != answered {
+            tracing::info!("a newer backup-now request arrived during the backup; it gets its own");
+            return Ok(());
+        }
+        self.store
+            .delete_manager_file(BACKUP_NOW_FILE)
+            .await
+            .map_err(DriverError::from)
+    }
+
     pub(super) async fn backup_once(
         &self,
         epoch: u64,
         obs: &Observation,
+        requested_at: Option<u64>,
     ) -> Result<backup::BackupSummary, String> {
         let spec: ClusterSpec = obs.spec.clone().ok_or("no spec")?;
         // Prefer our own member; any healthy one will do.
@@ -163,7 +208,7 @@ impl Driver {
             .into_iter()
             .next()
             .ok_or("no healthy member to back up from")?;
-        self.backup_from(&endpoint, epoch, spec).await
+        self.backup_from(&endpoint, epoch, spec, requested_at).await
     }
 
     /// Queue a restore of `backup` on `spec`, as an operator's
@@ -197,6 +242,7 @@ impl Driver {
         endpoint: &str,
         epoch: u64,
         spec: ClusterSpec,
+        requested_at: Option<u64>,
     ) -> Result<backup::BackupSummary, String> {
         let endpoint = endpoint.to_string();
         let client = self
@@ -227,6 +273,7 @@ impl Driver {
                     kv_hash,
                     cluster_id: Some(status.cluster_id).filter(|id| *id != 0),
                     replayed_from: None,
+                    requested_at,
                 },
                 wall,
             )

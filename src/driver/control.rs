@@ -5,6 +5,21 @@
 use super::*;
 use crate::node::served_tokens;
 
+/// `etcd-manager-ctl backup-now` leaves this file under `<store>/etcd-manager/`.
+pub const BACKUP_NOW_FILE: &str = "backup-now";
+/// `etcd-manager-ctl seed-new-cluster` leaves this file under `<store>/etcd-manager/`.
+pub const ALLOW_NEW_CLUSTER_FILE: &str = "allow-new-cluster";
+/// `etcd-manager-ctl defrag`: every voter (`defrag-now`), or one member
+/// (`defrag-now--<member>`), defragmented by the leader now.
+pub const DEFRAG_NOW_FILE: &str = "defrag-now";
+/// `etcd-manager-ctl recover-quorum`: rebuild a cluster that lost its quorum.
+pub const RECOVER_QUORUM_FILE: &str = "recover-quorum";
+
+/// `etcd-manager-ctl verify-backup --on-manager <backup>` leaves
+/// `verify-now--<backup>`: a restore drill of that backup, run by the
+/// manager the leader picks.
+pub const VERIFY_NOW_FILE: &str = "verify-now";
+
 impl Driver {
     /// Point the continuous backup at the healthy members and the newest
     /// full backup this leader took (None before its first: the streamer

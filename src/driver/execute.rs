@@ -334,11 +334,7 @@ impl Driver {
                 self.prefixes_cleared.insert(token.clone());
                 Ok(())
             }
-            Action::ClearBackupRequest => self
-                .store
-                .delete_manager_file(BACKUP_NOW_FILE)
-                .await
-                .map_err(DriverError::from),
+            Action::ClearBackupRequest => self.clear_backup_request().await,
             Action::CompleteRestore { command } => {
                 self.store
                     .delete_command(command)

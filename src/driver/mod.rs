@@ -119,20 +119,9 @@ pub struct DriverSettings {
     pub rules: crate::rules::SafetyRules,
 }
 
-/// `etcd-manager-ctl backup-now` leaves this file under `<store>/etcd-manager/`.
-pub const BACKUP_NOW_FILE: &str = "backup-now";
-/// `etcd-manager-ctl seed-new-cluster` leaves this file under `<store>/etcd-manager/`.
-pub const ALLOW_NEW_CLUSTER_FILE: &str = "allow-new-cluster";
-/// `etcd-manager-ctl defrag`: every voter (`defrag-now`), or one member
-/// (`defrag-now--<member>`), defragmented by the leader now.
-pub const DEFRAG_NOW_FILE: &str = "defrag-now";
-/// `etcd-manager-ctl recover-quorum`: rebuild a cluster that lost its quorum.
-pub const RECOVER_QUORUM_FILE: &str = "recover-quorum";
-
-/// `etcd-manager-ctl verify-backup --on-manager <backup>` leaves
-/// `verify-now--<backup>`: a restore drill of that backup, run by the
-/// manager the leader picks.
-pub const VERIFY_NOW_FILE: &str = "verify-now";
+pub use self::control::{
+    ALLOW_NEW_CLUSTER_FILE, BACKUP_NOW_FILE, DEFRAG_NOW_FILE, RECOVER_QUORUM_FILE, VERIFY_NOW_FILE,
+};
 
 /// The restore drill the manager files ask for, if any: (file, backup); a
 /// file naming no valid backup name is ignored.
@@ -174,6 +163,8 @@ pub struct Driver {
     last_retention: Option<Instant>,
     /// The backup this leader took last (a dump-and-restore restores it).
     last_backup_name: Option<String>,
+    /// The `backup-now` request the last on-demand backup answered.
+    backup_request: Option<bytes::Bytes>,
     /// Periodic backups since the last one given to a restore drill.
     backups_since_drill: u32,
     /// A backup awaiting its restore drill.
@@ -280,6 +271,7 @@ impl Driver {
             refused: BTreeMap::new(),
             last_retention: None,
             last_backup_name: None,
+            backup_request: None,
             backups_since_drill: 0,
             unverified_backup: None,
             unhealthy_since: BTreeMap::new(),

@@ -125,7 +125,11 @@ async fn a_restore_returns_the_keyspace_of_a_chosen_revision_and_of_the_latest()
     let out = env.ctl(&["backup-now", "--timeout=3m"]);
     assert!(out.success, "{out:?}");
     let store = BackupStore::open(&env.store_url, &Default::default()).unwrap();
-    let base = store.list_backups().await.unwrap().pop().unwrap();
+    // The backup taken for this request: it holds the ten writes above
+    // (a periodic backup may have begun before them).
+    let base = out.stdout.trim().to_string();
+    let extra = store.read_backup_extra(&base).await.unwrap().unwrap();
+    assert!(extra.requested_at.is_some(), "{extra:?}");
     // Stored encrypted, to our key; a drill on another manager (which has
     // the identity) restores it all the same.
     let stored = store

@@ -105,6 +105,7 @@ async fn full_backup(
                 }),
                 cluster_id: Some(cluster_id.unwrap_or(status.cluster_id)),
                 replayed_from: None,
+                requested_at: None,
             },
             std::time::SystemTime::now(),
         )

@@ -965,34 +965,31 @@ async fn recover_quorum(
     }
 }
 
-/// Ask the leader for a backup and wait until a new one is listed.
+/// Ask the leader for a backup and wait for the one taken for this request
+/// (not merely any new one: see `etcd_manager::backup_now`).
 #[allow(clippy::disallowed_methods)] // the ctl polls with real time
 async fn backup_now(store: &BackupStore, timeout: std::time::Duration) -> anyhow::Result<String> {
+    use etcd_manager::backup_now::{BackupNowRequest, find_answer};
     let before: std::collections::BTreeSet<String> =
         store.list_backups().await?.into_iter().collect();
-    let stamp = wall_now()
+    let requested_at = wall_now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
+        .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     store
         .write_manager_file(
             etcd_manager::driver::BACKUP_NOW_FILE,
-            format!("{{\"requestedAt\":{stamp}}}\n").into_bytes(),
+            BackupNowRequest { requested_at }.body(),
         )
         .await?;
     let start = std::time::Instant::now();
     loop {
-        if let Some(new) = store
-            .list_backups()
-            .await?
-            .into_iter()
-            .find(|n| !before.contains(n))
-        {
-            return Ok(format!("{new}\n"));
+        if let Some(name) = find_answer(store, &before, requested_at).await? {
+            return Ok(format!("{name}\n"));
         }
         if start.elapsed() > timeout {
             bail!(
-                "no new backup within {}; the request stays queued (is a leader running? see etcd-manager-ctl status)",
+                "no backup for this request within {}; the request stays queued (is a leader running? see etcd-manager-ctl status)",
                 humantime::format_duration(timeout)
             );
         }

@@ -401,6 +401,13 @@ fn read_snapshot(file: &Path) -> Result<Snapshot, etcd::Error> {
     })
 }
 
+/// The keys in a snapshot file of the model (a downloaded backup).
+pub fn snapshot_keys(file: &Path) -> Result<std::collections::BTreeSet<String>, String> {
+    read_snapshot(file)
+        .map(|s| s.kv.into_keys().collect())
+        .map_err(|e| e.to_string())
+}
+
 /// Connections of the manager on `host` to the model.
 #[derive(Debug, Clone)]
 pub struct ModelConnect {

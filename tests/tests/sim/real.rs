@@ -1002,7 +1002,7 @@ impl Sim {
         if self.rng.random_bool(0.3) {
             ops.push(Operator::Restore);
         }
-        if self.rng.random_bool(0.3) {
+        if self.rng.random_bool(0.6) {
             ops.push(Operator::BackupNow);
         }
         if self.rng.random_bool(0.2) {
@@ -1159,7 +1159,8 @@ impl Sim {
                     let nobody = Arc::new(AtomicBool::new(false));
                     let store = self.backup_store(&nobody, &nobody);
                     let (world, raw) = (self.world.clone(), self.store.clone());
-                    tokio::spawn(operator(world, store, raw, op));
+                    let dir = self.tmp.path().to_path_buf();
+                    tokio::spawn(operator(world, store, raw, dir, op));
                 }
                 (Fault::Operator(_), false) => {}
             }
@@ -1264,7 +1265,13 @@ impl Sim {
 /// The operator's command, retried until the store takes it (as an
 /// operator would run `etcd-manager-ctl` again); then it waits until the
 /// command is seen through and clears it from the list the end checks.
-async fn operator(world: World, store: backup::BackupStore, raw: FaultyStore, op: Operator) {
+async fn operator(
+    world: World,
+    store: backup::BackupStore,
+    raw: FaultyStore,
+    dir: std::path::PathBuf,
+    op: Operator,
+) {
     use object_store::ObjectStoreExt;
     let what = format!("{op:?}");
     let issued = world.with(|w| {
@@ -1274,6 +1281,12 @@ async fn operator(world: World, store: backup::BackupStore, raw: FaultyStore, op
         now
     });
     let wall = std::time::UNIX_EPOCH + Duration::from_secs(1_790_000_000) + issued;
+    let stamp = wall
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut before: Option<std::collections::BTreeSet<String>> = None;
+    let mut requested = issued;
     let mut restore_of: Option<String> = None;
     loop {
         let done: Result<(), String> = async {
@@ -1298,10 +1311,27 @@ async fn operator(world: World, store: backup::BackupStore, raw: FaultyStore, op
                     restore_of = Some(newest.clone());
                     Ok(())
                 }
-                Operator::BackupNow => store
-                    .write_manager_file(etcd_manager::driver::BACKUP_NOW_FILE, b"{}\n".to_vec())
-                    .await
-                    .map_err(|e| e.to_string()),
+                Operator::BackupNow => {
+                    // As the ctl: the backups before, then the request.
+                    if before.is_none() {
+                        let names = store.list_backups().await.map_err(|e| e.to_string())?;
+                        before = Some(names.into_iter().collect());
+                        // The ctl's own time between its look and its
+                        // request (a backup may begin meanwhile).
+                        let ms = world.with(|w| w.rng.random_range(0..10_000));
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }
+                    let body = etcd_manager::backup_now::BackupNowRequest {
+                        requested_at: stamp,
+                    }
+                    .body();
+                    store
+                        .write_manager_file(etcd_manager::driver::BACKUP_NOW_FILE, body)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    requested = world.with(|w| w.now());
+                    Ok(())
+                }
                 Operator::Spec(k) => store
                     .write_spec(&backup::ClusterSpec {
                         member_count: *k,
@@ -1347,12 +1377,14 @@ async fn operator(world: World, store: backup::BackupStore, raw: FaultyStore, op
                 let restored = world.with(|w| w.replaced_at.is_some_and(|t| t > issued));
                 !restored || !matches!(store.list_commands().await, Ok(c) if c.is_empty())
             }
-            Operator::BackupNow => !matches!(
-                store
-                    .read_manager_file(etcd_manager::driver::BACKUP_NOW_FILE)
-                    .await,
-                Ok(None)
-            ),
+            Operator::BackupNow => {
+                let before = before.clone().unwrap_or_default();
+                match etcd_manager::backup_now::find_answer(&store, &before, stamp).await {
+                    // Checked once the backup downloads (the store fails now and then).
+                    Ok(Some(name)) => !answered(&world, &store, &dir, &name, requested).await,
+                    _ => true,
+                }
+            }
             _ => false,
         };
         if !pending {
@@ -1364,6 +1396,50 @@ async fn operator(world: World, store: backup::BackupStore, raw: FaultyStore, op
         w.note(format!("operator: {what} seen through"));
         w.operator.retain(|(x, at)| !(x == &what && *at == issued));
     });
+}
+
+/// The backup `backup-now` answered with holds every write acknowledged
+/// before the request (since the data was last replaced). False when the
+/// store failed the download: the caller asks again.
+async fn answered(
+    world: &World,
+    store: &backup::BackupStore,
+    dir: &std::path::Path,
+    name: &str,
+    requested: Duration,
+) -> bool {
+    let dest = dir.join(format!("answer-{}", requested.as_millis()));
+    let keys = match store.download_backup(name, &dest).await {
+        Ok(_) => etcd_model::snapshot_keys(&dest),
+        Err(backup::Error::Store { .. }) => return false,
+        Err(e) => Err(e.to_string()),
+    };
+    let _ = std::fs::remove_file(&dest);
+    world.with(|w| {
+        let keys = match keys {
+            Ok(keys) => keys,
+            Err(e) => {
+                w.fail(format!("backup-now answered with {name}, which does not restore: {e}"));
+                return;
+            }
+        };
+        let since = w.replaced_at.unwrap_or_default();
+        let missing: Vec<(&String, &Duration)> = w
+            .acked
+            .iter()
+            .filter(|(k, at)| **at < requested && **at >= since && !keys.contains(*k))
+            .collect();
+        if let Some((key, at)) = missing.first() {
+            let what = format!(
+                "backup-now of {requested:?} answered with {name}, which lacks {} writes acknowledged before the request, first {key:?} at {at:?}",
+                missing.len()
+            );
+            w.fail(what);
+        } else {
+            w.note(format!("operator: backup-now answered with {name}"));
+        }
+    });
+    true
 }
 
 /// A write landed in the store: lease records and retired clusters are
