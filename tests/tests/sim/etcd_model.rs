@@ -881,12 +881,13 @@ pub fn client_put(
     url: &str,
     key: &str,
     value: &str,
-) -> Result<(), String> {
+) -> Result<String, String> {
     let p = w.model.proc_at(url, w).ok_or("no etcd there")?;
+    let token = w.model.procs[p].token.clone();
     let (c, _) = with_quorum(w, p)?;
     c.kv.insert(key.to_string(), value.to_string());
     c.revision += 1;
-    Ok(())
+    Ok(token)
 }
 
 impl Shared {

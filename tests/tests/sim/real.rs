@@ -137,6 +137,13 @@ pub struct State {
     nodes: Vec<Option<(u64, Arc<Node>)>>,
     /// Every acknowledged write and when etcd acknowledged it.
     acked: BTreeMap<String, Duration>,
+    /// Per acknowledged write: the cluster that took it, and until when
+    /// the host it went through was last cut off (MAX: it still was).
+    acked_via: BTreeMap<String, (String, Duration)>,
+    /// Per host: when its last cut (isolation, one-way) ended; MAX while on.
+    cut_until: Vec<Duration>,
+    /// Clusters an operator's restore retired, and when.
+    retired_by_restore: BTreeMap<String, Duration>,
     /// When a restore last replaced the data (an operator's restore or a
     /// quorum recovery): writes acknowledged before may be gone.
     pub replaced_at: Option<Duration>,
@@ -262,6 +269,19 @@ impl State {
     /// time: the grace over the fastest clock's rate). The leader counts
     /// from the first status call that failed after the last one answered,
     /// so its silence is never longer than the time since that answer.
+    /// A write an operator's restore gave up: taken by a cluster the
+    /// restore retired, through a host that was cut off at or after the
+    /// retirement (its clients reach it; nobody stops it before the cut
+    /// heals and a leader reaches it). The restore is the operator's
+    /// choice to lose it.
+    fn restore_lost(&self, key: &str) -> bool {
+        self.acked_via.get(key).is_some_and(|(token, cut)| {
+            self.retired_by_restore
+                .get(token)
+                .is_some_and(|retired| cut >= retired)
+        })
+    }
+
     fn retired(&mut self, token: &str) {
         let Some(grace) = self.auto_recover else {
             return;
@@ -748,6 +768,9 @@ impl Sim {
                 inbox: vec![None; n],
                 nodes: vec![None; n],
                 acked: BTreeMap::new(),
+                acked_via: BTreeMap::new(),
+                cut_until: vec![Duration::ZERO; n],
+                retired_by_restore: BTreeMap::new(),
                 replaced_at: None,
                 want_members: n,
                 operator: vec![],
@@ -1106,6 +1129,7 @@ impl Sim {
                     let _ = std::fs::remove_dir_all(&self.hosts[i].dir);
                 }
                 (Fault::Isolate(i, _), begin) => self.world.with(|w| {
+                    w.cut_until[i] = if begin { Duration::MAX } else { w.now() };
                     for j in 0..w.net.up.len() {
                         if j != i {
                             w.net.cut[i][j] = begin;
@@ -1151,7 +1175,12 @@ impl Sim {
                 (Fault::Slow(i, extra, _), begin) => self
                     .world
                     .with(|w| w.net.slow[i] = if begin { extra } else { Duration::ZERO }),
-                (Fault::OneWay(a, b, _), begin) => self.world.with(|w| w.net.cut[a][b] = begin),
+                (Fault::OneWay(a, b, _), begin) => self.world.with(|w| {
+                    w.net.cut[a][b] = begin;
+                    for h in [a, b] {
+                        w.cut_until[h] = if begin { Duration::MAX } else { w.now() };
+                    }
+                }),
                 (Fault::Stalls(p, _), begin) => self
                     .world
                     .with(|w| w.net.stall = if begin { p } else { 0.0 }),
@@ -1234,7 +1263,7 @@ impl Sim {
                     let lost: Vec<(&String, &Duration)> = w
                         .acked
                         .iter()
-                        .filter(|(k, at)| **at >= since && !kv.contains_key(*k))
+                        .filter(|(k, at)| **at >= since && !kv.contains_key(*k) && !w.restore_lost(k))
                         .collect();
                     if let Some((key, at)) = lost.first() {
                         let what = format!(
@@ -1427,7 +1456,9 @@ async fn answered(
         let missing: Vec<(&String, &Duration)> = w
             .acked
             .iter()
-            .filter(|(k, at)| **at < requested && **at >= since && !keys.contains(*k))
+            .filter(|(k, at)| {
+                **at < requested && **at >= since && !keys.contains(*k) && !w.restore_lost(k)
+            })
             .collect();
         if let Some((key, at)) = missing.first() {
             let what = format!(
@@ -1475,10 +1506,18 @@ fn landed(world: &World, location: &object_store::path::Path, body: &Bytes) {
     );
     let by_recovery = serde_json::from_slice::<serde_json::Value>(body)
         .is_ok_and(|v| v["retiredBy"] == "quorum recovery");
-    if let Some((_, token)) = path.split_once(&retired)
-        && by_recovery
-    {
-        world.with(|w| w.retired(token));
+    let by_restore = serde_json::from_slice::<serde_json::Value>(body)
+        .is_ok_and(|v| v["retiredBy"] == "restore-backup");
+    if let Some((_, token)) = path.split_once(&retired) {
+        if by_recovery {
+            world.with(|w| w.retired(token));
+        }
+        if by_restore {
+            world.with(|w| {
+                let now = w.now();
+                w.retired_by_restore.entry(token.to_string()).or_insert(now);
+            });
+        }
     }
 }
 
@@ -1521,9 +1560,11 @@ async fn write_load(world: World, n: usize) {
             let host = w.rng.random_range(0..n);
             k += 1;
             let key = format!("/registry/k{k:06}");
-            if etcd_model::client_put(w, &url(host, 4001), &key, "v").is_ok() {
+            if let Ok(token) = etcd_model::client_put(w, &url(host, 4001), &key, "v") {
                 w.counters.acked_writes += 1;
                 let now = w.now();
+                let cut = w.cut_until[host];
+                w.acked_via.insert(key.clone(), (token, cut));
                 w.acked.insert(key, now);
             }
         });
