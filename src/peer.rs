@@ -40,6 +40,10 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// How long a caller has to send its request once connected (and the TLS
 /// handshake, when on, is done).
 pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection to a peer may take to open: a host that is down
+/// (no answer to the SYN) fails the call after this, not after the call's
+/// own timeout (two hours for a restore).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a node may take over a restore (download, verify, restore, start
 /// etcd); the leader waits as long and the peer server cuts no sooner. Long:
 /// a backup of gigabytes over a slow link takes many minutes, and a download
@@ -382,8 +386,15 @@ async fn call_with(
     timeout: Duration,
 ) -> Result<Response, PeerError> {
     let fut = async {
-        let mut stream = TcpStream::connect(addr)
+        let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
+            .map_err(|_| PeerError::Io {
+                addr,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no connection within {CONNECT_TIMEOUT:?} (is the host up?)"),
+                ),
+            })?
             .map_err(|source| PeerError::Io { addr, source })?;
         match tls {
             None => exchange(&mut stream, addr, req).await,

@@ -776,12 +776,26 @@ pub fn reconcile(obs: &Observation) -> Plan {
             })
         })
         .collect();
-    let mut plan = match obs
+    // A restore whose new cluster was retired since (a quorum recovery
+    // rebuilt from it, found by the simulation) is over once a later restore
+    // waits: that one runs next, not behind it forever.
+    let open: Vec<&CommandView> = obs
         .commands
         .iter()
-        .find(|c| c.refused.is_none())
-        .and_then(|c| restore(obs, c))
+        .filter(|c| c.refused.is_none())
+        .collect();
+    if let [first, .., later] = open.as_slice()
+        && first
+            .started_token
+            .as_ref()
+            .is_some_and(|t| obs.retired_tokens.contains(t))
+        && later.started_token.is_none()
     {
+        return Plan::act(vec![Action::CompleteRestore {
+            command: first.name.clone(),
+        }]);
+    }
+    let mut plan = match open.first().and_then(|c| restore(obs, c)) {
         Some(p) => p,
         None => desired_state(obs),
     };
@@ -1563,7 +1577,13 @@ pub fn quorum_loss(obs: &Observation, spec: &ClusterSpec, members: &[MemberView]
     let auto_due = qr
         .auto_after
         .is_some_and(|g| shortest >= g || !obs.rules.recovery_grace);
-    if qr.requested.is_none() && !auto_due {
+    // A recovery queues a restore: while one waits to run, recovering again
+    // would only queue more (a backup and a command on every pass).
+    let queued = obs
+        .commands
+        .iter()
+        .any(|c| c.refused.is_none() && c.started_token.is_none());
+    if queued || (qr.requested.is_none() && !auto_due) {
         return Some(Plan::wait(WaitReason::QuorumLost {
             survivors: survivors.iter().map(|m| m.name.clone()).collect(),
             lost: lost.iter().map(|m| m.name.clone()).collect(),

@@ -1926,6 +1926,54 @@ fn the_recovery_grace_counts_from_when_a_voter_stopped_answering() {
     );
 }
 
+/// A restore half done (one of its two members restored, the other's host
+/// down at the time), then a quorum recovery from the restored member: the
+/// recovery queues one restore and no more, and the half-done restore gives
+/// way to it (found by the simulation: a backup and a command every pass).
+#[test]
+fn a_recovery_queues_one_restore_and_a_half_done_restore_gives_way() {
+    let mut o = lost_quorum(None);
+    o.quorum_recovery.auto_after = Some(Duration::from_secs(20));
+    let token = o.peers[0].token().expect("a runs a cluster").to_string();
+    let mut half_done = restore_cmd(Some(&token), None);
+    o.commands = vec![half_done.clone()];
+    assert!(matches!(
+        reconcile(&o).actions.as_slice(),
+        [Action::RecoverQuorum { .. }]
+    ));
+    // The recovery retired the half-done restore's cluster and queued its own.
+    let mut recovery = restore_cmd(None, None);
+    recovery.name = "2024-01-01T00:05:00Z-000000".into();
+    o.commands = vec![half_done.clone(), recovery.clone()];
+    o.retired_tokens.insert(token.clone());
+    assert_eq!(
+        reconcile(&o).actions,
+        vec![Action::CompleteRestore {
+            command: half_done.name.clone()
+        }]
+    );
+    // Before the retirement is seen: no second recovery.
+    o.retired_tokens.clear();
+    let plan = reconcile(&o);
+    assert!(
+        !plan
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::RecoverQuorum { .. })),
+        "{plan:?}"
+    );
+    // A retired restore with nothing queued after it stays (nothing to run instead).
+    o.retired_tokens.insert(token);
+    o.commands = vec![half_done.clone()];
+    half_done.refused = None;
+    assert!(
+        !reconcile(&o)
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::CompleteRestore { .. })),
+    );
+}
+
 #[test]
 fn a_lost_quorum_waits_and_says_what_recovery_would_do() {
     let o = lost_quorum(None);

@@ -422,8 +422,18 @@ impl PeerApi for SimPeers {
             });
         };
         if !up {
-            tokio::time::sleep(timeout).await;
-            return Err(timed_out());
+            // No answer to the SYN: the connection gives up, as the real
+            // client's does, before a long request's own timeout.
+            let connect = etcd_manager::peer::CONNECT_TIMEOUT;
+            if timeout <= connect {
+                tokio::time::sleep(timeout).await;
+                return Err(timed_out());
+            }
+            tokio::time::sleep(connect).await;
+            return Err(PeerError::Io {
+                addr,
+                source: std::io::ErrorKind::TimedOut.into(),
+            });
         }
         let (tx, rx) = oneshot::channel();
         if reachable || hold {
@@ -716,7 +726,11 @@ impl Sim {
             .expect("runtime");
         if std::env::var("SIM_LOG").is_ok() {
             let _ = tracing_subscriber::fmt()
-                .with_max_level(tracing::Level::INFO)
+                .with_max_level(if std::env::var("SIM_LOG").as_deref() == Ok("debug") {
+                    tracing::Level::DEBUG
+                } else {
+                    tracing::Level::INFO
+                })
                 .with_ansi(false)
                 .try_init();
         }
@@ -1213,7 +1227,12 @@ impl Sim {
             self.restart(i).await;
         }
         // Wait until the spec is reached (then a little more), or the end.
+        // An operator on call answers `status` asking for a restore (every
+        // voter's data lost, e.g. a one-member cluster's disk) once.
         let mut whole_since: Option<Duration> = None;
+        let mut answered_alert = false;
+        let nobody = Arc::new(AtomicBool::new(false));
+        let status_store = self.backup_store(&nobody, &nobody);
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let (now, whole, broken) = self.world.with(|w| {
@@ -1222,6 +1241,29 @@ impl Sim {
             });
             if broken {
                 break;
+            }
+            if !whole && !answered_alert && now.as_secs() % 10 == 0 {
+                let status = status_store
+                    .read_manager_file(etcd_manager::status::STATUS_FILE)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|b| {
+                        serde_json::from_slice::<etcd_manager::status::ClusterStatus>(&b).ok()
+                    });
+                if status.is_some_and(|s| {
+                    s.waits
+                        .iter()
+                        .any(|w| w.contains("must issue restore-backup"))
+                }) {
+                    answered_alert = true;
+                    self.world
+                        .with(|w| w.note("operator: status asks for a restore".into()));
+                    let (world, raw) = (self.world.clone(), self.store.clone());
+                    let dir = self.tmp.path().to_path_buf();
+                    let store = self.backup_store(&nobody, &nobody);
+                    tokio::spawn(operator(world, store, raw, dir, Operator::Restore));
+                }
             }
             if whole {
                 let since = *whole_since.get_or_insert(now);
