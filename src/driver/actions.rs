@@ -163,12 +163,16 @@ impl Driver {
             (None, Some(b)) => b.to_string(),
             (None, None) => return Err("quorum recovery without a source".into()),
         };
-        // The cluster being replaced is retired before the restore is
-        // queued: its members that come back later (down, not wiped)
-        // are stopped instead of serving their old data.
+        // The restore is queued first, then the cluster being replaced is
+        // retired: its members that come back later (down, not wiped) are
+        // stopped instead of serving their old data. In this order a
+        // failure between the two leaves a queued restore (which retires
+        // the same clusters before it stops anything), never a retired
+        // cluster with nothing to replace it (found by the simulation: the
+        // leader then saw no cluster and waited for ever).
+        let queued = self.queue_restore(&name, spec).await?;
         self.retire_clusters(obs, "quorum recovery", &name, None, epoch)
             .await?;
-        let queued = self.queue_restore(&name, spec).await?;
         if let Some(r) = request {
             self.store
                 .delete_manager_file(r)
