@@ -24,7 +24,9 @@ pub struct BackupNowRequest {
 
 impl BackupNowRequest {
     pub fn body(&self) -> Vec<u8> {
-        format!("{{\"requestedAt\":{}}}\n", self.requested_at).into_bytes()
+        let mut body = serde_json::to_vec(self).unwrap_or_default();
+        body.push(b'\n');
+        body
     }
 
     /// The stamp in a request file; None for a body that is not one (an
@@ -103,24 +105,31 @@ mod tests {
             .name
     }
 
+    fn file_store(dir: &tempfile::TempDir) -> backup::BackupStore {
+        let url = format!("file://{}", dir.path().display());
+        backup::BackupStore::open(&url, &Default::default()).unwrap()
+    }
+
+    /// As the ctl asks.
+    async fn request(store: &backup::BackupStore, stamp: u64) {
+        let body = BackupNowRequest {
+            requested_at: stamp,
+        }
+        .body();
+        store
+            .write_manager_file(crate::driver::BACKUP_NOW_FILE, body)
+            .await
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn the_answer_is_the_backup_taken_for_the_request_not_any_new_one() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("file://{}", dir.path().display());
-        let store = backup::BackupStore::open(&url, &Default::default()).unwrap();
+        let store = file_store(&dir);
         let old = backup(&store, None).await;
         let before: BTreeSet<String> = [old].into();
         let stamp = 1_796_000_000_000_000_000;
-        store
-            .write_manager_file(
-                crate::driver::BACKUP_NOW_FILE,
-                BackupNowRequest {
-                    requested_at: stamp,
-                }
-                .body(),
-            )
-            .await
-            .unwrap();
+        request(&store, stamp).await;
         // A periodic backup (already under way when the request came) and
         // one for an earlier request: neither answers this one.
         backup(&store, None).await;
@@ -142,19 +151,9 @@ mod tests {
     #[tokio::test]
     async fn an_older_leader_that_records_no_stamp_answers_once_the_request_is_gone() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("file://{}", dir.path().display());
-        let store = backup::BackupStore::open(&url, &Default::default()).unwrap();
+        let store = file_store(&dir);
         let stamp = 1_796_000_000_000_000_000;
-        store
-            .write_manager_file(
-                crate::driver::BACKUP_NOW_FILE,
-                BackupNowRequest {
-                    requested_at: stamp,
-                }
-                .body(),
-            )
-            .await
-            .unwrap();
+        request(&store, stamp).await;
         let unstamped = backup(&store, None).await;
         let before = BTreeSet::new();
         assert_eq!(find_answer(&store, &before, stamp).await.unwrap(), None);
