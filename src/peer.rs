@@ -831,6 +831,54 @@ mod tests {
         server.await.expect("server ends");
     }
 
+    /// A peer whose host does not answer the SYN (here: a listener whose
+    /// accept queue is full, so the kernel drops further SYNs) fails a call
+    /// after `CONNECT_TIMEOUT`, not after the call's own deadline (two hours
+    /// for a restore).
+    #[tokio::test(start_paused = true)]
+    #[allow(clippy::disallowed_methods)] // virtual time (start_paused)
+    async fn a_host_that_drops_the_syn_fails_a_restore_after_the_connect_timeout() {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
+        let addr = socket.local_addr().expect("addr");
+        let _listener = socket.listen(0).expect("listen");
+        // Fill the accept queue (nobody accepts): later SYNs are dropped.
+        let fillers: Vec<_> = (0..3)
+            .filter_map(|_| {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()
+            })
+            .collect();
+        assert!(!fillers.is_empty(), "no connection filled the accept queue");
+        let started = tokio::time::Instant::now();
+        let req = Request::RestoreBackup(RestoreBackup {
+            fence: Fence {
+                cluster_name: "c".into(),
+                leader_id: "a".into(),
+                epoch: 1,
+                lease_seq: 1,
+            },
+            cluster_token: "t".into(),
+            backup: "2026-01-02T03:04:05Z-000001".into(),
+            etcd_version: "3.5.30".into(),
+            nodes: vec![],
+        });
+        let err = PeerClient::insecure()
+            .call(addr, &req, RESTORE_TIMEOUT)
+            .await
+            .expect_err("nobody answers");
+        let waited = started.elapsed();
+        assert!(
+            err.to_string().contains("no connection within 10s"),
+            "{err}"
+        );
+        assert!(
+            waited >= CONNECT_TIMEOUT && waited < CONNECT_TIMEOUT + Duration::from_secs(1),
+            "{waited:?}"
+        );
+    }
+
     #[test]
     fn accept_pauses_grow_and_are_capped() {
         assert_eq!(accept_pause(1), Duration::from_millis(50));

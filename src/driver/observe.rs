@@ -72,8 +72,10 @@ impl Driver {
             .filter(|p| p.token().is_none_or(|t| !retired_tokens.contains(t)))
             .cloned()
             .collect();
+        let last_seen = self.last_seen_serving(peers, &retired_tokens);
         let cluster = observe_cluster(
             &current,
+            &last_seen,
             &*self.settings.etcd,
             &mut self.etcd_clients,
             self.settings.etcd_quota_bytes,
@@ -205,6 +207,32 @@ impl Driver {
         })
     }
 
+    /// The client URLs at which managers gossip no longer reaches (suspect or
+    /// down, not among `alive`) said last that their etcd served a cluster
+    /// that is not retired. Their etcd may still serve: a manager paused or
+    /// cut off does not stop it, and a new leader has no other way to know.
+    fn last_seen_serving(
+        &self,
+        alive: &BTreeMap<String, SocketAddr>,
+        retired: &BTreeSet<String>,
+    ) -> Vec<String> {
+        let mut urls: Vec<String> = self
+            .gossip
+            .members()
+            .iter()
+            .filter(|mv| !alive.contains_key(&mv.id))
+            .filter_map(|mv| PeerPayload::decode(mv.payload.as_deref()?))
+            .filter(|p| p.cluster_name == self.settings.cluster_name)
+            .filter_map(|p| {
+                let (token, url) = p.serving()?;
+                (!retired.contains(token)).then_some(url)
+            })
+            .collect();
+        urls.sort();
+        urls.dedup();
+        urls
+    }
+
     /// Record in the store that the cluster this leader sees serves (once
     /// per token): a later restore or quorum recovery retires it even if
     /// none of its members answers then. A failed write is tried again on
@@ -256,13 +284,8 @@ fn has_quorum(c: &ClusterView) -> bool {
 
 /// The client URLs a peer's etcd listens on right now.
 pub(super) fn endpoint_of(info: &NodeInfo) -> Option<String> {
-    let state = info.etcd_state.as_ref().filter(|s| s.running)?;
-    let urls = if state.quarantined {
-        &info.node_config.quarantined_client_urls
-    } else {
-        &info.node_config.client_urls
-    };
-    urls.first().cloned()
+    let state = info.etcd_state.as_ref()?;
+    client_url(&info.node_config, state.running, state.quarantined)
 }
 
 pub(super) fn healthy_endpoints(obs: &Observation) -> Vec<(&str, String)> {
@@ -339,11 +362,14 @@ fn answered(alive: &[Answer]) -> BTreeMap<String, Arc<dyn EtcdApi>> {
 /// URLs it advertises: a member whose manager is not among our peers (an
 /// upstream manager's, during a rolling move, or one whose manager is down
 /// while its etcd serves) is judged by its etcd, not taken for dead.
+/// When no peer runs etcd, the etcd of the last pass and those `last_seen`
+/// serving (gossip's last word of managers it no longer reaches) are asked.
 /// `clients` holds the clients of the last pass by URL: reused (a tonic
 /// channel reconnects by itself), and replaced by those that answered this
 /// time, so a member that failed gets a fresh client next pass.
 pub(super) async fn observe_cluster(
     peers: &[PeerView],
+    last_seen: &[String],
     etcd: &dyn EtcdConnect,
     clients: &mut BTreeMap<String, Arc<dyn EtcdApi>>,
     quota_given: Option<i64>,
@@ -352,25 +378,33 @@ pub(super) async fn observe_cluster(
         .iter()
         .filter_map(|p| endpoint_of(p.info.as_ref()?))
         .collect();
+    let mut unmanaged = Vec::new();
     if endpoints.is_empty() {
         // No peer of ours runs etcd now: the members that answered last
-        // pass are asked once more (their managers may be paused or cut
-        // off while their etcd still serves, and a restore must know).
+        // pass are asked once more, and those gossip last saw serving (their
+        // managers may be paused or cut off while their etcd still serves,
+        // a new leader has no last pass, and a restore must know).
         endpoints = clients.keys().cloned().collect();
+        unmanaged = last_seen
+            .iter()
+            .filter(|u| !endpoints.contains(u))
+            .cloned()
+            .collect();
     }
-    if endpoints.is_empty() {
+    if endpoints.is_empty() && unmanaged.is_empty() {
         return None;
     }
     let known = &*clients;
-    let mut alive: Vec<Answer> = futures::future::join_all(
-        endpoints
+    let timeouts = endpoints
+        .into_iter()
+        .map(|ep| (ep, ETCD_TIMEOUT))
+        .chain(unmanaged.into_iter().map(|ep| (ep, UNSEEN_MEMBER_TIMEOUT)));
+    let mut alive: Vec<Answer> =
+        futures::future::join_all(timeouts.map(|(ep, timeout)| probe(ep, known, etcd, timeout)))
+            .await
             .into_iter()
-            .map(|ep| probe(ep, known, etcd, ETCD_TIMEOUT)),
-    )
-    .await
-    .into_iter()
-    .flatten()
-    .collect();
+            .flatten()
+            .collect();
     let mut members = None;
     for Answer { client, .. } in &alive {
         if let Ok(list) = client.member_list().await {

@@ -60,6 +60,13 @@ impl PeerPayload {
             }),
         }
     }
+    /// The client URL this manager's etcd served on when it sent the
+    /// payload, with the cluster's token; None when its etcd was not running.
+    pub fn serving(&self) -> Option<(&str, String)> {
+        let e = self.etcd.as_ref()?;
+        let url = client_url(&self.node_config, e.running, e.quarantined)?;
+        Some((e.cluster_token.as_str(), url))
+    }
     pub fn encode(&self) -> Vec<u8> {
         crate::codec::encode::<_, PAYLOAD_LIMIT>(self).unwrap_or_default()
     }
@@ -87,6 +94,24 @@ impl PeerPayload {
             lease: None,
         })
     }
+}
+
+/// The client URL an etcd with this configuration listens on: the quarantined
+/// one while quarantined; None when it is not running.
+pub(super) fn client_url(
+    config: &EtcdNodeConfig,
+    running: bool,
+    quarantined: bool,
+) -> Option<String> {
+    if !running {
+        return None;
+    }
+    let urls = if quarantined {
+        &config.quarantined_client_urls
+    } else {
+        &config.client_urls
+    };
+    urls.first().cloned()
 }
 
 #[cfg(test)]

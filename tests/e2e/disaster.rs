@@ -657,3 +657,97 @@ async fn a_host_down_through_a_quorum_recovery_joins_the_new_cluster() {
         "the old data kept in the trashcan"
     );
 }
+
+/// A restore while the manager of the only member is paused (SIGSTOP: its
+/// etcd serves on). The leader that takes over never observed that etcd; it
+/// learns of it from gossip's last word of the paused manager, finds it
+/// serving, and holds the restore back: going ahead would leave the old
+/// cluster taking writes beside the restored one. Once the manager runs
+/// again the restore goes through, the old etcd stopped first.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_waits_for_an_etcd_whose_manager_is_paused() {
+    use nix::sys::signal::{Signal, kill};
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = crate::env(&dir);
+    env.backup_interval = "3s";
+    let ms: Vec<_> = (1..=3).map(|h| env.start(h)).collect();
+    env.configure(1, "3.5.30");
+    let eps: Vec<String> = (1..=3).map(|h| env.client_url(h)).collect();
+    let member = tests::wait_voters("one voter", &eps, 1, None).await;
+    let host = (1..=3u8)
+        .find(|h| {
+            let ip = tests::host_ip(env.net, *h);
+            member[0].peer_urls.iter().any(|u| u.contains(&ip))
+        })
+        .expect("the member's host");
+    let ep = env.client_url(host);
+    put(&ep, "/before", "backed-up").await.unwrap();
+    let client = etcd::EtcdClient::connect(std::slice::from_ref(&ep), Duration::from_secs(3))
+        .await
+        .unwrap();
+    let revision = client.status().await.unwrap().revision;
+    let name = backup_covering(&env, revision).await;
+    // The member's manager leads (the lowest id leads and seeds on itself):
+    // the leader after the pause has never observed the cluster.
+    let leader = wait_for("a leader in status", Duration::from_secs(30), || async {
+        let s = status_json(&env).await?;
+        Some(s["report"]["leader"].as_str()?.to_string()).filter(|l| !l.is_empty())
+    })
+    .await;
+    assert_eq!(leader, member[0].name, "the member's manager should lead");
+
+    let pid = nix::unistd::Pid::from_raw(ms[usize::from(host - 1)].pid().unwrap());
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let paused = leader.clone();
+    wait_for("another leader", Duration::from_secs(90), || async {
+        let s = status_json(&env).await?;
+        let l = s["report"]["leader"].as_str()?;
+        (!l.is_empty() && l != paused).then_some(())
+    })
+    .await;
+    let out = env.ctl(&["restore-backup", &name]);
+    assert!(out.success, "{}", out.stderr);
+    wait_for_status(
+        &env,
+        "the restore waits for the paused manager's etcd",
+        Duration::from_secs(60),
+        |w| w.contains("still serve but their managers do not answer") && w.contains(&leader),
+    )
+    .await;
+    // The old cluster still serves, alone: nothing was restored beside it.
+    put(&ep, "/after", "lost-by-the-restore").await.unwrap();
+    for (h, other) in eps.iter().enumerate() {
+        if h + 1 != usize::from(host) {
+            assert!(
+                get(other, "/before").await.is_err(),
+                "host {} serves a cluster while the restore waits",
+                h + 1
+            );
+        }
+    }
+
+    kill(pid, Signal::SIGCONT).unwrap();
+    let restored = wait_for(
+        "the backup restored, the old etcd stopped",
+        Duration::from_secs(120),
+        || {
+            let eps = eps.clone();
+            async move {
+                let mut serving = None;
+                for ep in &eps {
+                    if let Ok(Some(v)) = get(ep, "/before").await {
+                        // A host still on the old cluster would also have /after.
+                        if get(ep, "/after").await.ok()?.is_some() {
+                            return None;
+                        }
+                        serving = Some((ep.clone(), v));
+                    }
+                }
+                serving
+            }
+        },
+    )
+    .await;
+    assert_eq!(restored.1, "backed-up");
+    drop(ms);
+}
