@@ -659,22 +659,23 @@ async fn a_host_down_through_a_quorum_recovery_joins_the_new_cluster() {
 }
 
 /// A restore while the manager of the only member is paused (SIGSTOP: its
-/// etcd serves on). The leader that takes over never observed that etcd; it
-/// learns of it from gossip's last word of the paused manager, finds it
-/// serving, and holds the restore back: going ahead would leave the old
-/// cluster taking writes beside the restored one. Once the manager runs
-/// again the restore goes through, the old etcd stopped first.
+/// etcd serves on), and the leader's too. The leader that takes over never
+/// observed that etcd; it learns of it from gossip's last word of the paused
+/// manager, finds it serving, and holds the restore back: going ahead would
+/// leave the old cluster taking writes beside the restored one. Once the
+/// managers run again the restore goes through, the old etcd stopped first.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restore_waits_for_an_etcd_whose_manager_is_paused() {
     use nix::sys::signal::{Signal, kill};
     let dir = tempfile::tempdir().unwrap();
     let mut env = crate::env(&dir);
     env.backup_interval = "3s";
-    let ms: Vec<_> = (1..=3).map(|h| env.start(h)).collect();
+    // Five managers: with two paused, three are a majority that can lead.
+    let ms: Vec<_> = (1..=5).map(|h| env.start(h)).collect();
     env.configure(1, "3.5.30");
-    let eps: Vec<String> = (1..=3).map(|h| env.client_url(h)).collect();
+    let eps: Vec<String> = (1..=5).map(|h| env.client_url(h)).collect();
     let member = tests::wait_voters("one voter", &eps, 1, None).await;
-    let host = (1..=3u8)
+    let host = (1..=5u8)
         .find(|h| {
             let ip = tests::host_ip(env.net, *h);
             member[0].peer_urls.iter().any(|u| u.contains(&ip))
@@ -687,22 +688,39 @@ async fn a_restore_waits_for_an_etcd_whose_manager_is_paused() {
         .unwrap();
     let revision = client.status().await.unwrap().revision;
     let name = backup_covering(&env, revision).await;
-    // The member's manager leads (the lowest id leads and seeds on itself):
-    // the leader after the pause has never observed the cluster.
-    let leader = wait_for("a leader in status", Duration::from_secs(30), || async {
+    // The lowest id leads once every manager is up: wait until it says so.
+    let ids: Vec<String> = (1..=5u8)
+        .map(|h| {
+            let state = dir.path().join(format!("data/{h}/state.json"));
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(state).unwrap()).unwrap();
+            v["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let leader = ids.iter().min().unwrap().clone();
+    let leader_host = ids.iter().position(|i| *i == leader).unwrap() as u8 + 1;
+    wait_for("the lowest id leads", Duration::from_secs(30), || async {
         let s = status_json(&env).await?;
-        Some(s["report"]["leader"].as_str()?.to_string()).filter(|l| !l.is_empty())
+        (s["report"]["leader"] == leader.as_str()).then_some(())
     })
     .await;
-    assert_eq!(leader, member[0].name, "the member's manager should lead");
-
-    let pid = nix::unistd::Pid::from_raw(ms[usize::from(host - 1)].pid().unwrap());
-    kill(pid, Signal::SIGSTOP).unwrap();
-    let paused = leader.clone();
+    // Pause the member's manager and the leader's (the same one, or two):
+    // the next leader has never observed the member's etcd.
+    let member_pid = ms[usize::from(host - 1)].pid().unwrap();
+    let mut paused = vec![nix::unistd::Pid::from_raw(member_pid)];
+    if leader_host != host {
+        paused.push(nix::unistd::Pid::from_raw(
+            ms[usize::from(leader_host - 1)].pid().unwrap(),
+        ));
+    }
+    for pid in &paused {
+        kill(*pid, Signal::SIGSTOP).unwrap();
+    }
+    let (old, mname) = (leader.clone(), member[0].name.clone());
     wait_for("another leader", Duration::from_secs(90), || async {
         let s = status_json(&env).await?;
         let l = s["report"]["leader"].as_str()?;
-        (!l.is_empty() && l != paused).then_some(())
+        (!l.is_empty() && l != old && l != mname).then_some(())
     })
     .await;
     let out = env.ctl(&["restore-backup", &name]);
@@ -711,7 +729,7 @@ async fn a_restore_waits_for_an_etcd_whose_manager_is_paused() {
         &env,
         "the restore waits for the paused manager's etcd",
         Duration::from_secs(60),
-        |w| w.contains("still serve but their managers do not answer") && w.contains(&leader),
+        |w| w.contains("still serve but their managers do not answer") && w.contains(&mname),
     )
     .await;
     // The old cluster still serves, alone: nothing was restored beside it.
@@ -726,7 +744,9 @@ async fn a_restore_waits_for_an_etcd_whose_manager_is_paused() {
         }
     }
 
-    kill(pid, Signal::SIGCONT).unwrap();
+    for pid in &paused {
+        kill(*pid, Signal::SIGCONT).unwrap();
+    }
     let restored = wait_for(
         "the backup restored, the old etcd stopped",
         Duration::from_secs(120),
