@@ -1974,6 +1974,37 @@ fn a_recovery_queues_one_restore_and_a_half_done_restore_gives_way() {
     );
 }
 
+/// A learner registered but never started (its host was cut off) while the
+/// quorum is lost: starting it restores no quorum, so the recovery goes
+/// ahead (found by the simulation: the learner's start was tried for ever).
+#[test]
+fn an_unstarted_learner_does_not_hold_a_quorum_recovery_back() {
+    let mut o = lost_quorum(None);
+    o.quorum_recovery.auto_after = Some(Duration::from_secs(20));
+    let c = o.cluster.as_mut().expect("a cluster");
+    c.members.retain(|m| m.name != "c");
+    let mut learner = member(3, "c", false);
+    learner.name.clear();
+    learner.is_learner = true;
+    c.members.push(learner);
+    o.silent_since.insert(3, o.now - Duration::from_secs(30));
+    let plan = reconcile(&o);
+    assert!(recovers(&plan), "{plan:?}");
+    // With the quorum there, the learner is started as before.
+    let c = o.cluster.as_mut().expect("a cluster");
+    for m in c.members.iter_mut().filter(|m| !m.is_learner) {
+        m.healthy = true;
+    }
+    assert!(
+        matches!(
+            reconcile(&o).actions.as_slice(),
+            [Action::StartAddedMember { peer, .. }] if peer == "c"
+        ),
+        "{:?}",
+        reconcile(&o)
+    );
+}
+
 #[test]
 fn a_lost_quorum_waits_and_says_what_recovery_would_do() {
     let o = lost_quorum(None);

@@ -520,6 +520,9 @@ impl ModelClient {
         loop {
             match self.call(op, &f).await {
                 Err(e) if e.is_retryable() && tokio::time::Instant::now() < until => {
+                    // A store cut armed for this moment: a leader whose
+                    // membership change etcd refused loses the store now.
+                    self.world.with(|w| w.cut_store_if_armed(self.host));
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 other => return other,

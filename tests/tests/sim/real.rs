@@ -160,6 +160,11 @@ pub struct State {
     pub paused: Vec<Arc<AtomicBool>>,
     /// Per host: a pause begins at its manager's next answer from etcd.
     pause_armed: Vec<bool>,
+    /// Per host: set while it cannot reach the store (its peers it can).
+    pub store_cut: Vec<Arc<AtomicBool>>,
+    /// Per host: its store cut begins when etcd next refuses one of its
+    /// manager's membership changes (a retry under way).
+    store_cut_armed: Vec<bool>,
     /// last_answer[h][l]: when host h's etcd last answered a status call
     /// of host l's manager, for the quorum recovery's grace check.
     last_answer: Vec<Vec<Duration>>,
@@ -246,6 +251,18 @@ impl State {
             self.note(format!("n{} pauses (at an answer from etcd)", h + 1));
         }
         self.paused[h].clone()
+    }
+
+    /// Host `h`'s manager saw etcd refuse a membership change: a store cut
+    /// armed for that moment begins.
+    pub fn cut_store_if_armed(&mut self, h: usize) {
+        if std::mem::take(&mut self.store_cut_armed[h]) {
+            self.store_cut[h].store(true, Ordering::SeqCst);
+            self.note(format!(
+                "n{} loses the store (at a refused membership change)",
+                h + 1
+            ));
+        }
     }
 
     /// The host of the newest lease record's holder.
@@ -681,6 +698,9 @@ enum Fault {
     OneWay(usize, usize, Duration),
     /// Peer requests stall on their way with this probability.
     Stalls(f64, Duration),
+    /// A host (None: the lease holder when it begins) cannot reach the
+    /// store; its peers and etcd it can.
+    StoreCut(Option<usize>, Duration),
     /// An operator's command (instant; the operator retries until the
     /// store takes it).
     Operator(Operator),
@@ -792,6 +812,8 @@ impl Sim {
                 restore_marked_at: None,
                 paused: paused.clone(),
                 pause_armed: vec![false; n],
+                store_cut: (0..n).map(|_| Arc::new(AtomicBool::new(false))).collect(),
+                store_cut_armed: vec![false; n],
                 last_answer: vec![vec![Duration::ZERO; n]; n],
                 silent: vec![vec![false; n]; n],
                 auto_recover,
@@ -831,11 +853,15 @@ impl Sim {
         &self,
         dead: &Arc<AtomicBool>,
         paused: &Arc<AtomicBool>,
+        cut: &Arc<AtomicBool>,
     ) -> backup::BackupStore {
         // CPU work inline: a blocking-pool task would finish when real
         // threads decide, and the run would not replay exactly.
         backup::BackupStore::new(
-            Arc::new(self.store.for_manager(dead.clone(), paused.clone())),
+            Arc::new(
+                self.store
+                    .for_manager(dead.clone(), paused.clone(), cut.clone()),
+            ),
             object_store::path::Path::from(CLUSTER),
             format!("memory://{CLUSTER}"),
         )
@@ -852,7 +878,8 @@ impl Sim {
         let rate = h.rate;
         let dir = h.dir.clone();
         let paused = h.paused.clone();
-        let store = self.backup_store(&dead, &paused);
+        let cut = self.world.with(|w| w.store_cut[i].clone());
+        let store = self.backup_store(&dead, &paused, &cut);
         let clock = Arc::new(SimClock {
             t0: self.t0,
             origin: self.origin,
@@ -910,7 +937,10 @@ impl Sim {
             cancel.clone(),
         );
         let lease = lock::LeaseClient::new(
-            Arc::new(self.store.for_manager(dead.clone(), paused.clone())),
+            Arc::new(
+                self.store
+                    .for_manager(dead.clone(), paused.clone(), cut.clone()),
+            ),
             store.lease_prefix(),
             id.clone(),
             lock::LeaseConfig::default(),
@@ -996,7 +1026,7 @@ impl Sim {
         while at < FAULTS_UNTIL {
             let for_ = Duration::from_secs(self.rng.random_range(3..40));
             let host = self.rng.random_range(0..self.n);
-            let f = match self.rng.random_range(0..13) {
+            let f = match self.rng.random_range(0..14) {
                 0..=2 => Fault::Crash(host, for_),
                 // Without `--auto-recover-quorum-loss`, wiped hosts could
                 // take a majority's data, which only an operator can bring
@@ -1026,7 +1056,8 @@ impl Sim {
                     let other = (host + self.rng.random_range(1..self.n)) % self.n;
                     Fault::OneWay(host, other, for_)
                 }
-                _ => Fault::Stalls(self.rng.random_range(0.1..0.5), for_),
+                12 => Fault::Stalls(self.rng.random_range(0.1..0.5), for_),
+                _ => Fault::StoreCut(self.rng.random_bool(0.3).then_some(host), for_),
             };
             out.push((at, f));
             at += Duration::from_secs(self.rng.random_range(5..30));
@@ -1060,7 +1091,7 @@ impl Sim {
 
     async fn play(&mut self) -> Outcome {
         let nobody = Arc::new(AtomicBool::new(false));
-        self.backup_store(&nobody, &nobody)
+        self.backup_store(&nobody, &nobody, &nobody)
             .write_spec(&backup::ClusterSpec {
                 member_count: self.n as i32,
                 etcd_version: VERSION.into(),
@@ -1091,7 +1122,8 @@ impl Sim {
                 | Fault::Pause(_, d)
                 | Fault::Slow(_, _, d)
                 | Fault::OneWay(_, _, d)
-                | Fault::Stalls(_, d) => *d,
+                | Fault::Stalls(_, d)
+                | Fault::StoreCut(_, d) => *d,
                 Fault::Operator(_) => Duration::ZERO,
             };
             events.push((*at, k, true));
@@ -1117,6 +1149,8 @@ impl Sim {
         let mut crashed = vec![0u32; self.n];
         // The host each Pause fault paused, by fault.
         let mut paused_by: BTreeMap<usize, usize> = BTreeMap::new();
+        // The host each StoreCut fault cut off, by fault.
+        let mut cut_by: BTreeMap<usize, usize> = BTreeMap::new();
         for (at, k, begin) in events {
             tokio::time::sleep_until(self.t0 + at).await;
             let f = faults[k].1.clone();
@@ -1198,9 +1232,34 @@ impl Sim {
                 (Fault::Stalls(p, _), begin) => self
                     .world
                     .with(|w| w.net.stall = if begin { p } else { 0.0 }),
+                (Fault::StoreCut(host, _), true) => {
+                    let i = host.or(self.world.with(|w| w.lease_holder())).unwrap_or(0);
+                    // Half the cuts begin at once, half when etcd next
+                    // refuses a membership change of the manager there.
+                    let armed = self.rng.random_bool(0.5);
+                    cut_by.insert(k, i);
+                    self.world.with(|w| {
+                        if armed {
+                            w.store_cut_armed[i] = true;
+                        } else {
+                            w.store_cut[i].store(true, Ordering::SeqCst);
+                            w.note(format!("n{} loses the store", i + 1));
+                        }
+                    });
+                }
+                (Fault::StoreCut(..), false) => {
+                    if let Some(i) = cut_by.remove(&k) {
+                        self.world.with(|w| {
+                            w.store_cut_armed[i] = false;
+                            if w.store_cut[i].swap(false, Ordering::SeqCst) {
+                                w.note(format!("n{} reaches the store again", i + 1));
+                            }
+                        });
+                    }
+                }
                 (Fault::Operator(op), true) => {
                     let nobody = Arc::new(AtomicBool::new(false));
-                    let store = self.backup_store(&nobody, &nobody);
+                    let store = self.backup_store(&nobody, &nobody, &nobody);
                     let (world, raw) = (self.world.clone(), self.store.clone());
                     let dir = self.tmp.path().to_path_buf();
                     tokio::spawn(operator(world, store, raw, dir, op));
@@ -1221,7 +1280,13 @@ impl Sim {
         for h in &self.hosts {
             h.paused.store(false, Ordering::SeqCst);
         }
-        self.world.with(|w| w.pause_armed.fill(false));
+        self.world.with(|w| {
+            w.pause_armed.fill(false);
+            w.store_cut_armed.fill(false);
+            for c in &w.store_cut {
+                c.store(false, Ordering::SeqCst);
+            }
+        });
         let down: Vec<usize> = (0..self.n).filter(|i| crashed[*i] > 0).collect();
         for i in down {
             self.restart(i).await;
@@ -1232,7 +1297,7 @@ impl Sim {
         let mut whole_since: Option<Duration> = None;
         let mut answered_alert = false;
         let nobody = Arc::new(AtomicBool::new(false));
-        let status_store = self.backup_store(&nobody, &nobody);
+        let status_store = self.backup_store(&nobody, &nobody, &nobody);
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let (now, whole, broken) = self.world.with(|w| {
@@ -1261,7 +1326,7 @@ impl Sim {
                         .with(|w| w.note("operator: status asks for a restore".into()));
                     let (world, raw) = (self.world.clone(), self.store.clone());
                     let dir = self.tmp.path().to_path_buf();
-                    let store = self.backup_store(&nobody, &nobody);
+                    let store = self.backup_store(&nobody, &nobody, &nobody);
                     tokio::spawn(operator(world, store, raw, dir, Operator::Restore));
                 }
             }
@@ -1358,6 +1423,7 @@ async fn operator(
         .unwrap_or(0);
     let mut before: Option<std::collections::BTreeSet<String>> = None;
     let mut requested = issued;
+    let mut requested_first: Option<Duration> = None;
     let mut restore_of: Option<String> = None;
     loop {
         let done: Result<(), String> = async {
@@ -1396,11 +1462,17 @@ async fn operator(
                         requested_at: stamp,
                     }
                     .body();
+                    // The request counts from its first attempt: a write
+                    // whose answer was lost may have landed then, and the
+                    // retry carries the same stamp.
+                    if requested_first.is_none() {
+                        requested_first = Some(world.with(|w| w.now()));
+                    }
                     store
                         .write_manager_file(etcd_manager::driver::BACKUP_NOW_FILE, body)
                         .await
                         .map_err(|e| e.to_string())?;
-                    requested = world.with(|w| w.now());
+                    requested = requested_first.unwrap_or(issued);
                     Ok(())
                 }
                 Operator::Spec(k) => store

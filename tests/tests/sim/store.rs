@@ -48,6 +48,9 @@ pub struct FaultyStore {
     /// Set while the manager using this handle is paused (SIGSTOP, a long
     /// GC): an answer reaches it only once it runs again.
     paused: Option<Arc<AtomicBool>>,
+    /// Set while the host of the manager using this handle cannot reach the
+    /// store (its route to the store is gone; its peers are not).
+    cut: Option<Arc<AtomicBool>>,
     /// Told of every write that lands: (path, body).
     observer: Arc<Mutex<Option<PutObserver>>>,
 }
@@ -73,6 +76,7 @@ impl FaultyStore {
             })),
             dead: None,
             paused: None,
+            cut: None,
             observer: Arc::new(Mutex::new(None)),
         }
     }
@@ -90,11 +94,17 @@ impl FaultyStore {
     }
 
     /// The same store for one manager: every call fails once `dead` is
-    /// set, and answers wait while `paused` is.
-    pub fn for_manager(&self, dead: Arc<AtomicBool>, paused: Arc<AtomicBool>) -> Self {
+    /// set or while `cut` is, and answers wait while `paused` is.
+    pub fn for_manager(
+        &self,
+        dead: Arc<AtomicBool>,
+        paused: Arc<AtomicBool>,
+        cut: Arc<AtomicBool>,
+    ) -> Self {
         FaultyStore {
             dead: Some(dead),
             paused: Some(paused),
+            cut: Some(cut),
             ..self.clone()
         }
     }
@@ -122,6 +132,10 @@ impl FaultyStore {
             return true;
         }
         let mut s = self.state.lock().unwrap();
+        if self.cut.as_ref().is_some_and(|c| c.load(Ordering::SeqCst)) {
+            s.injected += 1;
+            return true;
+        }
         let p = s.faults.error;
         let fail = s.faults.down || (p > 0.0 && s.rng.random_bool(p));
         if fail {
