@@ -520,9 +520,13 @@ impl ModelClient {
         loop {
             match self.call(op, &f).await {
                 Err(e) if e.is_retryable() && tokio::time::Instant::now() < until => {
-                    // A store cut armed for this moment: a leader whose
-                    // membership change etcd refused loses the store now.
-                    self.world.with(|w| w.cut_store_if_armed(self.host));
+                    // A pause or a store cut armed for this moment begins
+                    // (a leader in the middle of a membership retry).
+                    let paused = self.world.with(|w| {
+                        w.refused_membership_change(self.host);
+                        w.paused[self.host].clone()
+                    });
+                    super::store::wait_while_paused(&paused).await;
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 other => return other,

@@ -160,6 +160,9 @@ pub struct State {
     pub paused: Vec<Arc<AtomicBool>>,
     /// Per host: a pause begins at its manager's next answer from etcd.
     pause_armed: Vec<bool>,
+    /// Per host: a pause begins when etcd next refuses a membership change
+    /// of its manager.
+    pause_at_refusal: Vec<bool>,
     /// Per host: set while it cannot reach the store (its peers it can).
     pub store_cut: Vec<Arc<AtomicBool>>,
     /// Per host: its store cut begins when etcd next refuses one of its
@@ -253,9 +256,20 @@ impl State {
         self.paused[h].clone()
     }
 
-    /// Host `h`'s manager saw etcd refuse a membership change: a store cut
-    /// armed for that moment begins.
-    pub fn cut_store_if_armed(&mut self, h: usize) {
+    /// Host `h`'s manager saw etcd refuse a membership change: a pause or a
+    /// store cut armed for that moment begins.
+    pub fn refused_membership_change(&mut self, h: usize) {
+        if std::mem::take(&mut self.pause_at_refusal[h]) {
+            self.paused[h].store(true, Ordering::SeqCst);
+            self.note(format!(
+                "n{} pauses (at a refused membership change)",
+                h + 1
+            ));
+        }
+        self.cut_store_if_armed(h);
+    }
+
+    fn cut_store_if_armed(&mut self, h: usize) {
         if std::mem::take(&mut self.store_cut_armed[h]) {
             self.store_cut[h].store(true, Ordering::SeqCst);
             self.note(format!(
@@ -812,6 +826,7 @@ impl Sim {
                 restore_marked_at: None,
                 paused: paused.clone(),
                 pause_armed: vec![false; n],
+                pause_at_refusal: vec![false; n],
                 store_cut: (0..n).map(|_| Arc::new(AtomicBool::new(false))).collect(),
                 store_cut_armed: vec![false; n],
                 last_answer: vec![vec![Duration::ZERO; n]; n],
@@ -1200,12 +1215,20 @@ impl Sim {
                 (Fault::Pause(host, _), true) => {
                     let holder = self.world.with(|w| w.lease_holder());
                     let i = host.or(holder).unwrap_or(0);
-                    // Half the pauses begin at once, half at the manager's
-                    // next answer from etcd (in the middle of a pass).
-                    let armed = self.rng.random_bool(0.5);
-                    if crashed[i] == 0 && armed {
+                    // A third of the pauses begin at once, a third at the
+                    // manager's next answer from etcd (in the middle of a
+                    // pass), a third when etcd next refuses one of its
+                    // membership changes (a retry under way).
+                    let when = self.rng.random_range(0..3);
+                    if crashed[i] == 0 && when > 0 {
                         paused_by.insert(k, i);
-                        self.world.with(|w| w.pause_armed[i] = true);
+                        self.world.with(|w| {
+                            if when == 1 {
+                                w.pause_armed[i] = true;
+                            } else {
+                                w.pause_at_refusal[i] = true;
+                            }
+                        });
                     } else if crashed[i] == 0 && !self.hosts[i].paused.swap(true, Ordering::SeqCst)
                     {
                         paused_by.insert(k, i);
@@ -1214,7 +1237,10 @@ impl Sim {
                 }
                 (Fault::Pause(..), false) => {
                     if let Some(i) = paused_by.remove(&k) {
-                        self.world.with(|w| w.pause_armed[i] = false);
+                        self.world.with(|w| {
+                            w.pause_armed[i] = false;
+                            w.pause_at_refusal[i] = false;
+                        });
                         self.hosts[i].paused.store(false, Ordering::SeqCst);
                         self.world
                             .with(|w| w.note(format!("n{} runs again", i + 1)));
@@ -1282,6 +1308,7 @@ impl Sim {
         }
         self.world.with(|w| {
             w.pause_armed.fill(false);
+            w.pause_at_refusal.fill(false);
             w.store_cut_armed.fill(false);
             for c in &w.store_cut {
                 c.store(false, Ordering::SeqCst);
