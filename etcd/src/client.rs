@@ -783,8 +783,40 @@ impl Backoff {
         }
         tracing::debug!(op = self.op, attempt = self.attempt, error = %e, "etcd refused; retrying");
         tokio::time::sleep(self.wait).await;
+        // A process stopped during the sleep (SIGSTOP, a long pause) wakes
+        // past the deadline: no further try then (the caller's lease may
+        // have ended meanwhile).
+        if tokio::time::Instant::now() >= self.until {
+            return Err(e);
+        }
         self.wait = (self.wait * 2).min(Duration::from_secs(1));
         self.attempt += 1;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    /// A retry whose sleep ends past the deadline (the process was stopped
+    /// meanwhile) tries no more: found by the simulation, where a leader
+    /// paused in this sleep changed the membership after its lease ended.
+    #[tokio::test(start_paused = true)]
+    async fn a_sleep_that_ends_past_the_deadline_tries_no_more() {
+        let refused = || Error::Timeout {
+            op: "member_add",
+            endpoints: vec![],
+            after: Duration::from_secs(1),
+        };
+        let mut b = Backoff::new("member_add", Duration::from_secs(5));
+        assert!(b.again(refused()).await.is_ok(), "within the deadline");
+        // Stopped for 10 s in the middle of the next sleep.
+        let stop = tokio::spawn(async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::advance(Duration::from_secs(10)).await;
+        });
+        assert!(b.again(refused()).await.is_err(), "a try past the deadline");
+        stop.await.expect("advanced");
     }
 }

@@ -17,6 +17,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -522,12 +523,27 @@ impl ModelClient {
                 Err(e) if e.is_retryable() && tokio::time::Instant::now() < until => {
                     // A pause or a store cut armed for this moment begins
                     // (a leader in the middle of a membership retry).
-                    let paused = self.world.with(|w| {
-                        w.refused_membership_change(self.host);
-                        w.paused[self.host].clone()
+                    let (paused, len) = self.world.with(|w| {
+                        let len = w.refused_membership_change(self.host);
+                        (w.paused[self.host].clone(), len)
                     });
+                    if let Some(len) = len {
+                        let (world, host) = (self.world.clone(), self.host);
+                        let flag = paused.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(len).await;
+                            if flag.swap(false, Ordering::SeqCst) {
+                                world.with(|w| w.note(format!("n{} runs again", host + 1)));
+                            }
+                        });
+                    }
                     super::store::wait_while_paused(&paused).await;
                     tokio::time::sleep(Duration::from_millis(500)).await;
+                    // As the real client: no try past the deadline after a
+                    // sleep (a pause may have ended it).
+                    if tokio::time::Instant::now() >= until {
+                        return Err(e);
+                    }
                 }
                 other => return other,
             }

@@ -163,6 +163,9 @@ pub struct State {
     /// Per host: a pause begins when etcd next refuses a membership change
     /// of its manager.
     pause_at_refusal: Vec<bool>,
+    /// Per host: how long a pause begun at a refusal lasts (None: until its
+    /// fault ends).
+    pause_len: Vec<Option<Duration>>,
     /// Per host: set while it cannot reach the store (its peers it can).
     pub store_cut: Vec<Arc<AtomicBool>>,
     /// Per host: its store cut begins when etcd next refuses one of its
@@ -258,15 +261,19 @@ impl State {
 
     /// Host `h`'s manager saw etcd refuse a membership change: a pause or a
     /// store cut armed for that moment begins.
-    pub fn refused_membership_change(&mut self, h: usize) {
-        if std::mem::take(&mut self.pause_at_refusal[h]) {
-            self.paused[h].store(true, Ordering::SeqCst);
-            self.note(format!(
-                "n{} pauses (at a refused membership change)",
-                h + 1
-            ));
-        }
+    /// Returns how long a pause begun now lasts, when it is not until its
+    /// fault ends (the caller ends it).
+    pub fn refused_membership_change(&mut self, h: usize) -> Option<Duration> {
         self.cut_store_if_armed(h);
+        if !std::mem::take(&mut self.pause_at_refusal[h]) {
+            return None;
+        }
+        self.paused[h].store(true, Ordering::SeqCst);
+        self.note(format!(
+            "n{} pauses (at a refused membership change)",
+            h + 1
+        ));
+        self.pause_len[h].take()
     }
 
     fn cut_store_if_armed(&mut self, h: usize) {
@@ -706,6 +713,11 @@ enum Fault {
     /// The manager on a host (None: the lease holder when it begins) stops
     /// running for a while (SIGSTOP, a long GC); its etcd runs on.
     Pause(Option<usize>, Duration),
+    /// The lease holder's manager stops running for a while, from when etcd
+    /// next refuses one of its membership changes (scheduled with a spec
+    /// change, which brings membership changes and refusals).
+    /// (how long it stays armed, how long the pause lasts once begun)
+    PauseAtRefusal(Duration, Duration),
     /// Peer requests to and from a host take this much longer.
     Slow(usize, Duration, Duration),
     /// Nothing from the first host reaches the second; the other way works.
@@ -827,6 +839,7 @@ impl Sim {
                 paused: paused.clone(),
                 pause_armed: vec![false; n],
                 pause_at_refusal: vec![false; n],
+                pause_len: vec![None; n],
                 store_cut: (0..n).map(|_| Arc::new(AtomicBool::new(false))).collect(),
                 store_cut_armed: vec![false; n],
                 last_answer: vec![vec![Duration::ZERO; n]; n],
@@ -1098,6 +1111,16 @@ impl Sim {
         }
         for op in ops {
             let at = Duration::from_secs(self.rng.random_range(span.clone()));
+            // Half the spec changes come with a pause of the leader in the
+            // middle of one of the membership retries they bring, long
+            // enough for a successor and shorter than a retry's 15 s.
+            if matches!(op, Operator::Spec(_)) && self.rng.random_bool(0.5) {
+                let len = Duration::from_secs(self.rng.random_range(7..14));
+                out.push((
+                    at,
+                    Fault::PauseAtRefusal(len + Duration::from_secs(60), len),
+                ));
+            }
             out.push((at, Fault::Operator(op)));
         }
         out.sort_by_key(|(at, _)| *at);
@@ -1135,6 +1158,7 @@ impl Sim {
                 | Fault::StoreErrors(_, d)
                 | Fault::StoreDown(d)
                 | Fault::Pause(_, d)
+                | Fault::PauseAtRefusal(d, _)
                 | Fault::Slow(_, _, d)
                 | Fault::OneWay(_, _, d)
                 | Fault::Stalls(_, d)
@@ -1212,14 +1236,18 @@ impl Sim {
                     down: begin,
                     ..StoreFaults::default()
                 }),
-                (Fault::Pause(host, _), true) => {
-                    let holder = self.world.with(|w| w.lease_holder());
-                    let i = host.or(holder).unwrap_or(0);
+                (f @ (Fault::Pause(..) | Fault::PauseAtRefusal(..)), true) => {
                     // A third of the pauses begin at once, a third at the
                     // manager's next answer from etcd (in the middle of a
                     // pass), a third when etcd next refuses one of its
                     // membership changes (a retry under way).
-                    let when = self.rng.random_range(0..3);
+                    let (host, when, len) = match f {
+                        Fault::Pause(host, _) => (host, self.rng.random_range(0..3), None),
+                        Fault::PauseAtRefusal(_, len) => (None, 2, Some(len)),
+                        _ => (None, 0, None),
+                    };
+                    let holder = self.world.with(|w| w.lease_holder());
+                    let i = host.or(holder).unwrap_or(0);
                     if crashed[i] == 0 && when > 0 {
                         paused_by.insert(k, i);
                         self.world.with(|w| {
@@ -1227,6 +1255,7 @@ impl Sim {
                                 w.pause_armed[i] = true;
                             } else {
                                 w.pause_at_refusal[i] = true;
+                                w.pause_len[i] = len;
                             }
                         });
                     } else if crashed[i] == 0 && !self.hosts[i].paused.swap(true, Ordering::SeqCst)
@@ -1235,11 +1264,12 @@ impl Sim {
                         self.world.with(|w| w.note(format!("n{} pauses", i + 1)));
                     }
                 }
-                (Fault::Pause(..), false) => {
+                (Fault::Pause(..) | Fault::PauseAtRefusal(..), false) => {
                     if let Some(i) = paused_by.remove(&k) {
                         self.world.with(|w| {
                             w.pause_armed[i] = false;
                             w.pause_at_refusal[i] = false;
+                            w.pause_len[i] = None;
                         });
                         self.hosts[i].paused.store(false, Ordering::SeqCst);
                         self.world
