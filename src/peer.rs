@@ -797,13 +797,9 @@ mod tests {
         }
     }
 
-    /// The server used to cut every request at 120 s while the leader waited
-    /// 900 s for a restore; now a restore gets the leader's deadline.
-    #[tokio::test(start_paused = true)]
-    #[allow(clippy::disallowed_methods)] // virtual time (start_paused)
-    async fn a_restore_longer_than_two_minutes_is_not_cut() {
-        let (addr, cancel, server) = start(Slow, None).await;
-        let req = Request::RestoreBackup(RestoreBackup {
+    /// A restore request of leader `a`, epoch 1.
+    fn restore_request() -> Request {
+        Request::RestoreBackup(RestoreBackup {
             fence: Fence {
                 cluster_name: "c".into(),
                 leader_id: "a".into(),
@@ -814,7 +810,16 @@ mod tests {
             backup: "2026-01-02T03:04:05Z-000001".into(),
             etcd_version: "3.5.30".into(),
             nodes: vec![],
-        });
+        })
+    }
+
+    /// The server used to cut every request at 120 s while the leader waited
+    /// 900 s for a restore; now a restore gets the leader's deadline.
+    #[tokio::test(start_paused = true)]
+    #[allow(clippy::disallowed_methods)] // virtual time (start_paused)
+    async fn a_restore_longer_than_two_minutes_is_not_cut() {
+        let (addr, cancel, server) = start(Slow, None).await;
+        let req = restore_request();
         let started = tokio::time::Instant::now();
         let resp = PeerClient::insecure()
             .call(addr, &req, RESTORE_TIMEOUT)
@@ -852,18 +857,7 @@ mod tests {
             .collect();
         assert!(!fillers.is_empty(), "no connection filled the accept queue");
         let started = tokio::time::Instant::now();
-        let req = Request::RestoreBackup(RestoreBackup {
-            fence: Fence {
-                cluster_name: "c".into(),
-                leader_id: "a".into(),
-                epoch: 1,
-                lease_seq: 1,
-            },
-            cluster_token: "t".into(),
-            backup: "2026-01-02T03:04:05Z-000001".into(),
-            etcd_version: "3.5.30".into(),
-            nodes: vec![],
-        });
+        let req = restore_request();
         let err = PeerClient::insecure()
             .call(addr, &req, RESTORE_TIMEOUT)
             .await

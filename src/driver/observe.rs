@@ -395,12 +395,12 @@ pub(super) async fn observe_cluster(
         return None;
     }
     let known = &*clients;
-    let timeouts = endpoints
+    let probes = endpoints
         .into_iter()
         .map(|ep| (ep, ETCD_TIMEOUT))
         .chain(unmanaged.into_iter().map(|ep| (ep, UNSEEN_MEMBER_TIMEOUT)));
     let mut alive: Vec<Answer> =
-        futures::future::join_all(timeouts.map(|(ep, timeout)| probe(ep, known, etcd, timeout)))
+        futures::future::join_all(probes.map(|(ep, timeout)| probe(ep, known, etcd, timeout)))
             .await
             .into_iter()
             .flatten()
