@@ -24,6 +24,10 @@ pub struct SafetyRules {
     /// A dead member is removed only while the healthy voters left are a
     /// quorum of the members that remain.
     pub quorum_guard: bool,
+    /// A manager seeks the lease only once its gossip has had the settle
+    /// time since start to show it the other managers (see
+    /// [`crate::leadership::settle_time`]).
+    pub settle: bool,
 }
 
 impl SafetyRules {
@@ -34,10 +38,11 @@ impl SafetyRules {
         bound_retries: true,
         recovery_grace: true,
         quorum_guard: true,
+        settle: true,
     };
 
     /// The rules with the ones named in `list` (comma-separated: `fence`,
-    /// `recheck`, `retries`, `grace`, `quorum`) switched off.
+    /// `recheck`, `retries`, `grace`, `quorum`, `settle`) switched off.
     pub fn without(list: &str) -> Result<SafetyRules, String> {
         let mut r = SafetyRules::ALL;
         for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -47,9 +52,10 @@ impl SafetyRules {
                 "retries" => r.bound_retries = false,
                 "grace" => r.recovery_grace = false,
                 "quorum" => r.quorum_guard = false,
+                "settle" => r.settle = false,
                 other => {
                     return Err(format!(
-                        "unknown safety rule {other:?}: expected fence, recheck, retries, grace or quorum"
+                        "unknown safety rule {other:?}: expected fence, recheck, retries, grace, quorum or settle"
                     ));
                 }
             }
@@ -74,7 +80,8 @@ mod tests {
         assert_eq!(SafetyRules::without("").unwrap(), SafetyRules::ALL);
         let r = SafetyRules::without("fence, quorum").unwrap();
         assert!(!r.fence && !r.quorum_guard);
-        assert!(r.recheck_lease && r.bound_retries && r.recovery_grace);
+        assert!(r.recheck_lease && r.bound_retries && r.recovery_grace && r.settle);
+        assert!(!SafetyRules::without("settle").unwrap().settle);
         let e = SafetyRules::without("fense").unwrap_err();
         assert!(
             e.contains("\"fense\"") && e.contains("expected fence"),

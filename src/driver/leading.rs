@@ -40,6 +40,27 @@ impl Driver {
         out
     }
 
+    /// Whether gossip has had its settle time since this manager started, so
+    /// it has shown us the other managers (see
+    /// [`crate::leadership::settle_time`]); before, we do not seek the lease.
+    pub(super) fn settled(&mut self) -> bool {
+        if self.gossip_settled {
+            return true;
+        }
+        let since = self.clock.now().saturating_duration_since(self.started);
+        let settle = self.settings.gossip_settle;
+        if !self.settings.rules.settle || crate::leadership::settled(since, settle) {
+            self.gossip_settled = true;
+            tracing::info!(
+                ?settle,
+                known = self.gossip.members().len(),
+                "gossip settled: this manager may seek the lease"
+            );
+            return true;
+        }
+        false
+    }
+
     /// Ask every other alive manager whether it accepts us; true with a
     /// majority of all known managers of our cluster, and of the spec's member
     /// count, so a manager alone in its gossip view (a wrong gossip key, a
@@ -109,18 +130,19 @@ impl Driver {
             }
         }
         let majority = crate::leadership::has_majority(accepted, known, spec_count);
-        let known = known.max(spec_count);
         if majority != self.had_majority {
             if majority {
                 tracing::info!(
                     accepted,
                     known,
+                    spec = spec_count,
                     "a majority of the known managers accepts this node"
                 );
             } else {
                 tracing::info!(
                     accepted,
                     known,
+                    spec = spec_count,
                     "not leading: no majority of the known managers accepts this node"
                 );
             }

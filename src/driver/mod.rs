@@ -115,6 +115,9 @@ pub struct DriverSettings {
     pub dns_suffix: String,
     /// `--delta-interval`: continuous-backup segments this often (zero: none).
     pub delta_interval: Duration,
+    /// How long after start this manager waits before it seeks the lease
+    /// (production: [`crate::leadership::settle_time`] of gossip's refresh).
+    pub gossip_settle: Duration,
     /// All on in production (no flag sets them); see [`crate::rules`].
     pub rules: crate::rules::SafetyRules,
 }
@@ -186,6 +189,8 @@ pub struct Driver {
     /// Settings checks by (peer id, version), and when they ran.
     settings_checks: BTreeMap<(String, String), (controller::SettingsCheck, Instant)>,
     had_majority: bool,
+    /// Whether gossip's settle time since start has passed (logged once).
+    gossip_settled: bool,
     /// How many malformed control files the last read reported (logged on change).
     malformed_seen: usize,
     /// What the hosts file's block last said.
@@ -283,6 +288,7 @@ impl Driver {
             backoff: Default::default(),
             last_space_clear: None,
             had_majority: false,
+            gossip_settled: false,
             malformed_seen: 0,
             last_hosts: None,
             delta_target,
@@ -381,7 +387,8 @@ impl Driver {
         self.keep_hosts_file();
         let me = self.node.id().to_string();
         let lowest = peers.contains_key(&me)
-            && crate::leadership::is_candidate(&me, peers.keys().map(String::as_str));
+            && crate::leadership::is_candidate(&me, peers.keys().map(String::as_str))
+            && self.settled();
         // Majority acceptance: the lowest alive id leads only if a majority of
         // the managers gossip has ever known (down ones included) accept it.
         let candidate = lowest && self.majority_accepts(&peers).await;

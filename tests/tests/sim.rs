@@ -451,11 +451,12 @@ fn real_driver_one_seed_twice_gives_the_same_trace() {
     }
 }
 
-/// A seed in `SIM_KNOB_START..+limit` (default from 0) whose run of the real
-/// driver with `rules` breaks an invariant, with its verdict; the same seed
-/// with production's rules must pass.
-fn real_knob_caught(rules: SafetyRules, limit: u64, needles: &[&str]) {
-    let start = env_u64("SIM_KNOB_START", 0);
+/// A seed among `seeds` (shifted to begin at `SIM_KNOB_START` if set) whose
+/// run of the real driver with `rules` breaks an invariant, with its
+/// verdict; the same seed with production's rules must pass.
+fn real_knob_caught(rules: SafetyRules, seeds: std::ops::Range<u64>, needles: &[&str]) {
+    let start = env_u64("SIM_KNOB_START", seeds.start);
+    let limit = seeds.end - seeds.start;
     let (seed, what) = (start..start + limit)
         .find_map(|seed| {
             sim::real::Sim::run(seed, None, rules)
@@ -488,7 +489,7 @@ fn real_driver_catches_a_missing_fence() {
         fence: false,
         ..SafetyRules::ALL
     };
-    real_knob_caught(rules, 600, &["admitted", "after one of epoch"]);
+    real_knob_caught(rules, 0..600, &["admitted", "after one of epoch"]);
 }
 
 /// `--auto-recover-quorum-loss` without its grace, in the driver that
@@ -501,7 +502,7 @@ fn real_driver_catches_a_recovery_without_grace() {
         recovery_grace: false,
         ..SafetyRules::ALL
     };
-    real_knob_caught(rules, 400, &["recovered quorum", "silent only"]);
+    real_knob_caught(rules, 0..400, &["recovered quorum", "silent only"]);
 }
 
 /// Membership retries bounded by the lease, switched off in the driver that
@@ -518,8 +519,33 @@ fn real_driver_catches_retries_past_the_lease() {
     };
     real_knob_caught(
         rules,
-        800,
+        0..800,
         &["changed etcd (member_", "newest lease record"],
+    );
+}
+
+/// Gossip's settle time after a start, switched off in the driver that
+/// ships. Seed 842 found the case: five managers, a spec of one member that
+/// the cluster has not shrunk to yet, a queued restore and a free lease; n4
+/// comes back from a 4 s crash and, in its first pass, its gossip shows it
+/// alone, so a majority of the managers it knows (itself) and of the spec
+/// (one) accepts it; it sees no etcd anywhere and restores onto itself while
+/// n1-n3 serve on, and writes they acknowledge meanwhile are lost. A replay
+/// of the found seed, not a search: the combination is rare (seeds 843-1842
+/// do not reach it), so if the simulation's schedule for seed 842 changes,
+/// this fails with "broke no invariant" and a search with `SIM_BREAK=settle`
+/// finds the new seed.
+#[test]
+#[ignore = "release only: scripts/test.sh runs it with --ignored"]
+fn real_driver_catches_a_leader_that_does_not_wait_for_gossip() {
+    let rules = SafetyRules {
+        settle: false,
+        ..SafetyRules::ALL
+    };
+    real_knob_caught(
+        rules,
+        842..843,
+        &["acknowledged writes lost outside a restore"],
     );
 }
 
@@ -534,5 +560,5 @@ fn real_driver_catches_a_leader_that_does_not_recheck_its_lease() {
         recheck_lease: false,
         ..SafetyRules::ALL
     };
-    real_knob_caught(rules, 500, &["changed etcd", "newest lease record"]);
+    real_knob_caught(rules, 0..500, &["changed etcd", "newest lease record"]);
 }

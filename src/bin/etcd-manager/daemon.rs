@@ -198,6 +198,7 @@ async fn run_node(
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let initial_keys = gcfg.keys.clone();
+    let gossip_refresh = gcfg.refresh_interval;
     let (gossip, gossip_task) = gossip::start(gcfg, payload.encode(), cancel.child_token())
         .await
         .context("gossip")?;
@@ -326,6 +327,7 @@ async fn run_node(
                 .then(|| std::path::PathBuf::from("/etc/hosts")),
             dns_suffix: cfg.dns_suffix.clone(),
             delta_interval: cfg.delta_interval,
+            gossip_settle: etcd_manager::leadership::settle_time(gossip_refresh),
             rules: etcd_manager::core::rules::SafetyRules::ALL,
         },
         health.clone(),

@@ -1006,6 +1006,9 @@ impl Sim {
                 hosts_file: None,
                 dns_suffix: String::new(),
                 delta_interval: Duration::ZERO,
+                gossip_settle: etcd_manager::leadership::settle_time(
+                    gossip::DEFAULT_REFRESH_INTERVAL,
+                ),
                 rules: self.rules,
             },
             Arc::new(etcd_manager::metrics::Health::default()),
