@@ -56,6 +56,8 @@ use super::store::{FaultyStore, StoreFaults, wait_while_paused};
 
 const VERSION: &str = "3.5.30";
 const CLUSTER: &str = "sim";
+/// Mixed into the seed for the draw of etcd's strict reconfiguration check.
+const STRICT_SALT: u64 = 0x5354_5249_4354;
 pub const FAULTS_FROM: Duration = Duration::from_secs(20);
 pub const FAULTS_UNTIL: Duration = Duration::from_secs(140);
 /// After healing, the cluster must be whole again by then.
@@ -178,6 +180,9 @@ pub struct State {
     silent: Vec<Vec<bool>>,
     /// `--auto-recover-quorum-loss` of this run.
     auto_recover: Option<Duration>,
+    /// etcd's strict reconfiguration check of this run (off: etcd run with
+    /// `--strict-reconfig-check=false`).
+    pub strict_reconfig: bool,
 }
 
 impl State {
@@ -845,6 +850,9 @@ impl Sim {
                 last_answer: vec![vec![Duration::ZERO; n]; n],
                 silent: vec![vec![false; n]; n],
                 auto_recover,
+                // Drawn apart from the run's generator, so a seed's fault
+                // schedule stays what it was before this choice existed.
+                strict_reconfig: !StdRng::seed_from_u64(seed ^ STRICT_SALT).random_bool(0.3),
             }),
         });
         store.observe({
@@ -1142,8 +1150,9 @@ impl Sim {
         let (seed, recover, grace) = (self.seed, self.auto_recover, self.replace_grace);
         self.world.with(|w| {
             w.note(format!(
-                "seed {seed}: {} managers, auto-recover {recover:?}, replace grace {grace:?}",
-                w.net.up.len()
+                "seed {seed}: {} managers, auto-recover {recover:?}, replace grace {grace:?}, strict reconfiguration check {}",
+                w.net.up.len(),
+                if w.strict_reconfig { "on" } else { "off" }
             ))
         });
         for i in 0..self.n {
