@@ -1,24 +1,22 @@
-//! Deterministic simulation of 3 and 5 managers (issue: leadership you can
-//! trust). Each simulated manager runs the real gossip core, the real lease
-//! client and the real controller on virtual time, with clocks 10 % fast or
-//! slow, over an in-memory network that cuts, loses and delays packets, a
-//! shared in-memory store that fails, times out and loses answers, and a
-//! model of etcd with quorum rules. After every step it checks:
+//! Deterministic simulation of 3 and 5 managers running the code that ships
+//! (`sim/real.rs`): the real driver, lease task, node (its peer requests
+//! bincode-encoded and decoded as on the wire) and gossip core, on virtual
+//! time with clocks 10 % fast or slow, through the traits of `src/edges.rs`:
+//! a network that cuts, loses, slows and stalls, a shared in-memory store
+//! that fails, times out and loses answers (`sim/store.rs`), and a model of
+//! etcd with its quorum rules (`sim/etcd_model.rs`). Every run checks that
+//! only the lease holder changes etcd, that no node admits an older fenced
+//! request after a newer one, that no removal or stop takes a cluster below
+//! quorum, that a quorum recovery waits its grace, that `backup-now`'s
+//! backup holds what was acknowledged before the request, that no
+//! acknowledged write is lost outside a restore, and that after healing the
+//! cluster matches the spec.
 //!
-//! * never two nodes acting in one epoch, and no action of an older epoch
-//!   after one of a newer epoch (no overlap in true time);
-//! * epochs only grow (each new leadership above the last);
-//! * no plan takes a cluster that has quorum below it;
-//! * a node never applies a request older than the highest epoch it has seen
-//!   (requests can land long after their caller gave up: a cut, a lossy link,
-//!   a paused target; the leader's own lease cannot order those, the target's
-//!   fence must);
-//!
-//! and, after all faults heal, liveness: one leader, the spec's members all
-//! healthy and out of quarantine.
-//!
-//! `SIM_SEEDS=<n> [SIM_SEED_START=<s>] cargo test --release -p tests sim`
-//! runs n seeds; a failure prints the one-line command that replays it.
+//! `SIM_REAL_SEEDS=<n> [SIM_SEED_START=<s>] cargo test --release -p tests
+//! --test sim real_driver_seeds` runs n seeds; a failure prints the one-line
+//! command that replays it. The `real_driver_catches_*` tests switch one
+//! safety rule off each and show the checks catch it. `sim/lease.rs` drives
+//! two lease clients alone on skewed clocks to check the lease's margin.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 mod sim {
@@ -26,13 +24,11 @@ mod sim {
     pub mod lease;
     pub mod real;
     pub mod store;
-    pub mod world;
 }
 
 use std::time::Duration;
 
 use etcd_manager::rules::SafetyRules;
-use sim::world::{Knobs, Outcome, World};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
@@ -40,291 +36,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
             .parse()
             .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
         Err(_) => default,
-    }
-}
-
-fn run(seed: u64, nodes: Option<usize>, knobs: Knobs) -> Outcome {
-    World::new(seed, nodes, knobs).run()
-}
-
-fn replay_line(seed: u64) -> String {
-    let broken = match std::env::var("SIM_BREAK") {
-        Ok(b) => format!("SIM_BREAK={b} "),
-        Err(_) => String::new(),
-    };
-    format!(
-        "{broken}SIM_SEED_START={seed} SIM_SEEDS=1 cargo test --release -p tests --test sim sim_seeds -- --nocapture"
-    )
-}
-
-/// The rules `sim_seeds` runs with: production's, or with one switched off
-/// by `SIM_BREAK` (to watch the checks catch it and replay what they caught).
-fn knobs_from_env() -> Knobs {
-    let Ok(broken) = std::env::var("SIM_BREAK") else {
-        return Knobs::PRODUCTION;
-    };
-    let mut k = Knobs::PRODUCTION;
-    for rule in broken.split(',') {
-        match rule {
-            "fence" => k.fence = false,
-            "recheck" => k.recheck_lease = false,
-            "retries" => k.bound_retries = false,
-            "grace" => k.recovery_grace = false,
-            other => {
-                panic!(
-                    "SIM_BREAK={other:?}: expected fence, recheck, retries or grace (comma-separated)"
-                )
-            }
-        }
-    }
-    k
-}
-
-/// `SIM_SEEDS` seeds (default 40; CI runs 1000 in release) from
-/// `SIM_SEED_START`; `SIM_BREAK=fence|recheck|retries` switches a rule off.
-#[test]
-fn sim_seeds() {
-    let start = env_u64("SIM_SEED_START", 0);
-    let count = env_u64("SIM_SEEDS", 40);
-    let begun = std::time::Instant::now();
-    let (mut effects, mut fenced, mut leaderships, mut store_faults) = (0, 0, 0, 0);
-    let (mut late, mut stale, mut recoveries) = (0, 0, 0);
-    let mut sizes = [0usize; 6];
-    let knobs = knobs_from_env();
-    for seed in start..start + count {
-        let out = run(seed, None, knobs);
-        // SIM_SURVEY: list every failing seed instead of stopping at the first.
-        if std::env::var("SIM_SURVEY").is_ok()
-            && let Some(v) = &out.violation
-        {
-            eprintln!("seed {seed}: {}", v.what.lines().next().unwrap_or(""));
-            continue;
-        }
-        if let Some(v) = &out.violation {
-            let keep = env_u64("SIM_TRACE_LINES", 60) as usize;
-            let tail: Vec<&String> = out.trace.iter().rev().take(keep).rev().collect();
-            for line in tail {
-                eprintln!("{line}");
-            }
-            panic!(
-                "seed {seed} ({} nodes) broke an invariant at {:?}: {}\nreplay: {}",
-                out.nodes,
-                v.at,
-                v.what,
-                replay_line(seed)
-            );
-        }
-        effects += out.effects;
-        fenced += out.fenced;
-        leaderships += out.leaderships;
-        store_faults += out.store_faults;
-        late += out.late;
-        stale += out.stale_admitted;
-        recoveries += out.recoveries;
-        sizes[out.nodes] += 1;
-    }
-    eprintln!(
-        "sim: {count} seeds from {start} ({} of 3 nodes, {} of 5) in {:.1?}: {leaderships} leaderships, {effects} leader actions, {late} late requests ({stale} stale but admitted), {fenced} fenced requests, {store_faults} store faults, {recoveries} quorum recoveries",
-        sizes[3],
-        sizes[5],
-        begun.elapsed()
-    );
-    assert!(
-        leaderships >= count as usize,
-        "every seed elects at least one leader"
-    );
-    // Coverage, over enough seeds (a replay of one seed need not show it all).
-    if count >= 40 {
-        assert!(
-            effects > 0 && store_faults > 0 && late > 0,
-            "the faults and actions did not happen"
-        );
-    }
-    if count >= 1000 {
-        assert!(
-            fenced > 0,
-            "no fence refused anything: the fence is untested"
-        );
-        assert!(
-            recoveries > 0,
-            "no quorum was recovered: the recovery is untested"
-        );
-    }
-}
-
-#[test]
-fn sim_three_and_five_nodes_reach_the_spec() {
-    for (seed, nodes) in [(7, 3), (8, 5)] {
-        let out = run(seed, Some(nodes), Knobs::PRODUCTION);
-        assert!(
-            out.violation.is_none(),
-            "seed {seed}: {:?}\nreplay: {}",
-            out.violation,
-            replay_line(seed)
-        );
-        assert_eq!(out.nodes, nodes);
-        assert!(out.effects > 0);
-    }
-}
-
-#[test]
-fn sim_determinism_one_seed_twice_gives_the_same_trace() {
-    let a = run(42, None, Knobs::PRODUCTION);
-    let b = run(42, None, Knobs::PRODUCTION);
-    assert!(a.trace.len() > 20, "too short a trace to compare");
-    assert_eq!(a.trace, b.trace, "seed 42 gave two different runs");
-    let c = run(43, None, Knobs::PRODUCTION);
-    assert_ne!(a.trace, c.trace, "different seeds gave the same run");
-    // More seeds, on both sizes, with late requests, retries and fences in
-    // them: whole traces, so any divergence shows where it starts.
-    for seed in [69, 100, 191] {
-        for nodes in [3, 5] {
-            let a = run(seed, Some(nodes), Knobs::PRODUCTION);
-            let b = run(seed, Some(nodes), Knobs::PRODUCTION);
-            if let Some(k) =
-                (0..a.trace.len().min(b.trace.len())).find(|&k| a.trace[k] != b.trace[k])
-            {
-                panic!(
-                    "seed {seed} ({nodes} nodes) diverged at line {k}:\n{}\n{}",
-                    a.trace[k], b.trace[k]
-                );
-            }
-            assert_eq!(
-                a.trace.len(),
-                b.trace.len(),
-                "seed {seed}: trace lengths differ"
-            );
-        }
-    }
-}
-
-/// The checks catch a node that skips the epoch check: a request its old
-/// leader sent before being cut off lands after the successor's, and the
-/// node applies it. The lease re-check cannot stop that (the request left
-/// while the lease was held), only the fence can.
-#[test]
-fn sim_catches_a_skipped_epoch_check() {
-    let no_fence = Knobs {
-        fence: false,
-        ..Knobs::PRODUCTION
-    };
-    let limit = 400;
-    let caught = (0..limit)
-        .find_map(|seed| run(seed, None, no_fence).violation.map(|v| (seed, v.what)))
-        .unwrap_or_else(|| {
-            panic!("{limit} seeds without the epoch check broke no invariant: the checks are blind")
-        });
-    eprintln!("caught: {caught:?}");
-    assert!(
-        caught.1.contains("not silenced"),
-        "seed {}: expected the fence check to fire, got: {}",
-        caught.0,
-        caught.1
-    );
-    // The same seed with the epoch check is safe, and its fence refused the
-    // stale request.
-    let out = run(caught.0, None, Knobs::PRODUCTION);
-    assert!(
-        out.violation.is_none(),
-        "seed {}: {:?}",
-        caught.0,
-        out.violation
-    );
-    assert!(out.fenced > 0, "seed {}: nothing was fenced", caught.0);
-}
-
-/// Quorum recovery's grace: with the leader given none, a majority wiped is
-/// rebuilt while the lost voters have been gone for less than the grace,
-/// and the checks flag it; with the grace the same seed recovers, later,
-/// and ends whole.
-#[test]
-fn sim_catches_a_recovery_without_grace() {
-    let no_grace = Knobs {
-        recovery_grace: false,
-        ..Knobs::PRODUCTION
-    };
-    let limit = 200;
-    let (seed, what) = (0..limit)
-        .find_map(|seed| run(seed, None, no_grace).violation.map(|v| (seed, v.what)))
-        .unwrap_or_else(|| {
-            panic!("{limit} seeds of recoveries without a grace broke no invariant")
-        });
-    eprintln!("caught: seed {seed}: {what}");
-    assert!(what.contains("gone only"), "seed {seed}: {what}");
-    let out = run(seed, None, Knobs::PRODUCTION);
-    assert!(out.violation.is_none(), "seed {seed}: {:?}", out.violation);
-    assert!(
-        out.recoveries > 0,
-        "seed {seed} recovered nothing with the grace"
-    );
-}
-
-/// The bug the simulation found: the driver retried a membership change etcd
-/// refused (its strict reconfiguration check) for 15 s under a 5 s lease, so
-/// a leader cut off mid-retry could change the membership after its successor
-/// had started to act (even remove the successor's own member). Retries now
-/// stop with the lease; with the old rule the checks flag it.
-#[test]
-fn sim_catches_retries_past_the_lease() {
-    let old_rule = Knobs {
-        bound_retries: false,
-        ..Knobs::PRODUCTION
-    };
-    let limit = 300;
-    let (seed, what) = (0..limit)
-        .find_map(|seed| run(seed, None, old_rule).violation.map(|v| (seed, v.what)))
-        .unwrap_or_else(|| panic!("{limit} seeds of 15 s retries broke no invariant"));
-    eprintln!("caught: seed {seed}: {what}");
-    assert!(what.contains("overlapping epochs"), "seed {seed}: {what}");
-    let out = run(seed, None, Knobs::PRODUCTION);
-    assert!(out.violation.is_none(), "seed {seed}: {:?}", out.violation);
-}
-
-/// The checks catch a broken safety rule: leaders that do not re-check the
-/// lease after a pause and nodes that do not check epochs let a stale leader
-/// act after its successor. With the fence alone (no re-check) the stale
-/// leader is refused, and nothing is flagged.
-#[test]
-fn sim_catches_a_broken_fence() {
-    let broken = Knobs {
-        fence: false,
-        recheck_lease: false,
-        ..Knobs::PRODUCTION
-    };
-    let caught: Vec<(u64, String)> = (0..200u64)
-        .filter_map(|seed| run(seed, None, broken).violation.map(|v| (seed, v.what)))
-        .take(3)
-        .collect();
-    assert!(
-        !caught.is_empty(),
-        "200 seeds without the fence and the re-check broke no invariant: the checks are blind"
-    );
-    eprintln!("caught: {caught:?}");
-    // The same seeds with the fence on are safe again.
-    let fence_only = Knobs {
-        recheck_lease: false,
-        ..Knobs::PRODUCTION
-    };
-    for (seed, _) in &caught {
-        let out = run(*seed, None, fence_only);
-        if let Some(v) = &out.violation {
-            assert!(
-                !v.what.contains("not silenced"),
-                "seed {seed}: the fence did not silence the stale leader: {}",
-                v.what
-            );
-        }
-    }
-}
-
-/// `SIM_SEED_START=<seed> cargo test --release -p tests --test sim sim_dump_trace
-/// -- --ignored --nocapture` prints one seed's whole trace.
-#[test]
-#[ignore]
-fn sim_dump_trace() {
-    let seed = env_u64("SIM_SEED_START", 0);
-    for line in run(seed, None, Knobs::PRODUCTION).trace {
-        println!("{line}");
     }
 }
 
@@ -379,7 +90,7 @@ fn real_rules_from_env() -> SafetyRules {
 
 /// The simulation of the real driver, lease task and node
 /// (`sim/real.rs`): `SIM_REAL_SEEDS` seeds (default 8) from `SIM_SEED_START`;
-/// `SIM_BREAK=fence,recheck,retries,grace,quorum` switches rules off.
+/// `SIM_BREAK=fence,recheck,retries,grace,quorum,settle` switches rules off.
 #[test]
 fn real_driver_seeds() {
     let start = env_u64("SIM_SEED_START", 0);
