@@ -312,19 +312,7 @@ fn shrinks_without_touching_the_raft_leader() {
             member(3, "c", true),
         ]),
     );
-    check(
-        &o,
-        &[
-            Action::TakeBackup {
-                reason: BackupReason::BeforeChange,
-            },
-            Action::RemoveMember {
-                member_id: 3,
-                name: "c".into(),
-            },
-        ],
-        &[],
-    );
+    check(&o, &backup_then_remove(3, "c"), &[]);
 }
 
 #[test]
@@ -988,19 +976,7 @@ fn a_dead_member_is_replaced_after_the_grace_period() {
     assert!(reconcile(&o).actions.is_empty(), "{:?}", reconcile(&o));
     // Past it: backup, remove; the next pass adds the idle node.
     o.unhealthy_since.insert(3, o.now - Duration::from_secs(61));
-    check(
-        &o,
-        &[
-            Action::TakeBackup {
-                reason: BackupReason::BeforeChange,
-            },
-            Action::RemoveMember {
-                member_id: 3,
-                name: "c".into(),
-            },
-        ],
-        &[],
-    );
+    check(&o, &backup_then_remove(3, "c"), &[]);
 }
 
 #[test]
@@ -1020,19 +996,7 @@ fn a_host_back_with_an_empty_disk_is_replaced_at_once() {
         vec![running("a", false), running("b", false), wiped],
         Some(ms),
     );
-    check(
-        &o,
-        &[
-            Action::TakeBackup {
-                reason: BackupReason::BeforeChange,
-            },
-            Action::RemoveMember {
-                member_id: 3,
-                name: "c".into(),
-            },
-        ],
-        &[],
-    );
+    check(&o, &backup_then_remove(3, "c"), &[]);
 }
 
 #[test]
@@ -1291,6 +1255,37 @@ fn a_dump_and_restore_checks_the_settings_first() {
             version: "3.4.23".into(),
         }]
     );
+}
+
+/// A removal's plan: a backup first, then the removal.
+fn backup_then_remove(member_id: u64, name: &str) -> [Action; 2] {
+    [
+        Action::TakeBackup {
+            reason: BackupReason::BeforeChange,
+        },
+        Action::RemoveMember {
+            member_id,
+            name: name.into(),
+        },
+    ]
+}
+
+#[test]
+fn a_pending_dump_and_restore_lets_a_dead_member_be_replaced_first() {
+    // 3.5 -> 3.4 is pending, and c's host came back with an empty disk
+    // (another id on c's peer URL): c is replaced before anything moves.
+    let mut o = version_obs("3.5.30", "3.4.23", &[], Some(V2StoreCheck::Clean));
+    let mut wiped = idle("c2");
+    if let Some(i) = wiped.info.as_mut() {
+        i.node_config.peer_urls = vec!["http://c:2380".into()];
+        i.installed_versions = KNOWN.iter().map(|v| v.to_string()).collect();
+    }
+    o.peers.retain(|p| p.id != "c");
+    o.peers.push(wiped);
+    if let Some(c) = o.cluster.as_mut() {
+        c.members[2].healthy = false;
+    }
+    check(&o, &backup_then_remove(3, "c"), &[]);
 }
 
 /// The first step the whole path takes from `from` to `to` when every

@@ -55,6 +55,12 @@ use super::etcd_model::{self, Model, ModelConnect, ModelRuntime};
 use super::store::{FaultyStore, StoreFaults, wait_while_paused};
 
 const VERSION: &str = "3.5.30";
+/// The versions installed on every simulated host; an operator may move
+/// the spec to one of the others (a patch up or down rolls member by
+/// member; a minor down goes by dump and restore).
+const VERSIONS: [&str; 3] = ["3.4.23", "3.5.30", "3.5.35"];
+/// Mixed into the seed for the draw of a version change.
+const VERSION_SALT: u64 = 0x0056_4552_5349_4f4e;
 const CLUSTER: &str = "sim";
 /// Mixed into the seed for the draw of etcd's strict reconfiguration check.
 const STRICT_SALT: u64 = 0x5354_5249_4354;
@@ -151,6 +157,8 @@ pub struct State {
     pub replaced_at: Option<Duration>,
     /// The spec's member count the operator asked for last.
     pub want_members: usize,
+    /// The spec's etcd version the operator asked for last.
+    pub want_version: &'static str,
     /// Operator commands still to be seen through: (what, when issued).
     operator: Vec<(String, Duration)>,
     /// A stop that took a cluster below quorum, fine if a restore follows.
@@ -747,6 +755,8 @@ pub enum Operator {
     BackupNow,
     /// A new spec: this many members.
     Spec(i32),
+    /// A new spec: this etcd version.
+    Version(&'static str),
     /// A command file that is not JSON (a broken tool, a bad hand edit).
     Malformed,
 }
@@ -795,13 +805,15 @@ impl Sim {
         let mut rng = StdRng::seed_from_u64(seed);
         let n = nodes.unwrap_or(if rng.random_bool(0.5) { 3 } else { 5 });
         let tmp = tempfile::tempdir().expect("tempdir");
-        let bin = tmp.path().join("bin").join(format!("etcd-v{VERSION}"));
-        std::fs::create_dir_all(&bin).unwrap();
-        for tool in ["etcd", "etcdctl", "etcdutl"] {
-            let f = bin.join(tool);
-            std::fs::write(&f, "#!/bin/sh\nexit 1\n").unwrap();
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for version in VERSIONS {
+            let bin = tmp.path().join("bin").join(format!("etcd-v{version}"));
+            std::fs::create_dir_all(&bin).unwrap();
+            for tool in ["etcd", "etcdctl", "etcdutl"] {
+                let f = bin.join(tool);
+                std::fs::write(&f, "#!/bin/sh\nexit 1\n").unwrap();
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
         }
         let t0 = tokio::time::Instant::now();
         let store = FaultyStore::new(rng.random());
@@ -838,6 +850,7 @@ impl Sim {
                 retired_by_restore: BTreeMap::new(),
                 replaced_at: None,
                 want_members: n,
+                want_version: VERSION,
                 operator: vec![],
                 stop_before_restore: None,
                 restore_marked_at: None,
@@ -1133,6 +1146,16 @@ impl Sim {
                 ));
             }
             out.push((at, Fault::Operator(op)));
+        }
+        // A third of the runs move the spec to another etcd version, drawn
+        // apart from the run's generator (the fault schedule stays as it was).
+        let mut salted = StdRng::seed_from_u64(self.seed ^ VERSION_SALT);
+        if salted.random_bool(0.3) {
+            let others: Vec<&'static str> =
+                VERSIONS.into_iter().filter(|v| *v != VERSION).collect();
+            let v = others[salted.random_range(0..others.len())];
+            let at = Duration::from_secs(salted.random_range(span.clone()));
+            out.push((at, Fault::Operator(Operator::Version(v))));
         }
         out.sort_by_key(|(at, _)| *at);
         out
@@ -1494,6 +1517,11 @@ async fn operator(
     let mut requested = issued;
     let mut requested_first: Option<Duration> = None;
     let mut restore_of: Option<String> = None;
+    match &op {
+        Operator::Spec(k) => world.with(|w| w.want_members = *k as usize),
+        Operator::Version(v) => world.with(|w| w.want_version = v),
+        _ => {}
+    }
     loop {
         let done: Result<(), String> = async {
             match &op {
@@ -1544,13 +1572,15 @@ async fn operator(
                     requested = requested_first.unwrap_or(issued);
                     Ok(())
                 }
-                Operator::Spec(k) => store
-                    .write_spec(&backup::ClusterSpec {
-                        member_count: *k,
-                        etcd_version: VERSION.into(),
-                    })
-                    .await
-                    .map_err(|e| e.to_string()),
+                // The spec as the operator wants it now: a concurrent change
+                // of the other field is kept.
+                Operator::Spec(_) | Operator::Version(_) => {
+                    let spec = world.with(|w| backup::ClusterSpec {
+                        member_count: w.want_members as i32,
+                        etcd_version: w.want_version.into(),
+                    });
+                    store.write_spec(&spec).await.map_err(|e| e.to_string())
+                }
                 Operator::Malformed => {
                     let path = object_store::path::Path::from(format!(
                         "{CLUSTER}/{}/2026-12-01T00:00:00Z-000000/{}",
@@ -1574,7 +1604,6 @@ async fn operator(
         }
     }
     match &op {
-        Operator::Spec(k) => world.with(|w| w.want_members = *k as usize),
         Operator::Restore if restore_of.is_none() => {
             world.with(|w| w.note("operator: no backup to restore yet".into()));
         }
@@ -1729,6 +1758,12 @@ fn whole(w: &State, n: usize) -> Result<(), String> {
         };
         if p.urls.iter().any(|u| u.ends_with(":3994")) {
             return Err(format!("member {} is quarantined", m.name));
+        }
+        if p.version != w.want_version {
+            return Err(format!(
+                "member {} runs etcd {}, not {}",
+                m.name, p.version, w.want_version
+            ));
         }
     }
     Ok(())
