@@ -56,8 +56,8 @@ use super::store::{FaultyStore, StoreFaults, wait_while_paused};
 
 const VERSION: &str = "3.5.30";
 /// The versions installed on every simulated host; an operator may move
-/// the spec to one of the others (a patch up or down rolls member by
-/// member; a minor down goes by dump and restore).
+/// the spec to one of the others (3.5.35, a patch up, rolls member by
+/// member; 3.4.23, a minor down, goes by dump and restore).
 const VERSIONS: [&str; 3] = ["3.4.23", "3.5.30", "3.5.35"];
 /// Mixed into the seed for the draw of a version change.
 const VERSION_SALT: u64 = 0x0056_4552_5349_4f4e;
