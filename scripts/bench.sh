@@ -23,8 +23,9 @@ if [ "$profile" = release ]; then
   cargo build --release --locked -p tests --bin bench -q
   dir=target/release
 else
-  cargo build --locked --bins -q
-  cargo build --locked -p tests --bin bench -q
+  # As `cargo test --workspace` builds them (with the test crates'
+  # features), so that after scripts/test.sh's tests nothing is rebuilt.
+  cargo test --workspace --locked --no-run -q
   dir=target/debug
 fi
 

@@ -29,8 +29,9 @@ if ! command -v iptables >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables >/dev/null
 fi
 
-cargo build --locked --bins -q
-cargo build --locked -p tests --bin partition-suite -q
+# As `cargo test --workspace` builds them (with the test crates' features),
+# so that after scripts/test.sh's tests nothing is rebuilt.
+cargo test --workspace --locked --no-run -q
 suite=target/debug/partition-suite
 trap '"$suite" --cleanup' EXIT
 SUITE_BIN_DIR=target/debug "$suite" "$@"

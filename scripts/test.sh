@@ -33,7 +33,7 @@ if [ "$(id -u)" = 0 ]; then
 else
   echo "SKIPPED: the partition suite needs root (network namespaces, iptables); run scripts/partition-suite.sh as root"
 fi
-echo "== simulation: 200 seeds of the real driver (release)"
-SIM_REAL_SEEDS=${SIM_REAL_SEEDS:-200} cargo test --release --locked -p tests --test sim -- --nocapture
-echo "== simulation: safety rules switched off in the code that ships are caught (release)"
-cargo test --release --locked -p tests --test sim real_driver_catches -- --ignored --nocapture
+echo "== simulation: 200 seeds of the real driver (profile sim: release, opt-level 1)"
+SIM_REAL_SEEDS=${SIM_REAL_SEEDS:-200} cargo test --profile sim --locked -p tests --test sim -- --nocapture
+echo "== simulation: safety rules switched off in the code that ships are caught"
+cargo test --profile sim --locked -p tests --test sim real_driver_catches -- --ignored --nocapture
