@@ -249,6 +249,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         etcd_state: None,
         highest_epoch: 7,
         installed_versions: vec!["3.5.30".into()],
+        jobs: Some(vec![]),
     };
     let payload = PeerPayload::from_info(&info, ([10, 0, 0, 1], 3996).into(), None);
     out.push(("gossip_payload", payload.encode()));

@@ -20,6 +20,7 @@ pub mod envfile;
 pub mod fuzzing;
 pub mod goflags;
 pub mod hosts;
+pub mod jobs;
 pub mod lease;
 pub mod metrics;
 pub mod node;

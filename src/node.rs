@@ -13,8 +13,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::atomic::AtomicU64;
+
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::model::{JobKind, JobPhase};
 
 use crate::peer::{
     EtcdNodeConfig, EtcdState, Fence, JoinCluster, JoinPhase, NodeInfo, Request, Response,
@@ -213,6 +218,11 @@ pub struct Node {
     /// Held by the restore that runs now: one at a time, and a repeated
     /// request waits for the first and then finds it done.
     restoring: Mutex<()>,
+    /// The restore job running or run last (see [`crate::jobs`]).
+    jobs: crate::jobs::JobBoard,
+    /// This node as shared with the peer server (see [`Node::shared`]):
+    /// what a job holds while it runs in the background.
+    me: std::sync::OnceLock<std::sync::Weak<Node>>,
 }
 
 /// Every folder etcd binaries are looked for in, and every `etcd` binary
@@ -400,12 +410,22 @@ impl Node {
             installed_scans: std::sync::atomic::AtomicU64::new(0),
             drill_running: Default::default(),
             restoring: Mutex::new(()),
+            jobs: Default::default(),
+            me: std::sync::OnceLock::new(),
             inner: Mutex::new(Inner {
                 state,
                 process: None,
                 prepared: None,
             }),
         })
+    }
+
+    /// Share the node (with the peer server and the driver); only a shared
+    /// node runs jobs in the background.
+    pub fn shared(self) -> std::sync::Arc<Node> {
+        let node = std::sync::Arc::new(self);
+        let _ = node.me.set(std::sync::Arc::downgrade(&node));
+        node
     }
 
     pub fn id(&self) -> &str {
@@ -696,6 +716,7 @@ impl Node {
             }),
             highest_epoch: inner.state.highest_epoch,
             installed_versions: self.installed(),
+            jobs: Some(self.jobs.list()),
         }
     }
 
@@ -894,10 +915,27 @@ impl Node {
             self.start_drill(backup);
             return Response::Done;
         }
-        if let Request::RestoreBackup(r) = req {
-            // The download runs without the lock: GetInfo keeps answering.
+        if let Request::RestoreJob(r) = req {
             drop(inner);
-            return match self.restore(r).await {
+            return self.start_restore_job(r);
+        }
+        if let Request::RestoreBackup(r) = req {
+            // An older leader's restore, answered when it ends. The
+            // download runs without the lock: GetInfo keeps answering.
+            drop(inner);
+            let (cancel, bytes) =
+                match self
+                    .jobs
+                    .begin(JobKind::Restore, &r.cluster_token, r.fence.epoch)
+                {
+                    crate::jobs::Begin::Start { cancel, bytes } => (cancel, bytes),
+                    // Repeated, or behind another: it waits for the one running.
+                    _ => Default::default(),
+                };
+            let key = r.cluster_token.clone();
+            let result = self.restore(r, &cancel, &bytes).await;
+            self.jobs.set_phase(&key, job_end(&result));
+            return match result {
                 Ok(()) => Response::Done,
                 Err(resp) => resp,
             };
@@ -927,6 +965,7 @@ impl Node {
             | Request::CheckV2Store(_)
             | Request::VerifyBackup { .. }
             | Request::RestoreBackup(_)
+            | Request::RestoreJob(_)
             | Request::CheckSettings { .. } => unreachable_info(),
             Request::JoinCluster(j) => self.join(&mut inner, j).await,
             Request::Reconfigure(r) => {
@@ -1162,7 +1201,12 @@ impl Node {
     /// then, under the lock and only if no newer leader spoke meanwhile, the
     /// old data goes to the trashcan (never deleted here) and the new member
     /// starts.
-    async fn restore(&self, r: crate::peer::RestoreBackup) -> Result<(), Response> {
+    async fn restore(
+        &self,
+        r: crate::peer::RestoreBackup,
+        cancel: &CancellationToken,
+        bytes: &AtomicU64,
+    ) -> Result<(), Response> {
         let failed = Response::Failed;
         let _one = self.restoring.lock().await;
         {
@@ -1193,20 +1237,31 @@ impl Node {
         let file = scratch.join(format!("{}.db", r.cluster_token));
         let result = async {
             tracing::info!(backup = %r.backup, token = %r.cluster_token, "downloading the backup for the restore");
-            let got = self
-                .settings
-                .store
-                .download_backup(&r.backup, &file)
-                .await
-                .map_err(|e| failed(e.to_string()))?;
-            if !got.verified_checksum {
-                self.settings
-                    .runtime
-                    .verify_snapshot(&binaries, &file)
+            // Until the data dirs are touched, a newer leader's restore may
+            // take over (see crate::jobs).
+            let fetch = async {
+                let got = self
+                    .settings
+                    .store
+                    .download_backup_counting(&r.backup, &file, bytes)
                     .await
                     .map_err(|e| failed(e.to_string()))?;
-            }
+                if !got.verified_checksum {
+                    self.jobs.set_phase(&r.cluster_token, JobPhase::Verifying);
+                    self.settings
+                        .runtime
+                        .verify_snapshot(&binaries, &file)
+                        .await
+                        .map_err(|e| failed(e.to_string()))?;
+                }
+                Ok(got)
+            };
+            let got = tokio::select! {
+                got = fetch => got?,
+                () = cancel.cancelled() => return Err(failed("cancelled: a newer leader's restore took over".into())),
+            };
             tracing::info!(backup = %r.backup, bytes = got.snapshot_size, "backup downloaded and verified for the restore");
+            self.jobs.set_phase(&r.cluster_token, JobPhase::Restoring);
             // Verified: only now touch the data dirs, if this leader still may.
             let mut inner = self.inner.lock().await;
             self.admit(&mut inner, &r.fence, true)?;
@@ -1234,6 +1289,55 @@ impl Node {
         .await;
         let _ = std::fs::remove_file(&file);
         result
+    }
+
+    /// Start a restore as a job: answered at once, once the request is
+    /// known to be one this node can carry out; the leader follows the job
+    /// in [`NodeInfo::jobs`].
+    fn start_restore_job(&self, r: crate::peer::RestoreBackup) -> Response {
+        if !r.nodes.iter().any(|n| n.name == self.id) {
+            return Response::Failed(
+                "this node is not in the cluster it was asked to restore".into(),
+            );
+        }
+        let found = r
+            .etcd_version
+            .parse::<etcd::EtcdVersion>()
+            .map_err(|e| e.to_string())
+            .and_then(|v| {
+                etcd::find_binaries(&v, &self.settings.bin_dirs).map_err(|e| e.to_string())
+            });
+        if let Err(e) = found {
+            return Response::Failed(e);
+        }
+        let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade) else {
+            return Response::Failed("this node runs no jobs (it is not shared)".into());
+        };
+        let key = r.cluster_token.clone();
+        match self.jobs.begin(JobKind::Restore, &key, r.fence.epoch) {
+            crate::jobs::Begin::Known(_) => Response::Done,
+            crate::jobs::Begin::Busy(j) => Response::Failed(format!(
+                "busy with the restore of cluster {} for the leader of epoch {}; try again when it ends",
+                j.key, j.epoch
+            )),
+            crate::jobs::Begin::Start { cancel, bytes } => {
+                tracing::info!(backup = %r.backup, token = %key, epoch = r.fence.epoch, "restore job started");
+                let halted = self.jobs.halted();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        result = me.restore(r, &cancel, &bytes) => {
+                            if let Err(resp) = &result {
+                                tracing::warn!(token = %key, reason = ?resp, "restore job failed");
+                            }
+                            me.jobs.set_phase(&key, job_end(&result));
+                        }
+                        // The node stops: the job ends here, as the process would.
+                        () = halted.cancelled() => {}
+                    }
+                });
+                Response::Done
+            }
+        }
     }
 
     /// Start a restore drill of `backup` in the background (a job: the
@@ -1274,8 +1378,15 @@ impl Node {
         });
     }
 
+    /// The node stops: its jobs end at their next await point, as they
+    /// would if the process ended there.
+    pub fn halt(&self) {
+        self.jobs.halt();
+    }
+
     /// Stop the local etcd (shutdown of the manager); the assignment stays.
     pub async fn shutdown(&self) {
+        self.halt();
         let mut inner = self.inner.lock().await;
         if let Some(p) = inner.process.take()
             && let Err(e) = p.stop(ETCD_STOP_TIMEOUT).await
@@ -1357,6 +1468,18 @@ fn remove_restore_leftovers(dir: &Path) {
                 tracing::warn!(path = %p.display(), error = %e, "cannot remove a restore leftover")
             }
         }
+    }
+}
+
+/// How a restore ended, as its job reports it.
+fn job_end(result: &Result<(), Response>) -> JobPhase {
+    match result {
+        Ok(()) => JobPhase::Done,
+        Err(Response::Failed(m)) => JobPhase::Failed(m.clone()),
+        Err(Response::Fenced { highest_epoch }) => JobPhase::Failed(format!(
+            "refused: a leader of epoch {highest_epoch} spoke to this node since"
+        )),
+        Err(other) => JobPhase::Failed(format!("{other:?}")),
     }
 }
 
@@ -1746,6 +1869,66 @@ mod fencing_tests {
             matches!(&resp, Response::Failed(m) if m.contains("no lease record")),
             "{resp:?}"
         );
+    }
+
+    /// A restore job is answered at once and reports how it ended in
+    /// GetInfo; a request this node cannot carry out fails at once.
+    #[tokio::test]
+    #[allow(clippy::disallowed_methods)] // a deadline in real time
+    async fn a_restore_job_answers_at_once_and_reports_its_end() {
+        use crate::core::model::{JobKind, JobPhase};
+        let dir = tempfile::tempdir().unwrap();
+        let bins = tempfile::tempdir().unwrap();
+        let etcd = bins.path().join("etcd-v3.5.30/etcd");
+        std::fs::create_dir_all(etcd.parent().unwrap()).unwrap();
+        std::fs::write(&etcd, "#!/bin/sh\nexit 1\n").unwrap();
+        std::fs::set_permissions(&etcd, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let store = store();
+        lease(&store, 1, "l", 2).await;
+        let mut n = node(dir.path(), &store);
+        n.settings.bin_dirs = vec![bins.path().to_path_buf()];
+        let n = n.shared();
+        let job = |token: &str, name: &str| {
+            Request::RestoreJob(crate::peer::RestoreBackup {
+                fence: fence("l", 2, 1),
+                cluster_token: token.into(),
+                backup: "2026-01-02T03:04:05Z-000001".into(),
+                etcd_version: "3.5.30".into(),
+                nodes: vec![EtcdNodeConfig {
+                    name: name.into(),
+                    ..Default::default()
+                }],
+            })
+        };
+        let resp = n.handle(&tls("l"), job("tok1", "someone-else")).await;
+        assert!(
+            matches!(&resp, Response::Failed(m) if m.contains("not in the cluster")),
+            "{resp:?}"
+        );
+        let id = n.id().to_string();
+        assert_eq!(n.handle(&tls("l"), job("tok1", &id)).await, Response::Done);
+        // The backup is not in the store: the job fails, and says why.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let phase = loop {
+            let info = n.info().await;
+            let j = info
+                .job(JobKind::Restore, "tok1")
+                .cloned()
+                .expect("the job is reported");
+            if j.phase.ended() {
+                break j.phase;
+            }
+            assert!(std::time::Instant::now() < deadline, "the job ends: {j:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(
+            matches!(&phase, JobPhase::Failed(m) if m.contains("2026-01-02T03:04:05Z-000001")),
+            "{phase:?}"
+        );
+        assert_eq!(n.info().await.etcd_state, None, "nothing was touched");
+        // A failed job is started again when asked again.
+        assert_eq!(n.handle(&tls("l"), job("tok1", &id)).await, Response::Done);
     }
 
     /// Upstream's volume: adopted with its member when the state names this

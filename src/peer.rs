@@ -138,6 +138,12 @@ pub enum Request {
         fence: Fence,
         backup: String,
     },
+    /// [`Request::RestoreBackup`] as a job: answered once the node has
+    /// checked the request and started the restore; the leader then follows
+    /// it in [`NodeInfo::jobs`]. Sent only to a node whose `jobs` is Some (a
+    /// manager of this release or newer). Last, so older managers still
+    /// read every other request.
+    RestoreJob(RestoreBackup),
 }
 
 impl Request {
@@ -147,7 +153,7 @@ impl Request {
             Request::JoinCluster(j) => Some(&j.fence),
             Request::Reconfigure(r) => Some(&r.fence),
             Request::StopEtcd(f) => Some(f),
-            Request::RestoreBackup(r) => Some(&r.fence),
+            Request::RestoreBackup(r) | Request::RestoreJob(r) => Some(&r.fence),
             Request::GcTrashcan { fence, .. } => Some(fence),
             Request::CheckV2Store(f) => Some(f),
             Request::VerifyBackup { fence, .. } => Some(fence),
@@ -178,7 +184,7 @@ impl Request {
             }
             Request::Reconfigure(r) => fence(&r.fence),
             Request::StopEtcd(f) => fence(f),
-            Request::RestoreBackup(r) => {
+            Request::RestoreBackup(r) | Request::RestoreJob(r) => {
                 fence(&r.fence)?;
                 check_ident(IdentKind::ClusterToken, &r.cluster_token).map_err(e)?;
                 backup::check_backup_name(&r.backup).map_err(|e| e.to_string())?;
@@ -216,6 +222,7 @@ impl Request {
             Request::Reconfigure(_) => "reconfigure",
             Request::StopEtcd(_) => "stop_etcd",
             Request::RestoreBackup(_) => "restore_backup",
+            Request::RestoreJob(_) => "restore_job",
             Request::GcTrashcan { .. } => "gc_trashcan",
             Request::Leadership { .. } => "leadership",
             Request::CheckV2Store(_) => "check_v2store",
@@ -325,7 +332,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     let buf = read_frame(stream)
         .await
         .map_err(|source| PeerError::Io { addr, source })?;
-    decode::<Response>(&buf).map_err(|reason| PeerError::Protocol { addr, reason })
+    decode_response(&buf).map_err(|reason| PeerError::Protocol { addr, reason })
 }
 
 /// Decode one request frame's body as the server does (for fuzzing and tests).
@@ -340,9 +347,39 @@ pub fn encode_request(req: &Request) -> Result<Vec<u8>, String> {
     encode(req)
 }
 
-/// Decode one response frame's body as the client does.
+/// Decode one response frame's body as the client does: an answer to
+/// GetInfo from a manager older than jobs (its `NodeInfo` ends before
+/// `jobs`) is read as such, with `jobs` None.
 pub fn decode_response(buf: &[u8]) -> Result<Response, String> {
-    decode::<Response>(buf)
+    decode::<Response>(buf).or_else(|e| match decode::<InfoWithoutJobs>(buf) {
+        Ok(InfoWithoutJobs::Info(old)) => Ok(Response::Info(Box::new(NodeInfo {
+            id: old.id,
+            cluster_name: old.cluster_name,
+            node_config: old.node_config,
+            etcd_state: old.etcd_state,
+            highest_epoch: old.highest_epoch,
+            installed_versions: old.installed_versions,
+            jobs: None,
+        }))),
+        Err(_) => Err(e),
+    })
+}
+
+/// `Response::Info` as a manager older than jobs sends it: the same
+/// variant (the first), and `NodeInfo` without its last field.
+#[derive(Serialize, Deserialize)]
+enum InfoWithoutJobs {
+    Info(NodeInfoWithoutJobs),
+}
+
+#[derive(Serialize, Deserialize)]
+struct NodeInfoWithoutJobs {
+    id: String,
+    cluster_name: String,
+    node_config: EtcdNodeConfig,
+    etcd_state: Option<EtcdState>,
+    highest_epoch: u64,
+    installed_versions: Vec<String>,
 }
 
 /// Calls other managers' peer APIs: plain TCP (`--insecure`) or mutual TLS.
@@ -680,11 +717,61 @@ mod tests {
                     etcd_state: None,
                     highest_epoch: 3,
                     installed_versions: vec!["3.5.30".into()],
+                    jobs: Some(vec![]),
                 })),
                 Request::StopEtcd(f) if f.epoch < 3 => Response::Fenced { highest_epoch: 3 },
                 _ => Response::Done,
             }
         }
+    }
+
+    /// Managers of this release and of the one before jobs read each
+    /// other's `GetInfo` answers: `jobs` is the last field, older readers
+    /// ignore trailing bytes, and we read the shorter answer as `jobs: None`.
+    #[test]
+    fn info_answers_are_read_across_the_release_that_added_jobs() {
+        use crate::core::model::{Job, JobKind, JobPhase};
+        let old = InfoWithoutJobs::Info(NodeInfoWithoutJobs {
+            id: "old".into(),
+            cluster_name: "c".into(),
+            node_config: EtcdNodeConfig::default(),
+            etcd_state: None,
+            highest_epoch: 9,
+            installed_versions: vec!["3.5.30".into()],
+        });
+        let Ok(Response::Info(read)) = decode_response(&encode(&old).expect("encode")) else {
+            panic!("an older manager's answer is read");
+        };
+        assert_eq!((read.id.as_str(), read.highest_epoch), ("old", 9));
+        assert_eq!(read.jobs, None, "an older manager runs no jobs");
+
+        let job = Job {
+            kind: JobKind::Restore,
+            key: "tok".into(),
+            epoch: 4,
+            phase: JobPhase::Failed("no space".into()),
+            bytes: 77,
+        };
+        let ours = Response::Info(Box::new(NodeInfo {
+            id: "new".into(),
+            cluster_name: "c".into(),
+            node_config: EtcdNodeConfig::default(),
+            etcd_state: None,
+            highest_epoch: 10,
+            installed_versions: vec![],
+            jobs: Some(vec![job.clone()]),
+        }));
+        let bytes = encode(&ours).expect("encode");
+        assert_eq!(decode_response(&bytes), Ok(ours));
+        // As an older manager reads it.
+        let Ok(InfoWithoutJobs::Info(older)) = decode::<InfoWithoutJobs>(&bytes) else {
+            panic!("an older manager reads our answer");
+        };
+        assert_eq!((older.id.as_str(), older.highest_epoch), ("new", 10));
+        // Other answers are not mistaken for an old Info.
+        let done = encode(&Response::Done).expect("encode");
+        assert_eq!(decode_response(&done), Ok(Response::Done));
+        assert!(decode_response(&done[..1]).is_err());
     }
 
     #[tokio::test]

@@ -803,6 +803,41 @@ pub fn reconcile(obs: &Observation) -> Plan {
     plan
 }
 
+/// A restore that reached only some of its nodes (the others' downloads
+/// failed, or they were down): while the new cluster still serves no
+/// client (every member quarantined), the nodes not on it get the same
+/// restore again, with the same token, so they form the cluster with the
+/// ones that restored (a node already on it answers at once). Without
+/// this the new cluster stays short of a quorum for good.
+fn restore_again(
+    obs: &Observation,
+    cmd: &CommandView,
+    token: &str,
+    on_new: &[&PeerView],
+) -> Option<Plan> {
+    let state = on_new.first()?.info.as_ref()?.etcd_state.as_ref()?;
+    if obs.retired_tokens.contains(token) || !on_new.iter().all(|p| p.quarantined()) {
+        return None;
+    }
+    let members: Vec<String> = state.nodes.iter().map(|n| n.name.clone()).collect();
+    let behind: Vec<&PeerView> = obs
+        .peers
+        .iter()
+        .filter(|p| members.contains(&p.id) && p.token() != Some(token))
+        .collect();
+    // Every member must answer: one that does not may be on its way.
+    if behind.is_empty() || behind.iter().any(|p| p.info.is_none()) {
+        return None;
+    }
+    Some(Plan::act(vec![Action::RestoreBackup {
+        command: cmd.name.clone(),
+        backup: cmd.backup.clone(),
+        token: token.to_string(),
+        version: state.etcd_version.clone(),
+        peers: members,
+    }]))
+}
+
 /// A queued restore: start it, or finish it once the new cluster is healthy.
 /// None: nothing restore-specific to do (the ordinary loop lifts the quarantine).
 fn restore(obs: &Observation, cmd: &CommandView) -> Option<Plan> {
@@ -818,6 +853,9 @@ fn restore(obs: &Observation, cmd: &CommandView) -> Option<Plan> {
             .iter()
             .filter(|p| p.token() == Some(token.as_str()))
             .collect();
+        if let Some(again) = restore_again(obs, cmd, token, &on_new) {
+            return Some(again);
+        }
         if !on_new.is_empty() {
             // The operator's prefixes go while clients cannot reach the
             // restored cluster yet: once a majority of it is healthy, before

@@ -37,6 +37,60 @@ pub struct NodeInfo {
     pub highest_epoch: u64,
     /// Versions of etcd this node has binaries for.
     pub installed_versions: Vec<String>,
+    /// The long operations this node runs or ran last (see [`Job`]). None
+    /// from a manager older than jobs: it restores within one request.
+    /// Last, so that older managers still read this answer (they ignore
+    /// trailing bytes) and their answers are still read (`crate::peer`).
+    pub jobs: Option<Vec<Job>>,
+}
+
+/// A long operation a node runs in the background: the leader starts it
+/// with one short request and then follows it through [`NodeInfo::jobs`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub kind: JobKind,
+    /// What the job makes: for a restore, the new cluster's token.
+    pub key: String,
+    /// The epoch of the leader that started it.
+    pub epoch: u64,
+    pub phase: JobPhase,
+    /// Bytes of the backup downloaded so far.
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobKind {
+    /// Download a backup, check it, restore it as a new member, start it.
+    Restore,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobPhase {
+    Downloading,
+    /// Checking the snapshot's integrity with etcd's own tool (a backup
+    /// without a checksum in its side file).
+    Verifying,
+    /// Stopping the old member and writing the new data dir.
+    Restoring,
+    Done,
+    Failed(String),
+}
+
+impl JobPhase {
+    /// Done or failed: the job will not change any more.
+    pub fn ended(&self) -> bool {
+        matches!(self, JobPhase::Done | JobPhase::Failed(_))
+    }
+}
+
+impl NodeInfo {
+    /// The newest job of `kind` for `key`, if the node has it.
+    pub fn job(&self, kind: JobKind, key: &str) -> Option<&Job> {
+        self.jobs
+            .as_deref()?
+            .iter()
+            .find(|j| j.kind == kind && j.key == key)
+    }
 }
 
 /// Proof of who may mutate: the cluster, the leader, its lease epoch and the

@@ -28,6 +28,11 @@ pub struct SafetyRules {
     /// time since start to show it the other managers (see
     /// [`crate::leadership::settle_time`]).
     pub settle: bool,
+    /// A backup is restored only once what was downloaded matches the
+    /// checksums its side file gives (the leader checks before anything is
+    /// touched, every node again before it restores). The backup store
+    /// applies it (`backup::BackupStore::without_checksums`).
+    pub restore_checksum: bool,
 }
 
 impl SafetyRules {
@@ -39,10 +44,12 @@ impl SafetyRules {
         recovery_grace: true,
         quorum_guard: true,
         settle: true,
+        restore_checksum: true,
     };
 
     /// The rules with the ones named in `list` (comma-separated: `fence`,
-    /// `recheck`, `retries`, `grace`, `quorum`, `settle`) switched off.
+    /// `recheck`, `retries`, `grace`, `quorum`, `settle`, `checksum`)
+    /// switched off.
     pub fn without(list: &str) -> Result<SafetyRules, String> {
         let mut r = SafetyRules::ALL;
         for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -53,9 +60,10 @@ impl SafetyRules {
                 "grace" => r.recovery_grace = false,
                 "quorum" => r.quorum_guard = false,
                 "settle" => r.settle = false,
+                "checksum" => r.restore_checksum = false,
                 other => {
                     return Err(format!(
-                        "unknown safety rule {other:?}: expected fence, recheck, retries, grace, quorum or settle"
+                        "unknown safety rule {other:?}: expected fence, recheck, retries, grace, quorum, settle or checksum"
                     ));
                 }
             }
@@ -82,6 +90,7 @@ mod tests {
         assert!(!r.fence && !r.quorum_guard);
         assert!(r.recheck_lease && r.bound_retries && r.recovery_grace && r.settle);
         assert!(!SafetyRules::without("settle").unwrap().settle);
+        assert!(!SafetyRules::without("checksum").unwrap().restore_checksum);
         let e = SafetyRules::without("fense").unwrap_err();
         assert!(
             e.contains("\"fense\"") && e.contains("expected fence"),

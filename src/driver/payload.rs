@@ -141,6 +141,7 @@ mod tests {
             }),
             highest_epoch: 9,
             installed_versions: vec![],
+            jobs: Some(vec![]),
         };
         let claim = lock::LeaseClaim {
             seq: 123_456,

@@ -1,10 +1,12 @@
 //! A restore over a slow link: S3 (moto) behind a gate that paces what it
 //! sends, so every download of the backup takes well over a minute and the
-//! whole restore over two. It completes; the nodes keep answering GetInfo
-//! while they download; the restored keys are the written ones.
+//! whole restore over two. It completes; the nodes restore as jobs, keep
+//! answering GetInfo while they download and show the download's progress
+//! there; the restored keys are the written ones.
 
 use std::time::{Duration, Instant};
 
+use etcd_manager::core::model::{JobKind, JobPhase};
 use etcd_manager::peer::{PeerClient, Request, Response};
 use tests::wait_for;
 
@@ -106,39 +108,59 @@ async fn a_restore_slower_than_two_minutes_completes() {
     let out = env.ctl(&["restore-backup", &name]);
     assert!(out.success, "{out:?}");
 
-    // While a node downloads, it answers GetInfo at once.
-    let downloading = wait_for(
-        "a node downloading the backup",
-        Duration::from_secs(120),
+    // Each node restores as a job: GetInfo answers at once while it
+    // downloads, and shows the bytes downloaded growing.
+    let addrs: Vec<std::net::SocketAddr> = ms
+        .iter()
+        .map(|m| format!("{}:8000", m.ip).parse().unwrap())
+        .collect();
+    let job_of = |addr: std::net::SocketAddr| async move {
+        let asked = Instant::now();
+        let info = PeerClient::insecure()
+            .call(addr, &Request::GetInfo, Duration::from_secs(5))
+            .await
+            .ok()?;
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "GetInfo answers while the node downloads"
+        );
+        let Response::Info(info) = info else {
+            return None;
+        };
+        info.jobs?
+            .into_iter()
+            .find(|j| j.kind == JobKind::Restore && j.phase == JobPhase::Downloading)
+    };
+    let (addr, first) = wait_for(
+        "a node downloading the backup as a job",
+        Duration::from_secs(180),
         || {
-            let found = ms
-                .iter()
-                .find(|m| {
-                    m.log_text()
-                        .contains("downloading the backup for the restore")
-                })
-                .map(|m| m.ip.clone());
-            async move { found }
+            let addrs = addrs.clone();
+            async move {
+                for a in addrs {
+                    if let Some(j) = job_of(a).await.filter(|j| j.bytes > 0) {
+                        return Some((a, j));
+                    }
+                }
+                None
+            }
         },
     )
     .await;
-    let addr: std::net::SocketAddr = format!("{downloading}:8000").parse().unwrap();
-    let asked = Instant::now();
-    let info = PeerClient::insecure()
-        .call(addr, &Request::GetInfo, Duration::from_secs(5))
-        .await
-        .expect("GetInfo while downloading");
-    assert!(matches!(info, Response::Info(_)), "{info:?}");
-    assert!(asked.elapsed() < Duration::from_secs(5));
-    let node_log = ms
-        .iter()
-        .find(|m| m.ip == downloading)
-        .map(|m| m.log_text())
-        .unwrap_or_default();
-    assert!(
-        !node_log.contains("backup downloaded and verified for the restore"),
-        "GetInfo was answered during the download"
+    let later = wait_for(
+        "the job's download moving on",
+        Duration::from_secs(60),
+        || {
+            let first = first.bytes;
+            async move { job_of(addr).await.filter(|j| j.bytes > first) }
+        },
+    )
+    .await;
+    println!(
+        "restore job on {addr}: {} bytes, then {} bytes downloaded",
+        first.bytes, later.bytes
     );
+    assert_eq!(later.key, first.key, "the same job");
 
     let ep = eps[0].clone();
     wait_for(

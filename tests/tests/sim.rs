@@ -12,8 +12,9 @@
 //! acknowledged write is lost outside a restore, and that after healing the
 //! cluster matches the spec.
 //!
-//! `SIM_REAL_SEEDS=<n> [SIM_SEED_START=<s>] cargo test --release -p tests
-//! --test sim real_driver_seeds` runs n seeds; a failure prints the one-line
+//! `SIM_REAL_SEEDS=<n> [SIM_SEED_START=<s>] cargo test --profile sim -p tests
+//! --test sim real_driver_seeds` runs n seeds (the `sim` profile is release
+//! at opt-level 1: as fast here, quicker to build); a failure prints the one-line
 //! command that replays it. The `real_driver_catches_*` tests switch one
 //! safety rule off each and show the checks catch it. `sim/lease.rs` drives
 //! two lease clients alone on skewed clocks to check the lease's margin.
@@ -90,7 +91,7 @@ fn real_rules_from_env() -> SafetyRules {
 
 /// The simulation of the real driver, lease task and node
 /// (`sim/real.rs`): `SIM_REAL_SEEDS` seeds (default 8) from `SIM_SEED_START`;
-/// `SIM_BREAK=fence,recheck,retries,grace,quorum,settle` switches rules off.
+/// `SIM_BREAK=fence,recheck,retries,grace,quorum,settle,checksum` switches rules off.
 #[test]
 fn real_driver_seeds() {
     let start = env_u64("SIM_SEED_START", 0);
@@ -98,6 +99,7 @@ fn real_driver_seeds() {
     let begun = std::time::Instant::now();
     let (mut effects, mut fenced, mut late, mut writes, mut restores, mut crashes, mut faults) =
         (0, 0, 0, 0, 0, 0, 0);
+    let (mut jobs, mut calls) = (0, 0);
     let rules = real_rules_from_env();
     for seed in start..start + count {
         let out = sim::real::Sim::run(seed, None, rules);
@@ -108,7 +110,7 @@ fn real_driver_seeds() {
                 eprintln!("{line}");
             }
             panic!(
-                "seed {seed} ({} managers, real driver) broke an invariant: {v}\nreplay: {}SIM_SEED_START={seed} SIM_REAL_SEEDS=1 cargo test --release -p tests --test sim real_driver_seeds -- --nocapture",
+                "seed {seed} ({} managers, real driver) broke an invariant: {v}\nreplay: {}SIM_SEED_START={seed} SIM_REAL_SEEDS=1 cargo test --profile sim -p tests --test sim real_driver_seeds -- --nocapture",
                 out.nodes,
                 std::env::var("SIM_BREAK")
                     .map(|b| format!("SIM_BREAK={b} "))
@@ -125,17 +127,25 @@ fn real_driver_seeds() {
         late += out.late_requests;
         writes += out.acked_writes;
         restores += out.restores;
+        jobs += out.restore_jobs;
+        calls += out.restore_calls;
         crashes += out.crashes;
         faults += out.store_faults;
     }
     eprintln!(
-        "real driver: {count} seeds in {:.1} s: {effects} etcd changes, {fenced} fenced requests ({late} late), {writes} writes acknowledged, {crashes} crashes, {restores} restores, {faults} store faults",
+        "real driver: {count} seeds in {:.1} s: {effects} etcd changes, {fenced} fenced requests ({late} late), {writes} writes acknowledged, {crashes} crashes, {restores} restores (asked as {jobs} jobs and {calls} single requests to older managers), {faults} store faults",
         begun.elapsed().as_secs_f64()
     );
     assert!(
         effects > 0 && fenced > 0 && writes > 0,
         "the runs must do something"
     );
+    if count >= 200 {
+        assert!(
+            jobs > 0 && calls > 0,
+            "200 seeds restore both as jobs and within one request"
+        );
+    }
 }
 
 /// The real driver's simulation replays a seed exactly: the same trace
@@ -194,7 +204,7 @@ fn real_knob_caught(rules: SafetyRules, seeds: std::ops::Range<u64>, needles: &[
 /// epoch (stalled on its way while its leader lost the lease) is admitted
 /// after the successor's, and the check names it.
 #[test]
-#[ignore = "release only: scripts/test.sh runs it with --ignored"]
+#[ignore = "optimised builds only: scripts/test.sh runs it with --ignored"]
 fn real_driver_catches_a_missing_fence() {
     let rules = SafetyRules {
         fence: false,
@@ -207,7 +217,7 @@ fn real_driver_catches_a_missing_fence() {
 /// ships: the quorum is rebuilt while a lost voter was silent for less than
 /// the grace, and the check names it.
 #[test]
-#[ignore = "release only: scripts/test.sh runs it with --ignored"]
+#[ignore = "optimised builds only: scripts/test.sh runs it with --ignored"]
 fn real_driver_catches_a_recovery_without_grace() {
     let rules = SafetyRules {
         recovery_grace: false,
@@ -222,7 +232,7 @@ fn real_driver_catches_a_recovery_without_grace() {
 /// lease and its retry lands. Pauses aimed at a refused membership change
 /// come with spec changes.
 #[test]
-#[ignore = "release only: scripts/test.sh runs it with --ignored"]
+#[ignore = "optimised builds only: scripts/test.sh runs it with --ignored"]
 fn real_driver_catches_retries_past_the_lease() {
     let rules = SafetyRules {
         bound_retries: false,
@@ -233,6 +243,21 @@ fn real_driver_catches_retries_past_the_lease() {
         0..800,
         &["changed etcd (member_", "newest lease record"],
     );
+}
+
+/// The checksum check of a download, switched off in the backup store that
+/// ships: an operator restores a backup whose data file was replaced by an
+/// older backup's (valid gzip, other content); the leader's check and the
+/// nodes' do not see it, and the restored snapshot is not the backup as
+/// written. With the check on, the leader refuses the restore.
+#[test]
+#[ignore = "optimised builds only: scripts/test.sh runs it with --ignored"]
+fn real_driver_catches_a_restore_without_the_checksum_check() {
+    let rules = SafetyRules {
+        restore_checksum: false,
+        ..SafetyRules::ALL
+    };
+    real_knob_caught(rules, 0..400, &["a snapshot that is not", "as written"]);
 }
 
 /// Gossip's settle time after a start, switched off in the driver that
@@ -247,7 +272,7 @@ fn real_driver_catches_retries_past_the_lease() {
 /// this fails with "broke no invariant" and a search with `SIM_BREAK=settle`
 /// finds the new seed.
 #[test]
-#[ignore = "release only: scripts/test.sh runs it with --ignored"]
+#[ignore = "optimised builds only: scripts/test.sh runs it with --ignored"]
 fn real_driver_catches_a_leader_that_does_not_wait_for_gossip() {
     let rules = SafetyRules {
         settle: false,
@@ -265,7 +290,7 @@ fn real_driver_catches_a_leader_that_does_not_wait_for_gossip() {
 /// request): a leader paused in the middle of a pass wakes up after its
 /// lease passed to another manager and changes etcd's membership anyway.
 #[test]
-#[ignore = "release only: scripts/test.sh runs it with --ignored"]
+#[ignore = "optimised builds only: scripts/test.sh runs it with --ignored"]
 fn real_driver_catches_a_leader_that_does_not_recheck_its_lease() {
     let rules = SafetyRules {
         recheck_lease: false,

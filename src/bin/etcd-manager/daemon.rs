@@ -98,7 +98,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     }
     let mut etcd_env_overrides = etcd::etcd_env_overrides_from_process();
     etcd_env_overrides.extend(cfg.etcd_env_file.iter().cloned());
-    let node = Arc::new(Node::open(NodeSettings {
+    let node = Node::open(NodeSettings {
         cluster_name: cfg.cluster_name.clone(),
         data_dir: cfg.data_dir.clone(),
         node_config: cfg.node.clone(),
@@ -113,7 +113,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         etcd_pki: etcd_pki.clone(),
         runtime: std::sync::Arc::new(etcd_manager::edges::ProcessRuntime),
         rules: etcd_manager::core::rules::SafetyRules::ALL,
-    })?);
+    })?
+    .shared();
     let peers = match &manager_ca {
         None => etcd_manager::peer::PeerClient::insecure(),
         Some(ca) => etcd_manager::peer::PeerClient::tls(

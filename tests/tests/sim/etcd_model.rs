@@ -358,8 +358,27 @@ impl EtcdRuntime for ModelRuntime {
         bump: Option<u64>,
     ) -> Result<(), etcd::Error> {
         let snap = read_snapshot(file)?;
+        let sha = {
+            use sha2::Digest;
+            let body = std::fs::read(file).map_err(|source| etcd::Error::Io {
+                path: file.to_path_buf(),
+                source,
+            })?;
+            format!("{:x}", sha2::Sha256::digest(&body))
+        };
         mkdirs(&spec.data_dir)?;
         self.world.with(|w| {
+            // What is restored is the backup the restore names, as written.
+            let token = &spec.cluster_token;
+            if let Some(backup) = w.restoring.get(token).cloned()
+                && let Some(want) = w.written.get(&backup).cloned()
+                && want != sha
+            {
+                w.fail(format!(
+                    "n{} restored into {token} a snapshot that is not {backup} as written (sha256 {sha}, written {want})",
+                    self.host + 1
+                ));
+            }
             w.note(format!(
                 "n{} restores a snapshot at revision {} into token {}",
                 self.host + 1,

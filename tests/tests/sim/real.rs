@@ -64,6 +64,12 @@ const VERSION_SALT: u64 = 0x0056_4552_5349_4f4e;
 const CLUSTER: &str = "sim";
 /// Mixed into the seed for the draw of etcd's strict reconfiguration check.
 const STRICT_SALT: u64 = 0x5354_5249_4354;
+/// Mixed into the seed for the draw of a host whose manager is of the
+/// release before jobs.
+const OLDER_SALT: u64 = 0x004f_4c44_4552;
+/// Mixed into the seed for the draw of an operator's restore of a backup
+/// whose data file went bad.
+const ROT_SALT: u64 = 0x0052_4f54;
 pub const FAULTS_FROM: Duration = Duration::from_secs(20);
 pub const FAULTS_UNTIL: Duration = Duration::from_secs(140);
 /// After healing, the cluster must be whole again by then.
@@ -124,6 +130,9 @@ pub struct Counters {
     pub late_requests: u64,
     pub acked_writes: u64,
     pub crashes: u64,
+    /// Restores started as jobs, and within one request (an older manager).
+    pub restore_jobs: u64,
+    pub restore_calls: u64,
 }
 
 pub struct State {
@@ -191,6 +200,18 @@ pub struct State {
     /// etcd's strict reconfiguration check of this run (off: etcd run with
     /// `--strict-reconfig-check=false`).
     pub strict_reconfig: bool,
+    /// A host whose manager answers as the release before jobs did (no
+    /// `jobs` in its GetInfo answers), so the leader restores it within
+    /// one request: a rolling upgrade of the managers under way.
+    pub older: Option<usize>,
+    /// The SHA-256 of each backup's snapshot as its writer declared it in
+    /// the side file, when the side file landed.
+    pub written: BTreeMap<String, String>,
+    /// The backup each restore (by the new cluster's token) was asked to
+    /// restore.
+    pub restoring: BTreeMap<String, String>,
+    /// The backup whose data file is bad now (see `Operator::RestoreRotten`).
+    pub rotten: Option<String>,
 }
 
 impl State {
@@ -255,6 +276,8 @@ impl State {
         match kind {
             "restore_backup" | "reconfigure" => {}
             "stop_etcd" if restoring => {}
+            // A restore job runs outside any request (see crate::jobs).
+            "none" if restoring => {}
             "stop_etcd" => self.stop_before_restore = Some((self.now(), what)),
             _ => self.fail(what),
         }
@@ -516,6 +539,12 @@ impl PeerApi for SimPeers {
                 highest_epoch,
             }),
             Ok(Ok(Response::Failed(message))) => Err(PeerError::Failed { addr, message }),
+            Ok(Ok(Response::Info(mut info))) => {
+                if self.world.with(|w| w.older == Some(target)) {
+                    info.jobs = None;
+                }
+                Ok(Response::Info(info))
+            }
             Ok(Ok(other)) => Ok(other),
             Ok(Err(_)) | Err(_) => Err(timed_out()),
         }
@@ -553,8 +582,21 @@ async fn deliver(
         });
     }
     let kind = req.kind();
-    if kind == "restore_backup" {
-        world.with(|w| w.stop_before_restore = None);
+    if let Request::RestoreBackup(r) | Request::RestoreJob(r) = &req {
+        world.with(|w| {
+            w.restoring
+                .insert(r.cluster_token.clone(), r.backup.clone())
+        });
+    }
+    if kind == "restore_backup" || kind == "restore_job" {
+        world.with(|w| {
+            w.stop_before_restore = None;
+            if kind == "restore_job" {
+                w.counters.restore_jobs += 1;
+            } else {
+                w.counters.restore_calls += 1;
+            }
+        });
     }
     // A paused node reads the request once it runs again.
     let paused = world.with(|w| w.paused[target].clone());
@@ -711,6 +753,8 @@ pub struct Outcome {
     pub late_requests: u64,
     pub acked_writes: u64,
     pub restores: u64,
+    pub restore_jobs: u64,
+    pub restore_calls: u64,
     pub crashes: u64,
     pub store_faults: u64,
 }
@@ -751,6 +795,11 @@ enum Fault {
 pub enum Operator {
     /// `etcd-manager-ctl restore-backup` of the newest backup.
     Restore,
+    /// The same, after the newest backup's data file was replaced by an
+    /// older backup's (a copy gone wrong: valid gzip, other content). The
+    /// leader must refuse it; the operator then deletes the command and
+    /// puts the file back.
+    RestoreRotten,
     /// `etcd-manager-ctl backup-now`.
     BackupNow,
     /// A new spec: this many members.
@@ -866,6 +915,13 @@ impl Sim {
                 // Drawn apart from the run's generator, so a seed's fault
                 // schedule stays what it was before this choice existed.
                 strict_reconfig: !StdRng::seed_from_u64(seed ^ STRICT_SALT).random_bool(0.3),
+                older: {
+                    let mut salted = StdRng::seed_from_u64(seed ^ OLDER_SALT);
+                    salted.random_bool(0.25).then(|| salted.random_range(0..n))
+                },
+                written: BTreeMap::new(),
+                restoring: BTreeMap::new(),
+                rotten: None,
             }),
         });
         store.observe({
@@ -906,7 +962,7 @@ impl Sim {
     ) -> backup::BackupStore {
         // CPU work inline: a blocking-pool task would finish when real
         // threads decide, and the run would not replay exactly.
-        backup::BackupStore::new(
+        let store = backup::BackupStore::new(
             Arc::new(
                 self.store
                     .for_manager(dead.clone(), paused.clone(), cut.clone()),
@@ -914,7 +970,12 @@ impl Sim {
             object_store::path::Path::from(CLUSTER),
             format!("memory://{CLUSTER}"),
         )
-        .with_inline_cpu()
+        .with_inline_cpu();
+        if self.rules.restore_checksum {
+            store
+        } else {
+            store.without_checksums()
+        }
     }
 
     async fn start_host(&mut self, i: usize) {
@@ -961,8 +1022,8 @@ impl Sim {
             }),
             rules: self.rules,
         })
-        .expect("node opens");
-        let node = Arc::new(node);
+        .expect("node opens")
+        .shared();
         node.set_store_id("sim-store".into());
         self.world.with(|w| {
             w.nodes[i] = Some((incarnation, node.clone()));
@@ -1059,7 +1120,10 @@ impl Sim {
             w.counters.crashes += 1;
             w.net.up[i] = false;
             w.net.incarnation[i] = inc;
-            w.nodes[i] = None;
+            // Its jobs end where they are, as its process does.
+            if let Some((_, node)) = w.nodes[i].take() {
+                node.halt();
+            }
             w.inbox[i] = None;
             w.pause_armed[i] = false;
             w.note(format!("n{} crashes", i + 1));
@@ -1133,7 +1197,14 @@ impl Sim {
                 ops.push(Operator::Spec(sizes[self.rng.random_range(0..sizes.len())]));
             }
         }
+        // Two in five restores are of a bad backup, drawn apart from the
+        // run's generator (the fault schedule stays as it was).
+        let rot = StdRng::seed_from_u64(self.seed ^ ROT_SALT).random_bool(0.4);
         for op in ops {
+            let op = match op {
+                Operator::Restore if rot => Operator::RestoreRotten,
+                other => other,
+            };
             let at = Duration::from_secs(self.rng.random_range(span.clone()));
             // Half the spec changes come with a pause of the leader in the
             // middle of one of the membership retries they bring, long
@@ -1173,9 +1244,10 @@ impl Sim {
         let (seed, recover, grace) = (self.seed, self.auto_recover, self.replace_grace);
         self.world.with(|w| {
             w.note(format!(
-                "seed {seed}: {} managers, auto-recover {recover:?}, replace grace {grace:?}, strict reconfiguration check {}",
+                "seed {seed}: {} managers, auto-recover {recover:?}, replace grace {grace:?}, strict reconfiguration check {}, older manager {:?}",
                 w.net.up.len(),
-                if w.strict_reconfig { "on" } else { "off" }
+                if w.strict_reconfig { "on" } else { "off" },
+                w.older.map(|h| format!("n{}", h + 1)),
             ))
         });
         for i in 0..self.n {
@@ -1483,6 +1555,8 @@ impl Sim {
                 late_requests: w.counters.late_requests,
                 acked_writes: w.counters.acked_writes,
                 restores: w.restores,
+                restore_jobs: w.counters.restore_jobs,
+                restore_calls: w.counters.restore_calls,
                 crashes: w.counters.crashes,
                 store_faults,
             }
@@ -1517,84 +1591,137 @@ async fn operator(
     let mut requested = issued;
     let mut requested_first: Option<Duration> = None;
     let mut restore_of: Option<String> = None;
+    // The rotten backup and its data file as written.
+    let mut rotten: Option<(String, Bytes)> = None;
+    let data_of = |name: &str| {
+        object_store::path::Path::from(format!("{CLUSTER}/{name}/{}", backup::BACKUP_DATA_FILE))
+    };
     match &op {
         Operator::Spec(k) => world.with(|w| w.want_members = *k as usize),
         Operator::Version(v) => world.with(|w| w.want_version = v),
         _ => {}
     }
     loop {
-        let done: Result<(), String> = async {
-            match &op {
-                Operator::Restore => {
-                    let backups = store.list_backups().await.map_err(|e| e.to_string())?;
-                    let Some(newest) = backups.last() else {
-                        return Ok(());
-                    };
-                    let spec = store.read_spec().await.map_err(|e| e.to_string())?;
-                    let cmd = backup::Command {
-                        timestamp: 0,
-                        restore_backup: Some(backup::RestoreBackupCommand {
-                            cluster_spec: spec,
-                            backup: newest.clone(),
-                        }),
-                    };
-                    store
-                        .add_command(&cmd, wall)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    restore_of = Some(newest.clone());
-                    Ok(())
-                }
-                Operator::BackupNow => {
-                    // As the ctl: the backups before, then the request.
-                    if before.is_none() {
-                        let names = store.list_backups().await.map_err(|e| e.to_string())?;
-                        before = Some(names.into_iter().collect());
-                        // The ctl's own time between its look and its
-                        // request (a backup may begin meanwhile).
-                        let ms = world.with(|w| w.rng.random_range(0..10_000));
-                        tokio::time::sleep(Duration::from_millis(ms)).await;
+        let done: Result<(), String> =
+            async {
+                match &op {
+                    Operator::Restore => {
+                        let backups = store.list_backups().await.map_err(|e| e.to_string())?;
+                        let Some(newest) = backups.last() else {
+                            return Ok(());
+                        };
+                        queue_restore(&store, newest, wall).await?;
+                        restore_of = Some(newest.clone());
+                        Ok(())
                     }
-                    let body = etcd_manager::backup_now::BackupNowRequest {
-                        requested_at: stamp,
+                    Operator::RestoreRotten => {
+                        if rotten.is_none() {
+                            let backups = store.list_backups().await.map_err(|e| e.to_string())?;
+                            let Some(newest) = backups.last() else {
+                                return Ok(());
+                            };
+                            let extra = |b: &str| {
+                                let (store, b) = (store.clone(), b.to_string());
+                                async move {
+                                    store.read_backup_extra(&b).await.map_err(|e| e.to_string())
+                                }
+                            };
+                            let Some(want) = extra(newest).await? else {
+                                return Ok(());
+                            };
+                            // An older backup with other content that fits in
+                            // what the newest one declares.
+                            let mut donor = None;
+                            for b in backups.iter().rev().skip(1) {
+                                if let Some(x) = extra(b).await?
+                                    && x.snapshot_sha256 != want.snapshot_sha256
+                                    && x.snapshot_size <= want.snapshot_size
+                                    && x.compressed_size <= want.compressed_size
+                                {
+                                    donor = Some(b.clone());
+                                    break;
+                                }
+                            }
+                            let Some(donor) = donor else {
+                                return Ok(());
+                            };
+                            let get = |p: object_store::path::Path| {
+                                let raw = raw.clone();
+                                async move {
+                                    match raw.get(&p).await {
+                                        Ok(r) => r.bytes().await.map_err(|e| e.to_string()),
+                                        Err(e) => Err(e.to_string()),
+                                    }
+                                }
+                            };
+                            let original = get(data_of(newest)).await?;
+                            let other = get(data_of(&donor)).await?;
+                            raw.put(&data_of(newest), other.into())
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            world.with(|w| {
+                                w.rotten = Some(newest.clone());
+                                w.note(format!("operator: the data of {newest} is now {donor}'s"));
+                            });
+                            rotten = Some((newest.clone(), original));
+                        }
+                        let Some((name, _)) = &rotten else {
+                            return Ok(());
+                        };
+                        queue_restore(&store, name, wall).await?;
+                        restore_of = Some(name.clone());
+                        Ok(())
                     }
-                    .body();
-                    // The request counts from its first attempt: a write
-                    // whose answer was lost may have landed then, and the
-                    // retry carries the same stamp.
-                    if requested_first.is_none() {
-                        requested_first = Some(world.with(|w| w.now()));
+                    Operator::BackupNow => {
+                        // As the ctl: the backups before, then the request.
+                        if before.is_none() {
+                            let names = store.list_backups().await.map_err(|e| e.to_string())?;
+                            before = Some(names.into_iter().collect());
+                            // The ctl's own time between its look and its
+                            // request (a backup may begin meanwhile).
+                            let ms = world.with(|w| w.rng.random_range(0..10_000));
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                        }
+                        let body = etcd_manager::backup_now::BackupNowRequest {
+                            requested_at: stamp,
+                        }
+                        .body();
+                        // The request counts from its first attempt: a write
+                        // whose answer was lost may have landed then, and the
+                        // retry carries the same stamp.
+                        if requested_first.is_none() {
+                            requested_first = Some(world.with(|w| w.now()));
+                        }
+                        store
+                            .write_manager_file(etcd_manager::driver::BACKUP_NOW_FILE, body)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        requested = requested_first.unwrap_or(issued);
+                        Ok(())
                     }
-                    store
-                        .write_manager_file(etcd_manager::driver::BACKUP_NOW_FILE, body)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    requested = requested_first.unwrap_or(issued);
-                    Ok(())
-                }
-                // The spec as the operator wants it now: a concurrent change
-                // of the other field is kept.
-                Operator::Spec(_) | Operator::Version(_) => {
-                    let spec = world.with(|w| backup::ClusterSpec {
-                        member_count: w.want_members as i32,
-                        etcd_version: w.want_version.into(),
-                    });
-                    store.write_spec(&spec).await.map_err(|e| e.to_string())
-                }
-                Operator::Malformed => {
-                    let path = object_store::path::Path::from(format!(
-                        "{CLUSTER}/{}/2026-12-01T00:00:00Z-000000/{}",
-                        backup::CONTROL_DIR,
-                        backup::COMMAND_FILE
-                    ));
-                    raw.put(&path, b"{\"restoreBackup\": [not json".to_vec().into())
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
+                    // The spec as the operator wants it now: a concurrent change
+                    // of the other field is kept.
+                    Operator::Spec(_) | Operator::Version(_) => {
+                        let spec = world.with(|w| backup::ClusterSpec {
+                            member_count: w.want_members as i32,
+                            etcd_version: w.want_version.into(),
+                        });
+                        store.write_spec(&spec).await.map_err(|e| e.to_string())
+                    }
+                    Operator::Malformed => {
+                        let path = object_store::path::Path::from(format!(
+                            "{CLUSTER}/{}/2026-12-01T00:00:00Z-000000/{}",
+                            backup::CONTROL_DIR,
+                            backup::COMMAND_FILE
+                        ));
+                        raw.put(&path, b"{\"restoreBackup\": [not json".to_vec().into())
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    }
                 }
             }
-        }
-        .await;
+            .await;
         match done {
             Ok(()) => break,
             Err(e) => {
@@ -1604,8 +1731,8 @@ async fn operator(
         }
     }
     match &op {
-        Operator::Restore if restore_of.is_none() => {
-            world.with(|w| w.note("operator: no backup to restore yet".into()));
+        Operator::Restore | Operator::RestoreRotten if restore_of.is_none() => {
+            world.with(|w| w.note("operator: no backup to restore (or none to rot) yet".into()));
         }
         _ => {}
     }
@@ -1617,6 +1744,54 @@ async fn operator(
             Operator::Restore if restore_of.is_some() => {
                 let restored = world.with(|w| w.replaced_at.is_some_and(|t| t > issued));
                 !restored || !matches!(store.list_commands().await, Ok(c) if c.is_empty())
+            }
+            // Refused, as it must be: the status says so. Then the command
+            // goes and the file is put back.
+            Operator::RestoreRotten if rotten.is_some() => {
+                let (name, original) = rotten.clone().unwrap_or_default();
+                let refused = store
+                    .read_manager_file(etcd_manager::status::STATUS_FILE)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|b| {
+                        serde_json::from_slice::<etcd_manager::status::ClusterStatus>(&b).ok()
+                    })
+                    .is_some_and(|s| {
+                        let says = format!("refusing restore-backup {name}");
+                        s.waits.iter().any(|w| w.contains(&says))
+                    });
+                let cleared = refused
+                    && async {
+                        let commands = store.list_commands().await.map_err(|e| e.to_string())?;
+                        for c in commands {
+                            if c.command
+                                .restore_backup
+                                .as_ref()
+                                .is_some_and(|r| r.backup == name)
+                            {
+                                store
+                                    .delete_command(&c.name)
+                                    .await
+                                    .map_err(|e| e.to_string())?;
+                            }
+                        }
+                        raw.put(&data_of(&name), original.clone().into())
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        Ok::<(), String>(())
+                    }
+                    .await
+                    .is_ok();
+                if cleared {
+                    world.with(|w| {
+                        w.rotten = None;
+                        w.note(format!(
+                            "operator: the restore of the bad {name} was refused; command deleted, data put back"
+                        ));
+                    });
+                }
+                !cleared
             }
             Operator::BackupNow => {
                 let before = before.clone().unwrap_or_default();
@@ -1639,6 +1814,27 @@ async fn operator(
     });
 }
 
+/// `etcd-manager-ctl restore-backup <backup>`: a command with the spec of now.
+async fn queue_restore(
+    store: &backup::BackupStore,
+    backup: &str,
+    wall: std::time::SystemTime,
+) -> Result<(), String> {
+    let spec = store.read_spec().await.map_err(|e| e.to_string())?;
+    let cmd = backup::Command {
+        timestamp: 0,
+        restore_backup: Some(backup::RestoreBackupCommand {
+            cluster_spec: spec,
+            backup: backup.to_string(),
+        }),
+    };
+    store
+        .add_command(&cmd, wall)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
 /// The backup `backup-now` answered with holds every write acknowledged
 /// before the request (since the data was last replaced). False when the
 /// store failed the download: the caller asks again.
@@ -1649,6 +1845,9 @@ async fn answered(
     name: &str,
     requested: Duration,
 ) -> bool {
+    if world.with(|w| w.rotten.as_deref() == Some(name)) {
+        return false; // asked again once the operator has put it back
+    }
     let dest = dir.join(format!("answer-{}", requested.as_millis()));
     let keys = match store.download_backup(name, &dest).await {
         Ok(_) => etcd_model::snapshot_keys(&dest),
@@ -1704,6 +1903,16 @@ fn landed(world: &World, location: &object_store::path::Path, body: &Bytes) {
                 ));
                 w.lease = Some((r.seq, r.holder.clone(), r.released));
             }
+        });
+    }
+    if let Some(dir) = path.strip_suffix(&format!("/{}", backup::BACKUP_EXTRA_FILE))
+        && let Some((_, name)) = dir.rsplit_once('/')
+        && let Ok(x) = serde_json::from_slice::<backup::BackupExtra>(body)
+    {
+        world.with(|w| {
+            w.written
+                .entry(name.to_string())
+                .or_insert(x.snapshot_sha256);
         });
     }
     if path.ends_with(&format!("/{}", backup::RESTORE_MARKER_FILE)) {
