@@ -166,6 +166,10 @@ pub struct Observation {
     /// members are unhealthy once quorum is lost; one that stops answering
     /// later may still come back within the grace; found by the simulation).
     pub silent_since: std::collections::BTreeMap<u64, Instant>,
+    /// Managers gossip no longer reaches whose last word was that their etcd
+    /// serves a cluster not retired, and since when this leader knows it
+    /// (their etcd may serve on: a host cut off does not stop it).
+    pub out_of_reach_since: std::collections::BTreeMap<String, Instant>,
     /// How long a member may be unhealthy before it is replaced.
     pub replace_grace: Duration,
     /// When a member's database is defragmented.
@@ -698,8 +702,9 @@ impl fmt::Display for WaitReason {
             ),
             WaitReason::RestoreWaitsForMembers { members } => write!(
                 f,
-                "restore waits: members {} of the current cluster still serve but their managers do not answer; \
-                 the old cluster would keep a quorum beside the restored one (bring their managers back, or stop their etcd)",
+                "restore waits: members {} of the current cluster still serve, or went out of reach less than the replace grace ago, \
+                 and their managers do not answer; the old cluster could keep a quorum beside the restored one \
+                 (bring their managers back, or stop their etcd)",
                 members.join(", ")
             ),
             WaitReason::RestoreRefused { backup, reason } => write!(
@@ -895,13 +900,37 @@ fn restore(obs: &Observation, cmd: &CommandView) -> Option<Plan> {
     }
     // The restore stops every etcd it can reach first. A quorum of the
     // current cluster serving from hosts whose managers do not answer would
-    // go on serving (and acknowledging writes) beside the restored cluster.
+    // go on serving (and acknowledging writes) beside the restored cluster:
+    // healthy members, and members out of reach for less than the replace
+    // grace (cut off for a moment, not gone).
+    // No member answers at all: a manager out of reach for less than the
+    // replace grace that said last its etcd serves may be cut off, not
+    // gone, and its etcd serve on beside the restored cluster (seed 2641:
+    // the only voter of a shrunk cluster, isolated for 6 s).
+    if obs.cluster.is_none() {
+        let lately: Vec<String> = obs
+            .out_of_reach_since
+            .iter()
+            .filter(|(_, t)| obs.now.saturating_duration_since(**t) < obs.replace_grace)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if !lately.is_empty() {
+            return Some(Plan::wait(WaitReason::RestoreWaitsForMembers {
+                members: lately,
+            }));
+        }
+    }
     if let Some(c) = &obs.cluster {
         let voters = c.members.iter().filter(|m| !m.is_learner).count();
+        let lately_silent = |m: &&MemberView| {
+            obs.silent_since
+                .get(&m.id)
+                .is_some_and(|t| obs.now.saturating_duration_since(*t) < obs.replace_grace)
+        };
         let unstoppable: Vec<String> = c
             .members
             .iter()
-            .filter(|m| !m.is_learner && m.healthy)
+            .filter(|m| !m.is_learner && (m.healthy || lately_silent(m)))
             .filter(|m| !obs.peers.iter().any(|p| p.id == m.name && p.info.is_some()))
             .map(|m| m.name.clone())
             .collect();

@@ -103,6 +103,7 @@ fn obs(member_count: i32, peers: Vec<PeerView>, members: Option<Vec<MemberView>>
         allow_new_cluster: false,
         unhealthy_since: Default::default(),
         silent_since: Default::default(),
+        out_of_reach_since: Default::default(),
         replace_grace: Duration::from_secs(60),
         defrag: DefragPolicy {
             fragmentation: 0.5,
@@ -762,6 +763,62 @@ fn a_restore_waits_while_a_quorum_it_cannot_stop_serves() {
         plan.waits[0].to_string().contains("members b, c"),
         "{}",
         plan.waits[0]
+    );
+    // Out of reach for less than the replace grace counts as serving (a
+    // host cut off for a moment, sim seed 2641); past the grace, as gone.
+    let mut cut = obs(
+        3,
+        vec![running("a", false), silent("b"), silent("c"), idle("d")],
+        Some(vec![
+            member(1, "a", true),
+            member(2, "b", false),
+            member(3, "c", false),
+        ]),
+    );
+    cut.commands = vec![restore_cmd(None, None)];
+    cut.silent_since
+        .insert(2, cut.now - Duration::from_secs(10));
+    cut.silent_since
+        .insert(3, cut.now - Duration::from_secs(10));
+    assert_eq!(
+        reconcile(&cut).waits,
+        [WaitReason::RestoreWaitsForMembers {
+            members: vec!["b".into(), "c".into()],
+        }]
+    );
+    cut.silent_since.insert(2, cut.now - cut.replace_grace);
+    cut.silent_since.insert(3, cut.now - cut.replace_grace);
+    assert!(
+        reconcile(&cut)
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::RestoreBackup { .. })),
+        "{:?}",
+        reconcile(&cut)
+    );
+    // No member answers at all, and a manager out of reach said last that
+    // its etcd serves (sim seed 2641): the same wait, until the grace.
+    let mut unseen = obs(3, vec![idle("a"), silent("b"), idle("d")], None);
+    unseen.commands = vec![restore_cmd(None, None)];
+    unseen
+        .out_of_reach_since
+        .insert("b".into(), unseen.now - Duration::from_secs(10));
+    assert_eq!(
+        reconcile(&unseen).waits,
+        [WaitReason::RestoreWaitsForMembers {
+            members: vec!["b".into()],
+        }]
+    );
+    unseen
+        .out_of_reach_since
+        .insert("b".into(), unseen.now - unseen.replace_grace);
+    assert!(
+        reconcile(&unseen)
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::RestoreBackup { .. })),
+        "{:?}",
+        reconcile(&unseen)
     );
     // One of three out of reach: stopping the other two ends the old quorum.
     let mut o = obs(

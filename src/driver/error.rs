@@ -16,6 +16,11 @@ pub enum DriverError {
     Permanent(String),
 }
 
+/// An error of a call the leader made, as its action reports it.
+pub(super) fn executing_error(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
 impl DriverError {
     pub fn is_permanent(&self) -> bool {
         matches!(self, DriverError::Permanent(_))

@@ -32,10 +32,12 @@ mod leading;
 mod maintenance;
 mod observe;
 mod payload;
+mod reach;
 
 use self::control::*;
 pub use self::control::{defrag_request, verify_request};
 pub use self::error::DriverError;
+use self::error::executing_error;
 use self::execute::*;
 use self::observe::*;
 pub use self::payload::*;
@@ -50,8 +52,6 @@ const ETCD_DEFRAG_TIMEOUT: Duration = Duration::from_secs(300);
 /// Backoff kinds besides the actions' labels.
 const LEASE_STEP: &str = "lease_step";
 const READ_CONTROL: &str = "read_control";
-/// A failed v2 store check is run again after this long.
-const V2STORE_RETRY: Duration = Duration::from_secs(60);
 /// How long a peer's answer about its etcd settings is trusted: the manager
 /// may restart with other settings, so the answer is asked again after this
 /// (the node also refuses a move its settings would not survive).
@@ -173,8 +173,10 @@ pub struct Driver {
     /// A backup awaiting its restore drill.
     unverified_backup: Option<String>,
     unhealthy_since: BTreeMap<u64, Instant>,
-    /// Since when each member has not answered at all (no progress).
+    /// Since when each member has not answered at all (no progress), and
+    /// what each manager said last in gossip about its etcd.
     silent_since: BTreeMap<u64, Instant>,
+    last_words: BTreeMap<String, reach::LastWord>,
     /// Action kinds that failed (and lease steps, reads of the control
     /// files: [`LEASE_STEP`], [`READ_CONTROL`]), and when each may be tried again.
     backoff: crate::backoff::Backoff,
@@ -220,10 +222,6 @@ struct Control {
     allow_new_cluster: bool,
     commands: Vec<backup::StoredCommand>,
     created_marker: bool,
-}
-
-fn executing_error(e: impl std::fmt::Display) -> String {
-    e.to_string()
 }
 
 impl Driver {
@@ -281,6 +279,7 @@ impl Driver {
             unverified_backup: None,
             unhealthy_since: BTreeMap::new(),
             silent_since: BTreeMap::new(),
+            last_words: BTreeMap::new(),
             v2store: BTreeMap::new(),
             settings_checks: BTreeMap::new(),
             prefixes_cleared: BTreeSet::new(),
@@ -382,6 +381,7 @@ impl Driver {
         self.publish_payload().await;
         self.note_claims().await;
         let peers = self.alive_peers();
+        self.remember_last_words();
         self.node.set_alive_view(peers.keys().cloned().collect());
         self.last_alive = peers.keys().cloned().collect();
         self.keep_hosts_file();

@@ -5,6 +5,9 @@
 use super::*;
 use crate::node::served_cluster_file;
 
+/// A failed v2 store check is run again after this long.
+const V2STORE_RETRY: Duration = Duration::from_secs(60);
+
 impl Driver {
     pub(super) async fn observe(
         &mut self,
@@ -72,7 +75,28 @@ impl Driver {
             .filter(|p| p.token().is_none_or(|t| !retired_tokens.contains(t)))
             .cloned()
             .collect();
-        let last_seen = self.last_seen_serving(peers, &retired_tokens);
+        let answered: BTreeSet<String> = infos
+            .iter()
+            .filter(|p| p.info.is_some())
+            .map(|p| p.id.clone())
+            .collect();
+        let seen = self.last_seen_serving(&answered, &retired_tokens);
+        let now = self.clock.now();
+        for (id, word) in self.last_words.iter_mut() {
+            if seen.iter().any(|(i, _)| i == id) {
+                word.out_since.get_or_insert(now);
+            } else {
+                word.out_since = None;
+            }
+        }
+        let out_of_reach_since = self
+            .last_words
+            .iter()
+            .filter_map(|(id, w)| Some((id.clone(), w.out_since?)))
+            .collect();
+        let mut last_seen: Vec<String> = seen.into_iter().map(|(_, url)| url).collect();
+        last_seen.sort();
+        last_seen.dedup();
         let cluster = observe_cluster(
             &current,
             &last_seen,
@@ -189,6 +213,7 @@ impl Driver {
             allow_new_cluster,
             unhealthy_since: self.unhealthy_since.clone(),
             silent_since: self.silent_since.clone(),
+            out_of_reach_since,
             replace_grace: self.settings.replace_grace,
             defrag: self.settings.defrag,
             v2store,
@@ -205,32 +230,6 @@ impl Driver {
             retired_tokens,
             rules: self.settings.rules,
         })
-    }
-
-    /// The client URLs at which managers gossip no longer reaches (suspect or
-    /// down, not among `alive`) said last that their etcd served a cluster
-    /// that is not retired. Their etcd may still serve: a manager paused or
-    /// cut off does not stop it, and a new leader has no other way to know.
-    fn last_seen_serving(
-        &self,
-        alive: &BTreeMap<String, SocketAddr>,
-        retired: &BTreeSet<String>,
-    ) -> Vec<String> {
-        let mut urls: Vec<String> = self
-            .gossip
-            .members()
-            .iter()
-            .filter(|mv| !alive.contains_key(&mv.id))
-            .filter_map(|mv| PeerPayload::decode(mv.payload.as_deref()?))
-            .filter(|p| p.cluster_name == self.settings.cluster_name)
-            .filter_map(|p| {
-                let (token, url) = p.serving()?;
-                (!retired.contains(token)).then_some(url)
-            })
-            .collect();
-        urls.sort();
-        urls.dedup();
-        urls
     }
 
     /// Record in the store that the cluster this leader sees serves (once

@@ -1593,6 +1593,7 @@ async fn operator(
     let mut restore_of: Option<String> = None;
     // The rotten backup and its data file as written.
     let mut rotten: Option<(String, Bytes)> = None;
+    let mut rotten_command: Option<String> = None;
     let data_of = |name: &str| {
         object_store::path::Path::from(format!("{CLUSTER}/{name}/{}", backup::BACKUP_DATA_FILE))
     };
@@ -1607,7 +1608,12 @@ async fn operator(
                 match &op {
                     Operator::Restore => {
                         let backups = store.list_backups().await.map_err(|e| e.to_string())?;
-                        let Some(newest) = backups.last() else {
+                        // Not the one another operator restores to show it is
+                        // refused (see RestoreRotten).
+                        let rotten = world.with(|w| w.rotten.clone());
+                        let Some(newest) =
+                            backups.iter().rev().find(|b| Some(*b) != rotten.as_ref())
+                        else {
                             return Ok(());
                         };
                         queue_restore(&store, newest, wall).await?;
@@ -1668,7 +1674,7 @@ async fn operator(
                         let Some((name, _)) = &rotten else {
                             return Ok(());
                         };
-                        queue_restore(&store, name, wall).await?;
+                        rotten_command = Some(queue_restore(&store, name, wall).await?);
                         restore_of = Some(name.clone());
                         Ok(())
                     }
@@ -1763,17 +1769,10 @@ async fn operator(
                     });
                 let cleared = refused
                     && async {
-                        let commands = store.list_commands().await.map_err(|e| e.to_string())?;
-                        for c in commands {
-                            if c.command
-                                .restore_backup
-                                .as_ref()
-                                .is_some_and(|r| r.backup == name)
-                            {
-                                store
-                                    .delete_command(&c.name)
-                                    .await
-                                    .map_err(|e| e.to_string())?;
+                        if let Some(c) = &rotten_command {
+                            match store.delete_command(c).await {
+                                Ok(()) | Err(backup::Error::NotFound { .. }) => {}
+                                Err(e) => return Err(e.to_string()),
                             }
                         }
                         raw.put(&data_of(&name), original.clone().into())
@@ -1814,12 +1813,13 @@ async fn operator(
     });
 }
 
-/// `etcd-manager-ctl restore-backup <backup>`: a command with the spec of now.
+/// `etcd-manager-ctl restore-backup <backup>`: a command with the spec of
+/// now; its name.
 async fn queue_restore(
     store: &backup::BackupStore,
     backup: &str,
     wall: std::time::SystemTime,
-) -> Result<(), String> {
+) -> Result<String, String> {
     let spec = store.read_spec().await.map_err(|e| e.to_string())?;
     let cmd = backup::Command {
         timestamp: 0,
@@ -1831,7 +1831,6 @@ async fn queue_restore(
     store
         .add_command(&cmd, wall)
         .await
-        .map(drop)
         .map_err(|e| e.to_string())
 }
 
