@@ -230,7 +230,11 @@ fn real_driver_catches_a_recovery_without_grace() {
 /// ships (15 s whatever the lease has left): a leader paused in the middle
 /// of a retry of a change etcd refused wakes up after a successor took the
 /// lease and its retry lands. Pauses aimed at a refused membership change
-/// come with spec changes.
+/// come with spec changes. A replay of the found seed: since restores run
+/// as jobs (the leader polls each node every second), the runs' schedules
+/// moved and seeds 0-3383 no longer reach the case (it was seed 94); if
+/// seed 3384's schedule changes, this fails with "broke no invariant" and a
+/// search with `SIM_BREAK=retries` finds the new seed.
 #[test]
 #[ignore = "optimised builds only: scripts/test.sh runs it with --ignored"]
 fn real_driver_catches_retries_past_the_lease() {
@@ -240,7 +244,7 @@ fn real_driver_catches_retries_past_the_lease() {
     };
     real_knob_caught(
         rules,
-        0..800,
+        3384..3385,
         &["changed etcd (member_", "newest lease record"],
     );
 }
