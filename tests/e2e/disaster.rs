@@ -729,7 +729,7 @@ async fn a_restore_waits_for_an_etcd_whose_manager_is_paused() {
         &env,
         "the restore waits for the paused manager's etcd",
         Duration::from_secs(60),
-        |w| w.contains("still serve but their managers do not answer") && w.contains(&mname),
+        |w| w.contains("and their managers do not answer") && w.contains(&mname),
     )
     .await;
     // The old cluster still serves, alone: nothing was restored beside it.
