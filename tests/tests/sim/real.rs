@@ -1471,28 +1471,18 @@ impl Sim {
             if broken {
                 break;
             }
-            if !whole && !answered_alert && now.as_secs() % 10 == 0 {
-                let status = status_store
-                    .read_manager_file(etcd_manager::status::STATUS_FILE)
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|b| {
-                        serde_json::from_slice::<etcd_manager::status::ClusterStatus>(&b).ok()
-                    });
-                if status.is_some_and(|s| {
-                    s.waits
-                        .iter()
-                        .any(|w| w.contains("must issue restore-backup"))
-                }) {
-                    answered_alert = true;
-                    self.world
-                        .with(|w| w.note("operator: status asks for a restore".into()));
-                    let (world, raw) = (self.world.clone(), self.store.clone());
-                    let dir = self.tmp.path().to_path_buf();
-                    let store = self.backup_store(&nobody, &nobody, &nobody);
-                    tokio::spawn(operator(world, store, raw, dir, Operator::Restore));
-                }
+            if !whole
+                && !answered_alert
+                && now.as_secs() % 10 == 0
+                && status_says(&status_store, "must issue restore-backup").await
+            {
+                answered_alert = true;
+                self.world
+                    .with(|w| w.note("operator: status asks for a restore".into()));
+                let (world, raw) = (self.world.clone(), self.store.clone());
+                let dir = self.tmp.path().to_path_buf();
+                let store = self.backup_store(&nobody, &nobody, &nobody);
+                tokio::spawn(operator(world, store, raw, dir, Operator::Restore));
             }
             if whole {
                 let since = *whole_since.get_or_insert(now);
@@ -1755,18 +1745,7 @@ async fn operator(
             // goes and the file is put back.
             Operator::RestoreRotten if rotten.is_some() => {
                 let (name, original) = rotten.clone().unwrap_or_default();
-                let refused = store
-                    .read_manager_file(etcd_manager::status::STATUS_FILE)
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|b| {
-                        serde_json::from_slice::<etcd_manager::status::ClusterStatus>(&b).ok()
-                    })
-                    .is_some_and(|s| {
-                        let says = format!("refusing restore-backup {name}");
-                        s.waits.iter().any(|w| w.contains(&says))
-                    });
+                let refused = status_says(&store, &format!("refusing restore-backup {name}")).await;
                 let cleared = refused
                     && async {
                         if let Some(c) = &rotten_command {
@@ -1811,6 +1790,18 @@ async fn operator(
         w.note(format!("operator: {what} seen through"));
         w.operator.retain(|(x, at)| !(x == &what && *at == issued));
     });
+}
+
+/// Whether one of the waits in the leader's status report (as
+/// `etcd-manager-ctl status` reads it) contains `needle`.
+async fn status_says(store: &backup::BackupStore, needle: &str) -> bool {
+    store
+        .read_manager_file(etcd_manager::status::STATUS_FILE)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|b| serde_json::from_slice::<etcd_manager::status::ClusterStatus>(&b).ok())
+        .is_some_and(|s| s.waits.iter().any(|w| w.contains(needle)))
 }
 
 /// `etcd-manager-ctl restore-backup <backup>`: a command with the spec of
