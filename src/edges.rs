@@ -253,6 +253,16 @@ pub trait EtcdRuntime: Send + Sync + std::fmt::Debug + 'static {
         spec: &etcd::EtcdNodeSpec,
         bump: Option<u64>,
     ) -> Result<(), etcd::Error>;
+    /// Whether these binaries' etcdutl has `check v2store`.
+    async fn can_check_v2store(&self, binaries: &etcd::EtcdBinaries) -> bool;
+    /// `etcdutl check v2store` on a copy of `data_dir` made under `scratch`.
+    async fn check_v2store(
+        &self,
+        binaries: &etcd::EtcdBinaries,
+        data_dir: &Path,
+        scratch: &Path,
+        deadline: Duration,
+    ) -> Result<etcd::V2StoreVerdict, etcd::Error>;
 }
 
 /// The real processes and tools.
@@ -287,6 +297,18 @@ impl EtcdRuntime for ProcessRuntime {
         bump: Option<u64>,
     ) -> Result<(), etcd::Error> {
         etcd::restore_snapshot(binaries, file, spec, bump).await
+    }
+    async fn can_check_v2store(&self, binaries: &etcd::EtcdBinaries) -> bool {
+        etcd::can_check_v2store(binaries).await
+    }
+    async fn check_v2store(
+        &self,
+        binaries: &etcd::EtcdBinaries,
+        data_dir: &Path,
+        scratch: &Path,
+        deadline: Duration,
+    ) -> Result<etcd::V2StoreVerdict, etcd::Error> {
+        etcd::check_v2store(binaries, data_dir, scratch, deadline).await
     }
 }
 

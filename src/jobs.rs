@@ -3,7 +3,10 @@
 //! maybe an hour over a slow link. The leader starts it with one short
 //! request ([`crate::peer::Request::RestoreJob`]) and follows it in every
 //! `GetInfo` answer ([`crate::core::model::NodeInfo::jobs`]); no request
-//! waits on it, and no lock is held while it downloads.
+//! waits on it, and no lock is held while it downloads. The check of a
+//! member's v2 store before a move to 3.6 (a copy of its data, then
+//! etcdutl on the copy) runs the same way
+//! ([`crate::peer::Request::V2StoreJob`]).
 //!
 //! A node keeps one job (the one running, or the last one). A newer
 //! leader's job takes over from an older leader's that has not touched any
@@ -55,12 +58,18 @@ impl JobBoard {
     /// Start job `kind` for `key` on behalf of the leader of `epoch`,
     /// unless it runs or has succeeded already (a repeated request), or
     /// another leader's job that is not older runs. A job that failed is
-    /// started again.
+    /// started again, and so is a check that ended (the data may have
+    /// changed since).
     pub fn begin(&self, kind: JobKind, key: &str, epoch: u64) -> Begin {
         let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = slot.as_ref() {
             let same = e.job.kind == kind && e.job.key == key;
-            if same && !matches!(e.job.phase, JobPhase::Failed(_)) {
+            let again = match e.job.phase {
+                JobPhase::Failed(_) => true,
+                JobPhase::Done | JobPhase::Found(_) => kind == JobKind::CheckV2Store,
+                _ => false,
+            };
+            if same && !again {
                 return Begin::Known(e.job.phase.clone());
             }
             if !e.job.phase.ended() {
@@ -78,7 +87,7 @@ impl JobBoard {
                 kind,
                 key: key.to_string(),
                 epoch,
-                phase: JobPhase::Downloading,
+                phase: kind.first_phase(),
                 bytes: 0,
             },
             bytes: bytes.clone(),
@@ -90,17 +99,8 @@ impl JobBoard {
     /// Job `key` moved on to `phase` (ignored when another job replaced it).
     pub fn set_phase(&self, key: &str, phase: JobPhase) {
         let phase = match phase {
-            JobPhase::Failed(mut m) => {
-                if m.len() > MAX_JOB_MESSAGE {
-                    let mut cut = MAX_JOB_MESSAGE;
-                    while !m.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    m.truncate(cut);
-                    m.push_str("...");
-                }
-                JobPhase::Failed(m)
-            }
+            JobPhase::Failed(m) => JobPhase::Failed(cut_message(m)),
+            JobPhase::Found(m) => JobPhase::Found(cut_message(m)),
             other => other,
         };
         let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
@@ -130,6 +130,19 @@ impl JobBoard {
     pub fn halted(&self) -> CancellationToken {
         self.halt.clone()
     }
+}
+
+/// `m`, cut to [`MAX_JOB_MESSAGE`] bytes.
+fn cut_message(mut m: String) -> String {
+    if m.len() > MAX_JOB_MESSAGE {
+        let mut cut = MAX_JOB_MESSAGE;
+        while !m.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        m.truncate(cut);
+        m.push_str("...");
+    }
+    m
 }
 
 #[cfg(test)]
@@ -173,6 +186,33 @@ mod tests {
         let (_, bytes) = started(board.begin(JobKind::Restore, "t1", 4));
         assert_eq!(bytes.load(Ordering::Relaxed), 0);
         assert_eq!(board.list()[0].phase, JobPhase::Downloading);
+    }
+
+    #[test]
+    fn a_check_starts_checking_and_ends_with_what_it_found() {
+        let board = JobBoard::default();
+        started(board.begin(JobKind::CheckV2Store, "t1", 4));
+        assert_eq!(board.list()[0].phase, JobPhase::Checking);
+        // A restore of another cluster for the same leader waits for it.
+        assert!(
+            matches!(board.begin(JobKind::Restore, "t2", 4), Begin::Busy(j) if j.kind == JobKind::CheckV2Store)
+        );
+        board.set_phase("t1", JobPhase::Found("é".repeat(MAX_JOB_MESSAGE)));
+        let JobPhase::Found(m) = &board.list()[0].phase else {
+            panic!("found")
+        };
+        assert!(m.len() <= MAX_JOB_MESSAGE + 3, "the finding is cut");
+        // Ended: a restore may start; a check asked again runs again.
+        started(board.begin(JobKind::Restore, "t2", 4));
+        assert_eq!(board.list()[0].phase, JobPhase::Downloading);
+        board.set_phase("t2", JobPhase::Done);
+        started(board.begin(JobKind::CheckV2Store, "t2", 5));
+        assert!(matches!(
+            board.begin(JobKind::CheckV2Store, "t2", 5),
+            Begin::Known(JobPhase::Checking)
+        ));
+        board.set_phase("t2", JobPhase::Done);
+        started(board.begin(JobKind::CheckV2Store, "t2", 5));
     }
 
     #[test]

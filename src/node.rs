@@ -940,13 +940,27 @@ impl Node {
                 Err(resp) => resp,
             };
         }
+        if let Request::V2StoreJob(f) = req {
+            let data = inner.state.etcd.as_ref().map(|l| {
+                (
+                    l.cluster_token.clone(),
+                    self.etcd_data_dir(&l.cluster_token),
+                )
+            });
+            drop(inner);
+            return match data {
+                None => Response::Failed("this node runs no etcd".into()),
+                Some((token, data)) => self.start_v2store_job(token, data, f.epoch),
+            };
+        }
         if let Request::CheckV2Store(_) = req {
             let data = inner
                 .state
                 .etcd
                 .as_ref()
                 .map(|l| self.etcd_data_dir(&l.cluster_token));
-            // The copy and the check run without the lock: GetInfo answers.
+            // An older leader's check, answered when it ends. The copy and
+            // the check run without the lock: GetInfo answers.
             drop(inner);
             return match data {
                 None => Response::Failed("this node runs no etcd".into()),
@@ -966,6 +980,7 @@ impl Node {
             | Request::VerifyBackup { .. }
             | Request::RestoreBackup(_)
             | Request::RestoreJob(_)
+            | Request::V2StoreJob(_)
             | Request::CheckSettings { .. } => unreachable_info(),
             Request::JoinCluster(j) => self.join(&mut inner, j).await,
             Request::Reconfigure(r) => {
@@ -1007,11 +1022,13 @@ impl Node {
             let Ok(binaries) = etcd::find_binaries(v, &self.settings.bin_dirs) else {
                 continue;
             };
-            if !etcd::can_check_v2store(&binaries).await {
+            let runtime = &self.settings.runtime;
+            if !runtime.can_check_v2store(&binaries).await {
                 continue;
             }
             let scratch = self.settings.data_dir.join(V2CHECK_DIR);
-            let verdict = etcd::check_v2store(&binaries, data, &scratch, V2CHECK_TIMEOUT)
+            let verdict = runtime
+                .check_v2store(&binaries, data, &scratch, V2CHECK_TIMEOUT)
                 .await
                 .map_err(|e| e.to_string())?;
             tracing::info!(data = %data.display(), tool = %binaries.version, ?verdict, "checked the v2 store");
@@ -1332,6 +1349,46 @@ impl Node {
                             me.jobs.set_phase(&key, job_end(&result));
                         }
                         // The node stops: the job ends here, as the process would.
+                        () = halted.cancelled() => {}
+                    }
+                });
+                Response::Done
+            }
+        }
+    }
+
+    /// Start the check of this member's v2 store (`data`, of cluster
+    /// `token`) as a job for the leader of `epoch`; answered at once.
+    fn start_v2store_job(&self, token: String, data: PathBuf, epoch: u64) -> Response {
+        let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade) else {
+            return Response::Failed("this node runs no jobs (it is not shared)".into());
+        };
+        match self.jobs.begin(JobKind::CheckV2Store, &token, epoch) {
+            crate::jobs::Begin::Known(_) => Response::Done,
+            crate::jobs::Begin::Busy(j) => Response::Failed(format!(
+                "busy with the {:?} job of cluster {} for the leader of epoch {}; try again when it ends",
+                j.kind, j.key, j.epoch
+            )),
+            crate::jobs::Begin::Start { .. } => {
+                tracing::info!(%token, epoch, "v2 store check job started");
+                // It only reads the member's data: a newer leader's job that
+                // takes over lets it end (and empty its scratch dir).
+                let halted = self.jobs.halted();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        verdict = me.check_v2store(&data) => {
+                            let phase = match verdict {
+                                Ok(etcd::V2StoreVerdict::Clean) => JobPhase::Done,
+                                Ok(etcd::V2StoreVerdict::Custom(what)) => JobPhase::Found(what),
+                                Err(e) => {
+                                    tracing::warn!(%token, reason = %e, "v2 store check job failed");
+                                    JobPhase::Failed(e)
+                                }
+                            };
+                            me.jobs.set_phase(&token, phase);
+                        }
+                        // The node stops: the job ends here, as the process
+                        // would (the scratch dir is emptied at the next start).
                         () = halted.cancelled() => {}
                     }
                 });

@@ -144,6 +144,11 @@ pub enum Request {
     /// manager of this release or newer). Last, so older managers still
     /// read every other request.
     RestoreJob(RestoreBackup),
+    /// [`Request::CheckV2Store`] as a job: answered once the check has
+    /// started; the leader follows it in [`NodeInfo::jobs`]
+    /// ([`crate::core::model::JobKind::CheckV2Store`], keyed by the
+    /// member's cluster token). Sent only to a node whose `jobs` is Some.
+    V2StoreJob(Fence),
 }
 
 impl Request {
@@ -155,7 +160,7 @@ impl Request {
             Request::StopEtcd(f) => Some(f),
             Request::RestoreBackup(r) | Request::RestoreJob(r) => Some(&r.fence),
             Request::GcTrashcan { fence, .. } => Some(fence),
-            Request::CheckV2Store(f) => Some(f),
+            Request::CheckV2Store(f) | Request::V2StoreJob(f) => Some(f),
             Request::VerifyBackup { fence, .. } => Some(fence),
         }
     }
@@ -191,7 +196,7 @@ impl Request {
                 nodes(&r.nodes)
             }
             Request::GcTrashcan { fence: f, .. } => fence(f),
-            Request::CheckV2Store(f) => fence(f),
+            Request::CheckV2Store(f) | Request::V2StoreJob(f) => fence(f),
             Request::VerifyBackup { fence: f, backup } => {
                 fence(f)?;
                 backup::check_backup_name(backup).map_err(|e| e.to_string())
@@ -226,6 +231,7 @@ impl Request {
             Request::GcTrashcan { .. } => "gc_trashcan",
             Request::Leadership { .. } => "leadership",
             Request::CheckV2Store(_) => "check_v2store",
+            Request::V2StoreJob(_) => "v2store_job",
             Request::CheckSettings { .. } => "check_settings",
             Request::VerifyBackup { .. } => "verify_backup",
         }

@@ -42,6 +42,12 @@ pub struct ClusterStatus {
     /// from, or the gap that stopped it (None: turned off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub continuous_backup: Option<String>,
+    /// The long operations managers run for the leader (restores, v2
+    /// store checks) that have not ended, in words: `n2: restore of
+    /// cluster T: downloading, 52428800 bytes`. While the leader follows
+    /// them it rewrites the report as they move.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -120,6 +126,14 @@ impl ClusterStatus {
             version_change: version_change_text(obs),
             warnings: vec![],
             continuous_backup: None,
+            jobs: obs
+                .peers
+                .iter()
+                .filter_map(|p| Some((p, p.info.as_ref()?.jobs.as_ref()?)))
+                .flat_map(|(p, jobs)| jobs.iter().map(move |j| (p.id.as_str(), j)))
+                .filter(|(_, j)| !j.phase.ended())
+                .map(|(id, j)| job_text(id, j))
+                .collect(),
         }
     }
 
@@ -153,6 +167,25 @@ fn version_change_text(obs: &Observation) -> Option<String> {
 }
 
 /// Seconds as "45s", "12m", "3h", "2d".
+/// Node `id`'s job in words, for the report.
+pub fn job_text(id: &str, j: &crate::core::model::Job) -> String {
+    use crate::core::model::{JobKind, JobPhase};
+    let kind = match j.kind {
+        JobKind::Restore => "restore",
+        JobKind::CheckV2Store => "v2 store check",
+    };
+    let phase = match &j.phase {
+        JobPhase::Downloading => format!("downloading, {} bytes", j.bytes),
+        JobPhase::Verifying => "checking the snapshot".into(),
+        JobPhase::Restoring => "writing the data dir".into(),
+        JobPhase::Checking => "checking a copy of the data".into(),
+        JobPhase::Done => "done".into(),
+        JobPhase::Found(what) => format!("found: {what}"),
+        JobPhase::Failed(why) => format!("failed: {why}"),
+    };
+    format!("{id}: {kind} of cluster {}: {phase}", j.key)
+}
+
 pub fn age(secs: i64) -> String {
     match secs {
         s if s < 0 => "in the future".into(),

@@ -54,7 +54,7 @@ pub struct Job {
     /// The epoch of the leader that started it.
     pub epoch: u64,
     pub phase: JobPhase,
-    /// Bytes of the backup downloaded so far.
+    /// Bytes of the backup downloaded so far (a restore; 0 for a check).
     pub bytes: u64,
 }
 
@@ -62,6 +62,22 @@ pub struct Job {
 pub enum JobKind {
     /// Download a backup, check it, restore it as a new member, start it.
     Restore,
+    /// Copy the member's data and have etcdutl check its v2 store (before
+    /// a move to 3.6, which drops the v2 store). Key: the member's cluster
+    /// token. Last, so that a manager that knows only restores reads every
+    /// answer without such a job as before (and one with it as an older
+    /// manager's answer: `crate::peer::decode_response`).
+    CheckV2Store,
+}
+
+impl JobKind {
+    /// The phase a job of this kind starts in.
+    pub fn first_phase(self) -> JobPhase {
+        match self {
+            JobKind::Restore => JobPhase::Downloading,
+            JobKind::CheckV2Store => JobPhase::Checking,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,12 +90,20 @@ pub enum JobPhase {
     Restoring,
     Done,
     Failed(String),
+    /// A check runs (copying the data, then etcd's tool on the copy).
+    Checking,
+    /// The check ended and found what it names: for the v2 store, custom
+    /// content (a clean store ends [`JobPhase::Done`]).
+    Found(String),
 }
 
 impl JobPhase {
-    /// Done or failed: the job will not change any more.
+    /// Done, found or failed: the job will not change any more.
     pub fn ended(&self) -> bool {
-        matches!(self, JobPhase::Done | JobPhase::Failed(_))
+        matches!(
+            self,
+            JobPhase::Done | JobPhase::Failed(_) | JobPhase::Found(_)
+        )
     }
 }
 

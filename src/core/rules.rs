@@ -33,6 +33,9 @@ pub struct SafetyRules {
     /// touched, every node again before it restores). The backup store
     /// applies it (`backup::BackupStore::without_checksums`).
     pub restore_checksum: bool,
+    /// A version change by dump and restore quarantines every member
+    /// before it takes the dump, so no client write lands after the dump.
+    pub dump_quarantine: bool,
 }
 
 impl SafetyRules {
@@ -45,10 +48,11 @@ impl SafetyRules {
         quorum_guard: true,
         settle: true,
         restore_checksum: true,
+        dump_quarantine: true,
     };
 
     /// The rules with the ones named in `list` (comma-separated: `fence`,
-    /// `recheck`, `retries`, `grace`, `quorum`, `settle`, `checksum`)
+    /// `recheck`, `retries`, `grace`, `quorum`, `settle`, `checksum`, `dump`)
     /// switched off.
     pub fn without(list: &str) -> Result<SafetyRules, String> {
         let mut r = SafetyRules::ALL;
@@ -61,9 +65,10 @@ impl SafetyRules {
                 "quorum" => r.quorum_guard = false,
                 "settle" => r.settle = false,
                 "checksum" => r.restore_checksum = false,
+                "dump" => r.dump_quarantine = false,
                 other => {
                     return Err(format!(
-                        "unknown safety rule {other:?}: expected fence, recheck, retries, grace, quorum, settle or checksum"
+                        "unknown safety rule {other:?}: expected fence, recheck, retries, grace, quorum, settle, checksum or dump"
                     ));
                 }
             }

@@ -2,6 +2,7 @@
 //! stay in [`super::execute`]'s dispatch).
 
 use super::*;
+use crate::core::model::{JobKind, JobPhase};
 
 impl Driver {
     /// [`Action::SeedCluster`]: prepare every chosen peer (cancelled on all
@@ -58,7 +59,9 @@ impl Driver {
     }
 
     /// [`Action::CheckV2Store`]: ask each peer whether its data holds custom
-    /// v2 content, and keep the answers by peer and cluster token.
+    /// v2 content, and keep the answers by peer and cluster token. The
+    /// peers check at once. A manager of this release runs the check as a
+    /// job that the leader follows; an older one within one request.
     pub(super) async fn check_v2store(
         &mut self,
         peers: &[String],
@@ -67,20 +70,52 @@ impl Driver {
     ) -> Result<(), String> {
         let pc = &self.settings.peers.clone();
         let fence = self.fence(epoch);
+        let mut asks = Vec::new();
         for id in peers {
-            let token = obs
+            let info = obs
                 .peers
                 .iter()
                 .find(|p| p.id == *id)
-                .and_then(|p| p.info.as_ref()?.etcd_state.as_ref())
+                .and_then(|p| p.info.as_ref());
+            let token = info
+                .and_then(|i| i.etcd_state.as_ref())
                 .map(|e| e.cluster_token.clone())
                 .ok_or_else(|| format!("peer {id} runs no etcd"))?;
-            let req = Request::CheckV2Store(fence.clone());
-            let check = match pc.call(self.addr_of(id)?, &req, req.deadline()).await {
+            let jobs = info.is_some_and(|i| i.jobs.is_some());
+            asks.push((id.clone(), token, self.addr_of(id)?, jobs));
+        }
+        let me = &*self;
+        let checks = asks.iter().map(|(id, token, addr, jobs)| {
+            let fence = fence.clone();
+            async move {
+                if !jobs {
+                    let req = Request::CheckV2Store(fence);
+                    return pc.call(*addr, &req, req.deadline()).await;
+                }
+                match pc
+                    .call(*addr, &Request::V2StoreJob(fence), peer::REQUEST_TIMEOUT)
+                    .await
+                {
+                    Ok(Response::Done) => {}
+                    other => return other,
+                }
+                Ok(
+                    match me.follow_job(id, *addr, JobKind::CheckV2Store, token).await {
+                        Ok(JobPhase::Found(what)) => Response::V2Store { custom: Some(what) },
+                        Ok(_) => Response::V2Store { custom: None },
+                        Err(e) => Response::Failed(e.to_string()),
+                    },
+                )
+            }
+        });
+        let answers = futures::future::join_all(checks).await;
+        for ((id, token, _, _), answer) in asks.into_iter().zip(answers) {
+            let check = match answer {
                 Ok(Response::V2Store { custom: None }) => controller::V2StoreCheck::Clean,
                 Ok(Response::V2Store { custom: Some(what) }) => {
                     controller::V2StoreCheck::Custom(what)
                 }
+                Ok(Response::Failed(e)) => controller::V2StoreCheck::Failed(e),
                 Ok(other) => {
                     controller::V2StoreCheck::Failed(format!("unexpected answer {other:?}"))
                 }
@@ -90,8 +125,7 @@ impl Driver {
                 Err(e) => controller::V2StoreCheck::Failed(e.to_string()),
             };
             tracing::info!(peer = %id, result = ?check, "v2 store checked");
-            self.v2store
-                .insert((id.clone(), token), (check, self.clock.now()));
+            self.v2store.insert((id, token), (check, self.clock.now()));
         }
         Ok(())
     }

@@ -2,15 +2,7 @@
 //! restore, restore as a new quarantined cluster, queue a restore.
 
 use super::*;
-use crate::core::model::{JobKind, JobPhase};
-
-/// How often the leader asks a node about its restore job.
-const JOB_POLL: Duration = Duration::from_secs(1);
-/// A restore job that has not moved (no byte downloaded, no phase passed)
-/// for this long is given up: etcd's tools check and write a data dir of
-/// gigabytes in minutes, and a download that stalls fails by itself
-/// sooner (no byte for 30 s).
-const JOB_STALL: Duration = Duration::from_secs(15 * 60);
+use crate::core::model::JobKind;
 
 impl Driver {
     /// Verify first (nothing is touched if the backup is missing or corrupt),
@@ -113,7 +105,9 @@ impl Driver {
                 pc.call(addr, &Request::RestoreJob(body), peer::REQUEST_TIMEOUT)
                     .await
                     .map_err(executing_error)?;
-                me.follow_restore_job(id, addr, token).await
+                me.follow_job(id, addr, JobKind::Restore, token)
+                    .await
+                    .map(drop)
             }
         });
         for result in futures::future::join_all(restores).await {
@@ -121,63 +115,6 @@ impl Driver {
         }
         tracing::info!(%backup, %token, %version, members = peers.len(), "backup restored into a new quarantined cluster");
         Ok(())
-    }
-
-    /// Poll node `id`'s restore job for cluster `token` until it ends. It
-    /// fails when the job does, when the node no longer has it (restarted
-    /// before it ended, or another leader's job replaced it), or when
-    /// nothing moved for [`JOB_STALL`] (no byte downloaded, no phase passed;
-    /// an unreachable node moves nothing). A job of hours that moves is
-    /// followed to its end.
-    async fn follow_restore_job(
-        &self,
-        id: &str,
-        addr: std::net::SocketAddr,
-        token: &str,
-    ) -> Result<(), DriverError> {
-        let mut seen: Option<(JobPhase, u64)> = None;
-        let mut moved = self.clock.now();
-        loop {
-            self.clock.sleep(JOB_POLL).await;
-            let now = self.clock.now();
-            if let Ok(Response::Info(info)) = self
-                .settings
-                .peers
-                .call(addr, &Request::GetInfo, PEER_TIMEOUT)
-                .await
-            {
-                let ran = info
-                    .etcd_state
-                    .as_ref()
-                    .is_some_and(|s| s.cluster_token == token);
-                let job = info
-                    .job(JobKind::Restore, token)
-                    .map(|j| (j.phase.clone(), j.bytes));
-                match job {
-                    Some((JobPhase::Done, _)) => return Ok(()),
-                    Some((JobPhase::Failed(why), _)) => {
-                        return Err(format!("the restore on {id} failed: {why}").into());
-                    }
-                    None if ran => return Ok(()),
-                    None => {
-                        return Err(format!("{id} no longer runs the restore of cluster {token} (it restarted, or a newer leader's restore replaced it)").into());
-                    }
-                    Some(now_seen) => {
-                        if seen.as_ref() != Some(&now_seen) {
-                            tracing::debug!(node = %id, phase = ?now_seen.0, bytes = now_seen.1, "restore job moves");
-                            seen = Some(now_seen);
-                            moved = now;
-                        }
-                    }
-                }
-            }
-            if now.saturating_duration_since(moved) >= JOB_STALL {
-                return Err(format!(
-                    "the restore on {id} has not moved for {JOB_STALL:?} (last seen: {seen:?})"
-                )
-                .into());
-            }
-        }
     }
 
     /// Download and check a backup on the leader before anything is touched.

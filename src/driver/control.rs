@@ -203,6 +203,7 @@ impl Driver {
         }
         let now = self.clock.now();
         if let Some((last, at)) = &self.last_status
+            && !self.following.take_stale()
             && last.same_content(&status)
             && now.saturating_duration_since(*at) < STATUS_REFRESH
         {

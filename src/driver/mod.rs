@@ -28,6 +28,7 @@ mod backups;
 mod control;
 mod error;
 mod execute;
+mod jobs;
 mod leading;
 mod maintenance;
 mod observe;
@@ -126,8 +127,6 @@ pub use self::control::{
     ALLOW_NEW_CLUSTER_FILE, BACKUP_NOW_FILE, DEFRAG_NOW_FILE, RECOVER_QUORUM_FILE, VERIFY_NOW_FILE,
 };
 
-/// The restore drill the manager files ask for, if any: (file, backup); a
-/// file naming no valid backup name is ignored.
 pub use crate::node::{RETIRED_CLUSTER_FILE, retired_cluster_file, retired_tokens};
 
 pub struct Driver {
@@ -160,6 +159,7 @@ pub struct Driver {
     last_waits: Vec<String>,
     last_payload: Option<PeerPayload>,
     last_status: Option<(crate::status::ClusterStatus, Instant)>,
+    following: jobs::Following,
     /// Restore commands this leader refused, by (command, backup), so a new
     /// command that reuses a deleted one's folder name is judged anew.
     refused: BTreeMap<(String, String), String>,
@@ -271,6 +271,7 @@ impl Driver {
             last_waits: vec![],
             last_payload: None,
             last_status: None,
+            following: Default::default(),
             refused: BTreeMap::new(),
             last_retention: None,
             last_backup_name: None,

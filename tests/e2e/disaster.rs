@@ -130,6 +130,23 @@ async fn total_loss_then_restore_backup() {
         },
     )
     .await;
+    // Three members again, the command gone, a fresh backup taken: the
+    // restore is over (the members' restarts out of quarantine, and the
+    // raft elections they bring, come before), and the data is read.
+    wait_for(
+        "three members, the command removed and a new backup",
+        Duration::from_secs(60),
+        || {
+            let (env, ep) = (env.clone(), ep.clone());
+            async move {
+                let ms = members(&ep).await.ok()?;
+                let cmds = env.ctl(&["list-commands"]).stdout;
+                let backups = env.ctl(&["list-backups"]).stdout.lines().count();
+                (ms.len() == 3 && cmds.is_empty() && backups > before).then_some(())
+            }
+        },
+    )
+    .await;
     for i in 0..20 {
         assert_eq!(
             get(&ep, &format!("/keys/{i}")).await.unwrap().as_deref(),
@@ -180,21 +197,6 @@ async fn total_loss_then_restore_backup() {
         after > revision,
         "revision {after} not above {revision} from before the loss"
     );
-    // Three members again, the command gone, a fresh backup taken.
-    wait_for(
-        "three members, the command removed and a new backup",
-        Duration::from_secs(60),
-        || {
-            let (env, ep) = (env.clone(), ep.clone());
-            async move {
-                let ms = members(&ep).await.ok()?;
-                let cmds = env.ctl(&["list-commands"]).stdout;
-                let backups = env.ctl(&["list-backups"]).stdout.lines().count();
-                (ms.len() == 3 && cmds.is_empty() && backups > before).then_some(())
-            }
-        },
-    )
-    .await;
     drop(ms);
 }
 

@@ -2,7 +2,7 @@
 //! sends, so every download of the backup takes well over a minute and the
 //! whole restore over two. It completes; the nodes restore as jobs, keep
 //! answering GetInfo while they download and show the download's progress
-//! there; the restored keys are the written ones.
+//! there and in `status`; the restored keys are the written ones.
 
 use std::time::{Duration, Instant};
 
@@ -161,6 +161,22 @@ async fn a_restore_slower_than_two_minutes_completes() {
         first.bytes, later.bytes
     );
     assert_eq!(later.key, first.key, "the same job");
+    // `status` shows the jobs as the leader follows them.
+    let needle = format!("restore of cluster {}: downloading, ", first.key);
+    wait_for(
+        "status showing the restore jobs' downloads",
+        Duration::from_secs(60),
+        || {
+            let (env, needle) = (env.clone(), needle.clone());
+            async move {
+                let s = env.ctl(&["status"]).stdout;
+                s.lines()
+                    .any(|l| l.starts_with("job:") && l.contains(&needle))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
 
     let ep = eps[0].clone();
     wait_for(

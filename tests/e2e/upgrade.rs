@@ -387,6 +387,7 @@ async fn custom_v2_data_blocks_3_5_to_3_6_and_nothing_changes() {
     .await;
     let log = std::fs::read_to_string(&m.log).unwrap();
     assert!(log.contains("v2 store checked"), "{log}");
+    assert!(log.contains("v2 store check job started"), "{log}");
     // Nothing moved: 3.5.35 still, both kinds of data there, writes work.
     assert_eq!(versions(&env).await, ["3.5.35"]);
     assert_eq!(get(&ep, "/k").await.unwrap().as_deref(), Some("v"));

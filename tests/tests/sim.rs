@@ -91,7 +91,7 @@ fn real_rules_from_env() -> SafetyRules {
 
 /// The simulation of the real driver, lease task and node
 /// (`sim/real.rs`): `SIM_REAL_SEEDS` seeds (default 8) from `SIM_SEED_START`;
-/// `SIM_BREAK=fence,recheck,retries,grace,quorum,settle,checksum` switches rules off.
+/// `SIM_BREAK=fence,recheck,retries,grace,quorum,settle,checksum,dump` switches rules off.
 #[test]
 fn real_driver_seeds() {
     let start = env_u64("SIM_SEED_START", 0);
@@ -99,7 +99,7 @@ fn real_driver_seeds() {
     let begun = std::time::Instant::now();
     let (mut effects, mut fenced, mut late, mut writes, mut restores, mut crashes, mut faults) =
         (0, 0, 0, 0, 0, 0, 0);
-    let (mut jobs, mut calls) = (0, 0);
+    let (mut jobs, mut calls, mut dumps, mut v2) = (0, 0, 0, 0);
     let rules = real_rules_from_env();
     for seed in start..start + count {
         let out = sim::real::Sim::run(seed, None, rules);
@@ -129,11 +129,13 @@ fn real_driver_seeds() {
         restores += out.restores;
         jobs += out.restore_jobs;
         calls += out.restore_calls;
+        dumps += out.dump_restores;
+        v2 += out.v2_checks;
         crashes += out.crashes;
         faults += out.store_faults;
     }
     eprintln!(
-        "real driver: {count} seeds in {:.1} s: {effects} etcd changes, {fenced} fenced requests ({late} late), {writes} writes acknowledged, {crashes} crashes, {restores} restores (asked as {jobs} jobs and {calls} single requests to older managers), {faults} store faults",
+        "real driver: {count} seeds in {:.1} s: {effects} etcd changes, {fenced} fenced requests ({late} late), {writes} writes acknowledged, {crashes} crashes, {restores} restores (asked as {jobs} jobs and {calls} single requests to older managers; {dumps} of a version change's dump), {v2} v2 store checks as jobs, {faults} store faults",
         begun.elapsed().as_secs_f64()
     );
     assert!(
@@ -144,6 +146,10 @@ fn real_driver_seeds() {
         assert!(
             jobs > 0 && calls > 0,
             "200 seeds restore both as jobs and within one request"
+        );
+        assert!(
+            dumps > 0 && v2 > 0,
+            "200 seeds change versions by dump and restore, and check v2 stores before 3.6"
         );
     }
 }
@@ -262,6 +268,24 @@ fn real_driver_catches_a_restore_without_the_checksum_check() {
         ..SafetyRules::ALL
     };
     real_knob_caught(rules, 0..400, &["a snapshot that is not", "as written"]);
+}
+
+/// A version change by dump and restore that does not quarantine every
+/// member first (nor wait for the managers of those it cannot reach), in
+/// the controller that ships: client writes land after the dump, and the
+/// restore of the dump loses them.
+#[test]
+#[ignore = "optimised builds only: scripts/test.sh runs it with --ignored"]
+fn real_driver_catches_a_dump_without_quarantine() {
+    let rules = SafetyRules {
+        dump_quarantine: false,
+        ..SafetyRules::ALL
+    };
+    real_knob_caught(
+        rules,
+        0..200,
+        &["a version change's dump", "acknowledged writes"],
+    );
 }
 
 /// Gossip's settle time after a start, switched off in the driver that

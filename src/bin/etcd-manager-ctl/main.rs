@@ -744,6 +744,9 @@ async fn status(store: &BackupStore, output: Output) -> anyhow::Result<String> {
             if let Some(c) = &r.continuous_backup {
                 out += &format!("continuous:  {c}\n");
             }
+            for j in &r.jobs {
+                out += &format!("job:         {j}\n");
+            }
         }
     }
     match &last_info {

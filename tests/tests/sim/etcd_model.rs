@@ -16,7 +16,7 @@
 //! Every data dir also exists on disk (`<dir>/member/snap`), because the
 //! node looks there.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -161,6 +161,16 @@ impl Model {
             .into_iter()
             .max_by_key(|(t, n)| (*n, t.to_string()))
             .map(|(t, _)| t.to_string())
+    }
+
+    /// The versions the serving cluster's live processes run.
+    pub fn serving_versions(&self, w: &super::real::State) -> BTreeSet<String> {
+        let token = self.serving_token(w);
+        self.procs
+            .iter()
+            .filter(|p| self.live(p, w) && Some(&p.token) == token.as_ref())
+            .map(|p| p.version.clone())
+            .collect()
     }
 
     fn new_cluster(&mut self, token: &str, initial: &[(String, Vec<String>)]) -> &mut Cluster {
@@ -386,7 +396,7 @@ impl EtcdRuntime for ModelRuntime {
                 spec.cluster_token
             ));
             w.restores += 1;
-            w.replaced_at = Some(w.now());
+            w.restored(self.host, token, &snap.kv);
             let m = &mut w.model;
             let fresh = !m.clusters.contains_key(&spec.cluster_token);
             let c = m.new_cluster(&spec.cluster_token, &spec.initial_cluster);
@@ -409,6 +419,26 @@ impl EtcdRuntime for ModelRuntime {
             );
         });
         Ok(())
+    }
+
+    async fn can_check_v2store(&self, binaries: &etcd::EtcdBinaries) -> bool {
+        binaries.version.major == 3 && binaries.version.minor == 5
+    }
+
+    /// The model has no v2 API: no store holds custom v2 content.
+    async fn check_v2store(
+        &self,
+        _binaries: &etcd::EtcdBinaries,
+        data_dir: &Path,
+        _scratch: &Path,
+        _deadline: Duration,
+    ) -> Result<etcd::V2StoreVerdict, etcd::Error> {
+        match self.world.with(|w| w.model.data_dir(data_dir).is_some()) {
+            true => Ok(etcd::V2StoreVerdict::Clean),
+            false => Err(etcd::Error::InvalidArgument {
+                detail: format!("{} holds no member data", data_dir.display()),
+            }),
+        }
     }
 }
 

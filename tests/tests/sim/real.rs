@@ -30,7 +30,7 @@
 //! through, and every write etcd acknowledged since a restore last
 //! replaced the data is in it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,8 +57,12 @@ use super::store::{FaultyStore, StoreFaults, wait_while_paused};
 const VERSION: &str = "3.5.30";
 /// The versions installed on every simulated host; an operator may move
 /// the spec to one of the others (3.5.35, a patch up, rolls member by
-/// member; 3.4.23, a minor down, goes by dump and restore).
-const VERSIONS: [&str; 3] = ["3.4.23", "3.5.30", "3.5.35"];
+/// member; 3.4.23, a minor down, goes by dump and restore; 3.6.16, a minor
+/// up, rolls through 3.5.35 after the v2 store and settings checks).
+const VERSIONS: [&str; 4] = ["3.4.23", "3.5.30", "3.5.35", "3.6.16"];
+/// Mixed into the seed for the draw of 3.6.16 instead of 3.5.35 (half of
+/// those runs), so that the other runs' draws stay as they were.
+const MINOR_UP_SALT: u64 = 0x0033_2e36;
 /// Mixed into the seed for the draw of a version change.
 const VERSION_SALT: u64 = 0x0056_4552_5349_4f4e;
 const CLUSTER: &str = "sim";
@@ -133,6 +137,10 @@ pub struct Counters {
     /// Restores started as jobs, and within one request (an older manager).
     pub restore_jobs: u64,
     pub restore_calls: u64,
+    /// Members restored from a version change's dump.
+    pub dump_restores: u64,
+    /// v2 store checks started as jobs (before a move to 3.6).
+    pub v2_checks: u64,
 }
 
 pub struct State {
@@ -212,6 +220,16 @@ pub struct State {
     pub restoring: BTreeMap<String, String>,
     /// The backup whose data file is bad now (see `Operator::RestoreRotten`).
     pub rotten: Option<String>,
+    /// Restore commands a leader queued (an operator's carry no stamp):
+    /// per command, its backup and whether it moves the cluster to a
+    /// version its live members did not run when it landed (a version
+    /// change by dump and restore; else a quorum recovery).
+    leader_commands: BTreeMap<String, (String, bool)>,
+    /// The restore command each new cluster's token was begun for (the
+    /// marker a leader writes before it stops anything).
+    begun_for: BTreeMap<String, String>,
+    /// Backups a quorum recovery chose (named by its retired-cluster file).
+    recovery_backups: BTreeSet<String>,
 }
 
 impl State {
@@ -354,6 +372,39 @@ impl State {
                 .get(token)
                 .is_some_and(|retired| cut >= retired)
         })
+    }
+
+    /// A member of the new cluster `token` was restored from a snapshot
+    /// holding `kv`. A version change's dump loses no acknowledged write
+    /// (it was taken with every member quarantined); any other restore (an
+    /// operator's, a quorum recovery's) replaces the data, and writes
+    /// acknowledged before it may be gone.
+    pub fn restored(&mut self, host: usize, token: &str, kv: &BTreeMap<String, String>) {
+        let dump = self
+            .begun_for
+            .get(token)
+            .and_then(|c| self.leader_commands.get(c))
+            .is_some_and(|(backup, dump)| *dump && !self.recovery_backups.contains(backup));
+        if !dump {
+            self.replaced_at = Some(self.now());
+            return;
+        }
+        self.counters.dump_restores += 1;
+        let since = self.replaced_at.unwrap_or_default();
+        let lost: Vec<&String> = self
+            .acked
+            .iter()
+            .filter(|(k, at)| **at >= since && !kv.contains_key(*k) && !self.restore_lost(k))
+            .map(|(k, _)| k)
+            .collect();
+        if let Some(first) = lost.first() {
+            let what = format!(
+                "n{} restored a version change's dump into {token} without {} acknowledged writes, first {first:?}",
+                host + 1,
+                lost.len()
+            );
+            self.fail(what);
+        }
     }
 
     fn retired(&mut self, token: &str) {
@@ -588,6 +639,9 @@ async fn deliver(
                 .insert(r.cluster_token.clone(), r.backup.clone())
         });
     }
+    if kind == "v2store_job" {
+        world.with(|w| w.counters.v2_checks += 1);
+    }
     if kind == "restore_backup" || kind == "restore_job" {
         world.with(|w| {
             w.stop_before_restore = None;
@@ -755,6 +809,10 @@ pub struct Outcome {
     pub restores: u64,
     pub restore_jobs: u64,
     pub restore_calls: u64,
+    /// Members restored from a version change's dump (no write lost).
+    pub dump_restores: u64,
+    /// v2 store checks started as jobs.
+    pub v2_checks: u64,
     pub crashes: u64,
     pub store_faults: u64,
 }
@@ -921,6 +979,9 @@ impl Sim {
                 },
                 written: BTreeMap::new(),
                 restoring: BTreeMap::new(),
+                leader_commands: BTreeMap::new(),
+                begun_for: BTreeMap::new(),
+                recovery_backups: BTreeSet::new(),
                 rotten: None,
             }),
         });
@@ -1222,9 +1283,14 @@ impl Sim {
         // apart from the run's generator (the fault schedule stays as it was).
         let mut salted = StdRng::seed_from_u64(self.seed ^ VERSION_SALT);
         if salted.random_bool(0.3) {
-            let others: Vec<&'static str> =
-                VERSIONS.into_iter().filter(|v| *v != VERSION).collect();
-            let v = others[salted.random_range(0..others.len())];
+            let others: Vec<&'static str> = VERSIONS
+                .into_iter()
+                .filter(|v| *v != VERSION && *v != "3.6.16")
+                .collect();
+            let mut v = others[salted.random_range(0..others.len())];
+            if v == "3.5.35" && StdRng::seed_from_u64(self.seed ^ MINOR_UP_SALT).random_bool(0.5) {
+                v = "3.6.16";
+            }
             let at = Duration::from_secs(salted.random_range(span.clone()));
             out.push((at, Fault::Operator(Operator::Version(v))));
         }
@@ -1547,6 +1613,8 @@ impl Sim {
                 restores: w.restores,
                 restore_jobs: w.counters.restore_jobs,
                 restore_calls: w.counters.restore_calls,
+                dump_restores: w.counters.dump_restores,
+                v2_checks: w.counters.v2_checks,
                 crashes: w.counters.crashes,
                 store_faults,
             }
@@ -1905,10 +1973,33 @@ fn landed(world: &World, location: &object_store::path::Path, body: &Bytes) {
                 .or_insert(x.snapshot_sha256);
         });
     }
-    if path.ends_with(&format!("/{}", backup::RESTORE_MARKER_FILE)) {
+    if let Some(dir) = path.strip_suffix(&format!("/{}", backup::RESTORE_MARKER_FILE)) {
+        let token = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["clusterToken"].as_str().map(str::to_string));
+        let command = dir.rsplit_once('/').map(|(_, c)| c.to_string());
         world.with(|w| {
             let now = w.now();
             w.restore_marked_at = Some(now);
+            if let (Some(token), Some(command)) = (token, command) {
+                w.begun_for.insert(token, command);
+            }
+        });
+    }
+    if let Some(dir) = path.strip_suffix(&format!("/{}", backup::COMMAND_FILE))
+        && let Some((_, name)) = dir.rsplit_once('/')
+        && let Ok(c) = serde_json::from_slice::<backup::Command>(body)
+        && c.timestamp != 0
+        && let Some(r) = c.restore_backup
+    {
+        world.with(|w| {
+            let running = w.model.serving_versions(w);
+            let dump = r
+                .cluster_spec
+                .as_ref()
+                .is_some_and(|s| !running.is_empty() && !running.contains(&s.etcd_version));
+            w.leader_commands
+                .insert(name.to_string(), (r.backup.clone(), dump));
         });
     }
     let retired = format!(
@@ -1921,7 +2012,13 @@ fn landed(world: &World, location: &object_store::path::Path, body: &Bytes) {
         .is_ok_and(|v| v["retiredBy"] == "restore-backup");
     if let Some((_, token)) = path.split_once(&retired) {
         if by_recovery {
-            world.with(|w| w.retired(token));
+            let backup = serde_json::from_slice::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v["backup"].as_str().map(str::to_string));
+            world.with(|w| {
+                w.recovery_backups.extend(backup);
+                w.retired(token);
+            });
         }
         if by_restore {
             world.with(|w| {
