@@ -166,14 +166,9 @@ fn version_change_text(obs: &Observation) -> Option<String> {
     })
 }
 
-/// Seconds as "45s", "12m", "3h", "2d".
 /// Node `id`'s job in words, for the report.
 pub fn job_text(id: &str, j: &crate::core::model::Job) -> String {
-    use crate::core::model::{JobKind, JobPhase};
-    let kind = match j.kind {
-        JobKind::Restore => "restore",
-        JobKind::CheckV2Store => "v2 store check",
-    };
+    use crate::core::model::JobPhase;
     let phase = match &j.phase {
         JobPhase::Downloading => format!("downloading, {} bytes", j.bytes),
         JobPhase::Verifying => "checking the snapshot".into(),
@@ -183,9 +178,10 @@ pub fn job_text(id: &str, j: &crate::core::model::Job) -> String {
         JobPhase::Found(what) => format!("found: {what}"),
         JobPhase::Failed(why) => format!("failed: {why}"),
     };
-    format!("{id}: {kind} of cluster {}: {phase}", j.key)
+    format!("{id}: {} of cluster {}: {phase}", j.kind.words(), j.key)
 }
 
+/// Seconds as "45s", "12m", "3h", "2d".
 pub fn age(secs: i64) -> String {
     match secs {
         s if s < 0 => "in the future".into(),

@@ -916,9 +916,7 @@ fn restore(obs: &Observation, cmd: &CommandView) -> Option<Plan> {
     }
     // The restore stops every etcd it can reach first. A quorum of the
     // current cluster serving from hosts whose managers do not answer would
-    // go on serving (and acknowledging writes) beside the restored cluster:
-    // healthy members, and members out of reach for less than the replace
-    // grace (cut off for a moment, not gone).
+    // go on serving (and acknowledging writes) beside the restored cluster.
     // No member answers at all: a manager out of reach for less than the
     // replace grace that said last its etcd serves may be cut off, not
     // gone, and its etcd serve on beside the restored cluster (seed 2641:
@@ -936,6 +934,8 @@ fn restore(obs: &Observation, cmd: &CommandView) -> Option<Plan> {
             }));
         }
     }
+    // Members answer: the healthy ones, and those out of reach for less
+    // than the replace grace (cut off for a moment, not gone).
     if let Some(c) = &obs.cluster {
         let voters = c.members.iter().filter(|m| !m.is_learner).count();
         let lately_silent = |m: &&MemberView| {
@@ -1461,16 +1461,11 @@ fn dump_and_restore(
     // go on taking writes the dump lacks (found by the simulation, seed
     // 1613: a leader that took over from a paused one quarantined the two
     // members it reached, dumped, and lost a write the third took).
+    // (Every member is healthy here, so started, so named.)
     let unanswered: Vec<String> = members
         .iter()
         .filter(|m| peer_of(obs, m).is_none_or(|p| p.info.is_none()))
-        .map(|m| {
-            if m.name.is_empty() {
-                format!("{:x}", m.id)
-            } else {
-                m.name.clone()
-            }
-        })
+        .map(|m| m.name.clone())
         .collect();
     if !unanswered.is_empty() && obs.rules.dump_quarantine {
         return Some(Plan::wait(WaitReason::DumpWaitsForManagers {

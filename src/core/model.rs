@@ -71,6 +71,14 @@ pub enum JobKind {
 }
 
 impl JobKind {
+    /// The kind in words, for logs and the status report.
+    pub fn words(self) -> &'static str {
+        match self {
+            JobKind::Restore => "restore",
+            JobKind::CheckV2Store => "v2 store check",
+        }
+    }
+
     /// The phase a job of this kind starts in.
     pub fn first_phase(self) -> JobPhase {
         match self {

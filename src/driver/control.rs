@@ -168,14 +168,8 @@ impl Driver {
 
     /// Write the status report when it changed or is getting old.
     pub(super) async fn write_status(&mut self, obs: &Observation, plan: &Plan) {
-        use crate::status::{ClusterStatus, STATUS_FILE, STATUS_REFRESH};
-        let wall = self
-            .clock
-            .wall()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        let mut status = ClusterStatus::from_pass(obs, plan, wall);
+        use crate::status::{ClusterStatus, STATUS_REFRESH};
+        let mut status = ClusterStatus::from_pass(obs, plan, self.wall_secs());
         status.warnings = self.settings.warnings.clone();
         if !self.settings.delta_interval.is_zero() {
             let d = self.delta.status();
@@ -209,11 +203,29 @@ impl Driver {
         {
             return;
         }
-        let body = serde_json::to_vec_pretty(&status).unwrap_or_default();
-        match self.store.write_manager_file(STATUS_FILE, body).await {
+        match self.store_status(&status).await {
             Ok(()) => self.last_status = Some((status, now)),
             Err(e) => tracing::warn!(error = %e, "could not write the status report"),
         }
+    }
+
+    /// Write `status` as the report `etcd-manager-ctl status` reads.
+    pub(super) async fn store_status(
+        &self,
+        status: &crate::status::ClusterStatus,
+    ) -> Result<(), backup::Error> {
+        let body = serde_json::to_vec_pretty(status).unwrap_or_default();
+        self.store
+            .write_manager_file(crate::status::STATUS_FILE, body)
+            .await
+    }
+
+    /// The wall clock in Unix seconds (0 before 1970).
+    pub(super) fn wall_secs(&self) -> i64 {
+        self.clock
+            .wall()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
     }
 
     pub(super) fn report_waits(&mut self, plan: &Plan) {

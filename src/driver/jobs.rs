@@ -54,10 +54,7 @@ impl Driver {
         kind: JobKind,
         key: &str,
     ) -> Result<JobPhase, DriverError> {
-        let what = match kind {
-            JobKind::Restore => format!("the restore of cluster {key}"),
-            JobKind::CheckV2Store => format!("the v2 store check of cluster {key}"),
-        };
+        let what = format!("the {} of cluster {key}", kind.words());
         let mut seen: Option<(JobPhase, u64)> = None;
         let mut moved = self.clock.now();
         loop {
@@ -74,8 +71,9 @@ impl Driver {
                         .etcd_state
                         .as_ref()
                         .is_some_and(|s| s.cluster_token == key);
-                self.job_seen(id, info.job(kind, key)).await;
-                match info.job(kind, key).map(|j| (j.phase.clone(), j.bytes)) {
+                let job = info.job(kind, key);
+                self.job_seen(id, job).await;
+                match job.map(|j| (j.phase.clone(), j.bytes)) {
                     Some((JobPhase::Failed(why), _)) => {
                         return Err(format!("{what} on {id} failed: {why}").into());
                     }
@@ -135,17 +133,8 @@ impl Driver {
             return;
         };
         status.jobs = texts;
-        status.written_at = self
-            .clock
-            .wall()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        let body = serde_json::to_vec_pretty(&status).unwrap_or_default();
-        if let Err(e) = self
-            .store
-            .write_manager_file(crate::status::STATUS_FILE, body)
-            .await
-        {
+        status.written_at = self.wall_secs();
+        if let Err(e) = self.store_status(&status).await {
             tracing::debug!(error = %e, "could not write the status report with the jobs");
         }
     }

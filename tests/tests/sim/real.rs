@@ -1974,9 +1974,9 @@ fn landed(world: &World, location: &object_store::path::Path, body: &Bytes) {
         });
     }
     if let Some(dir) = path.strip_suffix(&format!("/{}", backup::RESTORE_MARKER_FILE)) {
-        let token = serde_json::from_slice::<serde_json::Value>(body)
+        let token = serde_json::from_slice::<backup::RestoreProgress>(body)
             .ok()
-            .and_then(|v| v["clusterToken"].as_str().map(str::to_string));
+            .map(|p| p.cluster_token);
         let command = dir.rsplit_once('/').map(|(_, c)| c.to_string());
         world.with(|w| {
             let now = w.now();
@@ -2006,15 +2006,12 @@ fn landed(world: &World, location: &object_store::path::Path, body: &Bytes) {
         "etcd-manager/{}--",
         etcd_manager::node::RETIRED_CLUSTER_FILE
     );
-    let by_recovery = serde_json::from_slice::<serde_json::Value>(body)
-        .is_ok_and(|v| v["retiredBy"] == "quorum recovery");
-    let by_restore = serde_json::from_slice::<serde_json::Value>(body)
-        .is_ok_and(|v| v["retiredBy"] == "restore-backup");
     if let Some((_, token)) = path.split_once(&retired) {
+        let v = serde_json::from_slice::<serde_json::Value>(body).unwrap_or_default();
+        let by_recovery = v["retiredBy"] == "quorum recovery";
+        let by_restore = v["retiredBy"] == "restore-backup";
         if by_recovery {
-            let backup = serde_json::from_slice::<serde_json::Value>(body)
-                .ok()
-                .and_then(|v| v["backup"].as_str().map(str::to_string));
+            let backup = v["backup"].as_str().map(str::to_string);
             world.with(|w| {
                 w.recovery_backups.extend(backup);
                 w.retired(token);
