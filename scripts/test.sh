@@ -23,6 +23,9 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== the previous release, for the rolling-update tests"
+PREVIOUS_RELEASE_BIN=$(scripts/previous-release.sh)
+export PREVIOUS_RELEASE_BIN
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast
 echo "== benchmarks, smoke run (small sizes, debug build: proves scripts/bench.sh works)"

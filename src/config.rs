@@ -89,6 +89,10 @@ pub struct Args {
     #[arg(long, env = "ETCD_MANAGER_DNS_SUFFIX", default_value = "")]
     pub dns_suffix: String,
 
+    /// The hosts file that names the members with --dns-suffix (in kops' static pod, the container's own, as upstream writes it).
+    #[arg(long, env = "ETCD_MANAGER_HOSTS_FILE", default_value = "/etc/hosts")]
+    pub hosts_file: PathBuf,
+
     /// TCP port of the peer API (upstream: gRPC); gossip uses the same number on UDP unless --gossip-port.
     #[arg(long, env = "ETCD_MANAGER_GRPC_PORT", default_value_t = 8000)]
     pub grpc_port: u16,
@@ -216,6 +220,12 @@ pub struct Args {
     /// base64 or hex; packets are sent with the first, accepted with any; reread on SIGHUP).
     #[arg(long, env = "ETCD_MANAGER_GOSSIP_KEY_FILE")]
     pub gossip_key_file: Option<PathBuf>,
+
+    /// Send and accept gossip unauthenticated and in plain, although the etcd-manager CA's key is
+    /// there to derive a gossip key from (the default without --gossip-key-file; --insecure also
+    /// turns it off). Any host that reaches the gossip port can then join the membership.
+    #[arg(long, env = "ETCD_MANAGER_INSECURE_GOSSIP", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
+    pub insecure_gossip: bool,
 
     /// Find peers through the backup store: publish our address there and read the others'
     /// (works across machines without DNS or a seed list).
@@ -488,12 +498,16 @@ pub struct Config {
     pub store_discovery: bool,
     pub discovery_poll_interval: Duration,
     pub gossip_key_file: Option<PathBuf>,
+    /// How gossip is keyed (see [`GossipAuth`]).
+    pub gossip_auth: GossipAuth,
     /// The member's URLs; `__name__` still in them (see [`expand_name`]).
     pub node: crate::peer::EtcdNodeConfig,
     /// etcd's metrics URLs (`ETCD_LISTEN_METRICS_URLS`), `__name__` still in them.
     pub listen_metrics_urls: Vec<String>,
     /// `--dns-suffix` (without a leading dot).
     pub dns_suffix: String,
+    /// `--hosts-file`: written only with a `--dns-suffix`.
+    pub hosts_file: PathBuf,
     pub etcd_listen_address: Option<String>,
     pub etcd_bin_dirs: Vec<PathBuf>,
     pub backup_interval: Duration,
@@ -605,6 +619,42 @@ pub fn parse_urls(flag: &'static str, s: &str) -> Result<Vec<String>, ConfigErro
         return Err(invalid(flag, "at least one URL is needed"));
     }
     Ok(out)
+}
+
+/// How gossip packets are authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GossipAuth {
+    /// Keys from `--gossip-key-file` (it wins over everything else).
+    KeyFile(PathBuf),
+    /// A key derived from the etcd-manager CA's private key and the cluster
+    /// name (the default: every master of a kops cluster holds that key).
+    DerivedFromCa,
+    /// Plain, unauthenticated gossip; the flag that asked for it.
+    Off(&'static str),
+}
+
+impl GossipAuth {
+    /// The mode in a word, for `status`, logs and the metric's label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            GossipAuth::KeyFile(_) => "key_file",
+            GossipAuth::DerivedFromCa => "ca_derived",
+            GossipAuth::Off(_) => "off",
+        }
+    }
+
+    /// The mode in words, for `status`.
+    pub fn describe(&self) -> String {
+        match self {
+            GossipAuth::KeyFile(p) => {
+                format!("authenticated and encrypted (keys from {})", p.display())
+            }
+            GossipAuth::DerivedFromCa => {
+                "authenticated and encrypted (key derived from the etcd-manager CA)".into()
+            }
+            GossipAuth::Off(flag) => format!("UNAUTHENTICATED, in plain ({flag})"),
+        }
+    }
 }
 
 /// etcd serves TLS unless `--etcd-insecure`: the URLs must say so.
@@ -950,6 +1000,12 @@ impl TryFrom<Args> for Config {
             discovery_dir,
             store_discovery: a.store_discovery,
             discovery_poll_interval: a.discovery_poll_interval,
+            gossip_auth: match (&a.gossip_key_file, a.insecure, a.insecure_gossip) {
+                (Some(path), _, _) => GossipAuth::KeyFile(path.clone()),
+                (None, true, _) => GossipAuth::Off("--insecure"),
+                (None, false, true) => GossipAuth::Off("--insecure-gossip"),
+                (None, false, false) => GossipAuth::DerivedFromCa,
+            },
             gossip_key_file: a.gossip_key_file,
             node: crate::peer::EtcdNodeConfig {
                 name: String::new(),
@@ -959,6 +1015,7 @@ impl TryFrom<Args> for Config {
             },
             listen_metrics_urls,
             dns_suffix: a.dns_suffix.trim_start_matches('.').to_string(),
+            hosts_file: a.hosts_file.clone(),
             etcd_listen_address: Some(a.etcd_address).filter(|s| !s.is_empty()),
             etcd_bin_dirs: a.etcd_bin_dir,
             backup_interval: a.backup_interval,

@@ -183,6 +183,11 @@ pub trait Membership: Send + Sync + 'static {
     fn bytes(&self) -> (u64, u64);
     /// Packets dropped as undecodable or unauthenticated so far.
     fn bad_packets(&self) -> u64;
+    /// Managers taken in plain while we seal (a release that cannot seal,
+    /// confirmed by its peer API certificate).
+    fn plain_peers(&self) -> u64 {
+        0
+    }
 }
 
 impl Membership for gossip::GossipHandle {
@@ -203,6 +208,9 @@ impl Membership for gossip::GossipHandle {
     }
     fn bad_packets(&self) -> u64 {
         gossip::GossipHandle::bad_packets(self)
+    }
+    fn plain_peers(&self) -> u64 {
+        gossip::GossipHandle::plain_peers(self)
     }
 }
 

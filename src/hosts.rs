@@ -14,6 +14,7 @@
 //! is rewritten in place and read back.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::path::Path;
 
 fn begin_marker(cluster: &str) -> String {
@@ -24,16 +25,78 @@ fn end_marker(cluster: &str) -> String {
     format!("# End host entries managed by etcd-manager[{cluster}]")
 }
 
+/// Whether `name` is a host name the block may carry: 1 to 253 characters,
+/// dot-separated labels of 1 to 63 letters, digits and '-', not starting or
+/// ending with '-'. Nothing else (no space, tab, '#', newline) gets in.
+pub fn valid_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// Address → the names written for it.
+pub type Records = BTreeMap<String, BTreeSet<String>>;
+
+/// The records that may be written: addresses that parse as IP addresses
+/// (written in their canonical form), names that are host names; the rest
+/// is returned as refused (address, name) pairs.
+pub fn checked(records: &Records) -> (Records, Vec<(String, String)>) {
+    let mut ok = Records::new();
+    let mut refused = vec![];
+    for (addr, names) in records {
+        let ip = addr.parse::<IpAddr>().ok();
+        for name in names {
+            match ip {
+                Some(ip) if valid_host_name(name) => {
+                    ok.entry(ip.to_string()).or_default().insert(name.clone());
+                }
+                _ => refused.push((addr.clone(), name.clone())),
+            }
+        }
+    }
+    (ok, refused)
+}
+
+/// A line as this module writes it (`<address><TAB><name>[ <name>...]`)
+/// naming at least one host under `suffix`: ours, wherever it stands.
+fn written_by_us(line: &str, suffix: &str) -> bool {
+    let Some((addr, names)) = line.split_once('\t') else {
+        return false;
+    };
+    let suffix = suffix.trim_start_matches('.');
+    !suffix.is_empty()
+        && addr.parse::<IpAddr>().is_ok()
+        && !names.is_empty()
+        && names.split(' ').any(|n| {
+            n.strip_suffix(suffix)
+                .is_some_and(|head| head.is_empty() || head.ends_with('.'))
+        })
+}
+
 /// `existing` with our block for `cluster` replaced by `records` (address →
-/// names). Pure.
+/// names), which must have passed [`checked`]. Outside every managed block
+/// (ours, another cluster's, another tool's `# Begin ...`/`# End ...`),
+/// lines in our format that name a host under `dns_suffix` are removed too:
+/// they were written by us (an older release could be made to write past
+/// its block by a crafted member id). Pure.
 pub fn render(
     existing: &str,
     cluster: &str,
+    dns_suffix: &str,
     records: &BTreeMap<String, BTreeSet<String>>,
 ) -> String {
     let (begin, end) = (begin_marker(cluster), end_marker(cluster));
     let mut out: Vec<&str> = vec![];
     let mut inside = false;
+    let mut other_block = false;
     let mut drop_blank = false;
     for line in existing.split('\n') {
         let t = line.trim();
@@ -47,6 +110,13 @@ pub fn render(
             continue;
         }
         if inside {
+            continue;
+        }
+        if t.starts_with("# Begin ") {
+            other_block = true;
+        } else if t.starts_with("# End ") {
+            other_block = false;
+        } else if !other_block && written_by_us(line, dns_suffix) {
             continue;
         }
         if drop_blank && t.is_empty() {
@@ -85,19 +155,26 @@ pub fn render(
     text
 }
 
-/// Put `records` into `path`'s block for `cluster`; true when the file
+/// Put `records` into `path`'s block for `cluster` (records that are not
+/// an address and host names are left out and logged); true when the file
 /// changed.
 pub fn update(
     path: &Path,
     cluster: &str,
+    dns_suffix: &str,
     records: &BTreeMap<String, BTreeSet<String>>,
 ) -> std::io::Result<bool> {
+    let (records, refused) = checked(records);
+    for (addr, name) in refused {
+        tracing::warn!(addr = %addr.escape_debug(), name = %name.escape_debug(), "not written to the hosts file: not an address and a host name");
+    }
+    let records = &records;
     let existing = match std::fs::read_to_string(path) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e),
     };
-    let wanted = render(&existing, cluster, records);
+    let wanted = render(&existing, cluster, dns_suffix, records);
     if wanted == existing {
         return Ok(false);
     }
@@ -148,6 +225,7 @@ mod tests {
         let one = render(
             original,
             "etcd",
+            "x",
             &recs(&[("10.0.0.2", "b.x"), ("10.0.0.1", "a.x")]),
         );
         assert_eq!(
@@ -158,14 +236,22 @@ mod tests {
              # End host entries managed by etcd-manager[etcd]\n"
         );
         // Another cluster's block is its own; ours is replaced, not added twice.
-        let two = render(&one, "etcd-events", &recs(&[("10.0.0.1", "a-events.x")]));
-        let three = render(&two, "etcd", &recs(&[("10.0.0.3", "c.x")]));
+        let two = render(
+            &one,
+            "etcd-events",
+            "x",
+            &recs(&[("10.0.0.1", "a-events.x")]),
+        );
+        let three = render(&two, "etcd", "x", &recs(&[("10.0.0.3", "c.x")]));
         assert!(three.starts_with("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n"));
         assert_eq!(three.matches("etcd-manager[etcd] - do not edit").count(), 1);
         assert!(three.contains("10.0.0.3\tc.x") && !three.contains("a.x"));
         assert!(three.contains("10.0.0.1\ta-events.x"));
         // Rendering twice changes nothing.
-        assert_eq!(render(&three, "etcd", &recs(&[("10.0.0.3", "c.x")])), three);
+        assert_eq!(
+            render(&three, "etcd", "x", &recs(&[("10.0.0.3", "c.x")])),
+            three
+        );
     }
 
     #[test]
@@ -174,8 +260,8 @@ mod tests {
         let path = dir.path().join("hosts");
         std::fs::write(&path, "127.0.0.1 localhost\n").unwrap();
         let r = recs(&[("10.0.0.1", "a.x")]);
-        assert!(update(&path, "etcd", &r).unwrap());
-        assert!(!update(&path, "etcd", &r).unwrap());
+        assert!(update(&path, "etcd", "x", &r).unwrap());
+        assert!(!update(&path, "etcd", "x", &r).unwrap());
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("127.0.0.1 localhost\n\n# Begin"), "{text}");
         assert_eq!(
@@ -183,5 +269,81 @@ mod tests {
             1,
             "no temp file left"
         );
+    }
+
+    /// What a crafted gossip id made the release before write: a line
+    /// past the end marker, naming an address of the attacker's. The
+    /// record is refused, and the line it left behind goes on the next
+    /// write; other tools' blocks and the admin's own lines stay.
+    #[test]
+    fn crafted_names_are_refused_and_lines_left_outside_are_removed() {
+        let suffix = "internal.example.com";
+        let crafted = "a\n# End host entries managed by etcd-manager[etcd]\n10.6.6.6\tkubernetes.default.svc etcd-a.";
+        let mut records = recs(&[("10.0.0.1", "etcd-a.internal.example.com")]);
+        records
+            .entry("10.0.0.9".into())
+            .or_default()
+            .insert(format!("{crafted}.internal.example.com"));
+        records
+            .entry("10.0.0.9 #".into())
+            .or_default()
+            .insert("b.internal.example.com".into());
+        let (ok, refused) = checked(&records);
+        assert_eq!(ok, recs(&[("10.0.0.1", "etcd-a.internal.example.com")]));
+        assert_eq!(refused.len(), 2);
+        let left_behind = "127.0.0.1\tlocalhost\n\
+            # Begin host entries managed by kops - do not edit\n\
+            10.0.0.7\tapi.internal.example.com\n\
+            # End host entries managed by kops\n\
+            10.9.9.9 my-own.internal.example.com\n\n\
+            # Begin host entries managed by etcd-manager[etcd] - do not edit\n\
+            10.0.0.9\ta\n\
+            # End host entries managed by etcd-manager[etcd]\n\
+            10.6.6.6\tkubernetes.default.svc etcd-a.internal.example.com\n";
+        let fixed = render(left_behind, "etcd", suffix, &ok);
+        assert_eq!(
+            fixed,
+            "127.0.0.1\tlocalhost\n\
+             # Begin host entries managed by kops - do not edit\n\
+             10.0.0.7\tapi.internal.example.com\n\
+             # End host entries managed by kops\n\
+             10.9.9.9 my-own.internal.example.com\n\n\
+             # Begin host entries managed by etcd-manager[etcd] - do not edit\n\
+             10.0.0.1\tetcd-a.internal.example.com\n\
+             # End host entries managed by etcd-manager[etcd]\n"
+        );
+        // Through the file, the same.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hosts");
+        std::fs::write(&path, left_behind).unwrap();
+        assert!(update(&path, "etcd", suffix, &records).unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), fixed);
+    }
+
+    #[test]
+    fn host_names() {
+        for ok in [
+            "a",
+            "etcd-a.internal.example.com",
+            "x1.y-2",
+            &"a".repeat(63),
+        ] {
+            assert!(valid_host_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "a..b",
+            "-a",
+            "a-",
+            "a b",
+            "a\tb",
+            "a\nb",
+            "a#b",
+            &"a".repeat(64),
+            "é",
+        ] {
+            assert!(!valid_host_name(bad), "{bad:?}");
+        }
     }
 }

@@ -19,6 +19,8 @@ pub const BACKUP_SIZE: &str = "etcd_manager_backup_size_bytes";
 pub const BACKUPS: &str = "etcd_manager_backups_total";
 pub const GOSSIP_MEMBERS: &str = "etcd_manager_gossip_members";
 pub const GOSSIP_BAD_PACKETS: &str = "etcd_manager_gossip_bad_packets_total";
+pub const GOSSIP_AUTHENTICATED: &str = "etcd_manager_gossip_authenticated";
+pub const GOSSIP_PLAIN_PEERS: &str = "etcd_manager_gossip_plain_peers";
 pub const ETCD_MEMBERS: &str = "etcd_manager_etcd_members";
 pub const QUARANTINED: &str = "etcd_manager_quarantined";
 pub const RECONCILE_ACTIONS: &str = "etcd_manager_reconcile_actions_total";
@@ -61,6 +63,8 @@ pub const ALL: &[&str] = &[
     BACKUPS,
     GOSSIP_MEMBERS,
     GOSSIP_BAD_PACKETS,
+    GOSSIP_AUTHENTICATED,
+    GOSSIP_PLAIN_PEERS,
     ETCD_MEMBERS,
     QUARANTINED,
     RECONCILE_ACTIONS,
@@ -205,6 +209,14 @@ pub fn describe() {
     c!(
         GOSSIP_BYTES,
         "gossip UDP payload bytes, by direction (sent, received)"
+    );
+    g!(
+        GOSSIP_AUTHENTICATED,
+        "1 while gossip packets are sealed and authenticated, by mode (ca_derived, key_file, off)"
+    );
+    g!(
+        GOSSIP_PLAIN_PEERS,
+        "managers taken in plain while this one seals: an older release during a rolling update, confirmed by its peer API certificate"
     );
     c!(
         GOSSIP_DOWNS,

@@ -411,6 +411,66 @@ impl PeerClient {
         self.tls.clone()
     }
 
+    /// Who answers at `addr`: the node id its TLS certificate (signed by our
+    /// CA) names, and its `GetInfo` answer, within `timeout`. `None` over
+    /// plain TCP, where nothing proves who answers.
+    pub async fn certified_info(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Option<(String, NodeInfo)>, PeerError> {
+        let Some(t) = self.tls.as_ref() else {
+            return Ok(None);
+        };
+        let fut = async {
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+                .await
+                .map_err(|_| PeerError::Timeout {
+                    addr,
+                    after: CONNECT_TIMEOUT,
+                })?
+                .map_err(|source| PeerError::Io { addr, source })?;
+            let name = rustls_pki_types::ServerName::try_from(crate::pki::PEER_API_SERVER_NAME)
+                .map_err(|e| PeerError::Protocol {
+                    addr,
+                    reason: e.to_string(),
+                })?;
+            let mut s = t
+                .connector
+                .connect(name, stream)
+                .await
+                .map_err(|source| PeerError::Io { addr, source })?;
+            let node_id = s
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(|der| crate::pki::node_id_of_cert(der));
+            let resp = exchange(&mut s, addr, &Request::GetInfo).await;
+            let _ = s.shutdown().await;
+            Ok::<_, PeerError>((node_id, resp?))
+        };
+        let (node_id, resp) =
+            tokio::time::timeout(timeout, fut)
+                .await
+                .map_err(|_| PeerError::Timeout {
+                    addr,
+                    after: timeout,
+                })??;
+        match (node_id, resp) {
+            (Some(id), Response::Info(info)) => Ok(Some((id, *info))),
+            (None, _) => Err(PeerError::Protocol {
+                addr,
+                reason: "its certificate names no node".into(),
+            }),
+            (_, Response::Failed(message)) => Err(PeerError::Failed { addr, message }),
+            (_, _) => Err(PeerError::Protocol {
+                addr,
+                reason: "GetInfo answered something else than its info".into(),
+            }),
+        }
+    }
+
     /// Send one request and wait for its answer, all within `timeout`.
     pub async fn call(
         &self,
@@ -471,6 +531,50 @@ async fn call_with(
         }),
         Response::Failed(message) => Err(PeerError::Failed { addr, message }),
         other => Ok(other),
+    }
+}
+
+/// Confirms a plain gossip sender (a manager of the release before gossip
+/// keys were derived from the CA) by its peer API: at the sender's address
+/// and our peer API port, a TLS handshake whose certificate, signed by our
+/// CA, names the id the packets claim, and a `GetInfo` answer for our
+/// cluster. See `gossip::PlainPeerCheck`.
+#[derive(Debug, Clone)]
+pub struct PeerCertCheck {
+    pub client: PeerClient,
+    pub peer_port: u16,
+    pub cluster_name: String,
+}
+
+/// How long a plain sender's check may take.
+const PLAIN_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl gossip::PlainPeerCheck for PeerCertCheck {
+    fn check(
+        &self,
+        from: SocketAddr,
+        id: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let addr = SocketAddr::new(from.ip(), this.peer_port);
+            match this.client.certified_info(addr, PLAIN_CHECK_TIMEOUT).await {
+                Ok(Some((cert_id, info)))
+                    if cert_id == id && info.cluster_name == this.cluster_name =>
+                {
+                    true
+                }
+                Ok(Some((cert_id, info))) => {
+                    tracing::warn!(%from, claimed = %id, certificate = %cert_id, cluster = %info.cluster_name, "a plain gossip sender's peer API names another node or cluster");
+                    false
+                }
+                Ok(None) => false,
+                Err(e) => {
+                    tracing::info!(%from, claimed = %id, error = %e, "cannot confirm a plain gossip sender by its peer API");
+                    false
+                }
+            }
+        })
     }
 }
 

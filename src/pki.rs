@@ -74,6 +74,10 @@ pub enum PkiError {
     Tls(String),
 }
 
+/// The salt of the gossip key derived from the etcd-manager CA
+/// ([`Ca::gossip_key`]): changing it changes every cluster's key.
+pub const GOSSIP_KEY_SALT: &[u8] = b"etcd-manager gossip key v1";
+
 /// A certificate authority: its certificate and signing key.
 pub struct Ca {
     name: String,
@@ -239,6 +243,22 @@ impl Ca {
         write_private(&key, self.key.serialize_pem().as_bytes())?;
         write_file(&crt, self.cert_pem.as_bytes())?;
         Ok(())
+    }
+
+    /// The gossip key of `cluster` derived from this CA's private key:
+    /// HKDF-SHA256 over the key (its DER as the file holds it) with the
+    /// fixed salt [`GOSSIP_KEY_SALT`] and the cluster name as info. Every
+    /// manager that holds the CA key (kops puts it on every master) derives
+    /// the same key with no flag of its own; a new CA gives a new key.
+    /// Masters holding the same key in different encodings (PKCS#1 and
+    /// PKCS#8) would derive different keys: give them the same file, or
+    /// `--gossip-key-file`.
+    pub fn gossip_key(&self, cluster: &str) -> Result<[u8; 32], PkiError> {
+        let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(GOSSIP_KEY_SALT), self.key.serialized_der());
+        let mut key = [0u8; 32];
+        hk.expand(cluster.as_bytes(), &mut key)
+            .map_err(|e| PkiError::Tls(format!("deriving the gossip key: {e}")))?;
+        Ok(key)
     }
 
     /// The CA's name (`etcd-peers-ca`).
@@ -578,6 +598,23 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o077, 0, "the CA key must not be readable by others");
+    }
+
+    /// Every master that holds the CA's key derives the same gossip key
+    /// for a cluster (also after the key went through its file); another
+    /// cluster or another CA gives another key.
+    #[test]
+    fn the_gossip_key_follows_the_ca_and_the_cluster() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let ca = Ca::generate(MANAGER_CA, now()).expect("ca");
+        ca.write(dir.path()).expect("write");
+        let loaded = Ca::load(dir.path(), MANAGER_CA, "--insecure").expect("load");
+        let key = ca.gossip_key("etcd").expect("key");
+        assert_eq!(loaded.gossip_key("etcd").expect("key"), key);
+        assert_ne!(ca.gossip_key("etcd-events").expect("key"), key);
+        let other = Ca::generate(MANAGER_CA, now()).expect("ca");
+        assert_ne!(other.gossip_key("etcd").expect("key"), key);
+        assert_ne!(key, [0u8; 32]);
     }
 
     #[test]

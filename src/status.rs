@@ -38,6 +38,10 @@ pub struct ClusterStatus {
     /// files it skipped, gossip without a key while TLS is on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// How the leader's gossip is keyed, in words, and how many managers it
+    /// takes in plain (a release that cannot seal, during a rolling update).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gossip: Option<String>,
     /// The continuous backup, in words: the full backup its chain starts
     /// from, or the gap that stopped it (None: turned off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -125,6 +129,7 @@ impl ClusterStatus {
             waits: plan.waits.iter().map(ToString::to_string).collect(),
             version_change: version_change_text(obs),
             warnings: vec![],
+            gossip: None,
             continuous_backup: None,
             jobs: obs
                 .peers

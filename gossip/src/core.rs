@@ -12,8 +12,8 @@ use rand::{Rng, SeedableRng};
 use crate::error::Error;
 use crate::identity::NodeId;
 use crate::keys::{GossipKeys, NONCE_LEN, SEAL_OVERHEAD, Sealer};
-use crate::payload::{PayloadHandler, PayloadItem, PayloadTable};
-use crate::wire::{self, BincodeCodec, TAG_FOCA, TAG_HELLO, TAG_HELLO_ACK};
+use crate::payload::{PayloadHandler, PayloadItem, PayloadTable, Round};
+use crate::wire::{self, BincodeCodec, IncarnationBound, TAG_FOCA, TAG_HELLO, TAG_HELLO_ACK};
 use crate::{GossipConfig, MemberState, MemberView};
 
 /// Headroom kept in each packet for a sender id longer than ours.
@@ -60,6 +60,40 @@ pub enum GossipEvent {
     Idle,
     /// We are down for good (after leaving, or when renewal failed).
     Defunct,
+    /// With keys, a plain packet came from `from`, naming itself `id`: a
+    /// manager of a release that cannot seal, or a stranger. Its packets are
+    /// dropped until the caller vouches for it ([`GossipCore::vouch_plain`])
+    /// by a channel the gossip key does not protect. Reported at most once
+    /// per [`PLAIN_REPORT_EVERY`] per address.
+    PlainSender {
+        /// The packet's source address.
+        from: SocketAddr,
+        /// The member id the packet claims.
+        id: String,
+    },
+}
+
+/// How often a plain sender is reported again while it is not vouched for
+/// (or its vouch is getting old).
+pub const PLAIN_REPORT_EVERY: Duration = Duration::from_secs(30);
+/// A vouch for a plain sender lasts this long unless renewed.
+pub const PLAIN_VOUCH_FOR: Duration = Duration::from_secs(300);
+/// Most addresses remembered as reported plain senders (a stranger's flood of
+/// addresses cannot grow the core).
+const MAX_PLAIN_REPORTED: usize = 64;
+/// Most plain peers vouched for at once.
+const MAX_PLAIN_PEERS: usize = 16;
+/// Most members' payloads kept (ids foca does not know are dropped anyway).
+const MAX_PAYLOADS: usize = 64;
+/// How far ahead of our own start time (unix milliseconds) another member's
+/// incarnation may be: a day of clock difference, plus room for rejoins.
+const INCARNATION_AHEAD_MS: u64 = 24 * 3600 * 1000 + (1 << 20);
+
+/// A sender of plain packets vouched for while we have keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PlainPeer {
+    id: String,
+    until: Instant,
 }
 
 /// The sans-IO core: feed it packets, due timers and commands with the
@@ -104,6 +138,20 @@ pub struct GossipCore {
     last_heard: BTreeMap<SocketAddr, Instant>,
     /// [`GossipConfig::lifeguard`]: local health and reviving talking suspects.
     lifeguard: bool,
+    /// Plain senders vouched for (by address), while we have keys.
+    plain_peers: BTreeMap<SocketAddr, PlainPeer>,
+    /// When each plain sender was last reported.
+    plain_reported: BTreeMap<SocketAddr, Instant>,
+    /// The highest incarnation the codec takes (raised with our time).
+    incarnation_bound: IncarnationBound,
+    /// Our starting incarnation (unix milliseconds at start; 0 in tests
+    /// without a wall clock, which leaves incarnations unbounded) and the
+    /// first `now` we were given.
+    clock_base: (u64, Option<Instant>),
+    /// The members our own item reached in a broadcast round.
+    round: Round,
+    /// Payload items dropped because another member sent them.
+    foreign_items: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Highest local health score: suspicions last at most 9 times as long.
@@ -185,7 +233,10 @@ impl GossipCore {
             .get()
             .saturating_sub(1 + header_len + 2 + PACKET_HEADROOM);
         let table = PayloadTable::default();
-        let handler = PayloadHandler::new(identity.id.clone(), table.clone());
+        let round = Round::default();
+        let handler = PayloadHandler::new(identity.id.clone(), table.clone(), round.clone());
+        let foreign_items = handler.foreign.clone();
+        let incarnation_bound = IncarnationBound::default();
         let stuck_suspect_after = (foca_config.suspect_to_down_after * 3
             + foca_config.probe_period * 2)
             .max(MIN_STUCK_SUSPECT);
@@ -194,7 +245,7 @@ impl GossipCore {
             identity,
             foca_config,
             StdRng::seed_from_u64(rng_seed),
-            BincodeCodec,
+            BincodeCodec::with_bound(incarnation_bound.clone()),
             handler,
         );
         let core = Self {
@@ -223,6 +274,12 @@ impl GossipCore {
             base_config,
             lifeguard: config.lifeguard,
             last_heard: BTreeMap::new(),
+            plain_peers: BTreeMap::new(),
+            plain_reported: BTreeMap::new(),
+            incarnation_bound,
+            clock_base: (config.incarnation, None),
+            round,
+            foreign_items,
         };
         core.check_payload(&payload)?;
         Ok(Self {
@@ -260,6 +317,141 @@ impl GossipCore {
         self.sealer = keys.map(Sealer::new);
     }
 
+    /// Vouches for a plain sender (see [`GossipEvent::PlainSender`]): while
+    /// we have keys, plain packets from `from` whose sender is `id` are taken
+    /// and our packets to `from` go out plain, for [`PLAIN_VOUCH_FOR`]. The
+    /// caller checked by other means that the manager `id` runs there (the
+    /// peer API's certificate). Ends when `from` sends a sealed packet.
+    pub fn vouch_plain(&mut self, from: SocketAddr, id: String, now: Instant) {
+        if crate::ident::check_member_id(&id).is_err() {
+            return;
+        }
+        self.plain_peers.retain(|_, p| p.until > now);
+        if self.plain_peers.len() >= MAX_PLAIN_PEERS && !self.plain_peers.contains_key(&from) {
+            tracing::warn!(%from, member = %id, "too many plain gossip peers; not vouching for another");
+            return;
+        }
+        tracing::info!(%from, member = %id, "gossip in plain with a manager that cannot seal (vouched for by its peer API certificate)");
+        self.plain_peers.insert(
+            from,
+            PlainPeer {
+                id,
+                until: now + PLAIN_VOUCH_FOR,
+            },
+        );
+        self.plain_reported.remove(&from);
+    }
+
+    /// The plain senders vouched for now: (address, member id).
+    pub fn plain_peers(&self) -> Vec<(SocketAddr, String)> {
+        self.plain_peers
+            .iter()
+            .map(|(a, p)| (*a, p.id.clone()))
+            .collect()
+    }
+
+    /// Payload items dropped so far because a member other than the one they
+    /// describe sent them (relays of the release before, or forgeries).
+    pub fn foreign_items(&self) -> u64 {
+        self.foreign_items
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Raises the codec's incarnation bound with our time (see
+    /// [`INCARNATION_AHEAD_MS`]); unbounded without a wall-clock base.
+    fn note_time(&mut self, now: Instant) {
+        let base = self.clock_base.0;
+        if base == 0 {
+            return;
+        }
+        let first = *self.clock_base.1.get_or_insert(now);
+        let elapsed = now.saturating_duration_since(first).as_millis() as u64;
+        self.incarnation_bound.set(
+            base.saturating_add(elapsed)
+                .saturating_add(INCARNATION_AHEAD_MS),
+        );
+    }
+
+    /// The member id a plain datagram claims: a foca header's source or a
+    /// hello's identity.
+    fn claimed_id(&self, data: &[u8]) -> Option<String> {
+        match data.split_first() {
+            Some((&TAG_FOCA, body)) => wire::decode::<foca::Header<NodeId>>(body)
+                .ok()
+                .map(|(h, _)| h.src.id),
+            Some((&(TAG_HELLO | TAG_HELLO_ACK), body)) => {
+                wire::decode_hello(body, self.incarnation_bound.get())
+                    .ok()
+                    .map(|n| n.id)
+            }
+            _ => None,
+        }
+        .filter(|id| crate::ident::check_member_id(id).is_ok())
+    }
+
+    /// A plain datagram while we have keys: taken from a vouched sender that
+    /// names itself as vouched; otherwise dropped, and its sender reported.
+    fn handle_unsealed(&mut self, from: SocketAddr, data: &[u8], now: Instant) {
+        let claimed = self.claimed_id(data);
+        let vouched = self
+            .plain_peers
+            .get(&from)
+            .is_some_and(|p| p.until > now && claimed.as_deref() == Some(p.id.as_str()));
+        if vouched {
+            self.handle_plain(from, data, now);
+            let renew = self
+                .plain_peers
+                .get(&from)
+                .is_some_and(|p| p.until.saturating_duration_since(now) < PLAIN_VOUCH_FOR / 2);
+            if renew {
+                self.report_plain(from, claimed, now);
+            }
+            return;
+        }
+        self.bad_packets += 1;
+        tracing::debug!(%from, member = claimed.as_deref().unwrap_or(""), len = data.len(), "dropped plain gossip packet (we seal)");
+        self.report_plain(from, claimed, now);
+    }
+
+    /// Reports a plain sender to the caller, once per [`PLAIN_REPORT_EVERY`].
+    fn report_plain(&mut self, from: SocketAddr, claimed: Option<String>, now: Instant) {
+        let Some(id) = claimed else { return };
+        if self
+            .plain_reported
+            .get(&from)
+            .is_some_and(|at| now.saturating_duration_since(*at) < PLAIN_REPORT_EVERY)
+        {
+            return;
+        }
+        if self.plain_reported.len() >= MAX_PLAIN_REPORTED {
+            self.plain_reported
+                .retain(|_, at| now.saturating_duration_since(*at) < PLAIN_REPORT_EVERY);
+            if self.plain_reported.len() >= MAX_PLAIN_REPORTED {
+                return;
+            }
+        }
+        self.plain_reported.insert(from, now);
+        self.events.push_back(GossipEvent::PlainSender { from, id });
+    }
+
+    /// Drops the payloads of ids foca does not know (a sender that made up
+    /// an id, or one foca forgot), and keeps the table bounded.
+    fn prune_payloads(&mut self) {
+        let mut table = self.table.lock();
+        if table.is_empty() {
+            return;
+        }
+        let known: std::collections::BTreeSet<&str> = self
+            .foca
+            .iter_membership_state()
+            .map(|m| m.id().id.as_str())
+            .collect();
+        table.retain(|id, _| known.contains(id.as_str()));
+        while table.len() > MAX_PAYLOADS {
+            table.pop_last();
+        }
+    }
+
     /// The keyring in use, if any.
     pub fn keys(&self) -> Option<&GossipKeys> {
         self.sealer.as_ref().map(Sealer::keys)
@@ -273,6 +465,7 @@ impl GossipCore {
     /// Arms the periodic payload refresh. Every other entry point does this
     /// too; call it once at start so [`GossipCore::next_deadline`] is set.
     pub fn start(&mut self, now: Instant) {
+        self.note_time(now);
         self.arm_refresh(now);
     }
 
@@ -327,6 +520,17 @@ impl GossipCore {
     /// Fires every timer due at `now` (deadline <= now), earliest first.
     pub fn handle_timers(&mut self, now: Instant) {
         self.note_lateness(now);
+        self.note_time(now);
+        let expired: Vec<SocketAddr> = self
+            .plain_peers
+            .iter()
+            .filter(|(_, p)| p.until <= now)
+            .map(|(a, _)| *a)
+            .collect();
+        for addr in expired {
+            tracing::info!(%addr, "vouch for a plain gossip peer expired");
+            self.plain_peers.remove(&addr);
+        }
         self.arm_refresh(now);
         while let Some(entry) = self.timers.first_entry() {
             if entry.key().0 > now {
@@ -505,19 +709,29 @@ impl GossipCore {
     /// dropped and counted; this never panics.
     pub fn handle_packet(&mut self, from: SocketAddr, data: &[u8], now: Instant) {
         self.arm_refresh(now);
+        self.note_time(now);
         if self.left {
             return;
         }
         match &self.sealer {
             None => self.handle_plain(from, data, now),
+            Some(_) if data.first() != Some(&crate::keys::SEALED_V1) => {
+                self.handle_unsealed(from, data, now)
+            }
             Some(sealer) => match sealer.open(data) {
-                Ok(plain) => self.handle_plain(from, &plain, now),
+                Ok(plain) => {
+                    if self.plain_peers.remove(&from).is_some() {
+                        tracing::info!(%from, "a plain gossip peer now seals its packets");
+                    }
+                    self.handle_plain(from, &plain, now)
+                }
                 Err(error) => {
                     self.bad_packets += 1;
                     tracing::debug!(%from, %error, len = data.len(), "dropped unauthenticated gossip packet");
                 }
             },
         }
+        self.prune_payloads();
     }
 
     /// Handles one datagram after opening (or as received, without keys).
@@ -544,29 +758,31 @@ impl GossipCore {
                 }
                 self.collect(now);
             }
-            Some((&tag @ (TAG_HELLO | TAG_HELLO_ACK), body)) => match wire::decode_hello(body) {
-                Ok(node) if node.id == self.identity().id => {
-                    tracing::debug!(%from, "ignored hello carrying our own id");
-                }
-                Ok(node) if tag == TAG_HELLO => {
-                    tracing::debug!(%from, member = %node.id, "hello: answering with our identity");
-                    match wire::hello(TAG_HELLO_ACK, self.foca.identity()) {
-                        Ok(packet) => self.send(from, packet),
-                        Err(error) => tracing::warn!(%error, "cannot encode gossip hello ack"),
+            Some((&tag @ (TAG_HELLO | TAG_HELLO_ACK), body)) => {
+                match wire::decode_hello(body, self.incarnation_bound.get()) {
+                    Ok(node) if node.id == self.identity().id => {
+                        tracing::debug!(%from, "ignored hello carrying our own id");
+                    }
+                    Ok(node) if tag == TAG_HELLO => {
+                        tracing::debug!(%from, member = %node.id, "hello: answering with our identity");
+                        match wire::hello(TAG_HELLO_ACK, self.foca.identity()) {
+                            Ok(packet) => self.send(from, packet),
+                            Err(error) => tracing::warn!(%error, "cannot encode gossip hello ack"),
+                        }
+                    }
+                    Ok(node) => {
+                        tracing::debug!(%from, member = %node.id, addr = %node.addr, "hello ack: announcing to member");
+                        if let Err(error) = self.foca.announce(node, &mut self.runtime) {
+                            tracing::warn!(%error, "gossip announce failed");
+                        }
+                        self.collect(now);
+                    }
+                    Err(error) => {
+                        self.bad_packets += 1;
+                        tracing::debug!(%from, %error, "dropped bad hello packet");
                     }
                 }
-                Ok(node) => {
-                    tracing::debug!(%from, member = %node.id, addr = %node.addr, "hello ack: announcing to member");
-                    if let Err(error) = self.foca.announce(node, &mut self.runtime) {
-                        tracing::warn!(%error, "gossip announce failed");
-                    }
-                    self.collect(now);
-                }
-                Err(error) => {
-                    self.bad_packets += 1;
-                    tracing::debug!(%from, %error, "dropped bad hello packet");
-                }
-            },
+            }
             _ => {
                 self.bad_packets += 1;
                 tracing::debug!(%from, len = data.len(), "dropped gossip packet with unknown tag");
@@ -685,12 +901,17 @@ impl GossipCore {
         views.into_values().collect()
     }
 
-    /// Queues a framed datagram, sealed when we have keys.
+    /// Queues a framed datagram, sealed when we have keys (plain to a
+    /// vouched plain peer).
     fn send(&mut self, to: SocketAddr, framed: Vec<u8>) {
         let Some(sealer) = &self.sealer else {
             self.outbox.push_back((to, Bytes::from(framed)));
             return;
         };
+        if self.plain_peers.contains_key(&to) {
+            self.outbox.push_back((to, Bytes::from(framed)));
+            return;
+        }
         let mut nonce = [0u8; NONCE_LEN];
         self.nonce_rng.fill_bytes(&mut nonce);
         match sealer.seal(&framed, nonce) {
@@ -742,14 +963,30 @@ impl GossipCore {
                 return;
             }
         };
-        if let Err(error) = self.foca.add_broadcast(&data) {
-            tracing::warn!(%error, len = data.len(), "cannot queue our gossip payload");
-            return;
+        // Items are not relayed (see `payload`): send ours to every active
+        // member, a few at a time as foca chooses, until all have it.
+        let active: std::collections::BTreeSet<String> = self
+            .foca
+            .iter_members()
+            .map(|m| m.id().id.clone())
+            .collect();
+        self.round.begin();
+        for _ in 0..=active.len() {
+            if let Err(error) = self.foca.add_broadcast(&data) {
+                tracing::warn!(%error, len = data.len(), "cannot queue our gossip payload");
+                break;
+            }
+            let before = self.outbox.len();
+            if let Err(error) = self.foca.broadcast(&mut self.runtime) {
+                tracing::warn!(%error, "gossip broadcast failed");
+                break;
+            }
+            self.collect(now);
+            if self.outbox.len() == before || active.iter().all(|id| self.round.has(id)) {
+                break;
+            }
         }
-        if let Err(error) = self.foca.broadcast(&mut self.runtime) {
-            tracing::warn!(%error, "gossip broadcast failed");
-        }
-        self.collect(now);
+        self.round.end();
     }
 
     /// Moves foca's outputs into the core: packets to the outbox, timers to
@@ -759,6 +996,7 @@ impl GossipCore {
             let mut rebroadcast = false;
             let mut came_up = Vec::new();
             while let Some((dst, data)) = self.runtime.to_send() {
+                self.round.reached(&dst.id);
                 let mut framed = Vec::with_capacity(data.len() + FRAME_OVERHEAD);
                 framed.push(TAG_FOCA);
                 framed.extend_from_slice(&data);
@@ -1143,5 +1381,172 @@ mod tests {
         assert!(cores[1].keys().is_none());
         cores[1].announce(SocketAddr::from(([127, 0, 0, 2], 1)));
         assert_eq!(cores[1].pop_packet().unwrap().1[0], TAG_HELLO);
+    }
+
+    fn at(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// Items are not relayed, yet every member of seven has every other's
+    /// payload within a refresh: each sends its own to all.
+    #[test]
+    fn every_payload_reaches_every_member_directly() {
+        let start = Instant::now();
+        let mut cores: Vec<GossipCore> = (0..7u16)
+            .map(|i| {
+                let mut c = GossipConfig::new(format!("m{i}"), at(9000 + i));
+                c.cluster_size_hint = 7;
+                GossipCore::new(&c, vec![i as u8; 8], u64::from(i)).unwrap()
+            })
+            .collect();
+        for (i, core) in cores.iter_mut().enumerate() {
+            core.start(start);
+            if i > 0 {
+                core.announce(at(9000));
+            }
+        }
+        exchange(&mut cores, start, 40);
+        // A new payload everywhere within one step of 100 ms.
+        let later = start + Duration::from_secs(4);
+        cores[3].set_payload(vec![42; 8], later).unwrap();
+        exchange(&mut cores, later, 1);
+        for core in &cores {
+            let view = core.members();
+            assert_eq!(view.len(), 7, "{view:?}");
+            assert_eq!(
+                view.iter()
+                    .find(|m| m.id == "m3")
+                    .and_then(|m| m.payload.clone()),
+                Some(vec![42; 8]),
+                "at {}",
+                core.identity().id
+            );
+            assert_eq!(core.foreign_items(), 0);
+        }
+    }
+
+    /// A keyed core takes plain packets only from a sender vouched for (a
+    /// manager of a release that cannot seal), at that address and under
+    /// that id, and answers it in plain; strangers stay out.
+    #[test]
+    fn plain_packets_only_from_a_vouched_sender() {
+        let start = Instant::now();
+        let mut cores = vec![
+            GossipCore::new(&keyed("a", 9000, 1), b"a".to_vec(), 1).unwrap(),
+            GossipCore::new(
+                &GossipConfig::new("old".into(), at(9001)),
+                b"old".to_vec(),
+                2,
+            )
+            .unwrap(),
+            GossipCore::new(
+                &GossipConfig::new("liar".into(), at(9002)),
+                b"x".to_vec(),
+                3,
+            )
+            .unwrap(),
+        ];
+        for core in &mut cores {
+            core.start(start);
+        }
+        cores[1].announce(at(9000));
+        cores[2].announce(at(9000));
+        exchange(&mut cores, start, 10);
+        assert_eq!(cores[0].members().len(), 1, "plain senders got in");
+        let reported: Vec<GossipEvent> = cores[0]
+            .drain_events()
+            .into_iter()
+            .filter(|e| matches!(e, GossipEvent::PlainSender { .. }))
+            .collect();
+        assert_eq!(
+            reported,
+            vec![
+                GossipEvent::PlainSender {
+                    from: at(9001),
+                    id: "old".into()
+                },
+                GossipEvent::PlainSender {
+                    from: at(9002),
+                    id: "liar".into()
+                },
+            ]
+        );
+        // Reported once, not for every packet.
+        cores[1].announce(at(9000));
+        exchange(&mut cores, start + Duration::from_secs(1), 3);
+        assert!(
+            cores[0]
+                .drain_events()
+                .iter()
+                .all(|e| !matches!(e, GossipEvent::PlainSender { .. }))
+        );
+        // Vouched for "old" at 9001; "liar" claims to be "old" elsewhere.
+        let later = start + Duration::from_secs(2);
+        cores[0].vouch_plain(at(9001), "old".into(), later);
+        cores[2] =
+            GossipCore::new(&GossipConfig::new("old".into(), at(9002)), b"x".to_vec(), 4).unwrap();
+        cores[2].start(later);
+        cores[1].announce(at(9000));
+        cores[2].announce(at(9000));
+        exchange(&mut cores, later, 30);
+        let view = cores[0].members();
+        let old = view
+            .iter()
+            .find(|m| m.id == "old")
+            .expect("old is a member");
+        assert_eq!((old.addr, old.state), (at(9001), MemberState::Alive));
+        assert_eq!(old.payload.as_deref(), Some(&b"old"[..]));
+        assert!(
+            cores[1]
+                .members()
+                .iter()
+                .any(|m| m.id == "a" && m.state == MemberState::Alive)
+        );
+        assert_eq!(cores[0].plain_peers(), vec![(at(9001), "old".to_string())]);
+        // Once it seals (an upgrade), plain packets from it are refused again.
+        cores[1].set_keys(Some(GossipKeys::new(vec![[1; 32]]).unwrap()));
+        exchange(&mut cores, later + Duration::from_secs(3), 20);
+        assert!(cores[0].plain_peers().is_empty());
+        // The vouch also runs out.
+        cores[0].vouch_plain(at(9005), "other".into(), later);
+        cores[0].handle_timers(later + PLAIN_VOUCH_FOR);
+        assert!(cores[0].plain_peers().is_empty());
+    }
+
+    /// Incarnations are unix milliseconds at a manager's start: one far in
+    /// the future (u64::MAX) would outrank the real member for good.
+    #[test]
+    fn incarnations_from_the_future_are_refused() {
+        let start = Instant::now();
+        let base = 1_765_000_000_000u64;
+        let mut a = GossipConfig::new("a".into(), at(9000));
+        a.incarnation = base;
+        let mut a = GossipCore::new(&a, vec![], 1).unwrap();
+        a.start(start);
+        let hello = |incarnation: u64| {
+            wire::hello(
+                TAG_HELLO,
+                &NodeId {
+                    id: "b".into(),
+                    addr: at(9001),
+                    incarnation,
+                },
+            )
+            .unwrap()
+        };
+        a.handle_packet(at(9001), &hello(base + 3_600_000), start);
+        assert_eq!(
+            a.pop_packet().map(|(to, _)| to),
+            Some(at(9001)),
+            "a sane hello is answered"
+        );
+        let bad = a.bad_packets();
+        a.handle_packet(at(9001), &hello(u64::MAX), start);
+        assert_eq!(a.bad_packets(), bad + 1);
+        assert!(a.pop_packet().is_none());
+        // The bound moves with our time.
+        let later = start + Duration::from_secs(48 * 3600);
+        a.handle_packet(at(9001), &hello(base + 47 * 3600 * 1000), later);
+        assert!(a.pop_packet().is_some());
     }
 }

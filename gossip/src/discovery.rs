@@ -77,20 +77,47 @@ pub async fn read_seed_dir(dir: &Path, port: u16) -> Vec<SocketAddr> {
     out
 }
 
-/// Checks that `id` can name a file in the discovery folder.
+/// Most bytes a discovery record may have (a real one is under 200).
+pub const MAX_RECORD_LEN: u64 = 4096;
+
+/// Checks that `id` can name a file in the discovery folder (a valid member
+/// id, see [`crate::check_member_id`]).
 pub(crate) fn check_id_for_file(id: &str) -> Result<(), Error> {
-    let bad = id.is_empty()
-        || id.starts_with('.')
-        || id.chars().any(|c| c == '/' || c == '\\' || c.is_control());
-    if bad {
-        Err(Error::InvalidConfig {
-            reason: format!(
-                "node id {id:?} cannot name a discovery file; use letters, digits, '-', '_' and '.' (not first)"
-            ),
-        })
-    } else {
-        Ok(())
+    crate::ident::check_member_id(id).map_err(|reason| Error::InvalidConfig {
+        reason: format!(
+            "node id {id:?} {reason}; use 1 to 128 letters, digits, '-', '_' and '.' (not first)"
+        ),
+    })
+}
+
+/// Reads one discovery file: a regular file (a symbolic link is not
+/// followed), at most [`MAX_RECORD_LEN`] bytes, a record whose id is valid
+/// and names the file.
+pub(crate) async fn read_record_file(path: &Path, stem: &str) -> Result<DiscoveryRecord, String> {
+    use tokio::io::AsyncReadExt;
+    let mut options = tokio::fs::OpenOptions::new();
+    options
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    let file = options.open(path).await.map_err(|e| e.to_string())?;
+    let meta = file.metadata().await.map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
     }
+    let mut bytes = Vec::new();
+    file.take(MAX_RECORD_LEN + 1)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_RECORD_LEN {
+        return Err(format!("larger than {MAX_RECORD_LEN} bytes"));
+    }
+    let record: DiscoveryRecord = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    crate::ident::check_member_id(&record.id).map_err(|r| format!("its id {r}"))?;
+    if record.id != stem {
+        return Err(format!("it names {:?}, not the file's {stem:?}", record.id));
+    }
+    Ok(record)
 }
 
 fn record_path(dir: &Path, id: &str) -> PathBuf {
@@ -148,16 +175,14 @@ pub(crate) async fn read_records(dir: &Path, own_id: &str) -> Vec<DiscoveryRecor
         };
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.starts_with('.') || !name.ends_with(".json") {
+        let Some(stem) = name.strip_suffix(".json") else {
+            continue;
+        };
+        if name.starts_with('.') {
             continue;
         }
         let path = entry.path();
-        let record = match tokio::fs::read(&path).await {
-            Ok(bytes) => {
-                serde_json::from_slice::<DiscoveryRecord>(&bytes).map_err(|e| e.to_string())
-            }
-            Err(error) => Err(error.to_string()),
-        };
+        let record = read_record_file(&path, stem).await;
         match record {
             Ok(record) if record.id == own_id => {}
             Ok(record) => out.push(record),
@@ -228,6 +253,14 @@ mod tests {
         }
     }
 
+    fn nix_mkfifo(path: &Path) {
+        let status = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     #[tokio::test]
     async fn records_roundtrip_and_skip_junk() {
         let dir = tempfile::tempdir().unwrap();
@@ -242,6 +275,23 @@ mod tests {
         write_record(dir.path(), &a).await.unwrap();
         write_record(dir.path(), &b).await.unwrap();
         std::fs::write(dir.path().join("junk.json"), b"{not json").unwrap();
+        // A record under another name, a bad id, a huge file, a link and a
+        // fifo (which would block a plain read) are all skipped.
+        std::fs::write(
+            dir.path().join("c.json"),
+            br#"{"id":"b","addr":"127.0.0.1:3"}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("x y.json"),
+            br#"{"id":"x y","addr":"127.0.0.1:3"}"#,
+        )
+        .unwrap();
+        let mut huge = br#"{"id":"h","addr":"127.0.0.1:3"}"#.to_vec();
+        huge.resize(MAX_RECORD_LEN as usize + 1, b' ');
+        std::fs::write(dir.path().join("h.json"), &huge).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("b.json"), dir.path().join("l.json")).unwrap();
+        nix_mkfifo(&dir.path().join("f.json"));
         std::fs::write(dir.path().join("notes.txt"), b"hello").unwrap();
         let text = std::fs::read_to_string(dir.path().join("a.json")).unwrap();
         assert_eq!(text, r#"{"id":"a","addr":"127.0.0.1:1"}"#);

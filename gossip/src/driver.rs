@@ -25,6 +25,8 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 const RECV_BUFFER: usize = 64 * 1024;
 /// Commands waiting for the driver task; senders wait when it is full.
 const COMMAND_QUEUE: usize = 16;
+/// Most checks of plain senders under way at once.
+const MAX_PLAIN_CHECKS: usize = 4;
 
 /// A command from a handle to the driver task.
 enum Command {
@@ -44,6 +46,10 @@ struct Shared {
     downs: AtomicU64,
     /// Times the cluster declared this node down and it rejoined.
     rejoins: AtomicU64,
+    /// Plain senders vouched for now.
+    plain_peers: AtomicU64,
+    /// Payload items dropped because another member sent them.
+    foreign_items: AtomicU64,
 }
 
 /// A cheap, cloneable handle on a running gossip node.
@@ -138,6 +144,17 @@ impl GossipHandle {
         )
     }
 
+    /// Plain senders (managers of a release that cannot seal) taken now.
+    pub fn plain_peers(&self) -> u64 {
+        self.shared.plain_peers.load(Ordering::Relaxed)
+    }
+
+    /// Payload items dropped because a member other than the one they
+    /// describe sent them.
+    pub fn foreign_items(&self) -> u64 {
+        self.shared.foreign_items.load(Ordering::Relaxed)
+    }
+
     /// True once the driver task has ended (left, cancelled or failed).
     pub fn is_finished(&self) -> bool {
         self.done.is_cancelled()
@@ -172,9 +189,9 @@ pub async fn start(
             reason: "the node id is empty; give every node a unique, stable id".to_string(),
         });
     }
-    if config.discovery_dir.is_some() {
-        discovery::check_id_for_file(&config.id)?;
-    }
+    // Peers check every id they receive; ours must pass their check. (The
+    // sans-IO core takes any non-empty id, so a test can play a stranger.)
+    discovery::check_id_for_file(&config.id)?;
     config.effective_foca_config()?;
 
     let bind_err = |source| Error::Bind {
@@ -216,6 +233,8 @@ pub async fn start(
         rejoins: AtomicU64::new(0),
         bytes_sent: AtomicU64::new(0),
         bytes_received: AtomicU64::new(0),
+        plain_peers: AtomicU64::new(0),
+        foreign_items: AtomicU64::new(0),
     });
     let (payload_tx, payload_rx) = watch::channel(payload);
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -235,6 +254,8 @@ pub async fn start(
         commands_rx,
         members_tx,
         shared: shared.clone(),
+        plain_check: config.plain_check.clone(),
+        plain_checks: JoinSet::new(),
     };
     tracing::info!(id = %config.id, %local_addr, advertise = %config.advertise, incarnation = config.incarnation, keys = config.keys.as_ref().map_or(0, GossipKeys::len), "gossip started");
     let span = tracing::info_span!("gossip", id = %config.id);
@@ -267,6 +288,9 @@ struct Driver {
     commands_rx: mpsc::Receiver<Command>,
     members_tx: watch::Sender<Vec<MemberView>>,
     shared: Arc<Shared>,
+    plain_check: Option<Arc<dyn crate::PlainPeerCheck>>,
+    /// Checks of plain senders under way: (address, id, confirmed).
+    plain_checks: JoinSet<(SocketAddr, String, bool)>,
 }
 
 /// An address to announce to, with the node id when a discovery record
@@ -369,6 +393,17 @@ impl Driver {
                     Ok(candidates) => self.announce(candidates),
                     Err(error) => tracing::warn!(%error, "gossip discovery job failed"),
                 },
+                Some(checked) = self.plain_checks.join_next(), if !self.plain_checks.is_empty() => match checked {
+                    Ok((from, id, true)) => {
+                        self.core.vouch_plain(from, id, Instant::now().into_std());
+                        // Announce to it now, in plain, rather than at the next refresh.
+                        self.core.announce(from);
+                    }
+                    Ok((from, id, false)) => {
+                        tracing::warn!(%from, member = %id, "a plain gossip sender could not be confirmed by its peer API certificate; its packets stay dropped");
+                    }
+                    Err(error) => tracing::warn!(%error, "gossip plain sender check failed"),
+                },
             }
             self.flush().await;
             self.publish();
@@ -404,8 +439,27 @@ impl Driver {
         self.shared
             .bad_packets
             .store(self.core.bad_packets(), Ordering::Relaxed);
+        self.shared
+            .plain_peers
+            .store(self.core.plain_peers().len() as u64, Ordering::Relaxed);
+        self.shared
+            .foreign_items
+            .store(self.core.foreign_items(), Ordering::Relaxed);
         for event in self.core.drain_events() {
             match event {
+                GossipEvent::PlainSender { from, id } => match &self.plain_check {
+                    Some(check) if self.plain_checks.len() < MAX_PLAIN_CHECKS => {
+                        let fut = check.check(from, id.clone());
+                        self.plain_checks
+                            .spawn(async move { (from, id, fut.await) });
+                    }
+                    Some(_) => {
+                        tracing::debug!(%from, member = %id, "plain gossip sender not checked now: too many checks under way")
+                    }
+                    None => {
+                        tracing::debug!(%from, member = %id, "plain gossip packet dropped (we seal)")
+                    }
+                },
                 GossipEvent::MemberDown(_) => {
                     self.shared.downs.fetch_add(1, Ordering::Relaxed);
                 }

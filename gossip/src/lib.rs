@@ -43,6 +43,7 @@ mod core;
 mod discovery;
 mod driver;
 mod error;
+mod ident;
 mod identity;
 mod keys;
 mod payload;
@@ -52,10 +53,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use crate::core::{CoreTimer, GossipCore, GossipEvent};
+pub use crate::core::{CoreTimer, GossipCore, GossipEvent, PLAIN_REPORT_EVERY, PLAIN_VOUCH_FOR};
 pub use crate::discovery::{DiscoveryRecord, parse_seed};
 pub use crate::driver::{GossipHandle, start};
 pub use crate::error::Error;
+pub use crate::ident::{MAX_ID_LEN, check_member_id};
 pub use crate::identity::NodeId;
 pub use crate::keys::{
     GossipKeys, KEY_LEN, NONCE_LEN, SEAL_OVERHEAD, SEALED_V1, TAG_LEN, load_key_file,
@@ -106,6 +108,25 @@ pub struct GossipConfig {
     /// `new_lan(cluster_size_hint)` as shipped: the baseline the benchmarks
     /// compare against, not for production.
     pub lifeguard: bool,
+    /// With keys: how to check a plain sender (a manager of a release that
+    /// cannot seal) by other means; `None` never takes plain packets. See
+    /// [`PlainPeerCheck`].
+    pub plain_check: Option<std::sync::Arc<dyn PlainPeerCheck>>,
+}
+
+/// Checks, by a channel the gossip key does not protect, that the manager
+/// `id` runs at `from` (the manager uses the peer API: a TLS handshake whose
+/// certificate, signed by the cluster's CA, names `id`, at `from`'s
+/// address). A sender it confirms is taken in plain for
+/// [`PLAIN_VOUCH_FOR`]: how managers of the release before derived keys
+/// stay in one membership with the new ones during a rolling update.
+pub trait PlainPeerCheck: Send + Sync + std::fmt::Debug {
+    /// True when the manager `id` is confirmed at `from`.
+    fn check(
+        &self,
+        from: SocketAddr,
+        id: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
 }
 
 impl GossipConfig {
@@ -125,6 +146,7 @@ impl GossipConfig {
             foca_config: None,
             keys: None,
             lifeguard: true,
+            plain_check: None,
         }
     }
 

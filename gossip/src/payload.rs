@@ -1,7 +1,15 @@
 //! Payloads as foca custom broadcasts: the newest `(incarnation, version)`
 //! per node id wins.
+//!
+//! An item is taken only from the member it describes: the sender's id and
+//! incarnation (foca's header) must be the item's. Items are not relayed:
+//! each member sends its own to every other (see `GossipCore::broadcast_own`),
+//! so no member can speak for another, and one that makes up ids gets
+//! nowhere (the core also drops the entries of ids foca does not know).
+//! Managers of the release before relayed others' items; those copies are
+//! ignored, their own items are taken.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
@@ -55,15 +63,54 @@ impl PayloadTable {
     }
 }
 
+/// The members our own item reached in the round under way (see
+/// `GossipCore::broadcast_own`); `None` between rounds.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Round(Arc<Mutex<Option<BTreeSet<String>>>>);
+
+impl Round {
+    fn lock(&self) -> MutexGuard<'_, Option<BTreeSet<String>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+    /// Starts a round: nobody reached yet.
+    pub fn begin(&self) {
+        *self.lock() = Some(BTreeSet::new());
+    }
+    /// Ends the round: every member may get our item again.
+    pub fn end(&self) {
+        *self.lock() = None;
+    }
+    /// Records that a message went to `id` (only during a round).
+    pub fn reached(&self, id: &str) {
+        if let Some(set) = self.lock().as_mut() {
+            set.insert(id.to_string());
+        }
+    }
+    /// Whether `id` was reached in the round under way.
+    pub fn has(&self, id: &str) -> bool {
+        self.lock().as_ref().is_some_and(|set| set.contains(id))
+    }
+}
+
 /// foca's `BroadcastHandler` for payloads.
 pub(crate) struct PayloadHandler {
     own_id: String,
     table: PayloadTable,
+    round: Round,
+    /// Items dropped because their sender is not the member they describe.
+    pub(crate) foreign: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl PayloadHandler {
-    pub fn new(own_id: String, table: PayloadTable) -> Self {
-        Self { own_id, table }
+    pub fn new(own_id: String, table: PayloadTable, round: Round) -> Self {
+        Self {
+            own_id,
+            table,
+            round,
+            foreign: Arc::default(),
+        }
     }
 }
 
@@ -77,7 +124,7 @@ impl foca::BroadcastHandler<NodeId> for PayloadHandler {
         sender: Option<&NodeId>,
     ) -> Result<Option<PayloadKey>, CodecError> {
         let (item, used) = wire::decode::<PayloadItem>(data)?;
-        if used != data.len() || item.id.is_empty() {
+        if used != data.len() || crate::ident::check_member_id(&item.id).is_err() {
             return Err(wire::decode_error("malformed payload broadcast"));
         }
         let key = PayloadKey {
@@ -90,6 +137,17 @@ impl foca::BroadcastHandler<NodeId> for PayloadHandler {
             // out. Copies of it (or of our previous run) coming back are
             // ignored.
             return Ok(sender.is_none().then_some(key));
+        }
+        // Only the member itself speaks for itself, at its current
+        // incarnation; nothing is relayed.
+        let Some(sender) = sender else {
+            return Ok(None);
+        };
+        if sender.id != item.id || sender.incarnation != item.incarnation {
+            self.foreign
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::trace!(sender = %sender.id, member = %item.id, "ignored a payload item sent by another member");
+            return Ok(None);
         }
         let mut table = self.table.lock();
         let newer = table
@@ -113,7 +171,11 @@ impl foca::BroadcastHandler<NodeId> for PayloadHandler {
                 payload: item.payload,
             },
         );
-        Ok(Some(key))
+        Ok(None)
+    }
+
+    fn should_add_broadcast_data(&self, member: &NodeId) -> bool {
+        !self.round.has(&member.id)
     }
 }
 
@@ -134,42 +196,47 @@ mod tests {
         .unwrap()
     }
 
-    fn sender() -> NodeId {
+    fn from(id: &str, incarnation: u64) -> NodeId {
         NodeId {
-            id: "other".into(),
+            id: id.into(),
             addr: SocketAddr::from(([127, 0, 0, 1], 1)),
-            incarnation: 1,
+            incarnation,
         }
     }
 
     #[test]
-    fn newest_per_id_wins() {
+    fn newest_per_id_wins_and_only_from_the_member_itself() {
         let table = PayloadTable::default();
-        let mut h = PayloadHandler::new("me".into(), table.clone());
-        let s = sender();
-        assert!(
-            h.receive_item(&item("b", 10, 2, b"v2"), Some(&s))
-                .unwrap()
-                .is_some()
+        let mut h = PayloadHandler::new("me".into(), table.clone(), Round::default());
+        let b10 = from("b", 10);
+        // Taken from b itself, never relayed further.
+        assert_eq!(
+            h.receive_item(&item("b", 10, 2, b"v2"), Some(&b10))
+                .unwrap(),
+            None
         );
+        assert_eq!(table.lock()["b"].payload, b"v2");
         assert!(
-            h.receive_item(&item("b", 10, 1, b"v1"), Some(&s))
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            h.receive_item(&item("b", 10, 2, b"v2"), Some(&s))
+            h.receive_item(&item("b", 10, 1, b"v1"), Some(&b10))
                 .unwrap()
                 .is_none()
         );
         assert_eq!(table.lock()["b"].payload, b"v2");
         // A restart (higher incarnation) wins even with a lower version.
-        assert!(
-            h.receive_item(&item("b", 11, 1, b"new"), Some(&s))
-                .unwrap()
-                .is_some()
-        );
+        let b11 = from("b", 11);
+        h.receive_item(&item("b", 11, 1, b"new"), Some(&b11))
+            .unwrap();
         assert_eq!(table.lock()["b"].payload, b"new");
+        // Another member cannot speak for b, nor b at another incarnation
+        // (u64::MAX would pin b's payload for good).
+        let c = from("c", 5);
+        h.receive_item(&item("b", 12, 1, b"forged"), Some(&c))
+            .unwrap();
+        h.receive_item(&item("b", u64::MAX, 1, b"pinned"), Some(&b11))
+            .unwrap();
+        h.receive_item(&item("b", 12, 1, b"local"), None).unwrap();
+        assert_eq!(table.lock()["b"].payload, b"new");
+        assert_eq!(h.foreign.load(std::sync::atomic::Ordering::Relaxed), 2);
         // Our own items: local adds always queue, echoes are ignored.
         assert!(
             h.receive_item(&item("me", 1, 1, b"x"), None)
@@ -177,16 +244,36 @@ mod tests {
                 .is_some()
         );
         assert!(
-            h.receive_item(&item("me", 1, 1, b"x"), Some(&s))
+            h.receive_item(&item("me", 1, 1, b"x"), Some(&c))
                 .unwrap()
                 .is_none()
         );
         assert!(!table.lock().contains_key("me"));
-        // Garbage is an error, never a panic.
-        assert!(h.receive_item(&[0xff; 9], Some(&s)).is_err());
+        // Garbage and bad ids are errors, never a panic.
+        assert!(h.receive_item(&[0xff; 9], Some(&c)).is_err());
         let mut trailing = item("b", 12, 1, b"x");
         trailing.push(0);
-        assert!(h.receive_item(&trailing, Some(&s)).is_err());
+        assert!(h.receive_item(&trailing, Some(&b11)).is_err());
+        let evil = "a\n# End host entries managed by etcd-manager[etcd]";
+        assert!(
+            h.receive_item(&item(evil, 1, 1, b"x"), Some(&from(evil, 1)))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_round_keeps_our_item_from_members_it_reached() {
+        let round = Round::default();
+        let h = PayloadHandler::new("me".into(), PayloadTable::default(), round.clone());
+        assert!(h.should_add_broadcast_data(&from("b", 1)));
+        round.begin();
+        round.reached("b");
+        assert!(!h.should_add_broadcast_data(&from("b", 1)));
+        assert!(h.should_add_broadcast_data(&from("c", 1)));
+        round.end();
+        round.reached("c");
+        assert!(h.should_add_broadcast_data(&from("b", 1)));
+        assert!(h.should_add_broadcast_data(&from("c", 1)));
     }
 
     #[test]

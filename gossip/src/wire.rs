@@ -51,9 +51,51 @@ pub(crate) fn decode_error(message: &str) -> CodecError {
 
 /// foca's `Codec` on bincode 2 (serde, standard configuration).
 ///
-/// Identities with an empty id are rejected on decode.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BincodeCodec;
+/// Identities are checked on decode: a valid member id, and an incarnation
+/// no higher than [`BincodeCodec::max_incarnation`] (incarnations start at
+/// a manager's start time in unix milliseconds; one from far in the future
+/// would outrank every real restart of that member for good).
+#[derive(Debug, Clone, Default)]
+pub struct BincodeCodec {
+    max_incarnation: IncarnationBound,
+}
+
+/// The highest incarnation the codec accepts, shared with the core, which
+/// raises it as its own time passes.
+#[derive(Debug, Clone)]
+pub struct IncarnationBound(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl Default for IncarnationBound {
+    fn default() -> Self {
+        Self(std::sync::Arc::new(std::sync::atomic::AtomicU64::new(
+            u64::MAX,
+        )))
+    }
+}
+
+impl IncarnationBound {
+    /// The bound now.
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    /// Sets the bound.
+    pub fn set(&self, max: u64) {
+        self.0.store(max, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl BincodeCodec {
+    /// A codec that refuses identities above `bound`.
+    pub fn with_bound(bound: IncarnationBound) -> Self {
+        Self {
+            max_incarnation: bound,
+        }
+    }
+    /// The highest incarnation accepted now.
+    pub fn max_incarnation(&self) -> u64 {
+        self.max_incarnation.get()
+    }
+}
 
 impl BincodeCodec {
     fn put(bytes: &[u8], mut buf: impl BufMut) -> Result<(), CodecError> {
@@ -75,12 +117,23 @@ impl BincodeCodec {
     }
 }
 
-fn check_id(id: &NodeId) -> Result<(), CodecError> {
-    if id.id.is_empty() {
-        Err(CodecError("identity with an empty id".to_string()))
-    } else {
-        Ok(())
+/// An identity from the wire: its id must be a valid member id
+/// ([`crate::ident::check_member_id`]) and its incarnation below the
+/// codec's bound.
+fn check_id(id: &NodeId, max_incarnation: u64) -> Result<(), CodecError> {
+    if let Err(reason) = crate::ident::check_member_id(&id.id) {
+        return Err(CodecError(format!(
+            "identity whose id {reason} ({:?})",
+            id.id.chars().take(40).collect::<String>()
+        )));
     }
+    if id.incarnation > max_incarnation {
+        return Err(CodecError(format!(
+            "identity {} with incarnation {}, beyond what any clock gives ({max_incarnation})",
+            id.id, id.incarnation
+        )));
+    }
+    Ok(())
 }
 
 impl foca::Codec<NodeId> for BincodeCodec {
@@ -96,8 +149,9 @@ impl foca::Codec<NodeId> for BincodeCodec {
 
     fn decode_header(&mut self, buf: impl Buf) -> Result<Header<NodeId>, CodecError> {
         let header: Header<NodeId> = Self::take(buf)?;
-        check_id(&header.src)?;
-        check_id(&header.dst)?;
+        let max = self.max_incarnation();
+        check_id(&header.src, max)?;
+        check_id(&header.dst, max)?;
         Ok(header)
     }
 
@@ -111,7 +165,7 @@ impl foca::Codec<NodeId> for BincodeCodec {
 
     fn decode_member(&mut self, buf: impl Buf) -> Result<Member<NodeId>, CodecError> {
         let member: Member<NodeId> = Self::take(buf)?;
-        check_id(member.id())?;
+        check_id(member.id(), self.max_incarnation())?;
         Ok(member)
     }
 }
@@ -125,8 +179,8 @@ pub(crate) fn hello(tag: u8, me: &NodeId) -> Result<Vec<u8>, CodecError> {
 }
 
 /// Decodes the body of a hello or hello-ack datagram (after the tag). Trailing bytes are
-/// an error.
-pub(crate) fn decode_hello(body: &[u8]) -> Result<NodeId, CodecError> {
+/// an error; the identity is checked as the codec checks it.
+pub(crate) fn decode_hello(body: &[u8], max_incarnation: u64) -> Result<NodeId, CodecError> {
     let (id, used) = decode::<NodeId>(body)?;
     if used != body.len() {
         return Err(CodecError(format!(
@@ -134,7 +188,7 @@ pub(crate) fn decode_hello(body: &[u8]) -> Result<NodeId, CodecError> {
             body.len() - used
         )));
     }
-    check_id(&id)?;
+    check_id(&id, max_incarnation)?;
     Ok(id)
 }
 
@@ -155,7 +209,7 @@ mod tests {
 
     #[test]
     fn header_and_member_roundtrip() {
-        let mut codec = BincodeCodec;
+        let mut codec = BincodeCodec::default();
         let header = Header {
             src: id("a"),
             src_incarnation: 3,
@@ -177,7 +231,7 @@ mod tests {
 
     #[test]
     fn encode_refuses_when_full_and_writes_nothing() {
-        let mut codec = BincodeCodec;
+        let mut codec = BincodeCodec::default();
         let member = Member::alive(id("a-long-node-name"));
         let mut backing = Vec::new();
         let mut limited = (&mut backing).limit(4);
@@ -187,7 +241,7 @@ mod tests {
 
     #[test]
     fn garbage_and_empty_ids_are_rejected() {
-        let mut codec = BincodeCodec;
+        let mut codec = BincodeCodec::default();
         let mut garbage: &[u8] = &[0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
         assert!(codec.decode_header(&mut garbage).is_err());
         let empty = Member::alive(NodeId {
@@ -199,9 +253,9 @@ mod tests {
         assert!(codec.decode_member(&mut &buf[..]).is_err());
         let framed = hello(TAG_HELLO, &id("a")).unwrap();
         assert_eq!(framed[0], TAG_HELLO);
-        assert_eq!(decode_hello(&framed[1..]).unwrap(), id("a"));
+        assert_eq!(decode_hello(&framed[1..], u64::MAX).unwrap(), id("a"));
         let mut long = framed[1..].to_vec();
         long.push(0);
-        assert!(decode_hello(&long).is_err());
+        assert!(decode_hello(&long, u64::MAX).is_err());
     }
 }

@@ -153,7 +153,12 @@ impl Driver {
         if self.last_hosts.as_ref() == Some(&records) {
             return;
         }
-        match crate::hosts::update(&path, &self.settings.cluster_name, &records) {
+        match crate::hosts::update(
+            &path,
+            &self.settings.cluster_name,
+            &self.settings.dns_suffix,
+            &records,
+        ) {
             Ok(changed) => {
                 if changed {
                     tracing::info!(path = %path.display(), names = records.values().map(BTreeSet::len).sum::<usize>(), "hosts file updated");
@@ -171,6 +176,13 @@ impl Driver {
         use crate::status::{ClusterStatus, STATUS_REFRESH};
         let mut status = ClusterStatus::from_pass(obs, plan, self.wall_secs());
         status.warnings = self.settings.warnings.clone();
+        status.gossip = Some(match self.gossip.plain_peers() {
+            0 => self.settings.gossip_mode.clone(),
+            n => format!(
+                "{}; {n} manager(s) of an older release taken in plain (confirmed by their peer API certificates)",
+                self.settings.gossip_mode
+            ),
+        });
         if !self.settings.delta_interval.is_zero() {
             let d = self.delta.status();
             status.continuous_backup = Some(match (d.gap, d.base) {

@@ -8,6 +8,7 @@ impl Driver {
     /// Alive gossip members of our cluster, with their peer API address.
     pub(super) fn alive_peers(&self) -> BTreeMap<String, SocketAddr> {
         metrics::counter!(m::GOSSIP_BAD_PACKETS).absolute(self.gossip.bad_packets());
+        metrics::gauge!(m::GOSSIP_PLAIN_PEERS).set(self.gossip.plain_peers() as f64);
         let (sent, received) = self.gossip.bytes();
         metrics::counter!(m::GOSSIP_BYTES, "direction" => "sent").absolute(sent);
         metrics::counter!(m::GOSSIP_BYTES, "direction" => "received").absolute(received);

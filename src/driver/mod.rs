@@ -108,6 +108,9 @@ pub struct DriverSettings {
     pub randomness: Arc<dyn crate::edges::Randomness>,
     /// Configuration warnings shown in `status` (e.g. gossip without a key).
     pub warnings: Vec<String>,
+    /// How gossip is keyed, in words (`config::GossipAuth::describe`), for
+    /// `status`.
+    pub gossip_mode: String,
     /// `--static-config`: the spec comes from it, no control file is read,
     /// and a new cluster needs `please-create-new-cluster` in our data dir.
     pub static_config: Option<crate::statics::StaticConfig>,

@@ -252,6 +252,21 @@ async fn kops_metal_manifest_runs_unchanged_on_three_hosts() {
         },
     )
     .await;
+    // kops passes no gossip key: gossip is keyed from the CA all the same,
+    // and status says so.
+    let status = tests::run_ctl(
+        &env.ctl_bin,
+        &[
+            format!("-backup-store=file://{}", root.join("backups").display()),
+            "status".into(),
+        ],
+    );
+    assert!(
+        status
+            .stdout
+            .contains("gossip:      authenticated and encrypted (key derived from the etcd-manager CA)"),
+        "{status:?}"
+    );
     // go-runner tees the manager's output into /var/log/etcd.log.
     let log = std::fs::read_to_string(host_root(root, 1).join("var-log/etcd.log")).unwrap();
     assert!(log.contains("etcd-manager started"), "{log}");

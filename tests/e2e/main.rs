@@ -16,6 +16,8 @@ mod mixed;
 mod pitr;
 mod prometheus;
 mod replace;
+mod rolling;
+mod security;
 mod sidecar;
 mod slow_restore;
 mod tls;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
-pub use tools::{tool_missing, which};
+pub use tools::{previous_release, tool_missing, which};
 
 /// Folders with etcd binaries besides /opt (from ETCD_MANAGER_ETCD_BIN_DIR).
 pub fn etcd_bin_dirs() -> Vec<PathBuf> {

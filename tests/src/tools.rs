@@ -20,3 +20,18 @@ pub fn tool_missing(what: &str) {
     );
     println!("skipped: {what}");
 }
+
+/// The previous release's `etcd-manager` (`PREVIOUS_RELEASE_BIN`, set by
+/// `scripts/test.sh` from `scripts/previous-release.sh`), for the tests of
+/// a rolling update from it; `None` (after [`tool_missing`]) without it.
+pub fn previous_release() -> Option<PathBuf> {
+    match std::env::var_os("PREVIOUS_RELEASE_BIN").map(PathBuf::from) {
+        Some(p) if p.is_file() => Some(p),
+        _ => {
+            tool_missing(
+                "PREVIOUS_RELEASE_BIN names no binary: run scripts/previous-release.sh and export its output",
+            );
+            None
+        }
+    }
+}

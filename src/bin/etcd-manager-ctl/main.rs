@@ -738,6 +738,9 @@ async fn status(store: &BackupStore, output: Output) -> anyhow::Result<String> {
             for w in &r.waits {
                 out += &format!("waiting:     {w}\n");
             }
+            if let Some(g) = &r.gossip {
+                out += &format!("gossip:      {g}\n");
+            }
             for w in &r.warnings {
                 out += &format!("WARNING:     {w}\n");
             }

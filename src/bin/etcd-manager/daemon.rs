@@ -10,7 +10,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use etcd_manager::clock::{Clock, SystemClock};
-use etcd_manager::config::Config;
+use etcd_manager::config::{Config, GossipAuth};
 use etcd_manager::driver::{Driver, DriverSettings, PeerPayload};
 use etcd_manager::metrics::{Health, HttpState, InstrumentedStore};
 use etcd_manager::node::{Node, NodeSettings};
@@ -115,6 +115,23 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         rules: etcd_manager::core::rules::SafetyRules::ALL,
     })?
     .shared();
+    // Gossip's keys: --gossip-key-file, else derived from the manager CA's
+    // key (every master holds it), else plain (--insecure, --insecure-gossip).
+    let gossip_keys = match &cfg.gossip_auth {
+        GossipAuth::KeyFile(path) => {
+            Some(gossip::load_key_file(path).context("--gossip-key-file")?)
+        }
+        GossipAuth::DerivedFromCa => match &manager_ca {
+            Some(ca) => {
+                let key = ca
+                    .gossip_key(&cfg.cluster_name)
+                    .context("deriving the gossip key from the etcd-manager CA")?;
+                Some(gossip::GossipKeys::new(vec![key]).context("the derived gossip key")?)
+            }
+            None => None,
+        },
+        GossipAuth::Off(_) => None,
+    };
     let peers = match &manager_ca {
         None => etcd_manager::peer::PeerClient::insecure(),
         Some(ca) => etcd_manager::peer::PeerClient::tls(
@@ -124,9 +141,18 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     };
     let etcd_tls = etcd_pki.as_ref().map(|p| p.client.clone());
     let span = tracing::info_span!("node", cluster = %cfg.cluster_name, id = %node.id());
-    run_node(cfg, node, peers, etcd_tls, store, clock, shutdown)
-        .instrument(span)
-        .await
+    run_node(
+        cfg,
+        node,
+        peers,
+        gossip_keys,
+        etcd_tls,
+        store,
+        clock,
+        shutdown,
+    )
+    .instrument(span)
+    .await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -134,6 +160,7 @@ async fn run_node(
     cfg: Config,
     node: Arc<Node>,
     peers: etcd_manager::peer::PeerClient,
+    gossip_keys: Option<gossip::GossipKeys>,
     etcd_tls: Option<etcd::ClientTls>,
     store: backup::BackupStore,
     clock: Arc<dyn Clock>,
@@ -188,11 +215,21 @@ async fn run_node(
     }
     gcfg.discovery_dir = cfg.discovery_dir.clone();
     gcfg.cluster_size_hint = cfg.cluster_size_hint;
-    if let Some(path) = &cfg.gossip_key_file {
-        let keys = gossip::load_key_file(path).context("--gossip-key-file")?;
-        tracing::info!(keys = keys.len(), fingerprints = ?keys.fingerprints(), "gossip is authenticated and encrypted");
+    if let Some(keys) = gossip_keys {
+        tracing::info!(mode = cfg.gossip_auth.label(), keys = keys.len(), fingerprints = ?keys.fingerprints(), "gossip is authenticated and encrypted");
         gcfg.keys = Some(keys);
+        // Managers of the release before derived keys gossip in plain: taken
+        // once their peer API certificate confirms them (a rolling update).
+        if cfg.gossip_auth == GossipAuth::DerivedFromCa && peers.server_tls().is_some() {
+            gcfg.plain_check = Some(Arc::new(etcd_manager::peer::PeerCertCheck {
+                client: peers.clone(),
+                peer_port: cfg.peer_api_addr.port(),
+                cluster_name: cfg.cluster_name.clone(),
+            }));
+        }
     }
+    metrics::gauge!(etcd_manager::metrics::GOSSIP_AUTHENTICATED, "mode" => cfg.gossip_auth.label())
+        .set(if gcfg.keys.is_some() { 1.0 } else { 0.0 });
     gcfg.incarnation = clock
         .wall()
         .duration_since(std::time::UNIX_EPOCH)
@@ -212,11 +249,10 @@ async fn run_node(
         .await;
     node.resume().await?;
     let mut warnings = vec![];
-    if !cfg.insecure && cfg.gossip_key_file.is_none() {
+    if let GossipAuth::Off(flag) = &cfg.gossip_auth {
         let w = format!(
-            "gossip on UDP {} is neither authenticated nor encrypted (no --gossip-key-file): \
-             any host that reaches it can join the membership and read each manager's address and etcd state; \
-             the peer API stays protected by TLS",
+            "gossip on UDP {} is neither authenticated nor encrypted ({flag}): \
+             any host that reaches it can join the membership and read each manager's address and etcd state",
             cfg.gossip_addr
         );
         tracing::warn!("{w}");
@@ -320,12 +356,12 @@ async fn run_node(
             etcd_tls,
             randomness: Arc::new(etcd_manager::edges::ThreadRandomness),
             warnings,
+            gossip_mode: cfg.gossip_auth.describe(),
             static_config: cfg.static_config.clone(),
             // The hosts file etcd itself resolves names with: in kops' static
             // pod that is the container's /etc/hosts (as upstream writes it),
             // not the host's under /rootfs.
-            hosts_file: (!cfg.dns_suffix.is_empty())
-                .then(|| std::path::PathBuf::from("/etc/hosts")),
+            hosts_file: (!cfg.dns_suffix.is_empty()).then(|| cfg.hosts_file.clone()),
             dns_suffix: cfg.dns_suffix.clone(),
             delta_interval: cfg.delta_interval,
             gossip_settle: etcd_manager::leadership::settle_time(gossip_refresh),

@@ -1145,6 +1145,7 @@ impl Sim {
                     self.rng.random(),
                 )))),
                 warnings: vec![],
+                gossip_mode: "simulated".into(),
                 static_config: None,
                 hosts_file: None,
                 dns_suffix: String::new(),
