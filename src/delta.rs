@@ -114,6 +114,9 @@ pub fn chain_end(base_revision: i64, ranges: &[(i64, i64)]) -> i64 {
 struct Pending {
     revisions: Vec<DeltaRevision>,
     bytes: usize,
+    /// Operations held (a segment is flushed at [`backup::FLUSH_OPS`], so
+    /// none exceeds what a reader decodes: [`backup::MAX_SEGMENT_OPS`]).
+    ops: u64,
     oldest: Option<Instant>,
 }
 
@@ -280,7 +283,7 @@ impl DeltaStreamer {
                         if let Some(reason) = self.take(changes, &mut pending, uploaded, &client, &mut leases).await {
                             return Ok(End::Gap(reason));
                         }
-                        if pending.bytes >= FLUSH_BYTES {
+                        if pending.bytes >= FLUSH_BYTES || pending.ops >= backup::FLUSH_OPS {
                             self.flush(&base, &mut pending, &leases, &mut uploaded).await;
                         }
                         if pending.bytes > MAX_PENDING_BYTES {
@@ -369,10 +372,12 @@ impl DeltaStreamer {
                         leases.insert(lease, ttl);
                     }
                     pending.bytes += key.len() + value.len() + 16;
+                    pending.ops += 1;
                     DeltaOp::Put { key, value, lease }
                 }
                 etcd::KeyChange::Delete { key } => {
                     pending.bytes += key.len() + 8;
+                    pending.ops += 1;
                     DeltaOp::Delete { key }
                 }
             };
@@ -442,6 +447,7 @@ impl DeltaStreamer {
             Ok(bytes) => {
                 *uploaded = end;
                 pending.bytes = 0;
+                pending.ops = 0;
                 pending.oldest = None;
                 let wall = self.clock.wall();
                 self.shared.update(|s| {

@@ -104,10 +104,11 @@ impl SharedLease {
         self.claims.subscribe()
     }
 
-    /// Another manager's claim, received through gossip; `now` read when it arrived.
-    pub async fn note_claim(&self, claim: &lock::LeaseClaim, now: Instant) {
+    /// Manager `claimant`'s claim, received through gossip (its own payload);
+    /// `now` read when it arrived.
+    pub async fn note_claim(&self, claim: &lock::LeaseClaim, claimant: &str, now: Instant) {
         let mut client = self.client.lock().await;
-        client.note_claim(claim, now);
+        client.note_claim(claim, claimant, now);
         self.refresh(&client, self.clock.now());
     }
 

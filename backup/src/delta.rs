@@ -34,6 +34,20 @@ const DECODE_LIMIT: usize = if (usize::MAX as u64) / 8 < MAX_SEGMENT_INFLATED {
     (8 * MAX_SEGMENT_INFLATED) as usize
 };
 
+/// Most operations one segment may hold. The leader flushes a segment at
+/// 8 MiB of changes or [`FLUSH_OPS`], far below this.
+pub const MAX_SEGMENT_OPS: u64 = 4 << 20;
+/// The leader flushes a segment once it holds this many operations.
+pub const FLUSH_OPS: u64 = 1 << 20;
+/// A decoded segment may take at most this many bytes of memory for each
+/// byte it inflated to, plus [`MEMORY_SLACK`]: an operation in memory is
+/// larger than its encoding (an empty delete is 2 bytes encoded and
+/// `size_of::<DeltaOp>()` in memory), so a small file could otherwise
+/// decode into gigabytes.
+pub const MEMORY_PER_INFLATED_BYTE: u64 = 8;
+/// See [`MEMORY_PER_INFLATED_BYTE`].
+pub const MEMORY_SLACK: u64 = 64 << 20;
+
 /// Longest backup name a segment may carry (its encoding comes first, and
 /// is decoded alone with this budget before the rest).
 const MAX_BASE_LEN: usize = 255;
@@ -233,6 +247,21 @@ pub(crate) fn decode_body(gz: &[u8], max_inflated: u64) -> Result<DeltaSegment, 
     .ok()
     .filter(|(base, _)| base.len() <= MAX_BASE_LEN)
     .ok_or("does not start with a backup name")?;
+    // First count what the segment holds, keeping nothing: its operations
+    // and the memory they would take decoded, both bounded.
+    let (shape, _): (shape::Shape, usize) =
+        bincode::serde::decode_from_slice(&body, config.with_limit::<DECODE_LIMIT>())
+            .map_err(|e| format!("cannot decode: {e}"))?;
+    let budget = (body.len() as u64)
+        .saturating_mul(MEMORY_PER_INFLATED_BYTE)
+        .saturating_add(MEMORY_SLACK);
+    if shape.memory > budget {
+        return Err(format!(
+            "would take {} bytes of memory decoded, more than the {budget} allowed for {} inflated bytes",
+            shape.memory,
+            body.len()
+        ));
+    }
     let (seg, used): (DeltaSegment, usize) =
         bincode::serde::decode_from_slice(&body, config.with_limit::<DECODE_LIMIT>())
             .map_err(|e| format!("cannot decode: {e}"))?;
@@ -244,6 +273,147 @@ pub(crate) fn decode_body(gz: &[u8], max_inflated: u64) -> Result<DeltaSegment, 
     }
     seg.validate()?;
     Ok(seg)
+}
+
+/// A segment's shape, decoded without keeping its operations: how many there
+/// are (at most [`MAX_SEGMENT_OPS`], else decoding stops at once) and the
+/// memory the whole segment would take decoded.
+mod shape {
+    use std::fmt;
+    use std::mem::size_of;
+
+    use serde::Deserialize;
+    use serde::de::{self, Deserializer, SeqAccess, Visitor};
+
+    use super::{DeltaLease, DeltaOp, DeltaRevision, MAX_SEGMENT_OPS};
+
+    /// Memory of the decoded segment (bytes), and its operation count.
+    #[derive(Debug, Default)]
+    pub(super) struct Shape {
+        pub memory: u64,
+    }
+
+    #[derive(Deserialize)]
+    struct Fields {
+        base: String,
+        _start_revision: i64,
+        _end_revision: i64,
+        revisions: Revisions,
+        leases: Leases,
+    }
+
+    impl<'de> Deserialize<'de> for Shape {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let f = Fields::deserialize(d)?;
+            Ok(Shape {
+                memory: (f.base.len() as u64)
+                    .saturating_add(f.revisions.memory)
+                    .saturating_add(f.leases.0),
+            })
+        }
+    }
+
+    /// The revisions' memory (their structs, operations and bytes).
+    struct Revisions {
+        memory: u64,
+    }
+
+    impl<'de> Deserialize<'de> for Revisions {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Revisions;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a list of revisions")
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Revisions, A::Error> {
+                    let (mut memory, mut ops) = (0u64, 0u64);
+                    while let Some(r) = seq.next_element::<Revision>()? {
+                        ops = ops.saturating_add(r.ops.count);
+                        if ops > MAX_SEGMENT_OPS {
+                            return Err(de::Error::custom(format!(
+                                "more than {MAX_SEGMENT_OPS} operations"
+                            )));
+                        }
+                        memory = memory
+                            .saturating_add(size_of::<DeltaRevision>() as u64)
+                            .saturating_add(r.ops.memory);
+                    }
+                    Ok(Revisions { memory })
+                }
+            }
+            d.deserialize_seq(V)
+        }
+    }
+
+    #[derive(Deserialize)]
+    struct Revision {
+        _revision: i64,
+        _at_ms: i64,
+        ops: Ops,
+    }
+
+    /// One revision's operations: their count and memory.
+    struct Ops {
+        count: u64,
+        memory: u64,
+    }
+
+    impl<'de> Deserialize<'de> for Ops {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Ops;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a list of operations")
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Ops, A::Error> {
+                    let (mut count, mut memory) = (0u64, 0u64);
+                    // Each operation is decoded and dropped: only one lives at a time.
+                    while let Some(op) = seq.next_element::<DeltaOp>()? {
+                        count += 1;
+                        if count > MAX_SEGMENT_OPS {
+                            return Err(de::Error::custom(format!(
+                                "more than {MAX_SEGMENT_OPS} operations in one revision"
+                            )));
+                        }
+                        let bytes = match &op {
+                            DeltaOp::Put { key, value, .. } => key.len() + value.len(),
+                            DeltaOp::Delete { key } => key.len(),
+                        };
+                        memory = memory
+                            .saturating_add(size_of::<DeltaOp>() as u64)
+                            .saturating_add(bytes as u64);
+                    }
+                    Ok(Ops { count, memory })
+                }
+            }
+            d.deserialize_seq(V)
+        }
+    }
+
+    /// The lease table's memory.
+    struct Leases(u64);
+
+    impl<'de> Deserialize<'de> for Leases {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Leases;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a list of leases")
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Leases, A::Error> {
+                    let mut memory = 0u64;
+                    while seq.next_element::<DeltaLease>()?.is_some() {
+                        memory = memory.saturating_add(size_of::<DeltaLease>() as u64);
+                    }
+                    Ok(Leases(memory))
+                }
+            }
+            d.deserialize_seq(V)
+        }
+    }
 }
 
 /// `<start>-<end>.seg`, both 20 digits (so names sort by revision).
@@ -329,6 +499,27 @@ pub(crate) mod tests {
 
     fn with_checksum(body: &[u8]) -> Vec<u8> {
         [MAGIC.as_slice(), Sha256::digest(body).as_slice(), body].concat()
+    }
+
+    /// Two million empty deletes: under the operation cap, but 112 MB of
+    /// memory for 4 MB inflated, past the budget (8 bytes each, plus 64 MiB).
+    #[test]
+    fn a_segment_past_its_memory_budget_is_refused() {
+        let seg = DeltaSegment {
+            base: "b".into(),
+            start_revision: 1,
+            end_revision: 1,
+            revisions: vec![DeltaRevision {
+                revision: 1,
+                at_ms: 0,
+                ops: vec![DeltaOp::Delete { key: vec![] }; 2_000_000],
+            }],
+            leases: vec![],
+        };
+        let (bytes, inflated) = encode(&seg, None);
+        assert!(inflated < 5_000_000);
+        let err = decode_segment(&bytes, MAX_SEGMENT_INFLATED).unwrap_err();
+        assert!(err.contains("bytes of memory decoded"), "{err}");
     }
 
     #[test]

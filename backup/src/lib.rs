@@ -23,9 +23,9 @@ mod store;
 
 pub use crypt::{Encryption, Recipients};
 pub use delta::{
-    DELTA_DIR, DeltaLease, DeltaOp, DeltaRevision, DeltaSegment, MAX_SEGMENT_INFLATED,
-    MAX_SEGMENT_SIZE, check_chain, decode_segment, encode_segment, parse_segment_file_name,
-    segment_file_name,
+    DELTA_DIR, DeltaLease, DeltaOp, DeltaRevision, DeltaSegment, FLUSH_OPS, MAX_SEGMENT_INFLATED,
+    MAX_SEGMENT_OPS, MAX_SEGMENT_SIZE, check_chain, decode_segment, encode_segment,
+    parse_segment_file_name, segment_file_name,
 };
 pub use error::{Error, Result};
 pub use model::{

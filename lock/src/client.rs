@@ -61,6 +61,10 @@ struct Observation {
     nonce: Option<String>,
     /// The record's own duration, if it parsed.
     duration: Duration,
+    /// Who holds it: the record's holder when read from the store, the
+    /// member that claimed it when learned from a claim; None for a
+    /// malformed record.
+    holder: Option<String>,
     /// `now` of the first tick that began after a previous tick had already seen the record:
     /// the record certainly existed at this instant. None until then.
     confirmed_at: Option<Instant>,
@@ -221,11 +225,15 @@ impl LeaseClient {
         })
     }
 
-    /// The holder says (through gossip) that `claim`'s record exists; we learned it at
-    /// `now`, read before this call. The record existed at `now`, so it counts as seen and
-    /// confirmed then (see the crate docs). Ignored while we hold the lease ourselves, and
-    /// for a record older than the one we are watching.
-    pub fn note_claim(&mut self, claim: &LeaseClaim, now: Instant) {
+    /// Member `claimant` says (through gossip) that `claim`'s record exists; we learned it
+    /// at `now`, read before this call. The record existed at `now`, so it counts as seen
+    /// and confirmed then (see the crate docs). Ignored while we hold the lease ourselves,
+    /// and for a record older than the one we are watching. A claim is a hint, never a
+    /// reset: one that names another record than the one we watch is taken only from the
+    /// member that holds ours (its renewal); from anyone else it only makes the next tick
+    /// look at the store, so no member can restart a contender's wait for a dead holder
+    /// by claiming records of its own.
+    pub fn note_claim(&mut self, claim: &LeaseClaim, claimant: &str, now: Instant) {
         // Gossip is not the store: a claimed epoch only makes the next tick look.
         if claim.epoch > self.highest_epoch {
             self.last_look = None;
@@ -240,11 +248,20 @@ impl LeaseClient {
                 }
             }
             Some(o) if o.seq > claim.seq => {}
+            Some(o) if o.holder.as_deref() != Some(claimant) => {
+                debug!(
+                    claimant,
+                    seq = claim.seq,
+                    "a lease claim from a member that does not hold the record we watch: looking at the store instead"
+                );
+                self.last_look = None;
+            }
             _ => {
                 self.observed = Some(Observation {
                     seq: claim.seq,
                     nonce: Some(claim.nonce.clone()),
                     duration: Duration::from_millis(claim.duration_ms),
+                    holder: Some(claimant.to_string()),
                     confirmed_at: Some(now),
                 });
             }
@@ -547,6 +564,7 @@ impl LeaseClient {
                 seq,
                 nonce: None,
                 duration: Duration::ZERO,
+                holder: None,
                 confirmed_at: None,
             });
         }
@@ -595,6 +613,7 @@ impl LeaseClient {
                 seq: record.seq,
                 nonce: Some(record.nonce.clone()),
                 duration: Duration::from_millis(record.duration_ms),
+                holder: Some(record.holder.clone()),
                 confirmed_at: None,
             });
         }

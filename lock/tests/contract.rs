@@ -225,6 +225,7 @@ async fn contract(store: Arc<dyn ObjectStore>) {
     gc_keeps_records_bounded(store.clone(), "c/gc").await;
     quiet_between_checks(store.clone(), "c/quiet").await;
     claims_confirm_a_sighting(store.clone(), "c/claims").await;
+    claims_of_others_do_not_restart_a_wait(store.clone(), "c/claims-others").await;
 }
 
 async fn probe_passes(store: Arc<dyn ObjectStore>, prefix: &str) {
@@ -623,10 +624,10 @@ async fn claims_confirm_a_sighting(store: Arc<dyn ObjectStore>, prefix: &str) {
     assert_eq!(held_epoch(&a.tick(t.at(2.0), true).await.unwrap()), Some(1));
     let claim = a.claim(t.at(2.0)).expect("A holds and claims its record");
     assert_eq!(claim.seq, 2);
-    b.note_claim(&claim, t.at(2.1));
+    b.note_claim(&claim, "node-a", t.at(2.1));
     let mut wrong = claim.clone();
     wrong.nonce = "node-a-0000000000000000-9".into();
-    forged.note_claim(&wrong, t.at(2.1));
+    forged.note_claim(&wrong, "node-a", t.at(2.1));
     // A dies. B looks from t=5: the stored record is the claimed one, so its wait
     // counts from 2.1: 2.1 + 10 + 2 = 14.1.
     assert_eq!(
@@ -659,7 +660,7 @@ async fn claims_confirm_a_sighting(store: Arc<dyn ObjectStore>, prefix: &str) {
     let mut forged_max = b.claim(t.at(14.1)).expect("B claims");
     forged_max.epoch = u64::MAX;
     forged_max.seq = c_prefix_seq + 1000;
-    b.note_claim(&forged_max, t.at(14.2));
+    b.note_claim(&forged_max, "node-c", t.at(14.2));
     assert_eq!(
         b.held(t.at(14.2)),
         Some(2),
@@ -679,11 +680,41 @@ async fn claims_confirm_a_sighting(store: Arc<dyn ObjectStore>, prefix: &str) {
     assert_eq!(a.held(t.at(3.0)), Some(1));
     let newer = b.claim(t.at(14.3)).expect("B claims");
     assert_eq!(newer.epoch, 2);
-    a.note_claim(&newer, t.at(3.0));
+    a.note_claim(&newer, "node-b", t.at(3.0));
     assert_eq!(a.held(t.at(3.0)), Some(1), "a claim alone is not proof");
     let state = a.tick(t.at(3.1), true).await.unwrap();
     assert_eq!(held_epoch(&state), None, "{state:?}");
     assert_eq!(a.held(t.at(3.1)), None);
+}
+
+/// The holder dies; another member keeps claiming records of its own with fresh nonces
+/// (the same sequence number, then higher ones). The contender's wait for the dead
+/// holder's record does not restart: it takes over when it would have without them.
+async fn claims_of_others_do_not_restart_a_wait(store: Arc<dyn ObjectStore>, prefix: &str) {
+    let t = Clock::new();
+    let mut a = client(&store, prefix, "node-a");
+    let mut b = client(&store, prefix, "node-b");
+    assert_eq!(held_epoch(&a.tick(t.at(0.0), true).await.unwrap()), Some(1));
+    assert_eq!(held_epoch(&a.tick(t.at(2.0), true).await.unwrap()), Some(1));
+    let claim = a.claim(t.at(2.0)).expect("A holds and claims its record");
+    b.note_claim(&claim, "node-a", t.at(2.1));
+    // A dies. M claims, B looks, over and over.
+    for (i, at) in [5.0, 8.0, 11.0, 13.9].into_iter().enumerate() {
+        let mut fake = claim.clone();
+        fake.seq = claim.seq + i as u64 / 2;
+        fake.nonce = format!("node-m-{i:016x}-1");
+        b.note_claim(&fake, "node-m", t.at(at));
+        assert_eq!(
+            b.tick(t.at(at), true).await.unwrap(),
+            other("node-a", 1, false),
+            "at {at}"
+        );
+    }
+    // 2.1 + 10 + 2 = 14.1, as without the other member's claims.
+    assert_eq!(
+        held_epoch(&b.tick(t.at(14.1), true).await.unwrap()),
+        Some(2)
+    );
 }
 
 /// With the production check interval a holder writes one record per renewal and reads

@@ -157,18 +157,21 @@ impl Driver {
     pub(super) async fn note_claims(&mut self) {
         let now = self.clock.now();
         let me = self.node.id().to_string();
-        let claims: Vec<lock::LeaseClaim> = self
+        // Gossip takes a payload only from the member it describes, so each
+        // claim comes with the member that made it.
+        let claims: Vec<(String, lock::LeaseClaim)> = self
             .gossip
             .members()
             .into_iter()
             .filter(|mv| mv.id != me && mv.state == gossip::MemberState::Alive)
-            .filter_map(|mv| PeerPayload::decode(mv.payload.as_deref()?))
-            .filter(|p| p.cluster_name == self.settings.cluster_name)
-            .filter_map(|p| p.lease)
+            .filter_map(|mv| {
+                let p = PeerPayload::decode(mv.payload.as_deref()?)?;
+                (p.cluster_name == self.settings.cluster_name).then_some((mv.id, p.lease?))
+            })
             .collect();
-        for claim in claims {
+        for (claimant, claim) in claims {
             if self.seen_claims.insert((claim.seq, claim.nonce.clone())) {
-                self.lease.note_claim(&claim, now).await;
+                self.lease.note_claim(&claim, &claimant, now).await;
             }
         }
         if self.seen_claims.len() > 64 {

@@ -262,9 +262,9 @@ async fn kops_metal_manifest_runs_unchanged_on_three_hosts() {
         ],
     );
     assert!(
-        status
-            .stdout
-            .contains("gossip:      authenticated and encrypted (key derived from the etcd-manager CA)"),
+        status.stdout.contains(
+            "gossip:      authenticated and encrypted (key derived from the etcd-manager CA)"
+        ),
         "{status:?}"
     );
     // go-runner tees the manager's output into /var/log/etcd.log.

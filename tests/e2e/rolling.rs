@@ -44,7 +44,11 @@ fn args(env: &tests::ClusterEnv, host: u8, pki: &Path) -> Vec<String> {
     ]
 }
 
-async fn client(env: &tests::ClusterEnv, tls: &etcd::ClientTls, host: u8) -> Option<etcd::EtcdClient> {
+async fn client(
+    env: &tests::ClusterEnv,
+    tls: &etcd::ClientTls,
+    host: u8,
+) -> Option<etcd::EtcdClient> {
     let ep = format!("https://{}:4001", host_ip(env.net, host));
     etcd::EtcdClient::connect_with(&[ep], Duration::from_secs(3), Some(tls))
         .await
@@ -63,7 +67,9 @@ async fn whole(env: &tests::ClusterEnv, tls: &etcd::ClientTls) -> Option<BTreeSe
             return None;
         }
         ids = Some(ms.iter().map(|m| m.id).collect::<BTreeSet<u64>>());
-        let (_, text) = tests::http_get(&env.metrics_addr(h), "/metrics").await.ok()?;
+        let (_, text) = tests::http_get(&env.metrics_addr(h), "/metrics")
+            .await
+            .ok()?;
         let alive = text
             .lines()
             .find(|l| l.starts_with("etcd_manager_gossip_members{state=\"alive\"}"))?
