@@ -49,10 +49,6 @@ pub struct ReplayPlan {
     pub target: i64,
     /// Segments after a hole in the chain, which cannot be used.
     pub unusable: usize,
-    /// The public keys the base backup is encrypted to (None: plaintext):
-    /// the replay's backup is encrypted to them too, unless the store
-    /// encrypts to keys of its own.
-    pub encrypted_to: Option<backup::Recipients>,
 }
 
 impl ReplayPlan {
@@ -65,6 +61,23 @@ impl ReplayPlan {
             .find(|r| r.revision == self.target)
             .map(|r| r.at_ms)
     }
+}
+
+/// The keys a replay encrypts its backup to: the recipients configured
+/// here, else the public keys of the identity file configured here; None
+/// when neither is (the base was then plaintext, or could not be read).
+pub fn local_recipients(enc: &backup::Encryption) -> Result<Option<backup::Recipients>, String> {
+    if let Some(r) = &enc.recipients {
+        return Ok(Some(r.clone()));
+    }
+    if enc.identity_file.is_none() {
+        return Ok(None);
+    }
+    let ids = enc
+        .identities("the replay's backup")
+        .map_err(|e| e.to_string())?;
+    let keys: Vec<String> = ids.iter().map(|i| i.to_public().to_string()).collect();
+    backup::Recipients::parse(&keys.join("\n")).map(Some)
 }
 
 /// Read and check backup `base`'s chain and find the revision to stop at.
@@ -92,12 +105,6 @@ pub async fn plan(
         .read_backup_extra(base)
         .await
         .map_err(|e| e.to_string())?;
-    let encrypted_to = extra
-        .as_ref()
-        .and_then(|x| x.encryption.as_ref())
-        .map(|e| backup::Recipients::parse(&e.recipients.join("\n")))
-        .transpose()
-        .map_err(|e| format!("backup {base}'s encryption recipients: {e}"))?;
     let base_revision = extra.and_then(|x| x.revision).ok_or_else(|| {
         format!("backup {base} records no revision, so its segments cannot be placed")
     })?;
@@ -145,7 +152,6 @@ pub async fn plan(
         chain_end: end,
         target,
         unusable,
-        encrypted_to,
     }))
 }
 
@@ -335,13 +341,15 @@ async fn store_result(
             .unwrap_or(0),
         cluster_spec: plan.info.cluster_spec.clone(),
     };
-    // An encrypted base gives an encrypted replay (to its keys, unless this
-    // store has keys of its own).
+    // The replay's backup is encrypted to keys configured here, never to
+    // the recipients a side file lists (anyone who can write the store
+    // could have added a key of theirs there): this process's recipients,
+    // else the public keys of its identity file (which decrypted the base).
     let encrypting;
-    let store = match &plan.encrypted_to {
+    let store = match local_recipients(store.encryption())? {
         Some(keys) if store.encryption().recipients.is_none() => {
             encrypting = store.clone().with_encryption(backup::Encryption {
-                recipients: Some(keys.clone()),
+                recipients: Some(keys),
                 identity_file: store.encryption().identity_file.clone(),
             });
             &encrypting
@@ -450,7 +458,6 @@ mod tests {
         assert_eq!(revisions, (11..=18).collect::<Vec<_>>());
         assert_eq!((p.base_revision, p.chain_end, p.target), (10, 18, 18));
         assert_eq!(p.unusable, 1, "the segment after the hole at 19");
-        assert!(p.encrypted_to.is_none());
 
         let p = plan(&store, &base, ReplayTo::Revision(14))
             .await

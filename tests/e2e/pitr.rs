@@ -231,6 +231,37 @@ async fn a_restore_returns_the_keyspace_of_a_chosen_revision_and_of_the_latest()
     );
     assert!(store.list_commands().await.unwrap().is_empty());
 
+    // Someone with write access to the store adds a key of theirs to the
+    // base's side file: the replay must not encrypt to it (issue 30).
+    let side = object_store::path::Path::from_iter(
+        store
+            .base()
+            .parts()
+            .map(|p| p.as_ref().to_string())
+            .chain([base.clone(), backup::BACKUP_EXTRA_FILE.to_string()]),
+    );
+    let mut json: serde_json::Value = serde_json::from_slice(
+        &store
+            .object_store()
+            .get(&side)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let (stranger, _) = backup::crypt::generate_identity("2026-12-07T00:00:00Z");
+    json["encryption"]["recipients"]
+        .as_array_mut()
+        .unwrap()
+        .push(stranger.clone().into());
+    store
+        .object_store()
+        .put(&side, serde_json::to_vec(&json).unwrap().into())
+        .await
+        .unwrap();
+
     // A restore to the revision of the leased key: exactly that keyspace.
     let out = env.ctl(&[
         &identity_flag,
@@ -254,11 +285,16 @@ async fn a_restore_returns_the_keyspace_of_a_chosen_revision_and_of_the_latest()
     )
     .await;
     assert!(restored.contains_key("/pitr/leased"));
-    // The replay's backup is encrypted to the base's key too.
+    // The replay's backup is encrypted to the key configured where it ran
+    // (the public key of the identity file), not to the side file's list.
     let replayed = store.list_backups().await.unwrap().pop().unwrap();
     let extra = store.read_backup_extra(&replayed).await.unwrap().unwrap();
     assert_eq!(extra.replayed_from.as_deref(), Some(base.as_str()));
-    assert_eq!(extra.encryption.unwrap().recipients, vec![public.clone()]);
+    assert_eq!(
+        extra.encryption.as_ref().unwrap().recipients,
+        vec![public.clone()]
+    );
+    assert!(!format!("{extra:?}").contains(&stranger));
     // The key kept its lease, with the TTL it was granted.
     let c = EtcdClient::connect(std::slice::from_ref(&eps[0]), Duration::from_secs(5))
         .await
