@@ -192,7 +192,8 @@ async fn drill_once(
     }
     let scratch = settings.scratch_root.join(format!("drill-{name}"));
     let _ = std::fs::remove_dir_all(&scratch);
-    std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    // Private: the download is the whole keyspace, decrypted.
+    etcd::private_dir(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
     let file = scratch.join("snapshot.db");
     let result = async {
         let got = store

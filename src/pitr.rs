@@ -190,7 +190,9 @@ pub async fn replay(
     {
         return Err(format!("{}: {e}", scratch.display()));
     }
-    std::fs::create_dir_all(scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    // Private: the chain, the snapshot and the throwaway etcd's data are the
+    // whole keyspace, decrypted.
+    etcd::private_dir(scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
     let result = replay_in(store, plan, settings).await;
     let _ = std::fs::remove_dir_all(scratch);
     result

@@ -338,7 +338,7 @@ impl Encryption {
             move |source| Error::Io { path, source }
         };
         let input = std::io::BufReader::new(std::fs::File::open(from).map_err(io(from))?);
-        let mut out = std::io::BufWriter::new(std::fs::File::create(to).map_err(io(to))?);
+        let mut out = std::io::BufWriter::new(crate::private_file(to).map_err(io(to))?);
         let n = self
             .decrypt_stream(what, input, &mut out, cap)
             .map_err(|b| match b {

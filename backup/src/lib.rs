@@ -55,3 +55,16 @@ pub const CREATED_FILE: &str = "etcd-cluster-created";
 /// alone and compresses Kubernetes-like data better than `gzip -6` does
 /// (0.099 against 0.110 here; level 1 gave 0.176). See BENCHMARKS.md.
 pub const GZIP_LEVEL: u32 = 6;
+
+/// Create (or truncate) `path` readable and writable by its owner only
+/// (0600): downloaded backups and their decrypted or inflated forms are the
+/// whole keyspace.
+pub fn private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}

@@ -1583,7 +1583,7 @@ impl BackupStore {
             let mut stream = self.bulk.get(&data_path).await.map_err(|e| Error::store("read", &data_path, e))?.into_stream();
             // What is stored: the gzip, or the age file of it.
             let stored_tmp = if encrypted { &age_tmp } else { &gz_tmp };
-            let mut file = std::fs::File::create(stored_tmp).map_err(io(stored_tmp))?;
+            let mut file = crate::private_file(stored_tmp).map_err(io(stored_tmp))?;
             let mut gz_hash = Sha256::new();
             let mut gz_size = 0u64;
             // Never download more than the side file declares (or, for upstream's
@@ -1794,7 +1794,7 @@ fn decompress_members(
 ) -> std::io::Result<(String, u64)> {
     use std::io::Read;
     let mut input = std::io::BufReader::new(std::fs::File::open(gz)?);
-    let mut out = std::fs::File::create(raw)?;
+    let mut out = crate::private_file(raw)?;
     let mut hash = Sha256::new();
     let mut size = 0u64;
     for batch in members.chunks(workers.max(1)) {
@@ -1843,7 +1843,7 @@ fn decompress(
     limit: u64,
 ) -> std::io::Result<(String, u64)> {
     let input = std::io::BufReader::new(std::fs::File::open(gz)?);
-    let mut out = std::fs::File::create(raw)?;
+    let mut out = crate::private_file(raw)?;
     let (sha, size) = crate::gzip::inflate_all(input, &mut out, limit)?;
     out.sync_all()?;
     Ok((sha, size))

@@ -181,6 +181,14 @@ impl EtcdClient {
                 detail: "etcd client timeout is zero; pass a positive duration".into(),
             });
         }
+        // A throwaway etcd's unix socket (see `connect_unix`), again.
+        if let [only] = endpoints
+            && let Some(path) = only.strip_prefix("unix://")
+            && tls.is_none()
+        {
+            return Self::connect_unix_inner(std::path::Path::new(path), timeout, request_timeout)
+                .await;
+        }
         let mut options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_keep_alive(timeout, timeout);
@@ -223,6 +231,52 @@ impl EtcdClient {
             timeout,
             tls: tls.cloned(),
             http,
+        })
+    }
+
+    /// A client of an etcd listening on the unix socket `socket` (the
+    /// throwaway etcd of a drill or replay: no TCP port, so no other process
+    /// can reach it or take its place). Its endpoint is named
+    /// `unix://<socket>` in errors.
+    pub async fn connect_unix(socket: &std::path::Path, timeout: Duration) -> Result<Self, Error> {
+        Self::connect_unix_inner(socket, timeout, true).await
+    }
+
+    async fn connect_unix_inner(
+        socket: &std::path::Path,
+        timeout: Duration,
+        request_timeout: bool,
+    ) -> Result<Self, Error> {
+        let endpoints = vec![format!("unix://{}", socket.display())];
+        let path = socket.to_path_buf();
+        let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        });
+        let mut endpoint = tonic::transport::Endpoint::from_static("http://throwaway.invalid")
+            .connect_timeout(timeout);
+        let mut options = ConnectOptions::new().with_connect_timeout(timeout);
+        if request_timeout {
+            endpoint = endpoint.timeout(timeout);
+            options = options.with_timeout(timeout);
+        }
+        let channel = endpoint.connect_with_connector_lazy(connector);
+        let client = Client::from_channel(etcd_client::Channel::Tonic(channel), Some(options))
+            .await
+            .map_err(|e| Error::Client {
+                op: "connect",
+                endpoints: endpoints.clone(),
+                detail: describe(&e),
+            })?;
+        Ok(Self {
+            client,
+            endpoints,
+            timeout,
+            tls: None,
+            http: None,
         })
     }
 

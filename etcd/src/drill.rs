@@ -1,6 +1,6 @@
 //! A restore drill: a snapshot restored into a scratch folder and served by
-//! a throwaway etcd (one member, loopback, ports of its own, lowest CPU
-//! priority), asked for its HashKV at a revision. Equal to the live
+//! a throwaway etcd (one member, unix sockets inside that private folder,
+//! lowest CPU priority), asked for its HashKV at a revision. Equal to the live
 //! cluster's HashKV at that revision when the snapshot holds what the
 //! cluster held: the proof that a backup restores.
 
@@ -23,7 +23,7 @@ pub struct DrillResult {
 }
 
 /// Restore `snapshot` into `scratch` (which must not exist or be empty),
-/// start a throwaway etcd on 127.0.0.1 with ports of its own, wait up to
+/// start a throwaway etcd on unix sockets in it, wait up to
 /// `deadline` for it to answer, and take its HashKV at `revision`. The
 /// etcd is stopped and `scratch` removed whatever happens.
 pub async fn drill(
@@ -71,9 +71,13 @@ async fn run(
     result
 }
 
-/// A one-member etcd serving a restored snapshot on 127.0.0.1 with ports of
-/// its own, at the lowest CPU priority, with none of the caller's `ETCD_*`
-/// settings. Killed when dropped; [`Throwaway::stop`] also waits for it.
+/// A one-member etcd serving a restored snapshot, at the lowest CPU
+/// priority, with none of the caller's `ETCD_*` settings. It serves the
+/// whole backup, decrypted and without authentication, so it listens on no
+/// TCP port at all: its client and peer URLs are unix sockets inside its
+/// scratch folder (mode 0700, its log 0600), which no other user can reach
+/// and no other process can take before it binds. Killed when dropped;
+/// [`Throwaway::stop`] also waits for it.
 pub struct Throwaway {
     child: tokio::process::Child,
     /// A client of it.
@@ -82,8 +86,21 @@ pub struct Throwaway {
     pub revision: i64,
     /// Whether it runs under `nice -n 19`.
     pub niced: bool,
-    /// Its client URL.
+    /// Its client URL (`unix://…`: a socket in its scratch folder).
     pub client_url: String,
+}
+
+/// The client socket's name in the scratch folder (etcd takes a unix URL's
+/// `host:port` as a path relative to its working directory).
+const CLIENT_SOCKET: &str = "etcd-client.sock:0";
+/// The peer socket's name (a member always listens for peers).
+const PEER_SOCKET: &str = "etcd-peer.sock:0";
+
+/// Create `dir` (and its parents) and make it private (0700).
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 impl std::fmt::Debug for Throwaway {
@@ -110,10 +127,11 @@ impl Throwaway {
             let path = path.to_path_buf();
             move |source| Error::Io { path, source }
         };
-        std::fs::create_dir_all(scratch).map_err(io(scratch))?;
-        let (peer_port, client_port) = (free_port()?, free_port()?);
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let client_url = format!("http://127.0.0.1:{client_port}");
+        private_dir(scratch).map_err(io(scratch))?;
+        // Absolute: etcd runs in it, and the data dir must not depend on that.
+        let scratch = &std::fs::canonicalize(scratch).map_err(io(scratch))?;
+        let peer_url = format!("unix://{PEER_SOCKET}");
+        let client_url = format!("unix://{CLIENT_SOCKET}");
         let spec = EtcdNodeSpec {
             name: "restore-drill".into(),
             version: binaries.version.to_string(),
@@ -145,9 +163,20 @@ impl Throwaway {
             }
         }
         let log = scratch.join("etcd.log");
-        let out = std::fs::File::create(&log).map_err(io(&log))?;
+        let out = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&log)
+                .map_err(io(&log))?
+        };
         let err = out.try_clone().map_err(io(&log))?;
-        cmd.envs(crate::etcd_env(&spec, &[]))
+        // The sockets' relative names resolve in the scratch folder.
+        cmd.current_dir(scratch)
+            .envs(crate::etcd_env(&spec, &[]))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -166,7 +195,7 @@ impl Throwaway {
                 });
             }
             if let Ok(c) =
-                EtcdClient::connect(std::slice::from_ref(&client_url), Duration::from_secs(2)).await
+                EtcdClient::connect_unix(&scratch.join(CLIENT_SOCKET), Duration::from_secs(2)).await
                 && let Ok(status) = c.status().await
             {
                 return Ok(Throwaway {
@@ -191,25 +220,16 @@ impl Throwaway {
         }
     }
 
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Stop it and wait for it to exit.
     pub async fn stop(mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
-}
-
-/// A free TCP port on 127.0.0.1 (the kernel's choice).
-fn free_port() -> Result<u16, Error> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| Error::Io {
-        path: PathBuf::from("127.0.0.1:0"),
-        source,
-    })?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|source| Error::Io {
-            path: PathBuf::from("127.0.0.1:0"),
-            source,
-        })
 }
 
 /// `nice` from coreutils, where the system has it.

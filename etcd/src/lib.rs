@@ -26,7 +26,7 @@ pub use binaries::{EtcdBinaries, find_binaries, find_binaries_in};
 pub use client::{
     ClientTls, DEFAULT_TIMEOUT, EndpointStatus, EtcdClient, HashKv, Health, Member, SnapshotStream,
 };
-pub use drill::{DrillResult, Throwaway, drill};
+pub use drill::{DrillResult, Throwaway, drill, private_dir};
 pub use env::{
     EtcdNodeSpec, MemberTlsFiles, etcd_env, etcd_env_overrides_from_process, is_etcd_override,
     replace_url_host,

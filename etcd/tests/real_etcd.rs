@@ -1102,6 +1102,35 @@ async fn restore_drill(ver: &str) {
     assert!(got.restored_revision >= revision + 20, "{got:?}");
     assert!(!scratch.exists());
 
+    // The throwaway etcd serves the whole backup without authentication: it
+    // listens on no TCP port (a unix socket in its private folder instead),
+    // and its files are its owner's alone.
+    let scratch = dir.path().join("throwaway");
+    let etcd = etcd::Throwaway::start(&bins, &snap, &scratch, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let pid = etcd.pid().unwrap();
+    assert_eq!(
+        tcp_listeners_of(pid),
+        Vec::<u16>::new(),
+        "it listens on TCP"
+    );
+    assert!(
+        etcd.client_url.starts_with("unix://"),
+        "{}",
+        etcd.client_url
+    );
+    assert_eq!(
+        etcd.client.get("/drill/7").await.unwrap().as_deref(),
+        Some("v7")
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&scratch), 0o700);
+    assert_eq!(mode(&scratch.join("etcd.log")), 0o600);
+    etcd.stop().await;
+    std::fs::remove_dir_all(&scratch).unwrap();
+
     let bad = dir.path().join("bad.db");
     let mut flipped = bytes.clone();
     let at = flipped.len() / 2;
@@ -1115,6 +1144,34 @@ async fn restore_drill(ver: &str) {
         "{e}"
     );
     assert!(!scratch.exists());
+}
+
+/// The TCP ports process `pid` listens on (its sockets' inodes, found in
+/// /proc/net/tcp and tcp6 in state LISTEN).
+fn tcp_listeners_of(pid: u32) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            l.to_string_lossy()
+                .strip_prefix("socket:[")
+                .and_then(|s| s.strip_suffix(']'))
+                .map(String::from)
+        })
+        .collect();
+    let mut ports = vec![];
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() > 9 && cols[3] == "0A" && inodes.iter().any(|i| i == cols[9]) {
+                let port = cols[1].rsplit(':').next().unwrap();
+                ports.push(u16::from_str_radix(port, 16).unwrap());
+            }
+        }
+    }
+    ports
 }
 
 #[tokio::test]
