@@ -20,6 +20,7 @@
 //! one is dropped in the handshake, before any request is read. At most
 //! [`MAX_CONNECTIONS`] connections are served at once.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -643,18 +644,28 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Answer one request on an open stream: read it within
-/// [`REQUEST_READ_TIMEOUT`], decode and check it, let the handler run it
-/// within the request's own deadline, answer.
+/// [`REQUEST_READ_TIMEOUT`], then [`answer_frame`].
 async fn answer<S: AsyncRead + AsyncWrite + Unpin, H: Handler>(
     stream: &mut S,
     caller: &Caller,
     handler: &H,
 ) -> std::io::Result<()> {
-    let from = caller.addr;
     let buf = tokio::time::timeout(REQUEST_READ_TIMEOUT, read_frame(stream))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no request in time"))??;
-    let resp = match decode_request(&buf) {
+    answer_frame(stream, caller, handler, &buf).await
+}
+
+/// Decode and check a request, let the handler run it within the request's
+/// own deadline, answer.
+async fn answer_frame<S: AsyncRead + AsyncWrite + Unpin, H: Handler>(
+    stream: &mut S,
+    caller: &Caller,
+    handler: &H,
+    buf: &[u8],
+) -> std::io::Result<()> {
+    let from = caller.addr;
+    let resp = match decode_request(buf) {
         Ok(req) => {
             tracing::debug!(%from, caller = ?caller.node_id, kind = req.kind(), "peer request");
             let deadline = req.deadline();
@@ -680,8 +691,143 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin, H: Handler>(
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "answer not read in time"))?
 }
 
-/// How long a client has to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new connection may take to prove itself: the TLS handshake
+/// (a client certificate from our CA), or with `--insecure` its whole
+/// request. Until then it holds no request slot, only a place among the
+/// [`MAX_UNPROVEN`] connections being proven.
+pub const PRE_AUTH_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connections that have not yet proven themselves, at most. A new one
+/// beyond takes the place of the oldest.
+pub const MAX_UNPROVEN: usize = 32;
+/// Connections from one address that have not yet proven themselves, at
+/// most. A new one beyond takes the place of that address's oldest.
+pub const MAX_UNPROVEN_PER_SOURCE: usize = 8;
+
+/// The connections not yet proven, oldest first: a flood of idle or slow
+/// connections can neither hold the request slots (only proven connections
+/// take one) nor keep a newcomer out (it takes the oldest one's place).
+#[derive(Debug, Default)]
+struct Unproven {
+    next: u64,
+    conns: BTreeMap<u64, (std::net::IpAddr, CancellationToken)>,
+}
+
+/// A connection's place among the unproven; dropped (or [`Place::proven`])
+/// when it leaves them.
+struct Place {
+    seq: u64,
+    cancel: CancellationToken,
+    table: Arc<std::sync::Mutex<Unproven>>,
+}
+
+impl Place {
+    /// Take a place for a connection from `ip`, pushing out the oldest of
+    /// that address, or of all, when full.
+    fn take(table: &Arc<std::sync::Mutex<Unproven>>, ip: std::net::IpAddr) -> Place {
+        let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
+        let push_out = |t: &mut Unproven, same_source: bool| {
+            let oldest = t
+                .conns
+                .iter()
+                .find(|(_, (from, _))| !same_source || *from == ip)
+                .map(|(seq, _)| *seq);
+            if let Some((from, cancel)) = oldest.and_then(|seq| t.conns.remove(&seq)) {
+                cancel.cancel();
+                metrics::counter!(crate::metrics::PEER_API_REJECTED, "reason" => "pushed_out")
+                    .increment(1);
+                tracing::debug!(%from, "peer API: an unproven connection made room for a newer one");
+            }
+        };
+        if t.conns.values().filter(|(from, _)| *from == ip).count() >= MAX_UNPROVEN_PER_SOURCE {
+            push_out(&mut t, true);
+        }
+        if t.conns.len() >= MAX_UNPROVEN {
+            push_out(&mut t, false);
+        }
+        let seq = t.next;
+        t.next += 1;
+        let cancel = CancellationToken::new();
+        t.conns.insert(seq, (ip, cancel.clone()));
+        Place {
+            seq,
+            cancel,
+            table: table.clone(),
+        }
+    }
+
+    /// The connection proved itself: it leaves the unproven for good.
+    fn proven(&self) {
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        t.conns.remove(&self.seq);
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.proven();
+    }
+}
+
+/// One connection: proven (TLS handshake, or the request read, within
+/// [`PRE_AUTH_TIMEOUT`]), then served in a request slot.
+async fn serve_one<H: Handler>(
+    mut stream: TcpStream,
+    from: SocketAddr,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    handler: Arc<H>,
+    slots: Arc<tokio::sync::Semaphore>,
+    place: Place,
+) -> std::io::Result<()> {
+    let rejected = |reason: &'static str| {
+        metrics::counter!(crate::metrics::PEER_API_REJECTED, "reason" => reason).increment(1);
+    };
+    match acceptor {
+        None => {
+            let buf = match tokio::time::timeout(PRE_AUTH_TIMEOUT, read_frame(&mut stream)).await {
+                Ok(read) => read?,
+                Err(_) => {
+                    rejected("slow");
+                    tracing::debug!(%from, "peer API: no request within the time to prove a connection");
+                    return Ok(());
+                }
+            };
+            place.proven();
+            let _slot = slots.acquire_owned().await.map_err(std::io::Error::other)?;
+            answer_frame(&mut stream, &Caller::insecure(from), handler.as_ref(), &buf).await
+        }
+        Some(acceptor) => {
+            let mut s = match tokio::time::timeout(PRE_AUTH_TIMEOUT, acceptor.accept(stream)).await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    rejected("handshake");
+                    tracing::warn!(%from, error = %e, "peer API TLS handshake refused");
+                    return Ok(());
+                }
+                Err(_) => {
+                    rejected("slow");
+                    tracing::debug!(%from, "peer API TLS handshake not done in time");
+                    return Ok(());
+                }
+            };
+            place.proven();
+            let node_id = s
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(|der| crate::pki::node_id_of_cert(der));
+            let caller = Caller {
+                addr: from,
+                node_id,
+                authenticated: true,
+            };
+            let _slot = slots.acquire_owned().await.map_err(std::io::Error::other)?;
+            answer(&mut s, &caller, handler.as_ref()).await?;
+            s.shutdown().await
+        }
+    }
+}
 
 /// Pauses after a failed accept (out of file descriptors, say): the first,
 /// doubled on every further failure up to the last.
@@ -702,10 +848,15 @@ pub(crate) async fn accept_backoff(pause: Duration) {
     tokio::time::sleep(pause).await
 }
 
-/// Serve requests until cancelled, over TLS when `tls` is given. Each connection
-/// gets its own task, at most [`MAX_CONNECTIONS`] at once, each bounded by the
-/// handshake, read and request deadlines. Failed handshakes (no certificate, one
-/// from another CA) are counted in `etcd_manager_peer_api_rejected_total`.
+/// Serve requests until cancelled, over TLS when `tls` is given. Each
+/// connection gets its own task. It first proves itself within
+/// [`PRE_AUTH_TIMEOUT`] (the TLS handshake with a certificate from our CA;
+/// with `--insecure`, its whole request) while holding only a place among
+/// the unproven (at most [`MAX_UNPROVEN`], [`MAX_UNPROVEN_PER_SOURCE`] per
+/// address, a newcomer taking the oldest one's place); then it takes one of
+/// [`MAX_CONNECTIONS`] request slots and is bounded by the read and request
+/// deadlines. Refused connections are counted in
+/// `etcd_manager_peer_api_rejected_total` by reason.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
@@ -714,16 +865,9 @@ pub async fn serve<H: Handler>(
 ) {
     let mut conns = tokio::task::JoinSet::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let unproven = Arc::new(std::sync::Mutex::new(Unproven::default()));
     let mut failures = 0u32;
     loop {
-        // Wait for a free slot before accepting: excess callers wait in the backlog.
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => break,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
         let accepted = loop {
             tokio::select! {
                 _ = cancel.cancelled() => break None,
@@ -747,51 +891,20 @@ pub async fn serve<H: Handler>(
                 }
             }
         };
+        let place = Place::take(&unproven, from.ip());
         let handler = handler.clone();
         let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
+        let slots = slots.clone();
         conns.spawn(async move {
-            let _permit = permit;
-            let mut stream = stream;
-            let work = async {
-                match acceptor {
-                    None => answer(&mut stream, &Caller::insecure(from), handler.as_ref()).await,
-                    Some(acceptor) => {
-                        let handshake =
-                            tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
-                        let mut s = match handshake {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                metrics::counter!(crate::metrics::PEER_API_REJECTED, "reason" => "handshake")
-                                    .increment(1);
-                                tracing::warn!(%from, error = %e, "peer API TLS handshake refused");
-                                return Ok(());
-                            }
-                            Err(_) => {
-                                metrics::counter!(crate::metrics::PEER_API_REJECTED, "reason" => "handshake")
-                                    .increment(1);
-                                tracing::warn!(%from, "peer API TLS handshake timed out");
-                                return Ok(());
-                            }
-                        };
-                        let node_id = s
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|certs| certs.first())
-                            .and_then(|der| crate::pki::node_id_of_cert(der));
-                        let caller = Caller {
-                            addr: from,
-                            node_id,
-                            authenticated: true,
-                        };
-                        answer(&mut s, &caller, handler.as_ref()).await?;
-                        s.shutdown().await
-                    }
-                }
-            };
-            match work.await {
-                Ok(()) => {}
-                Err(e) => tracing::debug!(%from, error = %e, "peer connection ended"),
+            let pushed_out = place.cancel.clone();
+            let work = serve_one(stream, from, acceptor, handler, slots, place);
+            tokio::select! {
+                biased;
+                _ = pushed_out.cancelled() => {}
+                result = work => match result {
+                    Ok(()) => {}
+                    Err(e) => tracing::debug!(%from, error = %e, "peer connection ended"),
+                },
             }
         });
     }
@@ -925,6 +1038,49 @@ mod tests {
         );
         cancel.cancel();
         server.await.expect("server ends");
+    }
+
+    /// 64 idle connections (issue 30, tried: they held every slot for 10 s,
+    /// and the leader's calls timed out) do not keep GetInfo from being
+    /// answered within a second, from the same address as the flood or
+    /// another; with TLS (the handshake no longer holds a slot) and without.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn idle_connections_do_not_hold_the_server() {
+        #[allow(clippy::disallowed_methods)]
+        let now = std::time::SystemTime::now();
+        let ca = crate::pki::Ca::generate(crate::pki::MANAGER_CA, now).expect("ca");
+        for tls in [false, true] {
+            let server_tls = tls.then(|| tls_for(&ca, "server"));
+            let client = if tls {
+                PeerClient::tls(tls_for(&ca, "client"))
+            } else {
+                PeerClient::insecure()
+            };
+            let (addr, cancel, server) = start(Echo, server_tls).await;
+            let mut idle = vec![];
+            for _ in 0..64 {
+                idle.push(TcpStream::connect(addr).await.expect("connect"));
+            }
+            // Half the flood sent one byte and stopped.
+            for s in idle.iter_mut().step_by(2) {
+                s.write_all(&[0]).await.expect("write");
+            }
+            for round in 0..3 {
+                let answer = client
+                    .call(addr, &Request::GetInfo, Duration::from_secs(1))
+                    .await;
+                assert!(
+                    matches!(answer, Ok(Response::Info(_))),
+                    "tls {tls}, round {round}: {answer:?}"
+                );
+                // The flood reconnects: still answered.
+                for _ in 0..16 {
+                    idle.push(TcpStream::connect(addr).await.expect("connect"));
+                }
+            }
+            cancel.cancel();
+            let _ = server.await;
+        }
     }
 
     #[tokio::test]
