@@ -27,6 +27,7 @@ pub mod node;
 pub mod peer;
 pub mod pitr;
 pub mod pki;
+pub mod recover_request;
 pub mod sidecar;
 pub mod statics;
 pub mod status;

@@ -42,6 +42,10 @@ pub struct ClusterStatus {
     /// takes in plain (a release that cannot seal, during a rolling update).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gossip: Option<String>,
+    /// A pending `etcd-manager-ctl recover-quorum` request, in words: its
+    /// age and when it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recover_quorum: Option<String>,
     /// The continuous backup, in words: the full backup its chain starts
     /// from, or the gap that stopped it (None: turned off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -130,6 +134,17 @@ impl ClusterStatus {
             version_change: version_change_text(obs),
             warnings: vec![],
             gossip: None,
+            recover_quorum: obs.quorum_recovery.requested.as_ref().map(|_| {
+                let age = obs.quorum_recovery.request_age;
+                match crate::controller::RECOVER_REQUEST_TTL.checked_sub(age) {
+                    Some(left) if !left.is_zero() => format!(
+                        "requested {} ago; acted on while the quorum is lost; expires in {}",
+                        humantime::format_duration(Duration::from_secs(age.as_secs())),
+                        humantime::format_duration(Duration::from_secs(left.as_secs()))
+                    ),
+                    _ => "expired (older than an hour); being removed".into(),
+                }
+            }),
             continuous_backup: None,
             jobs: obs
                 .peers

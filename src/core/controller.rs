@@ -199,11 +199,26 @@ pub struct Observation {
 pub struct QuorumRecovery {
     /// `etcd-manager-ctl recover-quorum` asked for it (the request file).
     pub requested: Option<String>,
+    /// How old that request is (see `crate::recover_request::age`); one of
+    /// [`RECOVER_REQUEST_TTL`] or more is void and removed.
+    pub request_age: Duration,
     /// `--auto-recover-quorum-loss`: recover without an operator once every
     /// lost voter has been gone this long (None: only on request).
     pub auto_after: Option<Duration>,
     /// The newest backup and its revision (read while quorum is lost).
     pub latest_backup: Option<(String, Option<i64>)>,
+}
+
+/// A recover-quorum request this old is void (removed, never acted on).
+pub const RECOVER_REQUEST_TTL: Duration = Duration::from_secs(3600);
+
+impl QuorumRecovery {
+    /// The request to act on: there, and not expired.
+    pub fn live_request(&self) -> Option<&str> {
+        self.requested
+            .as_deref()
+            .filter(|_| self.request_age < RECOVER_REQUEST_TTL)
+    }
 }
 
 /// `etcd-manager-ctl defrag [member]`: the request file, and the member it
@@ -345,6 +360,13 @@ pub enum Action {
     },
     /// The on-demand backup is done: remove the request.
     ClearBackupRequest,
+    /// A recover-quorum request nothing needs: it expired, or the cluster
+    /// holds its quorum (it came back before the recovery). Removed so it
+    /// cannot rebuild the next quorum loss without the grace.
+    ClearRecoverQuorumRequest {
+        file: String,
+        expired: bool,
+    },
     /// Check a copy of these peers' data for custom v2 content (before a
     /// 3.5 cluster moves to 3.6, which has no v2 store).
     CheckV2Store {
@@ -430,6 +452,7 @@ impl Action {
             Action::QueueRestore { .. } => "queue_restore",
             Action::UpgradeMember { .. } => "upgrade_member",
             Action::ClearBackupRequest => "clear_backup_request",
+            Action::ClearRecoverQuorumRequest { .. } => "clear_recover_quorum_request",
             Action::CheckV2Store { .. } => "check_v2store",
             Action::CheckSettings { .. } => "check_settings",
             Action::EnableDowngrade { .. } => "enable_downgrade",
@@ -821,7 +844,35 @@ pub fn reconcile(obs: &Observation) -> Plan {
         None => desired_state(obs),
     };
     plan.waits.extend(refused);
+    if let Some(clear) = void_recover_request(obs, &plan) {
+        plan.actions.push(clear);
+    }
     plan
+}
+
+/// A recover-quorum request to remove: expired, or read while the cluster
+/// seen holds its quorum (and this plan does not recover). Pure.
+fn void_recover_request(obs: &Observation, plan: &Plan) -> Option<Action> {
+    let qr = &obs.quorum_recovery;
+    let file = qr.requested.clone()?;
+    if plan
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::RecoverQuorum { .. }))
+    {
+        return None;
+    }
+    let expired = qr.live_request().is_none();
+    let holds_quorum = obs.cluster.as_ref().is_some_and(|c| {
+        let voters = c.members.iter().filter(|m| !m.is_learner).count();
+        let healthy = c
+            .members
+            .iter()
+            .filter(|m| !m.is_learner && m.healthy)
+            .count();
+        voters > 0 && healthy >= quorum(voters)
+    });
+    (expired || holds_quorum).then_some(Action::ClearRecoverQuorumRequest { file, expired })
 }
 
 /// A restore that reached only some of its nodes (the others' downloads
@@ -1684,7 +1735,7 @@ pub fn quorum_loss(obs: &Observation, spec: &ClusterSpec, members: &[MemberView]
         .commands
         .iter()
         .any(|c| c.refused.is_none() && c.started_token.is_none());
-    if queued || (qr.requested.is_none() && !auto_due) {
+    if queued || (qr.live_request().is_none() && !auto_due) {
         return Some(Plan::wait(WaitReason::QuorumLost {
             survivors: survivors.iter().map(|m| m.name.clone()).collect(),
             lost: lost.iter().map(|m| m.name.clone()).collect(),

@@ -2264,6 +2264,55 @@ fn recovery_acts_on_request_or_after_the_grace_and_from_the_best_survivor() {
     ));
 }
 
+/// A recover-quorum request is void when it expired (an hour) or when the
+/// cluster holds its quorum (it came back before the recovery): removed,
+/// never acted on, so it cannot rebuild a later quorum loss at once.
+#[test]
+fn a_stale_recover_quorum_request_does_nothing_and_is_removed() {
+    let mut o = lost_quorum(None);
+    o.quorum_recovery.requested = Some("recover-quorum".into());
+    o.quorum_recovery.request_age = RECOVER_REQUEST_TTL;
+    let plan = reconcile(&o);
+    assert!(!recovers(&plan), "{plan:?}");
+    assert!(plan.actions.contains(&Action::ClearRecoverQuorumRequest {
+        file: "recover-quorum".into(),
+        expired: true,
+    }));
+    assert!(
+        plan.waits
+            .iter()
+            .any(|w| matches!(w, WaitReason::QuorumLost { .. })),
+        "{plan:?}"
+    );
+    // Younger than that it is acted on.
+    o.quorum_recovery.request_age = RECOVER_REQUEST_TTL - Duration::from_secs(1);
+    assert!(recovers(&reconcile(&o)));
+    // The quorum is back: removed at once, whatever its age.
+    let mut o = obs(
+        3,
+        vec![
+            running("a", false),
+            running("b", false),
+            running("c", false),
+        ],
+        Some(vec![
+            member(1, "a", true),
+            member(2, "b", true),
+            member(3, "c", true),
+        ]),
+    );
+    o.quorum_recovery.requested = Some("recover-quorum".into());
+    let plan = reconcile(&o);
+    assert!(
+        plan.actions.contains(&Action::ClearRecoverQuorumRequest {
+            file: "recover-quorum".into(),
+            expired: false,
+        }),
+        "{plan:?}"
+    );
+    assert!(!recovers(&plan));
+}
+
 #[test]
 fn a_member_whose_manager_says_it_runs_is_not_lost() {
     // b's etcd does not answer this leader, but b's manager says it runs
@@ -2325,6 +2374,7 @@ mod quorum_recovery_properties {
             gone_secs in proptest::collection::vec(0u64..120, 5),
             grace in proptest::option::of(1u64..100),
             requested in any::<bool>(),
+            request_age in 0u64..7200,
             backup_rev in proptest::option::of(0i64..1200),
             still_running in proptest::collection::vec(proptest::bool::weighted(0.2), 5),
         ) {
@@ -2354,10 +2404,20 @@ mod quorum_recovery_properties {
             o.silent_since = o.unhealthy_since.clone();
             o.quorum_recovery = QuorumRecovery {
                 requested: requested.then(|| "recover-quorum".to_string()),
+                request_age: Duration::from_secs(request_age),
                 auto_after: grace.map(Duration::from_secs),
                 latest_backup: backup_rev.map(|r| ("2026-01-01T00:00:00Z-000001".to_string(), Some(r))),
             };
             let plan = reconcile(&o);
+            // A request is removed, never acted on, once it expired.
+            let live = requested && Duration::from_secs(request_age) < RECOVER_REQUEST_TTL;
+            if requested && !live {
+                prop_assert!(
+                    plan.actions.iter().any(|a| matches!(a, Action::ClearRecoverQuorumRequest { expired: true, .. }))
+                        || plan.actions.iter().any(|a| matches!(a, Action::RecoverQuorum { .. })),
+                    "an expired request stays: {plan:?}"
+                );
+            }
             let Some(Action::RecoverQuorum { from, backup, .. }) = plan
                 .actions
                 .iter()
@@ -2371,7 +2431,7 @@ mod quorum_recovery_properties {
                 .iter()
                 .filter(|m| m.progress.is_none())
                 .all(|m| grace.is_some_and(|g| gone_secs[(m.id - 1) as usize] >= g));
-            prop_assert!(requested || lost_gone_long, "acted before the grace");
+            prop_assert!(live || lost_gone_long, "acted before the grace (or on an expired request)");
             prop_assert!(
                 (0..n).all(|i| answering[i] || !still_running[i]),
                 "acted while a lost voter's manager says its etcd runs"

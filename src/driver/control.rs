@@ -97,11 +97,22 @@ impl Driver {
                 verify_requested: verify_request(&snap.manager_files),
                 retired_tokens: retired_tokens(&snap.manager_files),
                 served_tokens: served_tokens(&snap.manager_files),
-                recover_quorum_requested: snap.manager_files.contains(RECOVER_QUORUM_FILE),
+                recover_quorum_request: None,
                 allow_new_cluster: snap.manager_files.contains(ALLOW_NEW_CLUSTER_FILE),
                 commands: snap.commands,
                 created_marker: snap.created,
             };
+            if snap.manager_files.contains(RECOVER_QUORUM_FILE) {
+                control.recover_quorum_request =
+                    match self.store.read_manager_file(RECOVER_QUORUM_FILE).await {
+                        Ok(body) => body,
+                        // Unreadable now: there all the same (without a stamp).
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read the recover-quorum request");
+                            Some(bytes::Bytes::new())
+                        }
+                    };
+            }
             if let Some(sc) = &self.settings.static_config {
                 // --static-config: the spec is fixed, and as upstream a new
                 // cluster needs please-create-new-cluster in our data dir.
@@ -230,6 +241,65 @@ impl Driver {
         self.store
             .write_manager_file(crate::status::STATUS_FILE, body)
             .await
+    }
+
+    /// How old the recover-quorum request `body` is (see
+    /// [`crate::recover_request::age`]), remembering when this leader first
+    /// read that body.
+    pub(super) fn recover_request_age(
+        &mut self,
+        body: Option<bytes::Bytes>,
+        now: Instant,
+    ) -> Duration {
+        let Some(body) = body else {
+            self.recover_seen = None;
+            return Duration::ZERO;
+        };
+        let first = match &self.recover_seen {
+            Some((seen, at)) if *seen == body => *at,
+            _ => {
+                self.recover_seen = Some((body.clone(), now));
+                now
+            }
+        };
+        let wall_ns = self
+            .clock
+            .wall()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        crate::recover_request::age(
+            crate::recover_request::RecoverQuorumRequest::parse(&body),
+            wall_ns,
+            now.saturating_duration_since(first),
+        )
+    }
+
+    /// [`Action::ClearRecoverQuorumRequest`]: remove the request if it still
+    /// holds what was read (a newer one gets its own judgement).
+    pub(super) async fn clear_recover_request(&mut self, expired: bool) -> Result<(), DriverError> {
+        let read = self.recover_seen.as_ref().map(|(b, _)| b.clone());
+        let now = self
+            .store
+            .read_manager_file(RECOVER_QUORUM_FILE)
+            .await
+            .ok()
+            .flatten();
+        if now.is_some() && read.is_some() && now != read {
+            return Ok(());
+        }
+        self.store
+            .delete_manager_file(RECOVER_QUORUM_FILE)
+            .await
+            .map_err(DriverError::from)?;
+        self.recover_seen = None;
+        if expired {
+            tracing::warn!("recover-quorum request removed: older than an hour, never acted on");
+        } else {
+            tracing::info!("recover-quorum request removed: the cluster holds its quorum");
+        }
+        self.control = None;
+        Ok(())
     }
 
     /// The wall clock in Unix seconds (0 before 1970).

@@ -335,6 +335,9 @@ impl Driver {
                 Ok(())
             }
             Action::ClearBackupRequest => self.clear_backup_request().await,
+            Action::ClearRecoverQuorumRequest { expired, .. } => {
+                self.clear_recover_request(*expired).await
+            }
             Action::CompleteRestore { command } => {
                 self.store
                     .delete_command(command)

@@ -171,6 +171,9 @@ pub struct Driver {
     last_backup_name: Option<String>,
     /// The `backup-now` request the last on-demand backup answered.
     backup_request: Option<bytes::Bytes>,
+    /// The recover-quorum request last read, and when this leader first
+    /// read that body (a request without a stamp ages from then).
+    recover_seen: Option<(bytes::Bytes, Instant)>,
     /// Periodic backups since the last one given to a restore drill.
     backups_since_drill: u32,
     /// A backup awaiting its restore drill.
@@ -221,7 +224,8 @@ struct Control {
     retired_tokens: BTreeSet<String>,
     /// Clusters a leader saw serve (see [`crate::node::SERVED_CLUSTER_FILE`]).
     served_tokens: BTreeSet<String>,
-    recover_quorum_requested: bool,
+    /// `etcd-manager-ctl recover-quorum`'s request file, its body.
+    recover_quorum_request: Option<bytes::Bytes>,
     allow_new_cluster: bool,
     commands: Vec<backup::StoredCommand>,
     created_marker: bool,
@@ -279,6 +283,7 @@ impl Driver {
             last_retention: None,
             last_backup_name: None,
             backup_request: None,
+            recover_seen: None,
             backups_since_drill: 0,
             unverified_backup: None,
             unhealthy_since: BTreeMap::new(),

@@ -45,7 +45,7 @@ impl Driver {
             verify_requested,
             retired_tokens,
             served_tokens,
-            recover_quorum_requested,
+            recover_quorum_request,
             allow_new_cluster: allow_file,
             commands: stored,
             created_marker,
@@ -221,7 +221,10 @@ impl Driver {
             restore_clear_prefixes: self.settings.restore_clear_prefixes.clone(),
             prefixes_cleared: self.prefixes_cleared.clone(),
             quorum_recovery: controller::QuorumRecovery {
-                requested: recover_quorum_requested.then(|| RECOVER_QUORUM_FILE.to_string()),
+                requested: recover_quorum_request
+                    .is_some()
+                    .then(|| RECOVER_QUORUM_FILE.to_string()),
+                request_age: self.recover_request_age(recover_quorum_request, now),
                 auto_after: self.settings.auto_recover_quorum_loss,
                 latest_backup,
             },

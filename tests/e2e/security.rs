@@ -132,3 +132,45 @@ async fn a_crafted_gossip_id_cannot_write_the_hosts_file() {
         "the hosts file is exactly the managed block"
     );
 }
+
+/// A `recover-quorum` request left armed (its ctl gave up, or the quorum
+/// came back first) used to stay in the store and rebuild the next quorum
+/// loss at once, without the grace: a leader that sees its cluster hold its
+/// quorum removes it, and the ctl says so instead of waiting.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recover_quorum_request_does_not_stay_armed() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = crate::env(&dir);
+    let _m = env.start(1);
+    env.configure(1, "3.5.30");
+    tests::wait_put(
+        "a one-member cluster",
+        &env.client_url(1),
+        "/k",
+        "v",
+        Duration::from_secs(60),
+    )
+    .await;
+    let request = env.store_path().join("etcd-manager/recover-quorum");
+    // An older ctl's request, without a stamp.
+    std::fs::write(&request, b"{}\n").unwrap();
+    wait_for(
+        "the leader to remove a request while the quorum holds",
+        Duration::from_secs(30),
+        || async { (!request.exists()).then_some(()) },
+    )
+    .await;
+    wait_for(
+        "status without the request",
+        Duration::from_secs(30),
+        || async { (!env.ctl(&["status"]).stdout.contains("recovery:")).then_some(()) },
+    )
+    .await;
+    // The ctl refuses: the report says no quorum is lost.
+    let out = env.ctl(&["recover-quorum", "--timeout=20s"]);
+    assert!(
+        !out.success && out.stderr.contains("no quorum is lost"),
+        "{out:?}"
+    );
+    assert!(!request.exists());
+}

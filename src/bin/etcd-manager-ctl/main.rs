@@ -738,6 +738,9 @@ async fn status(store: &BackupStore, output: Output) -> anyhow::Result<String> {
             for w in &r.waits {
                 out += &format!("waiting:     {w}\n");
             }
+            if let Some(q) = &r.recover_quorum {
+                out += &format!("recovery:    {q}\n");
+            }
             if let Some(g) = &r.gossip {
                 out += &format!("gossip:      {g}\n");
             }
@@ -913,21 +916,39 @@ async fn defrag(
 }
 
 /// Ask the leader to recover a lost quorum: its plan (from the status
-/// report) first, then the request, then the queued restore.
+/// report) first, then the request (stamped, see
+/// `etcd_manager::recover_request`), then the queued restore. The leader
+/// removes a request it reads while the quorum holds; one this ctl gives up
+/// on is withdrawn, so no request stays armed.
 #[allow(clippy::disallowed_methods)] // the ctl polls with real time
 async fn recover_quorum(
     store: &BackupStore,
     timeout: std::time::Duration,
 ) -> anyhow::Result<String> {
-    use etcd_manager::status::{ClusterStatus, STATUS_FILE};
+    use etcd_manager::recover_request::RecoverQuorumRequest;
+    use etcd_manager::status::{ClusterStatus, STATUS_FILE, age};
     let mut out = String::new();
     if let Some(b) = store.read_manager_file(STATUS_FILE).await? {
         let report: ClusterStatus = serde_json::from_slice(&b)
             .with_context(|| format!("{}/etcd-manager/{STATUS_FILE} is malformed", store.url()))?;
+        let written = wall_now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+            - report.written_at;
         match report.waits.iter().find(|w| w.starts_with("quorum lost")) {
             Some(w) => out += &format!("the leader ({}) reports: {w}\n", report.leader),
+            None if written > 120 => bail!(
+                "the last report, written {} ago by {}, says no quorum is lost (waits: {:?}); no leader has written one since, \
+                 so it may be out of date: with most managers gone for good no manager can lead (a majority of the known managers \
+                 must accept it); see etcd-manager-ctl status",
+                age(written),
+                report.leader,
+                report.waits
+            ),
             None => bail!(
-                "the leader's last report says no quorum is lost (waits: {:?}); nothing to recover (etcd-manager-ctl status)",
+                "the leader's last report ({} ago) says no quorum is lost (waits: {:?}); nothing to recover (etcd-manager-ctl status)",
+                age(written),
                 report.waits
             ),
         }
@@ -938,8 +959,13 @@ async fn recover_quorum(
         .into_iter()
         .map(|c| c.name)
         .collect();
+    let requested_at = wall_now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let body = RecoverQuorumRequest { requested_at }.body();
     store
-        .write_manager_file(etcd_manager::driver::RECOVER_QUORUM_FILE, b"{}\n".to_vec())
+        .write_manager_file(etcd_manager::driver::RECOVER_QUORUM_FILE, body.clone())
         .await?;
     let start = std::time::Instant::now();
     loop {
@@ -961,9 +987,25 @@ async fn recover_quorum(
             );
             return Ok(out);
         }
-        if start.elapsed() > timeout {
+        let pending = store
+            .read_manager_file(etcd_manager::driver::RECOVER_QUORUM_FILE)
+            .await?;
+        if pending.is_none() {
             bail!(
-                "the leader has not queued the recovery within {}; the request stays (is a leader running? see etcd-manager-ctl status)",
+                "the leader removed the request without a recovery: the cluster it sees holds its quorum again \
+                 (etcd-manager-ctl status)"
+            );
+        }
+        if start.elapsed() > timeout {
+            // Withdraw it (if it is still ours): a request left armed would
+            // rebuild a later quorum loss at once, with no grace.
+            if pending.as_deref() == Some(body.as_slice()) {
+                store
+                    .delete_manager_file(etcd_manager::driver::RECOVER_QUORUM_FILE)
+                    .await?;
+            }
+            bail!(
+                "the leader has not queued the recovery within {}; the request was withdrawn (is a leader running? see etcd-manager-ctl status)",
                 humantime::format_duration(timeout)
             );
         }
