@@ -152,7 +152,17 @@ impl Mirror {
                 tracing::debug!(file = %name, "skipping an unreadable discovery record");
                 continue;
             };
-            if rec.id == self.me || rec.id.contains('/') || rec.id.starts_with('.') {
+            // The id names a file here and a member in gossip: a valid
+            // member id, and the one the record's file name gives.
+            if let Err(reason) = gossip::check_member_id(&rec.id) {
+                tracing::warn!(file = %name, id = %rec.id.escape_debug(), reason, "skipping a discovery record with an invalid id");
+                continue;
+            }
+            if name != file_name(&rec.id) {
+                tracing::warn!(file = %name, id = %rec.id, "skipping a discovery record under another member's name");
+                continue;
+            }
+            if rec.id == self.me {
                 continue;
             }
             let path = local_dir.join(format!("{}.json", rec.id));
@@ -186,6 +196,18 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    proptest::proptest! {
+        /// Gossip checks member ids with its own copy of the rule (it does
+        /// not depend on the etcd crate): both give the same answer.
+        #[test]
+        fn gossip_and_etcd_agree_on_identifiers(id in "[-_.a-zA-Z0-9/ \n#é]{0,130}") {
+            proptest::prop_assert_eq!(
+                gossip::check_member_id(&id).is_ok(),
+                etcd::check_ident(etcd::IdentKind::NodeId, &id).is_ok()
+            );
+        }
+    }
+
     #[tokio::test]
     async fn records_are_mirrored_and_pruned() {
         let store = backup::BackupStore::open("memory://d", &Default::default()).unwrap();
@@ -204,6 +226,18 @@ mod tests {
             .write_manager_file("discovery-junk.json", b"{not json".to_vec())
             .await
             .unwrap();
+        // Ids that are no member ids, or not the file's, are skipped.
+        for (file, id) in [
+            ("discovery-x.json", "../../etc/passwd"),
+            ("discovery-y.json", "a\n# End host entries"),
+            ("discovery-z.json", "b"),
+        ] {
+            let rec = serde_json::json!({"id": id, "addr": "10.0.0.1:9"});
+            store
+                .write_manager_file(file, serde_json::to_vec(&rec).unwrap())
+                .await
+                .unwrap();
+        }
         let me = Record {
             id: "a".into(),
             addr: "10.0.0.1:11".parse().unwrap(),

@@ -205,6 +205,19 @@ async fn drill_once(
                 .await
                 .map_err(|e| e.to_string())?;
         }
+        // An upstream backup declares no size: the download was bounded by
+        // the disk; the restored database and its WAL need room too.
+        let free = free_bytes(&scratch)?;
+        let needed = got.snapshot_size.saturating_mul(2).saturating_add(DISK_MARGIN);
+        if free < needed {
+            return Err(format!(
+                "not run: {} has {} MiB free, restoring the {} MiB snapshot needs {} MiB; free space or point the drill elsewhere",
+                scratch.display(),
+                free >> 20,
+                got.snapshot_size >> 20,
+                needed >> 20
+            ));
+        }
         let expected = extra.as_ref().and_then(|x| x.kv_hash);
         // HashKV at revision 0 is at the restored data's newest revision.
         let revision = expected.map_or(0, |e| e.revision);

@@ -792,12 +792,17 @@ impl Node {
     }
 
     /// Whether `fence` needs the store's word before it can be admitted: its
-    /// epoch is above the highest seen, or equal with a leader not recorded.
+    /// epoch is above the highest seen, or equal with a leader not recorded,
+    /// or it names a lease record beyond the newest admitted (the record it
+    /// names must exist: one never written would raise the newest admitted
+    /// and refuse the leader's real requests as late).
     async fn needs_check(&self, fence: &Fence) -> bool {
         let inner = self.inner.lock().await;
+        let same_leader =
+            inner.state.highest_epoch_leader.as_deref() == Some(fence.leader_id.as_str());
+        let same_epoch = fence.epoch == inner.state.highest_epoch;
         fence.epoch > inner.state.highest_epoch
-            || (fence.epoch == inner.state.highest_epoch
-                && inner.state.highest_epoch_leader.as_deref() != Some(fence.leader_id.as_str()))
+            || (same_epoch && (!same_leader || fence.lease_seq > inner.state.highest_lease_seq))
     }
 
     /// Ask the store whether a lease record names the fence's leader at its
@@ -1786,6 +1791,7 @@ mod fencing_tests {
             n.handle(&l, stop(4, 3)).await,
             Response::Fenced { highest_epoch: 5 }
         );
+        lease(&store, 10, "l", 5).await;
         assert_eq!(
             n.handle(&l, stop(5, 10)).await,
             Response::Done,
@@ -1811,6 +1817,29 @@ mod fencing_tests {
             5,
             "a request for another cluster raises nothing"
         );
+    }
+
+    /// A fence naming lease record u64::MAX (never written) passed as the
+    /// current record and then held every real request of its leader back
+    /// as late until the epoch changed: a record beyond the newest is
+    /// refused, and the leader's next real request goes through.
+    #[tokio::test]
+    async fn a_fence_naming_a_record_never_written_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store();
+        lease(&store, 4, "l", 2).await;
+        let n = node(dir.path(), &store);
+        let l = tls("l");
+        assert_eq!(n.handle(&l, stop(2, 4)).await, Response::Done);
+        let forged = n.handle(&l, stop(2, u64::MAX)).await;
+        assert!(
+            matches!(&forged, Response::Failed(m) if m.contains("never written")),
+            "{forged:?}"
+        );
+        lease(&store, 5, "l", 2).await;
+        assert_eq!(n.handle(&l, stop(2, 5)).await, Response::Done);
+        // A record garbage-collected since (behind the newest) still passes.
+        assert_eq!(n.handle(&l, stop(2, 5)).await, Response::Done);
     }
 
     /// Any holder of an etcd-manager-ca certificate could stop every etcd and
@@ -1889,6 +1918,9 @@ mod fencing_tests {
         lease(&store, 3, "l", 2).await;
         let n = node(dir.path(), &store);
         assert_eq!(n.handle(&tls("l"), stop(2, 3)).await, Response::Done);
+        for seq in 4..=8 {
+            lease(&store, seq, "l", 2).await;
+        }
         assert_eq!(n.handle(&tls("l"), stop(2, 7)).await, Response::Done);
         assert_eq!(n.handle(&tls("l"), stop(2, 7)).await, Response::Done);
         let late = n.handle(&tls("l"), stop(2, 5)).await;

@@ -32,6 +32,16 @@ pub enum Error {
     Encryption { what: String, reason: String },
     #[error("reading the etcd snapshot failed: {0}")]
     Snapshot(#[source] std::io::Error),
+    /// A download would not fit on its disk (beside the margin kept free).
+    #[error(
+        "{} has room for {free} bytes, the snapshot needs {needed}: free space there (a download never fills the disk)",
+        path.display()
+    )]
+    NoRoom {
+        path: std::path::PathBuf,
+        needed: u64,
+        free: u64,
+    },
 }
 
 impl Error {
@@ -39,7 +49,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Store { source, .. } => lock::store_error_is_retryable(source),
-            Error::Snapshot(_) | Error::Io { .. } => true,
+            Error::Snapshot(_) | Error::Io { .. } | Error::NoRoom { .. } => true,
             _ => false,
         }
     }

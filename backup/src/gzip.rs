@@ -115,7 +115,7 @@ pub fn inflate_all(
         size += n as u64;
         if size > limit {
             return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
+                std::io::ErrorKind::FileTooLarge,
                 format!("inflates to more than the {limit} bytes a snapshot may have"),
             ));
         }

@@ -34,9 +34,10 @@ pub use model::{
 };
 pub use retention::{MIN_KEPT_BACKUPS, RetentionPolicy, parse_retention, select_for_deletion};
 pub use store::{
-    BackupStore, BackupSummary, ControlCache, ControlSnapshot, DownloadedBackup, MAX_SIDE_FILE,
-    MAX_SMALL_FILE, MalformedFile, RestoreProgress, StoreOptions, StoredCommand, bucket_region,
-    check_backup_name, format_backup_name, parse_backup_name, resolve_s3_region,
+    BackupStore, BackupSummary, ControlCache, ControlSnapshot, DISK_MARGIN, DownloadedBackup,
+    MAX_SIDE_FILE, MAX_SMALL_FILE, MalformedFile, RestoreProgress, StoreOptions, StoredCommand,
+    bucket_region, check_backup_name, format_backup_name, free_bytes, parse_backup_name,
+    resolve_s3_region,
 };
 
 pub const BACKUP_DATA_FILE: &str = "etcd.backup.gz";

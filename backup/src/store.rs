@@ -1626,7 +1626,21 @@ impl BackupStore {
                 let _ = std::fs::remove_file(&age_tmp);
             }
             let (gz, raw) = (gz_tmp.clone(), raw_tmp.clone());
-            let raw_limit = extra.as_ref().map_or(crate::model::MAX_SNAPSHOT_SIZE, |x| x.snapshot_size);
+            // Inflate no more than the disk holds (leaving DISK_MARGIN): an
+            // upstream backup declares no size and may inflate to 64 GiB, and
+            // a full disk under a running member is an outage of its own.
+            let room = free_bytes(dest).saturating_sub(DISK_MARGIN);
+            let declared = extra.as_ref().map(|x| x.snapshot_size);
+            if let Some(size) = declared
+                && size > room
+            {
+                return Err(Error::NoRoom {
+                    path: dest.to_path_buf(),
+                    needed: size,
+                    free: room,
+                });
+            }
+            let raw_limit = declared.unwrap_or(crate::model::MAX_SNAPSHOT_SIZE).min(room);
             // Our own index of gzip members, if it agrees with the file: inflate in parallel.
             let members = extra
                 .as_ref()
@@ -1644,7 +1658,18 @@ impl BackupStore {
             })
                 .await
                 .map_err(|e| Error::Snapshot(std::io::Error::other(e)))?
-                .map_err(|e| Error::Corrupt { backup: name.into(), reason: format!("cannot decompress: {e}") })?;
+                .map_err(|e| {
+                    // Cut short by the room on the disk, not by the backup.
+                    let cut_by_disk = declared.is_none()
+                        && raw_limit == room
+                        && room < crate::model::MAX_SNAPSHOT_SIZE
+                        && e.kind() == std::io::ErrorKind::FileTooLarge;
+                    if cut_by_disk {
+                        Error::NoRoom { path: dest.to_path_buf(), needed: room.saturating_add(1), free: room }
+                    } else {
+                        Error::Corrupt { backup: name.into(), reason: format!("cannot decompress: {e}") }
+                    }
+                })?;
             if let Some(x) = extra.as_ref().filter(|_| self.check_sums)
                 && (raw_sha != x.snapshot_sha256 || raw_size != x.snapshot_size)
             {
@@ -1847,6 +1872,23 @@ fn decompress(
     let (sha, size) = crate::gzip::inflate_all(input, &mut out, limit)?;
     out.sync_all()?;
     Ok((sha, size))
+}
+
+/// Bytes a download leaves free on its disk.
+pub const DISK_MARGIN: u64 = 64 << 20;
+
+/// Free bytes on the file system of `path` (its folder when `path` does not
+/// exist yet); `u64::MAX` when that cannot be told.
+pub fn free_bytes(path: &std::path::Path) -> u64 {
+    let dir = if path.is_dir() {
+        path
+    } else {
+        path.parent().unwrap_or(path)
+    };
+    match nix::sys::statvfs::statvfs(dir) {
+        Ok(st) => st.blocks_available().saturating_mul(st.fragment_size()),
+        Err(_) => u64::MAX,
+    }
 }
 
 #[cfg(test)]

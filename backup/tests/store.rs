@@ -535,6 +535,71 @@ async fn upstream_backups_without_our_checksum_still_download() {
     assert!(matches!(err, Error::Corrupt { .. }), "{err}");
 }
 
+/// An upstream backup declares no size and may inflate to 64 GiB: the
+/// download inflates no more than its disk holds (less a margin) and says
+/// so, instead of filling the disk under a running member (it used to run
+/// until the disk was full, then called the backup corrupt). On a small
+/// tmpfs of this test's own (root only).
+#[tokio::test]
+async fn a_download_never_fills_its_disk() {
+    use std::io::Write;
+    if std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        !s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+    }) {
+        tools::tool_missing("mounting a small tmpfs needs root");
+        return;
+    }
+    let mem = Arc::new(object_store::memory::InMemory::new());
+    let store = BackupStore::new(mem.clone(), Path::default(), "memory://".into());
+    // 200 MiB of zeros: a few hundred KiB of gzip.
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..200 {
+        enc.write_all(&zeros).unwrap();
+    }
+    let gz = enc.finish().unwrap();
+    let name = "2019-01-14T15:29:48Z-000004";
+    mem.put(&Path::from(format!("{name}/etcd.backup.gz")), gz.into())
+        .await
+        .unwrap();
+    mem.put(
+        &Path::from(format!("{name}/_etcd_backup.meta")),
+        "{}".into(),
+    )
+    .await
+    .unwrap();
+    let disk = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=128m", "tmpfs"])
+        .arg(disk.path())
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(disk.path().to_path_buf());
+    let err = store
+        .download_backup(name, &disk.path().join("s"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NoRoom { .. }), "{err}");
+    assert!(err.is_retryable(), "not the backup's fault: {err}");
+    let free = backup::free_bytes(disk.path());
+    assert!(
+        free >= backup::DISK_MARGIN,
+        "the margin was left: {free} bytes free"
+    );
+    assert!(
+        std::fs::read_dir(disk.path()).unwrap().next().is_none(),
+        "nothing left behind"
+    );
+}
+
 /// Counts list calls, to keep listing cheap (one call per listing).
 #[derive(Debug)]
 struct CountingStore {

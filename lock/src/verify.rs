@@ -21,9 +21,12 @@ pub enum EpochCheck {
 }
 
 /// Does a lease record under `prefix` name `holder` at `epoch`? Reads record
-/// `seq` (the one the holder says it held); if that record is gone (records
-/// far behind the current one are garbage-collected), the current one. One
-/// or two reads and at most one listing.
+/// `seq` (the one the holder says it held); if that record is gone because
+/// it was garbage-collected (it is behind the current one), the current
+/// one. A record number beyond the current one is refuted: it was never
+/// written (a fence naming record u64::MAX would otherwise pass as the
+/// current one and then hold every real request of that leader back as
+/// late). One or two reads and at most one listing.
 pub async fn check_epoch(
     store: &dyn ObjectStore,
     prefix: &Path,
@@ -64,6 +67,11 @@ pub async fn check_epoch(
             "no lease record exists under {prefix}"
         )));
     };
+    if seq > latest {
+        return Ok(EpochCheck::Refuted(format!(
+            "lease record {seq} was never written (the newest is {latest})"
+        )));
+    }
     match read_record(store, prefix, latest).await? {
         Some(r) => Ok(judge(&r)),
         None => Ok(EpochCheck::Refuted(format!(

@@ -295,7 +295,10 @@ fn under(root: &Path, path: &str) -> PathBuf {
 /// which must point into `/dev`. None while neither is there.
 pub fn find_device(root: &Path, volume: &str, device: &str) -> Option<PathBuf> {
     let named = under(root, device);
-    if !device.is_empty() && named.exists() {
+    if super::ec2::valid_device_name(device)
+        && named.exists()
+        && std::fs::canonicalize(&named).is_ok_and(|t| t.starts_with(under(root, "/dev")))
+    {
         return Some(named);
     }
     let link = under(

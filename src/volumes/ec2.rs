@@ -396,7 +396,20 @@ struct ErrorItem {
 
 /// DescribeVolumes' answer: volumes whose ids are well formed (others are
 /// skipped with a warning), and the next page's token.
-fn parse_volumes(text: &str) -> Result<(Vec<Volume>, Option<String>), Ec2Error> {
+/// A device name as EC2 reports one (`/dev/xvdu`, `/dev/sdf`,
+/// `/dev/nvme1n1`): `/dev/` and 1 to 32 lowercase letters and digits.
+/// Anything else (a `..`, a slash, a space) is no device: it would become a
+/// path that `mkfs -F` formats.
+pub fn valid_device_name(device: &str) -> bool {
+    device.strip_prefix("/dev/").is_some_and(|name| {
+        (1..=32).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    })
+}
+
+pub(crate) fn parse_volumes(text: &str) -> Result<(Vec<Volume>, Option<String>), Ec2Error> {
     let r: VolumesResponse = quick_xml::de::from_str(text)
         .map_err(|e| Ec2Error::new("DescribeVolumes", format!("unreadable answer: {e}")))?;
     let mut out = Vec::new();
@@ -405,6 +418,7 @@ fn parse_volumes(text: &str) -> Result<(Vec<Volume>, Option<String>), Ec2Error> 
             tracing::warn!(volume = %v.volume_id, "skipping a volume whose id is not vol-<hex>");
             continue;
         }
+        let volume_id = v.volume_id.clone();
         out.push(Volume {
             id: v.volume_id,
             zone: v.availability_zone,
@@ -415,7 +429,12 @@ fn parse_volumes(text: &str) -> Result<(Vec<Volume>, Option<String>), Ec2Error> 
                 .into_iter()
                 .map(|a| Attachment {
                     instance_id: a.instance_id,
-                    device: a.device,
+                    device: if valid_device_name(&a.device) {
+                        a.device
+                    } else {
+                        tracing::warn!(volume = %volume_id, device = %a.device.escape_debug(), "ignoring an attachment's device name that is not /dev/<letters and digits>");
+                        String::new()
+                    },
                     state: a.status,
                 })
                 .collect(),
@@ -432,7 +451,7 @@ fn parse_volumes(text: &str) -> Result<(Vec<Volume>, Option<String>), Ec2Error> 
 
 /// DescribeInstances' answer: each instance's addresses (IPv6 first, then
 /// the primary private IPv4, then its interfaces'), unparsable ones left out.
-fn parse_instances(text: &str) -> Result<Vec<Instance>, Ec2Error> {
+pub(crate) fn parse_instances(text: &str) -> Result<Vec<Instance>, Ec2Error> {
     let r: InstancesResponse = quick_xml::de::from_str(text)
         .map_err(|e| Ec2Error::new("DescribeInstances", format!("unreadable answer: {e}")))?;
     let mut out = Vec::new();
@@ -515,6 +534,42 @@ mod tests {
         );
         assert_eq!(vols[0].tags["k8s.io/etcd/main"], "a/a,b,c");
         assert!(vols[1].attachments.is_empty() && vols[1].tags.is_empty());
+    }
+
+    /// A device name from the API becomes a path that `mkfs -F` may format:
+    /// one that is not `/dev/<letters and digits>` is dropped at the answer
+    /// (the volume is then found only by its NVMe link, which must point
+    /// into /dev).
+    #[test]
+    fn device_names_from_the_answer_are_checked() {
+        for ok in ["/dev/xvdu", "/dev/sdf", "/dev/nvme1n1"] {
+            assert!(valid_device_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "xvdu",
+            "/dev/",
+            "/dev/../etc/passwd",
+            "/dev/sd f",
+            "/dev/disk/by-id/x",
+            "/dev/XVDU",
+        ] {
+            assert!(!valid_device_name(bad), "{bad:?}");
+        }
+        let xml = r#"<DescribeVolumesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><volumeSet><item><volumeId>vol-0123456789abcdef0</volumeId><availabilityZone>eu-west-1a</availabilityZone><status>in-use</status><attachmentSet><item><volumeId>vol-0123456789abcdef0</volumeId><instanceId>i-0aaaaaaaaaaaaaaaa</instanceId><device>/dev/../../tmp/victim</device><status>attached</status></item></attachmentSet><tagSet/></item></volumeSet></DescribeVolumesResponse>"#;
+        let (vols, _) = parse_volumes(xml).unwrap();
+        assert_eq!(vols[0].attachments[0].device, "");
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("tmp")).unwrap();
+        std::fs::write(root.path().join("tmp/victim"), b"").unwrap();
+        assert_eq!(
+            super::super::aws::find_device(
+                root.path(),
+                "vol-0123456789abcdef0",
+                "/dev/../tmp/victim"
+            ),
+            None
+        );
     }
 
     #[test]
