@@ -23,6 +23,13 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("backup_inflate", backup_inflate),
     ("retention", retention),
     ("url_rewrite", url_rewrite),
+    ("delta_segment", delta_segment),
+    ("age_keys", age_keys),
+    ("ec2_xml", ec2_xml),
+    ("imds_answers", imds_answers),
+    ("upstream_state", upstream_state),
+    ("discovery_record", discovery_record),
+    ("hosts_render", hosts_render),
 ];
 
 /// A peer-API frame body as the server decodes it (and a response as the
@@ -207,6 +214,155 @@ pub fn url_rewrite(data: &[u8]) {
     let _ = etcd::check_ident(etcd::IdentKind::ClusterToken, text);
 }
 
+/// Most bytes the segment target lets a segment inflate to (keeps runs
+/// fast; production allows [`backup::MAX_SEGMENT_INFLATED`]).
+const FUZZ_SEGMENT_INFLATED: u64 = 8 << 20;
+
+/// A continuous-backup segment, as a restore reads it: the bytes as a whole
+/// file, and as the body of a file whose magic and checksum are right (so
+/// the fuzzer reaches inflating and decoding). What decodes is valid and
+/// encodes to what decodes equal.
+pub fn delta_segment(data: &[u8]) {
+    use sha2::Digest;
+    let _ = backup::decode_segment(data, FUZZ_SEGMENT_INFLATED);
+    let file = [
+        b"EMDELTA1".as_slice(),
+        sha2::Sha256::digest(data).as_slice(),
+        data,
+    ]
+    .concat();
+    if let Ok(seg) = backup::decode_segment(&file, FUZZ_SEGMENT_INFLATED) {
+        assert!(seg.validate().is_ok());
+        let again = backup::encode_segment(&seg);
+        assert_eq!(
+            backup::decode_segment(&again, FUZZ_SEGMENT_INFLATED).as_ref(),
+            Ok(&seg)
+        );
+    }
+}
+
+/// An age identity file and a recipients file, as the backup crate reads
+/// them (any text).
+pub fn age_keys(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Ok(ids) = backup::crypt::parse_identities(&text) {
+        assert!(!ids.is_empty());
+    }
+    if let Ok(r) = backup::Recipients::parse(&text) {
+        assert!(!r.keys().is_empty());
+    }
+}
+
+/// EC2's DescribeVolumes and DescribeInstances answers: what is read has
+/// checked ids and device names.
+pub fn ec2_xml(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Ok((volumes, _)) = crate::volumes::ec2::parse_volumes(&text) {
+        for v in volumes {
+            assert!(crate::volumes::imds::is_aws_id(&v.id, "vol-"), "{}", v.id);
+            for a in v.attachments {
+                assert!(
+                    a.device.is_empty() || crate::volumes::ec2::valid_device_name(&a.device),
+                    "{}",
+                    a.device
+                );
+            }
+        }
+    }
+    let _ = crate::volumes::ec2::parse_instances(&text);
+}
+
+/// The instance metadata answers (five lines: id, zone, region, IPv6,
+/// IPv4): what is taken is an instance id, a zone and an address.
+pub fn imds_answers(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut lines = text.split('\n').map(str::to_string);
+    let mut next = || lines.next();
+    let (id, zone) = (next().unwrap_or_default(), next().unwrap_or_default());
+    let (region, v6, v4) = (next(), next(), next());
+    if let Ok(i) = crate::volumes::imds::check_instance(id, zone, region, v6, v4) {
+        assert!(crate::volumes::imds::is_aws_id(&i.id, "i-"));
+        assert!(
+            !i.region.is_empty()
+                && i.region
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+            "{i:?}"
+        );
+    }
+}
+
+/// Upstream's `state` protobuf and `myid` on a data dir, as an adoption
+/// reads them: what is adopted names a valid member.
+pub fn upstream_state(data: &[u8]) {
+    if let Ok(pb) = crate::upstream_state::decode_state(data)
+        && let Ok(Some(local)) = crate::upstream_state::from_upstream(&pb)
+    {
+        assert!(etcd::check_ident(etcd::IdentKind::ClusterToken, &local.cluster_token).is_ok());
+    }
+    if let Ok(id) = crate::upstream_state::parse_myid(data) {
+        assert!(etcd::check_ident(etcd::IdentKind::NodeId, &id).is_ok());
+    }
+}
+
+/// A discovery record, from the shared folder (named by the first line)
+/// and from the store: what is taken has a valid id naming its file.
+pub fn discovery_record(data: &[u8]) {
+    let (stem, body) = match data.iter().position(|b| *b == b'\n') {
+        Some(i) => (
+            String::from_utf8_lossy(&data[..i]).into_owned(),
+            &data[i + 1..],
+        ),
+        None => ("a".to_string(), data),
+    };
+    if let Ok(r) = gossip::parse_record(body, &stem) {
+        assert_eq!(r.id, stem);
+        assert!(gossip::check_member_id(&r.id).is_ok());
+    }
+    let _ = serde_json::from_slice::<crate::discovery::Record>(body);
+}
+
+/// The hosts file: any existing text, and records (lines `address name`
+/// after a blank line). The block is written once, holds only addresses
+/// and host names, and writing again changes nothing.
+pub fn hosts_render(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (existing, recs) = text.split_once("\n\n").unwrap_or((&text, ""));
+    let mut records = crate::hosts::Records::new();
+    for line in recs.lines() {
+        let (addr, name) = line.split_once(' ').unwrap_or((line, "x"));
+        records
+            .entry(addr.to_string())
+            .or_default()
+            .insert(name.to_string());
+    }
+    let (ok, _) = crate::hosts::checked(&records);
+    let out = crate::hosts::render(existing, "etcd", "internal.example", &ok);
+    let begin = "# Begin host entries managed by etcd-manager[etcd] - do not edit";
+    let end = "# End host entries managed by etcd-manager[etcd]";
+    assert_eq!(
+        out.lines().filter(|l| l.trim() == begin).count(),
+        1,
+        "{out:?}"
+    );
+    let block: Vec<&str> = out
+        .lines()
+        .skip_while(|l| l.trim() != begin)
+        .skip(1)
+        .take_while(|l| l.trim() != end)
+        .collect();
+    for l in block {
+        let (addr, names) = l.split_once('\t').expect("address, tab, names");
+        assert!(addr.parse::<std::net::IpAddr>().is_ok(), "{l:?}");
+        assert!(names.split(' ').all(crate::hosts::valid_host_name), "{l:?}");
+    }
+    assert_eq!(
+        crate::hosts::render(&out, "etcd", "internal.example", &ok),
+        out,
+        "a second write changes nothing"
+    );
+}
+
 /// Well-formed inputs for each target, the seeds of its corpus
 /// (`tests/fuzz/corpus/<target>/seed-*`, written by the ignored test
 /// `write_seed_corpus`).
@@ -289,6 +445,76 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         b"https://__name__:4001/x\netcd-a.internal".to_vec(),
     ));
     out.push(("url_rewrite", b"http://[::1]:2380\n::2".to_vec()));
+    let seg = backup::DeltaSegment {
+        base: "2026-01-02T03:04:05Z-000001".into(),
+        start_revision: 5,
+        end_revision: 6,
+        revisions: vec![
+            backup::DeltaRevision {
+                revision: 5,
+                at_ms: 1_700_000_000_000,
+                ops: vec![backup::DeltaOp::Put {
+                    key: b"/registry/pods/a".to_vec(),
+                    value: b"{}".to_vec(),
+                    lease: 7,
+                }],
+            },
+            backup::DeltaRevision {
+                revision: 6,
+                at_ms: 1_700_000_000_001,
+                ops: vec![backup::DeltaOp::Delete {
+                    key: b"/registry/pods/a".to_vec(),
+                }],
+            },
+        ],
+        leases: vec![backup::DeltaLease { id: 7, ttl: 60 }],
+    };
+    let file = backup::encode_segment(&seg);
+    out.push(("delta_segment", file.get(40..).unwrap_or_default().to_vec()));
+    out.push(("delta_segment", file));
+    let (public, identity) = backup::crypt::generate_identity("2026-01-02T03:04:05Z");
+    out.push(("age_keys", identity.into_bytes()));
+    out.push(("age_keys", format!("# a comment\n{public}\n").into_bytes()));
+    out.push((
+        "ec2_xml",
+        br#"<DescribeVolumesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><volumeSet><item><volumeId>vol-0123456789abcdef0</volumeId><availabilityZone>eu-west-1a</availabilityZone><status>in-use</status><attachmentSet><item><volumeId>vol-0123456789abcdef0</volumeId><instanceId>i-0aaaaaaaaaaaaaaaa</instanceId><device>/dev/xvdu</device><status>attached</status></item></attachmentSet><tagSet><item><key>k8s.io/etcd/main</key><value>a/a,b,c</value></item></tagSet></item></volumeSet></DescribeVolumesResponse>"#.to_vec(),
+    ));
+    out.push((
+        "ec2_xml",
+        br#"<DescribeInstancesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><reservationSet><item><instancesSet><item><instanceId>i-0aaaaaaaaaaaaaaaa</instanceId><privateIpAddress>10.0.1.5</privateIpAddress><instanceState><name>running</name></instanceState></item></instancesSet></item></reservationSet></DescribeInstancesResponse>"#.to_vec(),
+    ));
+    out.push((
+        "imds_answers",
+        b"i-0aaaaaaaaaaaaaaaa\neu-west-1a\neu-west-1\n\n10.0.1.5".to_vec(),
+    ));
+    let local = crate::node::LocalEtcd {
+        cluster_token: "k2c4v7x9a1b3d5f6".into(),
+        etcd_version: "3.5.30".into(),
+        nodes: vec![EtcdNodeConfig {
+            name: "etcd-a".into(),
+            peer_urls: vec!["https://etcd-a.internal.example:2380".into()],
+            client_urls: vec!["https://etcd-a.internal.example:4001".into()],
+            quarantined_client_urls: vec!["https://etcd-a.internal.example:3994".into()],
+        }],
+        quarantined: false,
+        new_cluster: true,
+    };
+    out.push((
+        "upstream_state",
+        prost::Message::encode_to_vec(&crate::upstream_state::to_upstream(&local, true)),
+    ));
+    out.push(("upstream_state", b"Zq3-x_9aBcDeFgHiJkLmNo".to_vec()));
+    out.push((
+        "discovery_record",
+        br#"etcd-a
+{"id":"etcd-a","addr":"10.0.0.1:3996"}"#
+            .to_vec(),
+    ));
+    out.push((
+        "hosts_render",
+        b"127.0.0.1\tlocalhost\n# Begin host entries managed by etcd-manager[etcd] - do not edit\n10.0.0.9\told.internal.example\n# End host entries managed by etcd-manager[etcd]\n\n10.0.0.1 etcd-a.internal.example\n10.0.0.2 etcd-b.internal.example"
+            .to_vec(),
+    ));
     out
 }
 
@@ -317,6 +543,100 @@ mod fuzz_regressions {
                 .map(|(_, t)| *t)
                 .expect("a target of that name");
             target(&data);
+        }
+    }
+
+    /// Each target for a bounded time (`FUZZ_SMOKE_SECS`, default 2 s) on
+    /// random mutations of its corpus and seeds (bit flips, new bytes,
+    /// cuts, copies, splices): the fuzzing CI runs on the stable toolchain.
+    /// The coverage-guided runs are `scripts/fuzz.sh` (cargo-fuzz, nightly);
+    /// their counts are in docs/security.md. The run's seed is printed and
+    /// `FUZZ_SMOKE_SEED` replays it.
+    #[test]
+    fn every_target_survives_mutations_of_its_corpus() {
+        use rand::{RngExt, SeedableRng};
+        let secs: u64 = std::env::var("FUZZ_SMOKE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(2);
+        let seed: u64 = std::env::var("FUZZ_SMOKE_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| u64::from(std::process::id()));
+        println!(
+            "fuzz smoke: seed {seed} (FUZZ_SMOKE_SEED={seed} replays it), {secs} s per target"
+        );
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz");
+        let seeds = super::seeds();
+        for (name, target) in super::TARGETS {
+            let mut inputs: Vec<Vec<u8>> = seeds
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, d)| d.clone())
+                .collect();
+            for sub in ["corpus", "regressions"] {
+                if let Ok(entries) = std::fs::read_dir(root.join(sub).join(name)) {
+                    inputs.extend(
+                        entries
+                            .flatten()
+                            .filter_map(|e| std::fs::read(e.path()).ok()),
+                    );
+                }
+            }
+            assert!(!inputs.is_empty(), "no input for {name}");
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ name.len() as u64);
+            #[allow(clippy::disallowed_methods)]
+            let start = std::time::Instant::now();
+            let mut runs = 0u64;
+            while start.elapsed() < std::time::Duration::from_secs(secs) {
+                let mut data = inputs[rng.random_range(0..inputs.len())].clone();
+                for _ in 0..rng.random_range(1..8) {
+                    let len = data.len();
+                    match rng.random_range(0..7) {
+                        0 if len > 0 => {
+                            let i = rng.random_range(0..len);
+                            data[i] ^= 1 << rng.random_range(0..8);
+                        }
+                        1 if len > 0 => {
+                            let i = rng.random_range(0..len);
+                            data[i] = rng.random();
+                        }
+                        2 => {
+                            let i = rng.random_range(0..=len);
+                            let n = rng.random_range(1..16);
+                            let bytes: Vec<u8> = (0..n).map(|_| rng.random()).collect();
+                            data.splice(i..i, bytes);
+                        }
+                        3 if len > 0 => {
+                            let a = rng.random_range(0..len);
+                            let b = rng.random_range(a..=len);
+                            data.drain(a..b);
+                        }
+                        4 if len > 0 => {
+                            let a = rng.random_range(0..len);
+                            let b = rng.random_range(a..=len.min(a + 64));
+                            let copy = data[a..b].to_vec();
+                            let at = rng.random_range(0..=len);
+                            data.splice(at..at, copy);
+                        }
+                        5 => {
+                            let other = &inputs[rng.random_range(0..inputs.len())];
+                            let cut = rng.random_range(0..=data.len());
+                            let from = rng.random_range(0..=other.len());
+                            data.truncate(cut);
+                            data.extend_from_slice(&other[from..]);
+                        }
+                        _ => {
+                            let keep = rng.random_range(0..=len);
+                            data.truncate(keep);
+                        }
+                    }
+                }
+                target(&data);
+                runs += 1;
+            }
+            println!("fuzz smoke: {name}: {runs} runs");
+            assert!(runs > 0, "{name} never ran");
         }
     }
 

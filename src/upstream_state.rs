@@ -136,27 +136,41 @@ pub fn read(dir: &Path) -> Result<Option<PbEtcdState>, String> {
         ));
     }
     let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    PbEtcdState::decode(bytes.as_slice())
+    decode_state(&bytes)
         .map(Some)
-        .map_err(|e| {
-            format!(
-                "{} is not upstream's EtcdState: {e}; move it aside",
-                path.display()
-            )
-        })
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Upstream's state file's bytes: at most [`MAX_STATE_BYTES`], decoded as
+/// its `EtcdState`. Pure.
+pub fn decode_state(bytes: &[u8]) -> Result<PbEtcdState, String> {
+    if bytes.len() as u64 > MAX_STATE_BYTES {
+        return Err(format!(
+            "{} bytes, more than upstream ever writes ({MAX_STATE_BYTES}); move it aside",
+            bytes.len()
+        ));
+    }
+    PbEtcdState::decode(bytes).map_err(|e| format!("not upstream's EtcdState: {e}; move it aside"))
+}
+
+/// Upstream's `myid` file's bytes: at most 256, a valid node id once
+/// trimmed. Pure.
+pub fn parse_myid(bytes: &[u8]) -> Result<String, String> {
+    if bytes.len() > 256 {
+        return Err("too long for a peer id".into());
+    }
+    let id = String::from_utf8_lossy(bytes).trim().to_string();
+    etcd::check_ident(etcd::IdentKind::NodeId, &id).map_err(|e| e.to_string())?;
+    Ok(id)
 }
 
 /// Upstream's peer id in `dir` (`myid`), checked, if there is one.
 pub fn read_myid(dir: &Path) -> Result<Option<String>, String> {
     let path = dir.join(MYID_FILE);
     match std::fs::read(&path) {
-        Ok(b) if b.len() <= 256 => {
-            let id = String::from_utf8_lossy(&b).trim().to_string();
-            etcd::check_ident(etcd::IdentKind::NodeId, &id)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            Ok(Some(id))
-        }
-        Ok(_) => Err(format!("{} is too long for a peer id", path.display())),
+        Ok(b) => parse_myid(&b)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("{}: {e}", path.display())),
     }

@@ -109,10 +109,16 @@ pub(crate) async fn read_record_file(path: &Path, stem: &str) -> Result<Discover
         .read_to_end(&mut bytes)
         .await
         .map_err(|e| e.to_string())?;
+    parse_record(&bytes, stem)
+}
+
+/// A discovery file's bytes: at most [`MAX_RECORD_LEN`], a record whose id
+/// is a valid member id and the file's name (`stem`). Pure.
+pub fn parse_record(bytes: &[u8], stem: &str) -> Result<DiscoveryRecord, String> {
     if bytes.len() as u64 > MAX_RECORD_LEN {
         return Err(format!("larger than {MAX_RECORD_LEN} bytes"));
     }
-    let record: DiscoveryRecord = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    let record: DiscoveryRecord = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     crate::ident::check_member_id(&record.id).map_err(|r| format!("its id {r}"))?;
     if record.id != stem {
         return Err(format!("it names {:?}, not the file's {stem:?}", record.id));

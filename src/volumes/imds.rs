@@ -134,51 +134,81 @@ impl Imds {
     /// This instance: id, zone, region, private address.
     pub async fn instance(&self) -> Result<Instance, ImdsError> {
         let token = self.token().await?;
-        let id_path = "/latest/meta-data/instance-id";
-        let id = self.get(&token, id_path).await?;
-        if !is_aws_id(&id, "i-") {
-            return Err(ImdsError::Invalid {
-                path: id_path.into(),
-                value: id,
-                expected: "an instance id (i-0123abcd...)",
-            });
-        }
-        let zone_path = "/latest/meta-data/placement/availability-zone";
-        let zone = self.get(&token, zone_path).await?;
-        if !is_zone(&zone) {
-            return Err(ImdsError::Invalid {
-                path: zone_path.into(),
-                value: zone,
-                expected: "an availability zone (eu-west-1a)",
-            });
-        }
-        // The region has its own path since 2020; older responders have
-        // only the zone, whose region is the zone without its letter.
-        let region = match self.get(&token, "/latest/meta-data/placement/region").await {
-            Ok(r) if is_zone(&r) => r,
-            _ => zone
-                .trim_end_matches(|c: char| c.is_ascii_lowercase())
-                .to_string(),
+        let id = self.get(&token, ID_PATH).await?;
+        let zone = self.get(&token, ZONE_PATH).await?;
+        let region = self
+            .get(&token, "/latest/meta-data/placement/region")
+            .await
+            .ok();
+        let v6 = self.get(&token, "/latest/meta-data/ipv6").await.ok();
+        let v4 = match &v6 {
+            Some(v6) if v6.parse::<std::net::Ipv6Addr>().is_ok() => None,
+            _ => Some(self.get(&token, IPV4_PATH).await?),
         };
-        // An IPv6 address when the instance has one (as upstream), else
-        // the private IPv4.
-        let ip_path = "/latest/meta-data/local-ipv4";
-        let ip_text = match self.get(&token, "/latest/meta-data/ipv6").await {
-            Ok(v6) if v6.parse::<std::net::Ipv6Addr>().is_ok() => v6,
-            _ => self.get(&token, ip_path).await?,
-        };
-        let private_ip = ip_text.parse::<IpAddr>().map_err(|_| ImdsError::Invalid {
-            path: ip_path.into(),
-            value: ip_text.clone(),
-            expected: "an IP address",
-        })?;
-        Ok(Instance {
-            id,
-            zone,
-            region,
-            private_ip,
-        })
+        check_instance(id, zone, region, v6, v4)
     }
+}
+
+const ID_PATH: &str = "/latest/meta-data/instance-id";
+const ZONE_PATH: &str = "/latest/meta-data/placement/availability-zone";
+const IPV4_PATH: &str = "/latest/meta-data/local-ipv4";
+
+/// The metadata answers (each already read to a bound, UTF-8, trimmed)
+/// checked into an [`Instance`]: an instance id, a zone, the region (its
+/// own answer when it looks like one, else the zone without its letter, as
+/// older responders have no region), and the IPv6 address when there is
+/// one (as upstream), else the private IPv4. Pure.
+pub fn check_instance(
+    id: String,
+    zone: String,
+    region: Option<String>,
+    v6: Option<String>,
+    v4: Option<String>,
+) -> Result<Instance, ImdsError> {
+    if !is_aws_id(&id, "i-") {
+        return Err(ImdsError::Invalid {
+            path: ID_PATH.into(),
+            value: id,
+            expected: "an instance id (i-0123abcd...)",
+        });
+    }
+    if !is_zone(&zone) {
+        return Err(ImdsError::Invalid {
+            path: ZONE_PATH.into(),
+            value: zone,
+            expected: "an availability zone (eu-west-1a)",
+        });
+    }
+    let region = match region {
+        Some(r) if is_zone(&r) => r,
+        _ => zone
+            .trim_end_matches(|c: char| c.is_ascii_lowercase())
+            .to_string(),
+    };
+    // A zone of letters only leaves no region (found by fuzzing).
+    if !is_zone(&region) {
+        return Err(ImdsError::Invalid {
+            path: ZONE_PATH.into(),
+            value: zone,
+            expected: "an availability zone (eu-west-1a), or a region of its own",
+        });
+    }
+    let ip_text = match (v6, v4) {
+        (Some(v6), _) if v6.parse::<std::net::Ipv6Addr>().is_ok() => v6,
+        (_, Some(v4)) => v4,
+        (_, None) => String::new(),
+    };
+    let private_ip = ip_text.parse::<IpAddr>().map_err(|_| ImdsError::Invalid {
+        path: IPV4_PATH.into(),
+        value: ip_text.clone(),
+        expected: "an IP address",
+    })?;
+    Ok(Instance {
+        id,
+        zone,
+        region,
+        private_ip,
+    })
 }
 
 /// `i-0123abcd` / `vol-0123abcd`: the prefix, then 8 or 17 hex digits (moto
