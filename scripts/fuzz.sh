@@ -3,6 +3,10 @@
 # nightly toolchain) for SECONDS each (default 60), one after another.
 #
 #   scripts/fuzz.sh [seconds] [target...]
+#   FUZZ_RUNS=1000000 scripts/fuzz.sh 900    each until a million executions (at most 900 s)
+#
+# The ordinary tests also run every target on mutations of its corpus for a
+# bounded time (stable toolchain, no coverage guidance): CI's fuzzing.
 #
 # New corpus entries go to target/fuzz/corpus/<target>/ (the committed seeds
 # in tests/fuzz/corpus/<target>/ are read, never written). A crash stops the
@@ -38,8 +42,10 @@ for t in "${targets[@]}"; do
   mkdir -p "$work" "tests/fuzz/corpus/$t"
   log="target/fuzz/$t.log"
   echo "fuzz: $t for ${secs}s" >&2
+  runs_flag=()
+  [ -n "${FUZZ_RUNS:-}" ] && runs_flag=(-runs="$FUZZ_RUNS")
   if ! cargo +nightly fuzz run --fuzz-dir tests/fuzz "$t" "$work" "tests/fuzz/corpus/$t" -- \
-      -max_total_time="$secs" -print_final_stats=1 -rss_limit_mb=2048 -max_len=65536 >"$log" 2>&1; then
+      -max_total_time="$secs" "${runs_flag[@]}" -print_final_stats=1 -rss_limit_mb=2048 -max_len=65536 >"$log" 2>&1; then
     tail -n 40 "$log" >&2
     die "$t crashed or failed; see $log and tests/fuzz/artifacts/$t/"
   fi

@@ -355,6 +355,16 @@ async fn kops_aws_manifest_claims_volumes_and_survives_a_replaced_master() {
         }
     })
     .await;
+    // kops passes no gossip key: gossip is keyed from the CA all the same.
+    wait_for("status: gossip keyed from the CA", Duration::from_secs(60), || {
+        let out = store_ctl(&env, &moto, &["status"]);
+        async move {
+            out.stdout
+                .contains("gossip:      authenticated and encrypted (key derived from the etcd-manager CA)\n")
+                .then_some(())
+        }
+    })
+    .await;
 
     // Host 2 is terminated: its processes and network gone, its volume
     // detached as AWS detaches it, a new instance at a new address.
