@@ -97,8 +97,9 @@ pub struct Args {
     #[arg(long, env = "ETCD_MANAGER_GRPC_PORT", default_value_t = 8000)]
     pub grpc_port: u16,
 
-    /// Where the volume with this member's data comes from: external (folders under /mnt/disks, bare metal).
-    /// aws, gce, openstack, do, hetzner, linode, azure and scaleway are upstream's; they are refused at start for now.
+    /// Where the volume with this member's data comes from: external (folders under /mnt/disks, bare metal)
+    /// or aws (an EBS volume with every --volume-tag, attached, formatted when blank, mounted).
+    /// gce, openstack, do, hetzner, linode, azure and scaleway are upstream's; they are refused at start.
     #[arg(long, env = "ETCD_MANAGER_VOLUME_PROVIDER")]
     pub volume_provider: Option<String>,
 

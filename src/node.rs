@@ -389,6 +389,13 @@ impl Node {
                 s
             }
         };
+        // Without a volume provider upstream finds itself by `myid`: keep one
+        // beside ours, so its image takes this data dir back as it is.
+        if settings.fixed_id.is_none()
+            && let Err(e) = crate::upstream_state::ensure_myid(&settings.data_dir, &state.id)
+        {
+            tracing::warn!(error = %e, "cannot write upstream's myid beside our state; going back to upstream's image would not find this member");
+        }
         remove_restore_leftovers(&settings.data_dir.join(RESTORE_DIR));
         let _ = std::fs::remove_dir_all(settings.data_dir.join(V2CHECK_DIR));
         let _ = std::fs::remove_dir_all(settings.data_dir.join(DRILL_DIR));

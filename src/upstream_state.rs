@@ -176,6 +176,39 @@ pub fn read_myid(dir: &Path) -> Result<Option<String>, String> {
     }
 }
 
+/// Write upstream's `myid` in `dir` as upstream writes it (the id, no
+/// newline, mode 0644) unless it is there: without a volume provider,
+/// upstream's manager finds itself by this file, and one that finds none
+/// gives itself a new identity and refuses the member ("self node was not
+/// included in cluster"). A `myid` naming another id is left as it is, and
+/// said.
+pub fn ensure_myid(dir: &Path, id: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(MYID_FILE);
+    match std::fs::read(&path) {
+        Ok(b) => {
+            if parse_myid(&b).ok().as_deref() != Some(id) {
+                tracing::warn!(path = %path.display(), id, "upstream's myid names another id; left as it is (going back to upstream's image would not find this member)");
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let tmp = dir.join(format!(".{MYID_FILE}.tmp"));
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o644)
+                .open(&tmp)?;
+            f.write_all(id.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Write upstream's state file in `dir` (atomically, mode 0600 as upstream).
 pub fn write(dir: &Path, state: &PbEtcdState) -> std::io::Result<()> {
     use std::io::Write;

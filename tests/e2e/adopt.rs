@@ -251,3 +251,121 @@ pub(crate) async fn revision_of(eps: &[String]) -> i64 {
         .unwrap()
         .revision
 }
+
+/// Going back: a cluster our managers made without a volume provider (as
+/// upstream's walkthrough runs it), stopped, is taken back by upstream's
+/// manager as it reads a data dir (`pkg/privateapi/id.go`,
+/// `pkg/etcd/etcdserver.go` at v3.0.20260707): `<data-dir>/myid` read
+/// verbatim as its id (without it upstream gave itself a new identity and
+/// refused the member: "self node was not included in cluster"), the
+/// `state` protobuf naming that id among the cluster's nodes, etcd's data
+/// in `data/<token>`. Each member is then started as upstream starts it
+/// (that name, that data dir, the nodes as the initial cluster, state
+/// existing): the same members, every key. (`scripts/upstream-mixed.sh`
+/// goes back with upstream's own binary where its source is given.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_we_made_is_what_upstream_reads_to_take_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = crate::env(&dir);
+    let version = "3.5.30";
+    let mut ms: Vec<tests::Manager> = (1..=3u8).map(|h| env.start(h)).collect();
+    env.configure(3, version);
+    let eps: Vec<String> = (1..=3u8).map(|h| env.client_url(h)).collect();
+    let members = tests::wait_voters("three voters", &eps, 3, None).await;
+    for i in 0..30 {
+        tests::wait_put(
+            "a write",
+            &eps[i % 3],
+            &format!("/ours/{i}"),
+            "v",
+            Duration::from_secs(30),
+        )
+        .await;
+    }
+    for m in &mut ms {
+        assert!(m.terminate(Duration::from_secs(30)), "{} stops", m.name);
+    }
+    let mut procs = vec![];
+    for h in 1..=3u8 {
+        let data_dir = env.root.join(format!("data/{h}"));
+        // myid, byte for byte as upstream reads it: the id, no newline.
+        let myid = std::fs::read_to_string(data_dir.join(upstream_state::MYID_FILE)).unwrap();
+        assert_eq!(myid.len(), 22, "{myid:?}");
+        assert!(
+            members.iter().any(|m| m.name == myid),
+            "{myid} among {members:?}"
+        );
+        let pb = upstream_state::read(&data_dir)
+            .unwrap()
+            .expect("upstream's state");
+        let local = upstream_state::from_upstream(&pb)
+            .unwrap()
+            .expect("a cluster");
+        assert!(
+            !local.quarantined && local.etcd_version == version,
+            "{local:?}"
+        );
+        assert_eq!(local.nodes.len(), 3);
+        let me = local
+            .nodes
+            .iter()
+            .find(|n| n.name == myid)
+            .expect("myid among the nodes");
+        let data = data_dir.join("data").join(&local.cluster_token);
+        assert!(data.join("member").is_dir(), "{}", data.display());
+        // Upstream's start of its etcd, on that.
+        let spec = etcd::EtcdNodeSpec {
+            name: myid.clone(),
+            version: version.into(),
+            data_dir: data,
+            cluster_token: local.cluster_token.clone(),
+            initial_cluster: local
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.peer_urls.clone()))
+                .collect(),
+            initial_cluster_state_new: false,
+            peer_urls: me.peer_urls.clone(),
+            client_urls: me.client_urls.clone(),
+            quarantined_client_urls: me.quarantined_client_urls.clone(),
+            quarantined: false,
+            listen_address: None,
+            tls: None,
+            listen_metrics_urls: vec![],
+        };
+        procs.push(
+            etcd::EtcdProcess::start(
+                tests::etcd_binaries(version),
+                spec,
+                vec![],
+                Some(env.root.join(format!("upstream-etcd-{h}.log"))),
+            )
+            .unwrap(),
+        );
+    }
+    let back = tests::wait_voters(
+        "the same three voters, as upstream starts them",
+        &eps,
+        3,
+        None,
+    )
+    .await;
+    let ids = |ms: &[etcd::Member]| {
+        let mut v: Vec<u64> = ms.iter().map(|m| m.id).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ids(&back), ids(&members));
+    for i in 0..30 {
+        assert_eq!(
+            get(&eps[i % 3], &format!("/ours/{i}"))
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("v")
+        );
+    }
+    for p in procs {
+        p.stop(Duration::from_secs(10)).await.unwrap();
+    }
+}
