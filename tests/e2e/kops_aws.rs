@@ -17,7 +17,6 @@ use tests::netns::{Net, run};
 use tests::wait_for;
 
 const PREFIX: &str = "ema";
-const SUBNET: &str = "10.215.0";
 /// The root namespace's address on the hosts' bridge: moto and the
 /// metadata responders listen there.
 const BRIDGE_HOST: u8 = 254;
@@ -175,7 +174,7 @@ async fn kops_aws_manifest_claims_volumes_and_survives_a_replaced_master() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     std::fs::create_dir_all("/rootfs").unwrap();
-    let mut net = Net::up(PREFIX, SUBNET, 3, Some(BRIDGE_HOST));
+    let mut net = Net::up(PREFIX, 3, Some(BRIDGE_HOST));
     let _consoles = tests::netns::Consoles(root.to_path_buf(), vec![1, 2, 3, 4]);
     let bridge_ip = net.ip_of(BRIDGE_HOST as usize);
     let moto = tests::Moto::start(&bridge_ip, Some(&root.join("moto.log")))
@@ -183,7 +182,7 @@ async fn kops_aws_manifest_claims_volumes_and_survives_a_replaced_master() {
         .unwrap();
     moto.create_bucket(BUCKET).await.unwrap();
     let ec2 = Ec2Setup::new(&moto.endpoint(), REGION);
-    let subnet = ec2.subnet(&format!("{SUBNET}.0/24"), ZONE).await;
+    let subnet = ec2.subnet(&format!("{}.0/24", net.subnet()), ZONE).await;
 
     // The PKI kops makes, and a client certificate for the test.
     let env = crate::env(&tempfile::tempdir().unwrap());

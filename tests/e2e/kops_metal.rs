@@ -10,20 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use tests::netns::run;
+use tests::netns::{Net, run};
 use tests::wait_for;
 
 const PREFIX: &str = "emk";
 const CLUSTER: &str = "metal.k8s.local";
 const VERSION: &str = "3.5.30";
-
-fn ns(h: usize) -> String {
-    format!("{PREFIX}-h{h}")
-}
-
-fn ip_of(h: usize) -> String {
-    format!("10.214.0.{h}")
-}
 
 /// One host's files: its root (volume, hosts file) and its /var/log.
 fn host_root(root: &Path, h: usize) -> PathBuf {
@@ -32,9 +24,14 @@ fn host_root(root: &Path, h: usize) -> PathBuf {
 
 /// kops' metal arguments (tests/data/kops/metal-main.args), with the cluster
 /// name, the version and the nodes' addresses filled in.
-fn metal_args(n: usize, manager: &Path) -> Vec<String> {
+fn metal_args(net: &Net, n: usize, manager: &Path) -> Vec<String> {
     let nodes: Vec<String> = (1..=n)
-        .map(|h| format!(r#"{{"id":"{CLUSTER}--main--{h}","ip":["{}"]}}"#, ip_of(h)))
+        .map(|h| {
+            format!(
+                r#"{{"id":"{CLUSTER}--main--{h}","ip":["{}"]}}"#,
+                net.ip_of(h)
+            )
+        })
         .collect();
     include_str!("../data/kops/metal-main.args")
         .lines()
@@ -49,7 +46,7 @@ fn metal_args(n: usize, manager: &Path) -> Vec<String> {
 
 /// Start host `h`: a mount namespace with its folders in place, then
 /// `go-runner <kops' arguments>`.
-fn start(root: &Path, h: usize, args: &[String], pki: &Path) -> std::process::Child {
+fn start(net: &Net, root: &Path, h: usize, args: &[String], pki: &Path) -> std::process::Child {
     let hr = host_root(root, h);
     let script = format!(
         "set -e; mount --bind {hr} /rootfs; mount --bind {backups} /mnt/disks/backups; \
@@ -59,7 +56,7 @@ fn start(root: &Path, h: usize, args: &[String], pki: &Path) -> std::process::Ch
     );
     let pki = pki.display().to_string();
     tests::netns::spawn_in_host(
-        &ns(h),
+        &net.ns(h),
         &script,
         std::path::Path::new(env!("CARGO_BIN_EXE_go-runner")),
         args,
@@ -75,11 +72,11 @@ fn start(root: &Path, h: usize, args: &[String], pki: &Path) -> std::process::Ch
 
 /// etcdctl inside host `h` against https://127.0.0.1:4001, with a client
 /// certificate: the certificate's 127.0.0.1 SAN is verified.
-fn etcdctl(h: usize, certs: &Path, args: &[&str]) -> Result<String, String> {
+fn etcdctl(net: &Net, h: usize, certs: &Path, args: &[&str]) -> Result<String, String> {
     let ctl = tests::etcd_binaries(VERSION).etcdctl.expect("etcdctl");
     let c = |f: &str| certs.join(f).display().to_string();
     run(Command::new("ip")
-        .args(["netns", "exec", &ns(h)])
+        .args(["netns", "exec", &net.ns(h)])
         .arg(ctl)
         .env("ETCDCTL_API", "3")
         .args([
@@ -131,10 +128,10 @@ async fn kops_metal_manifest_runs_unchanged_on_three_hosts() {
         std::fs::create_dir_all(hr.join("var-log")).unwrap();
         std::fs::write(hr.join("etc/hosts"), "127.0.0.1\tlocalhost\n").unwrap();
     }
-    let _hosts = tests::netns::Net::up(PREFIX, "10.214.0", n, None);
+    let net = &Net::up(PREFIX, n, None);
     let _consoles = tests::netns::Consoles(root.to_path_buf(), (1..=n).collect());
-    let args = metal_args(n, Path::new(env!("CARGO_BIN_EXE_etcd-manager")));
-    let mut children: Vec<_> = (1..=n).map(|h| start(root, h, &args, &pki)).collect();
+    let args = metal_args(net, n, Path::new(env!("CARGO_BIN_EXE_etcd-manager")));
+    let mut children: Vec<_> = (1..=n).map(|h| start(net, root, h, &args, &pki)).collect();
 
     let members = wait_for(
         "three voters seen through https://127.0.0.1:4001",
@@ -142,7 +139,7 @@ async fn kops_metal_manifest_runs_unchanged_on_three_hosts() {
         || {
             let certs = certs.clone();
             async move {
-                let out = etcdctl(1, &certs, &["member", "list", "-w", "json"]).ok()?;
+                let out = etcdctl(net, 1, &certs, &["member", "list", "-w", "json"]).ok()?;
                 let v: serde_json::Value = serde_json::from_str(&out).ok()?;
                 let ms = v["members"].as_array()?.clone();
                 (ms.len() == 3
@@ -164,7 +161,7 @@ async fn kops_metal_manifest_runs_unchanged_on_three_hosts() {
             let certs = certs.clone();
             async move {
                 (1..=n)
-                    .all(|h| etcdctl(h, &certs, &["endpoint", "health"]).is_ok())
+                    .all(|h| etcdctl(net, h, &certs, &["endpoint", "health"]).is_ok())
                     .then_some(())
             }
         },
@@ -182,7 +179,7 @@ async fn kops_metal_manifest_runs_unchanged_on_three_hosts() {
         );
     }
     // The static config's version, the names in every host's /etc/hosts.
-    let status = etcdctl(2, &certs, &["endpoint", "status", "-w", "json"]).unwrap();
+    let status = etcdctl(net, 2, &certs, &["endpoint", "status", "-w", "json"]).unwrap();
     assert!(
         status.contains(&format!("\"version\":\"{VERSION}\"")),
         "{status}"
@@ -202,7 +199,7 @@ async fn kops_metal_manifest_runs_unchanged_on_three_hosts() {
                         && (1..=n).all(|m| {
                             text.contains(&format!(
                                 "{}\t{CLUSTER}--main--{m}.internal.{CLUSTER}",
-                                ip_of(m)
+                                net.ip_of(m)
                             ))
                         }))
                     .then_some(())
@@ -211,9 +208,9 @@ async fn kops_metal_manifest_runs_unchanged_on_three_hosts() {
         )
         .await;
     }
-    etcdctl(2, &certs, &["put", "/kops/metal", "works"]).unwrap();
+    etcdctl(net, 2, &certs, &["put", "/kops/metal", "works"]).unwrap();
     assert!(
-        etcdctl(3, &certs, &["get", "/kops/metal"])
+        etcdctl(net, 3, &certs, &["get", "/kops/metal"])
             .unwrap()
             .contains("works")
     );
@@ -221,7 +218,7 @@ async fn kops_metal_manifest_runs_unchanged_on_three_hosts() {
     let ctl_bin = tests::etcd_binaries(VERSION).etcdctl.expect("etcdctl");
     assert!(
         run(Command::new("ip")
-            .args(["netns", "exec", &ns(1)])
+            .args(["netns", "exec", &net.ns(1)])
             .arg(&ctl_bin)
             .env("ETCDCTL_API", "3")
             .args([

@@ -5,6 +5,7 @@
 pub mod azurite;
 pub mod ec2;
 pub mod imds;
+pub mod lease;
 pub mod moto;
 pub mod netns;
 pub mod tools;
@@ -13,7 +14,6 @@ pub use moto::Moto;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 pub use tools::{previous_release, tool_missing, which};
 
@@ -56,14 +56,13 @@ where
     }
 }
 
-static NEXT_NET: AtomicU32 = AtomicU32::new(0);
-
-/// A /24 of loopback addresses of its own for one test: 127.<n>.<x>.1..
-pub fn fresh_net() -> u8 {
-    let pid = std::process::id();
-    let n = NEXT_NET.fetch_add(1, Ordering::SeqCst);
-    // Spread tests of different processes apart; 127.0.0.x stays free for the demo.
-    (20 + (pid % 10) * 20 + n % 20) as u8
+/// A range of loopback addresses of its own for one test, `127.<n>.*.*`,
+/// held machine-wide while the lease lives (see [`lease`]): tests side by
+/// side, and two runs on one machine, never share one. 127.0.x.x stays free
+/// for the demo; 127.1-19 for anything else.
+pub fn fresh_net() -> (u8, std::sync::Arc<lease::Lease>) {
+    let l = lease::lease("loopback-net", 230);
+    ((20 + l.index) as u8, std::sync::Arc::new(l))
 }
 
 /// One host's addresses: 127.<net>.<host>.1.
@@ -98,15 +97,19 @@ pub struct ClusterEnv {
     pub store_args: Vec<String>,
     /// Environment for managers and etcd-manager-ctl (kops' S3_* variables).
     pub store_env: Vec<(String, String)>,
+    /// Holds `net` for this test alone while any copy of the env lives.
+    _net_lease: std::sync::Arc<lease::Lease>,
 }
 
 impl ClusterEnv {
     pub fn new(root: &Path, manager_bin: &str, ctl_bin: &str) -> ClusterEnv {
         let store = root.join("store");
         std::fs::create_dir_all(&store).expect("store dir");
+        let (net, net_lease) = fresh_net();
         ClusterEnv {
             root: root.to_path_buf(),
-            net: fresh_net(),
+            net,
+            _net_lease: net_lease,
             store_url: format!("file://{}", store.display()),
             discovery_dir: root.join("discovery"),
             manager_bin: PathBuf::from(manager_bin),

@@ -1,7 +1,9 @@
-//! Hosts as network namespaces on a bridge of their own (`<prefix>-br`),
-//! host `h` at `<subnet>.h/24`, optionally the bridge itself at an address
-//! in the root namespace (where a test runs its cloud emulators), so traffic
-//! never leaves the machine. Everything is killed and removed on drop, and
+//! Hosts as network namespaces on a bridge of their own, host `h` at
+//! `10.240.<k>.h/24`, optionally the bridge itself at an address in the root
+//! namespace (where a test runs its cloud emulators), so traffic never leaves
+//! the machine. `k` is a machine-wide lease ([`crate::lease`]): namespaces
+//! (`<prefix><k>-h<h>`), links and the subnet are this test's alone, beside
+//! other tests and other runs. Everything is killed and removed on drop, and
 //! before use (a crashed earlier run). Needs root.
 
 use std::collections::BTreeSet;
@@ -63,23 +65,33 @@ fn kill_all_in(name: &str) {
 
 /// The hosts' network.
 pub struct Net {
+    /// `<prefix><k>`: the namespaces' names start with it.
     prefix: String,
-    /// The prefix and this process's id: links get names of their own, as
-    /// the kernel may take a minute to free a deleted namespace's links.
+    /// The prefix and a counter of this process: links get names of their
+    /// own, as the kernel may take a minute to free a deleted namespace's
+    /// links.
     links: String,
     subnet: String,
     hosts: BTreeSet<usize>,
+    _lease: crate::lease::Lease,
 }
+
+static NETS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl Net {
     /// Hosts `1..=n` on a fresh bridge; with `bridge_host`, the bridge
-    /// answers at `<subnet>.<bridge_host>` in the root namespace.
-    pub fn up(prefix: &str, subnet: &str, n: usize, bridge_host: Option<u8>) -> Net {
+    /// answers at `<subnet>.<bridge_host>` in the root namespace. `prefix`
+    /// is two or three letters naming the test.
+    pub fn up(prefix: &str, n: usize, bridge_host: Option<u8>) -> Net {
+        let lease = crate::lease::lease("netns", 250);
+        let k = lease.index;
+        let serial = NETS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 100;
         let mut net = Net {
-            prefix: prefix.to_string(),
-            links: format!("{prefix}{}", std::process::id() % 10_000),
-            subnet: subnet.to_string(),
+            prefix: format!("{prefix}{k}"),
+            links: format!("{prefix}{k}n{serial}"),
+            subnet: format!("10.240.{k}"),
             hosts: BTreeSet::new(),
+            _lease: lease,
         };
         net.cleanup(n.max(8));
         let br = net.bridge();
@@ -88,7 +100,7 @@ impl Net {
         ip(&["link", "set", &br, "up"])
             .unwrap_or_else(|e| panic!("setting up the hosts' network: {e}"));
         if let Some(b) = bridge_host {
-            ip(&["addr", "add", &format!("{subnet}.{b}/24"), "dev", &br])
+            ip(&["addr", "add", &format!("{}.{b}/24", net.subnet), "dev", &br])
                 .unwrap_or_else(|e| panic!("setting up the hosts' network: {e}"));
         }
         for h in 1..=n {
@@ -107,6 +119,11 @@ impl Net {
 
     pub fn ip_of(&self, h: usize) -> String {
         format!("{}.{h}", self.subnet)
+    }
+
+    /// The hosts' /24: `10.240.<k>`.
+    pub fn subnet(&self) -> &str {
+        &self.subnet
     }
 
     /// Host `h`: a namespace with `eth0` on the bridge and `lo` up.
@@ -155,7 +172,7 @@ impl Net {
                 };
                 let ours = name
                     .strip_prefix(self.prefix.as_str())
-                    .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()));
+                    .is_some_and(|rest| rest.starts_with('n'));
                 if ours && name.ends_with("br") {
                     let _ = ip(&["link", "del", name]);
                 }
