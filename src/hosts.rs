@@ -26,19 +26,19 @@ fn end_marker(cluster: &str) -> String {
 }
 
 /// Whether `name` is a host name the block may carry: 1 to 253 characters,
-/// dot-separated labels of 1 to 63 letters, digits and '-', not starting or
-/// ending with '-'. Nothing else (no space, tab, '#', newline) gets in.
+/// dot-separated labels of 1 to 63 letters, digits, '-' and '_' (member
+/// names are ids in base64url, as upstream's: `1xM11g5MHMC3_lHpcLfKxn` or
+/// `-dwVI8-aeZj3UYvqeWzZlf`; the resolver reads them from the hosts file
+/// as they are). Nothing else (no space, tab, '#', newline) gets in.
 pub fn valid_host_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
                 && label
                     .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
 
@@ -327,6 +327,8 @@ mod tests {
             "etcd-a.internal.example.com",
             "x1.y-2",
             &"a".repeat(63),
+            "1xM11g5MHMC3_lHpcLfKxn.internal.test",
+            "-dwVI8-aeZj3UYvqeWzZlf.internal",
         ] {
             assert!(valid_host_name(ok), "{ok}");
         }
@@ -334,8 +336,7 @@ mod tests {
             "",
             ".",
             "a..b",
-            "-a",
-            "a-",
+            "a/b",
             "a b",
             "a\tb",
             "a\nb",

@@ -193,16 +193,19 @@ async fn a_cluster_with_tls_everywhere_found_through_the_store() {
         matches!(err, etcd_manager::peer::PeerError::Io { .. }),
         "{err}"
     );
-    // TLS on and gossip without a key: said at start and in status.
+    // TLS on and no gossip key given: gossip is keyed from the CA, and
+    // status says so (no warning).
     wait_for(
-        "the open gossip named in status",
+        "status naming keyed gossip",
         Duration::from_secs(60),
         || {
             let env = env.clone();
             async move {
                 let s = env.ctl(&["status"]).stdout;
-                (s.contains("WARNING:") && s.contains("neither authenticated nor encrypted"))
-                    .then_some(())
+                (s.contains(
+                    "gossip:      authenticated and encrypted (key derived from the etcd-manager CA)",
+                ) && !s.contains("WARNING:"))
+                .then_some(())
             }
         },
     )
