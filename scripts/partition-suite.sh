@@ -17,11 +17,11 @@ if [ "$(id -u)" != 0 ]; then
   echo "partition-suite: needs root for network namespaces and iptables; run it as root (or with sudo)" >&2
   exit 2
 fi
-if ! ip netns add ems-probe 2>/dev/null; then
+if ! ip netns add "ems-probe-$$" 2>/dev/null; then
   echo "partition-suite: cannot create a network namespace here (ip netns add failed)" >&2
   exit 2
 fi
-ip netns del ems-probe
+ip netns del "ems-probe-$$"
 
 eval "$(scripts/setup.sh)"
 if ! command -v iptables >/dev/null; then

@@ -48,9 +48,13 @@ def build(profile, packages):
         if not msg.get("profile", {}).get("test"):
             continue
         kind = msg["target"]["kind"][0]
+        # "path+file:///work/x/gossip#0.1.0", or "...#etcd-manager@0.1.0"
+        # when the package's name is not its folder's.
+        where, _, fragment = msg["package_id"].partition("#")
+        package = fragment.split("@")[0] if "@" in fragment else where.rstrip("/").rsplit("/", 1)[-1]
         binaries.append({
             "exe": msg["executable"],
-            "name": f'{msg["package_id"].split("#")[0].rsplit("/", 1)[-1]}::{kind}::{msg["target"]["name"]}',
+            "name": f'{package}::{kind}::{msg["target"]["name"]}',
             "dir": os.path.dirname(msg["manifest_path"]),
         })
     return binaries
@@ -71,25 +75,53 @@ def main():
     ap.add_argument("--ignored", action="store_true", help="run the ignored tests instead")
     ap.add_argument("--filter", action="append", default=[], help="only tests whose full name holds this")
     ap.add_argument("--skip", action="append", default=[], help="leave out tests whose full name holds this")
+    ap.add_argument("--keep", action="append", default=[], help="but keep those whose full name holds this")
+    ap.add_argument("--log", help="also write the output to this file")
     ap.add_argument("--package", action="append", default=[])
     ap.add_argument("--binary", action="append", default=[], help="only binaries whose name holds this")
     ap.add_argument("--alone", action="append", default=[],
                     help="tests (by full name substring) that run with nothing beside them")
+    ap.add_argument("--with-ignored", action="append", default=[],
+                    help="also run the ignored tests whose full name holds this")
+    ap.add_argument("--also", action="append", default=[], metavar="NAME=COMMAND",
+                    help="also run this shell command as a job of the pool (its time counts as a test's)")
     args = ap.parse_args()
 
+    if args.log:
+        os.makedirs(os.path.dirname(os.path.abspath(args.log)), exist_ok=True)
+        log = open(args.log, "w")
+
+        class Tee:
+            def write(self, text):
+                sys.__stdout__.write(text)
+                log.write(text)
+                log.flush()
+
+            def flush(self):
+                sys.__stdout__.flush()
+
+        sys.stdout = Tee()
     started = time.monotonic()
     binaries = build(args.profile, args.package)
     if args.binary:
         binaries = [b for b in binaries if any(n in b["name"] for n in args.binary)]
     tests = []
     for b in binaries:
+        ignored = set(list_tests(b, True))
         for t in list_tests(b, args.ignored):
             full = f'{b["name"]}::{t}'
             if args.filter and not any(f in full for f in args.filter):
                 continue
-            if any(s in full for s in args.skip):
+            if any(s in full for s in args.skip) and not any(k in full for k in args.keep):
                 continue
-            tests.append((b, t, full))
+            tests.append((b, t, full, args.ignored))
+        for t in ignored:
+            full = f'{b["name"]}::{t}'
+            if not args.ignored and any(f in full for f in args.with_ignored):
+                tests.append((b, t, full, True))
+    for also in args.also:
+        name, _, command = also.partition("=")
+        tests.append((None, command, name, False))
     built = time.monotonic() - started
 
     try:
@@ -108,10 +140,14 @@ def main():
     env = dict(os.environ, RUST_BACKTRACE=os.environ.get("RUST_BACKTRACE", "1"))
 
     def run(item):
-        b, t, full = item
+        b, t, full, ignored_test = item
         t0 = time.monotonic()
-        p = subprocess.run([b["exe"], "--exact", t, "--test-threads=1"] + (["--ignored"] if args.ignored else []),
-                           cwd=b["dir"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if b is None:
+            p = subprocess.run(["bash", "-c", t], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+        else:
+            p = subprocess.run([b["exe"], "--exact", t, "--test-threads=1"] + (["--ignored"] if ignored_test else []),
+                               cwd=b["dir"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         took = time.monotonic() - t0
         ok = p.returncode == 0
         text = p.stdout.decode(errors="replace")

@@ -123,8 +123,9 @@ async fn a_rolling_update_from_the_previous_release_keeps_the_cluster_whole() {
 
     // A writer throughout, through whichever member answers.
     let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let writer = {
-        let (stop, env, tls) = (stop.clone(), env.clone(), tls.clone());
+        let (stop, count, env, tls) = (stop.clone(), count.clone(), env.clone(), tls.clone());
         tokio::spawn(async move {
             let mut acked = vec![];
             let mut n = 0u64;
@@ -135,6 +136,7 @@ async fn a_rolling_update_from_the_previous_release_keeps_the_cluster_whole() {
                         && c.put(&format!("/roll/{n}"), "v").await.is_ok()
                     {
                         acked.push(n);
+                        count.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
                 }
@@ -146,6 +148,7 @@ async fn a_rolling_update_from_the_previous_release_keeps_the_cluster_whole() {
 
     for h in 1..=3u8 {
         let i = usize::from(h - 1);
+        let before = count.load(Ordering::Relaxed);
         assert!(managers[i].terminate(Duration::from_secs(30)), "m{h} stops");
         managers[i] = env.start_raw(h, args(&env, h, &pki));
         // The current managers take the older ones in plain, confirmed; every
@@ -167,6 +170,10 @@ async fn a_rolling_update_from_the_previous_release_keeps_the_cluster_whole() {
         )
         .await;
         assert_eq!(now_members, members, "no member replaced");
+        wait_for("the writer writing on", Duration::from_secs(30), || async {
+            (count.load(Ordering::Relaxed) > before).then_some(())
+        })
+        .await;
     }
     // All current: keyed everywhere, nobody in plain any more.
     for h in 1..=3u8 {
@@ -185,7 +192,7 @@ async fn a_rolling_update_from_the_previous_release_keeps_the_cluster_whole() {
     }
     stop.store(true, Ordering::Relaxed);
     let acked = writer.await.unwrap();
-    assert!(acked.len() > 100, "the writer wrote: {}", acked.len());
+    assert!(!acked.is_empty());
     let c = client(&env, &tls, 1).await.unwrap();
     for n in &acked {
         assert!(

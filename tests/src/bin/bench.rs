@@ -52,6 +52,17 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The loopback range of this run's own (a lease: bench runs and tests side
+/// by side never share addresses): its etcds, stores and gossip nodes.
+static NET: std::sync::OnceLock<(u8, std::sync::Arc<tests::lease::Lease>)> =
+    std::sync::OnceLock::new();
+
+/// `127.<this run's range>.<x>.1`.
+fn bench_ip(x: u8) -> String {
+    let (net, _) = NET.get_or_init(tests::fresh_net);
+    format!("127.{net}.{x}.1")
+}
+
 /// Peak resident memory of this process (VmHWM), KiB.
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -309,7 +320,7 @@ async fn p4_p5(
     for (variant, json_values, net) in [("random", false, 1u8), ("json", true, 2u8)] {
         let dir = root.join(format!("p4-{variant}"));
         std::fs::create_dir_all(&dir)?;
-        let ip = format!("127.251.{net}.1");
+        let ip = bench_ip(net);
         let db = start_db(&dir, &ip).await?;
         let loaded = Instant::now();
         let db_size = load(&db, size, json_values).await?;
@@ -381,7 +392,7 @@ async fn p4_p5(
                     &store_url,
                     &name,
                     rdir.to_str().unwrap(),
-                    "127.251.3.1",
+                    &bench_ip(3),
                 ])?;
                 restore.push(o["secs"].as_f64().unwrap_or(f64::NAN));
                 parts = o;
@@ -448,7 +459,7 @@ async fn key_copy(bins: &etcd::EtcdBinaries, restored: &Path, work: &Path) -> an
         "default",
         VERSION,
         restored.to_path_buf(),
-        "127.251.4.1",
+        &bench_ip(4),
         2379,
     );
     // etcdutl restored the member as "default" with its own peer URL.
@@ -461,15 +472,15 @@ async fn key_copy(bins: &etcd::EtcdBinaries, restored: &Path, work: &Path) -> an
         quota_env(),
         Some(work.join("src.log")),
     )?;
-    let dst_spec = tests::single_member_spec("dst", VERSION, work.join("dst"), "127.251.5.1", 2379);
+    let dst_spec = tests::single_member_spec("dst", VERSION, work.join("dst"), &bench_ip(5), 2379);
     let dst = etcd::EtcdProcess::start(
         bins.clone(),
         dst_spec,
         quota_env(),
         Some(work.join("dst.log")),
     )?;
-    let src_ep = "http://127.251.4.1:2379".to_string();
-    let dst_ep = "http://127.251.5.1:2379".to_string();
+    let src_ep = format!("http://{}:2379", bench_ip(4));
+    let dst_ep = format!("http://{}:2379", bench_ip(5));
     let count = |ep: String| async move {
         let c = etcd::EtcdClient::connect(std::slice::from_ref(&ep), Duration::from_secs(30))
             .await
@@ -847,7 +858,7 @@ async fn gossip_cluster(
 async fn gossip_detection_run(n: usize, lifeguard: bool, port: u16) -> anyhow::Result<(f64, f64)> {
     let ids: Vec<String> = (1..=n).map(|i| format!("g{i}")).collect();
     let addrs: Vec<String> = (0..n)
-        .map(|i| format!("127.0.0.1:{}", port + i as u16))
+        .map(|i| format!("{}:{}", bench_ip(9), port + i as u16))
         .collect();
     let mut nodes = gossip_cluster(&ids, &addrs, lifeguard).await?;
     // Kill at a random phase of the probe cycle: the nodes start together,

@@ -21,20 +21,44 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const PREFIX: &str = "ems";
-const BRIDGE: &str = "emsbr0";
+/// This run's place among the runs on this machine (a lease, taken in
+/// `main`): its namespaces `ems<k>-h<h>`, bridge, links and subnet
+/// `10.241.<k>.0/24` are its own, so runs (and tests) side by side never meet.
+static SLOT: std::sync::OnceLock<(u32, tests::lease::Lease)> = std::sync::OnceLock::new();
+const LEASE_KIND: &str = "partition-suite";
+const SLOTS: u32 = 40;
+
+fn slot() -> u32 {
+    SLOT.get_or_init(|| {
+        let l = tests::lease::lease(LEASE_KIND, SLOTS);
+        (l.index, l)
+    })
+    .0
+}
+
+fn prefix() -> String {
+    format!("ems{}", slot())
+}
+
+fn bridge() -> String {
+    format!("ems{}br", slot())
+}
 /// The root namespace's address on the bridge (the oracle's side).
-const ROOT_IP: &str = "10.213.0.254";
+fn root_ip() -> String {
+    format!("10.241.{}.254", slot())
+}
 /// The store's own address on the bridge, so cutting the store leaves clients alone.
-const STORE_IP: &str = "10.213.0.253";
+fn store_ip() -> String {
+    format!("10.241.{}.253", slot())
+}
 const STORE_PORT: u16 = 5055;
 const VERSION: &str = "3.5.30";
 
 fn ip_of(h: usize) -> String {
-    format!("10.213.0.{h}")
+    format!("10.241.{}.{h}", slot())
 }
 fn ns(h: usize) -> String {
-    format!("{PREFIX}-h{h}")
+    format!("{}-h{h}", prefix())
 }
 
 fn sh(cmd: &mut Command) -> anyhow::Result<String> {
@@ -58,14 +82,24 @@ fn iptables(h: usize, rule: &[&str]) -> anyhow::Result<()> {
     .map(|_| ())
 }
 
-/// Remove everything a run may have left: processes in our namespaces, the
-/// namespaces, the bridge.
+/// Remove everything a run may have left in this run's slot: processes in
+/// its namespaces, the namespaces, the bridge.
 fn cleanup() {
+    cleanup_slot(slot());
+}
+
+/// [`cleanup`] of slot `k` (held by this process).
+fn cleanup_slot(k: u32) {
+    let (prefix, store_ip, bridge) = (
+        format!("ems{k}"),
+        format!("10.241.{k}.253"),
+        format!("ems{k}br"),
+    );
     if let Ok(list) = ip(&["netns", "list"]) {
         for name in list
             .lines()
             .filter_map(|l| l.split_whitespace().next())
-            .filter(|n| n.starts_with(&format!("{PREFIX}-h")))
+            .filter(|n| n.starts_with(&format!("{prefix}-h")))
         {
             if let Ok(pids) = ip(&["netns", "pids", name]) {
                 for pid in pids
@@ -88,7 +122,7 @@ fn cleanup() {
             };
             let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains("moto_server") && cmd.contains(STORE_IP) {
+            if cmd.contains("moto_server") && cmd.contains(&format!("{store_ip} ")) {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
@@ -96,7 +130,7 @@ fn cleanup() {
             }
         }
     }
-    let _ = ip(&["link", "del", BRIDGE]);
+    let _ = ip(&["link", "del", &bridge]);
 }
 
 /// The hosts' network; removed when dropped.
@@ -107,18 +141,19 @@ struct Net {
 impl Net {
     fn up(hosts: usize) -> anyhow::Result<Net> {
         cleanup();
-        ip(&["link", "add", BRIDGE, "type", "bridge"])?;
-        ip(&["addr", "add", &format!("{ROOT_IP}/24"), "dev", BRIDGE])?;
-        ip(&["addr", "add", &format!("{STORE_IP}/32"), "dev", BRIDGE])?;
-        ip(&["link", "set", BRIDGE, "up"])?;
+        let br = bridge();
+        ip(&["link", "add", &br, "type", "bridge"])?;
+        ip(&["addr", "add", &format!("{}/24", root_ip()), "dev", &br])?;
+        ip(&["addr", "add", &format!("{}/32", store_ip()), "dev", &br])?;
+        ip(&["link", "set", &br, "up"])?;
         for h in 1..=hosts {
             let n = ns(h);
-            let veth = format!("{PREFIX}v{h}");
+            let veth = format!("{}v{h}", prefix());
             ip(&["netns", "add", &n])?;
             ip(&[
                 "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &n,
             ])?;
-            ip(&["link", "set", &veth, "master", BRIDGE, "up"])?;
+            ip(&["link", "set", &veth, "master", &bridge(), "up"])?;
             ip(&[
                 "-n",
                 &n,
@@ -178,7 +213,7 @@ impl Net {
 
     fn store_down(&self) -> anyhow::Result<()> {
         for h in 1..=self.hosts {
-            iptables(h, &["-A", "OUTPUT", "-d", STORE_IP, "-j", "DROP"])?;
+            iptables(h, &["-A", "OUTPUT", "-d", &store_ip(), "-j", "DROP"])?;
         }
         Ok(())
     }
@@ -205,13 +240,13 @@ struct Store {
 impl Store {
     async fn start(log: &Path) -> anyhow::Result<Store> {
         let child = Command::new("moto_server")
-            .args(["-H", STORE_IP, "-p", &STORE_PORT.to_string()])
+            .args(["-H", &store_ip(), "-p", &STORE_PORT.to_string()])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log)?)
             .spawn()
             .map_err(|e| anyhow::anyhow!("moto_server (run scripts/setup.sh): {e}"))?;
         let start = Instant::now();
-        while tokio::net::TcpStream::connect((STORE_IP, STORE_PORT))
+        while tokio::net::TcpStream::connect((store_ip(), STORE_PORT))
             .await
             .is_err()
         {
@@ -221,7 +256,7 @@ impl Store {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let (code, _) = http(&format!("{STORE_IP}:{STORE_PORT}"), "PUT", "/suite").await?;
+        let (code, _) = http(&format!("{}:{STORE_PORT}", store_ip()), "PUT", "/suite").await?;
         anyhow::ensure!(code == 200, "bucket creation answered {code}");
         Ok(Store { child })
     }
@@ -416,7 +451,7 @@ impl Cluster {
                 format!("--etcd-address={ipa}"),
                 "--cluster-name=main".into(),
                 format!("--backup-store={store_url}"),
-                format!("--s3-endpoint=http://{STORE_IP}:{STORE_PORT}"),
+                format!("--s3-endpoint=http://{}:{STORE_PORT}", store_ip()),
                 "--s3-region=us-east-1".into(),
                 format!("--data-dir={}", data.display()),
                 format!("--client-urls=https://{ipa}:4001"),
@@ -452,7 +487,7 @@ impl Cluster {
             .env("AWS_ACCESS_KEY_ID", "suite")
             .env("AWS_SECRET_ACCESS_KEY", "suite")
             .arg(format!("-backup-store={}", c.store_url))
-            .arg(format!("-s3-endpoint=http://{STORE_IP}:{STORE_PORT}"))
+            .arg(format!("-s3-endpoint=http://{}:{STORE_PORT}", store_ip()))
             .args([
                 &format!("-member-count={n}"),
                 &format!("-etcd-version={VERSION}"),
@@ -905,7 +940,12 @@ fn table(rows: &[Value]) -> String {
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--cleanup") {
-        cleanup();
+        // Every slot no running suite holds.
+        for k in 0..SLOTS {
+            if let Some(_held) = tests::lease::try_lease(LEASE_KIND, k) {
+                cleanup_slot(k);
+            }
+        }
         return Ok(());
     }
     let mut hosts = 3usize;
