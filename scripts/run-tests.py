@@ -29,6 +29,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMES = os.path.join(ROOT, "target", "test-times.json")
+# The times of a full run, committed: a clean clone schedules by them.
+KNOWN_TIMES = os.path.join(ROOT, "scripts", "test-times.json")
 
 
 def build(profile, packages):
@@ -124,13 +126,20 @@ def main():
         tests.append((None, command, name, False))
     built = time.monotonic() - started
 
-    try:
-        with open(TIMES) as f:
-            known = json.load(f)
-    except (OSError, ValueError):
-        known = {}
+    known = {}
+    for path in (KNOWN_TIMES, TIMES):
+        try:
+            with open(path) as f:
+                known.update(json.load(f))
+        except (OSError, ValueError):
+            pass
     # Longest first: a long test started last would set the run's length.
-    tests.sort(key=lambda x: -known.get(x[2], 30.0))
+    # Never timed: a command or an ignored (searching) test is taken for a
+    # long one, any other test for half a minute.
+    def guess(x):
+        b, _, full, ignored_test = x
+        return known.get(full, 600.0 if b is None else 200.0 if ignored_test else 30.0)
+    tests.sort(key=lambda x: -guess(x))
     alone = [x for x in tests if any(a in x[2] for a in args.alone)]
     side_by_side = [x for x in tests if x not in alone]
 

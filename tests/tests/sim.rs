@@ -294,11 +294,14 @@ fn real_driver_catches_a_dump_without_quarantine() {
 /// comes back from a 4 s crash and, in its first pass, its gossip shows it
 /// alone, so a majority of the managers it knows (itself) and of the spec
 /// (one) accepts it; it sees no etcd anywhere and restores onto itself while
-/// n1-n3 serve on, and writes they acknowledge meanwhile are lost. A replay
-/// of the found seed, not a search: the combination is rare (seeds 843-1842
-/// do not reach it), so if the simulation's schedule for seed 842 changes,
-/// this fails with "broke no invariant" and a search with `SIM_BREAK=settle`
-/// finds the new seed.
+/// n1-n3 serve on, and writes they acknowledge meanwhile are lost. Since
+/// gossip payloads are sent only by their own member (issue 30) the
+/// schedules moved: seed 613 is the case now (a manager that leads before
+/// its gossip settled takes a version change's dump while a member it does
+/// not yet see takes a write; the restore of the dump loses it), and passes
+/// with every rule on. A replay of the found seed, not a search: if its
+/// schedule changes, this fails with "broke no invariant" and a search with
+/// `SIM_BREAK=settle` finds the new seed.
 #[test]
 #[ignore = "optimised builds only: scripts/test.sh runs it with --ignored"]
 fn real_driver_catches_a_leader_that_does_not_wait_for_gossip() {
@@ -306,11 +309,7 @@ fn real_driver_catches_a_leader_that_does_not_wait_for_gossip() {
         settle: false,
         ..SafetyRules::ALL
     };
-    real_knob_caught(
-        rules,
-        842..843,
-        &["acknowledged writes lost outside a restore"],
-    );
+    real_knob_caught(rules, 613..614, &["acknowledged writes"]);
 }
 
 /// The lease re-check, switched off in the driver that ships (before every
