@@ -1052,6 +1052,20 @@ fn desired_state(obs: &Observation) -> Plan {
 }
 
 fn no_cluster(obs: &Observation, spec: &ClusterSpec) -> Plan {
+    // A member of a retired cluster (replaced by a restore or a quorum
+    // recovery) runs while no current cluster answers: it is stopped (its
+    // data to the trashcan), as beside a current cluster; it must not pass
+    // for an etcd that is starting, for ever (found by the simulation, seed
+    // 1306: the restored cluster's only member was wiped, and the retired
+    // one it replaced served on, quarantined). What is left is a total
+    // loss, which the operator restores.
+    if let Some(p) = obs
+        .peers
+        .iter()
+        .find(|p| p.running() && p.token().is_some_and(|t| obs.retired_tokens.contains(t)))
+    {
+        return Plan::act(vec![Action::StopEtcd { peer: p.id.clone() }]);
+    }
     if obs.peers.iter().any(|p| p.running()) {
         return Plan::wait(WaitReason::EtcdStarting);
     }

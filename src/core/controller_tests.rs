@@ -346,6 +346,23 @@ fn a_member_of_a_retired_cluster_is_stopped_another_cluster_is_not() {
     check(&o, &[Action::StopEtcd { peer: "c".into() }], &[]);
 }
 
+/// No current cluster answers (the restored cluster's only member was
+/// wiped), and a member of the retired cluster it replaced serves on,
+/// quarantined: it is stopped, not waited for as an etcd that is starting
+/// (simulation seed 1306 waited for ever).
+#[test]
+fn a_retired_member_alone_is_stopped_not_waited_for() {
+    let mut old = running("a", true);
+    if let Some(s) = old.info.as_mut().and_then(|i| i.etcd_state.as_mut()) {
+        s.cluster_token = "oldtok".into();
+    }
+    let mut o = obs(1, vec![old, idle("b"), idle("c")], None);
+    o.created_marker = true;
+    check(&o, &[], &[WaitReason::EtcdStarting]);
+    o.retired_tokens.insert("oldtok".into());
+    check(&o, &[Action::StopEtcd { peer: "a".into() }], &[]);
+}
+
 /// A removed member's etcd exits by itself; if the StopEtcd that follows the
 /// removal did not reach its node, the node keeps the assignment with etcd
 /// not running and is never idle again, so the spec is never reached. The
