@@ -42,6 +42,12 @@ if [ $demo = 0 ]; then
   command -v systemd-analyze >/dev/null 2>&1 || apt_missing+=(systemd)
   # npm installs Azurite, the Azure blob storage emulator.
   command -v npm >/dev/null 2>&1 || apt_missing+=(npm)
+  # The images (scripts/image.sh): podman with runc (crun fails here), and
+  # what the slim image carries from this machine.
+  command -v podman >/dev/null 2>&1 || apt_missing+=(podman)
+  command -v runc >/dev/null 2>&1 || apt_missing+=(runc)
+  [ -f /etc/ssl/certs/ca-certificates.crt ] || apt_missing+=(ca-certificates)
+  command -v mke2fs >/dev/null 2>&1 || apt_missing+=(e2fsprogs)
 fi
 if [ ${#apt_missing[@]} -gt 0 ]; then
   say "installing ${apt_missing[*]}"

@@ -79,6 +79,11 @@ previous() {
   export PREVIOUS_RELEASE_BIN
 }
 stage "the previous release (rolling-update tests)" previous
+images() {
+  local names
+  mapfile -t names < <(scripts/image.sh --profile debug --tag "test-$(git rev-parse --short=12 HEAD)")
+  export IMAGE_SLIM=${names[0]} IMAGE_FULL=${names[1]}
+}
 export SIM_REAL_SEEDS=${SIM_REAL_SEEDS:-200}
 
 # The e2e tests a change touches: its files against main's newest commit
@@ -122,6 +127,7 @@ if [ $quick = 1 ]; then
   exit 0
 fi
 
+stage "the images, from the same build (podman, no registry)" images
 args=(--with-ignored real_driver_catches)
 args+=(--also "bench smoke (small sizes, proves scripts/bench.sh works)=BENCH_PROFILE=debug scripts/bench.sh --quick p1 p1-loss p2 p4 p5 p7 p7-trickle")
 if [ "$(id -u)" = 0 ]; then

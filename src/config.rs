@@ -14,7 +14,7 @@ use clap::Parser;
 /// meaning (Go style `-flag=value` works too, and booleans take `--x`,
 /// `--x=true` or `--x=false`); the flags upstream lacks are ours.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "etcd-manager", version, about, args_override_self = true)]
+#[command(name = "etcd-manager", version = crate::VERSION, about, args_override_self = true)]
 pub struct Args {
     /// Turn off TLS for the peer API between managers (otherwise mutual TLS from etcd-manager-ca in --pki-dir).
     #[arg(long, env = "ETCD_MANAGER_INSECURE", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = go_bool)]

@@ -6,6 +6,15 @@
 //! (`src/bin/`) wire everything together and hold the `etcd-manager-ctl`
 //! commands.
 
+/// The version and the revision it was built from, as `--version` prints
+/// them: `0.1.0 (revision 1a2b3c…)`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (revision ",
+    env!("ETCD_MANAGER_REVISION"),
+    ")"
+);
+
 pub mod backup_now;
 pub mod clock;
 pub mod codec;

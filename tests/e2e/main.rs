@@ -9,6 +9,7 @@ mod deploy;
 mod disaster;
 mod drills;
 mod hardening;
+mod image;
 mod kops_aws;
 mod kops_metal;
 mod leadership;

@@ -17,7 +17,7 @@ use etcd_manager::pitr::ReplayTo;
 
 /// Reads and changes the desired state of an etcd cluster managed by etcd-manager.
 #[derive(Debug, Parser)]
-#[command(name = "etcd-manager-ctl", version, about, args_override_self = true)]
+#[command(name = "etcd-manager-ctl", version = etcd_manager::VERSION, about, args_override_self = true)]
 struct CtlArgs {
     /// The backup store: file:///abs/path, s3://bucket/prefix, gs://bucket/prefix.
     #[arg(long, env = "ETCD_MANAGER_BACKUP_STORE", global = true)]
