@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The rolling move from upstream's etcd-manager to ours, with upstream's own
-# binary (tests/e2e/mixed.rs). Upstream's module is not served by the Go
+# The rolling move from upstream's etcd-manager to ours, and going back from
+# a cluster ours made to upstream's, with upstream's own binary
+# (tests/e2e/mixed.rs). Upstream's module is not served by the Go
 # module proxy, so this needs upstream's source tree (with its vendor/
 # folder): a checkout of kubernetes-sigs/etcd-manager, tag v3.0.20260707.
 #
@@ -35,4 +36,4 @@ fi
 eval "$(scripts/setup.sh)"
 export UPSTREAM_ETCD_MANAGER=$PWD/$out/etcd-manager
 export UPSTREAM_ETCD_MANAGER_CTL=$PWD/$out/etcd-manager-ctl
-exec cargo test --locked --test e2e mixed -- --ignored --nocapture
+exec cargo test --locked --test e2e mixed -- --ignored --nocapture --test-threads=1

@@ -314,3 +314,61 @@ async fn a_rolling_move_from_upstream_keeps_the_cluster_whole() {
         "our ctl lists upstream's backup {newest_up}: {out:?}"
     );
 }
+
+/// Going back: a cluster our managers made without a volume provider (as
+/// upstream's walkthrough runs it), stopped, then started under upstream's
+/// own managers on the same data dirs: upstream finds itself by the `myid`
+/// ours kept, reads the `state` ours kept, and runs the same members with
+/// every key. (Without `myid` upstream gave itself a new identity and
+/// refused the member: "self node was not included in cluster".)
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs upstream's etcd-manager binary (UPSTREAM_ETCD_MANAGER); run by scripts/upstream-mixed.sh"]
+async fn a_cluster_we_made_goes_back_to_upstreams_manager() {
+    let up_bin = upstream_bin("UPSTREAM_ETCD_MANAGER");
+    let dir = tempfile::tempdir().unwrap();
+    let env = crate::env(&dir);
+    let discovery = dir.path().join("discovery");
+    std::fs::create_dir_all(&discovery).unwrap();
+    std::fs::create_dir_all("/tmp/discovery").unwrap();
+    let eps: Vec<String> = (1..=3u8).map(|h| env.client_url(h)).collect();
+    let mut ours: Vec<Manager> = (1..=3u8).map(|h| env.start(h)).collect();
+    env.configure(3, VERSION);
+    let before = wait_for(
+        "three members under our managers",
+        Duration::from_secs(120),
+        || whole(&eps),
+    )
+    .await;
+    for i in 0..50 {
+        tests::put(&eps[i % 3], &format!("/ours/{i}"), "v")
+            .await
+            .unwrap();
+    }
+    for m in &mut ours {
+        assert!(m.terminate(Duration::from_secs(30)), "{} stops", m.name);
+    }
+    let started = Instant::now();
+    let _up: Vec<Manager> = (1..=3u8)
+        .map(|h| start_upstream(&env, h, &up_bin, &discovery))
+        .collect();
+    let after = wait_for(
+        "the same three members under upstream's managers",
+        Duration::from_secs(180),
+        || whole(&eps),
+    )
+    .await;
+    println!(
+        "BENCH going back to upstream: the cluster whole {:.1} s after upstream's managers started",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(after, before, "the same member names and ids");
+    for i in 0..50 {
+        assert_eq!(
+            tests::get(&eps[i % 3], &format!("/ours/{i}"))
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("v")
+        );
+    }
+}
