@@ -347,6 +347,14 @@ async fn a_cluster_we_made_goes_back_to_upstreams_manager() {
     for m in &mut ours {
         assert!(m.terminate(Duration::from_secs(30)), "{} stops", m.name);
     }
+    // Our managers took their etcds with them: what answers next is upstream's.
+    for ep in &eps {
+        assert!(
+            tests::put(ep, "/probe", "x").await.is_err(),
+            "{ep} still answers after our managers stopped"
+        );
+    }
+    let up_mark = backups(&env).0.len();
     let started = Instant::now();
     let _up: Vec<Manager> = (1..=3u8)
         .map(|h| start_upstream(&env, h, &up_bin, &discovery))
@@ -371,4 +379,14 @@ async fn a_cluster_we_made_goes_back_to_upstreams_manager() {
             Some("v")
         );
     }
+    // Upstream's leader leads: it backs the cluster up into the same store.
+    wait_for(
+        "a backup by upstream's leader",
+        Duration::from_secs(120),
+        || {
+            let n = backups(&env).0.len();
+            async move { (n > up_mark).then_some(()) }
+        },
+    )
+    .await;
 }
