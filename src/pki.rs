@@ -199,13 +199,15 @@ impl Ca {
         })
     }
 
-    /// A new self-signed CA (ECDSA P-256) valid from `now` for [`CA_VALIDITY`].
+    /// A new self-signed CA valid from `now` for [`CA_VALIDITY`], with an
+    /// RSA 2048 key as kops makes them: upstream's manager reads only RSA
+    /// keys, so a cluster whose CAs `init-pki` made can go back to it.
     pub fn generate(name: &str, now: SystemTime) -> Result<Ca, PkiError> {
         let err = |e: rcgen::Error| PkiError::Issue {
             subject: name.to_string(),
             reason: e.to_string(),
         };
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(err)?;
+        let key = KeyKind::Rsa2048.generate().map_err(err)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, name);
@@ -274,12 +276,22 @@ impl Ca {
     /// Issue a certificate for server and client authentication, valid from `now`
     /// for [`NODE_CERT_VALIDITY`], with a fresh ECDSA P-256 key.
     pub fn issue(&self, subject: &Subject, now: SystemTime) -> Result<Issued, PkiError> {
+        self.issue_with(subject, now, KeyKind::EcdsaP256)
+    }
+
+    /// [`Ca::issue`] with a fresh key of `kind`.
+    pub fn issue_with(
+        &self,
+        subject: &Subject,
+        now: SystemTime,
+        kind: KeyKind,
+    ) -> Result<Issued, PkiError> {
         let err = |e: rcgen::Error| PkiError::Issue {
             subject: subject.common_name.clone(),
             reason: e.to_string(),
         };
         let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key).map_err(err)?;
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(err)?;
+        let key = kind.generate().map_err(err)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, subject.common_name.as_str());
@@ -313,6 +325,33 @@ impl Ca {
             key_pem: key.serialize_pem(),
         })
     }
+}
+
+/// The kind of a fresh private key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyKind {
+    /// ECDSA P-256: small and fast, for what only we read (the peer API's
+    /// certificates, our etcd client certificate, `issue-client-cert`).
+    EcdsaP256,
+    /// RSA 2048: for every key file upstream's manager also reads (CA keys,
+    /// the member's etcd certificates under `pki/<token>/`), since it reads
+    /// nothing else ("unexpected private key type").
+    Rsa2048,
+}
+
+impl KeyKind {
+    fn generate(self) -> Result<KeyPair, rcgen::Error> {
+        match self {
+            KeyKind::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
+            KeyKind::Rsa2048 => KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256),
+        }
+    }
+}
+
+/// Whether `pem` holds an RSA private key (PKCS#1 or PKCS#8): the only
+/// kind upstream's manager loads from its pki folders.
+pub fn is_rsa_key_pem(pem: &str) -> bool {
+    KeyPair::from_pem(pem).is_ok_and(|k| k.algorithm() == &rcgen::PKCS_RSA_SHA256)
 }
 
 /// The URI a manager's peer API certificate carries to name its node:
@@ -552,17 +591,19 @@ impl EtcdPki {
         server.add_url_hosts(client_urls);
         let peers_dir = dir.join("peers");
         let clients_dir = dir.join("clients");
+        // RSA: upstream's manager loads these files (same names, same
+        // folder) when it takes the member back, and reads only RSA keys.
         write_issued(
             &peers_dir,
             "me",
             &self.peers_ca,
-            &self.peers_ca.issue(&peer, now)?,
+            &self.peers_ca.issue_with(&peer, now, KeyKind::Rsa2048)?,
         )?;
         write_issued(
             &clients_dir,
             "server",
             &self.clients_ca,
-            &self.clients_ca.issue(&server, now)?,
+            &self.clients_ca.issue_with(&server, now, KeyKind::Rsa2048)?,
         )?;
         Ok(etcd::MemberTlsFiles {
             peer_ca: peers_dir.join("ca.crt"),
@@ -707,6 +748,38 @@ mod tests {
             ]
         );
         assert_eq!(s.dns_names, vec!["etcd-a.internal".to_string()]);
+    }
+
+    /// Every key file upstream's manager loads is RSA (it refuses any
+    /// other: "unexpected private key type"): the CAs `init-pki` makes and
+    /// the member's etcd certificates under `pki/<token>/`, issued from an
+    /// RSA CA as kops makes them or from any other.
+    #[test]
+    fn the_key_files_upstream_reads_are_rsa() {
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let dir = tempfile::tempdir().expect("tmp");
+        for ca in [PEERS_CA, CLIENTS_CA, MANAGER_CA] {
+            Ca::generate(ca, now)
+                .expect("ca")
+                .write(dir.path())
+                .expect("write");
+            let key = std::fs::read_to_string(dir.path().join(format!("{ca}.key"))).expect("key");
+            assert!(is_rsa_key_pem(&key), "{ca}: {key}");
+        }
+        let pki = EtcdPki::load(dir.path(), now).expect("load");
+        let files = pki
+            .write_member_certs(&dir.path().join("m"), "etcd-a", &[], &[], &[], now)
+            .expect("certs");
+        for key in [&files.peer_key, &files.server_key] {
+            let pem = std::fs::read_to_string(key).expect("key");
+            assert!(is_rsa_key_pem(&pem), "{}", key.display());
+        }
+        // What only we read stays ECDSA (smaller, faster handshakes).
+        let ours = pki
+            .clients_ca
+            .issue(&Subject::default(), now)
+            .expect("issue");
+        assert!(!is_rsa_key_pem(&ours.key_pem));
     }
 
     /// etcd's certificates always name the loopback (kube-apiserver dials

@@ -89,84 +89,229 @@ fn etcdctl(net: &Net, h: usize, certs: &Path, args: &[&str]) -> Result<String, S
         .args(args))
 }
 
+/// Three hosts as kops' metal e2e prepares them: a folder each (its
+/// volume under `mnt/disks`, marked for a new cluster, its /etc/hosts and
+/// /var/log), a shared backup folder, CAs from `init-pki` and a client
+/// certificate, the hosts' network. Its hosts' processes die with it.
+pub(crate) struct Metal {
+    pub root: PathBuf,
+    pub pki: PathBuf,
+    pub certs: PathBuf,
+    pub ctl_bin: PathBuf,
+    pub n: usize,
+    _consoles: tests::netns::Consoles,
+    pub net: Net,
+    _dir: tempfile::TempDir,
+}
+
+impl Metal {
+    pub fn new(n: usize) -> Metal {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        // The mount points the static pod has (created once on this machine).
+        for p in ["/rootfs", "/mnt/disks/backups"] {
+            std::fs::create_dir_all(p).unwrap();
+        }
+        std::fs::create_dir_all(root.join("backups")).unwrap();
+        let ctl_bin = PathBuf::from(env!("CARGO_BIN_EXE_etcd-manager-ctl"));
+        let pki = root.join("pki");
+        let certs = root.join("client");
+        let ctl = |args: &[&str]| {
+            let out = tests::run_ctl(
+                &ctl_bin,
+                &args.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            );
+            assert!(out.success, "{args:?}: {}", out.stderr);
+        };
+        ctl(&["init-pki", &format!("-pki-dir={}", pki.display())]);
+        ctl(&[
+            "issue-client-cert",
+            &format!("-pki-dir={}", pki.display()),
+            &certs.display().to_string(),
+        ]);
+        for h in 1..=n {
+            let hr = host_root(&root, h);
+            let mnt = volume(&root, h);
+            std::fs::create_dir_all(&mnt).unwrap();
+            // As kops' metal e2e prepares a new cluster's volume.
+            std::fs::write(mnt.join("please-create-new-cluster"), b"").unwrap();
+            std::fs::create_dir_all(hr.join("etc")).unwrap();
+            std::fs::create_dir_all(hr.join("var-log")).unwrap();
+            std::fs::write(hr.join("etc/hosts"), "127.0.0.1\tlocalhost\n").unwrap();
+        }
+        let net = Net::up(PREFIX, n, None);
+        Metal {
+            _consoles: tests::netns::Consoles(root.clone(), (1..=n).collect()),
+            root,
+            pki,
+            certs,
+            ctl_bin,
+            n,
+            net,
+            _dir: dir,
+        }
+    }
+
+    /// Every host's manager (`manager`: ours or upstream's) through our
+    /// `/go-runner` with kops' arguments and then `extra`.
+    pub fn start_all(&self, manager: &Path, extra: &[String]) -> Vec<std::process::Child> {
+        let mut args = metal_args(&self.net, self.n, manager);
+        args.extend(extra.iter().cloned());
+        (1..=self.n)
+            .map(|h| start(&self.net, &self.root, h, &args, &self.pki))
+            .collect()
+    }
+
+    /// `etcdctl` inside host `h` against https://127.0.0.1:4001.
+    pub fn etcdctl(&self, h: usize, args: &[&str]) -> Result<String, String> {
+        etcdctl(&self.net, h, &self.certs, args)
+    }
+
+    /// The members (name and id) once all `n` are voters, named, and every
+    /// host's own etcd answers on https://127.0.0.1:4001 (members leave
+    /// quarantine, client port 3994 -> 4001, one restart at a time).
+    pub async fn wait_formed(&self) -> Vec<serde_json::Value> {
+        let n = self.n;
+        let members = wait_for(
+            "three voters seen through https://127.0.0.1:4001",
+            Duration::from_secs(120),
+            || {
+                let out = self.etcdctl(1, &["member", "list", "-w", "json"]);
+                async move {
+                    let v: serde_json::Value = serde_json::from_str(&out.ok()?).ok()?;
+                    let ms = v["members"].as_array()?.clone();
+                    (ms.len() == n
+                        && ms.iter().all(|m| {
+                            m["name"].as_str().is_some_and(|s| !s.is_empty())
+                                && m["isLearner"].as_bool() != Some(true)
+                        }))
+                    .then_some(ms)
+                }
+            },
+        )
+        .await;
+        wait_for(
+            "every host's etcd serving on https://127.0.0.1:4001",
+            Duration::from_secs(60),
+            || {
+                let ok = (1..=n).all(|h| self.etcdctl(h, &["endpoint", "health"]).is_ok());
+                async move { ok.then_some(()) }
+            },
+        )
+        .await;
+        members
+    }
+
+    /// SIGTERM to every go-runner; each exits 0 (the manager stopped
+    /// cleanly, its etcd with it).
+    pub async fn stop_all(&self, children: &mut [std::process::Child]) {
+        for c in children.iter() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        for (h, c) in children.iter_mut().enumerate() {
+            let status = wait_for(
+                "go-runner to exit after SIGTERM",
+                Duration::from_secs(60),
+                || {
+                    let s = c.try_wait().ok().flatten();
+                    async move { s }
+                },
+            )
+            .await;
+            let console = std::fs::read_to_string(self.root.join(format!("console-{}.log", h + 1)))
+                .unwrap_or_default();
+            assert!(status.success(), "host {}: {status}\n{console}", h + 1);
+        }
+    }
+
+    /// Backups in the shared store: (upstream's, ours), oldest first.
+    pub fn backups(&self) -> (Vec<String>, Vec<String>) {
+        let (mut up, mut ours) = (vec![], vec![]);
+        for e in std::fs::read_dir(self.root.join("backups"))
+            .unwrap()
+            .flatten()
+        {
+            let p = e.path();
+            if !p.join("etcd.backup.gz").exists() || !p.join("_etcd_backup.meta").exists() {
+                continue;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            if p.join("etcd-manager-backup.json").exists() {
+                ours.push(name);
+            } else {
+                up.push(name);
+            }
+        }
+        up.sort();
+        ours.sort();
+        (up, ours)
+    }
+}
+
+/// Host `h`'s volume, where kops' metal layout has it (`--volume-tag` is
+/// `<cluster>--main--`, the folder name is the member's name).
+pub(crate) fn volume(root: &Path, h: usize) -> PathBuf {
+    host_root(root, h).join(format!("mnt/disks/{CLUSTER}--main--{h}/mnt"))
+}
+
+/// What upstream's manager reads to take a metal volume back
+/// (`pkg/volumes/external`, `pkg/etcd/etcdserver.go` at v3.0.20260707): its
+/// id is the volume folder's name (no `myid`), its `state` protobuf in the
+/// volume names that id among the cluster's nodes, etcd's data is in
+/// `data/<token>`, its keys (the member's certificates beside it, the CAs
+/// in `pki`) RSA.
+pub(crate) fn assert_upstream_reads_the_volumes(root: &Path, pki: &Path, n: usize) {
+    for h in 1..=n {
+        let mnt = volume(root, h);
+        let pb = etcd_manager::upstream_state::read(&mnt)
+            .unwrap()
+            .unwrap_or_else(|| panic!("upstream's state in {}", mnt.display()));
+        let local = etcd_manager::upstream_state::from_upstream(&pb)
+            .unwrap()
+            .expect("a cluster");
+        assert_eq!(local.etcd_version, VERSION, "{local:?}");
+        assert!(!local.quarantined, "{local:?}");
+        assert_eq!(local.nodes.len(), n, "{local:?}");
+        let name = format!("{CLUSTER}--main--{h}");
+        assert!(
+            local.nodes.iter().any(|m| m.name == name),
+            "{name} among {local:?}"
+        );
+        let data = mnt.join("data").join(&local.cluster_token);
+        assert!(data.join("member").is_dir(), "{}", data.display());
+        // Upstream loads the member's key files where ours left them, and
+        // the CAs; it reads RSA keys only.
+        let certs = mnt.join("pki").join(&local.cluster_token);
+        for key in [certs.join("peers/me.key"), certs.join("clients/server.key")]
+            .into_iter()
+            .chain(
+                ["etcd-manager-ca", "etcd-peers-ca", "etcd-clients-ca"]
+                    .map(|ca| pki.join(format!("{ca}.key"))),
+            )
+        {
+            let pem = std::fs::read_to_string(&key).unwrap();
+            assert!(
+                etcd_manager::pki::is_rsa_key_pem(&pem),
+                "{}: upstream reads only RSA keys",
+                key.display()
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kops_metal_manifest_runs_unchanged_on_three_hosts() {
     if !tests::netns::root_or_skip("the kops metal test") {
         return;
     }
     let n = 3;
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    // The mount points the static pod has (created once on this machine).
-    for p in ["/rootfs", "/mnt/disks/backups"] {
-        std::fs::create_dir_all(p).unwrap();
-    }
-    std::fs::create_dir_all(root.join("backups")).unwrap();
-    let env = crate::env(&tempfile::tempdir().unwrap());
-    let pki = root.join("pki");
-    let certs = root.join("client");
-    let ctl = |args: &[&str]| {
-        let out = tests::run_ctl(
-            &env.ctl_bin,
-            &args.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-        );
-        assert!(out.success, "{args:?}: {}", out.stderr);
-    };
-    ctl(&["init-pki", &format!("-pki-dir={}", pki.display())]);
-    ctl(&[
-        "issue-client-cert",
-        &format!("-pki-dir={}", pki.display()),
-        &certs.display().to_string(),
-    ]);
-    for h in 1..=n {
-        let hr = host_root(root, h);
-        let mnt = hr.join(format!("mnt/disks/{CLUSTER}--main--{h}/mnt"));
-        std::fs::create_dir_all(&mnt).unwrap();
-        // As kops' metal e2e prepares a new cluster's volume.
-        std::fs::write(mnt.join("please-create-new-cluster"), b"").unwrap();
-        std::fs::create_dir_all(hr.join("etc")).unwrap();
-        std::fs::create_dir_all(hr.join("var-log")).unwrap();
-        std::fs::write(hr.join("etc/hosts"), "127.0.0.1\tlocalhost\n").unwrap();
-    }
-    let net = &Net::up(PREFIX, n, None);
-    let _consoles = tests::netns::Consoles(root.to_path_buf(), (1..=n).collect());
-    let args = metal_args(net, n, Path::new(env!("CARGO_BIN_EXE_etcd-manager")));
-    let mut children: Vec<_> = (1..=n).map(|h| start(net, root, h, &args, &pki)).collect();
-
-    let members = wait_for(
-        "three voters seen through https://127.0.0.1:4001",
-        Duration::from_secs(120),
-        || {
-            let certs = certs.clone();
-            async move {
-                let out = etcdctl(net, 1, &certs, &["member", "list", "-w", "json"]).ok()?;
-                let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-                let ms = v["members"].as_array()?.clone();
-                (ms.len() == 3
-                    && ms.iter().all(|m| {
-                        m["name"].as_str().is_some_and(|s| !s.is_empty())
-                            && m["isLearner"].as_bool() != Some(true)
-                    }))
-                .then_some(ms)
-            }
-        },
-    )
-    .await;
-    // Members leave quarantine (client port 3994 -> 4001) one restart at a
-    // time: every host's own etcd must answer on 4001 before it is asked.
-    wait_for(
-        "every host's etcd serving on https://127.0.0.1:4001",
-        Duration::from_secs(60),
-        || {
-            let certs = certs.clone();
-            async move {
-                (1..=n)
-                    .all(|h| etcdctl(net, h, &certs, &["endpoint", "health"]).is_ok())
-                    .then_some(())
-            }
-        },
-    )
-    .await;
+    let metal = Metal::new(n);
+    let (root, net, certs) = (metal.root.as_path(), &metal.net, &metal.certs);
+    let mut children = metal.start_all(Path::new(env!("CARGO_BIN_EXE_etcd-manager")), &[]);
+    let members = metal.wait_formed().await;
     for h in 1..=n {
         let name = format!("{CLUSTER}--main--{h}");
         let dns = format!("{name}.internal.{CLUSTER}");
@@ -179,7 +324,9 @@ async fn kops_metal_manifest_runs_unchanged_on_three_hosts() {
         );
     }
     // The static config's version, the names in every host's /etc/hosts.
-    let status = etcdctl(net, 2, &certs, &["endpoint", "status", "-w", "json"]).unwrap();
+    let status = metal
+        .etcdctl(2, &["endpoint", "status", "-w", "json"])
+        .unwrap();
     assert!(
         status.contains(&format!("\"version\":\"{VERSION}\"")),
         "{status}"
@@ -208,9 +355,10 @@ async fn kops_metal_manifest_runs_unchanged_on_three_hosts() {
         )
         .await;
     }
-    etcdctl(net, 2, &certs, &["put", "/kops/metal", "works"]).unwrap();
+    metal.etcdctl(2, &["put", "/kops/metal", "works"]).unwrap();
     assert!(
-        etcdctl(net, 3, &certs, &["get", "/kops/metal"])
+        metal
+            .etcdctl(3, &["get", "/kops/metal"])
             .unwrap()
             .contains("works")
     );
@@ -252,7 +400,7 @@ async fn kops_metal_manifest_runs_unchanged_on_three_hosts() {
     // kops passes no gossip key: gossip is keyed from the CA all the same,
     // and status says so.
     let status = tests::run_ctl(
-        &env.ctl_bin,
+        &metal.ctl_bin,
         &[
             format!("-backup-store=file://{}", root.join("backups").display()),
             "status".into(),
@@ -277,24 +425,8 @@ async fn kops_metal_manifest_runs_unchanged_on_three_hosts() {
         "the leader removes the file that allowed the new cluster"
     );
     // SIGTERM to go-runner reaches the manager, which stops cleanly: exit 0.
-    for c in &children {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(c.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-    for (h, c) in children.iter_mut().enumerate() {
-        let status = wait_for(
-            "go-runner to exit after SIGTERM",
-            Duration::from_secs(60),
-            || {
-                let s = c.try_wait().ok().flatten();
-                async move { s }
-            },
-        )
-        .await;
-        let console = std::fs::read_to_string(root.join(format!("console-{}.log", h + 1)))
-            .unwrap_or_default();
-        assert!(status.success(), "host {}: {status}\n{console}", h + 1);
-    }
+    metal.stop_all(&mut children).await;
+    // What upstream's manager needs to take the cluster back is on every
+    // volume (tests/e2e/mixed.rs goes back with upstream's own binary).
+    assert_upstream_reads_the_volumes(root, &metal.pki, n);
 }

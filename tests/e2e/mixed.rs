@@ -390,3 +390,67 @@ async fn a_cluster_we_made_goes_back_to_upstreams_manager() {
     )
     .await;
 }
+
+/// Going back on bare metal: a cluster our managers made under kops' metal
+/// manifest (external volumes, static config, TLS from `init-pki`), stopped,
+/// then started under upstream's manager with the same arguments through
+/// the same `/go-runner`: upstream names itself after the volume folder,
+/// reads the `state` ours kept there, and runs the same members with every
+/// key; its leader backs up into the same store.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs upstream's etcd-manager binary (UPSTREAM_ETCD_MANAGER); run by scripts/upstream-mixed.sh"]
+async fn a_metal_cluster_we_made_goes_back_to_upstreams_manager() {
+    let up_bin = upstream_bin("UPSTREAM_ETCD_MANAGER");
+    let metal = crate::kops_metal::Metal::new(3);
+    let mut ours = metal.start_all(Path::new(env!("CARGO_BIN_EXE_etcd-manager")), &[]);
+    let by_name = |ms: Vec<serde_json::Value>| -> BTreeMap<String, String> {
+        ms.iter()
+            .map(|m| (m["name"].to_string(), m["ID"].to_string()))
+            .collect()
+    };
+    let before = by_name(metal.wait_formed().await);
+    for i in 0..30 {
+        metal
+            .etcdctl(1 + i % 3, &["put", &format!("/ours/{i}"), "v"])
+            .unwrap();
+    }
+    metal.stop_all(&mut ours).await;
+    for h in 1..=3 {
+        assert!(
+            metal.etcdctl(h, &["endpoint", "health"]).is_err(),
+            "host {h}'s etcd still answers after our manager stopped"
+        );
+    }
+    crate::kops_metal::assert_upstream_reads_the_volumes(&metal.root, &metal.pki, 3);
+    let up_mark = metal.backups().0.len();
+    let started = Instant::now();
+    // kops' arguments verbatim; upstream reads no environment for these two.
+    let _up = metal.start_all(
+        &up_bin,
+        &[
+            format!("--pki-dir={}", metal.pki.display()),
+            "--backup-interval=10s".into(),
+        ],
+    );
+    let after = by_name(metal.wait_formed().await);
+    println!(
+        "BENCH going back to upstream on metal: the cluster whole {:.1} s after upstream's managers started",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(after, before, "the same member names and ids");
+    for i in 0..30 {
+        let out = metal
+            .etcdctl(1 + (i + 1) % 3, &["get", &format!("/ours/{i}")])
+            .unwrap();
+        assert!(out.contains(&format!("/ours/{i}\nv")), "/ours/{i}: {out}");
+    }
+    wait_for(
+        "a backup by upstream's leader",
+        Duration::from_secs(120),
+        || {
+            let n = metal.backups().0.len();
+            async move { (n > up_mark).then_some(()) }
+        },
+    )
+    .await;
+}
