@@ -101,12 +101,12 @@ e2e_for() {
       lock/*) out+=(e2e::leadership::) ;;
       backup/*) out+=(e2e::drills:: e2e::ctl:: e2e::walkthrough::) ;;
       etcd/*) out+=(e2e::walkthrough:: e2e::upgrade::patch) ;;
-      src/volumes/*) out+=(e2e::kops_) ;;
-      src/bin/go-runner/*|src/statics.rs) out+=(e2e::kops_metal) ;;
-      src/hosts.rs|src/pki.rs) out+=(e2e::security:: e2e::tls:: e2e::kops_metal) ;;
-      src/upstream_state.rs) out+=(e2e::adopt::) ;;
-      src/pitr.rs|src/delta.rs) out+=(e2e::pitr::) ;;
-      src/drill.rs) out+=(e2e::drills::) ;;
+      src/platform/volumes/*) out+=(e2e::kops_) ;;
+      src/bin/go-runner/*|src/platform/statics.rs) out+=(e2e::kops_metal) ;;
+      src/platform/hosts.rs|src/platform/pki.rs) out+=(e2e::security:: e2e::tls:: e2e::kops_metal) ;;
+      src/node/upstream_state.rs) out+=(e2e::adopt:: e2e::kops_metal) ;;
+      src/backups/pitr.rs|src/backups/delta.rs) out+=(e2e::pitr::) ;;
+      src/backups/drill.rs) out+=(e2e::drills::) ;;
       src/*) out+=(e2e::walkthrough:: e2e::leadership:: e2e::replace::) ;;
     esac
   done <<<"$changed"

@@ -1,8 +1,17 @@
-//! The edges of the leader loop and of the node: every call that leaves the
-//! process goes through one of these traits, so the simulation
+//! The edges of the leader loop and of the node: their calls to other
+//! managers, etcd, gossip, etcd's processes and tools, the store, the clock
+//! and randomness go through one of these traits, so the simulation
 //! (`tests/tests/sim/`) runs the real [`crate::driver::Driver`], the real lease
 //! task and the real [`crate::node::Node`] against its own model of the
 //! network, etcd and time, and production runs them against the real ones.
+//!
+//! Not (yet) through them: local files (the node's state file and data
+//! dirs, the leader's scratch folder; the simulation gives each node a real
+//! temporary folder), the continuous backup's etcd watch
+//! ([`crate::backups::delta`], which connects with `etcd::EtcdClient`
+//! itself and which the simulation does not run), and the check of a
+//! backup's snapshot with `etcdutl` when it carries no checksum of ours
+//! (`driver::backups::verify_backup`).
 //!
 //! | edge | trait | production | simulation |
 //! |---|---|---|---|

@@ -85,7 +85,7 @@ pub fn store_json(data: &[u8]) {
     let _ = serde_json::from_slice::<backup::BackupInfo>(data);
     let _ = serde_json::from_slice::<backup::RestoreProgress>(data);
     let _ = serde_json::from_slice::<crate::status::ClusterStatus>(data);
-    let _ = serde_json::from_slice::<crate::discovery::Record>(data);
+    let _ = serde_json::from_slice::<crate::platform::discovery::Record>(data);
     if let Ok(x) = serde_json::from_slice::<backup::BackupExtra>(data) {
         let _ = x.validate();
     }
@@ -257,19 +257,24 @@ pub fn age_keys(data: &[u8]) {
 /// checked ids and device names.
 pub fn ec2_xml(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    if let Ok((volumes, _)) = crate::volumes::ec2::parse_volumes(&text) {
+    if let Ok((volumes, _)) = crate::platform::volumes::ec2::parse_volumes(&text) {
         for v in volumes {
-            assert!(crate::volumes::imds::is_aws_id(&v.id, "vol-"), "{}", v.id);
+            assert!(
+                crate::platform::volumes::imds::is_aws_id(&v.id, "vol-"),
+                "{}",
+                v.id
+            );
             for a in v.attachments {
                 assert!(
-                    a.device.is_empty() || crate::volumes::ec2::valid_device_name(&a.device),
+                    a.device.is_empty()
+                        || crate::platform::volumes::ec2::valid_device_name(&a.device),
                     "{}",
                     a.device
                 );
             }
         }
     }
-    let _ = crate::volumes::ec2::parse_instances(&text);
+    let _ = crate::platform::volumes::ec2::parse_instances(&text);
 }
 
 /// The instance metadata answers (five lines: id, zone, region, IPv6,
@@ -280,8 +285,8 @@ pub fn imds_answers(data: &[u8]) {
     let mut next = || lines.next();
     let (id, zone) = (next().unwrap_or_default(), next().unwrap_or_default());
     let (region, v6, v4) = (next(), next(), next());
-    if let Ok(i) = crate::volumes::imds::check_instance(id, zone, region, v6, v4) {
-        assert!(crate::volumes::imds::is_aws_id(&i.id, "i-"));
+    if let Ok(i) = crate::platform::volumes::imds::check_instance(id, zone, region, v6, v4) {
+        assert!(crate::platform::volumes::imds::is_aws_id(&i.id, "i-"));
         assert!(
             !i.region.is_empty()
                 && i.region
@@ -295,12 +300,12 @@ pub fn imds_answers(data: &[u8]) {
 /// Upstream's `state` protobuf and `myid` on a data dir, as an adoption
 /// reads them: what is adopted names a valid member.
 pub fn upstream_state(data: &[u8]) {
-    if let Ok(pb) = crate::upstream_state::decode_state(data)
-        && let Ok(Some(local)) = crate::upstream_state::from_upstream(&pb)
+    if let Ok(pb) = crate::node::upstream_state::decode_state(data)
+        && let Ok(Some(local)) = crate::node::upstream_state::from_upstream(&pb)
     {
         assert!(etcd::check_ident(etcd::IdentKind::ClusterToken, &local.cluster_token).is_ok());
     }
-    if let Ok(id) = crate::upstream_state::parse_myid(data) {
+    if let Ok(id) = crate::node::upstream_state::parse_myid(data) {
         assert!(etcd::check_ident(etcd::IdentKind::NodeId, &id).is_ok());
     }
 }
@@ -319,7 +324,7 @@ pub fn discovery_record(data: &[u8]) {
         assert_eq!(r.id, stem);
         assert!(gossip::check_member_id(&r.id).is_ok());
     }
-    let _ = serde_json::from_slice::<crate::discovery::Record>(body);
+    let _ = serde_json::from_slice::<crate::platform::discovery::Record>(body);
 }
 
 /// The hosts file: any existing text, and records (lines `address name`
@@ -328,7 +333,7 @@ pub fn discovery_record(data: &[u8]) {
 pub fn hosts_render(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let (existing, recs) = text.split_once("\n\n").unwrap_or((&text, ""));
-    let mut records = crate::hosts::Records::new();
+    let mut records = crate::platform::hosts::Records::new();
     for line in recs.lines() {
         let (addr, name) = line.split_once(' ').unwrap_or((line, "x"));
         records
@@ -336,8 +341,8 @@ pub fn hosts_render(data: &[u8]) {
             .or_default()
             .insert(name.to_string());
     }
-    let (ok, _) = crate::hosts::checked(&records);
-    let out = crate::hosts::render(existing, "etcd", "internal.example", &ok);
+    let (ok, _) = crate::platform::hosts::checked(&records);
+    let out = crate::platform::hosts::render(existing, "etcd", "internal.example", &ok);
     let begin = "# Begin host entries managed by etcd-manager[etcd] - do not edit";
     let end = "# End host entries managed by etcd-manager[etcd]";
     assert_eq!(
@@ -354,10 +359,15 @@ pub fn hosts_render(data: &[u8]) {
     for l in block {
         let (addr, names) = l.split_once('\t').expect("address, tab, names");
         assert!(addr.parse::<std::net::IpAddr>().is_ok(), "{l:?}");
-        assert!(names.split(' ').all(crate::hosts::valid_host_name), "{l:?}");
+        assert!(
+            names
+                .split(' ')
+                .all(crate::platform::hosts::valid_host_name),
+            "{l:?}"
+        );
     }
     assert_eq!(
-        crate::hosts::render(&out, "etcd", "internal.example", &ok),
+        crate::platform::hosts::render(&out, "etcd", "internal.example", &ok),
         out,
         "a second write changes nothing"
     );
@@ -501,7 +511,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     };
     out.push((
         "upstream_state",
-        prost::Message::encode_to_vec(&crate::upstream_state::to_upstream(&local, true)),
+        prost::Message::encode_to_vec(&crate::node::upstream_state::to_upstream(&local, true)),
     ));
     out.push(("upstream_state", b"Zq3-x_9aBcDeFgHiJkLmNo".to_vec()));
     out.push((

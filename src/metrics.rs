@@ -348,11 +348,11 @@ pub async fn serve_http(
                     }
                     Err(e) => {
                         failures = failures.saturating_add(1);
-                        let pause = crate::peer::accept_pause(failures);
+                        let pause = crate::accept::pause(failures);
                         tracing::warn!(error = %e, pause_ms = pause.as_millis() as u64, "metrics accept failed");
                         tokio::select! {
                             _ = cancel.cancelled() => break,
-                            _ = crate::peer::accept_backoff(pause) => continue,
+                            _ = crate::accept::backoff(pause) => continue,
                         }
                     }
                 };

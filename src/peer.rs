@@ -11,12 +11,12 @@
 //! the lease record it holds). The receiver refuses epochs lower than the
 //! highest it has seen, and with TLS it accepts a request only from the node
 //! the fence names (the caller's certificate names its node, see
-//! [`crate::pki::node_id_of_cert`]); an epoch higher than any it has seen is
+//! [`crate::platform::pki::node_id_of_cert`]); an epoch higher than any it has seen is
 //! checked against the lease records in the store first
 //! ([`crate::node::Node`]).
 //!
 //! Unless `--insecure`, every connection is TLS 1.3 with certificates on both
-//! sides from the `etcd-manager-ca` ([`crate::pki::PeerTls`]): a client without
+//! sides from the `etcd-manager-ca` ([`crate::platform::pki::PeerTls`]): a client without
 //! one is dropped in the handshake, before any request is read. At most
 //! [`MAX_CONNECTIONS`] connections are served at once.
 
@@ -132,7 +132,7 @@ pub enum Request {
     CheckSettings {
         version: String,
     },
-    /// Run a restore drill of `backup` (see [`crate::drill`]) as a job: the
+    /// Run a restore drill of `backup` (see [`crate::backups::drill`]) as a job: the
     /// answer comes at once, the verdict goes beside the backup in the
     /// store. A node already running one skips the request.
     VerifyBackup {
@@ -393,7 +393,7 @@ struct NodeInfoWithoutJobs {
 /// Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct PeerClient {
-    tls: Option<crate::pki::PeerTls>,
+    tls: Option<crate::platform::pki::PeerTls>,
 }
 
 impl PeerClient {
@@ -403,12 +403,12 @@ impl PeerClient {
     }
 
     /// Mutual TLS with this identity.
-    pub fn tls(tls: crate::pki::PeerTls) -> Self {
+    pub fn tls(tls: crate::platform::pki::PeerTls) -> Self {
         PeerClient { tls: Some(tls) }
     }
 
     /// The same identity for serving (None: plain TCP).
-    pub fn server_tls(&self) -> Option<crate::pki::PeerTls> {
+    pub fn server_tls(&self) -> Option<crate::platform::pki::PeerTls> {
         self.tls.clone()
     }
 
@@ -431,11 +431,12 @@ impl PeerClient {
                     after: CONNECT_TIMEOUT,
                 })?
                 .map_err(|source| PeerError::Io { addr, source })?;
-            let name = rustls_pki_types::ServerName::try_from(crate::pki::PEER_API_SERVER_NAME)
-                .map_err(|e| PeerError::Protocol {
-                    addr,
-                    reason: e.to_string(),
-                })?;
+            let name =
+                rustls_pki_types::ServerName::try_from(crate::platform::pki::PEER_API_SERVER_NAME)
+                    .map_err(|e| PeerError::Protocol {
+                        addr,
+                        reason: e.to_string(),
+                    })?;
             let mut s = t
                 .connector
                 .connect(name, stream)
@@ -446,7 +447,7 @@ impl PeerClient {
                 .1
                 .peer_certificates()
                 .and_then(|certs| certs.first())
-                .and_then(|der| crate::pki::node_id_of_cert(der));
+                .and_then(|der| crate::platform::pki::node_id_of_cert(der));
             let resp = exchange(&mut s, addr, &Request::GetInfo).await;
             let _ = s.shutdown().await;
             Ok::<_, PeerError>((node_id, resp?))
@@ -484,7 +485,7 @@ impl PeerClient {
 }
 
 async fn call_with(
-    tls: Option<&crate::pki::PeerTls>,
+    tls: Option<&crate::platform::pki::PeerTls>,
     addr: SocketAddr,
     req: &Request,
     timeout: Duration,
@@ -503,11 +504,13 @@ async fn call_with(
         match tls {
             None => exchange(&mut stream, addr, req).await,
             Some(t) => {
-                let name = rustls_pki_types::ServerName::try_from(crate::pki::PEER_API_SERVER_NAME)
-                    .map_err(|e| PeerError::Protocol {
-                        addr,
-                        reason: e.to_string(),
-                    })?;
+                let name = rustls_pki_types::ServerName::try_from(
+                    crate::platform::pki::PEER_API_SERVER_NAME,
+                )
+                .map_err(|e| PeerError::Protocol {
+                    addr,
+                    reason: e.to_string(),
+                })?;
                 let mut s = t
                     .connector
                     .connect(name, stream)
@@ -583,7 +586,7 @@ impl gossip::PlainPeerCheck for PeerCertCheck {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub addr: SocketAddr,
-    /// The node its TLS certificate names (see [`crate::pki::node_id_of_cert`]);
+    /// The node its TLS certificate names (see [`crate::platform::pki::node_id_of_cert`]);
     /// None over plain TCP (`--insecure`), where nothing can be verified.
     pub node_id: Option<String>,
     /// True when the connection is mutual TLS: then a request is accepted
@@ -623,7 +626,7 @@ impl Caller {
             )),
             None => Err(format!(
                 "the caller's certificate names no node (no {} URI); only a manager's own certificate may send this",
-                crate::pki::node_uri("<id>")
+                crate::platform::pki::node_uri("<id>")
             )),
         }
     }
@@ -816,7 +819,7 @@ async fn serve_one<H: Handler>(
                 .1
                 .peer_certificates()
                 .and_then(|certs| certs.first())
-                .and_then(|der| crate::pki::node_id_of_cert(der));
+                .and_then(|der| crate::platform::pki::node_id_of_cert(der));
             let caller = Caller {
                 addr: from,
                 node_id,
@@ -827,25 +830,6 @@ async fn serve_one<H: Handler>(
             s.shutdown().await
         }
     }
-}
-
-/// Pauses after a failed accept (out of file descriptors, say): the first,
-/// doubled on every further failure up to the last.
-const ACCEPT_PAUSE: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
-
-/// The pause before the next accept after `failures` failed ones in a row.
-pub(crate) fn accept_pause(failures: u32) -> Duration {
-    let (first, most) = ACCEPT_PAUSE;
-    first
-        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
-        .min(most)
-}
-
-/// Wait out an accept pause. The servers are IO edges, not decisions: the
-/// pause is real time whatever clock the controller runs on.
-#[allow(clippy::disallowed_methods)]
-pub(crate) async fn accept_backoff(pause: Duration) {
-    tokio::time::sleep(pause).await
 }
 
 /// Serve requests until cancelled, over TLS when `tls` is given. Each
@@ -860,7 +844,7 @@ pub(crate) async fn accept_backoff(pause: Duration) {
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
-    tls: Option<crate::pki::PeerTls>,
+    tls: Option<crate::platform::pki::PeerTls>,
     cancel: CancellationToken,
 ) {
     let mut conns = tokio::task::JoinSet::new();
@@ -883,11 +867,11 @@ pub async fn serve<H: Handler>(
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
-                let pause = accept_pause(failures);
+                let pause = crate::accept::pause(failures);
                 tracing::warn!(error = %e, pause_ms = pause.as_millis() as u64, "peer API accept failed");
                 tokio::select! {
                     _ = cancel.cancelled() => break,
-                    _ = accept_backoff(pause) => continue,
+                    _ = crate::accept::backoff(pause) => continue,
                 }
             }
         };
@@ -918,7 +902,7 @@ mod tests {
     /// A server for `handler` on a free loopback port.
     async fn start<H: Handler>(
         handler: H,
-        tls: Option<crate::pki::PeerTls>,
+        tls: Option<crate::platform::pki::PeerTls>,
     ) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
         let listener = bind("127.0.0.1:0".parse().expect("addr"))
             .await
@@ -1048,7 +1032,8 @@ mod tests {
     async fn idle_connections_do_not_hold_the_server() {
         #[allow(clippy::disallowed_methods)]
         let now = std::time::SystemTime::now();
-        let ca = crate::pki::Ca::generate(crate::pki::MANAGER_CA, now).expect("ca");
+        let ca =
+            crate::platform::pki::Ca::generate(crate::platform::pki::MANAGER_CA, now).expect("ca");
         for tls in [false, true] {
             let server_tls = tls.then(|| tls_for(&ca, "server"));
             let client = if tls {
@@ -1226,26 +1211,22 @@ mod tests {
         );
     }
 
-    #[test]
-    fn accept_pauses_grow_and_are_capped() {
-        assert_eq!(accept_pause(1), Duration::from_millis(50));
-        assert_eq!(accept_pause(2), Duration::from_millis(100));
-        assert_eq!(accept_pause(40), Duration::from_secs(1));
-    }
-
     /// rustls checks validity against the real clock, so issue for now.
-    fn tls_for(ca: &crate::pki::Ca, id: &str) -> crate::pki::PeerTls {
+    fn tls_for(ca: &crate::platform::pki::Ca, id: &str) -> crate::platform::pki::PeerTls {
         #[allow(clippy::disallowed_methods)]
         let now = std::time::SystemTime::now();
-        crate::pki::PeerTls::issue(ca, id, "127.0.0.1".parse().expect("ip"), now).expect("issue")
+        crate::platform::pki::PeerTls::issue(ca, id, "127.0.0.1".parse().expect("ip"), now)
+            .expect("issue")
     }
 
     #[tokio::test]
     async fn mutual_tls_admits_only_certificates_from_the_managers_ca() {
         #[allow(clippy::disallowed_methods)]
         let now = std::time::SystemTime::now();
-        let ca = crate::pki::Ca::generate(crate::pki::MANAGER_CA, now).expect("ca");
-        let stranger_ca = crate::pki::Ca::generate(crate::pki::MANAGER_CA, now).expect("ca");
+        let ca =
+            crate::platform::pki::Ca::generate(crate::platform::pki::MANAGER_CA, now).expect("ca");
+        let stranger_ca =
+            crate::platform::pki::Ca::generate(crate::platform::pki::MANAGER_CA, now).expect("ca");
         let (addr, cancel, server) = start(Echo, Some(tls_for(&ca, "server"))).await;
         let t = Duration::from_secs(5);
 
@@ -1287,7 +1268,8 @@ mod tests {
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let tcp = TcpStream::connect(addr).await.expect("connect");
         let name =
-            rustls_pki_types::ServerName::try_from(crate::pki::PEER_API_SERVER_NAME).expect("name");
+            rustls_pki_types::ServerName::try_from(crate::platform::pki::PEER_API_SERVER_NAME)
+                .expect("name");
         let outcome = async {
             let mut s = connector.connect(name, tcp).await?;
             let bytes = encode(&Request::GetInfo).map_err(std::io::Error::other)?;

@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::controller::{Observation, Plan};
 
-pub const STATUS_FILE: &str = "status.json";
 /// Rewrite an unchanged report this often, so its age tells whether a leader is alive.
 pub const STATUS_REFRESH: Duration = Duration::from_secs(60);
 

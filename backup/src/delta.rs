@@ -15,8 +15,6 @@ use std::io::Read;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// The folder of a backup's segments, inside the backup's folder.
-pub const DELTA_DIR: &str = "etcd-manager-deltas";
 /// Most bytes a stored segment file may have.
 pub const MAX_SEGMENT_SIZE: u64 = 64 << 20;
 /// Most bytes a segment may inflate to.

@@ -11,10 +11,11 @@ use sha2::{Digest, Sha256};
 
 use crate::RESTORE_MARKER_FILE;
 use crate::delta::{
-    DELTA_DIR, DeltaSegment, MAX_SEGMENT_INFLATED, MAX_SEGMENT_SIZE, parse_segment_file_name,
+    DeltaSegment, MAX_SEGMENT_INFLATED, MAX_SEGMENT_SIZE, parse_segment_file_name,
     segment_file_name,
 };
 use crate::error::{Error, Result};
+use crate::layout::{DELTA_DIR, LEASE_DIR, MANAGER_DIR, STORE_ID_FILE};
 use crate::model::{
     BackupExtra, BackupFacts, BackupInfo, ClusterSpec, Command, CreatedMarker, DrillRecord,
 };
@@ -599,13 +600,13 @@ impl BackupStore {
     /// Upstream's listing still pays for each object here (one recursive
     /// listing of the whole base), so keep the number of records bounded.
     pub fn lease_prefix(&self) -> Path {
-        self.path("etcd-manager/lease")
+        self.path(&format!("{MANAGER_DIR}/{LEASE_DIR}"))
     }
 
     /// Write one of our own files under `<base>/etcd-manager/` (status, discovery), replacing it.
     pub async fn write_manager_file(&self, name: &str, body: Vec<u8>) -> Result<()> {
         check_name(name)?;
-        self.put(&format!("etcd-manager/{name}"), body, PutMode::Overwrite)
+        self.put(&format!("{MANAGER_DIR}/{name}"), body, PutMode::Overwrite)
             .await
     }
 
@@ -613,7 +614,7 @@ impl BackupStore {
     /// (create-only) with `fresh` by the first manager that asks and read by
     /// every other. Managers that read different ids do not share a store.
     pub async fn store_id(&self, fresh: String) -> Result<String> {
-        let rel = "etcd-manager/store-id";
+        let rel = &format!("{MANAGER_DIR}/{STORE_ID_FILE}");
         let read = |b: Bytes| {
             let id = String::from_utf8_lossy(&b).trim().to_string();
             if id.is_empty() || id.len() > 128 {
@@ -648,7 +649,7 @@ impl BackupStore {
     /// Delete one of our own files under `<base>/etcd-manager/` (absent is fine).
     pub async fn delete_manager_file(&self, name: &str) -> Result<()> {
         check_name(name)?;
-        let p = self.path(&format!("etcd-manager/{name}"));
+        let p = self.path(&format!("{MANAGER_DIR}/{name}"));
         match self.store.delete(&p).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(Error::store("delete", &p, e)),
@@ -659,11 +660,11 @@ impl BackupStore {
     /// `prefix` (one listing).
     pub async fn list_manager_files(&self, prefix: &str) -> Result<Vec<String>> {
         let mut names: Vec<String> = self
-            .list_under(Some("etcd-manager"))
+            .list_under(Some(MANAGER_DIR))
             .await?
             .into_iter()
             .filter_map(|rel| {
-                let name = rel.strip_prefix("etcd-manager/")?;
+                let name = rel.strip_prefix(MANAGER_DIR)?.strip_prefix('/')?;
                 (!name.contains('/') && name.starts_with(prefix)).then(|| name.to_string())
             })
             .collect();
@@ -680,11 +681,11 @@ impl BackupStore {
         prefix: &str,
     ) -> Result<Vec<(String, String)>> {
         Ok(self
-            .list_versions("etcd-manager")
+            .list_versions(MANAGER_DIR)
             .await?
             .into_iter()
             .filter_map(|(rel, version)| {
-                let name = rel.strip_prefix("etcd-manager/")?;
+                let name = rel.strip_prefix(MANAGER_DIR)?.strip_prefix('/')?;
                 (!name.contains('/') && name.starts_with(prefix))
                     .then(|| (name.to_string(), version))
             })
@@ -695,7 +696,7 @@ impl BackupStore {
     pub async fn read_manager_file(&self, name: &str) -> Result<Option<Bytes>> {
         check_name(name)?;
         Ok(self
-            .read(&format!("etcd-manager/{name}"))
+            .read(&format!("{MANAGER_DIR}/{name}"))
             .await?
             .map(|(_, b)| b))
     }
@@ -947,11 +948,11 @@ impl BackupStore {
             });
         }
         let manager_files = self
-            .list_versions("etcd-manager")
+            .list_versions(MANAGER_DIR)
             .await?
             .into_iter()
             .filter_map(|(rel, _)| {
-                let name = rel.strip_prefix("etcd-manager/")?;
+                let name = rel.strip_prefix(MANAGER_DIR)?.strip_prefix('/')?;
                 (!name.contains('/')).then(|| name.to_string())
             })
             .collect();

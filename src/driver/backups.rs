@@ -152,12 +152,12 @@ impl Driver {
         let started = self.clock.now();
         // An operator's request: read before the snapshot opens, so the
         // backup holds every write acknowledged before it (its stamp goes
-        // into the side file; see crate::backup_now).
+        // into the side file; see crate::backups::backup_now).
         let requested_at = if reason == controller::BackupReason::OnDemand {
             self.backup_request = self.read_backup_request().await?;
             self.backup_request
                 .as_deref()
-                .and_then(crate::backup_now::BackupNowRequest::parse)
+                .and_then(crate::backups::backup_now::BackupNowRequest::parse)
         } else {
             None
         };
@@ -283,7 +283,7 @@ impl Driver {
             .await
             .map_err(executing_error)?;
         let status = client.status().await.map_err(executing_error)?;
-        let kv_hash = crate::drill::cluster_hash(&*client, status.revision).await;
+        let kv_hash = crate::backups::drill::cluster_hash(&*client, status.revision).await;
         let stream = client.snapshot().await.map_err(executing_error)?;
         let wall = self.clock.wall();
         let info = BackupInfo {

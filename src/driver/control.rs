@@ -5,21 +5,6 @@
 use super::*;
 use crate::node::served_tokens;
 
-/// `etcd-manager-ctl backup-now` leaves this file under `<store>/etcd-manager/`.
-pub const BACKUP_NOW_FILE: &str = "backup-now";
-/// `etcd-manager-ctl seed-new-cluster` leaves this file under `<store>/etcd-manager/`.
-pub const ALLOW_NEW_CLUSTER_FILE: &str = "allow-new-cluster";
-/// `etcd-manager-ctl defrag`: every voter (`defrag-now`), or one member
-/// (`defrag-now--<member>`), defragmented by the leader now.
-pub const DEFRAG_NOW_FILE: &str = "defrag-now";
-/// `etcd-manager-ctl recover-quorum`: rebuild a cluster that lost its quorum.
-pub const RECOVER_QUORUM_FILE: &str = "recover-quorum";
-
-/// `etcd-manager-ctl verify-backup --on-manager <backup>` leaves
-/// `verify-now--<backup>`: a restore drill of that backup, run by the
-/// manager the leader picks.
-pub const VERIFY_NOW_FILE: &str = "verify-now";
-
 impl Driver {
     /// Point the continuous backup at the healthy members and the newest
     /// full backup this leader took (None before its first: the streamer
@@ -31,7 +16,7 @@ impl Driver {
         let mut endpoints: Vec<String> =
             healthy_endpoints(obs).into_iter().map(|(_, e)| e).collect();
         endpoints.sort();
-        let target = (!endpoints.is_empty()).then(|| crate::delta::DeltaTarget {
+        let target = (!endpoints.is_empty()).then(|| crate::backups::delta::DeltaTarget {
             epoch,
             endpoints,
             base: self.last_backup_name.clone(),
@@ -120,7 +105,7 @@ impl Driver {
                 let allow = self
                     .node
                     .data_dir()
-                    .join(crate::statics::PLEASE_CREATE_NEW_CLUSTER)
+                    .join(crate::platform::statics::PLEASE_CREATE_NEW_CLUSTER)
                     .exists();
                 control.spec = Some(sc.spec());
                 control.allow_new_cluster = allow;
@@ -152,19 +137,22 @@ impl Driver {
             records
                 .entry(p.peer_api.ip().to_string())
                 .or_default()
-                .insert(crate::config::dns_name(&mv.id, &self.settings.dns_suffix));
+                .insert(crate::platform::hosts::dns_name(
+                    &mv.id,
+                    &self.settings.dns_suffix,
+                ));
         }
         records
             .entry(self.settings.peer_api.ip().to_string())
             .or_default()
-            .insert(crate::config::dns_name(
+            .insert(crate::platform::hosts::dns_name(
                 self.node.id(),
                 &self.settings.dns_suffix,
             ));
         if self.last_hosts.as_ref() == Some(&records) {
             return;
         }
-        match crate::hosts::update(
+        match crate::platform::hosts::update(
             &path,
             &self.settings.cluster_name,
             &self.settings.dns_suffix,
@@ -239,7 +227,7 @@ impl Driver {
     ) -> Result<(), backup::Error> {
         let body = serde_json::to_vec_pretty(status).unwrap_or_default();
         self.store
-            .write_manager_file(crate::status::STATUS_FILE, body)
+            .write_manager_file(backup::layout::STATUS_FILE, body)
             .await
     }
 
@@ -326,7 +314,7 @@ impl Driver {
 
 pub fn verify_request(files: &std::collections::BTreeSet<String>) -> Option<(String, String)> {
     files.iter().find_map(|f| {
-        let backup = crate::node::request_suffix(f, VERIFY_NOW_FILE)?;
+        let backup = request_suffix(f, VERIFY_NOW_FILE)?;
         backup::check_backup_name(backup)
             .ok()
             .map(|()| (f.clone(), backup.to_string()))
@@ -342,7 +330,7 @@ pub fn defrag_request(
         if f == DEFRAG_NOW_FILE {
             return Some((f.clone(), None));
         }
-        let member = crate::node::request_suffix(f, DEFRAG_NOW_FILE)?;
+        let member = request_suffix(f, DEFRAG_NOW_FILE)?;
         etcd::check_ident(etcd::IdentKind::MemberName, member)
             .ok()
             .map(|()| (f.clone(), Some(member.to_string())))

@@ -79,7 +79,7 @@ impl Driver {
                 let file = self
                     .node
                     .data_dir()
-                    .join(crate::statics::PLEASE_CREATE_NEW_CLUSTER);
+                    .join(crate::platform::statics::PLEASE_CREATE_NEW_CLUSTER);
                 match std::fs::remove_file(&file) {
                     Ok(()) => {
                         tracing::info!(file = %file.display(), "cluster created; removed the file that allowed it");

@@ -1,5 +1,5 @@
 //! Following the long operations the leader starts on nodes as jobs
-//! (`crate::jobs`): a restore, a check of a member's v2 store. The leader
+//! (`crate::node::jobs`): a restore, a check of a member's v2 store. The leader
 //! asks the node every [`JOB_POLL`] and reads the job in its `GetInfo`
 //! answer until the job ends.
 

@@ -14,8 +14,8 @@ use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::controller::{self, Action, ClusterView, MemberView, Observation, PeerView, Plan};
+use crate::driver::lease::SharedLease;
 use crate::edges::{EtcdApi, EtcdConnect, Membership, PeerApi};
-use crate::lease::SharedLease;
 use crate::metrics as m;
 use crate::node::Node;
 use crate::peer::{
@@ -30,6 +30,7 @@ mod error;
 mod execute;
 mod jobs;
 mod leading;
+pub mod lease;
 mod maintenance;
 mod observe;
 mod payload;
@@ -113,7 +114,7 @@ pub struct DriverSettings {
     pub gossip_mode: String,
     /// `--static-config`: the spec comes from it, no control file is read,
     /// and a new cluster needs `please-create-new-cluster` in our data dir.
-    pub static_config: Option<crate::statics::StaticConfig>,
+    pub static_config: Option<crate::platform::statics::StaticConfig>,
     /// With `--dns-suffix`: the hosts file whose block names every member.
     pub hosts_file: Option<std::path::PathBuf>,
     pub dns_suffix: String,
@@ -126,11 +127,11 @@ pub struct DriverSettings {
     pub rules: crate::rules::SafetyRules,
 }
 
-pub use self::control::{
+use crate::node::retired_tokens;
+use backup::layout::{
     ALLOW_NEW_CLUSTER_FILE, BACKUP_NOW_FILE, DEFRAG_NOW_FILE, RECOVER_QUORUM_FILE, VERIFY_NOW_FILE,
+    request_suffix, retired_cluster_file, served_cluster_file,
 };
-
-pub use crate::node::{RETIRED_CLUSTER_FILE, retired_cluster_file, retired_tokens};
 
 pub struct Driver {
     settings: DriverSettings,
@@ -205,9 +206,9 @@ pub struct Driver {
     last_hosts: Option<BTreeMap<String, BTreeSet<String>>>,
     /// The continuous backup: what it should follow, where it stands, and
     /// the streamer until [`Driver::run`] starts it.
-    delta_target: tokio::sync::watch::Sender<Option<crate::delta::DeltaTarget>>,
-    delta: Arc<crate::delta::DeltaShared>,
-    delta_streamer: Option<crate::delta::DeltaStreamer>,
+    delta_target: tokio::sync::watch::Sender<Option<crate::backups::delta::DeltaTarget>>,
+    delta: Arc<crate::backups::delta::DeltaShared>,
+    delta_streamer: Option<crate::backups::delta::DeltaStreamer>,
 }
 
 /// What the leader reads from the store's control files.
@@ -222,7 +223,7 @@ struct Control {
     /// The request file and the backup it names.
     verify_requested: Option<(String, String)>,
     retired_tokens: BTreeSet<String>,
-    /// Clusters a leader saw serve (see [`crate::node::SERVED_CLUSTER_FILE`]).
+    /// Clusters a leader saw serve (see [`backup::layout::SERVED_CLUSTER_FILE`]).
     served_tokens: BTreeSet<String>,
     /// `etcd-manager-ctl recover-quorum`'s request file, its body.
     recover_quorum_request: Option<bytes::Bytes>,
@@ -246,9 +247,9 @@ impl Driver {
         let lease = SharedLease::new(lease, clock.clone());
         settings.peers = leading::LeaseGuard::around(&settings, &lease, &clock);
         let (delta_target, target_rx) = tokio::sync::watch::channel(None);
-        let delta = Arc::new(crate::delta::DeltaShared::default());
+        let delta = Arc::new(crate::backups::delta::DeltaShared::default());
         let delta_streamer =
-            (!settings.delta_interval.is_zero()).then(|| crate::delta::DeltaStreamer {
+            (!settings.delta_interval.is_zero()).then(|| crate::backups::delta::DeltaStreamer {
                 store: store.clone(),
                 clock: clock.clone(),
                 interval: settings.delta_interval,

@@ -3,7 +3,6 @@
 //! [`Observation`].
 
 use super::*;
-use crate::node::served_cluster_file;
 
 /// A failed v2 store check is run again after this long.
 const V2STORE_RETRY: Duration = Duration::from_secs(60);

@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
+use etcd_manager::node::upstream_state;
 use etcd_manager::peer::EtcdNodeConfig;
-use etcd_manager::upstream_state;
 use tests::{get, wait_for};
 
 #[tokio::test(flavor = "multi_thread")]

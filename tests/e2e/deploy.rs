@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use clap::CommandFactory;
-use etcd_manager::config::{Args, Config};
+use etcd_manager::cli::config::{Args, Config};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -21,7 +21,7 @@ fn repo() -> PathBuf {
 
 /// The manager's long flag names (and aliases), plus clap's built-ins.
 fn manager_flags() -> BTreeSet<String> {
-    let mut names: BTreeSet<String> = etcd_manager::goflags::long_names(&Args::command())
+    let mut names: BTreeSet<String> = etcd_manager::cli::goflags::long_names(&Args::command())
         .into_iter()
         .collect();
     names.extend(["help".to_string(), "version".to_string()]);

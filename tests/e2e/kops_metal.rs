@@ -266,10 +266,10 @@ pub(crate) fn volume(root: &Path, h: usize) -> PathBuf {
 pub(crate) fn assert_upstream_reads_the_volumes(root: &Path, pki: &Path, n: usize) {
     for h in 1..=n {
         let mnt = volume(root, h);
-        let pb = etcd_manager::upstream_state::read(&mnt)
+        let pb = etcd_manager::node::upstream_state::read(&mnt)
             .unwrap()
             .unwrap_or_else(|| panic!("upstream's state in {}", mnt.display()));
-        let local = etcd_manager::upstream_state::from_upstream(&pb)
+        let local = etcd_manager::node::upstream_state::from_upstream(&pb)
             .unwrap()
             .expect("a cluster");
         assert_eq!(local.etcd_version, VERSION, "{local:?}");
@@ -294,7 +294,7 @@ pub(crate) fn assert_upstream_reads_the_volumes(root: &Path, pki: &Path, n: usiz
         {
             let pem = std::fs::read_to_string(&key).unwrap();
             assert!(
-                etcd_manager::pki::is_rsa_key_pem(&pem),
+                etcd_manager::platform::pki::is_rsa_key_pem(&pem),
                 "{}: upstream reads only RSA keys",
                 key.display()
             );

@@ -207,7 +207,7 @@ async fn a_restore_returns_the_keyspace_of_a_chosen_revision_and_of_the_latest()
             async move {
                 let ranges = store.list_segments(&base).await.ok()?;
                 let rev = store.read_backup_extra(&base).await.ok()??.revision?;
-                (etcd_manager::delta::chain_end(rev, &ranges) >= last).then_some(())
+                (etcd_manager::backups::delta::chain_end(rev, &ranges) >= last).then_some(())
             }
         },
     )

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use backup::{BackupFacts, BackupInfo, BackupStore, ClusterSpec};
 use etcd::{EtcdClient, EtcdNodeSpec, EtcdProcess, KeyChange};
+use etcd_manager::backups::delta::{DeltaShared, DeltaStreamer, DeltaTarget, chain_end};
+use etcd_manager::backups::pitr::{self, ReplayTo};
 use etcd_manager::clock::SystemClock;
-use etcd_manager::delta::{DeltaShared, DeltaStreamer, DeltaTarget, chain_end};
-use etcd_manager::pitr::{self, ReplayTo};
 use tests::{etcd_binaries, wait_for};
 use tokio_util::sync::CancellationToken;
 

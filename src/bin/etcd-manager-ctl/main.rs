@@ -13,7 +13,7 @@
 use anyhow::{Context, bail};
 use backup::{BackupStore, ClusterSpec, Command, RestoreBackupCommand, StoreOptions};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use etcd_manager::pitr::ReplayTo;
+use etcd_manager::backups::pitr::ReplayTo;
 
 /// Reads and changes the desired state of an etcd cluster managed by etcd-manager.
 #[derive(Debug, Parser)]
@@ -208,9 +208,9 @@ enum Cmd {
 
 fn main() -> std::process::ExitCode {
     let cmd = CtlArgs::command();
-    let argv = etcd_manager::goflags::normalize(
+    let argv = etcd_manager::cli::goflags::normalize(
         std::env::args_os(),
-        &etcd_manager::goflags::long_names(&cmd),
+        &etcd_manager::cli::goflags::long_names(&cmd),
     );
     let args = match cmd
         .try_get_matches_from(argv)
@@ -252,7 +252,7 @@ fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<String> {
 
 /// Create whichever CAs are missing; a half-present pair is an error.
 fn init_pki(dir: &std::path::Path) -> anyhow::Result<String> {
-    use etcd_manager::pki::{ALL_CAS, Ca};
+    use etcd_manager::platform::pki::{ALL_CAS, Ca};
     let mut out = String::new();
     for name in ALL_CAS {
         let crt = dir.join(format!("{name}.crt"));
@@ -305,7 +305,7 @@ fn issue_client_cert(
     out_dir: &std::path::Path,
     name: &str,
 ) -> anyhow::Result<String> {
-    use etcd_manager::pki::{CLIENTS_CA, Ca, Subject, write_issued};
+    use etcd_manager::platform::pki::{CLIENTS_CA, Ca, Subject, write_issued};
     let ca = Ca::load(pki_dir, CLIENTS_CA, "--etcd-insecure")?;
     let issued = ca.issue(
         &Subject {
@@ -349,7 +349,7 @@ async fn run(a: CtlArgs) -> anyhow::Result<String> {
         s3_sse_kms_key_id: a.s3_sse_kms_key_id.clone(),
     };
     backup::resolve_s3_region(&url, &mut opts).await;
-    let encryption = etcd_manager::config::encryption_flags(
+    let encryption = etcd_manager::cli::config::encryption_flags(
         a.backup_encryption_recipients_file.as_deref(),
         a.backup_encryption_identity_file.as_deref(),
     )?;
@@ -457,14 +457,15 @@ async fn run(a: CtlArgs) -> anyhow::Result<String> {
             let record = if *on_manager {
                 drill_on_manager(&store, backup, *timeout).await?
             } else {
-                let settings = etcd_manager::drill::DrillSettings {
+                let settings = etcd_manager::backups::drill::DrillSettings {
                     bin_dirs: a.etcd_bin_dir.clone(),
                     scratch_root: scratch_dir
                         .join(format!("etcd-manager-drill-{}", std::process::id())),
                     by: "etcd-manager-ctl".into(),
                     clock: std::sync::Arc::new(etcd_manager::clock::SystemClock),
                 };
-                let record = etcd_manager::drill::verify_backup(&store, backup, &settings).await;
+                let record =
+                    etcd_manager::backups::drill::verify_backup(&store, backup, &settings).await;
                 let _ = std::fs::remove_dir_all(&settings.scratch_root);
                 record?
             };
@@ -503,7 +504,7 @@ async fn run(a: CtlArgs) -> anyhow::Result<String> {
                 );
             }
             store
-                .write_manager_file(etcd_manager::driver::ALLOW_NEW_CLUSTER_FILE, b"{}".to_vec())
+                .write_manager_file(backup::layout::ALLOW_NEW_CLUSTER_FILE, b"{}".to_vec())
                 .await?;
             Ok(
                 "the leader may now create a new EMPTY cluster although backups exist; \
@@ -539,7 +540,7 @@ async fn run(a: CtlArgs) -> anyhow::Result<String> {
             let mut replay_note = String::new();
             let mut chosen = name.clone();
             if !*full_only
-                && let Some(plan) = etcd_manager::pitr::plan(&store, name, to)
+                && let Some(plan) = etcd_manager::backups::pitr::plan(&store, name, to)
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))?
             {
@@ -550,13 +551,13 @@ async fn run(a: CtlArgs) -> anyhow::Result<String> {
                         plan.chain_end + 1
                     );
                 }
-                let settings = etcd_manager::pitr::ReplaySettings {
+                let settings = etcd_manager::backups::pitr::ReplaySettings {
                     bin_dirs: a.etcd_bin_dir.clone(),
                     scratch: scratch_dir
                         .join(format!("etcd-manager-replay-{}", std::process::id())),
                     clock: std::sync::Arc::new(etcd_manager::clock::SystemClock),
                 };
-                let done = etcd_manager::pitr::replay(&store, &plan, &settings)
+                let done = etcd_manager::backups::pitr::replay(&store, &plan, &settings)
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}; nothing was queued (-full-only restores the backup without its segments)"))?;
                 replay_note = format!(
@@ -625,7 +626,8 @@ fn new_spec(a: &CtlArgs, current: Option<&ClusterSpec>) -> anyhow::Result<Cluste
 }
 
 async fn status(store: &BackupStore, output: Output) -> anyhow::Result<String> {
-    use etcd_manager::status::{ClusterStatus, STATUS_FILE, age};
+    use backup::layout::STATUS_FILE;
+    use etcd_manager::status::{ClusterStatus, age};
     let now = wall_now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -654,9 +656,10 @@ async fn status(store: &BackupStore, output: Output) -> anyhow::Result<String> {
     // How far the newest backup's continuous backup reaches.
     let delta = match &last_info {
         Some((n, _, Some(extra))) => match (extra.revision, store.list_segments(n).await) {
-            (Some(rev), Ok(ranges)) if !ranges.is_empty() => {
-                Some((ranges.len(), etcd_manager::delta::chain_end(rev, &ranges)))
-            }
+            (Some(rev), Ok(ranges)) if !ranges.is_empty() => Some((
+                ranges.len(),
+                etcd_manager::backups::delta::chain_end(rev, &ranges),
+            )),
             _ => None,
         },
         _ => None,
@@ -820,7 +823,7 @@ async fn list_backups_wide(store: &BackupStore, names: &[String]) -> anyhow::Res
             Some(r) => {
                 let end = match store.list_segments(n).await {
                     Ok(ranges) if !ranges.is_empty() => {
-                        Some(etcd_manager::delta::chain_end(r, &ranges))
+                        Some(etcd_manager::backups::delta::chain_end(r, &ranges))
                     }
                     _ => None,
                 };
@@ -856,7 +859,7 @@ async fn drill_on_manager(
     timeout: std::time::Duration,
 ) -> anyhow::Result<backup::DrillRecord> {
     let before = store.read_drill(backup).await.ok().flatten();
-    let file = format!("{}--{backup}", etcd_manager::driver::VERIFY_NOW_FILE);
+    let file = format!("{}--{backup}", backup::layout::VERIFY_NOW_FILE);
     store.write_manager_file(&file, b"{}\n".to_vec()).await?;
     let start = std::time::Instant::now();
     loop {
@@ -886,9 +889,9 @@ async fn defrag(
         Some(m) => {
             etcd::check_ident(etcd::IdentKind::MemberName, m)
                 .map_err(|e| anyhow::anyhow!("member {m:?}: {e}"))?;
-            format!("{}--{m}", etcd_manager::driver::DEFRAG_NOW_FILE)
+            format!("{}--{m}", backup::layout::DEFRAG_NOW_FILE)
         }
-        None => etcd_manager::driver::DEFRAG_NOW_FILE.to_string(),
+        None => backup::layout::DEFRAG_NOW_FILE.to_string(),
     };
     let stamp = wall_now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -925,8 +928,9 @@ async fn recover_quorum(
     store: &BackupStore,
     timeout: std::time::Duration,
 ) -> anyhow::Result<String> {
+    use backup::layout::STATUS_FILE;
     use etcd_manager::recover_request::RecoverQuorumRequest;
-    use etcd_manager::status::{ClusterStatus, STATUS_FILE, age};
+    use etcd_manager::status::{ClusterStatus, age};
     let mut out = String::new();
     if let Some(b) = store.read_manager_file(STATUS_FILE).await? {
         let report: ClusterStatus = serde_json::from_slice(&b)
@@ -965,7 +969,7 @@ async fn recover_quorum(
         .unwrap_or(0);
     let body = RecoverQuorumRequest { requested_at }.body();
     store
-        .write_manager_file(etcd_manager::driver::RECOVER_QUORUM_FILE, body.clone())
+        .write_manager_file(backup::layout::RECOVER_QUORUM_FILE, body.clone())
         .await?;
     let start = std::time::Instant::now();
     loop {
@@ -988,7 +992,7 @@ async fn recover_quorum(
             return Ok(out);
         }
         let pending = store
-            .read_manager_file(etcd_manager::driver::RECOVER_QUORUM_FILE)
+            .read_manager_file(backup::layout::RECOVER_QUORUM_FILE)
             .await?;
         if pending.is_none() {
             bail!(
@@ -1001,7 +1005,7 @@ async fn recover_quorum(
             // rebuild a later quorum loss at once, with no grace.
             if pending.as_deref() == Some(body.as_slice()) {
                 store
-                    .delete_manager_file(etcd_manager::driver::RECOVER_QUORUM_FILE)
+                    .delete_manager_file(backup::layout::RECOVER_QUORUM_FILE)
                     .await?;
             }
             bail!(
@@ -1014,10 +1018,10 @@ async fn recover_quorum(
 }
 
 /// Ask the leader for a backup and wait for the one taken for this request
-/// (not merely any new one: see `etcd_manager::backup_now`).
+/// (not merely any new one: see `etcd_manager::backups::backup_now`).
 #[allow(clippy::disallowed_methods)] // the ctl polls with real time
 async fn backup_now(store: &BackupStore, timeout: std::time::Duration) -> anyhow::Result<String> {
-    use etcd_manager::backup_now::{BackupNowRequest, find_answer};
+    use etcd_manager::backups::backup_now::{BackupNowRequest, find_answer};
     let before: std::collections::BTreeSet<String> =
         store.list_backups().await?.into_iter().collect();
     let requested_at = wall_now()
@@ -1026,7 +1030,7 @@ async fn backup_now(store: &BackupStore, timeout: std::time::Duration) -> anyhow
         .unwrap_or(0);
     store
         .write_manager_file(
-            etcd_manager::driver::BACKUP_NOW_FILE,
+            backup::layout::BACKUP_NOW_FILE,
             BackupNowRequest { requested_at }.body(),
         )
         .await?;

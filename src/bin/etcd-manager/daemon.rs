@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
+use etcd_manager::cli::config::{Config, GossipAuth};
 use etcd_manager::clock::{Clock, SystemClock};
-use etcd_manager::config::{Config, GossipAuth};
 use etcd_manager::driver::{Driver, DriverSettings, PeerPayload};
 use etcd_manager::metrics::{Health, HttpState, InstrumentedStore};
 use etcd_manager::node::{Node, NodeSettings};
@@ -40,15 +40,19 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         None
     } else {
         Some(Arc::new(
-            etcd_manager::pki::EtcdPki::load(&cfg.pki_dir, wall).context("--pki-dir")?,
+            etcd_manager::platform::pki::EtcdPki::load(&cfg.pki_dir, wall).context("--pki-dir")?,
         ))
     };
     let manager_ca = if cfg.insecure || cfg.backup_only.is_some() {
         None
     } else {
         Some(
-            etcd_manager::pki::Ca::load(&cfg.pki_dir, etcd_manager::pki::MANAGER_CA, "--insecure")
-                .context("--pki-dir")?,
+            etcd_manager::platform::pki::Ca::load(
+                &cfg.pki_dir,
+                etcd_manager::platform::pki::MANAGER_CA,
+                "--insecure",
+            )
+            .context("--pki-dir")?,
         )
     };
 
@@ -71,21 +75,24 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
 
     // The volume (or --data-dir) gives the data dir, the address and, for a
     // volume, the member's name.
-    let Some(placement) = etcd_manager::volumes::place(&cfg, clock.as_ref(), &shutdown).await?
+    let Some(placement) =
+        etcd_manager::platform::volumes::place(&cfg, clock.as_ref(), &shutdown).await?
     else {
         return Ok(());
     };
     let cfg = cfg.placed(placement.data_dir.clone(), placement.address);
     // On AWS the peers are the instances the other tagged volumes are
     // attached to: their addresses kept as a seeds folder gossip reads.
-    if let (Some(aws), etcd_manager::config::VolumeSource::Aws { volumes, .. }) =
+    if let (Some(aws), etcd_manager::cli::config::VolumeSource::Aws { volumes, .. }) =
         (&placement.aws, &cfg.volume)
     {
-        let ec2 =
-            etcd_manager::volumes::ec2::Ec2Client::from_env(&aws.region, &aws.metadata_endpoint)
-                .context("the EC2 client for discovery")?;
+        let ec2 = etcd_manager::platform::volumes::ec2::Ec2Client::from_env(
+            &aws.region,
+            &aws.metadata_endpoint,
+        )
+        .context("the EC2 client for discovery")?;
         tokio::spawn(
-            etcd_manager::volumes::aws::run_discovery(
+            etcd_manager::platform::volumes::aws::run_discovery(
                 Arc::new(ec2),
                 volumes.tags.clone(),
                 cfg.data_dir.join(EC2_SEEDS),
@@ -135,8 +142,13 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let peers = match &manager_ca {
         None => etcd_manager::peer::PeerClient::insecure(),
         Some(ca) => etcd_manager::peer::PeerClient::tls(
-            etcd_manager::pki::PeerTls::issue(ca, node.id(), cfg.peer_api_addr.ip(), wall)
-                .context("issuing the peer API certificate")?,
+            etcd_manager::platform::pki::PeerTls::issue(
+                ca,
+                node.id(),
+                cfg.peer_api_addr.ip(),
+                wall,
+            )
+            .context("issuing the peer API certificate")?,
         ),
     };
     let etcd_tls = etcd_pki.as_ref().map(|p| p.client.clone());
@@ -201,7 +213,7 @@ async fn run_node(
     gcfg.seeds = cfg.all_seeds();
     if matches!(
         cfg.volume,
-        etcd_manager::config::VolumeSource::External { .. }
+        etcd_manager::cli::config::VolumeSource::External { .. }
     ) && cfg.static_config.is_none()
     {
         // Upstream's bare-metal discovery without a static config.
@@ -210,7 +222,10 @@ async fn run_node(
             cfg.gossip_addr.port(),
         ));
     }
-    if matches!(cfg.volume, etcd_manager::config::VolumeSource::Aws { .. }) {
+    if matches!(
+        cfg.volume,
+        etcd_manager::cli::config::VolumeSource::Aws { .. }
+    ) {
         gcfg.seed_dir = Some((cfg.data_dir.join(EC2_SEEDS), cfg.gossip_addr.port()));
     }
     gcfg.discovery_dir = cfg.discovery_dir.clone();
@@ -313,12 +328,12 @@ async fn run_node(
     });
     let discovery_task = match (&cfg.discovery_dir, cfg.store_discovery) {
         (Some(dir), true) => {
-            let me = etcd_manager::discovery::Record {
+            let me = etcd_manager::platform::discovery::Record {
                 id: node.id().to_string(),
                 addr: cfg.gossip_addr,
             };
             Some(tokio::spawn(
-                etcd_manager::discovery::run(
+                etcd_manager::platform::discovery::run(
                     store.clone(),
                     me,
                     dir.clone(),
@@ -485,13 +500,13 @@ async fn run_backup_only(
     }
     metrics::gauge!(etcd_manager::metrics::BACKUP_INTERVAL).set(cfg.backup_interval.as_secs_f64());
     tracing::info!(%endpoint, store = %cfg.backup_store, "etcd-manager started in backup-only mode");
-    let settings = etcd_manager::sidecar::SidecarSettings {
+    let settings = etcd_manager::backups::sidecar::SidecarSettings {
         endpoint,
         backup_interval: cfg.backup_interval,
         retention: cfg.retention,
         tls,
     };
-    tasks.spawn(etcd_manager::sidecar::run(
+    tasks.spawn(etcd_manager::backups::sidecar::run(
         settings,
         store,
         clock,

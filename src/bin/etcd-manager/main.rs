@@ -3,7 +3,7 @@
 //! upstream's etcd-backup flags and runs in backup-only mode.
 
 use clap::{CommandFactory, FromArgMatches};
-use etcd_manager::config::{Args, Config, EtcdBackupArgs};
+use etcd_manager::cli::config::{Args, Config, EtcdBackupArgs};
 use tokio_util::sync::CancellationToken;
 
 mod daemon;
@@ -57,15 +57,16 @@ fn main() -> std::process::ExitCode {
 fn parse<A>(raw: Vec<std::ffi::OsString>) -> Result<Config, String>
 where
     A: CommandFactory + FromArgMatches,
-    Config: TryFrom<A, Error = etcd_manager::config::ConfigError>,
+    Config: TryFrom<A, Error = etcd_manager::cli::config::ConfigError>,
 {
     let cmd = A::command();
-    let argv = etcd_manager::goflags::normalize(raw, &etcd_manager::goflags::long_names(&cmd));
-    let vars = match etcd_manager::envfile::named_in(&argv) {
-        Some(path) => etcd_manager::envfile::load(&path)?,
+    let argv =
+        etcd_manager::cli::goflags::normalize(raw, &etcd_manager::cli::goflags::long_names(&cmd));
+    let vars = match etcd_manager::cli::envfile::named_in(&argv) {
+        Some(path) => etcd_manager::cli::envfile::load(&path)?,
         None => vec![],
     };
-    let argv = etcd_manager::envfile::apply_to_argv(argv, &vars, &cmd);
+    let argv = etcd_manager::cli::envfile::apply_to_argv(argv, &vars, &cmd);
     let args = match cmd
         .try_get_matches_from(argv)
         .and_then(|m| A::from_arg_matches(&m))

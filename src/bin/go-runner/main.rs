@@ -23,10 +23,10 @@ struct Args {
     #[arg(long, default_value = "")]
     log_file: String,
     /// Useful with --log-file: log to standard output as well as the log file.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = etcd_manager::config::go_bool)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = etcd_manager::cli::config::go_bool)]
     also_stdout: bool,
     /// Treat stderr the same as stdout.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_parser = etcd_manager::config::go_bool)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_parser = etcd_manager::cli::config::go_bool)]
     redirect_stderr: bool,
     /// The command and its arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
@@ -35,9 +35,9 @@ struct Args {
 
 fn main() -> ExitCode {
     let cmd = <Args as clap::CommandFactory>::command();
-    let argv = etcd_manager::goflags::normalize(
+    let argv = etcd_manager::cli::goflags::normalize(
         go_runner_args(),
-        &etcd_manager::goflags::long_names(&cmd),
+        &etcd_manager::cli::goflags::long_names(&cmd),
     );
     let args = match Args::try_parse_from(argv) {
         Ok(a) => a,

@@ -294,7 +294,7 @@ impl State {
         match kind {
             "restore_backup" | "reconfigure" => {}
             "stop_etcd" if restoring => {}
-            // A restore job runs outside any request (see crate::jobs).
+            // A restore job runs outside any request (see crate::node::jobs).
             "none" if restoring => {}
             "stop_etcd" => self.stop_before_restore = Some((self.now(), what)),
             _ => self.fail(what),
@@ -1747,7 +1747,7 @@ async fn operator(
                             let ms = world.with(|w| w.rng.random_range(0..10_000));
                             tokio::time::sleep(Duration::from_millis(ms)).await;
                         }
-                        let body = etcd_manager::backup_now::BackupNowRequest {
+                        let body = etcd_manager::backups::backup_now::BackupNowRequest {
                             requested_at: stamp,
                         }
                         .body();
@@ -1758,7 +1758,7 @@ async fn operator(
                             requested_first = Some(world.with(|w| w.now()));
                         }
                         store
-                            .write_manager_file(etcd_manager::driver::BACKUP_NOW_FILE, body)
+                            .write_manager_file(backup::layout::BACKUP_NOW_FILE, body)
                             .await
                             .map_err(|e| e.to_string())?;
                         requested = requested_first.unwrap_or(issued);
@@ -1842,7 +1842,7 @@ async fn operator(
             }
             Operator::BackupNow => {
                 let before = before.clone().unwrap_or_default();
-                match etcd_manager::backup_now::find_answer(&store, &before, stamp).await {
+                match etcd_manager::backups::backup_now::find_answer(&store, &before, stamp).await {
                     // Checked once the backup downloads (the store fails now and then).
                     Ok(Some(name)) => !answered(&world, &store, &dir, &name, requested).await,
                     _ => true,
@@ -1865,7 +1865,7 @@ async fn operator(
 /// `etcd-manager-ctl status` reads it) contains `needle`.
 async fn status_says(store: &backup::BackupStore, needle: &str) -> bool {
     store
-        .read_manager_file(etcd_manager::status::STATUS_FILE)
+        .read_manager_file(backup::layout::STATUS_FILE)
         .await
         .ok()
         .flatten()
@@ -2003,10 +2003,7 @@ fn landed(world: &World, location: &object_store::path::Path, body: &Bytes) {
                 .insert(name.to_string(), (r.backup.clone(), dump));
         });
     }
-    let retired = format!(
-        "etcd-manager/{}--",
-        etcd_manager::node::RETIRED_CLUSTER_FILE
-    );
+    let retired = format!("etcd-manager/{}--", backup::layout::RETIRED_CLUSTER_FILE);
     if let Some((_, token)) = path.split_once(&retired) {
         let v = serde_json::from_slice::<serde_json::Value>(body).unwrap_or_default();
         let by_recovery = v["retiredBy"] == "quorum recovery";

@@ -52,7 +52,7 @@ pub async fn find_answer(
     stamp: u64,
 ) -> backup::Result<Option<String>> {
     let pending = store
-        .read_manager_file(crate::driver::BACKUP_NOW_FILE)
+        .read_manager_file(backup::layout::BACKUP_NOW_FILE)
         .await?
         .is_some();
     let new: Vec<String> = store
@@ -117,7 +117,7 @@ mod tests {
         }
         .body();
         store
-            .write_manager_file(crate::driver::BACKUP_NOW_FILE, body)
+            .write_manager_file(backup::layout::BACKUP_NOW_FILE, body)
             .await
             .unwrap();
     }
@@ -158,7 +158,7 @@ mod tests {
         let before = BTreeSet::new();
         assert_eq!(find_answer(&store, &before, stamp).await.unwrap(), None);
         store
-            .delete_manager_file(crate::driver::BACKUP_NOW_FILE)
+            .delete_manager_file(backup::layout::BACKUP_NOW_FILE)
             .await
             .unwrap();
         assert_eq!(

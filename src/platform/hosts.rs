@@ -206,6 +206,25 @@ pub fn update(
     Ok(true)
 }
 
+/// Replace `__name__` in each URL by the member's DNS name: `name` alone, or
+/// `name.suffix` with `--dns-suffix` (as upstream: one dot between them).
+pub fn expand_name(urls: &[String], name: &str, dns_suffix: &str) -> Vec<String> {
+    let full = dns_name(name, dns_suffix);
+    urls.iter().map(|u| u.replace("__name__", &full)).collect()
+}
+
+/// `name` with `--dns-suffix` appended (one dot between).
+pub fn dns_name(name: &str, dns_suffix: &str) -> String {
+    let suffix = dns_suffix.trim_start_matches('.');
+    if suffix.is_empty() {
+        name.to_string()
+    } else if name.ends_with('.') {
+        format!("{name}{suffix}")
+    } else {
+        format!("{name}.{suffix}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::platform::hosts::expand_name;
+
 /// Runs one member of an etcd cluster managed together with its peers.
 ///
 /// Every flag of upstream's etcd-manager is here with its name, default and
@@ -462,9 +464,9 @@ pub enum VolumeSource {
     /// after the folder and keeps its data in `mnt/`.
     External { disks: PathBuf, prefix: String },
     /// `--volume-provider=aws`: the EBS volume this instance claims (see
-    /// [`crate::volumes::aws`]); `root` is `/`, or `/rootfs` containerized.
+    /// [`crate::platform::volumes::aws`]); `root` is `/`, or `/rootfs` containerized.
     Aws {
-        volumes: crate::volumes::aws::AwsVolumes,
+        volumes: crate::platform::volumes::aws::AwsVolumes,
         root: PathBuf,
     },
     /// A provider upstream has and we do not (yet): refused at start.
@@ -548,7 +550,7 @@ pub struct Config {
     /// `/` or, with `--containerized`, `/rootfs`: where the host's files are.
     pub host_root: PathBuf,
     /// The fixed cluster of `--static-config`.
-    pub static_config: Option<crate::statics::StaticConfig>,
+    pub static_config: Option<crate::platform::statics::StaticConfig>,
     /// `ETCD_*` settings from `--env-file` (they override ours for etcd, as
     /// the process environment's do).
     pub etcd_env_file: Vec<(String, String)>,
@@ -688,25 +690,6 @@ fn expand_address(templates: &[String], address: &str) -> Vec<String> {
         .iter()
         .map(|t| t.replace("__address__", address))
         .collect()
-}
-
-/// Replace `__name__` in each URL by the member's DNS name: `name` alone, or
-/// `name.suffix` with `--dns-suffix` (as upstream: one dot between them).
-pub fn expand_name(urls: &[String], name: &str, dns_suffix: &str) -> Vec<String> {
-    let full = dns_name(name, dns_suffix);
-    urls.iter().map(|u| u.replace("__name__", &full)).collect()
-}
-
-/// `name` with `--dns-suffix` appended (one dot between).
-pub fn dns_name(name: &str, dns_suffix: &str) -> String {
-    let suffix = dns_suffix.trim_start_matches('.');
-    if suffix.is_empty() {
-        name.to_string()
-    } else if name.ends_with('.') {
-        format!("{name}{suffix}")
-    } else {
-        format!("{name}.{suffix}")
-    }
 }
 
 /// Check URL templates by expanding them with sample values.
@@ -849,7 +832,7 @@ impl TryFrom<Args> for Config {
                     ));
                 }
                 VolumeSource::Aws {
-                    volumes: crate::volumes::aws::AwsVolumes {
+                    volumes: crate::platform::volumes::aws::AwsVolumes {
                         cluster_name: a.cluster_name.clone(),
                         tags: a.volume_tag.clone(),
                         name_tag: a.volume_name_tag.clone(),
@@ -881,13 +864,14 @@ impl TryFrom<Args> for Config {
                     "is only supported with --volume-provider=openstack (as upstream)",
                 ));
             }
-            crate::statics::parse_cidr(&a.network_cidr).map_err(|e| invalid("network-cidr", e))?;
+            crate::platform::statics::parse_cidr(&a.network_cidr)
+                .map_err(|e| invalid("network-cidr", e))?;
         }
         let static_config = if a.static_config.is_empty() {
             None
         } else {
             Some(
-                crate::statics::StaticConfig::parse(&a.static_config)
+                crate::platform::statics::StaticConfig::parse(&a.static_config)
                     .map_err(|e| invalid("static-config", e))?,
             )
         };
@@ -1124,7 +1108,7 @@ impl Config {
         if let Some(sc) = &self.static_config {
             for n in &sc.nodes {
                 for ip in &n.ip {
-                    seeds.push(crate::statics::host_port(
+                    seeds.push(crate::platform::statics::host_port(
                         ip,
                         self.gossip_port.unwrap_or(self.grpc_port),
                     ));
@@ -1306,9 +1290,9 @@ mod tests {
 
     fn parse_verbatim(argv: Vec<String>) -> Result<Config, String> {
         let cmd = <Args as clap::CommandFactory>::command();
-        let argv = crate::goflags::normalize(
+        let argv = crate::cli::goflags::normalize(
             argv.into_iter().map(Into::into),
-            &crate::goflags::long_names(&cmd),
+            &crate::cli::goflags::long_names(&cmd),
         );
         let a = Args::try_parse_from(argv).map_err(|e| e.to_string())?;
         Config::try_from(a).map_err(|e| e.to_string())
@@ -1319,7 +1303,7 @@ mod tests {
     fn kops_aws_manifests_parse_verbatim() {
         for (file, name, client, peer, quarantine, grpc, tag) in [
             (
-                include_str!("../tests/data/kops/aws-main.args"),
+                include_str!("../../tests/data/kops/aws-main.args"),
                 "etcd",
                 4001,
                 2380,
@@ -1328,7 +1312,7 @@ mod tests {
                 "k8s.io/etcd/main",
             ),
             (
-                include_str!("../tests/data/kops/aws-events.args"),
+                include_str!("../../tests/data/kops/aws-events.args"),
                 "etcd-events",
                 4002,
                 2381,
@@ -1354,7 +1338,7 @@ mod tests {
             assert_eq!(
                 c.volume,
                 VolumeSource::Aws {
-                    volumes: crate::volumes::aws::AwsVolumes {
+                    volumes: crate::platform::volumes::aws::AwsVolumes {
                         cluster_name: name.into(),
                         tags: vec![
                             tag.to_string(),
@@ -1402,9 +1386,9 @@ mod tests {
                     "https://etcd-a.internal.minimal-aws.example.com:{quarantine}"
                 )]
             );
-            let a = Args::try_parse_from(crate::goflags::normalize(
+            let a = Args::try_parse_from(crate::cli::goflags::normalize(
                 argv.into_iter().map(Into::into),
-                &crate::goflags::long_names(&<Args as clap::CommandFactory>::command()),
+                &crate::cli::goflags::long_names(&<Args as clap::CommandFactory>::command()),
             ))
             .expect("args");
             assert_eq!(a.volume_name_tag, tag);
@@ -1564,7 +1548,7 @@ mod tests {
     #[test]
     fn no_flag_drift_from_upstream() {
         use clap::CommandFactory;
-        let table = include_str!("../tests/data/upstream-flags.txt");
+        let table = include_str!("../../tests/data/upstream-flags.txt");
         // Defaults we keep different on purpose, and why.
         let differ: &[(&str, &str)] = &[
             (
@@ -1680,9 +1664,13 @@ mod tests {
         .iter()
         .map(Into::into)
         .collect();
-        let vars = crate::envfile::load(crate::envfile::named_in(&argv).as_deref().expect("named"))
-            .expect("load");
-        let argv = crate::envfile::apply_to_argv(argv, &vars, &cmd);
+        let vars = crate::cli::envfile::load(
+            crate::cli::envfile::named_in(&argv)
+                .as_deref()
+                .expect("named"),
+        )
+        .expect("load");
+        let argv = crate::cli::envfile::apply_to_argv(argv, &vars, &cmd);
         let a = Args::try_parse_from(argv).expect("parse");
         let c = Config::try_from(a).expect("valid").with_env_file(&vars);
         assert_eq!(
@@ -1712,7 +1700,7 @@ mod tests {
             (Some("k"), Some("s"))
         );
         assert_eq!(o.s3_region.as_deref(), Some("eu-west-1"));
-        let e = crate::envfile::load(&dir.path().join("missing")).expect_err("missing");
+        let e = crate::cli::envfile::load(&dir.path().join("missing")).expect_err("missing");
         assert!(e.contains("opening env file"), "{e}");
     }
 }

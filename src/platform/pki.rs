@@ -8,7 +8,11 @@
 //!   certificate comes from it too.
 //!
 //! CA keys may be RSA (PKCS#1 or PKCS#8, as kops writes them), ECDSA or Ed25519;
-//! node keys are ECDSA P-256.
+//! the CAs `init-pki` makes are RSA 2048, as kops makes them. The keys of
+//! etcd's node certificates (`<data-dir>/pki/<token>/`) are RSA 2048 too,
+//! since upstream's manager reads only RSA keys there when a cluster goes
+//! back to it; the peer API's and the manager's own client keys are ECDSA
+//! P-256.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use prost::Message;
 
-use crate::node::LocalEtcd;
+use super::LocalEtcd;
 use crate::peer::EtcdNodeConfig;
 
 /// Upstream's state file, beside our `state.json`.

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{Config, VolumeSource};
+use crate::cli::config::{Config, VolumeSource};
 
 pub mod aws;
 pub mod ec2;

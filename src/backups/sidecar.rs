@@ -117,7 +117,7 @@ async fn take(
     clock: &dyn Clock,
 ) -> Result<backup::BackupSummary, String> {
     let spec = store.read_spec().await.map_err(|e| e.to_string())?;
-    let kv_hash = crate::drill::cluster_hash(client, status.revision).await;
+    let kv_hash = crate::backups::drill::cluster_hash(client, status.revision).await;
     let stream = client.snapshot().await.map_err(|e| e.to_string())?;
     let wall = clock.wall();
     let info = backup::BackupInfo {
