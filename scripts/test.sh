@@ -99,6 +99,7 @@ e2e_for() {
       tests/e2e/*.rs) out+=("e2e::$(basename "$f" .rs)::") ;;
       gossip/*) out+=(e2e::leadership:: e2e::security:: e2e::rolling::) ;;
       lock/*) out+=(e2e::leadership::) ;;
+      core/*) out+=(e2e::walkthrough:: e2e::leadership:: e2e::replace:: e2e::upgrade::patch) ;;
       backup/*) out+=(e2e::drills:: e2e::ctl:: e2e::walkthrough::) ;;
       etcd/*) out+=(e2e::walkthrough:: e2e::upgrade::patch) ;;
       src/platform/volumes/*) out+=(e2e::kops_) ;;

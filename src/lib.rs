@@ -21,7 +21,6 @@ pub mod backups;
 pub mod cli;
 pub mod clock;
 pub mod codec;
-pub mod core;
 pub mod driver;
 pub mod edges;
 pub mod fuzzing;
@@ -32,5 +31,7 @@ pub mod platform;
 pub mod recover_request;
 pub mod status;
 
+/// The pure core, a crate of its own (`core/`).
+pub use etcd_manager_core as core;
 // The core's modules keep their old paths.
 pub use crate::core::{backoff, controller, leadership, rules};

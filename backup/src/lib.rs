@@ -27,6 +27,7 @@ pub use layout::{
 pub use model::{
     BackupEncryption, BackupExtra, BackupFacts, BackupInfo, ClusterSpec, Command, CreatedMarker,
     DrillRecord, DrillVerdict, KvHash, MAX_MEMBER_SIZE, MAX_SNAPSHOT_SIZE, RestoreBackupCommand,
+    spec_upstream_text,
 };
 pub use retention::{MIN_KEPT_BACKUPS, RetentionPolicy, parse_retention, select_for_deletion};
 pub use store::{

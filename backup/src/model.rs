@@ -6,19 +6,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// The desired state: `control/etcd-cluster-spec`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ClusterSpec {
-    #[serde(default, alias = "member_count", skip_serializing_if = "is_zero_i32")]
-    pub member_count: i32,
-    #[serde(
-        default,
-        alias = "etcd_version",
-        skip_serializing_if = "String::is_empty"
-    )]
-    pub etcd_version: String,
-}
+pub use etcd_manager_core::ClusterSpec;
 
 /// `<backup>/_etcd_backup.meta`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -300,9 +288,6 @@ impl BackupExtra {
     }
 }
 
-fn is_zero_i32(v: &i32) -> bool {
-    *v == 0
-}
 fn is_zero_i64(v: &i64) -> bool {
     *v == 0
 }
@@ -371,12 +356,10 @@ fn nested(name: &str, fields: Vec<String>) -> String {
     s
 }
 
-impl ClusterSpec {
-    /// Upstream's text form, as `etcd-manager-ctl get` prints it:
-    /// `member_count:3 etcd_version:"3.5.30"`.
-    pub fn to_upstream_text(&self) -> String {
-        spec_fields(self).join(" ")
-    }
+/// A spec in upstream's text form, as `etcd-manager-ctl get` prints it:
+/// `member_count:3 etcd_version:"3.5.30"`.
+pub fn spec_upstream_text(spec: &ClusterSpec) -> String {
+    spec_fields(spec).join(" ")
 }
 
 impl Command {

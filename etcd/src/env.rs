@@ -55,7 +55,7 @@ pub struct MemberTlsFiles {
 impl EtcdNodeSpec {
     /// The `version` field parsed.
     pub fn parsed_version(&self) -> Result<EtcdVersion, Error> {
-        self.version.parse()
+        Ok(self.version.parse()?)
     }
 
     /// The client urls this member advertises in its current mode (quarantined or not).

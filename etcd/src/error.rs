@@ -154,6 +154,12 @@ const TRANSIENT_MARKERS: &[&str] = &[
     "too many requests",
 ];
 
+impl From<etcd_manager_core::InvalidVersion> for Error {
+    fn from(e: etcd_manager_core::InvalidVersion) -> Self {
+        Error::InvalidVersion { version: e.version }
+    }
+}
+
 impl Error {
     /// True when the same call may succeed if repeated a little later:
     /// timeouts, unreachable members, and etcd's transient refusals
@@ -171,6 +177,15 @@ impl Error {
             }
             _ => false,
         }
+    }
+
+    /// True when only an operator can make the same call succeed: an etcd
+    /// version that is not installed, a version string that is not one.
+    pub fn needs_operator(&self) -> bool {
+        matches!(
+            self,
+            Error::BinaryNotFound { .. } | Error::InvalidVersion { .. }
+        )
     }
 
     /// True for etcd's "unhealthy cluster" refusal of a membership change

@@ -19,7 +19,6 @@ mod process;
 mod restore;
 mod state;
 mod v2store;
-mod version;
 mod watch;
 
 pub use binaries::{EtcdBinaries, find_binaries, find_binaries_in};
@@ -32,11 +31,11 @@ pub use env::{
     replace_url_host,
 };
 pub use error::Error;
+pub use etcd_manager_core::{EtcdVersion, InvalidVersion};
 pub use flags::{LostSetting, lost_settings, not_understood, understands};
 pub use ident::{IdentKind, InvalidIdent, MAX_IDENT_LEN, check_ident};
 pub use process::{EtcdProcess, ProcessStatus};
 pub use restore::{SnapshotInfo, restore_snapshot, verify_snapshot};
 pub use state::{read_json, write_json_atomic};
 pub use v2store::{V2StoreVerdict, can_check_v2store, check_v2store};
-pub use version::EtcdVersion;
 pub use watch::{KeyChange, KeyspaceWatch, MAX_WATCH_MESSAGE, WatchBatch};

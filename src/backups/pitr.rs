@@ -207,7 +207,7 @@ async fn replay_in(
         .info
         .etcd_version
         .parse()
-        .map_err(|e: etcd::Error| e.to_string())?;
+        .map_err(|e: etcd::InvalidVersion| e.to_string())?;
     let binaries = etcd::find_binaries(&version, &settings.bin_dirs).map_err(|e| {
         format!(
             "{e}; replaying continuous-backup segments needs etcd {version} where the replay runs"

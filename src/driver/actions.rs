@@ -1,5 +1,5 @@
-//! The larger actions, one function each (the rest are short enough to
-//! stay in [`super::execute`]'s dispatch).
+//! Actions of the leader, one function each: seeding, the v2 store and
+//! settings checks, quorum recovery, retiring clusters, clearing prefixes.
 
 use super::*;
 use crate::core::model::{JobKind, JobPhase};
@@ -15,7 +15,7 @@ impl Driver {
         peers: &[String],
         epoch: u64,
         obs: &Observation,
-    ) -> Result<(), String> {
+    ) -> Result<(), DriverError> {
         let pc = &self.settings.peers.clone();
         let fence = self.fence(epoch);
         let nodes = node_configs(obs, peers, "seeding")?;
@@ -40,20 +40,20 @@ impl Driver {
                         .call(b, &join.request(JoinPhase::CancelPrepare), PEER_TIMEOUT)
                         .await;
                 }
-                return Err(e.to_string());
+                return Err(e.into());
             }
         }
         for a in addrs {
             pc.call(a, &join.request(JoinPhase::Initial), JOIN_TIMEOUT)
                 .await
-                .map_err(executing_error)?;
+                .map_err(DriverError::from)?;
         }
         tracing::info!(%token, %version, members = peers.len(), "seeded a new quarantined cluster");
         if obs.allow_new_cluster {
             self.store
                 .delete_manager_file(ALLOW_NEW_CLUSTER_FILE)
                 .await
-                .map_err(executing_error)?;
+                .map_err(DriverError::from)?;
         }
         Ok(())
     }
@@ -67,7 +67,7 @@ impl Driver {
         peers: &[String],
         epoch: u64,
         obs: &Observation,
-    ) -> Result<(), String> {
+    ) -> Result<(), DriverError> {
         let pc = &self.settings.peers.clone();
         let fence = self.fence(epoch);
         let mut asks = Vec::new();
@@ -120,7 +120,7 @@ impl Driver {
                     controller::V2StoreCheck::Failed(format!("unexpected answer {other:?}"))
                 }
                 Err(e @ crate::peer::PeerError::Fenced { .. }) => {
-                    return Err(executing_error(e));
+                    return Err(DriverError::from(e));
                 }
                 Err(e) => controller::V2StoreCheck::Failed(e.to_string()),
             };
@@ -136,7 +136,7 @@ impl Driver {
         &mut self,
         peers: &[String],
         version: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), DriverError> {
         let pc = &self.settings.peers.clone();
         let req = Request::CheckSettings {
             version: version.to_string(),
@@ -180,7 +180,7 @@ impl Driver {
         request: Option<&str>,
         epoch: u64,
         obs: &Observation,
-    ) -> Result<(), String> {
+    ) -> Result<(), DriverError> {
         let name = match (from, backup) {
             (Some((_, member)), _) => {
                 let ep = obs
@@ -211,7 +211,7 @@ impl Driver {
             self.store
                 .delete_manager_file(r)
                 .await
-                .map_err(executing_error)?;
+                .map_err(DriverError::from)?;
         }
         tracing::warn!(backup = %name, command = %queued, "quorum recovery: a restore of one member queued; the cluster grows back to its spec afterwards");
         Ok(())
@@ -228,7 +228,7 @@ impl Driver {
         backup: &str,
         keep: Option<&str>,
         epoch: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), DriverError> {
         let (served, retired) = match &self.control {
             Some((_, c)) => (c.served_tokens.clone(), c.retired_tokens.clone()),
             None => Default::default(),
@@ -257,9 +257,43 @@ impl Driver {
                     format!("{body}\n").into_bytes(),
                 )
                 .await
-                .map_err(executing_error)?;
+                .map_err(DriverError::from)?;
             tracing::warn!(%token, by, "the old cluster is retired; its members that come back are stopped");
         }
         Ok(())
+    }
+
+    /// [`Action::ClearPrefixes`]: keys a restore must not bring back
+    /// (`--restore-clear-prefix`), deleted before clients reach the cluster.
+    pub(super) async fn clear_prefixes(
+        &mut self,
+        obs: &Observation,
+        token: &str,
+        prefixes: &[String],
+    ) -> Result<(), DriverError> {
+        let client = cluster_client(obs, &*self.settings.etcd).await?;
+        for prefix in prefixes {
+            let n = client.delete_prefix(prefix).await?;
+            tracing::info!(%prefix, deleted = n, %token, "cleared keys from the restored cluster before clients reach it");
+        }
+        self.prefixes_cleared.insert(token.to_string());
+        Ok(())
+    }
+
+    /// [`Action::WriteCreatedMarker`] with `--static-config`: upstream's
+    /// static store, where the cluster exists once this file is gone.
+    pub(super) fn remove_create_file(&self) -> Result<(), DriverError> {
+        let file = self
+            .node
+            .data_dir()
+            .join(crate::platform::statics::PLEASE_CREATE_NEW_CLUSTER);
+        match std::fs::remove_file(&file) {
+            Ok(()) => {
+                tracing::info!(file = %file.display(), "cluster created; removed the file that allowed it");
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("removing {}: {e}", file.display()).into()),
+        }
     }
 }

@@ -48,13 +48,12 @@ impl Driver {
                 },
             )
             .await
-            .map_err(executing_error)?;
+            .map_err(DriverError::from)?;
         // The old cluster is retired first: a member out of reach now (down,
         // cut off) is stopped when it comes back and then joins the
         // restored cluster, instead of running the old data beside it.
         self.retire_clusters(obs, "restore-backup", backup, Some(token), fence.epoch)
-            .await
-            .map_err(DriverError::from)?;
+            .await?;
         // Stop every etcd first, so no member of the old cluster serves while
         // the new one forms (a member of the new one, restored by an earlier
         // try of this restore, is left as it is).
@@ -69,7 +68,7 @@ impl Driver {
             let addr = self.addr_of(&p)?;
             pc.call(addr, &Request::StopEtcd(fence.clone()), JOIN_TIMEOUT)
                 .await
-                .map_err(executing_error)?;
+                .map_err(DriverError::from)?;
         }
         let body = peer::RestoreBackup {
             fence: fence.clone(),
@@ -98,13 +97,13 @@ impl Driver {
                         .call(addr, &req, RESTORE_TIMEOUT)
                         .await
                         .map(drop)
-                        .map_err(|e| DriverError::from(executing_error(e)));
+                        .map_err(DriverError::from);
                 }
                 // Answered once the node has checked the fence (a store
                 // read) and started the job.
                 pc.call(addr, &Request::RestoreJob(body), peer::REQUEST_TIMEOUT)
                     .await
-                    .map_err(executing_error)?;
+                    .map_err(DriverError::from)?;
                 me.follow_job(id, addr, JobKind::Restore, token)
                     .await
                     .map(drop)
@@ -131,7 +130,7 @@ impl Driver {
         let result = async {
             let got = self.store.download_backup(backup, &file).await.map_err(|e| (!e.is_retryable(), e.to_string()))?;
             if !got.verified_checksum {
-                let v: etcd::EtcdVersion = version.parse().map_err(|e: etcd::Error| (true, e.to_string()))?;
+                let v: etcd::EtcdVersion = version.parse().map_err(|e: etcd::InvalidVersion| (true, e.to_string()))?;
                 let binaries = etcd::find_binaries(&v, &self.settings.etcd_bin_dirs).map_err(|e| (false, e.to_string()))?;
                 etcd::verify_snapshot(&binaries, &file).await.map_err(|e| (true, e.to_string()))?;
             }
@@ -148,7 +147,7 @@ impl Driver {
         epoch: u64,
         obs: &Observation,
         reason: controller::BackupReason,
-    ) -> Result<(), String> {
+    ) -> Result<(), DriverError> {
         let started = self.clock.now();
         // An operator's request: read before the snapshot opens, so the
         // backup holds every write acknowledged before it (its stamp goes
@@ -194,11 +193,11 @@ impl Driver {
 
     /// The `backup-now` request's body; None when it is gone, or too large
     /// to be one (then [`Self::clear_backup_request`] deletes it).
-    async fn read_backup_request(&self) -> Result<Option<bytes::Bytes>, String> {
+    async fn read_backup_request(&self) -> Result<Option<bytes::Bytes>, DriverError> {
         match self.store.read_manager_file(BACKUP_NOW_FILE).await {
             Ok(body) => Ok(body),
             Err(backup::Error::Malformed { .. }) => Ok(None),
-            Err(e) => Err(executing_error(e)),
+            Err(e) => Err(DriverError::from(e)),
         }
     }
 
@@ -230,7 +229,7 @@ impl Driver {
         epoch: u64,
         obs: &Observation,
         requested_at: Option<u64>,
-    ) -> Result<backup::BackupSummary, String> {
+    ) -> Result<backup::BackupSummary, DriverError> {
         let spec: ClusterSpec = obs.spec.clone().ok_or("no spec")?;
         // Prefer our own member; any healthy one will do.
         let mut endpoints = healthy_endpoints(obs);
@@ -248,7 +247,7 @@ impl Driver {
         &self,
         backup: &str,
         spec: &ClusterSpec,
-    ) -> Result<String, String> {
+    ) -> Result<String, DriverError> {
         let wall = self.clock.wall();
         let cmd = backup::Command {
             timestamp: wall
@@ -263,7 +262,7 @@ impl Driver {
         self.store
             .add_command(&cmd, wall)
             .await
-            .map_err(executing_error)
+            .map_err(DriverError::from)
     }
 
     /// A backup of the member behind `endpoint` (a snapshot is read from
@@ -274,17 +273,17 @@ impl Driver {
         epoch: u64,
         spec: ClusterSpec,
         requested_at: Option<u64>,
-    ) -> Result<backup::BackupSummary, String> {
+    ) -> Result<backup::BackupSummary, DriverError> {
         let endpoint = endpoint.to_string();
         let client = self
             .settings
             .etcd
             .connect(std::slice::from_ref(&endpoint), ETCD_TIMEOUT)
             .await
-            .map_err(executing_error)?;
-        let status = client.status().await.map_err(executing_error)?;
+            .map_err(DriverError::from)?;
+        let status = client.status().await.map_err(DriverError::from)?;
         let kv_hash = crate::backups::drill::cluster_hash(&*client, status.revision).await;
-        let stream = client.snapshot().await.map_err(executing_error)?;
+        let stream = client.snapshot().await.map_err(DriverError::from)?;
         let wall = self.clock.wall();
         let info = BackupInfo {
             etcd_version: status.version.clone(),
@@ -309,6 +308,83 @@ impl Driver {
                 wall,
             )
             .await
-            .map_err(executing_error)
+            .map_err(DriverError::from)
+    }
+
+    /// [`Action::QueueRestore`]: a version change by dump and restore
+    /// restores the backup this leader just took.
+    pub(super) async fn queue_version_restore(
+        &self,
+        spec: &ClusterSpec,
+    ) -> Result<(), DriverError> {
+        let name = self
+            .last_backup_name
+            .clone()
+            .ok_or("no backup taken by this leader to restore")?;
+        let queued = self.queue_restore(&name, spec).await?;
+        tracing::info!(backup = %name, version = %spec.etcd_version, command = %queued, "queued a restore for the version change");
+        Ok(())
+    }
+
+    /// [`Action::CompleteRestore`]: the restore is done; its command goes.
+    pub(super) async fn complete_restore(&self, command: &str) -> Result<(), DriverError> {
+        self.store.delete_command(command).await?;
+        tracing::info!(%command, "restore complete; command removed");
+        Ok(())
+    }
+
+    /// [`Action::VerifyBackup`]: a restore drill handed to the chosen
+    /// manager; an operator's request file is removed once it is handed on.
+    pub(super) async fn hand_over_drill(
+        &mut self,
+        backup: &str,
+        peer: &str,
+        request: Option<&str>,
+        fence: &Fence,
+    ) -> Result<(), DriverError> {
+        let req = Request::VerifyBackup {
+            fence: fence.clone(),
+            backup: backup.to_string(),
+        };
+        self.settings
+            .peers
+            .call(self.addr_of(peer)?, &req, PEER_TIMEOUT)
+            .await?;
+        tracing::info!(%backup, %peer, "restore drill handed to a manager");
+        match request {
+            Some(r) => self.store.delete_manager_file(r).await?,
+            None => self.unverified_backup = None,
+        }
+        Ok(())
+    }
+
+    /// [`Action::GcTrashcan`]: best effort; a peer that cannot clean up now
+    /// will on the next round.
+    pub(super) async fn gc_trashcans(&self, peers: &[String], keep: u32, fence: &Fence) {
+        for p in peers {
+            let req = Request::GcTrashcan {
+                fence: fence.clone(),
+                keep,
+            };
+            match self.addr_of(p) {
+                Ok(addr) => {
+                    if let Err(e) = self.settings.peers.call(addr, &req, JOIN_TIMEOUT).await {
+                        tracing::warn!(peer = %p, error = %e, "trashcan clean-up failed");
+                    }
+                }
+                Err(e) => tracing::debug!(peer = %p, error = %e, "trashcan clean-up skipped"),
+            }
+        }
+    }
+
+    /// [`Action::ApplyRetention`]: the retention policy applied to the store.
+    pub(super) async fn apply_retention(&mut self) -> Result<(), DriverError> {
+        let deleted = self
+            .store
+            .apply_retention(self.clock.wall(), &self.settings.retention)
+            .await?;
+        self.last_retention = Some(self.clock.now());
+        tracing::info!(deleted = deleted.len(), "retention applied");
+        Ok(())
     }
 }

@@ -40,7 +40,7 @@ impl Driver {
     }
 
     /// The control files, read again when older than [`CONTROL_REFRESH`].
-    pub(super) async fn control(&mut self) -> Result<&Control, String> {
+    pub(super) async fn control(&mut self) -> Result<&Control, DriverError> {
         let now = self.clock.now();
         let fresh = self.steady
             && self
@@ -54,7 +54,8 @@ impl Driver {
                 return Err(format!(
                     "the backup store did not answer the last {failures} reads of the control files; next try in {:.1} s",
                     left.as_secs_f64()
-                ));
+                )
+                .into());
             }
             let snap = match self.store.read_control(&mut self.control_cache).await {
                 Ok(snap) => {
@@ -62,8 +63,9 @@ impl Driver {
                     snap
                 }
                 Err(e) => {
-                    let e = executing_error(e);
-                    self.backoff.failed(READ_CONTROL, now, &e, false);
+                    let e = DriverError::from(e);
+                    self.backoff
+                        .failed(READ_CONTROL, now, &e.to_string(), false);
                     return Err(e);
                 }
             };
@@ -115,7 +117,7 @@ impl Driver {
         }
         match &self.control {
             Some((_, c)) => Ok(c),
-            None => Err("the control files were not read".to_string()),
+            None => Err("the control files were not read".into()),
         }
     }
 

@@ -44,7 +44,7 @@ impl Driver {
 
     /// How long a membership change may keep retrying: `ETCD_MEMBERSHIP_RETRY`, cut to
     /// what is left of the lease.
-    pub(super) fn membership_deadline(&self) -> Result<Duration, String> {
+    pub(super) fn membership_deadline(&self) -> Result<Duration, DriverError> {
         let rules = self.settings.rules;
         match self.lease.remaining(self.clock.now()) {
             None if rules.recheck_lease => Err("lease no longer held".into()),
@@ -57,134 +57,79 @@ impl Driver {
         }
     }
 
+    /// One action of a plan: the dispatch to the function that carries it
+    /// out (in `actions.rs`, `backups.rs`, `maintenance.rs`, `membership.rs`).
     pub(super) async fn execute_one(
         &mut self,
         action: &Action,
         epoch: u64,
         obs: &Observation,
     ) -> Result<(), DriverError> {
-        let pc = &self.settings.peers.clone();
         let fence = self.fence(epoch);
         match action {
             Action::SeedCluster {
                 token,
                 version,
                 peers,
-            } => self
-                .seed_cluster(token, version, peers, epoch, obs)
-                .await
-                .map_err(Into::into),
+            } => self.seed_cluster(token, version, peers, epoch, obs).await,
             Action::WriteCreatedMarker if self.settings.static_config.is_some() => {
-                // Upstream's static store: the cluster exists once this file is gone.
-                let file = self
-                    .node
-                    .data_dir()
-                    .join(crate::platform::statics::PLEASE_CREATE_NEW_CLUSTER);
-                match std::fs::remove_file(&file) {
-                    Ok(()) => {
-                        tracing::info!(file = %file.display(), "cluster created; removed the file that allowed it");
-                        Ok(())
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(format!("removing {}: {e}", file.display()).into()),
-                }
+                self.remove_create_file()
             }
-            Action::WriteCreatedMarker => self
-                .store
-                .write_created(self.clock.wall())
-                .await
-                .map_err(DriverError::from),
+            Action::WriteCreatedMarker => Ok(self.store.write_created(self.clock.wall()).await?),
             Action::LiftQuarantine { peers } => {
                 self.set_quarantine(peers, false, &fence).await?;
                 tracing::info!(peers = ?peers, "quarantine lifted");
                 Ok(())
             }
-            Action::TakeBackup { reason } => self
-                .take_backup(epoch, obs, *reason)
-                .await
-                .map_err(Into::into),
+            Action::Quarantine { peers } => {
+                self.set_quarantine(peers, true, &fence).await?;
+                tracing::info!(peers = ?peers, "quarantined: clients are kept out");
+                Ok(())
+            }
+            Action::TakeBackup { reason } => self.take_backup(epoch, obs, *reason).await,
             Action::AddMember {
-                peer: id,
+                peer,
                 learner,
                 token,
                 version,
             } => {
-                let info = info_of(obs, id).ok_or_else(|| format!("peer {id} did not answer"))?;
-                let client = cluster_client(obs, &*self.settings.etcd).await?;
-                let deadline = self.membership_deadline()?;
-                let (added, all) = client
-                    .member_add_retrying(&info.node_config.peer_urls, *learner, deadline)
+                self.add_member(obs, peer, *learner, token, version, &fence)
                     .await
-                    .map_err(executing_error)?;
-                tracing::info!(peer = %id, member_id = added.id, learner, "member added");
-                self.start_member(id, &info, &all, token, version, &fence)
-                    .await
-                    .map_err(Into::into)
             }
             Action::StartAddedMember {
-                peer: id,
+                peer,
                 member_id: _,
                 token,
                 version,
             } => {
-                let info = info_of(obs, id).ok_or_else(|| format!("peer {id} did not answer"))?;
-                let client = cluster_client(obs, &*self.settings.etcd).await?;
-                let all = client.member_list().await.map_err(executing_error)?;
-                self.start_member(id, &info, &all, token, version, &fence)
+                self.start_added_member(obs, peer, token, version, &fence)
                     .await
-                    .map_err(Into::into)
             }
-            Action::EnableDowngrade { minor } => {
-                let client = cluster_client(obs, &*self.settings.etcd).await?;
-                client
-                    .enable_downgrade(minor)
-                    .await
-                    .map_err(executing_error)?;
-                tracing::info!(%minor, "downgrade validated and enabled (etcd's downgrade protocol)");
-                Ok(())
+            Action::PromoteMember { member_id, name } => {
+                self.promote_member(obs, *member_id, name).await
             }
+            Action::RemoveMember { member_id, name } => {
+                self.remove_member(obs, *member_id, name, &fence).await
+            }
+            Action::UpgradeMember { peer, version } => {
+                self.upgrade_member(peer, version, &fence).await
+            }
+            Action::StopEtcd { peer } => self.stop_etcd(peer, &fence).await,
+            Action::EnableDowngrade { minor } => self.enable_downgrade(obs, minor).await,
+            Action::CancelDowngrade => self.cancel_downgrade(obs).await,
             Action::ClearSpaceAlarm => self.clear_space_alarm(obs).await,
             Action::Defragment {
                 member_id,
                 name,
                 move_leader,
-            } => self
-                .defragment(obs, *member_id, name, *move_leader)
-                .await
-                .map_err(Into::into),
-            Action::CancelDowngrade => {
-                let client = cluster_client(obs, &*self.settings.etcd).await?;
-                client.cancel_downgrade().await.map_err(executing_error)?;
-                tracing::info!("downgrade cancelled: the spec no longer asks for it");
-                Ok(())
-            }
-            Action::PromoteMember { member_id, name } => {
-                let client = cluster_client(obs, &*self.settings.etcd).await?;
-                match client.member_promote(*member_id).await {
-                    Ok(()) => {
-                        tracing::info!(member = %name, "learner promoted to voter");
-                        Ok(())
-                    }
-                    Err(e) => {
-                        tracing::info!(member = %name, error = %e, "learner not ready for promotion yet");
-                        Ok(())
-                    }
-                }
-            }
-            Action::RemoveMember { member_id, name } => {
-                let client = cluster_client(obs, &*self.settings.etcd).await?;
-                let deadline = self.membership_deadline()?;
-                client
-                    .member_remove_retrying(*member_id, deadline)
+            } => self.defragment(obs, *member_id, name, *move_leader).await,
+            Action::DefragmentNow {
+                members,
+                move_leader,
+                request,
+            } => {
+                self.defragment_now(obs, members, *move_leader, request)
                     .await
-                    .map_err(executing_error)?;
-                tracing::info!(member = %name, "member removed");
-                if let Ok(addr) = self.addr_of(name) {
-                    pc.call(addr, &Request::StopEtcd(fence.clone()), JOIN_TIMEOUT)
-                        .await
-                        .map_err(executing_error)?;
-                }
-                Ok(())
             }
             Action::RestoreBackup {
                 command,
@@ -196,123 +141,30 @@ impl Driver {
                 self.restore_backup(command, backup, token, version, peers, obs, &fence)
                     .await
             }
-            Action::UpgradeMember { peer: id, version } => {
-                let req = Request::Reconfigure(Reconfigure {
-                    fence: fence.clone(),
-                    quarantined: None,
-                    etcd_version: Some(version.clone()),
-                });
-                pc.call(self.addr_of(id)?, &req, JOIN_TIMEOUT)
-                    .await
-                    .map_err(executing_error)?;
-                tracing::info!(peer = %id, %version, "member restarted on the new version");
-                Ok(())
-            }
-            Action::Quarantine { peers } => {
-                self.set_quarantine(peers, true, &fence).await?;
-                tracing::info!(peers = ?peers, "quarantined: clients are kept out");
-                Ok(())
-            }
-            Action::QueueRestore { spec } => {
-                let name = self
-                    .last_backup_name
-                    .clone()
-                    .ok_or("no backup taken by this leader to restore")?;
-                let queued = self.queue_restore(&name, spec).await?;
-                tracing::info!(backup = %name, version = %spec.etcd_version, command = %queued, "queued a restore for the version change");
-                Ok(())
-            }
+            Action::QueueRestore { spec } => self.queue_version_restore(spec).await,
+            Action::CompleteRestore { command } => self.complete_restore(command).await,
             Action::VerifyBackup {
                 backup,
                 peer,
                 request,
             } => {
-                let req = Request::VerifyBackup {
-                    fence: fence.clone(),
-                    backup: backup.clone(),
-                };
-                pc.call(self.addr_of(peer)?, &req, PEER_TIMEOUT)
+                self.hand_over_drill(backup, peer, request.as_deref(), &fence)
                     .await
-                    .map_err(executing_error)?;
-                tracing::info!(%backup, %peer, "restore drill handed to a manager");
-                match request {
-                    Some(r) => self
-                        .store
-                        .delete_manager_file(r)
-                        .await
-                        .map_err(executing_error)?,
-                    None => self.unverified_backup = None,
-                }
-                Ok(())
             }
             Action::GcTrashcan { peers, keep } => {
-                // Best effort: a peer that cannot clean up now will on the next round.
-                for p in peers.clone() {
-                    let req = Request::GcTrashcan {
-                        fence: fence.clone(),
-                        keep: *keep,
-                    };
-                    match self.addr_of(&p) {
-                        Ok(addr) => {
-                            if let Err(e) = pc.call(addr, &req, JOIN_TIMEOUT).await {
-                                tracing::warn!(peer = %p, error = %e, "trashcan clean-up failed");
-                            }
-                        }
-                        Err(e) => {
-                            tracing::debug!(peer = %p, error = %e, "trashcan clean-up skipped")
-                        }
-                    }
-                }
+                self.gc_trashcans(peers, *keep, &fence).await;
                 Ok(())
             }
-            Action::ApplyRetention => {
-                let deleted = self
-                    .store
-                    .apply_retention(self.clock.wall(), &self.settings.retention)
-                    .await
-                    .map_err(executing_error)?;
-                self.last_retention = Some(self.clock.now());
-                tracing::info!(deleted = deleted.len(), "retention applied");
-                Ok(())
-            }
-            Action::CheckV2Store { peers } => self
-                .check_v2store(peers, epoch, obs)
-                .await
-                .map_err(Into::into),
-            Action::CheckSettings { peers, version } => self
-                .check_settings(peers, version)
-                .await
-                .map_err(Into::into),
-            Action::DefragmentNow {
-                members,
-                move_leader,
-                request,
-            } => {
-                if members.is_empty() {
-                    tracing::warn!(%request, "an operator asked to defragment a member the cluster does not have; request dropped");
-                }
-                let last = members.len().saturating_sub(1);
-                for (i, (id, name)) in members.iter().enumerate() {
-                    self.defragment(obs, *id, name, *move_leader && i == last)
-                        .await?;
-                }
-                self.store
-                    .delete_manager_file(request)
-                    .await
-                    .map_err(executing_error)?;
-                tracing::info!(
-                    members = members.len(),
-                    "defragmentation an operator asked for is done"
-                );
-                Ok(())
-            }
+            Action::ApplyRetention => self.apply_retention().await,
+            Action::CheckV2Store { peers } => self.check_v2store(peers, epoch, obs).await,
+            Action::CheckSettings { peers, version } => self.check_settings(peers, version).await,
             Action::RecoverQuorum {
                 from,
                 backup,
                 spec,
                 request,
-            } => self
-                .recover_quorum(
+            } => {
+                self.recover_quorum(
                     from.as_ref(),
                     backup.as_deref(),
                     spec,
@@ -321,41 +173,14 @@ impl Driver {
                     obs,
                 )
                 .await
-                .map_err(Into::into),
+            }
             Action::ClearPrefixes { token, prefixes } => {
-                let client = cluster_client(obs, &*self.settings.etcd).await?;
-                for prefix in prefixes {
-                    let n = client
-                        .delete_prefix(prefix)
-                        .await
-                        .map_err(executing_error)?;
-                    tracing::info!(%prefix, deleted = n, %token, "cleared keys from the restored cluster before clients reach it");
-                }
-                self.prefixes_cleared.insert(token.clone());
-                Ok(())
+                self.clear_prefixes(obs, token, prefixes).await
             }
             Action::ClearBackupRequest => self.clear_backup_request().await,
             Action::ClearRecoverQuorumRequest { expired, .. } => {
                 self.clear_recover_request(*expired).await
             }
-            Action::CompleteRestore { command } => {
-                self.store
-                    .delete_command(command)
-                    .await
-                    .map_err(executing_error)?;
-
-                tracing::info!(%command, "restore complete; command removed");
-                Ok(())
-            }
-            Action::StopEtcd { peer: id } => pc
-                .call(
-                    self.addr_of(id)?,
-                    &Request::StopEtcd(fence.clone()),
-                    JOIN_TIMEOUT,
-                )
-                .await
-                .map(|_| ())
-                .map_err(|e| DriverError::from(executing_error(e))),
         }
     }
 
@@ -367,7 +192,7 @@ impl Driver {
         token: &str,
         version: &str,
         fence: &Fence,
-    ) -> Result<(), String> {
+    ) -> Result<(), DriverError> {
         let pc = &self.settings.peers.clone();
         let nodes: Vec<EtcdNodeConfig> = members
             .iter()
@@ -398,10 +223,10 @@ impl Driver {
         };
         pc.call(addr, &join.request(JoinPhase::Prepare), PEER_TIMEOUT)
             .await
-            .map_err(executing_error)?;
+            .map_err(DriverError::from)?;
         pc.call(addr, &join.request(JoinPhase::JoinExisting), JOIN_TIMEOUT)
             .await
-            .map_err(executing_error)?;
+            .map_err(DriverError::from)?;
         tracing::info!(peer = %id, "new member started");
         Ok(())
     }

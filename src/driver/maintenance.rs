@@ -26,7 +26,7 @@ impl Driver {
         let alarmed: Vec<u64> = client
             .alarms()
             .await
-            .map_err(executing_error)?
+            .map_err(DriverError::from)?
             .into_iter()
             .filter(|(_, kind)| kind == "NOSPACE")
             .map(|(m, _)| m)
@@ -34,8 +34,8 @@ impl Driver {
         if alarmed.is_empty() {
             return Ok(());
         }
-        let revision = client.status().await.map_err(executing_error)?.revision;
-        client.compact(revision).await.map_err(executing_error)?;
+        let revision = client.status().await.map_err(DriverError::from)?.revision;
+        client.compact(revision).await.map_err(DriverError::from)?;
         tracing::info!(revision, "space alarm: history compacted");
         let mut members: Vec<(u64, String, bool)> = obs
             .cluster
@@ -54,7 +54,7 @@ impl Driver {
             tracing::info!(member = %name, "space alarm: member defragmented");
         }
         for m in alarmed {
-            client.disarm_nospace(m).await.map_err(executing_error)?;
+            client.disarm_nospace(m).await.map_err(DriverError::from)?;
         }
         metrics::counter!(m::SPACE_ALARMS_CLEARED).increment(1);
         tracing::info!("space alarm cleared: etcd takes writes again");
@@ -71,7 +71,7 @@ impl Driver {
         member_id: u64,
         name: &str,
         move_leader: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), DriverError> {
         let etcd = &*self.settings.etcd;
         let endpoints = healthy_endpoints(obs);
         let ep = endpoints
@@ -82,7 +82,7 @@ impl Driver {
         let client = etcd
             .connect(std::slice::from_ref(&ep), ETCD_DEFRAG_TIMEOUT)
             .await
-            .map_err(executing_error)?;
+            .map_err(DriverError::from)?;
         if move_leader {
             let to = obs
                 .cluster
@@ -94,18 +94,18 @@ impl Driver {
                 })
                 .map(|m| (m.id, m.name.clone()))
                 .ok_or("no other healthy voter to hand raft leadership to")?;
-            client.move_leader(to.0).await.map_err(executing_error)?;
+            client.move_leader(to.0).await.map_err(DriverError::from)?;
             tracing::info!(from = %name, to = %to.1, "raft leadership moved before defragmenting");
         }
-        let before = client.status().await.map_err(executing_error)?.db_size;
+        let before = client.status().await.map_err(DriverError::from)?.db_size;
         let started = self.clock.now();
-        client.defragment().await.map_err(executing_error)?;
+        client.defragment().await.map_err(DriverError::from)?;
         let seconds = self
             .clock
             .now()
             .saturating_duration_since(started)
             .as_secs_f64();
-        let after = client.status().await.map_err(executing_error)?.db_size;
+        let after = client.status().await.map_err(DriverError::from)?.db_size;
         let freed = (before - after).max(0);
         metrics::counter!(m::DEFRAGS).increment(1);
         metrics::counter!(m::DEFRAG_FREED).increment(freed as u64);
@@ -120,7 +120,7 @@ impl Driver {
         peers: &[String],
         quarantined: bool,
         fence: &Fence,
-    ) -> Result<(), String> {
+    ) -> Result<(), DriverError> {
         let pc = &self.settings.peers.clone();
         let req = Request::Reconfigure(Reconfigure {
             fence: fence.clone(),
@@ -130,8 +130,34 @@ impl Driver {
         for p in peers {
             pc.call(self.addr_of(p)?, &req, JOIN_TIMEOUT)
                 .await
-                .map_err(executing_error)?;
+                .map_err(DriverError::from)?;
         }
+        Ok(())
+    }
+
+    /// [`Action::DefragmentNow`]: `etcd-manager-ctl defrag`, every chosen
+    /// member in order (the raft leader last, handing its leadership on),
+    /// then the request removed.
+    pub(super) async fn defragment_now(
+        &mut self,
+        obs: &Observation,
+        members: &[(u64, String)],
+        move_leader: bool,
+        request: &str,
+    ) -> Result<(), DriverError> {
+        if members.is_empty() {
+            tracing::warn!(%request, "an operator asked to defragment a member the cluster does not have; request dropped");
+        }
+        let last = members.len().saturating_sub(1);
+        for (i, (id, name)) in members.iter().enumerate() {
+            self.defragment(obs, *id, name, move_leader && i == last)
+                .await?;
+        }
+        self.store.delete_manager_file(request).await?;
+        tracing::info!(
+            members = members.len(),
+            "defragmentation an operator asked for is done"
+        );
         Ok(())
     }
 }

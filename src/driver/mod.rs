@@ -32,6 +32,7 @@ mod jobs;
 mod leading;
 pub mod lease;
 mod maintenance;
+mod membership;
 mod observe;
 mod payload;
 mod reach;
@@ -39,7 +40,6 @@ mod reach;
 use self::control::*;
 pub use self::control::{defrag_request, verify_request};
 pub use self::error::DriverError;
-use self::error::executing_error;
 use self::execute::*;
 use self::observe::*;
 pub use self::payload::*;
@@ -465,11 +465,11 @@ impl Driver {
         acted
     }
 
-    fn addr_of(&self, id: &str) -> Result<SocketAddr, String> {
+    fn addr_of(&self, id: &str) -> Result<SocketAddr, DriverError> {
         self.alive_peers()
             .get(id)
             .copied()
-            .ok_or_else(|| format!("peer {id} is gone"))
+            .ok_or_else(|| format!("peer {id} is gone").into())
     }
 
     fn fence(&self, epoch: u64) -> Fence {
@@ -495,14 +495,14 @@ fn node_configs(
     obs: &Observation,
     peers: &[String],
     before: &str,
-) -> Result<Vec<EtcdNodeConfig>, String> {
+) -> Result<Vec<EtcdNodeConfig>, DriverError> {
     let nodes: Vec<EtcdNodeConfig> = peers
         .iter()
         .filter_map(|p| info_of(obs, p))
         .map(|i| i.node_config)
         .collect();
     if nodes.len() != peers.len() {
-        return Err(format!("a chosen peer vanished before {before}"));
+        return Err(format!("a chosen peer vanished before {before}").into());
     }
     Ok(nodes)
 }

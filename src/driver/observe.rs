@@ -12,7 +12,7 @@ impl Driver {
         &mut self,
         epoch: u64,
         peers: &BTreeMap<String, SocketAddr>,
-    ) -> Result<Observation, String> {
+    ) -> Result<Observation, DriverError> {
         let pc = &self.settings.peers.clone();
         let targets: Vec<(String, SocketAddr)> =
             peers.iter().map(|(id, a)| (id.clone(), *a)).collect();
@@ -111,7 +111,7 @@ impl Driver {
                 .store
                 .list_backups()
                 .await
-                .map_err(executing_error)?
+                .map_err(DriverError::from)?
                 .is_empty()
         } else {
             false
@@ -303,14 +303,14 @@ pub(super) fn healthy_endpoints(obs: &Observation) -> Vec<(&str, String)> {
 pub(super) async fn cluster_client(
     obs: &Observation,
     etcd: &dyn EtcdConnect,
-) -> Result<Arc<dyn EtcdApi>, String> {
+) -> Result<Arc<dyn EtcdApi>, DriverError> {
     let endpoints: Vec<String> = healthy_endpoints(obs).into_iter().map(|(_, e)| e).collect();
     if endpoints.is_empty() {
         return Err("no healthy etcd endpoint".into());
     }
     etcd.connect(&endpoints, ETCD_TIMEOUT)
         .await
-        .map_err(executing_error)
+        .map_err(DriverError::from)
 }
 
 /// How long the leader waits for the etcd of a member no peer of ours runs.

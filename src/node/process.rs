@@ -85,7 +85,7 @@ impl Node {
         local: &LocalEtcd,
         extra: &[(&str, &str)],
     ) -> Result<Box<dyn crate::edges::EtcdRun>, NodeError> {
-        let version: etcd::EtcdVersion = local.etcd_version.parse()?;
+        let version: etcd::EtcdVersion = local.etcd_version.parse().map_err(etcd::Error::from)?;
         let binaries = etcd::find_binaries(&version, &self.settings.bin_dirs)?;
         let mut spec = self.spec_for(local);
         if let Some(pki) = &self.settings.etcd_pki {
@@ -257,7 +257,8 @@ impl Node {
             local.quarantined = q;
         }
         if let Some(v) = version {
-            let parsed: etcd::EtcdVersion = v.parse().map_err(|e: etcd::Error| e.to_string())?;
+            let parsed: etcd::EtcdVersion =
+                v.parse().map_err(|e: etcd::InvalidVersion| e.to_string())?;
             etcd::find_binaries(&parsed, &self.settings.bin_dirs).map_err(|e| e.to_string())?;
             let lost = self.lost_settings(&old.etcd_version, &v);
             if !lost.is_empty() {

@@ -131,7 +131,7 @@ impl Node {
         let version: etcd::EtcdVersion = r
             .etcd_version
             .parse()
-            .map_err(|e: etcd::Error| failed(e.to_string()))?;
+            .map_err(|e: etcd::InvalidVersion| failed(e.to_string()))?;
         let binaries = etcd::find_binaries(&version, &self.settings.bin_dirs)
             .map_err(|e| failed(e.to_string()))?;
         let scratch = self.settings.data_dir.join(RESTORE_DIR);

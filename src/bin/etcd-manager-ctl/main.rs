@@ -362,7 +362,9 @@ async fn run(a: CtlArgs) -> anyhow::Result<String> {
                 format!("no cluster spec in {url}; create one with configure-cluster")
             })?;
             match a.output {
-                Output::Text | Output::Wide => Ok(format!("{}\n", spec.to_upstream_text())),
+                Output::Text | Output::Wide => {
+                    Ok(format!("{}\n", backup::spec_upstream_text(&spec)))
+                }
                 Output::Json => json(&spec),
             }
         }
@@ -370,7 +372,10 @@ async fn run(a: CtlArgs) -> anyhow::Result<String> {
             let current = store.read_spec().await?;
             let spec = new_spec(&a, current.as_ref())?;
             store.write_spec(&spec).await?;
-            Ok(format!("set cluster spec to {}\n", spec.to_upstream_text()))
+            Ok(format!(
+                "set cluster spec to {}\n",
+                backup::spec_upstream_text(&spec)
+            ))
         }
         Cmd::ListBackups => {
             let names = store.list_backups().await?;

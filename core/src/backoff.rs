@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::core::controller::{Plan, WaitReason};
+use crate::controller::{Plan, WaitReason};
 
 /// The first wait after a failure.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
@@ -30,7 +30,7 @@ struct Failing {
     error: String,
 }
 
-/// The failing action kinds (by [`crate::core::controller::Action::label`]).
+/// The failing action kinds (by [`crate::controller::Action::label`]).
 #[derive(Debug, Default, Clone)]
 pub struct Backoff {
     failing: BTreeMap<&'static str, Failing>,
@@ -116,7 +116,7 @@ impl Backoff {
 mod tests {
     #![allow(clippy::disallowed_methods)] // a base instant; every time is an offset of it
     use super::*;
-    use crate::core::controller::{Action, BackupReason};
+    use crate::controller::{Action, BackupReason};
 
     fn backup() -> Plan {
         Plan {

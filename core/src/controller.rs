@@ -12,9 +12,9 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use backup::ClusterSpec;
+use crate::ClusterSpec;
 
-use crate::core::model::NodeInfo;
+use crate::model::NodeInfo;
 
 /// One manager seen through gossip, with its answer to GetInfo (None: no answer).
 #[derive(Debug, Clone, PartialEq)]
@@ -49,12 +49,12 @@ impl PeerView {
     /// The peer can run `v`: it has it, or a release of the same minor
     /// (which serves it, as upstream's version mappings).
     fn has_version(&self, v: &str) -> bool {
-        let wanted = v.parse::<etcd::EtcdVersion>().ok();
+        let wanted = v.parse::<crate::EtcdVersion>().ok();
         self.info.as_ref().is_some_and(|i| {
             i.installed_versions.iter().any(|x| {
                 x == v
                     || wanted.is_some_and(|w| {
-                        x.parse::<etcd::EtcdVersion>()
+                        x.parse::<crate::EtcdVersion>()
                             .is_ok_and(|x| x.major == w.major && x.minor == w.minor)
                     })
             })
@@ -569,7 +569,7 @@ pub enum WaitReason {
         plan: String,
         auto_in_secs: Option<u64>,
     },
-    /// The next action failed before and waits (see `crate::core::backoff`).
+    /// The next action failed before and waits (see `crate::backoff`).
     BackingOff {
         action: String,
         failures: u32,
@@ -795,7 +795,7 @@ pub fn validate_spec(spec: &ClusterSpec) -> Result<(), String> {
             spec.member_count
         ));
     }
-    if spec.etcd_version.parse::<etcd::EtcdVersion>().is_err() {
+    if spec.etcd_version.parse::<crate::EtcdVersion>().is_err() {
         return Err(format!(
             "etcd_version '{}' is not a version like 3.5.30",
             spec.etcd_version
@@ -1107,26 +1107,26 @@ fn no_cluster(obs: &Observation, spec: &ClusterSpec) -> Plan {
 /// Whether every member can move from its version to `to` in place, one at a
 /// time: any patch change within a minor (both ways), or one minor up.
 pub fn rolling_compatible(from: &[&str], to: &str) -> bool {
-    let Ok(to) = to.parse::<etcd::EtcdVersion>() else {
+    let Ok(to) = to.parse::<crate::EtcdVersion>() else {
         return false;
     };
     from.iter().all(|f| {
-        f.parse::<etcd::EtcdVersion>()
+        f.parse::<crate::EtcdVersion>()
             .is_ok_and(|f| f.major == to.major && (f.minor == to.minor || f.minor + 1 == to.minor))
     })
 }
 
 /// The oldest 3.5 that may move to 3.6 (etcd's "Upgrade etcd from v3.5 to
 /// v3.6" guide).
-pub const MIN_3_5_FOR_3_6: etcd::EtcdVersion = etcd::EtcdVersion::new(3, 5, 32);
+pub const MIN_3_5_FOR_3_6: crate::EtcdVersion = crate::EtcdVersion::new(3, 5, 32);
 
 /// The oldest 3.6 that may move to 3.7 (etcd's "Upgrade etcd from v3.6 to
 /// v3.7" guide).
-pub const MIN_3_6_FOR_3_7: etcd::EtcdVersion = etcd::EtcdVersion::new(3, 6, 11);
+pub const MIN_3_6_FOR_3_7: crate::EtcdVersion = crate::EtcdVersion::new(3, 6, 11);
 
 /// The oldest patch of `minor` that may move to the next minor, if etcd's
 /// guides name one.
-fn floor_before_next(major: u32, minor: u32) -> Option<etcd::EtcdVersion> {
+fn floor_before_next(major: u32, minor: u32) -> Option<crate::EtcdVersion> {
     [MIN_3_5_FOR_3_6, MIN_3_6_FOR_3_7]
         .into_iter()
         .find(|v| v.major == major && v.minor == minor)
@@ -1153,10 +1153,10 @@ pub fn version_path(
     target: &str,
     installed: &[&str],
 ) -> Result<Option<Vec<String>>, String> {
-    let Ok(to) = target.parse::<etcd::EtcdVersion>() else {
+    let Ok(to) = target.parse::<crate::EtcdVersion>() else {
         return Ok(None);
     };
-    let from_v: Vec<etcd::EtcdVersion> = from.iter().filter_map(|v| v.parse().ok()).collect();
+    let from_v: Vec<crate::EtcdVersion> = from.iter().filter_map(|v| v.parse().ok()).collect();
     let (Some(lo), Some(hi)) = (from_v.iter().min().copied(), from_v.iter().max().copied()) else {
         return Ok(None);
     };
@@ -1166,11 +1166,11 @@ pub fn version_path(
     if lo.major != to.major || hi.major != to.major {
         return Ok(None);
     }
-    let inst: Vec<(etcd::EtcdVersion, &str)> = installed
+    let inst: Vec<(crate::EtcdVersion, &str)> = installed
         .iter()
         .filter_map(|s| Some((s.parse().ok()?, *s)))
         .collect();
-    let newest = |minor: u32, floor: Option<etcd::EtcdVersion>| {
+    let newest = |minor: u32, floor: Option<crate::EtcdVersion>| {
         inst.iter()
             .filter(|(v, _)| v.major == to.major && v.minor == minor)
             .filter(|(v, _)| floor.is_none_or(|f| *v >= f))
@@ -1285,7 +1285,7 @@ pub fn planned_path(obs: &Observation) -> Option<PlannedPath> {
 /// failed, blocks the change with the reason. None: nothing to check or
 /// every check is clean. Pure.
 pub fn v2store_gate(obs: &Observation, target: &str, peers: &[&PeerView]) -> Option<Plan> {
-    let to = target.parse::<etcd::EtcdVersion>().ok()?;
+    let to = target.parse::<crate::EtcdVersion>().ok()?;
     if !(to.major == 3 && to.minor >= 6) {
         return None;
     }
@@ -1294,7 +1294,7 @@ pub fn v2store_gate(obs: &Observation, target: &str, peers: &[&PeerView]) -> Opt
         .copied()
         .filter(|p| {
             p.etcd_version()
-                .and_then(|v| v.parse::<etcd::EtcdVersion>().ok())
+                .and_then(|v| v.parse::<crate::EtcdVersion>().ok())
                 .is_some_and(|v| v.major == 3 && v.minor < 6)
         })
         .collect();
@@ -1376,9 +1376,9 @@ pub fn settings_gate(obs: &Observation, target: &str, peers: &[&PeerView]) -> Op
 /// The minor a one-minor downgrade by etcd's own protocol goes to: every
 /// member on `target`'s minor or the one above it, at least one above, and
 /// that one 3.6 or later (3.6 -> 3.5, 3.7 -> 3.6). None otherwise. Pure.
-pub fn native_downgrade(from: &[&str], target: &str) -> Option<etcd::EtcdVersion> {
-    let to = target.parse::<etcd::EtcdVersion>().ok()?;
-    let from: Vec<etcd::EtcdVersion> = from.iter().filter_map(|v| v.parse().ok()).collect();
+pub fn native_downgrade(from: &[&str], target: &str) -> Option<crate::EtcdVersion> {
+    let to = target.parse::<crate::EtcdVersion>().ok()?;
+    let from: Vec<crate::EtcdVersion> = from.iter().filter_map(|v| v.parse().ok()).collect();
     let newest = from.iter().max()?;
     let ok = to.major == 3
         && to.minor >= 5
@@ -1391,7 +1391,7 @@ pub fn native_downgrade(from: &[&str], target: &str) -> Option<etcd::EtcdVersion
 
 /// `3.6.0` -> (3, 6); None for anything else.
 fn minor_of(v: &str) -> Option<(u32, u32)> {
-    let v = v.parse::<etcd::EtcdVersion>().ok()?;
+    let v = v.parse::<crate::EtcdVersion>().ok()?;
     Some((v.major, v.minor))
 }
 
@@ -1405,7 +1405,7 @@ fn minor_of(v: &str) -> Option<(u32, u32)> {
 fn downgrade_plan(
     obs: &Observation,
     cluster: &ClusterView,
-    to: etcd::EtcdVersion,
+    to: crate::EtcdVersion,
     target: &str,
     behind: &[(&MemberView, &PeerView)],
     all_healthy: bool,
@@ -1789,362 +1789,475 @@ fn peer_of<'a>(obs: &'a Observation, m: &MemberView) -> Option<&'a PeerView> {
     })
 }
 
-fn running_cluster(obs: &Observation, spec: &ClusterSpec, cluster: &ClusterView) -> Plan {
-    let members = &cluster.members;
-    let voters = members.iter().filter(|m| !m.is_learner).count();
-    let healthy_voters = members
-        .iter()
-        .filter(|m| !m.is_learner && m.healthy)
-        .count();
-    let member_peers: BTreeSet<&str> = members
-        .iter()
-        .filter_map(|m| peer_of(obs, m))
-        .map(|p| p.id.as_str())
-        .collect();
-    let cluster_tokens: BTreeSet<&str> = obs
-        .peers
-        .iter()
-        .filter(|p| member_peers.contains(p.id.as_str()))
-        .filter_map(|p| p.token())
-        .collect();
+/// What every rule of a running cluster reads: the observation, the spec,
+/// the cluster, and the facts derived from them once per pass.
+struct Running<'a> {
+    obs: &'a Observation,
+    spec: &'a ClusterSpec,
+    cluster: &'a ClusterView,
+    members: &'a [MemberView],
+    voters: usize,
+    healthy_voters: usize,
+    has_quorum: bool,
+    /// The managers whose etcd is a member.
+    member_peers: BTreeSet<&'a str>,
+    /// The cluster tokens those managers run.
+    cluster_tokens: BTreeSet<&'a str>,
+    /// The versions the members run.
+    current: BTreeSet<&'a str>,
+    /// The version a new member starts with, and the token it joins.
+    version: String,
+    token: String,
+    all_healthy: bool,
+    backup_due: bool,
+}
 
-    // A member of a cluster that a quorum recovery replaced is back (its
-    // host was down, not wiped): with others of its kind it may still have
-    // its old quorum and serve old data to its clients. Stop it first (its
-    // data goes to the trashcan); it is then added to the current cluster.
-    if let Some(p) = obs.peers.iter().find(|p| {
-        !member_peers.contains(p.id.as_str())
-            && p.token().is_some_and(|t| obs.retired_tokens.contains(t))
-    }) {
-        return Plan::act(vec![Action::StopEtcd { peer: p.id.clone() }]);
-    }
-
-    // Another cluster running beside ours: never touch it automatically.
-    if let Some(p) = obs.peers.iter().find(|p| {
-        p.running()
-            && !member_peers.contains(p.id.as_str())
-            && p.token().is_some_and(|t| !cluster_tokens.contains(t))
-    }) {
-        return Plan::wait(WaitReason::ForeignCluster { peer: p.id.clone() });
-    }
-
-    let mut waits = vec![];
-    let current: BTreeSet<&str> = cluster.versions.iter().map(String::as_str).collect();
-    let version = current
-        .iter()
-        .next()
-        .copied()
-        .unwrap_or(spec.etcd_version.as_str())
-        .to_string();
-    let token = cluster_tokens
-        .iter()
-        .next()
-        .copied()
-        .unwrap_or_default()
-        .to_string();
-
-    // Finish a half-done add: registered, never started. This comes before the
-    // health check: a voter added without learners counts towards quorum, and
-    // starting it is what restores quorum; it changes no membership. A
-    // learner restores no quorum: while the quorum is lost it waits, and the
-    // quorum loss is handled below (found by the simulation: a learner whose
-    // host was cut off held a quorum recovery back for good).
-    let has_quorum = healthy_voters >= quorum(voters);
-    if let Some(m) = members
-        .iter()
-        .find(|m| m.name.is_empty() && !m.healthy && (has_quorum || !m.is_learner))
-    {
-        if let Some(p) = peer_of(obs, m).filter(|p| p.idle()) {
-            return Plan::act(vec![Action::StartAddedMember {
-                peer: p.id.clone(),
-                member_id: m.id,
-                token: token.clone(),
-                version: version.clone(),
-            }]);
-        }
-        return Plan::wait(WaitReason::EtcdStarting);
-    }
-
-    if !has_quorum {
-        if let Some(plan) = quorum_loss(obs, spec, members) {
-            return plan;
-        }
-        return Plan::wait(WaitReason::ClusterUnhealthy {
-            healthy: healthy_voters,
-            voters,
-        });
-    }
-
-    // A cluster that takes no writes (its database at the quota) comes
-    // first: every other change needs writes.
-    if cluster.space_alarm {
-        return Plan::act(vec![Action::ClearSpaceAlarm]);
-    }
-
-    if let Some(plan) = dump_and_restore(obs, spec, members, &current) {
-        return plan;
-    }
-
-    // A fresh (seeded or restored) cluster is quarantined until a majority
-    // of it is healthy (checked above). Not waiting for every member: a
-    // member that died meanwhile, or a lift cut short by a leader change,
-    // must not keep the cluster closed.
-    let quarantined: Vec<String> = obs
-        .peers
-        .iter()
-        .filter(|p| member_peers.contains(p.id.as_str()) && p.quarantined())
-        .map(|p| p.id.clone())
-        .collect();
-    if !quarantined.is_empty() {
-        let mut actions = vec![];
-        if !obs.created_marker {
-            actions.push(Action::WriteCreatedMarker);
-        }
-        actions.push(Action::LiftQuarantine { peers: quarantined });
-        return Plan::act(actions);
-    }
-    if !obs.created_marker {
-        // A cluster runs, so one was created here: record it.
-        return Plan::act(vec![Action::WriteCreatedMarker]);
-    }
-
-    // Removed members that still have our cluster's etcd assigned, running
-    // or not: a removed member's etcd exits by itself, and if the StopEtcd
-    // after the removal did not reach it, the node would never be idle again.
-    if let Some(p) = obs.peers.iter().find(|p| {
-        !member_peers.contains(p.id.as_str())
-            && p.token().is_some_and(|t| cluster_tokens.contains(t))
-    }) {
-        return Plan::act(vec![Action::StopEtcd { peer: p.id.clone() }]);
-    }
-
-    // Replace a dead member: unhealthy for longer than the grace period, or
-    // its peer URL now served by an idle manager with another id (the host
-    // came back with an empty disk). Removing an unhealthy member never costs
-    // quorum as long as the healthy voters are a majority of those left; the
-    // raft leader is never the one removed. The ordinary add path then brings
-    // in an idle manager.
-    if let Some(m) = members
-        .iter()
-        .find(|m| !m.healthy && !m.name.is_empty() && dead(obs, m))
-    {
-        let voters_after = voters - usize::from(!m.is_learner);
-        let keeps_quorum = healthy_voters >= quorum(voters_after) || !obs.rules.quorum_guard;
-        if !m.is_leader && voters_after >= 1 && keeps_quorum {
-            return Plan::act(vec![
-                Action::TakeBackup {
-                    reason: BackupReason::BeforeChange,
-                },
-                Action::RemoveMember {
-                    member_id: m.id,
-                    name: m.name.clone(),
-                },
-            ]);
-        }
-    }
-
-    // Promote a learner once it runs (etcd refuses until it caught up).
-    if let Some(m) = members.iter().find(|m| m.is_learner) {
-        if m.healthy {
-            return Plan::act(vec![Action::PromoteMember {
-                member_id: m.id,
-                name: m.name.clone(),
-            }]);
-        }
-        return Plan::wait(WaitReason::LearnerCatchingUp {
-            name: m.name.clone(),
-        });
-    }
-
-    let backup_due = obs
-        .last_backup
-        .is_none_or(|t| obs.now.saturating_duration_since(t) >= obs.backup_interval);
-    let want = spec.member_count as usize;
-    let all_healthy = members.iter().all(|m| m.healthy);
-
-    if members.len() < want && all_healthy {
-        let candidate = obs
+impl<'a> Running<'a> {
+    fn new(obs: &'a Observation, spec: &'a ClusterSpec, cluster: &'a ClusterView) -> Self {
+        let members = cluster.members.as_slice();
+        let voters = members.iter().filter(|m| !m.is_learner).count();
+        let healthy_voters = members
+            .iter()
+            .filter(|m| !m.is_learner && m.healthy)
+            .count();
+        let member_peers: BTreeSet<&str> = members
+            .iter()
+            .filter_map(|m| peer_of(obs, m))
+            .map(|p| p.id.as_str())
+            .collect();
+        let cluster_tokens: BTreeSet<&str> = obs
             .peers
             .iter()
-            .filter(|p| {
-                p.idle() && p.has_version(&version) && !member_peers.contains(p.id.as_str())
-            })
-            .min_by(|a, b| a.id.cmp(&b.id));
-        match candidate {
-            Some(p) => {
-                let learner = version
-                    .parse::<etcd::EtcdVersion>()
-                    .is_ok_and(|v| v.supports_learners());
-                return Plan {
-                    actions: vec![
-                        Action::TakeBackup {
-                            reason: BackupReason::BeforeChange,
-                        },
-                        Action::AddMember {
-                            peer: p.id.clone(),
-                            learner,
-                            token,
-                            version,
-                        },
-                    ],
-                    waits,
-                };
-            }
-            None => waits.push(WaitReason::NoIdlePeer {
-                members: members.len(),
-                want,
-            }),
-        }
-    } else if members.len() > want && all_healthy {
-        // Never remove the raft leader when another member can go; prefer the highest name.
-        let victim = members
+            .filter(|p| member_peers.contains(p.id.as_str()))
+            .filter_map(|p| p.token())
+            .collect();
+        let current: BTreeSet<&str> = cluster.versions.iter().map(String::as_str).collect();
+        let version = current
             .iter()
-            .filter(|m| !m.is_leader)
-            .max_by(|a, b| a.name.cmp(&b.name));
-        if let Some(m) = victim {
-            return Plan {
-                actions: vec![
-                    Action::TakeBackup {
-                        reason: BackupReason::BeforeChange,
-                    },
-                    Action::RemoveMember {
-                        member_id: m.id,
-                        name: m.name.clone(),
-                    },
-                ],
-                waits,
-            };
+            .next()
+            .copied()
+            .unwrap_or(spec.etcd_version.as_str())
+            .to_string();
+        let token = cluster_tokens
+            .iter()
+            .next()
+            .copied()
+            .unwrap_or_default()
+            .to_string();
+        Running {
+            obs,
+            spec,
+            cluster,
+            members,
+            voters,
+            healthy_voters,
+            has_quorum: healthy_voters >= quorum(voters),
+            member_peers,
+            cluster_tokens,
+            current,
+            version,
+            token,
+            all_healthy: members.iter().all(|m| m.healthy),
+            backup_due: obs
+                .last_backup
+                .is_none_or(|t| obs.now.saturating_duration_since(t) >= obs.backup_interval),
         }
     }
 
-    if let Some(plan) = version_change(obs, spec, cluster, &current, all_healthy) {
-        if plan.actions.is_empty() {
+    fn is_member(&self, p: &PeerView) -> bool {
+        self.member_peers.contains(p.id.as_str())
+    }
+
+    /// Nothing waited for, every member healthy, no command queued, nobody
+    /// quarantined: only then does optional upkeep run.
+    fn quiet(&self) -> bool {
+        self.all_healthy
+            && self.obs.commands.is_empty()
+            && !self.obs.peers.iter().any(|p| p.quarantined())
+    }
+}
+
+/// One rule for a running cluster: a plan that ends the pass, or None to
+/// go on to the next rule (after adding to the waits the pass reports).
+type RunningRule = fn(&Running<'_>, &mut Vec<WaitReason>) -> Option<Plan>;
+
+/// The rules for a running cluster, in the order they are asked: the first
+/// that makes a plan wins. Safety first (members of retired or foreign
+/// clusters, a half-done add, a lost quorum, a database at its quota), then
+/// the cluster's shape (quarantine, removed and dead members, learners,
+/// size, version), then operator requests and upkeep (backups,
+/// defragmentation, drills).
+const RUNNING_RULES: &[RunningRule] = &[
+    stop_retired_member,
+    leave_foreign_cluster,
+    start_added_member,
+    handle_lost_quorum,
+    clear_space_alarm,
+    dump_and_restore_rule,
+    lift_quarantine,
+    stop_removed_member,
+    replace_dead_member,
+    promote_learner,
+    resize,
+    change_version,
+    verify_on_request,
+    backup_on_request,
+    start_delta_chain,
+    periodic_backup,
+    defragment_on_request,
+    defragment_when_due,
+    verify_unverified_backup,
+];
+
+fn running_cluster(obs: &Observation, spec: &ClusterSpec, cluster: &ClusterView) -> Plan {
+    let r = Running::new(obs, spec, cluster);
+    let mut waits = vec![];
+    for rule in RUNNING_RULES {
+        if let Some(plan) = rule(&r, &mut waits) {
             waits.extend(plan.waits);
-        } else {
             return Plan {
                 actions: plan.actions,
                 waits,
             };
         }
     }
-
-    if let Some((file, backup)) = &obs.verify_requested {
-        return Plan {
-            actions: vec![Action::VerifyBackup {
-                backup: backup.clone(),
-                peer: drill_runner(obs, &version),
-                request: Some(file.clone()),
-            }],
-            waits,
-        };
-    }
-    if obs.backup_requested && all_healthy {
-        return Plan {
-            actions: vec![
-                Action::TakeBackup {
-                    reason: BackupReason::OnDemand,
-                },
-                Action::ClearBackupRequest,
-            ],
-            waits,
-        };
-    }
-    if obs.delta_full_needed && all_healthy && !backup_due {
-        return Plan {
-            actions: vec![Action::TakeBackup {
-                reason: BackupReason::DeltaChain,
-            }],
-            waits,
-        };
-    }
-    if backup_due {
-        let mut actions = vec![Action::TakeBackup {
-            reason: BackupReason::Periodic,
-        }];
-        // Retention runs at most hourly, and only after a successful backup.
-        if obs
-            .last_retention
-            .is_none_or(|t| obs.now.saturating_duration_since(t) >= RETENTION_INTERVAL)
-        {
-            actions.push(Action::ApplyRetention);
-            if all_healthy {
-                // Old data dirs go only once the cluster is healthy and backed up.
-                let peers = obs
-                    .peers
-                    .iter()
-                    .filter(|p| p.info.is_some())
-                    .map(|p| p.id.clone())
-                    .collect();
-                actions.push(Action::GcTrashcan {
-                    peers,
-                    keep: TRASHCAN_KEEP,
-                });
-            }
-        }
-        return Plan { actions, waits };
-    }
-    // Defragmentation: only a healthy, settled cluster (nothing waited
-    // for, no command queued, nobody quarantined), one member at a time,
-    // followers first, the one that frees the most first.
-    let settled = waits.is_empty()
-        && all_healthy
-        && obs.commands.is_empty()
-        && !obs.peers.iter().any(|p| p.quarantined());
-    if let Some(req) = &obs.defrag_requested
-        && all_healthy
-        && obs.commands.is_empty()
-        && !obs.peers.iter().any(|p| p.quarantined())
-    {
-        let voters: Vec<&MemberView> = members.iter().filter(|m| !m.is_learner).collect();
-        let mut chosen: Vec<&MemberView> = voters
-            .iter()
-            .copied()
-            .filter(|m| req.member.as_ref().is_none_or(|n| *n == m.name))
-            .collect();
-        // Followers first, the raft leader last.
-        chosen.sort_by_key(|m| (m.is_leader, m.name.clone()));
-        let move_leader = chosen.last().is_some_and(|m| m.is_leader) && voters.len() > 1;
-        return Plan {
-            actions: vec![Action::DefragmentNow {
-                members: chosen.iter().map(|m| (m.id, m.name.clone())).collect(),
-                move_leader,
-                request: req.file.clone(),
-            }],
-            waits,
-        };
-    }
-    if settled
-        && let Some(m) = members
-            .iter()
-            .filter(|m| !m.is_learner && obs.defrag.due(m.db_size, m.db_in_use))
-            .min_by_key(|m| (m.is_leader, std::cmp::Reverse(m.db_size - m.db_in_use)))
-    {
-        let voters = members.iter().filter(|x| !x.is_learner).count();
-        return Plan {
-            actions: vec![Action::Defragment {
-                member_id: m.id,
-                name: m.name.clone(),
-                move_leader: m.is_leader && voters > 1,
-            }],
-            waits,
-        };
-    }
-    if let Some(backup) = &obs.unverified_backup
-        && settled
-    {
-        return Plan {
-            actions: vec![Action::VerifyBackup {
-                backup: backup.clone(),
-                peer: drill_runner(obs, &version),
-                request: None,
-            }],
-            waits,
-        };
-    }
     Plan {
         actions: vec![],
         waits,
     }
+}
+
+/// A member of a cluster that a quorum recovery replaced is back (its host
+/// was down, not wiped): with others of its kind it may still have its old
+/// quorum and serve old data to its clients. Stop it first (its data goes
+/// to the trashcan); it is then added to the current cluster.
+fn stop_retired_member(r: &Running<'_>, _: &mut Vec<WaitReason>) -> Option<Plan> {
+    let p =
+        r.obs.peers.iter().find(|p| {
+            !r.is_member(p) && p.token().is_some_and(|t| r.obs.retired_tokens.contains(t))
+        })?;
+    Some(Plan::act(vec![Action::StopEtcd { peer: p.id.clone() }]))
+}
+
+/// Another cluster running beside ours: never touch it automatically.
+fn leave_foreign_cluster(r: &Running<'_>, _: &mut Vec<WaitReason>) -> Option<Plan> {
+    let p = r.obs.peers.iter().find(|p| {
+        p.running() && !r.is_member(p) && p.token().is_some_and(|t| !r.cluster_tokens.contains(t))
+    })?;
+    Some(Plan::wait(WaitReason::ForeignCluster {
+        peer: p.id.clone(),
+    }))
+}
+
+/// Finish a half-done add: registered, never started. This comes before the
+/// health check: a voter added without learners counts towards quorum, and
+/// starting it is what restores quorum; it changes no membership. A learner
+/// restores no quorum: while the quorum is lost it waits, and the quorum
+/// loss is handled next (found by the simulation: a learner whose host was
+/// cut off held a quorum recovery back for good).
+fn start_added_member(r: &Running<'_>, _: &mut Vec<WaitReason>) -> Option<Plan> {
+    let m = r
+        .members
+        .iter()
+        .find(|m| m.name.is_empty() && !m.healthy && (r.has_quorum || !m.is_learner))?;
+    if let Some(p) = peer_of(r.obs, m).filter(|p| p.idle()) {
+        return Some(Plan::act(vec![Action::StartAddedMember {
+            peer: p.id.clone(),
+            member_id: m.id,
+            token: r.token.clone(),
+            version: r.version.clone(),
+        }]));
+    }
+    Some(Plan::wait(WaitReason::EtcdStarting))
+}
+
+/// Without a quorum nothing else can change: recover it (see
+/// [`quorum_loss`]) or wait.
+fn handle_lost_quorum(r: &Running<'_>, _: &mut Vec<WaitReason>) -> Option<Plan> {
+    if r.has_quorum {
+        return None;
+    }
+    Some(quorum_loss(r.obs, r.spec, r.members).unwrap_or(Plan::wait(
+        WaitReason::ClusterUnhealthy {
+            healthy: r.healthy_voters,
+            voters: r.voters,
+        },
+    )))
+}
+
+/// A cluster that takes no writes (its database at the quota) comes first:
+/// every other change needs writes.
+fn clear_space_alarm(r: &Running<'_>, _: &mut Vec<WaitReason>) -> Option<Plan> {
+    r.cluster
+        .space_alarm
+        .then(|| Plan::act(vec![Action::ClearSpaceAlarm]))
+}
+
+/// A version change that etcd cannot make in place (see [`dump_and_restore`]).
+fn dump_and_restore_rule(r: &Running<'_>, _: &mut Vec<WaitReason>) -> Option<Plan> {
+    dump_and_restore(r.obs, r.spec, r.members, &r.current)
+}
+
+/// A fresh (seeded or restored) cluster is quarantined until a majority of
+/// it is healthy (checked above). Not waiting for every member: a member
+/// that died meanwhile, or a lift cut short by a leader change, must not
+/// keep the cluster closed. A cluster runs, so one was created here: the
+/// created marker is written with the lift, or alone.
+fn lift_quarantine(r: &Running<'_>, _: &mut Vec<WaitReason>) -> Option<Plan> {
+    let quarantined: Vec<String> = r
+        .obs
+        .peers
+        .iter()
+        .filter(|p| r.is_member(p) && p.quarantined())
+        .map(|p| p.id.clone())
+        .collect();
+    let mut actions = vec![];
+    if !r.obs.created_marker {
+        actions.push(Action::WriteCreatedMarker);
+    }
+    if !quarantined.is_empty() {
+        actions.push(Action::LiftQuarantine { peers: quarantined });
+    }
+    (!actions.is_empty()).then(|| Plan::act(actions))
+}
+
+/// Removed members that still have our cluster's etcd assigned, running or
+/// not: a removed member's etcd exits by itself, and if the StopEtcd after
+/// the removal did not reach it, the node would never be idle again.
+fn stop_removed_member(r: &Running<'_>, _: &mut Vec<WaitReason>) -> Option<Plan> {
+    let p = r
+        .obs
+        .peers
+        .iter()
+        .find(|p| !r.is_member(p) && p.token().is_some_and(|t| r.cluster_tokens.contains(t)))?;
+    Some(Plan::act(vec![Action::StopEtcd { peer: p.id.clone() }]))
+}
+
+/// Replace a dead member: unhealthy for longer than the grace period, or its
+/// peer URL now served by an idle manager with another id (the host came
+/// back with an empty disk). Removing an unhealthy member never costs quorum
+/// as long as the healthy voters are a majority of those left; the raft
+/// leader is never the one removed. The ordinary add path then brings in an
+/// idle manager.
+fn replace_dead_member(r: &Running<'_>, _: &mut Vec<WaitReason>) -> Option<Plan> {
+    let m = r
+        .members
+        .iter()
+        .find(|m| !m.healthy && !m.name.is_empty() && dead(r.obs, m))?;
+    let voters_after = r.voters - usize::from(!m.is_learner);
+    let keeps_quorum = r.healthy_voters >= quorum(voters_after) || !r.obs.rules.quorum_guard;
+    (!m.is_leader && voters_after >= 1 && keeps_quorum).then(|| {
+        Plan::act(vec![
+            Action::TakeBackup {
+                reason: BackupReason::BeforeChange,
+            },
+            Action::RemoveMember {
+                member_id: m.id,
+                name: m.name.clone(),
+            },
+        ])
+    })
+}
+
+/// Promote a learner once it runs (etcd refuses until it caught up).
+fn promote_learner(r: &Running<'_>, _: &mut Vec<WaitReason>) -> Option<Plan> {
+    let m = r.members.iter().find(|m| m.is_learner)?;
+    if m.healthy {
+        return Some(Plan::act(vec![Action::PromoteMember {
+            member_id: m.id,
+            name: m.name.clone(),
+        }]));
+    }
+    Some(Plan::wait(WaitReason::LearnerCatchingUp {
+        name: m.name.clone(),
+    }))
+}
+
+/// Grow to the spec's size with the lowest idle manager that has the
+/// version (as a learner where etcd has learners), or shrink by the highest
+/// name that is not the raft leader; only while every member is healthy.
+fn resize(r: &Running<'_>, waits: &mut Vec<WaitReason>) -> Option<Plan> {
+    let want = r.spec.member_count as usize;
+    if !r.all_healthy {
+        return None;
+    }
+    if r.members.len() < want {
+        let candidate = r
+            .obs
+            .peers
+            .iter()
+            .filter(|p| p.idle() && p.has_version(&r.version) && !r.is_member(p))
+            .min_by(|a, b| a.id.cmp(&b.id));
+        let Some(p) = candidate else {
+            waits.push(WaitReason::NoIdlePeer {
+                members: r.members.len(),
+                want,
+            });
+            return None;
+        };
+        let learner = r
+            .version
+            .parse::<crate::EtcdVersion>()
+            .is_ok_and(|v| v.supports_learners());
+        return Some(Plan::act(vec![
+            Action::TakeBackup {
+                reason: BackupReason::BeforeChange,
+            },
+            Action::AddMember {
+                peer: p.id.clone(),
+                learner,
+                token: r.token.clone(),
+                version: r.version.clone(),
+            },
+        ]));
+    }
+    if r.members.len() > want {
+        // Never remove the raft leader when another member can go; prefer the highest name.
+        let m = r
+            .members
+            .iter()
+            .filter(|m| !m.is_leader)
+            .max_by(|a, b| a.name.cmp(&b.name))?;
+        return Some(Plan::act(vec![
+            Action::TakeBackup {
+                reason: BackupReason::BeforeChange,
+            },
+            Action::RemoveMember {
+                member_id: m.id,
+                name: m.name.clone(),
+            },
+        ]));
+    }
+    None
+}
+
+/// An in-place version change (see [`version_change`]); what it waits for
+/// is reported, and the rules after it still run.
+fn change_version(r: &Running<'_>, waits: &mut Vec<WaitReason>) -> Option<Plan> {
+    let plan = version_change(r.obs, r.spec, r.cluster, &r.current, r.all_healthy)?;
+    if plan.actions.is_empty() {
+        waits.extend(plan.waits);
+        return None;
+    }
+    Some(Plan::act(plan.actions))
+}
+
+/// `etcd-manager-ctl verify-backup --on-manager`: a drill of that backup.
+fn verify_on_request(r: &Running<'_>, _: &mut Vec<WaitReason>) -> Option<Plan> {
+    let (file, backup) = r.obs.verify_requested.as_ref()?;
+    Some(Plan::act(vec![Action::VerifyBackup {
+        backup: backup.clone(),
+        peer: drill_runner(r.obs, &r.version),
+        request: Some(file.clone()),
+    }]))
+}
+
+/// `etcd-manager-ctl backup-now`, once every member is healthy.
+fn backup_on_request(r: &Running<'_>, _: &mut Vec<WaitReason>) -> Option<Plan> {
+    (r.obs.backup_requested && r.all_healthy).then(|| {
+        Plan::act(vec![
+            Action::TakeBackup {
+                reason: BackupReason::OnDemand,
+            },
+            Action::ClearBackupRequest,
+        ])
+    })
+}
+
+/// The continuous backup lost its chain: a full backup starts a new one
+/// (unless a periodic one is due anyway).
+fn start_delta_chain(r: &Running<'_>, _: &mut Vec<WaitReason>) -> Option<Plan> {
+    (r.obs.delta_full_needed && r.all_healthy && !r.backup_due).then(|| {
+        Plan::act(vec![Action::TakeBackup {
+            reason: BackupReason::DeltaChain,
+        }])
+    })
+}
+
+/// The periodic backup; retention at most hourly after it, and old data
+/// dirs only once the cluster is healthy and backed up.
+fn periodic_backup(r: &Running<'_>, _: &mut Vec<WaitReason>) -> Option<Plan> {
+    if !r.backup_due {
+        return None;
+    }
+    let obs = r.obs;
+    let mut actions = vec![Action::TakeBackup {
+        reason: BackupReason::Periodic,
+    }];
+    if obs
+        .last_retention
+        .is_none_or(|t| obs.now.saturating_duration_since(t) >= RETENTION_INTERVAL)
+    {
+        actions.push(Action::ApplyRetention);
+        if r.all_healthy {
+            let peers = obs
+                .peers
+                .iter()
+                .filter(|p| p.info.is_some())
+                .map(|p| p.id.clone())
+                .collect();
+            actions.push(Action::GcTrashcan {
+                peers,
+                keep: TRASHCAN_KEEP,
+            });
+        }
+    }
+    Some(Plan::act(actions))
+}
+
+/// `etcd-manager-ctl defrag`: every voter or the one named, followers
+/// first, the raft leader last (after handing its leadership on).
+fn defragment_on_request(r: &Running<'_>, _: &mut Vec<WaitReason>) -> Option<Plan> {
+    let req = r.obs.defrag_requested.as_ref()?;
+    if !r.quiet() {
+        return None;
+    }
+    let voters: Vec<&MemberView> = r.members.iter().filter(|m| !m.is_learner).collect();
+    let mut chosen: Vec<&MemberView> = voters
+        .iter()
+        .copied()
+        .filter(|m| req.member.as_ref().is_none_or(|n| *n == m.name))
+        .collect();
+    chosen.sort_by_key(|m| (m.is_leader, m.name.clone()));
+    let move_leader = chosen.last().is_some_and(|m| m.is_leader) && voters.len() > 1;
+    Some(Plan::act(vec![Action::DefragmentNow {
+        members: chosen.iter().map(|m| (m.id, m.name.clone())).collect(),
+        move_leader,
+        request: req.file.clone(),
+    }]))
+}
+
+/// Defragmentation by policy: only a settled cluster (nothing waited for,
+/// see [`Running::quiet`]), one member at a time, followers first, the one
+/// that frees the most first.
+#[allow(clippy::ptr_arg)] // every rule has the one signature of RunningRule
+fn defragment_when_due(r: &Running<'_>, waits: &mut Vec<WaitReason>) -> Option<Plan> {
+    if !waits.is_empty() || !r.quiet() {
+        return None;
+    }
+    let m = r
+        .members
+        .iter()
+        .filter(|m| !m.is_learner && r.obs.defrag.due(m.db_size, m.db_in_use))
+        .min_by_key(|m| (m.is_leader, std::cmp::Reverse(m.db_size - m.db_in_use)))?;
+    Some(Plan::act(vec![Action::Defragment {
+        member_id: m.id,
+        name: m.name.clone(),
+        move_leader: m.is_leader && r.voters > 1,
+    }]))
+}
+
+/// A restore drill of the backup the leader picked for one, once settled.
+#[allow(clippy::ptr_arg)] // every rule has the one signature of RunningRule
+fn verify_unverified_backup(r: &Running<'_>, waits: &mut Vec<WaitReason>) -> Option<Plan> {
+    let backup = r.obs.unverified_backup.as_ref()?;
+    (waits.is_empty() && r.quiet()).then(|| {
+        Plan::act(vec![Action::VerifyBackup {
+            backup: backup.clone(),
+            peer: drill_runner(r.obs, &r.version),
+            request: None,
+        }])
+    })
 }
 
 /// Who runs a restore drill: the lowest id of the other managers that

@@ -2,7 +2,7 @@
 #![allow(clippy::disallowed_methods)] // tests make up their own instants
 
 use super::*;
-use crate::core::model::{EtcdNodeConfig, EtcdState, NodeInfo};
+use crate::model::{EtcdNodeConfig, EtcdState, NodeInfo};
 
 const V: &str = "3.5.30";
 
@@ -1487,7 +1487,7 @@ fn a_pending_dump_and_restore_lets_a_dead_member_be_replaced_first() {
 /// members below its floor to that version first; down from 3.6+ one minor
 /// at a time. None: no in-place step (dump and restore, or refused).
 fn first_step(from: &str, to: &str) -> Option<String> {
-    let v = |s: &str| s.parse::<etcd::EtcdVersion>().expect("version");
+    let v = |s: &str| s.parse::<crate::EtcdVersion>().expect("version");
     let (f, t) = (v(from), v(to));
     let newest = |minor: u32| {
         KNOWN
@@ -1526,7 +1526,7 @@ fn first_step(from: &str, to: &str) -> Option<String> {
 /// 3.6+).
 #[test]
 fn the_version_planner_covers_every_pair_of_known_versions() {
-    let v = |s: &str| s.parse::<etcd::EtcdVersion>().expect("version");
+    let v = |s: &str| s.parse::<crate::EtcdVersion>().expect("version");
     for from in KNOWN {
         for to in KNOWN {
             let plan = plan_for(from, to, &[]);
@@ -1916,6 +1916,46 @@ fn a_space_alarm_is_cleared_first() {
         c.space_alarm = false;
     }
     assert_ne!(reconcile(&o).actions, vec![Action::ClearSpaceAlarm]);
+}
+
+/// Where two rules apply at once, the earlier in `RUNNING_RULES` wins: the
+/// space alarm before a quarantine is lifted (the lift needs writes), an
+/// operator's backup before the periodic one that is also due, an
+/// operator's drill before either.
+#[test]
+fn the_rules_of_a_running_cluster_apply_in_their_order() {
+    let mut o = obs(
+        1,
+        vec![running("a", true)],
+        Some(vec![member(1, "a", true)]),
+    );
+    if let Some(c) = o.cluster.as_mut() {
+        c.space_alarm = true;
+    }
+    assert_eq!(reconcile(&o).actions, vec![Action::ClearSpaceAlarm]);
+
+    let mut o = obs(
+        1,
+        vec![running("a", false)],
+        Some(vec![member(1, "a", true)]),
+    );
+    o.backup_requested = true;
+    o.last_backup = None;
+    assert_eq!(
+        reconcile(&o).actions,
+        vec![
+            Action::TakeBackup {
+                reason: BackupReason::OnDemand,
+            },
+            Action::ClearBackupRequest,
+        ]
+    );
+    o.verify_requested = Some(("verify-now--b1".into(), "b1".into()));
+    assert!(
+        matches!(&reconcile(&o).actions[..], [Action::VerifyBackup { backup, .. }] if backup == "b1"),
+        "{:?}",
+        reconcile(&o)
+    );
 }
 
 /// Past the threshold a member is defragmented: followers first, the one

@@ -3,7 +3,15 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::Error;
+/// A version string that is not `MAJOR.MINOR.PATCH`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid etcd version {version:?}: expected MAJOR.MINOR.PATCH such as 3.5.30 (a leading `v` is allowed)"
+)]
+pub struct InvalidVersion {
+    /// The text that failed to parse.
+    pub version: String,
+}
 
 /// An etcd release, `"3.5.30"` -> `(3, 5, 30)`. Ordered by (major, minor, patch);
 /// `Display` prints `3.5.30`.
@@ -45,16 +53,16 @@ impl fmt::Display for EtcdVersion {
 }
 
 impl FromStr for EtcdVersion {
-    type Err = Error;
+    type Err = InvalidVersion;
 
     /// Accepts `3.5.30` and `v3.5.30`.
-    fn from_str(s: &str) -> Result<Self, Error> {
-        let invalid = || Error::InvalidVersion {
+    fn from_str(s: &str) -> Result<Self, InvalidVersion> {
+        let invalid = || InvalidVersion {
             version: s.to_string(),
         };
         let body = s.strip_prefix('v').unwrap_or(s);
         let mut parts = body.split('.');
-        let mut next = || -> Result<u32, Error> {
+        let mut next = || -> Result<u32, InvalidVersion> {
             let p = parts.next().ok_or_else(invalid)?;
             if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(invalid());
@@ -108,7 +116,7 @@ mod tests {
         ] {
             let e = bad.parse::<EtcdVersion>().unwrap_err();
             assert!(
-                matches!(e, Error::InvalidVersion { ref version } if version == bad),
+                matches!(e, InvalidVersion { ref version } if version == bad),
                 "{bad}: {e}"
             );
         }
