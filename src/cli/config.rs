@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::platform::hosts::expand_name;
+pub use crate::platform::volumes::VolumeSource;
 
 /// Runs one member of an etcd cluster managed together with its peers.
 ///
@@ -453,25 +454,6 @@ pub const VOLUME_PROVIDERS: &[(&str, bool)] = &[
     ("azure", false),
     ("scaleway", false),
 ];
-
-/// Where this member's data and identity come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VolumeSource {
-    /// `--data-dir`: the identity lives in `<data-dir>/state.json`.
-    DataDir(PathBuf),
-    /// `--volume-provider=external`: the first folder under `<root>/mnt/disks`
-    /// whose name starts with `prefix` and holds `mnt/`; the member is named
-    /// after the folder and keeps its data in `mnt/`.
-    External { disks: PathBuf, prefix: String },
-    /// `--volume-provider=aws`: the EBS volume this instance claims (see
-    /// [`crate::platform::volumes::aws`]); `root` is `/`, or `/rootfs` containerized.
-    Aws {
-        volumes: crate::platform::volumes::aws::AwsVolumes,
-        root: PathBuf,
-    },
-    /// A provider upstream has and we do not (yet): refused at start.
-    Unsupported(String),
-}
 
 /// A validated configuration: everything below has been checked.
 ///

@@ -2,9 +2,9 @@
 //! `Config` before anything starts ([`config`]), Go-style single-dash flags
 //! ([`goflags`], also for `etcd-manager-ctl`) and `--env-file` ([`envfile`]).
 //!
-//! It turns arguments into settings; the binaries call it, and the platform
-//! reads the settings it made. It calls nothing that does IO but reading the
-//! env file.
+//! It turns arguments into settings (its own, and the platform's it builds,
+//! such as `VolumeSource`); only the binaries call it. It does no IO but
+//! reading the env file.
 
 pub mod config;
 pub mod envfile;

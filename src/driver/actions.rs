@@ -1,8 +1,19 @@
 //! Actions of the leader, one function each: seeding, the v2 store and
 //! settings checks, quorum recovery, retiring clusters, clearing prefixes.
 
-use super::*;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+use backup::ClusterSpec;
+use backup::layout::{ALLOW_NEW_CLUSTER_FILE, retired_cluster_file};
+
+use super::execute::JoinTemplate;
+use super::observe::{cluster_client, endpoint_of};
+use super::{Driver, DriverError, PEER_TIMEOUT, node_configs};
+use crate::controller::Observation;
 use crate::core::model::{JobKind, JobPhase};
+use crate::peer::{JOIN_TIMEOUT, JoinPhase, Request, Response};
+use crate::{controller, peer};
 
 impl Driver {
     /// [`Action::SeedCluster`]: prepare every chosen peer (cancelled on all

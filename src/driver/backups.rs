@@ -1,8 +1,16 @@
 //! Backups and restores as the leader runs them: take, verify before a
 //! restore, restore as a new quarantined cluster, queue a restore.
 
-use super::*;
+use backup::layout::BACKUP_NOW_FILE;
+use backup::{BackupInfo, ClusterSpec};
+
+use super::observe::healthy_endpoints;
+use super::{Driver, DriverError, ETCD_TIMEOUT, PEER_TIMEOUT, node_configs};
+use crate::controller::Observation;
 use crate::core::model::JobKind;
+use crate::metrics as m;
+use crate::peer::{Fence, JOIN_TIMEOUT, RESTORE_TIMEOUT, Request};
+use crate::{controller, peer};
 
 impl Driver {
     /// Verify first (nothing is touched if the backup is missing or corrupt),

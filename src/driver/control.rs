@@ -2,8 +2,20 @@
 //! marker, commands, operator requests), what it writes back (status), and
 //! the continuous backup and hosts file it keeps in step.
 
-use super::*;
-use crate::node::served_tokens;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use backup::layout::{
+    ALLOW_NEW_CLUSTER_FILE, BACKUP_NOW_FILE, DEFRAG_NOW_FILE, RECOVER_QUORUM_FILE, VERIFY_NOW_FILE,
+    request_suffix,
+};
+
+use super::observe::healthy_endpoints;
+use super::payload::PeerPayload;
+use super::{CONTROL_REFRESH, Control, Driver, DriverError, READ_CONTROL};
+use crate::controller::{Observation, Plan};
+use crate::metrics as m;
+use crate::node::{retired_tokens, served_tokens};
 
 impl Driver {
     /// Point the continuous backup at the healthy members and the newest

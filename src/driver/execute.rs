@@ -1,7 +1,12 @@
 //! Executing a plan: the actions in order, the first failure stops the plan
 //! and backs that action kind off.
 
-use super::*;
+use std::time::Duration;
+
+use super::{Driver, DriverError, ETCD_MEMBERSHIP_RETRY, PEER_TIMEOUT};
+use crate::controller::{Action, Observation, Plan};
+use crate::metrics as m;
+use crate::peer::{EtcdNodeConfig, Fence, JOIN_TIMEOUT, JoinCluster, JoinPhase, NodeInfo, Request};
 
 impl Driver {
     pub(super) async fn execute(&mut self, plan: Plan, epoch: u64, obs: &Observation) -> bool {

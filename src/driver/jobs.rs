@@ -3,8 +3,13 @@
 //! asks the node every [`JOB_POLL`] and reads the job in its `GetInfo`
 //! answer until the job ends.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::{Driver, DriverError, PEER_TIMEOUT};
 use crate::core::model::{Job, JobKind, JobPhase};
+use crate::peer::{Request, Response};
 
 /// How often the leader asks a node about its job.
 const JOB_POLL: Duration = Duration::from_secs(1);

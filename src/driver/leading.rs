@@ -2,7 +2,19 @@
 //! accepts this one as candidate, the lease claims gossip carries, and the
 //! payload this manager publishes.
 
-use super::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::payload::PeerPayload;
+use super::{Driver, DriverSettings};
+use crate::clock::Clock;
+use crate::driver::lease::SharedLease;
+use crate::edges::PeerApi;
+use crate::metrics as m;
+use crate::peer;
+use crate::peer::Request;
 
 impl Driver {
     /// Alive gossip members of our cluster, with their peer API address.

@@ -8,9 +8,8 @@
 //! budget. A write cut off that way is remembered by the client as one whose
 //! outcome is unknown and settled by its next look.
 
-use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};

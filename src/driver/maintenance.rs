@@ -1,7 +1,11 @@
 //! Keeping etcd well: clearing a NOSPACE alarm, defragmenting members, and
 //! quarantine on and off.
 
-use super::*;
+use super::observe::{cluster_client, healthy_endpoints};
+use super::{Driver, DriverError, ETCD_DEFRAG_TIMEOUT, SPACE_ALARM_AGAIN};
+use crate::controller::Observation;
+use crate::metrics as m;
+use crate::peer::{Fence, JOIN_TIMEOUT, Reconfigure, Request};
 
 impl Driver {
     /// etcd's NOSPACE alarm, as etcd's maintenance guide clears it: compact

@@ -2,7 +2,13 @@
 //! start, promote, remove, upgrade and stop a member, and etcd's downgrade
 //! switch. One function each, each returning what went wrong typed.
 
-use super::*;
+use std::sync::Arc;
+
+use super::observe::cluster_client;
+use super::{Driver, DriverError, info_of};
+use crate::controller::Observation;
+use crate::edges::EtcdApi;
+use crate::peer::{Fence, JOIN_TIMEOUT, NodeInfo, Reconfigure, Request};
 
 impl Driver {
     /// [`Action::AddMember`]: register the peer in etcd (as a learner where

@@ -7,21 +7,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backup::{BackupInfo, BackupStore, ClusterSpec};
-use serde::{Deserialize, Serialize};
+use backup::{BackupStore, ClusterSpec};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::clock::Clock;
-use crate::controller::{self, Action, ClusterView, MemberView, Observation, PeerView, Plan};
+use crate::controller::{self, Observation};
 use crate::driver::lease::SharedLease;
 use crate::edges::{EtcdApi, EtcdConnect, Membership, PeerApi};
 use crate::metrics as m;
 use crate::node::Node;
-use crate::peer::{
-    self, EtcdNodeConfig, Fence, JOIN_TIMEOUT, JoinCluster, JoinPhase, NodeInfo, RESTORE_TIMEOUT,
-    Reconfigure, Request, Response,
-};
+use crate::peer::{EtcdNodeConfig, Fence, NodeInfo};
 
 mod actions;
 mod backups;
@@ -37,11 +33,8 @@ mod observe;
 mod payload;
 mod reach;
 
-use self::control::*;
 pub use self::control::{defrag_request, verify_request};
 pub use self::error::DriverError;
-use self::execute::*;
-use self::observe::*;
 pub use self::payload::*;
 
 const PEER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -126,12 +119,6 @@ pub struct DriverSettings {
     /// All on in production (no flag sets them); see [`crate::rules`].
     pub rules: crate::rules::SafetyRules,
 }
-
-use crate::node::retired_tokens;
-use backup::layout::{
-    ALLOW_NEW_CLUSTER_FILE, BACKUP_NOW_FILE, DEFRAG_NOW_FILE, RECOVER_QUORUM_FILE, VERIFY_NOW_FILE,
-    request_suffix, retired_cluster_file, served_cluster_file,
-};
 
 pub struct Driver {
     settings: DriverSettings,

@@ -2,7 +2,23 @@
 //! health, status) before each decision, gathered into the controller's
 //! [`Observation`].
 
-use super::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backup::layout::{RECOVER_QUORUM_FILE, served_cluster_file};
+
+use super::control::command_key;
+use super::payload::client_url;
+use super::{
+    Control, Driver, DriverError, ETCD_DEFAULT_QUOTA, ETCD_TIMEOUT, PEER_TIMEOUT, SETTINGS_RECHECK,
+};
+use crate::controller;
+use crate::controller::{ClusterView, MemberView, Observation, PeerView};
+use crate::edges::{EtcdApi, EtcdConnect};
+use crate::metrics as m;
+use crate::peer::{NodeInfo, Request, Response};
 
 /// A failed v2 store check is run again after this long.
 const V2STORE_RETRY: Duration = Duration::from_secs(60);

@@ -2,7 +2,11 @@
 //! (bounded and checked when decoded; the manager's before-lease format is
 //! still read).
 
-use super::*;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::peer::{EtcdNodeConfig, NodeInfo};
 
 /// What each manager puts in its gossip payload: who it is, where its peer
 /// API listens, how it runs etcd and a summary of its etcd state (the leader

@@ -2,7 +2,11 @@
 //! in gossip about its etcd, and since when it has been out of reach while
 //! that said it serves (their etcd may serve on; a restore waits for them).
 
-use super::*;
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use super::Driver;
+use super::payload::PeerPayload;
 
 /// What a manager said last in gossip about its etcd (kept across its
 /// restarts: a new incarnation's payload takes a moment to arrive), and

@@ -4,9 +4,9 @@
 //! command line ([`statics`]) and peers found through the store
 //! ([`discovery`]).
 //!
-//! These call the OS, the cloud and the store, and nothing of the leader or
-//! the node; [`volumes`] reads the parsed command line ([`crate::cli`]) to
-//! know which provider to ask.
+//! These call the OS, the cloud and the store, and nothing of the leader,
+//! the node or the command line: the command line ([`crate::cli`]) builds
+//! their settings (a [`volumes::VolumeSource`], say) and hands them in.
 
 pub mod discovery;
 pub mod hosts;

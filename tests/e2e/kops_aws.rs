@@ -182,6 +182,7 @@ async fn kops_aws_manifest_claims_volumes_and_survives_a_replaced_master() {
         .unwrap();
     moto.create_bucket(BUCKET).await.unwrap();
     let ec2 = Ec2Setup::new(&moto.endpoint(), REGION);
+    ec2.ready().await;
     let subnet = ec2.subnet(&format!("{}.0/24", net.subnet()), ZONE).await;
 
     // The PKI kops makes, and a client certificate for the test.

@@ -33,6 +33,9 @@ fn encode(s: &str) -> String {
 /// An image in moto's base list (`moto/ec2/resources/amis.json`).
 const MOTO_IMAGE: &str = "ami-12c6146b";
 
+/// How long moto may take to build a region's EC2 backend (see [`Ec2Setup::ready`]).
+const READY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Ec2Setup {
     /// `endpoint` is moto's `http://host:port`.
     pub fn new(endpoint: &str, region: &str) -> Ec2Setup {
@@ -42,8 +45,27 @@ impl Ec2Setup {
         }
     }
 
+    /// Wait until moto has built this region's EC2 backend. It does that on
+    /// the region's first call, loading its image and instance type
+    /// catalogues: 1.3 s on an idle machine here, past the 5 s a call gets
+    /// on a loaded one (a CI run's CreateVpc missed it). So the first call
+    /// has its own deadline, once; every later call has the usual one.
+    pub async fn ready(&self) {
+        self.call_within("DescribeVpcs", &[], READY_DEADLINE).await;
+    }
+
     /// One call: the answer's body; a panic naming the call on an error.
     pub async fn call(&self, action: &str, params: &[(&str, &str)]) -> String {
+        self.call_within(action, params, crate::moto::CALL_DEADLINE)
+            .await
+    }
+
+    async fn call_within(
+        &self,
+        action: &str,
+        params: &[(&str, &str)],
+        deadline: std::time::Duration,
+    ) -> String {
         let mut body = format!("Action={action}&Version=2016-11-15");
         for (k, v) in params {
             body.push_str(&format!("&{}={}", encode(k), encode(v)));
@@ -52,13 +74,14 @@ impl Ec2Setup {
             "AWS4-HMAC-SHA256 Credential=testing/20261130/{}/ec2/aws4_request, SignedHeaders=host, Signature=0",
             self.region
         );
-        let (code, resp) = crate::moto::request_with(
+        let (code, resp) = crate::moto::request_within(
             &self.addr,
             "POST",
             "/",
             &[("Authorization", &auth)],
             "application/x-www-form-urlencoded",
             &body,
+            deadline,
         )
         .await
         .unwrap_or_else(|e| panic!("EC2 {action}: {e}"));

@@ -110,6 +110,31 @@ pub async fn request_with(
     content_type: &str,
     body: &str,
 ) -> Result<(u16, String), String> {
+    request_within(
+        addr,
+        method,
+        path,
+        headers,
+        content_type,
+        body,
+        CALL_DEADLINE,
+    )
+    .await
+}
+
+/// How long one call to the emulator may take.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(5);
+
+/// [`request_with`] within `deadline` instead of [`CALL_DEADLINE`].
+pub async fn request_within(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    content_type: &str,
+    body: &str,
+    deadline: Duration,
+) -> Result<(u16, String), String> {
     let extra: String = headers
         .iter()
         .map(|(k, v)| format!("{k}: {v}\r\n"))
@@ -136,9 +161,9 @@ pub async fn request_with(
             .map_err(|e| e.to_string())?;
         Ok::<_, String>(resp)
     };
-    let resp = tokio::time::timeout(Duration::from_secs(5), exchange)
+    let resp = tokio::time::timeout(deadline, exchange)
         .await
-        .map_err(|_| format!("{method} {path} on {addr}: no answer within 5 s"))??;
+        .map_err(|_| format!("{method} {path} on {addr}: no answer within {deadline:?}"))??;
     let code = resp
         .split_whitespace()
         .nth(1)

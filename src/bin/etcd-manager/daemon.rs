@@ -76,14 +76,15 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     // The volume (or --data-dir) gives the data dir, the address and, for a
     // volume, the member's name.
     let Some(placement) =
-        etcd_manager::platform::volumes::place(&cfg, clock.as_ref(), &shutdown).await?
+        etcd_manager::platform::volumes::place(&cfg.volume, cfg.address, clock.as_ref(), &shutdown)
+            .await?
     else {
         return Ok(());
     };
     let cfg = cfg.placed(placement.data_dir.clone(), placement.address);
     // On AWS the peers are the instances the other tagged volumes are
     // attached to: their addresses kept as a seeds folder gossip reads.
-    if let (Some(aws), etcd_manager::cli::config::VolumeSource::Aws { volumes, .. }) =
+    if let (Some(aws), etcd_manager::platform::volumes::VolumeSource::Aws { volumes, .. }) =
         (&placement.aws, &cfg.volume)
     {
         let ec2 = etcd_manager::platform::volumes::ec2::Ec2Client::from_env(
@@ -213,7 +214,7 @@ async fn run_node(
     gcfg.seeds = cfg.all_seeds();
     if matches!(
         cfg.volume,
-        etcd_manager::cli::config::VolumeSource::External { .. }
+        etcd_manager::platform::volumes::VolumeSource::External { .. }
     ) && cfg.static_config.is_none()
     {
         // Upstream's bare-metal discovery without a static config.
@@ -224,7 +225,7 @@ async fn run_node(
     }
     if matches!(
         cfg.volume,
-        etcd_manager::cli::config::VolumeSource::Aws { .. }
+        etcd_manager::platform::volumes::VolumeSource::Aws { .. }
     ) {
         gcfg.seed_dir = Some((cfg.data_dir.join(EC2_SEEDS), cfg.gossip_addr.port()));
     }

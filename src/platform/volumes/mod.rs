@@ -15,8 +15,6 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::config::{Config, VolumeSource};
-
 pub mod aws;
 pub mod ec2;
 pub mod imds;
@@ -140,24 +138,46 @@ pub fn local_address() -> Result<IpAddr, VolumeError> {
         .ok_or_else(|| VolumeError::NoAddress("it has no non-loopback address".into()))
 }
 
+/// Where this member's data and identity come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeSource {
+    /// `--data-dir`: the identity lives in `<data-dir>/state.json`.
+    DataDir(PathBuf),
+    /// `--volume-provider=external`: the first folder under `<root>/mnt/disks`
+    /// whose name starts with `prefix` and holds `mnt/`; the member is named
+    /// after the folder and keeps its data in `mnt/`.
+    External { disks: PathBuf, prefix: String },
+    /// `--volume-provider=aws`: the EBS volume this instance claims (see
+    /// [`aws`]); `root` is `/`, or `/rootfs` containerized.
+    Aws {
+        volumes: aws::AwsVolumes,
+        root: PathBuf,
+    },
+    /// A provider upstream has and we do not (yet): refused at start.
+    Unsupported(String),
+}
+
 /// Find this node's volume (waiting for it to appear, until `cancel`), its
 /// address and its member name. None when cancelled while waiting.
 pub async fn place(
-    cfg: &Config,
+    source: &VolumeSource,
+    address: Option<IpAddr>,
     clock: &dyn crate::clock::Clock,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<Option<Placement>, VolumeError> {
-    match &cfg.volume {
+    match source {
         VolumeSource::DataDir(dir) => Ok(Some(Placement {
             data_dir: dir.clone(),
-            address: cfg.address.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+            address: address.unwrap_or(IpAddr::from([127, 0, 0, 1])),
             node_id: None,
             aws: None,
         })),
-        VolumeSource::Aws { volumes, root } => place_aws(cfg, volumes, root, clock, cancel).await,
+        VolumeSource::Aws { volumes, root } => {
+            place_aws(address, volumes, root, clock, cancel).await
+        }
         VolumeSource::Unsupported(p) => Err(VolumeError::Unsupported(p.clone())),
         VolumeSource::External { disks, prefix } => {
-            let address = match cfg.address {
+            let address = match address {
                 Some(a) => a,
                 None => local_address()?,
             };
@@ -190,7 +210,7 @@ pub async fn place(
 /// answers), the volume claimed and attached, its device, formatted when
 /// blank and mounted. None when cancelled meanwhile.
 async fn place_aws(
-    cfg: &Config,
+    address: Option<IpAddr>,
     volumes: &aws::AwsVolumes,
     root: &Path,
     clock: &dyn crate::clock::Clock,
@@ -256,7 +276,7 @@ async fn place_aws(
     tracing::info!(volume = %volume.id, device = %dev.display(), mount = %at.display(), member = %name, "using the AWS volume");
     Ok(Some(Placement {
         data_dir: at,
-        address: cfg.address.unwrap_or(instance.private_ip),
+        address: address.unwrap_or(instance.private_ip),
         node_id: Some(name),
         aws: Some(AwsPlaced {
             region: instance.region,
