@@ -335,9 +335,16 @@ impl Driver {
     }
 
     /// [`Action::CompleteRestore`]: the restore is done; its command goes.
+    /// A command already gone (an operator deleted it meanwhile) is what
+    /// this action wants, not a failure.
     pub(super) async fn complete_restore(&self, command: &str) -> Result<(), DriverError> {
-        self.store.delete_command(command).await?;
-        tracing::info!(%command, "restore complete; command removed");
+        match self.store.delete_command(command).await {
+            Ok(()) => tracing::info!(%command, "restore complete; command removed"),
+            Err(backup::Error::NotFound { .. }) => {
+                tracing::info!(%command, "restore complete; the command was already gone")
+            }
+            Err(e) => return Err(e.into()),
+        }
         Ok(())
     }
 

@@ -5,8 +5,7 @@
 /// did not answer or refused for now (the store, a peer, etcd), and the same
 /// action may work on a later try. Permanent: trying again changes nothing
 /// until an operator does something (data at etcd's quota, a store error the
-/// store itself calls final: access denied, a key missing, a corrupt object;
-/// an etcd version that is not installed). A restore refused for a corrupt
+/// store itself calls final: access denied, a key missing, a corrupt object). A restore refused for a corrupt
 /// backup is neither: that command is never tried again, and the next one
 /// an operator queues runs at once. Both back the action kind off; a
 /// permanent one waits the longest at once, and `status` says that it needs
