@@ -108,6 +108,19 @@ pub struct ClusterView {
     pub space_alarm: bool,
 }
 
+impl ClusterView {
+    /// Whether a quorum of the voters is healthy (false without voters).
+    pub fn has_quorum(&self) -> bool {
+        let voters = self.members.iter().filter(|m| !m.is_learner).count();
+        let healthy = self
+            .members
+            .iter()
+            .filter(|m| !m.is_learner && m.healthy)
+            .count();
+        voters > 0 && healthy >= quorum(voters)
+    }
+}
+
 /// A queued restore command, with what the leader knows about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandView {
@@ -863,15 +876,7 @@ fn void_recover_request(obs: &Observation, plan: &Plan) -> Option<Action> {
         return None;
     }
     let expired = qr.live_request().is_none();
-    let holds_quorum = obs.cluster.as_ref().is_some_and(|c| {
-        let voters = c.members.iter().filter(|m| !m.is_learner).count();
-        let healthy = c
-            .members
-            .iter()
-            .filter(|m| !m.is_learner && m.healthy)
-            .count();
-        voters > 0 && healthy >= quorum(voters)
-    });
+    let holds_quorum = obs.cluster.as_ref().is_some_and(ClusterView::has_quorum);
     (expired || holds_quorum).then_some(Action::ClearRecoverQuorumRequest { file, expired })
 }
 

@@ -135,7 +135,7 @@ impl Driver {
         let allow_new_cluster = backups_exist && allow_file;
         // While the quorum is lost: the newest backup and its revision (a
         // quorum recovery compares it with the survivors').
-        let quorum_lost = cluster.as_ref().is_some_and(|c| !has_quorum(c));
+        let quorum_lost = cluster.as_ref().is_some_and(|c| !c.has_quorum());
         if quorum_lost {
             if let Ok(names) = self.store.list_backups().await
                 && let Some(newest) = names.last()
@@ -260,7 +260,7 @@ impl Driver {
         cluster: Option<&ClusterView>,
         recorded: &BTreeSet<String>,
     ) {
-        let Some(c) = cluster.filter(|c| has_quorum(c)) else {
+        let Some(c) = cluster.filter(|c| c.has_quorum()) else {
             return;
         };
         let serving: BTreeSet<String> = peers
@@ -286,17 +286,6 @@ impl Driver {
             }
         }
     }
-}
-
-/// Whether a quorum of the cluster's voters is healthy (false without voters).
-fn has_quorum(c: &ClusterView) -> bool {
-    let voters = c.members.iter().filter(|m| !m.is_learner).count();
-    let healthy = c
-        .members
-        .iter()
-        .filter(|m| !m.is_learner && m.healthy)
-        .count();
-    voters > 0 && healthy >= controller::quorum(voters)
 }
 
 /// The client URLs a peer's etcd listens on right now.

@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 use tests::netns::{Net, run};
 use tests::wait_for;
 
+// etcd 3.5.30 with a client certificate, as in the metal test.
+use crate::kops_metal::etcdctl;
+
 const CLUSTER: &str = "image.k8s.local";
 const VERSION: &str = "3.5.30";
 
@@ -90,23 +93,6 @@ fn etcds_in(ns: &str) -> Vec<u32> {
         }
     }
     out
-}
-
-fn etcdctl(net: &Net, h: usize, certs: &Path, args: &[&str]) -> Result<String, String> {
-    let ctl = tests::etcd_binaries(VERSION).etcdctl.expect("etcdctl");
-    let c = |f: &str| certs.join(f).display().to_string();
-    run(Command::new("ip")
-        .args(["netns", "exec", &net.ns(h)])
-        .arg(ctl)
-        .env("ETCDCTL_API", "3")
-        .args([
-            "--endpoints=https://127.0.0.1:4001".to_string(),
-            format!("--cacert={}", c("ca.crt")),
-            format!("--cert={}", c("client.crt")),
-            format!("--key={}", c("client.key")),
-            "--command-timeout=5s".into(),
-        ])
-        .args(args))
 }
 
 /// The members (id, name) when all `n` are voters with names, by host `h`.

@@ -72,7 +72,7 @@ fn start(net: &Net, root: &Path, h: usize, args: &[String], pki: &Path) -> std::
 
 /// etcdctl inside host `h` against https://127.0.0.1:4001, with a client
 /// certificate: the certificate's 127.0.0.1 SAN is verified.
-fn etcdctl(net: &Net, h: usize, certs: &Path, args: &[&str]) -> Result<String, String> {
+pub(crate) fn etcdctl(net: &Net, h: usize, certs: &Path, args: &[&str]) -> Result<String, String> {
     let ctl = tests::etcd_binaries(VERSION).etcdctl.expect("etcdctl");
     let c = |f: &str| certs.join(f).display().to_string();
     run(Command::new("ip")
@@ -229,26 +229,30 @@ impl Metal {
 
     /// Backups in the shared store: (upstream's, ours), oldest first.
     pub fn backups(&self) -> (Vec<String>, Vec<String>) {
-        let (mut up, mut ours) = (vec![], vec![]);
-        for e in std::fs::read_dir(self.root.join("backups"))
-            .unwrap()
-            .flatten()
-        {
-            let p = e.path();
-            if !p.join("etcd.backup.gz").exists() || !p.join("_etcd_backup.meta").exists() {
-                continue;
-            }
-            let name = e.file_name().to_string_lossy().into_owned();
-            if p.join("etcd-manager-backup.json").exists() {
-                ours.push(name);
-            } else {
-                up.push(name);
-            }
-        }
-        up.sort();
-        ours.sort();
-        (up, ours)
+        backups_in(&self.root.join("backups"))
     }
+}
+
+/// The complete backups (data and meta file) in a file store at `dir`:
+/// (upstream's, ours), oldest first. Ours carry our side file; upstream's
+/// only its two files.
+pub(crate) fn backups_in(dir: &Path) -> (Vec<String>, Vec<String>) {
+    let (mut up, mut ours) = (vec![], vec![]);
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if !p.join("etcd.backup.gz").exists() || !p.join("_etcd_backup.meta").exists() {
+            continue;
+        }
+        let name = e.file_name().to_string_lossy().into_owned();
+        if p.join("etcd-manager-backup.json").exists() {
+            ours.push(name);
+        } else {
+            up.push(name);
+        }
+    }
+    up.sort();
+    ours.sort();
+    (up, ours)
 }
 
 /// Host `h`'s volume, where kops' metal layout has it (`--volume-tag` is

@@ -68,24 +68,9 @@ fn start_upstream(env: &ClusterEnv, host: u8, bin: &Path, discovery: &Path) -> M
     env.start_program(host, "upstream", Path::new("unshare"), args)
 }
 
-/// The complete backups in the store: (upstream's, ours). Ours carry our
-/// side file; upstream's only its two files.
+/// The complete backups in the store: (upstream's, ours).
 fn backups(env: &ClusterEnv) -> (Vec<String>, Vec<String>) {
-    let (mut up, mut ours) = (vec![], vec![]);
-    for e in std::fs::read_dir(env.store_path()).unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("20") || !e.path().join("_etcd_backup.meta").exists() {
-            continue;
-        }
-        if e.path().join("etcd-manager-backup.json").exists() {
-            ours.push(name);
-        } else {
-            up.push(name);
-        }
-    }
-    up.sort();
-    ours.sort();
-    (up, ours)
+    crate::kops_metal::backups_in(&env.store_path())
 }
 
 /// Every endpoint takes a write and reports these members, by name and id.
