@@ -166,7 +166,10 @@ def main():
                 skipped.append(full)
             else:
                 results[full] = (ok, took, text)
-            print(f'{"ok  " if ok else "FAIL"} {took:7.1f} s  {full}{" (ignored)" if ignored else ""}', flush=True)
+            # libtest's own line, so whatever reads cargo's output counts
+            # this test; the time follows it.
+            verdict = "ignored" if ignored else "ok" if ok else "FAILED"
+            print(f"test {full} ... {verdict}  [{took:.1f} s]", flush=True)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.j)) as pool:
         list(pool.map(run, side_by_side))
@@ -183,6 +186,20 @@ def main():
     with open(TIMES, "w") as f:
         json.dump(known, f, indent=0, sort_keys=True)
     wall = time.monotonic() - started
+    # One libtest summary per binary (and one for the pool's commands), in
+    # cargo's words: "test result: ok. N passed; ...".
+    by_binary = {}
+    for b, _, full, _ in tests:
+        group = b["name"] if b is not None else "commands"
+        by_binary.setdefault(group, []).append(full)
+    for group, names in by_binary.items():
+        ran = [n for n in names if n in results]
+        bad = [n for n in ran if not results[n][0]]
+        ign = [n for n in names if n in skipped]
+        took = sum(results[n][1] for n in ran)
+        print(f"\n     Running {group}\nrunning {len(names)} tests\n"
+              f"test result: {'FAILED' if bad else 'ok'}. {len(ran) - len(bad)} passed; {len(bad)} failed; "
+              f"{len(ign)} ignored; 0 measured; 0 filtered out; finished in {took:.2f}s")
     print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed, {len(skipped)} ignored, {len(results)} run "
           f"in {len(binaries)} binaries; build {built:.0f} s, run {wall - built:.0f} s with -j {args.j}")
     print("slowest ten:")

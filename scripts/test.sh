@@ -139,5 +139,7 @@ elif [ "${CI:-}" = true ]; then
 else
   echo "SKIPPED: the partition suite needs root (network namespaces, iptables); run scripts/partition-suite.sh as root"
 fi
-stage "tests, bench smoke, partition suite (side by side)" "${pool[@]}" "${args[@]}" --log target/test-run.log
+# The doc tests first (seconds), so the pool's libtest summaries are the
+# last "test result:" lines of the run.
 stage "doc tests" cargo test --workspace --locked --doc
+stage "tests, bench smoke, partition suite (side by side)" "${pool[@]}" "${args[@]}" --log target/test-run.log
