@@ -19,18 +19,44 @@ fn config<const N: usize>() -> Config<N> {
     bincode::config::standard().with_limit::<N>()
 }
 
+/// Why bytes did not encode or decode.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// A value we built does not encode (larger than the limit, or a type
+    /// bincode cannot write): a bug in the sender, not in the bytes.
+    #[error(
+        "cannot encode the message: {0}; it is larger than the limit or not encodable (a bug: report it)"
+    )]
+    Encode(#[source] bincode::error::EncodeError),
+    /// Bytes from outside that are not a message of this type: corrupt, cut
+    /// short, claiming more than the limit, or from an incompatible release.
+    #[error(
+        "cannot decode the message: {0}; the sender is corrupt or runs an incompatible etcd-manager release"
+    )]
+    Decode(#[source] bincode::error::DecodeError),
+}
+
 /// Encode `value` (bincode 2, standard configuration).
-pub fn encode<T: Serialize, const N: usize>(value: &T) -> Result<Vec<u8>, String> {
-    bincode::serde::encode_to_vec(value, config::<N>()).map_err(|e| e.to_string())
+pub fn encode<T: Serialize, const N: usize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    bincode::serde::encode_to_vec(value, config::<N>()).map_err(CodecError::Encode)
 }
 
 /// Decode a `T` from the front of `bytes`, claiming at most `N` bytes of
 /// memory for it; trailing bytes are ignored (a newer sender may append
 /// fields an older reader does not know).
-pub fn decode<T: DeserializeOwned, const N: usize>(bytes: &[u8]) -> Result<T, String> {
+pub fn decode<T: DeserializeOwned, const N: usize>(bytes: &[u8]) -> Result<T, CodecError> {
     bincode::serde::decode_from_slice(bytes, config::<N>())
         .map(|(v, _)| v)
-        .map_err(|e| e.to_string())
+        .map_err(CodecError::Decode)
+}
+
+/// [`decode`], and the bytes after the value (what a newer sender appended).
+pub fn decode_with_rest<T: DeserializeOwned, const N: usize>(
+    bytes: &[u8],
+) -> Result<(T, &[u8]), CodecError> {
+    let (v, used) =
+        bincode::serde::decode_from_slice(bytes, config::<N>()).map_err(CodecError::Decode)?;
+    Ok((v, bytes.get(used..).unwrap_or_default()))
 }
 
 #[cfg(test)]
@@ -43,7 +69,7 @@ mod tests {
         let mut body = vec![253u8];
         body.extend_from_slice(&(1u64 << 42).to_le_bytes());
         let err = decode::<String, 1024>(&body).expect_err("must not decode");
-        assert!(!err.is_empty());
+        assert!(matches!(err, CodecError::Decode(_)), "{err}");
         // 2^63: the capacity overflow that used to panic.
         let mut body = vec![253u8];
         body.extend_from_slice(&(1u64 << 63).to_le_bytes());

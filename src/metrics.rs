@@ -97,7 +97,18 @@ pub const ALL: &[&str] = &[
 
 /// Describe every metric once, so /metrics carries HELP lines.
 pub fn describe() {
-    use metrics::{describe_counter as c, describe_gauge as g};
+    describe_leadership();
+    describe_backups();
+    describe_continuous_backup();
+    describe_gossip();
+    describe_etcd();
+    describe_store_and_peers();
+}
+
+use metrics::{describe_counter as c, describe_gauge as g};
+
+/// The lease and who leads.
+fn describe_leadership() {
     g!(
         IS_LEADER,
         "1 while this manager holds the lease and acts as leader"
@@ -114,6 +125,10 @@ pub fn describe() {
         LEASE_OPERATIONS,
         "lease steps (acquire, renew, observe, release), by result"
     );
+}
+
+/// Full backups and their restore drills.
+fn describe_backups() {
     g!(
         BACKUP_LAST_SUCCESS,
         "unix time of the last successful backup by this manager"
@@ -138,6 +153,10 @@ pub fn describe() {
         BACKUP_VERIFICATION_DURATION,
         "duration of this manager's last restore drill"
     );
+}
+
+/// The continuous backup's segments.
+fn describe_continuous_backup() {
     g!(
         DELTA_LAST_UPLOAD,
         "unix time this manager last uploaded a continuous-backup segment"
@@ -162,49 +181,14 @@ pub fn describe() {
         DELTA_GAPS,
         "times the continuous backup lost history (compacted or undeliverable) and needed a full backup to go on"
     );
+}
+
+/// Gossip's membership, traffic and keys.
+fn describe_gossip() {
     g!(GOSSIP_MEMBERS, "gossip members by state");
     c!(
         GOSSIP_BAD_PACKETS,
         "gossip packets dropped: undecodable, or not sealed with a known key"
-    );
-    g!(
-        ETCD_MEMBERS,
-        "etcd members: desired, actual, healthy (leader only)"
-    );
-    g!(QUARANTINED, "1 while this node's etcd is quarantined");
-    c!(
-        RECONCILE_ACTIONS,
-        "actions the leader executed, by action and result"
-    );
-    c!(RECONCILE_WAITS, "controller passes that waited, by reason");
-    g!(
-        ETCD_DB_SIZE,
-        "size of each etcd member's database file, by member (leader only)"
-    );
-    c!(
-        DEFRAGS,
-        "etcd members the leader defragmented (past the fragmentation threshold, or clearing a NOSPACE alarm)"
-    );
-    c!(DEFRAG_FREED, "bytes the leader's defragmentations freed");
-    g!(
-        DEFRAG_DURATION,
-        "duration of the leader's last defragmentation of a member"
-    );
-    g!(
-        ETCD_DB_QUOTA,
-        "etcd's backend quota: the database size at which etcd raises NOSPACE and takes no writes (leader only)"
-    );
-    c!(
-        SPACE_ALARMS_CLEARED,
-        "times the leader cleared etcd's NOSPACE alarm (compact, defragment, disarm)"
-    );
-    g!(
-        ACTION_BACKOFF,
-        "how long the leader waits before trying an action kind again after failures (0: not failing), by action"
-    );
-    c!(
-        STORE_REQUESTS,
-        "backup store requests, by operation and result"
     );
     c!(
         GOSSIP_BYTES,
@@ -226,13 +210,60 @@ pub fn describe() {
         GOSSIP_REJOINS,
         "times the gossip cluster declared this manager down and it rejoined"
     );
+}
+
+/// etcd's members and database as the leader keeps them, and its reconcile loop.
+fn describe_etcd() {
+    g!(
+        ETCD_MEMBERS,
+        "etcd members: desired, actual, healthy (leader only)"
+    );
+    g!(QUARANTINED, "1 while this node's etcd is quarantined");
     c!(
-        PEER_API_REJECTED,
-        "peer API connections dropped before a request ran, by reason (handshake: no or a foreign certificate; bad_request: undecodable or invalid)"
+        RECONCILE_ACTIONS,
+        "actions the leader executed, by action and result"
+    );
+    c!(RECONCILE_WAITS, "controller passes that waited, by reason");
+    g!(
+        ACTION_BACKOFF,
+        "how long the leader waits before trying an action kind again after failures (0: not failing), by action"
+    );
+    g!(
+        ETCD_DB_SIZE,
+        "size of each etcd member's database file, by member (leader only)"
+    );
+    c!(
+        DEFRAGS,
+        "etcd members the leader defragmented (past the fragmentation threshold, or clearing a NOSPACE alarm)"
+    );
+    c!(DEFRAG_FREED, "bytes the leader's defragmentations freed");
+    g!(
+        DEFRAG_DURATION,
+        "duration of the leader's last defragmentation of a member"
+    );
+    g!(
+        ETCD_DB_QUOTA,
+        "etcd's backend quota: the database size at which etcd raises NOSPACE and takes no writes (leader only)"
+    );
+    c!(
+        SPACE_ALARMS_CLEARED,
+        "times the leader cleared etcd's NOSPACE alarm (compact, defragment, disarm)"
+    );
+}
+
+/// The backup store's requests and the peer API's refusals.
+fn describe_store_and_peers() {
+    c!(
+        STORE_REQUESTS,
+        "backup store requests, by operation and result"
     );
     g!(
         STORE_MALFORMED_FILES,
         "control files in the store the leader skips because they are malformed (see status)"
+    );
+    c!(
+        PEER_API_REJECTED,
+        "peer API connections dropped before a request ran, by reason (handshake: no or a foreign certificate; bad_request: undecodable or invalid)"
     );
     c!(
         PEER_API_REFUSED,
@@ -284,32 +315,55 @@ impl Health {
         self.etcd_down.store(down, Ordering::Relaxed);
     }
     /// Alive: the driver made a pass within `stale`.
-    pub fn live(&self, now_ms: u64, stale: Duration) -> Result<(), String> {
+    pub fn live(&self, now_ms: u64, stale: Duration) -> Result<(), Unhealthy> {
         let last = self.last_pass_ms.load(Ordering::Relaxed);
-        let age = now_ms.saturating_sub(last);
-        if age > stale.as_millis() as u64 {
-            return Err(format!("the controller loop made no pass for {age} ms"));
+        let age_ms = now_ms.saturating_sub(last);
+        if age_ms > stale.as_millis() as u64 {
+            return Err(Unhealthy::Stalled { age_ms });
         }
         Ok(())
     }
     /// Ready: alive, in the gossip mesh, and our etcd runs if we have one.
-    pub fn ready(&self, now_ms: u64, stale: Duration) -> Result<(), String> {
+    pub fn ready(&self, now_ms: u64, stale: Duration) -> Result<(), Unhealthy> {
         self.live(now_ms, stale)?;
         if !self.gossip_up.load(Ordering::Relaxed) {
-            return Err("gossip is not running".into());
+            return Err(Unhealthy::GossipDown);
         }
         if self.etcd_down.load(Ordering::Relaxed) {
-            return Err("this node's etcd is assigned but not running".into());
+            return Err(Unhealthy::EtcdDown);
         }
         Ok(())
     }
 }
 
+/// Why `/healthz` or `/readyz` answers 503 (the body is this text).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unhealthy {
+    /// Not alive: the leader loop is stuck.
+    #[error(
+        "the controller loop made no pass for {age_ms} ms; the log says where it hangs (often the store or etcd), restart the manager if it stays so"
+    )]
+    Stalled { age_ms: u64 },
+    #[error("gossip is not running; the log says why (a UDP port taken, bad gossip keys)")]
+    GossipDown,
+    #[error(
+        "this node's etcd is assigned but not running; the log says why it stopped (see also etcd-manager-ctl status)"
+    )]
+    EtcdDown,
+}
+
+/// The Prometheus recorder could not be installed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot install the metrics recorder: {0}; another recorder runs in this process (a bug: report it), or drop --metrics-address"
+)]
+pub struct RecorderError(#[source] metrics_exporter_prometheus::BuildError);
+
 /// Install the Prometheus recorder (once per process) and return its handle.
-pub fn install_recorder() -> Result<metrics_exporter_prometheus::PrometheusHandle, String> {
+pub fn install_recorder() -> Result<metrics_exporter_prometheus::PrometheusHandle, RecorderError> {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
-        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+        .map_err(RecorderError)?;
     describe();
     init_counters();
     Ok(handle)
@@ -537,5 +591,33 @@ impl object_store::ObjectStore for InstrumentedStore {
         let r = self.inner.copy_opts(from, to, options).await;
         count("copy", &r);
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Liveness fails only for a stuck loop (a restart may help); readiness
+    /// also for gossip or etcd down, each naming which.
+    #[test]
+    fn health_names_what_is_down() {
+        let stale = Duration::from_secs(10);
+        let h = Health::default();
+        h.pass_done(1_000);
+        assert_eq!(
+            h.live(20_000, stale),
+            Err(Unhealthy::Stalled { age_ms: 19_000 })
+        );
+        assert_eq!(h.live(5_000, stale), Ok(()));
+        assert_eq!(h.ready(5_000, stale), Err(Unhealthy::GossipDown));
+        h.set_gossip_up(true);
+        h.set_etcd_down(true);
+        assert_eq!(h.ready(5_000, stale), Err(Unhealthy::EtcdDown));
+        assert_eq!(h.live(5_000, stale), Ok(()), "etcd down is not death");
+        h.set_etcd_down(false);
+        assert_eq!(h.ready(5_000, stale), Ok(()));
+        let text = Unhealthy::Stalled { age_ms: 19_000 }.to_string();
+        assert!(text.contains("made no pass for 19000 ms"), "{text}");
     }
 }

@@ -35,6 +35,38 @@ pub const MAX_RECIPIENTS: usize = 64;
 /// Most bytes a recipients or identity file may have.
 const MAX_KEY_FILE: u64 = 1 << 20;
 
+/// What is wrong with a recipients or identity file's text. Never holds a
+/// private key's text; the operator fixes the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyFileError {
+    #[error(
+        "line {line}: this is a private key (an identity); the recipients file holds public keys \
+         only (age1…, from `age-keygen -y`): keep the private key where restores run"
+    )]
+    PrivateKeyAsRecipient { line: usize },
+    /// `shown`: the line's first 16 characters; `hint` says when the line
+    /// is a kind of recipient this version does not support; `reason` is
+    /// age's.
+    #[error("line {line}: '{shown}…' is not an age X25519 recipient (age1…){hint}: {reason}")]
+    NotARecipient {
+        line: usize,
+        shown: String,
+        hint: &'static str,
+        reason: String,
+    },
+    #[error("no recipient in it: write one age1… public key per line")]
+    NoRecipient,
+    #[error("{count} recipients, more than the {MAX_RECIPIENTS} a backup may be encrypted to")]
+    TooManyRecipients { count: usize },
+    #[error(
+        "line {line} is not an age X25519 identity (AGE-SECRET-KEY-1…, as age-keygen writes); \
+         SSH and plugin identities are not supported"
+    )]
+    NotAnIdentity { line: usize },
+    #[error("no identity in it")]
+    NoIdentity,
+}
+
 /// The public keys backups are encrypted to.
 #[derive(Clone)]
 pub struct Recipients(Arc<Vec<age::x25519::Recipient>>);
@@ -48,7 +80,7 @@ impl std::fmt::Debug for Recipients {
 impl Recipients {
     /// Parse a recipients file as `age -R` reads it: one `age1…` key per
     /// line; blank lines and `#` comments skipped.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, KeyFileError> {
         let mut keys = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -56,35 +88,29 @@ impl Recipients {
                 continue;
             }
             if line.starts_with("AGE-SECRET-KEY-") {
-                return Err(format!(
-                    "line {}: this is a private key (an identity); the recipients file holds public keys \
-                     only (age1…, from `age-keygen -y`): keep the private key where restores run",
-                    i + 1
-                ));
+                return Err(KeyFileError::PrivateKeyAsRecipient { line: i + 1 });
             }
             let key = age::x25519::Recipient::from_str(line).map_err(|e| {
-                let shown: String = line.chars().take(16).collect();
                 let hint =
                     if line.starts_with("ssh-") || line.starts_with("age1") && line.len() > 62 {
                         " (SSH and plugin recipients are not supported)"
                     } else {
                         ""
                     };
-                format!(
-                    "line {}: '{shown}…' is not an age X25519 recipient (age1…){hint}: {e}",
-                    i + 1
-                )
+                KeyFileError::NotARecipient {
+                    line: i + 1,
+                    shown: line.chars().take(16).collect(),
+                    hint,
+                    reason: e.to_string(),
+                }
             })?;
             keys.push(key);
         }
         if keys.is_empty() {
-            return Err("no recipient in it: write one age1… public key per line".into());
+            return Err(KeyFileError::NoRecipient);
         }
         if keys.len() > MAX_RECIPIENTS {
-            return Err(format!(
-                "{} recipients, more than the {MAX_RECIPIENTS} a backup may be encrypted to",
-                keys.len()
-            ));
+            return Err(KeyFileError::TooManyRecipients { count: keys.len() });
         }
         Ok(Recipients(Arc::new(keys)))
     }
@@ -92,9 +118,9 @@ impl Recipients {
     /// [`Self::parse`] a file.
     pub fn read(path: &Path) -> Result<Self, Error> {
         let text = read_key_file(path)?;
-        Self::parse(&text).map_err(|reason| Error::Encryption {
+        Self::parse(&text).map_err(|e| Error::Encryption {
             what: format!("recipients file {}", path.display()),
-            reason,
+            reason: e.to_string(),
         })
     }
 
@@ -205,9 +231,9 @@ impl Encryption {
             }
         };
         let text = read_key_file(path)?;
-        parse_identities(&text).map_err(|reason| Error::Encryption {
+        parse_identities(&text).map_err(|e| Error::Encryption {
             what: format!("identity file {}", path.display()),
-            reason,
+            reason: e.to_string(),
         })?;
         #[cfg(unix)]
         {
@@ -255,8 +281,7 @@ impl Encryption {
                 path.display()
             ))
         })?;
-        parse_identities(&text)
-            .map_err(|reason| err(format!("identity file {}: {reason}", path.display())))
+        parse_identities(&text).map_err(|e| err(format!("identity file {}: {e}", path.display())))
     }
 
     /// Decrypt the age file `input` into `output`, at most `cap` bytes.
@@ -378,7 +403,7 @@ enum Broken {
 
 /// Parse an age identity file: `AGE-SECRET-KEY-1…` lines; blank lines and
 /// `#` comments (age-keygen writes two) skipped.
-pub fn parse_identities(text: &str) -> Result<Vec<age::x25519::Identity>, String> {
+pub fn parse_identities(text: &str) -> Result<Vec<age::x25519::Identity>, KeyFileError> {
     let mut ids = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -386,17 +411,12 @@ pub fn parse_identities(text: &str) -> Result<Vec<age::x25519::Identity>, String
             continue;
         }
         // Never echo a line of a private key file.
-        let id = age::x25519::Identity::from_str(line).map_err(|_| {
-            format!(
-                "line {} is not an age X25519 identity (AGE-SECRET-KEY-1…, as age-keygen writes); \
-                 SSH and plugin identities are not supported",
-                i + 1
-            )
-        })?;
+        let id = age::x25519::Identity::from_str(line)
+            .map_err(|_| KeyFileError::NotAnIdentity { line: i + 1 })?;
         ids.push(id);
     }
     if ids.is_empty() {
-        return Err("no identity in it".into());
+        return Err(KeyFileError::NoIdentity);
     }
     Ok(ids)
 }
@@ -561,25 +581,35 @@ pub(crate) mod tests {
     fn key_files_are_checked_line_by_line() {
         let (r, secret) = keypair();
         let public = r.keys()[0].clone();
-        let err = Recipients::parse("").unwrap_err();
+        let err = Recipients::parse("").unwrap_err().to_string();
         assert!(err.contains("no recipient"), "{err}");
-        let err = Recipients::parse(&format!("{public}\nnot-a-key\n")).unwrap_err();
+        let err = Recipients::parse(&format!("{public}\nnot-a-key\n"))
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("line 2:"), "{err}");
-        let err = Recipients::parse("ssh-ed25519 AAAAC3Nza x@y").unwrap_err();
+        let err = Recipients::parse("ssh-ed25519 AAAAC3Nza x@y")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("SSH"), "{err}");
         let secret_line = secret.lines().last().unwrap();
-        let err = Recipients::parse(secret_line).unwrap_err();
+        let err = Recipients::parse(secret_line).unwrap_err().to_string();
         assert!(err.contains("private key"), "{err}");
         assert!(!err.contains(secret_line), "a secret is never echoed");
         let many = std::iter::repeat_n(public.as_str(), MAX_RECIPIENTS + 1)
             .collect::<Vec<_>>()
             .join("\n");
-        assert!(Recipients::parse(&many).unwrap_err().contains("more than"));
+        assert!(
+            Recipients::parse(&many)
+                .unwrap_err()
+                .to_string()
+                .contains("more than")
+        );
         let Err(err) = parse_identities(&format!("{secret}\nAGE-SECRET-KEY-1XYZ\n")) else {
             panic!("a malformed identity line is refused")
         };
-        assert!(err.starts_with("line 5 "), "{err}");
-        assert!(!err.contains("XYZ"));
+        assert_eq!(err, KeyFileError::NotAnIdentity { line: 5 });
+        assert!(err.to_string().starts_with("line 5 "), "{err}");
+        assert!(!err.to_string().contains("XYZ"));
         assert_eq!(parse_identities(&secret).unwrap().len(), 1);
         assert!(parse_identities("# only comments\n").is_err());
     }

@@ -50,6 +50,92 @@ pub const MEMORY_SLACK: u64 = 64 << 20;
 /// is decoded alone with this budget before the rest).
 const MAX_BASE_LEN: usize = 255;
 
+/// Why a segment breaks [`DeltaSegment::validate`]'s rules. A segment is
+/// what it is: none of these goes away by trying again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidSegment {
+    #[error("it declares revisions {start}..={end}, not a range (1 <= start <= end)")]
+    NotARange { start: i64, end: i64 },
+    #[error("it declares revisions {start}..={end} but holds none")]
+    Empty { start: i64, end: i64 },
+    #[error("it declares revisions {start}..={end} but holds {first}..={last}")]
+    WrongEnds {
+        start: i64,
+        end: i64,
+        first: i64,
+        last: i64,
+    },
+    #[error("revision {revision} follows revision {previous}: revisions must increase")]
+    NotIncreasing { revision: i64, previous: i64 },
+    #[error("revision {revision} has no operation")]
+    NoOperation { revision: i64 },
+    #[error("revision {revision} changes an empty key")]
+    EmptyKey { revision: i64 },
+    #[error("revision {revision} puts a key with lease {lease}, which cannot be")]
+    NegativeLease { revision: i64, lease: i64 },
+    #[error("lease {id} with TTL {ttl}: ids are at least 1 and TTLs at least 0")]
+    BadLease { id: i64, ttl: i64 },
+    #[error("lease {id} is listed twice")]
+    DuplicateLease { id: i64 },
+}
+
+/// Why a segment file cannot be read ([`decode_segment`]): its header, its
+/// checksum, its size or its encoding, or the segment it holds. Permanent:
+/// the file was damaged, forged or written by something else.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SegmentError {
+    #[error("{len} bytes, shorter than a segment's header: truncated")]
+    Truncated { len: usize },
+    #[error("not a delta segment (it does not start with EMDELTA1)")]
+    NotASegment,
+    #[error("checksum mismatch: the segment was changed or truncated after upload")]
+    ChecksumMismatch,
+    #[error("it is encrypted (age); read it through a store with the identity file")]
+    Encrypted,
+    /// The gzip stream is broken (the inflater's message).
+    #[error("cannot inflate: {0}")]
+    Inflate(String),
+    #[error("inflates to more than the {max} bytes a segment may have")]
+    TooLarge { max: u64 },
+    #[error("does not start with a backup name")]
+    NoBaseName,
+    /// bincode refused the encoding (its message).
+    #[error("cannot decode: {0}")]
+    Decode(String),
+    #[error(
+        "would take {memory} bytes of memory decoded, more than the {budget} allowed for {inflated} inflated bytes"
+    )]
+    TooMuchMemory {
+        memory: u64,
+        budget: u64,
+        inflated: usize,
+    },
+    #[error("{0} bytes after the segment's end")]
+    TrailingBytes(usize),
+    #[error(transparent)]
+    Invalid(#[from] InvalidSegment),
+}
+
+/// Why segments do not chain ([`check_chain`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("{start}..={end} is not a range of revisions")]
+    NotARange { start: i64, end: i64 },
+    #[error(
+        "a gap between the full backup (revision {base}) and the first segment (starting at {first})"
+    )]
+    GapAfterBackup { base: i64, first: i64 },
+    #[error("segments {s0}..={e0} and {s1}..={e1} overlap")]
+    Overlap { s0: i64, e0: i64, s1: i64, e1: i64 },
+    /// Revisions `end + 1 ..= next - 1` are missing.
+    #[error(
+        "a gap between the segment ending at {end} and the next (starting at {next}): revisions {}..={} are missing",
+        .end + 1,
+        .next - 1
+    )]
+    Gap { end: i64, next: i64 },
+}
+
 /// One change of one key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeltaOp {
@@ -99,62 +185,64 @@ impl DeltaSegment {
     /// the leader saw, nothing empty at either end), each with at least one
     /// operation; keys non-empty; lease ids in operations `>= 0`; the lease
     /// table's ids `>= 1` and unique, TTLs `>= 0`.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidSegment> {
         let (start, end) = (self.start_revision, self.end_revision);
         if start < 1 || start > end {
-            return Err(format!(
-                "it declares revisions {start}..={end}, not a range (1 <= start <= end)"
-            ));
+            return Err(InvalidSegment::NotARange { start, end });
         }
         let (Some(first), Some(last)) = (self.revisions.first(), self.revisions.last()) else {
-            return Err(format!(
-                "it declares revisions {start}..={end} but holds none"
-            ));
+            return Err(InvalidSegment::Empty { start, end });
         };
         if first.revision != start || last.revision != end {
-            return Err(format!(
-                "it declares revisions {start}..={end} but holds {}..={}",
-                first.revision, last.revision
-            ));
+            return Err(InvalidSegment::WrongEnds {
+                start,
+                end,
+                first: first.revision,
+                last: last.revision,
+            });
         }
         // Strictly increasing from start to end: every revision is in range.
         for pair in self.revisions.windows(2) {
             if pair[1].revision <= pair[0].revision {
-                return Err(format!(
-                    "revision {} follows revision {}: revisions must increase",
-                    pair[1].revision, pair[0].revision
-                ));
+                return Err(InvalidSegment::NotIncreasing {
+                    revision: pair[1].revision,
+                    previous: pair[0].revision,
+                });
             }
         }
         for r in &self.revisions {
             if r.ops.is_empty() {
-                return Err(format!("revision {} has no operation", r.revision));
+                return Err(InvalidSegment::NoOperation {
+                    revision: r.revision,
+                });
             }
             for op in &r.ops {
                 let (DeltaOp::Put { key, .. } | DeltaOp::Delete { key }) = op;
                 if key.is_empty() {
-                    return Err(format!("revision {} changes an empty key", r.revision));
+                    return Err(InvalidSegment::EmptyKey {
+                        revision: r.revision,
+                    });
                 }
                 if let DeltaOp::Put { lease, .. } = op
                     && *lease < 0
                 {
-                    return Err(format!(
-                        "revision {} puts a key with lease {lease}, which cannot be",
-                        r.revision
-                    ));
+                    return Err(InvalidSegment::NegativeLease {
+                        revision: r.revision,
+                        lease: *lease,
+                    });
                 }
             }
         }
         let mut ids = std::collections::HashSet::with_capacity(self.leases.len());
         for l in &self.leases {
             if l.id < 1 || l.ttl < 0 {
-                return Err(format!(
-                    "lease {} with TTL {}: ids are at least 1 and TTLs at least 0",
-                    l.id, l.ttl
-                ));
+                return Err(InvalidSegment::BadLease {
+                    id: l.id,
+                    ttl: l.ttl,
+                });
             }
             if !ids.insert(l.id) {
-                return Err(format!("lease {} is listed twice", l.id));
+                return Err(InvalidSegment::DuplicateLease { id: l.id });
             }
         }
         Ok(())
@@ -189,51 +277,44 @@ pub(crate) fn encode(seg: &DeltaSegment, to: Option<&crate::Recipients>) -> (Vec
 /// Read a segment file: magic and checksum first, then inflate at most
 /// `max_inflated` bytes (never more than [`MAX_SEGMENT_INFLATED`]), decode
 /// and [`DeltaSegment::validate`].
-pub fn decode_segment(bytes: &[u8], max_inflated: u64) -> Result<DeltaSegment, String> {
+pub fn decode_segment(bytes: &[u8], max_inflated: u64) -> Result<DeltaSegment, SegmentError> {
     let body = check_segment(bytes)?;
     if crate::crypt::is_age(body) {
-        return Err("it is encrypted (age); read it through a store with the identity file".into());
+        return Err(SegmentError::Encrypted);
     }
     decode_body(body, max_inflated)
 }
 
 /// A segment file's magic and checksum checked: the body (gzip, or an age
 /// file of it).
-pub(crate) fn check_segment(bytes: &[u8]) -> Result<&[u8], String> {
+pub(crate) fn check_segment(bytes: &[u8]) -> Result<&[u8], SegmentError> {
+    let truncated = SegmentError::Truncated { len: bytes.len() };
     let Some((magic, rest)) = bytes.split_first_chunk::<8>() else {
-        return Err(format!(
-            "{} bytes, shorter than a segment's header: truncated",
-            bytes.len()
-        ));
+        return Err(truncated);
     };
     if magic != MAGIC {
-        return Err("not a delta segment (it does not start with EMDELTA1)".into());
+        return Err(SegmentError::NotASegment);
     }
     let Some((sum, gz)) = rest.split_first_chunk::<32>() else {
-        return Err(format!(
-            "{} bytes, shorter than a segment's header: truncated",
-            bytes.len()
-        ));
+        return Err(truncated);
     };
     if Sha256::digest(gz).as_slice() != sum {
-        return Err("checksum mismatch: the segment was changed or truncated after upload".into());
+        return Err(SegmentError::ChecksumMismatch);
     }
     Ok(gz)
 }
 
 /// Inflate (at most `max_inflated` bytes), decode and validate a segment's
 /// gzip'd body.
-pub(crate) fn decode_body(gz: &[u8], max_inflated: u64) -> Result<DeltaSegment, String> {
+pub(crate) fn decode_body(gz: &[u8], max_inflated: u64) -> Result<DeltaSegment, SegmentError> {
     let max = max_inflated.min(MAX_SEGMENT_INFLATED);
     let mut body = Vec::new();
     flate2::read::GzDecoder::new(gz)
         .take(max.saturating_add(1))
         .read_to_end(&mut body)
-        .map_err(|e| format!("cannot inflate: {e}"))?;
+        .map_err(|e| SegmentError::Inflate(e.to_string()))?;
     if body.len() as u64 > max {
-        return Err(format!(
-            "inflates to more than the {max} bytes a segment may have"
-        ));
+        return Err(SegmentError::TooLarge { max });
     }
     let config = bincode::config::standard();
     // The name comes first: decoding it alone on a small budget keeps a
@@ -244,30 +325,27 @@ pub(crate) fn decode_body(gz: &[u8], max_inflated: u64) -> Result<DeltaSegment, 
     )
     .ok()
     .filter(|(base, _)| base.len() <= MAX_BASE_LEN)
-    .ok_or("does not start with a backup name")?;
+    .ok_or(SegmentError::NoBaseName)?;
     // First count what the segment holds, keeping nothing: its operations
     // and the memory they would take decoded, both bounded.
     let (shape, _): (shape::Shape, usize) =
         bincode::serde::decode_from_slice(&body, config.with_limit::<DECODE_LIMIT>())
-            .map_err(|e| format!("cannot decode: {e}"))?;
+            .map_err(|e| SegmentError::Decode(e.to_string()))?;
     let budget = (body.len() as u64)
         .saturating_mul(MEMORY_PER_INFLATED_BYTE)
         .saturating_add(MEMORY_SLACK);
     if shape.memory > budget {
-        return Err(format!(
-            "would take {} bytes of memory decoded, more than the {budget} allowed for {} inflated bytes",
-            shape.memory,
-            body.len()
-        ));
+        return Err(SegmentError::TooMuchMemory {
+            memory: shape.memory,
+            budget,
+            inflated: body.len(),
+        });
     }
     let (seg, used): (DeltaSegment, usize) =
         bincode::serde::decode_from_slice(&body, config.with_limit::<DECODE_LIMIT>())
-            .map_err(|e| format!("cannot decode: {e}"))?;
+            .map_err(|e| SegmentError::Decode(e.to_string()))?;
     if used != body.len() {
-        return Err(format!(
-            "{} bytes after the segment's end",
-            body.len() - used
-        ));
+        return Err(SegmentError::TrailingBytes(body.len() - used));
     }
     seg.validate()?;
     Ok(seg)
@@ -435,30 +513,24 @@ pub fn parse_segment_file_name(name: &str) -> Option<(i64, i64)> {
 /// the full backup's revision, whether the first follows the backup. The
 /// backup's revision is read before its snapshot is taken, so the first
 /// segment may start at or before `base_revision + 1`.
-pub fn check_chain(base_revision: Option<i64>, ranges: &[(i64, i64)]) -> Result<(), String> {
+pub fn check_chain(base_revision: Option<i64>, ranges: &[(i64, i64)]) -> Result<(), ChainError> {
     let mut sorted = ranges.to_vec();
     sorted.sort_unstable();
-    if let Some(&(s, e)) = sorted.iter().find(|(s, e)| *s < 1 || s > e) {
-        return Err(format!("{s}..={e} is not a range of revisions"));
+    if let Some(&(start, end)) = sorted.iter().find(|(s, e)| *s < 1 || s > e) {
+        return Err(ChainError::NotARange { start, end });
     }
     if let (Some(base), Some(&(first, _))) = (base_revision, sorted.first())
         && first > base.saturating_add(1)
     {
-        return Err(format!(
-            "a gap between the full backup (revision {base}) and the first segment (starting at {first})"
-        ));
+        return Err(ChainError::GapAfterBackup { base, first });
     }
     for pair in sorted.windows(2) {
         let ((s0, e0), (s1, e1)) = (pair[0], pair[1]);
         if s1 <= e0 {
-            return Err(format!("segments {s0}..={e0} and {s1}..={e1} overlap"));
+            return Err(ChainError::Overlap { s0, e0, s1, e1 });
         }
         if s1 - 1 != e0 {
-            return Err(format!(
-                "a gap between the segment ending at {e0} and the next (starting at {s1}): revisions {}..={} are missing",
-                e0 + 1,
-                s1 - 1
-            ));
+            return Err(ChainError::Gap { end: e0, next: s1 });
         }
     }
     Ok(())
@@ -517,7 +589,8 @@ pub(crate) mod tests {
         let (bytes, inflated) = encode(&seg, None);
         assert!(inflated < 5_000_000);
         let err = decode_segment(&bytes, MAX_SEGMENT_INFLATED).unwrap_err();
-        assert!(err.contains("bytes of memory decoded"), "{err}");
+        assert!(matches!(err, SegmentError::TooMuchMemory { .. }), "{err}");
+        assert!(err.to_string().contains("bytes of memory decoded"), "{err}");
     }
 
     #[test]
@@ -536,7 +609,9 @@ pub(crate) mod tests {
         for i in 8..bytes.len() {
             let mut bad = bytes.clone();
             bad[i] ^= 0x20;
-            let err = decode_segment(&bad, MAX_SEGMENT_INFLATED).unwrap_err();
+            let err = decode_segment(&bad, MAX_SEGMENT_INFLATED)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("checksum mismatch"), "byte {i}: {err}");
         }
     }
@@ -545,7 +620,9 @@ pub(crate) mod tests {
     fn truncation_and_wrong_magic_fail() {
         let bytes = encode_segment(&segment("b", 1, 3));
         for len in [0, 5, 8, 39, 40, bytes.len() - 1] {
-            let err = decode_segment(&bytes[..len], MAX_SEGMENT_INFLATED).unwrap_err();
+            let err = decode_segment(&bytes[..len], MAX_SEGMENT_INFLATED)
+                .unwrap_err()
+                .to_string();
             assert!(
                 err.contains("truncated") || err.contains("checksum mismatch"),
                 "{len}: {err}"
@@ -553,7 +630,9 @@ pub(crate) mod tests {
         }
         let mut bad = bytes.clone();
         bad[..8].copy_from_slice(b"EMDELTA2");
-        let err = decode_segment(&bad, MAX_SEGMENT_INFLATED).unwrap_err();
+        let err = decode_segment(&bad, MAX_SEGMENT_INFLATED)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a delta segment"), "{err}");
     }
 
@@ -563,7 +642,7 @@ pub(crate) mod tests {
         gz.write_all(&vec![0u8; 8 << 20]).unwrap();
         let bytes = with_checksum(&gz.finish().unwrap());
         assert!(bytes.len() < 64 << 10);
-        let err = decode_segment(&bytes, 1 << 20).unwrap_err();
+        let err = decode_segment(&bytes, 1 << 20).unwrap_err().to_string();
         assert!(err.contains("more than the 1048576 bytes"), "{err}");
     }
 
@@ -577,7 +656,9 @@ pub(crate) mod tests {
         // A varint u64 marker and a base name of 2^42 bytes.
         let mut forged = vec![253u8];
         forged.extend_from_slice(&(1u64 << 42).to_le_bytes());
-        let err = decode_segment(&gzip(&forged), MAX_SEGMENT_INFLATED).unwrap_err();
+        let err = decode_segment(&gzip(&forged), MAX_SEGMENT_INFLATED)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("backup name"), "{err}");
         // A revision list claiming 2^60 entries.
         let seg = segment("b", 1, 1);
@@ -586,12 +667,16 @@ pub(crate) mod tests {
         body.truncate(at);
         body.push(253);
         body.extend_from_slice(&(1u64 << 60).to_le_bytes());
-        let err = decode_segment(&gzip(&body), MAX_SEGMENT_INFLATED).unwrap_err();
+        let err = decode_segment(&gzip(&body), MAX_SEGMENT_INFLATED)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("cannot decode"), "{err}");
         // Trailing bytes after a valid encoding.
         let mut body = bincode::serde::encode_to_vec(&seg, bincode::config::standard()).unwrap();
         body.push(0);
-        let err = decode_segment(&gzip(&body), MAX_SEGMENT_INFLATED).unwrap_err();
+        let err = decode_segment(&gzip(&body), MAX_SEGMENT_INFLATED)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("after the segment's end"), "{err}");
     }
 
@@ -600,7 +685,9 @@ pub(crate) mod tests {
         let mut seg = segment("b", 1, 3);
         seg.leases.push(DeltaLease { id: 7, ttl: 1 });
         let bytes = encode_segment(&seg);
-        let err = decode_segment(&bytes, MAX_SEGMENT_INFLATED).unwrap_err();
+        let err = decode_segment(&bytes, MAX_SEGMENT_INFLATED)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("listed twice"), "{err}");
     }
 
@@ -611,7 +698,7 @@ pub(crate) mod tests {
         let check = |change: &dyn Fn(&mut DeltaSegment), want: &str| {
             let mut s = ok.clone();
             change(&mut s);
-            let err = s.validate().unwrap_err();
+            let err = s.validate().unwrap_err().to_string();
             assert!(err.contains(want), "want {want:?}: {err}");
         };
         check(&|s| s.start_revision = 9, "not a range");
@@ -696,20 +783,28 @@ pub(crate) mod tests {
             Ok(())
         );
         assert_eq!(check_chain(Some(100), &[(101, 101)]), Ok(()));
-        let err = check_chain(Some(100), &[(102, 110)]).unwrap_err();
+        let err = check_chain(Some(100), &[(102, 110)])
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "a gap between the full backup (revision 100) and the first segment (starting at 102)"
         );
-        let err = check_chain(None, &[(1, 10), (12, 20)]).unwrap_err();
+        let err = check_chain(None, &[(1, 10), (12, 20)])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("revisions 11..=11 are missing"), "{err}");
-        let err = check_chain(None, &[(1, 10), (10, 20)]).unwrap_err();
+        let err = check_chain(None, &[(1, 10), (10, 20)])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("overlap"), "{err}");
-        let err = check_chain(None, &[(1, 10), (1, 10)]).unwrap_err();
+        let err = check_chain(None, &[(1, 10), (1, 10)])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("overlap"), "{err}");
-        let err = check_chain(None, &[(5, 4)]).unwrap_err();
+        let err = check_chain(None, &[(5, 4)]).unwrap_err().to_string();
         assert!(err.contains("not a range"), "{err}");
-        let err = check_chain(None, &[(0, 4)]).unwrap_err();
+        let err = check_chain(None, &[(0, 4)]).unwrap_err().to_string();
         assert!(err.contains("not a range"), "{err}");
     }
 }

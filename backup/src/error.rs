@@ -72,4 +72,42 @@ impl Error {
     }
 }
 
+/// S3 server-side encryption settings that cannot be used (see
+/// `StoreOptions::s3_server_side_encryption`); opening the store refuses
+/// them as an invalid store URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SseError {
+    #[error(
+        "S3 server-side encryption '{0}' is not one S3 knows: write AES256 (SSE-S3), aws:kms or aws:kms:dsse (SSE-KMS)"
+    )]
+    UnknownMode(String),
+    #[error("an SSE-KMS key id needs --s3-server-side-encryption=aws:kms (or aws:kms:dsse)")]
+    KeyWithoutKms,
+    #[error("the SSE-KMS key id is not a key id, alias or ARN")]
+    BadKeyId,
+}
+
+/// Why S3 did not name a bucket's region ([`crate::bucket_region`]);
+/// `target` is the URL asked.
+#[derive(Debug, thiserror::Error)]
+pub enum RegionError {
+    #[error("HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    #[error("HEAD {target}: {source}")]
+    Request {
+        target: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("HEAD {target}: x-amz-bucket-region is not a region name")]
+    NotARegion { target: String },
+    #[error("HEAD {target}: no such bucket (404)")]
+    NoSuchBucket { target: String },
+    #[error("HEAD {target}: answered {status} without x-amz-bucket-region")]
+    NoRegion {
+        target: String,
+        status: reqwest::StatusCode,
+    },
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

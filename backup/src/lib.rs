@@ -12,13 +12,13 @@ mod model;
 mod retention;
 mod store;
 
-pub use crypt::{Encryption, Recipients};
+pub use crypt::{Encryption, KeyFileError, Recipients};
 pub use delta::{
-    DeltaLease, DeltaOp, DeltaRevision, DeltaSegment, FLUSH_OPS, MAX_SEGMENT_INFLATED,
-    MAX_SEGMENT_OPS, MAX_SEGMENT_SIZE, check_chain, decode_segment, encode_segment,
-    parse_segment_file_name, segment_file_name,
+    ChainError, DeltaLease, DeltaOp, DeltaRevision, DeltaSegment, FLUSH_OPS, InvalidSegment,
+    MAX_SEGMENT_INFLATED, MAX_SEGMENT_OPS, MAX_SEGMENT_SIZE, SegmentError, check_chain,
+    decode_segment, encode_segment, parse_segment_file_name, segment_file_name,
 };
-pub use error::{Error, Result};
+pub use error::{Error, RegionError, Result, SseError};
 // Upstream's names, where callers have always found them.
 pub use layout::{
     BACKUP_DATA_FILE, BACKUP_DRILL_FILE, BACKUP_EXTRA_FILE, BACKUP_META_FILE, COMMAND_FILE,
@@ -26,10 +26,12 @@ pub use layout::{
 };
 pub use model::{
     BackupEncryption, BackupExtra, BackupFacts, BackupInfo, ClusterSpec, Command, CreatedMarker,
-    DrillRecord, DrillVerdict, KvHash, MAX_MEMBER_SIZE, MAX_SNAPSHOT_SIZE, RestoreBackupCommand,
-    spec_upstream_text,
+    DrillRecord, DrillVerdict, InvalidExtra, KvHash, MAX_MEMBER_SIZE, MAX_SNAPSHOT_SIZE,
+    RestoreBackupCommand, spec_upstream_text,
 };
-pub use retention::{MIN_KEPT_BACKUPS, RetentionPolicy, parse_retention, select_for_deletion};
+pub use retention::{
+    DurationError, MIN_KEPT_BACKUPS, RetentionPolicy, parse_retention, select_for_deletion,
+};
 pub use store::{
     BackupStore, BackupSummary, ControlCache, ControlSnapshot, DISK_MARGIN, DownloadedBackup,
     MAX_SIDE_FILE, MAX_SMALL_FILE, MalformedFile, RestoreProgress, StoreOptions, StoredCommand,

@@ -204,6 +204,42 @@ pub const MAX_SNAPSHOT_SIZE: u64 = 64 << 30;
 /// [`crate::gzip::BLOCK_SIZE`]).
 pub const MAX_MEMBER_SIZE: u64 = 64 << 20;
 
+/// Why a backup's side file cannot be trusted
+/// ([`BackupExtra::validate`]): a declaration that cannot be true of a
+/// backup we wrote. Permanent; choose another backup.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidExtra {
+    #[error("a checksum is not 64 hex digits")]
+    Checksum,
+    #[error("clusterId is not 16 hex digits")]
+    ClusterId,
+    #[error("replayedFrom is not a backup name")]
+    ReplayedFrom,
+    /// `scheme`: at most its first 32 characters.
+    #[error(
+        "encryption scheme '{scheme}' is not one this version knows (age); a newer etcd-manager wrote it"
+    )]
+    UnknownScheme { scheme: String },
+    #[error("encryption recipients: {0}")]
+    Recipients(#[source] crate::crypt::KeyFileError),
+    #[error("declares a snapshot of {size} bytes, more than the {MAX_SNAPSHOT_SIZE} accepted")]
+    SnapshotTooLarge { size: u64 },
+    #[error(
+        "gzip member {index} declares {gz} compressed and {raw} uncompressed bytes, which cannot be"
+    )]
+    Member { index: usize, gz: u64, raw: u64 },
+    #[error(
+        "its gzip members add up to {gz_sum} compressed and {raw_sum} uncompressed bytes, \
+         but it declares {compressed} and {snapshot}"
+    )]
+    Sizes {
+        gz_sum: u64,
+        raw_sum: u64,
+        compressed: u64,
+        snapshot: u64,
+    },
+}
+
 impl BackupExtra {
     /// Check the declared sizes against each other before anything is
     /// allocated or inflated from them: every member within
@@ -216,34 +252,31 @@ impl BackupExtra {
         (id.len() == 16).then(|| u64::from_str_radix(id, 16).ok())?
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidExtra> {
         let hex64 = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
         if !hex64(&self.snapshot_sha256) || !hex64(&self.compressed_sha256) {
-            return Err("a checksum is not 64 hex digits".into());
+            return Err(InvalidExtra::Checksum);
         }
         if self.cluster_id.is_some() && self.cluster_id_u64().is_none() {
-            return Err("clusterId is not 16 hex digits".into());
+            return Err(InvalidExtra::ClusterId);
         }
         if let Some(b) = &self.replayed_from
             && crate::check_backup_name(b).is_err()
         {
-            return Err("replayedFrom is not a backup name".into());
+            return Err(InvalidExtra::ReplayedFrom);
         }
         if let Some(e) = &self.encryption {
             if e.scheme != crate::crypt::SCHEME_AGE {
-                return Err(format!(
-                    "encryption scheme '{}' is not one this version knows (age); a newer etcd-manager wrote it",
-                    e.scheme.chars().take(32).collect::<String>()
-                ));
+                return Err(InvalidExtra::UnknownScheme {
+                    scheme: e.scheme.chars().take(32).collect(),
+                });
             }
-            crate::Recipients::parse(&e.recipients.join("\n"))
-                .map_err(|r| format!("encryption recipients: {r}"))?;
+            crate::Recipients::parse(&e.recipients.join("\n")).map_err(InvalidExtra::Recipients)?;
         }
         if self.snapshot_size > MAX_SNAPSHOT_SIZE {
-            return Err(format!(
-                "declares a snapshot of {} bytes, more than the {MAX_SNAPSHOT_SIZE} accepted",
-                self.snapshot_size
-            ));
+            return Err(InvalidExtra::SnapshotTooLarge {
+                size: self.snapshot_size,
+            });
         }
         if self.members.is_empty() {
             return Ok(());
@@ -254,9 +287,11 @@ impl BackupExtra {
             // bytes per 64 KiB block; deflate never does worse.
             let worst = raw.saturating_add(raw / 1024 * 5 + 1024);
             if *raw > MAX_MEMBER_SIZE || *gz > worst {
-                return Err(format!(
-                    "gzip member {i} declares {gz} compressed and {raw} uncompressed bytes, which cannot be"
-                ));
+                return Err(InvalidExtra::Member {
+                    index: i,
+                    gz: *gz,
+                    raw: *raw,
+                });
             }
             gz_sum = gz_sum.saturating_add(*gz);
             raw_sum = raw_sum.saturating_add(*raw);
@@ -278,11 +313,12 @@ impl BackupExtra {
                 }),
         };
         if !stored_fits || raw_sum != self.snapshot_size {
-            return Err(format!(
-                "its gzip members add up to {gz_sum} compressed and {raw_sum} uncompressed bytes, \
-                 but it declares {} and {}",
-                self.compressed_size, self.snapshot_size
-            ));
+            return Err(InvalidExtra::Sizes {
+                gz_sum,
+                raw_sum,
+                compressed: self.compressed_size,
+                snapshot: self.snapshot_size,
+            });
         }
         Ok(())
     }

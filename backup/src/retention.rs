@@ -30,11 +30,26 @@ impl Default for RetentionPolicy {
     }
 }
 
+/// A duration [`parse_retention`] cannot read; `input` is the text as given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("empty duration; write e.g. 168h, 7d or 1y")]
+    Empty,
+    #[error("'{input}' is not a duration: expected a number at '{at}'; write e.g. 168h, 7d or 1y")]
+    NoNumber { input: String, at: String },
+    #[error("'{input}': bad number '{number}'")]
+    BadNumber { input: String, number: String },
+    #[error("'{input}': unknown unit '{unit}'; use ns, us, ms, s, m, h, d or y")]
+    UnknownUnit { input: String, unit: String },
+    #[error("'{input}' is too long a duration; write e.g. 168h, 7d or 1y")]
+    TooLong { input: String },
+}
+
 /// Parse a Go duration with upstream's extra units: `168h`, `1h30m`, `7d`, `1y`, `90d12h`.
-pub fn parse_retention(s: &str) -> Result<Duration, String> {
+pub fn parse_retention(s: &str) -> Result<Duration, DurationError> {
     let t = s.trim();
     if t.is_empty() {
-        return Err("empty duration; write e.g. 168h, 7d or 1y".into());
+        return Err(DurationError::Empty);
     }
     let mut total = 0f64;
     let mut rest = t;
@@ -43,13 +58,17 @@ pub fn parse_retention(s: &str) -> Result<Duration, String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
         if num_len == 0 {
-            return Err(format!(
-                "'{s}' is not a duration: expected a number at '{rest}'; write e.g. 168h, 7d or 1y"
-            ));
+            return Err(DurationError::NoNumber {
+                input: s.to_string(),
+                at: rest.to_string(),
+            });
         }
         let n: f64 = rest[..num_len]
             .parse()
-            .map_err(|_| format!("'{s}': bad number '{}'", &rest[..num_len]))?;
+            .map_err(|_| DurationError::BadNumber {
+                input: s.to_string(),
+                number: rest[..num_len].to_string(),
+            })?;
         rest = &rest[num_len..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
@@ -64,16 +83,18 @@ pub fn parse_retention(s: &str) -> Result<Duration, String> {
             "d" => 86_400.0,
             "y" => 365.0 * 86_400.0,
             u => {
-                return Err(format!(
-                    "'{s}': unknown unit '{u}'; use ns, us, ms, s, m, h, d or y"
-                ));
+                return Err(DurationError::UnknownUnit {
+                    input: s.to_string(),
+                    unit: u.to_string(),
+                });
             }
         };
         rest = &rest[unit_len..];
         total += n * secs;
     }
-    Duration::try_from_secs_f64(total)
-        .map_err(|_| format!("'{s}' is too long a duration; write e.g. 168h, 7d or 1y"))
+    Duration::try_from_secs_f64(total).map_err(|_| DurationError::TooLong {
+        input: s.to_string(),
+    })
 }
 
 /// The newest backups that are kept whatever their age.

@@ -14,7 +14,7 @@ use crate::delta::{
     DeltaSegment, MAX_SEGMENT_INFLATED, MAX_SEGMENT_SIZE, parse_segment_file_name,
     segment_file_name,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, RegionError, Result, SseError};
 use crate::layout::{DELTA_DIR, LEASE_DIR, MANAGER_DIR, STORE_ID_FILE};
 use crate::model::{
     BackupExtra, BackupFacts, BackupInfo, ClusterSpec, Command, CreatedMarker, DrillRecord,
@@ -43,7 +43,9 @@ pub struct StoreOptions {
 
 /// The server-side encryption settings in `opts`, checked: the object_store
 /// config pairs to set.
-fn s3_encryption(opts: &StoreOptions) -> std::result::Result<Vec<(&'static str, String)>, String> {
+fn s3_encryption(
+    opts: &StoreOptions,
+) -> std::result::Result<Vec<(&'static str, String)>, SseError> {
     let mut out = vec![];
     let kms = match opts.s3_server_side_encryption.as_deref().map(str::trim) {
         None | Some("") => false,
@@ -51,11 +53,7 @@ fn s3_encryption(opts: &StoreOptions) -> std::result::Result<Vec<(&'static str, 
             out.push(("aws_server_side_encryption", v.to_string()));
             v != "AES256"
         }
-        Some(other) => {
-            return Err(format!(
-                "S3 server-side encryption '{other}' is not one S3 knows: write AES256 (SSE-S3), aws:kms or aws:kms:dsse (SSE-KMS)"
-            ));
-        }
+        Some(other) => return Err(SseError::UnknownMode(other.to_string())),
     };
     if let Some(key) = opts
         .s3_sse_kms_key_id
@@ -64,13 +62,10 @@ fn s3_encryption(opts: &StoreOptions) -> std::result::Result<Vec<(&'static str, 
         .filter(|k| !k.is_empty())
     {
         if !kms {
-            return Err(
-                "an SSE-KMS key id needs --s3-server-side-encryption=aws:kms (or aws:kms:dsse)"
-                    .into(),
-            );
+            return Err(SseError::KeyWithoutKms);
         }
         if key.len() > 2048 || key.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err("the SSE-KMS key id is not a key id, alias or ARN".into());
+            return Err(SseError::BadKeyId);
         }
         out.push(("aws_sse_kms_key_id", key.to_string()));
     }
@@ -192,17 +187,15 @@ pub struct BackupStore {
 }
 
 /// CPU work (compression, decompression, decryption): on tokio's blocking
-/// pool, or on the calling task with `inline`.
-async fn cpu<T: Send + 'static>(
-    inline: bool,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::result::Result<T, String> {
+/// pool, or on the calling task with `inline`. A blocking task that
+/// panicked or was cancelled fails as [`Error::Snapshot`].
+async fn cpu<T: Send + 'static>(inline: bool, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
     if inline {
         Ok(f())
     } else {
         tokio::task::spawn_blocking(f)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| Error::Snapshot(std::io::Error::other(e)))
     }
 }
 
@@ -307,7 +300,7 @@ pub async fn resolve_s3_region(url: &str, opts: &mut StoreOptions) {
 pub async fn bucket_region(
     endpoint: Option<&str>,
     bucket: &str,
-) -> std::result::Result<String, String> {
+) -> std::result::Result<String, RegionError> {
     let target = match endpoint {
         Some(ep) => format!("{}/{bucket}", ep.trim_end_matches('/')),
         // S3's wildcard certificate covers one label: dotted names go path style.
@@ -318,12 +311,11 @@ pub async fn bucket_region(
         .timeout(std::time::Duration::from_secs(10))
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        .map_err(|e| format!("HTTP client: {e}"))?;
-    let resp = client
-        .head(&target)
-        .send()
-        .await
-        .map_err(|e| format!("HEAD {target}: {e}"))?;
+        .map_err(RegionError::Client)?;
+    let resp = match client.head(&target).send().await {
+        Ok(resp) => resp,
+        Err(source) => return Err(RegionError::Request { target, source }),
+    };
     let status = resp.status();
     match resp.headers().get("x-amz-bucket-region") {
         Some(v) => {
@@ -331,18 +323,29 @@ pub async fn bucket_region(
                 .to_str()
                 .ok()
                 .filter(|r| is_region_name(r))
-                .ok_or_else(|| {
-                    format!("HEAD {target}: x-amz-bucket-region is not a region name")
+                .ok_or_else(|| RegionError::NotARegion {
+                    target: target.clone(),
                 })?;
             Ok(region.to_string())
         }
         None if status == reqwest::StatusCode::NOT_FOUND => {
-            Err(format!("HEAD {target}: no such bucket (404)"))
+            Err(RegionError::NoSuchBucket { target })
         }
-        None => Err(format!(
-            "HEAD {target}: answered {status} without x-amz-bucket-region"
-        )),
+        None => Err(RegionError::NoRegion { target, status }),
     }
+}
+
+/// [`Error::InvalidUrl`] of `url`, for a reason.
+fn bad_url(url: &str) -> impl Fn(String) -> Error + '_ {
+    move |reason| Error::InvalidUrl {
+        url: url.to_string(),
+        reason,
+    }
+}
+
+/// The store's base path: the URL's path without its slashes.
+fn url_prefix(parsed: &url::Url) -> Path {
+    Path::from(parsed.path().trim_matches('/').to_string())
 }
 
 /// `eu-west-2`, `us-gov-west-1`, `cn-north-1`: lowercase letters, digits and
@@ -358,132 +361,13 @@ fn is_region_name(r: &str) -> bool {
 impl BackupStore {
     /// Open a store URL. No IO except creating a missing local folder.
     pub fn open(url: &str, opts: &StoreOptions) -> Result<Self> {
-        let bad = |reason: String| Error::InvalidUrl {
-            url: url.to_string(),
-            reason,
-        };
+        let bad = bad_url(url);
         let parsed = url::Url::parse(url).map_err(|e| bad(format!("{e}; {ACCEPTED}")))?;
-        let prefix = parsed.path().trim_matches('/').to_string();
         match parsed.scheme() {
-            "file" => {
-                if parsed.host_str().is_some_and(|h| !h.is_empty()) {
-                    return Err(bad(format!(
-                        "'{}' is not an absolute path (write file:///abs/path, three slashes)",
-                        parsed.host_str().unwrap_or_default()
-                    )));
-                }
-                let dir = std::path::PathBuf::from(parsed.path());
-                std::fs::create_dir_all(&dir)
-                    .map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
-                let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
-                    .map_err(|e| bad(format!("{e}")))?;
-                Ok(Self::new(Arc::new(fs), Path::default(), url.to_string()))
-            }
-            "s3" => {
-                let bucket = parsed
-                    .host_str()
-                    .filter(|b| !b.is_empty())
-                    .ok_or_else(|| bad("no bucket".into()))?;
-                let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
-                let region = opts
-                    .s3_region
-                    .clone()
-                    .or_else(|| std::env::var("AWS_REGION").ok())
-                    .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
-                    .unwrap_or_else(|| "us-east-1".into());
-                b = b.with_region(region);
-                if let Some(ep) = &opts.s3_endpoint {
-                    b = b
-                        .with_endpoint(ep)
-                        .with_allow_http(ep.starts_with("http://"))
-                        .with_virtual_hosted_style_request(false);
-                }
-                if let Some(k) = &opts.s3_access_key_id {
-                    b = b.with_access_key_id(k);
-                }
-                if let Some(k) = &opts.s3_secret_access_key {
-                    b = b.with_secret_access_key(k);
-                }
-                for (key, value) in s3_encryption(opts).map_err(bad)? {
-                    let key: object_store::aws::AmazonS3ConfigKey =
-                        key.parse().map_err(|e| bad(format!("{e}")))?;
-                    b = b.with_config(key, value);
-                }
-                let b = b.with_retry(store_retry());
-                let s3 = b.clone().build().map_err(|e| bad(format!("{e}")))?;
-                let bulk = bulk_client()
-                    .into_iter()
-                    .fold(b, |b, (k, v)| {
-                        b.with_config(object_store::aws::AmazonS3ConfigKey::Client(k), v)
-                    })
-                    .build()
-                    .map_err(|e| bad(format!("{e}")))?;
-                Ok(Self::new(Arc::new(s3), Path::from(prefix), url.to_string())
-                    .with_bulk(Arc::new(bulk)))
-            }
-            "gs" => {
-                let bucket = parsed
-                    .host_str()
-                    .filter(|b| !b.is_empty())
-                    .ok_or_else(|| bad("no bucket".into()))?;
-                let b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                    .with_bucket_name(bucket)
-                    .with_retry(store_retry());
-                let no_credentials = |e: object_store::Error| {
-                    bad(format!(
-                        "{e} (set GOOGLE_APPLICATION_CREDENTIALS or GOOGLE_SERVICE_ACCOUNT)"
-                    ))
-                };
-                let gcs = b.clone().build().map_err(no_credentials)?;
-                let bulk = bulk_client()
-                    .into_iter()
-                    .fold(b, |b, (k, v)| {
-                        b.with_config(object_store::gcp::GoogleConfigKey::Client(k), v)
-                    })
-                    .build()
-                    .map_err(no_credentials)?;
-                Ok(
-                    Self::new(Arc::new(gcs), Path::from(prefix), url.to_string())
-                        .with_bulk(Arc::new(bulk)),
-                )
-            }
-            // kops' Azure store: azureblob://<container>/<prefix>, the
-            // account in AZURE_STORAGE_ACCOUNT (kops) or
-            // AZURE_STORAGE_ACCOUNT_NAME, credentials as object_store reads
-            // them (account key, service principal, managed identity), an
-            // endpoint in AZURE_STORAGE_ENDPOINT for Azure-compatible stores.
-            "azureblob" => {
-                let container = parsed.host_str().filter(|b| !b.is_empty()).ok_or_else(|| {
-                    bad("no container (write azureblob://container/prefix)".into())
-                })?;
-                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
-                    .with_container_name(container);
-                let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-                if env("AZURE_STORAGE_ACCOUNT_NAME").is_none() {
-                    let account = env("AZURE_STORAGE_ACCOUNT").ok_or_else(|| {
-                        bad("no storage account: set AZURE_STORAGE_ACCOUNT (as kops does)".into())
-                    })?;
-                    b = b.with_account(account);
-                }
-                if ["AZURE_STORAGE_ENDPOINT", "AZURE_ENDPOINT"]
-                    .iter()
-                    .filter_map(|k| env(k))
-                    .any(|e| e.starts_with("http://"))
-                {
-                    b = b.with_allow_http(true);
-                }
-                let b = b.with_retry(store_retry());
-                let az = b.clone().build().map_err(|e| bad(format!("{e}")))?;
-                let bulk = bulk_client()
-                    .into_iter()
-                    .fold(b, |b, (k, v)| {
-                        b.with_config(object_store::azure::AzureConfigKey::Client(k), v)
-                    })
-                    .build()
-                    .map_err(|e| bad(format!("{e}")))?;
-                Ok(Self::new(Arc::new(az), Path::from(prefix), url.to_string())
-                    .with_bulk(Arc::new(bulk)))
-            }
+            "file" => Self::open_file(url, &parsed),
+            "s3" => Self::open_s3(url, &parsed, opts),
+            "gs" => Self::open_gcs(url, &parsed),
+            "azureblob" => Self::open_azure(url, &parsed),
             "az" | "abfs" | "abfss" => Err(bad(
                 "write Azure Blob Storage as kops does: azureblob://container/prefix".into(),
             )),
@@ -498,6 +382,134 @@ impl BackupStore {
             )),
             other => Err(bad(format!("unknown scheme '{other}'; {ACCEPTED}"))),
         }
+    }
+
+    /// `file:///abs/path`: the folder, created if missing.
+    fn open_file(url: &str, parsed: &url::Url) -> Result<Self> {
+        let bad = bad_url(url);
+        if parsed.host_str().is_some_and(|h| !h.is_empty()) {
+            return Err(bad(format!(
+                "'{}' is not an absolute path (write file:///abs/path, three slashes)",
+                parsed.host_str().unwrap_or_default()
+            )));
+        }
+        let dir = std::path::PathBuf::from(parsed.path());
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+            .map_err(|e| bad(format!("{e}")))?;
+        Ok(Self::new(Arc::new(fs), Path::default(), url.to_string()))
+    }
+
+    /// `s3://bucket/prefix`: the region from the options, `AWS_REGION`,
+    /// `AWS_DEFAULT_REGION`, else us-east-1; an S3-compatible endpoint, keys
+    /// and server-side encryption from the options.
+    fn open_s3(url: &str, parsed: &url::Url, opts: &StoreOptions) -> Result<Self> {
+        let bad = bad_url(url);
+        let bucket = parsed
+            .host_str()
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| bad("no bucket".into()))?;
+        let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        let region = opts
+            .s3_region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .unwrap_or_else(|| "us-east-1".into());
+        b = b.with_region(region);
+        if let Some(ep) = &opts.s3_endpoint {
+            b = b
+                .with_endpoint(ep)
+                .with_allow_http(ep.starts_with("http://"))
+                .with_virtual_hosted_style_request(false);
+        }
+        if let Some(k) = &opts.s3_access_key_id {
+            b = b.with_access_key_id(k);
+        }
+        if let Some(k) = &opts.s3_secret_access_key {
+            b = b.with_secret_access_key(k);
+        }
+        for (key, value) in s3_encryption(opts).map_err(|e| bad(e.to_string()))? {
+            let key: object_store::aws::AmazonS3ConfigKey =
+                key.parse().map_err(|e| bad(format!("{e}")))?;
+            b = b.with_config(key, value);
+        }
+        let b = b.with_retry(store_retry());
+        let s3 = b.clone().build().map_err(|e| bad(format!("{e}")))?;
+        let bulk = bulk_client()
+            .into_iter()
+            .fold(b, |b, (k, v)| {
+                b.with_config(object_store::aws::AmazonS3ConfigKey::Client(k), v)
+            })
+            .build()
+            .map_err(|e| bad(format!("{e}")))?;
+        Ok(Self::new(Arc::new(s3), url_prefix(parsed), url.to_string()).with_bulk(Arc::new(bulk)))
+    }
+
+    /// `gs://bucket/prefix`, credentials from the environment.
+    fn open_gcs(url: &str, parsed: &url::Url) -> Result<Self> {
+        let bad = bad_url(url);
+        let bucket = parsed
+            .host_str()
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| bad("no bucket".into()))?;
+        let b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+            .with_bucket_name(bucket)
+            .with_retry(store_retry());
+        let no_credentials = |e: object_store::Error| {
+            bad(format!(
+                "{e} (set GOOGLE_APPLICATION_CREDENTIALS or GOOGLE_SERVICE_ACCOUNT)"
+            ))
+        };
+        let gcs = b.clone().build().map_err(no_credentials)?;
+        let bulk = bulk_client()
+            .into_iter()
+            .fold(b, |b, (k, v)| {
+                b.with_config(object_store::gcp::GoogleConfigKey::Client(k), v)
+            })
+            .build()
+            .map_err(no_credentials)?;
+        Ok(Self::new(Arc::new(gcs), url_prefix(parsed), url.to_string()).with_bulk(Arc::new(bulk)))
+    }
+
+    /// kops' Azure store: azureblob://<container>/<prefix>, the account in
+    /// AZURE_STORAGE_ACCOUNT (kops) or AZURE_STORAGE_ACCOUNT_NAME,
+    /// credentials as object_store reads them (account key, service
+    /// principal, managed identity), an endpoint in AZURE_STORAGE_ENDPOINT
+    /// for Azure-compatible stores.
+    fn open_azure(url: &str, parsed: &url::Url) -> Result<Self> {
+        let bad = bad_url(url);
+        let container = parsed
+            .host_str()
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| bad("no container (write azureblob://container/prefix)".into()))?;
+        let mut b =
+            object_store::azure::MicrosoftAzureBuilder::from_env().with_container_name(container);
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        if env("AZURE_STORAGE_ACCOUNT_NAME").is_none() {
+            let account = env("AZURE_STORAGE_ACCOUNT").ok_or_else(|| {
+                bad("no storage account: set AZURE_STORAGE_ACCOUNT (as kops does)".into())
+            })?;
+            b = b.with_account(account);
+        }
+        if ["AZURE_STORAGE_ENDPOINT", "AZURE_ENDPOINT"]
+            .iter()
+            .filter_map(|k| env(k))
+            .any(|e| e.starts_with("http://"))
+        {
+            b = b.with_allow_http(true);
+        }
+        let b = b.with_retry(store_retry());
+        let az = b.clone().build().map_err(|e| bad(format!("{e}")))?;
+        let bulk = bulk_client()
+            .into_iter()
+            .fold(b, |b, (k, v)| {
+                b.with_config(object_store::azure::AzureConfigKey::Client(k), v)
+            })
+            .build()
+            .map_err(|e| bad(format!("{e}")))?;
+        Ok(Self::new(Arc::new(az), url_prefix(parsed), url.to_string()).with_bulk(Arc::new(bulk)))
     }
 
     pub fn new(store: Arc<dyn ObjectStore>, base: Path, url: String) -> Self {
@@ -1289,7 +1301,7 @@ impl BackupStore {
             backup: base.into(),
             reason: format!("delta segment {DELTA_DIR}/{file}: {reason}"),
         };
-        let body = crate::delta::check_segment(&bytes).map_err(corrupt)?;
+        let body = crate::delta::check_segment(&bytes).map_err(|e| corrupt(e.to_string()))?;
         let plain;
         let body = if crate::crypt::is_age(body) {
             // The plaintext is shorter than the ciphertext.
@@ -1302,7 +1314,8 @@ impl BackupStore {
         } else {
             body
         };
-        let seg = crate::delta::decode_body(body, MAX_SEGMENT_INFLATED).map_err(corrupt)?;
+        let seg = crate::delta::decode_body(body, MAX_SEGMENT_INFLATED)
+            .map_err(|e| corrupt(e.to_string()))?;
         if (seg.base.as_str(), seg.start_revision, seg.end_revision) != (base, start, end) {
             return Err(corrupt(format!(
                 "it holds revisions {}..={} of backup {}, not what its name says \
@@ -1367,35 +1380,7 @@ impl BackupStore {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
     {
-        // Claim a fresh name: never overwrite another writer's backup.
-        let placeholder = br#"{"format":0,"state":"writing"}"#.to_vec();
-        let mut name = None;
-        for seq in 1..1_000_000u32 {
-            let candidate = format_backup_name(now, seq);
-            match self
-                .put(
-                    &format!("{candidate}/{BACKUP_EXTRA_FILE}"),
-                    placeholder.clone(),
-                    PutMode::Create,
-                )
-                .await
-            {
-                Ok(()) => {
-                    name = Some(candidate);
-                    break;
-                }
-                Err(Error::Store {
-                    source: object_store::Error::AlreadyExists { .. },
-                    ..
-                }) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        let name = name.ok_or_else(|| Error::InvalidName {
-            name: format_backup_name(now, 0),
-            reason: "no free sequence number".into(),
-        })?;
-
+        let name = self.claim_backup_name(now).await?;
         let data_path = self.path(&format!("{name}/{BACKUP_DATA_FILE}"));
         let upload = self
             .store
@@ -1411,68 +1396,7 @@ impl BackupStore {
             stored: 0,
             encrypt: self.crypt.recipients.as_ref().map(|r| r.encrypting()),
         };
-        let mut raw_hash = Sha256::new();
-        let mut raw_size = 0u64;
-        let workers = crate::gzip::workers();
-        let inline = self.inline_cpu;
-
-        // Blocks of the snapshot are compressed on `workers` threads at once,
-        // each into its own gzip member, and written in order.
-        let result: Result<()> = async {
-            let mut inflight = futures::stream::FuturesOrdered::new();
-            let mut block: Vec<u8> = Vec::with_capacity(crate::gzip::BLOCK_SIZE);
-            // Finished raw blocks and output buffers come back here for reuse.
-            let mut pool: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-            let mut blocks = 0u64;
-            loop {
-                let (chunk, end) = match snapshot.next().await {
-                    Some(chunk) => (chunk.map_err(Error::Snapshot)?, false),
-                    None => (Bytes::new(), true),
-                };
-                raw_hash.update(&chunk);
-                raw_size += chunk.len() as u64;
-                let mut rest = &chunk[..];
-                // The last block goes out at the end (also an empty one for an
-                // empty snapshot, so the file is still valid gzip).
-                while !rest.is_empty() || (end && (!block.is_empty() || blocks == 0)) {
-                    let take = (crate::gzip::BLOCK_SIZE - block.len()).min(rest.len());
-                    block.extend_from_slice(&rest[..take]);
-                    rest = &rest[take..];
-                    if block.len() < crate::gzip::BLOCK_SIZE && !end {
-                        break;
-                    }
-                    let (mut next, out) = pool.pop().unwrap_or_default();
-                    next.clear();
-                    if !end {
-                        next.reserve(crate::gzip::BLOCK_SIZE);
-                    }
-                    let full = std::mem::replace(&mut block, next);
-                    blocks += 1;
-                    inflight.push_back(cpu(inline, move || {
-                        let raw = full.len() as u64;
-                        crate::gzip::compress_block_into(&full, out, GZIP_LEVEL)
-                            .map(|(gz, s)| (gz, s, raw, full))
-                    }));
-                    while inflight.len() >= workers {
-                        let done = inflight.next().await;
-                        pool.push(sink.put(done).await?);
-                    }
-                    if end && block.is_empty() {
-                        break;
-                    }
-                }
-                if end {
-                    break;
-                }
-            }
-            while !inflight.is_empty() {
-                let done = inflight.next().await;
-                sink.put(done).await?;
-            }
-            drop(pool);
-            sink.finish_encryption().await
-        }
-        .await;
+        let result = self.compress_into(&mut snapshot, &mut sink).await;
         let MemberSink {
             writer,
             file_hash,
@@ -1481,14 +1405,17 @@ impl BackupStore {
             stored,
             ..
         } = sink;
-        if let Err(e) = result {
-            let _ = writer.abort().await;
-            let _ = self
-                .store
-                .delete(&self.path(&format!("{name}/{BACKUP_EXTRA_FILE}")))
-                .await;
-            return Err(e);
-        }
+        let (raw_hash, raw_size) = match result {
+            Ok(raw) => raw,
+            Err(e) => {
+                let _ = writer.abort().await;
+                let _ = self
+                    .store
+                    .delete(&self.path(&format!("{name}/{BACKUP_EXTRA_FILE}")))
+                    .await;
+                return Err(e);
+            }
+        };
         writer
             .finish()
             .await
@@ -1538,6 +1465,106 @@ impl BackupStore {
         })
     }
 
+    /// Claim a fresh backup name for `now` (the first free sequence number)
+    /// by creating its side file as a placeholder: never overwrite another
+    /// writer's backup.
+    async fn claim_backup_name(&self, now: SystemTime) -> Result<String> {
+        let placeholder = br#"{"format":0,"state":"writing"}"#.to_vec();
+        for seq in 1..1_000_000u32 {
+            let candidate = format_backup_name(now, seq);
+            match self
+                .put(
+                    &format!("{candidate}/{BACKUP_EXTRA_FILE}"),
+                    placeholder.clone(),
+                    PutMode::Create,
+                )
+                .await
+            {
+                Ok(()) => return Ok(candidate),
+                Err(Error::Store {
+                    source: object_store::Error::AlreadyExists { .. },
+                    ..
+                }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::InvalidName {
+            name: format_backup_name(now, 0),
+            reason: "no free sequence number".into(),
+        })
+    }
+
+    /// Cut `snapshot` into blocks, compress them on `workers` threads at
+    /// once, each into its own gzip member, and write the members in order
+    /// into `sink` (its encryption's last chunk too). Returns the hash and
+    /// size of the snapshot as read.
+    async fn compress_into<S>(
+        &self,
+        snapshot: &mut S,
+        sink: &mut MemberSink,
+    ) -> Result<(Sha256, u64)>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
+    {
+        let mut raw_hash = Sha256::new();
+        let mut raw_size = 0u64;
+        let workers = crate::gzip::workers();
+        let inline = self.inline_cpu;
+        let mut inflight = futures::stream::FuturesOrdered::new();
+        let mut block: Vec<u8> = Vec::with_capacity(crate::gzip::BLOCK_SIZE);
+        // Finished raw blocks and output buffers come back here for reuse.
+        let mut pool: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut blocks = 0u64;
+        loop {
+            let (chunk, end) = match snapshot.next().await {
+                Some(chunk) => (chunk.map_err(Error::Snapshot)?, false),
+                None => (Bytes::new(), true),
+            };
+            raw_hash.update(&chunk);
+            raw_size += chunk.len() as u64;
+            let mut rest = &chunk[..];
+            // The last block goes out at the end (also an empty one for an
+            // empty snapshot, so the file is still valid gzip).
+            while !rest.is_empty() || (end && (!block.is_empty() || blocks == 0)) {
+                let take = (crate::gzip::BLOCK_SIZE - block.len()).min(rest.len());
+                block.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if block.len() < crate::gzip::BLOCK_SIZE && !end {
+                    break;
+                }
+                let (mut next, out) = pool.pop().unwrap_or_default();
+                next.clear();
+                if !end {
+                    next.reserve(crate::gzip::BLOCK_SIZE);
+                }
+                let full = std::mem::replace(&mut block, next);
+                blocks += 1;
+                inflight.push_back(cpu(inline, move || {
+                    let raw = full.len() as u64;
+                    crate::gzip::compress_block_into(&full, out, GZIP_LEVEL)
+                        .map(|(gz, s)| (gz, s, raw, full))
+                }));
+                while inflight.len() >= workers {
+                    let done = inflight.next().await;
+                    pool.push(sink.put(done).await?);
+                }
+                if end && block.is_empty() {
+                    break;
+                }
+            }
+            if end {
+                break;
+            }
+        }
+        while !inflight.is_empty() {
+            let done = inflight.next().await;
+            sink.put(done).await?;
+        }
+        drop(pool);
+        sink.finish_encryption().await?;
+        Ok((raw_hash, raw_size))
+    }
+
     /// Download, verify and decompress a backup into `dest`. Nothing is left at
     /// `dest` unless every check passed.
     pub async fn download_backup(
@@ -1564,113 +1591,26 @@ impl BackupStore {
             // No key, no download: say so before fetching gigabytes.
             self.crypt.identities(&format!("backup {name}"))?;
         }
-        let data_path = self.path(&format!("{name}/{BACKUP_DATA_FILE}"));
-        let io = |path: &std::path::Path| {
-            let path = path.to_path_buf();
-            move |source| Error::Io {
-                path: path.clone(),
-                source,
-            }
-        };
-        let gz_tmp = dest.with_extension("gz.part");
-        let raw_tmp = dest.with_extension("part");
-        let age_tmp = dest.with_extension("age.part");
-        let cleanup = || {
-            let _ = std::fs::remove_file(&gz_tmp);
-            let _ = std::fs::remove_file(&raw_tmp);
-            let _ = std::fs::remove_file(&age_tmp);
-        };
+        let parts = DownloadParts::beside(dest);
         let result: Result<DownloadedBackup> = async {
-            let mut stream = self.bulk.get(&data_path).await.map_err(|e| Error::store("read", &data_path, e))?.into_stream();
             // What is stored: the gzip, or the age file of it.
-            let stored_tmp = if encrypted { &age_tmp } else { &gz_tmp };
-            let mut file = crate::private_file(stored_tmp).map_err(io(stored_tmp))?;
-            let mut gz_hash = Sha256::new();
-            let mut gz_size = 0u64;
-            // Never download more than the side file declares (or, for upstream's
-            // backups, than any snapshot may be).
-            let gz_limit = extra.as_ref().map_or(crate::model::MAX_SNAPSHOT_SIZE, |x| x.compressed_size);
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| Error::store("read", &data_path, e))?;
-                gz_hash.update(&chunk);
-                gz_size += chunk.len() as u64;
-                if gz_size > gz_limit {
-                    return Err(Error::Corrupt {
-                        backup: name.into(),
-                        reason: format!("{BACKUP_DATA_FILE} is larger than the {gz_limit} bytes declared"),
-                    });
-                }
-                file.write_all(&chunk).map_err(io(stored_tmp))?;
-                progress.store(gz_size, std::sync::atomic::Ordering::Relaxed);
-            }
-            file.sync_all().map_err(io(stored_tmp))?;
-            drop(file);
-            if let Some(x) = extra.as_ref().filter(|_| self.check_sums) {
-                let got = hex(gz_hash.finalize());
-                if got != x.compressed_sha256 || gz_size != x.compressed_size {
-                    return Err(Error::Corrupt {
-                        backup: name.into(),
-                        reason: format!(
-                            "{BACKUP_DATA_FILE} has sha256 {got} and {gz_size} bytes, expected {} and {}",
-                            x.compressed_sha256, x.compressed_size
-                        ),
-                    });
-                }
-            }
+            let stored = if encrypted { &parts.age } else { &parts.gz };
+            let mut gz_size = self
+                .fetch_stored(name, extra.as_ref(), stored, progress)
+                .await?;
             if encrypted {
-                let (from, to, crypt) = (age_tmp.clone(), gz_tmp.clone(), self.crypt.clone());
+                let (from, to, crypt) = (parts.age.clone(), parts.gz.clone(), self.crypt.clone());
                 let what = format!("backup {name}");
                 // The plaintext is shorter than the ciphertext.
-                gz_size = cpu(self.inline_cpu, move || crypt.decrypt_file(&what, &from, &to, gz_size))
-                .await
-                .map_err(|e| Error::Snapshot(std::io::Error::other(e)))??;
-                let _ = std::fs::remove_file(&age_tmp);
-            }
-            let (gz, raw) = (gz_tmp.clone(), raw_tmp.clone());
-            // Inflate no more than the disk holds (leaving DISK_MARGIN): an
-            // upstream backup declares no size and may inflate to 64 GiB, and
-            // a full disk under a running member is an outage of its own.
-            let room = free_bytes(dest).saturating_sub(DISK_MARGIN);
-            let declared = extra.as_ref().map(|x| x.snapshot_size);
-            if let Some(size) = declared
-                && size > room
-            {
-                return Err(Error::NoRoom {
-                    path: dest.to_path_buf(),
-                    needed: size,
-                    free: room,
-                });
-            }
-            let raw_limit = declared.unwrap_or(crate::model::MAX_SNAPSHOT_SIZE).min(room);
-            // Our own index of gzip members, if it agrees with the file: inflate in parallel.
-            let members = extra
-                .as_ref()
-                .map(|x| x.members.clone())
-                .filter(|m| {
-                    !m.is_empty() && m.iter().map(|[g, _]| *g).sum::<u64>() == gz_size
+                gz_size = cpu(self.inline_cpu, move || {
+                    crypt.decrypt_file(&what, &from, &to, gz_size)
                 })
-                .unwrap_or_default();
-            let (raw_sha, raw_size) = cpu(self.inline_cpu, move || {
-                if members.is_empty() {
-                    decompress(&gz, &raw, raw_limit)
-                } else {
-                    decompress_members(&gz, &raw, &members, crate::gzip::workers())
-                }
-            })
-                .await
-                .map_err(|e| Error::Snapshot(std::io::Error::other(e)))?
-                .map_err(|e| {
-                    // Cut short by the room on the disk, not by the backup.
-                    let cut_by_disk = declared.is_none()
-                        && raw_limit == room
-                        && room < crate::model::MAX_SNAPSHOT_SIZE
-                        && e.kind() == std::io::ErrorKind::FileTooLarge;
-                    if cut_by_disk {
-                        Error::NoRoom { path: dest.to_path_buf(), needed: room.saturating_add(1), free: room }
-                    } else {
-                        Error::Corrupt { backup: name.into(), reason: format!("cannot decompress: {e}") }
-                    }
-                })?;
+                .await??;
+                let _ = std::fs::remove_file(&parts.age);
+            }
+            let (raw_sha, raw_size) = self
+                .inflate_download(name, extra.as_ref(), &parts, gz_size, dest)
+                .await?;
             if let Some(x) = extra.as_ref().filter(|_| self.check_sums)
                 && (raw_sha != x.snapshot_sha256 || raw_size != x.snapshot_size)
             {
@@ -1682,12 +1622,132 @@ impl BackupStore {
                     ),
                 });
             }
-            std::fs::rename(&raw_tmp, dest).map_err(io(dest))?;
-            Ok(DownloadedBackup { name: name.into(), snapshot_size: raw_size, verified_checksum: extra.is_some() })
+            std::fs::rename(&parts.raw, dest).map_err(io_at(dest))?;
+            Ok(DownloadedBackup {
+                name: name.into(),
+                snapshot_size: raw_size,
+                verified_checksum: extra.is_some(),
+            })
         }
         .await;
-        cleanup();
+        parts.remove();
         result
+    }
+
+    /// Download backup `name`'s data file as stored into `to`, never more
+    /// than its side file `extra` declares (for upstream's backups, than any
+    /// snapshot may be), and compare it with the declared checksum. Returns
+    /// its size.
+    async fn fetch_stored(
+        &self,
+        name: &str,
+        extra: Option<&BackupExtra>,
+        to: &std::path::Path,
+        progress: &std::sync::atomic::AtomicU64,
+    ) -> Result<u64> {
+        let data_path = self.path(&format!("{name}/{BACKUP_DATA_FILE}"));
+        let mut stream = self
+            .bulk
+            .get(&data_path)
+            .await
+            .map_err(|e| Error::store("read", &data_path, e))?
+            .into_stream();
+        let mut file = crate::private_file(to).map_err(io_at(to))?;
+        let mut gz_hash = Sha256::new();
+        let mut gz_size = 0u64;
+        let gz_limit = extra.map_or(crate::model::MAX_SNAPSHOT_SIZE, |x| x.compressed_size);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| Error::store("read", &data_path, e))?;
+            gz_hash.update(&chunk);
+            gz_size += chunk.len() as u64;
+            if gz_size > gz_limit {
+                return Err(Error::Corrupt {
+                    backup: name.into(),
+                    reason: format!(
+                        "{BACKUP_DATA_FILE} is larger than the {gz_limit} bytes declared"
+                    ),
+                });
+            }
+            file.write_all(&chunk).map_err(io_at(to))?;
+            progress.store(gz_size, std::sync::atomic::Ordering::Relaxed);
+        }
+        file.sync_all().map_err(io_at(to))?;
+        drop(file);
+        if let Some(x) = extra.filter(|_| self.check_sums) {
+            let got = hex(gz_hash.finalize());
+            if got != x.compressed_sha256 || gz_size != x.compressed_size {
+                return Err(Error::Corrupt {
+                    backup: name.into(),
+                    reason: format!(
+                        "{BACKUP_DATA_FILE} has sha256 {got} and {gz_size} bytes, expected {} and {}",
+                        x.compressed_sha256, x.compressed_size
+                    ),
+                });
+            }
+        }
+        Ok(gz_size)
+    }
+
+    /// Inflate the downloaded gzip (`parts.gz`, `gz_size` bytes) into
+    /// `parts.raw`, no more than the disk of `dest` holds (leaving
+    /// [`DISK_MARGIN`]): an upstream backup declares no size and may inflate
+    /// to 64 GiB, and a full disk under a running member is an outage of its
+    /// own. In parallel when our own member index agrees with the file.
+    /// Returns the sha256 and size of the snapshot.
+    async fn inflate_download(
+        &self,
+        name: &str,
+        extra: Option<&BackupExtra>,
+        parts: &DownloadParts,
+        gz_size: u64,
+        dest: &std::path::Path,
+    ) -> Result<(String, u64)> {
+        let room = free_bytes(dest).saturating_sub(DISK_MARGIN);
+        let declared = extra.map(|x| x.snapshot_size);
+        if let Some(size) = declared
+            && size > room
+        {
+            return Err(Error::NoRoom {
+                path: dest.to_path_buf(),
+                needed: size,
+                free: room,
+            });
+        }
+        let raw_limit = declared
+            .unwrap_or(crate::model::MAX_SNAPSHOT_SIZE)
+            .min(room);
+        let members = extra
+            .map(|x| x.members.clone())
+            .filter(|m| !m.is_empty() && m.iter().map(|[g, _]| *g).sum::<u64>() == gz_size)
+            .unwrap_or_default();
+        let (gz, raw) = (parts.gz.clone(), parts.raw.clone());
+        cpu(self.inline_cpu, move || {
+            if members.is_empty() {
+                decompress(&gz, &raw, raw_limit)
+            } else {
+                decompress_members(&gz, &raw, &members, crate::gzip::workers())
+            }
+        })
+        .await?
+        .map_err(|e| {
+            // Cut short by the room on the disk, not by the backup.
+            let cut_by_disk = declared.is_none()
+                && raw_limit == room
+                && room < crate::model::MAX_SNAPSHOT_SIZE
+                && e.kind() == std::io::ErrorKind::FileTooLarge;
+            if cut_by_disk {
+                Error::NoRoom {
+                    path: dest.to_path_buf(),
+                    needed: room.saturating_add(1),
+                    free: room,
+                }
+            } else {
+                Error::Corrupt {
+                    backup: name.into(),
+                    reason: format!("cannot decompress: {e}"),
+                }
+            }
+        })
     }
 
     /// Delete the backups `policy` does not keep, with one listing in all.
@@ -1768,13 +1828,9 @@ type Compressed = std::io::Result<(Vec<u8>, bool, u64, Vec<u8>)>;
 
 impl MemberSink {
     /// Write one member; hands back the raw block and output buffers for reuse.
-    async fn put(
-        &mut self,
-        done: Option<std::result::Result<Compressed, String>>,
-    ) -> Result<(Vec<u8>, Vec<u8>)> {
+    async fn put(&mut self, done: Option<Result<Compressed>>) -> Result<(Vec<u8>, Vec<u8>)> {
         let (gz, stored, raw, block) = done
-            .ok_or_else(|| Error::Snapshot(std::io::Error::other("compression queue empty")))?
-            .map_err(|e| Error::Snapshot(std::io::Error::other(e)))?
+            .ok_or_else(|| Error::Snapshot(std::io::Error::other("compression queue empty")))??
             .map_err(Error::Snapshot)?;
         self.members.push([gz.len() as u64, raw]);
         self.stored += u64::from(stored);
@@ -1807,6 +1863,40 @@ impl MemberSink {
             .map_err(|e| Error::store("write", &self.path, e))?;
         self.writer.write(bytes);
         Ok(())
+    }
+}
+
+/// The files a download goes through beside its destination: the gzip,
+/// the snapshot and (encrypted) the age file, each `.part` until the
+/// snapshot is checked and renamed into place.
+struct DownloadParts {
+    gz: std::path::PathBuf,
+    raw: std::path::PathBuf,
+    age: std::path::PathBuf,
+}
+
+impl DownloadParts {
+    fn beside(dest: &std::path::Path) -> Self {
+        DownloadParts {
+            gz: dest.with_extension("gz.part"),
+            raw: dest.with_extension("part"),
+            age: dest.with_extension("age.part"),
+        }
+    }
+
+    /// Remove what is left of them (none is left once the download is done).
+    fn remove(&self) {
+        let _ = std::fs::remove_file(&self.gz);
+        let _ = std::fs::remove_file(&self.raw);
+        let _ = std::fs::remove_file(&self.age);
+    }
+}
+
+/// [`Error::Io`] at `path`.
+fn io_at(path: &std::path::Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
     }
 }
 

@@ -87,7 +87,9 @@ fn a_segment_that_would_decode_into_gigabytes_is_refused_with_bounded_memory() {
     );
 
     let before = peak_rss_bytes();
-    let err = backup::decode_segment(&file, backup::MAX_SEGMENT_INFLATED).unwrap_err();
+    let err = backup::decode_segment(&file, backup::MAX_SEGMENT_INFLATED)
+        .unwrap_err()
+        .to_string();
     let peak = peak_rss_bytes();
     assert!(err.contains("operations"), "{err}");
     // The inflated body (100 MB) is held while it is counted, nothing more.

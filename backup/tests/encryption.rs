@@ -204,7 +204,8 @@ async fn segments_are_encrypted_and_read_back_with_the_key() {
     let err = writer.read_segment(name, 8, 9).await.unwrap_err();
     assert!(matches!(err, Error::Encryption { .. }), "{err}");
     let err = backup::decode_segment(&stored, 1 << 20).unwrap_err();
-    assert!(err.contains("encrypted"), "{err}");
+    assert_eq!(err, backup::SegmentError::Encrypted);
+    assert!(err.to_string().contains("encrypted"), "{err}");
     // With it: the segment.
     let reader = with(&plain, None, Some(&k));
     assert_eq!(reader.read_segment(name, 8, 9).await.unwrap(), seg);

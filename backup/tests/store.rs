@@ -394,6 +394,8 @@ async fn the_buckets_region_comes_from_s3_when_none_is_given() {
     let e = backup::bucket_region(Some(&moto.endpoint()), "missing")
         .await
         .unwrap_err();
+    assert!(matches!(e, backup::RegionError::NoSuchBucket { .. }), "{e}");
+    let e = e.to_string();
     assert!(
         e.contains("no such bucket") && e.contains("/missing"),
         "{e}"

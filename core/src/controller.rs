@@ -513,7 +513,7 @@ pub const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 pub enum WaitReason {
     NotLeader,
     NoSpec,
-    InvalidSpec(String),
+    InvalidSpec(SpecError),
     /// Cluster was created before but no etcd member is left.
     RestoreRequired,
     /// No created marker, but backups exist: someone deleted the marker.
@@ -718,27 +718,7 @@ impl fmt::Display for WaitReason {
                 lost,
                 plan,
                 auto_in_secs,
-            } => {
-                write!(
-                    f,
-                    "quorum lost: {} of {} voters answer ({}), {} gone ({}); {plan}; ",
-                    survivors.len(),
-                    survivors.len() + lost.len(),
-                    survivors.join(", "),
-                    lost.len(),
-                    lost.join(", ")
-                )?;
-                match auto_in_secs {
-                    Some(s) => write!(
-                        f,
-                        "done by itself in {s} s (--auto-recover-quorum-loss), or now with etcd-manager-ctl recover-quorum"
-                    ),
-                    None => write!(
-                        f,
-                        "run etcd-manager-ctl recover-quorum to do it (or bring the lost members back)"
-                    ),
-                }
-            }
+            } => write_quorum_lost(f, survivors, lost, plan, *auto_in_secs),
             WaitReason::DowngradeMigrating { target, members } => write!(
                 f,
                 "downgrade to {target} enabled (etcd's downgrade protocol); waiting for {} to migrate \
@@ -768,6 +748,37 @@ impl fmt::Display for WaitReason {
     }
 }
 
+/// [`WaitReason::QuorumLost`] in words: who answers, who is gone, the plan,
+/// and how it is carried out (by itself after `auto_in_secs`, or by the
+/// operator).
+fn write_quorum_lost(
+    f: &mut fmt::Formatter<'_>,
+    survivors: &[String],
+    lost: &[String],
+    plan: &str,
+    auto_in_secs: Option<u64>,
+) -> fmt::Result {
+    write!(
+        f,
+        "quorum lost: {} of {} voters answer ({}), {} gone ({}); {plan}; ",
+        survivors.len(),
+        survivors.len() + lost.len(),
+        survivors.join(", "),
+        lost.len(),
+        lost.join(", ")
+    )?;
+    match auto_in_secs {
+        Some(s) => write!(
+            f,
+            "done by itself in {s} s (--auto-recover-quorum-loss), or now with etcd-manager-ctl recover-quorum"
+        ),
+        None => write!(
+            f,
+            "run etcd-manager-ctl recover-quorum to do it (or bring the lost members back)"
+        ),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Plan {
     pub actions: Vec<Action>,
@@ -794,26 +805,32 @@ pub fn quorum(n: usize) -> usize {
     n / 2 + 1
 }
 
+/// Why a cluster spec cannot be acted on ([`validate_spec`]); the operator
+/// writes another (etcd-manager-ctl configure-cluster).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("member_count {count} must be at least 1")]
+    NoMembers { count: i32 },
+    #[error(
+        "member_count {count} is even; use an odd number (1, 3, 5) so a majority survives a failure"
+    )]
+    EvenMembers { count: i32 },
+    #[error("etcd_version '{}' is not a version like 3.5.30", .0.version)]
+    Version(#[source] crate::InvalidVersion),
+}
+
 /// Check a spec before acting on it.
-pub fn validate_spec(spec: &ClusterSpec) -> Result<(), String> {
-    if spec.member_count < 1 {
-        return Err(format!(
-            "member_count {} must be at least 1",
-            spec.member_count
-        ));
+pub fn validate_spec(spec: &ClusterSpec) -> Result<(), SpecError> {
+    let count = spec.member_count;
+    if count < 1 {
+        return Err(SpecError::NoMembers { count });
     }
-    if spec.member_count % 2 == 0 {
-        return Err(format!(
-            "member_count {} is even; use an odd number (1, 3, 5) so a majority survives a failure",
-            spec.member_count
-        ));
+    if count % 2 == 0 {
+        return Err(SpecError::EvenMembers { count });
     }
-    if spec.etcd_version.parse::<crate::EtcdVersion>().is_err() {
-        return Err(format!(
-            "etcd_version '{}' is not a version like 3.5.30",
-            spec.etcd_version
-        ));
-    }
+    spec.etcd_version
+        .parse::<crate::EtcdVersion>()
+        .map_err(SpecError::Version)?;
     Ok(())
 }
 
@@ -934,84 +951,106 @@ fn restore(obs: &Observation, cmd: &CommandView) -> Option<Plan> {
             return Some(again);
         }
         if !on_new.is_empty() {
-            // The operator's prefixes go while clients cannot reach the
-            // restored cluster yet: once a majority of it is healthy, before
-            // the quarantine is lifted.
-            let majority_healthy = obs.cluster.as_ref().is_some_and(|c| {
-                let voters: Vec<&MemberView> = c.members.iter().filter(|m| !m.is_learner).collect();
-                !voters.is_empty()
-                    && voters.iter().filter(|m| m.healthy).count() >= quorum(voters.len())
-            });
-            if !obs.restore_clear_prefixes.is_empty()
-                && !obs.prefixes_cleared.contains(token)
-                && majority_healthy
-                && on_new.iter().any(|p| p.quarantined())
-            {
-                return Some(Plan::act(vec![Action::ClearPrefixes {
-                    token: token.clone(),
-                    prefixes: obs.restore_clear_prefixes.clone(),
-                }]));
-            }
-            let done = obs
-                .cluster
-                .as_ref()
-                .is_some_and(|c| !c.members.is_empty() && c.members.iter().all(|m| m.healthy))
-                && on_new.iter().all(|p| p.running() && !p.quarantined());
-            if done {
-                return Some(Plan::act(vec![
-                    Action::TakeBackup {
-                        reason: BackupReason::AfterRestore,
-                    },
-                    Action::CompleteRestore {
-                        command: cmd.name.clone(),
-                    },
-                ]));
-            }
-            return None;
+            return finish_restore(obs, cmd, token, &on_new);
         }
     }
-    // The restore stops every etcd it can reach first. A quorum of the
-    // current cluster serving from hosts whose managers do not answer would
-    // go on serving (and acknowledging writes) beside the restored cluster.
+    if let Some(wait) = old_cluster_may_serve(obs) {
+        return Some(wait);
+    }
+    Some(start_restore(obs, cmd, spec))
+}
+
+/// A started restore whose new cluster runs on `on_new`: clear the
+/// operator's prefixes, then (every member healthy, none quarantined) take
+/// a backup and complete the command. None: the ordinary loop goes on
+/// (it lifts the quarantine).
+fn finish_restore(
+    obs: &Observation,
+    cmd: &CommandView,
+    token: &str,
+    on_new: &[&PeerView],
+) -> Option<Plan> {
+    // The operator's prefixes go while clients cannot reach the
+    // restored cluster yet: once a majority of it is healthy, before
+    // the quarantine is lifted.
+    let majority_healthy = obs.cluster.as_ref().is_some_and(|c| {
+        let voters: Vec<&MemberView> = c.members.iter().filter(|m| !m.is_learner).collect();
+        !voters.is_empty() && voters.iter().filter(|m| m.healthy).count() >= quorum(voters.len())
+    });
+    if !obs.restore_clear_prefixes.is_empty()
+        && !obs.prefixes_cleared.contains(token)
+        && majority_healthy
+        && on_new.iter().any(|p| p.quarantined())
+    {
+        return Some(Plan::act(vec![Action::ClearPrefixes {
+            token: token.to_string(),
+            prefixes: obs.restore_clear_prefixes.clone(),
+        }]));
+    }
+    let done = obs
+        .cluster
+        .as_ref()
+        .is_some_and(|c| !c.members.is_empty() && c.members.iter().all(|m| m.healthy))
+        && on_new.iter().all(|p| p.running() && !p.quarantined());
+    if done {
+        return Some(Plan::act(vec![
+            Action::TakeBackup {
+                reason: BackupReason::AfterRestore,
+            },
+            Action::CompleteRestore {
+                command: cmd.name.clone(),
+            },
+        ]));
+    }
+    None
+}
+
+/// The restore stops every etcd it can reach first. A quorum of the
+/// current cluster serving from hosts whose managers do not answer would
+/// go on serving (and acknowledging writes) beside the restored cluster:
+/// the restore waits for them. None: nothing of the old cluster can serve
+/// on.
+fn old_cluster_may_serve(obs: &Observation) -> Option<Plan> {
     // No member answers at all: a manager out of reach for less than the
     // replace grace that said last its etcd serves may be cut off, not
     // gone, and its etcd serve on beside the restored cluster (seed 2641:
     // the only voter of a shrunk cluster, isolated for 6 s).
-    if obs.cluster.is_none() {
+    let Some(c) = &obs.cluster else {
         let lately: Vec<String> = obs
             .out_of_reach_since
             .iter()
             .filter(|(_, t)| obs.now.saturating_duration_since(**t) < obs.replace_grace)
             .map(|(id, _)| id.clone())
             .collect();
-        if !lately.is_empty() {
-            return Some(Plan::wait(WaitReason::RestoreWaitsForMembers {
-                members: lately,
-            }));
-        }
-    }
+        return (!lately.is_empty())
+            .then(|| Plan::wait(WaitReason::RestoreWaitsForMembers { members: lately }));
+    };
     // Members answer: the healthy ones, and those out of reach for less
     // than the replace grace (cut off for a moment, not gone).
-    if let Some(c) = &obs.cluster {
-        let voters = c.members.iter().filter(|m| !m.is_learner).count();
-        let lately_silent = |m: &&MemberView| {
-            obs.silent_since
-                .get(&m.id)
-                .is_some_and(|t| obs.now.saturating_duration_since(*t) < obs.replace_grace)
-        };
-        let unstoppable: Vec<String> = c
-            .members
-            .iter()
-            .filter(|m| !m.is_learner && (m.healthy || lately_silent(m)))
-            .filter(|m| !obs.peers.iter().any(|p| p.id == m.name && p.info.is_some()))
-            .map(|m| m.name.clone())
-            .collect();
-        if voters > 0 && unstoppable.len() >= quorum(voters) {
-            return Some(Plan::wait(WaitReason::RestoreWaitsForMembers {
-                members: unstoppable,
-            }));
-        }
-    }
+    let voters = c.members.iter().filter(|m| !m.is_learner).count();
+    let lately_silent = |m: &&MemberView| {
+        obs.silent_since
+            .get(&m.id)
+            .is_some_and(|t| obs.now.saturating_duration_since(*t) < obs.replace_grace)
+    };
+    let unstoppable: Vec<String> = c
+        .members
+        .iter()
+        .filter(|m| !m.is_learner && (m.healthy || lately_silent(m)))
+        .filter(|m| !obs.peers.iter().any(|p| p.id == m.name && p.info.is_some()))
+        .map(|m| m.name.clone())
+        .collect();
+    (voters > 0 && unstoppable.len() >= quorum(voters)).then(|| {
+        Plan::wait(WaitReason::RestoreWaitsForMembers {
+            members: unstoppable,
+        })
+    })
+}
+
+/// Start the restore on the managers that answer and have the spec's etcd
+/// version (the spec's member count of them, by id), once a quorum of the
+/// new cluster has.
+fn start_restore(obs: &Observation, cmd: &CommandView, spec: &ClusterSpec) -> Plan {
     let want = spec.member_count as usize;
     let need = quorum(want);
     let answered: Vec<&PeerView> = obs.peers.iter().filter(|p| p.info.is_some()).collect();
@@ -1022,24 +1061,24 @@ fn restore(obs: &Observation, cmd: &CommandView) -> Option<Plan> {
         .collect();
     if ready.len() < need {
         if answered.len() >= need {
-            return Some(Plan::wait(WaitReason::VersionNotInstalled {
+            return Plan::wait(WaitReason::VersionNotInstalled {
                 version: spec.etcd_version.clone(),
-            }));
+            });
         }
-        return Some(Plan::wait(WaitReason::InsufficientPeers {
+        return Plan::wait(WaitReason::InsufficientPeers {
             have: answered.len(),
             need,
-        }));
+        });
     }
     ready.sort();
     ready.truncate(want);
-    Some(Plan::act(vec![Action::RestoreBackup {
+    Plan::act(vec![Action::RestoreBackup {
         command: cmd.name.clone(),
         backup: cmd.backup.clone(),
         token: obs.new_cluster_token.clone(),
         version: spec.etcd_version.clone(),
         peers: ready,
-    }]))
+    }])
 }
 
 /// Bring the cluster towards the spec.
@@ -1137,6 +1176,49 @@ fn floor_before_next(major: u32, minor: u32) -> Option<crate::EtcdVersion> {
         .find(|v| v.major == major && v.minor == minor)
 }
 
+/// Why a version change must not start ([`version_path`]): nothing is
+/// changed until the operator installs the versions named or sets the
+/// spec's version back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathBlocked {
+    /// One minor up, and no version at or above etcd's floor for the
+    /// upgrade (`floor`) of minor `major.minor` is installed everywhere.
+    #[error(
+        "{from} -> {target} needs every member on {floor} or later first (etcd's upgrade \
+         guide), and no such {major}.{minor} is installed on every member; install one \
+         (deploy/install-etcd.sh) on every master"
+    )]
+    FloorNotInstalled {
+        from: String,
+        target: String,
+        floor: String,
+        major: u32,
+        minor: u32,
+    },
+    /// Down from 3.6+ to below 3.5.
+    #[error(
+        "{from} -> {target}: etcd's downgrade protocol goes down to 3.5 at the lowest, and an \
+         older minor cannot open 3.6+ data; ask for the newest installed 3.5 first, then \
+         {target} (by dump and restore), or set the version back to {from}"
+    )]
+    BelowLowestDowngrade {
+        from: crate::EtcdVersion,
+        target: String,
+    },
+    /// Down from 3.6+ over minor `major.minor`, installed on not every member.
+    #[error(
+        "{from} -> {target}: etcd's downgrade protocol goes one minor at a time, and no \
+         {major}.{minor} is installed on every member; install one (deploy/install-etcd.sh) on \
+         every master, or set the version back to {from}"
+    )]
+    MinorNotInstalled {
+        from: crate::EtcdVersion,
+        target: String,
+        major: u32,
+        minor: u32,
+    },
+}
+
 /// The whole in-place path of a version change: the versions the members
 /// move through, each step rolling (or one minor down by etcd's downgrade
 /// protocol), ending with `target`. Pure.
@@ -1157,7 +1239,7 @@ pub fn version_path(
     from: &[&str],
     target: &str,
     installed: &[&str],
-) -> Result<Option<Vec<String>>, String> {
+) -> Result<Option<Vec<String>>, PathBlocked> {
     let Ok(to) = target.parse::<crate::EtcdVersion>() else {
         return Ok(None);
     };
@@ -1195,14 +1277,13 @@ pub fn version_path(
             match newest(m, floor) {
                 Some(v) => path.push(v),
                 None if to.minor == lo.minor + 1 => {
-                    let floor = floor.map_or_else(String::new, |f| f.to_string());
-                    return Err(format!(
-                        "{} -> {target} needs every member on {floor} or later first (etcd's upgrade \
-                         guide), and no such {}.{m} is installed on every member; install one \
-                         (deploy/install-etcd.sh) on every master",
-                        from.join(","),
-                        to.major
-                    ));
+                    return Err(PathBlocked::FloorNotInstalled {
+                        from: from.join(","),
+                        target: target.to_string(),
+                        floor: floor.map_or_else(String::new, |f| f.to_string()),
+                        major: to.major,
+                        minor: m,
+                    });
                 }
                 None => return Ok(None),
             }
@@ -1215,11 +1296,10 @@ pub fn version_path(
         return Ok(None);
     }
     if to.minor < 5 {
-        return Err(format!(
-            "{hi} -> {target}: etcd's downgrade protocol goes down to 3.5 at the lowest, and an \
-             older minor cannot open 3.6+ data; ask for the newest installed 3.5 first, then \
-             {target} (by dump and restore), or set the version back to {hi}"
-        ));
+        return Err(PathBlocked::BelowLowestDowngrade {
+            from: hi,
+            target: target.to_string(),
+        });
     }
     for m in ((to.minor + 1)..hi.minor).rev() {
         if !from_v.iter().any(|v| v.minor > m) {
@@ -1228,12 +1308,12 @@ pub fn version_path(
         match newest(m, None) {
             Some(v) => path.push(v),
             None => {
-                return Err(format!(
-                    "{hi} -> {target}: etcd's downgrade protocol goes one minor at a time, and no \
-                     {}.{m} is installed on every member; install one (deploy/install-etcd.sh) on \
-                     every master, or set the version back to {hi}",
-                    to.major
-                ));
+                return Err(PathBlocked::MinorNotInstalled {
+                    from: hi,
+                    target: target.to_string(),
+                    major: to.major,
+                    minor: m,
+                });
             }
         }
     }
@@ -1260,7 +1340,7 @@ fn common_installed<'a>(obs: &'a Observation, members: &[MemberView]) -> Vec<&'a
 
 /// The members' versions and the path to the spec's version (see
 /// [`version_path`]).
-pub type PlannedPath = (Vec<String>, Result<Option<Vec<String>>, String>);
+pub type PlannedPath = (Vec<String>, Result<Option<Vec<String>>, PathBlocked>);
 
 /// The version change as the planner sees it (for `status`). None when
 /// there is no cluster, no spec, or nothing to change. Pure.
@@ -1512,7 +1592,11 @@ fn dump_and_restore(
     // must not start at all.
     match version_path(&from, target, &common_installed(obs, members)) {
         Ok(Some(_)) => return None,
-        Err(reason) => return Some(Plan::wait(WaitReason::UpgradePathBlocked { reason })),
+        Err(blocked) => {
+            return Some(Plan::wait(WaitReason::UpgradePathBlocked {
+                reason: blocked.to_string(),
+            }));
+        }
         Ok(None) => {}
     }
     if obs.commands.iter().any(|c| c.refused.is_none()) {
@@ -1607,7 +1691,11 @@ fn version_change(
     let step = match version_path(&from, target, &common_installed(obs, members)) {
         Ok(Some(path)) => path.first().cloned()?,
         Ok(None) => target.to_string(),
-        Err(reason) => return Some(Plan::wait(WaitReason::UpgradePathBlocked { reason })),
+        Err(blocked) => {
+            return Some(Plan::wait(WaitReason::UpgradePathBlocked {
+                reason: blocked.to_string(),
+            }));
+        }
     };
     let target = step.as_str();
     if let Some(plan) = stale_downgrade(target) {

@@ -1210,7 +1210,7 @@ fn every_wait_reason_label_is_listed() {
     let all = [
         WaitReason::NotLeader,
         WaitReason::NoSpec,
-        WaitReason::InvalidSpec(String::new()),
+        WaitReason::InvalidSpec(SpecError::NoMembers { count: 0 }),
         WaitReason::RestoreRequired,
         WaitReason::CreatedMarkerMissing,
         WaitReason::InsufficientPeers { have: 0, need: 0 },
@@ -1625,6 +1625,66 @@ fn the_version_planner_covers_every_pair_of_known_versions() {
     assert!(
         matches!(&plan.waits[..], [WaitReason::UpgradePathBlocked { reason }] if reason.contains("one minor at a time")),
         "{plan:?}"
+    );
+}
+
+/// A spec is refused naming what is wrong, in the words operators read.
+#[test]
+fn a_spec_is_refused_naming_what_is_wrong() {
+    let spec = |member_count, version: &str| ClusterSpec {
+        member_count,
+        etcd_version: version.into(),
+    };
+    assert_eq!(validate_spec(&spec(3, "3.5.30")), Ok(()));
+    assert_eq!(
+        validate_spec(&spec(0, "3.5.30")),
+        Err(SpecError::NoMembers { count: 0 })
+    );
+    let even = validate_spec(&spec(4, "3.5.30")).expect_err("even");
+    assert_eq!(even, SpecError::EvenMembers { count: 4 });
+    assert!(
+        even.to_string().contains("is even; use an odd number"),
+        "{even}"
+    );
+    let version = validate_spec(&spec(3, "3.5")).expect_err("not a version");
+    assert!(matches!(version, SpecError::Version(_)), "{version:?}");
+    assert_eq!(
+        version.to_string(),
+        "etcd_version '3.5' is not a version like 3.5.30"
+    );
+}
+
+/// A blocked version change says which case it is and what to install.
+#[test]
+fn a_blocked_version_path_names_its_case() {
+    let blocked = version_path(&["3.6.16"], "3.4.23", KNOWN).expect_err("below 3.5");
+    assert!(
+        matches!(blocked, PathBlocked::BelowLowestDowngrade { .. }),
+        "{blocked:?}"
+    );
+    assert!(
+        blocked.to_string().contains("3.5 at the lowest"),
+        "{blocked}"
+    );
+    let blocked = version_path(&["3.6.5"], "3.7.3", &["3.6.5", "3.7.3"]).expect_err("no floor");
+    assert_eq!(
+        blocked,
+        PathBlocked::FloorNotInstalled {
+            from: "3.6.5".into(),
+            target: "3.7.3".into(),
+            floor: "3.6.11".into(),
+            major: 3,
+            minor: 6,
+        }
+    );
+    let blocked = version_path(&["3.7.3"], "3.5.35", &["3.5.35", "3.7.3"]).expect_err("no 3.6");
+    assert!(
+        matches!(blocked, PathBlocked::MinorNotInstalled { minor: 6, .. }),
+        "{blocked:?}"
+    );
+    assert!(
+        blocked.to_string().contains("one minor at a time"),
+        "{blocked}"
     );
 }
 

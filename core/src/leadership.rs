@@ -39,13 +39,28 @@ pub fn known_managers<'a, A: PartialEq + 'a>(
         .count()
 }
 
+/// Why a manager refuses a candidate ([`judge`]): it knows an alive
+/// manager with a lower id, which the candidate rule makes the one to lead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{lower} is alive and has a lower id than {candidate}")]
+pub struct LowerIdAlive {
+    /// The lowest alive id this manager knows.
+    pub lower: String,
+    /// The candidate refused.
+    pub candidate: String,
+}
+
 /// A manager's judgement of a candidate: refused, naming the reason, if it
 /// knows an alive manager with a lower id.
-pub fn judge<'a>(alive: impl IntoIterator<Item = &'a str>, candidate: &str) -> Result<(), String> {
+pub fn judge<'a>(
+    alive: impl IntoIterator<Item = &'a str>,
+    candidate: &str,
+) -> Result<(), LowerIdAlive> {
     match alive.into_iter().filter(|id| *id < candidate).min() {
-        Some(lower) => Err(format!(
-            "{lower} is alive and has a lower id than {candidate}"
-        )),
+        Some(lower) => Err(LowerIdAlive {
+            lower: lower.to_string(),
+            candidate: candidate.to_string(),
+        }),
         None => Ok(()),
     }
 }
@@ -130,11 +145,9 @@ mod tests {
     #[test]
     fn a_lower_alive_id_refuses_and_fences_keep_order() {
         assert!(judge(["b", "c"], "b").is_ok());
-        assert!(
-            judge(["a", "c"], "b")
-                .expect_err("a is lower")
-                .contains("a is alive")
-        );
+        let refused = judge(["a", "c"], "b").expect_err("a is lower");
+        assert_eq!(refused.lower, "a");
+        assert!(refused.to_string().contains("a is alive"), "{refused}");
         assert!(admits(5, 5) && admits(5, 6) && !admits(5, 4));
     }
 

@@ -1,5 +1,6 @@
 //! The pure core of etcd-manager: what the leader decides ([`controller`]),
-//! the leadership rules ([`leadership`]), backoff after failures
+//! the leadership rules ([`leadership`]), the leader's memory across
+//! passes ([`memory`]), backoff after failures
 //! ([`backoff`]), the safety rules' switches ([`rules`]) and the model they
 //! decide on ([`model`], [`EtcdVersion`], [`ClusterSpec`]). Functions of
 //! observations, spec and time only.
@@ -15,6 +16,7 @@
 pub mod backoff;
 pub mod controller;
 pub mod leadership;
+pub mod memory;
 pub mod model;
 pub mod rules;
 mod spec;

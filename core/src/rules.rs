@@ -38,6 +38,16 @@ pub struct SafetyRules {
     pub dump_quarantine: bool,
 }
 
+/// A name [`SafetyRules::without`] does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown safety rule {name:?}: expected fence, recheck, retries, grace, quorum, settle, checksum or dump"
+)]
+pub struct UnknownRule {
+    /// The name as given.
+    pub name: String,
+}
+
 impl SafetyRules {
     /// Every rule on: what production runs.
     pub const ALL: SafetyRules = SafetyRules {
@@ -54,7 +64,7 @@ impl SafetyRules {
     /// The rules with the ones named in `list` (comma-separated: `fence`,
     /// `recheck`, `retries`, `grace`, `quorum`, `settle`, `checksum`, `dump`)
     /// switched off.
-    pub fn without(list: &str) -> Result<SafetyRules, String> {
+    pub fn without(list: &str) -> Result<SafetyRules, UnknownRule> {
         let mut r = SafetyRules::ALL;
         for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             match name {
@@ -67,9 +77,9 @@ impl SafetyRules {
                 "checksum" => r.restore_checksum = false,
                 "dump" => r.dump_quarantine = false,
                 other => {
-                    return Err(format!(
-                        "unknown safety rule {other:?}: expected fence, recheck, retries, grace, quorum, settle, checksum or dump"
-                    ));
+                    return Err(UnknownRule {
+                        name: other.to_string(),
+                    });
                 }
             }
         }
@@ -97,6 +107,8 @@ mod tests {
         assert!(!SafetyRules::without("settle").unwrap().settle);
         assert!(!SafetyRules::without("checksum").unwrap().restore_checksum);
         let e = SafetyRules::without("fense").unwrap_err();
+        assert_eq!(e.name, "fense");
+        let e = e.to_string();
         assert!(
             e.contains("\"fense\"") && e.contains("expected fence"),
             "{e}"

@@ -813,7 +813,8 @@ fn find_by_peer_urls(list: &[Member], peer_urls: &[String]) -> Option<Member> {
 /// Retries with backoff (200 ms doubling to 1 s) while errors are retryable and
 /// the deadline allows another try. A plain struct rather than a closure-taking
 /// helper, so the callers' futures stay `Send` (async closures are not yet).
-struct Backoff {
+/// Public so the simulation's etcd model retries exactly as the client does.
+pub struct Backoff {
     op: &'static str,
     until: tokio::time::Instant,
     wait: Duration,
@@ -821,7 +822,7 @@ struct Backoff {
 }
 
 impl Backoff {
-    fn new(op: &'static str, deadline: Duration) -> Backoff {
+    pub fn new(op: &'static str, deadline: Duration) -> Backoff {
         Backoff {
             op,
             until: tokio::time::Instant::now() + deadline,
@@ -831,7 +832,7 @@ impl Backoff {
     }
 
     /// Sleep and return Ok when another try fits; else hand the error back.
-    async fn again(&mut self, e: Error) -> Result<(), Error> {
+    pub async fn again(&mut self, e: Error) -> Result<(), Error> {
         if !e.is_retryable() || tokio::time::Instant::now() + self.wait >= self.until {
             return Err(e);
         }

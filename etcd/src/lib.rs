@@ -23,7 +23,8 @@ mod watch;
 
 pub use binaries::{EtcdBinaries, find_binaries, find_binaries_in};
 pub use client::{
-    ClientTls, DEFAULT_TIMEOUT, EndpointStatus, EtcdClient, HashKv, Health, Member, SnapshotStream,
+    Backoff, ClientTls, DEFAULT_TIMEOUT, EndpointStatus, EtcdClient, HashKv, Health, Member,
+    SnapshotStream,
 };
 pub use drill::{DrillResult, Throwaway, drill, private_dir};
 pub use env::{

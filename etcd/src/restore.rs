@@ -1,6 +1,6 @@
 //! Restoring a snapshot into a fresh data dir.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use tokio::process::Command;
@@ -20,6 +20,40 @@ pub async fn restore_snapshot(
     bump_revision: Option<u64>,
 ) -> Result<(), Error> {
     let data_dir = &spec.data_dir;
+    prepare_data_dir(data_dir)?;
+    if !snapshot.is_file() {
+        return Err(Error::Restore {
+            detail: format!("snapshot file {} does not exist", snapshot.display()),
+        });
+    }
+    let (tool, use_etcdutl) = restore_tool(binaries, bump_revision)?;
+    let mut cmd = restore_command(&tool, use_etcdutl, snapshot, spec, bump_revision);
+    tracing::info!(tool = %tool.display(), snapshot = %snapshot.display(), data_dir = %data_dir.display(),
+        member = %spec.name, bump_revision, "restoring etcd snapshot");
+    let out = run_tool(&mut cmd, &tool, tool_deadline(snapshot)).await?;
+    if !out.status.success() {
+        return Err(Error::Restore {
+            detail: format!(
+                "{} snapshot restore {} ended with {}: {}",
+                tool.display(),
+                snapshot.display(),
+                out.status,
+                stderr_tail(&out.stderr, 10)
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Make way for a restore into `data_dir`: refused if it holds anything
+/// (restore never overwrites data); an empty one is removed (etcdutl and
+/// etcdctl insist on creating the data dir themselves) and its parent
+/// created.
+fn prepare_data_dir(data_dir: &Path) -> Result<(), Error> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
     match std::fs::read_dir(data_dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
@@ -30,34 +64,25 @@ pub async fn restore_snapshot(
                     ),
                 });
             }
-            // etcdutl/etcdctl insist on creating the data dir themselves.
-            std::fs::remove_dir(data_dir).map_err(|source| Error::Io {
-                path: data_dir.clone(),
-                source,
-            })?;
+            std::fs::remove_dir(data_dir).map_err(io(data_dir))?;
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => {
-            return Err(Error::Io {
-                path: data_dir.clone(),
-                source,
-            });
-        }
+        Err(source) => return Err(io(data_dir)(source)),
     }
     if let Some(parent) = data_dir.parent()
         && !parent.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(parent).map_err(|source| Error::Io {
-            path: parent.to_path_buf(),
-            source,
-        })?;
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
     }
-    if !snapshot.is_file() {
-        return Err(Error::Restore {
-            detail: format!("snapshot file {} does not exist", snapshot.display()),
-        });
-    }
+    Ok(())
+}
 
+/// The tool that restores: etcdutl when the release has it, else etcdctl
+/// (true when etcdutl), which cannot bump revisions.
+fn restore_tool(
+    binaries: &EtcdBinaries,
+    bump_revision: Option<u64>,
+) -> Result<(PathBuf, bool), Error> {
     let (tool, use_etcdutl) = match (&binaries.etcdutl, &binaries.etcdctl) {
         (Some(u), _) => (u.clone(), true),
         (None, Some(c)) => (c.clone(), false),
@@ -79,8 +104,20 @@ pub async fn restore_snapshot(
             ),
         });
     }
+    Ok((tool, use_etcdutl))
+}
 
-    let mut cmd = Command::new(&tool);
+/// `<tool> snapshot restore` of `snapshot` into the spec's data dir as its
+/// member of a new cluster, without the `ETCD_*`/`ETCDCTL_*` environment
+/// of this process (those would override the flags).
+fn restore_command(
+    tool: &Path,
+    use_etcdutl: bool,
+    snapshot: &Path,
+    spec: &EtcdNodeSpec,
+    bump_revision: Option<u64>,
+) -> Command {
+    let mut cmd = Command::new(tool);
     for (k, _) in std::env::vars_os() {
         if k.to_str()
             .is_some_and(|k| k.starts_with("ETCD_") || k.starts_with("ETCDCTL_"))
@@ -97,7 +134,7 @@ pub async fn restore_snapshot(
         .arg("--name")
         .arg(&spec.name)
         .arg("--data-dir")
-        .arg(data_dir)
+        .arg(&spec.data_dir)
         .arg("--initial-cluster")
         .arg(spec.initial_cluster_string())
         .arg("--initial-cluster-token")
@@ -113,31 +150,15 @@ pub async fn restore_snapshot(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    tracing::info!(tool = %tool.display(), snapshot = %snapshot.display(), data_dir = %data_dir.display(),
-        member = %spec.name, bump_revision, "restoring etcd snapshot");
-    let out = run_tool(&mut cmd, &tool, tool_deadline(snapshot)).await?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: String = stderr
-            .lines()
-            .rev()
-            .take(10)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n");
-        return Err(Error::Restore {
-            detail: format!(
-                "{} snapshot restore {} ended with {}: {}",
-                tool.display(),
-                snapshot.display(),
-                out.status,
-                tail
-            ),
-        });
-    }
-    Ok(())
+    cmd
+}
+
+/// The last `lines` lines of a tool's stderr (where it says why it failed).
+fn stderr_tail(stderr: &[u8], lines: usize) -> String {
+    let stderr = String::from_utf8_lossy(stderr);
+    let mut tail: Vec<&str> = stderr.lines().rev().take(lines).collect();
+    tail.reverse();
+    tail.join("\n")
 }
 
 /// How long etcdutl/etcdctl may take over `snapshot`: a minute, plus a

@@ -77,6 +77,35 @@ pub async fn read_seed_dir(dir: &Path, port: u16) -> Vec<SocketAddr> {
     out
 }
 
+/// Why a discovery file was skipped. Only logged: a file that cannot be read
+/// now is read again on the next refresh.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// Opening or reading the file (the OS's reason).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// A folder, a symbolic link (never followed) or a device.
+    #[error("not a regular file")]
+    NotAFile,
+    /// More than [`MAX_RECORD_LEN`] bytes.
+    #[error("larger than {MAX_RECORD_LEN} bytes")]
+    TooLarge,
+    /// Not a record's JSON (serde's reason).
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    /// The id is not a valid member id (see [`crate::check_member_id`]).
+    #[error("its id {0}")]
+    BadId(&'static str),
+    /// The record names another node than its file does.
+    #[error("it names {id:?}, not the file's {stem:?}")]
+    WrongId {
+        /// The id in the record.
+        id: String,
+        /// The file's name without `.json`.
+        stem: String,
+    },
+}
+
 /// Most bytes a discovery record may have (a real one is under 200).
 pub const MAX_RECORD_LEN: u64 = 4096;
 
@@ -93,35 +122,40 @@ pub(crate) fn check_id_for_file(id: &str) -> Result<(), Error> {
 /// Reads one discovery file: a regular file (a symbolic link is not
 /// followed), at most [`MAX_RECORD_LEN`] bytes, a record whose id is valid
 /// and names the file.
-pub(crate) async fn read_record_file(path: &Path, stem: &str) -> Result<DiscoveryRecord, String> {
+pub(crate) async fn read_record_file(
+    path: &Path,
+    stem: &str,
+) -> Result<DiscoveryRecord, RecordError> {
     use tokio::io::AsyncReadExt;
     let mut options = tokio::fs::OpenOptions::new();
     options
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
-    let file = options.open(path).await.map_err(|e| e.to_string())?;
-    let meta = file.metadata().await.map_err(|e| e.to_string())?;
+    let file = options.open(path).await?;
+    let meta = file.metadata().await?;
     if !meta.is_file() {
-        return Err("not a regular file".into());
+        return Err(RecordError::NotAFile);
     }
     let mut bytes = Vec::new();
     file.take(MAX_RECORD_LEN + 1)
         .read_to_end(&mut bytes)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     parse_record(&bytes, stem)
 }
 
 /// A discovery file's bytes: at most [`MAX_RECORD_LEN`], a record whose id
 /// is a valid member id and the file's name (`stem`). Pure.
-pub fn parse_record(bytes: &[u8], stem: &str) -> Result<DiscoveryRecord, String> {
+pub fn parse_record(bytes: &[u8], stem: &str) -> Result<DiscoveryRecord, RecordError> {
     if bytes.len() as u64 > MAX_RECORD_LEN {
-        return Err(format!("larger than {MAX_RECORD_LEN} bytes"));
+        return Err(RecordError::TooLarge);
     }
-    let record: DiscoveryRecord = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    crate::ident::check_member_id(&record.id).map_err(|r| format!("its id {r}"))?;
+    let record: DiscoveryRecord = serde_json::from_slice(bytes)?;
+    crate::ident::check_member_id(&record.id).map_err(RecordError::BadId)?;
     if record.id != stem {
-        return Err(format!("it names {:?}, not the file's {stem:?}", record.id));
+        return Err(RecordError::WrongId {
+            id: record.id,
+            stem: stem.to_string(),
+        });
     }
     Ok(record)
 }
@@ -205,6 +239,24 @@ pub(crate) async fn read_records(dir: &Path, own_id: &str) -> Vec<DiscoveryRecor
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_record_is_refused_naming_what_is_wrong() {
+        let ok = br#"{"id":"a","addr":"10.0.0.1:8000"}"#;
+        assert_eq!(parse_record(ok, "a").unwrap().id, "a");
+        let err = parse_record(ok, "b").unwrap_err();
+        assert!(matches!(err, RecordError::WrongId { .. }), "{err:?}");
+        assert_eq!(err.to_string(), r#"it names "a", not the file's "b""#);
+        assert!(matches!(parse_record(b"{", "a"), Err(RecordError::Json(_))));
+        assert!(matches!(
+            parse_record(&[b' '; 5000], "a"),
+            Err(RecordError::TooLarge)
+        ));
+        let no_id = br#"{"id":"","addr":"10.0.0.1:8000"}"#;
+        let err = parse_record(no_id, "").unwrap_err();
+        assert!(matches!(err, RecordError::BadId(_)), "{err:?}");
+        assert!(err.to_string().starts_with("its id "), "{err}");
+    }
 
     #[tokio::test]
     async fn upstreams_seed_folder_names_peers_by_file_name() {

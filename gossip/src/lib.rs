@@ -54,7 +54,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use crate::core::{CoreTimer, GossipCore, GossipEvent, PLAIN_REPORT_EVERY, PLAIN_VOUCH_FOR};
-pub use crate::discovery::{DiscoveryRecord, parse_record, parse_seed};
+pub use crate::discovery::{DiscoveryRecord, RecordError, parse_record, parse_seed};
 pub use crate::driver::{GossipHandle, start};
 pub use crate::error::Error;
 pub use crate::ident::{MAX_ID_LEN, check_member_id};

@@ -91,8 +91,53 @@ enum End {
     Retarget,
     /// History is missing: a full backup is needed (counted as a gap).
     Gap(String),
-    /// No full backup to start from (none, or one without a revision).
-    NoBase(String),
+    /// No full backup to start from.
+    NoBase(NoBase),
+}
+
+/// Why no chain can follow on from the newest full backup: the leader
+/// takes a new one to start from (not a gap: no history was lost).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum NoBase {
+    #[error("no full backup yet")]
+    NoBackup,
+    #[error("backup {base} has no side file (written by upstream's etcd-manager)")]
+    NoSideFile { base: String },
+    #[error("backup {base} records no revision")]
+    NoRevision { base: String },
+    #[error("backup {base} is of etcd cluster {id:016x}, not of the running cluster {live:016x}")]
+    OtherCluster { base: String, id: u64, live: u64 },
+    #[error(
+        "backup {base} does not record its etcd cluster (a replay, or written by an older version)"
+    )]
+    NoClusterId { base: String },
+}
+
+/// Why following a chain stopped before it ended; tried again after a pause.
+#[derive(Debug, thiserror::Error)]
+enum ChainError {
+    #[error(transparent)]
+    Store(#[from] backup::Error),
+    #[error(transparent)]
+    Etcd(#[from] etcd::Error),
+}
+
+/// The revision recorded with backup `base` (its side file `extra`), when a
+/// chain can follow on from it on the cluster `live` (by id): it was read
+/// from that cluster, not from another or an upstream manager or a replay.
+fn chain_base(base: &str, extra: Option<&backup::BackupExtra>, live: u64) -> Result<i64, NoBase> {
+    let base = base.to_string();
+    let Some(extra) = extra else {
+        return Err(NoBase::NoSideFile { base });
+    };
+    let Some(revision) = extra.revision else {
+        return Err(NoBase::NoRevision { base });
+    };
+    match extra.cluster_id_u64() {
+        Some(id) if id == live => Ok(revision),
+        Some(id) => Err(NoBase::OtherCluster { base, id, live }),
+        None => Err(NoBase::NoClusterId { base }),
+    }
 }
 
 /// The contiguous end of a chain of `ranges` (sorted by start) after
@@ -153,7 +198,7 @@ impl DeltaStreamer {
                 }
                 Ok(End::NoBase(reason)) => {
                     tracing::info!(%reason, "continuous backup waits for a full backup");
-                    self.stopped(reason);
+                    self.stopped(reason.to_string());
                     if !self.wait_for_retarget(&target, &cancel).await {
                         return;
                     }
@@ -208,34 +253,24 @@ impl DeltaStreamer {
     }
 
     /// Follow one chain until the target changes or history is missing.
-    async fn chain(&mut self, target: &DeltaTarget) -> Result<End, String> {
+    async fn chain(&mut self, target: &DeltaTarget) -> Result<End, ChainError> {
         let client =
             etcd::EtcdClient::connect_with(&target.endpoints, ETCD_TIMEOUT, self.tls.as_ref())
-                .await
-                .map_err(|e| e.to_string())?;
-        let live = client.status().await.map_err(|e| e.to_string())?.cluster_id;
+                .await?;
+        let live = client.status().await?.cluster_id;
         let base = match &target.base {
             Some(name) => name.clone(),
-            None => match self
-                .store
-                .list_backups()
-                .await
-                .map_err(|e| e.to_string())?
-                .pop()
-            {
+            None => match self.store.list_backups().await?.pop() {
                 Some(name) => name,
-                None => return Ok(End::NoBase("no full backup yet".into())),
+                None => return Ok(End::NoBase(NoBase::NoBackup)),
             },
         };
-        let base_revision = match self.base_revision(&base, live).await? {
+        let extra = self.store.read_backup_extra(&base).await?;
+        let base_revision = match chain_base(&base, extra.as_ref(), live) {
             Ok(r) => r,
             Err(reason) => return Ok(End::NoBase(reason)),
         };
-        let ranges = self
-            .store
-            .list_segments(&base)
-            .await
-            .map_err(|e| e.to_string())?;
+        let ranges = self.store.list_segments(&base).await?;
         let mut uploaded = chain_end(base_revision, &ranges);
         self.shared.update(|s| {
             s.base = Some(base.clone());
@@ -244,10 +279,7 @@ impl DeltaStreamer {
         });
         self.shared.full_needed.store(false, Ordering::Relaxed);
         metrics::gauge!(m::DELTA_REVISION).set(uploaded as f64);
-        let mut watch = client
-            .watch_keyspace(uploaded + 1, WATCH_IDLE)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut watch = client.watch_keyspace(uploaded + 1, WATCH_IDLE).await?;
         tracing::info!(%base, from = uploaded + 1, "continuous backup following the keyspace");
         let mut pending = Pending::default();
         let mut leases: BTreeMap<i64, i64> = BTreeMap::new();
@@ -271,7 +303,7 @@ impl DeltaStreamer {
                 _ = tick.tick() => {
                     self.flush(&base, &mut pending, &leases, &mut uploaded).await;
                 }
-                batch = watch.next() => match batch.map_err(|e| e.to_string())? {
+                batch = watch.next() => match batch? {
                     etcd::WatchBatch::Compacted { compact_revision } => {
                         return Ok(End::Gap(format!(
                             "etcd compacted revision {} before it was uploaded (compacted to {compact_revision})",
@@ -300,34 +332,6 @@ impl DeltaStreamer {
                 .map(|t| self.clock.now().saturating_duration_since(t).as_secs_f64())
                 .unwrap_or(0.0);
             metrics::gauge!(m::DELTA_LAG).set(lag);
-        }
-    }
-
-    /// The revision recorded with backup `base`, when a chain can follow
-    /// on from it on the cluster `live` (by id): it was read from that
-    /// cluster, not from another or an upstream manager or a replay.
-    async fn base_revision(&self, base: &str, live: u64) -> Result<Result<i64, String>, String> {
-        let extra = self
-            .store
-            .read_backup_extra(base)
-            .await
-            .map_err(|e| e.to_string())?;
-        let Some(extra) = extra else {
-            return Ok(Err(format!(
-                "backup {base} has no side file (written by upstream's etcd-manager)"
-            )));
-        };
-        let Some(revision) = extra.revision else {
-            return Ok(Err(format!("backup {base} records no revision")));
-        };
-        match extra.cluster_id_u64() {
-            Some(id) if id == live => Ok(Ok(revision)),
-            Some(id) => Ok(Err(format!(
-                "backup {base} is of etcd cluster {id:016x}, not of the running cluster {live:016x}"
-            ))),
-            None => Ok(Err(format!(
-                "backup {base} does not record its etcd cluster (a replay, or written by an older version)"
-            ))),
         }
     }
 
@@ -500,5 +504,57 @@ mod tests {
         assert_eq!(chain_end(10, &[(9, 15), (11, 18), (16, 25)]), 25);
         assert_eq!(chain_end(10, &[(11, 20), (22, 30)]), 20);
         assert_eq!(chain_end(10, &[(12, 20)]), 10);
+    }
+
+    fn extra(revision: Option<i64>, cluster_id: Option<&str>) -> backup::BackupExtra {
+        backup::BackupExtra {
+            format: 1,
+            snapshot_sha256: "a".repeat(64),
+            snapshot_size: 1,
+            compressed_sha256: "b".repeat(64),
+            compressed_size: 1,
+            revision,
+            leader_epoch: None,
+            writer: "w".into(),
+            members: vec![],
+            kv_hash: None,
+            cluster_id: cluster_id.map(str::to_string),
+            replayed_from: None,
+            encryption: None,
+            requested_at: None,
+        }
+    }
+
+    /// A chain follows on only from a backup of the running cluster that
+    /// records its revision; anything else waits for a new full backup.
+    #[test]
+    fn a_chain_starts_only_from_a_backup_of_the_running_cluster() {
+        let live = 0xcdf8_1819_4e3a_8c32;
+        let ours = extra(Some(10), Some("cdf818194e3a8c32"));
+        assert_eq!(chain_base("b", Some(&ours), live), Ok(10));
+        assert!(matches!(
+            chain_base("b", None, live),
+            Err(NoBase::NoSideFile { .. })
+        ));
+        assert!(matches!(
+            chain_base("b", Some(&extra(None, Some("cdf818194e3a8c32"))), live),
+            Err(NoBase::NoRevision { .. })
+        ));
+        assert_eq!(
+            chain_base("b", Some(&ours), 1),
+            Err(NoBase::OtherCluster {
+                base: "b".into(),
+                id: live,
+                live: 1
+            })
+        );
+        assert!(matches!(
+            chain_base("b", Some(&extra(Some(10), None)), live),
+            Err(NoBase::NoClusterId { .. })
+        ));
+        let text = chain_base("b", Some(&ours), 1)
+            .expect_err("another cluster")
+            .to_string();
+        assert!(text.contains("not of the running cluster"), "{text}");
     }
 }

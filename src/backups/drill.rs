@@ -75,9 +75,9 @@ pub async fn verify_backup(
                 found: Some(o.found),
             }
         }
-        Err(reason) => DrillRecord {
+        Err(e) => DrillRecord {
             verdict: DrillVerdict::Failed,
-            reason,
+            reason: e.to_string(),
             at,
             by: settings.by.clone(),
             millis,
@@ -155,6 +155,58 @@ pub fn judge(expected: Option<KvHash>, found: KvHash) -> (DrillVerdict, String) 
     }
 }
 
+/// Why a drill did not get to a verdict of its own: the record's `failed`
+/// verdict, with this as its reason.
+#[derive(Debug, thiserror::Error)]
+enum DrillError {
+    #[error(transparent)]
+    Backup(#[from] backup::Error),
+    #[error(transparent)]
+    Etcd(#[from] etcd::Error),
+    #[error("no etcd to restore it with: tried {}; install it with deploy/install-etcd.sh", tried.join(", "))]
+    NoEtcd { tried: Vec<String> },
+    #[error("{}: {source}; point the drill at a writable scratch folder", path.display())]
+    Scratch {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {source}; point the drill at a scratch folder on a mounted disk", path.display())]
+    FreeSpace {
+        path: PathBuf,
+        #[source]
+        source: nix::errno::Errno,
+    },
+    #[error(
+        "not run: {} has {} MiB free, the drill needs {} MiB; free space or point the drill elsewhere",
+        path.display(), .free >> 20, .needed >> 20
+    )]
+    NoRoom {
+        path: PathBuf,
+        free: u64,
+        needed: u64,
+    },
+    #[error(
+        "not run: {} has {} MiB free, restoring the {} MiB snapshot needs {} MiB; free space or point the drill elsewhere",
+        path.display(), .free >> 20, .snapshot >> 20, .needed >> 20
+    )]
+    NoRoomToRestore {
+        path: PathBuf,
+        free: u64,
+        snapshot: u64,
+        needed: u64,
+    },
+}
+
+impl DrillError {
+    fn scratch(path: &Path) -> impl FnOnce(std::io::Error) -> DrillError + '_ {
+        move |source| DrillError::Scratch {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 struct Outcome {
     expected: Option<KvHash>,
     found: KvHash,
@@ -166,14 +218,11 @@ async fn drill_once(
     name: &str,
     info: &backup::BackupInfo,
     settings: &DrillSettings,
-) -> Result<Outcome, String> {
-    let extra = store
-        .read_backup_extra(name)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<Outcome, DrillError> {
+    let extra = store.read_backup_extra(name).await?;
     let binaries = binaries_for(info, &settings.bin_dirs)?;
     std::fs::create_dir_all(&settings.scratch_root)
-        .map_err(|e| format!("{}: {e}", settings.scratch_root.display()))?;
+        .map_err(DrillError::scratch(&settings.scratch_root))?;
     // The download, the restored database and its WAL: three times the
     // snapshot (what the side file declares, else a guess from the gzip).
     let snapshot_size = match &extra {
@@ -183,40 +232,36 @@ async fn drill_once(
     let free = free_bytes(&settings.scratch_root)?;
     let needed = snapshot_size.saturating_mul(3).saturating_add(DISK_MARGIN);
     if free < needed {
-        return Err(format!(
-            "not run: {} has {} MiB free, the drill needs {} MiB; free space or point the drill elsewhere",
-            settings.scratch_root.display(),
-            free >> 20,
-            needed >> 20
-        ));
+        return Err(DrillError::NoRoom {
+            path: settings.scratch_root.clone(),
+            free,
+            needed,
+        });
     }
     let scratch = settings.scratch_root.join(format!("drill-{name}"));
     let _ = std::fs::remove_dir_all(&scratch);
     // Private: the download is the whole keyspace, decrypted.
-    etcd::private_dir(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    etcd::private_dir(&scratch).map_err(DrillError::scratch(&scratch))?;
     let file = scratch.join("snapshot.db");
     let result = async {
-        let got = store
-            .download_backup(name, &file)
-            .await
-            .map_err(|e| e.to_string())?;
+        let got = store.download_backup(name, &file).await?;
         if !got.verified_checksum {
-            etcd::verify_snapshot(&binaries, &file)
-                .await
-                .map_err(|e| e.to_string())?;
+            etcd::verify_snapshot(&binaries, &file).await?;
         }
         // An upstream backup declares no size: the download was bounded by
         // the disk; the restored database and its WAL need room too.
         let free = free_bytes(&scratch)?;
-        let needed = got.snapshot_size.saturating_mul(2).saturating_add(DISK_MARGIN);
+        let needed = got
+            .snapshot_size
+            .saturating_mul(2)
+            .saturating_add(DISK_MARGIN);
         if free < needed {
-            return Err(format!(
-                "not run: {} has {} MiB free, restoring the {} MiB snapshot needs {} MiB; free space or point the drill elsewhere",
-                scratch.display(),
-                free >> 20,
-                got.snapshot_size >> 20,
-                needed >> 20
-            ));
+            return Err(DrillError::NoRoomToRestore {
+                path: scratch.clone(),
+                free,
+                snapshot: got.snapshot_size,
+                needed,
+            });
         }
         let expected = extra.as_ref().and_then(|x| x.kv_hash);
         // HashKV at revision 0 is at the restored data's newest revision.
@@ -228,8 +273,7 @@ async fn drill_once(
             revision,
             DRILL_START_DEADLINE,
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         Ok(Outcome {
             expected,
             found: KvHash {
@@ -247,7 +291,10 @@ async fn drill_once(
 
 /// etcd of the version that wrote the backup, else of the version its spec
 /// names.
-fn binaries_for(info: &backup::BackupInfo, dirs: &[PathBuf]) -> Result<etcd::EtcdBinaries, String> {
+fn binaries_for(
+    info: &backup::BackupInfo,
+    dirs: &[PathBuf],
+) -> Result<etcd::EtcdBinaries, DrillError> {
     let mut versions = vec![info.etcd_version.clone()];
     if let Some(s) = &info.cluster_spec {
         versions.push(s.etcd_version.clone());
@@ -263,14 +310,14 @@ fn binaries_for(info: &backup::BackupInfo, dirs: &[PathBuf]) -> Result<etcd::Etc
             Err(_) => tried.push(v.clone()),
         }
     }
-    Err(format!(
-        "no etcd to restore it with: tried {}; install it with deploy/install-etcd.sh",
-        tried.join(", ")
-    ))
+    Err(DrillError::NoEtcd { tried })
 }
 
-fn free_bytes(path: &Path) -> Result<u64, String> {
-    let st = nix::sys::statvfs::statvfs(path).map_err(|e| format!("{}: {e}", path.display()))?;
+fn free_bytes(path: &Path) -> Result<u64, DrillError> {
+    let st = nix::sys::statvfs::statvfs(path).map_err(|source| DrillError::FreeSpace {
+        path: path.to_path_buf(),
+        source,
+    })?;
     Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
 }
 
@@ -296,5 +343,42 @@ mod tests {
         assert_eq!(v, DrillVerdict::Failed);
         assert!(why.contains("inconclusive"), "{why}");
         assert_eq!(judge(None, h(1, 2)).0, DrillVerdict::Restored);
+    }
+
+    /// A drill without room is "not run" (in MiB), and names the folder:
+    /// operators grep the records' reasons.
+    #[test]
+    fn no_room_reasons_name_the_folder_in_mib() {
+        let e = DrillError::NoRoom {
+            path: "/scratch".into(),
+            free: 100 << 20,
+            needed: 300 << 20,
+        }
+        .to_string();
+        assert!(
+            e.starts_with("not run: /scratch has 100 MiB free, the drill needs 300 MiB"),
+            "{e}"
+        );
+        let e = DrillError::NoRoomToRestore {
+            path: "/scratch/drill-b".into(),
+            free: 100 << 20,
+            snapshot: 64 << 20,
+            needed: 384 << 20,
+        }
+        .to_string();
+        assert!(
+            e.contains("100 MiB free, restoring the 64 MiB snapshot needs 384 MiB"),
+            "{e}"
+        );
+        let info = backup::BackupInfo {
+            etcd_version: "latest".into(),
+            timestamp: 0,
+            cluster_spec: None,
+        };
+        let e = binaries_for(&info, &[]).expect_err("no such version");
+        assert!(
+            matches!(&e, DrillError::NoEtcd { tried } if tried == &["latest (not a version)"]),
+            "{e}"
+        );
     }
 }

@@ -63,21 +63,94 @@ impl ReplayPlan {
     }
 }
 
+/// Why a restore to a point cannot be planned or replayed, and what to do.
+/// Nothing is queued after any of them.
+#[derive(Debug, thiserror::Error)]
+pub enum PitrError {
+    /// The store, or the backup's encryption keys.
+    #[error(transparent)]
+    Backup(#[from] backup::Error),
+    /// The throwaway etcd the replay runs in.
+    #[error(transparent)]
+    Etcd(#[from] etcd::Error),
+    #[error(
+        "backup {base} has no continuous-backup segments: it restores only as it is (leave out -to-revision and -to-time)"
+    )]
+    NoSegments { base: String },
+    #[error(
+        "backup {base} records no revision, so its segments cannot be placed; restore it as it is (-full-only)"
+    )]
+    NoRevision { base: String },
+    #[error(
+        "revision {revision} is not in backup {base}'s chain (revisions {first} to {last}); list-backups -o wide shows each backup's range"
+    )]
+    OutsideChain {
+        base: String,
+        revision: i64,
+        first: i64,
+        last: i64,
+    },
+    #[error("{}: {source}; choose another -scratch-dir", path.display())]
+    Scratch {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}; the backup's meta names no etcd version a replay can run")]
+    Version(#[source] etcd::InvalidVersion),
+    #[error(
+        "{source}; replaying continuous-backup segments needs etcd {version} where the replay runs"
+    )]
+    NoEtcd {
+        version: String,
+        #[source]
+        source: etcd::Error,
+    },
+    #[error(
+        "revision {target} is older than backup {base}'s snapshot, which holds revision {snapshot}: restore an older backup to reach it"
+    )]
+    BeforeSnapshot {
+        target: i64,
+        base: String,
+        snapshot: i64,
+    },
+    #[error(
+        "backup {base}'s snapshot holds revision {snapshot}, past its chain's end {chain_end}; restore it as it is (-full-only)"
+    )]
+    SnapshotPastChain {
+        base: String,
+        snapshot: i64,
+        chain_end: i64,
+    },
+    #[error(
+        "replaying revision {expected} gave revision {got}: the recorded history does not follow on from the snapshot (or a lease expired during the replay)"
+    )]
+    Diverged { expected: i64, got: i64 },
+    #[error("after the replay the keyspace is at revision {got}, not {target}")]
+    WrongEnd { got: i64, target: i64 },
+    #[error(
+        "the keys of the identity file do not make recipients for the replay's backup: {reason}; pass --backup-encryption-recipients-file"
+    )]
+    Keys { reason: String },
+}
+
 /// The keys a replay encrypts its backup to: the recipients configured
 /// here, else the public keys of the identity file configured here; None
 /// when neither is (the base was then plaintext, or could not be read).
-pub fn local_recipients(enc: &backup::Encryption) -> Result<Option<backup::Recipients>, String> {
+pub fn local_recipients(enc: &backup::Encryption) -> Result<Option<backup::Recipients>, PitrError> {
     if let Some(r) = &enc.recipients {
         return Ok(Some(r.clone()));
     }
     if enc.identity_file.is_none() {
         return Ok(None);
     }
-    let ids = enc
-        .identities("the replay's backup")
-        .map_err(|e| e.to_string())?;
+    let ids = enc.identities("the replay's backup")?;
     let keys: Vec<String> = ids.iter().map(|i| i.to_public().to_string()).collect();
-    backup::Recipients::parse(&keys.join("\n")).map(Some)
+    backup::Recipients::parse(&keys.join("\n"))
+        .map(Some)
+        .map_err(|e| PitrError::Keys {
+            reason: e.to_string(),
+        })
 }
 
 /// Read and check backup `base`'s chain and find the revision to stop at.
@@ -87,27 +160,23 @@ pub async fn plan(
     store: &BackupStore,
     base: &str,
     to: ReplayTo,
-) -> Result<Option<ReplayPlan>, String> {
-    let ranges = store.list_segments(base).await.map_err(|e| e.to_string())?;
+) -> Result<Option<ReplayPlan>, PitrError> {
+    let ranges = store.list_segments(base).await?;
     if ranges.is_empty() {
         return match to {
             ReplayTo::Latest => Ok(None),
-            _ => Err(format!(
-                "backup {base} has no continuous-backup segments: it restores only as it is (leave out -to-revision and -to-time)"
-            )),
+            _ => Err(PitrError::NoSegments {
+                base: base.to_string(),
+            }),
         };
     }
-    let info = store
-        .read_backup_info(base)
-        .await
-        .map_err(|e| e.to_string())?;
-    let extra = store
-        .read_backup_extra(base)
-        .await
-        .map_err(|e| e.to_string())?;
-    let base_revision = extra.and_then(|x| x.revision).ok_or_else(|| {
-        format!("backup {base} records no revision, so its segments cannot be placed")
-    })?;
+    let info = store.read_backup_info(base).await?;
+    let extra = store.read_backup_extra(base).await?;
+    let base_revision = extra
+        .and_then(|x| x.revision)
+        .ok_or_else(|| PitrError::NoRevision {
+            base: base.to_string(),
+        })?;
     let mut end = base_revision;
     let mut segments = Vec::new();
     let mut unusable = 0;
@@ -119,10 +188,7 @@ pub async fn plan(
         if stop <= end {
             continue;
         }
-        let mut seg = store
-            .read_segment(base, start, stop)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut seg = store.read_segment(base, start, stop).await?;
         // Two writers may have overlapped: each revision is replayed once.
         seg.revisions.retain(|r| r.revision > end);
         end = stop;
@@ -131,9 +197,12 @@ pub async fn plan(
     let target = match to {
         ReplayTo::Latest => end,
         ReplayTo::Revision(r) if r < base_revision || r > end => {
-            return Err(format!(
-                "revision {r} is not in backup {base}'s chain (revisions {base_revision} to {end}); list-backups -o wide shows each backup's range"
-            ));
+            return Err(PitrError::OutsideChain {
+                base: base.to_string(),
+                revision: r,
+                first: base_revision,
+                last: end,
+            });
         }
         ReplayTo::Revision(r) => r,
         ReplayTo::Time(t) => segments
@@ -183,16 +252,20 @@ pub async fn replay(
     store: &BackupStore,
     plan: &ReplayPlan,
     settings: &ReplaySettings,
-) -> Result<Replayed, String> {
+) -> Result<Replayed, PitrError> {
     let scratch = &settings.scratch;
+    let scratch_error = |source| PitrError::Scratch {
+        path: scratch.clone(),
+        source,
+    };
     if let Err(e) = std::fs::remove_dir_all(scratch)
         && e.kind() != std::io::ErrorKind::NotFound
     {
-        return Err(format!("{}: {e}", scratch.display()));
+        return Err(scratch_error(e));
     }
     // Private: the chain, the snapshot and the throwaway etcd's data are the
     // whole keyspace, decrypted.
-    etcd::private_dir(scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    etcd::private_dir(scratch).map_err(scratch_error)?;
     let result = replay_in(store, plan, settings).await;
     let _ = std::fs::remove_dir_all(scratch);
     result
@@ -202,30 +275,22 @@ async fn replay_in(
     store: &BackupStore,
     plan: &ReplayPlan,
     settings: &ReplaySettings,
-) -> Result<Replayed, String> {
-    let version: etcd::EtcdVersion = plan
-        .info
-        .etcd_version
-        .parse()
-        .map_err(|e: etcd::InvalidVersion| e.to_string())?;
-    let binaries = etcd::find_binaries(&version, &settings.bin_dirs).map_err(|e| {
-        format!(
-            "{e}; replaying continuous-backup segments needs etcd {version} where the replay runs"
-        )
-    })?;
+) -> Result<Replayed, PitrError> {
+    let version: etcd::EtcdVersion = plan.info.etcd_version.parse().map_err(PitrError::Version)?;
+    let binaries =
+        etcd::find_binaries(&version, &settings.bin_dirs).map_err(|source| PitrError::NoEtcd {
+            version: version.to_string(),
+            source,
+        })?;
     let full = settings.scratch.join("full.db");
-    store
-        .download_backup(&plan.base, &full)
-        .await
-        .map_err(|e| e.to_string())?;
+    store.download_backup(&plan.base, &full).await?;
     let etcd = etcd::Throwaway::start(
         &binaries,
         &full,
         &settings.scratch.join("etcd"),
         START_DEADLINE,
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     let _ = std::fs::remove_file(&full);
     let client = etcd.client.clone();
     let keeper = tokio::spawn(keep_leases_alive(client.clone(), settings.clock.clone()));
@@ -243,18 +308,20 @@ async fn apply(
     client: &etcd::EtcdClient,
     plan: &ReplayPlan,
     snapshot_revision: i64,
-) -> Result<usize, String> {
+) -> Result<usize, PitrError> {
     if plan.target < snapshot_revision {
-        return Err(format!(
-            "revision {} is older than backup {}'s snapshot, which holds revision {snapshot_revision}: restore an older backup to reach it",
-            plan.target, plan.base
-        ));
+        return Err(PitrError::BeforeSnapshot {
+            target: plan.target,
+            base: plan.base.clone(),
+            snapshot: snapshot_revision,
+        });
     }
     if plan.chain_end < snapshot_revision {
-        return Err(format!(
-            "backup {}'s snapshot holds revision {snapshot_revision}, past its chain's end {}",
-            plan.base, plan.chain_end
-        ));
+        return Err(PitrError::SnapshotPastChain {
+            base: plan.base.clone(),
+            snapshot: snapshot_revision,
+            chain_end: plan.chain_end,
+        });
     }
     let ttls: std::collections::BTreeMap<i64, i64> = plan
         .segments
@@ -280,10 +347,7 @@ async fn apply(
                             .copied()
                             .unwrap_or(0)
                             .max(MIN_REPLAY_LEASE_TTL);
-                        client
-                            .lease_grant_id(*lease, ttl)
-                            .await
-                            .map_err(|e| e.to_string())?;
+                        client.lease_grant_id(*lease, ttl).await?;
                     }
                     etcd::KeyChange::Put {
                         key: key.clone(),
@@ -294,15 +358,12 @@ async fn apply(
                 DeltaOp::Delete { key } => etcd::KeyChange::Delete { key: key.clone() },
             });
         }
-        let got = client
-            .apply_changes(&changes)
-            .await
-            .map_err(|e| e.to_string())?;
+        let got = client.apply_changes(&changes).await?;
         if got != rev.revision {
-            return Err(format!(
-                "replaying revision {} gave revision {got}: the recorded history does not follow on from the snapshot (or a lease expired during the replay)",
-                rev.revision
-            ));
+            return Err(PitrError::Diverged {
+                expected: rev.revision,
+                got,
+            });
         }
         replayed += 1;
     }
@@ -316,24 +377,21 @@ async fn store_result(
     settings: &ReplaySettings,
     snapshot_revision: i64,
     replayed: usize,
-) -> Result<Replayed, String> {
-    let status = client.status().await.map_err(|e| e.to_string())?;
+) -> Result<Replayed, PitrError> {
+    let status = client.status().await?;
     if status.revision != plan.target {
-        return Err(format!(
-            "after the replay the keyspace is at revision {}, not {}",
-            status.revision, plan.target
-        ));
+        return Err(PitrError::WrongEnd {
+            got: status.revision,
+            target: plan.target,
+        });
     }
-    let h = client
-        .hash_kv(plan.target)
-        .await
-        .map_err(|e| e.to_string())?;
+    let h = client.hash_kv(plan.target).await?;
     let hash = KvHash {
         revision: h.revision,
         hash: h.hash,
         compact_revision: h.compact_revision,
     };
-    let stream = client.snapshot().await.map_err(|e| e.to_string())?;
+    let stream = client.snapshot().await?;
     let wall = settings.clock.wall();
     let info = BackupInfo {
         etcd_version: plan.info.etcd_version.clone(),
@@ -373,8 +431,7 @@ async fn store_result(
             },
             wall,
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     tracing::info!(base = %plan.base, backup = %summary.name, revision = plan.target, replayed, "continuous backup replayed into a new full backup");
     Ok(Replayed {
         name: summary.name,
@@ -482,7 +539,11 @@ mod tests {
             let err = plan(&store, &base, ReplayTo::Revision(outside))
                 .await
                 .unwrap_err();
-            assert!(err.contains("revisions 10 to 18"), "{err}");
+            assert!(
+                matches!(err, PitrError::OutsideChain { first: 10, last: 18, revision, .. } if revision == outside),
+                "{err}"
+            );
+            assert!(err.to_string().contains("revisions 10 to 18"), "{err}");
         }
     }
 }

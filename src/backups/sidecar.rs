@@ -110,15 +110,24 @@ async fn leader_status(
     Ok((client, status, leader))
 }
 
+/// Why a backup was not taken; the next pass tries again.
+#[derive(Debug, thiserror::Error)]
+enum BackupError {
+    #[error(transparent)]
+    Store(#[from] backup::Error),
+    #[error(transparent)]
+    Etcd(#[from] etcd::Error),
+}
+
 async fn take(
     client: &etcd::EtcdClient,
     status: &etcd::EndpointStatus,
     store: &backup::BackupStore,
     clock: &dyn Clock,
-) -> Result<backup::BackupSummary, String> {
-    let spec = store.read_spec().await.map_err(|e| e.to_string())?;
+) -> Result<backup::BackupSummary, BackupError> {
+    let spec = store.read_spec().await?;
     let kv_hash = crate::backups::drill::cluster_hash(client, status.revision).await;
-    let stream = client.snapshot().await.map_err(|e| e.to_string())?;
+    let stream = client.snapshot().await?;
     let wall = clock.wall();
     let info = backup::BackupInfo {
         etcd_version: status.version.clone(),
@@ -143,7 +152,7 @@ async fn take(
             wall,
         )
         .await
-        .map_err(|e| e.to_string())
+        .map_err(BackupError::Store)
 }
 
 #[cfg(test)]

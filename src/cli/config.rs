@@ -434,11 +434,13 @@ impl TryFrom<EtcdBackupArgs> for Config {
 }
 
 /// Go's `strconv.ParseBool`: 1, t, T, TRUE, true, True, 0, f, F, FALSE, false, False.
-pub fn go_bool(s: &str) -> Result<bool, String> {
+pub fn go_bool(s: &str) -> Result<bool, ConfigError> {
     match s {
         "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
-        _ => Err(format!("'{s}' is not a boolean; write true or false")),
+        _ => Err(ConfigError::NotBool {
+            text: s.to_string(),
+        }),
     }
 }
 
@@ -543,6 +545,14 @@ pub struct Config {
 pub enum ConfigError {
     #[error("--{flag}: {reason}")]
     Invalid { flag: &'static str, reason: String },
+    /// A boolean flag's value (clap names the flag).
+    #[error("'{text}' is not a boolean; write true or false")]
+    NotBool { text: String },
+    /// A fraction flag's value (clap names the flag).
+    #[error("'{text}' is not a number: {reason}; write a fraction such as 0.5")]
+    NotNumber { text: String, reason: String },
+    #[error("{value} is not between 0 and 1; write a fraction such as 0.5")]
+    NotAFraction { value: f64 },
 }
 
 /// The encryption flags, read and checked (shared with etcd-manager-ctl).
@@ -714,196 +724,31 @@ fn check_templates(
 impl TryFrom<Args> for Config {
     type Error = ConfigError;
 
+    /// Each flag group checked in turn (the first wrong flag is the error),
+    /// then the configuration built from what they gave.
     fn try_from(a: Args) -> Result<Self, ConfigError> {
-        let backup_only = match (&a.backup_only, &a.etcd_endpoint) {
-            (false, None) => None,
-            (true, Some(ep)) => Some(parse_urls("etcd-endpoint", ep)?.remove(0)),
-            (true, None) => {
-                return Err(invalid(
-                    "etcd-endpoint",
-                    "--backup-only needs the client URL of the local etcd, e.g. --etcd-endpoint=http://127.0.0.1:2379",
-                ));
-            }
-            (false, Some(_)) => {
-                return Err(invalid("etcd-endpoint", "only used with --backup-only"));
-            }
-        };
-        if a.cluster_name.is_empty()
-            || !a
-                .cluster_name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        {
-            return Err(invalid(
-                "cluster-name",
-                "use letters, digits, '-', '_' or '.'",
-            ));
-        }
+        let backup_only = backup_only_endpoint(&a)?;
+        check_cluster_name(&a.cluster_name)?;
         if a.backup_store.is_empty() {
             return Err(invalid(
                 "backup-store",
                 "is required, e.g. s3://bucket/cluster/backups/etcd/main or file:///var/backups/etcd",
             ));
         }
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        // kops passes S3-compatible stores' settings as S3_* variables.
-        let store_options = backup::StoreOptions {
-            s3_endpoint: a.s3_endpoint.clone().or_else(|| env("S3_ENDPOINT")),
-            s3_region: a.s3_region.clone().or_else(|| env("S3_REGION")),
-            s3_access_key_id: env("S3_ACCESS_KEY_ID"),
-            s3_secret_access_key: env("S3_SECRET_ACCESS_KEY"),
-            s3_server_side_encryption: a.s3_server_side_encryption.clone(),
-            s3_sse_kms_key_id: a.s3_sse_kms_key_id.clone(),
-        };
+        let store_options = store_options(&a);
         let host_root = PathBuf::from(if a.containerized { "/rootfs" } else { "/" });
-        let volume = match (a.volume_provider.as_deref(), &a.data_dir) {
-            (None | Some(""), Some(dir)) => {
-                if !dir.is_absolute() {
-                    return Err(invalid(
-                        "data-dir",
-                        format!("'{}' must be an absolute path", dir.display()),
-                    ));
-                }
-                VolumeSource::DataDir(dir.clone())
-            }
-            (None | Some(""), None) if backup_only.is_some() => {
-                VolumeSource::DataDir(PathBuf::from("/tmp/etcd-manager-backup-only"))
-            }
-            (None | Some(""), None) => {
-                return Err(invalid(
-                    "data-dir",
-                    "is required without --volume-provider: the folder that keeps this member's identity and data",
-                ));
-            }
-            (Some("external"), _) => {
-                let [prefix] = a.volume_tag.as_slice() else {
-                    return Err(invalid(
-                        "volume-tag",
-                        format!(
-                            "--volume-provider=external takes exactly one --volume-tag (the folder name prefix under /mnt/disks), got {:?}",
-                            a.volume_tag
-                        ),
-                    ));
-                };
-                if prefix.is_empty() || prefix.contains('/') {
-                    return Err(invalid(
-                        "volume-tag",
-                        format!("'{prefix}' must be a folder name prefix (no '/')"),
-                    ));
-                }
-                VolumeSource::External {
-                    disks: host_root.join("mnt/disks"),
-                    prefix: prefix.clone(),
-                }
-            }
-            (Some("aws"), _) => {
-                if a.volume_tag.is_empty() {
-                    return Err(invalid(
-                        "volume-tag",
-                        "--volume-provider=aws needs at least one --volume-tag (key or key=value) that only this cluster's etcd volumes carry",
-                    ));
-                }
-                if let Some(t) = a
-                    .volume_tag
-                    .iter()
-                    .find(|t| t.is_empty() || t.starts_with('=') || t.len() > 256)
-                {
-                    return Err(invalid(
-                        "volume-tag",
-                        format!("'{t}' is no tag: write key or key=value"),
-                    ));
-                }
-                VolumeSource::Aws {
-                    volumes: crate::platform::volumes::aws::AwsVolumes {
-                        cluster_name: a.cluster_name.clone(),
-                        tags: a.volume_tag.clone(),
-                        name_tag: a.volume_name_tag.clone(),
-                    },
-                    root: host_root.clone(),
-                }
-            }
-            (Some(p), _) if VOLUME_PROVIDERS.iter().any(|(n, _)| *n == p) => {
-                VolumeSource::Unsupported(p.to_string())
-            }
-            (Some(p), _) => {
-                return Err(invalid(
-                    "volume-provider",
-                    format!(
-                        "unknown volume provider '{p}'; upstream's are {}",
-                        VOLUME_PROVIDERS
-                            .iter()
-                            .map(|(n, _)| *n)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                ));
-            }
-        };
-        if !a.network_cidr.is_empty() {
-            if a.volume_provider.as_deref() != Some("openstack") {
-                return Err(invalid(
-                    "network-cidr",
-                    "is only supported with --volume-provider=openstack (as upstream)",
-                ));
-            }
-            crate::platform::statics::parse_cidr(&a.network_cidr)
-                .map_err(|e| invalid("network-cidr", e))?;
-        }
+        let volume = volume_source(&a, &host_root, backup_only.is_some())?;
+        check_network_cidr(&a)?;
         let static_config = if a.static_config.is_empty() {
             None
         } else {
             Some(
                 crate::platform::statics::StaticConfig::parse(&a.static_config)
-                    .map_err(|e| invalid("static-config", e))?,
+                    .map_err(|e| invalid("static-config", e.to_string()))?,
             )
         };
-        let client_urls = check_templates("client-urls", &a.client_urls, a.etcd_insecure, false)?;
-        let quarantined_client_urls = check_templates(
-            "quarantine-client-urls",
-            &a.quarantine_client_urls,
-            a.etcd_insecure,
-            false,
-        )?;
-        let peer_urls = check_templates("peer-urls", &a.peer_urls, a.etcd_insecure, false)?;
-        let listen_metrics_urls =
-            check_templates("listen-metrics-urls", &a.listen_metrics_urls, false, true).or_else(
-                |_| {
-                    // Metrics URLs may be plain http with TLS on (etcd serves them apart).
-                    check_templates("listen-metrics-urls", &a.listen_metrics_urls, true, true)
-                },
-            )?;
-        if let Some(ep) = &backup_only {
-            check_scheme("etcd-endpoint", std::slice::from_ref(ep), a.etcd_insecure)?;
-        }
-        let sample = a
-            .address
-            .unwrap_or(IpAddr::from([127, 0, 0, 1]))
-            .to_string();
-        let quarantined_sample = expand_address(&quarantined_client_urls, &sample);
-        if expand_address(&client_urls, &sample)
-            .iter()
-            .any(|u| quarantined_sample.contains(u))
-        {
-            return Err(invalid(
-                "quarantine-client-urls",
-                "must differ from --client-urls, or clients could write during a quarantine",
-            ));
-        }
-        if a.backup_interval < Duration::from_secs(1) {
-            return Err(invalid("backup-interval", "must be at least 1s"));
-        }
-        if a.discovery_poll_interval < Duration::from_secs(1) {
-            return Err(invalid("discovery-poll-interval", "must be at least 1s"));
-        }
-        if a.daily_backups_retention < a.hourly_backups_retention {
-            return Err(invalid(
-                "daily-backups-retention",
-                "must be at least --hourly-backups-retention",
-            ));
-        }
-        if a.controller_interval < Duration::from_millis(100) {
-            return Err(invalid("controller-interval", "must be at least 100ms"));
-        }
+        let urls = MemberUrls::check(&a, backup_only.as_deref())?;
+        check_timing(&a)?;
         let lease = lock::LeaseConfig::with_duration(a.lease_duration);
         lease
             .validate()
@@ -914,48 +759,304 @@ impl TryFrom<Args> for Config {
         if a.cluster_size_hint == 0 {
             return Err(invalid("cluster-size-hint", "must be at least 1"));
         }
-        let restore_clear_prefixes: Vec<String> = a
-            .restore_clear_prefix
+        let restore_clear_prefixes = restore_clear_prefixes(&a.restore_clear_prefix)?;
+        let encryption = encryption_flags(
+            a.backup_encryption_recipients_file.as_deref(),
+            a.backup_encryption_identity_file.as_deref(),
+        )?;
+        let checked = Checked {
+            backup_only,
+            store_options,
+            host_root,
+            volume,
+            static_config,
+            urls,
+            lease,
+            restore_clear_prefixes,
+            encryption,
+        };
+        Ok(checked.into_config(a))
+    }
+}
+
+/// `--backup-only` and `--etcd-endpoint`, which go together: the local
+/// etcd's client URL in backup-only mode.
+fn backup_only_endpoint(a: &Args) -> Result<Option<String>, ConfigError> {
+    match (&a.backup_only, &a.etcd_endpoint) {
+        (false, None) => Ok(None),
+        (true, Some(ep)) => Ok(Some(parse_urls("etcd-endpoint", ep)?.remove(0))),
+        (true, None) => Err(invalid(
+            "etcd-endpoint",
+            "--backup-only needs the client URL of the local etcd, e.g. --etcd-endpoint=http://127.0.0.1:2379",
+        )),
+        (false, Some(_)) => Err(invalid("etcd-endpoint", "only used with --backup-only")),
+    }
+}
+
+fn check_cluster_name(name: &str) -> Result<(), ConfigError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.';
+    if name.is_empty() || !name.chars().all(allowed) {
+        return Err(invalid(
+            "cluster-name",
+            "use letters, digits, '-', '_' or '.'",
+        ));
+    }
+    Ok(())
+}
+
+/// The store's settings: the flags, else (as kops passes S3-compatible
+/// stores' settings) the `S3_*` variables.
+fn store_options(a: &Args) -> backup::StoreOptions {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    backup::StoreOptions {
+        s3_endpoint: a.s3_endpoint.clone().or_else(|| env("S3_ENDPOINT")),
+        s3_region: a.s3_region.clone().or_else(|| env("S3_REGION")),
+        s3_access_key_id: env("S3_ACCESS_KEY_ID"),
+        s3_secret_access_key: env("S3_SECRET_ACCESS_KEY"),
+        s3_server_side_encryption: a.s3_server_side_encryption.clone(),
+        s3_sse_kms_key_id: a.s3_sse_kms_key_id.clone(),
+    }
+}
+
+/// `--volume-provider`, `--volume-tag` and `--data-dir`: where the data dir
+/// comes from.
+fn volume_source(
+    a: &Args,
+    host_root: &Path,
+    backup_only: bool,
+) -> Result<VolumeSource, ConfigError> {
+    match (a.volume_provider.as_deref(), &a.data_dir) {
+        (None | Some(""), Some(dir)) => {
+            if !dir.is_absolute() {
+                return Err(invalid(
+                    "data-dir",
+                    format!("'{}' must be an absolute path", dir.display()),
+                ));
+            }
+            Ok(VolumeSource::DataDir(dir.clone()))
+        }
+        (None | Some(""), None) if backup_only => Ok(VolumeSource::DataDir(PathBuf::from(
+            "/tmp/etcd-manager-backup-only",
+        ))),
+        (None | Some(""), None) => Err(invalid(
+            "data-dir",
+            "is required without --volume-provider: the folder that keeps this member's identity and data",
+        )),
+        (Some("external"), _) => external_volume(&a.volume_tag, host_root),
+        (Some("aws"), _) => aws_volume(a, host_root),
+        (Some(p), _) if VOLUME_PROVIDERS.iter().any(|(n, _)| *n == p) => {
+            Ok(VolumeSource::Unsupported(p.to_string()))
+        }
+        (Some(p), _) => Err(invalid(
+            "volume-provider",
+            format!(
+                "unknown volume provider '{p}'; upstream's are {}",
+                VOLUME_PROVIDERS
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+/// `--volume-provider=external`: one tag, the folder name prefix under
+/// `/mnt/disks`.
+fn external_volume(tags: &[String], host_root: &Path) -> Result<VolumeSource, ConfigError> {
+    let [prefix] = tags else {
+        return Err(invalid(
+            "volume-tag",
+            format!(
+                "--volume-provider=external takes exactly one --volume-tag (the folder name prefix under /mnt/disks), got {tags:?}"
+            ),
+        ));
+    };
+    if prefix.is_empty() || prefix.contains('/') {
+        return Err(invalid(
+            "volume-tag",
+            format!("'{prefix}' must be a folder name prefix (no '/')"),
+        ));
+    }
+    Ok(VolumeSource::External {
+        disks: host_root.join("mnt/disks"),
+        prefix: prefix.clone(),
+    })
+}
+
+/// `--volume-provider=aws`: at least one tag, each `key` or `key=value`.
+fn aws_volume(a: &Args, host_root: &Path) -> Result<VolumeSource, ConfigError> {
+    if a.volume_tag.is_empty() {
+        return Err(invalid(
+            "volume-tag",
+            "--volume-provider=aws needs at least one --volume-tag (key or key=value) that only this cluster's etcd volumes carry",
+        ));
+    }
+    if let Some(t) = a
+        .volume_tag
+        .iter()
+        .find(|t| t.is_empty() || t.starts_with('=') || t.len() > 256)
+    {
+        return Err(invalid(
+            "volume-tag",
+            format!("'{t}' is no tag: write key or key=value"),
+        ));
+    }
+    Ok(VolumeSource::Aws {
+        volumes: crate::platform::volumes::aws::AwsVolumes {
+            cluster_name: a.cluster_name.clone(),
+            tags: a.volume_tag.clone(),
+            name_tag: a.volume_name_tag.clone(),
+        },
+        root: host_root.to_path_buf(),
+    })
+}
+
+/// `--network-cidr`: only with openstack, as upstream, and a CIDR.
+fn check_network_cidr(a: &Args) -> Result<(), ConfigError> {
+    if a.network_cidr.is_empty() {
+        return Ok(());
+    }
+    if a.volume_provider.as_deref() != Some("openstack") {
+        return Err(invalid(
+            "network-cidr",
+            "is only supported with --volume-provider=openstack (as upstream)",
+        ));
+    }
+    crate::platform::statics::parse_cidr(&a.network_cidr)
+        .map_err(|e| invalid("network-cidr", e.to_string()))?;
+    Ok(())
+}
+
+/// The member's URL templates, checked against the TLS setting.
+struct MemberUrls {
+    client: Vec<String>,
+    quarantined_client: Vec<String>,
+    peer: Vec<String>,
+    listen_metrics: Vec<String>,
+}
+
+impl MemberUrls {
+    /// `--client-urls`, `--quarantine-client-urls`, `--peer-urls`,
+    /// `--listen-metrics-urls` and the sidecar's `--etcd-endpoint`: well
+    /// formed, with the scheme TLS asks for, and quarantine apart.
+    fn check(a: &Args, backup_only: Option<&str>) -> Result<MemberUrls, ConfigError> {
+        let insecure = a.etcd_insecure;
+        let client = check_templates("client-urls", &a.client_urls, insecure, false)?;
+        let quarantined_client = check_templates(
+            "quarantine-client-urls",
+            &a.quarantine_client_urls,
+            insecure,
+            false,
+        )?;
+        let peer = check_templates("peer-urls", &a.peer_urls, insecure, false)?;
+        let listen_metrics =
+            check_templates("listen-metrics-urls", &a.listen_metrics_urls, false, true).or_else(
+                |_| {
+                    // Metrics URLs may be plain http with TLS on (etcd serves them apart).
+                    check_templates("listen-metrics-urls", &a.listen_metrics_urls, true, true)
+                },
+            )?;
+        if let Some(ep) = backup_only {
+            check_scheme("etcd-endpoint", &[ep.to_string()], insecure)?;
+        }
+        let urls = MemberUrls {
+            client,
+            quarantined_client,
+            peer,
+            listen_metrics,
+        };
+        urls.check_quarantine_apart(a.address)?;
+        Ok(urls)
+    }
+
+    /// Clients must not reach a quarantined etcd on its usual URLs.
+    fn check_quarantine_apart(&self, address: Option<IpAddr>) -> Result<(), ConfigError> {
+        let sample = address.unwrap_or(IpAddr::from([127, 0, 0, 1])).to_string();
+        let quarantined_sample = expand_address(&self.quarantined_client, &sample);
+        if expand_address(&self.client, &sample)
             .iter()
-            .map(|p| p.trim().to_string())
-            .filter(|p| !p.is_empty())
-            .collect();
-        if let Some(p) = restore_clear_prefixes
-            .iter()
-            .find(|p| !p.starts_with('/') || p.len() < 2 || p.len() > 1024)
+            .any(|u| quarantined_sample.contains(u))
         {
             return Err(invalid(
-                "restore-clear-prefix",
-                format!(
-                    "'{p}' is no key prefix to clear: write a prefix of etcd keys such as /registry/masterleases/ (never all of /)"
-                ),
+                "quarantine-client-urls",
+                "must differ from --client-urls, or clients could write during a quarantine",
             ));
         }
-        let metrics_address = match (a.metrics_address, a.etcd_manager_metrics_port) {
-            (Some(addr), _) => Some(addr),
-            (None, 0) => None,
-            (None, port) => Some(SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port)),
-        };
-        let data_dir = match &volume {
+        Ok(())
+    }
+}
+
+/// The intervals and the retention horizons.
+fn check_timing(a: &Args) -> Result<(), ConfigError> {
+    if a.backup_interval < Duration::from_secs(1) {
+        return Err(invalid("backup-interval", "must be at least 1s"));
+    }
+    if a.discovery_poll_interval < Duration::from_secs(1) {
+        return Err(invalid("discovery-poll-interval", "must be at least 1s"));
+    }
+    if a.daily_backups_retention < a.hourly_backups_retention {
+        return Err(invalid(
+            "daily-backups-retention",
+            "must be at least --hourly-backups-retention",
+        ));
+    }
+    if a.controller_interval < Duration::from_millis(100) {
+        return Err(invalid("controller-interval", "must be at least 100ms"));
+    }
+    Ok(())
+}
+
+/// `--restore-clear-prefix`: trimmed, blanks dropped, each a key prefix
+/// (never all of `/`).
+fn restore_clear_prefixes(given: &[String]) -> Result<Vec<String>, ConfigError> {
+    let prefixes: Vec<String> = given
+        .iter()
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
+    if let Some(p) = prefixes
+        .iter()
+        .find(|p| !p.starts_with('/') || p.len() < 2 || p.len() > 1024)
+    {
+        return Err(invalid(
+            "restore-clear-prefix",
+            format!(
+                "'{p}' is no key prefix to clear: write a prefix of etcd keys such as /registry/masterleases/ (never all of /)"
+            ),
+        ));
+    }
+    Ok(prefixes)
+}
+
+/// What the checks made of the flags that needed more than a copy.
+struct Checked {
+    backup_only: Option<String>,
+    store_options: backup::StoreOptions,
+    host_root: PathBuf,
+    volume: VolumeSource,
+    static_config: Option<crate::platform::statics::StaticConfig>,
+    urls: MemberUrls,
+    lease: lock::LeaseConfig,
+    restore_clear_prefixes: Vec<String>,
+    encryption: backup::Encryption,
+}
+
+impl Checked {
+    /// The configuration: the checked values and the flags as given; with
+    /// `--data-dir`, already placed.
+    fn into_config(self, a: Args) -> Config {
+        let data_dir = match &self.volume {
             VolumeSource::DataDir(d) => d.clone(),
             _ => PathBuf::new(),
         };
-        let discovery_dir = if a.store_discovery {
-            Some(data_dir.join("discovery"))
-        } else if a.seeds.is_empty()
-            && static_config.is_none()
-            && matches!(volume, VolumeSource::DataDir(_))
-        {
-            Some(a.discovery_dir.clone())
-        } else {
-            None
-        };
+        let discovery_dir = discovery_dir(&a, &data_dir, &self);
         let address = a.address.unwrap_or(IpAddr::from([127, 0, 0, 1]));
         let cfg = Config {
             cluster_name: a.cluster_name,
             backup_store: a.backup_store,
-            store_options,
-            volume,
+            store_options: self.store_options,
+            volume: self.volume,
             data_dir,
             address: a.address,
             gossip_addr: SocketAddr::new(address, a.gossip_port.unwrap_or(a.grpc_port)),
@@ -967,22 +1068,17 @@ impl TryFrom<Args> for Config {
             discovery_dir,
             store_discovery: a.store_discovery,
             discovery_poll_interval: a.discovery_poll_interval,
-            gossip_auth: match (&a.gossip_key_file, a.insecure, a.insecure_gossip) {
-                (Some(path), _, _) => GossipAuth::KeyFile(path.clone()),
-                (None, true, _) => GossipAuth::Off("--insecure"),
-                (None, false, true) => GossipAuth::Off("--insecure-gossip"),
-                (None, false, false) => GossipAuth::DerivedFromCa,
-            },
+            gossip_auth: gossip_auth(a.gossip_key_file.as_ref(), a.insecure, a.insecure_gossip),
             gossip_key_file: a.gossip_key_file,
             node: crate::peer::EtcdNodeConfig {
                 name: String::new(),
-                peer_urls,
-                client_urls,
-                quarantined_client_urls,
+                peer_urls: self.urls.peer,
+                client_urls: self.urls.client,
+                quarantined_client_urls: self.urls.quarantined_client,
             },
-            listen_metrics_urls,
+            listen_metrics_urls: self.urls.listen_metrics,
             dns_suffix: a.dns_suffix.trim_start_matches('.').to_string(),
-            hosts_file: a.hosts_file.clone(),
+            hosts_file: a.hosts_file,
             etcd_listen_address: Some(a.etcd_address).filter(|s| !s.is_empty()),
             etcd_bin_dirs: a.etcd_bin_dir,
             backup_interval: a.backup_interval,
@@ -994,37 +1090,69 @@ impl TryFrom<Args> for Config {
             auto_recover_quorum_loss: a.auto_recover_quorum_loss.filter(|d| !d.is_zero()),
             backup_verify_every: a.backup_verify_every,
             delta_interval: a.delta_interval,
-            encryption: encryption_flags(
-                a.backup_encryption_recipients_file.as_deref(),
-                a.backup_encryption_identity_file.as_deref(),
-            )?,
+            encryption: self.encryption,
             defrag: crate::controller::DefragPolicy {
                 fragmentation: a.defrag_fragmentation,
                 min_free_bytes: a.defrag_min_free_bytes,
             },
-            restore_clear_prefixes,
+            restore_clear_prefixes: self.restore_clear_prefixes,
             controller_interval: a.controller_interval,
-            lease,
-            metrics_address,
+            lease: self.lease,
+            metrics_address: metrics_address(a.metrics_address, a.etcd_manager_metrics_port),
             cluster_size_hint: a.cluster_size_hint,
             json_logs: a.log_format == "json",
             log_filter: a.klog.filter(),
-            backup_only,
+            backup_only: self.backup_only,
             backup_client_tls: None,
             insecure: a.insecure,
             etcd_insecure: a.etcd_insecure,
             pki_dir: a.pki_dir,
-            host_root,
-            static_config,
+            host_root: self.host_root,
+            static_config: self.static_config,
             etcd_env_file: vec![],
         };
-        Ok(match &cfg.volume {
+        match &cfg.volume {
             VolumeSource::DataDir(dir) => {
                 let dir = dir.clone();
                 cfg.placed(dir, address)
             }
             _ => cfg,
-        })
+        }
+    }
+}
+
+/// The local discovery folder: the store's mirror with `--store-discovery`,
+/// else `--discovery-dir` unless seeds, a static config or a volume find
+/// the peers.
+fn discovery_dir(a: &Args, data_dir: &Path, checked: &Checked) -> Option<PathBuf> {
+    if a.store_discovery {
+        Some(data_dir.join("discovery"))
+    } else if a.seeds.is_empty()
+        && checked.static_config.is_none()
+        && matches!(checked.volume, VolumeSource::DataDir(_))
+    {
+        Some(a.discovery_dir.clone())
+    } else {
+        None
+    }
+}
+
+/// How gossip is keyed: a key file wins, then the flags that turn it off.
+fn gossip_auth(key_file: Option<&PathBuf>, insecure: bool, insecure_gossip: bool) -> GossipAuth {
+    match (key_file, insecure, insecure_gossip) {
+        (Some(path), _, _) => GossipAuth::KeyFile(path.clone()),
+        (None, true, _) => GossipAuth::Off("--insecure"),
+        (None, false, true) => GossipAuth::Off("--insecure-gossip"),
+        (None, false, false) => GossipAuth::DerivedFromCa,
+    }
+}
+
+/// `--metrics-address`, else upstream's `--etcd-manager-metrics-port` (0: none).
+fn metrics_address(address: Option<SocketAddr>, port: u16) -> Option<SocketAddr> {
+    match (address, port) {
+        (Some(addr), _) => Some(addr),
+        (None, 0) => None,
+        (None, port) => Some(SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port)),
     }
 }
 
@@ -1102,15 +1230,18 @@ impl Config {
 }
 
 /// A fraction from 0 to 1 (`0.5`).
-fn parse_fraction(s: &str) -> Result<f64, String> {
-    let v: f64 = s
-        .trim()
-        .parse()
-        .map_err(|e| format!("'{s}' is not a number: {e}"))?;
+fn parse_fraction(s: &str) -> Result<f64, ConfigError> {
+    let v: f64 =
+        s.trim()
+            .parse()
+            .map_err(|e: std::num::ParseFloatError| ConfigError::NotNumber {
+                text: s.to_string(),
+                reason: e.to_string(),
+            })?;
     if (0.0..=1.0).contains(&v) {
         Ok(v)
     } else {
-        Err(format!("{v} is not between 0 and 1"))
+        Err(ConfigError::NotAFraction { value: v })
     }
 }
 
@@ -1203,6 +1334,27 @@ mod tests {
         assert_eq!(c.node.peer_urls, ["http://127.0.0.2:2380"]);
         assert_eq!(c.discovery_dir, Some(PathBuf::from("/tmp/discovery")));
         assert_eq!(c.backup_interval, Duration::from_secs(15 * 60));
+    }
+
+    #[test]
+    fn value_parsers_say_what_to_write() {
+        assert!(go_bool("True").expect("Go's spelling"));
+        assert!(matches!(go_bool("yes"), Err(ConfigError::NotBool { .. })));
+        assert_eq!(parse_fraction(" 0.25 ").expect("a fraction"), 0.25);
+        assert!(matches!(
+            parse_fraction("1.5"),
+            Err(ConfigError::NotAFraction { value }) if value == 1.5
+        ));
+        let e = parse_fraction("half").expect_err("no number").to_string();
+        assert!(
+            e.contains("'half' is not a number") && e.contains("0.5"),
+            "{e}"
+        );
+        let e = args(&["--defrag-fragmentation=2"]).expect_err("above 1");
+        assert!(
+            e.contains("defrag-fragmentation") && e.contains("between 0 and 1"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1682,7 +1834,9 @@ mod tests {
             (Some("k"), Some("s"))
         );
         assert_eq!(o.s3_region.as_deref(), Some("eu-west-1"));
-        let e = crate::cli::envfile::load(&dir.path().join("missing")).expect_err("missing");
+        let e = crate::cli::envfile::load(&dir.path().join("missing"))
+            .expect_err("missing")
+            .to_string();
         assert!(e.contains("opening env file"), "{e}");
     }
 }

@@ -11,49 +11,89 @@
 //! quotes, no `export`.
 
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Largest env file read.
 const MAX_LEN: u64 = 1 << 20;
 
+/// What is wrong with an env file, and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvFileError {
+    #[error("opening env file {}: {source}; fix --env-file or the file's permissions", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("env file {} is larger than {MAX_LEN} bytes; keep only KEY=VALUE settings in it", path.display())]
+    TooLarge { path: PathBuf },
+    #[error("env file {} line {line}: {problem}; write KEY=VALUE (no quotes, no export)", path.display())]
+    Line {
+        path: PathBuf,
+        line: usize,
+        problem: LineProblem,
+    },
+}
+
+/// What is wrong with one line of an env file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineProblem {
+    #[error("missing '='")]
+    MissingEquals,
+    #[error("empty key")]
+    EmptyKey,
+    #[error("invalid key {0:?}")]
+    InvalidKey(String),
+}
+
 /// Parse an env file's text; the error names the line.
-pub fn parse(path: &Path, text: &str) -> Result<Vec<(String, String)>, String> {
+pub fn parse(path: &Path, text: &str) -> Result<Vec<(String, String)>, EnvFileError> {
     let mut out = vec![];
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let at = |what: &str| format!("env file {} line {}: {what}", path.display(), i + 1);
-        let (key, value) = line.split_once('=').ok_or_else(|| at("missing '='"))?;
-        let key = key.trim();
-        if key.is_empty() {
-            return Err(at("empty key"));
-        }
-        let mut chars = key.chars();
-        let first_ok = chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-        if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(at(&format!("invalid key {key:?}")));
-        }
-        out.push((key.to_string(), value.to_string()));
+        let pair = parse_line(line).map_err(|problem| EnvFileError::Line {
+            path: path.to_path_buf(),
+            line: i + 1,
+            problem,
+        })?;
+        out.push(pair);
     }
     Ok(out)
 }
 
-/// Read and parse `path`.
-pub fn load(path: &Path) -> Result<Vec<(String, String)>, String> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| format!("opening env file {}: {e}", path.display()))?;
-    if meta.len() > MAX_LEN {
-        return Err(format!(
-            "env file {} is larger than {MAX_LEN} bytes",
-            path.display()
-        ));
+/// One trimmed, non-blank, non-comment line: its key and value.
+fn parse_line(line: &str) -> Result<(String, String), LineProblem> {
+    let (key, value) = line.split_once('=').ok_or(LineProblem::MissingEquals)?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(LineProblem::EmptyKey);
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("opening env file {}: {e}", path.display()))?;
+    let mut chars = key.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(LineProblem::InvalidKey(key.to_string()));
+    }
+    Ok((key.to_string(), value.to_string()))
+}
+
+/// Read and parse `path`.
+pub fn load(path: &Path) -> Result<Vec<(String, String)>, EnvFileError> {
+    let open = |source| EnvFileError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(open)?;
+    if meta.len() > MAX_LEN {
+        return Err(EnvFileError::TooLarge {
+            path: path.to_path_buf(),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(open)?;
     parse(path, &text)
 }
 
@@ -135,7 +175,7 @@ mod tests {
             ("1A=x", "invalid key"),
             ("export A=x", "invalid key"),
         ] {
-            let e = parse(p, bad).expect_err(bad);
+            let e = parse(p, bad).expect_err(bad).to_string();
             assert!(e.contains(why) && e.contains("line 1"), "{e}");
         }
     }

@@ -7,10 +7,12 @@ use std::net::SocketAddr;
 use backup::ClusterSpec;
 use backup::layout::{ALLOW_NEW_CLUSTER_FILE, retired_cluster_file};
 
+use super::error::Missing;
 use super::execute::JoinTemplate;
 use super::observe::{cluster_client, endpoint_of};
 use super::{Driver, DriverError, PEER_TIMEOUT, node_configs};
 use crate::controller::Observation;
+use crate::core::memory::Fact;
 use crate::core::model::{JobKind, JobPhase};
 use crate::peer::{JOIN_TIMEOUT, JoinPhase, Request, Response};
 use crate::{controller, peer};
@@ -91,7 +93,7 @@ impl Driver {
             let token = info
                 .and_then(|i| i.etcd_state.as_ref())
                 .map(|e| e.cluster_token.clone())
-                .ok_or_else(|| format!("peer {id} runs no etcd"))?;
+                .ok_or_else(|| Missing::PeerWithoutEtcd(id.clone()))?;
             let jobs = info.is_some_and(|i| i.jobs.is_some());
             asks.push((id.clone(), token, self.addr_of(id)?, jobs));
         }
@@ -114,7 +116,7 @@ impl Driver {
                     match me.follow_job(id, *addr, JobKind::CheckV2Store, token).await {
                         Ok(JobPhase::Found(what)) => Response::V2Store { custom: Some(what) },
                         Ok(_) => Response::V2Store { custom: None },
-                        Err(e) => Response::Failed(e.to_string()),
+                        Err(e) => Response::Failed(peer::Refusal::Failed(e.to_string())),
                     },
                 )
             }
@@ -126,7 +128,7 @@ impl Driver {
                 Ok(Response::V2Store { custom: Some(what) }) => {
                     controller::V2StoreCheck::Custom(what)
                 }
-                Ok(Response::Failed(e)) => controller::V2StoreCheck::Failed(e),
+                Ok(Response::Failed(e)) => controller::V2StoreCheck::Failed(e.to_string()),
                 Ok(other) => {
                     controller::V2StoreCheck::Failed(format!("unexpected answer {other:?}"))
                 }
@@ -136,7 +138,11 @@ impl Driver {
                 Err(e) => controller::V2StoreCheck::Failed(e.to_string()),
             };
             tracing::info!(peer = %id, result = ?check, "v2 store checked");
-            self.v2store.insert((id, token), (check, self.clock.now()));
+            self.remember(Fact::V2StoreChecked {
+                peer: &id,
+                token: &token,
+                check: &check,
+            });
         }
         Ok(())
     }
@@ -158,7 +164,7 @@ impl Driver {
                     controller::SettingsCheck::Kept
                 }
                 Ok(Response::Settings { lost }) => controller::SettingsCheck::Lost(lost),
-                Ok(Response::Failed(e)) => controller::SettingsCheck::Failed(e),
+                Ok(Response::Failed(e)) => controller::SettingsCheck::Failed(e.to_string()),
                 Ok(other) => {
                     controller::SettingsCheck::Failed(format!("unexpected answer {other:?}"))
                 }
@@ -174,8 +180,11 @@ impl Driver {
                     tracing::info!(peer = %id, %version, result = ?other, "etcd settings checked")
                 }
             }
-            self.settings_checks
-                .insert((id.clone(), version.to_string()), (check, self.clock.now()));
+            self.remember(Fact::SettingsChecked {
+                peer: id,
+                version,
+                check: &check,
+            });
         }
         Ok(())
     }
@@ -199,14 +208,14 @@ impl Driver {
                     .iter()
                     .find(|p| p.id == *member)
                     .and_then(|p| endpoint_of(p.info.as_ref()?))
-                    .ok_or_else(|| format!("survivor {member} has no client URL"))?;
+                    .ok_or_else(|| Missing::SurvivorWithoutUrl(member.to_string()))?;
                 let stored = obs.spec.clone().unwrap_or_else(|| spec.clone());
                 let summary = self.backup_from(&ep, epoch, stored, None).await?;
                 tracing::warn!(survivor = %member, backup = %summary.name, "quorum recovery: the survivor's data stored as a backup");
                 summary.name
             }
             (None, Some(b)) => b.to_string(),
-            (None, None) => return Err("quorum recovery without a source".into()),
+            (None, None) => return Err(Missing::NoRecoverySource.into()),
         };
         // The restore is queued first, then the cluster being replaced is
         // retired: its members that come back later (down, not wiped) are
@@ -240,8 +249,8 @@ impl Driver {
         keep: Option<&str>,
         epoch: u64,
     ) -> Result<(), DriverError> {
-        let (served, retired) = match &self.control {
-            Some((_, c)) => (c.served_tokens.clone(), c.retired_tokens.clone()),
+        let (served, retired) = match self.control_files.last() {
+            Some(c) => (c.served_tokens.clone(), c.retired_tokens.clone()),
             None => Default::default(),
         };
         // Also the token of a restore a leader began and did not finish:
@@ -287,7 +296,7 @@ impl Driver {
             let n = client.delete_prefix(prefix).await?;
             tracing::info!(%prefix, deleted = n, %token, "cleared keys from the restored cluster before clients reach it");
         }
-        self.prefixes_cleared.insert(token.to_string());
+        self.remember(Fact::PrefixesCleared { token });
         Ok(())
     }
 
@@ -304,7 +313,11 @@ impl Driver {
                 Ok(())
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(format!("removing {}: {e}", file.display()).into()),
+            Err(source) => Err(DriverError::File {
+                what: "removing",
+                path: file,
+                source,
+            }),
         }
     }
 }

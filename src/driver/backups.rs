@@ -1,16 +1,54 @@
 //! Backups and restores as the leader runs them: take, verify before a
 //! restore, restore as a new quarantined cluster, queue a restore.
 
+use std::time::Instant;
+
 use backup::layout::BACKUP_NOW_FILE;
 use backup::{BackupInfo, ClusterSpec};
 
+use super::error::Missing;
 use super::observe::healthy_endpoints;
 use super::{Driver, DriverError, ETCD_TIMEOUT, PEER_TIMEOUT, node_configs};
 use crate::controller::Observation;
+use crate::core::memory::Fact;
 use crate::core::model::JobKind;
 use crate::metrics as m;
 use crate::peer::{Fence, JOIN_TIMEOUT, RESTORE_TIMEOUT, Request};
 use crate::{controller, peer};
+
+/// The leader's backup bookkeeping.
+#[derive(Default)]
+pub(super) struct Books {
+    /// When this leader last finished a backup, and its name (a
+    /// dump-and-restore restores it; the continuous backup chains from it).
+    pub(super) last_backup: Option<Instant>,
+    pub(super) last_backup_name: Option<String>,
+    pub(super) last_retention: Option<Instant>,
+    /// The `backup-now` request the last on-demand backup answered.
+    pub(super) backup_request: Option<bytes::Bytes>,
+    /// Periodic backups since the last one given to a restore drill.
+    backups_since_drill: u32,
+    /// A backup awaiting its restore drill.
+    pub(super) unverified_backup: Option<String>,
+    /// The newest backup and its revision, read while quorum is lost.
+    pub(super) latest_backup: Option<(String, Option<i64>)>,
+}
+
+impl Books {
+    /// Backup `name` finished at `now`; a periodic one is given to a drill
+    /// every `verify_every` (0: never).
+    pub(super) fn taken(&mut self, name: &str, now: Instant, periodic: bool, verify_every: u32) {
+        self.last_backup = Some(now);
+        self.last_backup_name = Some(name.to_string());
+        if periodic && verify_every > 0 {
+            self.backups_since_drill += 1;
+            if self.backups_since_drill >= verify_every {
+                self.backups_since_drill = 0;
+                self.unverified_backup = Some(name.to_string());
+            }
+        }
+    }
+}
 
 impl Driver {
     /// Verify first (nothing is touched if the backup is missing or corrupt),
@@ -31,15 +69,21 @@ impl Driver {
             Ok(()) => {}
             Err((true, reason)) => {
                 tracing::error!(%command, %backup, %reason, "restore refused");
-                let key = (command.to_string(), backup.to_string());
-                self.refused.insert(key, reason.clone());
+                self.remember(Fact::Refused {
+                    command,
+                    backup,
+                    reason: &reason,
+                });
                 // Not a permanent failure of the action kind: this command is
                 // never tried again (`refused`), and another one queued by an
                 // operator must run at once, not after the longest backoff.
-                return Err(DriverError::Retryable(reason));
+                return Err(DriverError::RestoreRefused(reason));
             }
             Err((false, reason)) => {
-                return Err(format!("cannot verify backup {backup} now: {reason}").into());
+                return Err(DriverError::VerifyLater {
+                    backup: backup.to_string(),
+                    reason,
+                });
             }
         }
         let nodes = node_configs(obs, peers, "the restore")?;
@@ -161,8 +205,9 @@ impl Driver {
         // backup holds every write acknowledged before it (its stamp goes
         // into the side file; see crate::backups::backup_now).
         let requested_at = if reason == controller::BackupReason::OnDemand {
-            self.backup_request = self.read_backup_request().await?;
-            self.backup_request
+            self.books.backup_request = self.read_backup_request().await?;
+            self.books
+                .backup_request
                 .as_deref()
                 .and_then(crate::backups::backup_now::BackupNowRequest::parse)
         } else {
@@ -177,16 +222,15 @@ impl Driver {
             .now()
             .saturating_duration_since(started)
             .as_secs_f64();
-        self.last_backup = Some(self.clock.now());
-        self.last_backup_name = Some(summary.name.clone());
-        self.delta.full_taken();
-        if reason == controller::BackupReason::Periodic && self.settings.backup_verify_every > 0 {
-            self.backups_since_drill += 1;
-            if self.backups_since_drill >= self.settings.backup_verify_every {
-                self.backups_since_drill = 0;
-                self.unverified_backup = Some(summary.name.clone());
-            }
-        }
+        let periodic = reason == controller::BackupReason::Periodic;
+        let now = self.clock.now();
+        self.books.taken(
+            &summary.name,
+            now,
+            periodic,
+            self.settings.backup_verify_every,
+        );
+        self.delta.shared.full_taken();
         let wall = self
             .clock
             .wall()
@@ -212,7 +256,7 @@ impl Driver {
     /// Delete the `backup-now` request just answered, unless a newer one
     /// replaced it during the backup: that one gets a backup of its own.
     pub(super) async fn clear_backup_request(&mut self) -> Result<(), DriverError> {
-        let answered = self.backup_request.take();
+        let answered = self.books.backup_request.take();
         let now = match self.store.read_manager_file(BACKUP_NOW_FILE).await {
             Ok(None) => return Ok(()),
             Ok(Some(body)) => Some(body),
@@ -238,14 +282,14 @@ impl Driver {
         obs: &Observation,
         requested_at: Option<u64>,
     ) -> Result<backup::BackupSummary, DriverError> {
-        let spec: ClusterSpec = obs.spec.clone().ok_or("no spec")?;
+        let spec: ClusterSpec = obs.spec.clone().ok_or(Missing::NoSpec)?;
         // Prefer our own member; any healthy one will do.
         let mut endpoints = healthy_endpoints(obs);
         endpoints.sort_by_key(|(id, _)| *id != self.node.id());
         let (_, endpoint) = endpoints
             .into_iter()
             .next()
-            .ok_or("no healthy member to back up from")?;
+            .ok_or(Missing::NoMemberToBackUp)?;
         self.backup_from(&endpoint, epoch, spec, requested_at).await
     }
 
@@ -326,9 +370,10 @@ impl Driver {
         spec: &ClusterSpec,
     ) -> Result<(), DriverError> {
         let name = self
+            .books
             .last_backup_name
             .clone()
-            .ok_or("no backup taken by this leader to restore")?;
+            .ok_or(Missing::NoOwnBackup)?;
         let queued = self.queue_restore(&name, spec).await?;
         tracing::info!(backup = %name, version = %spec.etcd_version, command = %queued, "queued a restore for the version change");
         Ok(())
@@ -368,14 +413,21 @@ impl Driver {
         tracing::info!(%backup, %peer, "restore drill handed to a manager");
         match request {
             Some(r) => self.store.delete_manager_file(r).await?,
-            None => self.unverified_backup = None,
+            None => self.books.unverified_backup = None,
         }
         Ok(())
     }
 
     /// [`Action::GcTrashcan`]: best effort; a peer that cannot clean up now
     /// will on the next round.
-    pub(super) async fn gc_trashcans(&self, peers: &[String], keep: u32, fence: &Fence) {
+    /// [`Action::GcTrashcan`]: best effort, never failed (a node that cannot
+    /// clean now is asked again later).
+    pub(super) async fn gc_trashcans(
+        &self,
+        peers: &[String],
+        keep: u32,
+        fence: &Fence,
+    ) -> Result<(), DriverError> {
         for p in peers {
             let req = Request::GcTrashcan {
                 fence: fence.clone(),
@@ -390,6 +442,7 @@ impl Driver {
                 Err(e) => tracing::debug!(peer = %p, error = %e, "trashcan clean-up skipped"),
             }
         }
+        Ok(())
     }
 
     /// [`Action::ApplyRetention`]: the retention policy applied to the store.
@@ -398,7 +451,7 @@ impl Driver {
             .store
             .apply_retention(self.clock.wall(), &self.settings.retention)
             .await?;
-        self.last_retention = Some(self.clock.now());
+        self.books.last_retention = Some(self.clock.now());
         tracing::info!(deleted = deleted.len(), "retention applied");
         Ok(())
     }

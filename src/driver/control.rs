@@ -3,6 +3,7 @@
 //! the continuous backup and hosts file it keeps in step.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backup::layout::{
@@ -10,32 +11,117 @@ use backup::layout::{
     request_suffix,
 };
 
+use super::error::Missing;
 use super::observe::healthy_endpoints;
 use super::payload::PeerPayload;
 use super::{CONTROL_REFRESH, Control, Driver, DriverError, READ_CONTROL};
+use crate::backups::delta::DeltaTarget;
 use crate::controller::{Observation, Plan};
 use crate::metrics as m;
 use crate::node::{retired_tokens, served_tokens};
 
-impl Driver {
-    /// Point the continuous backup at the healthy members and the newest
-    /// full backup this leader took (None before its first: the streamer
-    /// resumes the store's newest chain).
-    pub(super) fn follow_changes(&mut self, epoch: u64, obs: &Observation) {
-        if self.settings.delta_interval.is_zero() {
-            return;
+/// The store's control files as this leader last read them.
+#[derive(Default)]
+pub(super) struct ControlFiles {
+    /// What they said, and when they were read.
+    read: Option<(Instant, Control)>,
+    /// What the store listed last (only changed files are read again).
+    cache: backup::ControlCache,
+    /// How many malformed control files the last read reported (logged on change).
+    malformed_seen: usize,
+    /// The recover-quorum request last read, and when this leader first
+    /// read that body (a request without a stamp ages from then).
+    recover_seen: Option<(bytes::Bytes, Instant)>,
+}
+
+impl ControlFiles {
+    /// Read them again at the next look (what this leader did, or what
+    /// changed while it did not lead, may have changed them).
+    pub(super) fn forget(&mut self) {
+        self.read = None;
+    }
+
+    /// What they said at the last read, if they were read.
+    pub(super) fn last(&self) -> Option<&Control> {
+        self.read.as_ref().map(|(_, c)| c)
+    }
+
+    /// Read at most `refresh` ago.
+    fn fresh(&self, now: Instant, refresh: Duration) -> bool {
+        self.read
+            .as_ref()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) < refresh)
+    }
+
+    /// This leader recorded `token` as served (no need to read the files again to know).
+    pub(super) fn served(&mut self, token: &str) {
+        if let Some((_, c)) = &mut self.read {
+            c.served_tokens.insert(token.to_string());
         }
-        let mut endpoints: Vec<String> =
-            healthy_endpoints(obs).into_iter().map(|(_, e)| e).collect();
-        endpoints.sort();
-        let target = (!endpoints.is_empty()).then(|| crate::backups::delta::DeltaTarget {
-            epoch,
-            endpoints,
-            base: self.last_backup_name.clone(),
-        });
-        self.delta_target.send_if_modified(|t| {
-            // Members coming and going alone do not restart the chain: the
-            // streamer reads the endpoints when it (re)connects.
+    }
+
+    /// When this leader first read the recover-quorum request `body`.
+    fn first_read(&mut self, body: &bytes::Bytes, now: Instant) -> Instant {
+        match &self.recover_seen {
+            Some((seen, at)) if seen == body => *at,
+            _ => {
+                self.recover_seen = Some((body.clone(), now));
+                now
+            }
+        }
+    }
+}
+
+/// What this manager last published, so it writes only changes.
+#[derive(Default)]
+pub(super) struct Published {
+    /// Its gossip payload.
+    pub(super) payload: Option<PeerPayload>,
+    /// The status report, and when it was written.
+    pub(super) status: Option<(crate::status::ClusterStatus, Instant)>,
+    /// What the hosts file's block said.
+    hosts: Option<BTreeMap<String, BTreeSet<String>>>,
+}
+
+/// The continuous backup, as the leader points it at the members: what it
+/// should follow, where it stands, and the streamer until
+/// [`Driver::run`](super::Driver::run) starts it.
+pub(super) struct DeltaLink {
+    pub(super) target: tokio::sync::watch::Sender<Option<DeltaTarget>>,
+    pub(super) shared: Arc<crate::backups::delta::DeltaShared>,
+    pub(super) streamer: Option<crate::backups::delta::DeltaStreamer>,
+}
+
+impl DeltaLink {
+    /// No streamer with `--delta-interval=0`.
+    pub(super) fn new(
+        settings: &super::DriverSettings,
+        store: &backup::BackupStore,
+        clock: &Arc<dyn crate::clock::Clock>,
+    ) -> DeltaLink {
+        let (target, target_rx) = tokio::sync::watch::channel(None);
+        let shared = Arc::new(crate::backups::delta::DeltaShared::default());
+        let streamer =
+            (!settings.delta_interval.is_zero()).then(|| crate::backups::delta::DeltaStreamer {
+                store: store.clone(),
+                clock: clock.clone(),
+                interval: settings.delta_interval,
+                tls: settings.etcd_tls.clone(),
+                shared: shared.clone(),
+                target: target_rx,
+            });
+        DeltaLink {
+            target,
+            shared,
+            streamer,
+        }
+    }
+
+    /// Follow `target` (None: nothing). Members coming and going alone do
+    /// not restart the chain: the streamer reads the endpoints when it
+    /// (re)connects.
+    pub(super) fn follow(&self, target: Option<DeltaTarget>) {
+        self.target.send_if_modified(|t| {
             let same = match (&*t, &target) {
                 (Some(a), Some(b)) => a.epoch == b.epoch && a.base == b.base,
                 (None, None) => true,
@@ -50,42 +136,55 @@ impl Driver {
             !same
         });
     }
+}
+
+impl Driver {
+    /// Point the continuous backup at the healthy members and the newest
+    /// full backup this leader took (None before its first: the streamer
+    /// resumes the store's newest chain).
+    pub(super) fn follow_changes(&mut self, epoch: u64, obs: &Observation) {
+        if self.settings.delta_interval.is_zero() {
+            return;
+        }
+        let mut endpoints: Vec<String> =
+            healthy_endpoints(obs).into_iter().map(|(_, e)| e).collect();
+        endpoints.sort();
+        let target = (!endpoints.is_empty()).then(|| DeltaTarget {
+            epoch,
+            endpoints,
+            base: self.books.last_backup_name.clone(),
+        });
+        self.delta.follow(target);
+    }
 
     /// The control files, read again when older than [`CONTROL_REFRESH`].
     pub(super) async fn control(&mut self) -> Result<&Control, DriverError> {
         let now = self.clock.now();
-        let fresh = self.steady
-            && self
-                .control
-                .as_ref()
-                .is_some_and(|(at, _)| now.saturating_duration_since(*at) < CONTROL_REFRESH);
+        let fresh = self.pace.steady && self.control_files.fresh(now, CONTROL_REFRESH);
         if !fresh {
             // After a failed read, the store is asked again only after a
             // growing pause (1 s doubling to 60 s), not on every pass.
-            if let Some((failures, left)) = self.backoff.waiting(READ_CONTROL, now) {
-                return Err(format!(
-                    "the backup store did not answer the last {failures} reads of the control files; next try in {:.1} s",
-                    left.as_secs_f64()
-                )
-                .into());
+            if let Some((failures, left)) = self.pace.backoff.waiting(READ_CONTROL, now) {
+                return Err(Missing::StoreBackingOff { failures, left }.into());
             }
-            let snap = match self.store.read_control(&mut self.control_cache).await {
+            let snap = match self.store.read_control(&mut self.control_files.cache).await {
                 Ok(snap) => {
-                    self.backoff.succeeded(READ_CONTROL);
+                    self.pace.backoff.succeeded(READ_CONTROL);
                     snap
                 }
                 Err(e) => {
                     let e = DriverError::from(e);
-                    self.backoff
+                    self.pace
+                        .backoff
                         .failed(READ_CONTROL, now, &e.to_string(), false);
                     return Err(e);
                 }
             };
-            if snap.malformed.len() != self.malformed_seen {
+            if snap.malformed.len() != self.control_files.malformed_seen {
                 for f in &snap.malformed {
                     tracing::warn!(path = %f.path, reason = %f.reason, "skipping a malformed control file");
                 }
-                self.malformed_seen = snap.malformed.len();
+                self.control_files.malformed_seen = snap.malformed.len();
             }
             metrics::gauge!(m::STORE_MALFORMED_FILES).set(snap.malformed.len() as f64);
             let mut control = Control {
@@ -125,11 +224,11 @@ impl Driver {
                 control.allow_new_cluster = allow;
                 control.created_marker = !allow;
             }
-            self.control = Some((now, control));
+            self.control_files.read = Some((now, control));
         }
-        match &self.control {
-            Some((_, c)) => Ok(c),
-            None => Err("the control files were not read".into()),
+        match self.control_files.last() {
+            Some(c) => Ok(c),
+            None => Err(Missing::ControlUnread.into()),
         }
     }
 
@@ -163,7 +262,7 @@ impl Driver {
                 self.node.id(),
                 &self.settings.dns_suffix,
             ));
-        if self.last_hosts.as_ref() == Some(&records) {
+        if self.published.hosts.as_ref() == Some(&records) {
             return;
         }
         match crate::platform::hosts::update(
@@ -176,7 +275,7 @@ impl Driver {
                 if changed {
                     tracing::info!(path = %path.display(), names = records.values().map(BTreeSet::len).sum::<usize>(), "hosts file updated");
                 }
-                self.last_hosts = Some(records);
+                self.published.hosts = Some(records);
             }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot update the hosts file")
@@ -197,14 +296,14 @@ impl Driver {
             ),
         });
         if !self.settings.delta_interval.is_zero() {
-            let d = self.delta.status();
+            let d = self.delta.shared.status();
             status.continuous_backup = Some(match (d.gap, d.base) {
                 (Some(gap), _) => format!("GAP: {gap}; a full backup starts a new chain"),
                 (None, Some(base)) => format!("on, chain from backup {base}"),
                 (None, None) => "on, starting".into(),
             });
         }
-        if let Some((_, c)) = &self.control {
+        if let Some(c) = self.control_files.last() {
             status.warnings.extend(
                 c.malformed
                     .iter()
@@ -212,7 +311,8 @@ impl Driver {
             );
         }
         let last_change = self
-            .last_status
+            .published
+            .status
             .as_ref()
             .and_then(|(l, _)| l.version_change.clone());
         if let Some(v) = &status.version_change
@@ -221,7 +321,7 @@ impl Driver {
             tracing::info!(change = %v, "version change planned");
         }
         let now = self.clock.now();
-        if let Some((last, at)) = &self.last_status
+        if let Some((last, at)) = &self.published.status
             && !self.following.take_stale()
             && last.same_content(&status)
             && now.saturating_duration_since(*at) < STATUS_REFRESH
@@ -229,7 +329,7 @@ impl Driver {
             return;
         }
         match self.store_status(&status).await {
-            Ok(()) => self.last_status = Some((status, now)),
+            Ok(()) => self.published.status = Some((status, now)),
             Err(e) => tracing::warn!(error = %e, "could not write the status report"),
         }
     }
@@ -254,16 +354,10 @@ impl Driver {
         now: Instant,
     ) -> Duration {
         let Some(body) = body else {
-            self.recover_seen = None;
+            self.control_files.recover_seen = None;
             return Duration::ZERO;
         };
-        let first = match &self.recover_seen {
-            Some((seen, at)) if *seen == body => *at,
-            _ => {
-                self.recover_seen = Some((body.clone(), now));
-                now
-            }
-        };
+        let first = self.control_files.first_read(&body, now);
         let wall_ns = self
             .clock
             .wall()
@@ -280,7 +374,11 @@ impl Driver {
     /// [`Action::ClearRecoverQuorumRequest`]: remove the request if it still
     /// holds what was read (a newer one gets its own judgement).
     pub(super) async fn clear_recover_request(&mut self, expired: bool) -> Result<(), DriverError> {
-        let read = self.recover_seen.as_ref().map(|(b, _)| b.clone());
+        let read = self
+            .control_files
+            .recover_seen
+            .as_ref()
+            .map(|(b, _)| b.clone());
         let now = self
             .store
             .read_manager_file(RECOVER_QUORUM_FILE)
@@ -294,13 +392,13 @@ impl Driver {
             .delete_manager_file(RECOVER_QUORUM_FILE)
             .await
             .map_err(DriverError::from)?;
-        self.recover_seen = None;
+        self.control_files.recover_seen = None;
         if expired {
             tracing::warn!("recover-quorum request removed: older than an hour, never acted on");
         } else {
             tracing::info!("recover-quorum request removed: the cluster holds its quorum");
         }
-        self.control = None;
+        self.control_files.forget();
         Ok(())
     }
 
@@ -317,11 +415,11 @@ impl Driver {
         for w in &plan.waits {
             metrics::counter!(m::RECONCILE_WAITS, "reason" => w.label()).increment(1);
         }
-        if texts != self.last_waits {
+        if texts != self.pace.last_waits {
             for (w, t) in plan.waits.iter().zip(&texts) {
                 tracing::info!(reason = w.label(), "{t}");
             }
-            self.last_waits = texts;
+            self.pace.last_waits = texts;
         }
     }
 }
@@ -349,10 +447,4 @@ pub fn defrag_request(
             .ok()
             .map(|()| (f.clone(), Some(member.to_string())))
     })
-}
-
-/// What identifies one queued restore command.
-pub(super) fn command_key(c: &backup::StoredCommand) -> Option<(String, String)> {
-    let r = c.command.restore_backup.as_ref()?;
-    Some((c.name.clone(), r.backup.clone()))
 }

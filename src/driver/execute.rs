@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::error::Missing;
 use super::{Driver, DriverError, ETCD_MEMBERSHIP_RETRY, PEER_TIMEOUT};
 use crate::controller::{Action, Observation, Plan};
 use crate::metrics as m;
@@ -26,12 +27,12 @@ impl Driver {
             acted = true;
             match result {
                 Ok(()) => {
-                    self.backoff.succeeded(action.label());
+                    self.pace.backoff.succeeded(action.label());
                     metrics::gauge!(m::ACTION_BACKOFF, "action" => action.label()).set(0.0);
                 }
                 Err(e) => {
                     let permanent = e.is_permanent();
-                    let wait = self.backoff.failed(
+                    let wait = self.pace.backoff.failed(
                         action.label(),
                         self.clock.now(),
                         &e.to_string(),
@@ -52,7 +53,7 @@ impl Driver {
     pub(super) fn membership_deadline(&self) -> Result<Duration, DriverError> {
         let rules = self.settings.rules;
         match self.lease.remaining(self.clock.now()) {
-            None if rules.recheck_lease => Err("lease no longer held".into()),
+            None if rules.recheck_lease => Err(Missing::LeaseLost.into()),
             Some(left) if rules.bound_retries => Ok(crate::leadership::retry_deadline(
                 ETCD_MEMBERSHIP_RETRY,
                 left,
@@ -77,20 +78,9 @@ impl Driver {
                 version,
                 peers,
             } => self.seed_cluster(token, version, peers, epoch, obs).await,
-            Action::WriteCreatedMarker if self.settings.static_config.is_some() => {
-                self.remove_create_file()
-            }
-            Action::WriteCreatedMarker => Ok(self.store.write_created(self.clock.wall()).await?),
-            Action::LiftQuarantine { peers } => {
-                self.set_quarantine(peers, false, &fence).await?;
-                tracing::info!(peers = ?peers, "quarantine lifted");
-                Ok(())
-            }
-            Action::Quarantine { peers } => {
-                self.set_quarantine(peers, true, &fence).await?;
-                tracing::info!(peers = ?peers, "quarantined: clients are kept out");
-                Ok(())
-            }
+            Action::WriteCreatedMarker => self.write_created_marker().await,
+            Action::LiftQuarantine { peers } => self.quarantine(peers, false, &fence).await,
+            Action::Quarantine { peers } => self.quarantine(peers, true, &fence).await,
             Action::TakeBackup { reason } => self.take_backup(epoch, obs, *reason).await,
             Action::AddMember {
                 peer,
@@ -156,10 +146,7 @@ impl Driver {
                 self.hand_over_drill(backup, peer, request.as_deref(), &fence)
                     .await
             }
-            Action::GcTrashcan { peers, keep } => {
-                self.gc_trashcans(peers, *keep, &fence).await;
-                Ok(())
-            }
+            Action::GcTrashcan { peers, keep } => self.gc_trashcans(peers, *keep, &fence).await,
             Action::ApplyRetention => self.apply_retention().await,
             Action::CheckV2Store { peers } => self.check_v2store(peers, epoch, obs).await,
             Action::CheckSettings { peers, version } => self.check_settings(peers, version).await,
@@ -187,6 +174,31 @@ impl Driver {
                 self.clear_recover_request(*expired).await
             }
         }
+    }
+
+    /// [`Action::WriteCreatedMarker`]: the store's marker, or with
+    /// `--static-config` the removal of `please-create-new-cluster`.
+    async fn write_created_marker(&self) -> Result<(), DriverError> {
+        if self.settings.static_config.is_some() {
+            return self.remove_create_file();
+        }
+        Ok(self.store.write_created(self.clock.wall()).await?)
+    }
+
+    /// [`Action::Quarantine`] and [`Action::LiftQuarantine`].
+    async fn quarantine(
+        &self,
+        peers: &[String],
+        on: bool,
+        fence: &crate::peer::Fence,
+    ) -> Result<(), DriverError> {
+        self.set_quarantine(peers, on, fence).await?;
+        if on {
+            tracing::info!(peers = ?peers, "quarantined: clients are kept out");
+        } else {
+            tracing::info!(peers = ?peers, "quarantine lifted");
+        }
+        Ok(())
     }
 
     pub(super) async fn start_member(

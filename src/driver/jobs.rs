@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::error::JobError;
 use super::{Driver, DriverError, PEER_TIMEOUT};
 use crate::core::model::{Job, JobKind, JobPhase};
 use crate::peer::{Request, Response};
@@ -80,12 +81,21 @@ impl Driver {
                 self.job_seen(id, job).await;
                 match job.map(|j| (j.phase.clone(), j.bytes)) {
                     Some((JobPhase::Failed(why), _)) => {
-                        return Err(format!("{what} on {id} failed: {why}").into());
+                        return Err(JobError::Failed {
+                            what: what.to_string(),
+                            id: id.to_string(),
+                            why,
+                        }
+                        .into());
                     }
                     Some((phase, _)) if phase.ended() => return Ok(phase),
                     None if ran => return Ok(JobPhase::Done),
                     None => {
-                        return Err(format!("{id} no longer runs {what} (it restarted, or a newer leader's job replaced it)").into());
+                        return Err(JobError::Gone {
+                            what: what.to_string(),
+                            id: id.to_string(),
+                        }
+                        .into());
                     }
                     Some(now_seen) => {
                         if seen.as_ref() != Some(&now_seen) {
@@ -98,9 +108,12 @@ impl Driver {
             }
             if now.saturating_duration_since(moved) >= JOB_STALL {
                 self.job_seen(id, None).await;
-                return Err(format!(
-                    "{what} on {id} has not moved for {JOB_STALL:?} (last seen: {seen:?})"
-                )
+                return Err(JobError::Stalled {
+                    what: what.to_string(),
+                    id: id.to_string(),
+                    after: JOB_STALL,
+                    seen: format!("{seen:?}"),
+                }
                 .into());
             }
         }
@@ -134,7 +147,7 @@ impl Driver {
                 .map(|(id, j)| crate::status::job_text(id, j))
                 .collect::<Vec<_>>()
         };
-        let Some((mut status, _)) = self.last_status.clone() else {
+        let Some((mut status, _)) = self.published.status.clone() else {
             return;
         };
         status.jobs = texts;

@@ -5,16 +5,51 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::payload::PeerPayload;
 use super::{Driver, DriverSettings};
 use crate::clock::Clock;
+use crate::core::memory::Fact;
 use crate::driver::lease::SharedLease;
 use crate::edges::PeerApi;
 use crate::metrics as m;
 use crate::peer;
 use crate::peer::Request;
+
+/// This manager's standing among the others.
+pub(super) struct Standing {
+    /// When this manager's driver started (gossip's settle time counts from here).
+    pub(super) started: Instant,
+    /// Whether gossip's settle time since start has passed (logged once).
+    gossip_settled: bool,
+    /// Whether a majority of the known managers accepted it last (logged on change).
+    had_majority: bool,
+    /// Whether it held the lease at the last look.
+    was_leader: bool,
+    /// Lease claims already counted: one is counted when first seen, not again.
+    seen_claims: BTreeSet<(u64, String)>,
+}
+
+impl Standing {
+    pub(super) fn new(started: Instant) -> Standing {
+        Standing {
+            started,
+            gossip_settled: false,
+            had_majority: false,
+            was_leader: false,
+            seen_claims: BTreeSet::new(),
+        }
+    }
+
+    /// True the first time a claim is seen (at most 64 remembered).
+    fn first_sight(&mut self, claim: &lock::LeaseClaim) -> bool {
+        if self.seen_claims.len() >= 64 {
+            self.seen_claims.clear();
+        }
+        self.seen_claims.insert((claim.seq, claim.nonce.clone()))
+    }
+}
 
 impl Driver {
     /// Alive gossip members of our cluster, with their peer API address.
@@ -57,13 +92,16 @@ impl Driver {
     /// it has shown us the other managers (see
     /// [`crate::leadership::settle_time`]); before, we do not seek the lease.
     pub(super) fn settled(&mut self) -> bool {
-        if self.gossip_settled {
+        if self.standing.gossip_settled {
             return true;
         }
-        let since = self.clock.now().saturating_duration_since(self.started);
+        let since = self
+            .clock
+            .now()
+            .saturating_duration_since(self.standing.started);
         let settle = self.settings.gossip_settle;
         if !self.settings.rules.settle || crate::leadership::settled(since, settle) {
-            self.gossip_settled = true;
+            self.standing.gossip_settled = true;
             tracing::info!(
                 ?settle,
                 known = self.gossip.members().len(),
@@ -136,14 +174,19 @@ impl Driver {
         for (id, answer) in answers {
             match answer {
                 Ok(_) => accepted += 1,
-                Err(e) if e.to_string().contains("another backup store") => {
+                Err(
+                    e @ peer::PeerError::Refused {
+                        refusal: peer::Refusal::OtherStore { .. },
+                        ..
+                    },
+                ) => {
                     tracing::warn!(peer = %id, error = %e, "leadership not accepted: the managers do not share one backup store")
                 }
                 Err(e) => tracing::debug!(peer = %id, error = %e, "leadership not accepted"),
             }
         }
         let majority = crate::leadership::has_majority(accepted, known, spec_count);
-        if majority != self.had_majority {
+        if majority != self.standing.had_majority {
             if majority {
                 tracing::info!(
                     accepted,
@@ -159,7 +202,7 @@ impl Driver {
                     "not leading: no majority of the known managers accepts this node"
                 );
             }
-            self.had_majority = majority;
+            self.standing.had_majority = majority;
         }
         majority
     }
@@ -182,12 +225,9 @@ impl Driver {
             })
             .collect();
         for (claimant, claim) in claims {
-            if self.seen_claims.insert((claim.seq, claim.nonce.clone())) {
+            if self.standing.first_sight(&claim) {
                 self.lease.note_claim(&claim, &claimant, now).await;
             }
-        }
-        if self.seen_claims.len() > 64 {
-            self.seen_claims.clear();
         }
     }
 
@@ -203,29 +243,29 @@ impl Driver {
         self.health.set_etcd_down(state.is_some_and(|s| !s.running));
         let claim = self.lease.claims().borrow().clone();
         let payload = PeerPayload::from_info(&info, self.settings.peer_api, claim);
-        if self.last_payload.as_ref() != Some(&payload) {
+        if self.published.payload.as_ref() != Some(&payload) {
             self.gossip.set_payload(payload.encode());
-            self.last_payload = Some(payload);
+            self.published.payload = Some(payload);
         }
     }
 
     pub(super) fn note_leadership(&mut self, epoch: Option<u64>) {
         let leader = epoch.is_some();
-        if leader != self.was_leader {
+        if leader != self.standing.was_leader {
             metrics::counter!(m::LEADER_CHANGES).increment(1);
             // Whatever changed while we were not leading, read it afresh.
-            self.control = None;
-            self.steady = false;
-            self.etcd_clients.clear();
+            self.control_files.forget();
+            self.pace.steady = false;
+            self.etcd_link.clients.clear();
             if leader {
                 tracing::info!(epoch, "became leader");
-                self.last_backup = None;
+                self.books.last_backup = None;
                 // A new leader gives every member a full grace period.
-                self.unhealthy_since.clear();
+                self.remember(Fact::BecameLeader);
             } else {
                 tracing::info!("no longer leader");
             }
-            self.was_leader = leader;
+            self.standing.was_leader = leader;
         }
         metrics::gauge!(m::IS_LEADER).set(if leader { 1.0 } else { 0.0 });
         metrics::gauge!(m::LEASE_EPOCH)
@@ -276,12 +316,9 @@ impl PeerApi for LeaseGuard {
             && self.lease.held(self.clock.now()) != Some(fence.epoch)
         {
             tracing::warn!(request = req.kind(), epoch = fence.epoch, %addr, "not sent: the lease of its epoch is no longer held");
-            return Err(peer::PeerError::Failed {
+            return Err(peer::PeerError::NotSent {
                 addr,
-                message: format!(
-                    "not sent: the lease of epoch {} is no longer held",
-                    fence.epoch
-                ),
+                epoch: fence.epoch,
             });
         }
         self.inner.call(addr, req, timeout).await

@@ -1,11 +1,28 @@
 //! Keeping etcd well: clearing a NOSPACE alarm, defragmenting members, and
 //! quarantine on and off.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::error::Missing;
 use super::observe::{cluster_client, healthy_endpoints};
 use super::{Driver, DriverError, ETCD_DEFRAG_TIMEOUT, SPACE_ALARM_AGAIN};
 use crate::controller::Observation;
+use crate::edges::EtcdApi;
 use crate::metrics as m;
 use crate::peer::{Fence, JOIN_TIMEOUT, Reconfigure, Request};
+
+/// The members' etcd as this leader reaches it.
+#[derive(Default)]
+pub(super) struct EtcdLink {
+    /// etcd clients of the last pass by client URL, kept while they answer (a
+    /// new client per member per pass cost a TLS handshake each, most of an
+    /// idle leader's CPU).
+    pub(super) clients: BTreeMap<String, Arc<dyn EtcdApi>>,
+    /// When this leader last cleared etcd's NOSPACE alarm.
+    pub(super) last_space_clear: Option<Instant>,
+}
 
 impl Driver {
     /// etcd's NOSPACE alarm, as etcd's maintenance guide clears it: compact
@@ -15,15 +32,11 @@ impl Driver {
     pub(super) async fn clear_space_alarm(&mut self, obs: &Observation) -> Result<(), DriverError> {
         let now = self.clock.now();
         if self
+            .etcd_link
             .last_space_clear
             .is_some_and(|at| now.saturating_duration_since(at) < SPACE_ALARM_AGAIN)
         {
-            return Err(DriverError::Permanent(
-                "etcd's NOSPACE alarm came back within a minute of clearing it: the data itself \
-                 is at the quota; raise ETCD_QUOTA_BACKEND_BYTES (etcd's --quota-backend-bytes) \
-                 or delete data"
-                    .into(),
-            ));
+            return Err(DriverError::AtQuota);
         }
         let etcd = &*self.settings.etcd;
         let client = cluster_client(obs, etcd).await?;
@@ -62,7 +75,7 @@ impl Driver {
         }
         metrics::counter!(m::SPACE_ALARMS_CLEARED).increment(1);
         tracing::info!("space alarm cleared: etcd takes writes again");
-        self.last_space_clear = Some(now);
+        self.etcd_link.last_space_clear = Some(now);
         Ok(())
     }
 
@@ -82,7 +95,7 @@ impl Driver {
             .iter()
             .find(|(id, _)| *id == name)
             .map(|(_, ep)| ep.clone())
-            .ok_or_else(|| format!("member {name} has no healthy endpoint"))?;
+            .ok_or_else(|| Missing::MemberUnreachable(name.to_string()))?;
         let client = etcd
             .connect(std::slice::from_ref(&ep), ETCD_DEFRAG_TIMEOUT)
             .await
@@ -97,7 +110,7 @@ impl Driver {
                         .find(|m| m.id != member_id && m.healthy && !m.is_learner)
                 })
                 .map(|m| (m.id, m.name.clone()))
-                .ok_or("no other healthy voter to hand raft leadership to")?;
+                .ok_or(Missing::NoOtherVoter)?;
             client.move_leader(to.0).await.map_err(DriverError::from)?;
             tracing::info!(from = %name, to = %to.1, "raft leadership moved before defragmenting");
         }

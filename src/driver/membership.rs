@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use super::error::Missing;
 use super::observe::cluster_client;
 use super::{Driver, DriverError, info_of};
 use crate::controller::Observation;
@@ -55,7 +56,7 @@ impl Driver {
         obs: &Observation,
         id: &str,
     ) -> Result<(NodeInfo, Arc<dyn EtcdApi>), DriverError> {
-        let info = info_of(obs, id).ok_or_else(|| format!("peer {id} did not answer"))?;
+        let info = info_of(obs, id).ok_or_else(|| Missing::PeerSilent(id.to_string()))?;
         let client = cluster_client(obs, &*self.settings.etcd).await?;
         Ok((info, client))
     }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backup::{BackupStore, ClusterSpec};
 use tokio_util::sync::CancellationToken;
@@ -13,8 +13,9 @@ use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::controller::{self, Observation};
+use crate::core::memory::{Fact, Memory};
 use crate::driver::lease::SharedLease;
-use crate::edges::{EtcdApi, EtcdConnect, Membership, PeerApi};
+use crate::edges::{EtcdConnect, Membership, PeerApi};
 use crate::metrics as m;
 use crate::node::Node;
 use crate::peer::{EtcdNodeConfig, Fence, NodeInfo};
@@ -34,7 +35,7 @@ mod payload;
 mod reach;
 
 pub use self::control::{defrag_request, verify_request};
-pub use self::error::DriverError;
+pub use self::error::{DriverError, JobError, Missing};
 pub use self::payload::*;
 
 const PEER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,10 +48,6 @@ const ETCD_DEFRAG_TIMEOUT: Duration = Duration::from_secs(300);
 /// Backoff kinds besides the actions' labels.
 const LEASE_STEP: &str = "lease_step";
 const READ_CONTROL: &str = "read_control";
-/// How long a peer's answer about its etcd settings is trusted: the manager
-/// may restart with other settings, so the answer is asked again after this
-/// (the node also refuses a move its settings would not survive).
-const SETTINGS_RECHECK: Duration = Duration::from_secs(60);
 const ETCD_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest pause between passes while the leader waits for something
 /// (a member's grace period, a learner catching up) or a candidate for the
@@ -123,15 +120,40 @@ pub struct DriverSettings {
 pub struct Driver {
     settings: DriverSettings,
     health: Arc<m::Health>,
-    started: Instant,
     store: BackupStore,
     lease: Arc<SharedLease>,
     gossip: Arc<dyn Membership>,
     node: Arc<Node>,
     clock: Arc<dyn Clock>,
-    /// The control files as last read, and when.
-    control: Option<(Instant, Control)>,
-    control_cache: backup::ControlCache,
+    /// What this leader learnt across passes (see [`Memory`]): folded from
+    /// what it observes and does, read into each observation.
+    memory: Memory,
+    /// The pace of passes: how many, whether the last was steady, what
+    /// failed and when it may be tried again.
+    pace: Pace,
+    /// This manager's standing: since when it runs, whether gossip settled,
+    /// whether a majority accepts it, whether it leads.
+    standing: leading::Standing,
+    /// The store's control files as last read.
+    control_files: control::ControlFiles,
+    /// Backup bookkeeping: when the last backup and retention ran, which
+    /// backup awaits its drill, which request was answered.
+    books: backups::Books,
+    /// What this manager last published (gossip payload, status report,
+    /// hosts file), so it writes only changes.
+    published: control::Published,
+    /// The jobs this leader follows (shared with their pollers).
+    following: jobs::Following,
+    /// The members' etcd as this leader reaches it.
+    etcd_link: maintenance::EtcdLink,
+    /// The continuous backup this leader points at the members.
+    delta: control::DeltaLink,
+}
+
+/// The pace of the leader's passes.
+#[derive(Default)]
+struct Pace {
+    pass: u64,
     /// The last plan had neither actions nor waits.
     steady: bool,
     /// Nothing to do or wait for (a steady leader, or not the candidate): the
@@ -139,63 +161,11 @@ pub struct Driver {
     idle: bool,
     /// Who was alive in gossip at the last look (a change starts a pass).
     last_alive: BTreeSet<String>,
-    /// Claims already counted: one is counted when first seen, not again.
-    seen_claims: std::collections::BTreeSet<(u64, String)>,
-    last_backup: Option<Instant>,
-    was_leader: bool,
-    /// etcd clients of the last pass by client URL, kept while they answer (a
-    /// new client per member per pass cost a TLS handshake each, most of an idle leader's CPU).
-    etcd_clients: BTreeMap<String, Arc<dyn EtcdApi>>,
-    pass: u64,
+    /// The waits of the last plan, as logged (logged again when they change).
     last_waits: Vec<String>,
-    last_payload: Option<PeerPayload>,
-    last_status: Option<(crate::status::ClusterStatus, Instant)>,
-    following: jobs::Following,
-    /// Restore commands this leader refused, by (command, backup), so a new
-    /// command that reuses a deleted one's folder name is judged anew.
-    refused: BTreeMap<(String, String), String>,
-    last_retention: Option<Instant>,
-    /// The backup this leader took last (a dump-and-restore restores it).
-    last_backup_name: Option<String>,
-    /// The `backup-now` request the last on-demand backup answered.
-    backup_request: Option<bytes::Bytes>,
-    /// The recover-quorum request last read, and when this leader first
-    /// read that body (a request without a stamp ages from then).
-    recover_seen: Option<(bytes::Bytes, Instant)>,
-    /// Periodic backups since the last one given to a restore drill.
-    backups_since_drill: u32,
-    /// A backup awaiting its restore drill.
-    unverified_backup: Option<String>,
-    unhealthy_since: BTreeMap<u64, Instant>,
-    /// Since when each member has not answered at all (no progress), and
-    /// what each manager said last in gossip about its etcd.
-    silent_since: BTreeMap<u64, Instant>,
-    last_words: BTreeMap<String, reach::LastWord>,
     /// Action kinds that failed (and lease steps, reads of the control
     /// files: [`LEASE_STEP`], [`READ_CONTROL`]), and when each may be tried again.
     backoff: crate::backoff::Backoff,
-    /// When this leader last cleared etcd's NOSPACE alarm.
-    last_space_clear: Option<Instant>,
-    /// v2 store checks by (peer id, cluster token), and when they ran.
-    v2store: BTreeMap<(String, String), (controller::V2StoreCheck, Instant)>,
-    /// Restored clusters (by token) whose prefixes this leader cleared.
-    prefixes_cleared: BTreeSet<String>,
-    /// The newest backup and its revision, read while quorum is lost.
-    latest_backup: Option<(String, Option<i64>)>,
-    /// Settings checks by (peer id, version), and when they ran.
-    settings_checks: BTreeMap<(String, String), (controller::SettingsCheck, Instant)>,
-    had_majority: bool,
-    /// Whether gossip's settle time since start has passed (logged once).
-    gossip_settled: bool,
-    /// How many malformed control files the last read reported (logged on change).
-    malformed_seen: usize,
-    /// What the hosts file's block last said.
-    last_hosts: Option<BTreeMap<String, BTreeSet<String>>>,
-    /// The continuous backup: what it should follow, where it stands, and
-    /// the streamer until [`Driver::run`] starts it.
-    delta_target: tokio::sync::watch::Sender<Option<crate::backups::delta::DeltaTarget>>,
-    delta: Arc<crate::backups::delta::DeltaShared>,
-    delta_streamer: Option<crate::backups::delta::DeltaStreamer>,
 }
 
 /// What the leader reads from the store's control files.
@@ -220,6 +190,12 @@ struct Control {
 }
 
 impl Driver {
+    /// Fold `fact`, as of now, into the leader's memory.
+    fn remember(&mut self, fact: Fact<'_>) {
+        let now = self.clock.now();
+        self.memory = std::mem::take(&mut self.memory).fold(&fact, now);
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         mut settings: DriverSettings,
@@ -233,63 +209,24 @@ impl Driver {
         let started = clock.now();
         let lease = SharedLease::new(lease, clock.clone());
         settings.peers = leading::LeaseGuard::around(&settings, &lease, &clock);
-        let (delta_target, target_rx) = tokio::sync::watch::channel(None);
-        let delta = Arc::new(crate::backups::delta::DeltaShared::default());
-        let delta_streamer =
-            (!settings.delta_interval.is_zero()).then(|| crate::backups::delta::DeltaStreamer {
-                store: store.clone(),
-                clock: clock.clone(),
-                interval: settings.delta_interval,
-                tls: settings.etcd_tls.clone(),
-                shared: delta.clone(),
-                target: target_rx,
-            });
+        let delta = control::DeltaLink::new(&settings, &store, &clock);
         Driver {
             settings,
             health,
-            started,
             store,
             lease,
             gossip,
             node,
             clock,
-            control: None,
-            control_cache: backup::ControlCache::default(),
-            steady: false,
-            idle: false,
-            seen_claims: Default::default(),
-            last_alive: BTreeSet::new(),
-            last_backup: None,
-            was_leader: false,
-            etcd_clients: BTreeMap::new(),
-            pass: 0,
-            last_waits: vec![],
-            last_payload: None,
-            last_status: None,
+            memory: Memory::default(),
+            pace: Pace::default(),
+            standing: leading::Standing::new(started),
+            control_files: Default::default(),
+            books: Default::default(),
+            published: Default::default(),
             following: Default::default(),
-            refused: BTreeMap::new(),
-            last_retention: None,
-            last_backup_name: None,
-            backup_request: None,
-            recover_seen: None,
-            backups_since_drill: 0,
-            unverified_backup: None,
-            unhealthy_since: BTreeMap::new(),
-            silent_since: BTreeMap::new(),
-            last_words: BTreeMap::new(),
-            v2store: BTreeMap::new(),
-            settings_checks: BTreeMap::new(),
-            prefixes_cleared: BTreeSet::new(),
-            latest_backup: None,
-            backoff: Default::default(),
-            last_space_clear: None,
-            had_majority: false,
-            gossip_settled: false,
-            malformed_seen: 0,
-            last_hosts: None,
-            delta_target,
+            etcd_link: Default::default(),
             delta,
-            delta_streamer,
         }
     }
 
@@ -302,7 +239,7 @@ impl Driver {
         let mut gossip_open = true;
         let renewals = cancel.child_token();
         tokio::spawn(self.lease.clone().keep_renewed(renewals.clone()));
-        if let Some(streamer) = self.delta_streamer.take() {
+        if let Some(streamer) = self.delta.streamer.take() {
             tokio::spawn(streamer.run(renewals.clone()));
         }
         let mut claims = self.lease.claims();
@@ -314,7 +251,7 @@ impl Driver {
             };
             let pause = if acted {
                 Duration::from_millis(200)
-            } else if self.idle {
+            } else if self.pace.idle {
                 self.settings.controller_interval
             } else {
                 self.settings.controller_interval.min(WAITING_INTERVAL)
@@ -341,9 +278,9 @@ impl Driver {
                             // the departed leader and refuse.
                             let peers = self.alive_peers();
                             let alive: BTreeSet<String> = peers.keys().cloned().collect();
-                            if alive != self.last_alive {
+                            if alive != self.pace.last_alive {
                                 self.node.set_alive_view(alive.iter().cloned().collect());
-                                self.last_alive = alive;
+                                self.pace.last_alive = alive;
                                 // Let the news settle for a moment (a leave, then its broadcast).
                                 clock.sleep(Duration::from_millis(100)).await;
                                 break false;
@@ -372,15 +309,15 @@ impl Driver {
         let now_ms = self
             .clock
             .now()
-            .saturating_duration_since(self.started)
+            .saturating_duration_since(self.standing.started)
             .as_millis() as u64;
         self.health.pass_done(now_ms);
         self.publish_payload().await;
         self.note_claims().await;
         let peers = self.alive_peers();
-        self.remember_last_words();
+        self.hear_gossip();
         self.node.set_alive_view(peers.keys().cloned().collect());
-        self.last_alive = peers.keys().cloned().collect();
+        self.pace.last_alive = peers.keys().cloned().collect();
         self.keep_hosts_file();
         let me = self.node.id().to_string();
         let lowest = peers.contains_key(&me)
@@ -394,16 +331,19 @@ impl Driver {
         // after a growing pause (1 s doubling to 60 s) unless the lease is
         // held: renewals keep their pace, acquiring and observing wait.
         let held = self.lease.held(before).is_some();
-        if held || self.backoff.waiting(LEASE_STEP, before).is_none() {
+        if held || self.pace.backoff.waiting(LEASE_STEP, before).is_none() {
             match self.lease.tick(before, candidate).await {
                 Ok(_) => {
                     metrics::counter!(m::LEASE_OPERATIONS, "result" => "ok").increment(1);
-                    self.backoff.succeeded(LEASE_STEP);
+                    self.pace.backoff.succeeded(LEASE_STEP);
                 }
                 Err(e) => {
                     metrics::counter!(m::LEASE_OPERATIONS, "result" => "error").increment(1);
                     let e = e.to_string();
-                    let wait = self.backoff.failed(LEASE_STEP, self.clock.now(), &e, false);
+                    let wait = self
+                        .pace
+                        .backoff
+                        .failed(LEASE_STEP, self.clock.now(), &e, false);
                     tracing::warn!(error = %e, retry_in = ?wait, "lease step failed");
                 }
             }
@@ -414,16 +354,16 @@ impl Driver {
         let epoch = self.lease.held(self.clock.now());
         self.note_leadership(epoch);
         let Some(epoch) = epoch else {
-            self.delta_target.send_if_modified(|t| t.take().is_some());
+            self.delta.target.send_if_modified(|t| t.take().is_some());
             // A candidate waits for the lease; the others have nothing to do.
-            self.idle = !candidate;
+            self.pace.idle = !candidate;
             return false;
         };
 
-        self.pass += 1;
-        let span = tracing::info_span!("reconcile", pass = self.pass, epoch);
+        self.pace.pass += 1;
+        let span = tracing::info_span!("reconcile", pass = self.pace.pass, epoch);
         let acted = self.reconcile_pass(epoch, &peers).instrument(span).await;
-        self.idle = self.steady;
+        self.pace.idle = self.pace.steady;
         acted
     }
 
@@ -432,22 +372,23 @@ impl Driver {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(error = %e, "observation failed");
-                self.steady = false;
+                self.pace.steady = false;
                 return false;
             }
         };
         self.follow_changes(epoch, &obs);
         let plan = self
+            .pace
             .backoff
             .gate(controller::reconcile(&obs), self.clock.now());
         self.report_waits(&plan);
         self.write_status(&obs, &plan).await;
-        self.steady = plan.actions.is_empty() && plan.waits.is_empty();
+        self.pace.steady = plan.actions.is_empty() && plan.waits.is_empty();
         let acted = self.execute(plan, epoch, &obs).await;
         if acted {
             // What we did may have changed the control files (the created
             // marker, a command's progress): read them again next pass.
-            self.control = None;
+            self.control_files.forget();
         }
         acted
     }
@@ -456,7 +397,7 @@ impl Driver {
         self.alive_peers()
             .get(id)
             .copied()
-            .ok_or_else(|| format!("peer {id} is gone").into())
+            .ok_or_else(|| Missing::PeerGone(id.to_string()).into())
     }
 
     fn fence(&self, epoch: u64) -> Fence {
@@ -489,7 +430,7 @@ fn node_configs(
         .map(|i| i.node_config)
         .collect();
     if nodes.len() != peers.len() {
-        return Err(format!("a chosen peer vanished before {before}").into());
+        return Err(Missing::PeerVanished(before.to_string()).into());
     }
     Ok(nodes)
 }

@@ -9,19 +9,15 @@ use std::time::Duration;
 
 use backup::layout::{RECOVER_QUORUM_FILE, served_cluster_file};
 
-use super::control::command_key;
+use super::error::Missing;
 use super::payload::client_url;
-use super::{
-    Control, Driver, DriverError, ETCD_DEFAULT_QUOTA, ETCD_TIMEOUT, PEER_TIMEOUT, SETTINGS_RECHECK,
-};
+use super::{Control, Driver, DriverError, ETCD_DEFAULT_QUOTA, ETCD_TIMEOUT, PEER_TIMEOUT};
 use crate::controller;
 use crate::controller::{ClusterView, MemberView, Observation, PeerView};
+use crate::core::memory::Fact;
 use crate::edges::{EtcdApi, EtcdConnect};
 use crate::metrics as m;
 use crate::peer::{NodeInfo, Request, Response};
-
-/// A failed v2 store check is run again after this long.
-const V2STORE_RETRY: Duration = Duration::from_secs(60);
 
 impl Driver {
     pub(super) async fn observe(
@@ -29,30 +25,7 @@ impl Driver {
         epoch: u64,
         peers: &BTreeMap<String, SocketAddr>,
     ) -> Result<Observation, DriverError> {
-        let pc = &self.settings.peers.clone();
-        let targets: Vec<(String, SocketAddr)> =
-            peers.iter().map(|(id, a)| (id.clone(), *a)).collect();
-        let infos = futures::future::join_all(targets.into_iter().map(|(id, addr)| async move {
-            let info = match pc.call(addr, &Request::GetInfo, PEER_TIMEOUT).await {
-                // Another manager at that address (the peer's host was wiped
-                // and started again under a new id): not the peer's answer.
-                Ok(Response::Info(i)) if i.id != id => {
-                    tracing::warn!(peer = %id, %addr, answered_by = %i.id, "another manager answers at the peer's address; the peer is gone");
-                    None
-                }
-                Ok(Response::Info(i)) => Some(*i),
-                Ok(other) => {
-                    tracing::warn!(peer = %id, answer = ?other, "unexpected answer to GetInfo");
-                    None
-                }
-                Err(e) => {
-                    tracing::debug!(peer = %id, error = %e, "GetInfo failed");
-                    None
-                }
-            };
-            PeerView { id, info }
-        }))
-        .await;
+        let infos = self.ask_peers(peers).await;
         let Control {
             spec,
             backup_requested,
@@ -66,22 +39,8 @@ impl Driver {
             created_marker,
             malformed: _,
         } = self.control().await?.clone();
-        // Forget refusals of commands that are gone.
-        self.refused
-            .retain(|k, _| stored.iter().any(|c| command_key(c) == Some(k.clone())));
-        let commands = stored
-            .into_iter()
-            .filter_map(|c| {
-                let r = c.command.restore_backup.as_ref()?;
-                Some(controller::CommandView {
-                    refused: command_key(&c).and_then(|k| self.refused.get(&k).cloned()),
-                    name: c.name.clone(),
-                    backup: r.backup.clone(),
-                    spec: r.cluster_spec.clone(),
-                    started_token: c.restore_started.as_ref().map(|p| p.cluster_token.clone()),
-                })
-            })
-            .collect();
+        let command_keys: Vec<(String, String)> = stored.iter().filter_map(command_key).collect();
+        let commands = self.commands_view(&stored);
         // A retired cluster's members (back after a restore or a quorum
         // recovery replaced it) are not asked: the view is of the current
         // cluster, and the controller stops them.
@@ -95,28 +54,12 @@ impl Driver {
             .filter(|p| p.info.is_some())
             .map(|p| p.id.clone())
             .collect();
-        let seen = self.last_seen_serving(&answered, &retired_tokens);
-        let now = self.clock.now();
-        for (id, word) in self.last_words.iter_mut() {
-            if seen.iter().any(|(i, _)| i == id) {
-                word.out_since.get_or_insert(now);
-            } else {
-                word.out_since = None;
-            }
-        }
-        let out_of_reach_since = self
-            .last_words
-            .iter()
-            .filter_map(|(id, w)| Some((id.clone(), w.out_since?)))
-            .collect();
-        let mut last_seen: Vec<String> = seen.into_iter().map(|(_, url)| url).collect();
-        last_seen.sort();
-        last_seen.dedup();
+        let last_seen = self.last_seen_urls(&answered, &retired_tokens);
         let cluster = observe_cluster(
             &current,
             &last_seen,
             &*self.settings.etcd,
-            &mut self.etcd_clients,
+            &mut self.etcd_link.clients,
             self.settings.etcd_quota_bytes,
         )
         .await;
@@ -133,79 +76,24 @@ impl Driver {
             false
         };
         let allow_new_cluster = backups_exist && allow_file;
-        // While the quorum is lost: the newest backup and its revision (a
-        // quorum recovery compares it with the survivors').
         let quorum_lost = cluster.as_ref().is_some_and(|c| !c.has_quorum());
-        if quorum_lost {
-            if let Ok(names) = self.store.list_backups().await
-                && let Some(newest) = names.last()
-                && self.latest_backup.as_ref().is_none_or(|(n, _)| n != newest)
-            {
-                let revision = match self.store.read_backup_extra(newest).await {
-                    Ok(x) => x.and_then(|x| x.revision),
-                    Err(e) => {
-                        tracing::warn!(backup = %newest, error = %e, "cannot read the newest backup's revision");
-                        None
-                    }
-                };
-                self.latest_backup = Some((newest.clone(), revision));
-            }
-        } else {
-            self.latest_backup = None;
-        }
-        let latest_backup = self.latest_backup.clone();
-        // Since when each member has been unhealthy, as this leader saw it.
+        let latest_backup = self.newest_backup_while_lost(quorum_lost).await;
+        // Since when members have been unhealthy or silent, managers out of
+        // reach; which checks are still fresh; which refusals still apply.
         let now = self.clock.now();
-        match &cluster {
-            Some(c) => {
-                self.unhealthy_since
-                    .retain(|id, _| c.members.iter().any(|m| m.id == *id && !m.healthy));
-                for m in c.members.iter().filter(|m| !m.healthy) {
-                    self.unhealthy_since.entry(m.id).or_insert(now);
-                }
-                self.silent_since.retain(|id, _| {
-                    c.members
-                        .iter()
-                        .any(|m| m.id == *id && m.progress.is_none())
-                });
-                for m in c.members.iter().filter(|m| m.progress.is_none()) {
-                    self.silent_since.entry(m.id).or_insert(now);
-                }
-            }
-            None => {
-                self.unhealthy_since.clear();
-                self.silent_since.clear();
-            }
-        }
+        self.remember(Fact::Pass {
+            answered: &answered,
+            retired: &retired_tokens,
+            cluster: cluster.as_ref(),
+            commands: &command_keys,
+        });
         if let (Some(c), Some(s)) = (&cluster, &spec) {
             metrics::gauge!(m::ETCD_MEMBERS, "kind" => "desired").set(s.member_count as f64);
             metrics::gauge!(m::ETCD_MEMBERS, "kind" => "actual").set(c.members.len() as f64);
             metrics::gauge!(m::ETCD_MEMBERS, "kind" => "healthy")
                 .set(c.members.iter().filter(|m| m.healthy).count() as f64);
         }
-        // v2 store checks of the peers' current data; a failed check is
-        // forgotten after a while, so it runs again.
-        self.v2store.retain(|_, (c, at)| {
-            !matches!(c, controller::V2StoreCheck::Failed(_))
-                || now.saturating_duration_since(*at) < V2STORE_RETRY
-        });
-        let v2store = infos
-            .iter()
-            .filter_map(|p| {
-                let key = (
-                    p.id.clone(),
-                    p.info.as_ref()?.etcd_state.as_ref()?.cluster_token.clone(),
-                );
-                Some((p.id.clone(), self.v2store.get(&key)?.0.clone()))
-            })
-            .collect();
-        self.settings_checks
-            .retain(|_, (_, at)| now.saturating_duration_since(*at) < SETTINGS_RECHECK);
-        let settings = self
-            .settings_checks
-            .iter()
-            .map(|(k, (c, _))| (k.clone(), c.clone()))
-            .collect();
+        let v2store = self.memory.v2store_of(&infos);
         Ok(Observation {
             now: self.clock.now(),
             self_id: self.node.id().to_string(),
@@ -216,25 +104,25 @@ impl Driver {
             backups_exist,
             peers: infos,
             cluster,
-            last_backup: self.last_backup,
+            last_backup: self.books.last_backup,
             backup_interval: self.settings.backup_interval,
             new_cluster_token: self.settings.randomness.token(16),
             commands,
-            last_retention: self.last_retention,
+            last_retention: self.books.last_retention,
             backup_requested,
-            delta_full_needed: self.delta.full_needed(),
+            delta_full_needed: self.delta.shared.full_needed(),
             defrag_requested: defrag_requested
                 .map(|(file, member)| controller::DefragRequest { file, member }),
             allow_new_cluster,
-            unhealthy_since: self.unhealthy_since.clone(),
-            silent_since: self.silent_since.clone(),
-            out_of_reach_since,
+            unhealthy_since: self.memory.unhealthy_since().clone(),
+            silent_since: self.memory.silent_since().clone(),
+            out_of_reach_since: self.memory.out_of_reach_since(),
             replace_grace: self.settings.replace_grace,
             defrag: self.settings.defrag,
             v2store,
-            settings,
+            settings: self.memory.settings(),
             restore_clear_prefixes: self.settings.restore_clear_prefixes.clone(),
-            prefixes_cleared: self.prefixes_cleared.clone(),
+            prefixes_cleared: self.memory.prefixes_cleared().clone(),
             quorum_recovery: controller::QuorumRecovery {
                 requested: recover_quorum_request
                     .is_some()
@@ -243,11 +131,107 @@ impl Driver {
                 auto_after: self.settings.auto_recover_quorum_loss,
                 latest_backup,
             },
-            unverified_backup: self.unverified_backup.clone(),
+            unverified_backup: self.books.unverified_backup.clone(),
             verify_requested,
             retired_tokens,
             rules: self.settings.rules,
         })
+    }
+
+    /// The client URLs of etcd that managers out of reach said last they
+    /// serve (see [`crate::core::memory::Memory::serving_out_of_reach`]).
+    fn last_seen_urls(
+        &self,
+        answered: &BTreeSet<String>,
+        retired: &BTreeSet<String>,
+    ) -> Vec<String> {
+        let mut urls: Vec<String> = self
+            .memory
+            .serving_out_of_reach(answered, retired)
+            .into_iter()
+            .map(|(_, url)| url)
+            .collect();
+        urls.sort();
+        urls.dedup();
+        urls
+    }
+
+    /// The queued restore commands as the controller sees them, with this
+    /// leader's refusals.
+    fn commands_view(&self, stored: &[backup::StoredCommand]) -> Vec<controller::CommandView> {
+        stored
+            .iter()
+            .filter_map(|c| {
+                let r = c.command.restore_backup.as_ref()?;
+                Some(controller::CommandView {
+                    refused: self.memory.refusal(&c.name, &r.backup).map(str::to_string),
+                    name: c.name.clone(),
+                    backup: r.backup.clone(),
+                    spec: r.cluster_spec.clone(),
+                    started_token: c.restore_started.as_ref().map(|p| p.cluster_token.clone()),
+                })
+            })
+            .collect()
+    }
+
+    /// Every alive peer's `GetInfo` answer (None: no answer, or another
+    /// manager answers at its address).
+    async fn ask_peers(&self, peers: &BTreeMap<String, SocketAddr>) -> Vec<PeerView> {
+        let pc = &self.settings.peers;
+        futures::future::join_all(peers.iter().map(|(id, addr)| async move {
+            let info = match pc.call(*addr, &Request::GetInfo, PEER_TIMEOUT).await {
+                // Another manager at that address (the peer's host was wiped
+                // and started again under a new id): not the peer's answer.
+                Ok(Response::Info(i)) if i.id != *id => {
+                    tracing::warn!(peer = %id, %addr, answered_by = %i.id, "another manager answers at the peer's address; the peer is gone");
+                    None
+                }
+                Ok(Response::Info(i)) => Some(*i),
+                Ok(other) => {
+                    tracing::warn!(peer = %id, answer = ?other, "unexpected answer to GetInfo");
+                    None
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %id, error = %e, "GetInfo failed");
+                    None
+                }
+            };
+            PeerView {
+                id: id.clone(),
+                info,
+            }
+        }))
+        .await
+    }
+
+    /// While the quorum is lost: the newest backup and its revision (a
+    /// quorum recovery compares it with the survivors'), read once per backup.
+    async fn newest_backup_while_lost(
+        &mut self,
+        quorum_lost: bool,
+    ) -> Option<(String, Option<i64>)> {
+        if !quorum_lost {
+            self.books.latest_backup = None;
+            return None;
+        }
+        if let Ok(names) = self.store.list_backups().await
+            && let Some(newest) = names.last()
+            && self
+                .books
+                .latest_backup
+                .as_ref()
+                .is_none_or(|(n, _)| n != newest)
+        {
+            let revision = match self.store.read_backup_extra(newest).await {
+                Ok(x) => x.and_then(|x| x.revision),
+                Err(e) => {
+                    tracing::warn!(backup = %newest, error = %e, "cannot read the newest backup's revision");
+                    None
+                }
+            };
+            self.books.latest_backup = Some((newest.clone(), revision));
+        }
+        self.books.latest_backup.clone()
     }
 
     /// Record in the store that the cluster this leader sees serves (once
@@ -276,9 +260,7 @@ impl Driver {
             {
                 Ok(()) => {
                     tracing::info!(%token, "recorded the cluster as served");
-                    if let Some((_, control)) = &mut self.control {
-                        control.served_tokens.insert(token.clone());
-                    }
+                    self.control_files.served(token);
                 }
                 Err(e) => {
                     tracing::warn!(%token, error = %e, "could not record the cluster as served; trying again next pass")
@@ -286,6 +268,12 @@ impl Driver {
             }
         }
     }
+}
+
+/// What identifies one queued restore command: (command, backup).
+fn command_key(c: &backup::StoredCommand) -> Option<(String, String)> {
+    let r = c.command.restore_backup.as_ref()?;
+    Some((c.name.clone(), r.backup.clone()))
 }
 
 /// The client URLs a peer's etcd listens on right now.
@@ -311,7 +299,7 @@ pub(super) async fn cluster_client(
 ) -> Result<Arc<dyn EtcdApi>, DriverError> {
     let endpoints: Vec<String> = healthy_endpoints(obs).into_iter().map(|(_, e)| e).collect();
     if endpoints.is_empty() {
-        return Err("no healthy etcd endpoint".into());
+        return Err(Missing::NoHealthyEndpoint.into());
     }
     etcd.connect(&endpoints, ETCD_TIMEOUT)
         .await
@@ -439,6 +427,12 @@ pub(super) async fn observe_cluster(
         alive.extend(more.await.into_iter().flatten());
     }
     *clients = answered(&alive);
+    record_sizes(&members, &alive, quota_given);
+    Some(view_of(&members, &alive))
+}
+
+/// The cluster as its members' answers show it.
+fn view_of(members: &[etcd::Member], alive: &[Answer]) -> ClusterView {
     let leader = alive
         .iter()
         .map(|a| a.status.leader)
@@ -467,9 +461,22 @@ pub(super) async fn observe_cluster(
         .filter(|a| a.healthy)
         .map(|a| a.status.version.clone())
         .collect();
-    // Database sizes against etcd's quota (3.6+ reports it; before, the
-    // ETCD_QUOTA_BACKEND_BYTES etcd was given, or etcd's 2 GiB default).
-    for a in &alive {
+    let downgrade_target = alive.iter().find_map(|a| a.status.downgrade_target.clone());
+    let space_alarm = alive
+        .iter()
+        .any(|a| a.status.errors.iter().any(|e| e.contains("NOSPACE")));
+    ClusterView {
+        members: view,
+        versions,
+        downgrade_target,
+        space_alarm,
+    }
+}
+
+/// Database sizes against etcd's quota (3.6+ reports it; before, the
+/// ETCD_QUOTA_BACKEND_BYTES etcd was given, or etcd's 2 GiB default).
+fn record_sizes(members: &[etcd::Member], alive: &[Answer], quota_given: Option<i64>) {
+    for a in alive {
         if let Some(mb) = members.iter().find(|mb| mb.id == a.status.member_id) {
             metrics::gauge!(m::ETCD_DB_SIZE, "member" => mb.name.clone())
                 .set(a.status.db_size as f64);
@@ -483,14 +490,4 @@ pub(super) async fn observe_cluster(
         .or(quota_given.filter(|q| *q > 0))
         .unwrap_or(ETCD_DEFAULT_QUOTA);
     metrics::gauge!(m::ETCD_DB_QUOTA).set(quota as f64);
-    let downgrade_target = alive.iter().find_map(|a| a.status.downgrade_target.clone());
-    let space_alarm = alive
-        .iter()
-        .any(|a| a.status.errors.iter().any(|e| e.contains("NOSPACE")));
-    Some(ClusterView {
-        members: view,
-        versions,
-        downgrade_target,
-        space_alarm,
-    })
 }

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::peer::{Fence, Response};
+use crate::peer::{Fence, Refusal, Response};
 
 use super::requests::refused;
 use super::{Inner, Node};
@@ -25,10 +25,10 @@ impl Node {
         verified: bool,
     ) -> Result<(), Response> {
         if fence.cluster_name != self.settings.cluster_name {
-            return Err(Response::Failed(format!(
-                "this node manages cluster '{}', not '{}'",
-                self.settings.cluster_name, fence.cluster_name
-            )));
+            return Err(Response::Failed(Refusal::OtherCluster {
+                ours: self.settings.cluster_name.clone(),
+                theirs: fence.cluster_name.clone(),
+            }));
         }
         let highest = inner.state.highest_epoch;
         if !self.settings.rules.fence && fence.epoch < highest {
@@ -47,23 +47,22 @@ impl Node {
             inner.state.highest_epoch_leader.as_deref() == Some(fence.leader_id.as_str());
         if fence.epoch == highest && !same_leader && !verified {
             refused("unverified_epoch");
-            return Err(Response::Failed(format!(
-                "epoch {} belongs to {}, not {}",
-                fence.epoch,
-                inner
+            return Err(Response::Failed(Refusal::EpochOfAnother {
+                epoch: fence.epoch,
+                holder: inner
                     .state
                     .highest_epoch_leader
-                    .as_deref()
-                    .unwrap_or("an unrecorded leader"),
-                fence.leader_id
-            )));
+                    .clone()
+                    .unwrap_or_else(|| "an unrecorded leader".into()),
+                leader: fence.leader_id.clone(),
+            }));
         }
         if fence.epoch > highest && !verified {
             refused("unverified_epoch");
-            return Err(Response::Failed(format!(
-                "epoch {} of {} is not confirmed by the lease records in the store",
-                fence.epoch, fence.leader_id
-            )));
+            return Err(Response::Failed(Refusal::EpochUnconfirmed {
+                epoch: fence.epoch,
+                leader: fence.leader_id.clone(),
+            }));
         }
         if fence.epoch == highest
             && same_leader
@@ -72,21 +71,22 @@ impl Node {
         {
             tracing::warn!(leader = %fence.leader_id, epoch = fence.epoch, lease_seq = fence.lease_seq, newest = inner.state.highest_lease_seq, "refused a request that arrived after a newer one of its leader");
             refused("late");
-            return Err(Response::Failed(format!(
-                "sent under lease record {} of epoch {}, after which this node admitted a request of record {}: it was held up on its way; not applied",
-                fence.lease_seq, fence.epoch, inner.state.highest_lease_seq
-            )));
+            return Err(Response::Failed(Refusal::Late {
+                seq: fence.lease_seq,
+                epoch: fence.epoch,
+                newest: inner.state.highest_lease_seq,
+            }));
         }
         if fence.epoch > highest || !same_leader {
             inner.state.highest_epoch = fence.epoch;
             inner.state.highest_epoch_leader = Some(fence.leader_id.clone());
             inner.state.highest_lease_seq = fence.lease_seq;
             self.persist(inner)
-                .map_err(|e| Response::Failed(e.to_string()))?;
+                .map_err(|e| Response::Failed(Refusal::Failed(e.to_string())))?;
         } else if fence.lease_seq > inner.state.highest_lease_seq {
             inner.state.highest_lease_seq = fence.lease_seq;
             self.persist(inner)
-                .map_err(|e| Response::Failed(e.to_string()))?;
+                .map_err(|e| Response::Failed(Refusal::Failed(e.to_string())))?;
         }
         Ok(())
     }
@@ -122,21 +122,21 @@ impl Node {
             Ok(Ok(lock::EpochCheck::Refuted(why))) => {
                 tracing::warn!(leader = %fence.leader_id, epoch = fence.epoch, reason = %why, "refused a leader the store does not confirm");
                 refused("unverified_epoch");
-                Err(Response::Failed(format!("epoch not confirmed: {why}")))
+                Err(Response::Failed(Refusal::EpochRefuted(why.to_string())))
             }
             Ok(Err(e)) => {
                 refused("unverified_epoch");
-                Err(Response::Failed(format!(
-                    "cannot check epoch {} against the store: {e}",
-                    fence.epoch
-                )))
+                Err(Response::Failed(Refusal::EpochUncheckable {
+                    epoch: fence.epoch,
+                    reason: e.to_string(),
+                }))
             }
             Err(_) => {
                 refused("unverified_epoch");
-                Err(Response::Failed(format!(
-                    "cannot check epoch {}: the store did not answer within {EPOCH_CHECK_TIMEOUT:?}",
-                    fence.epoch
-                )))
+                Err(Response::Failed(Refusal::EpochUncheckable {
+                    epoch: fence.epoch,
+                    reason: format!("the store did not answer within {EPOCH_CHECK_TIMEOUT:?}"),
+                }))
             }
         }
     }

@@ -47,7 +47,7 @@ use tokio::sync::Mutex;
 
 use backup::layout;
 
-use crate::peer::{EtcdNodeConfig, EtcdState, NodeInfo, Request, Response};
+use crate::peer::{EtcdNodeConfig, EtcdState, NodeInfo, Refusal, Request, Response};
 
 /// The retired cluster tokens among the manager files (see
 /// `controller::Observation::retired_tokens` and [`Node::retire_if_replaced`]).
@@ -91,6 +91,57 @@ pub enum NodeError {
         found: String,
         want: String,
     },
+    /// A leader asked this node to join or restore a cluster it is not in,
+    /// or one other than the cluster it is a member of.
+    #[error("already a member of cluster {0}")]
+    AlreadyMember(String),
+    #[error("not prepared for cluster {0}; send Prepare first")]
+    NotPrepared(String),
+    #[error("this node is not in the cluster it was asked to join")]
+    NotInCluster,
+    #[error("{} exists already; refusing to reuse old data", .0.display())]
+    DataExists(PathBuf),
+    #[error("this node runs no etcd")]
+    NoEtcd,
+    /// The node's own settings would not survive the version change.
+    #[error("refused to move etcd {from} -> {to}: {}; nothing was changed", .lost.join("; "))]
+    SettingsLost {
+        from: String,
+        to: String,
+        lost: Vec<String>,
+    },
+    /// The snapshot before a minor change failed; the old version runs again.
+    #[error("{from} -> {to}: {source}; etcd {from} runs again")]
+    SnapshotBefore {
+        from: String,
+        to: String,
+        source: Box<NodeError>,
+    },
+    #[error("etcd {version} wrote no snapshot within {after:?} with --snapshot-count=1")]
+    NoSnapshot {
+        version: String,
+        after: std::time::Duration,
+    },
+    #[error(
+        "no installed etcd 3.5 has `etcdutl check v2store` (3.5.30 and later do); install one (deploy/install-etcd.sh 3.5.35) on every master"
+    )]
+    NoV2StoreChecker,
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl From<NodeError> for crate::peer::Refusal {
+    /// The refusal a leader gets: typed where it decides by it, else the words.
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::NoEtcd => crate::peer::Refusal::NoEtcd,
+            other => crate::peer::Refusal::Failed(other.to_string()),
+        }
+    }
 }
 
 /// Settings the node needs from the configuration.
@@ -188,9 +239,9 @@ impl Node {
                 s
             }
             None => {
-                let bad = |reason: String| NodeError::DataDir {
+                let bad = |e: upstream_state::UpstreamStateError| NodeError::DataDir {
                     path: settings.data_dir.clone(),
-                    reason,
+                    reason: e.to_string(),
                 };
                 // A volume upstream etcd-manager wrote: its member, its data.
                 let adopted = match upstream_state::read(&settings.data_dir).map_err(bad)? {
@@ -206,10 +257,13 @@ impl Node {
                 if let Some(l) = &adopted
                     && !l.nodes.iter().any(|n| n.name == id)
                 {
-                    return Err(bad(format!(
-                        "upstream's state file names the members {:?}, not this node ({id}); the volume belongs to another member",
-                        l.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>()
-                    )));
+                    return Err(NodeError::DataDir {
+                        path: settings.data_dir.clone(),
+                        reason: format!(
+                            "upstream's state file names the members {:?}, not this node ({id}); the volume belongs to another member",
+                            l.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>()
+                        ),
+                    });
                 }
                 let s = NodeState {
                     format: STATE_FORMAT,
@@ -320,21 +374,23 @@ impl Node {
         store_id: &str,
     ) -> Response {
         if cluster_name != self.settings.cluster_name {
-            return Response::Failed(format!(
-                "this node manages cluster '{}'",
-                self.settings.cluster_name
-            ));
+            return Response::Failed(Refusal::OtherCluster {
+                ours: self.settings.cluster_name.clone(),
+                theirs: cluster_name.to_string(),
+            });
         }
         match self.store_id() {
             None => {
-                return Response::Failed("this node has not read the backup store's id yet".into());
+                return Response::Failed(Refusal::StoreIdUnknown);
             }
             Some(ours) if ours != store_id => {
                 tracing::warn!(candidate, ours = %ours, theirs = %store_id,
                     "a candidate uses another backup store: every manager's --backup-store must be one shared store; nobody leads until they are");
-                return Response::Failed(format!(
-                    "{candidate} uses another backup store (id {store_id}, ours {ours}); every manager's --backup-store must be the same shared store"
-                ));
+                return Response::Failed(Refusal::OtherStore {
+                    candidate: candidate.to_string(),
+                    theirs: store_id.to_string(),
+                    ours,
+                });
             }
             Some(_) => {}
         }
@@ -344,7 +400,9 @@ impl Node {
             .map(|v| v.clone())
             .unwrap_or_default();
         match crate::leadership::judge(view.iter().map(String::as_str), candidate) {
-            Err(reason) => Response::Failed(reason),
+            Err(crate::leadership::LowerIdAlive { lower, candidate }) => {
+                Response::Failed(Refusal::NotCandidate { lower, candidate })
+            }
             Ok(()) => Response::Done,
         }
     }

@@ -152,7 +152,10 @@ impl Node {
 
     /// `etcdutl check v2store` on a copy of `data` (see [`etcd::check_v2store`]),
     /// with the newest installed 3.5 whose etcdutl has the check.
-    pub(super) async fn check_v2store(&self, data: &Path) -> Result<etcd::V2StoreVerdict, String> {
+    pub(super) async fn check_v2store(
+        &self,
+        data: &Path,
+    ) -> Result<etcd::V2StoreVerdict, NodeError> {
         let mut candidates: Vec<etcd::EtcdVersion> = self
             .installed()
             .iter()
@@ -171,26 +174,21 @@ impl Node {
             let scratch = self.settings.data_dir.join(V2CHECK_DIR);
             let verdict = runtime
                 .check_v2store(&binaries, data, &scratch, V2CHECK_TIMEOUT)
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             tracing::info!(data = %data.display(), tool = %binaries.version, ?verdict, "checked the v2 store");
             return Ok(verdict);
         }
-        Err(
-            "no installed etcd 3.5 has `etcdutl check v2store` (3.5.30 and later do); \
-             install one (deploy/install-etcd.sh 3.5.35) on every master"
-                .into(),
-        )
+        Err(NodeError::NoV2StoreChecker)
     }
 
-    pub(super) async fn join(&self, inner: &mut Inner, j: JoinCluster) -> Result<(), String> {
+    pub(super) async fn join(&self, inner: &mut Inner, j: JoinCluster) -> Result<(), NodeError> {
         let current = inner.state.etcd.as_ref().map(|l| l.cluster_token.clone());
         match j.phase {
             JoinPhase::Prepare => {
                 if let Some(t) = &current
                     && *t != j.cluster_token
                 {
-                    return Err(format!("already a member of cluster {t}"));
+                    return Err(NodeError::AlreadyMember(t.clone()));
                 }
                 inner.prepared = Some(j.cluster_token);
                 Ok(())
@@ -206,16 +204,13 @@ impl Node {
                     return Ok(()); // already done: the request was repeated
                 }
                 if let Some(t) = current {
-                    return Err(format!("already a member of cluster {t}"));
+                    return Err(NodeError::AlreadyMember(t));
                 }
                 if inner.prepared.as_deref() != Some(j.cluster_token.as_str()) {
-                    return Err(format!(
-                        "not prepared for cluster {}; send Prepare first",
-                        j.cluster_token
-                    ));
+                    return Err(NodeError::NotPrepared(j.cluster_token));
                 }
                 if !j.nodes.iter().any(|n| n.name == self.id) {
-                    return Err("this node is not in the cluster it was asked to join".into());
+                    return Err(NodeError::NotInCluster);
                 }
                 let local = LocalEtcd {
                     cluster_token: j.cluster_token,
@@ -226,17 +221,14 @@ impl Node {
                 };
                 let data = self.etcd_data_dir(&local.cluster_token);
                 if data.exists() {
-                    return Err(format!(
-                        "{} exists already; refusing to reuse old data",
-                        data.display()
-                    ));
+                    return Err(NodeError::DataExists(data));
                 }
-                let process = self.spawn_etcd(&local).map_err(|e| e.to_string())?;
+                let process = self.spawn_etcd(&local)?;
                 tracing::info!(token = %local.cluster_token, version = %local.etcd_version, new = local.new_cluster, quarantined = local.quarantined, "started etcd");
                 inner.state.etcd = Some(local);
                 inner.prepared = None;
                 inner.process = Some(process);
-                self.persist(inner).map_err(|e| e.to_string())
+                self.persist(inner)
             }
         }
     }
@@ -248,25 +240,24 @@ impl Node {
         inner: &mut Inner,
         quarantined: Option<bool>,
         version: Option<String>,
-    ) -> Result<(), String> {
+    ) -> Result<(), NodeError> {
         let Some(old) = inner.state.etcd.clone() else {
-            return Err("this node runs no etcd".into());
+            return Err(NodeError::NoEtcd);
         };
         let mut local = old.clone();
         if let Some(q) = quarantined {
             local.quarantined = q;
         }
         if let Some(v) = version {
-            let parsed: etcd::EtcdVersion =
-                v.parse().map_err(|e: etcd::InvalidVersion| e.to_string())?;
-            etcd::find_binaries(&parsed, &self.settings.bin_dirs).map_err(|e| e.to_string())?;
+            let parsed: etcd::EtcdVersion = v.parse().map_err(etcd::Error::from)?;
+            etcd::find_binaries(&parsed, &self.settings.bin_dirs)?;
             let lost = self.lost_settings(&old.etcd_version, &v);
             if !lost.is_empty() {
-                return Err(format!(
-                    "refused to move etcd {} -> {v}: {}; nothing was changed",
-                    old.etcd_version,
-                    lost.join("; ")
-                ));
+                return Err(NodeError::SettingsLost {
+                    from: old.etcd_version.clone(),
+                    to: v,
+                    lost,
+                });
             }
             local.etcd_version = v;
         }
@@ -274,22 +265,23 @@ impl Node {
             return Ok(());
         }
         if let Some(p) = inner.process.take() {
-            p.stop(ETCD_STOP_TIMEOUT).await.map_err(|e| e.to_string())?;
+            p.stop(ETCD_STOP_TIMEOUT).await?;
         }
         if snapshot_before(&old.etcd_version, &local.etcd_version)
             && let Err(e) = self.snapshot_with(&old).await
         {
             // Back as it was, on the old version; the leader tries again.
-            inner.process = Some(self.spawn_etcd(&old).map_err(|e| e.to_string())?);
-            return Err(format!(
-                "{} -> {}: {e}; etcd {} runs again",
-                old.etcd_version, local.etcd_version, old.etcd_version
-            ));
+            inner.process = Some(self.spawn_etcd(&old)?);
+            return Err(NodeError::SnapshotBefore {
+                from: old.etcd_version,
+                to: local.etcd_version,
+                source: Box::new(e),
+            });
         }
         local.new_cluster = false;
         inner.state.etcd = Some(local.clone());
-        self.persist(inner).map_err(|e| e.to_string())?;
-        inner.process = Some(self.spawn_etcd(&local).map_err(|e| e.to_string())?);
+        self.persist(inner)?;
+        inner.process = Some(self.spawn_etcd(&local)?);
         tracing::info!(quarantined = local.quarantined, version = %local.etcd_version, "restarted etcd");
         Ok(())
     }
@@ -299,15 +291,13 @@ impl Node {
     /// past every entry an older minor wrote (3.7 cannot read some entries
     /// 3.5 wrote, and a cluster born on 3.5 that moved to 3.6 still has them
     /// in its WAL; etcd's 3.6 guide uses the same flag to drop v2 content).
-    pub(super) async fn snapshot_with(&self, old: &LocalEtcd) -> Result<(), String> {
+    pub(super) async fn snapshot_with(&self, old: &LocalEtcd) -> Result<(), NodeError> {
         let snap_dir = self
             .etcd_data_dir(&old.cluster_token)
             .join("member")
             .join("snap");
         let before = newest_snapshot(&snap_dir);
-        let p = self
-            .spawn_etcd_with(old, &[("ETCD_SNAPSHOT_COUNT", "1")])
-            .map_err(|e| e.to_string())?;
+        let p = self.spawn_etcd_with(old, &[("ETCD_SNAPSHOT_COUNT", "1")])?;
         tracing::info!(version = %old.etcd_version, "etcd restarted with --snapshot-count=1 to snapshot its WAL before the next minor");
         let waited = tokio::time::timeout(SNAPSHOT_WAIT, async {
             while newest_snapshot(&snap_dir) <= before {
@@ -318,38 +308,45 @@ impl Node {
             }
         })
         .await;
-        p.stop(ETCD_STOP_TIMEOUT).await.map_err(|e| e.to_string())?;
+        p.stop(ETCD_STOP_TIMEOUT).await?;
         match waited {
             Ok(()) => {
                 tracing::info!(snapshot = ?newest_snapshot(&snap_dir), "etcd snapshotted its WAL");
                 Ok(())
             }
-            Err(_) => Err(format!(
-                "etcd {} wrote no snapshot within {SNAPSHOT_WAIT:?} with --snapshot-count=1",
-                old.etcd_version
-            )),
+            Err(_) => Err(NodeError::NoSnapshot {
+                version: old.etcd_version.clone(),
+                after: SNAPSHOT_WAIT,
+            }),
         }
     }
 
-    pub(super) async fn stop_for_good(&self, inner: &mut Inner) -> Result<(), String> {
+    pub(super) async fn stop_for_good(&self, inner: &mut Inner) -> Result<(), NodeError> {
         if let Some(p) = inner.process.take() {
-            p.stop(ETCD_STOP_TIMEOUT).await.map_err(|e| e.to_string())?;
+            p.stop(ETCD_STOP_TIMEOUT).await?;
         }
         if let Some(local) = inner.state.etcd.take() {
             let from = self.etcd_data_dir(&local.cluster_token);
             if from.exists() {
                 let trash = self.settings.data_dir.join("data-trashcan");
-                std::fs::create_dir_all(&trash).map_err(|e| format!("{}: {e}", trash.display()))?;
+                std::fs::create_dir_all(&trash).map_err(|source| NodeError::Io {
+                    what: "creating",
+                    path: trash.clone(),
+                    source,
+                })?;
                 let to = trash.join(format!(
                     "{}-{}",
                     local.cluster_token, inner.state.highest_epoch
                 ));
                 let to = unique_path(to);
-                std::fs::rename(&from, &to)
-                    .map_err(|e| format!("moving {} aside: {e}", from.display()))?;
+                std::fs::rename(&from, &to).map_err(|source| NodeError::Io {
+                    what: "moving aside",
+                    path: from.clone(),
+                    source,
+                })?;
                 tracing::info!(from = %from.display(), to = %to.display(), "etcd data moved to the trashcan");
             }
-            self.persist(inner).map_err(|e| e.to_string())?;
+            self.persist(inner)?;
         }
         Ok(())
     }

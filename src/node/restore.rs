@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::core::model::{JobKind, JobPhase};
-use crate::peer::Response;
+use crate::peer::{Refusal, Response};
 
 use super::LocalEtcd;
 use super::Node;
@@ -78,7 +78,7 @@ pub(super) fn remove_restore_leftovers(dir: &Path) {
 pub(super) fn job_end(result: &Result<(), Response>) -> JobPhase {
     match result {
         Ok(()) => JobPhase::Done,
-        Err(Response::Failed(m)) => JobPhase::Failed(m.clone()),
+        Err(Response::Failed(r)) => JobPhase::Failed(r.to_string()),
         Err(Response::Fenced { highest_epoch }) => JobPhase::Failed(format!(
             "refused: a leader of epoch {highest_epoch} spoke to this node since"
         )),
@@ -110,7 +110,7 @@ impl Node {
         cancel: &CancellationToken,
         bytes: &AtomicU64,
     ) -> Result<(), Response> {
-        let failed = Response::Failed;
+        let failed = |e: String| Response::Failed(Refusal::Failed(e));
         let _one = self.restoring.lock().await;
         {
             let inner = self.inner.lock().await;
@@ -168,7 +168,9 @@ impl Node {
             // Verified: only now touch the data dirs, if this leader still may.
             let mut inner = self.inner.lock().await;
             self.admit(&mut inner, &r.fence, true)?;
-            self.stop_for_good(&mut inner).await.map_err(failed)?;
+            self.stop_for_good(&mut inner)
+                .await
+                .map_err(|e| Response::Failed(e.into()))?;
             let local = LocalEtcd {
                 cluster_token: r.cluster_token.clone(),
                 etcd_version: r.etcd_version.clone(),
@@ -199,9 +201,9 @@ impl Node {
     /// in [`NodeInfo::jobs`].
     pub(super) fn start_restore_job(&self, r: crate::peer::RestoreBackup) -> Response {
         if !r.nodes.iter().any(|n| n.name == self.id) {
-            return Response::Failed(
+            return Response::Failed(Refusal::BadRequest(
                 "this node is not in the cluster it was asked to restore".into(),
-            );
+            ));
         }
         let found = r
             .etcd_version
@@ -211,18 +213,20 @@ impl Node {
                 etcd::find_binaries(&v, &self.settings.bin_dirs).map_err(|e| e.to_string())
             });
         if let Err(e) = found {
-            return Response::Failed(e);
+            return Response::Failed(Refusal::Failed(e));
         }
         let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade) else {
-            return Response::Failed("this node runs no jobs (it is not shared)".into());
+            return Response::Failed(Refusal::Failed(
+                "this node runs no jobs (it is not shared)".into(),
+            ));
         };
         let key = r.cluster_token.clone();
         match self.jobs.begin(JobKind::Restore, &key, r.fence.epoch) {
             crate::node::jobs::Begin::Known(_) => Response::Done,
-            crate::node::jobs::Begin::Busy(j) => Response::Failed(format!(
+            crate::node::jobs::Begin::Busy(j) => Response::Failed(Refusal::Busy(format!(
                 "busy with the restore of cluster {} for the leader of epoch {}; try again when it ends",
                 j.key, j.epoch
-            )),
+            ))),
             crate::node::jobs::Begin::Start { cancel, bytes } => {
                 tracing::info!(backup = %r.backup, token = %key, epoch = r.fence.epoch, "restore job started");
                 let halted = self.jobs.halted();
@@ -247,14 +251,16 @@ impl Node {
     /// `token`) as a job for the leader of `epoch`; answered at once.
     pub(super) fn start_v2store_job(&self, token: String, data: PathBuf, epoch: u64) -> Response {
         let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade) else {
-            return Response::Failed("this node runs no jobs (it is not shared)".into());
+            return Response::Failed(Refusal::Failed(
+                "this node runs no jobs (it is not shared)".into(),
+            ));
         };
         match self.jobs.begin(JobKind::CheckV2Store, &token, epoch) {
             crate::node::jobs::Begin::Known(_) => Response::Done,
-            crate::node::jobs::Begin::Busy(j) => Response::Failed(format!(
+            crate::node::jobs::Begin::Busy(j) => Response::Failed(Refusal::Busy(format!(
                 "busy with the {:?} job of cluster {} for the leader of epoch {}; try again when it ends",
                 j.kind, j.key, j.epoch
-            )),
+            ))),
             crate::node::jobs::Begin::Start { .. } => {
                 tracing::info!(%token, epoch, "v2 store check job started");
                 // It only reads the member's data: a newer leader's job that
@@ -268,7 +274,7 @@ impl Node {
                                 Ok(etcd::V2StoreVerdict::Custom(what)) => JobPhase::Found(what),
                                 Err(e) => {
                                     tracing::warn!(%token, reason = %e, "v2 store check job failed");
-                                    JobPhase::Failed(e)
+                                    JobPhase::Failed(e.to_string())
                                 }
                             };
                             me.jobs.set_phase(&token, phase);

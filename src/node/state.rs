@@ -45,13 +45,13 @@ pub struct NodeState {
 
 impl NodeState {
     /// Identifiers in the state file end up in paths: check them on load.
-    pub(super) fn validate(&self) -> Result<(), String> {
+    pub(super) fn validate(&self) -> Result<(), etcd::InvalidIdent> {
         use etcd::{IdentKind, check_ident};
-        check_ident(IdentKind::NodeId, &self.id).map_err(|e| e.to_string())?;
+        check_ident(IdentKind::NodeId, &self.id)?;
         if let Some(l) = &self.etcd {
-            check_ident(IdentKind::ClusterToken, &l.cluster_token).map_err(|e| e.to_string())?;
+            check_ident(IdentKind::ClusterToken, &l.cluster_token)?;
             for n in &l.nodes {
-                check_ident(IdentKind::MemberName, &n.name).map_err(|e| e.to_string())?;
+                check_ident(IdentKind::MemberName, &n.name)?;
             }
         }
         Ok(())

@@ -113,13 +113,16 @@ mod leadership {
         let n = node(dir.path());
         n.set_alive_view(vec!["b".into(), "c".into(), "d".into()]);
         assert!(
-            matches!(n.judge_leadership("c", "b", "S"), Response::Failed(m) if m.contains("store's id")),
+            matches!(
+                n.judge_leadership("c", "b", "S"),
+                Response::Failed(crate::peer::Refusal::StoreIdUnknown)
+            ),
             "no store id read yet: nobody is accepted"
         );
         n.set_store_id("S".into());
         assert_eq!(n.judge_leadership("c", "b", "S"), Response::Done);
         assert!(
-            matches!(n.judge_leadership("c", "c", "S"), Response::Failed(m) if m.contains("b is alive"))
+            matches!(n.judge_leadership("c", "c", "S"), Response::Failed(m) if m.to_string().contains("b is alive"))
         );
         assert!(matches!(
             n.judge_leadership("other", "a", "S"),
@@ -127,7 +130,7 @@ mod leadership {
         ));
         // A manager on another store (a per-host file:// store) is never accepted.
         assert!(
-            matches!(n.judge_leadership("c", "b", "T"), Response::Failed(m) if m.contains("another backup store"))
+            matches!(n.judge_leadership("c", "b", "T"), Response::Failed(m @ crate::peer::Refusal::OtherStore { .. }) if m.to_string().contains("another backup store"))
         );
     }
 
@@ -268,7 +271,7 @@ mod fencing {
         assert_eq!(n.handle(&l, stop(2, 4)).await, Response::Done);
         let forged = n.handle(&l, stop(2, u64::MAX)).await;
         assert!(
-            matches!(&forged, Response::Failed(m) if m.contains("never written")),
+            matches!(&forged, Response::Failed(m) if m.to_string().contains("never written")),
             "{forged:?}"
         );
         lease(&store, 5, "l", 2).await;
@@ -289,7 +292,7 @@ mod fencing {
         // A foreign node speaking for the leader.
         let resp = n.handle(&tls("mallory"), stop(3, 1)).await;
         assert!(
-            matches!(&resp, Response::Failed(m) if m.contains("names node mallory")),
+            matches!(&resp, Response::Failed(m) if m.to_string().contains("names node mallory")),
             "{resp:?}"
         );
         assert_eq!(n.highest_epoch().await, 0);
@@ -298,7 +301,7 @@ mod fencing {
             let req = Request::StopEtcd(fence("mallory", epoch, seq));
             let resp = n.handle(&tls("mallory"), req).await;
             assert!(
-                matches!(&resp, Response::Failed(m) if m.contains("not confirmed") || m.contains("not mallory")),
+                matches!(&resp, Response::Failed(m) if m.to_string().contains("not confirmed") || m.to_string().contains("not mallory")),
                 "{resp:?}"
             );
         }
@@ -321,7 +324,7 @@ mod fencing {
             .handle(&tls("mallory"), Request::StopEtcd(fence("mallory", 3, 1)))
             .await;
         assert!(
-            matches!(&resp, Response::Failed(m) if m.contains("names l at epoch 3, not mallory")),
+            matches!(&resp, Response::Failed(m) if m.to_string().contains("names l at epoch 3, not mallory")),
             "{resp:?}"
         );
         assert_eq!(n.highest_epoch().await, 3);
@@ -339,7 +342,7 @@ mod fencing {
             store_id: "S".into(),
         };
         assert!(
-            matches!(n.handle(&tls("mallory"), lead).await, Response::Failed(m) if m.contains("names node mallory"))
+            matches!(n.handle(&tls("mallory"), lead).await, Response::Failed(m) if m.to_string().contains("names node mallory"))
         );
     }
 
@@ -360,7 +363,7 @@ mod fencing {
         assert_eq!(n.handle(&tls("l"), stop(2, 7)).await, Response::Done);
         let late = n.handle(&tls("l"), stop(2, 5)).await;
         assert!(
-            matches!(&late, Response::Failed(m) if m.contains("held up on its way") && m.contains("record 7")),
+            matches!(&late, Response::Failed(m) if m.to_string().contains("held up on its way") && m.to_string().contains("record 7")),
             "{late:?}"
         );
         drop(n);
@@ -390,7 +393,7 @@ mod fencing {
         let empty = node(other.path(), &super::fencing::store());
         let resp = empty.handle(&tls("l"), stop(1, 1)).await;
         assert!(
-            matches!(&resp, Response::Failed(m) if m.contains("no lease record")),
+            matches!(&resp, Response::Failed(m) if m.to_string().contains("no lease record")),
             "{resp:?}"
         );
     }
@@ -427,7 +430,7 @@ mod fencing {
         };
         let resp = n.handle(&tls("l"), job("tok1", "someone-else")).await;
         assert!(
-            matches!(&resp, Response::Failed(m) if m.contains("not in the cluster")),
+            matches!(&resp, Response::Failed(m) if m.to_string().contains("not in the cluster")),
             "{resp:?}"
         );
         let id = n.id().to_string();
@@ -525,7 +528,7 @@ mod fencing {
         };
         assert_eq!(
             n.handle(&l, check("3.7.3")).await,
-            Response::Failed("this node runs no etcd".into())
+            Response::Failed(crate::peer::Refusal::NoEtcd)
         );
         n.inner.lock().await.state.etcd = Some(LocalEtcd {
             cluster_token: "tok".into(),
@@ -548,7 +551,7 @@ mod fencing {
         );
         assert!(matches!(
             n.handle(&l, check("../3.7")).await,
-            Response::Failed(m) if m.starts_with("bad request")
+            Response::Failed(m) if m.to_string().starts_with("bad request")
         ));
         let up = Request::Reconfigure(crate::peer::Reconfigure {
             fence: fence("l", 1, 1),
@@ -557,8 +560,10 @@ mod fencing {
         });
         match n.handle(&l, up).await {
             Response::Failed(m) => assert!(
-                m.contains("refused to move etcd 3.6.16 -> 3.7.3")
-                    && m.contains("ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL"),
+                m.to_string()
+                    .contains("refused to move etcd 3.6.16 -> 3.7.3")
+                    && m.to_string()
+                        .contains("ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL"),
                 "{m}"
             ),
             other => panic!("moved anyway: {other:?}"),
@@ -594,7 +599,7 @@ mod fencing {
             });
             let resp = n.handle(&tls("l"), req).await;
             assert!(
-                matches!(&resp, Response::Failed(m) if m.contains("invalid cluster token")),
+                matches!(&resp, Response::Failed(m) if m.to_string().contains("invalid cluster token")),
                 "{token}: {resp:?}"
             );
         }

@@ -63,23 +63,55 @@ pub struct PbEtcdState {
     pub quarantined: bool,
 }
 
+/// What is wrong with upstream's files in a data dir; each says to move
+/// the file aside (ours is written from what the leader says next).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamStateError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{size} bytes, more than upstream ever writes ({MAX_STATE_BYTES}); move it aside")]
+    TooLarge { size: u64 },
+    #[error("not upstream's EtcdState: {0}; move it aside")]
+    NotState(#[from] prost::DecodeError),
+    #[error("too long for a peer id")]
+    IdTooLong,
+    #[error(transparent)]
+    Ident(#[from] etcd::InvalidIdent),
+    #[error(transparent)]
+    Version(#[from] etcd::InvalidVersion),
+    #[error("{}: {source}", path.display())]
+    In {
+        path: std::path::PathBuf,
+        source: Box<UpstreamStateError>,
+    },
+}
+
+impl UpstreamStateError {
+    fn at(path: &Path) -> impl FnOnce(UpstreamStateError) -> UpstreamStateError + '_ {
+        move |e| UpstreamStateError::In {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        }
+    }
+}
+
 /// Upstream's state as ours: None when the file says no etcd runs here.
 /// Every identifier is checked (they become paths and member names).
-pub fn from_upstream(pb: &PbEtcdState) -> Result<Option<LocalEtcd>, String> {
+pub fn from_upstream(pb: &PbEtcdState) -> Result<Option<LocalEtcd>, UpstreamStateError> {
     let Some(cluster) = &pb.cluster else {
         return Ok(None);
     };
     if cluster.cluster_token.is_empty() {
         return Ok(None);
     }
-    etcd::check_ident(etcd::IdentKind::ClusterToken, &cluster.cluster_token)
-        .map_err(|e| e.to_string())?;
-    pb.etcd_version
-        .parse::<etcd::EtcdVersion>()
-        .map_err(|e| e.to_string())?;
+    etcd::check_ident(etcd::IdentKind::ClusterToken, &cluster.cluster_token)?;
+    pb.etcd_version.parse::<etcd::EtcdVersion>()?;
     let mut nodes = Vec::new();
     for n in &cluster.nodes {
-        etcd::check_ident(etcd::IdentKind::MemberName, &n.name).map_err(|e| e.to_string())?;
+        etcd::check_ident(etcd::IdentKind::MemberName, &n.name)?;
         nodes.push(EtcdNodeConfig {
             name: n.name.clone(),
             peer_urls: n.peer_urls.clone(),
@@ -121,58 +153,59 @@ pub fn to_upstream(local: &LocalEtcd, tls: bool) -> PbEtcdState {
 }
 
 /// Upstream's state file in `dir`, if there is one.
-pub fn read(dir: &Path) -> Result<Option<PbEtcdState>, String> {
+pub fn read(dir: &Path) -> Result<Option<PbEtcdState>, UpstreamStateError> {
     let path = dir.join(STATE_FILE);
+    let io = |source| UpstreamStateError::Io {
+        path: path.clone(),
+        source,
+    };
     let meta = match std::fs::metadata(&path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Err(e) => return Err(io(e)),
     };
     if meta.len() > MAX_STATE_BYTES {
-        return Err(format!(
-            "{} is {} bytes, more than upstream ever writes ({MAX_STATE_BYTES}); move it aside",
-            path.display(),
-            meta.len()
+        return Err(UpstreamStateError::at(&path)(
+            UpstreamStateError::TooLarge { size: meta.len() },
         ));
     }
-    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = std::fs::read(&path).map_err(io)?;
     decode_state(&bytes)
         .map(Some)
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(UpstreamStateError::at(&path))
 }
 
 /// Upstream's state file's bytes: at most [`MAX_STATE_BYTES`], decoded as
 /// its `EtcdState`. Pure.
-pub fn decode_state(bytes: &[u8]) -> Result<PbEtcdState, String> {
+pub fn decode_state(bytes: &[u8]) -> Result<PbEtcdState, UpstreamStateError> {
     if bytes.len() as u64 > MAX_STATE_BYTES {
-        return Err(format!(
-            "{} bytes, more than upstream ever writes ({MAX_STATE_BYTES}); move it aside",
-            bytes.len()
-        ));
+        return Err(UpstreamStateError::TooLarge {
+            size: bytes.len() as u64,
+        });
     }
-    PbEtcdState::decode(bytes).map_err(|e| format!("not upstream's EtcdState: {e}; move it aside"))
+    Ok(PbEtcdState::decode(bytes)?)
 }
 
 /// Upstream's `myid` file's bytes: at most 256, a valid node id once
 /// trimmed. Pure.
-pub fn parse_myid(bytes: &[u8]) -> Result<String, String> {
+pub fn parse_myid(bytes: &[u8]) -> Result<String, UpstreamStateError> {
     if bytes.len() > 256 {
-        return Err("too long for a peer id".into());
+        return Err(UpstreamStateError::IdTooLong);
     }
     let id = String::from_utf8_lossy(bytes).trim().to_string();
-    etcd::check_ident(etcd::IdentKind::NodeId, &id).map_err(|e| e.to_string())?;
+    etcd::check_ident(etcd::IdentKind::NodeId, &id)?;
     Ok(id)
 }
 
 /// Upstream's peer id in `dir` (`myid`), checked, if there is one.
-pub fn read_myid(dir: &Path) -> Result<Option<String>, String> {
+pub fn read_myid(dir: &Path) -> Result<Option<String>, UpstreamStateError> {
     let path = dir.join(MYID_FILE);
     match std::fs::read(&path) {
         Ok(b) => parse_myid(&b)
             .map(Some)
-            .map_err(|e| format!("{}: {e}", path.display())),
+            .map_err(UpstreamStateError::at(&path)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(source) => Err(UpstreamStateError::Io { path, source }),
     }
 }
 
@@ -266,7 +299,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(STATE_FILE), [0xff, 0xff, 0xff, 0xff, 0x0f]).unwrap();
         let e = read(dir.path()).unwrap_err();
-        assert!(e.contains("not upstream's EtcdState"), "{e}");
+        assert!(
+            matches!(&e, UpstreamStateError::In { path, source }
+                if path.ends_with(STATE_FILE) && matches!(**source, UpstreamStateError::NotState(_)))
+                && e.to_string().contains("not upstream's EtcdState"),
+            "{e}"
+        );
         let mut pb = to_upstream(&local(), false);
         pb.cluster.as_mut().unwrap().cluster_token = "../../etc".into();
         assert!(from_upstream(&pb).is_err());

@@ -68,6 +68,33 @@ pub async fn run(
     }
 }
 
+/// Why a round of discovery did not finish; the next round tries again.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// The local mirror folder (gossip's discovery folder).
+    #[error("{}: {source}; the discovery folder must be writable by etcd-manager", path.display())]
+    Local {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Listing or reading the records in the store.
+    #[error(transparent)]
+    Store(backup::Error),
+    /// Writing our own record to the store.
+    #[error("publishing our record: {0}")]
+    Publish(#[source] backup::Error),
+}
+
+impl DiscoveryError {
+    fn local(path: &Path) -> impl FnOnce(std::io::Error) -> DiscoveryError + '_ {
+        move |source| DiscoveryError::Local {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 /// What we know of our own record in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Own {
@@ -106,12 +133,12 @@ impl Mirror {
         &mut self,
         store: &backup::BackupStore,
         local_dir: &Path,
-    ) -> Result<usize, String> {
-        std::fs::create_dir_all(local_dir).map_err(|e| format!("{}: {e}", local_dir.display()))?;
+    ) -> Result<usize, DiscoveryError> {
+        std::fs::create_dir_all(local_dir).map_err(DiscoveryError::local(local_dir))?;
         let listed = store
             .list_manager_files_versioned(PREFIX)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(DiscoveryError::Store)?;
         let own = file_name(&self.me);
         let listed_own = listed
             .iter()
@@ -130,7 +157,7 @@ impl Mirror {
             store
                 .write_manager_file(&own, self.body.clone())
                 .await
-                .map_err(|e| format!("publishing our record: {e}"))?;
+                .map_err(DiscoveryError::Publish)?;
             self.ours = Own::Written;
         }
         let mut wanted = vec![];
@@ -141,7 +168,7 @@ impl Mirror {
                 _ => match store
                     .read_manager_file(&name)
                     .await
-                    .map_err(|e| e.to_string())?
+                    .map_err(DiscoveryError::Store)?
                 {
                     Some(bytes) => serde_json::from_slice::<Record>(&bytes).ok(),
                     None => None,
@@ -169,8 +196,8 @@ impl Mirror {
             let body = serde_json::to_vec(&rec).unwrap_or_default();
             if std::fs::read(&path).ok().as_deref() != Some(body.as_slice()) {
                 let tmp = local_dir.join(format!(".{}.tmp", rec.id));
-                std::fs::write(&tmp, &body).map_err(|e| format!("{}: {e}", tmp.display()))?;
-                std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+                std::fs::write(&tmp, &body).map_err(DiscoveryError::local(&tmp))?;
+                std::fs::rename(&tmp, &path).map_err(DiscoveryError::local(&path))?;
             }
             wanted.push(format!("{}.json", rec.id));
         }

@@ -181,11 +181,7 @@ impl Ca {
             what: "CA certificate (PEM)",
             reason: "no CERTIFICATE block".into(),
         })?;
-        let parsed = x509_public_key(&cert_der).map_err(|reason| PkiError::Unusable {
-            path: cert_path.clone(),
-            what: "CA certificate (PEM)",
-            reason,
-        })?;
+        let parsed = x509_public_key(&cert_der, &cert_path)?;
         if parsed != key.public_key_raw() {
             return Err(PkiError::Unusable {
                 path: key_path,
@@ -393,9 +389,13 @@ fn first_cert_der(pem: &str) -> Option<Vec<u8>> {
         .map(|c| c.to_vec())
 }
 
-/// The subject public key (raw bits) of a DER certificate.
-fn x509_public_key(der: &[u8]) -> Result<Vec<u8>, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+/// The subject public key (raw bits) of the DER CA certificate read from `path`.
+fn x509_public_key(der: &[u8], path: &Path) -> Result<Vec<u8>, PkiError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::Unusable {
+        path: path.to_path_buf(),
+        what: "CA certificate (PEM)",
+        reason: e.to_string(),
+    })?;
     Ok(cert.public_key().subject_public_key.data.to_vec())
 }
 

@@ -39,43 +39,58 @@ pub struct StaticNode {
     pub ip: Vec<String>,
 }
 
+/// What is wrong with `--static-config` or `--network-cidr`, and what to write.
+#[derive(Debug, thiserror::Error)]
+pub enum StaticsError {
+    #[error("longer than {MAX_LEN} bytes; list only the members")]
+    TooLong,
+    #[error(
+        "not the JSON upstream takes ({0}); write {{\"etcdVersion\":\"3.6.16\",\"nodes\":[{{\"id\":\"name\",\"ip\":[\"10.0.0.1\"]}}]}}"
+    )]
+    Json(#[source] serde_json::Error),
+    #[error("etcdVersion: {0}")]
+    Version(#[source] etcd::InvalidVersion),
+    #[error("nodes is empty: list every member")]
+    NoNodes,
+    #[error("node id: {0}")]
+    NodeId(#[source] etcd::InvalidIdent),
+    #[error("node {node} has no ip; give the address or host name its manager listens on")]
+    NoIp { node: String },
+    #[error("node {node}: '{ip}' is not an address or host name")]
+    BadIp { node: String, ip: String },
+    #[error("two nodes have the same id ({id}); give each member its own")]
+    DuplicateId { id: String },
+    #[error("'{text}' is not a CIDR such as 10.0.0.0/16")]
+    NotCidr { text: String },
+    #[error("'{text}': {reason}; write a CIDR such as 10.0.0.0/16")]
+    BadCidr { text: String, reason: String },
+    #[error("'{text}': a prefix of more than {max} bits")]
+    CidrTooLong { text: String, max: u8 },
+}
+
 impl StaticConfig {
     /// Parse and check `--static-config`'s JSON; the error names what is wrong.
-    pub fn parse(text: &str) -> Result<StaticConfig, String> {
+    pub fn parse(text: &str) -> Result<StaticConfig, StaticsError> {
         if text.len() > MAX_LEN {
-            return Err(format!("longer than {MAX_LEN} bytes"));
+            return Err(StaticsError::TooLong);
         }
-        let mut c: StaticConfig = serde_json::from_str(text).map_err(|e| {
-            format!(
-                "not the JSON upstream takes ({e}); write {{\"etcdVersion\":\"3.6.16\",\"nodes\":[{{\"id\":\"name\",\"ip\":[\"10.0.0.1\"]}}]}}"
-            )
-        })?;
+        let mut c: StaticConfig = serde_json::from_str(text).map_err(StaticsError::Json)?;
         c.etcd_version = c.etcd_version.trim_start_matches('v').to_string();
         c.etcd_version
             .parse::<etcd::EtcdVersion>()
-            .map_err(|e| format!("etcdVersion: {e}"))?;
+            .map_err(StaticsError::Version)?;
         if c.nodes.is_empty() {
-            return Err("nodes is empty: list every member".into());
+            return Err(StaticsError::NoNodes);
         }
         for n in &c.nodes {
-            etcd::check_ident(etcd::IdentKind::MemberName, &n.id)
-                .map_err(|e| format!("node id: {e}"))?;
-            if n.ip.is_empty() {
-                return Err(format!("node {} has no ip", n.id));
-            }
-            for ip in &n.ip {
-                if ip.is_empty() || ip.len() > 253 || ip.contains(['/', ' ', ',']) {
-                    return Err(format!(
-                        "node {}: '{ip}' is not an address or host name",
-                        n.id
-                    ));
-                }
-            }
+            n.check()?;
         }
         let mut ids: Vec<&str> = c.nodes.iter().map(|n| n.id.as_str()).collect();
         ids.sort_unstable();
-        if ids.windows(2).any(|w| w[0] == w[1]) {
-            return Err("two nodes have the same id".into());
+        if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+            return Err(StaticsError::DuplicateId {
+                id: w[0].to_string(),
+            });
         }
         Ok(c)
     }
@@ -85,6 +100,29 @@ impl StaticConfig {
         backup::ClusterSpec {
             member_count: i32::try_from(self.nodes.len()).unwrap_or(i32::MAX),
             etcd_version: self.etcd_version.clone(),
+        }
+    }
+}
+
+impl StaticNode {
+    /// A valid member name with at least one address or host name.
+    fn check(&self) -> Result<(), StaticsError> {
+        etcd::check_ident(etcd::IdentKind::MemberName, &self.id).map_err(StaticsError::NodeId)?;
+        if self.ip.is_empty() {
+            return Err(StaticsError::NoIp {
+                node: self.id.clone(),
+            });
+        }
+        match self
+            .ip
+            .iter()
+            .find(|ip| ip.is_empty() || ip.len() > 253 || ip.contains(['/', ' ', ',']))
+        {
+            Some(ip) => Err(StaticsError::BadIp {
+                node: self.id.clone(),
+                ip: ip.clone(),
+            }),
+            None => Ok(()),
         }
     }
 }
@@ -99,15 +137,22 @@ pub fn host_port(host: &str, port: u16) -> String {
 }
 
 /// Check a CIDR (`10.0.0.0/16`).
-pub fn parse_cidr(s: &str) -> Result<(std::net::IpAddr, u8), String> {
-    let (ip, bits) = s
-        .split_once('/')
-        .ok_or_else(|| format!("'{s}' is not a CIDR such as 10.0.0.0/16"))?;
-    let ip: std::net::IpAddr = ip.parse().map_err(|e| format!("'{s}': {e}"))?;
-    let bits: u8 = bits.parse().map_err(|e| format!("'{s}': {e}"))?;
+pub fn parse_cidr(s: &str) -> Result<(std::net::IpAddr, u8), StaticsError> {
+    let bad = |reason: &dyn std::fmt::Display| StaticsError::BadCidr {
+        text: s.to_string(),
+        reason: reason.to_string(),
+    };
+    let (ip, bits) = s.split_once('/').ok_or_else(|| StaticsError::NotCidr {
+        text: s.to_string(),
+    })?;
+    let ip: std::net::IpAddr = ip.parse().map_err(|e| bad(&e))?;
+    let bits: u8 = bits.parse().map_err(|e| bad(&e))?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
     if bits > max {
-        return Err(format!("'{s}': a prefix of more than {max} bits"));
+        return Err(StaticsError::CidrTooLong {
+            text: s.to_string(),
+            max,
+        });
     }
     Ok((ip, bits))
 }
@@ -154,11 +199,21 @@ mod tests {
                 "same id",
             ),
         ] {
-            let e = StaticConfig::parse(bad).expect_err(bad);
+            let e = StaticConfig::parse(bad).expect_err(bad).to_string();
             assert!(e.contains(why), "{bad}: {e}");
         }
         assert!(parse_cidr("10.0.0.0/16").is_ok());
-        assert!(parse_cidr("10.0.0.0/33").is_err());
-        assert!(parse_cidr("10.0.0.0").is_err());
+        assert!(matches!(
+            parse_cidr("10.0.0.0/33"),
+            Err(StaticsError::CidrTooLong { max: 32, .. })
+        ));
+        assert!(matches!(
+            parse_cidr("10.0.0.0"),
+            Err(StaticsError::NotCidr { .. })
+        ));
+        assert!(matches!(
+            parse_cidr("10.0.0.x/8"),
+            Err(StaticsError::BadCidr { .. })
+        ));
     }
 }

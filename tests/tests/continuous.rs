@@ -313,7 +313,8 @@ async fn every_change_is_recorded_and_a_replay_rebuilds_any_point_exactly() {
     // Outside the chain: refused before anything runs.
     let err = pitr::plan(&store, &base, ReplayTo::Revision(two + 1))
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not in backup"), "{err}");
 }
 

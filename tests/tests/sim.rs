@@ -325,3 +325,33 @@ fn real_driver_catches_a_leader_that_does_not_recheck_its_lease() {
     };
     real_knob_caught(rules, 0..500, &["changed etcd", "newest lease record"]);
 }
+
+/// A store that denies every backup write (a bucket policy gone wrong) is
+/// an operator's job, and the leader's status report says so (the backup's
+/// `AccessDenied` is permanent: issue #33); the cluster stays whole, and
+/// once the store takes writes again the run ends whole.
+#[test]
+fn real_driver_says_a_store_that_denies_backups_needs_an_operator() {
+    let out = sim::real::Sim::run_scenario(
+        7,
+        Some(3),
+        SafetyRules::ALL,
+        sim::real::Scenario::DenyBackups,
+    );
+    assert!(
+        out.violation.is_none(),
+        "{:?}\n{}",
+        out.violation,
+        out.trace.join("\n")
+    );
+    let line = out.needs_operator_said.unwrap_or_else(|| {
+        panic!(
+            "status never said an operator is needed:\n{}",
+            out.trace.join("\n")
+        )
+    });
+    assert!(
+        line.contains("take_backup") && line.contains("AccessDenied"),
+        "the line names the action and the store's words: {line}"
+    );
+}

@@ -333,12 +333,65 @@ async fn run(a: CtlArgs) -> anyhow::Result<String> {
         Some(Cmd::GenerateBackupKey { out }) => return generate_backup_key(out),
         _ => {}
     }
+    let (store, url) = open_store(&a).await?;
+    match a.command.as_ref().unwrap_or(&Cmd::Get) {
+        Cmd::Get => get(&store, &url, a.output).await,
+        Cmd::ConfigureCluster => configure_cluster(&store, &a).await,
+        Cmd::ListBackups => list_backups(&store, a.output).await,
+        Cmd::ListCommands => list_commands(&store, a.output).await,
+        Cmd::DeleteCommand { name } => delete_command(&store, name).await,
+        Cmd::Status => status(&store, a.output).await,
+        Cmd::BackupNow { timeout } => backup_now(&store, *timeout).await,
+        Cmd::Defrag { member, timeout } => defrag(&store, member.as_deref(), *timeout).await,
+        Cmd::RecoverQuorum { timeout } => recover_quorum(&store, *timeout).await,
+        // Answered above, before a store is needed.
+        Cmd::InitPki => init_pki(&a.pki_dir),
+        Cmd::IssueClientCert { out_dir, name } => issue_client_cert(&a.pki_dir, out_dir, name),
+        Cmd::GenerateBackupKey { out } => generate_backup_key(out),
+        Cmd::VerifyBackup {
+            backup,
+            scratch_dir,
+            on_manager,
+            timeout,
+        } => {
+            check_backup_listed(&store, &url, backup).await?;
+            let record = if *on_manager {
+                drill_on_manager(&store, backup, *timeout).await?
+            } else {
+                drill_here(&store, backup, &a.etcd_bin_dir, scratch_dir).await?
+            };
+            drill_verdict(backup, &record, a.output)
+        }
+        Cmd::SeedNewCluster => seed_new_cluster(&store).await,
+        Cmd::RestoreBackup {
+            backup,
+            to_revision,
+            to_time,
+            full_only,
+            scratch_dir,
+        } => {
+            check_backup_listed(&store, &url, backup).await?;
+            let to = replay_target(*to_revision, to_time.as_deref())?;
+            let (chosen, replay_note) = if *full_only {
+                (backup.clone(), String::new())
+            } else {
+                replay_first(&store, backup, to, &a.etcd_bin_dir, scratch_dir).await?
+            };
+            let queued = queue_restore(&store, &chosen).await?;
+            Ok(format!("{replay_note}{queued}"))
+        }
+    }
+}
+
+/// The store `-backup-store` names, with the store and encryption flags
+/// (kops' S3_* variables where no flag says otherwise, as the manager);
+/// and its URL.
+async fn open_store(a: &CtlArgs) -> anyhow::Result<(BackupStore, String)> {
     let Some(url) = a.backup_store.clone() else {
         bail!(
             "--backup-store is required, e.g. -backup-store=file:///tmp/etcd-manager/backups/test"
         );
     };
-    // As the manager: kops' S3_* variables where no flag says otherwise.
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let mut opts = StoreOptions {
         s3_endpoint: a.s3_endpoint.clone().or_else(|| env("S3_ENDPOINT")),
@@ -356,248 +409,267 @@ async fn run(a: CtlArgs) -> anyhow::Result<String> {
     let store = BackupStore::open(&url, &opts)
         .context("--backup-store")?
         .with_encryption(encryption);
-    match a.command.as_ref().unwrap_or(&Cmd::Get) {
-        Cmd::Get => {
-            let spec = store.read_spec().await?.with_context(|| {
-                format!("no cluster spec in {url}; create one with configure-cluster")
-            })?;
-            match a.output {
-                Output::Text | Output::Wide => {
-                    Ok(format!("{}\n", backup::spec_upstream_text(&spec)))
-                }
-                Output::Json => json(&spec),
-            }
-        }
-        Cmd::ConfigureCluster => {
-            let current = store.read_spec().await?;
-            let spec = new_spec(&a, current.as_ref())?;
-            store.write_spec(&spec).await?;
-            Ok(format!(
-                "set cluster spec to {}\n",
-                backup::spec_upstream_text(&spec)
-            ))
-        }
-        Cmd::ListBackups => {
-            let names = store.list_backups().await?;
-            match a.output {
-                Output::Text => Ok(names.iter().map(|n| format!("{n}\n")).collect()),
-                Output::Json => json(&names),
-                Output::Wide => list_backups_wide(&store, &names).await,
-            }
-        }
-        Cmd::ListCommands => {
-            let (cmds, malformed) = store.list_commands_reporting().await?;
-            match a.output {
-                Output::Text | Output::Wide => Ok(cmds
-                    .iter()
-                    .map(|c| format!("{}\n", c.command.to_upstream_text()))
-                    .chain(malformed.iter().map(|f| {
-                        format!(
-                            "# skipped {}: {} (delete-command removes it)\n",
-                            f.path, f.reason
-                        )
-                    }))
-                    .collect()),
-                Output::Json => {
-                    let v: Vec<_> = cmds
-                        .iter()
-                        .map(|c| serde_json::json!({"name": c.name, "command": c.command}))
-                        .collect();
-                    json(&v)
-                }
-            }
-        }
-        Cmd::DeleteCommand { name } => {
-            let (cmds, malformed) = store.list_commands_reporting().await?;
-            // A malformed command can be deleted by its folder name.
-            let broken: Vec<&str> = malformed
+    Ok((store, url))
+}
+
+/// `get`: the cluster spec.
+async fn get(store: &BackupStore, url: &str, output: Output) -> anyhow::Result<String> {
+    let spec = store
+        .read_spec()
+        .await?
+        .with_context(|| format!("no cluster spec in {url}; create one with configure-cluster"))?;
+    match output {
+        Output::Text | Output::Wide => Ok(format!("{}\n", backup::spec_upstream_text(&spec))),
+        Output::Json => json(&spec),
+    }
+}
+
+/// `configure-cluster`: the flags over the current spec.
+async fn configure_cluster(store: &BackupStore, a: &CtlArgs) -> anyhow::Result<String> {
+    let current = store.read_spec().await?;
+    let spec = new_spec(a, current.as_ref())?;
+    store.write_spec(&spec).await?;
+    Ok(format!(
+        "set cluster spec to {}\n",
+        backup::spec_upstream_text(&spec)
+    ))
+}
+
+/// `list-backups`: the names, or a table with `-o wide`.
+async fn list_backups(store: &BackupStore, output: Output) -> anyhow::Result<String> {
+    let names = store.list_backups().await?;
+    match output {
+        Output::Text => Ok(names.iter().map(|n| format!("{n}\n")).collect()),
+        Output::Json => json(&names),
+        Output::Wide => list_backups_wide(store, &names).await,
+    }
+}
+
+/// `list-commands`: the queue, and the malformed commands skipped.
+async fn list_commands(store: &BackupStore, output: Output) -> anyhow::Result<String> {
+    let (cmds, malformed) = store.list_commands_reporting().await?;
+    match output {
+        Output::Text | Output::Wide => Ok(cmds
+            .iter()
+            .map(|c| format!("{}\n", c.command.to_upstream_text()))
+            .chain(malformed.iter().map(|f| {
+                format!(
+                    "# skipped {}: {} (delete-command removes it)\n",
+                    f.path, f.reason
+                )
+            }))
+            .collect()),
+        Output::Json => {
+            let v: Vec<_> = cmds
                 .iter()
-                .filter_map(|f| {
-                    let mut parts = f.path.rsplit('/');
-                    let _file = parts.next()?;
-                    let folder = parts.next()?;
-                    (parts.next() == Some("control") && folder == name).then_some(folder)
-                })
+                .map(|c| serde_json::json!({"name": c.name, "command": c.command}))
                 .collect();
-            let targets: Vec<&str> = cmds
-                .iter()
-                .filter(|c| {
-                    c.name == *name
-                        || c.command
-                            .restore_backup
-                            .as_ref()
-                            .is_some_and(|r| r.backup == *name)
-                })
-                .map(|c| c.name.as_str())
-                .chain(broken)
-                .collect();
-            if targets.is_empty() {
-                bail!("no queued command for '{name}'; list-commands shows the queue");
-            }
-            let mut out = String::new();
-            for t in targets {
-                store.delete_command(t).await?;
-                out += &format!("deleted command {t}\n");
-            }
-            Ok(out)
-        }
-        Cmd::Status => status(&store, a.output).await,
-        Cmd::BackupNow { timeout } => backup_now(&store, *timeout).await,
-        Cmd::Defrag { member, timeout } => defrag(&store, member.as_deref(), *timeout).await,
-        Cmd::RecoverQuorum { timeout } => recover_quorum(&store, *timeout).await,
-        // Answered above, before a store is needed.
-        Cmd::InitPki => init_pki(&a.pki_dir),
-        Cmd::IssueClientCert { out_dir, name } => issue_client_cert(&a.pki_dir, out_dir, name),
-        Cmd::GenerateBackupKey { out } => generate_backup_key(out),
-        Cmd::VerifyBackup {
-            backup,
-            scratch_dir,
-            on_manager,
-            timeout,
-        } => {
-            backup::check_backup_name(backup)?;
-            if !store.list_backups().await?.contains(backup) {
-                bail!("backup '{backup}' is not in {url}; list-backups shows the available names");
-            }
-            let record = if *on_manager {
-                drill_on_manager(&store, backup, *timeout).await?
-            } else {
-                let settings = etcd_manager::backups::drill::DrillSettings {
-                    bin_dirs: a.etcd_bin_dir.clone(),
-                    scratch_root: scratch_dir
-                        .join(format!("etcd-manager-drill-{}", std::process::id())),
-                    by: "etcd-manager-ctl".into(),
-                    clock: std::sync::Arc::new(etcd_manager::clock::SystemClock),
-                };
-                let record =
-                    etcd_manager::backups::drill::verify_backup(&store, backup, &settings).await;
-                let _ = std::fs::remove_dir_all(&settings.scratch_root);
-                record?
-            };
-            let text = match a.output {
-                Output::Json => json(&record)?,
-                Output::Text | Output::Wide => {
-                    let mut t = format!(
-                        "backup {backup}: {} in {:.1} s",
-                        record.verdict.as_str(),
-                        record.millis as f64 / 1000.0
-                    );
-                    if let Some(f) = record.found {
-                        t += &format!(
-                            " (etcd {}, HashKV {:#010x} at revision {})",
-                            record.etcd_version, f.hash, f.revision
-                        );
-                    }
-                    if !record.reason.is_empty() {
-                        t += &format!(": {}", record.reason);
-                    }
-                    t + "\n"
-                }
-            };
-            match record.verdict {
-                backup::DrillVerdict::Verified | backup::DrillVerdict::Restored => Ok(text),
-                _ => bail!("{}", text.trim_end()),
-            }
-        }
-        Cmd::SeedNewCluster => {
-            if store.read_spec().await?.is_none() {
-                bail!("no cluster spec yet; run configure-cluster first");
-            }
-            if store.read_created().await?.is_some() {
-                bail!(
-                    "control/etcd-cluster-created exists: a cluster was created here; restore a backup instead"
-                );
-            }
-            store
-                .write_manager_file(backup::layout::ALLOW_NEW_CLUSTER_FILE, b"{}".to_vec())
-                .await?;
-            Ok(
-                "the leader may now create a new EMPTY cluster although backups exist; \
-                existing backups are kept and can still be restored\n"
-                    .to_string(),
-            )
-        }
-        Cmd::RestoreBackup {
-            backup: name,
-            to_revision,
-            to_time,
-            full_only,
-            scratch_dir,
-        } => {
-            backup::check_backup_name(name)?;
-            let backups = store.list_backups().await?;
-            if !backups.iter().any(|b| b == name) {
-                bail!("backup '{name}' is not in {url}; list-backups shows the available names");
-            }
-            let to = match (to_revision, to_time) {
-                (Some(r), _) => ReplayTo::Revision(*r),
-                (None, Some(t)) => ReplayTo::Time(
-                    chrono::DateTime::parse_from_rfc3339(t)
-                        .with_context(|| {
-                            format!(
-                                "-to-time {t}: not an RFC 3339 time such as 2026-11-30T10:15:00Z"
-                            )
-                        })?
-                        .timestamp_millis(),
-                ),
-                (None, None) => ReplayTo::Latest,
-            };
-            let mut replay_note = String::new();
-            let mut chosen = name.clone();
-            if !*full_only
-                && let Some(plan) = etcd_manager::backups::pitr::plan(&store, name, to)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?
-            {
-                if plan.unusable > 0 {
-                    eprintln!(
-                        "warning: {} segment(s) of backup {name} come after a hole in its chain (revision {}) and are left out",
-                        plan.unusable,
-                        plan.chain_end + 1
-                    );
-                }
-                let settings = etcd_manager::backups::pitr::ReplaySettings {
-                    bin_dirs: a.etcd_bin_dir.clone(),
-                    scratch: scratch_dir
-                        .join(format!("etcd-manager-replay-{}", std::process::id())),
-                    clock: std::sync::Arc::new(etcd_manager::clock::SystemClock),
-                };
-                let done = etcd_manager::backups::pitr::replay(&store, &plan, &settings)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}; nothing was queued (-full-only restores the backup without its segments)"))?;
-                replay_note = format!(
-                    "replayed {} revision(s) of backup {name}'s continuous backup onto its snapshot (revision {}): \
-                     new backup {} at revision {} (HashKV {:#010x})\n",
-                    done.replayed, done.snapshot_revision, done.name, done.revision, done.hash.hash
-                );
-                chosen = done.name;
-            }
-            let name = &chosen;
-            let spec = match store.read_spec().await? {
-                Some(s) => s,
-                None => store
-                    .read_backup_info(name)
-                    .await?
-                    .cluster_spec
-                    .unwrap_or_default(),
-            };
-            let cmd = Command {
-                timestamp: wall_now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as i64)
-                    .unwrap_or(0),
-                restore_backup: Some(RestoreBackupCommand {
-                    cluster_spec: Some(spec),
-                    backup: name.clone(),
-                }),
-            };
-            store.add_command(&cmd, wall_now()).await?;
-            Ok(format!(
-                "{replay_note}added restore-backup command: {}\n",
-                cmd.to_upstream_text()
-            ))
+            json(&v)
         }
     }
+}
+
+/// `delete-command`: the restore commands of a backup, or a command (also
+/// a malformed one) by its folder name.
+async fn delete_command(store: &BackupStore, name: &str) -> anyhow::Result<String> {
+    let (cmds, malformed) = store.list_commands_reporting().await?;
+    let broken: Vec<&str> = malformed
+        .iter()
+        .filter_map(|f| {
+            let mut parts = f.path.rsplit('/');
+            let _file = parts.next()?;
+            let folder = parts.next()?;
+            (parts.next() == Some("control") && folder == name).then_some(folder)
+        })
+        .collect();
+    let targets: Vec<&str> = cmds
+        .iter()
+        .filter(|c| {
+            c.name == name
+                || c.command
+                    .restore_backup
+                    .as_ref()
+                    .is_some_and(|r| r.backup == name)
+        })
+        .map(|c| c.name.as_str())
+        .chain(broken)
+        .collect();
+    if targets.is_empty() {
+        bail!("no queued command for '{name}'; list-commands shows the queue");
+    }
+    let mut out = String::new();
+    for t in targets {
+        store.delete_command(t).await?;
+        out += &format!("deleted command {t}\n");
+    }
+    Ok(out)
+}
+
+/// A valid backup name that the store lists.
+async fn check_backup_listed(store: &BackupStore, url: &str, backup: &str) -> anyhow::Result<()> {
+    backup::check_backup_name(backup)?;
+    if !store.list_backups().await?.iter().any(|b| b == backup) {
+        bail!("backup '{backup}' is not in {url}; list-backups shows the available names");
+    }
+    Ok(())
+}
+
+/// `verify-backup` here: a drill in a scratch folder of its own, removed
+/// afterwards.
+async fn drill_here(
+    store: &BackupStore,
+    backup: &str,
+    bin_dirs: &[std::path::PathBuf],
+    scratch_dir: &std::path::Path,
+) -> anyhow::Result<backup::DrillRecord> {
+    let settings = etcd_manager::backups::drill::DrillSettings {
+        bin_dirs: bin_dirs.to_vec(),
+        scratch_root: scratch_dir.join(format!("etcd-manager-drill-{}", std::process::id())),
+        by: "etcd-manager-ctl".into(),
+        clock: std::sync::Arc::new(etcd_manager::clock::SystemClock),
+    };
+    let record = etcd_manager::backups::drill::verify_backup(store, backup, &settings).await;
+    let _ = std::fs::remove_dir_all(&settings.scratch_root);
+    Ok(record?)
+}
+
+/// The drill's verdict as output; an error unless the backup is verified
+/// or restored.
+fn drill_verdict(
+    backup: &str,
+    record: &backup::DrillRecord,
+    output: Output,
+) -> anyhow::Result<String> {
+    let text = match output {
+        Output::Json => json(record)?,
+        Output::Text | Output::Wide => {
+            let mut t = format!(
+                "backup {backup}: {} in {:.1} s",
+                record.verdict.as_str(),
+                record.millis as f64 / 1000.0
+            );
+            if let Some(f) = record.found {
+                t += &format!(
+                    " (etcd {}, HashKV {:#010x} at revision {})",
+                    record.etcd_version, f.hash, f.revision
+                );
+            }
+            if !record.reason.is_empty() {
+                t += &format!(": {}", record.reason);
+            }
+            t + "\n"
+        }
+    };
+    match record.verdict {
+        backup::DrillVerdict::Verified | backup::DrillVerdict::Restored => Ok(text),
+        _ => bail!("{}", text.trim_end()),
+    }
+}
+
+/// `seed-new-cluster`: allow an empty cluster although backups exist.
+async fn seed_new_cluster(store: &BackupStore) -> anyhow::Result<String> {
+    if store.read_spec().await?.is_none() {
+        bail!("no cluster spec yet; run configure-cluster first");
+    }
+    if store.read_created().await?.is_some() {
+        bail!(
+            "control/etcd-cluster-created exists: a cluster was created here; restore a backup instead"
+        );
+    }
+    store
+        .write_manager_file(backup::layout::ALLOW_NEW_CLUSTER_FILE, b"{}".to_vec())
+        .await?;
+    Ok(
+        "the leader may now create a new EMPTY cluster although backups exist; \
+        existing backups are kept and can still be restored\n"
+            .to_string(),
+    )
+}
+
+/// Where `-to-revision` or `-to-time` stop a replay.
+fn replay_target(to_revision: Option<i64>, to_time: Option<&str>) -> anyhow::Result<ReplayTo> {
+    Ok(match (to_revision, to_time) {
+        (Some(r), _) => ReplayTo::Revision(r),
+        (None, Some(t)) => ReplayTo::Time(
+            chrono::DateTime::parse_from_rfc3339(t)
+                .with_context(|| {
+                    format!("-to-time {t}: not an RFC 3339 time such as 2026-11-30T10:15:00Z")
+                })?
+                .timestamp_millis(),
+        ),
+        (None, None) => ReplayTo::Latest,
+    })
+}
+
+/// Replay backup `name`'s continuous-backup segments (if it has any, or a
+/// point was asked for) into a new backup: the backup to restore, and
+/// what was replayed (empty when nothing was).
+async fn replay_first(
+    store: &BackupStore,
+    name: &str,
+    to: ReplayTo,
+    bin_dirs: &[std::path::PathBuf],
+    scratch_dir: &std::path::Path,
+) -> anyhow::Result<(String, String)> {
+    let Some(plan) = etcd_manager::backups::pitr::plan(store, name, to)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+    else {
+        return Ok((name.to_string(), String::new()));
+    };
+    if plan.unusable > 0 {
+        eprintln!(
+            "warning: {} segment(s) of backup {name} come after a hole in its chain (revision {}) and are left out",
+            plan.unusable,
+            plan.chain_end + 1
+        );
+    }
+    let settings = etcd_manager::backups::pitr::ReplaySettings {
+        bin_dirs: bin_dirs.to_vec(),
+        scratch: scratch_dir.join(format!("etcd-manager-replay-{}", std::process::id())),
+        clock: std::sync::Arc::new(etcd_manager::clock::SystemClock),
+    };
+    let done = etcd_manager::backups::pitr::replay(store, &plan, &settings)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e}; nothing was queued (-full-only restores the backup without its segments)"
+            )
+        })?;
+    let note = format!(
+        "replayed {} revision(s) of backup {name}'s continuous backup onto its snapshot (revision {}): \
+         new backup {} at revision {} (HashKV {:#010x})\n",
+        done.replayed, done.snapshot_revision, done.name, done.revision, done.hash.hash
+    );
+    Ok((done.name, note))
+}
+
+/// Queue upstream's restore-backup command for backup `name`, with the
+/// store's spec (else the backup's).
+async fn queue_restore(store: &BackupStore, name: &str) -> anyhow::Result<String> {
+    let spec = match store.read_spec().await? {
+        Some(s) => s,
+        None => store
+            .read_backup_info(name)
+            .await?
+            .cluster_spec
+            .unwrap_or_default(),
+    };
+    let cmd = Command {
+        timestamp: wall_now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0),
+        restore_backup: Some(RestoreBackupCommand {
+            cluster_spec: Some(spec),
+            backup: name.to_string(),
+        }),
+    };
+    store.add_command(&cmd, wall_now()).await?;
+    Ok(format!(
+        "added restore-backup command: {}\n",
+        cmd.to_upstream_text()
+    ))
 }
 
 /// The spec configure-cluster writes: flags over the current spec, validated.
@@ -630,52 +702,82 @@ fn new_spec(a: &CtlArgs, current: Option<&ClusterSpec>) -> anyhow::Result<Cluste
     Ok(spec)
 }
 
-async fn status(store: &BackupStore, output: Output) -> anyhow::Result<String> {
-    use backup::layout::STATUS_FILE;
-    use etcd_manager::status::{ClusterStatus, age};
-    let now = wall_now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let report: Option<ClusterStatus> = match store.read_manager_file(STATUS_FILE).await? {
-        Some(b) => Some(serde_json::from_slice(&b).with_context(|| {
-            format!("{}/etcd-manager/{STATUS_FILE} is malformed; it is rewritten by the leader within a minute", store.url())
-        })?),
-        None => None,
-    };
-    let spec = store.read_spec().await?;
-    let backups = store.list_backups().await?;
-    let last = backups
-        .iter()
-        .rev()
-        .find(|n| backup::parse_backup_name(n).is_some())
-        .cloned();
-    let last_info = match &last {
-        Some(n) => Some((
-            n.clone(),
-            store.read_backup_info(n).await.ok(),
-            store.read_backup_extra(n).await.ok().flatten(),
-        )),
-        None => None,
-    };
-    // How far the newest backup's continuous backup reaches.
-    let delta = match &last_info {
-        Some((n, _, Some(extra))) => match (extra.revision, store.list_segments(n).await) {
-            (Some(rev), Ok(ranges)) if !ranges.is_empty() => Some((
-                ranges.len(),
-                etcd_manager::backups::delta::chain_end(rev, &ranges),
+/// What `status` shows, read from the store.
+struct StatusFacts {
+    /// Unix seconds.
+    now: i64,
+    report: Option<etcd_manager::status::ClusterStatus>,
+    spec: Option<ClusterSpec>,
+    backups: Vec<String>,
+    /// The newest backup, its meta and side file when they read.
+    last: Option<(
+        String,
+        Option<backup::BackupInfo>,
+        Option<backup::BackupExtra>,
+    )>,
+    /// How far the newest backup's continuous backup reaches: its segments
+    /// and the last revision of its chain.
+    delta: Option<(usize, i64)>,
+    commands: Vec<backup::StoredCommand>,
+}
+
+impl StatusFacts {
+    async fn read(store: &BackupStore) -> anyhow::Result<StatusFacts> {
+        use backup::layout::STATUS_FILE;
+        let now = wall_now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let report = match store.read_manager_file(STATUS_FILE).await? {
+            Some(b) => Some(serde_json::from_slice(&b).with_context(|| {
+                format!("{}/etcd-manager/{STATUS_FILE} is malformed; it is rewritten by the leader within a minute", store.url())
+            })?),
+            None => None,
+        };
+        let spec = store.read_spec().await?;
+        let backups = store.list_backups().await?;
+        let last = match backups
+            .iter()
+            .rev()
+            .find(|n| backup::parse_backup_name(n).is_some())
+        {
+            Some(n) => Some((
+                n.clone(),
+                store.read_backup_info(n).await.ok(),
+                store.read_backup_extra(n).await.ok().flatten(),
             )),
+            None => None,
+        };
+        let delta = match &last {
+            Some((n, _, Some(extra))) => match (extra.revision, store.list_segments(n).await) {
+                (Some(rev), Ok(ranges)) if !ranges.is_empty() => Some((
+                    ranges.len(),
+                    etcd_manager::backups::delta::chain_end(rev, &ranges),
+                )),
+                _ => None,
+            },
             _ => None,
-        },
-        _ => None,
-    };
-    let commands = store.list_commands().await?;
-    if output == Output::Json {
+        };
+        let commands = store.list_commands().await?;
+        Ok(StatusFacts {
+            now,
+            report,
+            spec,
+            backups,
+            last,
+            delta,
+            commands,
+        })
+    }
+
+    fn json(&self) -> anyhow::Result<String> {
+        let now = self.now;
+        let delta = self.delta;
         let v = serde_json::json!({
-            "report": report,
-            "reportAgeSeconds": report.as_ref().map(|r| now - r.written_at),
-            "spec": spec,
-            "lastBackup": last_info.as_ref().map(|(n, info, extra)| serde_json::json!({
+            "report": self.report,
+            "reportAgeSeconds": self.report.as_ref().map(|r| now - r.written_at),
+            "spec": self.spec,
+            "lastBackup": self.last.as_ref().map(|(n, info, extra)| serde_json::json!({
                 "name": n,
                 "ageSeconds": backup::parse_backup_name(n).map(|(t, _)| now - t.timestamp()),
                 "etcdVersion": info.as_ref().map(|i| i.etcd_version.clone()),
@@ -683,115 +785,135 @@ async fn status(store: &BackupStore, output: Output) -> anyhow::Result<String> {
                 "segments": delta.map(|d| d.0),
                 "continuousThroughRevision": delta.map(|d| d.1),
             })),
-            "backups": backups.len(),
-            "commands": commands.iter().map(|c| serde_json::json!({"name": c.name, "command": c.command})).collect::<Vec<_>>(),
+            "backups": self.backups.len(),
+            "commands": self.commands.iter().map(|c| serde_json::json!({"name": c.name, "command": c.command})).collect::<Vec<_>>(),
         });
-        return json(&v);
+        json(&v)
     }
-    let mut out = String::new();
-    let spec_text = spec
-        .as_ref()
-        .map_or("none (run configure-cluster)".to_string(), |s| {
-            format!("{} members, etcd {}", s.member_count, s.etcd_version)
-        });
-    out += &format!("spec:        {spec_text}\n");
-    match &report {
-        None => out += "leader:      no leader has reported yet\n",
-        Some(r) => {
-            // The leader rewrites an unchanged report every STATUS_REFRESH.
-            let stale =
-                if now - r.written_at > 3 * etcd_manager::status::STATUS_REFRESH.as_secs() as i64 {
-                    "  (STALE: no leader has reported since)"
-                } else {
-                    ""
-                };
-            out += &format!(
-                "leader:      {}  epoch {}  (reported {} ago){stale}\n",
-                r.leader,
-                r.epoch,
-                age(now - r.written_at)
-            );
-            out += &format!(
-                "quarantined: {}\n",
-                if r.quarantined { "yes" } else { "no" }
-            );
-            out += "members:\n";
-            if r.members.is_empty() {
-                out += "  (none)\n";
-            }
-            for m in &r.members {
-                let role = if m.learner {
-                    "learner"
-                } else if m.raft_leader {
-                    "leader"
-                } else {
-                    "voter"
-                };
-                let name = if m.name.is_empty() {
-                    "(not started)"
-                } else {
-                    &m.name
-                };
-                out += &format!(
-                    "  {name:<24} {:<16} {:<9} {role:<8} {}\n",
-                    m.id,
-                    if m.healthy { "healthy" } else { "UNHEALTHY" },
-                    m.peer_urls.join(",")
-                );
-            }
-            out += &format!("managers:    {} in gossip\n", r.peers.len());
-            if let Some(v) = &r.version_change {
-                out += &format!("version:     {v}\n");
-            }
-            for w in &r.waits {
-                out += &format!("waiting:     {w}\n");
-            }
-            if let Some(q) = &r.recover_quorum {
-                out += &format!("recovery:    {q}\n");
-            }
-            if let Some(g) = &r.gossip {
-                out += &format!("gossip:      {g}\n");
-            }
-            for w in &r.warnings {
-                out += &format!("WARNING:     {w}\n");
-            }
-            if let Some(c) = &r.continuous_backup {
-                out += &format!("continuous:  {c}\n");
-            }
-            for j in &r.jobs {
-                out += &format!("job:         {j}\n");
-            }
+
+    fn text(&self) -> String {
+        let mut out = String::new();
+        let spec_text = self
+            .spec
+            .as_ref()
+            .map_or("none (run configure-cluster)".to_string(), |s| {
+                format!("{} members, etcd {}", s.member_count, s.etcd_version)
+            });
+        out += &format!("spec:        {spec_text}\n");
+        match &self.report {
+            None => out += "leader:      no leader has reported yet\n",
+            Some(r) => out += &report_text(r, self.now),
         }
-    }
-    match &last_info {
-        None => out += "last backup: none\n",
-        Some((n, info, extra)) => {
-            let age_text =
-                backup::parse_backup_name(n).map_or("?".into(), |(t, _)| age(now - t.timestamp()));
-            let size = extra
-                .as_ref()
-                .map_or(String::new(), |e| format!(", {} bytes", e.compressed_size));
-            let version = info
-                .as_ref()
-                .map_or(String::new(), |i| format!(", etcd {}", i.etcd_version));
-            out += &format!(
-                "last backup: {n} ({age_text} ago{size}{version}); {} in all\n",
-                backups.len()
-            );
-            if let Some((segments, through)) = delta {
-                out += &format!(
-                    "             continuous backup through revision {through} ({segments} segment(s) since)\n"
-                );
-            }
+        out += &self.last_backup_text();
+        if self.commands.is_empty() {
+            out += "commands:    none\n";
         }
+        for c in &self.commands {
+            out += &format!("command:     {} {}\n", c.name, c.command.to_upstream_text());
+        }
+        out
     }
-    if commands.is_empty() {
-        out += "commands:    none\n";
+
+    fn last_backup_text(&self) -> String {
+        use etcd_manager::status::age;
+        let Some((n, info, extra)) = &self.last else {
+            return "last backup: none\n".to_string();
+        };
+        let age_text =
+            backup::parse_backup_name(n).map_or("?".into(), |(t, _)| age(self.now - t.timestamp()));
+        let size = extra
+            .as_ref()
+            .map_or(String::new(), |e| format!(", {} bytes", e.compressed_size));
+        let version = info
+            .as_ref()
+            .map_or(String::new(), |i| format!(", etcd {}", i.etcd_version));
+        let mut out = format!(
+            "last backup: {n} ({age_text} ago{size}{version}); {} in all\n",
+            self.backups.len()
+        );
+        if let Some((segments, through)) = self.delta {
+            out += &format!(
+                "             continuous backup through revision {through} ({segments} segment(s) since)\n"
+            );
+        }
+        out
     }
-    for c in &commands {
-        out += &format!("command:     {} {}\n", c.name, c.command.to_upstream_text());
+}
+
+/// The leader's report: who leads, the members, and what it waits for.
+fn report_text(r: &etcd_manager::status::ClusterStatus, now: i64) -> String {
+    use etcd_manager::status::age;
+    // The leader rewrites an unchanged report every STATUS_REFRESH.
+    let stale = if now - r.written_at > 3 * etcd_manager::status::STATUS_REFRESH.as_secs() as i64 {
+        "  (STALE: no leader has reported since)"
+    } else {
+        ""
+    };
+    let mut out = format!(
+        "leader:      {}  epoch {}  (reported {} ago){stale}\n",
+        r.leader,
+        r.epoch,
+        age(now - r.written_at)
+    );
+    out += &format!(
+        "quarantined: {}\n",
+        if r.quarantined { "yes" } else { "no" }
+    );
+    out += "members:\n";
+    if r.members.is_empty() {
+        out += "  (none)\n";
     }
-    Ok(out)
+    for m in &r.members {
+        let role = if m.learner {
+            "learner"
+        } else if m.raft_leader {
+            "leader"
+        } else {
+            "voter"
+        };
+        let name = if m.name.is_empty() {
+            "(not started)"
+        } else {
+            &m.name
+        };
+        out += &format!(
+            "  {name:<24} {:<16} {:<9} {role:<8} {}\n",
+            m.id,
+            if m.healthy { "healthy" } else { "UNHEALTHY" },
+            m.peer_urls.join(",")
+        );
+    }
+    out += &format!("managers:    {} in gossip\n", r.peers.len());
+    if let Some(v) = &r.version_change {
+        out += &format!("version:     {v}\n");
+    }
+    for w in &r.waits {
+        out += &format!("waiting:     {w}\n");
+    }
+    if let Some(q) = &r.recover_quorum {
+        out += &format!("recovery:    {q}\n");
+    }
+    if let Some(g) = &r.gossip {
+        out += &format!("gossip:      {g}\n");
+    }
+    for w in &r.warnings {
+        out += &format!("WARNING:     {w}\n");
+    }
+    if let Some(c) = &r.continuous_backup {
+        out += &format!("continuous:  {c}\n");
+    }
+    for j in &r.jobs {
+        out += &format!("job:         {j}\n");
+    }
+    out
+}
+
+async fn status(store: &BackupStore, output: Output) -> anyhow::Result<String> {
+    let facts = StatusFacts::read(store).await?;
+    if output == Output::Json {
+        return facts.json();
+    }
+    Ok(facts.text())
 }
 
 async fn list_backups_wide(store: &BackupStore, names: &[String]) -> anyhow::Result<String> {

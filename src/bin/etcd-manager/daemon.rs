@@ -14,6 +14,8 @@ use etcd_manager::clock::{Clock, SystemClock};
 use etcd_manager::driver::{Driver, DriverSettings, PeerPayload};
 use etcd_manager::metrics::{Health, HttpState, InstrumentedStore};
 use etcd_manager::node::{Node, NodeSettings};
+use etcd_manager::platform::pki::{Ca, EtcdPki};
+use etcd_manager::platform::volumes::{Placement, VolumeSource};
 use tracing::Instrument;
 
 /// The seeds folder EC2 discovery writes on the volume (AWS).
@@ -22,54 +24,13 @@ const EC2_SEEDS: &str = "ec2-seeds";
 /// Run until `shutdown` is cancelled.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let mut store_options = cfg.store_options.clone();
-    backup::resolve_s3_region(&cfg.backup_store, &mut store_options).await;
-    let raw = backup::BackupStore::open(&cfg.backup_store, &store_options)
-        .with_context(|| "--backup-store".to_string())?;
-    let store = backup::BackupStore::new(
-        InstrumentedStore::wrap(raw.object_store(), raw.url()),
-        raw.base().clone(),
-        raw.url().to_string(),
-    )
-    .with_bulk(InstrumentedStore::wrap(raw.bulk_object_store(), raw.url()))
-    .with_encryption(cfg.encryption.clone());
-
+    let store = open_store(&cfg).await?;
     // Certificates are wall-clock business: issued from the CAs now.
     let wall = clock.wall();
-    let etcd_pki = if cfg.etcd_insecure {
-        None
-    } else {
-        Some(Arc::new(
-            etcd_manager::platform::pki::EtcdPki::load(&cfg.pki_dir, wall).context("--pki-dir")?,
-        ))
-    };
-    let manager_ca = if cfg.insecure || cfg.backup_only.is_some() {
-        None
-    } else {
-        Some(
-            etcd_manager::platform::pki::Ca::load(
-                &cfg.pki_dir,
-                etcd_manager::platform::pki::MANAGER_CA,
-                "--insecure",
-            )
-            .context("--pki-dir")?,
-        )
-    };
+    let (etcd_pki, manager_ca) = load_pki(&cfg, wall)?;
 
     if let Some(endpoint) = cfg.backup_only.clone() {
-        let tls = match &cfg.backup_client_tls {
-            Some([ca, cert, key]) => {
-                let read = |p: &std::path::PathBuf| {
-                    std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
-                };
-                Some(etcd::ClientTls {
-                    ca_pem: read(ca)?,
-                    cert_pem: read(cert)?,
-                    key_pem: read(key)?,
-                })
-            }
-            None => etcd_pki.as_ref().map(|p| p.client.clone()),
-        };
+        let tls = sidecar_tls(&cfg, etcd_pki.as_deref())?;
         return run_backup_only(cfg, endpoint, tls, store, clock, shutdown).await;
     }
 
@@ -82,64 +43,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         return Ok(());
     };
     let cfg = cfg.placed(placement.data_dir.clone(), placement.address);
-    // On AWS the peers are the instances the other tagged volumes are
-    // attached to: their addresses kept as a seeds folder gossip reads.
-    if let (Some(aws), etcd_manager::platform::volumes::VolumeSource::Aws { volumes, .. }) =
-        (&placement.aws, &cfg.volume)
-    {
-        let ec2 = etcd_manager::platform::volumes::ec2::Ec2Client::from_env(
-            &aws.region,
-            &aws.metadata_endpoint,
-        )
-        .context("the EC2 client for discovery")?;
-        tokio::spawn(
-            etcd_manager::platform::volumes::aws::run_discovery(
-                Arc::new(ec2),
-                volumes.tags.clone(),
-                cfg.data_dir.join(EC2_SEEDS),
-                cfg.discovery_poll_interval,
-                clock.clone(),
-                shutdown.clone(),
-            )
-            .in_current_span(),
-        );
-    }
-    let mut etcd_env_overrides = etcd::etcd_env_overrides_from_process();
-    etcd_env_overrides.extend(cfg.etcd_env_file.iter().cloned());
-    let node = Node::open(NodeSettings {
-        cluster_name: cfg.cluster_name.clone(),
-        data_dir: cfg.data_dir.clone(),
-        node_config: cfg.node.clone(),
-        fixed_id: placement.node_id.clone(),
-        dns_suffix: cfg.dns_suffix.clone(),
-        listen_metrics_urls: cfg.listen_metrics_urls.clone(),
-        address: placement.address,
-        listen_address: cfg.etcd_listen_address.clone(),
-        bin_dirs: cfg.etcd_bin_dirs.clone(),
-        etcd_env_overrides,
-        store: store.clone(),
-        etcd_pki: etcd_pki.clone(),
-        runtime: std::sync::Arc::new(etcd_manager::edges::ProcessRuntime),
-        rules: etcd_manager::core::rules::SafetyRules::ALL,
-    })?
-    .shared();
-    // Gossip's keys: --gossip-key-file, else derived from the manager CA's
-    // key (every master holds it), else plain (--insecure, --insecure-gossip).
-    let gossip_keys = match &cfg.gossip_auth {
-        GossipAuth::KeyFile(path) => {
-            Some(gossip::load_key_file(path).context("--gossip-key-file")?)
-        }
-        GossipAuth::DerivedFromCa => match &manager_ca {
-            Some(ca) => {
-                let key = ca
-                    .gossip_key(&cfg.cluster_name)
-                    .context("deriving the gossip key from the etcd-manager CA")?;
-                Some(gossip::GossipKeys::new(vec![key]).context("the derived gossip key")?)
-            }
-            None => None,
-        },
-        GossipAuth::Off(_) => None,
-    };
+    spawn_ec2_discovery(&cfg, &placement, &clock, &shutdown)?;
+    let node = open_node(&cfg, &placement, &store, etcd_pki.clone())?;
+    let gossip_keys = gossip_keys(&cfg, manager_ca.as_ref())?;
     let peers = match &manager_ca {
         None => etcd_manager::peer::PeerClient::insecure(),
         Some(ca) => etcd_manager::peer::PeerClient::tls(
@@ -154,31 +60,194 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     };
     let etcd_tls = etcd_pki.as_ref().map(|p| p.client.clone());
     let span = tracing::info_span!("node", cluster = %cfg.cluster_name, id = %node.id());
-    run_node(
-        cfg,
+    let parts = NodeParts {
         node,
         peers,
         gossip_keys,
         etcd_tls,
         store,
         clock,
-        shutdown,
-    )
-    .instrument(span)
-    .await
+    };
+    run_node(cfg, parts, shutdown).instrument(span).await
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_node(
-    cfg: Config,
+/// The store `--backup-store` names, its requests counted in metrics.
+async fn open_store(cfg: &Config) -> anyhow::Result<backup::BackupStore> {
+    let mut store_options = cfg.store_options.clone();
+    backup::resolve_s3_region(&cfg.backup_store, &mut store_options).await;
+    let raw = backup::BackupStore::open(&cfg.backup_store, &store_options)
+        .with_context(|| "--backup-store".to_string())?;
+    Ok(backup::BackupStore::new(
+        InstrumentedStore::wrap(raw.object_store(), raw.url()),
+        raw.base().clone(),
+        raw.url().to_string(),
+    )
+    .with_bulk(InstrumentedStore::wrap(raw.bulk_object_store(), raw.url()))
+    .with_encryption(cfg.encryption.clone()))
+}
+
+/// etcd's certificates (unless `--etcd-insecure`) and the etcd-manager CA
+/// (unless `--insecure` or backup-only), from `--pki-dir`.
+fn load_pki(
+    cfg: &Config,
+    wall: std::time::SystemTime,
+) -> anyhow::Result<(Option<Arc<EtcdPki>>, Option<Ca>)> {
+    let etcd_pki = if cfg.etcd_insecure {
+        None
+    } else {
+        Some(Arc::new(
+            EtcdPki::load(&cfg.pki_dir, wall).context("--pki-dir")?,
+        ))
+    };
+    let manager_ca = if cfg.insecure || cfg.backup_only.is_some() {
+        None
+    } else {
+        Some(
+            Ca::load(
+                &cfg.pki_dir,
+                etcd_manager::platform::pki::MANAGER_CA,
+                "--insecure",
+            )
+            .context("--pki-dir")?,
+        )
+    };
+    Ok((etcd_pki, manager_ca))
+}
+
+/// Backup-only mode's client identity for etcd: etcd-backup's three
+/// files, else the one issued from `--pki-dir`.
+fn sidecar_tls(
+    cfg: &Config,
+    etcd_pki: Option<&EtcdPki>,
+) -> anyhow::Result<Option<etcd::ClientTls>> {
+    let Some([ca, cert, key]) = &cfg.backup_client_tls else {
+        return Ok(etcd_pki.map(|p| p.client.clone()));
+    };
+    let read = |p: &std::path::PathBuf| {
+        std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+    };
+    Ok(Some(etcd::ClientTls {
+        ca_pem: read(ca)?,
+        cert_pem: read(cert)?,
+        key_pem: read(key)?,
+    }))
+}
+
+/// On AWS the peers are the instances the other tagged volumes are
+/// attached to: their addresses kept as a seeds folder gossip reads.
+fn spawn_ec2_discovery(
+    cfg: &Config,
+    placement: &Placement,
+    clock: &Arc<dyn Clock>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let (Some(aws), VolumeSource::Aws { volumes, .. }) = (&placement.aws, &cfg.volume) else {
+        return Ok(());
+    };
+    let ec2 = etcd_manager::platform::volumes::ec2::Ec2Client::from_env(
+        &aws.region,
+        &aws.metadata_endpoint,
+    )
+    .context("the EC2 client for discovery")?;
+    tokio::spawn(
+        etcd_manager::platform::volumes::aws::run_discovery(
+            Arc::new(ec2),
+            volumes.tags.clone(),
+            cfg.data_dir.join(EC2_SEEDS),
+            cfg.discovery_poll_interval,
+            clock.clone(),
+            shutdown.clone(),
+        )
+        .in_current_span(),
+    );
+    Ok(())
+}
+
+/// This machine's node: its identity and state in the data dir.
+fn open_node(
+    cfg: &Config,
+    placement: &Placement,
+    store: &backup::BackupStore,
+    etcd_pki: Option<Arc<EtcdPki>>,
+) -> anyhow::Result<Arc<Node>> {
+    let mut etcd_env_overrides = etcd::etcd_env_overrides_from_process();
+    etcd_env_overrides.extend(cfg.etcd_env_file.iter().cloned());
+    Ok(Node::open(NodeSettings {
+        cluster_name: cfg.cluster_name.clone(),
+        data_dir: cfg.data_dir.clone(),
+        node_config: cfg.node.clone(),
+        fixed_id: placement.node_id.clone(),
+        dns_suffix: cfg.dns_suffix.clone(),
+        listen_metrics_urls: cfg.listen_metrics_urls.clone(),
+        address: placement.address,
+        listen_address: cfg.etcd_listen_address.clone(),
+        bin_dirs: cfg.etcd_bin_dirs.clone(),
+        etcd_env_overrides,
+        store: store.clone(),
+        etcd_pki,
+        runtime: std::sync::Arc::new(etcd_manager::edges::ProcessRuntime),
+        rules: etcd_manager::core::rules::SafetyRules::ALL,
+    })?
+    .shared())
+}
+
+/// Gossip's keys: `--gossip-key-file`, else derived from the manager CA's
+/// key (every master holds it), else plain (`--insecure`, `--insecure-gossip`).
+fn gossip_keys(
+    cfg: &Config,
+    manager_ca: Option<&Ca>,
+) -> anyhow::Result<Option<gossip::GossipKeys>> {
+    Ok(match (&cfg.gossip_auth, manager_ca) {
+        (GossipAuth::KeyFile(path), _) => {
+            Some(gossip::load_key_file(path).context("--gossip-key-file")?)
+        }
+        (GossipAuth::DerivedFromCa, Some(ca)) => {
+            let key = ca
+                .gossip_key(&cfg.cluster_name)
+                .context("deriving the gossip key from the etcd-manager CA")?;
+            Some(gossip::GossipKeys::new(vec![key]).context("the derived gossip key")?)
+        }
+        (GossipAuth::DerivedFromCa, None) | (GossipAuth::Off(_), _) => None,
+    })
+}
+
+/// What [`run`] made for the node's run.
+struct NodeParts {
     node: Arc<Node>,
     peers: etcd_manager::peer::PeerClient,
     gossip_keys: Option<gossip::GossipKeys>,
     etcd_tls: Option<etcd::ClientTls>,
     store: backup::BackupStore,
     clock: Arc<dyn Clock>,
+}
+
+/// The servers every manager runs: the peer API and /metrics.
+struct Servers {
+    cancel: CancellationToken,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+/// Gossip and the tasks that keep it fed.
+struct Gossip {
+    handle: gossip::GossipHandle,
+    task: tokio::task::JoinHandle<()>,
+    initial_keys: Option<gossip::GossipKeys>,
+    refresh: Duration,
+}
+
+async fn run_node(
+    cfg: Config,
+    parts: NodeParts,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let NodeParts {
+        node,
+        peers,
+        gossip_keys,
+        etcd_tls,
+        store,
+        clock,
+    } = parts;
     let listener = etcd_manager::peer::bind(cfg.peer_api_addr).await.with_context(|| {
         format!(
             "cannot listen on {} (TCP, peer API); is another etcd-manager running? choose another --address or --peer-api-port",
@@ -186,52 +255,141 @@ async fn run_node(
         )
     })?;
     let health = Arc::new(Health::default());
-    let http = match cfg.metrics_address {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-                format!("cannot listen on {addr} for metrics; choose another --metrics-address")
-            })?;
-            let handle = etcd_manager::metrics::install_recorder().map_err(anyhow::Error::msg)?;
-            let start = clock.now();
-            let c = clock.clone();
-            let state = HttpState {
-                metrics: handle,
-                health: health.clone(),
-                now_ms: Box::new(move || {
-                    c.now().saturating_duration_since(start).as_millis() as u64
-                }),
-                stale: cfg.controller_interval * 3 + Duration::from_secs(60),
-            };
-            Some((listener, Arc::new(state)))
-        }
-        None => None,
-    };
+    let stale = cfg.controller_interval * 3 + Duration::from_secs(60);
+    let http = bind_metrics(cfg.metrics_address, &health, &clock, stale).await?;
     metrics::gauge!(etcd_manager::metrics::BACKUP_INTERVAL).set(cfg.backup_interval.as_secs_f64());
 
     let cancel = CancellationToken::new();
+    let gossip = start_gossip(&cfg, &node, &peers, gossip_keys, &clock, &cancel).await?;
+    health.set_gossip_up(true);
+    // The local etcd first, whatever the store does: a manager that restarts
+    // while the store is down must not keep its member down too. Only a
+    // quick look whether a quorum recovery replaced its cluster meanwhile.
+    node.retire_if_replaced(&store, std::time::Duration::from_secs(3))
+        .await;
+    node.resume().await?;
+    let warnings = gossip_warnings(&cfg);
+    let mut servers = Servers {
+        cancel: cancel.child_token(),
+        tasks: tokio::task::JoinSet::new(),
+    };
+    servers.tasks.spawn(
+        etcd_manager::peer::serve(
+            listener,
+            node.clone(),
+            peers.server_tls(),
+            servers.cancel.clone(),
+        )
+        .in_current_span(),
+    );
+    if let Some((listener, state)) = http {
+        servers.tasks.spawn(etcd_manager::metrics::serve_http(
+            listener,
+            state,
+            servers.cancel.clone(),
+        ));
+    }
+    let lease = lock::LeaseClient::new(
+        store.object_store(),
+        store.lease_prefix(),
+        node.id().to_string(),
+        cfg.lease.clone(),
+    );
+    // Only now touch the store: wait for it (etcd runs and the peer API
+    // answers meanwhile); a store without conditional writes is fatal.
+    let Some(store_id) = probe_store(&lease, &store, &clock, &shutdown).await? else {
+        return stop_servers(cancel, servers, gossip, node).await;
+    };
+    // Every manager must share this store: a candidate on another store is
+    // never accepted as leader (see Request::Leadership).
+    tracing::info!(store_id = %store_id, "backup store identified");
+    node.set_store_id(store_id);
+    tracing::info!(
+        gossip = %cfg.gossip_addr,
+        peer_api = %cfg.peer_api_addr,
+        store = %cfg.backup_store,
+        "etcd-manager started"
+    );
+    let discovery_cancel = CancellationToken::new();
+    let side_tasks = spawn_side_tasks(&cfg, &node, &store, &gossip, &clock, &discovery_cancel);
+
+    let driver_cancel = cancel.child_token();
+    let settings = driver_settings(&cfg, &node, &peers, etcd_tls, warnings, gossip.refresh);
+    let driver = Driver::new(
+        settings,
+        health.clone(),
+        store,
+        lease,
+        Arc::new(gossip.handle.clone()),
+        node.clone(),
+        clock.clone(),
+    );
+    let driver_task = tokio::spawn(driver.run(driver_cancel.clone()).in_current_span());
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    driver_cancel.cancel();
+    if let Err(e) = driver_task.await {
+        tracing::warn!(error = %e, "leader loop ended badly");
+    }
+    discovery_cancel.cancel();
+    for t in side_tasks {
+        let _ = t.await;
+    }
+    stop_servers(cancel, servers, gossip, node).await
+}
+
+/// Listen for /metrics, /healthz and /readyz if `--metrics-address` asks:
+/// the recorder installed, and what the server needs.
+async fn bind_metrics(
+    address: Option<std::net::SocketAddr>,
+    health: &Arc<Health>,
+    clock: &Arc<dyn Clock>,
+    stale: Duration,
+) -> anyhow::Result<Option<(tokio::net::TcpListener, Arc<HttpState>)>> {
+    let Some(addr) = address else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} for metrics; choose another --metrics-address")
+    })?;
+    let handle = etcd_manager::metrics::install_recorder()?;
+    let start = clock.now();
+    let c = clock.clone();
+    let state = HttpState {
+        metrics: handle,
+        health: health.clone(),
+        now_ms: Box::new(move || c.now().saturating_duration_since(start).as_millis() as u64),
+        stale,
+    };
+    Ok(Some((listener, Arc::new(state))))
+}
+
+/// Join gossip: seeds, the seed and discovery folders, the keys.
+async fn start_gossip(
+    cfg: &Config,
+    node: &Arc<Node>,
+    peers: &etcd_manager::peer::PeerClient,
+    keys: Option<gossip::GossipKeys>,
+    clock: &Arc<dyn Clock>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Gossip> {
     let payload = PeerPayload::from_info(&node.info().await, cfg.peer_api_addr, None);
     let mut gcfg = gossip::GossipConfig::new(node.id().to_string(), cfg.gossip_addr);
     gcfg.seeds = cfg.all_seeds();
-    if matches!(
-        cfg.volume,
-        etcd_manager::platform::volumes::VolumeSource::External { .. }
-    ) && cfg.static_config.is_none()
-    {
+    if matches!(cfg.volume, VolumeSource::External { .. }) && cfg.static_config.is_none() {
         // Upstream's bare-metal discovery without a static config.
         gcfg.seed_dir = Some((
             cfg.host_root.join("etc/kubernetes/etcd-manager/seeds"),
             cfg.gossip_addr.port(),
         ));
     }
-    if matches!(
-        cfg.volume,
-        etcd_manager::platform::volumes::VolumeSource::Aws { .. }
-    ) {
+    if matches!(cfg.volume, VolumeSource::Aws { .. }) {
         gcfg.seed_dir = Some((cfg.data_dir.join(EC2_SEEDS), cfg.gossip_addr.port()));
     }
     gcfg.discovery_dir = cfg.discovery_dir.clone();
     gcfg.cluster_size_hint = cfg.cluster_size_hint;
-    if let Some(keys) = gossip_keys {
+    if let Some(keys) = keys {
         tracing::info!(mode = cfg.gossip_auth.label(), keys = keys.len(), fingerprints = ?keys.fingerprints(), "gossip is authenticated and encrypted");
         gcfg.keys = Some(keys);
         // Managers of the release before derived keys gossip in plain: taken
@@ -252,176 +410,131 @@ async fn run_node(
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let initial_keys = gcfg.keys.clone();
-    let gossip_refresh = gcfg.refresh_interval;
-    let (gossip, gossip_task) = gossip::start(gcfg, payload.encode(), cancel.child_token())
+    let refresh = gcfg.refresh_interval;
+    let (handle, task) = gossip::start(gcfg, payload.encode(), cancel.child_token())
         .await
         .context("gossip")?;
+    Ok(Gossip {
+        handle,
+        task,
+        initial_keys,
+        refresh,
+    })
+}
 
-    health.set_gossip_up(true);
-    // The local etcd first, whatever the store does: a manager that restarts
-    // while the store is down must not keep its member down too. Only a
-    // quick look whether a quorum recovery replaced its cluster meanwhile.
-    node.retire_if_replaced(&store, std::time::Duration::from_secs(3))
-        .await;
-    node.resume().await?;
-    let mut warnings = vec![];
-    if let GossipAuth::Off(flag) = &cfg.gossip_auth {
-        let w = format!(
-            "gossip on UDP {} is neither authenticated nor encrypted ({flag}): \
-             any host that reaches it can join the membership and read each manager's address and etcd state",
-            cfg.gossip_addr
-        );
-        tracing::warn!("{w}");
-        warnings.push(w);
-    }
-    let mut tasks = tokio::task::JoinSet::new();
-    let server_cancel = cancel.child_token();
-    tasks.spawn(
-        etcd_manager::peer::serve(
-            listener,
-            node.clone(),
-            peers.server_tls(),
-            server_cancel.clone(),
-        )
-        .in_current_span(),
-    );
-    if let Some((listener, state)) = http {
-        tasks.spawn(etcd_manager::metrics::serve_http(
-            listener,
-            state,
-            server_cancel.clone(),
-        ));
-    }
-    let lease_prefix = store.lease_prefix();
-    let lease = lock::LeaseClient::new(
-        store.object_store(),
-        lease_prefix,
-        node.id().to_string(),
-        cfg.lease.clone(),
-    );
-    // Only now touch the store: wait for it (etcd runs and the peer API
-    // answers meanwhile); a store without conditional writes is fatal.
-    let Some(store_id) = probe_store(&lease, &store, &clock, &shutdown).await? else {
-        return stop_servers(cancel, server_cancel, tasks, gossip, gossip_task, node).await;
+/// The warning `status` shows for plain gossip (also logged).
+fn gossip_warnings(cfg: &Config) -> Vec<String> {
+    let GossipAuth::Off(flag) = &cfg.gossip_auth else {
+        return vec![];
     };
-    // Every manager must share this store: a candidate on another store is
-    // never accepted as leader (see Request::Leadership).
-    tracing::info!(store_id = %store_id, "backup store identified");
-    node.set_store_id(store_id);
-    tracing::info!(
-        gossip = %cfg.gossip_addr,
-        peer_api = %cfg.peer_api_addr,
-        store = %cfg.backup_store,
-        "etcd-manager started"
+    let w = format!(
+        "gossip on UDP {} is neither authenticated nor encrypted ({flag}): \
+         any host that reaches it can join the membership and read each manager's address and etcd state",
+        cfg.gossip_addr
     );
-    let discovery_cancel = CancellationToken::new();
-    let keys_task = cfg.gossip_key_file.clone().map(|path| {
-        tokio::spawn(
+    tracing::warn!("{w}");
+    vec![w]
+}
+
+/// The gossip key file's reloader and the store discovery, each if asked,
+/// until `cancel`.
+fn spawn_side_tasks(
+    cfg: &Config,
+    node: &Arc<Node>,
+    store: &backup::BackupStore,
+    gossip: &Gossip,
+    clock: &Arc<dyn Clock>,
+    cancel: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = vec![];
+    if let Some(path) = cfg.gossip_key_file.clone() {
+        tasks.push(tokio::spawn(
             reload_keys(
                 path,
-                gossip.clone(),
-                initial_keys.clone(),
+                gossip.handle.clone(),
+                gossip.initial_keys.clone(),
                 clock.clone(),
-                discovery_cancel.clone(),
+                cancel.clone(),
             )
             .in_current_span(),
-        )
-    });
-    let discovery_task = match (&cfg.discovery_dir, cfg.store_discovery) {
-        (Some(dir), true) => {
-            let me = etcd_manager::platform::discovery::Record {
-                id: node.id().to_string(),
-                addr: cfg.gossip_addr,
-            };
-            Some(tokio::spawn(
-                etcd_manager::platform::discovery::run(
-                    store.clone(),
-                    me,
-                    dir.clone(),
-                    clock.clone(),
-                    discovery_cancel.clone(),
-                )
-                .in_current_span(),
-            ))
-        }
-        _ => None,
-    };
+        ));
+    }
+    if let (Some(dir), true) = (&cfg.discovery_dir, cfg.store_discovery) {
+        let me = etcd_manager::platform::discovery::Record {
+            id: node.id().to_string(),
+            addr: cfg.gossip_addr,
+        };
+        tasks.push(tokio::spawn(
+            etcd_manager::platform::discovery::run(
+                store.clone(),
+                me,
+                dir.clone(),
+                clock.clone(),
+                cancel.clone(),
+            )
+            .in_current_span(),
+        ));
+    }
+    tasks
+}
 
-    let driver_cancel = cancel.child_token();
-    let driver = Driver::new(
-        DriverSettings {
-            cluster_name: cfg.cluster_name.clone(),
-            peer_api: cfg.peer_api_addr,
-            backup_interval: cfg.backup_interval,
-            controller_interval: cfg.controller_interval,
-            scratch_dir: cfg.data_dir.join("restore-check"),
-            etcd_bin_dirs: cfg.etcd_bin_dirs.clone(),
-            retention: cfg.retention,
-            replace_grace: cfg.member_replace_grace,
-            defrag: cfg.defrag,
-            restore_clear_prefixes: cfg.restore_clear_prefixes.clone(),
-            auto_recover_quorum_loss: cfg.auto_recover_quorum_loss,
-            backup_verify_every: cfg.backup_verify_every,
-            etcd_quota_bytes: node
-                .etcd_setting("ETCD_QUOTA_BACKEND_BYTES")
-                .and_then(|v| v.trim().parse().ok()),
-            peers: Arc::new(peers.clone()),
-            etcd: Arc::new(etcd_manager::edges::EtcdConnector {
-                tls: etcd_tls.clone(),
-            }),
-            etcd_tls,
-            randomness: Arc::new(etcd_manager::edges::ThreadRandomness),
-            warnings,
-            gossip_mode: cfg.gossip_auth.describe(),
-            static_config: cfg.static_config.clone(),
-            // The hosts file etcd itself resolves names with: in kops' static
-            // pod that is the container's /etc/hosts (as upstream writes it),
-            // not the host's under /rootfs.
-            hosts_file: (!cfg.dns_suffix.is_empty()).then(|| cfg.hosts_file.clone()),
-            dns_suffix: cfg.dns_suffix.clone(),
-            delta_interval: cfg.delta_interval,
-            gossip_settle: etcd_manager::leadership::settle_time(gossip_refresh),
-            rules: etcd_manager::core::rules::SafetyRules::ALL,
-        },
-        health.clone(),
-        store,
-        lease,
-        Arc::new(gossip.clone()),
-        node.clone(),
-        clock.clone(),
-    );
-    let driver_task = tokio::spawn(driver.run(driver_cancel.clone()).in_current_span());
-
-    shutdown.cancelled().await;
-    tracing::info!("shutting down");
-    driver_cancel.cancel();
-    if let Err(e) = driver_task.await {
-        tracing::warn!(error = %e, "leader loop ended badly");
+/// The leader loop's settings, from the flags and what the node found.
+fn driver_settings(
+    cfg: &Config,
+    node: &Arc<Node>,
+    peers: &etcd_manager::peer::PeerClient,
+    etcd_tls: Option<etcd::ClientTls>,
+    warnings: Vec<String>,
+    gossip_refresh: Duration,
+) -> DriverSettings {
+    DriverSettings {
+        cluster_name: cfg.cluster_name.clone(),
+        peer_api: cfg.peer_api_addr,
+        backup_interval: cfg.backup_interval,
+        controller_interval: cfg.controller_interval,
+        scratch_dir: cfg.data_dir.join("restore-check"),
+        etcd_bin_dirs: cfg.etcd_bin_dirs.clone(),
+        retention: cfg.retention,
+        replace_grace: cfg.member_replace_grace,
+        defrag: cfg.defrag,
+        restore_clear_prefixes: cfg.restore_clear_prefixes.clone(),
+        auto_recover_quorum_loss: cfg.auto_recover_quorum_loss,
+        backup_verify_every: cfg.backup_verify_every,
+        etcd_quota_bytes: node
+            .etcd_setting("ETCD_QUOTA_BACKEND_BYTES")
+            .and_then(|v| v.trim().parse().ok()),
+        peers: Arc::new(peers.clone()),
+        etcd: Arc::new(etcd_manager::edges::EtcdConnector {
+            tls: etcd_tls.clone(),
+        }),
+        etcd_tls,
+        randomness: Arc::new(etcd_manager::edges::ThreadRandomness),
+        warnings,
+        gossip_mode: cfg.gossip_auth.describe(),
+        static_config: cfg.static_config.clone(),
+        // The hosts file etcd itself resolves names with: in kops' static
+        // pod that is the container's /etc/hosts (as upstream writes it),
+        // not the host's under /rootfs.
+        hosts_file: (!cfg.dns_suffix.is_empty()).then(|| cfg.hosts_file.clone()),
+        dns_suffix: cfg.dns_suffix.clone(),
+        delta_interval: cfg.delta_interval,
+        gossip_settle: etcd_manager::leadership::settle_time(gossip_refresh),
+        rules: etcd_manager::core::rules::SafetyRules::ALL,
     }
-    discovery_cancel.cancel();
-    if let Some(t) = discovery_task {
-        let _ = t.await;
-    }
-    if let Some(t) = keys_task {
-        let _ = t.await;
-    }
-    stop_servers(cancel, server_cancel, tasks, gossip, gossip_task, node).await
 }
 
 /// The end of every run: leave gossip, stop the servers, stop etcd.
 async fn stop_servers(
     cancel: CancellationToken,
-    server_cancel: CancellationToken,
-    mut tasks: tokio::task::JoinSet<()>,
-    gossip: gossip::GossipHandle,
-    gossip_task: tokio::task::JoinHandle<()>,
+    mut servers: Servers,
+    gossip: Gossip,
     node: Arc<Node>,
 ) -> anyhow::Result<()> {
-    gossip.leave(Duration::from_secs(2)).await;
+    gossip.handle.leave(Duration::from_secs(2)).await;
     cancel.cancel();
-    let _ = gossip_task.await;
-    server_cancel.cancel();
-    while tasks.join_next().await.is_some() {}
+    let _ = gossip.task.await;
+    servers.cancel.cancel();
+    while servers.tasks.join_next().await.is_some() {}
     node.shutdown().await;
     tracing::info!("stopped");
     Ok(())
@@ -480,19 +593,14 @@ async fn run_backup_only(
     health.set_gossip_up(true);
     let cancel = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
-    if let Some(addr) = cfg.metrics_address {
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-            format!("cannot listen on {addr} for metrics; choose another --metrics-address")
-        })?;
-        let handle = etcd_manager::metrics::install_recorder().map_err(anyhow::Error::msg)?;
-        let start = clock.now();
-        let c = clock.clone();
-        let state = Arc::new(HttpState {
-            metrics: handle,
-            health: health.clone(),
-            now_ms: Box::new(move || c.now().saturating_duration_since(start).as_millis() as u64),
-            stale: Duration::from_secs(120),
-        });
+    if let Some((listener, state)) = bind_metrics(
+        cfg.metrics_address,
+        &health,
+        &clock,
+        Duration::from_secs(120),
+    )
+    .await?
+    {
         tasks.spawn(etcd_manager::metrics::serve_http(
             listener,
             state,

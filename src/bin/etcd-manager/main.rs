@@ -54,7 +54,7 @@ fn main() -> std::process::ExitCode {
 
 /// Go-style flags, then `--env-file`, then clap, then validation. clap's own
 /// errors (unknown flags, --help, --version) exit here as clap decides.
-fn parse<A>(raw: Vec<std::ffi::OsString>) -> Result<Config, String>
+fn parse<A>(raw: Vec<std::ffi::OsString>) -> anyhow::Result<Config>
 where
     A: CommandFactory + FromArgMatches,
     Config: TryFrom<A, Error = etcd_manager::cli::config::ConfigError>,
@@ -74,7 +74,7 @@ where
         Ok(a) => a,
         Err(e) => e.exit(),
     };
-    let cfg = Config::try_from(args).map_err(|e| e.to_string())?;
+    let cfg = Config::try_from(args)?;
     Ok(cfg.with_env_file(&vars))
 }
 

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::Context;
 use clap::Parser;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -61,7 +62,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("go-runner: {e}");
+            eprintln!("go-runner: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -107,7 +108,7 @@ async fn tee(mut from: impl AsyncRead + Unpin, sink: Sink) {
     }
 }
 
-async fn run(args: Args) -> Result<bool, String> {
+async fn run(args: Args) -> anyhow::Result<bool> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut out: Vec<Box<dyn AsyncWrite + Send + Unpin>> = vec![];
     if args.log_file.is_empty() {
@@ -119,7 +120,7 @@ async fn run(args: Args) -> Result<bool, String> {
             .append(true)
             .open(&path)
             .await
-            .map_err(|e| format!("cannot open the log file {}: {e}", path.display()))?;
+            .with_context(|| format!("cannot open the log file {}", path.display()))?;
         out.push(Box::new(file));
         if args.also_stdout {
             out.push(Box::new(tokio::io::stdout()));
@@ -129,7 +130,7 @@ async fn run(args: Args) -> Result<bool, String> {
     let (program, rest) = args
         .command
         .split_first()
-        .ok_or("not enough arguments to run")?;
+        .context("not enough arguments to run")?;
     eprintln!(
         "go-runner: running {program} (log-file={}, also-stdout={}, redirect-stderr={})",
         args.log_file, args.also_stdout, args.redirect_stderr
@@ -148,8 +149,8 @@ async fn run(args: Args) -> Result<bool, String> {
         });
     let mut child = command
         .spawn()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    let pid = child.id().ok_or("the command exited before it started")?;
+        .with_context(|| format!("cannot run {program}"))?;
+    let pid = child.id().context("the command exited before it started")?;
     let mut copies = vec![];
     if let Some(o) = child.stdout.take() {
         copies.push(tokio::spawn(tee(o, sink.clone())));
@@ -164,10 +165,7 @@ async fn run(args: Args) -> Result<bool, String> {
         SignalKind::hangup(),
         SignalKind::quit(),
     ] {
-        sigs.push((
-            kind,
-            signal(kind).map_err(|e| format!("cannot catch signals: {e}"))?,
-        ));
+        sigs.push((kind, signal(kind).context("cannot catch signals")?));
     }
     let mut forwarded = false;
     let status = loop {
@@ -178,15 +176,15 @@ async fn run(args: Args) -> Result<bool, String> {
             futures::future::select_all(futs).await.0
         };
         tokio::select! {
-            st = child.wait() => break st.map_err(|e| format!("waiting for {program}: {e}"))?,
+            st = child.wait() => break st.with_context(|| format!("waiting for {program}"))?,
             Some(kind) = next_signal => {
                 // The first signal goes to the command; later ones are swallowed.
                 if !forwarded {
                     forwarded = true;
                     let sig = nix::sys::signal::Signal::try_from(kind.as_raw_value())
-                        .map_err(|e| format!("signal: {e}"))?;
+                        .context("signal")?;
                     let target = nix::unistd::Pid::from_raw(pid as i32);
-                    nix::sys::signal::kill(target, sig).map_err(|e| format!("forwarding {sig}: {e}"))?;
+                    nix::sys::signal::kill(target, sig).with_context(|| format!("forwarding {sig}"))?;
                     eprintln!("go-runner: forwarded {sig} to {program}");
                 }
             }

@@ -56,17 +56,27 @@ pub enum VolumeError {
     },
 }
 
+/// Why a cloud API's answer was not read (the caller names the API).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AnswerError {
+    #[error("{0}")]
+    Body(#[source] reqwest::Error),
+    /// Not what the API sends: a proxy or a service in its place.
+    #[error("answer longer than {limit} bytes; is a proxy answering in the API's place?")]
+    TooLong { limit: usize },
+}
+
 /// An HTTP answer's body, read up to `limit` bytes (more is an error):
 /// the one way the cloud clients here read what a cloud API sends.
 pub(crate) async fn read_capped(
     mut resp: reqwest::Response,
     limit: usize,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, AnswerError> {
     let mut out = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+    while let Some(chunk) = resp.chunk().await.map_err(AnswerError::Body)? {
         out.extend_from_slice(&chunk);
         if out.len() > limit {
-            return Err(format!("answer longer than {limit} bytes"));
+            return Err(AnswerError::TooLong { limit });
         }
     }
     Ok(out)

@@ -561,17 +561,18 @@ impl ModelClient {
         }
     }
 
-    /// `call` repeated while the answer is retryable, until `deadline`.
+    /// `call` repeated while the answer is retryable, until `deadline`, by
+    /// the real client's retry policy ([`etcd::Backoff`]).
     async fn retrying<T>(
         &self,
         op: &'static str,
         deadline: Duration,
         f: impl Fn(&mut super::real::State, usize) -> Result<T, String>,
     ) -> Result<T, etcd::Error> {
-        let until = tokio::time::Instant::now() + deadline;
+        let mut backoff = etcd::Backoff::new(op, deadline);
         loop {
             match self.call(op, &f).await {
-                Err(e) if e.is_retryable() && tokio::time::Instant::now() < until => {
+                Err(e) if e.is_retryable() => {
                     // A pause or a store cut armed for this moment begins
                     // (a leader in the middle of a membership retry).
                     let (paused, len) = self.world.with(|w| {
@@ -589,12 +590,7 @@ impl ModelClient {
                         });
                     }
                     super::store::wait_while_paused(&paused).await;
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    // As the real client: no try past the deadline after a
-                    // sleep (a pause may have ended it).
-                    if tokio::time::Instant::now() >= until {
-                        return Err(e);
-                    }
+                    backoff.again(e).await?;
                 }
                 other => return other,
             }

@@ -515,10 +515,12 @@ impl PeerApi for SimPeers {
     ) -> Result<Response, PeerError> {
         let me = self.host;
         // The bytes go over the wire: encode and decode as the real API does.
-        let bytes =
-            peer::encode_request(req).map_err(|reason| PeerError::Protocol { addr, reason })?;
-        let req =
-            peer::decode_request(&bytes).map_err(|reason| PeerError::Protocol { addr, reason })?;
+        let protocol = |e: peer::FrameError| PeerError::Protocol {
+            addr,
+            reason: e.to_string(),
+        };
+        let bytes = peer::encode_request(req).map_err(protocol)?;
+        let req = peer::decode_request(&bytes).map_err(protocol)?;
         let (target, delay, reach, hold, paused) = self.world.with(|w| {
             let target = (0..w.net.up.len()).find(|j| peer_addr(*j) == addr);
             // A request to itself never leaves the host: no slow link, no stall.
@@ -584,12 +586,29 @@ impl PeerApi for SimPeers {
         let answer = tokio::time::timeout(timeout, rx).await;
         // The answer reaches a paused caller once it runs again.
         wait_while_paused(&paused).await;
+        // The answer's bytes go over the wire too (a refusal's typed trailer).
+        let answer = match answer {
+            Ok(Ok(resp)) => {
+                let bytes = peer::encode_response(&resp).map_err(protocol)?;
+                Ok(Ok(peer::decode_response(&bytes).map_err(protocol)?))
+            }
+            other => other,
+        };
         match answer {
             Ok(Ok(Response::Fenced { highest_epoch })) => Err(PeerError::Fenced {
                 addr,
                 highest_epoch,
             }),
-            Ok(Ok(Response::Failed(message))) => Err(PeerError::Failed { addr, message }),
+            Ok(Ok(Response::Failed(refusal))) => {
+                // A manager of the release before typed refusals sends only
+                // its words (see etcd_manager::peer::refusal).
+                let refusal = if self.world.with(|w| w.older == Some(target)) {
+                    etcd_manager::peer::Refusal::Untyped(refusal.to_string())
+                } else {
+                    refusal
+                };
+                Err(PeerError::Refused { addr, refusal })
+            }
             Ok(Ok(Response::Info(mut info))) => {
                 if self.world.with(|w| w.older == Some(target)) {
                     info.jobs = None;
@@ -815,6 +834,19 @@ pub struct Outcome {
     pub v2_checks: u64,
     pub crashes: u64,
     pub store_faults: u64,
+    /// [`Scenario::DenyBackups`]: the status report said, while the store
+    /// denied backup writes, that an operator is needed (the status line).
+    pub needs_operator_said: Option<String>,
+}
+
+/// What a run plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// Faults drawn from the seed.
+    Random,
+    /// No fault but a store that denies every backup write (a bucket policy
+    /// gone wrong) until [`FAULTS_UNTIL`]; then it takes them again.
+    DenyBackups,
 }
 
 #[derive(Debug, Clone)]
@@ -881,12 +913,24 @@ pub struct Sim {
     replace_grace: Duration,
     auto_recover: Option<Duration>,
     rules: SafetyRules,
+    scenario: Scenario,
+    needs_operator_said: Option<String>,
 }
 
 impl Sim {
     /// One run; `rules`: production's ([`SafetyRules::ALL`]) or with one
     /// switched off, to see the checks catch it.
     pub fn run(seed: u64, nodes: Option<usize>, rules: SafetyRules) -> Outcome {
+        Sim::run_scenario(seed, nodes, rules, Scenario::Random)
+    }
+
+    /// One run of `scenario`.
+    pub fn run_scenario(
+        seed: u64,
+        nodes: Option<usize>,
+        rules: SafetyRules,
+        scenario: Scenario,
+    ) -> Outcome {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .start_paused(true)
@@ -904,6 +948,7 @@ impl Sim {
         }
         rt.block_on(async move {
             let mut sim = Sim::new(seed, nodes, rules).await;
+            sim.scenario = scenario;
             sim.play().await
         })
     }
@@ -1012,6 +1057,39 @@ impl Sim {
             replace_grace,
             auto_recover,
             rules,
+            scenario: Scenario::Random,
+            needs_operator_said: None,
+        }
+    }
+
+    /// Until [`FAULTS_UNTIL`], read the status report every second as an
+    /// operator's dashboard does, and keep the first line that says an
+    /// operator is needed.
+    async fn watch_for_an_operator_call(&mut self) {
+        let nobody = Arc::new(AtomicBool::new(false));
+        let status = self.backup_store(&nobody, &nobody, &nobody);
+        while tokio::time::Instant::now() < self.t0 + FAULTS_UNTIL {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if self.needs_operator_said.is_some() {
+                continue;
+            }
+            let line = status
+                .read_manager_file(backup::layout::STATUS_FILE)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|b| {
+                    serde_json::from_slice::<etcd_manager::status::ClusterStatus>(&b).ok()
+                })
+                .and_then(|s| {
+                    s.waits
+                        .into_iter()
+                        .find(|w| w.contains("needs an operator"))
+                });
+            if let Some(line) = line {
+                self.world.with(|w| w.note(format!("status: {line}")));
+                self.needs_operator_said = Some(line);
+            }
         }
     }
 
@@ -1317,10 +1395,16 @@ impl Sim {
                 w.older.map(|h| format!("n{}", h + 1)),
             ))
         });
+        if self.scenario == Scenario::DenyBackups {
+            self.store.deny_writes(Some("etcd.backup"));
+        }
         for i in 0..self.n {
             self.start_host(i).await;
         }
-        let faults = self.plan_faults();
+        let faults = match self.scenario {
+            Scenario::Random => self.plan_faults(),
+            Scenario::DenyBackups => vec![],
+        };
         // Events: (at, what): begins and ends of faults, in time order.
         let mut events: Vec<(Duration, usize, bool)> = vec![];
         for (k, (at, f)) in faults.iter().enumerate() {
@@ -1497,8 +1581,12 @@ impl Sim {
                 (Fault::Operator(_), false) => {}
             }
         }
+        if self.scenario == Scenario::DenyBackups {
+            self.watch_for_an_operator_call().await;
+        }
         // Heal whatever is left.
         self.store.set_faults(StoreFaults::default());
+        self.store.deny_writes(None);
         self.world.with(|w| {
             w.net.loss = 0.0;
             w.net.slow.fill(Duration::ZERO);
@@ -1618,6 +1706,7 @@ impl Sim {
                 v2_checks: w.counters.v2_checks,
                 crashes: w.counters.crashes,
                 store_faults,
+                needs_operator_said: self.needs_operator_said.clone(),
             }
         })
     }

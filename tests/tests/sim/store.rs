@@ -32,6 +32,9 @@ pub struct StoreFaults {
 #[derive(Debug)]
 struct State {
     faults: StoreFaults,
+    /// Writes whose path holds this are denied, as a bucket policy denies
+    /// them (kept across [`FaultyStore::set_faults`]).
+    deny: Option<&'static str>,
     rng: StdRng,
     injected: u64,
 }
@@ -71,6 +74,7 @@ impl FaultyStore {
             inner: Arc::new(object_store::memory::InMemory::new()),
             state: Arc::new(Mutex::new(State {
                 faults: StoreFaults::default(),
+                deny: None,
                 rng: StdRng::seed_from_u64(seed),
                 injected: 0,
             })),
@@ -119,6 +123,23 @@ impl FaultyStore {
 
     pub fn set_faults(&self, faults: StoreFaults) {
         self.state.lock().unwrap().faults = faults;
+    }
+
+    /// Deny writes whose path holds `part` (None: deny none), with the
+    /// store's own words for it: access denied, which no retry mends.
+    pub fn deny_writes(&self, part: Option<&'static str>) {
+        self.state.lock().unwrap().deny = part;
+    }
+
+    fn denied(&self, location: &Path) -> Option<object_store::Error> {
+        let deny = self.state.lock().unwrap().deny?;
+        location
+            .as_ref()
+            .contains(deny)
+            .then(|| object_store::Error::PermissionDenied {
+                path: location.to_string(),
+                source: "AccessDenied: a bucket policy denies this write (sim)".into(),
+            })
     }
 
     /// Faults injected so far.
@@ -185,6 +206,9 @@ impl ObjectStore for FaultyStore {
         if self.fails_now() {
             return Err(injected("the store refused the write"));
         }
+        if let Some(e) = self.denied(location) {
+            return Err(e);
+        }
         let create = opts.mode == PutMode::Create;
         let body = bytes::Bytes::from(payload.clone());
         let result = self.inner.put_opts(location, payload, opts).await;
@@ -212,6 +236,9 @@ impl ObjectStore for FaultyStore {
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
         if self.fails_now() {
             return Err(injected("the store refused the upload"));
+        }
+        if let Some(e) = self.denied(location) {
+            return Err(e);
         }
         let r = self.inner.put_multipart_opts(location, opts).await;
         self.answer(r).await

@@ -30,6 +30,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+pub mod refusal;
+pub use refusal::Refusal;
+
 /// Bumped on any incompatible change of the messages below (2: the fence
 /// names the lease record).
 pub const PROTOCOL_VERSION: u32 = 2;
@@ -168,44 +171,41 @@ impl Request {
 
     /// Check every identifier the request carries before anything uses it
     /// (they become paths, member names and log fields).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidRequest> {
         use etcd::{IdentKind, check_ident};
-        let e = |e: etcd::InvalidIdent| e.to_string();
-        let fence = |f: &Fence| check_ident(IdentKind::NodeId, &f.leader_id).map_err(e);
-        let nodes = |nodes: &[EtcdNodeConfig]| -> Result<(), String> {
+        let fence = |f: &Fence| check_ident(IdentKind::NodeId, &f.leader_id);
+        let nodes = |nodes: &[EtcdNodeConfig]| -> Result<(), InvalidRequest> {
             for n in nodes {
-                check_ident(IdentKind::MemberName, &n.name).map_err(e)?;
+                check_ident(IdentKind::MemberName, &n.name)?;
             }
             Ok(())
         };
         match self {
             Request::GetInfo => Ok(()),
-            Request::Leadership { candidate, .. } => {
-                check_ident(IdentKind::NodeId, candidate).map_err(e)
-            }
+            Request::Leadership { candidate, .. } => Ok(check_ident(IdentKind::NodeId, candidate)?),
             Request::JoinCluster(j) => {
                 fence(&j.fence)?;
-                check_ident(IdentKind::ClusterToken, &j.cluster_token).map_err(e)?;
+                check_ident(IdentKind::ClusterToken, &j.cluster_token)?;
                 nodes(&j.nodes)
             }
-            Request::Reconfigure(r) => fence(&r.fence),
-            Request::StopEtcd(f) => fence(f),
+            Request::Reconfigure(r) => Ok(fence(&r.fence)?),
+            Request::StopEtcd(f) => Ok(fence(f)?),
             Request::RestoreBackup(r) | Request::RestoreJob(r) => {
                 fence(&r.fence)?;
-                check_ident(IdentKind::ClusterToken, &r.cluster_token).map_err(e)?;
-                backup::check_backup_name(&r.backup).map_err(|e| e.to_string())?;
+                check_ident(IdentKind::ClusterToken, &r.cluster_token)?;
+                backup::check_backup_name(&r.backup)?;
                 nodes(&r.nodes)
             }
-            Request::GcTrashcan { fence: f, .. } => fence(f),
-            Request::CheckV2Store(f) | Request::V2StoreJob(f) => fence(f),
+            Request::GcTrashcan { fence: f, .. } => Ok(fence(f)?),
+            Request::CheckV2Store(f) | Request::V2StoreJob(f) => Ok(fence(f)?),
             Request::VerifyBackup { fence: f, backup } => {
                 fence(f)?;
-                backup::check_backup_name(backup).map_err(|e| e.to_string())
+                Ok(backup::check_backup_name(backup)?)
             }
-            Request::CheckSettings { version } => version
-                .parse::<etcd::EtcdVersion>()
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
+            Request::CheckSettings { version } => {
+                version.parse::<etcd::EtcdVersion>()?;
+                Ok(())
+            }
         }
     }
 
@@ -247,7 +247,10 @@ pub enum Response {
     Fenced {
         highest_epoch: u64,
     },
-    Failed(String),
+    /// Refused, or tried and failed, and why. On the wire: the text, as
+    /// the previous release reads it, and the typed refusal after the
+    /// envelope (see [`refusal`]).
+    Failed(#[serde(with = "refusal::as_text")] Refusal),
     /// The v2 store check: None when clean, else what was found.
     V2Store {
         custom: Option<String>,
@@ -281,27 +284,74 @@ pub enum PeerError {
         addr: SocketAddr,
         highest_epoch: u64,
     },
-    #[error("peer {addr} failed: {message}")]
-    Failed { addr: SocketAddr, message: String },
+    #[error("peer {addr} failed: {refusal}")]
+    Refused { addr: SocketAddr, refusal: Refusal },
+    /// The leader's own guard: a fenced request is not sent once the lease
+    /// of its epoch is gone.
+    #[error("peer {addr}: not sent: the lease of epoch {epoch} is no longer held")]
+    NotSent { addr: SocketAddr, epoch: u64 },
 }
 
-fn encode<T: Serialize>(body: &T) -> Result<Vec<u8>, String> {
+impl PeerError {
+    /// Only an operator can mend it (see [`Refusal::needs_operator`]); a
+    /// peer that did not answer, or answered with a fence, may pass.
+    pub fn needs_operator(&self) -> bool {
+        matches!(self, PeerError::Refused { refusal, .. } if refusal.needs_operator())
+    }
+}
+
+/// An identifier in a request that must not be used (see [`Request::validate`]).
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidRequest {
+    #[error(transparent)]
+    Ident(#[from] etcd::InvalidIdent),
+    #[error(transparent)]
+    Backup(#[from] backup::Error),
+    #[error(transparent)]
+    Version(#[from] etcd::InvalidVersion),
+}
+
+/// Why a frame did not encode or decode.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error(transparent)]
+    Codec(#[from] crate::codec::CodecError),
+    #[error(
+        "protocol version {0} (we speak {PROTOCOL_VERSION}); upgrade every etcd-manager to the same release"
+    )]
+    Version(u32),
+    #[error(transparent)]
+    Invalid(#[from] InvalidRequest),
+}
+
+fn encode<T: Serialize>(body: &T) -> Result<Vec<u8>, FrameError> {
     let env = Envelope {
         version: PROTOCOL_VERSION,
         body,
     };
-    crate::codec::encode::<_, MAX_FRAME>(&env)
+    Ok(crate::codec::encode::<_, MAX_FRAME>(&env)?)
 }
 
-fn decode<T: serde::de::DeserializeOwned>(buf: &[u8]) -> Result<T, String> {
-    let env: Envelope<T> = crate::codec::decode::<_, MAX_FRAME>(buf)?;
+fn decode<T: serde::de::DeserializeOwned>(buf: &[u8]) -> Result<T, FrameError> {
+    decode_with_rest(buf).map(|(body, _)| body)
+}
+
+/// [`decode`], and the bytes after the envelope.
+fn decode_with_rest<T: serde::de::DeserializeOwned>(buf: &[u8]) -> Result<(T, &[u8]), FrameError> {
+    let (env, rest): (Envelope<T>, _) = crate::codec::decode_with_rest::<_, MAX_FRAME>(buf)?;
     if env.version != PROTOCOL_VERSION {
-        return Err(format!(
-            "protocol version {} (we speak {PROTOCOL_VERSION}); upgrade every etcd-manager to the same release",
-            env.version
-        ));
+        return Err(FrameError::Version(env.version));
     }
-    Ok(env.body)
+    Ok((env.body, rest))
+}
+
+/// A response as a frame body: a refusal's typed form follows its envelope.
+pub fn encode_response(resp: &Response) -> Result<Vec<u8>, FrameError> {
+    let mut bytes = encode(resp)?;
+    if let Response::Failed(r) = resp {
+        bytes.extend(refusal::trailer(r));
+    }
+    Ok(bytes)
 }
 
 async fn write_frame<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> std::io::Result<()> {
@@ -332,33 +382,47 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     addr: SocketAddr,
     req: &Request,
 ) -> Result<Response, PeerError> {
-    let bytes = encode(req).map_err(|reason| PeerError::Protocol { addr, reason })?;
+    let protocol = |e: FrameError| PeerError::Protocol {
+        addr,
+        reason: e.to_string(),
+    };
+    let bytes = encode(req).map_err(protocol)?;
     write_frame(stream, &bytes)
         .await
         .map_err(|source| PeerError::Io { addr, source })?;
     let buf = read_frame(stream)
         .await
         .map_err(|source| PeerError::Io { addr, source })?;
-    decode_response(&buf).map_err(|reason| PeerError::Protocol { addr, reason })
+    decode_response(&buf).map_err(protocol)
 }
 
 /// Decode one request frame's body as the server does (for fuzzing and tests).
-pub fn decode_request(buf: &[u8]) -> Result<Request, String> {
+pub fn decode_request(buf: &[u8]) -> Result<Request, FrameError> {
     let req = decode::<Request>(buf)?;
     req.validate()?;
     Ok(req)
 }
 
 /// Encode a request as a frame body (without the length prefix).
-pub fn encode_request(req: &Request) -> Result<Vec<u8>, String> {
+pub fn encode_request(req: &Request) -> Result<Vec<u8>, FrameError> {
     encode(req)
 }
 
 /// Decode one response frame's body as the client does: an answer to
 /// GetInfo from a manager older than jobs (its `NodeInfo` ends before
-/// `jobs`) is read as such, with `jobs` None.
-pub fn decode_response(buf: &[u8]) -> Result<Response, String> {
-    decode::<Response>(buf).or_else(|e| match decode::<InfoWithoutJobs>(buf) {
+/// `jobs`) is read as such, with `jobs` None; a refusal is typed by the
+/// trailer after its envelope, when the sender wrote one.
+pub fn decode_response(buf: &[u8]) -> Result<Response, FrameError> {
+    let e = match decode_with_rest::<Response>(buf) {
+        Ok((Response::Failed(words), rest)) => {
+            return Ok(Response::Failed(
+                refusal::read_trailer(rest).unwrap_or(words),
+            ));
+        }
+        Ok((resp, _)) => return Ok(resp),
+        Err(e) => e,
+    };
+    match decode::<InfoWithoutJobs>(buf) {
         Ok(InfoWithoutJobs::Info(old)) => Ok(Response::Info(Box::new(NodeInfo {
             id: old.id,
             cluster_name: old.cluster_name,
@@ -369,7 +433,7 @@ pub fn decode_response(buf: &[u8]) -> Result<Response, String> {
             jobs: None,
         }))),
         Err(_) => Err(e),
-    })
+    }
 }
 
 /// `Response::Info` as a manager older than jobs sends it: the same
@@ -465,7 +529,7 @@ impl PeerClient {
                 addr,
                 reason: "its certificate names no node".into(),
             }),
-            (_, Response::Failed(message)) => Err(PeerError::Failed { addr, message }),
+            (_, Response::Failed(refusal)) => Err(PeerError::Refused { addr, refusal }),
             (_, _) => Err(PeerError::Protocol {
                 addr,
                 reason: "GetInfo answered something else than its info".into(),
@@ -533,7 +597,7 @@ async fn call_with(
             addr,
             highest_epoch,
         }),
-        Response::Failed(message) => Err(PeerError::Failed { addr, message }),
+        Response::Failed(refusal) => Err(PeerError::Refused { addr, refusal }),
         other => Ok(other),
     }
 }
@@ -615,19 +679,19 @@ impl Caller {
 
     /// Err (the refusal to send) unless this caller may speak as `id`: over
     /// TLS its certificate must name `id`; over plain TCP anyone may.
-    pub fn may_act_as(&self, id: &str) -> Result<(), String> {
+    pub fn may_act_as(&self, id: &str) -> Result<(), Refusal> {
         if !self.authenticated {
             return Ok(());
         }
         match &self.node_id {
             Some(me) if me == id => Ok(()),
-            Some(me) => Err(format!(
+            Some(me) => Err(Refusal::NotTheCaller(format!(
                 "the caller's certificate names node {me}, but the request speaks for {id}"
-            )),
-            None => Err(format!(
+            ))),
+            None => Err(Refusal::NotTheCaller(format!(
                 "the caller's certificate names no node (no {} URI); only a manager's own certificate may send this",
                 crate::platform::pki::node_uri("<id>")
-            )),
+            ))),
         }
     }
 }
@@ -677,7 +741,10 @@ async fn answer_frame<S: AsyncRead + AsyncWrite + Unpin, H: Handler>(
                 Ok(resp) => resp,
                 Err(_) => {
                     tracing::warn!(%from, kind, deadline_s = deadline.as_secs(), "peer request cut at its deadline");
-                    Response::Failed(format!("{kind} did not finish within {deadline:?}"))
+                    Response::Failed(Refusal::Deadline {
+                        kind: kind.to_string(),
+                        deadline,
+                    })
                 }
             }
         }
@@ -685,10 +752,10 @@ async fn answer_frame<S: AsyncRead + AsyncWrite + Unpin, H: Handler>(
             metrics::counter!(crate::metrics::PEER_API_REJECTED, "reason" => "bad_request")
                 .increment(1);
             tracing::warn!(%from, %reason, "undecodable peer request dropped");
-            Response::Failed(format!("bad request: {reason}"))
+            Response::Failed(Refusal::BadRequest(reason.to_string()))
         }
     };
-    let bytes = encode(&resp).map_err(std::io::Error::other)?;
+    let bytes = encode_response(&resp).map_err(std::io::Error::other)?;
     tokio::time::timeout(REQUEST_READ_TIMEOUT, write_frame(stream, &bytes))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "answer not read in time"))?
@@ -969,7 +1036,7 @@ mod tests {
             jobs: Some(vec![job.clone()]),
         }));
         let bytes = encode(&ours).expect("encode");
-        assert_eq!(decode_response(&bytes), Ok(ours));
+        assert_eq!(decode_response(&bytes).ok(), Some(ours));
         // As an older manager reads it.
         let Ok(InfoWithoutJobs::Info(older)) = decode::<InfoWithoutJobs>(&bytes) else {
             panic!("an older manager reads our answer");
@@ -977,8 +1044,57 @@ mod tests {
         assert_eq!((older.id.as_str(), older.highest_epoch), ("new", 10));
         // Other answers are not mistaken for an old Info.
         let done = encode(&Response::Done).expect("encode");
-        assert_eq!(decode_response(&done), Ok(Response::Done));
+        assert_eq!(decode_response(&done).ok(), Some(Response::Done));
         assert!(decode_response(&done[..1]).is_err());
+    }
+
+    /// `Response` as the release before typed refusals has it: the same
+    /// variants in the same order, a refusal as its text.
+    #[derive(Debug, Serialize, Deserialize)]
+    enum ResponseWithWords {
+        Info(Box<NodeInfo>),
+        Done,
+        Fenced { highest_epoch: u64 },
+        Failed(String),
+    }
+
+    /// Typed refusals cross releases both ways: the previous release reads
+    /// our refusal's words (the trailer after the envelope is ignored), we
+    /// read its words as an untyped refusal, and ours typed.
+    #[test]
+    fn refusals_are_typed_between_us_and_words_for_the_release_before() {
+        let other_store = Refusal::OtherStore {
+            candidate: "a".into(),
+            theirs: "S".into(),
+            ours: "T".into(),
+        };
+        let ours = encode_response(&Response::Failed(other_store.clone())).expect("encode");
+        let Ok(ResponseWithWords::Failed(words)) = decode::<ResponseWithWords>(&ours) else {
+            panic!("the release before reads our refusal");
+        };
+        assert_eq!(words, other_store.to_string());
+        assert!(
+            words.contains("another backup store"),
+            "the words it matched on: {words}"
+        );
+        match decode_response(&ours) {
+            Ok(Response::Failed(r)) => {
+                assert_eq!(r, other_store);
+                assert!(r.needs_operator());
+            }
+            other => panic!("typed refusal expected, got {other:?}"),
+        }
+        let theirs = encode(&ResponseWithWords::Failed(other_store.to_string())).expect("encode");
+        match decode_response(&theirs) {
+            Ok(Response::Failed(Refusal::Untyped(w))) => assert_eq!(w, words),
+            other => panic!("an untyped refusal expected, got {other:?}"),
+        }
+        // A fenced answer is still a fence for both.
+        let fenced = encode_response(&Response::Fenced { highest_epoch: 4 }).expect("encode");
+        assert!(matches!(
+            decode::<ResponseWithWords>(&fenced),
+            Ok(ResponseWithWords::Fenced { highest_epoch: 4 })
+        ));
     }
 
     #[tokio::test]
@@ -1076,7 +1192,10 @@ mod tests {
             .await
             .expect("write");
         let resp = read_frame(&mut s).await.expect("answer");
-        assert!(matches!(decode::<Response>(&resp), Ok(Response::Failed(_))));
+        assert!(matches!(
+            decode_response(&resp),
+            Ok(Response::Failed(Refusal::BadRequest(_)))
+        ));
         let mut s = TcpStream::connect(addr).await.expect("connect");
         s.write_all(&u32::MAX.to_be_bytes()).await.expect("write");
         assert!(
@@ -1108,7 +1227,10 @@ mod tests {
             write_frame(&mut s, &body).await.expect("write");
             let resp = read_frame(&mut s).await.expect("an answer, not a crash");
             assert!(
-                matches!(decode::<Response>(&resp), Ok(Response::Failed(m)) if m.contains("bad request")),
+                matches!(
+                    decode_response(&resp),
+                    Ok(Response::Failed(Refusal::BadRequest(_)))
+                ),
                 "{claim}"
             );
         }
