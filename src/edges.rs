@@ -272,6 +272,10 @@ pub trait EtcdRuntime: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<(), etcd::Error>;
     /// Whether these binaries' etcdutl has `check v2store`.
     async fn can_check_v2store(&self, binaries: &etcd::EtcdBinaries) -> bool;
+    /// Stop every etcd of a data dir under `data_root` that runs without
+    /// this manager (the one before died on its own; see
+    /// [`etcd::stop_orphans`]); how many were stopped.
+    async fn stop_orphans(&self, data_root: &Path) -> Result<usize, etcd::Error>;
     /// `etcdutl check v2store` on a copy of `data_dir` made under `scratch`.
     async fn check_v2store(
         &self,
@@ -281,6 +285,10 @@ pub trait EtcdRuntime: Send + Sync + std::fmt::Debug + 'static {
         deadline: Duration,
     ) -> Result<etcd::V2StoreVerdict, etcd::Error>;
 }
+
+/// How long an orphaned etcd has to stop on SIGTERM before SIGKILL (as
+/// long as the node gives its own etcd).
+const ORPHAN_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The real processes and tools.
 #[derive(Debug, Clone, Copy, Default)]
@@ -317,6 +325,11 @@ impl EtcdRuntime for ProcessRuntime {
     }
     async fn can_check_v2store(&self, binaries: &etcd::EtcdBinaries) -> bool {
         etcd::can_check_v2store(binaries).await
+    }
+    async fn stop_orphans(&self, data_root: &Path) -> Result<usize, etcd::Error> {
+        Ok(etcd::stop_orphans(data_root, ORPHAN_STOP_TIMEOUT)
+            .await?
+            .len())
     }
     async fn check_v2store(
         &self,

@@ -473,6 +473,19 @@ impl Node {
 
     pub async fn resume(&self) -> Result<(), NodeError> {
         let mut inner = self.inner.lock().await;
+        // An etcd the manager before ran (it died on its own: kill -9, the
+        // OOM killer) still holds the ports and the data: stopped first.
+        let stopped = self
+            .settings
+            .runtime
+            .stop_orphans(&self.settings.data_dir.join("data"))
+            .await?;
+        if stopped > 0 {
+            tracing::warn!(
+                stopped,
+                "stopped the etcd the manager before left running; starting this manager's own"
+            );
+        }
         if let Some(local) = inner.state.etcd.clone() {
             tracing::info!(token = %local.cluster_token, version = %local.etcd_version, "resuming etcd");
             let p = self.spawn_etcd(&local)?;

@@ -21,6 +21,7 @@ mod rolling;
 mod security;
 mod sidecar;
 mod slow_restore;
+mod survival;
 mod tls;
 mod upgrade;
 mod walkthrough;

@@ -304,6 +304,24 @@ impl Manager {
         }
     }
 
+    /// SIGKILL the manager alone, as the OOM killer does: what it started
+    /// (its etcd) runs on, orphaned. Returns its pid (its process group's id).
+    pub fn kill_alone(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let pid = c.id() as i32;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = c.wait();
+        Some(pid)
+    }
+
+    /// Start the manager again after [`Manager::kill_alone`] (nothing else is killed).
+    pub fn spawn_again(&mut self) {
+        self.spawn();
+    }
+
     /// SIGTERM and wait for a clean exit (etcd stopped by the manager); returns the exit status success.
     pub fn terminate(&mut self, deadline: Duration) -> bool {
         let Some(mut c) = self.child.take() else {
