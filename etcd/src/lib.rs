@@ -36,7 +36,7 @@ pub use error::Error;
 pub use etcd_manager_core::{EtcdVersion, InvalidVersion};
 pub use flags::{LostSetting, lost_settings, not_understood, understands};
 pub use ident::{IdentKind, InvalidIdent, MAX_IDENT_LEN, check_ident};
-pub use orphans::{Orphan, find_orphans, stop_orphans};
+pub use orphans::{Orphan, etcds_under, find_orphans, stop_orphans};
 pub use process::{EtcdProcess, ProcessStatus};
 pub use restore::{SnapshotInfo, restore_snapshot, verify_snapshot};
 pub use state::{read_json, write_json_atomic};

@@ -34,8 +34,18 @@ fn read_capped(path: &Path) -> Option<Vec<u8>> {
 }
 
 /// The etcd processes in `proc_root` (`/proc`) whose `ETCD_DATA_DIR` lies
-/// under `data_root`, but for `except` (this process).
+/// under `data_root` and whose parent is no running etcd-manager, but for
+/// `except` (this process).
 pub fn find_orphans(proc_root: &Path, data_root: &Path, except: u32) -> Vec<Orphan> {
+    etcds_under(proc_root, data_root, except)
+        .into_iter()
+        .filter(|o| !parent_is_a_manager(proc_root, &proc_root.join(o.pid.to_string())))
+        .collect()
+}
+
+/// Every etcd process in `proc_root` whose `ETCD_DATA_DIR` lies under
+/// `data_root` (a manager's own child too), but for `except`.
+pub fn etcds_under(proc_root: &Path, data_root: &Path, except: u32) -> Vec<Orphan> {
     let Ok(entries) = std::fs::read_dir(proc_root) else {
         return vec![];
     };
@@ -74,12 +84,34 @@ pub fn find_orphans(proc_root: &Path, data_root: &Path, except: u32) -> Vec<Orph
     out
 }
 
+/// Whether the parent of the process in `dir` is a running etcd-manager
+/// (its etcd is no orphan: another manager on the same data dir, which
+/// the peer API's port normally keeps from starting at all).
+fn parent_is_a_manager(proc_root: &Path, dir: &Path) -> bool {
+    let stat = read_capped(&dir.join("stat")).unwrap_or_default();
+    let Some(ppid) = stat
+        .iter()
+        .rposition(|b| *b == b')')
+        .and_then(|i| stat.get(i + 2..))
+        .and_then(|rest| std::str::from_utf8(rest).ok())
+        .and_then(|rest| rest.split_whitespace().nth(1))
+    else {
+        return false;
+    };
+    let cmdline = read_capped(&proc_root.join(ppid).join("cmdline")).unwrap_or_default();
+    let program = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    Path::new(std::str::from_utf8(program).unwrap_or_default())
+        .file_name()
+        .is_some_and(|n| n == "etcd-manager")
+}
+
 /// Running: signalable and not a zombie waiting for its parent.
 fn alive(pid: u32) -> bool {
     let Ok(raw) = i32::try_from(pid) else {
         return false;
     };
-    if kill(Pid::from_raw(raw), None).is_err() {
+    // Only "no such process" is gone: one we may not signal still runs.
+    if kill(Pid::from_raw(raw), None) == Err(nix::errno::Errno::ESRCH) {
         return false;
     }
     // `pid (comm) S ...`: the state follows the last ')'.
@@ -138,10 +170,19 @@ mod tests {
     use super::*;
 
     fn fake(proc_root: &Path, pid: u32, argv0: &str, env: &[&str]) {
+        fake_child(proc_root, pid, 1, argv0, env);
+    }
+
+    fn fake_child(proc_root: &Path, pid: u32, ppid: u32, argv0: &str, env: &[&str]) {
         let d = proc_root.join(pid.to_string());
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join("cmdline"), format!("{argv0}\0--flag\0")).unwrap();
         std::fs::write(d.join("environ"), env.join("\0")).unwrap();
+        std::fs::write(
+            d.join("stat"),
+            format!("{pid} ({argv0}) S {ppid} {pid} {pid}"),
+        )
+        .unwrap();
     }
 
     #[test]
@@ -174,6 +215,15 @@ mod tests {
             &["ETCD_DATA_DIR=/var/etcd/data/tok2"],
         );
         fake(p, 14, "etcd", &["ETCD_NAME=x"]);
+        // A live manager's own etcd is no orphan.
+        fake(p, 20, "/usr/local/bin/etcd-manager", &[]);
+        fake_child(
+            p,
+            21,
+            20,
+            "/opt/etcd-v3.5.30/etcd",
+            &["ETCD_DATA_DIR=/var/etcd/data/tok3"],
+        );
         std::fs::create_dir_all(p.join("self")).unwrap();
         let found = find_orphans(p, Path::new("/var/etcd/data"), 13);
         assert_eq!(

@@ -174,12 +174,22 @@ impl Driver {
         for (id, answer) in answers {
             match answer {
                 Ok(_) => accepted += 1,
+                // Typed, or in the words of a manager of the release before
+                // typed refusals (it says so only in its text).
                 Err(
                     e @ peer::PeerError::Refused {
                         refusal: peer::Refusal::OtherStore { .. },
                         ..
                     },
                 ) => {
+                    tracing::warn!(peer = %id, error = %e, "leadership not accepted: the managers do not share one backup store")
+                }
+                Err(e)
+                    if matches!(&e, peer::PeerError::Refused {
+                        refusal: peer::Refusal::Untyped(words),
+                        ..
+                    } if words.contains("another backup store")) =>
+                {
                     tracing::warn!(peer = %id, error = %e, "leadership not accepted: the managers do not share one backup store")
                 }
                 Err(e) => tracing::debug!(peer = %id, error = %e, "leadership not accepted"),

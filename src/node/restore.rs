@@ -201,7 +201,7 @@ impl Node {
     /// in [`NodeInfo::jobs`].
     pub(super) fn start_restore_job(&self, r: crate::peer::RestoreBackup) -> Response {
         if !r.nodes.iter().any(|n| n.name == self.id) {
-            return Response::Failed(Refusal::BadRequest(
+            return Response::Failed(Refusal::Failed(
                 "this node is not in the cluster it was asked to restore".into(),
             ));
         }

@@ -10,7 +10,7 @@ use tests::wait_for;
 
 /// The etcd processes whose data dir lies under `data_root`.
 fn etcds_of(data_root: &Path) -> Vec<u32> {
-    etcd::find_orphans(Path::new("/proc"), data_root, std::process::id())
+    etcd::etcds_under(Path::new("/proc"), data_root, std::process::id())
         .into_iter()
         .map(|o| o.pid)
         .collect()
