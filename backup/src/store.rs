@@ -1097,17 +1097,25 @@ impl BackupStore {
 
     /// Queue a command under a fresh name (create-if-absent, next sequence on conflict).
     pub async fn add_command(&self, cmd: &Command, now: SystemTime) -> Result<String> {
-        let body = Self::pretty(cmd);
-        for seq in 0..1_000_000u32 {
+        self.create_at_free_name(now, 0, Self::pretty(cmd), |name| {
+            format!("{CONTROL_DIR}/{name}/{COMMAND_FILE}")
+        })
+        .await
+    }
+
+    /// Create `body` at `path(name)` for the first name of `now` (sequence
+    /// from `first`) that is free: create-if-absent, the next on conflict;
+    /// never overwrites another writer's object.
+    async fn create_at_free_name(
+        &self,
+        now: SystemTime,
+        first: u32,
+        body: Vec<u8>,
+        path: impl Fn(&str) -> String,
+    ) -> Result<String> {
+        for seq in first..1_000_000u32 {
             let name = format_backup_name(now, seq);
-            match self
-                .put(
-                    &format!("{CONTROL_DIR}/{name}/{COMMAND_FILE}"),
-                    body.clone(),
-                    PutMode::Create,
-                )
-                .await
-            {
+            match self.put(&path(&name), body.clone(), PutMode::Create).await {
                 Ok(()) => return Ok(name),
                 Err(Error::Store {
                     source: object_store::Error::AlreadyExists { .. },
@@ -1470,28 +1478,10 @@ impl BackupStore {
     /// writer's backup.
     async fn claim_backup_name(&self, now: SystemTime) -> Result<String> {
         let placeholder = br#"{"format":0,"state":"writing"}"#.to_vec();
-        for seq in 1..1_000_000u32 {
-            let candidate = format_backup_name(now, seq);
-            match self
-                .put(
-                    &format!("{candidate}/{BACKUP_EXTRA_FILE}"),
-                    placeholder.clone(),
-                    PutMode::Create,
-                )
-                .await
-            {
-                Ok(()) => return Ok(candidate),
-                Err(Error::Store {
-                    source: object_store::Error::AlreadyExists { .. },
-                    ..
-                }) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(Error::InvalidName {
-            name: format_backup_name(now, 0),
-            reason: "no free sequence number".into(),
+        self.create_at_free_name(now, 1, placeholder, |name| {
+            format!("{name}/{BACKUP_EXTRA_FILE}")
         })
+        .await
     }
 
     /// Cut `snapshot` into blocks, compress them on `workers` threads at

@@ -804,17 +804,31 @@ fn check_cluster_name(name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// The store's settings: the flags, else (as kops passes S3-compatible
-/// stores' settings) the `S3_*` variables.
 fn store_options(a: &Args) -> backup::StoreOptions {
+    s3_store_options(
+        a.s3_endpoint.clone(),
+        a.s3_region.clone(),
+        a.s3_server_side_encryption.clone(),
+        a.s3_sse_kms_key_id.clone(),
+    )
+}
+
+/// The store's settings (the manager's and the ctl's): the flags, else (as
+/// kops passes S3-compatible stores' settings) the `S3_*` variables.
+pub fn s3_store_options(
+    endpoint: Option<String>,
+    region: Option<String>,
+    server_side_encryption: Option<String>,
+    sse_kms_key_id: Option<String>,
+) -> backup::StoreOptions {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     backup::StoreOptions {
-        s3_endpoint: a.s3_endpoint.clone().or_else(|| env("S3_ENDPOINT")),
-        s3_region: a.s3_region.clone().or_else(|| env("S3_REGION")),
+        s3_endpoint: endpoint.or_else(|| env("S3_ENDPOINT")),
+        s3_region: region.or_else(|| env("S3_REGION")),
         s3_access_key_id: env("S3_ACCESS_KEY_ID"),
         s3_secret_access_key: env("S3_SECRET_ACCESS_KEY"),
-        s3_server_side_encryption: a.s3_server_side_encryption.clone(),
-        s3_sse_kms_key_id: a.s3_sse_kms_key_id.clone(),
+        s3_server_side_encryption: server_side_encryption,
+        s3_sse_kms_key_id: sse_kms_key_id,
     }
 }
 

@@ -495,17 +495,7 @@ impl PeerClient {
                     after: CONNECT_TIMEOUT,
                 })?
                 .map_err(|source| PeerError::Io { addr, source })?;
-            let name =
-                rustls_pki_types::ServerName::try_from(crate::platform::pki::PEER_API_SERVER_NAME)
-                    .map_err(|e| PeerError::Protocol {
-                        addr,
-                        reason: e.to_string(),
-                    })?;
-            let mut s = t
-                .connector
-                .connect(name, stream)
-                .await
-                .map_err(|source| PeerError::Io { addr, source })?;
+            let mut s = tls_handshake(t, stream, addr).await?;
             let node_id = s
                 .get_ref()
                 .1
@@ -548,6 +538,23 @@ impl PeerClient {
     }
 }
 
+/// The client side of our peer API's TLS handshake on `stream`.
+async fn tls_handshake(
+    t: &crate::platform::pki::PeerTls,
+    stream: TcpStream,
+    addr: SocketAddr,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, PeerError> {
+    let name = rustls_pki_types::ServerName::try_from(crate::platform::pki::PEER_API_SERVER_NAME)
+        .map_err(|e| PeerError::Protocol {
+        addr,
+        reason: e.to_string(),
+    })?;
+    t.connector
+        .connect(name, stream)
+        .await
+        .map_err(|source| PeerError::Io { addr, source })
+}
+
 async fn call_with(
     tls: Option<&crate::platform::pki::PeerTls>,
     addr: SocketAddr,
@@ -568,18 +575,7 @@ async fn call_with(
         match tls {
             None => exchange(&mut stream, addr, req).await,
             Some(t) => {
-                let name = rustls_pki_types::ServerName::try_from(
-                    crate::platform::pki::PEER_API_SERVER_NAME,
-                )
-                .map_err(|e| PeerError::Protocol {
-                    addr,
-                    reason: e.to_string(),
-                })?;
-                let mut s = t
-                    .connector
-                    .connect(name, stream)
-                    .await
-                    .map_err(|source| PeerError::Io { addr, source })?;
+                let mut s = tls_handshake(t, stream, addr).await?;
                 let resp = exchange(&mut s, addr, req).await;
                 let _ = s.shutdown().await;
                 resp

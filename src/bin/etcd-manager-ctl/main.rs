@@ -11,7 +11,7 @@
 //! ```
 
 use anyhow::{Context, bail};
-use backup::{BackupStore, ClusterSpec, Command, RestoreBackupCommand, StoreOptions};
+use backup::{BackupStore, ClusterSpec, Command, RestoreBackupCommand};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use etcd_manager::backups::pitr::ReplayTo;
 
@@ -392,15 +392,12 @@ async fn open_store(a: &CtlArgs) -> anyhow::Result<(BackupStore, String)> {
             "--backup-store is required, e.g. -backup-store=file:///tmp/etcd-manager/backups/test"
         );
     };
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let mut opts = StoreOptions {
-        s3_endpoint: a.s3_endpoint.clone().or_else(|| env("S3_ENDPOINT")),
-        s3_region: a.s3_region.clone().or_else(|| env("S3_REGION")),
-        s3_access_key_id: env("S3_ACCESS_KEY_ID"),
-        s3_secret_access_key: env("S3_SECRET_ACCESS_KEY"),
-        s3_server_side_encryption: a.s3_server_side_encryption.clone(),
-        s3_sse_kms_key_id: a.s3_sse_kms_key_id.clone(),
-    };
+    let mut opts = etcd_manager::cli::config::s3_store_options(
+        a.s3_endpoint.clone(),
+        a.s3_region.clone(),
+        a.s3_server_side_encryption.clone(),
+        a.s3_sse_kms_key_id.clone(),
+    );
     backup::resolve_s3_region(&url, &mut opts).await;
     let encryption = etcd_manager::cli::config::encryption_flags(
         a.backup_encryption_recipients_file.as_deref(),
